@@ -1,0 +1,148 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Project is a repository FC builds.
+type Project struct {
+	ID               int64
+	Name             string
+	DisplayName      string
+	Description      string
+	RepositoryURL    string
+	Enabled          bool
+	WebhookSecretSet bool
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// ProjectFields are the writable columns. WebhookSecret nil leaves the secret as it is;
+// a pointer to "" clears it.
+type ProjectFields struct {
+	Name          string
+	DisplayName   string
+	Description   string
+	RepositoryURL string
+	Enabled       bool
+	WebhookSecret *string
+}
+
+const projectColumns = `id, name, display_name, description, repository_url, enabled,
+	webhook_secret IS NOT NULL AND webhook_secret <> '', created_at, updated_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanProject(row scanner) (Project, error) {
+	var p Project
+	err := row.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.RepositoryURL, &p.Enabled,
+		&p.WebhookSecretSet, &p.CreatedAt, &p.UpdatedAt)
+	return p, err
+}
+
+// CreateProject inserts a project; a duplicate name is ErrConflict.
+func (db *DB) CreateProject(ctx context.Context, f ProjectFields) (Project, error) {
+	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, '')) RETURNING `+projectColumns,
+		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret))
+	p, err := scanProject(row)
+	if err != nil {
+		return Project{}, fmt.Errorf("create project %q: %w", f.Name, mapErr(err))
+	}
+	return p, nil
+}
+
+// GetProject finds a project by id.
+func (db *DB) GetProject(ctx context.Context, id int64) (Project, error) {
+	p, err := scanProject(db.pool.QueryRow(ctx, `SELECT `+projectColumns+` FROM projects WHERE id = $1`, id))
+	if err != nil {
+		return Project{}, fmt.Errorf("get project %d: %w", id, mapErr(err))
+	}
+	return p, nil
+}
+
+// GetProjectByName finds a project by its unique name.
+func (db *DB) GetProjectByName(ctx context.Context, name string) (Project, error) {
+	p, err := scanProject(db.pool.QueryRow(ctx, `SELECT `+projectColumns+` FROM projects WHERE name = $1`, name))
+	if err != nil {
+		return Project{}, fmt.Errorf("get project %q: %w", name, mapErr(err))
+	}
+	return p, nil
+}
+
+// ListProjects returns a page of projects, newest first, and the total count.
+func (db *DB) ListProjects(ctx context.Context, page Page) ([]Project, int64, error) {
+	var total int64
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM projects`).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count projects: %w", err)
+	}
+	rows, err := db.pool.Query(ctx, `SELECT `+projectColumns+` FROM projects ORDER BY id DESC LIMIT $1 OFFSET $2`,
+		page.Limit, page.Offset)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list projects: %w", err)
+	}
+	defer rows.Close()
+	items := make([]Project, 0, page.Limit)
+	for rows.Next() {
+		p, err := scanProject(rows)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list projects: %w", err)
+		}
+		items = append(items, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("list projects: %w", err)
+	}
+	return items, total, nil
+}
+
+// UpdateProject replaces the writable columns of project id.
+func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Project, error) {
+	row := db.pool.QueryRow(ctx, `UPDATE projects SET name = $2, display_name = $3, description = $4,
+		repository_url = $5, enabled = $6,
+		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
+		updated_at = now()
+		WHERE id = $1 RETURNING `+projectColumns,
+		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret))
+	p, err := scanProject(row)
+	if err != nil {
+		return Project{}, fmt.Errorf("update project %d: %w", id, mapErr(err))
+	}
+	return p, nil
+}
+
+// DeleteProject removes a project and, by cascade, its jobsets, evaluations and builds.
+func (db *DB) DeleteProject(ctx context.Context, id int64) error {
+	tag, err := db.pool.Exec(ctx, `DELETE FROM projects WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("delete project %d: %w", id, mapErr(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("delete project %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// ProjectWebhookSecret returns a project's webhook secret (for verifying webhooks only).
+func (db *DB) ProjectWebhookSecret(ctx context.Context, id int64) (string, error) {
+	var s *string
+	if err := db.pool.QueryRow(ctx, `SELECT webhook_secret FROM projects WHERE id = $1`, id).Scan(&s); err != nil {
+		return "", fmt.Errorf("webhook secret of project %d: %w", id, mapErr(err))
+	}
+	return deref(s), nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// Page bounds a list query.
+type Page struct {
+	Limit  int
+	Offset int
+}
