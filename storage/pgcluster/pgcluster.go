@@ -42,6 +42,7 @@ type Cluster struct {
 	done    chan struct{}
 	waitErr error
 	logFile *os.File
+	shared  bool // started by another process: Stop leaves it running
 }
 
 // InstallHint says what to install when the server binaries are missing.
@@ -113,18 +114,32 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("chown cluster dir: %w", err)
 		}
 	}
+	if cred != nil {
+		if err := checkTraversable(filepath.Dir(cfg.Dir)); err != nil {
+			return nil, err
+		}
+	}
 	data := filepath.Join(cfg.Dir, "data")
 	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); errors.Is(err, os.ErrNotExist) {
 		cfg.Logger.Info("initialising private PostgreSQL cluster", "dir", data)
 		cmd := exec.CommandContext(ctx, filepath.Join(cfg.BinDir, "initdb"),
 			"-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = cfg.Dir // the caller's working directory may be closed to the postgres user
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("initdb %s: %w: %s", data, err, strings.TrimSpace(string(out)))
 		}
 	}
-	// A server that died with this process may have left its pid file behind.
-	removeStalePid(data)
+	// A server that died with its owner may have left its pid file behind; a live one
+	// (another fc-coordinator command using the same state directory) is shared.
+	if pid := livePid(data); pid > 0 {
+		c := &Cluster{cfg: cfg, done: make(chan struct{}), shared: true}
+		if err := c.waitReady(ctx, 30*time.Second); err != nil {
+			return nil, fmt.Errorf("PostgreSQL (pid %d) already runs on %s but does not answer: %w", pid, data, err)
+		}
+		return c, nil
+	}
+	_ = os.Remove(filepath.Join(data, "postmaster.pid"))
 
 	logPath := filepath.Join(cfg.Dir, "postgres.log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -134,6 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	args := append([]string{"-D", data, "-k", cfg.Dir, "-c", "listen_addresses=", "-c", "unix_socket_permissions=0770"}, cfg.ExtraArgs...)
 	cmd := exec.Command(filepath.Join(cfg.BinDir, "postgres"), args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Dir = cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
@@ -156,19 +172,34 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-func removeStalePid(data string) {
+// checkTraversable makes sure the postgres user can reach the cluster directory:
+// every ancestor must be searchable by others (mode o+x).
+func checkTraversable(dir string) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("cluster dir parent %s: %w", d, err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("the postgres user cannot reach the cluster: %s has mode %v; run chmod o+x %s or choose another state_dir", d, st.Mode().Perm(), d)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// livePid is the pid of a server running on data, or 0.
+func livePid(data string) int {
 	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
 	if err != nil {
-		return
+		return 0
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 0 {
-		return
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
 	}
-	if syscall.Kill(pid, 0) == nil {
-		return // still alive: postgres itself will refuse to start, with a clear message
-	}
-	_ = os.Remove(filepath.Join(data, "postmaster.pid"))
+	return pid
 }
 
 // serverCredential is the postgres user when running as root (initdb refuses root).
@@ -204,6 +235,26 @@ func (c *Cluster) waitReady(ctx context.Context, limit time.Duration) error {
 	}
 }
 
+// EnsureDatabase creates database name if it does not exist.
+func (c *Cluster) EnsureDatabase(ctx context.Context, name string) error {
+	conn, err := pgx.Connect(ctx, c.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("connect to private PostgreSQL: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up database %s: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
 // URL is a connection string for database name over the cluster's socket.
 func (c *Cluster) URL(database string) string {
 	q := url.Values{"host": {c.cfg.Dir}, "user": {"postgres"}, "sslmode": {"disable"}}
@@ -213,14 +264,15 @@ func (c *Cluster) URL(database string) string {
 // Dir is the cluster's directory.
 func (c *Cluster) Dir() string { return c.cfg.Dir }
 
-// Pid is the server's process id.
-func (c *Cluster) Pid() int { return c.cmd.Process.Pid }
-
-// Done is closed once the server has exited.
+// Done is closed once the server this process started has exited.
 func (c *Cluster) Done() <-chan struct{} { return c.done }
 
-// Stop shuts the server down (fast shutdown: SIGINT) and waits for it.
+// Stop shuts the server down (fast shutdown: SIGINT) and waits for it. A server that
+// another process started is left running.
 func (c *Cluster) Stop() error {
+	if c.shared {
+		return nil
+	}
 	select {
 	case <-c.done:
 	default:

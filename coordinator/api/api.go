@@ -1,0 +1,56 @@
+package api
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config configures the API.
+type Config struct {
+	Logger *slog.Logger
+}
+
+// API holds the REST handlers.
+type API struct {
+	db  *storage.DB
+	log *slog.Logger
+}
+
+// New returns the API over db.
+func New(cfg Config, db *storage.DB) *API {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &API{db: db, log: log}
+}
+
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) { Fail(a.log, w, r, err) }
+
+// Require is auth.Require answering with the API's JSON errors.
+func Require(p auth.Permission) func(http.Handler) http.Handler { return auth.Require(p, WriteError) }
+
+// Routes registers the API's routes on r, which is mounted at /api/v1 and already
+// authenticates requests. GETs are public unless they show admin data.
+func (a *API) Routes(r chi.Router) {
+	r.Get("/projects", a.listProjects)
+	r.With(Require(auth.PermCreateProjects)).Post("/projects", a.createProject)
+	r.Get("/projects/{id}", a.getProject)
+	r.With(Require(auth.PermAdmin)).Put("/projects/{id}", a.updateProject)
+	r.With(Require(auth.PermAdmin)).Delete("/projects/{id}", a.deleteProject)
+
+	r.Get("/projects/{pid}/jobsets", a.listJobsets)
+	r.With(Require(auth.PermCreateProjects)).Post("/projects/{pid}/jobsets", a.createJobset)
+	r.Get("/projects/{pid}/jobsets/{id}", a.getJobset)
+	r.With(Require(auth.PermAdmin)).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
+	r.With(Require(auth.PermAdmin)).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
+
+	r.With(Require(auth.PermAdmin)).Get("/api-keys", a.listKeys)
+	r.With(Require(auth.PermAdmin)).Post("/api-keys", a.createKey)
+	r.With(Require(auth.PermAdmin)).Delete("/api-keys/{id}", a.deleteKey)
+}

@@ -1,0 +1,300 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/storage"
+)
+
+type inputJSON struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+type jobsetJSON struct {
+	ID               int64       `json:"id"`
+	ProjectID        int64       `json:"project_id"`
+	Project          string      `json:"project"`
+	Name             string      `json:"name"`
+	Description      string      `json:"description"`
+	Branch           string      `json:"branch"`
+	FlakeMode        bool        `json:"flake_mode"`
+	NixExpression    string      `json:"nix_expression"`
+	Inputs           []inputJSON `json:"inputs"`
+	CheckInterval    int         `json:"check_interval"`
+	SchedulingShares int         `json:"scheduling_shares"`
+	State            string      `json:"state"`
+	KeepNr           int         `json:"keep_nr"`
+	LastCheckedAt    *time.Time  `json:"last_checked_at"`
+	LastCheckError   string      `json:"last_check_error"`
+	CreatedAt        time.Time   `json:"created_at"`
+	UpdatedAt        time.Time   `json:"updated_at"`
+}
+
+func toJobsetJSON(j storage.Jobset) jobsetJSON {
+	inputs := make([]inputJSON, len(j.Inputs))
+	for i, in := range j.Inputs {
+		inputs[i] = inputJSON(in)
+	}
+	var checked *time.Time
+	if j.LastCheckedAt != nil {
+		t := j.LastCheckedAt.UTC()
+		checked = &t
+	}
+	return jobsetJSON{ID: j.ID, ProjectID: j.ProjectID, Project: j.ProjectName, Name: j.Name,
+		Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode, NixExpression: j.NixExpression,
+		Inputs: inputs, CheckInterval: j.CheckInterval, SchedulingShares: j.SchedulingShares, State: j.State,
+		KeepNr: j.KeepNr, LastCheckedAt: checked, LastCheckError: j.LastCheckError,
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC()}
+}
+
+type jobsetInput struct {
+	Name             *string      `json:"name"`
+	Description      *string      `json:"description"`
+	Branch           *string      `json:"branch"`
+	FlakeMode        *bool        `json:"flake_mode"`
+	NixExpression    *string      `json:"nix_expression"`
+	Inputs           *[]inputJSON `json:"inputs"`
+	CheckInterval    *int         `json:"check_interval"`
+	SchedulingShares *int         `json:"scheduling_shares"`
+	State            *string      `json:"state"`
+	KeepNr           *int         `json:"keep_nr"`
+}
+
+var (
+	inputNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_'-]*$`)
+	// A flake attribute path or a file in the repository; no shell or Nix syntax.
+	expressionRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$`)
+)
+
+func unprocessable(field, format string, args ...any) error {
+	return Errorf(http.StatusUnprocessableEntity, field, format, args...)
+}
+
+func validBranch(b string) error {
+	if b == "" {
+		return nil
+	}
+	if len(b) > 255 || strings.ContainsAny(b, " \t\n~^:?*[\\") || strings.Contains(b, "..") ||
+		strings.HasPrefix(b, "-") || strings.HasPrefix(b, "/") || strings.HasSuffix(b, "/") || strings.HasSuffix(b, ".lock") {
+		return unprocessable("branch", "branch %q is not a valid git branch name", b)
+	}
+	return nil
+}
+
+func (in jobsetInput) apply(f *storage.JobsetFields) error {
+	set := func(dst *string, src *string) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	set(&f.Name, in.Name)
+	set(&f.Description, in.Description)
+	set(&f.Branch, in.Branch)
+	set(&f.State, in.State)
+	if in.FlakeMode != nil {
+		// Switching modes without naming an expression picks that mode's default.
+		if *in.FlakeMode != f.FlakeMode && in.NixExpression == nil && f.NixExpression == defaultExpression(f.FlakeMode) {
+			f.NixExpression = defaultExpression(*in.FlakeMode)
+		}
+		f.FlakeMode = *in.FlakeMode
+	}
+	set(&f.NixExpression, in.NixExpression)
+	for _, p := range []struct {
+		dst *int
+		src *int
+	}{{&f.CheckInterval, in.CheckInterval}, {&f.SchedulingShares, in.SchedulingShares}, {&f.KeepNr, in.KeepNr}} {
+		if p.src != nil {
+			*p.dst = *p.src
+		}
+	}
+	if in.Inputs != nil {
+		f.Inputs = f.Inputs[:0]
+		for _, i := range *in.Inputs {
+			f.Inputs = append(f.Inputs, storage.JobsetInput(i))
+		}
+	}
+
+	if err := validName("name", f.Name); err != nil {
+		return err
+	}
+	if err := validBranch(f.Branch); err != nil {
+		return err
+	}
+	if f.NixExpression == "" || len(f.NixExpression) > 255 || !expressionRE.MatchString(f.NixExpression) || strings.Contains(f.NixExpression, "..") {
+		return unprocessable("nix_expression", "nix_expression %q must be a flake attribute (hydraJobs) or a file in the repository (release.nix)", f.NixExpression)
+	}
+	if f.CheckInterval < 0 || f.CheckInterval > maxCheckInterval {
+		return unprocessable("check_interval", "check_interval must be from 0 to %d seconds (0 = evaluate only when triggered)", maxCheckInterval)
+	}
+	if f.SchedulingShares <= 0 || f.SchedulingShares > maxShares {
+		return unprocessable("scheduling_shares", "scheduling_shares must be from 1 to %d", maxShares)
+	}
+	if f.KeepNr < 0 || f.KeepNr > maxKeepNr {
+		return unprocessable("keep_nr", "keep_nr must be from 0 to %d", maxKeepNr)
+	}
+	switch f.State {
+	case storage.JobsetEnabled, storage.JobsetDisabled, storage.JobsetOneShot, storage.JobsetOneAtATime:
+	default:
+		return unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
+	}
+	seen := map[string]bool{}
+	for _, i := range f.Inputs {
+		if !inputNameRE.MatchString(i.Name) {
+			return unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
+		}
+		if seen[i.Name] {
+			return unprocessable("inputs", "input %q appears twice", i.Name)
+		}
+		seen[i.Name] = true
+		switch i.Type {
+		case storage.InputTypeString:
+		case storage.InputTypeBoolean:
+			if i.Value != "true" && i.Value != "false" {
+				return unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
+			}
+		case storage.InputTypeGit:
+			if err := validRepositoryURL(strings.Fields(i.Value + " ")[0]); err != nil {
+				return unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
+			}
+		case storage.InputTypePath:
+			if !strings.HasPrefix(i.Value, "/") {
+				return unprocessable("inputs", "path input %q must be an absolute path", i.Name)
+			}
+		default:
+			return unprocessable("inputs", "input %q has type %q; use string, boolean, git or path", i.Name, i.Type)
+		}
+	}
+	return nil
+}
+
+// Bounds that keep values meaningful (and inside PostgreSQL's integer).
+const (
+	maxCheckInterval = 366 * 24 * 3600
+	maxShares        = 1_000_000
+	maxKeepNr        = 100_000
+)
+
+func defaultExpression(flake bool) string {
+	if flake {
+		return "hydraJobs"
+	}
+	return "release.nix"
+}
+
+func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "pid")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	page, err := pageOf(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	js, total, err := a.db.ListJobsets(r.Context(), p.ID, page)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]jobsetJSON, len(js))
+	for i, j := range js {
+		out[i] = toJobsetJSON(j)
+	}
+	writeJSON(w, http.StatusOK, newList(out, total, page))
+}
+
+func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "pid")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var in jobsetInput
+	if err := decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.JobsetFields{FlakeMode: true, NixExpression: defaultExpression(true), CheckInterval: 60,
+		SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	j, err := a.db.CreateJobset(r.Context(), p.ID, f)
+	if err != nil {
+		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
+		return
+	}
+	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10)+"/jobsets/"+strconv.FormatInt(j.ID, 10))
+	writeJSON(w, http.StatusCreated, toJobsetJSON(j))
+}
+
+func (a *API) jobset(ctx context.Context, r *http.Request) (storage.Jobset, error) {
+	p, err := a.project(ctx, r, "pid")
+	if err != nil {
+		return storage.Jobset{}, err
+	}
+	ref := chi.URLParam(r, "id")
+	if id, err := strconv.ParseInt(ref, 10, 64); err == nil {
+		return a.db.GetJobset(ctx, p.ID, id)
+	}
+	return a.db.GetJobsetByName(ctx, p.ID, ref)
+}
+
+func (a *API) getJobset(w http.ResponseWriter, r *http.Request) {
+	j, err := a.jobset(r.Context(), r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toJobsetJSON(j))
+}
+
+func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
+	j, err := a.jobset(r.Context(), r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var in jobsetInput
+	if err := decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.JobsetFields{Name: j.Name, Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode,
+		NixExpression: j.NixExpression, Inputs: j.Inputs, CheckInterval: j.CheckInterval,
+		SchedulingShares: j.SchedulingShares, State: j.State, KeepNr: j.KeepNr}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	j, err = a.db.UpdateJobset(r.Context(), j.ProjectID, j.ID, f)
+	if err != nil {
+		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
+		return
+	}
+	writeJSON(w, http.StatusOK, toJobsetJSON(j))
+}
+
+func (a *API) deleteJobset(w http.ResponseWriter, r *http.Request) {
+	j, err := a.jobset(r.Context(), r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.db.DeleteJobset(r.Context(), j.ProjectID, j.ID); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,238 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/storage"
+)
+
+// projectJSON is a project as the API shows it; secrets appear only as "is set".
+type projectJSON struct {
+	ID               int64     `json:"id"`
+	Name             string    `json:"name"`
+	DisplayName      string    `json:"display_name"`
+	Description      string    `json:"description"`
+	RepositoryURL    string    `json:"repository_url"`
+	Enabled          bool      `json:"enabled"`
+	WebhookSecretSet bool      `json:"webhook_secret_set"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+}
+
+func toProjectJSON(p storage.Project) projectJSON {
+	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
+		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
+		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+}
+
+// projectInput is a create or update request; nil fields are left as they are.
+type projectInput struct {
+	Name          *string `json:"name"`
+	DisplayName   *string `json:"display_name"`
+	Description   *string `json:"description"`
+	RepositoryURL *string `json:"repository_url"`
+	Enabled       *bool   `json:"enabled"`
+	WebhookSecret *string `json:"webhook_secret"`
+}
+
+// Names start with a letter or '_' (as in Hydra) so that a name never reads as an id
+// in URLs that accept both.
+var nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
+
+const maxNameLen = 100
+
+func validName(field, s string) error {
+	if s == "" {
+		return Errorf(http.StatusUnprocessableEntity, field, "%s is required", field)
+	}
+	if len(s) > maxNameLen || !nameRE.MatchString(s) {
+		return Errorf(http.StatusUnprocessableEntity, field,
+			"%s %q must start with a letter or '_' and contain only letters, digits, '.', '_' and '-' (at most %d characters)", field, s, maxNameLen)
+	}
+	return nil
+}
+
+// validRepositoryURL accepts https, http, ssh, git and file URLs, and absolute paths.
+func validRepositoryURL(s string) error {
+	bad := func(why string) error {
+		return Errorf(http.StatusUnprocessableEntity, "repository_url", "repository_url %q: %s", s, why)
+	}
+	if s == "" {
+		return bad("required")
+	}
+	if strings.ContainsAny(s, " \t\r\n") {
+		return bad("must not contain whitespace")
+	}
+	if strings.HasPrefix(s, "/") {
+		if filepath.Clean(s) != strings.TrimSuffix(s, "/") && filepath.Clean(s) != s {
+			return bad("path must be clean (no '..' or '//')")
+		}
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad("not a URL")
+	}
+	if _, hasPassword := u.User.Password(); hasPassword {
+		// Anything in the URL is shown by every GET; secrets are write-only.
+		return bad("must not embed a password or token; set the project's fetch credentials instead")
+	}
+	switch u.Scheme {
+	case "https", "http", "ssh", "git":
+		if u.Host == "" {
+			return bad("a " + u.Scheme + " URL needs a host")
+		}
+	case "file":
+		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
+			return bad("a file URL needs an absolute path")
+		}
+	default:
+		return bad("use an https, http, ssh, git or file URL, or an absolute path")
+	}
+	return nil
+}
+
+func (in projectInput) apply(f *storage.ProjectFields) error {
+	if in.Name != nil {
+		f.Name = *in.Name
+	}
+	if in.DisplayName != nil {
+		f.DisplayName = *in.DisplayName
+	}
+	if in.Description != nil {
+		f.Description = *in.Description
+	}
+	if in.RepositoryURL != nil {
+		f.RepositoryURL = *in.RepositoryURL
+	}
+	if in.Enabled != nil {
+		f.Enabled = *in.Enabled
+	}
+	f.WebhookSecret = in.WebhookSecret
+	if err := validName("name", f.Name); err != nil {
+		return err
+	}
+	if err := validRepositoryURL(f.RepositoryURL); err != nil {
+		return err
+	}
+	if len(f.DisplayName) > 200 {
+		return Errorf(http.StatusUnprocessableEntity, "display_name", "display_name is longer than 200 characters")
+	}
+	if f.WebhookSecret != nil && len(*f.WebhookSecret) > 0 && len(*f.WebhookSecret) < 16 {
+		return Errorf(http.StatusUnprocessableEntity, "webhook_secret", "webhook_secret must be at least 16 characters")
+	}
+	return nil
+}
+
+// nameConflict turns a unique-name violation into a 409 that names the field.
+func nameConflict(err error, what, name string) error {
+	if errors.Is(err, storage.ErrConflict) {
+		return Errorf(http.StatusConflict, "name", "%s named %q already exists", what, name)
+	}
+	return err
+}
+
+func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
+	page, err := pageOf(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	ps, total, err := a.db.ListProjects(r.Context(), page)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]projectJSON, len(ps))
+	for i, p := range ps {
+		out[i] = toProjectJSON(p)
+	}
+	writeJSON(w, http.StatusOK, newList(out, total, page))
+}
+
+func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
+	var in projectInput
+	if err := decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.ProjectFields{Enabled: true}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	p, err := a.db.CreateProject(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, nameConflict(err, "a project", f.Name))
+		return
+	}
+	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
+	writeJSON(w, http.StatusCreated, toProjectJSON(p))
+}
+
+// project resolves the {id} (or {pid}) URL parameter: a number is an id, anything
+// else a name, as Hydra users type them.
+func (a *API) project(ctx context.Context, r *http.Request, param string) (storage.Project, error) {
+	ref := chi.URLParam(r, param)
+	if id, err := strconv.ParseInt(ref, 10, 64); err == nil {
+		return a.db.GetProject(ctx, id)
+	}
+	return a.db.GetProjectByName(ctx, ref)
+}
+
+func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toProjectJSON(p))
+}
+
+func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var in projectInput
+	if err := decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.ProjectFields{Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
+		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	p, err = a.db.UpdateProject(r.Context(), p.ID, f)
+	if err != nil {
+		a.fail(w, r, nameConflict(err, "a project", f.Name))
+		return
+	}
+	writeJSON(w, http.StatusOK, toProjectJSON(p))
+}
+
+func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.db.DeleteProject(r.Context(), p.ID); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

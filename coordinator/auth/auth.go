@@ -1,0 +1,173 @@
+// Package auth owns who may do what: API keys (generation and hashing), roles and the
+// permissions they grant, and the HTTP middleware that enforces them.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/fc-ci/fc/storage"
+)
+
+// Permission names one kind of write (or admin read).
+type Permission string
+
+// Permissions checked by routes.
+const (
+	PermAdmin          Permission = "admin"           // anything, including admin-only reads
+	PermCreateProjects Permission = "create-projects" // create projects and jobsets
+	PermEvalJobset     Permission = "eval-jobset"     // trigger evaluations
+	PermCancelBuild    Permission = "cancel-build"
+	PermRestartJobs    Permission = "restart-jobs"
+	PermBumpToFront    Permission = "bump-to-front"
+)
+
+// Allows reports whether role grants perm. admin grants everything; read-only nothing;
+// every other role grants the permission of the same name.
+func Allows(role string, perm Permission) bool {
+	switch role {
+	case storage.RoleAdmin:
+		return true
+	case storage.RoleReadOnly:
+		return false
+	}
+	return perm != PermAdmin && string(perm) == role
+}
+
+// Roles are the names a key may be given.
+var roles = []string{storage.RoleAdmin, storage.RoleReadOnly, storage.RoleCreateProjects,
+	storage.RoleEvalJobset, storage.RoleCancelBuild, storage.RoleRestartJobs, storage.RoleBumpToFront}
+
+// ValidRole reports whether name is a known role.
+func ValidRole(name string) bool {
+	for _, r := range roles {
+		if r == name {
+			return true
+		}
+	}
+	return false
+}
+
+// RoleNames lists the known roles.
+func RoleNames() []string { return append([]string(nil), roles...) }
+
+// KeyPrefix starts every API key, so leaked keys are easy to recognise.
+const KeyPrefix = "fc_"
+
+// NewKey returns a fresh key ("fc_" + 32 hex characters) and its hash.
+func NewKey() (key string, hash []byte, err error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, fmt.Errorf("generate api key: %w", err)
+	}
+	key = KeyPrefix + hex.EncodeToString(b)
+	return key, HashKey(key), nil
+}
+
+// HashKey is the SHA-256 stored for a key. Keys are 128 random bits, so a fast hash is
+// enough; passwords, which people choose, use argon2id instead.
+func HashKey(key string) []byte {
+	h := sha256.Sum256([]byte(key))
+	return h[:]
+}
+
+// CreateKey makes a new key with role and stores its hash. The key is returned once
+// and never again: only its hash is kept.
+func CreateKey(ctx context.Context, db *storage.DB, name, role string) (storage.APIKey, string, error) {
+	if !ValidRole(role) {
+		return storage.APIKey{}, "", fmt.Errorf("role %q is not one of %v", role, roles)
+	}
+	key, hash, err := NewKey()
+	if err != nil {
+		return storage.APIKey{}, "", err
+	}
+	k, err := db.CreateAPIKey(ctx, name, role, hash)
+	if err != nil {
+		return storage.APIKey{}, "", err
+	}
+	return k, key, nil
+}
+
+// KeyStore finds keys by hash.
+type KeyStore interface {
+	APIKeyByHash(ctx context.Context, hash []byte) (storage.APIKey, error)
+}
+
+type ctxKey struct{}
+
+// Principal is who made a request.
+type Principal struct {
+	KeyID int64
+	Name  string
+	Role  string
+}
+
+// FromContext returns the request's principal, if it presented valid credentials.
+func FromContext(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(ctxKey{}).(Principal)
+	return p, ok
+}
+
+// WithPrincipal attaches a principal to ctx (used by sessions and tests).
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
+}
+
+// ErrorWriter writes a JSON error with an HTTP status.
+type ErrorWriter func(w http.ResponseWriter, r *http.Request, status int, msg string)
+
+// Middleware authenticates requests that carry a bearer key. A request without one
+// passes anonymously (public reads); a request with an unknown key is refused with 401,
+// so a typo is never silently treated as anonymous.
+func Middleware(keys KeyStore, fail ErrorWriter) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := r.Header.Get("Authorization")
+			if h == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			scheme, key, ok := strings.Cut(h, " ")
+			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" {
+				fail(w, r, http.StatusUnauthorized, "Authorization header must be \"Bearer <api key>\"")
+				return
+			}
+			k, err := keys.APIKeyByHash(r.Context(), HashKey(strings.TrimSpace(key)))
+			if errors.Is(err, storage.ErrNotFound) {
+				fail(w, r, http.StatusUnauthorized, "unknown API key")
+				return
+			}
+			if err != nil {
+				fail(w, r, http.StatusServiceUnavailable, "cannot check the API key: database unavailable")
+				return
+			}
+			ctx := WithPrincipal(r.Context(), Principal{KeyID: k.ID, Name: k.Name, Role: k.Role})
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// Require lets a request through only if its principal's role grants perm:
+// 401 without credentials, 403 with a role that does not allow it.
+func Require(perm Permission, fail ErrorWriter) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p, ok := FromContext(r.Context())
+			if !ok {
+				fail(w, r, http.StatusUnauthorized, "this request needs an API key (Authorization: Bearer <key>)")
+				return
+			}
+			if !Allows(p.Role, perm) {
+				fail(w, r, http.StatusForbidden, fmt.Sprintf("role %q may not do this (needs %s)", p.Role, perm))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}

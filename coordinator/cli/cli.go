@@ -1,0 +1,282 @@
+// Package cli is the fc-coordinator command line: serve (the default), migrate and
+// admin subcommands. The main package only calls Main.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+	"github.com/fc-ci/fc/storage/pgcluster"
+)
+
+// Exit codes.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+const usage = `usage: fc-coordinator [--config FILE] [COMMAND]
+
+commands:
+  serve                      run the coordinator (the default)
+  migrate up|status          apply or list database migrations
+  migrate create NAME        write a new numbered migration into ./migrations
+  admin create-key --name N --role R
+                             create an API key and print it alone on stdout
+  version                    print the version
+
+Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
+FC_<SECTION>__<KEY> environment variables. See coordinator.toml for every key.
+`
+
+// Env is what a command runs with; tests pass their own.
+type Env struct {
+	Args    []string
+	Environ []string
+	Stdout  io.Writer
+	Stderr  io.Writer
+}
+
+// Main runs one command and returns the process exit code.
+func Main(ctx context.Context, env Env) int {
+	err := run(ctx, env)
+	if err == nil {
+		return ExitOK
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(env.Stderr, "fc-coordinator: %s\n\n%s", ue.msg, usage)
+		return ExitUsage
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	fmt.Fprintf(env.Stderr, "fc-coordinator: %v\n", err)
+	return ExitError
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func run(ctx context.Context, env Env) error {
+	global := flag.NewFlagSet("fc-coordinator", flag.ContinueOnError)
+	global.SetOutput(env.Stderr)
+	global.Usage = func() { fmt.Fprint(env.Stderr, usage) }
+	configFile := global.String("config", "", "configuration file")
+	if err := global.Parse(env.Args); err != nil {
+		return err
+	}
+	args := global.Args()
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	load := func() (config.Config, error) { return config.Load(*configFile, env.Environ) }
+	switch cmd {
+	case "serve":
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		noMigrate := fs.Bool("no-migrate", false, "do not apply pending migrations at start")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		cfg, err := load()
+		if err != nil {
+			return err
+		}
+		if *noMigrate {
+			cfg.Database.AutoMigrate = false
+		}
+		return serve(ctx, cfg, env)
+	case "migrate":
+		return migrate(ctx, load, args, env)
+	case "admin":
+		return admin(ctx, load, args, env)
+	case "version":
+		fmt.Fprintf(env.Stdout, "fc-coordinator %s\n", protocol.BuildVersion)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(env.Stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+// NewLogger makes the daemon's structured logger.
+func NewLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// Database is an open database and what must be stopped with it.
+type Database struct {
+	*storage.DB
+	cluster *pgcluster.Cluster
+}
+
+// Close closes the pool and stops the private PostgreSQL this process started.
+func (d *Database) Close() {
+	d.DB.Close()
+	if d.cluster != nil {
+		_ = d.cluster.Stop()
+	}
+}
+
+// EmbeddedDatabaseName is the database inside the private cluster.
+const EmbeddedDatabaseName = "fc"
+
+// OpenDatabase opens database.url, or, when none is configured, a private PostgreSQL
+// cluster in state_dir/postgres (started now, or shared with the coordinator that
+// already runs it).
+func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*Database, error) {
+	dbcfg := storage.Config{
+		URL:            cfg.Database.URL,
+		MaxConnections: int32(cfg.Database.MaxConnections),
+		MinConnections: int32(cfg.Database.MinConnections),
+		ConnectTimeout: config.Seconds(cfg.Database.ConnectTimeout),
+		IdleTimeout:    config.Seconds(cfg.Database.IdleTimeout),
+		MaxLifetime:    config.Seconds(cfg.Database.MaxLifetime),
+	}
+	var cluster *pgcluster.Cluster
+	if dbcfg.URL == "" {
+		dir := filepath.Join(cfg.StateDir, "postgres")
+		log.Info("no database.url configured: using a private PostgreSQL", "dir", dir)
+		c, err := pgcluster.Start(ctx, pgcluster.Config{Dir: dir, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("embedded database: %w", err)
+		}
+		if err := c.EnsureDatabase(ctx, EmbeddedDatabaseName); err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+		cluster = c
+		dbcfg.URL = c.URL(EmbeddedDatabaseName)
+	}
+	db, err := storage.Open(ctx, dbcfg, log)
+	if err != nil {
+		if cluster != nil {
+			_ = cluster.Stop()
+		}
+		return nil, err
+	}
+	return &Database{DB: db, cluster: cluster}, nil
+}
+
+func migrate(ctx context.Context, load func() (config.Config, error), args []string, env Env) error {
+	if len(args) == 0 {
+		return usageError{"migrate needs up, status or create NAME"}
+	}
+	if args[0] == "create" {
+		if len(args) != 2 {
+			return usageError{"migrate create needs exactly one NAME"}
+		}
+		return storage.CreateMigration("migrations", args[1], env.Stdout)
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	log := NewLogger(env.Stderr, cfg.LogLevel)
+	db, err := OpenDatabase(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	m, err := db.NewMigrator()
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	switch args[0] {
+	case "up":
+		applied, err := m.Up(ctx)
+		if err != nil {
+			return err
+		}
+		if len(applied) == 0 {
+			fmt.Fprintln(env.Stdout, "database is up to date")
+		}
+		for _, v := range applied {
+			fmt.Fprintf(env.Stdout, "applied migration %d\n", v)
+		}
+		return nil
+	case "status":
+		st, err := m.Status(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tSTATE\tAPPLIED AT\tFILE")
+		for _, s := range st {
+			state, at := "pending", ""
+			if s.Applied {
+				state, at = "applied", s.AppliedAt.UTC().Format("2006-01-02T15:04:05Z")
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", s.Version, state, at, s.Name)
+		}
+		return tw.Flush()
+	}
+	return usageError{fmt.Sprintf("unknown migrate command %q", args[0])}
+}
+
+func admin(ctx context.Context, load func() (config.Config, error), args []string, env Env) error {
+	if len(args) == 0 {
+		return usageError{"admin needs a command: create-key"}
+	}
+	switch args[0] {
+	case "create-key":
+		fs := flag.NewFlagSet("create-key", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		name := fs.String("name", "", "a name for the key")
+		role := fs.String("role", "", "one of: "+strings.Join(auth.RoleNames(), ", "))
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *name == "" || !auth.ValidRole(*role) {
+			return usageError{"create-key needs --name and --role (" + strings.Join(auth.RoleNames(), ", ") + ")"}
+		}
+		cfg, err := load()
+		if err != nil {
+			return err
+		}
+		db, err := OpenDatabase(ctx, cfg, NewLogger(env.Stderr, "warn"))
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		if cfg.Database.AutoMigrate {
+			if err := db.Migrate(ctx); err != nil {
+				return err
+			}
+		}
+		_, key, err := auth.CreateKey(ctx, db.DB, *name, *role)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(env.Stdout, key)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown admin command %q", args[0])}
+}
+
+// Run is Main for the real process.
+func Run() int {
+	ctx, stop := signalContext()
+	defer stop()
+	return Main(ctx, Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr})
+}

@@ -1,0 +1,138 @@
+// Package config defines the coordinator's settings and loads them: compiled
+// defaults, ./coordinator.toml, the --config / FC_CONFIG_FILE file, then FC_ variables.
+// coordinator.toml at the repository root documents every key.
+package config
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/fc-ci/fc/protocol/tomlenv"
+)
+
+// Config is everything the coordinator can be told.
+type Config struct {
+	// StateDir holds the coordinator's files (embedded database, keys, blobs, logs)
+	// unless a section names another place.
+	StateDir string `toml:"state_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string   `toml:"log_level"`
+	Database Database `toml:"database"`
+	Server   Server   `toml:"server"`
+}
+
+// Database is the [database] section. Durations are seconds.
+type Database struct {
+	URL            string `toml:"url"` // empty: a private PostgreSQL in state_dir/postgres
+	MaxConnections int    `toml:"max_connections"`
+	MinConnections int    `toml:"min_connections"`
+	ConnectTimeout int    `toml:"connect_timeout"`
+	IdleTimeout    int    `toml:"idle_timeout"`
+	MaxLifetime    int    `toml:"max_lifetime"`
+	AutoMigrate    bool   `toml:"auto_migrate"`
+}
+
+// Server is the [server] section.
+type Server struct {
+	Host           string   `toml:"host"`
+	Port           int      `toml:"port"`
+	RequestTimeout int      `toml:"request_timeout"`
+	MaxBodySize    int64    `toml:"max_body_size"`
+	CorsPermissive bool     `toml:"cors_permissive"`
+	AllowedOrigins []string `toml:"allowed_origins"`
+	RateLimitRPS   float64  `toml:"rate_limit_rps"`
+	RateLimitBurst int      `toml:"rate_limit_burst"`
+}
+
+// Defaults are the compiled defaults, the same as the commented values in coordinator.toml.
+func Defaults() Config {
+	return Config{
+		StateDir: "/var/lib/fc",
+		LogLevel: "info",
+		Database: Database{
+			MaxConnections: 20,
+			MinConnections: 2,
+			ConnectTimeout: 30,
+			IdleTimeout:    600,
+			MaxLifetime:    1800,
+			AutoMigrate:    true,
+		},
+		Server: Server{
+			Host:           "127.0.0.1",
+			Port:           3000,
+			RequestTimeout: 30,
+			MaxBodySize:    10 << 20,
+			AllowedOrigins: []string{},
+		},
+	}
+}
+
+// FileName is the file read from the working directory when present.
+const FileName = "coordinator.toml"
+
+// Load reads the configuration. configFlag is the --config value ("" if not given);
+// environ is os.Environ().
+func Load(configFlag string, environ []string) (Config, error) {
+	cfg := Defaults()
+	files := []tomlenv.Source{{Path: FileName, Optional: true}}
+	named := configFlag
+	if named == "" {
+		named = lookup(environ, "FC_CONFIG_FILE")
+	}
+	if named != "" {
+		if abs, err := filepath.Abs(named); err == nil {
+			if cwd, err := filepath.Abs(FileName); err == nil && abs == cwd {
+				files = nil // the named file is the working directory's: read it once
+			}
+		}
+		files = append(files, tomlenv.Source{Path: named})
+	}
+	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+func lookup(environ []string, key string) string {
+	for i := len(environ) - 1; i >= 0; i-- {
+		if len(environ[i]) > len(key) && environ[i][:len(key)+1] == key+"=" {
+			return environ[i][len(key)+1:]
+		}
+	}
+	return ""
+}
+
+// Validate checks values that parse but make no sense.
+func (c Config) Validate() error {
+	switch {
+	case c.StateDir == "":
+		return fmt.Errorf("state_dir must not be empty")
+	case c.Server.Port < 0 || c.Server.Port > 65535:
+		return fmt.Errorf("server.port %d is not a TCP port", c.Server.Port)
+	case c.Server.RequestTimeout <= 0:
+		return fmt.Errorf("server.request_timeout must be > 0 seconds")
+	case c.Server.MaxBodySize <= 0:
+		return fmt.Errorf("server.max_body_size must be > 0 bytes")
+	case c.Server.RateLimitRPS < 0 || c.Server.RateLimitBurst < 0:
+		return fmt.Errorf("server.rate_limit_rps and rate_limit_burst must be >= 0")
+	case c.Database.MaxConnections <= 0:
+		return fmt.Errorf("database.max_connections must be > 0")
+	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
+		return fmt.Errorf("database.min_connections must be between 0 and max_connections")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level %q: use debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// Addr is the listen address.
+func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
+
+// Seconds turns a seconds setting into a duration.
+func Seconds(n int) time.Duration { return time.Duration(n) * time.Second }

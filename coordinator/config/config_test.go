@@ -1,0 +1,153 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/fc-ci/fc/protocol/tomlenv"
+)
+
+func chdir(t *testing.T, dir string) {
+	t.Helper()
+	old, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chdir(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chdir(old) })
+}
+
+func write(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoad_FileThenConfigFlagThenEnv(t *testing.T) {
+	dir := t.TempDir()
+	chdir(t, dir)
+	write(t, FileName, "state_dir = \"/from-cwd\"\n[server]\nport = 1001\nhost = \"0.0.0.0\"\n[database]\nmax_connections = 7\n")
+	flagFile := filepath.Join(dir, "flag.toml")
+	write(t, flagFile, "[server]\nport = 1002\n[database]\nurl = \"postgres://flag/db\"\n")
+
+	cfg, err := Load(flagFile, []string{"FC_SERVER__PORT=1003"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.Port != 1003 {
+		t.Errorf("port %d: env must win over --config and ./coordinator.toml", cfg.Server.Port)
+	}
+	if cfg.Database.URL != "postgres://flag/db" || cfg.Server.Host != "0.0.0.0" || cfg.StateDir != "/from-cwd" || cfg.Database.MaxConnections != 7 {
+		t.Errorf("file values lost: %+v", cfg)
+	}
+	if cfg.Server.RequestTimeout != Defaults().Server.RequestTimeout {
+		t.Errorf("default request_timeout lost: %d", cfg.Server.RequestTimeout)
+	}
+
+	cfg, err = Load(flagFile, nil)
+	if err != nil || cfg.Server.Port != 1002 {
+		t.Errorf("--config must win over ./coordinator.toml: port %d, err %v", cfg.Server.Port, err)
+	}
+	cfg, err = Load("", nil)
+	if err != nil || cfg.Server.Port != 1001 {
+		t.Errorf("./coordinator.toml must win over defaults: port %d, err %v", cfg.Server.Port, err)
+	}
+	// FC_CONFIG_FILE names the file when --config is absent; --config wins when both are given.
+	cfg, err = Load("", []string{"FC_CONFIG_FILE=" + flagFile})
+	if err != nil || cfg.Server.Port != 1002 {
+		t.Errorf("FC_CONFIG_FILE: port %d, err %v", cfg.Server.Port, err)
+	}
+	other := filepath.Join(dir, "other.toml")
+	write(t, other, "[server]\nport = 1004\n")
+	cfg, err = Load(other, []string{"FC_CONFIG_FILE=" + flagFile})
+	if err != nil || cfg.Server.Port != 1004 {
+		t.Errorf("--config over FC_CONFIG_FILE: port %d, err %v", cfg.Server.Port, err)
+	}
+}
+
+func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	chdir(t, dir)
+	cases := []struct {
+		name, body, env string
+		want            []string
+	}{
+		{"unknown key", "[server]\nport = 3000\nhots = \"x\"\n", "", []string{"line 3", "server.hots", "bad.toml"}},
+		{"wrong type", "[database]\n\nmax_connections = \"many\"\n", "", []string{"line 3", "database.max_connections", "bad.toml"}},
+		{"unknown section", "[queue]\nworkers = 2\n", "", []string{"line 1", "queue", "bad.toml"}},
+		{"malformed env value", "", "FC_SERVER__PORT=eighty", []string{"FC_SERVER__PORT", "eighty"}},
+		{"nonsense value", "[server]\nport = 70000\n", "", []string{"server.port"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(dir, "bad.toml")
+			write(t, p, c.body)
+			var env []string
+			if c.env != "" {
+				env = []string{c.env}
+			}
+			_, err := Load(p, env)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoad_EnvForAnotherProgramIsIgnored(t *testing.T) {
+	chdir(t, t.TempDir())
+	cfg, err := Load("", []string{"FC_AGENT__MAX_JOBS=4", "FC_COORDINATOR__URL=http://x", "FC_NOPE=1"})
+	if err != nil {
+		t.Fatalf("agent variables must be ignored by the coordinator: %v", err)
+	}
+	if !reflect.DeepEqual(cfg, Defaults()) {
+		t.Errorf("config changed by foreign variables: %+v", cfg)
+	}
+}
+
+// The example file at the repository root documents every key, commented out with
+// its compiled default, and loading it changes nothing.
+func TestExampleFileDocumentsEveryKeyWithItsDefault(t *testing.T) {
+	example, err := os.ReadFile("../../coordinator.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg Config = Defaults()
+	if err := tomlenv.DecodeFile(&cfg, "coordinator.toml", example); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, Defaults()) {
+		t.Errorf("coordinator.toml sets values; every key must be commented out")
+	}
+	// Uncomment every "# key = value" line: the result must load and equal the defaults.
+	uncommented := regexp.MustCompile(`(?m)^# ([a-z_]+ = .*)$`).ReplaceAll(example, []byte("$1"))
+	cfg = Config{}
+	if err := tomlenv.DecodeFile(&cfg, "coordinator.toml (uncommented)", uncommented); err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("documented defaults differ from compiled ones:\n doc  %+v\n code %+v", cfg, want)
+	}
+	for _, name := range tomlenv.EnvNames(&want, "FC_") {
+		key := strings.ToLower(name[strings.LastIndex(name, "_"+"_")+2:])
+		if !strings.Contains(name, "__") {
+			key = strings.ToLower(strings.TrimPrefix(name, "FC_"))
+		}
+		if !regexp.MustCompile(`(?m)^# ` + key + ` = `).Match(example) {
+			t.Errorf("coordinator.toml does not document %s (env %s)", key, name)
+		}
+	}
+}

@@ -1,0 +1,206 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/storage"
+)
+
+// statusFor is the status each kind of caller must get from one route.
+type statusFor struct {
+	NoKey, UnknownKey, ReadOnly, CreateProjects, EvalJobset, CancelBuild, RestartJobs, BumpToFront, Admin int
+}
+
+// authzRoute is one row of the authorization table: a route and, for a fresh set of
+// resources, the path and body of a request that succeeds when allowed.
+type authzRoute struct {
+	route string
+	want  statusFor
+	// req makes fresh resources (so each principal's DELETE has something to
+	// delete) and returns the method, path and body of the request.
+	req func(t *testing.T, f *fixtures) (method, path string, body any)
+}
+
+type fixtures struct {
+	db *storage.DB
+	n  atomic.Int64
+}
+
+func (f *fixtures) unique(prefix string) string { return fmt.Sprintf("%s%d", prefix, f.n.Add(1)) }
+
+func (f *fixtures) project(t *testing.T) storage.Project {
+	t.Helper()
+	p, err := f.db.CreateProject(context.Background(), storage.ProjectFields{
+		Name: f.unique("p"), RepositoryURL: "https://example.org/r.git", Enabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (f *fixtures) jobset(t *testing.T) storage.Jobset {
+	t.Helper()
+	p := f.project(t)
+	j, err := f.db.CreateJobset(context.Background(), p.ID, storage.JobsetFields{Name: f.unique("j"), FlakeMode: true,
+		NixExpression: "hydraJobs", CheckInterval: 60, SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// TestAuthz_RouteTable checks every write route and every admin-only read, over the
+// real router, for every kind of caller. The expected statuses are written out by
+// hand on purpose (not computed from auth.Allows), so a change to the rules or to a
+// route's permission shows up here. Later issues add their routes to this table.
+func TestAuthz_RouteTable(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	f := &fixtures{db: e.db}
+	// An unknown key that looks like a real one.
+	unknown, _, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	principals := []struct {
+		name string
+		key  string
+		want func(statusFor) int
+	}{
+		{"no key", "", func(s statusFor) int { return s.NoKey }},
+		{"unknown key", unknown, func(s statusFor) int { return s.UnknownKey }},
+		{"read-only", e.key(storage.RoleReadOnly), func(s statusFor) int { return s.ReadOnly }},
+		{"create-projects", e.key(storage.RoleCreateProjects), func(s statusFor) int { return s.CreateProjects }},
+		{"eval-jobset", e.key(storage.RoleEvalJobset), func(s statusFor) int { return s.EvalJobset }},
+		{"cancel-build", e.key(storage.RoleCancelBuild), func(s statusFor) int { return s.CancelBuild }},
+		{"restart-jobs", e.key(storage.RoleRestartJobs), func(s statusFor) int { return s.RestartJobs }},
+		{"bump-to-front", e.key(storage.RoleBumpToFront), func(s statusFor) int { return s.BumpToFront }},
+		{"admin", e.admin, func(s statusFor) int { return s.Admin }},
+	}
+
+	routes := []authzRoute{
+		{"POST /api/v1/projects",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 201, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/projects", obj{"name": f.unique("new"), "repository_url": "https://example.org/n.git"}
+			}},
+		{"PUT /api/v1/projects/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.project(t).ID), obj{"description": "changed"}
+			}},
+		{"DELETE /api/v1/projects/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/projects/%d", f.project(t).ID), nil
+			}},
+		{"POST /api/v1/projects/{pid}/jobsets",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 201, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.project(t).ID), obj{"name": "main"}
+			}},
+		{"PUT /api/v1/projects/{pid}/jobsets/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				j := f.jobset(t)
+				return "PUT", jobsetPath(j.ProjectID, j.ID), obj{"description": "changed"}
+			}},
+		{"DELETE /api/v1/projects/{pid}/jobsets/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				j := f.jobset(t)
+				return "DELETE", jobsetPath(j.ProjectID, j.ID), nil
+			}},
+		{"GET /api/v1/api-keys",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/api-keys", nil
+			}},
+		{"POST /api/v1/api-keys",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/api-keys", obj{"name": f.unique("k"), "role": "read-only"}
+			}},
+		{"DELETE /api/v1/api-keys/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				k, _, err := auth.CreateKey(context.Background(), f.db, f.unique("victim"), storage.RoleReadOnly)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return "DELETE", fmt.Sprintf("/api/v1/api-keys/%d", k.ID), nil
+			}},
+		// Public reads: anyone, except a caller presenting a key nobody knows.
+		{"GET /api/v1/projects",
+			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/projects", nil
+			}},
+		{"GET /api/v1/projects/{pid}/jobsets/{id}",
+			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				j := f.jobset(t)
+				return "GET", jobsetPath(j.ProjectID, j.ID), nil
+			}},
+	}
+
+	for _, rt := range routes {
+		t.Run(rt.route, func(t *testing.T) {
+			for _, p := range principals {
+				want := p.want(rt.want)
+				if want == 0 {
+					t.Fatalf("the table has no status for %s", p.name)
+				}
+				method, path, body := rt.req(t, f)
+				before := e.in(t).snapshot()
+				r := do(t, e.srv.URL, method, path, p.key, body)
+				if r.Status != want {
+					t.Errorf("%s: %s %s = %d, want %d; body: %s", p.name, method, path, r.Status, want, r.Body)
+					continue
+				}
+				if want >= 400 {
+					r.apiErr(t, want)
+					if after := e.in(t).snapshot(); after != before {
+						t.Errorf("%s: refused %s %s changed the database", p.name, method, path)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestAuthz_MalformedAuthorizationIs401(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	for _, h := range []string{"Bearer", "Bearer ", "Basic YWRtaW46YWRtaW4=", e.admin, "Token " + e.admin} {
+		req, err := http.NewRequest("GET", e.srv.URL+"/api/v1/projects", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", h)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Authorization %q: status %d, want 401", h, resp.StatusCode)
+		}
+	}
+	// The scheme is case-insensitive.
+	req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/api-keys", nil)
+	req.Header.Set("Authorization", "bearer "+e.admin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("lower-case bearer: status %d, want 200", resp.StatusCode)
+	}
+}

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"golang.org/x/time/rate"
+
+	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/metrics"
+)
+
+// securityHeaders sets the headers every answer carries.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "strict-origin-when-cross-origin")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bodyLimit caps request bodies; decoding past the cap answers 413.
+func bodyLimit(n int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > n {
+				api.WriteError(w, r, http.StatusRequestEntityTooLarge, "request body is larger than "+strconv.FormatInt(n, 10)+" bytes")
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, n)
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// timeout bounds ordinary requests; long-lived WebSocket streams are exempt.
+func timeout(d time.Duration) func(http.Handler) http.Handler {
+	bounded := middleware.Timeout(d)
+	return func(next http.Handler) http.Handler {
+		withTimeout := bounded(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			withTimeout.ServeHTTP(w, r)
+		})
+	}
+}
+
+// observe records each request's metrics by route pattern and logs it.
+func observe(m *metrics.Metrics, log *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			next.ServeHTTP(ww, r)
+			elapsed := time.Since(start)
+			route := "unmatched"
+			if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+				route = rc.RoutePattern()
+			}
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK
+			}
+			m.HTTPRequests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+			m.HTTPDuration.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+			level := slog.LevelInfo
+			if status < 400 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+				level = slog.LevelDebug // reads are many; errors and writes are worth a line
+			}
+			log.Log(r.Context(), level, "http request", "method", r.Method, "path", r.URL.Path,
+				"route", route, "status", status, "bytes", ww.BytesWritten(),
+				"duration_ms", float64(elapsed.Microseconds())/1000, "remote", clientIP(r))
+		})
+	}
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// ipLimiter is a token bucket per client address (rate_limit_rps, rate_limit_burst).
+type ipLimiter struct {
+	rps   rate.Limit
+	burst int
+
+	mu      sync.Mutex
+	clients map[string]*clientBucket
+	swept   time.Time
+}
+
+type clientBucket struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+func newIPLimiter(rps float64, burst int) *ipLimiter {
+	if burst < 1 {
+		burst = max(1, int(rps))
+	}
+	return &ipLimiter{rps: rate.Limit(rps), burst: burst, clients: map[string]*clientBucket{}, swept: time.Now()}
+}
+
+// reserve takes a token for ip, or says how long until one is free.
+func (l *ipLimiter) reserve(ip string, now time.Time) (ok bool, wait time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > time.Minute { // forget clients idle long enough to have a full bucket
+		for k, c := range l.clients {
+			if now.Sub(c.seen) > time.Minute {
+				delete(l.clients, k)
+			}
+		}
+		l.swept = now
+	}
+	c := l.clients[ip]
+	if c == nil {
+		c = &clientBucket{lim: rate.NewLimiter(l.rps, l.burst)}
+		l.clients[ip] = c
+	}
+	c.seen = now
+	r := c.lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+func (l *ipLimiter) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ok, wait := l.reserve(clientIP(r), time.Now()); !ok {
+			secs := int(wait/time.Second) + 1
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			api.WriteError(w, r, http.StatusTooManyRequests, "rate limit exceeded; retry in "+strconv.Itoa(secs)+" s")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
