@@ -98,7 +98,8 @@ CREATE TABLE agents (
     public_key         text NOT NULL,          -- authorized_keys line, pinned at enrollment
     fingerprint        text NOT NULL UNIQUE,   -- SHA256:...; stays after revocation
     enabled            boolean NOT NULL DEFAULT true,
-    draining           boolean NOT NULL DEFAULT false,
+    draining           boolean NOT NULL DEFAULT false, -- set by an admin: no new work
+    self_draining      boolean NOT NULL DEFAULT false, -- the agent is shutting down (SIGTERM)
     revoked_at         timestamptz,
     connected          boolean NOT NULL DEFAULT false,
     coordinator        text NOT NULL DEFAULT '',

@@ -23,7 +23,8 @@ func (db *DB) Counts(ctx context.Context) (Counts, error) {
 		(SELECT count(*) FROM projects),
 		(SELECT count(*) FROM evaluations),
 		(SELECT count(*) FROM channels),
-		(SELECT count(*) FROM agents WHERE connected AND revoked_at IS NULL)`).Scan(
+		(SELECT count(*) FROM agents WHERE connected AND revoked_at IS NULL
+		 AND last_seen_at > now() - make_interval(secs => $1))`, presenceSecs).Scan(
 		&c.Builds, &c.BuildsPending, &c.BuildsRunning, &c.BuildsCompleted, &c.BuildsFailed,
 		&c.Projects, &c.Evaluations, &c.Channels, &c.AgentsConnected)
 	if err != nil {

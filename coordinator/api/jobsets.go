@@ -75,7 +75,8 @@ var (
 	expressionRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$`)
 )
 
-func unprocessable(field, format string, args ...any) error {
+// Unprocessable is a 422 naming the field at fault.
+func Unprocessable(field, format string, args ...any) error {
 	return Errorf(http.StatusUnprocessableEntity, field, format, args...)
 }
 
@@ -85,7 +86,7 @@ func validBranch(b string) error {
 	}
 	if len(b) > 255 || strings.ContainsAny(b, " \t\n~^:?*[\\") || strings.Contains(b, "..") ||
 		strings.HasPrefix(b, "-") || strings.HasPrefix(b, "/") || strings.HasSuffix(b, "/") || strings.HasSuffix(b, ".lock") {
-		return unprocessable("branch", "branch %q is not a valid git branch name", b)
+		return Unprocessable("branch", "branch %q is not a valid git branch name", b)
 	}
 	return nil
 }
@@ -123,54 +124,54 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		}
 	}
 
-	if err := validName("name", f.Name); err != nil {
+	if err := ValidName("name", f.Name); err != nil {
 		return err
 	}
 	if err := validBranch(f.Branch); err != nil {
 		return err
 	}
 	if f.NixExpression == "" || len(f.NixExpression) > 255 || !expressionRE.MatchString(f.NixExpression) || strings.Contains(f.NixExpression, "..") {
-		return unprocessable("nix_expression", "nix_expression %q must be a flake attribute (hydraJobs) or a file in the repository (release.nix)", f.NixExpression)
+		return Unprocessable("nix_expression", "nix_expression %q must be a flake attribute (hydraJobs) or a file in the repository (release.nix)", f.NixExpression)
 	}
 	if f.CheckInterval < 0 || f.CheckInterval > maxCheckInterval {
-		return unprocessable("check_interval", "check_interval must be from 0 to %d seconds (0 = evaluate only when triggered)", maxCheckInterval)
+		return Unprocessable("check_interval", "check_interval must be from 0 to %d seconds (0 = evaluate only when triggered)", maxCheckInterval)
 	}
 	if f.SchedulingShares <= 0 || f.SchedulingShares > maxShares {
-		return unprocessable("scheduling_shares", "scheduling_shares must be from 1 to %d", maxShares)
+		return Unprocessable("scheduling_shares", "scheduling_shares must be from 1 to %d", maxShares)
 	}
 	if f.KeepNr < 0 || f.KeepNr > maxKeepNr {
-		return unprocessable("keep_nr", "keep_nr must be from 0 to %d", maxKeepNr)
+		return Unprocessable("keep_nr", "keep_nr must be from 0 to %d", maxKeepNr)
 	}
 	switch f.State {
 	case storage.JobsetEnabled, storage.JobsetDisabled, storage.JobsetOneShot, storage.JobsetOneAtATime:
 	default:
-		return unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
+		return Unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
 	}
 	seen := map[string]bool{}
 	for _, i := range f.Inputs {
 		if !inputNameRE.MatchString(i.Name) {
-			return unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
+			return Unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
 		}
 		if seen[i.Name] {
-			return unprocessable("inputs", "input %q appears twice", i.Name)
+			return Unprocessable("inputs", "input %q appears twice", i.Name)
 		}
 		seen[i.Name] = true
 		switch i.Type {
 		case storage.InputTypeString:
 		case storage.InputTypeBoolean:
 			if i.Value != "true" && i.Value != "false" {
-				return unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
+				return Unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
 			}
 		case storage.InputTypeGit:
 			if err := validRepositoryURL(strings.Fields(i.Value + " ")[0]); err != nil {
-				return unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
+				return Unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
 			}
 		case storage.InputTypePath:
 			if !strings.HasPrefix(i.Value, "/") {
-				return unprocessable("inputs", "path input %q must be an absolute path", i.Name)
+				return Unprocessable("inputs", "path input %q must be an absolute path", i.Name)
 			}
 		default:
-			return unprocessable("inputs", "input %q has type %q; use string, boolean, git or path", i.Name, i.Type)
+			return Unprocessable("inputs", "input %q has type %q; use string, boolean, git or path", i.Name, i.Type)
 		}
 	}
 	return nil
@@ -196,7 +197,7 @@ func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	page, err := pageOf(r)
+	page, err := PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -210,7 +211,7 @@ func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
 	for i, j := range js {
 		out[i] = toJobsetJSON(j)
 	}
-	writeJSON(w, http.StatusOK, newList(out, total, page))
+	WriteJSON(w, http.StatusOK, NewList(out, total, page))
 }
 
 func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
@@ -220,7 +221,7 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in jobsetInput
-	if err := decode(r, &in); err != nil {
+	if err := Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -236,7 +237,7 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10)+"/jobsets/"+strconv.FormatInt(j.ID, 10))
-	writeJSON(w, http.StatusCreated, toJobsetJSON(j))
+	WriteJSON(w, http.StatusCreated, toJobsetJSON(j))
 }
 
 func (a *API) jobset(ctx context.Context, r *http.Request) (storage.Jobset, error) {
@@ -257,7 +258,7 @@ func (a *API) getJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toJobsetJSON(j))
+	WriteJSON(w, http.StatusOK, toJobsetJSON(j))
 }
 
 func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
@@ -267,7 +268,7 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in jobsetInput
-	if err := decode(r, &in); err != nil {
+	if err := Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -283,7 +284,7 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
 		return
 	}
-	writeJSON(w, http.StatusOK, toJobsetJSON(j))
+	WriteJSON(w, http.StatusOK, toJobsetJSON(j))
 }
 
 func (a *API) deleteJobset(w http.ResponseWriter, r *http.Request) {

@@ -25,7 +25,7 @@ func toAPIKeyJSON(k storage.APIKey) apiKeyJSON {
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
-	page, err := pageOf(r)
+	page, err := PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -39,7 +39,7 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 	for i, k := range ks {
 		out[i] = toAPIKeyJSON(k)
 	}
-	writeJSON(w, http.StatusOK, newList(out, total, page))
+	WriteJSON(w, http.StatusOK, NewList(out, total, page))
 }
 
 func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
@@ -47,16 +47,16 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		Name string `json:"name"`
 		Role string `json:"role"`
 	}
-	if err := decode(r, &in); err != nil {
+	if err := Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := validName("name", in.Name); err != nil {
+	if err := ValidName("name", in.Name); err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	if !auth.ValidRole(in.Role) {
-		a.fail(w, r, unprocessable("role", "role %q is not one of %v", in.Role, auth.RoleNames()))
+		a.fail(w, r, Unprocessable("role", "role %q is not one of %v", in.Role, auth.RoleNames()))
 		return
 	}
 	k, key, err := auth.CreateKey(r.Context(), a.db, in.Name, in.Role)
@@ -67,7 +67,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 	out := toAPIKeyJSON(k)
 	out.Key = key // the only place the key ever appears
 	w.Header().Set("Location", "/api/v1/api-keys/"+strconv.FormatInt(k.ID, 10))
-	writeJSON(w, http.StatusCreated, out)
+	WriteJSON(w, http.StatusCreated, out)
 }
 
 func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {

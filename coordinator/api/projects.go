@@ -51,7 +51,8 @@ var nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
 
 const maxNameLen = 100
 
-func validName(field, s string) error {
+// ValidName checks a project, jobset, key or agent name.
+func ValidName(field, s string) error {
 	if s == "" {
 		return Errorf(http.StatusUnprocessableEntity, field, "%s is required", field)
 	}
@@ -119,7 +120,7 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 		f.Enabled = *in.Enabled
 	}
 	f.WebhookSecret = in.WebhookSecret
-	if err := validName("name", f.Name); err != nil {
+	if err := ValidName("name", f.Name); err != nil {
 		return err
 	}
 	if err := validRepositoryURL(f.RepositoryURL); err != nil {
@@ -143,7 +144,7 @@ func nameConflict(err error, what, name string) error {
 }
 
 func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
-	page, err := pageOf(r)
+	page, err := PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -157,12 +158,12 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 	for i, p := range ps {
 		out[i] = toProjectJSON(p)
 	}
-	writeJSON(w, http.StatusOK, newList(out, total, page))
+	WriteJSON(w, http.StatusOK, NewList(out, total, page))
 }
 
 func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 	var in projectInput
-	if err := decode(r, &in); err != nil {
+	if err := Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -177,7 +178,7 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
-	writeJSON(w, http.StatusCreated, toProjectJSON(p))
+	WriteJSON(w, http.StatusCreated, toProjectJSON(p))
 }
 
 // project resolves the {id} (or {pid}) URL parameter: a number is an id, anything
@@ -196,7 +197,7 @@ func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toProjectJSON(p))
+	WriteJSON(w, http.StatusOK, toProjectJSON(p))
 }
 
 func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
@@ -206,7 +207,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in projectInput
-	if err := decode(r, &in); err != nil {
+	if err := Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -221,7 +222,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(err, "a project", f.Name))
 		return
 	}
-	writeJSON(w, http.StatusOK, toProjectJSON(p))
+	WriteJSON(w, http.StatusOK, toProjectJSON(p))
 }
 
 func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {

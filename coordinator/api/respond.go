@@ -40,7 +40,7 @@ type errorBody struct {
 
 // WriteError writes a JSON error; it is the auth.ErrorWriter for every middleware.
 func WriteError(w http.ResponseWriter, _ *http.Request, status int, msg string) {
-	writeJSON(w, status, errorBody{Error: msg})
+	WriteJSON(w, status, errorBody{Error: msg})
 }
 
 // Fail maps any error to a status in one place: client errors as they are,
@@ -50,16 +50,16 @@ func Fail(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
 	var ae *Error
 	switch {
 	case errors.As(err, &ae):
-		writeJSON(w, ae.Status, errorBody{Error: ae.Message, Field: ae.Field})
+		WriteJSON(w, ae.Status, errorBody{Error: ae.Message, Field: ae.Field})
 	case errors.Is(err, storage.ErrNotFound):
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "not found"})
+		WriteJSON(w, http.StatusNotFound, errorBody{Error: "not found"})
 	case errors.Is(err, storage.ErrConflict):
-		writeJSON(w, http.StatusConflict, errorBody{Error: "conflict: " + conflictDetail(err)})
+		WriteJSON(w, http.StatusConflict, errorBody{Error: "conflict: " + conflictDetail(err)})
 	case databaseDown(err):
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "database unavailable"})
+		WriteJSON(w, http.StatusServiceUnavailable, errorBody{Error: "database unavailable"})
 	default:
 		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeJSON(w, http.StatusInternalServerError, errorBody{Error: "internal error"})
+		WriteJSON(w, http.StatusInternalServerError, errorBody{Error: "internal error"})
 	}
 }
 
@@ -76,7 +76,8 @@ func databaseDown(err error) bool {
 	return errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// WriteJSON writes v as the JSON answer with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
@@ -84,9 +85,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// decode reads a JSON object into dst: 400 for malformed JSON, 413 over the body
+// Decode reads a JSON object into dst: 400 for malformed JSON, 413 over the body
 // limit, 422 for unknown fields or wrong types (naming the field).
-func decode(r *http.Request, dst any) error {
+func Decode(r *http.Request, dst any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	err := dec.Decode(dst)
@@ -178,8 +179,8 @@ func jsonKind(k string) string {
 	return "a number"
 }
 
-// list is the envelope of every paginated answer.
-type list[T any] struct {
+// List is the envelope of every paginated answer.
+type List[T any] struct {
 	Items  []T   `json:"items"`
 	Total  int64 `json:"total"`
 	Limit  int   `json:"limit"`
@@ -192,7 +193,8 @@ const (
 	MaxLimit     = 500
 )
 
-func pageOf(r *http.Request) (storage.Page, error) {
+// PageOf reads ?limit= and ?offset= (CONVENTIONS.md defaults and bounds).
+func PageOf(r *http.Request) (storage.Page, error) {
 	p := storage.Page{Limit: DefaultLimit}
 	q := r.URL.Query()
 	if s := q.Get("limit"); s != "" {
@@ -212,9 +214,10 @@ func pageOf(r *http.Request) (storage.Page, error) {
 	return p, nil
 }
 
-func newList[T any](items []T, total int64, p storage.Page) list[T] {
+// NewList wraps a page of items in the list envelope.
+func NewList[T any](items []T, total int64, p storage.Page) List[T] {
 	if items == nil {
 		items = []T{}
 	}
-	return list[T]{Items: items, Total: total, Limit: p.Limit, Offset: p.Offset}
+	return List[T]{Items: items, Total: total, Limit: p.Limit, Offset: p.Offset}
 }

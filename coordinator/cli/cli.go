@@ -13,9 +13,11 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/pgcluster"
@@ -36,6 +38,8 @@ commands:
   migrate create NAME        write a new numbered migration into ./migrations
   admin create-key --name N --role R
                              create an API key and print it alone on stdout
+  admin create-agent-token --name N [--uses N] [--expires-in SECONDS]
+                             create an agent enrollment token and print it alone
   version                    print the version
 
 Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -236,20 +240,9 @@ func migrate(ctx context.Context, load func() (config.Config, error), args []str
 
 func admin(ctx context.Context, load func() (config.Config, error), args []string, env Env) error {
 	if len(args) == 0 {
-		return usageError{"admin needs a command: create-key"}
+		return usageError{"admin needs a command: create-key, create-agent-token"}
 	}
-	switch args[0] {
-	case "create-key":
-		fs := flag.NewFlagSet("create-key", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		name := fs.String("name", "", "a name for the key")
-		role := fs.String("role", "", "one of: "+strings.Join(auth.RoleNames(), ", "))
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if *name == "" || !auth.ValidRole(*role) {
-			return usageError{"create-key needs --name and --role (" + strings.Join(auth.RoleNames(), ", ") + ")"}
-		}
+	withDB := func(fn func(db *storage.DB) error) error {
 		cfg, err := load()
 		if err != nil {
 			return err
@@ -264,12 +257,48 @@ func admin(ctx context.Context, load func() (config.Config, error), args []strin
 				return err
 			}
 		}
-		_, key, err := auth.CreateKey(ctx, db.DB, *name, *role)
-		if err != nil {
+		return fn(db.DB)
+	}
+	switch args[0] {
+	case "create-agent-token":
+		fs := flag.NewFlagSet("create-agent-token", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		name := fs.String("name", "", "what the token is for")
+		uses := fs.Int("uses", fleet.DefaultTokenUses, "how many agents may enroll with it")
+		expires := fs.Int64("expires-in", int64(fleet.DefaultTokenTTL/time.Second), "seconds until it expires")
+		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		fmt.Fprintln(env.Stdout, key)
-		return nil
+		if *name == "" || *uses < 1 || *uses > fleet.MaxTokenUses || *expires < 1 || *expires > int64(fleet.MaxTokenTTL/time.Second) {
+			return usageError{"create-agent-token needs --name, --uses from 1 to 10000, --expires-in from 1 s to 30 days"}
+		}
+		return withDB(func(db *storage.DB) error {
+			_, token, err := fleet.CreateToken(ctx, db, *name, *uses, time.Duration(*expires)*time.Second)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(env.Stdout, token)
+			return nil
+		})
+	case "create-key":
+		fs := flag.NewFlagSet("create-key", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		name := fs.String("name", "", "a name for the key")
+		role := fs.String("role", "", "one of: "+strings.Join(auth.RoleNames(), ", "))
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *name == "" || !auth.ValidRole(*role) {
+			return usageError{"create-key needs --name and --role (" + strings.Join(auth.RoleNames(), ", ") + ")"}
+		}
+		return withDB(func(db *storage.DB) error {
+			_, key, err := auth.CreateKey(ctx, db, *name, *role)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(env.Stdout, key)
+			return nil
+		})
 	}
 	return usageError{fmt.Sprintf("unknown admin command %q", args[0])}
 }

@@ -45,6 +45,7 @@ type Server struct {
 	AllowedOrigins []string `toml:"allowed_origins"`
 	RateLimitRPS   float64  `toml:"rate_limit_rps"`
 	RateLimitBurst int      `toml:"rate_limit_burst"`
+	AgentHeartbeat int      `toml:"agent_heartbeat"`
 }
 
 // Defaults are the compiled defaults, the same as the commented values in coordinator.toml.
@@ -66,6 +67,7 @@ func Defaults() Config {
 			RequestTimeout: 30,
 			MaxBodySize:    10 << 20,
 			AllowedOrigins: []string{},
+			AgentHeartbeat: 15,
 		},
 	}
 }
@@ -118,6 +120,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("server.max_body_size must be > 0 bytes")
 	case c.Server.RateLimitRPS < 0 || c.Server.RateLimitBurst < 0:
 		return fmt.Errorf("server.rate_limit_rps and rate_limit_burst must be >= 0")
+	case c.Server.AgentHeartbeat < 1 || c.Server.AgentHeartbeat > 300:
+		return fmt.Errorf("server.agent_heartbeat must be from 1 to 300 seconds")
 	case c.Database.MaxConnections <= 0:
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:

@@ -2,10 +2,15 @@ package server_test
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
@@ -41,6 +46,30 @@ func (f *fixtures) project(t *testing.T) storage.Project {
 		t.Fatal(err)
 	}
 	return p
+}
+
+func (f *fixtures) publicKey(t *testing.T) string {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
+}
+
+func (f *fixtures) agent(t *testing.T) storage.Agent {
+	t.Helper()
+	line := f.publicKey(t)
+	pub, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(line))
+	a, err := f.db.RegisterAgent(context.Background(), f.unique("agent"), line, ssh.FingerprintSHA256(pub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 func (f *fixtures) jobset(t *testing.T) storage.Jobset {
@@ -134,6 +163,42 @@ func TestAuthz_RouteTable(t *testing.T) {
 					t.Fatal(err)
 				}
 				return "DELETE", fmt.Sprintf("/api/v1/api-keys/%d", k.ID), nil
+			}},
+		// Agents (the fleet issue): every write, and nothing else, is for admins.
+		{"POST /api/v1/agents",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/agents", obj{"name": f.unique("a"), "public_key": f.publicKey(t)}
+			}},
+		{"DELETE /api/v1/agents/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/agents/%d", f.agent(t).ID), nil
+			}},
+		{"POST /api/v1/agents/{id}/drain",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/agents/%d/drain", f.agent(t).ID), nil
+			}},
+		{"POST /api/v1/agents/{id}/enable",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/agents/%d/enable", f.agent(t).ID), nil
+			}},
+		{"POST /api/v1/agents/{id}/disable",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/agents/%d/disable", f.agent(t).ID), nil
+			}},
+		{"POST /api/v1/agents/tokens",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/agents/tokens", obj{"name": f.unique("tok")}
+			}},
+		{"GET /api/v1/agents",
+			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/agents", nil
 			}},
 		// Public reads: anyone, except a caller presenting a key nobody knows.
 		{"GET /api/v1/projects",

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,11 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
-	"github.com/fc-ci/fc/coordinator/metrics"
-	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
 )
@@ -46,8 +45,10 @@ func newEnvOn(t *testing.T, db *storage.DB, tweak func(*config.Server)) *env {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	s := server.New(server.Config{Server: cfg, Version: "test",
-		APIRoutes: []server.Routes{api.New(api.Config{}, db)}}, db, metrics.New(db, nil))
+	full := config.Defaults()
+	full.Server = cfg
+	// The same assembly as fc-coordinator serve: REST API and agent fleet.
+	s, _ := cli.NewServer(full, db, slog.New(slog.DiscardHandler), "test")
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	e := &env{t: t, db: db, srv: srv}
@@ -263,7 +264,9 @@ func (e *env) snapshot() string {
 		'projects', (SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY p.id), '[]') FROM projects p),
 		'jobsets', (SELECT coalesce(jsonb_agg(to_jsonb(j) ORDER BY j.id), '[]') FROM jobsets j),
 		'inputs', (SELECT coalesce(jsonb_agg(to_jsonb(i) ORDER BY i.jobset_id, i.name), '[]') FROM jobset_inputs i),
-		'api_keys', (SELECT coalesce(jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY k.id), '[]') FROM api_keys k)
+		'api_keys', (SELECT coalesce(jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY k.id), '[]') FROM api_keys k),
+		'agents', (SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.id), '[]') FROM agents a),
+		'tokens', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM enrollment_tokens t)
 	)::text`).Scan(&s)
 	if err != nil {
 		e.t.Fatalf("snapshot: %v", err)

@@ -34,6 +34,10 @@ type Config struct {
 	Logger  *slog.Logger
 	// APIRoutes are mounted under /api/v1 after authentication.
 	APIRoutes []Routes
+	// BeforeShutdown runs when Serve's context ends, before the listener closes (the
+	// fleet tells its agents to go elsewhere; hijacked connections are not closed by
+	// http.Server.Shutdown).
+	BeforeShutdown []func(context.Context)
 }
 
 // Server is the coordinator's HTTP server.
@@ -130,9 +134,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
-	s.log.Info("shutting down http server")
+	s.log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	for _, f := range s.cfg.BeforeShutdown {
+		f(sctx)
+	}
 	err := hs.Shutdown(sctx)
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		return serr

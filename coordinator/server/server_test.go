@@ -18,6 +18,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/server"
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/pgcluster"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -35,8 +36,8 @@ func TestHealth_OKWhileTheDatabaseAnswers(t *testing.T) {
 	var h health
 	r := e.do("GET", "/health", "", nil).want(t, http.StatusOK)
 	r.decode(t, &h)
-	if h.Status != "ok" || h.Database != "ok" || h.Version != "test" {
-		t.Errorf("health = %+v, want status ok, database ok, version test", h)
+	if h.Status != "ok" || h.Database != "ok" || h.Version != protocol.BuildVersion {
+		t.Errorf("health = %+v, want status ok, database ok, version %s", h, protocol.BuildVersion)
 	}
 	if cc := r.Header.Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("Cache-Control %q, want no-store", cc)

@@ -1,0 +1,233 @@
+// Package cli is the fc-agent command line: run (the default) and keygen. The main
+// package only calls Run.
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/daemon"
+	"github.com/fc-ci/fc/agent/identity"
+	"github.com/fc-ci/fc/agent/probe"
+	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/protocol"
+)
+
+// Exit codes (documented in the README). systemd units use
+// RestartPreventExitStatus=3 4 so a permanently refused agent does not hot-loop.
+const (
+	ExitOK           = 0
+	ExitError        = 1
+	ExitUsage        = 2
+	ExitIncompatible = 3 // the coordinator speaks an incompatible protocol version
+	ExitRefused      = 4 // the coordinator refused the key: revoked, unknown without a valid token
+)
+
+const usage = `usage: fc-agent [--config FILE] [COMMAND]
+
+commands:
+  run       connect to the coordinator and take work (the default)
+  keygen    create the agent key if missing; print its public key and fingerprint
+  version   print the version
+
+Configuration: ./agent.toml, then --config FILE (or FC_CONFIG_FILE), then
+FC_<SECTION>__<KEY> environment variables. See agent.toml for every key.
+Signals: the first SIGTERM or SIGINT drains (no new work, finish running work,
+exit 0); a second one cancels running work and exits.
+`
+
+// Env is what a command runs with.
+type Env struct {
+	Args    []string
+	Environ []string
+	Stdout  io.Writer
+	Stderr  io.Writer
+	// Signals delivers SIGTERM/SIGINT; nil means no signal handling.
+	Signals <-chan os.Signal
+	// ProtocolVersion overrides the version spoken (tests of version skew).
+	ProtocolVersion int
+}
+
+// Run is the real process's entry point.
+func Run() int {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	env := Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs}
+	return Main(context.Background(), env)
+}
+
+// Main runs one command and returns the exit code.
+func Main(ctx context.Context, env Env) int {
+	fs := flag.NewFlagSet("fc-agent", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.Usage = func() { fmt.Fprint(env.Stderr, usage) }
+	configFile := fs.String("config", "", "configuration file")
+	if err := fs.Parse(env.Args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	cmd := "run"
+	if fs.NArg() > 0 {
+		cmd = fs.Arg(0)
+	}
+	if cmd == "version" {
+		fmt.Fprintf(env.Stdout, "fc-agent %s (protocol %d)\n", protocol.BuildVersion, protocol.Version)
+		return ExitOK
+	}
+	if cmd != "run" && cmd != "keygen" {
+		fmt.Fprintf(env.Stderr, "fc-agent: unknown command %q\n\n%s", cmd, usage)
+		return ExitUsage
+	}
+	cfg, err := config.Load(*configFile, env.Environ)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "fc-agent: %v\n", err)
+		return ExitError
+	}
+	if cmd == "keygen" {
+		return keygen(cfg, env)
+	}
+	err = run(ctx, cfg, env)
+	var refused *protocol.Refused
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &refused) && refused.Code == protocol.RefusedVersion:
+		fmt.Fprintf(env.Stderr, "fc-agent: %v\n", err)
+		return ExitIncompatible
+	case errors.As(err, &refused):
+		fmt.Fprintf(env.Stderr, "fc-agent: %v\n", err)
+		return ExitRefused
+	}
+	fmt.Fprintf(env.Stderr, "fc-agent: %v\n", err)
+	return ExitError
+}
+
+func keygen(cfg config.Config, env Env) int {
+	id, created, err := identity.LoadOrGenerate(cfg.KeyPath(), cfg.Name())
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "fc-agent: %v\n", err)
+		return ExitError
+	}
+	if created {
+		fmt.Fprintf(env.Stderr, "created %s\n", id.Path)
+	} else {
+		fmt.Fprintf(env.Stderr, "%s exists; not replaced\n", id.Path)
+	}
+	fmt.Fprintln(env.Stdout, id.PublicKey(cfg.Name()))
+	fmt.Fprintln(env.Stdout, id.Fingerprint())
+	return ExitOK
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// TLSConfig trusts the system roots plus ca_file, if set.
+func TLSConfig(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("coordinator.ca_file %s holds no PEM certificate", caFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// Capabilities merges what Nix reports with agent.toml's overrides.
+func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilities, error) {
+	return func(ctx context.Context) (protocol.Capabilities, error) {
+		c := protocol.Capabilities{Systems: cfg.Agent.Systems, Features: cfg.Agent.Features,
+			MandatoryFeatures: cfg.Agent.MandatoryFeatures, MaxJobs: cfg.MaxJobs(),
+			SpeedFactor: cfg.Agent.SpeedFactor, Roles: cfg.Agent.Roles}
+		nix, err := probe.ProbeNix(ctx)
+		if err != nil {
+			if len(c.Systems) == 0 {
+				return c, fmt.Errorf("%w (install Nix, or set agent.systems)", err)
+			}
+			return c, nil // systems configured: Nix is probed again later
+		}
+		c.NixVersion = nix.Version
+		if len(c.Systems) == 0 {
+			c.Systems = nix.Systems
+		}
+		if len(c.Features) == 0 {
+			c.Features = nix.Features
+		}
+		return c, nil
+	}
+}
+
+// NewDaemon builds the daemon the way fc-agent run does (the coordinator's local
+// agent uses it too).
+func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemon.Daemon, error) {
+	id, created, err := identity.LoadOrGenerate(cfg.KeyPath(), cfg.Name())
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created agent key", "path", id.Path, "fingerprint", id.Fingerprint(), "public_key", id.PublicKey(cfg.Name()))
+	}
+	token, err := cfg.EnrollmentToken()
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := TLSConfig(cfg.Coordinator.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	return daemon.New(daemon.Config{
+		Session: session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(),
+			AgentVersion: protocol.BuildVersion, ProtocolVersion: protocolVersion, EnrollmentToken: token, Logger: log},
+		Capabilities: Capabilities(cfg),
+		Logger:       log,
+	}), nil
+}
+
+func run(ctx context.Context, cfg config.Config, env Env) error {
+	log := newLogger(env.Stderr, cfg.LogLevel)
+	d, err := NewDaemon(cfg, log, env.ProtocolVersion)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if env.Signals != nil {
+		go func() {
+			select {
+			case <-env.Signals:
+			case <-ctx.Done():
+				return
+			}
+			d.Drain()
+			select {
+			case <-env.Signals:
+				log.Warn("second signal: cancelling running work")
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return d.Run(ctx)
+}

@@ -1,0 +1,158 @@
+// Package config defines fc-agent's settings and loads them like the coordinator's:
+// compiled defaults, ./agent.toml, the --config / FC_CONFIG_FILE file, then FC_
+// variables (FC_COORDINATOR__URL, FC_AGENT__NAME, ...). agent.toml documents every key.
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/protocol/tomlenv"
+)
+
+// Config is everything fc-agent can be told.
+type Config struct {
+	LogLevel    string      `toml:"log_level"`
+	Coordinator Coordinator `toml:"coordinator"`
+	Agent       Agent       `toml:"agent"`
+}
+
+// Coordinator says where the coordinator is and how to enroll with it.
+type Coordinator struct {
+	URL                 string `toml:"url"`
+	EnrollmentToken     string `toml:"enrollment_token"`
+	EnrollmentTokenFile string `toml:"enrollment_token_file"`
+	CAFile              string `toml:"ca_file"`
+}
+
+// Agent describes this builder.
+type Agent struct {
+	Name              string   `toml:"name"`
+	KeyFile           string   `toml:"key_file"`
+	StateDir          string   `toml:"state_dir"`
+	Systems           []string `toml:"systems"`
+	Features          []string `toml:"features"`
+	MandatoryFeatures []string `toml:"mandatory_features"`
+	MaxJobs           int      `toml:"max_jobs"`
+	SpeedFactor       float64  `toml:"speed_factor"`
+	Roles             []string `toml:"roles"`
+}
+
+// Defaults are the compiled defaults, as documented (commented out) in agent.toml.
+func Defaults() Config {
+	return Config{
+		LogLevel:    "info",
+		Coordinator: Coordinator{URL: "http://127.0.0.1:3000"},
+		Agent: Agent{
+			StateDir:          "/var/lib/fc-agent",
+			Systems:           []string{},
+			Features:          []string{},
+			MandatoryFeatures: []string{},
+			SpeedFactor:       1,
+			Roles:             []string{protocol.RoleBuild, protocol.RoleEval},
+		},
+	}
+}
+
+// FileName is read from the working directory when present.
+const FileName = "agent.toml"
+
+// Load reads the configuration; configFlag is --config ("" if absent).
+func Load(configFlag string, environ []string) (Config, error) {
+	cfg := Defaults()
+	files := []tomlenv.Source{{Path: FileName, Optional: true}}
+	named := configFlag
+	if named == "" {
+		for _, kv := range environ {
+			if v, ok := strings.CutPrefix(kv, "FC_CONFIG_FILE="); ok {
+				named = v
+			}
+		}
+	}
+	if named != "" {
+		if a, err := filepath.Abs(named); err == nil {
+			if b, err := filepath.Abs(FileName); err == nil && a == b {
+				files = nil
+			}
+		}
+		files = append(files, tomlenv.Source{Path: named})
+	}
+	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks values that parse but make no sense.
+func (c Config) Validate() error {
+	u, err := url.Parse(c.Coordinator.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("coordinator.url %q must be the coordinator's http:// or https:// base URL", c.Coordinator.URL)
+	}
+	if c.Agent.StateDir == "" {
+		return fmt.Errorf("agent.state_dir must not be empty")
+	}
+	if c.Agent.MaxJobs < 0 {
+		return fmt.Errorf("agent.max_jobs must be >= 0 (0 = one per CPU core)")
+	}
+	if c.Agent.SpeedFactor <= 0 {
+		return fmt.Errorf("agent.speed_factor must be > 0")
+	}
+	if len(c.Agent.Roles) == 0 {
+		return fmt.Errorf("agent.roles must name at least one of build, eval")
+	}
+	for _, r := range c.Agent.Roles {
+		if r != protocol.RoleBuild && r != protocol.RoleEval {
+			return fmt.Errorf("agent.roles: %q is not build or eval", r)
+		}
+	}
+	return nil
+}
+
+// KeyPath is where the agent's private key lives.
+func (c Config) KeyPath() string {
+	if c.Agent.KeyFile != "" {
+		return c.Agent.KeyFile
+	}
+	return filepath.Join(c.Agent.StateDir, "agent_key")
+}
+
+// Name is the configured name, or the host name.
+func (c Config) Name() string {
+	if c.Agent.Name != "" {
+		return c.Agent.Name
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "agent"
+	}
+	return strings.SplitN(h, ".", 2)[0]
+}
+
+// MaxJobs is max_jobs, or the number of CPU cores when it is 0.
+func (c Config) MaxJobs() int {
+	if c.Agent.MaxJobs > 0 {
+		return c.Agent.MaxJobs
+	}
+	return runtime.NumCPU()
+}
+
+// EnrollmentToken is the token from the setting or its file, if any.
+func (c Config) EnrollmentToken() (string, error) {
+	if c.Coordinator.EnrollmentToken != "" {
+		return c.Coordinator.EnrollmentToken, nil
+	}
+	if c.Coordinator.EnrollmentTokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.Coordinator.EnrollmentTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("coordinator.enrollment_token_file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}

@@ -1,0 +1,220 @@
+// Package coordtest runs a real coordinator inside a test: a real, migrated
+// PostgreSQL database, the same server assembly as fc-coordinator serve, a real
+// listener on loopback, and restart on the same address.
+package coordtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/cli"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/storage"
+	"github.com/fc-ci/fc/storage/storagetest"
+)
+
+// Coordinator is a running coordinator.
+type Coordinator struct {
+	t     testing.TB
+	Cfg   config.Config
+	DB    *storage.DB
+	URL   string // http://127.0.0.1:PORT
+	Addr  string
+	Admin string // an admin API key
+	Log   *LogBuffer
+
+	mu     sync.Mutex
+	Fleet  *fleet.Fleet
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Options tweak the configuration before start.
+type Options struct {
+	Config func(*config.Config)
+	DB     *storage.DB // share a database with another coordinator
+}
+
+// Start runs a coordinator until the test ends.
+func Start(t testing.TB, opts Options) *Coordinator {
+	t.Helper()
+	cfg := config.Defaults()
+	cfg.Server.AgentHeartbeat = 1
+	cfg.LogLevel = "debug"
+	if opts.Config != nil {
+		opts.Config(&cfg)
+	}
+	db := opts.DB
+	if db == nil {
+		db = storagetest.New(t)
+	}
+	c := &Coordinator{t: t, Cfg: cfg, DB: db, Log: &LogBuffer{}}
+	_, key, err := auth.CreateKey(context.Background(), db, "test-admin", storage.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Admin = key
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Addr = ln.Addr().String()
+	c.URL = "http://" + c.Addr
+	c.serve(ln)
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func (c *Coordinator) serve(ln net.Listener) {
+	log := slog.New(slog.NewTextHandler(c.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, fl := cli.NewServer(c.Cfg, c.DB, log, c.Addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, 10*time.Second) }()
+	c.mu.Lock()
+	c.Fleet, c.cancel, c.done = fl, cancel, done
+	c.mu.Unlock()
+}
+
+// Stop shuts the coordinator down gracefully (agents are told to go away).
+func (c *Coordinator) Stop() {
+	c.mu.Lock()
+	cancel, done := c.cancel, c.done
+	c.cancel, c.done = nil, nil
+	c.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		c.t.Errorf("coordinator did not stop within 30 s")
+	}
+}
+
+// Restart stops the coordinator and starts a new one on the same address and database.
+func (c *Coordinator) Restart() {
+	c.t.Helper()
+	c.Stop()
+	var ln net.Listener
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ln, err = net.Listen("tcp", c.Addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // the port may linger briefly; bounded by the deadline
+	}
+	if err != nil {
+		c.t.Fatalf("listen again on %s: %v", c.Addr, err)
+	}
+	c.serve(ln)
+}
+
+// CurrentFleet is the fleet of the running server.
+func (c *Coordinator) CurrentFleet() *fleet.Fleet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Fleet
+}
+
+// Token creates an enrollment token.
+func (c *Coordinator) Token(uses int, ttl time.Duration) string {
+	c.t.Helper()
+	_, tok, err := fleet.CreateToken(context.Background(), c.DB, "test", uses, ttl)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return tok
+}
+
+// Do sends a request with key (may be "") and decodes a JSON answer into out (may be nil).
+func (c *Coordinator) Do(method, path, key string, body any, out any) int {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, c.URL+path, rd)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.t.Fatalf("%s %s: decode %q: %v", method, path, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// Eventually polls cond until it holds or the deadline passes.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// LogBuffer collects log output for assertions.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String is everything logged so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Contains reports whether a line contains every part.
+func (l *LogBuffer) Contains(parts ...string) bool {
+	for _, line := range strings.Split(l.String(), "\n") {
+		all := true
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// String helps error messages.
+func (c *Coordinator) String() string { return fmt.Sprintf("coordinator at %s", c.URL) }

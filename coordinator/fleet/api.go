@@ -1,0 +1,247 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Routes registers the agent connection and the agents' API under /api/v1.
+func (f *Fleet) Routes(r chi.Router) {
+	r.Get("/agent/connect", f.connect)
+
+	r.Get("/agents", f.listAgents)
+	r.Get("/agents/{id}", f.getAgent)
+	r.With(api.Require(auth.PermAdmin)).Post("/agents", f.registerAgent)
+	r.With(api.Require(auth.PermAdmin)).Delete("/agents/{id}", f.revokeAgent)
+	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }))
+	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }))
+	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/disable", f.setState(func(a storage.Agent) (bool, bool) { return false, a.Draining }))
+	r.With(api.Require(auth.PermAdmin)).Post("/agents/tokens", f.createToken)
+}
+
+type agentJSON struct {
+	ID                int64      `json:"id"`
+	Name              string     `json:"name"`
+	Fingerprint       string     `json:"fingerprint"`
+	PublicKey         string     `json:"public_key"`
+	Systems           []string   `json:"systems"`
+	Features          []string   `json:"features"`
+	MandatoryFeatures []string   `json:"mandatory_features"`
+	Roles             []string   `json:"roles"`
+	MaxJobs           int        `json:"max_jobs"`
+	SpeedFactor       float64    `json:"speed_factor"`
+	Running           int        `json:"running"`
+	Connected         bool       `json:"connected"`
+	Enabled           bool       `json:"enabled"`
+	Draining          bool       `json:"draining"`
+	ShuttingDown      bool       `json:"shutting_down"`
+	Revoked           bool       `json:"revoked"`
+	RevokedAt         *time.Time `json:"revoked_at"`
+	Coordinator       string     `json:"coordinator"`
+	LastSeen          *time.Time `json:"last_seen"`
+	AgentVersion      string     `json:"agent_version"`
+	NixVersion        string     `json:"nix_version"`
+	Load              float64    `json:"load"`
+	FreeDiskBytes     int64      `json:"free_disk_bytes"`
+	CreatedAt         time.Time  `json:"created_at"`
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+func toAgentJSON(a storage.Agent) agentJSON {
+	return agentJSON{ID: a.ID, Name: a.Name, Fingerprint: a.Fingerprint, PublicKey: a.PublicKey,
+		Systems: a.Systems, Features: a.Features, MandatoryFeatures: a.MandatoryFeatures, Roles: a.Roles,
+		MaxJobs: a.MaxJobs, SpeedFactor: a.SpeedFactor, Running: a.Running, Connected: a.Connected,
+		Enabled: a.Enabled, Draining: a.Draining || a.SelfDraining, ShuttingDown: a.SelfDraining,
+		Revoked: a.RevokedAt != nil, RevokedAt: utc(a.RevokedAt), Coordinator: a.Coordinator,
+		LastSeen: utc(a.LastSeenAt), AgentVersion: a.AgentVersion, NixVersion: a.NixVersion, Load: a.Load1,
+		FreeDiskBytes: a.FreeDiskBytes, CreatedAt: a.CreatedAt.UTC()}
+}
+
+func (f *Fleet) listAgents(w http.ResponseWriter, r *http.Request) {
+	page, err := api.PageOf(r)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	as, total, err := f.db.ListAgents(r.Context(), page)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	out := make([]agentJSON, len(as))
+	for i, a := range as {
+		out[i] = toAgentJSON(a)
+	}
+	api.WriteJSON(w, http.StatusOK, api.NewList(out, total, page))
+}
+
+func (f *Fleet) agentParam(ctx context.Context, r *http.Request) (storage.Agent, error) {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		return storage.Agent{}, storage.ErrNotFound
+	}
+	return f.db.GetAgent(ctx, id)
+}
+
+func (f *Fleet) getAgent(w http.ResponseWriter, r *http.Request) {
+	a, err := f.agentParam(r.Context(), r)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, toAgentJSON(a))
+}
+
+// registerAgent pins a public key an admin supplies (e.g. declaratively from NixOS).
+func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Name      string `json:"name"`
+		PublicKey string `json:"public_key"`
+	}
+	if err := api.Decode(r, &in); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(in.PublicKey))
+	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+		api.Fail(f.log, w, r, api.Unprocessable("public_key", "public_key must be one ssh-ed25519 authorized_keys line"))
+		return
+	}
+	if in.Name == "" {
+		in.Name = comment
+	}
+	if err := api.ValidName("name", in.Name); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
+	a, err := f.db.RegisterAgent(r.Context(), in.Name, line, ssh.FingerprintSHA256(pub))
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/agents/"+strconv.FormatInt(a.ID, 10))
+	api.WriteJSON(w, http.StatusCreated, toAgentJSON(a))
+}
+
+// revokeAgent cuts the agent off at once; its key can never connect or enroll again.
+func (f *Fleet) revokeAgent(w http.ResponseWriter, r *http.Request) {
+	a, err := f.agentParam(r.Context(), r)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	if err := f.db.RevokeAgent(r.Context(), a.ID); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	f.Disconnect(a.ID)
+	f.log.Info("agent revoked", "agent", a.ID, "name", a.Name, "fingerprint", a.Fingerprint)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (f *Fleet) setState(next func(storage.Agent) (enabled, draining bool)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a, err := f.agentParam(r.Context(), r)
+		if err != nil {
+			api.Fail(f.log, w, r, err)
+			return
+		}
+		if a.RevokedAt != nil {
+			api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
+			return
+		}
+		enabled, draining := next(a)
+		updated, err := f.db.SetAgentState(r.Context(), a.ID, enabled, draining)
+		if err != nil {
+			api.Fail(f.log, w, r, err)
+			return
+		}
+		if draining != a.Draining {
+			go f.notifyDrain(context.WithoutCancel(r.Context()), a.ID, draining)
+		}
+		api.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
+	}
+}
+
+// Enrollment token limits.
+const (
+	DefaultTokenTTL  = time.Hour
+	MaxTokenTTL      = 30 * 24 * time.Hour
+	DefaultTokenUses = 1
+	MaxTokenUses     = 10_000
+	TokenPrefix      = "fcagent_"
+)
+
+// CreateToken makes an enrollment token; the token is returned once, only its hash kept.
+func CreateToken(ctx context.Context, db *storage.DB, name string, uses int, ttl time.Duration) (storage.EnrollmentToken, string, error) {
+	b := make([]byte, 20)
+	if _, err := rand.Read(b); err != nil {
+		return storage.EnrollmentToken{}, "", fmt.Errorf("generate enrollment token: %w", err)
+	}
+	token := TokenPrefix + hex.EncodeToString(b)
+	t, err := db.CreateEnrollmentToken(ctx, name, uses, time.Now().Add(ttl), auth.HashKey(token))
+	if err != nil {
+		return storage.EnrollmentToken{}, "", err
+	}
+	return t, token, nil
+}
+
+func (f *Fleet) createToken(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Name      string `json:"name"`
+		Uses      *int   `json:"uses"`
+		ExpiresIn *int64 `json:"expires_in"`
+	}
+	if err := api.Decode(r, &in); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	if err := api.ValidName("name", in.Name); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	uses, ttl := DefaultTokenUses, DefaultTokenTTL
+	if in.Uses != nil {
+		if *in.Uses < 1 || *in.Uses > MaxTokenUses {
+			api.Fail(f.log, w, r, api.Unprocessable("uses", "uses must be from 1 to %d", MaxTokenUses))
+			return
+		}
+		uses = *in.Uses
+	}
+	if in.ExpiresIn != nil {
+		if *in.ExpiresIn < 1 || *in.ExpiresIn > int64(MaxTokenTTL/time.Second) {
+			api.Fail(f.log, w, r, api.Unprocessable("expires_in", "expires_in must be from 1 to %d seconds", int64(MaxTokenTTL/time.Second)))
+			return
+		}
+		ttl = time.Duration(*in.ExpiresIn) * time.Second
+	}
+	t, token, err := CreateToken(r.Context(), f.db, in.Name, uses, ttl)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, map[string]any{
+		"id": t.ID, "name": t.Name, "token": token, "expires_at": t.ExpiresAt.UTC(), "uses": t.UsesLeft,
+	})
+}

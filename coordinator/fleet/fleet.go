@@ -1,0 +1,442 @@
+// Package fleet owns the coordinator's side of agent sessions: the WebSocket + yamux
+// connection an agent dials, the signed-challenge handshake and enrollment, the live
+// session registry, heartbeats and presence in PostgreSQL, commands pushed to agents
+// over their own session, and the agents' admin API.
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config configures the fleet.
+type Config struct {
+	// CoordinatorID names this coordinator in agents' presence rows.
+	CoordinatorID string
+	// Heartbeat is how often agents ping; a session silent for three of them is dead.
+	Heartbeat time.Duration
+	Version   string
+	Logger    *slog.Logger
+}
+
+// Fleet is the registry of live agent sessions.
+type Fleet struct {
+	cfg      Config
+	db       *storage.DB
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+
+	mu       sync.Mutex
+	sessions map[int64]*Session
+	closing  bool
+	wg       sync.WaitGroup // one per running session
+}
+
+// Session is one connected agent.
+type Session struct {
+	AgentID int64
+	Name    string
+	mux     *yamux.Session
+
+	mu   sync.Mutex
+	caps protocol.Capabilities
+}
+
+// Capabilities are what the agent advertised last.
+func (s *Session) Capabilities() protocol.Capabilities {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.caps
+}
+
+// New returns an empty fleet.
+func New(cfg Config, db *storage.DB) *Fleet {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = protocol.HeartbeatEvery
+	}
+	return &Fleet{
+		cfg: cfg, db: db, log: cfg.Logger,
+		sessions: map[int64]*Session{},
+		upgrader: websocket.Upgrader{
+			ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10,
+			// Agents are not browsers: they authenticate by key, not by cookie.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}
+}
+
+// Connected is the number of live sessions on this coordinator.
+func (f *Fleet) Connected() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sessions)
+}
+
+// Session returns the live session of an agent.
+func (f *Fleet) Session(agentID int64) (*Session, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sessions[agentID]
+	return s, ok
+}
+
+// connect upgrades GET /api/v1/agent/connect and runs the session until it ends.
+func (f *Fleet) connect(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	closing := f.closing
+	if !closing {
+		f.wg.Add(1)
+	}
+	f.mu.Unlock()
+	if closing {
+		http.Error(w, "coordinator is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer f.wg.Done()
+	ws, err := f.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered already
+	}
+	conn := protocol.NetConn(ws)
+	mux, err := yamux.Server(conn, protocol.YamuxConfig())
+	if err != nil {
+		conn.Close()
+		return
+	}
+	defer mux.Close()
+	remote := r.RemoteAddr
+	if err := f.runSession(r.Context(), mux, remote); err != nil {
+		f.log.Info("agent session ended", "remote", remote, "err", err)
+	}
+}
+
+// acceptControl waits for the agent's control stream, bounded by the handshake timeout.
+func acceptControl(mux *yamux.Session) (*yamux.Stream, error) {
+	t := time.AfterFunc(protocol.HandshakeTimeout, func() { mux.Close() })
+	defer t.Stop()
+	st, err := mux.AcceptStream()
+	if err != nil {
+		return nil, fmt.Errorf("accept control stream: %w", err)
+	}
+	_ = st.SetDeadline(time.Now().Add(protocol.HandshakeTimeout))
+	var h protocol.StreamHeader
+	if err := protocol.ReadFrame(st, &h); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read stream header: %w", err)
+	}
+	if h.Kind != protocol.StreamControl {
+		st.Close()
+		return nil, fmt.Errorf("first stream is %q, want %q", h.Kind, protocol.StreamControl)
+	}
+	return st, nil
+}
+
+func refuse(st io.Writer, code, msg string) error {
+	_ = protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeRefused, Refused: &protocol.Refused{Code: code, Message: msg}})
+	return &protocol.Refused{Code: code, Message: msg}
+}
+
+// handshake authenticates the agent: version, key possession (a signed nonce), then a
+// pinned key or enrollment with a token.
+func (f *Fleet) handshake(ctx context.Context, st *yamux.Stream, remote string) (storage.Agent, protocol.Hello, bool, error) {
+	var m protocol.Message
+	if err := protocol.ReadFrame(st, &m); err != nil || m.Type != protocol.TypeHello || m.Hello == nil {
+		return storage.Agent{}, protocol.Hello{}, false, fmt.Errorf("read hello: %v (type %q)", err, m.Type)
+	}
+	hello := *m.Hello
+	if err := protocol.CheckVersion(hello.ProtocolVersion); err != nil {
+		f.log.Warn("agent refused: incompatible protocol", "remote", remote, "name", hello.Name, "agent_protocol", hello.ProtocolVersion, "protocol", protocol.Version)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedVersion, err.Error())
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hello.PublicKey))
+	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized, "public key must be an ssh-ed25519 authorized_keys line")
+	}
+	fp := ssh.FingerprintSHA256(pub)
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return storage.Agent{}, hello, false, err
+	}
+	if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeChallenge, Challenge: &protocol.Challenge{Nonce: nonce}}); err != nil {
+		return storage.Agent{}, hello, false, err
+	}
+	if err := protocol.ReadFrame(st, &m); err != nil || m.Type != protocol.TypeSignature || m.Signature == nil {
+		return storage.Agent{}, hello, false, fmt.Errorf("read signature: %v (type %q)", err, m.Type)
+	}
+	if err := pub.Verify(protocol.ChallengeMessage(nonce), &ssh.Signature{Format: m.Signature.Format, Blob: m.Signature.Blob}); err != nil {
+		f.log.Warn("agent refused: bad challenge signature", "remote", remote, "fingerprint", fp)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized, "challenge signature does not verify with the presented key")
+	}
+
+	agent, err := f.db.AgentByFingerprint(ctx, fp)
+	switch {
+	case err == nil && agent.RevokedAt != nil:
+		f.log.Warn("agent refused: key revoked", "remote", remote, "agent", agent.ID, "fingerprint", fp)
+		return agent, hello, false, refuse(st, protocol.RefusedRevoked, fmt.Sprintf("agent %d (key %s) was revoked", agent.ID, fp))
+	case err == nil:
+		return agent, hello, false, nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
+	}
+	if hello.EnrollmentToken == "" {
+		f.log.Warn("agent refused: unknown key and no enrollment token", "remote", remote, "name", hello.Name, "fingerprint", fp)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized,
+			fmt.Sprintf("key %s is not registered: give the agent an enrollment token, or have an admin register its public key", fp))
+	}
+	agent, err = f.db.EnrollAgent(ctx, auth.HashKey(hello.EnrollmentToken), hello.Name, hello.PublicKey, fp)
+	switch {
+	case errors.Is(err, storage.ErrTokenInvalid):
+		f.log.Warn("agent refused: enrollment token unknown, expired or used up", "remote", remote, "name", hello.Name, "fingerprint", fp)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized, "enrollment token is unknown, expired or used up")
+	case err != nil:
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnavailable, "enrollment failed; retry later")
+	}
+	f.log.Info("agent enrolled", "agent", agent.ID, "name", agent.Name, "fingerprint", fp, "remote", remote)
+	return agent, hello, true, nil
+}
+
+func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote string) error {
+	st, err := acceptControl(mux)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	agent, hello, enrolled, err := f.handshake(ctx, st, remote)
+	if err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx) // the request context ends with the hijack
+	s := &Session{AgentID: agent.ID, Name: agent.Name, mux: mux, caps: hello.Capabilities}
+	if err := f.db.AgentConnected(ctx, agent.ID, presence(f.cfg, hello)); err != nil {
+		_ = refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
+		return err
+	}
+	f.register(s)
+	defer f.unregister(ctx, s)
+	welcome := protocol.Welcome{AgentID: agent.ID, Name: agent.Name, Coordinator: f.cfg.CoordinatorID,
+		HeartbeatSeconds: max(1, int(f.cfg.Heartbeat/time.Second)), Enrolled: enrolled,
+		ProtocolVersion: protocol.Version, CoordinatorVersion: f.cfg.Version}
+	_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
+	if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeWelcome, Welcome: &welcome}); err != nil {
+		return err
+	}
+	f.log.Info("agent connected", "agent", agent.ID, "name", agent.Name, "remote", remote,
+		"systems", hello.Capabilities.Systems, "running", len(hello.Running), "agent_version", hello.AgentVersion)
+	if agent.Draining {
+		go f.notifyDrain(ctx, agent.ID, true) // an admin drained it while it was away
+	}
+	return f.controlLoop(ctx, s, st)
+}
+
+func presence(cfg Config, h protocol.Hello) storage.AgentPresence {
+	c := h.Capabilities
+	return storage.AgentPresence{Coordinator: cfg.CoordinatorID, Systems: c.Systems, Features: c.Features,
+		MandatoryFeatures: c.MandatoryFeatures, Roles: c.Roles, MaxJobs: c.MaxJobs, SpeedFactor: c.SpeedFactor,
+		AgentVersion: h.AgentVersion, NixVersion: c.NixVersion, SelfDraining: h.Draining}
+}
+
+// controlLoop answers heartbeats and capability updates until the session dies or
+// stays silent for three heartbeat intervals.
+func (f *Fleet) controlLoop(ctx context.Context, s *Session, st *yamux.Stream) error {
+	for {
+		_ = st.SetReadDeadline(time.Now().Add(3 * f.cfg.Heartbeat))
+		var m protocol.Message
+		if err := protocol.ReadFrame(st, &m); err != nil {
+			if errors.Is(err, io.EOF) || s.mux.IsClosed() {
+				return errors.New("agent disconnected")
+			}
+			return fmt.Errorf("control stream: %w", err)
+		}
+		switch m.Type {
+		case protocol.TypeHeartbeat:
+			if m.Heartbeat == nil {
+				continue
+			}
+			hb := m.Heartbeat
+			revoked, err := f.heartbeat(ctx, s.AgentID, hb)
+			if err != nil {
+				f.log.Warn("record heartbeat", "agent", s.AgentID, "err", err)
+			}
+			if revoked { // revoked through another coordinator
+				return errors.New("agent revoked")
+			}
+			_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
+			if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeHeartbeatAck}); err != nil {
+				return fmt.Errorf("ack heartbeat: %w", err)
+			}
+		case protocol.TypeCapabilities:
+			if m.Capabilities == nil {
+				continue
+			}
+			s.mu.Lock()
+			s.caps = *m.Capabilities
+			s.mu.Unlock()
+			agent, err := f.db.GetAgent(ctx, s.AgentID)
+			if err == nil {
+				p := presence(f.cfg, protocol.Hello{Capabilities: *m.Capabilities, AgentVersion: agent.AgentVersion, Draining: agent.SelfDraining})
+				err = f.db.AgentConnected(ctx, s.AgentID, p)
+			}
+			if err != nil {
+				f.log.Warn("record capabilities", "agent", s.AgentID, "err", err)
+			}
+			f.log.Info("agent capabilities changed", "agent", s.AgentID, "systems", m.Capabilities.Systems, "features", m.Capabilities.Features)
+		default:
+			f.log.Debug("ignoring control message", "agent", s.AgentID, "type", m.Type)
+		}
+	}
+}
+
+func (f *Fleet) heartbeat(ctx context.Context, id int64, hb *protocol.Heartbeat) (revoked bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := f.db.AgentHeartbeat(ctx, id, f.cfg.CoordinatorID, hb.Load1, hb.FreeDiskBytes, hb.Draining); err != nil {
+		return false, err
+	}
+	a, err := f.db.GetAgent(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return a.RevokedAt != nil, nil
+}
+
+// register adds s, replacing (and closing) an older session of the same agent.
+func (f *Fleet) register(s *Session) {
+	f.mu.Lock()
+	old := f.sessions[s.AgentID]
+	f.sessions[s.AgentID] = s
+	f.mu.Unlock()
+	if old != nil {
+		f.log.Info("agent reconnected: closing its previous session", "agent", s.AgentID)
+		old.mux.Close()
+	}
+}
+
+func (f *Fleet) unregister(ctx context.Context, s *Session) {
+	f.mu.Lock()
+	current := f.sessions[s.AgentID] == s
+	if current {
+		delete(f.sessions, s.AgentID)
+	}
+	f.mu.Unlock()
+	s.mux.Close()
+	if current {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := f.db.AgentDisconnected(ctx, s.AgentID, f.cfg.CoordinatorID); err != nil {
+			f.log.Warn("record agent disconnected", "agent", s.AgentID, "err", err)
+		}
+		f.log.Info("agent disconnected", "agent", s.AgentID, "name", s.Name)
+	}
+}
+
+// Disconnect closes an agent's session at once (revocation).
+func (f *Fleet) Disconnect(agentID int64) {
+	if s, ok := f.Session(agentID); ok {
+		s.mux.Close()
+	}
+}
+
+// Command sends one command to an agent over a stream the coordinator opens on the
+// agent's own session, and returns the agent's reply.
+func (f *Fleet) Command(ctx context.Context, agentID int64, m protocol.Message) (protocol.Message, error) {
+	s, ok := f.Session(agentID)
+	if !ok {
+		return protocol.Message{}, fmt.Errorf("agent %d is not connected here", agentID)
+	}
+	return s.command(ctx, m)
+}
+
+func (s *Session) command(ctx context.Context, m protocol.Message) (protocol.Message, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return protocol.Message{}, fmt.Errorf("open command stream: %w", err)
+	}
+	defer st.Close()
+	deadline := time.Now().Add(protocol.CommandTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = st.SetDeadline(deadline)
+	if err := protocol.WriteFrame(st, protocol.StreamHeader{Kind: protocol.StreamCommand}); err != nil {
+		return protocol.Message{}, err
+	}
+	if err := protocol.WriteFrame(st, m); err != nil {
+		return protocol.Message{}, err
+	}
+	var reply protocol.Message
+	if err := protocol.ReadFrame(st, &reply); err != nil {
+		return protocol.Message{}, fmt.Errorf("read reply to %s: %w", m.Type, err)
+	}
+	return reply, nil
+}
+
+func (f *Fleet) notifyDrain(ctx context.Context, agentID int64, on bool) {
+	ctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
+	defer cancel()
+	if _, err := f.Command(ctx, agentID, protocol.Message{Type: protocol.TypeDrain, Drain: &protocol.Drain{On: on}}); err != nil {
+		f.log.Debug("tell agent about drain", "agent", agentID, "err", err)
+	}
+}
+
+// Shutdown tells every agent this coordinator is going away (they reconnect, to it or
+// another one, with backoff), closes the sessions and waits for them to end.
+func (f *Fleet) Shutdown(ctx context.Context) error {
+	f.mu.Lock()
+	f.closing = true
+	sessions := make([]*Session, 0, len(f.sessions))
+	for _, s := range f.sessions {
+		sessions = append(sessions, s)
+	}
+	f.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			_, _ = s.command(cctx, protocol.Message{Type: protocol.TypeShutdown, Shutdown: &protocol.Shutdown{Reason: "coordinator shutting down"}})
+			s.mux.Close()
+		}()
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("agent sessions still closing: %w", ctx.Err())
+	}
+}
+
+// AgentIDs lists the agents connected here, sorted.
+func (f *Fleet) AgentIDs() []int64 {
+	f.mu.Lock()
+	ids := make([]int64, 0, len(f.sessions))
+	for id := range f.sessions {
+		ids = append(ids, id)
+	}
+	f.mu.Unlock()
+	slices.Sort(ids)
+	return ids
+}

@@ -1,0 +1,239 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrTokenInvalid is an enrollment token that is unknown, expired or used up.
+var ErrTokenInvalid = errors.New("enrollment token is unknown, expired or used up")
+
+// Agent is a builder that enrolled (or was registered) with its public key.
+type Agent struct {
+	ID                int64
+	Name              string
+	PublicKey         string
+	Fingerprint       string
+	Enabled           bool
+	Draining          bool // an admin drained it: it gets no new work
+	SelfDraining      bool // the agent is shutting down and finishing its work
+	RevokedAt         *time.Time
+	Connected         bool // a session reported within the presence window
+	Coordinator       string
+	LastSeenAt        *time.Time
+	Systems           []string
+	Features          []string
+	MandatoryFeatures []string
+	Roles             []string
+	MaxJobs           int
+	SpeedFactor       float64
+	AgentVersion      string
+	NixVersion        string
+	Load1             float64
+	FreeDiskBytes     int64
+	Running           int
+	CreatedAt         time.Time
+}
+
+// PresenceWindow is how long after its last heartbeat an agent still counts as
+// connected, so a coordinator that died without saying so does not leave agents
+// "connected" forever.
+const PresenceWindow = 60 * time.Second
+
+const agentColumns = `a.id, a.name, a.public_key, a.fingerprint, a.enabled, a.draining, a.self_draining, a.revoked_at,
+	(a.connected AND a.revoked_at IS NULL AND a.last_seen_at > now() - make_interval(secs => $1)),
+	a.coordinator, a.last_seen_at, a.systems, a.features, a.mandatory_features, a.roles, a.max_jobs,
+	a.speed_factor, a.agent_version, a.nix_version, a.load1, a.free_disk_bytes,
+	(SELECT count(*) FROM steps s WHERE s.agent_id = a.id AND s.status = 'running')
+	 + (SELECT count(*) FROM evaluations e WHERE e.agent_id = a.id AND e.status = 'running'),
+	a.created_at`
+
+func scanAgent(row scanner) (Agent, error) {
+	var a Agent
+	err := row.Scan(&a.ID, &a.Name, &a.PublicKey, &a.Fingerprint, &a.Enabled, &a.Draining, &a.SelfDraining, &a.RevokedAt,
+		&a.Connected, &a.Coordinator, &a.LastSeenAt, &a.Systems, &a.Features, &a.MandatoryFeatures, &a.Roles,
+		&a.MaxJobs, &a.SpeedFactor, &a.AgentVersion, &a.NixVersion, &a.Load1, &a.FreeDiskBytes, &a.Running,
+		&a.CreatedAt)
+	return a, err
+}
+
+var presenceSecs = PresenceWindow.Seconds()
+
+// GetAgent finds an agent by id.
+func (db *DB) GetAgent(ctx context.Context, id int64) (Agent, error) {
+	a, err := scanAgent(db.pool.QueryRow(ctx, `SELECT `+agentColumns+` FROM agents a WHERE a.id = $2`, presenceSecs, id))
+	if err != nil {
+		return Agent{}, fmt.Errorf("get agent %d: %w", id, mapErr(err))
+	}
+	return a, nil
+}
+
+// AgentByFingerprint finds the agent that pinned a key.
+func (db *DB) AgentByFingerprint(ctx context.Context, fp string) (Agent, error) {
+	a, err := scanAgent(db.pool.QueryRow(ctx, `SELECT `+agentColumns+` FROM agents a WHERE a.fingerprint = $2`, presenceSecs, fp))
+	if err != nil {
+		return Agent{}, fmt.Errorf("agent with key %s: %w", fp, mapErr(err))
+	}
+	return a, nil
+}
+
+// ListAgents returns a page of agents, newest first; revoked agents are listed too.
+func (db *DB) ListAgents(ctx context.Context, page Page) ([]Agent, int64, error) {
+	var total int64
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM agents`).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count agents: %w", err)
+	}
+	rows, err := db.pool.Query(ctx, `SELECT `+agentColumns+` FROM agents a ORDER BY a.id DESC LIMIT $2 OFFSET $3`,
+		presenceSecs, page.Limit, page.Offset)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list agents: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Agent, error) { return scanAgent(r) })
+	if err != nil {
+		return nil, 0, fmt.Errorf("list agents: %w", err)
+	}
+	return items, total, nil
+}
+
+// EnrollmentToken is a stored token; the token itself is shown once at creation.
+type EnrollmentToken struct {
+	ID        int64
+	Name      string
+	UsesLeft  int
+	ExpiresAt time.Time
+	CreatedAt time.Time
+}
+
+// CreateEnrollmentToken stores a token's hash.
+func (db *DB) CreateEnrollmentToken(ctx context.Context, name string, uses int, expiresAt time.Time, hash []byte) (EnrollmentToken, error) {
+	var t EnrollmentToken
+	err := db.pool.QueryRow(ctx, `INSERT INTO enrollment_tokens (name, uses_left, expires_at, token_hash)
+		VALUES ($1, $2, $3, $4) RETURNING id, name, uses_left, expires_at, created_at`, name, uses, expiresAt, hash).
+		Scan(&t.ID, &t.Name, &t.UsesLeft, &t.ExpiresAt, &t.CreatedAt)
+	if err != nil {
+		return EnrollmentToken{}, fmt.Errorf("create enrollment token: %w", mapErr(err))
+	}
+	return t, nil
+}
+
+// EnrollAgent spends one use of the token and pins the key, in one transaction: a key
+// that is already known (including a revoked one) is ErrConflict and spends nothing.
+func (db *DB) EnrollAgent(ctx context.Context, tokenHash []byte, name, publicKey, fingerprint string) (Agent, error) {
+	var id int64
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		var tokenID int64
+		err := tx.QueryRow(ctx, `UPDATE enrollment_tokens SET uses_left = uses_left - 1
+			WHERE token_hash = $1 AND uses_left > 0 AND expires_at > now() RETURNING id`, tokenHash).Scan(&tokenID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrTokenInvalid
+		}
+		if err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `INSERT INTO agents (name, public_key, fingerprint) VALUES ($1, $2, $3) RETURNING id`,
+			name, publicKey, fingerprint).Scan(&id)
+	})
+	if err != nil {
+		return Agent{}, fmt.Errorf("enroll agent %q: %w", name, mapErr(err))
+	}
+	return db.GetAgent(ctx, id)
+}
+
+// RegisterAgent pins a key an admin supplied, without a token.
+func (db *DB) RegisterAgent(ctx context.Context, name, publicKey, fingerprint string) (Agent, error) {
+	var id int64
+	err := db.pool.QueryRow(ctx, `INSERT INTO agents (name, public_key, fingerprint) VALUES ($1, $2, $3) RETURNING id`,
+		name, publicKey, fingerprint).Scan(&id)
+	if err != nil {
+		return Agent{}, fmt.Errorf("register agent %q: %w", name, mapErr(err))
+	}
+	return db.GetAgent(ctx, id)
+}
+
+// RevokeAgent marks an agent revoked for good; its key stays pinned so it cannot
+// enroll again.
+func (db *DB) RevokeAgent(ctx context.Context, id int64) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE agents SET revoked_at = coalesce(revoked_at, now()), connected = false,
+		enabled = false WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("revoke agent %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("revoke agent %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// SetAgentState changes the admin flags: drain (no new work) and enable/disable.
+// Enabling also ends a drain.
+func (db *DB) SetAgentState(ctx context.Context, id int64, enabled, draining bool) (Agent, error) {
+	tag, err := db.pool.Exec(ctx, `UPDATE agents SET enabled = $2, draining = $3 WHERE id = $1 AND revoked_at IS NULL`,
+		id, enabled, draining)
+	if err != nil {
+		return Agent{}, fmt.Errorf("set agent %d state: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return Agent{}, fmt.Errorf("set agent %d state: %w", id, ErrNotFound)
+	}
+	return db.GetAgent(ctx, id)
+}
+
+// AgentPresence is what a session reports about its agent.
+type AgentPresence struct {
+	Coordinator       string
+	Systems           []string
+	Features          []string
+	MandatoryFeatures []string
+	Roles             []string
+	MaxJobs           int
+	SpeedFactor       float64
+	AgentVersion      string
+	NixVersion        string
+	SelfDraining      bool
+}
+
+// AgentConnected records a new session and the capabilities it advertised.
+func (db *DB) AgentConnected(ctx context.Context, id int64, p AgentPresence) error {
+	_, err := db.pool.Exec(ctx, `UPDATE agents SET connected = true, coordinator = $2, last_seen_at = now(),
+		systems = $3, features = $4, mandatory_features = $5, roles = $6, max_jobs = $7, speed_factor = $8,
+		agent_version = $9, nix_version = $10, self_draining = $11 WHERE id = $1`,
+		id, p.Coordinator, nonNil(p.Systems), nonNil(p.Features), nonNil(p.MandatoryFeatures), nonNil(p.Roles),
+		p.MaxJobs, p.SpeedFactor, p.AgentVersion, p.NixVersion, p.SelfDraining)
+	if err != nil {
+		return fmt.Errorf("record agent %d connected: %w", id, err)
+	}
+	return nil
+}
+
+// AgentHeartbeat records a heartbeat's resource report and whether the agent is
+// shutting down.
+func (db *DB) AgentHeartbeat(ctx context.Context, id int64, coordinator string, load1 float64, freeDisk int64, draining bool) error {
+	_, err := db.pool.Exec(ctx, `UPDATE agents SET last_seen_at = now(), connected = true, coordinator = $2,
+		load1 = $3, free_disk_bytes = $4, self_draining = $5 WHERE id = $1`, id, coordinator, load1, freeDisk, draining)
+	if err != nil {
+		return fmt.Errorf("record agent %d heartbeat: %w", id, err)
+	}
+	return nil
+}
+
+// AgentDisconnected records the end of a session, unless a newer session on another
+// coordinator has taken over.
+func (db *DB) AgentDisconnected(ctx context.Context, id int64, coordinator string) error {
+	_, err := db.pool.Exec(ctx, `UPDATE agents SET connected = false, last_seen_at = now()
+		WHERE id = $1 AND coordinator = $2`, id, coordinator)
+	if err != nil {
+		return fmt.Errorf("record agent %d disconnected: %w", id, err)
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
