@@ -21,6 +21,9 @@ const (
 	StreamCommand = "command"
 )
 
+// StreamIdleTimeout bounds how long a stream may go without a byte moving.
+const StreamIdleTimeout = 2 * time.Minute
+
 // StreamHeader opens every stream.
 type StreamHeader struct {
 	Kind string `json:"kind"`
@@ -97,7 +100,14 @@ type Hello struct {
 	Capabilities    Capabilities `json:"capabilities"`
 	Running         []WorkRef    `json:"running"`
 	Draining        bool         `json:"draining"`
+	// Purpose is "" for the agent daemon, PurposePush for a one-off client such as
+	// fc-agent push: it authenticates the same way but never replaces the daemon's
+	// session or its presence.
+	Purpose string `json:"purpose,omitempty"`
 }
+
+// PurposePush marks a session opened only to upload store paths.
+const PurposePush = "push"
 
 // Challenge carries the nonce the agent must sign.
 type Challenge struct {

@@ -38,6 +38,9 @@ const usage = `usage: fc-agent [--config FILE] [COMMAND]
 commands:
   run       connect to the coordinator and take work (the default)
   keygen    create the agent key if missing; print its public key and fingerprint
+  push PATH...
+            upload store paths and their closures to the coordinator's cache,
+            skipping what it (or an upstream cache) already has
   version   print the version
 
 Configuration: ./agent.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -86,7 +89,7 @@ func Main(ctx context.Context, env Env) int {
 		fmt.Fprintf(env.Stdout, "fc-agent %s (protocol %d)\n", protocol.BuildVersion, protocol.Version)
 		return ExitOK
 	}
-	if cmd != "run" && cmd != "keygen" {
+	if cmd != "run" && cmd != "keygen" && cmd != "push" {
 		fmt.Fprintf(env.Stderr, "fc-agent: unknown command %q\n\n%s", cmd, usage)
 		return ExitUsage
 	}
@@ -98,7 +101,11 @@ func Main(ctx context.Context, env Env) int {
 	if cmd == "keygen" {
 		return keygen(cfg, env)
 	}
-	err = run(ctx, cfg, env)
+	if cmd == "push" {
+		err = pushPaths(ctx, cfg, env, fs.Args()[1:])
+	} else {
+		err = run(ctx, cfg, env)
+	}
 	var refused *protocol.Refused
 	switch {
 	case err == nil:
@@ -179,30 +186,36 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 	}
 }
 
-// NewDaemon builds the daemon the way fc-agent run does (the coordinator's local
-// agent uses it too).
-func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemon.Daemon, error) {
+// SessionConfig is how this agent introduces itself: its key (created on first use),
+// enrollment token, TLS settings and name.
+func SessionConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (session.Config, error) {
 	id, created, err := identity.LoadOrGenerate(cfg.KeyPath(), cfg.Name())
 	if err != nil {
-		return nil, err
+		return session.Config{}, err
 	}
 	if created {
 		log.Info("created agent key", "path", id.Path, "fingerprint", id.Fingerprint(), "public_key", id.PublicKey(cfg.Name()))
 	}
 	token, err := cfg.EnrollmentToken()
 	if err != nil {
-		return nil, err
+		return session.Config{}, err
 	}
 	tlsCfg, err := TLSConfig(cfg.Coordinator.CAFile)
 	if err != nil {
+		return session.Config{}, err
+	}
+	return session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(),
+		AgentVersion: protocol.BuildVersion, ProtocolVersion: protocolVersion, EnrollmentToken: token, Logger: log}, nil
+}
+
+// NewDaemon builds the daemon the way fc-agent run does (the coordinator's local
+// agent uses it too).
+func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemon.Daemon, error) {
+	sc, err := SessionConfig(cfg, log, protocolVersion)
+	if err != nil {
 		return nil, err
 	}
-	return daemon.New(daemon.Config{
-		Session: session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(),
-			AgentVersion: protocol.BuildVersion, ProtocolVersion: protocolVersion, EnrollmentToken: token, Logger: log},
-		Capabilities: Capabilities(cfg),
-		Logger:       log,
-	}), nil
+	return daemon.New(daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log}), nil
 }
 
 func run(ctx context.Context, cfg config.Config, env Env) error {

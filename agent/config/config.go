@@ -41,6 +41,8 @@ type Agent struct {
 	MaxJobs           int      `toml:"max_jobs"`
 	SpeedFactor       float64  `toml:"speed_factor"`
 	Roles             []string `toml:"roles"`
+	// CompressionLevel is the zstd level of uploads (1 fastest .. 19 smallest).
+	CompressionLevel int `toml:"compression_level"`
 }
 
 // Defaults are the compiled defaults, as documented (commented out) in agent.toml.
@@ -55,6 +57,7 @@ func Defaults() Config {
 			MandatoryFeatures: []string{},
 			SpeedFactor:       1,
 			Roles:             []string{protocol.RoleBuild, protocol.RoleEval},
+			CompressionLevel:  1,
 		},
 	}
 }
@@ -102,6 +105,9 @@ func (c Config) Validate() error {
 	}
 	if c.Agent.SpeedFactor <= 0 {
 		return fmt.Errorf("agent.speed_factor must be > 0")
+	}
+	if c.Agent.CompressionLevel < 1 || c.Agent.CompressionLevel > 22 {
+		return fmt.Errorf("agent.compression_level must be from 1 to 22")
 	}
 	if len(c.Agent.Roles) == 0 {
 		return fmt.Errorf("agent.roles must name at least one of build, eval")

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -33,7 +34,9 @@ type Config struct {
 	AgentVersion    string
 	ProtocolVersion int // 0: protocol.Version; tests set others
 	EnrollmentToken string
-	Logger          *slog.Logger
+	// Purpose is "" for the daemon or protocol.PurposePush for a one-off upload.
+	Purpose string
+	Logger  *slog.Logger
 }
 
 // State is what the agent reports about itself at hello and in heartbeats.
@@ -131,7 +134,7 @@ func (c *Conn) handshake(ctx context.Context, cfg Config, st State) error {
 	}
 	hello := protocol.Hello{ProtocolVersion: version, AgentVersion: cfg.AgentVersion, Name: cfg.Name,
 		PublicKey: cfg.Identity.PublicKey(cfg.Name), EnrollmentToken: cfg.EnrollmentToken,
-		Capabilities: st.Capabilities, Running: st.Running, Draining: st.Draining}
+		Capabilities: st.Capabilities, Running: st.Running, Draining: st.Draining, Purpose: cfg.Purpose}
 	if err := protocol.WriteFrame(ctl, protocol.StreamHeader{Kind: protocol.StreamControl}); err != nil {
 		return err
 	}
@@ -236,6 +239,35 @@ func (c *Conn) Serve(ctx context.Context, h Handler) error {
 		}()
 	}
 }
+
+// OpenStream opens a stream of kind to the coordinator. Every read and write renews
+// an idle deadline, so a stream lives while bytes move and never hangs on silence.
+func (c *Conn) OpenStream(kind string) (io.ReadWriteCloser, error) {
+	st, err := c.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open %s stream: %w", kind, err)
+	}
+	s := idleStream{st}
+	if err := protocol.WriteFrame(s, protocol.StreamHeader{Kind: kind}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+type idleStream struct{ st *yamux.Stream }
+
+func (s idleStream) Read(p []byte) (int, error) {
+	_ = s.st.SetReadDeadline(time.Now().Add(protocol.StreamIdleTimeout))
+	return s.st.Read(p)
+}
+
+func (s idleStream) Write(p []byte) (int, error) {
+	_ = s.st.SetWriteDeadline(time.Now().Add(protocol.StreamIdleTimeout))
+	return s.st.Write(p)
+}
+
+func (s idleStream) Close() error { return s.st.Close() }
 
 // Done is closed when the session ends.
 func (c *Conn) Done() <-chan struct{} { return c.mux.CloseChan() }

@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/metrics"
@@ -24,20 +28,58 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
+// Parts are the coordinator's assembled components.
+type Parts struct {
+	Server *server.Server
+	Fleet  *fleet.Fleet
+	Cache  *cache.Cache
+}
+
 // NewServer assembles the coordinator's parts on db: the REST API, the fleet of agent
-// sessions and the HTTP server that carries them. addr names this coordinator.
-func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string) (*server.Server, *fleet.Fleet) {
+// sessions, the binary cache and the HTTP server that carries them. addr names this
+// coordinator.
+func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string) (Parts, error) {
 	host, _ := os.Hostname()
+	m := metrics.New(db, log)
+	cacheDir := cfg.Cache.Dir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.StateDir, "cache")
+	}
+	blobs, err := cache.NewDir(cacheDir)
+	if err != nil {
+		return Parts{}, err
+	}
+	keyFile, keyName := cfg.Cache.SecretKeyFile, cfg.Cache.KeyName
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.StateDir, "cache-key.sec")
+	}
+	if keyName == "" {
+		keyName = "fc-" + strings.SplitN(host, ".", 2)[0] + "-1"
+	}
+	key, created, err := cache.LoadOrCreateKey(keyFile, keyName)
+	if err != nil {
+		return Parts{}, err
+	}
+	ch, err := cache.New(cache.Config{Priority: cfg.Cache.Priority, UpstreamCaches: cfg.Cache.UpstreamCaches,
+		UpstreamKeys: cfg.Cache.UpstreamKeys, Logger: log, Registerer: m.Registry}, db, blobs, key)
+	if err != nil {
+		return Parts{}, err
+	}
+	if created {
+		log.Info("generated the cache signing key", "file", keyFile, "public_key", ch.PublicKey())
+	}
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log}, db)
+		Version: protocol.BuildVersion, Logger: log,
+		Streams: map[string]fleet.StreamHandler{protocol.StreamUpload: ch.HandleUpload}}, db)
 	srv := server.New(server.Config{
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
-		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl},
+		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch},
+		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
-	}, db, metrics.New(db, log))
-	return srv, fl
+	}, db, m)
+	return Parts{Server: srv, Fleet: fl, Cache: ch}, nil
 }
 
 // serve runs the coordinator until ctx ends.
@@ -60,7 +102,12 @@ func serve(ctx context.Context, cfg config.Config, env Env) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Server.Addr(), err)
 	}
-	srv, _ := NewServer(cfg, db.DB, log, ln.Addr().String())
+	parts, err := NewServer(cfg, db.DB, log, ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := parts.Server
 	log.Info("coordinator listening", "addr", ln.Addr().String(), "version", protocol.BuildVersion)
 	return srv.Serve(ctx, ln, 20*time.Second)
 }

@@ -22,6 +22,21 @@ type Config struct {
 	LogLevel string   `toml:"log_level"`
 	Database Database `toml:"database"`
 	Server   Server   `toml:"server"`
+	Cache    Cache    `toml:"cache"`
+}
+
+// Cache is the [cache] section: the binary cache served under /nix-cache/.
+type Cache struct {
+	// Dir holds the compressed NARs; empty: state_dir/cache.
+	Dir string `toml:"dir"`
+	// SecretKeyFile is the signing key (Nix's name:base64 format); empty:
+	// state_dir/cache-key.sec, generated on first start.
+	SecretKeyFile string `toml:"secret_key_file"`
+	// KeyName names a generated key; empty: fc-<host name>-1.
+	KeyName        string   `toml:"key_name"`
+	Priority       int      `toml:"priority"`
+	UpstreamCaches []string `toml:"upstream_caches"`
+	UpstreamKeys   []string `toml:"upstream_keys"`
 }
 
 // Database is the [database] section. Durations are seconds.
@@ -61,6 +76,7 @@ func Defaults() Config {
 			MaxLifetime:    1800,
 			AutoMigrate:    true,
 		},
+		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}},
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -126,6 +142,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
 		return fmt.Errorf("database.min_connections must be between 0 and max_connections")
+	}
+	if c.Cache.Priority < 1 {
+		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -37,6 +38,7 @@ type Coordinator struct {
 
 	mu     sync.Mutex
 	Fleet  *fleet.Fleet
+	Cache  *cache.Cache
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -53,6 +55,7 @@ func Start(t testing.TB, opts Options) *Coordinator {
 	cfg := config.Defaults()
 	cfg.Server.AgentHeartbeat = 1
 	cfg.LogLevel = "debug"
+	cfg.StateDir = t.TempDir()
 	if opts.Config != nil {
 		opts.Config(&cfg)
 	}
@@ -79,12 +82,15 @@ func Start(t testing.TB, opts Options) *Coordinator {
 
 func (c *Coordinator) serve(ln net.Listener) {
 	log := slog.New(slog.NewTextHandler(c.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, fl := cli.NewServer(c.Cfg, c.DB, log, c.Addr)
+	parts, err := cli.NewServer(c.Cfg, c.DB, log, c.Addr)
+	if err != nil {
+		c.t.Fatalf("assemble coordinator: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln, 10*time.Second) }()
+	go func() { done <- parts.Server.Serve(ctx, ln, 10*time.Second) }()
 	c.mu.Lock()
-	c.Fleet, c.cancel, c.done = fl, cancel, done
+	c.Fleet, c.Cache, c.cancel, c.done = parts.Fleet, parts.Cache, cancel, done
 	c.mu.Unlock()
 }
 

@@ -33,7 +33,12 @@ type Config struct {
 	Heartbeat time.Duration
 	Version   string
 	Logger    *slog.Logger
+	// Streams handle streams agents open, by kind (e.g. protocol.StreamUpload).
+	Streams map[string]StreamHandler
 }
+
+// StreamHandler serves one stream an agent opened. Every read has an idle deadline.
+type StreamHandler func(ctx context.Context, agentID int64, st io.ReadWriter) error
 
 // Fleet is the registry of live agent sessions.
 type Fleet struct {
@@ -225,6 +230,9 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 		return err
 	}
 	ctx = context.WithoutCancel(ctx) // the request context ends with the hijack
+	if hello.Purpose == protocol.PurposePush {
+		return f.runPushSession(ctx, mux, st, agent)
+	}
 	s := &Session{AgentID: agent.ID, Name: agent.Name, mux: mux, caps: hello.Capabilities}
 	if err := f.db.AgentConnected(ctx, agent.ID, presence(f.cfg, hello)); err != nil {
 		_ = refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
@@ -244,7 +252,67 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 	if agent.Draining {
 		go f.notifyDrain(ctx, agent.ID, true) // an admin drained it while it was away
 	}
+	go f.serveStreams(ctx, mux, agent.ID)
 	return f.controlLoop(ctx, s, st)
+}
+
+// runPushSession serves a one-off client's streams until it hangs up; it is not a
+// registered session and changes no presence.
+func (f *Fleet) runPushSession(ctx context.Context, mux *yamux.Session, st *yamux.Stream, agent storage.Agent) error {
+	welcome := protocol.Welcome{AgentID: agent.ID, Name: agent.Name, Coordinator: f.cfg.CoordinatorID,
+		ProtocolVersion: protocol.Version, CoordinatorVersion: f.cfg.Version}
+	_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
+	if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeWelcome, Welcome: &welcome}); err != nil {
+		return err
+	}
+	f.log.Info("agent push session", "agent", agent.ID, "name", agent.Name)
+	f.serveStreams(ctx, mux, agent.ID)
+	return errors.New("push session ended")
+}
+
+// serveStreams dispatches the streams an agent opens until its session closes.
+func (f *Fleet) serveStreams(ctx context.Context, mux *yamux.Session, agentID int64) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer st.Close()
+			_ = st.SetReadDeadline(time.Now().Add(protocol.CommandTimeout))
+			var h protocol.StreamHeader
+			if err := protocol.ReadFrame(st, &h); err != nil {
+				f.log.Warn("read stream header", "agent", agentID, "err", err)
+				return
+			}
+			handler := f.cfg.Streams[h.Kind]
+			if handler == nil {
+				f.log.Warn("agent opened a stream of unknown kind", "agent", agentID, "kind", h.Kind)
+				return
+			}
+			if err := handler(ctx, agentID, idleStream{st}); err != nil {
+				f.log.Warn("agent stream failed", "agent", agentID, "kind", h.Kind, "err", err)
+			}
+		}()
+	}
+}
+
+// idleStream renews the stream's deadline before every read and write, so a stream
+// may last as long as bytes keep moving but never hangs on a silent peer.
+type idleStream struct{ st *yamux.Stream }
+
+func (s idleStream) Read(p []byte) (int, error) {
+	_ = s.st.SetReadDeadline(time.Now().Add(protocol.StreamIdleTimeout))
+	return s.st.Read(p)
+}
+
+func (s idleStream) Write(p []byte) (int, error) {
+	_ = s.st.SetWriteDeadline(time.Now().Add(protocol.StreamIdleTimeout))
+	return s.st.Write(p)
 }
 
 func presence(cfg Config, h protocol.Hello) storage.AgentPresence {

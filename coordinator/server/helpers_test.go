@@ -47,8 +47,13 @@ func newEnvOn(t *testing.T, db *storage.DB, tweak func(*config.Server)) *env {
 	}
 	full := config.Defaults()
 	full.Server = cfg
-	// The same assembly as fc-coordinator serve: REST API and agent fleet.
-	s, _ := cli.NewServer(full, db, slog.New(slog.DiscardHandler), "test")
+	full.StateDir = t.TempDir()
+	// The same assembly as fc-coordinator serve: REST API, agent fleet, cache.
+	parts, err := cli.NewServer(full, db, slog.New(slog.DiscardHandler), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := parts.Server
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	e := &env{t: t, db: db, srv: srv}

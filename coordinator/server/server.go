@@ -34,6 +34,8 @@ type Config struct {
 	Logger  *slog.Logger
 	// APIRoutes are mounted under /api/v1 after authentication.
 	APIRoutes []Routes
+	// Mounts are handlers outside the API (e.g. /nix-cache), by path prefix.
+	Mounts map[string]http.Handler
 	// BeforeShutdown runs when Serve's context ends, before the listener closes (the
 	// fleet tells its agents to go elsewhere; hijacked connections are not closed by
 	// http.Server.Shutdown).
@@ -80,6 +82,9 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 	})
 
 	r.Get("/health", s.health)
+	for prefix, h := range cfg.Mounts {
+		r.Mount(prefix, h)
+	}
 	r.Method(http.MethodGet, "/metrics", m.Handler())
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(timeout(config.Seconds(cfg.Server.RequestTimeout)), auth.Middleware(db, api.WriteError))

@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/push"
+	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/protocol"
+)
+
+// pushPaths is fc-agent push: connect with the agent's own identity (enrolling first
+// if it has a token and no pinned key yet) and upload the closures of paths.
+func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) error {
+	if len(paths) == 0 {
+		return errors.New("push needs at least one store path")
+	}
+	for i, p := range paths {
+		abs, err := filepath.EvalSymlinks(p) // ./result links work like in nix copy
+		if err == nil {
+			paths[i] = abs
+		}
+	}
+	log := newLogger(env.Stderr, cfg.LogLevel)
+	closure, err := push.Closure(ctx, paths)
+	if err != nil {
+		return err
+	}
+	infos, err := push.PathInfos(ctx, closure)
+	if err != nil {
+		return err
+	}
+	sc, err := SessionConfig(cfg, log, env.ProtocolVersion)
+	if err != nil {
+		return err
+	}
+	sc.Purpose = protocol.PurposePush
+	conn, err := session.Dial(ctx, sc, session.State{Capabilities: protocol.Capabilities{Roles: []string{}}})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	st, err := push.Upload(ctx, conn, infos, push.Options{
+		Level: zstd.EncoderLevelFromZstd(cfg.Agent.CompressionLevel),
+		Progress: func(p string, size int64) {
+			fmt.Fprintf(env.Stdout, "sent %s (%s)\n", p, mb(size))
+		},
+	})
+	secs := st.Elapsed.Seconds()
+	rate := 0.0
+	if secs > 0 {
+		rate = float64(st.NarBytes) / 1e6 / secs
+	}
+	fmt.Fprintf(env.Stdout, "%d paths in the closure: sent %d, %d already cached, %d on an upstream cache; %s of NAR (%s compressed) in %.2f s, %.1f MB/s\n",
+		st.Offered, st.Sent, st.Offered-st.Sent-st.Upstream-len(st.Rejections), st.Upstream, mb(st.NarBytes), mb(st.FileBytes), secs, rate)
+	return err
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }

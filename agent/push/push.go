@@ -1,0 +1,255 @@
+// Package push puts store paths and their closures into the coordinator's cache over
+// the agent's session: ask which paths the cache (or an upstream) lacks, then stream
+// those NARs zstd-compressed in dependency order. Evaluation, builds and
+// `fc-agent push` all use it.
+package push
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/fc-ci/fc/protocol"
+)
+
+// Closure lists paths and everything they reference (nix-store -qR).
+func Closure(ctx context.Context, paths []string) ([]string, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	out, err := exec.CommandContext(ctx, "nix-store", append([]string{"--query", "--requisites"}, paths...)...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("nix-store --query --requisites: %w%s", err, stderrOf(err))
+	}
+	return strings.Fields(string(out)), nil
+}
+
+func stderrOf(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return ": " + strings.TrimSpace(string(ee.Stderr))
+	}
+	return ""
+}
+
+type nixPathInfo struct {
+	Path       string   `json:"path"`
+	NarHash    string   `json:"narHash"`
+	NarSize    int64    `json:"narSize"`
+	References []string `json:"references"`
+	Deriver    string   `json:"deriver"`
+	CA         string   `json:"ca"`
+}
+
+// PathInfos asks Nix for the NAR hash, size, references and deriver of each path.
+func PathInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
+	var out []protocol.PathInfo
+	for start := 0; start < len(paths); start += 500 {
+		batch := paths[start:min(start+500, len(paths))]
+		raw, err := exec.CommandContext(ctx, "nix", append([]string{"--extra-experimental-features", "nix-command",
+			"path-info", "--json"}, batch...)...).Output()
+		if err != nil {
+			return nil, fmt.Errorf("nix path-info: %w%s", err, stderrOf(err))
+		}
+		infos, err := parsePathInfo(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, infos...)
+	}
+	return out, nil
+}
+
+// parsePathInfo reads `nix path-info --json`: a list of objects (Nix 2.8 to 2.18) or
+// an object keyed by path (newer Nix); hashes as SRI or sha256:base32.
+func parsePathInfo(raw []byte) ([]protocol.PathInfo, error) {
+	var list []nixPathInfo
+	if err := json.Unmarshal(raw, &list); err != nil {
+		var byPath map[string]*nixPathInfo
+		if err2 := json.Unmarshal(raw, &byPath); err2 != nil {
+			return nil, fmt.Errorf("parse nix path-info output: %w", err)
+		}
+		for p, info := range byPath {
+			if info == nil {
+				return nil, fmt.Errorf("path %s is not valid in the local store", p)
+			}
+			info.Path = p
+			list = append(list, *info)
+		}
+	}
+	out := make([]protocol.PathInfo, 0, len(list))
+	for _, i := range list {
+		if i.NarHash == "" {
+			return nil, fmt.Errorf("path %s is not valid in the local store", i.Path)
+		}
+		h, err := nixhash.ParseAny(i.NarHash, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s: nar hash %q: %w", i.Path, i.NarHash, err)
+		}
+		refs := make([]string, len(i.References))
+		for k, r := range i.References {
+			if !strings.HasPrefix(r, "/") {
+				r = "/nix/store/" + r
+			}
+			refs[k] = r
+		}
+		out = append(out, protocol.PathInfo{StorePath: i.Path, NarHash: h.Format(nixhash.NixBase32, true),
+			NarSize: i.NarSize, References: refs, Deriver: i.Deriver, CA: i.CA})
+	}
+	return out, nil
+}
+
+// SortByDependencies orders infos so every path comes after the paths it references.
+func SortByDependencies(infos []protocol.PathInfo) []protocol.PathInfo {
+	byPath := make(map[string]protocol.PathInfo, len(infos))
+	for _, i := range infos {
+		byPath[i.StorePath] = i
+	}
+	sort.Slice(infos, func(a, b int) bool { return infos[a].StorePath < infos[b].StorePath })
+	out := make([]protocol.PathInfo, 0, len(infos))
+	state := make(map[string]int, len(infos)) // 1 visiting, 2 done
+	var visit func(p string)
+	visit = func(p string) {
+		if state[p] != 0 {
+			return
+		}
+		state[p] = 1
+		info := byPath[p]
+		for _, r := range info.References {
+			if _, ok := byPath[r]; ok && r != p {
+				visit(r)
+			}
+		}
+		state[p] = 2
+		out = append(out, info)
+	}
+	for _, i := range infos {
+		visit(i.StorePath)
+	}
+	return out
+}
+
+// StreamOpener opens streams to the coordinator (session.Conn).
+type StreamOpener interface {
+	OpenStream(kind string) (io.ReadWriteCloser, error)
+}
+
+// Stats says what a push did.
+type Stats struct {
+	Offered    int           // paths in the closure
+	Sent       int           // paths uploaded
+	Upstream   int           // paths skipped because an upstream cache has them
+	NarBytes   int64         // uncompressed bytes sent
+	FileBytes  int64         // compressed bytes stored
+	Elapsed    time.Duration // wall time of the upload
+	SentPaths  []string
+	Rejections []string
+}
+
+// Options tune a push.
+type Options struct {
+	Level    zstd.EncoderLevel // zero: SpeedFastest
+	Progress func(path string, narSize int64)
+	// Dump writes a path's NAR; nil runs nix-store --dump.
+	Dump func(ctx context.Context, path string, w io.Writer) error
+}
+
+// DumpWithNix writes the NAR of path (nix-store --dump).
+func DumpWithNix(ctx context.Context, path string, w io.Writer) error {
+	cmd := exec.CommandContext(ctx, "nix-store", "--dump", path)
+	cmd.Stdout = w
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("nix-store --dump %s: %w: %s", path, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// ErrRejected is returned when the coordinator refused one or more paths.
+var ErrRejected = errors.New("the coordinator rejected some paths")
+
+// Upload offers infos (any order) and sends what the cache lacks.
+func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, opts Options) (Stats, error) {
+	start := time.Now()
+	if opts.Dump == nil {
+		opts.Dump = DumpWithNix
+	}
+	if opts.Level == 0 {
+		opts.Level = zstd.SpeedFastest
+	}
+	infos = SortByDependencies(infos)
+	st, err := conn.OpenStream(protocol.StreamUpload)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer st.Close()
+	stats := Stats{Offered: len(infos)}
+	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos}); err != nil {
+		return stats, err
+	}
+	var plan protocol.UploadPlan
+	if err := protocol.ReadFrame(st, &plan); err != nil {
+		return stats, fmt.Errorf("read upload plan: %w", err)
+	}
+	if plan.Error != "" {
+		return stats, fmt.Errorf("coordinator refused the upload: %s", plan.Error)
+	}
+	stats.Upstream = len(plan.Upstream)
+	sizes := make(map[string]int64, len(infos))
+	for _, i := range infos {
+		sizes[i.StorePath] = i.NarSize
+	}
+	bw := bufio.NewWriterSize(st, 256<<10)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(opts.Level), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return stats, err
+	}
+	defer enc.Close()
+	for _, p := range plan.Missing {
+		cw := protocol.NewChunkWriter(bw)
+		enc.Reset(cw)
+		if err := opts.Dump(ctx, p, enc); err != nil {
+			return stats, err
+		}
+		if err := enc.Close(); err != nil {
+			return stats, err
+		}
+		if err := cw.Close(); err != nil {
+			return stats, err
+		}
+		if err := bw.Flush(); err != nil {
+			return stats, fmt.Errorf("send %s: %w", p, err)
+		}
+		var res protocol.UploadResult
+		if err := protocol.ReadFrame(st, &res); err != nil {
+			return stats, fmt.Errorf("read result for %s: %w", p, err)
+		}
+		if !res.OK {
+			stats.Rejections = append(stats.Rejections, res.Error)
+			continue
+		}
+		stats.Sent++
+		stats.SentPaths = append(stats.SentPaths, p)
+		stats.NarBytes += sizes[p]
+		stats.FileBytes += res.FileSize
+		if opts.Progress != nil {
+			opts.Progress(p, sizes[p])
+		}
+	}
+	stats.Elapsed = time.Since(start)
+	if len(stats.Rejections) > 0 {
+		return stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(stats.Rejections, "; "))
+	}
+	return stats, nil
+}

@@ -1,0 +1,325 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nix-community/go-nix/pkg/storepath"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config configures the cache (the [cache] section).
+type Config struct {
+	Priority       int
+	UpstreamCaches []string // base URLs, e.g. https://cache.nixos.org
+	UpstreamKeys   []string // name:base64 public keys; empty: upstream narinfos are not checked
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+	// HTTPClient reaches upstream caches.
+	HTTPClient *http.Client
+}
+
+// Cache is the binary cache.
+type Cache struct {
+	cfg      Config
+	db       *storage.DB
+	blobs    BlobStore
+	key      signature.SecretKey
+	upKeys   []signature.PublicKey
+	log      *slog.Logger
+	m        cacheMetrics
+	decoders sync.Pool
+}
+
+type cacheMetrics struct {
+	narinfoHits, narinfoMisses, narBytes prometheus.Counter
+	uploads                              prometheus.Counter
+	uploadBytes                          prometheus.Counter
+	rejections                           *prometheus.CounterVec
+}
+
+// New returns the cache over its blob store and signing key.
+func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (*Cache, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.Priority == 0 {
+		cfg.Priority = 30
+	}
+	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger}
+	for _, k := range cfg.UpstreamKeys {
+		pk, err := signature.ParsePublicKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("cache.upstream_keys %q: %w", k, err)
+		}
+		c.upKeys = append(c.upKeys, pk)
+	}
+	c.m = cacheMetrics{
+		narinfoHits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_narinfo_hits_total", Help: "narinfo requests answered from the cache."}),
+		narinfoMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_narinfo_misses_total", Help: "narinfo requests for paths the cache lacks."}),
+		narBytes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_served_bytes_total", Help: "Compressed NAR bytes served."}),
+		uploads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_uploads_total", Help: "Store paths accepted into the cache."}),
+		uploadBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_bytes_total", Help: "Compressed bytes accepted into the cache."}),
+		rejections:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fc_cache_upload_rejections_total", Help: "Uploads rejected, by reason."}, []string{"reason"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.m.narinfoHits, c.m.narinfoMisses, c.m.narBytes, c.m.uploads, c.m.uploadBytes, c.m.rejections,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fc_cache_store_bytes", Help: "Compressed bytes held by the cache."}, func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_, b, err := db.NarinfoCount(ctx)
+				if err != nil {
+					return 0
+				}
+				return float64(b)
+			}))
+	}
+	return c, nil
+}
+
+// PublicKey is the key clients trust, "name:base64".
+func (c *Cache) PublicKey() string { return c.key.ToPublicKey().String() }
+
+// hashPart is the nixbase32 hash part of a full store path.
+func hashPart(p string) string {
+	base := strings.TrimPrefix(p, storepath.StoreDir+"/")
+	if len(base) < 32 {
+		return ""
+	}
+	return base[:32]
+}
+
+func basename(p string) string { return strings.TrimPrefix(p, storepath.StoreDir+"/") }
+
+// checkInfo validates what an agent says about a path before anything is read.
+func checkInfo(pi protocol.PathInfo) (*nixhash.Hash, error) {
+	if err := storepath.Validate(pi.StorePath); err != nil {
+		return nil, fmt.Errorf("store path %q: %w", pi.StorePath, err)
+	}
+	h, err := nixhash.ParseAny(pi.NarHash, nil)
+	if err != nil || h.Algo() != nixhash.SHA256 {
+		return nil, fmt.Errorf("%s: nar hash %q is not a sha256 hash", pi.StorePath, pi.NarHash)
+	}
+	if pi.NarSize <= 0 {
+		return nil, fmt.Errorf("%s: nar size %d", pi.StorePath, pi.NarSize)
+	}
+	for _, r := range pi.References {
+		if err := storepath.Validate(r); err != nil {
+			return nil, fmt.Errorf("%s: reference %q: %w", pi.StorePath, r, err)
+		}
+	}
+	if pi.Deriver != "" {
+		if err := storepath.Validate(pi.Deriver); err != nil {
+			return nil, fmt.Errorf("%s: deriver %q: %w", pi.StorePath, pi.Deriver, err)
+		}
+	}
+	return &h.Hash, nil
+}
+
+// HandleUpload serves one upload stream from an agent (see protocol.StreamUpload).
+func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWriter) error {
+	var req protocol.UploadRequest
+	if err := protocol.ReadFrame(st, &req); err != nil {
+		return fmt.Errorf("read upload request: %w", err)
+	}
+	infos := make(map[string]protocol.PathInfo, len(req.Paths))
+	hashes := make([]string, 0, len(req.Paths))
+	for _, pi := range req.Paths {
+		if _, err := checkInfo(pi); err != nil {
+			c.m.rejections.WithLabelValues("bad_info").Inc()
+			return protocol.WriteFrame(st, protocol.UploadPlan{Error: err.Error()})
+		}
+		infos[pi.StorePath] = pi
+		hashes = append(hashes, hashPart(pi.StorePath))
+	}
+	present, err := c.db.PresentHashParts(ctx, hashes)
+	if err != nil {
+		_ = protocol.WriteFrame(st, protocol.UploadPlan{Error: "coordinator database unavailable"})
+		return err
+	}
+	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}}
+	upstream := map[string]bool{}
+	for _, pi := range req.Paths {
+		h := hashPart(pi.StorePath)
+		switch {
+		case present[h]:
+		case c.inUpstream(ctx, h):
+			upstream[h] = true
+			plan.Upstream = append(plan.Upstream, pi.StorePath)
+		default:
+			plan.Missing = append(plan.Missing, pi.StorePath)
+		}
+	}
+	if err := protocol.WriteFrame(st, plan); err != nil || req.Query {
+		return err
+	}
+	for _, p := range plan.Missing {
+		res := c.receive(ctx, infos[p], upstream, st)
+		if !res.OK {
+			c.log.Warn("upload rejected", "agent", agentID, "path", p, "err", res.Error)
+		}
+		if err := protocol.WriteFrame(st, res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type counter struct{ n int64 }
+
+func (c *counter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// receive reads one path's compressed NAR, verifies it while writing the blob, and
+// records the narinfo only once the blob is durable and every reference is present.
+func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[string]bool, st io.Reader) protocol.UploadResult {
+	res := protocol.UploadResult{StorePath: pi.StorePath}
+	reject := func(reason string, err error) protocol.UploadResult {
+		c.m.rejections.WithLabelValues(reason).Inc()
+		res.Error = err.Error()
+		return res
+	}
+	want, _ := checkInfo(pi)
+	chunks := protocol.NewChunkReader(st)
+	blob, err := c.blobs.Create()
+	if err != nil {
+		_ = chunks.Drain()
+		return reject("storage", err)
+	}
+	fileHash, fileSize := sha256.New(), &counter{}
+	compressed := io.TeeReader(chunks, io.MultiWriter(blob, fileHash, fileSize))
+	narHash, narSize := sha256.New(), &counter{}
+	err = c.decompress(compressed, io.MultiWriter(narHash, narSize))
+	if err == nil {
+		// Bytes after the zstd frames would be stored but never read by Nix.
+		if n, derr := io.Copy(io.Discard, compressed); derr != nil || n > 0 {
+			err = fmt.Errorf("%d bytes after the compressed NAR", n)
+		}
+	}
+	if err != nil {
+		blob.Abort()
+		if derr := chunks.Drain(); derr != nil {
+			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr))
+		}
+		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err))
+	}
+	got := narHash.Sum(nil)
+	if narSize.n != pi.NarSize {
+		blob.Abort()
+		return reject("size", fmt.Errorf("%s: NAR is %d bytes, declared %d", pi.StorePath, narSize.n, pi.NarSize))
+	}
+	if string(got) != string(want.Digest()) {
+		blob.Abort()
+		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash))
+	}
+	refs := make([]string, 0, len(pi.References))
+	var lookup []string
+	for _, r := range pi.References {
+		refs = append(refs, basename(r))
+		if r != pi.StorePath && !upstream[hashPart(r)] {
+			lookup = append(lookup, hashPart(r))
+		}
+	}
+	if len(lookup) > 0 {
+		present, err := c.db.PresentHashParts(ctx, lookup)
+		if err != nil {
+			blob.Abort()
+			return reject("database", err)
+		}
+		for _, r := range pi.References {
+			if h := hashPart(r); r != pi.StorePath && !upstream[h] && !present[h] {
+				blob.Abort()
+				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, r))
+			}
+		}
+	}
+	fh := nixbase32.EncodeToString(fileHash.Sum(nil))
+	name := fh + ".nar.zst"
+	if err := blob.Commit(name); err != nil {
+		return reject("storage", err)
+	}
+	narHashStr := "sha256:" + nixbase32.EncodeToString(got)
+	sig, err := c.key.Sign(nil, Fingerprint(pi.StorePath, narHashStr, pi.NarSize, refs))
+	if err != nil {
+		return reject("signing", err)
+	}
+	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
+		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
+		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
+	if err := c.db.InsertNarinfo(ctx, n); err != nil {
+		return reject("database", err)
+	}
+	c.m.uploads.Inc()
+	c.m.uploadBytes.Add(float64(fileSize.n))
+	res.OK, res.FileSize = true, fileSize.n
+	return res
+}
+
+func (c *Cache) decompress(r io.Reader, w io.Writer) error {
+	dec, _ := c.decoders.Get().(*zstd.Decoder)
+	if dec == nil {
+		var err error
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(false))
+		if err != nil {
+			return err
+		}
+	}
+	if err := dec.Reset(r); err != nil {
+		return err
+	}
+	_, err := io.Copy(w, dec)
+	_ = dec.Reset(nil)
+	c.decoders.Put(dec)
+	return err
+}
+
+// inUpstream reports whether a configured upstream cache serves the path (and, with
+// upstream_keys, signs it with one of them).
+func (c *Cache) inUpstream(ctx context.Context, hashPart string) bool {
+	for _, base := range c.cfg.UpstreamCaches {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/"+hashPart+".narinfo", nil)
+		if err != nil {
+			continue
+		}
+		resp, err := c.cfg.HTTPClient.Do(req)
+		if err != nil {
+			continue
+		}
+		ok := resp.StatusCode == http.StatusOK
+		var ni *narinfo.NarInfo
+		if ok {
+			ni, err = narinfo.Parse(io.LimitReader(resp.Body, 1<<20))
+			ok = err == nil
+		}
+		resp.Body.Close()
+		if !ok {
+			continue
+		}
+		if len(c.upKeys) == 0 {
+			return true
+		}
+		refs := append([]string(nil), ni.References...)
+		fp := Fingerprint(ni.StorePath, ni.NarHash.Format(nixhash.NixBase32, true), int64(ni.NarSize), refs)
+		if signature.VerifyFirst(fp, ni.Signatures, c.upKeys) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,163 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/fc-ci/fc/storage"
+)
+
+var (
+	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
+	narRE     = regexp.MustCompile(`^[0-9a-df-np-sv-z]{52}\.nar\.zst$`)
+)
+
+// Handler serves /nix-cache/. Nix's rules win here: anything the cache does not have
+// or cannot parse is a 404 (Nix treats other 4xx as errors that disable the cache),
+// and only an unreachable database gives 503 (Nix retries 5xx).
+func (c *Cache) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.NotFound(notFound)
+	r.MethodNotAllowed(notFound)
+	for _, m := range []string{http.MethodGet, http.MethodHead} {
+		r.MethodFunc(m, "/nix-cache-info", c.cacheInfo)
+		r.MethodFunc(m, "/{file}", c.narinfo)
+		r.MethodFunc(m, "/nar/{file}", c.nar)
+		r.MethodFunc(m, "/log/{drv}", notFound) // build logs arrive with the live-log issue
+	}
+	return r
+}
+
+func notFound(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = io.WriteString(w, "404 not found\n")
+}
+
+func (c *Cache) cacheInfo(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/x-nix-cache-info")
+	fmt.Fprintf(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", c.cfg.Priority)
+}
+
+// Render is the narinfo text Nix reads for n.
+func Render(n storage.Narinfo) (string, error) {
+	fh, err := nixhash.ParseAny(n.FileHash, nil)
+	if err != nil {
+		return "", err
+	}
+	nh, err := nixhash.ParseAny(n.NarHash, nil)
+	if err != nil {
+		return "", err
+	}
+	ni := narinfo.NarInfo{StorePath: n.StorePath, URL: n.URL, Compression: n.Compression,
+		FileHash: fh, FileSize: uint64(n.FileSize), NarHash: nh, NarSize: uint64(n.NarSize),
+		References: n.References, Deriver: n.Deriver, CA: n.CA}
+	for _, s := range n.Sigs {
+		sig, err := signature.ParseSignature(s)
+		if err != nil {
+			return "", err
+		}
+		ni.Signatures = append(ni.Signatures, sig)
+	}
+	return ni.String(), nil
+}
+
+func (c *Cache) narinfo(w http.ResponseWriter, r *http.Request) {
+	file := chi.URLParam(r, "file")
+	if !narinfoRE.MatchString(file) {
+		notFound(w, r)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	n, err := c.db.GetNarinfo(ctx, strings.TrimSuffix(file, ".narinfo"))
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		c.m.narinfoMisses.Inc()
+		notFound(w, r)
+		return
+	case err != nil:
+		c.unavailable(w, r, err)
+		return
+	}
+	text, err := Render(n)
+	if err != nil {
+		c.log.Error("render narinfo", "path", n.StorePath, "err", err)
+		notFound(w, r)
+		return
+	}
+	c.m.narinfoHits.Inc()
+	w.Header().Set("Content-Type", "text/x-nix-narinfo")
+	w.Header().Set("Content-Length", strconv.Itoa(len(text)))
+	w.Header().Set("Cache-Control", "public, max-age=3600")
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = io.WriteString(w, text)
+}
+
+func (c *Cache) unavailable(w http.ResponseWriter, r *http.Request, err error) {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded) {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "database unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	c.log.Error("cache lookup", "path", r.URL.Path, "err", err)
+	http.Error(w, "database unavailable", http.StatusServiceUnavailable)
+}
+
+// nar serves a blob: Range requests (Nix resumes downloads), a strong ETag (the name
+// is the content's hash) and immutable caching.
+func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
+	file := chi.URLParam(r, "file")
+	if !narRE.MatchString(file) {
+		notFound(w, r)
+		return
+	}
+	b, err := c.blobs.Open(file)
+	if err != nil {
+		notFound(w, r)
+		return
+	}
+	defer b.Close()
+	h := w.Header()
+	h.Set("Content-Type", "application/zstd")
+	h.Set("ETag", `"`+strings.TrimSuffix(file, ".nar.zst")+`"`)
+	h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	// Hand ServeContent the *os.File itself when there is one: net/http then uses
+	// sendfile, which a wrapping reader (or writer) would prevent.
+	var content io.ReadSeeker = b
+	if f, ok := b.(interface{ OSFile() *os.File }); ok {
+		content = f.OSFile()
+	}
+	http.ServeContent(w, r, "", time.Time{}, content)
+	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
+		c.m.narBytes.Add(float64(b.Size()))
+	}
+}
+
+// PublicKeyHandler serves the signing key's public half as plain text.
+func (c *Cache) PublicKeyHandler(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, c.PublicKey()+"\n")
+}
+
+// Routes adds the cache's API routes under /api/v1.
+func (c *Cache) Routes(r chi.Router) {
+	r.Get("/cache/public-key", c.PublicKeyHandler)
+}

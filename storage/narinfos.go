@@ -1,0 +1,85 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Narinfo is one store path in the binary cache. Its blob (the compressed NAR) is in
+// the blob store under URL; the row is inserted only once the blob is durable.
+type Narinfo struct {
+	HashPart    string // the 32-character nixbase32 part of the store path
+	StorePath   string
+	URL         string // nar/<filehash>.nar.zst
+	Compression string
+	FileHash    string // sha256:<nixbase32> of the compressed file
+	FileSize    int64
+	NarHash     string // sha256:<nixbase32> of the NAR
+	NarSize     int64
+	References  []string // basenames
+	Deriver     string   // basename, or ""
+	Sigs        []string
+	CA          string
+	CreatedAt   time.Time
+}
+
+const narinfoColumns = `hash_part, store_path, url, compression, file_hash, file_size, nar_hash, nar_size,
+	refs, deriver, sigs, ca, created_at`
+
+func scanNarinfo(row scanner) (Narinfo, error) {
+	var n Narinfo
+	err := row.Scan(&n.HashPart, &n.StorePath, &n.URL, &n.Compression, &n.FileHash, &n.FileSize, &n.NarHash,
+		&n.NarSize, &n.References, &n.Deriver, &n.Sigs, &n.CA, &n.CreatedAt)
+	return n, err
+}
+
+// GetNarinfo finds a path by its hash part.
+func (db *DB) GetNarinfo(ctx context.Context, hashPart string) (Narinfo, error) {
+	n, err := scanNarinfo(db.pool.QueryRow(ctx, `SELECT `+narinfoColumns+` FROM narinfos WHERE hash_part = $1`, hashPart))
+	if err != nil {
+		return Narinfo{}, fmt.Errorf("narinfo %s: %w", hashPart, mapErr(err))
+	}
+	return n, nil
+}
+
+// PresentHashParts returns the subset of hashParts the cache holds, in one query.
+func (db *DB) PresentHashParts(ctx context.Context, hashParts []string) (map[string]bool, error) {
+	rows, err := db.pool.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1)`, hashParts)
+	if err != nil {
+		return nil, fmt.Errorf("look up narinfos: %w", err)
+	}
+	defer rows.Close()
+	present := make(map[string]bool, len(hashParts))
+	for rows.Next() {
+		var h string
+		if err := rows.Scan(&h); err != nil {
+			return nil, fmt.Errorf("look up narinfos: %w", err)
+		}
+		present[h] = true
+	}
+	return present, rows.Err()
+}
+
+// InsertNarinfo records a path whose blob is durable. A path already present is left
+// as it is (concurrent uploads of one path are idempotent).
+func (db *DB) InsertNarinfo(ctx context.Context, n Narinfo) error {
+	_, err := db.pool.Exec(ctx, `INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
+		nar_hash, nar_size, refs, deriver, sigs, ca) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		ON CONFLICT (hash_part) DO NOTHING`,
+		n.HashPart, n.StorePath, n.URL, n.Compression, n.FileHash, n.FileSize, n.NarHash, n.NarSize,
+		nonNil(n.References), n.Deriver, nonNil(n.Sigs), n.CA)
+	if err != nil {
+		return fmt.Errorf("insert narinfo %s: %w", n.StorePath, err)
+	}
+	return nil
+}
+
+// NarinfoCount is the number of paths and their compressed bytes.
+func (db *DB) NarinfoCount(ctx context.Context) (paths int64, bytes int64, err error) {
+	err = db.pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(file_size), 0) FROM narinfos`).Scan(&paths, &bytes)
+	if err != nil {
+		return 0, 0, fmt.Errorf("count narinfos: %w", err)
+	}
+	return paths, bytes, nil
+}
