@@ -140,7 +140,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		attempt = 0
+		connectedAt := time.Now()
 		d.log.Info("connected to coordinator", "agent", conn.Welcome.AgentID, "coordinator", conn.Welcome.Coordinator,
 			"enrolled", conn.Welcome.Enrolled)
 		if d.cfg.OnWelcome != nil {
@@ -155,7 +155,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return d.stopped()
 		}
-		wait := backoff(0, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+		// Only a session that lasted resets the backoff: one dropped right after the
+		// handshake (a flapping proxy, two agents sharing a key) must not make the
+		// agent reconnect several times a second forever.
+		if time.Since(connectedAt) > stableSession {
+			attempt = 0
+		}
+		wait := backoff(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+		attempt++
 		d.log.Warn("session to coordinator ended; reconnecting", "reason", reason, "retry_in", wait.Round(time.Millisecond))
 		if !d.sleep(ctx, wait) {
 			return d.stopped()
@@ -171,6 +178,10 @@ func (d *Daemon) stopped() error {
 }
 
 var errDrained = errors.New("drained")
+
+// stableSession is how long a session must last for the next reconnect to start
+// from the smallest backoff again.
+const stableSession = 30 * time.Second
 
 // runConn serves one session until it ends, returning why.
 func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
@@ -202,14 +213,14 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 			return errors.New("coordinator shutting down")
 		case <-drainCh:
 			drainCh = nil // tell the coordinator once, now, rather than at the next beat
-			if err := conn.Heartbeat(d.state()); err != nil {
+			if err := conn.Heartbeat(ctx, d.state()); err != nil {
 				return err
 			}
 			if d.idle() {
 				return errDrained
 			}
 		case <-beat.C:
-			if err := conn.Heartbeat(d.state()); err != nil {
+			if err := conn.Heartbeat(ctx, d.state()); err != nil {
 				return err
 			}
 			if d.draining() && d.idle() {

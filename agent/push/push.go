@@ -53,19 +53,34 @@ type nixPathInfo struct {
 
 // PathInfos asks Nix for the NAR hash, size, references and deriver of each path.
 func PathInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
+	// The new CLI reads a .drv path as "its outputs" unless told --derivation, and
+	// --derivation reads an output path as "its .drv": ask for each kind separately.
+	var drvs, others []string
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".drv") {
+			drvs = append(drvs, p)
+		} else {
+			others = append(others, p)
+		}
+	}
 	var out []protocol.PathInfo
-	for start := 0; start < len(paths); start += 500 {
-		batch := paths[start:min(start+500, len(paths))]
-		raw, err := exec.CommandContext(ctx, "nix", append([]string{"--extra-experimental-features", "nix-command",
-			"path-info", "--json"}, batch...)...).Output()
-		if err != nil {
-			return nil, fmt.Errorf("nix path-info: %w%s", err, stderrOf(err))
+	for _, group := range []struct {
+		paths []string
+		flags []string
+	}{{others, nil}, {drvs, []string{"--derivation"}}} {
+		for start := 0; start < len(group.paths); start += 500 {
+			batch := group.paths[start:min(start+500, len(group.paths))]
+			args := append(append([]string{"--extra-experimental-features", "nix-command", "path-info", "--json"}, group.flags...), batch...)
+			raw, err := exec.CommandContext(ctx, "nix", args...).Output()
+			if err != nil {
+				return nil, fmt.Errorf("nix path-info: %w%s", err, stderrOf(err))
+			}
+			infos, err := parsePathInfo(raw)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, infos...)
 		}
-		infos, err := parsePathInfo(raw)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, infos...)
 	}
 	return out, nil
 }

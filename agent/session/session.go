@@ -123,6 +123,10 @@ func (c *Conn) handshake(ctx context.Context, cfg Config, st State) error {
 		return fmt.Errorf("open control stream: %w", err)
 	}
 	c.control = ctl
+	// A cancelled context (drain, second signal) must end a stalled handshake now, not
+	// at the handshake timeout.
+	stop := context.AfterFunc(ctx, func() { _ = ctl.SetDeadline(time.Now()) })
+	defer stop()
 	deadline := time.Now().Add(protocol.HandshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -144,6 +148,9 @@ func (c *Conn) handshake(ctx context.Context, cfg Config, st State) error {
 	var m protocol.Message
 	for {
 		if err := protocol.ReadFrame(ctl, &m); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("handshake: %w (%v)", ctx.Err(), err)
+			}
 			return fmt.Errorf("handshake: %w", err)
 		}
 		switch m.Type {
@@ -177,10 +184,13 @@ func (c *Conn) handshake(ctx context.Context, cfg Config, st State) error {
 	}
 }
 
-// Heartbeat sends the agent's state and waits for the coordinator's answer.
-func (c *Conn) Heartbeat(st State) error {
+// Heartbeat sends the agent's state and waits for the coordinator's answer; a
+// cancelled ctx ends the wait at once.
+func (c *Conn) Heartbeat(ctx context.Context, st State) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = c.control.SetDeadline(time.Now()) })
+	defer stop()
 	_ = c.control.SetDeadline(time.Now().Add(protocol.CommandTimeout))
 	hb := protocol.Heartbeat{Running: st.Running, Load1: st.Load1, FreeDiskBytes: st.FreeDiskBytes,
 		Draining: st.Draining, SentAt: time.Now().UTC()}

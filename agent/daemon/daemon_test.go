@@ -1,0 +1,257 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fc-ci/fc/agent/identity"
+	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/protocol"
+)
+
+func TestBackoff_JitteredWithinUpperHalfAndCapped(t *testing.T) {
+	const ms = time.Millisecond
+	cases := []struct {
+		attempt  int
+		min, max time.Duration
+		want     time.Duration // the un-jittered delay d; results lie in [d/2, d]
+	}{
+		{0, 250 * ms, 30 * time.Second, 250 * ms},
+		{1, 250 * ms, 30 * time.Second, 500 * ms},
+		{2, 250 * ms, 30 * time.Second, time.Second},
+		{5, 250 * ms, 30 * time.Second, 8 * time.Second},
+		{6, 250 * ms, 30 * time.Second, 16 * time.Second},
+		{7, 250 * ms, 30 * time.Second, 30 * time.Second}, // 32 s capped
+		{8, 250 * ms, 30 * time.Second, 30 * time.Second},
+		{64, 250 * ms, 30 * time.Second, 30 * time.Second}, // no overflow
+		{1 << 30, 250 * ms, 30 * time.Second, 30 * time.Second},
+		{3, 10 * ms, 50 * ms, 50 * ms},
+		{0, time.Minute, 30 * time.Second, 30 * time.Second}, // min above max: max wins
+		{0, 1, 1, 1},
+	}
+	for _, tc := range cases {
+		lo, hi := tc.want/2, tc.want
+		var seenLow, seenHigh bool
+		for range 2000 {
+			got := backoff(tc.attempt, tc.min, tc.max)
+			if got < lo || got > hi {
+				t.Fatalf("backoff(%d, %v, %v) = %v, want within [%v, %v]", tc.attempt, tc.min, tc.max, got, lo, hi)
+			}
+			seenLow = seenLow || got < lo+(hi-lo)/4
+			seenHigh = seenHigh || got > hi-(hi-lo)/4
+		}
+		if hi-lo > 100 && !(seenLow && seenHigh) {
+			t.Errorf("backoff(%d, %v, %v): 2000 draws do not spread over [%v, %v] (jitter missing?)", tc.attempt, tc.min, tc.max, lo, hi)
+		}
+	}
+}
+
+// lockedLog collects the daemon's log lines.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func closedPortURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + addr
+}
+
+func unreachableDaemon(t *testing.T, log *lockedLog) *Daemon {
+	t.Helper()
+	id, err := identity.Generate(filepath.Join(t.TempDir(), "agent_key"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(log, nil))
+	return New(Config{
+		Session: session.Config{URL: closedPortURL(t), Identity: id, Name: "lonely", AgentVersion: "test", Logger: logger},
+		Capabilities: func(context.Context) (protocol.Capabilities, error) {
+			return protocol.Capabilities{Systems: []string{"x86_64-linux"}, MaxJobs: 1, SpeedFactor: 1, Roles: []string{protocol.RoleBuild}}, nil
+		},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 40 * time.Millisecond,
+		StoreDir:   t.TempDir(),
+		Logger:     logger,
+	})
+}
+
+// waitFor polls cond until it holds, failing the test at the deadline.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// running is a daemon's Run in a goroutine; done closes when Run returns, then err holds its result.
+type running struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+func runDaemon(t *testing.T, d *Daemon) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	go func() { r.err = d.Run(ctx); close(r.done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+			t.Error("daemon still running 30 s after cancel")
+		}
+	})
+	return r
+}
+
+func TestRun_UnreachableCoordinatorRetriesUntilCancelled(t *testing.T) {
+	log := &lockedLog{}
+	d := unreachableDaemon(t, log)
+	r := runDaemon(t, d)
+
+	waitFor(t, 30*time.Second, "several connection attempts", func() bool {
+		return log.count("cannot reach coordinator; retrying") >= 5
+	})
+	select {
+	case <-r.done:
+		t.Fatalf("daemon gave up on an unreachable coordinator: %v\n%s", r.err, log)
+	default:
+	}
+	if !strings.Contains(log.String(), "connection refused") {
+		t.Errorf("retry log does not say why:\n%s", log)
+	}
+
+	start := time.Now()
+	r.cancel()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Errorf("idle daemon cancelled: %v, want nil", r.err)
+		}
+		t.Logf("stopped %v after cancel", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("daemon did not stop within 5 s of cancel")
+	}
+}
+
+// A drained idle agent that cannot reach its coordinator has nothing to report: it
+// stops instead of retrying forever.
+func TestRun_DrainWhileUnreachableStopsWithoutCancel(t *testing.T) {
+	log := &lockedLog{}
+	d := unreachableDaemon(t, log)
+	r := runDaemon(t, d)
+	waitFor(t, 30*time.Second, "a connection attempt", func() bool {
+		return log.count("cannot reach coordinator; retrying") >= 1
+	})
+	start := time.Now()
+	d.Drain()
+	d.Drain() // a second call is harmless
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Errorf("drained idle daemon: %v, want nil", r.err)
+		}
+		t.Logf("stopped %v after drain", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatalf("drained idle daemon still running after 5 s:\n%s", log)
+	}
+}
+
+func TestRun_CapabilitiesErrorStopsAtOnce(t *testing.T) {
+	boom := errors.New("no nix")
+	d := New(Config{Session: session.Config{URL: closedPortURL(t)},
+		Capabilities: func(context.Context) (protocol.Capabilities, error) { return protocol.Capabilities{}, boom }})
+	r := runDaemon(t, d)
+	select {
+	case <-r.done:
+		if !errors.Is(r.err, boom) {
+			t.Errorf("Run = %v, want the capabilities error", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("daemon kept going without capabilities")
+	}
+}
+
+func TestStopped_ForcedOnlyWithRunningWork(t *testing.T) {
+	d := New(Config{})
+	if err := d.stopped(); err != nil {
+		t.Errorf("idle: %v", err)
+	}
+	d.running[protocol.WorkRef{Kind: "step", ID: 1}] = struct{}{}
+	if err := d.stopped(); !errors.Is(err, ErrForced) {
+		t.Errorf("with work: %v, want ErrForced", err)
+	}
+}
+
+func TestHandle_RejectsWorkWhenDrainedAndAcksControlCommands(t *testing.T) {
+	d := New(Config{})
+	shutdown := make(chan struct{}, 1)
+	ctx := context.Background()
+	assign := protocol.Message{Type: protocol.TypeAssign, Assign: &protocol.Assign{Work: protocol.WorkRef{Kind: "step", ID: 3}}}
+
+	if r := d.handle(ctx, protocol.Message{Type: protocol.TypeDrain, Drain: &protocol.Drain{On: true}}, shutdown); r.Type != protocol.TypeAck {
+		t.Fatalf("drain: %+v", r)
+	}
+	if r := d.handle(ctx, assign, shutdown); r.Type != protocol.TypeReject || !strings.Contains(r.Reject.Reason, "draining") {
+		t.Errorf("assign while admin-drained: %+v", r)
+	}
+	if r := d.handle(ctx, protocol.Message{Type: protocol.TypeDrain, Drain: &protocol.Drain{On: false}}, shutdown); r.Type != protocol.TypeAck {
+		t.Fatalf("enable: %+v", r)
+	}
+	if r := d.handle(ctx, assign, shutdown); r.Type != protocol.TypeReject || strings.Contains(r.Reject.Reason, "draining") {
+		t.Errorf("assign after enable must not say draining: %+v", r)
+	}
+	d.Drain()
+	if r := d.handle(ctx, assign, shutdown); r.Type != protocol.TypeReject || !strings.Contains(r.Reject.Reason, "draining") {
+		t.Errorf("assign while self-draining: %+v", r)
+	}
+	if r := d.handle(ctx, protocol.Message{Type: protocol.TypeShutdown}, shutdown); r.Type != protocol.TypeAck || len(shutdown) != 1 {
+		t.Errorf("shutdown: %+v, signalled %d", r, len(shutdown))
+	}
+	if r := d.handle(ctx, protocol.Message{Type: protocol.TypeShutdown}, shutdown); r.Type != protocol.TypeAck {
+		t.Errorf("a second shutdown must not block: %+v", r)
+	}
+	if r := d.handle(ctx, protocol.Message{Type: "bogus"}, shutdown); r.Type != protocol.TypeReject || !strings.Contains(r.Reject.Reason, "bogus") {
+		t.Errorf("unknown command: %+v", r)
+	}
+}

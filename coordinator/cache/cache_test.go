@@ -1,0 +1,528 @@
+package cache_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	agentcli "github.com/fc-ci/fc/agent/cli"
+	agentconfig "github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/push"
+	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/coordtest"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage/storagetest"
+)
+
+func TestMain(m *testing.M) { storagetest.Main(m) }
+
+// salt makes every derivation in a test unique, so nothing passes because an old
+// output was lying around.
+func salt(t *testing.T) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()) + "-" + hex.EncodeToString(b)
+}
+
+// nixFile writes a Nix expression and returns its path.
+func nixFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "default.nix")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// chain is dep <- top, where top's output refers to dep's, and a big-ish file so the
+// NAR spans several chunks.
+func chain(t *testing.T) (file string) {
+	s := salt(t)
+	return nixFile(t, fmt.Sprintf(`rec {
+  dep = derivation { name = "dep-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir $out; /usr/bin/head -c 3000000 /dev/urandom > $out/zeros; echo %[1]s > $out/id" ]; };
+  top = derivation { name = "top-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${dep} > $out" ]; };
+}`, s))
+}
+
+func build(t *testing.T, file, attr string) string {
+	t.Helper()
+	return run(t, "nix-build", file, "-A", attr, "--no-out-link", "--option", "substituters", "")
+}
+
+// agentPush runs `fc-agent push` through the same code as the binary.
+func agentPush(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ...string) (string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	env := []string{"FC_COORDINATOR__URL=" + c.URL, "FC_AGENT__STATE_DIR=" + stateDir, "FC_AGENT__NAME=pusher",
+		"FC_COORDINATOR__ENROLLMENT_TOKEN=" + c.Token(1, time.Hour)}
+	code := agentcli.Main(context.Background(), agentcli.Env{Args: append([]string{"push"}, paths...), Environ: env,
+		Stdout: &stdout, Stderr: &stderr})
+	if code != 0 {
+		t.Logf("fc-agent push stderr:\n%s", stderr.String())
+	}
+	return stdout.String(), code
+}
+
+// emptyStore runs a shell command with its own, empty /nix (a private mount
+// namespace) and its own cache of narinfo lookups, as a separate machine would.
+func emptyStore(t *testing.T, script string) (string, error) {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range []string{"nix", "xdg"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("unshare", "--mount", "--fork", "sh", "-c",
+		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg && %s", root, root, script))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func substituteFlags(c *coordtest.Coordinator, key string) string {
+	return fmt.Sprintf("--option substituters %s/nix-cache --option trusted-public-keys '%s' --option narinfo-cache-negative-ttl 0", c.URL, key)
+}
+
+func TestPush_ThenAnEmptyStoreSubstitutesAndChecksTheSignature(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	top := build(t, file, "top")
+	dep := build(t, file, "dep")
+	out, code := agentPush(t, c, t.TempDir(), top)
+	if code != 0 {
+		t.Fatalf("push exit %d:\n%s", code, out)
+	}
+	for _, p := range []string{top, dep} {
+		if !strings.Contains(out, "sent "+p) {
+			t.Errorf("push output does not list %s:\n%s", p, out)
+		}
+	}
+	if !strings.Contains(out, "2 paths in the closure: sent 2") || !strings.Contains(out, "MB/s") {
+		t.Errorf("push summary: %s", out)
+	}
+	key := c.Cache.PublicKey()
+
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s && wc -c < %s/zeros && cat %s", top, substituteFlags(c, key), dep, top))
+	if err != nil || !strings.Contains(got, "3000000") || !strings.Contains(got, dep) {
+		t.Fatalf("substitute into an empty store: %v\n%s", err, got)
+	}
+	got, err = emptyStore(t, fmt.Sprintf("nix --extra-experimental-features nix-command copy --from %s/nix-cache --option trusted-public-keys '%s' %s && test -e %s",
+		c.URL, key, top, dep))
+	if err != nil {
+		t.Fatalf("nix copy --from: %v\n%s", err, got)
+	}
+	got, err = emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", top, substituteFlags(c, "other-1:"+strings.SplitN(key, ":", 2)[1][:43]+"=")))
+	if err == nil || !strings.Contains(got, "not signed by any of the keys") {
+		t.Fatalf("a client trusting another key accepted the path: %v\n%s", err, got)
+	}
+
+	// A second push sends nothing.
+	out, code = agentPush(t, c, t.TempDir(), top)
+	if code != 0 || !strings.Contains(out, "sent 0, 2 already cached") {
+		t.Errorf("second push: exit %d\n%s", code, out)
+	}
+	// The public key route serves what the narinfos are signed with.
+	resp, err := http.Get(c.URL + "/api/v1/cache/public-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.TrimSpace(string(body)) != key || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Errorf("public key route: %q %q", body, resp.Header.Get("Content-Type"))
+	}
+}
+
+func TestDrvClosure_LetsAnEmptyStoreBuildTheDerivation(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	dep := build(t, file, "dep")                        // the input's output, built here
+	drv := run(t, "nix-instantiate", file, "-A", "top") // the step to build elsewhere
+	if out, code := agentPush(t, c, t.TempDir(), drv, dep); code != 0 {
+		t.Fatalf("push: %s", out)
+	}
+	got, err := emptyStore(t, fmt.Sprintf("out=$(nix-store --realise %s %s) && cat $out", drv, substituteFlags(c, c.Cache.PublicKey())))
+	if err != nil || !strings.Contains(got, dep) {
+		t.Fatalf("realise the pushed .drv in an empty store: %v\n%s", err, got)
+	}
+}
+
+// tamper rewrites one upload stream on its way to the coordinator.
+type tamper struct {
+	conn  *session.Conn
+	apply func(written int64, p []byte) []byte
+	limit int64 // stop forwarding after this many bytes (truncation); 0: no limit
+}
+
+type tamperStream struct {
+	io.ReadWriteCloser
+	t       *tamper
+	written int64
+}
+
+func (t *tamper) OpenStream(kind string) (io.ReadWriteCloser, error) {
+	st, err := t.conn.OpenStream(kind)
+	if err != nil {
+		return nil, err
+	}
+	return &tamperStream{ReadWriteCloser: st, t: t}, nil
+}
+
+func (s *tamperStream) Write(p []byte) (int, error) {
+	q := append([]byte(nil), p...)
+	if s.t.apply != nil {
+		q = s.t.apply(s.written, q)
+	}
+	n := len(p)
+	if s.t.limit > 0 && s.written+int64(len(q)) > s.t.limit {
+		q = q[:max(0, s.t.limit-s.written)]
+		if _, err := s.ReadWriteCloser.Write(q); err != nil {
+			return 0, err
+		}
+		s.written += int64(n)
+		s.ReadWriteCloser.Close()
+		return 0, errors.New("truncated by the test")
+	}
+	s.written += int64(n)
+	if _, err := s.ReadWriteCloser.Write(q); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func dialPush(t *testing.T, c *coordtest.Coordinator) *session.Conn {
+	t.Helper()
+	cfg := agentconfig.Defaults()
+	cfg.Coordinator.URL = c.URL
+	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
+	cfg.Agent.StateDir = t.TempDir()
+	cfg.Agent.Name = "tamper"
+	sc, err := agentcli.SessionConfig(cfg, slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Purpose = protocol.PurposePush
+	conn, err := session.Dial(context.Background(), sc, session.State{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func narinfoStatus(t *testing.T, c *coordtest.Coordinator, storePath string) int {
+	t.Helper()
+	base := strings.TrimPrefix(storePath, "/nix/store/")
+	resp, err := http.Get(c.URL + "/nix-cache/" + base[:32] + ".narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func blobFiles(t *testing.T, c *coordtest.Coordinator) (nars, tmps int) {
+	t.Helper()
+	n, _ := os.ReadDir(filepath.Join(c.Cfg.StateDir, "cache", "nar"))
+	tm, _ := os.ReadDir(filepath.Join(c.Cfg.StateDir, "cache", "tmp"))
+	return len(n), len(tm)
+}
+
+func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	dep := build(t, file, "dep")
+	infos, err := push.PathInfos(context.Background(), []string{dep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const headerBytes = 4096 // past the stream header and the request frame
+	cases := []struct {
+		name   string
+		tamper func(conn *session.Conn) *tamper
+		infos  func() []protocol.PathInfo
+		reason string
+	}{
+		{"bit flip in the compressed NAR", func(conn *session.Conn) *tamper {
+			flipped := false
+			return &tamper{conn: conn, apply: func(off int64, p []byte) []byte {
+				if !flipped && off+int64(len(p)) > headerBytes+2000 && len(p) > 100 {
+					p[len(p)/2] ^= 0x10
+					flipped = true
+				}
+				return p
+			}}
+		}, func() []protocol.PathInfo { return infos }, "does not decode"},
+		{"truncated upload", func(conn *session.Conn) *tamper {
+			return &tamper{conn: conn, limit: headerBytes + 1500}
+		}, func() []protocol.PathInfo { return infos }, ""},
+		{"declared size wrong", func(conn *session.Conn) *tamper { return &tamper{conn: conn} },
+			func() []protocol.PathInfo {
+				bad := infos[0]
+				bad.NarSize++
+				return []protocol.PathInfo{bad}
+			}, "declared"},
+		{"declared hash wrong", func(conn *session.Conn) *tamper { return &tamper{conn: conn} },
+			func() []protocol.PathInfo {
+				bad := infos[0]
+				bad.NarHash = "sha256:0000000000000000000000000000000000000000000000000000"
+				return []protocol.PathInfo{bad}
+			}, "declared"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := dialPush(t, c)
+			st, err := push.Upload(context.Background(), tc.tamper(conn), tc.infos(), push.Options{})
+			if err == nil || st.Sent != 0 {
+				t.Fatalf("upload accepted: %+v", st)
+			}
+			if tc.reason != "" && !strings.Contains(err.Error(), tc.reason) {
+				t.Errorf("error %q does not say %q", err, tc.reason)
+			}
+			if code := narinfoStatus(t, c, dep); code != 404 {
+				t.Fatalf("narinfo of a rejected upload: %d, want 404", code)
+			}
+			coordtest.Eventually(t, 10*time.Second, "no blob and no temporary file left", func() bool {
+				n, tmp := blobFiles(t, c)
+				return n == 0 && tmp == 0
+			})
+		})
+	}
+	// The untampered upload still works afterwards.
+	conn := dialPush(t, c)
+	if st, err := push.Upload(context.Background(), conn, infos, push.Options{}); err != nil || st.Sent != 1 {
+		t.Fatalf("clean upload after the rejections: %+v %v", st, err)
+	}
+	if code := narinfoStatus(t, c, dep); code != 200 {
+		t.Fatalf("narinfo after a clean upload: %d", code)
+	}
+}
+
+func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	top := build(t, file, "top")
+	dep := build(t, file, "dep")
+	infos, err := push.PathInfos(context.Background(), []string{top, dep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Corrupt dep (sent first, being a reference of top): top must be refused too.
+	conn := dialPush(t, c)
+	var dumped int
+	_, err = push.Upload(context.Background(), conn, infos, push.Options{Dump: func(ctx context.Context, p string, w io.Writer) error {
+		dumped++
+		if p == dep {
+			var buf bytes.Buffer
+			if err := push.DumpWithNix(ctx, p, &buf); err != nil {
+				return err
+			}
+			b := buf.Bytes()
+			b[len(b)-20] ^= 1
+			_, err := w.Write(b)
+			return err
+		}
+		return push.DumpWithNix(ctx, p, w)
+	}})
+	if !errors.Is(err, push.ErrRejected) || dumped != 2 {
+		t.Fatalf("err %v after %d dumps, want both refused", err, dumped)
+	}
+	if !strings.Contains(err.Error(), "neither in the cache nor upstream") {
+		t.Errorf("top not refused for its missing reference: %v", err)
+	}
+	for _, p := range []string{dep, top} {
+		if code := narinfoStatus(t, c, p); code != 404 {
+			t.Errorf("%s: narinfo %d, want 404", p, code)
+		}
+	}
+}
+
+func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	top := build(t, file, "top")
+	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = push.Upload(context.Background(), dialPush(t, c), infos, push.Options{})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("upload %d: %v", i, err)
+		}
+	}
+	var n int
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM narinfos`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("%d narinfo rows (err %v), want 2", n, err)
+	}
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", top, substituteFlags(c, c.Cache.PublicKey())))
+	if err != nil {
+		t.Fatalf("substitute after concurrent uploads: %v\n%s", err, got)
+	}
+}
+
+func mustClosure(t *testing.T, p string) []string {
+	t.Helper()
+	cl, err := push.Closure(context.Background(), []string{p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	dep := build(t, file, "dep")
+	if out, code := agentPush(t, c, t.TempDir(), dep); code != 0 {
+		t.Fatal(out)
+	}
+	secret := filepath.Join(c.Cfg.StateDir, "cache-key.sec")
+	hash := strings.TrimPrefix(dep, "/nix/store/")[:32]
+	var narURL string
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT url FROM narinfos WHERE hash_part = $1`, hash).Scan(&narURL); err != nil {
+		t.Fatal(err)
+	}
+	fileHash := strings.TrimSuffix(strings.TrimPrefix(narURL, "nar/"), ".nar.zst")
+	cases := []struct{ method, path string }{
+		{"GET", "/nix-cache/" + strings.ToUpper(hash) + ".narinfo"},
+		{"GET", "/nix-cache/" + hash[:31] + ".narinfo"},
+		{"GET", "/nix-cache/" + hash + "x.narinfo"},
+		{"GET", "/nix-cache/" + strings.Repeat("e", 32) + ".narinfo"}, // 'e' is not in nixbase32
+		{"GET", "/nix-cache/" + strings.Repeat("0", 32) + ".narinfo"}, // valid form, absent
+		{"GET", "/nix-cache/" + hash + ".narinfo.xz"},
+		{"GET", "/nix-cache/nar/" + fileHash + ".nar.xz"},
+		{"GET", "/nix-cache/nar/" + fileHash + ".nar"},
+		{"GET", "/nix-cache/nar/" + strings.Repeat("0", 52) + ".nar.zst"},
+		{"GET", "/nix-cache/nar/..%2f..%2fcache-key.sec"},
+		{"GET", "/nix-cache/nar/%2e%2e/%2e%2e/cache-key.sec"},
+		{"GET", "/nix-cache/../cache-key.sec"},
+		{"GET", "/nix-cache/nar/../../cache-key.sec"},
+		{"GET", "/nix-cache/nar/" + strings.Repeat("0", 51) + "%00.nar.zst"},
+		{"GET", "/nix-cache/nar/"},
+		{"GET", "/nix-cache/tmp/x"},
+		{"GET", "/nix-cache/log/" + hash + "-x.drv"},
+		{"GET", "/nix-cache/whatever"},
+		{"HEAD", "/nix-cache/" + strings.Repeat("0", 32) + ".narinfo"},
+		{"POST", "/nix-cache/nix-cache-info"},
+		{"PUT", "/nix-cache/" + hash + ".narinfo"},
+		{"DELETE", "/nix-cache/nar/" + fileHash + ".nar.zst"},
+	}
+	secretBytes, _ := os.ReadFile(secret)
+	for _, tc := range cases {
+		req, _ := http.NewRequest(tc.method, c.URL+tc.path, nil)
+		req.URL.Opaque = tc.path // send the path exactly as written
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("%s %s = %d, want 404", tc.method, tc.path, resp.StatusCode)
+		}
+		if len(secretBytes) > 0 && bytes.Contains(body, bytes.TrimSpace(secretBytes)) {
+			t.Errorf("%s %s leaked the signing key", tc.method, tc.path)
+		}
+	}
+	// HEAD on every route that exists; Range on NARs.
+	for _, p := range []string{"/nix-cache/nix-cache-info", "/nix-cache/" + hash + ".narinfo", "/nix-cache/" + narURL} {
+		resp, err := http.Head(c.URL + p)
+		if err != nil || resp.StatusCode != 200 {
+			t.Errorf("HEAD %s: %v %v", p, resp, err)
+		}
+	}
+	req, _ := http.NewRequest("GET", c.URL+"/nix-cache/"+narURL, nil)
+	req.Header.Set("Range", "bytes=10-19")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 206 || len(part) != 10 || resp.Header.Get("ETag") != `"`+fileHash+`"` ||
+		!strings.Contains(resp.Header.Get("Cache-Control"), "immutable") || resp.Header.Get("Accept-Ranges") != "bytes" {
+		t.Errorf("range request: %d, %d bytes, headers %v", resp.StatusCode, len(part), resp.Header)
+	}
+}
+
+func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *testing.T) {
+	dir := t.TempDir()
+	secret, public := filepath.Join(dir, "up.sec"), filepath.Join(dir, "up.pub")
+	run(t, "nix-store", "--generate-binary-cache-key", "upstream-test-1", secret, public)
+	pub, _ := os.ReadFile(public)
+	file := chain(t)
+	dep := build(t, file, "dep")
+	top := build(t, file, "top")
+	upstreamDir := filepath.Join(dir, "cache")
+	run(t, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+		"file://"+upstreamDir+"?compression=zstd&secret-key="+secret, dep)
+	upstream := httptest.NewServer(http.FileServer(http.Dir(upstreamDir)))
+	t.Cleanup(upstream.Close)
+
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
+		cfg.Cache.UpstreamCaches = []string{upstream.URL}
+		cfg.Cache.UpstreamKeys = []string{strings.TrimSpace(string(pub))}
+	}})
+	out, code := agentPush(t, c, t.TempDir(), top)
+	if code != 0 || !strings.Contains(out, "sent 1") || !strings.Contains(out, "1 on an upstream cache") || strings.Contains(out, "sent "+dep) {
+		t.Fatalf("push with an upstream: exit %d\n%s", code, out)
+	}
+	if narinfoStatus(t, c, dep) != 404 || narinfoStatus(t, c, top) != 200 {
+		t.Fatalf("dep should stay upstream only, top should be here")
+	}
+	// A client with both caches gets the whole closure.
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s --option substituters '%s/nix-cache %s' --option trusted-public-keys '%s %s' --option narinfo-cache-negative-ttl 0",
+		top, c.URL, upstream.URL, c.Cache.PublicKey(), strings.TrimSpace(string(pub))))
+	if err != nil {
+		t.Fatalf("substitute from FC + upstream: %v\n%s", err, got)
+	}
+
+	// An upstream signed with a key we do not trust does not count.
+	c2 := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
+		cfg.Cache.UpstreamCaches = []string{upstream.URL}
+		cfg.Cache.UpstreamKeys = []string{"someone-else-1:" + strings.SplitN(strings.TrimSpace(string(pub)), ":", 2)[1][:43] + "="}
+	}})
+	out, code = agentPush(t, c2, t.TempDir(), top)
+	if code != 0 || !strings.Contains(out, "sent 2") {
+		t.Fatalf("untrusted upstream: exit %d\n%s", code, out)
+	}
+}
