@@ -61,20 +61,6 @@ func (db *DB) PresentHashParts(ctx context.Context, hashParts []string) (map[str
 	return present, rows.Err()
 }
 
-// InsertNarinfo records a path whose blob is durable. A path already present is left
-// as it is (concurrent uploads of one path are idempotent).
-func (db *DB) InsertNarinfo(ctx context.Context, n Narinfo) error {
-	_, err := db.pool.Exec(ctx, `INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
-		nar_hash, nar_size, refs, deriver, sigs, ca) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-		ON CONFLICT (hash_part) DO NOTHING`,
-		n.HashPart, n.StorePath, n.URL, n.Compression, n.FileHash, n.FileSize, n.NarHash, n.NarSize,
-		nonNil(n.References), n.Deriver, nonNil(n.Sigs), n.CA)
-	if err != nil {
-		return fmt.Errorf("insert narinfo %s: %w", n.StorePath, err)
-	}
-	return nil
-}
-
 // NarinfoCount is the number of paths and their compressed bytes.
 func (db *DB) NarinfoCount(ctx context.Context) (paths int64, bytes int64, err error) {
 	err = db.pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(file_size), 0) FROM narinfos`).Scan(&paths, &bytes)

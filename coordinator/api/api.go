@@ -3,6 +3,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/go-chi/chi/v5"
 
@@ -50,7 +51,32 @@ func (a *API) Routes(r chi.Router) {
 	r.With(Require(auth.PermAdmin)).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
 	r.With(Require(auth.PermAdmin)).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
 
+	r.With(Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", a.setKeep)
+
 	r.With(Require(auth.PermAdmin)).Get("/api-keys", a.listKeys)
 	r.With(Require(auth.PermAdmin)).Post("/api-keys", a.createKey)
 	r.With(Require(auth.PermAdmin)).Delete("/api-keys/{id}", a.deleteKey)
+}
+
+// setKeep marks a build's outputs kept by cache retention (1) or not (0).
+func (a *API) setKeep(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		a.fail(w, r, storage.ErrNotFound)
+		return
+	}
+	var keep bool
+	switch chi.URLParam(r, "keep") {
+	case "1":
+		keep = true
+	case "0":
+	default:
+		a.fail(w, r, Unprocessable("keep", "keep must be 0 or 1"))
+		return
+	}
+	if err := a.db.SetBuildKeep(r.Context(), id, keep); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"id": id, "keep": keep})
 }

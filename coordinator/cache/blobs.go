@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // BlobStore holds compressed NARs by name. The local directory is the first
@@ -21,6 +22,10 @@ type BlobStore interface {
 	Open(name string) (Blob, error)
 	// Delete removes a committed blob.
 	Delete(name string) error
+	// Walk lists committed blobs and abandoned temporary ones (temp true).
+	Walk(fn func(name string, size int64, modified time.Time, temp bool) error) error
+	// DeleteTemp removes an abandoned temporary blob.
+	DeleteTemp(name string) error
 }
 
 // BlobWriter is a blob being written.
@@ -134,6 +139,34 @@ func (d *Dir) Open(name string) (Blob, error) {
 		return nil, os.ErrNotExist
 	}
 	return dirBlob{File: f, size: st.Size()}, nil
+}
+
+// Walk implements BlobStore.
+func (d *Dir) Walk(fn func(name string, size int64, modified time.Time, temp bool) error) error {
+	for _, sub := range []string{"nar", "tmp"} {
+		entries, err := os.ReadDir(filepath.Join(d.root, sub))
+		if err != nil {
+			return fmt.Errorf("list blobs: %w", err)
+		}
+		for _, e := range entries {
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() {
+				continue
+			}
+			if err := fn(e.Name(), info.Size(), info.ModTime(), sub == "tmp"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// DeleteTemp implements BlobStore.
+func (d *Dir) DeleteTemp(name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	return os.Remove(filepath.Join(d.root, "tmp", name))
 }
 
 // Delete implements BlobStore.

@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/storepath"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -32,6 +33,9 @@ type Config struct {
 	Registerer     prometheus.Registerer
 	// HTTPClient reaches upstream caches.
 	HTTPClient *http.Client
+	// ReadKeys, when set, makes the cache private: reading needs an API key, as a
+	// bearer token or as the password of HTTP basic authentication (so netrc works).
+	ReadKeys auth.KeyStore
 }
 
 // Cache is the binary cache.
@@ -79,6 +83,10 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 		uploads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_uploads_total", Help: "Store paths accepted into the cache."}),
 		uploadBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_bytes_total", Help: "Compressed bytes accepted into the cache."}),
 		rejections:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fc_cache_upload_rejections_total", Help: "Uploads rejected, by reason."}, []string{"reason"}),
+	}
+	// Every reason appears from the start, at zero, rather than on first rejection.
+	for _, r := range []string{"bad_info", "storage", "truncated", "corrupt", "size", "hash", "database", "missing_reference", "signing"} {
+		c.m.rejections.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(c.m.narinfoHits, c.m.narinfoMisses, c.m.narBytes, c.m.uploads, c.m.uploadBytes, c.m.rejections,
@@ -252,19 +260,18 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[
 	}
 	fh := nixbase32.EncodeToString(fileHash.Sum(nil))
 	name := fh + ".nar.zst"
-	if err := blob.Commit(name); err != nil {
-		return reject("storage", err)
-	}
 	narHashStr := "sha256:" + nixbase32.EncodeToString(got)
 	sig, err := c.key.Sign(nil, Fingerprint(pi.StorePath, narHashStr, pi.NarSize, refs))
 	if err != nil {
+		blob.Abort()
 		return reject("signing", err)
 	}
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
 		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
 		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
-	if err := c.db.InsertNarinfo(ctx, n); err != nil {
-		return reject("database", err)
+	if err := c.db.CommitNarinfo(ctx, n, func() error { return blob.Commit(name) }); err != nil {
+		blob.Abort()
+		return reject("storage", err)
 	}
 	c.m.uploads.Inc()
 	c.m.uploadBytes.Add(float64(fileSize.n))

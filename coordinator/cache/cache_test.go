@@ -526,3 +526,73 @@ func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *test
 		t.Fatalf("untrusted upstream: exit %d\n%s", code, out)
 	}
 }
+
+func TestPrivateCache_NeedsAKeyAsBearerOrNetrcPassword(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.Private = true }})
+	file := chain(t)
+	top := build(t, file, "top")
+	if out, code := agentPush(t, c, t.TempDir(), top); code != 0 {
+		t.Fatal(out)
+	}
+	url := c.URL + "/nix-cache/" + strings.TrimPrefix(top, "/nix/store/")[:32] + ".narinfo"
+	get := func(set func(*http.Request)) int {
+		req, _ := http.NewRequest("GET", url, nil)
+		set(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(func(*http.Request) {}); code != 401 {
+		t.Errorf("no credentials: %d, want 401", code)
+	}
+	if code := get(func(r *http.Request) { r.Header.Set("Authorization", "Bearer fc_00000000000000000000000000000000") }); code != 401 {
+		t.Errorf("unknown key: %d, want 401", code)
+	}
+	if code := get(func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+c.Admin) }); code != 200 {
+		t.Errorf("bearer key: %d, want 200", code)
+	}
+	if code := get(func(r *http.Request) { r.SetBasicAuth("anyone", c.Admin) }); code != 200 {
+		t.Errorf("basic with the key as password: %d, want 200", code)
+	}
+	// Nix with a netrc file gets in; without it, the private cache looks empty.
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+c.Admin+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := substituteFlags(c, c.Cache.PublicKey())
+	if out, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s --option netrc-file %s", top, flags, netrc)); err != nil {
+		t.Fatalf("nix with netrc: %v\n%s", err, out)
+	}
+	if out, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", top, flags)); err == nil {
+		t.Fatalf("nix without credentials fetched from a private cache:\n%s", out)
+	}
+}
+
+func TestMetrics_CountHitsMissesUploadsRejectionsAndSize(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	dep := build(t, file, "dep")
+	if out, code := agentPush(t, c, t.TempDir(), dep); code != 0 {
+		t.Fatal(out)
+	}
+	narinfoStatus(t, c, dep)
+	narinfoStatus(t, c, "/nix/store/"+strings.Repeat("0", 32)+"-absent")
+	resp, err := http.Get(c.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"fc_cache_narinfo_hits_total 1", "fc_cache_narinfo_misses_total 1", "fc_cache_uploads_total 1",
+		"fc_cache_upload_rejections_total", "fc_cache_upload_bytes_total", "fc_cache_store_bytes", "fc_cache_served_bytes_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), "fc_cache_store_bytes 0\n") {
+		t.Error("store size gauge is 0 after an upload")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -31,6 +32,9 @@ var (
 // and only an unreachable database gives 503 (Nix retries 5xx).
 func (c *Cache) Handler() http.Handler {
 	r := chi.NewRouter()
+	if c.cfg.ReadKeys != nil {
+		r.Use(c.requireReadKey)
+	}
 	r.NotFound(notFound)
 	r.MethodNotAllowed(notFound)
 	for _, m := range []string{http.MethodGet, http.MethodHead} {
@@ -40,6 +44,32 @@ func (c *Cache) Handler() http.Handler {
 		r.MethodFunc(m, "/log/{drv}", notFound) // build logs arrive with the live-log issue
 	}
 	return r
+}
+
+// requireReadKey guards a private cache. Nix treats 401 on GET and HEAD as a miss, so a
+// client without credentials sees an empty cache rather than an error.
+func (c *Cache) requireReadKey(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := ""
+		if _, pass, ok := r.BasicAuth(); ok {
+			key = pass
+		} else if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+			key = strings.TrimSpace(tok)
+		}
+		if key != "" {
+			_, err := c.cfg.ReadKeys.APIKeyByHash(r.Context(), auth.HashKey(key))
+			switch {
+			case err == nil:
+				next.ServeHTTP(w, r)
+				return
+			case !errors.Is(err, storage.ErrNotFound):
+				c.unavailable(w, r, err)
+				return
+			}
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="fc-nix-cache"`)
+		http.Error(w, "this cache needs an API key (bearer token, or HTTP basic password)", http.StatusUnauthorized)
+	})
 }
 
 func notFound(w http.ResponseWriter, _ *http.Request) {

@@ -40,6 +40,7 @@ commands:
                              create an API key and print it alone on stdout
   admin create-agent-token --name N [--uses N] [--expires-in SECONDS]
                              create an agent enrollment token and print it alone
+  cache gc [--dry-run]       apply cache retention now; --dry-run reports what it would free
   version                    print the version
 
 Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -110,6 +111,8 @@ func run(ctx context.Context, env Env) error {
 		return migrate(ctx, load, args, env)
 	case "admin":
 		return admin(ctx, load, args, env)
+	case "cache":
+		return cacheCmd(ctx, load, args, env)
 	case "version":
 		fmt.Fprintf(env.Stdout, "fc-coordinator %s\n", protocol.BuildVersion)
 		return nil
@@ -308,4 +311,49 @@ func Run() int {
 	ctx, stop := signalContext()
 	defer stop()
 	return Main(ctx, Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr})
+}
+
+func cacheCmd(ctx context.Context, load func() (config.Config, error), args []string, env Env) error {
+	if len(args) == 0 || args[0] != "gc" {
+		return usageError{"cache needs a command: gc"}
+	}
+	fs := flag.NewFlagSet("cache gc", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	dry := fs.Bool("dry-run", false, "report what would be deleted, delete nothing")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	log := NewLogger(env.Stderr, "warn")
+	db, err := OpenDatabase(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if cfg.Database.AutoMigrate {
+		if err := db.Migrate(ctx); err != nil {
+			return err
+		}
+	}
+	parts, err := NewServer(cfg, db.DB, log, "cli")
+	if err != nil {
+		return err
+	}
+	rep, err := parts.Cache.GC(ctx, config.Days(cfg.GC.MaxAgeDays), *dry)
+	if err != nil {
+		return err
+	}
+	verb := "deleted"
+	if rep.DryRun {
+		verb = "would delete"
+	}
+	for _, p := range rep.Paths {
+		fmt.Fprintf(env.Stdout, "%s %s\n", verb, p)
+	}
+	fmt.Fprintf(env.Stdout, "%s %d paths, %d blobs, %d orphaned blobs, %d abandoned uploads: %.2f MB\n",
+		verb, len(rep.Paths), rep.Blobs, rep.OrphanBlobs, rep.TempFiles, float64(rep.FreedBytes)/1e6)
+	return nil
 }

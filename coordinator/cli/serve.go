@@ -60,8 +60,12 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if err != nil {
 		return Parts{}, err
 	}
-	ch, err := cache.New(cache.Config{Priority: cfg.Cache.Priority, UpstreamCaches: cfg.Cache.UpstreamCaches,
-		UpstreamKeys: cfg.Cache.UpstreamKeys, Logger: log, Registerer: m.Registry}, db, blobs, key)
+	cc := cache.Config{Priority: cfg.Cache.Priority, UpstreamCaches: cfg.Cache.UpstreamCaches,
+		UpstreamKeys: cfg.Cache.UpstreamKeys, Logger: log, Registerer: m.Registry}
+	if cfg.Cache.Private {
+		cc.ReadKeys = db
+	}
+	ch, err := cache.New(cc, db, blobs, key)
 	if err != nil {
 		return Parts{}, err
 	}
@@ -108,6 +112,15 @@ func serve(ctx context.Context, cfg config.Config, env Env) error {
 		return err
 	}
 	srv := parts.Server
+	if cfg.GC.CleanupInterval > 0 {
+		gcCtx, stopGC := context.WithCancel(ctx)
+		gcDone := make(chan struct{})
+		go func() {
+			defer close(gcDone)
+			parts.Cache.RunGC(gcCtx, config.Seconds(cfg.GC.CleanupInterval), config.Days(cfg.GC.MaxAgeDays))
+		}()
+		defer func() { stopGC(); <-gcDone }()
+	}
 	log.Info("coordinator listening", "addr", ln.Addr().String(), "version", protocol.BuildVersion)
 	return srv.Serve(ctx, ln, 20*time.Second)
 }

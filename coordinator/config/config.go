@@ -23,6 +23,15 @@ type Config struct {
 	Database Database `toml:"database"`
 	Server   Server   `toml:"server"`
 	Cache    Cache    `toml:"cache"`
+	GC       GC       `toml:"gc"`
+}
+
+// GC is the [gc] section: cache retention.
+type GC struct {
+	// MaxAgeDays: cached paths outside the keep rules are deleted once this old.
+	MaxAgeDays int `toml:"max_age_days"`
+	// CleanupInterval is seconds between retention runs; 0 disables them.
+	CleanupInterval int `toml:"cleanup_interval"`
 }
 
 // Cache is the [cache] section: the binary cache served under /nix-cache/.
@@ -37,6 +46,8 @@ type Cache struct {
 	Priority       int      `toml:"priority"`
 	UpstreamCaches []string `toml:"upstream_caches"`
 	UpstreamKeys   []string `toml:"upstream_keys"`
+	// Private makes reading the cache need an API key (bearer, or basic password).
+	Private bool `toml:"private"`
 }
 
 // Database is the [database] section. Durations are seconds.
@@ -77,6 +88,7 @@ func Defaults() Config {
 			AutoMigrate:    true,
 		},
 		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}},
+		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -143,6 +155,9 @@ func (c Config) Validate() error {
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
 		return fmt.Errorf("database.min_connections must be between 0 and max_connections")
 	}
+	if c.GC.MaxAgeDays < 0 || c.GC.CleanupInterval < 0 {
+		return fmt.Errorf("gc.max_age_days and gc.cleanup_interval must be >= 0")
+	}
 	if c.Cache.Priority < 1 {
 		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
 	}
@@ -156,6 +171,9 @@ func (c Config) Validate() error {
 
 // Addr is the listen address.
 func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
+
+// Days turns a days setting into a duration.
+func Days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
 
 // Seconds turns a seconds setting into a duration.
 func Seconds(n int) time.Duration { return time.Duration(n) * time.Second }

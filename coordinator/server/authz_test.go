@@ -72,6 +72,19 @@ func (f *fixtures) agent(t *testing.T) storage.Agent {
 	return a
 }
 
+func (f *fixtures) build(t *testing.T) int64 {
+	t.Helper()
+	j := f.jobset(t)
+	var id int64
+	err := f.db.Pool().QueryRow(context.Background(), `WITH e AS (INSERT INTO evaluations (jobset_id) VALUES ($1) RETURNING id)
+		INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system) SELECT e.id, $1, 'hello', '/nix/store/x.drv', 'x86_64-linux' FROM e
+		RETURNING id`, j.ID).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 func (f *fixtures) jobset(t *testing.T) storage.Jobset {
 	t.Helper()
 	p := f.project(t)
@@ -199,6 +212,17 @@ func TestAuthz_RouteTable(t *testing.T) {
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/agents", nil
+			}},
+		// Cache retention (the cache issue).
+		{"PUT /api/v1/builds/{id}/keep/{keep}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/builds/%d/keep/1", f.build(t)), nil
+			}},
+		{"GET /api/v1/cache/public-key",
+			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/cache/public-key", nil
 			}},
 		// Public reads: anyone, except a caller presenting a key nobody knows.
 		{"GET /api/v1/projects",

@@ -271,7 +271,8 @@ func (e *env) snapshot() string {
 		'inputs', (SELECT coalesce(jsonb_agg(to_jsonb(i) ORDER BY i.jobset_id, i.name), '[]') FROM jobset_inputs i),
 		'api_keys', (SELECT coalesce(jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY k.id), '[]') FROM api_keys k),
 		'agents', (SELECT coalesce(jsonb_agg(to_jsonb(a) ORDER BY a.id), '[]') FROM agents a),
-		'tokens', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM enrollment_tokens t)
+		'tokens', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM enrollment_tokens t),
+		'builds', (SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b.id), '[]') FROM builds b)
 	)::text`).Scan(&s)
 	if err != nil {
 		e.t.Fatalf("snapshot: %v", err)

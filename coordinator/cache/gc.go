@@ -1,0 +1,133 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// GCReport says what retention deleted (or, in a dry run, would delete).
+type GCReport struct {
+	DryRun      bool
+	Paths       []string // store paths whose narinfo goes
+	Blobs       int      // blob files removed (or to remove)
+	OrphanBlobs int      // blobs no narinfo pointed at (an interrupted upload)
+	TempFiles   int      // abandoned temporary uploads
+	FreedBytes  int64
+}
+
+// tempMaxAge is how long a temporary upload may sit before it counts as abandoned.
+const tempMaxAge = 24 * time.Hour
+
+// GC applies retention: the paths outside the keep set (see storage.GCCandidates) and
+// older than maxAge lose their narinfo, then every blob no narinfo points at is
+// deleted. A blob a narinfo still points to is never deleted.
+func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCReport, error) {
+	rep := GCReport{DryRun: dryRun}
+	cands, err := c.db.GCCandidates(ctx, maxAge)
+	if err != nil {
+		return rep, err
+	}
+	urls := map[string]int64{}
+	var hashes []string
+	for _, cand := range cands {
+		hashes = append(hashes, cand.HashPart)
+		urls[cand.URL] = cand.FileSize
+	}
+	byHash := map[string]string{}
+	for _, cand := range cands {
+		byHash[cand.HashPart] = cand.StorePath
+	}
+	if dryRun {
+		for _, cand := range cands {
+			rep.Paths = append(rep.Paths, cand.StorePath)
+		}
+		rep.Blobs = len(urls)
+		for _, size := range urls {
+			rep.FreedBytes += size
+		}
+	} else if len(hashes) > 0 {
+		deleted, err := c.db.DeleteNarinfos(ctx, hashes, maxAge)
+		if err != nil {
+			return rep, err
+		}
+		for _, h := range deleted {
+			rep.Paths = append(rep.Paths, byHash[h])
+		}
+		for url, size := range urls {
+			gone, err := c.db.DeleteBlobIfUnused(ctx, url, func() error { return c.blobs.Delete(strings.TrimPrefix(url, "nar/")) })
+			if err != nil {
+				return rep, err
+			}
+			if gone {
+				rep.Blobs++
+				rep.FreedBytes += size
+			}
+		}
+	}
+	// Blobs and temporary files left by interrupted uploads.
+	cutoff := time.Now().Add(-maxAge)
+	err = c.blobs.Walk(func(name string, size int64, modified time.Time, temp bool) error {
+		if temp {
+			if time.Since(modified) > tempMaxAge {
+				rep.TempFiles++
+				rep.FreedBytes += size
+				if !dryRun {
+					_ = c.blobs.DeleteTemp(name)
+				}
+			}
+			return nil
+		}
+		if modified.After(cutoff) || urls["nar/"+name] != 0 {
+			return nil
+		}
+		url := "nar/" + name
+		if dryRun {
+			used, err := c.db.BlobInUse(ctx, url)
+			if err != nil {
+				return err
+			}
+			if !used {
+				rep.OrphanBlobs++
+				rep.FreedBytes += size
+			}
+			return nil
+		}
+		gone, err := c.db.DeleteBlobIfUnused(ctx, url, func() error { return c.blobs.Delete(name) })
+		if err != nil {
+			return err
+		}
+		if gone {
+			rep.OrphanBlobs++
+			rep.FreedBytes += size
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, fmt.Errorf("scan blobs: %w", err)
+	}
+	return rep, nil
+}
+
+// RunGC applies retention every interval until ctx ends.
+func (c *Cache) RunGC(ctx context.Context, interval, maxAge time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rep, err := c.GC(ctx, maxAge, false)
+			if err != nil {
+				c.log.Warn("cache retention", "err", err)
+				continue
+			}
+			if len(rep.Paths)+rep.OrphanBlobs+rep.TempFiles > 0 {
+				c.log.Info("cache retention", "paths", len(rep.Paths), "blobs", rep.Blobs+rep.OrphanBlobs,
+					"temp_files", rep.TempFiles, "freed_bytes", rep.FreedBytes)
+			}
+		}
+	}
+}

@@ -1,0 +1,163 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// keepSQL is the retention rule as one query: the hash parts of every path the cache
+// must keep. Roots are the outputs of the newest keep_nr evaluations of each jobset,
+// of builds marked keep and of channel members; the .drv of every queued or running
+// step and the outputs of its input steps. Everything those reference, transitively,
+// is kept too.
+const keepSQL = `
+WITH RECURSIVE
+newest AS (
+	SELECT e.id FROM (
+		SELECT e.id, e.jobset_id, row_number() OVER (PARTITION BY e.jobset_id ORDER BY e.id DESC) AS rn
+		FROM evaluations e) e
+	JOIN jobsets j ON j.id = e.jobset_id
+	WHERE e.rn <= j.keep_nr
+),
+roots(path) AS (
+	SELECT bo.path FROM build_outputs bo JOIN builds b ON b.id = bo.build_id
+	WHERE b.evaluation_id IN (SELECT id FROM newest) OR b.keep
+	   OR b.evaluation_id IN (SELECT current_evaluation_id FROM channels WHERE current_evaluation_id IS NOT NULL)
+	UNION
+	SELECT s.drv_path FROM steps s WHERE s.status IN ('queued', 'running')
+	UNION
+	SELECT o.path FROM steps s JOIN step_edges e ON e.step_id = s.id JOIN step_outputs o ON o.step_id = e.depends_on
+	WHERE s.status IN ('queued', 'running')
+),
+keep(hash_part) AS (
+	SELECT substr(path, 12, 32) FROM roots
+	UNION
+	SELECT left(r, 32) FROM keep k JOIN narinfos n ON n.hash_part = k.hash_part, unnest(n.refs) AS r
+)
+SELECT hash_part FROM keep`
+
+// GCCandidate is a cached path retention would delete.
+type GCCandidate struct {
+	HashPart  string
+	StorePath string
+	URL       string
+	FileSize  int64
+}
+
+// GCCandidates lists the paths outside the keep set that are older than maxAge.
+func (db *DB) GCCandidates(ctx context.Context, maxAge time.Duration) ([]GCCandidate, error) {
+	rows, err := db.pool.Query(ctx, `WITH keep AS (`+keepSQL+`)
+		SELECT n.hash_part, n.store_path, n.url, n.file_size FROM narinfos n
+		WHERE n.created_at < now() - make_interval(secs => $1)
+		  AND n.hash_part NOT IN (SELECT hash_part FROM keep)
+		ORDER BY n.store_path`, maxAge.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("compute retention: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (GCCandidate, error) {
+		var c GCCandidate
+		err := r.Scan(&c.HashPart, &c.StorePath, &c.URL, &c.FileSize)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("compute retention: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteNarinfos removes narinfo rows, unless the keep set gained them meanwhile
+// (re-checked in the same statement), and returns the hash parts deleted.
+func (db *DB) DeleteNarinfos(ctx context.Context, hashParts []string, maxAge time.Duration) ([]string, error) {
+	rows, err := db.pool.Query(ctx, `WITH keep AS (`+keepSQL+`)
+		DELETE FROM narinfos WHERE hash_part = ANY($1)
+		  AND created_at < now() - make_interval(secs => $2)
+		  AND hash_part NOT IN (SELECT hash_part FROM keep)
+		RETURNING hash_part`, hashParts, maxAge.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("delete narinfos: %w", err)
+	}
+	deleted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("delete narinfos: %w", err)
+	}
+	return deleted, nil
+}
+
+// blobLock serialises work on one blob name between uploads (which point a narinfo at
+// it) and retention (which deletes it once nothing does).
+func blobLock(ctx context.Context, tx pgx.Tx, url string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('fc-blob:' || $1, 0))`, url)
+	return err
+}
+
+// CommitNarinfo makes the blob visible (commit) and records the narinfo under the
+// blob's lock, so retention never deletes a blob between the two.
+func (db *DB) CommitNarinfo(ctx context.Context, n Narinfo, commit func() error) error {
+	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if err := blobLock(ctx, tx, n.URL); err != nil {
+			return fmt.Errorf("lock blob: %w", err)
+		}
+		if err := commit(); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
+			nar_hash, nar_size, refs, deriver, sigs, ca) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+			ON CONFLICT (hash_part) DO NOTHING`,
+			n.HashPart, n.StorePath, n.URL, n.Compression, n.FileHash, n.FileSize, n.NarHash, n.NarSize,
+			nonNil(n.References), n.Deriver, nonNil(n.Sigs), n.CA)
+		if err != nil {
+			return fmt.Errorf("insert narinfo %s: %w", n.StorePath, err)
+		}
+		return nil
+	})
+}
+
+// DeleteBlobIfUnused deletes a blob (through del) when no narinfo points at it.
+func (db *DB) DeleteBlobIfUnused(ctx context.Context, url string, del func() error) (bool, error) {
+	deleted := false
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if err := blobLock(ctx, tx, url); err != nil {
+			return err
+		}
+		var used bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM narinfos WHERE url = $1)`, url).Scan(&used); err != nil {
+			return err
+		}
+		if used {
+			return nil
+		}
+		if err := del(); err != nil {
+			return err
+		}
+		deleted = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("delete blob %s: %w", url, err)
+	}
+	return deleted, nil
+}
+
+// SetBuildKeep marks a build's outputs as kept (or not) by retention.
+func (db *DB) SetBuildKeep(ctx context.Context, id int64, keep bool) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE builds SET keep = $2 WHERE id = $1`, id, keep)
+	if err != nil {
+		return fmt.Errorf("set build %d keep: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("set build %d keep: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// BlobInUse reports whether a narinfo points at url.
+func (db *DB) BlobInUse(ctx context.Context, url string) (bool, error) {
+	var used bool
+	if err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM narinfos WHERE url = $1)`, url).Scan(&used); err != nil {
+		return false, fmt.Errorf("blob %s in use: %w", url, err)
+	}
+	return used, nil
+}
