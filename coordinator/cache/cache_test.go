@@ -26,6 +26,8 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+	"github.com/fc-ci/fc/storage/pgcluster"
 	"github.com/fc-ci/fc/storage/storagetest"
 )
 
@@ -594,5 +596,38 @@ func TestMetrics_CountHitsMissesUploadsRejectionsAndSize(t *testing.T) {
 	}
 	if strings.Contains(string(body), "fc_cache_store_bytes 0\n") {
 		t.Error("store size gauge is 0 after an upload")
+	}
+}
+
+func TestServe_DatabaseDownIs503NotAMiss(t *testing.T) {
+	dir, err := os.MkdirTemp("", "fc-c-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx := context.Background()
+	cluster, err := pgcluster.Start(ctx, pgcluster.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	db, err := storage.Open(ctx, storage.Config{URL: cluster.URL("postgres"), ConnectTimeout: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := coordtest.Start(t, coordtest.Options{DB: db})
+	absent := "/nix/store/" + strings.Repeat("0", 32) + "-x"
+	if code := narinfoStatus(t, c, absent); code != 404 {
+		t.Fatalf("absent path with the database up: %d", code)
+	}
+	if err := cluster.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if code := narinfoStatus(t, c, absent); code != 503 {
+		t.Fatalf("narinfo with the database down: %d, want 503 (Nix retries 5xx, but remembers a 404 as a miss)", code)
 	}
 }
