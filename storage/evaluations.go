@@ -1,0 +1,275 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// EvalTarget is what the scheduler needs to decide about one jobset.
+type EvalTarget struct {
+	Jobset         Jobset
+	RepositoryURL  string
+	TriggerPending bool
+	TriggerForced  bool
+}
+
+// DueJobsets lists jobsets whose poll interval elapsed or that were triggered, for
+// enabled projects and jobsets that may evaluate.
+func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
+	rows, err := db.pool.Query(ctx, `SELECT j.id, j.project_id, p.repository_url, j.trigger_requested_at IS NOT NULL, j.trigger_forced
+		FROM jobsets j JOIN projects p ON p.id = j.project_id
+		WHERE p.enabled AND j.state <> 'disabled'
+		  AND (j.trigger_requested_at IS NOT NULL
+		       OR (j.check_interval > 0 AND (j.last_checked_at IS NULL
+		           OR j.last_checked_at < now() - make_interval(secs => j.check_interval))))
+		ORDER BY j.trigger_requested_at NULLS LAST, j.last_checked_at NULLS FIRST
+		LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("due jobsets: %w", err)
+	}
+	type row struct {
+		id, pid        int64
+		url            string
+		pending, force bool
+	}
+	raw, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		err := r.Scan(&x.id, &x.pid, &x.url, &x.pending, &x.force)
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("due jobsets: %w", err)
+	}
+	out := make([]EvalTarget, 0, len(raw))
+	for _, x := range raw {
+		j, err := db.GetJobset(ctx, x.pid, x.id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, EvalTarget{Jobset: j, RepositoryURL: x.url, TriggerPending: x.pending, TriggerForced: x.force})
+	}
+	return out, nil
+}
+
+// RequestEvaluation marks a jobset for evaluation at the next scheduler pass.
+func (db *DB) RequestEvaluation(ctx context.Context, jobsetID int64, force bool) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE jobsets SET trigger_requested_at = coalesce(trigger_requested_at, now()),
+		trigger_forced = trigger_forced OR $2 WHERE id = $1`, jobsetID, force)
+	if err != nil {
+		return fmt.Errorf("trigger jobset %d: %w", jobsetID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("trigger jobset %d: %w", jobsetID, ErrNotFound)
+	}
+	return nil
+}
+
+// RequestEvaluationsForBranch triggers every jobset of a project that follows branch
+// (a push webhook); it returns the jobsets triggered.
+func (db *DB) RequestEvaluationsForBranch(ctx context.Context, projectID int64, branch string) ([]int64, error) {
+	rows, err := db.pool.Query(ctx, `UPDATE jobsets SET trigger_requested_at = coalesce(trigger_requested_at, now())
+		WHERE project_id = $1 AND state <> 'disabled' AND (branch = $2 OR (branch = '' AND $3))
+		RETURNING id`, projectID, branch, branch == "")
+	if err != nil {
+		return nil, fmt.Errorf("trigger jobsets of project %d: %w", projectID, err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// LastEvaluation is a jobset's newest evaluation, for change detection.
+type LastEvaluation struct {
+	ID              int64
+	Commit          string
+	InputsHash      string
+	Status          string
+	UnfinishedBuild bool
+}
+
+// LatestEvaluation returns the jobset's newest evaluation, if any.
+func (db *DB) LatestEvaluation(ctx context.Context, jobsetID int64) (LastEvaluation, bool, error) {
+	var l LastEvaluation
+	err := db.pool.QueryRow(ctx, `SELECT e.id, e.commit, e.inputs_hash, e.status,
+		EXISTS (SELECT 1 FROM builds b WHERE b.evaluation_id = e.id AND b.status IN ('queued', 'running'))
+		FROM evaluations e WHERE e.jobset_id = $1 ORDER BY e.id DESC LIMIT 1`, jobsetID).
+		Scan(&l.ID, &l.Commit, &l.InputsHash, &l.Status, &l.UnfinishedBuild)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return LastEvaluation{}, false, nil
+	}
+	if err != nil {
+		return LastEvaluation{}, false, fmt.Errorf("latest evaluation of jobset %d: %w", jobsetID, err)
+	}
+	return l, true, nil
+}
+
+// MarkChecked records a poll that created no evaluation (and clears its trigger).
+func (db *DB) MarkChecked(ctx context.Context, jobsetID int64, checkErr string) error {
+	_, err := db.pool.Exec(ctx, `UPDATE jobsets SET last_checked_at = now(), last_check_error = $2,
+		trigger_requested_at = NULL, trigger_forced = false WHERE id = $1`, jobsetID, checkErr)
+	if err != nil {
+		return fmt.Errorf("mark jobset %d checked: %w", jobsetID, err)
+	}
+	return nil
+}
+
+// NewEvaluation is what the scheduler records before an agent evaluates it.
+type NewEvaluation struct {
+	JobsetID   int64
+	Commit     string
+	InputsHash string
+	Trigger    string
+	Forced     bool
+	Inputs     []EvaluationInput
+}
+
+// EvaluationInput is an input as evaluated (git inputs with their revision).
+type EvaluationInput struct {
+	Name, Type, Value, Revision string
+}
+
+// CreateEvaluation queues an evaluation, clears the jobset's trigger and disables a
+// one_shot jobset, in one transaction.
+func (db *DB) CreateEvaluation(ctx context.Context, n NewEvaluation) (int64, error) {
+	var id int64
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO evaluations (jobset_id, commit, inputs_hash, trigger, forced)
+			VALUES ($1, $2, $3, $4, $5) RETURNING id`, n.JobsetID, n.Commit, n.InputsHash, n.Trigger, n.Forced).Scan(&id)
+		if err != nil {
+			return err
+		}
+		for _, in := range n.Inputs {
+			if _, err := tx.Exec(ctx, `INSERT INTO evaluation_inputs (evaluation_id, name, type, value, revision)
+				VALUES ($1, $2, $3, $4, $5)`, id, in.Name, in.Type, in.Value, in.Revision); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE jobsets SET last_checked_at = now(), last_check_error = '',
+			trigger_requested_at = NULL, trigger_forced = false,
+			state = CASE WHEN state = 'one_shot' THEN 'disabled' ELSE state END WHERE id = $1`, n.JobsetID)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("create evaluation of jobset %d: %w", n.JobsetID, err)
+	}
+	return id, nil
+}
+
+// Evaluation is an evaluation as the API shows it.
+type Evaluation struct {
+	ID              int64
+	JobsetID        int64
+	ProjectID       int64
+	Status          string
+	Commit          string
+	InputsHash      string
+	Trigger         string
+	Forced          bool
+	Error           string
+	NrJobs          int
+	NrNewBuilds     int
+	NrErrors        int
+	CheckoutSeconds *float64
+	EvalSeconds     *float64
+	AgentID         *int64
+	Attempts        int
+	CreatedAt       time.Time
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+}
+
+const evaluationColumns = `e.id, e.jobset_id, j.project_id, e.status, e.commit, e.inputs_hash, e.trigger, e.forced,
+	e.error, e.nr_jobs, e.nr_new_builds, e.nr_errors, e.checkout_seconds, e.eval_seconds, e.agent_id, e.attempts,
+	e.created_at, e.started_at, e.finished_at`
+
+func scanEvaluation(row scanner) (Evaluation, error) {
+	var e Evaluation
+	err := row.Scan(&e.ID, &e.JobsetID, &e.ProjectID, &e.Status, &e.Commit, &e.InputsHash, &e.Trigger, &e.Forced,
+		&e.Error, &e.NrJobs, &e.NrNewBuilds, &e.NrErrors, &e.CheckoutSeconds, &e.EvalSeconds, &e.AgentID, &e.Attempts,
+		&e.CreatedAt, &e.StartedAt, &e.FinishedAt)
+	return e, err
+}
+
+// GetEvaluation finds an evaluation.
+func (db *DB) GetEvaluation(ctx context.Context, id int64) (Evaluation, error) {
+	e, err := scanEvaluation(db.pool.QueryRow(ctx, `SELECT `+evaluationColumns+`
+		FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id WHERE e.id = $1`, id))
+	if err != nil {
+		return Evaluation{}, fmt.Errorf("get evaluation %d: %w", id, mapErr(err))
+	}
+	return e, nil
+}
+
+// EvaluationFilter narrows ListEvaluations; zero values do not filter.
+type EvaluationFilter struct {
+	ProjectID, JobsetID int64
+	Status              string
+}
+
+// ListEvaluations returns a page of evaluations, newest first.
+func (db *DB) ListEvaluations(ctx context.Context, f EvaluationFilter, page Page) ([]Evaluation, int64, error) {
+	where := `($1 = 0 OR j.project_id = $1) AND ($2 = 0 OR e.jobset_id = $2) AND ($3 = '' OR e.status = $3)`
+	var total int64
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id WHERE `+where,
+		f.ProjectID, f.JobsetID, f.Status).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count evaluations: %w", err)
+	}
+	rows, err := db.pool.Query(ctx, `SELECT `+evaluationColumns+` FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id
+		WHERE `+where+` ORDER BY e.id DESC LIMIT $4 OFFSET $5`, f.ProjectID, f.JobsetID, f.Status, page.Limit, page.Offset)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list evaluations: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Evaluation, error) { return scanEvaluation(r) })
+	if err != nil {
+		return nil, 0, fmt.Errorf("list evaluations: %w", err)
+	}
+	return items, total, nil
+}
+
+// EvaluationErrors lists an evaluation's per-attribute errors.
+func (db *DB) EvaluationErrors(ctx context.Context, id int64) ([]AttrError, error) {
+	rows, err := db.pool.Query(ctx, `SELECT attr, message FROM evaluation_errors WHERE evaluation_id = $1 ORDER BY attr`, id)
+	if err != nil {
+		return nil, fmt.Errorf("evaluation %d errors: %w", id, err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (AttrError, error) {
+		var e AttrError
+		err := r.Scan(&e.Attr, &e.Message)
+		return e, err
+	})
+}
+
+// AttrError is an attribute that failed to evaluate.
+type AttrError struct{ Attr, Message string }
+
+// EvalJob is one job of a finished evaluation.
+type EvalJob struct {
+	Attr, Name, DrvPath, System    string
+	Outputs                        map[string]string
+	Description, License, Homepage string
+	SchedulingPriority             int
+	Timeout, MaxSilent             int
+	IsAggregate                    bool
+	Constituents                   []string
+}
+
+// EvalNode is a derivation that must be built, with its inputs among the nodes.
+type EvalNode struct {
+	DrvPath          string
+	System           string
+	RequiredFeatures []string
+	PreferLocalBuild bool
+	Outputs          map[string]string
+	Inputs           []string
+}
+
+// EvalOutcome is what an agent reports for a successful evaluation.
+type EvalOutcome struct {
+	Jobs            []EvalJob
+	Errors          []AttrError
+	Nodes           []EvalNode
+	CheckoutSeconds float64
+	EvalSeconds     float64
+}

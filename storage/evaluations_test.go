@@ -1,0 +1,164 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fc-ci/fc/storage"
+	"github.com/fc-ci/fc/storage/storagetest"
+)
+
+func jobsetFixture(t *testing.T, db *storage.DB, name string) storage.Jobset {
+	t.Helper()
+	ctx := context.Background()
+	p, err := db.CreateProject(ctx, storage.ProjectFields{Name: name, RepositoryURL: "/r", Enabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := db.CreateJobset(ctx, p.ID, storage.JobsetFields{Name: "main", FlakeMode: false, NixExpression: "release.nix",
+		CheckInterval: 0, SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func agentFixture(t *testing.T, db *storage.DB, fp string) int64 {
+	t.Helper()
+	a, err := db.RegisterAgent(context.Background(), "a-"+fp, "ssh-ed25519 AAAA", fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.ID
+}
+
+func claimEval(t *testing.T, db *storage.DB, jobsetID, agent int64) storage.Lease {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := db.CreateEvaluation(ctx, storage.NewEvaluation{JobsetID: jobsetID, Commit: "c", InputsHash: "h", Trigger: "api"}); err != nil {
+		t.Fatal(err)
+	}
+	l, ok, err := db.ClaimEvaluation(ctx, agent, time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	return l
+}
+
+const (
+	drvBase = "/nix/store/00000000000000000000000000000000-base.drv"
+	drvTop  = "/nix/store/11111111111111111111111111111111-top.drv"
+	outBase = "/nix/store/22222222222222222222222222222222-base"
+	outTop  = "/nix/store/33333333333333333333333333333333-top"
+)
+
+func outcome() storage.EvalOutcome {
+	return storage.EvalOutcome{
+		Jobs: []storage.EvalJob{
+			{Attr: "base", DrvPath: drvBase, System: "x86_64-linux", Outputs: map[string]string{"out": outBase}},
+			{Attr: "top", DrvPath: drvTop, System: "x86_64-linux", Outputs: map[string]string{"out": outTop}, Timeout: 60},
+			{Attr: "all", DrvPath: "/nix/store/44444444444444444444444444444444-all.drv", System: "x86_64-linux",
+				IsAggregate: true, Constituents: []string{"base", drvTop}},
+		},
+		Errors: []storage.AttrError{{Attr: "broken", Message: "error: boom"}},
+		Nodes: []storage.EvalNode{
+			{DrvPath: drvBase, System: "x86_64-linux", Outputs: map[string]string{"out": outBase}},
+			{DrvPath: drvTop, System: "x86_64-linux", RequiredFeatures: []string{"kvm"}, Outputs: map[string]string{"out": outTop}, Inputs: []string{drvBase}},
+		},
+	}
+}
+
+func TestFinishEvaluation_SharedDerivationsAreOneStepAndStaleEpochsChangeNothing(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.New(t)
+	agent := agentFixture(t, db, "SHA256:a")
+	j1, j2 := jobsetFixture(t, db, "one"), jobsetFixture(t, db, "two")
+
+	l1 := claimEval(t, db, j1.ID, agent)
+	stale := l1
+	stale.Epoch--
+	if err := db.FinishEvaluation(ctx, stale, outcome()); !errors.Is(err, storage.ErrStaleLease) {
+		t.Fatalf("stale epoch: %v, want ErrStaleLease", err)
+	}
+	if err := db.FinishEvaluation(ctx, l1, outcome()); err != nil {
+		t.Fatal(err)
+	}
+	l2 := claimEval(t, db, j2.ID, agent)
+	if err := db.FinishEvaluation(ctx, l2, outcome()); err != nil {
+		t.Fatal(err)
+	}
+	count := func(q string, args ...any) int {
+		var n int
+		if err := db.Pool().QueryRow(ctx, q, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(`SELECT count(*) FROM steps`); n != 2 {
+		t.Errorf("%d steps for two evaluations of the same two derivations, want 2", n)
+	}
+	if n := count(`SELECT count(*) FROM builds WHERE drv_path = $1`, drvTop); n != 2 {
+		t.Errorf("%d builds of top, want one per evaluation", n)
+	}
+	if n := count(`SELECT count(*) FROM step_edges e JOIN steps a ON a.id = e.step_id JOIN steps b ON b.id = e.depends_on
+		WHERE a.drv_path = $1 AND b.drv_path = $2`, drvTop, drvBase); n != 1 {
+		t.Errorf("edge top -> base: %d", n)
+	}
+	if n := count(`SELECT count(*) FROM steps WHERE drv_path = $1 AND timeout_seconds = 60 AND required_features = '{kvm}'`, drvTop); n != 1 {
+		t.Errorf("top's step lacks its timeout or features")
+	}
+	if n := count(`SELECT count(*) FROM aggregate_constituents ac JOIN builds a ON a.id = ac.aggregate_id WHERE a.evaluation_id = $1`, l1.ID); n != 2 {
+		t.Errorf("aggregate has %d constituents, want 2 (one by name, one by drv path)", n)
+	}
+	e, err := db.GetEvaluation(ctx, l1.ID)
+	if err != nil || e.Status != "succeeded" || e.NrJobs != 3 || e.NrNewBuilds != 2 || e.NrErrors != 1 {
+		t.Errorf("evaluation after finishing: %+v %v", e, err)
+	}
+	if b, _, _ := db.ListBuilds(ctx, storage.BuildFilter{EvaluationID: l1.ID, Job: "all"}, storage.Page{Limit: 10}); len(b) != 1 || b[0].Status != "succeeded" {
+		t.Errorf("an already-built job (no step) finishes as succeeded: %+v", b)
+	}
+}
+
+func TestLeases_ExpiredAreRescuedWithBackoffThenAborted(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.New(t)
+	agent := agentFixture(t, db, "SHA256:b")
+	j := jobsetFixture(t, db, "p")
+	l := claimEval(t, db, j.ID, agent)
+	cfg := storage.LeaseConfig{TTL: time.Minute, MaxAttempts: 2, Backoff: time.Hour}
+	expire := func() {
+		if _, err := db.Pool().Exec(ctx, `UPDATE evaluations SET lease_expires_at = now() - interval '1 second'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire()
+	if r, a, err := db.RescueExpired(ctx, storage.LeaseEval, cfg); err != nil || r != 1 || a != 0 {
+		t.Fatalf("rescue: requeued %d aborted %d err %v", r, a, err)
+	}
+	if _, ok, _ := db.ClaimEvaluation(ctx, agent, time.Minute); ok {
+		t.Fatal("a rescued evaluation was claimable before its backoff passed")
+	}
+	if err := db.CheckLease(ctx, storage.LeaseEval, l.ID, l.Epoch, agent); !errors.Is(err, storage.ErrStaleLease) {
+		t.Fatalf("the dead lease still checks out: %v", err)
+	}
+	if _, err := db.Pool().Exec(ctx, `UPDATE evaluations SET not_before = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	l2, ok, err := db.ClaimEvaluation(ctx, agent, time.Minute)
+	if err != nil || !ok || l2.Epoch != l.Epoch+1 || l2.Attempt != 2 {
+		t.Fatalf("second claim: %+v %v %v", l2, ok, err)
+	}
+	if lost, err := db.ExtendLeases(ctx, agent, storage.LeaseEval, []int64{l2.ID, l.ID}, []int64{l2.Epoch, l.Epoch}, time.Minute); err != nil || len(lost) != 0 && lost[0] != l.ID {
+		t.Fatalf("extend: lost %v err %v", lost, err)
+	}
+	expire()
+	if r, a, err := db.RescueExpired(ctx, storage.LeaseEval, cfg); err != nil || r != 0 || a != 1 {
+		t.Fatalf("after max_attempts: requeued %d aborted %d err %v", r, a, err)
+	}
+	e, _ := db.GetEvaluation(ctx, l.ID)
+	if e.Status != "failed" || e.Error == "" {
+		t.Errorf("evaluation after its attempts ran out: %+v", e)
+	}
+}

@@ -1,0 +1,251 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// FinishEvaluation records a successful evaluation under its lease, in one
+// transaction: per-attribute errors, one step per derivation that must be built
+// (shared with every other evaluation that needs it), their edges and outputs, one
+// build per job, and aggregate constituents. A stale lease changes nothing.
+func (db *DB) FinishEvaluation(ctx context.Context, l Lease, o EvalOutcome) error {
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		var jobsetID int64
+		err := tx.QueryRow(ctx, `SELECT jobset_id FROM evaluations WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3
+			AND status = 'running' FOR UPDATE`, l.ID, l.Epoch, l.AgentID).Scan(&jobsetID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("evaluation %d epoch %d: %w", l.ID, l.Epoch, ErrStaleLease)
+		}
+		if err != nil {
+			return err
+		}
+		if err := insertErrors(ctx, tx, l.ID, o.Errors); err != nil {
+			return fmt.Errorf("errors: %w", err)
+		}
+		if err := insertNodes(ctx, tx, o.Nodes, o.Jobs); err != nil {
+			return fmt.Errorf("steps: %w", err)
+		}
+		newBuilds, err := insertBuilds(ctx, tx, l.ID, jobsetID, o.Jobs)
+		if err != nil {
+			return fmt.Errorf("builds: %w", err)
+		}
+		_, err = tx.Exec(ctx, `UPDATE evaluations SET status = 'succeeded', nr_jobs = $2, nr_new_builds = $3, nr_errors = $4,
+			checkout_seconds = $5, eval_seconds = $6, finished_at = now(), lease_expires_at = NULL WHERE id = $1`,
+			l.ID, len(o.Jobs), newBuilds, len(o.Errors), o.CheckoutSeconds, o.EvalSeconds)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("finish evaluation %d: %w", l.ID, err)
+	}
+	return nil
+}
+
+// FailEvaluation records an evaluation that failed as a whole (e.g. the expression
+// does not parse, the revision does not exist): not retried.
+func (db *DB) FailEvaluation(ctx context.Context, l Lease, msg string, checkoutSecs, evalSecs float64) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE evaluations SET status = 'failed', error = $4, checkout_seconds = $5,
+		eval_seconds = $6, finished_at = now(), lease_expires_at = NULL
+		WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3 AND status = 'running'`, l.ID, l.Epoch, l.AgentID, msg, checkoutSecs, evalSecs)
+	if err != nil {
+		return fmt.Errorf("fail evaluation %d: %w", l.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("evaluation %d epoch %d: %w", l.ID, l.Epoch, ErrStaleLease)
+	}
+	return nil
+}
+
+func insertErrors(ctx context.Context, tx pgx.Tx, evalID int64, errs []AttrError) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	attrs, msgs := make([]string, len(errs)), make([]string, len(errs))
+	for i, e := range errs {
+		attrs[i], msgs[i] = e.Attr, e.Message
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO evaluation_errors (evaluation_id, attr, message)
+		SELECT $1, a, m FROM unnest($2::text[], $3::text[]) AS x(a, m) ON CONFLICT DO NOTHING`, evalID, attrs, msgs)
+	return err
+}
+
+func insertNodes(ctx context.Context, tx pgx.Tx, nodes []EvalNode, jobs []EvalJob) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	// A job's meta.timeout and meta.maxSilent apply to the step building it.
+	limits := make(map[string][2]int, len(jobs))
+	for _, j := range jobs {
+		if j.Timeout > 0 || j.MaxSilent > 0 {
+			limits[j.DrvPath] = [2]int{j.Timeout, j.MaxSilent}
+		}
+	}
+	n := len(nodes)
+	drvs, systems, feats := make([]string, n), make([]string, n), make([]string, n)
+	local := make([]bool, n)
+	timeouts, silents := make([]*int32, n), make([]*int32, n)
+	var outDrv, outName, outPath, edgeFrom, edgeTo []string
+	for i, nd := range nodes {
+		drvs[i], systems[i], feats[i], local[i] = nd.DrvPath, nd.System, strings.Join(nd.RequiredFeatures, " "), nd.PreferLocalBuild
+		if lim, ok := limits[nd.DrvPath]; ok {
+			if lim[0] > 0 {
+				v := int32(lim[0])
+				timeouts[i] = &v
+			}
+			if lim[1] > 0 {
+				v := int32(lim[1])
+				silents[i] = &v
+			}
+		}
+		names := make([]string, 0, len(nd.Outputs))
+		for name := range nd.Outputs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			outDrv, outName, outPath = append(outDrv, nd.DrvPath), append(outName, name), append(outPath, nd.Outputs[name])
+		}
+		for _, in := range nd.Inputs {
+			edgeFrom, edgeTo = append(edgeFrom, nd.DrvPath), append(edgeTo, in)
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO steps (drv_path, system, required_features, prefer_local_build, timeout_seconds, max_silent_seconds)
+		SELECT d, s, CASE WHEN f = '' THEN '{}'::text[] ELSE string_to_array(f, ' ') END, l, t, m
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::int[], $6::int[]) AS x(d, s, f, l, t, m)
+		ON CONFLICT (drv_path) DO NOTHING`, drvs, systems, feats, local, timeouts, silents)
+	if err != nil {
+		return err
+	}
+	if len(outDrv) > 0 {
+		_, err = tx.Exec(ctx, `INSERT INTO step_outputs (step_id, name, path)
+			SELECT s.id, x.n, x.p FROM unnest($1::text[], $2::text[], $3::text[]) AS x(d, n, p)
+			JOIN steps s ON s.drv_path = x.d ON CONFLICT DO NOTHING`, outDrv, outName, outPath)
+		if err != nil {
+			return err
+		}
+	}
+	if len(edgeFrom) > 0 {
+		_, err = tx.Exec(ctx, `INSERT INTO step_edges (step_id, depends_on)
+			SELECT a.id, b.id FROM unnest($1::text[], $2::text[]) AS x(f, t)
+			JOIN steps a ON a.drv_path = x.f JOIN steps b ON b.drv_path = x.t ON CONFLICT DO NOTHING`, edgeFrom, edgeTo)
+	}
+	return err
+}
+
+// insertBuilds adds one build per job and returns how many must be built (the rest
+// were already in the cache and finish at once, as Hydra's cached builds do).
+func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs []EvalJob) (int, error) {
+	if len(jobs) == 0 {
+		return 0, nil
+	}
+	n := len(jobs)
+	attrs, drvs, systems, names, descs, lics, homes := make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	prios := make([]int32, n)
+	aggs := make([]bool, n)
+	var oJob, oName, oPath, cAgg, cRef []string
+	for i, j := range jobs {
+		attrs[i], drvs[i], systems[i], names[i] = j.Attr, j.DrvPath, j.System, j.Name
+		descs[i], lics[i], homes[i], aggs[i] = j.Description, j.License, j.Homepage, j.IsAggregate
+		prios[i] = int32(j.SchedulingPriority)
+		if prios[i] == 0 {
+			prios[i] = 100 // Hydra's default schedulingPriority
+		}
+		outs := make([]string, 0, len(j.Outputs))
+		for name := range j.Outputs {
+			outs = append(outs, name)
+		}
+		sort.Strings(outs)
+		for _, name := range outs {
+			oJob, oName, oPath = append(oJob, j.Attr), append(oName, name), append(oPath, j.Outputs[name])
+		}
+		for _, c := range j.Constituents {
+			cAgg, cRef = append(cAgg, j.Attr), append(cRef, c)
+		}
+	}
+	var newBuilds int
+	err := tx.QueryRow(ctx, `WITH ins AS (
+		INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, step_id, system, nix_name, description, license,
+			homepage, scheduling_priority, is_aggregate, status, status_code, finished_at)
+		SELECT $1, $2, x.a, x.d, s.id, x.s, x.n, x.de, x.li, x.h, x.p, x.ag,
+			CASE WHEN s.id IS NULL THEN 'succeeded' WHEN s.status IN ('queued', 'running') THEN 'queued' ELSE s.status END,
+			CASE WHEN s.id IS NULL THEN 0 ELSE s.status_code END,
+			CASE WHEN s.id IS NULL OR s.status NOT IN ('queued', 'running') THEN now() END
+		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::boolean[])
+			AS x(a, d, s, n, de, li, h, p, ag)
+		LEFT JOIN steps s ON s.drv_path = x.d
+		RETURNING step_id)
+		SELECT count(*) FILTER (WHERE step_id IS NOT NULL) FROM ins`,
+		evalID, jobsetID, attrs, drvs, systems, names, descs, lics, homes, prios, aggs).Scan(&newBuilds)
+	if err != nil {
+		return 0, err
+	}
+	if len(oJob) > 0 {
+		if _, err := tx.Exec(ctx, `INSERT INTO build_outputs (build_id, name, path)
+			SELECT b.id, x.n, x.p FROM unnest($2::text[], $3::text[], $4::text[]) AS x(j, n, p)
+			JOIN builds b ON b.evaluation_id = $1 AND b.job = x.j`, evalID, oJob, oName, oPath); err != nil {
+			return 0, err
+		}
+	}
+	if len(cAgg) > 0 {
+		// A constituent is a job name of this evaluation or the drv path of one of its jobs.
+		if _, err := tx.Exec(ctx, `INSERT INTO aggregate_constituents (aggregate_id, constituent_id)
+			SELECT DISTINCT a.id, c.id FROM unnest($2::text[], $3::text[]) AS x(agg, ref)
+			JOIN builds a ON a.evaluation_id = $1 AND a.job = x.agg
+			JOIN builds c ON c.evaluation_id = $1 AND (c.job = x.ref OR c.drv_path = x.ref) AND c.id <> a.id
+			ON CONFLICT DO NOTHING`, evalID, cAgg, cRef); err != nil {
+			return 0, err
+		}
+	}
+	return newBuilds, nil
+}
+
+// BuildSummary is a build as the evaluation issue's first builds list shows it.
+type BuildSummary struct {
+	ID           int64
+	EvaluationID int64
+	Job          string
+	DrvPath      string
+	System       string
+	Status       string
+	StatusCode   *int
+	StepID       *int64
+	IsAggregate  bool
+}
+
+// BuildFilter narrows ListBuilds; zero values do not filter.
+type BuildFilter struct {
+	EvaluationID, JobsetID, ProjectID int64
+	Status, System, Job               string
+}
+
+// ListBuilds returns a page of builds, newest first.
+func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]BuildSummary, int64, error) {
+	where := `($1 = 0 OR b.evaluation_id = $1) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
+		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
+	args := []any{f.EvaluationID, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job}
+	var total int64
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE `+where, args...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count builds: %w", err)
+	}
+	rows, err := db.pool.Query(ctx, `SELECT b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
+		b.step_id, b.is_aggregate FROM builds b JOIN jobsets j ON j.id = b.jobset_id
+		WHERE `+where+` ORDER BY b.id DESC LIMIT $7 OFFSET $8`, append(args, page.Limit, page.Offset)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list builds: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BuildSummary, error) {
+		var b BuildSummary
+		err := r.Scan(&b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID, &b.IsAggregate)
+		return b, err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list builds: %w", err)
+	}
+	return items, total, nil
+}
