@@ -167,9 +167,10 @@ type Heartbeat struct {
 	SentAt        time.Time `json:"sent_at"`
 }
 
-// Assign offers work to the agent (defined fully by the evaluation and build issues).
+// Assign offers work to the agent; the field of its kind says what to do.
 type Assign struct {
-	Work WorkRef `json:"work"`
+	Work WorkRef   `json:"work"`
+	Eval *EvalTask `json:"eval,omitempty"`
 }
 
 // Reject declines an assignment.

@@ -69,11 +69,12 @@ func (db *DB) RequestEvaluation(ctx context.Context, jobsetID int64, force bool)
 }
 
 // RequestEvaluationsForBranch triggers every jobset of a project that follows branch
-// (a push webhook); it returns the jobsets triggered.
-func (db *DB) RequestEvaluationsForBranch(ctx context.Context, projectID int64, branch string) ([]int64, error) {
+// (a push webhook); jobsets with no branch follow the default branch. It returns the
+// jobsets triggered.
+func (db *DB) RequestEvaluationsForBranch(ctx context.Context, projectID int64, branch string, isDefault bool) ([]int64, error) {
 	rows, err := db.pool.Query(ctx, `UPDATE jobsets SET trigger_requested_at = coalesce(trigger_requested_at, now())
 		WHERE project_id = $1 AND state <> 'disabled' AND (branch = $2 OR (branch = '' AND $3))
-		RETURNING id`, projectID, branch, branch == "")
+		RETURNING id`, projectID, branch, isDefault)
 	if err != nil {
 		return nil, fmt.Errorf("trigger jobsets of project %d: %w", projectID, err)
 	}
@@ -272,4 +273,41 @@ type EvalOutcome struct {
 	Nodes           []EvalNode
 	CheckoutSeconds float64
 	EvalSeconds     float64
+}
+
+// RunningEvaluations counts evaluations being evaluated now, on any coordinator.
+func (db *DB) RunningEvaluations(ctx context.Context) (int, error) {
+	var n int
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM evaluations WHERE status = 'running'`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count running evaluations: %w", err)
+	}
+	return n, nil
+}
+
+// EvalTask is what an agent needs to evaluate evaluation id.
+type EvalTask struct {
+	RepositoryURL, Commit, Branch, Expression string
+	FlakeMode                                 bool
+	Inputs                                    []EvaluationInput
+}
+
+// EvalTaskOf reads an evaluation's task.
+func (db *DB) EvalTaskOf(ctx context.Context, id int64) (EvalTask, error) {
+	var t EvalTask
+	err := db.pool.QueryRow(ctx, `SELECT p.repository_url, e.commit, j.branch, j.nix_expression, j.flake_mode
+		FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id JOIN projects p ON p.id = j.project_id WHERE e.id = $1`, id).
+		Scan(&t.RepositoryURL, &t.Commit, &t.Branch, &t.Expression, &t.FlakeMode)
+	if err != nil {
+		return EvalTask{}, fmt.Errorf("evaluation %d task: %w", id, mapErr(err))
+	}
+	rows, err := db.pool.Query(ctx, `SELECT name, type, value, revision FROM evaluation_inputs WHERE evaluation_id = $1 ORDER BY name`, id)
+	if err != nil {
+		return EvalTask{}, fmt.Errorf("evaluation %d inputs: %w", id, err)
+	}
+	t.Inputs, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (EvaluationInput, error) {
+		var in EvaluationInput
+		err := r.Scan(&in.Name, &in.Type, &in.Value, &in.Revision)
+		return in, err
+	})
+	return t, err
 }

@@ -297,6 +297,42 @@ func (c *Cache) decompress(r io.Reader, w io.Writer) error {
 	return err
 }
 
+// Present returns the output paths the cache or an upstream holds (the evaluating
+// agent's question: the coordinator's cache decides what is already built).
+func (c *Cache) Present(ctx context.Context, paths []string) ([]string, error) {
+	hashes := make([]string, 0, len(paths))
+	for _, p := range paths {
+		if h := hashPart(p); h != "" {
+			hashes = append(hashes, h)
+		}
+	}
+	present, err := c.db.PresentHashParts(ctx, hashes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(present))
+	for _, p := range paths {
+		h := hashPart(p)
+		if present[h] || (len(c.cfg.UpstreamCaches) > 0 && c.inUpstream(ctx, h)) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// HandlePresent serves a protocol.StreamPresent stream.
+func (c *Cache) HandlePresent(ctx context.Context, _ int64, st io.ReadWriter) error {
+	var req protocol.PresentRequest
+	if err := protocol.ReadFrame(st, &req); err != nil {
+		return err
+	}
+	present, err := c.Present(ctx, req.Paths)
+	if err != nil {
+		return protocol.WriteFrame(st, protocol.PresentAnswer{Error: "coordinator database unavailable"})
+	}
+	return protocol.WriteFrame(st, protocol.PresentAnswer{Present: present})
+}
+
 // inUpstream reports whether a configured upstream cache serves the path (and, with
 // upstream_keys, signs it with one of them).
 func (c *Cache) inUpstream(ctx context.Context, hashPart string) bool {

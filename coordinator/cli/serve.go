@@ -10,12 +10,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/evals"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/server"
@@ -33,6 +35,23 @@ type Parts struct {
 	Server *server.Server
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
+	Evals  *evals.Evals
+}
+
+// Run runs the background loops (evaluation scheduling, cache retention) until ctx
+// ends, and waits for them.
+func (p Parts) Run(ctx context.Context, cfg config.Config) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); p.Evals.Run(ctx) }()
+	if cfg.GC.CleanupInterval > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Cache.RunGC(ctx, config.Seconds(cfg.GC.CleanupInterval), config.Days(cfg.GC.MaxAgeDays))
+		}()
+	}
+	wg.Wait()
 }
 
 // NewServer assembles the coordinator's parts on db: the REST API, the fleet of agent
@@ -72,18 +91,28 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if created {
 		log.Info("generated the cache signing key", "file", keyFile, "public_key", ch.PublicKey())
 	}
+	ev := evals.New(evals.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
+		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
+		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), Logger: log,
+		Leases: storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
+			MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}}, db, nil)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log,
-		Streams: map[string]fleet.StreamHandler{protocol.StreamUpload: ch.HandleUpload}}, db)
+		Version: protocol.BuildVersion, Logger: log, Hooks: ev.Hooks(),
+		Streams: map[string]fleet.StreamHandler{
+			protocol.StreamUpload:     ch.HandleUpload,
+			protocol.StreamPresent:    ch.HandlePresent,
+			protocol.StreamEvalReport: ev.HandleReport,
+		}}, db)
+	ev.SetFleet(fl)
 	srv := server.New(server.Config{
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
-		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch},
+		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch, ev},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
-	return Parts{Server: srv, Fleet: fl, Cache: ch}, nil
+	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev}, nil
 }
 
 // serve runs the coordinator until ctx ends.
@@ -112,15 +141,10 @@ func serve(ctx context.Context, cfg config.Config, env Env) error {
 		return err
 	}
 	srv := parts.Server
-	if cfg.GC.CleanupInterval > 0 {
-		gcCtx, stopGC := context.WithCancel(ctx)
-		gcDone := make(chan struct{})
-		go func() {
-			defer close(gcDone)
-			parts.Cache.RunGC(gcCtx, config.Seconds(cfg.GC.CleanupInterval), config.Days(cfg.GC.MaxAgeDays))
-		}()
-		defer func() { stopGC(); <-gcDone }()
-	}
+	loops, stopLoops := context.WithCancel(ctx)
+	loopsDone := make(chan struct{})
+	go func() { defer close(loopsDone); parts.Run(loops, cfg) }()
+	defer func() { stopLoops(); <-loopsDone }()
 	log.Info("coordinator listening", "addr", ln.Addr().String(), "version", protocol.BuildVersion)
 	return srv.Serve(ctx, ln, 20*time.Second)
 }

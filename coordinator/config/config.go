@@ -24,6 +24,27 @@ type Config struct {
 	Server   Server   `toml:"server"`
 	Cache    Cache    `toml:"cache"`
 	GC       GC       `toml:"gc"`
+	Eval     Eval     `toml:"evaluator"`
+	Queue    Queue    `toml:"queue_runner"`
+}
+
+// Eval is the [evaluator] section.
+type Eval struct {
+	MaxConcurrentEvals int  `toml:"max_concurrent_evals"`
+	EvalTimeout        int  `toml:"eval_timeout"`    // seconds
+	MaxMemorySize      int  `toml:"max_memory_size"` // MiB per evaluation worker
+	Workers            int  `toml:"workers"`
+	RestrictEval       bool `toml:"restrict_eval"`
+	AllowIFD           bool `toml:"allow_ifd"`
+	GitTimeout         int  `toml:"git_timeout"` // seconds
+}
+
+// Queue is the [queue_runner] section: leases on evaluations and steps.
+type Queue struct {
+	LeaseTTL     int `toml:"lease_ttl"`     // seconds a lease lives without a heartbeat
+	LeaseGrace   int `toml:"lease_grace"`   // seconds a disconnected agent keeps its leases
+	MaxAttempts  int `toml:"max_attempts"`  // infrastructure failures before aborting
+	RetryBackoff int `toml:"retry_backoff"` // seconds; doubles with each attempt
 }
 
 // GC is the [gc] section: cache retention.
@@ -89,6 +110,9 @@ func Defaults() Config {
 		},
 		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}},
 		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
+		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
+			GitTimeout: 600},
+		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10},
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -154,6 +178,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
 		return fmt.Errorf("database.min_connections must be between 0 and max_connections")
+	}
+	if c.Eval.MaxConcurrentEvals < 1 || c.Eval.Workers < 1 || c.Eval.EvalTimeout < 1 || c.Eval.GitTimeout < 1 || c.Eval.MaxMemorySize < 0 {
+		return fmt.Errorf("evaluator: max_concurrent_evals, workers, eval_timeout and git_timeout must be >= 1")
+	}
+	if c.Queue.LeaseTTL < 1 || c.Queue.LeaseGrace < 0 || c.Queue.MaxAttempts < 1 || c.Queue.RetryBackoff < 0 {
+		return fmt.Errorf("queue_runner: lease_ttl and max_attempts must be >= 1, lease_grace and retry_backoff >= 0")
 	}
 	if c.GC.MaxAgeDays < 0 || c.GC.CleanupInterval < 0 {
 		return fmt.Errorf("gc.max_age_days and gc.cleanup_interval must be >= 0")

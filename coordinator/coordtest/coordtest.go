@@ -21,6 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/evals"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -39,6 +40,7 @@ type Coordinator struct {
 	mu     sync.Mutex
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
+	Evals  *evals.Evals
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -56,6 +58,7 @@ func Start(t testing.TB, opts Options) *Coordinator {
 	cfg.Server.AgentHeartbeat = 1
 	cfg.LogLevel = "debug"
 	cfg.StateDir = t.TempDir()
+	cfg.Queue.RetryBackoff = 0 // tests wait for rescues; backoff is tested in storage
 	if opts.Config != nil {
 		opts.Config(&cfg)
 	}
@@ -88,9 +91,15 @@ func (c *Coordinator) serve(ln net.Listener) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- parts.Server.Serve(ctx, ln, 10*time.Second) }()
+	loopsDone := make(chan struct{})
+	go func() { defer close(loopsDone); parts.Run(ctx, c.Cfg) }()
+	go func() {
+		err := parts.Server.Serve(ctx, ln, 10*time.Second)
+		<-loopsDone
+		done <- err
+	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.cancel, c.done = parts.Fleet, parts.Cache, cancel, done
+	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = parts.Fleet, parts.Cache, parts.Evals, cancel, done
 	c.mu.Unlock()
 }
 

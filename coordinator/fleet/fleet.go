@@ -35,6 +35,17 @@ type Config struct {
 	Logger    *slog.Logger
 	// Streams handle streams agents open, by kind (e.g. protocol.StreamUpload).
 	Streams map[string]StreamHandler
+	// Hooks tell the schedulers about sessions; any may be nil.
+	Hooks Hooks
+}
+
+// Hooks are called as sessions come, beat and go.
+type Hooks struct {
+	Connected    func(agentID int64)
+	Disconnected func(agentID int64)
+	// Heartbeat reports the work the agent says it runs; it returns the work whose
+	// lease the agent no longer holds.
+	Heartbeat func(ctx context.Context, agentID int64, running []protocol.WorkRef) []protocol.WorkRef
 }
 
 // StreamHandler serves one stream an agent opened. Every read has an idle deadline.
@@ -253,6 +264,9 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 		go f.notifyDrain(ctx, agent.ID, true) // an admin drained it while it was away
 	}
 	go f.serveStreams(ctx, mux, agent.ID)
+	if f.cfg.Hooks.Connected != nil {
+		f.cfg.Hooks.Connected(agent.ID)
+	}
 	return f.controlLoop(ctx, s, st)
 }
 
@@ -347,6 +361,15 @@ func (f *Fleet) controlLoop(ctx context.Context, s *Session, st *yamux.Stream) e
 			if revoked { // revoked through another coordinator
 				return errors.New("agent revoked")
 			}
+			if f.cfg.Hooks.Heartbeat != nil {
+				for _, w := range f.cfg.Hooks.Heartbeat(ctx, s.AgentID, hb.Running) {
+					go func() { // the agent must stop work it no longer holds
+						cctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
+						defer cancel()
+						_, _ = s.command(cctx, protocol.Message{Type: protocol.TypeCancel, Cancel: &protocol.Cancel{Work: w}})
+					}()
+				}
+			}
 			_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
 			if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeHeartbeatAck}); err != nil {
 				return fmt.Errorf("ack heartbeat: %w", err)
@@ -413,6 +436,9 @@ func (f *Fleet) unregister(ctx context.Context, s *Session) {
 			f.log.Warn("record agent disconnected", "agent", s.AgentID, "err", err)
 		}
 		f.log.Info("agent disconnected", "agent", s.AgentID, "name", s.Name)
+		if f.cfg.Hooks.Disconnected != nil {
+			f.cfg.Hooks.Disconnected(s.AgentID)
+		}
 	}
 }
 

@@ -1,0 +1,118 @@
+package evals
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/storage"
+)
+
+// forge describes how one kind of forge signs and names its events.
+type forge struct {
+	name        string
+	sigHeaders  []string // first one present wins
+	sigPrefix   string
+	eventHeader []string
+}
+
+var (
+	github = forge{name: "github", sigHeaders: []string{"X-Hub-Signature-256"}, sigPrefix: "sha256=",
+		eventHeader: []string{"X-GitHub-Event"}}
+	// Gitea and Forgejo sign the same way.
+	gitea = forge{name: "gitea", sigHeaders: []string{"X-Gitea-Signature", "X-Forgejo-Signature"},
+		eventHeader: []string{"X-Gitea-Event", "X-Forgejo-Event", "X-GitHub-Event"}}
+)
+
+func header(r *http.Request, names []string) string {
+	for _, n := range names {
+		if v := r.Header.Get(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// webhook verifies an HMAC-SHA256 signature over the raw body with the project's
+// secret (constant-time compare) and triggers the jobsets following the pushed branch.
+func (e *Evals) webhook(f forge) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		pid, err := strconv.ParseInt(chi.URLParam(r, "project_id"), 10, 64)
+		if err != nil {
+			api.Fail(e.log, w, r, storage.ErrNotFound)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				api.Fail(e.log, w, r, api.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large"))
+				return
+			}
+			api.Fail(e.log, w, r, api.Errorf(http.StatusBadRequest, "", "cannot read the payload"))
+			return
+		}
+		secret, err := e.db.ProjectWebhookSecret(r.Context(), pid)
+		if err != nil {
+			api.Fail(e.log, w, r, err)
+			return
+		}
+		sig := strings.TrimPrefix(header(r, f.sigHeaders), f.sigPrefix)
+		if secret == "" || !validSignature(secret, body, sig) {
+			e.log.Warn("webhook refused: bad signature", "project", pid, "forge", f.name, "remote", r.RemoteAddr)
+			api.WriteError(w, r, http.StatusUnauthorized, "webhook signature does not verify with this project's secret")
+			return
+		}
+		switch event := header(r, f.eventHeader); event {
+		case "ping":
+			api.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+			return
+		case "push":
+		default:
+			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": event, "triggered": []int64{}})
+			return
+		}
+		var push struct {
+			Ref        string `json:"ref"`
+			Repository struct {
+				DefaultBranch string `json:"default_branch"`
+			} `json:"repository"`
+		}
+		if err := json.Unmarshal(body, &push); err != nil || !strings.HasPrefix(push.Ref, "refs/heads/") {
+			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a branch push", "triggered": []int64{}})
+			return
+		}
+		branch := strings.TrimPrefix(push.Ref, "refs/heads/")
+		ids, err := e.db.RequestEvaluationsForBranch(r.Context(), pid, branch, branch == push.Repository.DefaultBranch)
+		if err != nil {
+			api.Fail(e.log, w, r, err)
+			return
+		}
+		if ids == nil {
+			ids = []int64{}
+		}
+		if len(ids) > 0 {
+			e.Wake()
+		}
+		api.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
+	}
+}
+
+func validSignature(secret string, body []byte, sigHex string) bool {
+	got, err := hex.DecodeString(strings.TrimSpace(sigHex))
+	if err != nil || len(got) != sha256.Size {
+		return false
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return hmac.Equal(got, mac.Sum(nil))
+}

@@ -1,0 +1,119 @@
+package protocol
+
+// Stream kinds for evaluation, opened by the agent.
+const (
+	// StreamPresent asks which output paths the coordinator's cache (or an upstream)
+	// holds: one PresentRequest, one PresentAnswer.
+	StreamPresent = "present"
+	// StreamEvalReport reports an evaluation: an EvalReport, then EvalBatch frames
+	// until one has Done, then the coordinator's EvalVerdict.
+	StreamEvalReport = "eval-report"
+)
+
+// Work kinds.
+const (
+	WorkEval = "eval"
+	WorkStep = "step"
+)
+
+// EvalTask is an evaluation assigned to an agent (Assign.Eval).
+type EvalTask struct {
+	EvaluationID int64       `json:"evaluation_id"`
+	RepoURL      string      `json:"repo_url"`
+	Revision     string      `json:"revision"`
+	Branch       string      `json:"branch"`
+	FlakeMode    bool        `json:"flake_mode"`
+	Expression   string      `json:"expression"`
+	Inputs       []EvalInput `json:"inputs"`
+	Workers      int         `json:"workers"`
+	MaxMemoryMB  int         `json:"max_memory_mb"`
+	RestrictEval bool        `json:"restrict_eval"`
+	AllowIFD     bool        `json:"allow_ifd"`
+	TimeoutSecs  int         `json:"timeout_seconds"`
+	// Fetch credentials of a private repository: sent only to the evaluating agent.
+	SSHKey     string `json:"ssh_key,omitempty"`
+	HTTPSToken string `json:"https_token,omitempty"`
+}
+
+// EvalInput is a jobset input; git inputs carry the revision the coordinator resolved.
+type EvalInput struct {
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Value    string `json:"value"`
+	Revision string `json:"revision,omitempty"`
+}
+
+// PresentRequest asks about output paths.
+type PresentRequest struct {
+	Paths []string `json:"paths"`
+}
+
+// PresentAnswer lists those the cache or an upstream holds.
+type PresentAnswer struct {
+	Present []string `json:"present"`
+	Error   string   `json:"error,omitempty"`
+}
+
+// EvalMeta is the part of a job's meta FC uses.
+type EvalMeta struct {
+	Description        string `json:"description,omitempty"`
+	License            string `json:"license,omitempty"`
+	Homepage           string `json:"homepage,omitempty"`
+	Timeout            int    `json:"timeout,omitempty"`
+	MaxSilent          int    `json:"max_silent,omitempty"`
+	SchedulingPriority int    `json:"scheduling_priority,omitempty"`
+}
+
+// EvalJob is one evaluated job.
+type EvalJob struct {
+	Attr                   string            `json:"attr"` // dotted attribute path
+	Name                   string            `json:"name"`
+	DrvPath                string            `json:"drv_path"`
+	Outputs                map[string]string `json:"outputs"`
+	System                 string            `json:"system"`
+	RequiredSystemFeatures []string          `json:"required_system_features"`
+	Meta                   EvalMeta          `json:"meta"`
+	IsAggregate            bool              `json:"is_aggregate"`
+	// Constituents of an aggregate: job names (dotted) or drv paths.
+	Constituents []string `json:"constituents,omitempty"`
+}
+
+// EvalAttrError is an attribute that failed to evaluate.
+type EvalAttrError struct {
+	Attr    string `json:"attr"`
+	Message string `json:"message"`
+}
+
+// EvalNode is a derivation that must be built (its outputs are not cached).
+type EvalNode struct {
+	DrvPath          string            `json:"drv_path"`
+	System           string            `json:"system"`
+	RequiredFeatures []string          `json:"required_features"`
+	PreferLocalBuild bool              `json:"prefer_local_build"`
+	Outputs          map[string]string `json:"outputs"`
+	// Inputs are the drv paths of input derivations that are also nodes (edges).
+	Inputs []string `json:"inputs"`
+}
+
+// EvalReport opens a report.
+type EvalReport struct {
+	Work            WorkRef `json:"work"`
+	Failed          bool    `json:"failed"`
+	Error           string  `json:"error,omitempty"`
+	CheckoutSeconds float64 `json:"checkout_seconds"`
+	EvalSeconds     float64 `json:"eval_seconds"`
+}
+
+// EvalBatch carries part of a report; large evaluations come in many batches.
+type EvalBatch struct {
+	Jobs   []EvalJob       `json:"jobs,omitempty"`
+	Errors []EvalAttrError `json:"errors,omitempty"`
+	Nodes  []EvalNode      `json:"nodes,omitempty"`
+	Done   bool            `json:"done"`
+}
+
+// EvalVerdict is the coordinator's answer to a report.
+type EvalVerdict struct {
+	Accepted bool   `json:"accepted"`
+	Error    string `json:"error,omitempty"`
+}
