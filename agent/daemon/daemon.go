@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
@@ -32,6 +33,22 @@ type Config struct {
 	Logger     *slog.Logger
 	// OnWelcome, if set, is called after each successful handshake.
 	OnWelcome func(protocol.Welcome)
+	// Executors run assigned work, by kind (protocol.WorkEval, protocol.WorkStep);
+	// Capacity bounds how many of a kind run at once (default 1).
+	Executors map[string]Executor
+	Capacity  map[string]int
+}
+
+// Executor runs one piece of leased work. ctx ends when the coordinator cancels the
+// work, the lease is lost, or the agent is stopped by force. Streams to the
+// coordinator go through link, which waits across reconnects.
+type Executor interface {
+	Run(ctx context.Context, a protocol.Assign, link Link) error
+}
+
+// Link opens streams on whatever session is current.
+type Link interface {
+	OpenStream(ctx context.Context, kind string) (io.ReadWriteCloser, error)
 }
 
 // Daemon runs the agent.
@@ -45,7 +62,12 @@ type Daemon struct {
 	mu           sync.Mutex
 	adminDrained bool
 	caps         protocol.Capabilities
-	running      map[protocol.WorkRef]struct{}
+	running      map[protocol.WorkRef]context.CancelFunc
+	conn         *session.Conn
+	connChanged  chan struct{} // closed and replaced whenever conn changes
+	workDone     chan struct{} // signalled when a piece of work ends
+	runCtx       context.Context
+	work         sync.WaitGroup
 }
 
 // New returns a daemon; Run starts it.
@@ -65,7 +87,8 @@ func New(cfg Config) *Daemon {
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = "/nix/store"
 	}
-	return &Daemon{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), running: map[protocol.WorkRef]struct{}{}}
+	return &Daemon{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), running: map[protocol.WorkRef]context.CancelFunc{},
+		connChanged: make(chan struct{}), workDone: make(chan struct{}, 1)}
 }
 
 // Drain asks the agent to stop gracefully: no new work, finish running work, exit.
@@ -109,6 +132,10 @@ var ErrForced = errors.New("stopped before running work finished")
 // when work was running, else nil), or the coordinator refuses it for good
 // (*protocol.Refused).
 func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
+	defer d.work.Wait() // every executor has ended (ctx cancels them) before Run returns
 	caps, err := d.cfg.Capabilities(ctx)
 	if err != nil {
 		return err
@@ -146,7 +173,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if d.cfg.OnWelcome != nil {
 			d.cfg.OnWelcome(conn.Welcome)
 		}
+		d.setConn(conn)
 		reason := d.runConn(ctx, conn)
+		d.setConn(nil)
 		conn.Close()
 		switch {
 		case reason == errDrained:
@@ -219,6 +248,15 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 			if d.idle() {
 				return errDrained
 			}
+		case <-d.workDone:
+			// Report at once that the work ended, so the coordinator can assign more
+			// (and a draining agent can stop).
+			if err := conn.Heartbeat(ctx, d.state()); err != nil {
+				return err
+			}
+			if d.draining() && d.idle() {
+				return errDrained
+			}
 		case <-beat.C:
 			if err := conn.Heartbeat(ctx, d.state()); err != nil {
 				return err
@@ -267,19 +305,22 @@ func (d *Daemon) handle(_ context.Context, m protocol.Message, shutdown chan<- s
 		}
 		return protocol.Message{Type: protocol.TypeAck}
 	case protocol.TypeCancel:
+		if m.Cancel != nil {
+			d.mu.Lock()
+			for w, cancel := range d.running {
+				if w.Kind == m.Cancel.Work.Kind && w.ID == m.Cancel.Work.ID {
+					d.log.Info("cancelling work", "kind", w.Kind, "id", w.ID)
+					cancel()
+				}
+			}
+			d.mu.Unlock()
+		}
 		return protocol.Message{Type: protocol.TypeAck}
 	case protocol.TypeAssign:
-		d.mu.Lock()
-		admin := d.adminDrained
-		d.mu.Unlock()
-		if admin || d.draining() {
-			return protocol.Message{Type: protocol.TypeReject, Reject: &protocol.Reject{Reason: "agent is draining"}}
+		if m.Assign == nil {
+			return reject("assignment without work")
 		}
-		kind := ""
-		if m.Assign != nil {
-			kind = m.Assign.Work.Kind
-		}
-		return protocol.Message{Type: protocol.TypeReject, Reject: &protocol.Reject{Reason: "no executor for work of kind " + kind}}
+		return d.start(*m.Assign)
 	}
 	return protocol.Message{Type: protocol.TypeReject, Reject: &protocol.Reject{Reason: "unknown command " + m.Type}}
 }
@@ -318,4 +359,88 @@ func backoff(attempt int, min, max time.Duration) time.Duration {
 		d = max
 	}
 	return d/2 + rand.N(d/2+1)
+}
+
+func reject(reason string) protocol.Message {
+	return protocol.Message{Type: protocol.TypeReject, Reject: &protocol.Reject{Reason: reason}}
+}
+
+// start accepts an assignment if the agent can take it, and runs it.
+func (d *Daemon) start(a protocol.Assign) protocol.Message {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.adminDrained || d.draining() {
+		return reject("agent is draining")
+	}
+	ex := d.cfg.Executors[a.Work.Kind]
+	if ex == nil || d.runCtx == nil {
+		return reject("no executor for work of kind " + a.Work.Kind)
+	}
+	limit := d.cfg.Capacity[a.Work.Kind]
+	if limit <= 0 {
+		limit = 1
+	}
+	n := 0
+	for w := range d.running {
+		if w.Kind == a.Work.Kind {
+			n++
+		}
+	}
+	if n >= limit {
+		return reject("busy")
+	}
+	ctx, cancel := context.WithCancel(d.runCtx)
+	d.running[a.Work] = cancel
+	d.work.Add(1)
+	go func() {
+		defer d.work.Done()
+		defer func() {
+			cancel()
+			d.mu.Lock()
+			delete(d.running, a.Work)
+			d.mu.Unlock()
+			select {
+			case d.workDone <- struct{}{}:
+			default:
+			}
+		}()
+		if err := ex.Run(ctx, a, d); err != nil {
+			d.log.Warn("work ended with an error", "kind", a.Work.Kind, "id", a.Work.ID, "err", err)
+		}
+	}()
+	return protocol.Message{Type: protocol.TypeAccept}
+}
+
+func (d *Daemon) setConn(c *session.Conn) {
+	d.mu.Lock()
+	d.conn = c
+	close(d.connChanged)
+	d.connChanged = make(chan struct{})
+	d.mu.Unlock()
+}
+
+// OpenStream opens a stream on the current session, waiting for a reconnect if
+// there is none (Link).
+func (d *Daemon) OpenStream(ctx context.Context, kind string) (io.ReadWriteCloser, error) {
+	for {
+		d.mu.Lock()
+		c, changed := d.conn, d.connChanged
+		d.mu.Unlock()
+		if c != nil {
+			st, err := c.OpenStream(kind)
+			if err == nil {
+				return st, nil
+			}
+			select {
+			case <-c.Done(): // the session died: wait for the next one
+			default:
+				return nil, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		}
+	}
 }

@@ -217,7 +217,7 @@ func TestStopped_ForcedOnlyWithRunningWork(t *testing.T) {
 	if err := d.stopped(); err != nil {
 		t.Errorf("idle: %v", err)
 	}
-	d.running[protocol.WorkRef{Kind: "step", ID: 1}] = struct{}{}
+	d.running[protocol.WorkRef{Kind: "step", ID: 1}] = func() {}
 	if err := d.stopped(); !errors.Is(err, ErrForced) {
 		t.Errorf("with work: %v, want ErrForced", err)
 	}
