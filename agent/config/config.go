@@ -68,24 +68,7 @@ const FileName = "agent.toml"
 // Load reads the configuration; configFlag is --config ("" if absent).
 func Load(configFlag string, environ []string) (Config, error) {
 	cfg := Defaults()
-	files := []tomlenv.Source{{Path: FileName, Optional: true}}
-	named := configFlag
-	if named == "" {
-		for _, kv := range environ {
-			if v, ok := strings.CutPrefix(kv, "FC_CONFIG_FILE="); ok {
-				named = v
-			}
-		}
-	}
-	if named != "" {
-		if a, err := filepath.Abs(named); err == nil {
-			if b, err := filepath.Abs(FileName); err == nil && a == b {
-				files = nil
-			}
-		}
-		files = append(files, tomlenv.Source{Path: named})
-	}
-	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+	if err := tomlenv.Load(&cfg, tomlenv.Files(FileName, configFlag, environ), "FC_", environ); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.Validate()

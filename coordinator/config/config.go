@@ -6,7 +6,6 @@ package config
 import (
 	"fmt"
 	"net"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -131,32 +130,10 @@ const FileName = "coordinator.toml"
 // environ is os.Environ().
 func Load(configFlag string, environ []string) (Config, error) {
 	cfg := Defaults()
-	files := []tomlenv.Source{{Path: FileName, Optional: true}}
-	named := configFlag
-	if named == "" {
-		named = lookup(environ, "FC_CONFIG_FILE")
-	}
-	if named != "" {
-		if abs, err := filepath.Abs(named); err == nil {
-			if cwd, err := filepath.Abs(FileName); err == nil && abs == cwd {
-				files = nil // the named file is the working directory's: read it once
-			}
-		}
-		files = append(files, tomlenv.Source{Path: named})
-	}
-	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+	if err := tomlenv.Load(&cfg, tomlenv.Files(FileName, configFlag, environ), "FC_", environ); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.Validate()
-}
-
-func lookup(environ []string, key string) string {
-	for i := len(environ) - 1; i >= 0; i-- {
-		if len(environ[i]) > len(key) && environ[i][:len(key)+1] == key+"=" {
-			return environ[i][len(key)+1:]
-		}
-	}
-	return ""
 }
 
 // Validate checks values that parse but make no sense.

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -24,6 +25,31 @@ import (
 type Source struct {
 	Path     string
 	Optional bool // a missing optional file is skipped silently
+}
+
+// Files is the usual list of configuration files, lowest precedence first: defaultName
+// in the working directory when present, then the file named by the --config flag or,
+// without it, by FC_CONFIG_FILE in environ (required to exist). A named file that is
+// the working directory's one is read once.
+func Files(defaultName, flagValue string, environ []string) []Source {
+	files := []Source{{Path: defaultName, Optional: true}}
+	named := flagValue
+	if named == "" {
+		for _, kv := range environ {
+			if v, ok := strings.CutPrefix(kv, "FC_CONFIG_FILE="); ok {
+				named = v
+			}
+		}
+	}
+	if named == "" {
+		return files
+	}
+	if a, err := filepath.Abs(named); err == nil {
+		if b, err := filepath.Abs(defaultName); err == nil && a == b {
+			files = nil
+		}
+	}
+	return append(files, Source{Path: named})
 }
 
 // Load fills dst (a pointer to a struct already holding the defaults) from files
