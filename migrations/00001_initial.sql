@@ -153,6 +153,7 @@ CREATE TABLE evaluations (
 );
 CREATE INDEX evaluations_jobset ON evaluations (jobset_id, id DESC);
 CREATE INDEX evaluations_claimable ON evaluations (not_before, id) WHERE status = 'queued';
+CREATE INDEX evaluations_running ON evaluations (agent_id) WHERE status = 'running';
 
 CREATE TABLE evaluation_inputs (
     evaluation_id bigint NOT NULL REFERENCES evaluations (id) ON DELETE CASCADE,

@@ -210,14 +210,15 @@ func (db *DB) AgentConnected(ctx context.Context, id int64, p AgentPresence) err
 }
 
 // AgentHeartbeat records a heartbeat's resource report and whether the agent is
-// shutting down.
-func (db *DB) AgentHeartbeat(ctx context.Context, id int64, coordinator string, load1 float64, freeDisk int64, draining bool) error {
-	_, err := db.pool.Exec(ctx, `UPDATE agents SET last_seen_at = now(), connected = true, coordinator = $2,
-		load1 = $3, free_disk_bytes = $4, self_draining = $5 WHERE id = $1`, id, coordinator, load1, freeDisk, draining)
+// shutting down, and says whether the agent was revoked meanwhile (one round trip).
+func (db *DB) AgentHeartbeat(ctx context.Context, id int64, coordinator string, load1 float64, freeDisk int64, draining bool) (revoked bool, err error) {
+	err = db.pool.QueryRow(ctx, `UPDATE agents SET last_seen_at = now(), connected = true, coordinator = $2,
+		load1 = $3, free_disk_bytes = $4, self_draining = $5 WHERE id = $1 RETURNING revoked_at IS NOT NULL`,
+		id, coordinator, load1, freeDisk, draining).Scan(&revoked)
 	if err != nil {
-		return fmt.Errorf("record agent %d heartbeat: %w", id, err)
+		return false, fmt.Errorf("record agent %d heartbeat: %w", id, mapErr(err))
 	}
-	return nil
+	return revoked, nil
 }
 
 // AgentDisconnected records the end of a session, unless a newer session on another

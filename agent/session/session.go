@@ -93,8 +93,9 @@ func Dial(ctx context.Context, cfg Config, st State) (*Conn, error) {
 		Proxy:            http.ProxyFromEnvironment,
 		HandshakeTimeout: protocol.HandshakeTimeout,
 		TLSClientConfig:  cfg.TLS,
-		ReadBufferSize:   64 << 10,
+		ReadBufferSize:   8 << 10,
 		WriteBufferSize:  64 << 10,
+		WriteBufferPool:  &sync.Pool{},
 	}
 	hdr := http.Header{"User-Agent": {"fc-agent/" + cfg.AgentVersion}}
 	ws, resp, err := d.DialContext(ctx, wsURL, hdr)

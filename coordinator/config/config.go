@@ -149,8 +149,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("server.max_body_size must be > 0 bytes")
 	case c.Server.RateLimitRPS < 0 || c.Server.RateLimitBurst < 0:
 		return fmt.Errorf("server.rate_limit_rps and rate_limit_burst must be >= 0")
-	case c.Server.AgentHeartbeat < 1 || c.Server.AgentHeartbeat > 300:
-		return fmt.Errorf("server.agent_heartbeat must be from 1 to 300 seconds")
+	case c.Server.AgentHeartbeat < 1 || c.Server.AgentHeartbeat > 20:
+		// Three missed beats must fit in storage.PresenceWindow (60 s).
+		return fmt.Errorf("server.agent_heartbeat must be from 1 to 20 seconds")
 	case c.Database.MaxConnections <= 0:
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:

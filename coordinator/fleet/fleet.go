@@ -93,7 +93,9 @@ func New(cfg Config, db *storage.DB) *Fleet {
 		cfg: cfg, db: db, log: cfg.Logger,
 		sessions: map[int64]*Session{},
 		upgrader: websocket.Upgrader{
-			ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10,
+			// Small read buffers and pooled write buffers: most sessions are idle, and
+			// per-session buffers were most of a session's memory.
+			ReadBufferSize: 8 << 10, WriteBufferSize: 64 << 10, WriteBufferPool: &sync.Pool{},
 			// Agents are not browsers: they authenticate by key, not by cookie.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
@@ -399,14 +401,7 @@ func (f *Fleet) controlLoop(ctx context.Context, s *Session, st *yamux.Stream) e
 func (f *Fleet) heartbeat(ctx context.Context, id int64, hb *protocol.Heartbeat) (revoked bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := f.db.AgentHeartbeat(ctx, id, f.cfg.CoordinatorID, hb.Load1, hb.FreeDiskBytes, hb.Draining); err != nil {
-		return false, err
-	}
-	a, err := f.db.GetAgent(ctx, id)
-	if err != nil {
-		return false, err
-	}
-	return a.RevokedAt != nil, nil
+	return f.db.AgentHeartbeat(ctx, id, f.cfg.CoordinatorID, hb.Load1, hb.FreeDiskBytes, hb.Draining)
 }
 
 // register adds s, replacing (and closing) an older session of the same agent.
