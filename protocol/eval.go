@@ -97,9 +97,12 @@ type EvalNode struct {
 
 // EvalReport opens a report.
 type EvalReport struct {
-	Work            WorkRef `json:"work"`
-	Failed          bool    `json:"failed"`
-	Error           string  `json:"error,omitempty"`
+	Work   WorkRef `json:"work"`
+	Failed bool    `json:"failed"`
+	Error  string  `json:"error,omitempty"`
+	// Retry marks a failure of the infrastructure rather than of the expression: the
+	// evaluation is queued again (with backoff, up to max_attempts).
+	Retry           bool    `json:"retry,omitempty"`
 	CheckoutSeconds float64 `json:"checkout_seconds"`
 	EvalSeconds     float64 `json:"eval_seconds"`
 }

@@ -162,3 +162,32 @@ func TestLeases_ExpiredAreRescuedWithBackoffThenAborted(t *testing.T) {
 		t.Errorf("evaluation after its attempts ran out: %+v", e)
 	}
 }
+
+func TestRetryEvaluation_RequeuesThenFailsAtMaxAttempts(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.New(t)
+	agent := agentFixture(t, db, "SHA256:c")
+	j := jobsetFixture(t, db, "p")
+	l := claimEval(t, db, j.ID, agent)
+	cfg := storage.LeaseConfig{MaxAttempts: 2}
+	if err := db.RetryEvaluation(ctx, l, "git fetch: connection refused", cfg); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := db.GetEvaluation(ctx, l.ID); e.Status != "queued" {
+		t.Fatalf("after one infrastructure failure: %s, want queued", e.Status)
+	}
+	if err := db.RetryEvaluation(ctx, l, "again", cfg); !errors.Is(err, storage.ErrStaleLease) {
+		t.Fatalf("retry with a lease no longer held: %v", err)
+	}
+	l2, ok, err := db.ClaimEvaluation(ctx, agent, time.Minute)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := db.RetryEvaluation(ctx, l2, "git fetch: connection refused", cfg); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := db.GetEvaluation(ctx, l.ID)
+	if e.Status != "failed" || e.Error != "git fetch: connection refused (after 2 attempts)" {
+		t.Fatalf("at max_attempts: %s %q", e.Status, e.Error)
+	}
+}

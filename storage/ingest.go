@@ -61,6 +61,26 @@ func (db *DB) FailEvaluation(ctx context.Context, l Lease, msg string, checkoutS
 	return nil
 }
 
+// RetryEvaluation requeues an evaluation after an infrastructure failure, counting
+// the attempt and backing off; at max_attempts it fails for good.
+func (db *DB) RetryEvaluation(ctx context.Context, l Lease, msg string, cfg LeaseConfig) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE evaluations SET
+		status = CASE WHEN attempts >= $5 THEN 'failed' ELSE 'queued' END,
+		error = CASE WHEN attempts >= $5 THEN $4 || ' (after ' || attempts || ' attempts)' ELSE $4 END,
+		finished_at = CASE WHEN attempts >= $5 THEN now() END,
+		not_before = now() + make_interval(secs => $6 * power(2, greatest(attempts - 1, 0))),
+		agent_id = CASE WHEN attempts >= $5 THEN agent_id END, lease_expires_at = NULL
+		WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3 AND status = 'running'`,
+		l.ID, l.Epoch, l.AgentID, msg, cfg.MaxAttempts, cfg.Backoff.Seconds())
+	if err != nil {
+		return fmt.Errorf("retry evaluation %d: %w", l.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("evaluation %d epoch %d: %w", l.ID, l.Epoch, ErrStaleLease)
+	}
+	return nil
+}
+
 func insertErrors(ctx context.Context, tx pgx.Tx, evalID int64, errs []AttrError) error {
 	if len(errs) == 0 {
 		return nil

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/fc-ci/fc/agent/config"
@@ -20,6 +22,7 @@ import (
 	"github.com/fc-ci/fc/agent/identity"
 	"github.com/fc-ci/fc/agent/probe"
 	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/agent/work"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -215,7 +218,17 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 	if err != nil {
 		return nil, err
 	}
-	return daemon.New(daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log}), nil
+	dc := daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log,
+		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}}
+	if slices.Contains(cfg.Agent.Roles, protocol.RoleEval) {
+		// Working trees a crash left behind belong to no evaluation now.
+		if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, "git", "work")); err != nil {
+			log.Warn("remove stale evaluation checkouts", "err", err)
+		}
+		dc.Executors[protocol.WorkEval] = &work.Eval{StateDir: cfg.Agent.StateDir, Logger: log}
+		dc.Capacity[protocol.WorkEval] = 1 // evaluations are memory-hungry: one at a time
+	}
+	return daemon.New(dc), nil
 }
 
 func run(ctx context.Context, cfg config.Config, env Env) error {

@@ -4,6 +4,8 @@
 // find what must be built, asking the coordinator's cache what it already holds.
 package eval
 
+import "github.com/fc-ci/fc/protocol"
+
 // Request says what to evaluate.
 type Request struct {
 	RepoURL  string // as the project gives it: URL or absolute path
@@ -22,6 +24,9 @@ type Request struct {
 	// SSHKey or HTTPSToken fetch private repositories (never logged).
 	SSHKey     string
 	HTTPSToken string
+	// CacheDir keeps the mirrors of git inputs (see Checkout); default: a directory
+	// under os.TempDir().
+	CacheDir string
 }
 
 // Input is a jobset input passed to a legacy expression as Hydra passes it: string
@@ -32,35 +37,19 @@ type Input struct {
 	Value string
 }
 
-// Meta is the part of meta FC uses.
-type Meta struct {
-	Description        string `json:"description,omitempty"`
-	License            string `json:"license,omitempty"`
-	Homepage           string `json:"homepage,omitempty"`
-	Timeout            int    `json:"timeout,omitempty"`
-	MaxSilent          int    `json:"max_silent,omitempty"`
-	SchedulingPriority int    `json:"scheduling_priority,omitempty"`
-}
-
-// Job is one evaluated job.
-type Job struct {
-	Attr                   string            `json:"attr"` // dotted attribute path
-	Name                   string            `json:"name"`
-	DrvPath                string            `json:"drv_path"`
-	Outputs                map[string]string `json:"outputs"`
-	System                 string            `json:"system"`
-	RequiredSystemFeatures []string          `json:"required_system_features"`
-	Meta                   Meta              `json:"meta"`
-	IsAggregate            bool              `json:"is_aggregate"`
-	// Constituents of an aggregate: job names (dotted) or drv paths.
-	Constituents []string `json:"constituents,omitempty"`
-}
-
-// AttrError is an attribute that failed to evaluate.
-type AttrError struct {
-	Attr    string `json:"attr"`
-	Message string `json:"message"`
-}
+// The evaluation's results travel to the coordinator as they are: these are the wire
+// protocol's types.
+type (
+	// Meta is the part of meta FC uses.
+	Meta = protocol.EvalMeta
+	// Job is one evaluated job; Attr is its dotted attribute path.
+	Job = protocol.EvalJob
+	// AttrError is an attribute that failed to evaluate.
+	AttrError = protocol.EvalAttrError
+	// Node is a derivation that must be built: its outputs are in neither the
+	// coordinator's cache nor an upstream; Inputs are its edges to other nodes.
+	Node = protocol.EvalNode
+)
 
 // Result is an evaluation's outcome.
 type Result struct {
@@ -68,16 +57,4 @@ type Result struct {
 	Errors          []AttrError `json:"errors"`
 	CheckoutSeconds float64     `json:"checkout_seconds"`
 	EvalSeconds     float64     `json:"eval_seconds"`
-}
-
-// Node is a derivation that must be built: its outputs are not in the coordinator's
-// cache (nor upstream).
-type Node struct {
-	DrvPath          string            `json:"drv_path"`
-	System           string            `json:"system"`
-	RequiredFeatures []string          `json:"required_features"`
-	PreferLocalBuild bool              `json:"prefer_local_build"`
-	Outputs          map[string]string `json:"outputs"`
-	// Inputs are the drv paths of input derivations that are also nodes (edges).
-	Inputs []string `json:"inputs"`
 }

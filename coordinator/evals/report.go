@@ -65,7 +65,10 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		}
 	}
 	var err error
-	if rep.Failed {
+	if rep.Failed && rep.Retry {
+		err = e.db.RetryEvaluation(ctx, l, rep.Error, e.cfg.Leases)
+		e.log.Warn("evaluation hit an infrastructure failure; retrying", "eval", l.ID, "agent", agentID, "err", rep.Error)
+	} else if rep.Failed {
 		err = e.db.FailEvaluation(ctx, l, rep.Error, rep.CheckoutSeconds, rep.EvalSeconds)
 		e.log.Info("evaluation failed", "eval", l.ID, "agent", agentID, "err", rep.Error)
 	} else {

@@ -1,0 +1,184 @@
+package eval
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+)
+
+// presentBatch is how many output paths one question to the cache carries.
+const presentBatch = 1000
+
+// drvInfo is the part of a .drv the graph needs.
+type drvInfo struct {
+	system      string
+	features    []string
+	preferLocal bool
+	outputs     map[string]string
+	inputs      []string // input derivations, sorted
+}
+
+// readDrv parses a .drv file from the store.
+func readDrv(path string) (*drvInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation: %w", err)
+	}
+	defer f.Close()
+	d, err := derivation.ReadDerivation(f)
+	if err != nil {
+		return nil, fmt.Errorf("parse derivation %s: %w", path, err)
+	}
+	info := &drvInfo{
+		system:      d.Platform,
+		features:    strings.Fields(d.Env["requiredSystemFeatures"]),
+		preferLocal: d.Env["preferLocalBuild"] == "1",
+		outputs:     make(map[string]string, len(d.Outputs)),
+		inputs:      make([]string, 0, len(d.InputDerivations)),
+	}
+	if s, ok := d.Env["__json"]; ok {
+		// Structured attributes: the settings are in the JSON, not the environment.
+		var attrs struct {
+			RequiredSystemFeatures []string `json:"requiredSystemFeatures"`
+			PreferLocalBuild       bool     `json:"preferLocalBuild"`
+		}
+		if err := json.Unmarshal([]byte(s), &attrs); err == nil {
+			info.features = attrs.RequiredSystemFeatures
+			info.preferLocal = attrs.PreferLocalBuild
+		}
+	}
+	if info.features == nil {
+		info.features = []string{}
+	}
+	for name, o := range d.Outputs {
+		info.outputs[name] = o.Path
+	}
+	for in := range d.InputDerivations {
+		info.inputs = append(info.inputs, in)
+	}
+	sort.Strings(info.inputs)
+	return info, nil
+}
+
+// Graph walks the .drv closure of the jobs and returns the derivations that must be
+// built: those with an output the coordinator's cache does not hold. present answers,
+// for up to presentBatch output paths at a time, which the cache holds. A derivation
+// whose outputs are all present is not a node and its inputs are not visited (they
+// need not be built for it). Each node's Inputs are its input derivations that are
+// nodes too. Nodes are sorted by drv path.
+func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) ([]Node, error) {
+	seen := map[string]bool{}
+	var frontier []string
+	for _, j := range jobs {
+		if j.DrvPath != "" && !seen[j.DrvPath] {
+			seen[j.DrvPath] = true
+			frontier = append(frontier, j.DrvPath)
+		}
+	}
+	infos := map[string]*drvInfo{}
+	var nodes []string
+	isNode := map[string]bool{}
+	// Breadth first, a level at a time: read the level's derivations, ask the cache
+	// about all their outputs in batches, and descend only from those that must be built.
+	for len(frontier) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		level, err := readDrvs(ctx, frontier)
+		if err != nil {
+			return nil, err
+		}
+		var outs []string
+		for i, p := range frontier {
+			infos[p] = level[i]
+			for _, o := range level[i].outputs {
+				if o != "" {
+					outs = append(outs, o)
+				}
+			}
+		}
+		have := make(map[string]bool, len(outs))
+		for start := 0; start < len(outs); start += presentBatch {
+			batch := outs[start:min(start+presentBatch, len(outs))]
+			ans, err := present(ctx, batch)
+			if err != nil {
+				return nil, fmt.Errorf("ask the cache which outputs it holds: %w", err)
+			}
+			for _, o := range batch {
+				if ans[o] {
+					have[o] = true
+				}
+			}
+		}
+		var next []string
+		for _, p := range frontier {
+			info := infos[p]
+			build := false
+			for _, o := range info.outputs {
+				if o == "" || !have[o] {
+					build = true
+					break
+				}
+			}
+			if !build {
+				continue
+			}
+			isNode[p] = true
+			nodes = append(nodes, p)
+			for _, in := range info.inputs {
+				if !seen[in] {
+					seen[in] = true
+					next = append(next, in)
+				}
+			}
+		}
+		frontier = next
+	}
+	sort.Strings(nodes)
+	out := make([]Node, 0, len(nodes))
+	for _, p := range nodes {
+		info := infos[p]
+		n := Node{DrvPath: p, System: info.system, RequiredFeatures: info.features,
+			PreferLocalBuild: info.preferLocal, Outputs: info.outputs, Inputs: []string{}}
+		for _, in := range info.inputs {
+			if isNode[in] {
+				n.Inputs = append(n.Inputs, in)
+			}
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// readDrvs reads derivations side by side.
+func readDrvs(ctx context.Context, paths []string) ([]*drvInfo, error) {
+	out := make([]*drvInfo, len(paths))
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	workers := min(8, len(paths))
+	per := (len(paths) + workers - 1) / workers
+	for w := range workers {
+		wg.Go(func() {
+			for i := w * per; i < min((w+1)*per, len(paths)); i++ {
+				if ctx.Err() != nil {
+					errs[i] = ctx.Err()
+					return
+				}
+				out[i], errs[i] = readDrv(paths[i])
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,114 @@
+# The fallback evaluator's walker, for plain Nix 2.8 (no nix-eval-jobs).
+#
+# It walks a job set depth-first in attribute-name order and reports every node on
+# stderr as it goes, through builtins.trace, as lines
+#   trace: <mark> B <path>   before a node is forced
+#   trace: <mark> J <job>    a job (a derivation) and its data
+#   trace: <mark> T <path>   a node that failed with throw or assert (caught by tryEval)
+# so that when the process dies of an error tryEval cannot catch (abort, a missing
+# attribute, a type error), the last B names the attribute at fault and everything
+# reported before it is kept; the caller starts a new process that resumes after it.
+#
+#   top        the job set (hydraJobs, checks, or what a release.nix returns)
+#   mark       a random marker that tells our lines from the expression's own traces
+#   recurseAll recurse into every nested attribute set (flakes, like Hydra); otherwise
+#              only into those with recurseForDerivations = true (legacy files)
+#   resume     a path: skip every node up to and including it (depth-first order)
+#   only       a path: evaluate just that node
+#   catch      catch throw/assert per node (off to get the message of one that threw)
+#   shard, shards  take the shard-th of `shards` contiguous slices of the top-level names
+{ top, mark, recurseAll, resume ? null, only ? null, catch ? true, shard ? 0, shards ? 1 }:
+let
+  inherit (builtins) attrNames isAttrs isList isString isInt tryEval length elemAt
+    concatMap map listToAttrs deepSeq seq foldl' trace toJSON head tail genList;
+
+  kind = depth: v:
+    if isAttrs v then
+      (if (v.type or null) == "derivation" then "drv"
+       else if depth == 0 || recurseAll || (v.recurseForDerivations or false) == true then "set"
+       else "skip")
+    else "skip";
+
+  try = e: if catch then tryEval e else { success = true; value = e; };
+
+  str = v: if isString v then v else null;
+  int = v: if isInt v then v else null;
+  license = l:
+    if isString l then [ l ]
+    else if isList l then concatMap license l
+    else if isAttrs l then
+      (let s = l.spdxId or l.shortName or l.fullName or null; in if isString s then [ s ] else [ ])
+    else [ ];
+  homepage = h:
+    if isString h then h
+    else if isList h && h != [ ] && isString (head h) then head h
+    else null;
+
+  # Only what is set, to keep the lines short.
+  dropNulls = a: builtins.removeAttrs a (builtins.filter (n: a.${n} == null) (attrNames a));
+  job = v:
+    let
+      meta = if isAttrs (v.meta or null) then v.meta else { };
+      outputs = if isList (v.outputs or null) then v.outputs else [ "out" ];
+      f = v.requiredSystemFeatures or [ ];
+      features = if isList f then f else if isString f then [ f ] else [ ];
+      licenses = license (meta.license or null);
+      m = if meta == { } then { } else dropNulls {
+        description = str (meta.description or null);
+        license = if licenses == [ ] then null else licenses;
+        homepage = homepage (meta.homepage or null);
+        timeout = int (meta.timeout or null);
+        maxSilent = int (meta.maxSilent or null);
+        schedulingPriority = int (meta.schedulingPriority or null);
+      };
+    in {
+      d = v.drvPath;
+      n = v.name;
+      s = v.system;
+      o = listToAttrs (map (o: { name = o; value = v.${o}.outPath; }) outputs);
+    }
+    // (if features == [ ] then { } else { f = features; })
+    // (if m == { } then { } else { inherit m; })
+    // (if (v._hydraAggregate or false) == true then {
+      a = true;
+      c = map (c: if isString c then { n = c; } else { d = c.drvPath; }) v.constituents;
+    } else { });
+
+  emit = tag: payload: trace "${mark} ${tag} ${toJSON payload}" 1;
+
+  # A node at `path` (depth = length path), its value v.
+  node = depth: path: v:
+    seq (emit "B" path) (
+      let k = try (kind depth v); in
+      if !k.success then emit "T" path
+      else if k.value == "drv" then
+        (let r = try (let d = job v; in deepSeq d d); in
+         if r.success then emit "J" ({ p = path; } // r.value) else emit "T" path)
+      else if k.value == "set" then children depth path v null
+      else 1);
+
+  # The children of the set v at `path`, skipping those up to and including `res`
+  # (a path relative to this set).
+  children = depth: path: v: res:
+    let
+      all = attrNames v;
+      n = length all;
+      lo = shard * n / shards;
+      hi = (shard + 1) * n / shards;
+      names = if depth == 0 && shards > 1 then genList (i: elemAt all (lo + i)) (hi - lo) else all;
+      sel =
+        if res == null || res == [ ] then map (n: { inherit n; r = null; }) names
+        else concatMap (n:
+          if n < head res then [ ]
+          else if n == head res then (if length res == 1 then [ ] else [ { inherit n; r = tail res; } ])
+          else [ { inherit n; r = null; } ]) names;
+    in
+    foldl' (acc: c: seq
+      (if c.r == null then node (depth + 1) (path ++ [ c.n ]) v.${c.n}
+       else children (depth + 1) (path ++ [ c.n ]) v.${c.n} c.r)
+      (acc + 1)) 0 sel;
+
+  at = path: foldl' (v: n: v.${n}) top path;
+in
+if only != null then node (length only) only (at only)
+else children 0 [ ] top resume

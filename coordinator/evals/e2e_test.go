@@ -1,0 +1,301 @@
+package evals_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	agentcli "github.com/fc-ci/fc/agent/cli"
+	agentconfig "github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/coordtest"
+	"github.com/fc-ci/fc/protocol"
+)
+
+func salt(t *testing.T) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()) + "-" + hex.EncodeToString(b)
+}
+
+// releaseNix is a legacy jobset with every case the evaluation issue names.
+func releaseNix(s string, slow bool) string {
+	slowAttr := ""
+	if slow {
+		slowAttr = `slow = builtins.seq (builtins.foldl' builtins.add 0 (builtins.genList (x: x) 4000000)) (mk "slow" {});`
+	}
+	return fmt.Sprintf(`let
+  mk = name: attrs: derivation ({ name = "${name}-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${name} > $out" ]; } // attrs);
+  base = mk "base" { };
+  left = mk "left" { args = [ "-c" "echo ${base} > $out" ]; };
+  right = mk "right" { args = [ "-c" "echo ${base} > $out" ]; };
+in {
+  success = mk "success" { };
+  failure = mk "failure" { args = [ "-c" "exit 1" ]; };
+  chain = mk "chain" { args = [ "-c" "echo ${left} > $out" ]; };
+  diamond = {
+    recurseForDerivations = true;
+    inherit base left right;
+    top = mk "top" { args = [ "-c" "echo ${left} ${right} > $out" ]; };
+  };
+  multi = mk "multi" { outputs = [ "out" "dev" ]; args = [ "-c" "echo > $out; echo > $dev" ]; };
+  other-system = mk "other" { system = "aarch64-linux"; };
+  needs-kvm = mk "kvm" { requiredSystemFeatures = [ "kvm" ]; };
+  broken-throw = throw "deliberately broken";
+  broken-abort = abort "aborted on purpose";
+  broken-missing = { }.nope;
+  broken-type = 1 + "a";
+  %[2]s
+}
+`, s, slowAttr)
+}
+
+type evalAgent struct {
+	cancel context.CancelFunc
+	done   chan error
+	dir    string
+}
+
+func startEvalAgent(t *testing.T, c *coordtest.Coordinator, name, stateDir string) *evalAgent {
+	t.Helper()
+	cfg := agentconfig.Defaults()
+	cfg.Coordinator.URL = c.URL
+	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
+	cfg.Agent.Name = name
+	cfg.Agent.StateDir = stateDir
+	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-"+name), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &evalAgent{cancel: cancel, done: make(chan error, 1), dir: stateDir}
+	go func() { a.done <- d.Run(ctx) }()
+	t.Cleanup(func() { a.stop() })
+	return a
+}
+
+func (a *evalAgent) stop() {
+	a.cancel()
+	select {
+	case <-a.done:
+		a.done <- nil
+	case <-time.After(30 * time.Second):
+	}
+}
+
+type evalDetail struct {
+	ID      int64  `json:"id"`
+	Status  string `json:"status"`
+	Error   string `json:"error"`
+	AgentID *int64 `json:"agent_id"`
+	NrJobs  int    `json:"nr_jobs"`
+	Errors  []struct {
+		Attr    string `json:"attr"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+type buildRow struct {
+	ID      int64  `json:"id"`
+	Job     string `json:"job"`
+	DrvPath string `json:"drv_path"`
+	System  string `json:"system"`
+	Status  string `json:"status"`
+}
+
+func waitEvaluation(t *testing.T, c *coordtest.Coordinator, jobsetID int64, status string) evalDetail {
+	t.Helper()
+	var got evalDetail
+	coordtest.Eventually(t, 120*time.Second, "evaluation "+status, func() bool {
+		evs := evaluations(t, c, jobsetID)
+		if len(evs) == 0 {
+			return false
+		}
+		c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d", evs[0].ID), "", nil, &got)
+		if got.Status == "failed" && status != "failed" {
+			t.Fatalf("evaluation failed: %s\n%s", got.Error, c.Log)
+		}
+		return got.Status == status
+	})
+	return got
+}
+
+func builds(t *testing.T, c *coordtest.Coordinator, evalID int64) map[string]buildRow {
+	t.Helper()
+	var l struct{ Items []buildRow }
+	if code := c.Do("GET", fmt.Sprintf("/api/v1/builds?evaluation_id=%d&limit=500", evalID), "", nil, &l); code != 200 {
+		t.Fatalf("builds: %d", code)
+	}
+	out := map[string]buildRow{}
+	for _, b := range l.Items {
+		out[b.Job] = b
+	}
+	return out
+}
+
+func instantiate(t *testing.T, dir, attr string) string {
+	t.Helper()
+	out, err := exec.Command("nix-instantiate", dir+"/release.nix", "-A", attr, "--option", "substituters", "").Output()
+	if err != nil {
+		t.Fatalf("nix-instantiate -A %s: %v", attr, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
+	_, js := setup(t, c, repo, nil)
+	startEvalAgent(t, c, "evaluator", t.TempDir())
+	trigger(t, c, js, false)
+	ev := waitEvaluation(t, c, js, "succeeded")
+
+	var errs []string
+	for _, e := range ev.Errors {
+		errs = append(errs, e.Attr)
+		if e.Message == "" {
+			t.Errorf("%s recorded without a message", e.Attr)
+		}
+	}
+	sort.Strings(errs)
+	if strings.Join(errs, ",") != "broken-abort,broken-missing,broken-throw,broken-type" {
+		t.Errorf("per-attribute errors %v, want the four broken attributes", errs)
+	}
+	got := builds(t, c, ev.ID)
+	for _, job := range []string{"success", "failure", "chain", "diamond.base", "diamond.left", "diamond.right", "diamond.top",
+		"multi", "other-system", "needs-kvm"} {
+		b, ok := got[job]
+		if !ok {
+			t.Errorf("job %s missing; have %v", job, keys(got))
+			continue
+		}
+		if want := instantiate(t, repo.dir, job); b.DrvPath != want {
+			t.Errorf("%s: drv %s, nix-instantiate says %s", job, b.DrvPath, want)
+		}
+		if b.Status != "queued" {
+			t.Errorf("%s: status %s, want queued (nothing built yet)", job, b.Status)
+		}
+	}
+	if got["other-system"].System != "aarch64-linux" {
+		t.Errorf("other-system: %+v", got["other-system"])
+	}
+	// Edges match the derivations' inputs: top <- left, right <- base.
+	var edges int
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM step_edges e JOIN steps a ON a.id = e.step_id
+		JOIN steps b ON b.id = e.depends_on WHERE a.drv_path = $1 AND b.drv_path IN ($2, $3)`,
+		got["diamond.top"].DrvPath, got["diamond.left"].DrvPath, got["diamond.right"].DrvPath).Scan(&edges); err != nil || edges != 2 {
+		t.Errorf("diamond top has %d input edges (err %v), want 2", edges, err)
+	}
+	// Every drv to build reached the cache: an empty store could realise it.
+	for _, job := range []string{"diamond.top", "needs-kvm"} {
+		hash := strings.TrimPrefix(got[job].DrvPath, "/nix/store/")[:32]
+		var n int
+		if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM narinfos WHERE hash_part = $1`, hash).Scan(&n); err != nil || n != 1 {
+			t.Errorf("%s's .drv is not in the cache", job)
+		}
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestEvaluation_SameDerivationInTwoJobsetsIsOneStep(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
+	pid, js1 := setup(t, c, repo, nil)
+	var j2 struct{ ID int64 }
+	if code := c.Do("POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", pid), c.Admin, map[string]any{"name": "second",
+		"branch": "main", "flake_mode": false, "nix_expression": "release.nix", "check_interval": 0}, &j2); code != 201 {
+		t.Fatal(code)
+	}
+	startEvalAgent(t, c, "evaluator", t.TempDir())
+	trigger(t, c, js1, false)
+	e1 := waitEvaluation(t, c, js1, "succeeded")
+	trigger(t, c, j2.ID, false)
+	e2 := waitEvaluation(t, c, j2.ID, "succeeded")
+	drv := builds(t, c, e1.ID)["success"].DrvPath
+	if drv == "" || builds(t, c, e2.ID)["success"].DrvPath != drv {
+		t.Fatalf("the two evaluations disagree on success's drv")
+	}
+	var steps, nbuilds int
+	_ = c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM steps WHERE drv_path = $1`, drv).Scan(&steps)
+	_ = c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM builds WHERE drv_path = $1`, drv).Scan(&nbuilds)
+	if steps != 1 || nbuilds != 2 {
+		t.Errorf("%d steps and %d builds for one derivation in two jobsets, want 1 and 2", steps, nbuilds)
+	}
+}
+
+func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
+		cfg.Queue.LeaseTTL, cfg.Queue.LeaseGrace = 3, 1
+	}})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), true)})
+	_, js := setup(t, c, repo, nil)
+	dirA := t.TempDir()
+	a := startEvalAgent(t, c, "doomed", dirA)
+	trigger(t, c, js, false)
+	ev := waitEvaluation(t, c, js, "running")
+	var epoch int64
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT lease_epoch FROM evaluations WHERE id = $1`, ev.ID).Scan(&epoch); err != nil {
+		t.Fatal(err)
+	}
+	a.stop() // killed mid-evaluation: its nix process dies with it, nothing is reported
+
+	startEvalAgent(t, c, "rescuer", t.TempDir())
+	done := waitEvaluation(t, c, js, "succeeded")
+	var attempts int
+	var newEpoch int64
+	_ = c.DB.Pool().QueryRow(context.Background(), `SELECT attempts, lease_epoch FROM evaluations WHERE id = $1`, ev.ID).Scan(&attempts, &newEpoch)
+	if done.ID != ev.ID || attempts != 2 || newEpoch <= epoch {
+		t.Fatalf("rescue: eval %d (want %d), attempts %d, epoch %d after %d", done.ID, ev.ID, attempts, newEpoch, epoch)
+	}
+	if builds(t, c, ev.ID)["slow"].DrvPath == "" {
+		t.Fatal("the rescued evaluation lacks its jobs")
+	}
+
+	// The dead agent's report, quoting its old epoch, is refused and changes nothing.
+	cfg := agentconfig.Defaults()
+	cfg.Coordinator.URL, cfg.Agent.StateDir, cfg.Agent.Name = c.URL, dirA, "doomed"
+	sc, err := agentcli.SessionConfig(cfg, slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Purpose = protocol.PurposePush
+	conn, err := session.Dial(context.Background(), sc, session.State{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := conn.OpenStream(protocol.StreamEvalReport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = protocol.WriteFrame(st, protocol.EvalReport{Work: protocol.WorkRef{Kind: protocol.WorkEval, ID: ev.ID, Epoch: epoch}, Failed: true, Error: "late"})
+	var v protocol.EvalVerdict
+	if err := protocol.ReadFrame(st, &v); err != nil || v.Accepted || !strings.Contains(v.Error, "stale lease") {
+		t.Fatalf("stale report: %+v %v", v, err)
+	}
+	var after evalDetail
+	c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d", ev.ID), "", nil, &after)
+	if after.Status != "succeeded" {
+		t.Fatalf("a stale report changed the evaluation to %s", after.Status)
+	}
+}
