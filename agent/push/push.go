@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/fc-ci/fc/protocol"
@@ -175,8 +176,25 @@ type Stats struct {
 type Options struct {
 	Level    zstd.EncoderLevel // zero: SpeedFastest
 	Progress func(path string, narSize int64)
-	// Dump writes a path's NAR; nil runs nix-store --dump.
+	// Dump writes a path's NAR; nil: in-process for small paths, nix-store --dump for
+	// large ones.
 	Dump func(ctx context.Context, path string, w io.Writer) error
+}
+
+// smallNAR is the size under which a NAR is written in-process: spawning nix-store
+// costs milliseconds, which dominate for the thousands of small .drv files an
+// evaluation uploads; large paths stream faster from nix-store itself.
+const smallNAR = 1 << 20
+
+// dump writes path's NAR, in-process for small paths and with nix-store for large.
+func dump(ctx context.Context, path string, size int64, w io.Writer) error {
+	if size > 0 && size < smallNAR {
+		if err := nar.DumpPath(w, path); err != nil {
+			return fmt.Errorf("write the NAR of %s: %w", path, err)
+		}
+		return nil
+	}
+	return DumpWithNix(ctx, path, w)
 }
 
 // DumpWithNix writes the NAR of path (nix-store --dump).
@@ -197,9 +215,6 @@ var ErrRejected = errors.New("the coordinator rejected some paths")
 // Upload offers infos (any order) and sends what the cache lacks.
 func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, opts Options) (Stats, error) {
 	start := time.Now()
-	if opts.Dump == nil {
-		opts.Dump = DumpWithNix
-	}
 	if opts.Level == 0 {
 		opts.Level = zstd.SpeedFastest
 	}
@@ -234,7 +249,12 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 	for _, p := range plan.Missing {
 		cw := protocol.NewChunkWriter(bw)
 		enc.Reset(cw)
-		if err := opts.Dump(ctx, p, enc); err != nil {
+		if opts.Dump != nil {
+			err = opts.Dump(ctx, p, enc)
+		} else {
+			err = dump(ctx, p, sizes[p], enc)
+		}
+		if err != nil {
 			return stats, err
 		}
 		if err := enc.Close(); err != nil {
