@@ -13,6 +13,7 @@ import (
 type EvalTarget struct {
 	Jobset         Jobset
 	RepositoryURL  string
+	Credentials    FetchCredentials
 	TriggerPending bool
 	TriggerForced  bool
 }
@@ -50,7 +51,13 @@ func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, EvalTarget{Jobset: j, RepositoryURL: x.url, TriggerPending: x.pending, TriggerForced: x.force})
+		t := EvalTarget{Jobset: j, RepositoryURL: x.url, TriggerPending: x.pending, TriggerForced: x.force}
+		if creds, err := db.ProjectFetchCredentials(ctx, x.pid); err != nil {
+			return nil, err
+		} else if creds != nil {
+			t.Credentials = *creds
+		}
+		out = append(out, t)
 	}
 	return out, nil
 }
@@ -289,14 +296,19 @@ type EvalTask struct {
 	RepositoryURL, Commit, Branch, Expression string
 	FlakeMode                                 bool
 	Inputs                                    []EvaluationInput
+	Credentials                               FetchCredentials
 }
 
 // EvalTaskOf reads an evaluation's task.
 func (db *DB) EvalTaskOf(ctx context.Context, id int64) (EvalTask, error) {
 	var t EvalTask
-	err := db.pool.QueryRow(ctx, `SELECT p.repository_url, e.commit, j.branch, j.nix_expression, j.flake_mode
+	var creds *FetchCredentials
+	err := db.pool.QueryRow(ctx, `SELECT p.repository_url, e.commit, j.branch, j.nix_expression, j.flake_mode, p.fetch_credentials
 		FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id JOIN projects p ON p.id = j.project_id WHERE e.id = $1`, id).
-		Scan(&t.RepositoryURL, &t.Commit, &t.Branch, &t.Expression, &t.FlakeMode)
+		Scan(&t.RepositoryURL, &t.Commit, &t.Branch, &t.Expression, &t.FlakeMode, &creds)
+	if creds != nil {
+		t.Credentials = *creds
+	}
 	if err != nil {
 		return EvalTask{}, fmt.Errorf("evaluation %d task: %w", id, mapErr(err))
 	}

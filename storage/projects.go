@@ -15,8 +15,11 @@ type Project struct {
 	RepositoryURL    string
 	Enabled          bool
 	WebhookSecretSet bool
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// FetchCredentialsSet says whether the project has fetch credentials; they are
+	// never read back except to give them to the agent that evaluates.
+	FetchCredentialsSet bool
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
 }
 
 // ProjectFields are the writable columns. WebhookSecret nil leaves the secret as it is;
@@ -28,25 +31,35 @@ type ProjectFields struct {
 	RepositoryURL string
 	Enabled       bool
 	WebhookSecret *string
+	// FetchCredentials nil leaves them as they are; empty ones clear them.
+	FetchCredentials *FetchCredentials
 }
 
+// FetchCredentials reach a private repository: an SSH deploy key or an HTTPS token.
+type FetchCredentials struct {
+	SSHKey     string `json:"ssh_key,omitempty"`
+	HTTPSToken string `json:"https_token,omitempty"`
+}
+
+func (f *FetchCredentials) empty() bool { return f == nil || (f.SSHKey == "" && f.HTTPSToken == "") }
+
 const projectColumns = `id, name, display_name, description, repository_url, enabled,
-	webhook_secret IS NOT NULL AND webhook_secret <> '', created_at, updated_at`
+	webhook_secret IS NOT NULL AND webhook_secret <> '', fetch_credentials IS NOT NULL, created_at, updated_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanProject(row scanner) (Project, error) {
 	var p Project
 	err := row.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.RepositoryURL, &p.Enabled,
-		&p.WebhookSecretSet, &p.CreatedAt, &p.UpdatedAt)
+		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.CreatedAt, &p.UpdatedAt)
 	return p, err
 }
 
 // CreateProject inserts a project; a duplicate name is ErrConflict.
 func (db *DB) CreateProject(ctx context.Context, f ProjectFields) (Project, error) {
-	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret)
-		VALUES ($1, $2, $3, $4, $5, NULLIF($6, '')) RETURNING `+projectColumns,
-		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret))
+	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret,
+		fetch_credentials) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7) RETURNING `+projectColumns,
+		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret), credsValue(f.FetchCredentials))
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("create project %q: %w", f.Name, mapErr(err))
@@ -103,9 +116,11 @@ func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Pro
 	row := db.pool.QueryRow(ctx, `UPDATE projects SET name = $2, display_name = $3, description = $4,
 		repository_url = $5, enabled = $6,
 		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
+		fetch_credentials = CASE WHEN $9::boolean THEN $10::jsonb ELSE fetch_credentials END,
 		updated_at = now()
 		WHERE id = $1 RETURNING `+projectColumns,
-		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret))
+		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret),
+		f.FetchCredentials != nil, credsValue(f.FetchCredentials))
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("update project %d: %w", id, mapErr(err))
@@ -132,6 +147,24 @@ func (db *DB) ProjectWebhookSecret(ctx context.Context, id int64) (string, error
 		return "", fmt.Errorf("webhook secret of project %d: %w", id, mapErr(err))
 	}
 	return deref(s), nil
+}
+
+// credsValue is the jsonb column's value: NULL for none.
+func credsValue(f *FetchCredentials) *FetchCredentials {
+	if f.empty() {
+		return nil
+	}
+	return f
+}
+
+// ProjectFetchCredentials returns a project's fetch credentials (for the evaluating
+// agent only), or nil.
+func (db *DB) ProjectFetchCredentials(ctx context.Context, id int64) (*FetchCredentials, error) {
+	var f *FetchCredentials
+	if err := db.pool.QueryRow(ctx, `SELECT fetch_credentials FROM projects WHERE id = $1`, id).Scan(&f); err != nil {
+		return nil, fmt.Errorf("fetch credentials of project %d: %w", id, mapErr(err))
+	}
+	return f, nil
 }
 
 func deref(s *string) string {

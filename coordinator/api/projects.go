@@ -18,21 +18,24 @@ import (
 
 // projectJSON is a project as the API shows it; secrets appear only as "is set".
 type projectJSON struct {
-	ID               int64     `json:"id"`
-	Name             string    `json:"name"`
-	DisplayName      string    `json:"display_name"`
-	Description      string    `json:"description"`
-	RepositoryURL    string    `json:"repository_url"`
-	Enabled          bool      `json:"enabled"`
-	WebhookSecretSet bool      `json:"webhook_secret_set"`
-	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	ID               int64  `json:"id"`
+	Name             string `json:"name"`
+	DisplayName      string `json:"display_name"`
+	Description      string `json:"description"`
+	RepositoryURL    string `json:"repository_url"`
+	Enabled          bool   `json:"enabled"`
+	WebhookSecretSet bool   `json:"webhook_secret_set"`
+	// Fetch credentials are write-only: a GET says only whether they are set.
+	FetchCredentialsSet bool      `json:"fetch_credentials_set"`
+	CreatedAt           time.Time `json:"created_at"`
+	UpdatedAt           time.Time `json:"updated_at"`
 }
 
 func toProjectJSON(p storage.Project) projectJSON {
 	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
 		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
-		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+		FetchCredentialsSet: p.FetchCredentialsSet,
+		CreatedAt:           p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
 // projectInput is a create or update request; nil fields are left as they are.
@@ -43,6 +46,9 @@ type projectInput struct {
 	RepositoryURL *string `json:"repository_url"`
 	Enabled       *bool   `json:"enabled"`
 	WebhookSecret *string `json:"webhook_secret"`
+	// FetchCredentials for a private repository: {"ssh_key": "...", "https_token": "..."};
+	// {} clears them.
+	FetchCredentials *storage.FetchCredentials `json:"fetch_credentials"`
 }
 
 // Names start with a letter or '_' (as in Hydra) so that a name never reads as an id
@@ -120,6 +126,10 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 		f.Enabled = *in.Enabled
 	}
 	f.WebhookSecret = in.WebhookSecret
+	f.FetchCredentials = in.FetchCredentials
+	if c := in.FetchCredentials; c != nil && c.SSHKey != "" && !strings.Contains(c.SSHKey, "PRIVATE KEY") {
+		return Errorf(http.StatusUnprocessableEntity, "fetch_credentials", "fetch_credentials.ssh_key must be a private key (OpenSSH or PEM)")
+	}
 	if err := ValidName("name", f.Name); err != nil {
 		return err
 	}

@@ -93,7 +93,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	}
 	ev := evals.New(evals.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
 		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
-		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), Logger: log,
+		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), GitDir: filepath.Join(cfg.StateDir, "git"), Logger: log,
 		Leases: storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
 			MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}}, db, nil)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),

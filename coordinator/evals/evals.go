@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fc-ci/fc/agent/eval"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -31,7 +32,9 @@ type Config struct {
 	RestrictEval       bool
 	AllowIFD           bool
 	GitTimeout         time.Duration
-	Leases             storage.LeaseConfig
+	// GitDir keeps what git needs on the coordinator (SSH known_hosts).
+	GitDir string
+	Leases storage.LeaseConfig
 	// Tick is how often due jobsets and expired leases are looked for; triggers and
 	// new agents wake the loop at once.
 	Tick   time.Duration
@@ -180,7 +183,8 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	}
 	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
 	defer cancel()
-	commit, err := LsRemote(gctx, t.RepositoryURL, j.Branch)
+	creds := eval.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
+	commit, err := eval.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
 	if err != nil {
 		return err
 	}
@@ -189,7 +193,7 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
 		if in.Type == storage.InputTypeGit {
 			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
-			if ei.Revision, err = LsRemote(gctx, url, strings.TrimSpace(branch)); err != nil {
+			if ei.Revision, err = eval.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), eval.Credentials{}); err != nil {
 				return fmt.Errorf("input %s: %w", in.Name, err)
 			}
 		}
@@ -302,7 +306,8 @@ func (e *Evals) task(ctx context.Context, evalID int64) (protocol.EvalTask, erro
 	for i, in := range t.Inputs {
 		inputs[i] = protocol.EvalInput(in)
 	}
-	return protocol.EvalTask{EvaluationID: evalID, RepoURL: t.RepositoryURL, Revision: t.Commit, Branch: t.Branch,
+	return protocol.EvalTask{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken,
+		EvaluationID: evalID, RepoURL: t.RepositoryURL, Revision: t.Commit, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: e.cfg.Workers,
 		MaxMemoryMB: e.cfg.MaxMemoryMB, RestrictEval: e.cfg.RestrictEval, AllowIFD: e.cfg.AllowIFD,
 		TimeoutSecs: int(e.cfg.EvalTimeout / time.Second)}, nil

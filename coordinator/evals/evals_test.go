@@ -283,3 +283,51 @@ func TestScheduling_UnreachableRepositoryIsRecordedOnTheJobset(t *testing.T) {
 		t.Fatalf("last_check_error %q", got.LastCheckError)
 	}
 }
+
+func TestFetchCredentials_WriteOnlyAndGivenToTheEvaluation(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": "{ }"})
+	pid, js := setup(t, c, repo, nil)
+	const token = "ghp_supersecrettoken1234567890"
+	if code := c.Do("PUT", fmt.Sprintf("/api/v1/projects/%d", pid), c.Admin,
+		map[string]any{"fetch_credentials": map[string]string{"https_token": token}}, nil); code != 200 {
+		t.Fatalf("set credentials: %d", code)
+	}
+	if code := c.Do("PUT", fmt.Sprintf("/api/v1/projects/%d", pid), c.Admin,
+		map[string]any{"fetch_credentials": map[string]string{"ssh_key": "not a key"}}, nil); code != 422 {
+		t.Errorf("a malformed ssh key: %d, want 422", code)
+	}
+	for _, path := range []string{fmt.Sprintf("/api/v1/projects/%d", pid), "/api/v1/projects", fmt.Sprintf("/api/v1/projects/%d/jobsets", pid)} {
+		resp, err := http.Get(c.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), token) {
+			t.Errorf("GET %s returned the token", path)
+		}
+	}
+	var p struct {
+		Set bool `json:"fetch_credentials_set"`
+	}
+	c.Do("GET", fmt.Sprintf("/api/v1/projects/%d", pid), "", nil, &p)
+	if !p.Set {
+		t.Error("fetch_credentials_set is false")
+	}
+	trigger(t, c, js, false)
+	checked(t, c, js)
+	evs := evaluations(t, c, js)
+	if len(evs) != 1 {
+		t.Fatalf("evaluations: %+v", evs)
+	}
+	task, err := c.DB.EvalTaskOf(context.Background(), evs[0].ID)
+	if err != nil || task.Credentials.HTTPSToken != token {
+		t.Fatalf("the evaluation's task lacks the credentials: %+v %v", task.Credentials, err)
+	}
+	// {} clears them.
+	if code := c.Do("PUT", fmt.Sprintf("/api/v1/projects/%d", pid), c.Admin, map[string]any{"fetch_credentials": map[string]string{}}, &p); code != 200 || p.Set {
+		t.Errorf("clearing credentials: %d, set %v", code, p.Set)
+	}
+}
