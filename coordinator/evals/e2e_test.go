@@ -299,3 +299,82 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 		t.Fatalf("a stale report changed the evaluation to %s", after.Status)
 	}
 }
+
+func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	s := salt(t)
+	repo.commit(map[string]string{"flake.nix": fmt.Sprintf(`{
+  outputs = { self }: let
+    mk = name: attrs: derivation ({ name = "${name}-%s"; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "echo ${name} > $out" ]; } // attrs);
+    base = mk "base" { };
+  in {
+    hydraJobs = {
+      success = mk "success" { };
+      chain = mk "chain" { args = [ "-c" "echo ${base} > $out" ]; };
+      nested = { inherit base; top = mk "top" { args = [ "-c" "echo ${base} > $out" ]; }; };
+      broken = throw "not today";
+    };
+  };
+}`, s)})
+	_, js := setup(t, c, repo, map[string]any{"flake_mode": true, "nix_expression": "hydraJobs"})
+	startEvalAgent(t, c, "evaluator", t.TempDir())
+	trigger(t, c, js, false)
+	ev := waitEvaluation(t, c, js, "succeeded")
+	got := builds(t, c, ev.ID)
+	for _, job := range []string{"success", "chain", "nested.base", "nested.top"} {
+		if got[job].DrvPath == "" {
+			t.Errorf("flake job %s missing; have %v", job, keys(got))
+		}
+	}
+	if len(ev.Errors) != 1 || ev.Errors[0].Attr != "broken" || !strings.Contains(ev.Errors[0].Message, "not today") {
+		t.Errorf("errors %+v", ev.Errors)
+	}
+	if got["nested.base"].DrvPath != "" && got["chain"].DrvPath == got["nested.base"].DrvPath {
+		t.Error("distinct jobs share a drv")
+	}
+}
+
+func TestCompare_NewRemovedChangedAndStatusFlips(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	s := salt(t)
+	file := func(bDeps, extra string) string {
+		return fmt.Sprintf(`let mk = name: script: derivation { name = "${name}-%s"; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = [ "-c" script ]; };
+in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps, extra)
+	}
+	repo.commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out";`)})
+	_, js := setup(t, c, repo, nil)
+	startEvalAgent(t, c, "evaluator", t.TempDir())
+	trigger(t, c, js, false)
+	first := waitEvaluation(t, c, js, "succeeded")
+	repo.commit(map[string]string{"release.nix": file("changed", `d = mk "d" "echo d > $out";`)})
+	trigger(t, c, js, false)
+	coordtest.Eventually(t, 120*time.Second, "second evaluation", func() bool {
+		evs := evaluations(t, c, js)
+		return len(evs) == 2 && evs[0].Status == "succeeded"
+	})
+	second := evaluations(t, c, js)[0]
+	// a succeeded in the first and failed in the second.
+	if _, err := c.DB.Pool().Exec(context.Background(), `UPDATE builds SET status = CASE WHEN evaluation_id = $1 THEN 'succeeded' ELSE 'failed' END
+		WHERE job = 'a'`, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	var cmp struct {
+		Jobs map[string][]string `json:"jobs"`
+	}
+	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare?with=%d", second.ID, first.ID), "", nil, &cmp); code != 200 {
+		t.Fatalf("compare: %d", code)
+	}
+	want := map[string]string{"new": "d", "removed": "c", "changed": "b", "newly_failing": "a", "newly_succeeding": ""}
+	for k, v := range want {
+		if strings.Join(cmp.Jobs[k], ",") != v {
+			t.Errorf("%s = %v, want %q", k, cmp.Jobs[k], v)
+		}
+	}
+	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare", second.ID), "", nil, nil); code != 422 {
+		t.Errorf("compare without ?with=: %d, want 422", code)
+	}
+}
