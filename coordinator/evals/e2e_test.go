@@ -50,6 +50,7 @@ in {
   multi = mk "multi" { outputs = [ "out" "dev" ]; args = [ "-c" "echo > $out; echo > $dev" ]; };
   other-system = mk "other" { system = "aarch64-linux"; };
   needs-kvm = mk "kvm" { requiredSystemFeatures = [ "kvm" ]; };
+  all = mk "all" { _hydraAggregate = true; constituents = [ (mk "success" { }) "chain" ]; };
   broken-throw = throw "deliberately broken";
   broken-abort = abort "aborted on purpose";
   broken-missing = { }.nope;
@@ -185,6 +186,21 @@ func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
 		if b.Status != "queued" {
 			t.Errorf("%s: status %s, want queued (nothing built yet)", job, b.Status)
 		}
+	}
+	var constituents []string
+	rows, err := c.DB.Pool().Query(context.Background(), `SELECT c.job FROM aggregate_constituents ac
+		JOIN builds a ON a.id = ac.aggregate_id JOIN builds c ON c.id = ac.constituent_id WHERE a.id = $1 ORDER BY c.job`, got["all"].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var j string
+		_ = rows.Scan(&j)
+		constituents = append(constituents, j)
+	}
+	rows.Close()
+	if strings.Join(constituents, ",") != "chain,success" {
+		t.Errorf("aggregate constituents %v, want chain and success", constituents)
 	}
 	if got["other-system"].System != "aarch64-linux" {
 		t.Errorf("other-system: %+v", got["other-system"])
