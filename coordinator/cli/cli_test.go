@@ -147,6 +147,10 @@ func TestServe_EmbeddedDatabaseSurvivesRestartAndStopsWithSignals(t *testing.T) 
 	if !regexp.MustCompile(`^fc_[0-9a-f]{32}$`).MatchString(key) {
 		t.Fatalf("create-key printed %q, want the key alone", out)
 	}
+	out, err = coordinatorCmd(t, env, "admin", "create-agent-token", "--name", "rack1", "--uses", "2").Output()
+	if err != nil || !regexp.MustCompile(`^fcagent_[0-9a-f]{40}\n$`).Match(out) {
+		t.Fatalf("create-agent-token printed %q (%v), want the token alone", out, err)
+	}
 	req, _ := http.NewRequest("POST", "http://"+p.addr+"/api/v1/projects",
 		strings.NewReader(`{"name":"kept","repository_url":"https://example.org/r.git"}`))
 	req.Header.Set("Authorization", "Bearer "+key)

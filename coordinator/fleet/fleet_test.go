@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -15,6 +16,7 @@ import (
 	agentcli "github.com/fc-ci/fc/agent/cli"
 	agentconfig "github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/identity"
+	"github.com/fc-ci/fc/agent/session"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -390,3 +392,30 @@ func TestTokensAPI_ShowsTheTokenOnceWithDefaults(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestNewSession_ReplacesTheOldOneForTheSameAgent(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	dir := t.TempDir()
+	startAgent(t, c, "twin", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
+	got := waitConnected(t, c, "twin")
+	id, err := identity.Load(dir + "/agent_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second connection with the same key: the coordinator keeps only the newer one.
+	conn, err := session.Dial(context.Background(), session.Config{URL: c.URL, Identity: id, Name: "twin", AgentVersion: "test"},
+		session.State{Capabilities: protocol.Capabilities{Systems: []string{"x86_64-linux"}, MaxJobs: 1, Roles: []string{"build"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if conn.Welcome.AgentID != got.ID {
+		t.Fatalf("second session welcomed as agent %d, want %d", conn.Welcome.AgentID, got.ID)
+	}
+	coordtest.Eventually(t, 10*time.Second, "the older session closed", func() bool {
+		return c.Log.Contains("closing its previous session", fmt.Sprint(got.ID))
+	})
+	if n := c.CurrentFleet().Connected(); n != 1 {
+		t.Errorf("%d sessions registered for one agent, want 1", n)
+	}
+}
