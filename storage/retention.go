@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,7 +84,46 @@ func (db *DB) DeleteNarinfos(ctx context.Context, hashParts []string, maxAge tim
 	if err != nil {
 		return nil, fmt.Errorf("delete narinfos: %w", err)
 	}
+	// Tell every coordinator (they cache narinfo answers) which paths are gone. A
+	// notification's payload is limited to 8000 bytes: 200 hash parts at a time.
+	for start := 0; start < len(deleted); start += 200 {
+		part := strings.Join(deleted[start:min(start+200, len(deleted))], ",")
+		if _, err := db.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, NarinfoDeletedChannel, part); err != nil {
+			return deleted, fmt.Errorf("announce deleted narinfos: %w", err)
+		}
+	}
 	return deleted, nil
+}
+
+// NarinfoDeletedChannel is the NOTIFY channel on which retention names, comma-separated,
+// the hash parts it deleted.
+const NarinfoDeletedChannel = "fc_narinfo_deleted"
+
+// ListenNarinfoDeletions calls deleted with each batch of deleted hash parts until ctx
+// ends or the connection fails (the caller then reconnects and assumes it missed some).
+func (db *DB) ListenNarinfoDeletions(ctx context.Context, ready func(), deleted func([]string)) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("listen for deleted narinfos: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN "+NarinfoDeletedChannel); err != nil {
+		return fmt.Errorf("listen for deleted narinfos: %w", err)
+	}
+	defer func() {
+		// The connection goes back to the pool: stop listening on it.
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(c, "UNLISTEN *")
+	}()
+	ready()
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for deleted narinfos: %w", err)
+		}
+		deleted(strings.Split(n.Payload, ","))
+	}
 }
 
 // blobLock serialises work on one blob name between uploads (which point a narinfo at

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -48,7 +50,21 @@ type Cache struct {
 	log      *slog.Logger
 	m        cacheMetrics
 	decoders sync.Pool
+	// rendered holds narinfo answers: a narinfo never changes once signed, and the
+	// database round trip and rendering were most of a lookup's cost. The TTL bounds
+	// how long a path deleted by another coordinator's retention can still be offered.
+	rendered *expirable.LRU[string, string]
+	// listening is true while ListenForDeletions receives deletions; only then are
+	// narinfo answers cached.
+	listening atomic.Bool
 }
+
+// Rendered narinfo cache bounds; the TTL is a second line of defence behind the
+// deletion notifications.
+const (
+	renderedEntries = 100_000
+	renderedTTL     = time.Minute
+)
 
 type cacheMetrics struct {
 	narinfoHits, narinfoMisses, narBytes prometheus.Counter
@@ -68,7 +84,8 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	if cfg.Priority == 0 {
 		cfg.Priority = 30
 	}
-	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger}
+	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger,
+		rendered: expirable.NewLRU[string, string](renderedEntries, nil, renderedTTL)}
 	for _, k := range cfg.UpstreamKeys {
 		pk, err := signature.ParsePublicKey(k)
 		if err != nil {

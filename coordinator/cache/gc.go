@@ -54,6 +54,7 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 		}
 		for _, h := range deleted {
 			rep.Paths = append(rep.Paths, byHash[h])
+			c.rendered.Remove(h)
 		}
 		for url, size := range urls {
 			gone, err := c.db.DeleteBlobIfUnused(ctx, url, func() error { return c.blobs.Delete(strings.TrimPrefix(url, "nar/")) })
@@ -108,6 +109,34 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 		return rep, fmt.Errorf("scan blobs: %w", err)
 	}
 	return rep, nil
+}
+
+// ListenForDeletions keeps the narinfo answers cached on this coordinator honest:
+// every retention run (here, in another coordinator, or fc-coordinator cache gc)
+// announces the paths it deleted. While the listener is down, nothing is cached.
+func (c *Cache) ListenForDeletions(ctx context.Context) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		err := c.db.ListenNarinfoDeletions(ctx, func() {
+			attempt = 0
+			c.listening.Store(true)
+		}, func(hashes []string) {
+			for _, h := range hashes {
+				c.rendered.Remove(h)
+			}
+		})
+		c.listening.Store(false)
+		c.rendered.Purge() // deletions may have been missed
+		if ctx.Err() != nil {
+			return
+		}
+		wait := time.Duration(min(attempt+1, 10)) * time.Second
+		c.log.Warn("narinfo deletion listener lost; answers are not cached until it is back", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // RunGC applies retention every interval until ctx ends.

@@ -112,23 +112,30 @@ func (c *Cache) narinfo(w http.ResponseWriter, r *http.Request) {
 		notFound(w, r)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	n, err := c.db.GetNarinfo(ctx, strings.TrimSuffix(file, ".narinfo"))
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		c.m.narinfoMisses.Inc()
-		notFound(w, r)
-		return
-	case err != nil:
-		c.unavailable(w, r, err)
-		return
-	}
-	text, err := Render(n)
-	if err != nil {
-		c.log.Error("render narinfo", "path", n.StorePath, "err", err)
-		notFound(w, r)
-		return
+	hash := strings.TrimSuffix(file, ".narinfo")
+	text, ok := c.rendered.Get(hash)
+	if !ok {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		n, err := c.db.GetNarinfo(ctx, hash)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			// Misses are not remembered: an upload must be visible at once.
+			c.m.narinfoMisses.Inc()
+			notFound(w, r)
+			return
+		case err != nil:
+			c.unavailable(w, r, err)
+			return
+		}
+		if text, err = Render(n); err != nil {
+			c.log.Error("render narinfo", "path", n.StorePath, "err", err)
+			notFound(w, r)
+			return
+		}
+		if c.listening.Load() {
+			c.rendered.Add(hash, text)
+		}
 	}
 	c.m.narinfoHits.Inc()
 	w.Header().Set("Content-Type", "text/x-nix-narinfo")

@@ -38,12 +38,13 @@ type Parts struct {
 	Evals  *evals.Evals
 }
 
-// Run runs the background loops (evaluation scheduling, cache retention) until ctx
-// ends, and waits for them.
+// Run runs the background loops (evaluation scheduling, cache retention and its
+// deletion listener) until ctx ends, and waits for them.
 func (p Parts) Run(ctx context.Context, cfg config.Config) {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); p.Evals.Run(ctx) }()
+	go func() { defer wg.Done(); p.Cache.ListenForDeletions(ctx) }()
 	if cfg.GC.CleanupInterval > 0 {
 		wg.Add(1)
 		go func() {
