@@ -240,6 +240,41 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 	for _, i := range infos {
 		sizes[i.StorePath] = i.NarSize
 	}
+	// Results are read as they come while the next paths are sent: the coordinator
+	// verifies and commits one path while the following one is on its way.
+	type verdict struct {
+		res protocol.UploadResult
+		err error
+	}
+	results := make(chan verdict, len(plan.Missing))
+	go func() {
+		for range plan.Missing {
+			var res protocol.UploadResult
+			err := protocol.ReadFrame(st, &res)
+			results <- verdict{res, err}
+			if err != nil {
+				return // the stream broke; Upload has failed already or will see this
+			}
+		}
+	}()
+	record := func(v verdict) error {
+		if v.err != nil {
+			return fmt.Errorf("read upload result: %w", v.err)
+		}
+		if !v.res.OK {
+			stats.Rejections = append(stats.Rejections, v.res.Error)
+			return nil
+		}
+		stats.Sent++
+		stats.SentPaths = append(stats.SentPaths, v.res.StorePath)
+		stats.NarBytes += sizes[v.res.StorePath]
+		stats.FileBytes += v.res.FileSize
+		if opts.Progress != nil {
+			opts.Progress(v.res.StorePath, sizes[v.res.StorePath])
+		}
+		return nil
+	}
+	received := 0
 	bw := bufio.NewWriterSize(st, 256<<10)
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(opts.Level), zstd.WithEncoderCRC(true))
 	if err != nil {
@@ -266,20 +301,21 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		if err := bw.Flush(); err != nil {
 			return stats, fmt.Errorf("send %s: %w", p, err)
 		}
-		var res protocol.UploadResult
-		if err := protocol.ReadFrame(st, &res); err != nil {
-			return stats, fmt.Errorf("read result for %s: %w", p, err)
+		for drained := false; !drained; { // take the results that are already in
+			select {
+			case v := <-results:
+				received++
+				if err := record(v); err != nil {
+					return stats, err
+				}
+			default:
+				drained = true
+			}
 		}
-		if !res.OK {
-			stats.Rejections = append(stats.Rejections, res.Error)
-			continue
-		}
-		stats.Sent++
-		stats.SentPaths = append(stats.SentPaths, p)
-		stats.NarBytes += sizes[p]
-		stats.FileBytes += res.FileSize
-		if opts.Progress != nil {
-			opts.Progress(p, sizes[p])
+	}
+	for ; received < len(plan.Missing); received++ {
+		if err := record(<-results); err != nil {
+			return stats, err
 		}
 	}
 	stats.Elapsed = time.Since(start)

@@ -31,7 +31,9 @@ type BlobStore interface {
 // BlobWriter is a blob being written.
 type BlobWriter interface {
 	io.Writer
-	// Commit makes the blob durable and visible under name (atomically).
+	// Sync makes the written bytes durable (before Commit, outside any lock).
+	Sync() error
+	// Commit makes the (synced) blob visible under name, atomically and durably.
 	Commit(name string) error
 	// Abort discards it.
 	Abort()
@@ -82,16 +84,20 @@ func (d *Dir) Create() (BlobWriter, error) {
 
 func (w *dirWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
 
-// Commit writes the file to disk, then renames it into place and syncs the directory,
-// so a crash leaves either no blob or a whole one.
+// Sync writes the file's bytes to disk.
+func (w *dirWriter) Sync() error {
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync blob: %w", err)
+	}
+	return nil
+}
+
+// Commit renames the synced file into place and syncs the directory, so a crash
+// leaves either no blob or a whole one.
 func (w *dirWriter) Commit(name string) error {
 	if err := validName(name); err != nil {
 		w.Abort()
 		return err
-	}
-	if err := w.f.Sync(); err != nil {
-		w.Abort()
-		return fmt.Errorf("sync blob: %w", err)
 	}
 	if err := w.f.Close(); err != nil {
 		os.Remove(w.f.Name())

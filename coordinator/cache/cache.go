@@ -286,6 +286,11 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
 		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
 		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
+	// The slow fsync happens here, before the transaction and the blob's lock.
+	if err := blob.Sync(); err != nil {
+		blob.Abort()
+		return reject("storage", err)
+	}
 	if err := c.db.CommitNarinfo(ctx, n, func() error { return blob.Commit(name) }); err != nil {
 		blob.Abort()
 		return reject("storage", err)
