@@ -111,3 +111,21 @@ const (
 	CommandTimeout   = 30 * time.Second
 	HeartbeatEvery   = 15 * time.Second
 )
+
+// IdleStream wraps a yamux stream so every read and write renews its deadline: a
+// stream lives as long as bytes keep moving, but never hangs on a silent peer.
+func IdleStream(st *yamux.Stream) io.ReadWriteCloser { return idleStream{st} }
+
+type idleStream struct{ st *yamux.Stream }
+
+func (s idleStream) Read(p []byte) (int, error) {
+	_ = s.st.SetReadDeadline(time.Now().Add(StreamIdleTimeout))
+	return s.st.Read(p)
+}
+
+func (s idleStream) Write(p []byte) (int, error) {
+	_ = s.st.SetWriteDeadline(time.Now().Add(StreamIdleTimeout))
+	return s.st.Write(p)
+}
+
+func (s idleStream) Close() error { return s.st.Close() }

@@ -258,27 +258,13 @@ func (c *Conn) OpenStream(kind string) (io.ReadWriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s stream: %w", kind, err)
 	}
-	s := idleStream{st}
+	s := protocol.IdleStream(st)
 	if err := protocol.WriteFrame(s, protocol.StreamHeader{Kind: kind}); err != nil {
 		st.Close()
 		return nil, err
 	}
 	return s, nil
 }
-
-type idleStream struct{ st *yamux.Stream }
-
-func (s idleStream) Read(p []byte) (int, error) {
-	_ = s.st.SetReadDeadline(time.Now().Add(protocol.StreamIdleTimeout))
-	return s.st.Read(p)
-}
-
-func (s idleStream) Write(p []byte) (int, error) {
-	_ = s.st.SetWriteDeadline(time.Now().Add(protocol.StreamIdleTimeout))
-	return s.st.Write(p)
-}
-
-func (s idleStream) Close() error { return s.st.Close() }
 
 // Done is closed when the session ends.
 func (c *Conn) Done() <-chan struct{} { return c.mux.CloseChan() }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
@@ -246,21 +247,7 @@ func admin(ctx context.Context, load func() (config.Config, error), args []strin
 		return usageError{"admin needs a command: create-key, create-agent-token"}
 	}
 	withDB := func(fn func(db *storage.DB) error) error {
-		cfg, err := load()
-		if err != nil {
-			return err
-		}
-		db, err := OpenDatabase(ctx, cfg, NewLogger(env.Stderr, "warn"))
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		if cfg.Database.AutoMigrate {
-			if err := db.Migrate(ctx); err != nil {
-				return err
-			}
-		}
-		return fn(db.DB)
+		return withMigratedDB(ctx, load, env, func(_ config.Config, db *storage.DB) error { return fn(db) })
 	}
 	switch args[0] {
 	case "create-agent-token":
@@ -306,6 +293,26 @@ func admin(ctx context.Context, load func() (config.Config, error), args []strin
 	return usageError{fmt.Sprintf("unknown admin command %q", args[0])}
 }
 
+// withMigratedDB runs fn on the configured database (migrated first, unless
+// auto_migrate is off), for the one-shot admin and cache commands.
+func withMigratedDB(ctx context.Context, load func() (config.Config, error), env Env, fn func(config.Config, *storage.DB) error) error {
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	db, err := OpenDatabase(ctx, cfg, NewLogger(env.Stderr, "warn"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if cfg.Database.AutoMigrate {
+		if err := db.Migrate(ctx); err != nil {
+			return err
+		}
+	}
+	return fn(cfg, db.DB)
+}
+
 // Run is Main for the real process.
 func Run() int {
 	ctx, stop := signalContext()
@@ -323,26 +330,15 @@ func cacheCmd(ctx context.Context, load func() (config.Config, error), args []st
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	cfg, err := load()
-	if err != nil {
-		return err
-	}
-	log := NewLogger(env.Stderr, "warn")
-	db, err := OpenDatabase(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if cfg.Database.AutoMigrate {
-		if err := db.Migrate(ctx); err != nil {
+	var rep cache.GCReport
+	err := withMigratedDB(ctx, load, env, func(cfg config.Config, db *storage.DB) error {
+		parts, err := NewServer(cfg, db, NewLogger(env.Stderr, "warn"), "cli")
+		if err != nil {
 			return err
 		}
-	}
-	parts, err := NewServer(cfg, db.DB, log, "cli")
-	if err != nil {
+		rep, err = parts.Cache.GC(ctx, config.Days(cfg.GC.MaxAgeDays), *dry)
 		return err
-	}
-	rep, err := parts.Cache.GC(ctx, config.Days(cfg.GC.MaxAgeDays), *dry)
+	})
 	if err != nil {
 		return err
 	}

@@ -310,25 +310,11 @@ func (f *Fleet) serveStreams(ctx context.Context, mux *yamux.Session, agentID in
 				f.log.Warn("agent opened a stream of unknown kind", "agent", agentID, "kind", h.Kind)
 				return
 			}
-			if err := handler(ctx, agentID, idleStream{st}); err != nil {
+			if err := handler(ctx, agentID, protocol.IdleStream(st)); err != nil {
 				f.log.Warn("agent stream failed", "agent", agentID, "kind", h.Kind, "err", err)
 			}
 		}()
 	}
-}
-
-// idleStream renews the stream's deadline before every read and write, so a stream
-// may last as long as bytes keep moving but never hangs on a silent peer.
-type idleStream struct{ st *yamux.Stream }
-
-func (s idleStream) Read(p []byte) (int, error) {
-	_ = s.st.SetReadDeadline(time.Now().Add(protocol.StreamIdleTimeout))
-	return s.st.Read(p)
-}
-
-func (s idleStream) Write(p []byte) (int, error) {
-	_ = s.st.SetWriteDeadline(time.Now().Add(protocol.StreamIdleTimeout))
-	return s.st.Write(p)
 }
 
 func presence(cfg Config, h protocol.Hello) storage.AgentPresence {
