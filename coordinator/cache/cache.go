@@ -228,20 +228,33 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[
 		_ = chunks.Drain()
 		return reject("storage", err)
 	}
+	// Two stages side by side, as the upload is CPU-bound: this goroutine stores the
+	// compressed bytes (blob and file hash), another decompresses and hashes the NAR.
 	fileHash, fileSize := sha256.New(), &counter{}
-	compressed := io.TeeReader(chunks, io.MultiWriter(blob, fileHash, fileSize))
 	narHash, narSize := sha256.New(), &counter{}
-	err = c.decompress(compressed, io.MultiWriter(narHash, narSize))
-	if err == nil {
-		// Bytes after the zstd frames would be stored but never read by Nix.
-		if n, derr := io.Copy(io.Discard, compressed); derr != nil || n > 0 {
-			err = fmt.Errorf("%d bytes after the compressed NAR", n)
+	pr, pw := io.Pipe()
+	decoded := make(chan error, 1)
+	go func() {
+		err := c.decompress(pr, io.MultiWriter(narHash, narSize))
+		if err == nil {
+			// Bytes after the zstd frames would be stored but never read by Nix.
+			if n, derr := io.Copy(io.Discard, pr); derr != nil || n > 0 {
+				err = fmt.Errorf("%d bytes after the compressed NAR", n)
+			}
 		}
-	}
-	if err != nil {
+		pr.CloseWithError(err) // a decoder that gave up stops the copy below
+		decoded <- err
+	}()
+	_, copyErr := io.Copy(io.MultiWriter(blob, fileHash, fileSize, pw), chunks)
+	pw.CloseWithError(copyErr) // nil: the decoder sees the end of the stream
+	err = <-decoded
+	if copyErr != nil || err != nil {
 		blob.Abort()
 		if derr := chunks.Drain(); derr != nil {
 			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr))
+		}
+		if err == nil {
+			err = copyErr
 		}
 		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err))
 	}
