@@ -19,9 +19,10 @@ type EvalTarget struct {
 }
 
 // DueJobsets lists jobsets whose poll interval elapsed or that were triggered, for
-// enabled projects and jobsets that may evaluate.
+// enabled projects and jobsets that may evaluate (two queries, whatever the count).
 func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
-	rows, err := db.pool.Query(ctx, `SELECT j.id, j.project_id, p.repository_url, j.trigger_requested_at IS NOT NULL, j.trigger_forced
+	rows, err := db.pool.Query(ctx, `SELECT `+jobsetColumns+`, p.repository_url, p.fetch_credentials,
+		j.trigger_requested_at IS NOT NULL, j.trigger_forced
 		FROM jobsets j JOIN projects p ON p.id = j.project_id
 		WHERE p.enabled AND j.state <> 'disabled'
 		  AND (j.trigger_requested_at IS NOT NULL
@@ -32,34 +33,44 @@ func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
 	if err != nil {
 		return nil, fmt.Errorf("due jobsets: %w", err)
 	}
-	type row struct {
-		id, pid        int64
-		url            string
-		pending, force bool
-	}
-	raw, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.id, &x.pid, &x.url, &x.pending, &x.force)
-		return x, err
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (EvalTarget, error) {
+		var t EvalTarget
+		var creds *FetchCredentials
+		j := &t.Jobset
+		err := r.Scan(&j.ID, &j.ProjectID, &j.ProjectName, &j.Name, &j.Description, &j.Branch, &j.FlakeMode,
+			&j.NixExpression, &j.CheckInterval, &j.SchedulingShares, &j.State, &j.KeepNr, &j.LastCheckedAt,
+			&j.LastCheckError, &j.CreatedAt, &j.UpdatedAt, &t.RepositoryURL, &creds, &t.TriggerPending, &t.TriggerForced)
+		if creds != nil {
+			t.Credentials = *creds
+		}
+		return t, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("due jobsets: %w", err)
 	}
-	out := make([]EvalTarget, 0, len(raw))
-	for _, x := range raw {
-		j, err := db.GetJobset(ctx, x.pid, x.id)
-		if err != nil {
-			return nil, err
-		}
-		t := EvalTarget{Jobset: j, RepositoryURL: x.url, TriggerPending: x.pending, TriggerForced: x.force}
-		if creds, err := db.ProjectFetchCredentials(ctx, x.pid); err != nil {
-			return nil, err
-		} else if creds != nil {
-			t.Credentials = *creds
-		}
-		out = append(out, t)
+	ids := make([]int64, len(out))
+	for i := range out {
+		ids[i] = out[i].Jobset.ID
+	}
+	inputs, err := db.inputsOf(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].Jobset.Inputs = inputs[out[i].Jobset.ID]
 	}
 	return out, nil
+}
+
+// QueuedEvaluations reports whether any evaluation waits for an agent now.
+func (db *DB) QueuedEvaluations(ctx context.Context) (bool, error) {
+	var any bool
+	err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM evaluations WHERE status = 'queued'
+		AND (not_before IS NULL OR not_before <= now()))`).Scan(&any)
+	if err != nil {
+		return false, fmt.Errorf("queued evaluations: %w", err)
+	}
+	return any, nil
 }
 
 // RequestEvaluation marks a jobset for evaluation at the next scheduler pass.

@@ -119,9 +119,6 @@ func (e *Evals) heartbeat(ctx context.Context, agentID int64, running []protocol
 	for _, id := range lost {
 		out = append(out, byID[id])
 	}
-	if len(ids) == 0 {
-		e.Wake() // an idle agent may take work
-	}
 	return out
 }
 
@@ -233,6 +230,9 @@ func inputsHash(commit string, j storage.Jobset, inputs []storage.EvaluationInpu
 func (e *Evals) dispatch(ctx context.Context) {
 	if e.fleet == nil {
 		return
+	}
+	if queued, err := e.db.QueuedEvaluations(ctx); err != nil || !queued {
+		return // nothing to hand out: no need to look at every agent
 	}
 	for _, agentID := range e.fleet.AgentIDs() {
 		if ctx.Err() != nil {
