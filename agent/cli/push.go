@@ -27,11 +27,7 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 		}
 	}
 	log := newLogger(env.Stderr, cfg.LogLevel)
-	closure, err := push.Closure(ctx, paths)
-	if err != nil {
-		return err
-	}
-	infos, err := push.PathInfos(ctx, closure)
+	infos, err := push.ClosureInfos(ctx, paths)
 	if err != nil {
 		return err
 	}

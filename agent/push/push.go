@@ -43,6 +43,15 @@ func stderrOf(err error) string {
 	return ""
 }
 
+// ClosureInfos is the path infos of paths and everything they reference.
+func ClosureInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
+	closure, err := Closure(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	return PathInfos(ctx, closure)
+}
+
 type nixPathInfo struct {
 	Path       string   `json:"path"`
 	NarHash    string   `json:"narHash"`

@@ -136,11 +136,7 @@ func pushDrvClosure(ctx context.Context, link daemon.Link, nodes []eval.Node) er
 	for i, n := range nodes {
 		drvs[i] = n.DrvPath
 	}
-	closure, err := push.Closure(ctx, drvs)
-	if err != nil {
-		return err
-	}
-	infos, err := push.PathInfos(ctx, closure)
+	infos, err := push.ClosureInfos(ctx, drvs)
 	if err != nil {
 		return err
 	}

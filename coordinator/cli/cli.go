@@ -300,17 +300,28 @@ func withMigratedDB(ctx context.Context, load func() (config.Config, error), env
 	if err != nil {
 		return err
 	}
-	db, err := OpenDatabase(ctx, cfg, NewLogger(env.Stderr, "warn"))
+	db, err := openMigrated(ctx, cfg, NewLogger(env.Stderr, "warn"))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	return fn(cfg, db.DB)
+}
+
+// openMigrated opens the configured database and applies pending migrations, unless
+// auto_migrate is off.
+func openMigrated(ctx context.Context, cfg config.Config, log *slog.Logger) (*Database, error) {
+	db, err := OpenDatabase(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Database.AutoMigrate {
 		if err := db.Migrate(ctx); err != nil {
-			return err
+			db.Close()
+			return nil, err
 		}
 	}
-	return fn(cfg, db.DB)
+	return db, nil
 }
 
 // Run is Main for the real process.

@@ -122,16 +122,11 @@ func serve(ctx context.Context, cfg config.Config, env Env) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
-	db, err := OpenDatabase(ctx, cfg, log)
+	db, err := openMigrated(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if cfg.Database.AutoMigrate {
-		if err := db.Migrate(ctx); err != nil {
-			return err
-		}
-	}
 	ln, err := net.Listen("tcp", cfg.Server.Addr())
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Server.Addr(), err)
