@@ -269,6 +269,10 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 	a := startEvalAgent(t, c, "doomed", dirA)
 	trigger(t, c, js, false)
 	ev := waitEvaluation(t, c, js, "running")
+	// "running" is set by the claim, before the agent accepts: wait until it has.
+	coordtest.Eventually(t, 60*time.Second, "the doomed agent accepted the evaluation", func() bool {
+		return c.Log.Contains("evaluation assigned", fmt.Sprintf("eval=%d", ev.ID))
+	})
 	var epoch int64
 	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT lease_epoch FROM evaluations WHERE id = $1`, ev.ID).Scan(&epoch); err != nil {
 		t.Fatal(err)
