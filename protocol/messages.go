@@ -164,13 +164,16 @@ type Heartbeat struct {
 	Load1         float64   `json:"load1"`
 	FreeDiskBytes int64     `json:"free_disk_bytes"`
 	Draining      bool      `json:"draining"`
-	SentAt        time.Time `json:"sent_at"`
+	// LowDisk: free disk is below the agent's min_free_disk; it takes no new steps.
+	LowDisk bool      `json:"low_disk,omitempty"`
+	SentAt  time.Time `json:"sent_at"`
 }
 
 // Assign offers work to the agent; the field of its kind says what to do.
 type Assign struct {
 	Work WorkRef   `json:"work"`
 	Eval *EvalTask `json:"eval,omitempty"`
+	Step *StepTask `json:"step,omitempty"`
 }
 
 // Reject declines an assignment.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -28,17 +29,23 @@ func (db *DB) FinishEvaluation(ctx context.Context, l Lease, o EvalOutcome) erro
 		if err := insertErrors(ctx, tx, l.ID, o.Errors); err != nil {
 			return fmt.Errorf("errors: %w", err)
 		}
-		if err := insertNodes(ctx, tx, o.Nodes, o.Jobs); err != nil {
+		if err := insertNodes(ctx, tx, jobsetID, o.Nodes, o.Jobs); err != nil {
 			return fmt.Errorf("steps: %w", err)
 		}
 		newBuilds, err := insertBuilds(ctx, tx, l.ID, jobsetID, o.Jobs)
 		if err != nil {
 			return fmt.Errorf("builds: %w", err)
 		}
+		if err := finishAggregates(ctx, tx, l.ID); err != nil {
+			return fmt.Errorf("aggregates: %w", err)
+		}
 		_, err = tx.Exec(ctx, `UPDATE evaluations SET status = 'succeeded', nr_jobs = $2, nr_new_builds = $3, nr_errors = $4,
 			checkout_seconds = $5, eval_seconds = $6, finished_at = now(), lease_expires_at = NULL WHERE id = $1`,
 			l.ID, len(o.Jobs), newBuilds, len(o.Errors), o.CheckoutSeconds, o.EvalSeconds)
-		return err
+		if err != nil {
+			return err
+		}
+		return notifySteps(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("finish evaluation %d: %w", l.ID, err)
@@ -94,10 +101,11 @@ func insertErrors(ctx context.Context, tx pgx.Tx, evalID int64, errs []AttrError
 	return err
 }
 
-func insertNodes(ctx context.Context, tx pgx.Tx, nodes []EvalNode, jobs []EvalJob) error {
+func insertNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, nodes []EvalNode, jobs []EvalJob) error {
 	if len(nodes) == 0 {
 		return nil
 	}
+	prio, depth := rankNodes(nodes, jobs)
 	// A job's meta.timeout and meta.maxSilent apply to the step building it.
 	limits := make(map[string][2]int, len(jobs))
 	for _, j := range jobs {
@@ -109,9 +117,11 @@ func insertNodes(ctx context.Context, tx pgx.Tx, nodes []EvalNode, jobs []EvalJo
 	drvs, systems, feats := make([]string, n), make([]string, n), make([]string, n)
 	local := make([]bool, n)
 	timeouts, silents := make([]*int32, n), make([]*int32, n)
+	prios, paths := make([]int32, n), make([]int32, n)
 	var outDrv, outName, outPath, edgeFrom, edgeTo []string
 	for i, nd := range nodes {
 		drvs[i], systems[i], feats[i], local[i] = nd.DrvPath, nd.System, strings.Join(nd.RequiredFeatures, " "), nd.PreferLocalBuild
+		prios[i], paths[i] = int32(prio[nd.DrvPath]), int32(depth[nd.DrvPath])
 		if lim, ok := limits[nd.DrvPath]; ok {
 			if lim[0] > 0 {
 				v := int32(lim[0])
@@ -134,10 +144,24 @@ func insertNodes(ctx context.Context, tx pgx.Tx, nodes []EvalNode, jobs []EvalJo
 			edgeFrom, edgeTo = append(edgeFrom, nd.DrvPath), append(edgeTo, in)
 		}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO steps (drv_path, system, required_features, prefer_local_build, timeout_seconds, max_silent_seconds)
-		SELECT d, s, CASE WHEN f = '' THEN '{}'::text[] ELSE string_to_array(f, ' ') END, l, t, m
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::int[], $6::int[]) AS x(d, s, f, l, t, m)
-		ON CONFLICT (drv_path) DO NOTHING`, drvs, systems, feats, local, timeouts, silents)
+	// A step another evaluation already has keeps its row; it takes the higher
+	// priority and longer critical path, and work that was cancelled, aborted or had no
+	// capable agent is wanted again.
+	_, err := tx.Exec(ctx, `INSERT INTO steps (drv_path, system, required_features, prefer_local_build, timeout_seconds,
+			max_silent_seconds, jobset_id, scheduling_priority, critical_path)
+		SELECT d, s, CASE WHEN f = '' THEN '{}'::text[] ELSE string_to_array(f, ' ') END, l, t, m, $7, p, c
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::int[], $6::int[], $8::int[], $9::int[])
+			AS x(d, s, f, l, t, m, p, c)
+		ON CONFLICT (drv_path) DO UPDATE SET
+			scheduling_priority = greatest(steps.scheduling_priority, excluded.scheduling_priority),
+			critical_path = greatest(steps.critical_path, excluded.critical_path),
+			jobset_id = coalesce(steps.jobset_id, excluded.jobset_id),
+			status = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN 'queued' ELSE steps.status END,
+			status_code = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN NULL ELSE steps.status_code END,
+			attempts = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN 0 ELSE steps.attempts END,
+			created_at = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN now() ELSE steps.created_at END,
+			finished_at = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN NULL ELSE steps.finished_at END`,
+		drvs, systems, feats, local, timeouts, silents, jobsetID, prios, paths)
 	if err != nil {
 		return err
 	}
@@ -193,9 +217,10 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 		INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, step_id, system, nix_name, description, license,
 			homepage, scheduling_priority, is_aggregate, status, status_code, finished_at)
 		SELECT $1, $2, x.a, x.d, s.id, x.s, x.n, x.de, x.li, x.h, x.p, x.ag,
-			CASE WHEN s.id IS NULL THEN 'succeeded' WHEN s.status IN ('queued', 'running') THEN 'queued' ELSE s.status END,
-			CASE WHEN s.id IS NULL THEN 0 ELSE s.status_code END,
-			CASE WHEN s.id IS NULL OR s.status NOT IN ('queued', 'running') THEN now() END
+			CASE WHEN x.ag THEN 'queued' WHEN s.id IS NULL THEN 'succeeded' WHEN s.status IN ('queued', 'running') THEN s.status
+				WHEN s.status IN `+ownFailures+` THEN 'cached_failure' ELSE s.status END,
+			CASE WHEN x.ag THEN NULL WHEN s.id IS NULL THEN 0 WHEN s.status IN `+ownFailures+` THEN 8 ELSE s.status_code END,
+			CASE WHEN x.ag OR (s.id IS NOT NULL AND s.status IN ('queued', 'running')) THEN NULL ELSE now() END
 		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::boolean[])
 			AS x(a, d, s, n, de, li, h, p, ag)
 		LEFT JOIN steps s ON s.drv_path = x.d
@@ -227,21 +252,26 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 
 // BuildSummary is a build as the evaluation issue's first builds list shows it.
 type BuildSummary struct {
-	ID           int64
-	EvaluationID int64
-	Job          string
-	DrvPath      string
-	System       string
-	Status       string
-	StatusCode   *int
-	StepID       *int64
-	IsAggregate  bool
+	ID             int64
+	EvaluationID   int64
+	Job            string
+	DrvPath        string
+	System         string
+	Status         string
+	StatusCode     *int
+	StepID         *int64
+	IsAggregate    bool
+	JobsetID       int64
+	PropagatedFrom *int64
+	FinishedAt     *time.Time
 }
 
 // BuildFilter narrows ListBuilds; zero values do not filter.
 type BuildFilter struct {
 	EvaluationID, JobsetID, ProjectID int64
 	Status, System, Job               string
+	// Finished lists only finished builds, the most recently finished first.
+	Finished bool
 }
 
 // ListBuilds returns a page of builds, newest first.
@@ -249,19 +279,25 @@ func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]Build
 	where := `($1 = 0 OR b.evaluation_id = $1) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
 		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
 	args := []any{f.EvaluationID, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job}
+	order := `b.id DESC`
+	if f.Finished {
+		where += ` AND b.finished_at IS NOT NULL`
+		order = `b.finished_at DESC, b.id DESC`
+	}
 	var total int64
 	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE `+where, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count builds: %w", err)
 	}
 	rows, err := db.pool.Query(ctx, `SELECT b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
-		b.step_id, b.is_aggregate FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		WHERE `+where+` ORDER BY b.id DESC LIMIT $7 OFFSET $8`, append(args, page.Limit, page.Offset)...)
+		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at FROM builds b JOIN jobsets j ON j.id = b.jobset_id
+		WHERE `+where+` ORDER BY `+order+` LIMIT $7 OFFSET $8`, append(args, page.Limit, page.Offset)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list builds: %w", err)
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BuildSummary, error) {
 		var b BuildSummary
-		err := r.Scan(&b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID, &b.IsAggregate)
+		err := r.Scan(&b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID, &b.IsAggregate,
+			&b.JobsetID, &b.PropagatedFrom, &b.FinishedAt)
 		return b, err
 	})
 	if err != nil {

@@ -57,6 +57,7 @@ type Cache struct {
 	// listening is true while ListenForDeletions receives deletions; only then are
 	// narinfo answers cached.
 	listening atomic.Bool
+	logs      LogSource // set once at start, before serving
 }
 
 // Rendered narinfo cache bounds; the TTL is a second line of defence behind the

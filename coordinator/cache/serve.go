@@ -41,7 +41,7 @@ func (c *Cache) Handler() http.Handler {
 		r.MethodFunc(m, "/nix-cache-info", c.cacheInfo)
 		r.MethodFunc(m, "/{file}", c.narinfo)
 		r.MethodFunc(m, "/nar/{file}", c.nar)
-		r.MethodFunc(m, "/log/{drv}", notFound) // build logs arrive with the live-log issue
+		r.MethodFunc(m, "/log/{drv}", c.buildLog)
 	}
 	return r
 }

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/builds"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evals"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/protocol"
@@ -36,14 +38,17 @@ type Parts struct {
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
 	Evals  *evals.Evals
+	Builds *builds.Builds
+	db     *storage.DB
 }
 
-// Run runs the background loops (evaluation scheduling, cache retention and its
-// deletion listener) until ctx ends, and waits for them.
+// Run runs the background loops (evaluation and build scheduling, cache retention
+// and its deletion listener) until ctx ends, and waits for them.
 func (p Parts) Run(ctx context.Context, cfg config.Config) {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); p.Evals.Run(ctx) }()
+	go func() { defer wg.Done(); p.Builds.Run(ctx, p.db.Pool()) }()
 	go func() { defer wg.Done(); p.Cache.ListenForDeletions(ctx) }()
 	if cfg.GC.CleanupInterval > 0 {
 		wg.Add(1)
@@ -92,28 +97,47 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if created {
 		log.Info("generated the cache signing key", "file", keyFile, "public_key", ch.PublicKey())
 	}
+	leases := storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
+		MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}
 	ev := evals.New(evals.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
 		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
 		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), GitDir: filepath.Join(cfg.StateDir, "git"), Logger: log,
-		Leases: storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
-			MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}}, db, nil)
+		Leases: leases}, db, nil)
+	logDir := cfg.Logs.LogDir
+	if logDir == "" {
+		logDir = filepath.Join(cfg.StateDir, "logs")
+	}
+	logStore, err := logs.NewDir(logDir)
+	if err != nil {
+		return Parts{}, err
+	}
+	bu := builds.New(builds.Config{Leases: leases, SweepInterval: config.Seconds(cfg.Queue.SweepInterval),
+		UnsupportedWait: config.Seconds(cfg.Queue.UnsupportedWait), BuildTimeout: config.Seconds(cfg.Queue.BuildTimeout),
+		MaxSilent: config.Seconds(cfg.Queue.MaxSilent), MaxLogSize: cfg.Logs.MaxLogSize, MaxOutputSize: cfg.Queue.MaxOutputSize,
+		Substituters: cfg.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, cfg.Cache.UpstreamKeys...),
+		Logs: logStore, Outputs: ch.Missing, Logger: log}, db)
+	bu.SetFiles(ch.OpenFile)
+	ch.SetLogSource(bu.LogByDrv)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log, Hooks: ev.Hooks(),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
 			protocol.StreamEvalReport: ev.HandleReport,
+			protocol.StreamLog:        bu.HandleLog,
+			protocol.StreamStepReport: bu.HandleReport,
 		}}, db)
 	ev.SetFleet(fl)
+	bu.SetFleet(fl)
 	srv := server.New(server.Config{
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
-		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch, ev},
+		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch, ev, bu},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
-	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev}, nil
+	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, db: db}, nil
 }
 
 // serve runs the coordinator until ctx ends.

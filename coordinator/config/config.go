@@ -25,6 +25,18 @@ type Config struct {
 	GC       GC       `toml:"gc"`
 	Eval     Eval     `toml:"evaluator"`
 	Queue    Queue    `toml:"queue_runner"`
+	Logs     Logs     `toml:"logs"`
+}
+
+// Logs is the [logs] section: build logs.
+type Logs struct {
+	// LogDir holds build logs; empty: state_dir/logs.
+	LogDir string `toml:"log_dir"`
+	// MaxLogSize is the most bytes of log a step may write; past it the step ends
+	// log_limit_exceeded and the log is cut there.
+	MaxLogSize int64 `toml:"max_log_size"`
+	// Compress stores finished logs zstd-compressed.
+	Compress bool `toml:"compress"`
 }
 
 // Eval is the [evaluator] section.
@@ -44,6 +56,18 @@ type Queue struct {
 	LeaseGrace   int `toml:"lease_grace"`   // seconds a disconnected agent keeps its leases
 	MaxAttempts  int `toml:"max_attempts"`  // infrastructure failures before aborting
 	RetryBackoff int `toml:"retry_backoff"` // seconds; doubles with each attempt
+	// BuildTimeout and MaxSilent (seconds) apply to steps whose job sets no
+	// meta.timeout or meta.maxSilent.
+	BuildTimeout int `toml:"build_timeout"`
+	MaxSilent    int `toml:"max_silent"`
+	// MaxOutputSize is the most bytes (NAR) a step's outputs may have.
+	MaxOutputSize int64 `toml:"max_output_size"`
+	// SweepInterval is seconds between safety-net passes of the build scheduler (it is
+	// woken by events; the sweep only catches what an event missed).
+	SweepInterval int `toml:"sweep_interval"`
+	// UnsupportedWait is seconds a step waits for an agent able to build it before it
+	// ends unsupported_system.
+	UnsupportedWait int `toml:"unsupported_wait"`
 }
 
 // GC is the [gc] section: cache retention.
@@ -111,7 +135,9 @@ func Defaults() Config {
 		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
 			GitTimeout: 600},
-		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10},
+		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
+			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
+		Logs: Logs{MaxLogSize: 64 << 20, Compress: true},
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -162,6 +188,12 @@ func (c Config) Validate() error {
 	}
 	if c.Queue.LeaseTTL < 1 || c.Queue.LeaseGrace < 0 || c.Queue.MaxAttempts < 1 || c.Queue.RetryBackoff < 0 {
 		return fmt.Errorf("queue_runner: lease_ttl and max_attempts must be >= 1, lease_grace and retry_backoff >= 0")
+	}
+	if c.Queue.BuildTimeout < 1 || c.Queue.MaxSilent < 1 || c.Queue.MaxOutputSize < 1 || c.Queue.SweepInterval < 1 || c.Queue.UnsupportedWait < 0 {
+		return fmt.Errorf("queue_runner: build_timeout, max_silent, max_output_size and sweep_interval must be >= 1, unsupported_wait >= 0")
+	}
+	if c.Logs.MaxLogSize < 1 {
+		return fmt.Errorf("logs.max_log_size must be >= 1")
 	}
 	if c.GC.MaxAgeDays < 0 || c.GC.CleanupInterval < 0 {
 		return fmt.Errorf("gc.max_age_days and gc.cleanup_interval must be >= 0")

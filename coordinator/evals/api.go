@@ -14,13 +14,12 @@ import (
 	"github.com/fc-ci/fc/storage"
 )
 
-// Routes registers the evaluations API, the first builds list and the webhooks.
+// Routes registers the evaluations API and the webhooks.
 func (e *Evals) Routes(r chi.Router) {
 	r.Get("/evaluations", e.listEvaluations)
 	r.Get("/evaluations/{id}", e.getEvaluation)
 	r.Get("/evaluations/{id}/compare", e.compare)
 	r.With(api.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
-	r.Get("/builds", e.listBuilds)
 	r.Post("/webhooks/{project_id}/github", e.webhook(github))
 	r.Post("/webhooks/{project_id}/gitea", e.webhook(gitea))
 }
@@ -150,48 +149,6 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 	}
 	e.Wake()
 	api.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
-}
-
-type buildJSON struct {
-	ID           int64  `json:"id"`
-	EvaluationID int64  `json:"evaluation_id"`
-	Job          string `json:"job"`
-	DrvPath      string `json:"drv_path"`
-	System       string `json:"system"`
-	Status       string `json:"status"`
-	StatusCode   *int   `json:"status_code"`
-	IsAggregate  bool   `json:"is_aggregate"`
-}
-
-func (e *Evals) listBuilds(w http.ResponseWriter, r *http.Request) {
-	page, err := api.PageOf(r)
-	if err != nil {
-		api.Fail(e.log, w, r, err)
-		return
-	}
-	var f storage.BuildFilter
-	for _, p := range []struct {
-		name string
-		dst  *int64
-	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
-		if *p.dst, err = int64Param(r, p.name); err != nil {
-			api.Fail(e.log, w, r, err)
-			return
-		}
-	}
-	q := r.URL.Query()
-	f.Status, f.System, f.Job = q.Get("status"), q.Get("system"), q.Get("job")
-	bs, total, err := e.db.ListBuilds(r.Context(), f, page)
-	if err != nil {
-		api.Fail(e.log, w, r, err)
-		return
-	}
-	out := make([]buildJSON, len(bs))
-	for i, b := range bs {
-		out[i] = buildJSON{ID: b.ID, EvaluationID: b.EvaluationID, Job: b.Job, DrvPath: b.DrvPath, System: b.System,
-			Status: b.Status, StatusCode: b.StatusCode, IsAggregate: b.IsAggregate}
-	}
-	api.WriteJSON(w, http.StatusOK, api.NewList(out, total, page))
 }
 
 // compare lists how the jobs of an evaluation differ from another's.

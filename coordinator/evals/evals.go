@@ -98,10 +98,10 @@ func (e *Evals) Hooks() fleet.Hooks {
 
 // heartbeat extends the leases of the evaluations an agent reports and returns the
 // ones it no longer holds.
-func (e *Evals) heartbeat(ctx context.Context, agentID int64, running []protocol.WorkRef) []protocol.WorkRef {
+func (e *Evals) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
 	var ids, epochs []int64
 	byID := map[int64]protocol.WorkRef{}
-	for _, w := range running {
+	for _, w := range hb.Running {
 		if w.Kind == protocol.WorkEval {
 			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
 			byID[w.ID] = w

@@ -45,7 +45,37 @@ type Hooks struct {
 	Disconnected func(agentID int64)
 	// Heartbeat reports the work the agent says it runs; it returns the work whose
 	// lease the agent no longer holds.
-	Heartbeat func(ctx context.Context, agentID int64, running []protocol.WorkRef) []protocol.WorkRef
+	Heartbeat func(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef
+}
+
+// CombineHooks calls each set of hooks in turn (the evaluation and build schedulers
+// both follow sessions).
+func CombineHooks(hs ...Hooks) Hooks {
+	return Hooks{
+		Connected: func(id int64) {
+			for _, h := range hs {
+				if h.Connected != nil {
+					h.Connected(id)
+				}
+			}
+		},
+		Disconnected: func(id int64) {
+			for _, h := range hs {
+				if h.Disconnected != nil {
+					h.Disconnected(id)
+				}
+			}
+		},
+		Heartbeat: func(ctx context.Context, id int64, hb *protocol.Heartbeat) []protocol.WorkRef {
+			var lost []protocol.WorkRef
+			for _, h := range hs {
+				if h.Heartbeat != nil {
+					lost = append(lost, h.Heartbeat(ctx, id, hb)...)
+				}
+			}
+			return lost
+		},
+	}
 }
 
 // StreamHandler serves one stream an agent opened. Every read has an idle deadline.
@@ -350,7 +380,7 @@ func (f *Fleet) controlLoop(ctx context.Context, s *Session, st *yamux.Stream) e
 				return errors.New("agent revoked")
 			}
 			if f.cfg.Hooks.Heartbeat != nil {
-				for _, w := range f.cfg.Hooks.Heartbeat(ctx, s.AgentID, hb.Running) {
+				for _, w := range f.cfg.Hooks.Heartbeat(ctx, s.AgentID, hb) {
 					go func() { // the agent must stop work it no longer holds
 						cctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
 						defer cancel()

@@ -85,6 +85,23 @@ func (f *fixtures) build(t *testing.T) int64 {
 	return id
 }
 
+// stepBuild makes a build whose own step has status (and the build the same status),
+// returning the build's and its evaluation's ids.
+func (f *fixtures) stepBuild(t *testing.T, status string) (buildID, evalID int64) {
+	t.Helper()
+	j := f.jobset(t)
+	drv := fmt.Sprintf("/nix/store/%032d-%s.drv", f.n.Add(1), status)
+	err := f.db.Pool().QueryRow(context.Background(), `WITH e AS (INSERT INTO evaluations (jobset_id) VALUES ($1) RETURNING id),
+		s AS (INSERT INTO steps (drv_path, system, status) VALUES ($2, 'x86_64-linux', $3) RETURNING id)
+		INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, step_id, status)
+		SELECT e.id, $1, 'hello', $2, 'x86_64-linux', s.id, $3 FROM e, s
+		RETURNING id, evaluation_id`, j.ID, drv, status).Scan(&buildID, &evalID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buildID, evalID
+}
+
 func (f *fixtures) jobset(t *testing.T) storage.Jobset {
 	t.Helper()
 	p := f.project(t)
@@ -218,6 +235,42 @@ func TestAuthz_RouteTable(t *testing.T) {
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "PUT", fmt.Sprintf("/api/v1/builds/%d/keep/1", f.build(t)), nil
+			}},
+		// Build actions (the builds issue): each needs its own role (or admin).
+		{"POST /api/v1/builds/{id}/cancel",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 200, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				id, _ := f.stepBuild(t, "queued")
+				return "POST", fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil
+			}},
+		{"POST /api/v1/builds/{id}/restart",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 200, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				id, _ := f.stepBuild(t, "failed")
+				return "POST", fmt.Sprintf("/api/v1/builds/%d/restart", id), nil
+			}},
+		{"POST /api/v1/builds/{id}/bump",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				id, _ := f.stepBuild(t, "queued")
+				return "POST", fmt.Sprintf("/api/v1/builds/%d/bump", id), nil
+			}},
+		{"POST /api/v1/evaluations/{id}/cancel",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 200, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				_, ev := f.stepBuild(t, "queued")
+				return "POST", fmt.Sprintf("/api/v1/evaluations/%d/cancel", ev), nil
+			}},
+		{"POST /api/v1/evaluations/{id}/restart-failed",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 200, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				_, ev := f.stepBuild(t, "failed")
+				return "POST", fmt.Sprintf("/api/v1/evaluations/%d/restart-failed", ev), nil
+			}},
+		{"GET /api/v1/queue",
+			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/queue", nil
 			}},
 		{"GET /api/v1/cache/public-key",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},

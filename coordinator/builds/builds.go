@@ -1,0 +1,329 @@
+// Package builds is the step scheduler: it hands runnable steps to agents with free
+// slots that can build them (system, features, mandatory features; least loaded
+// relative to speed first), keeps the steps' leases, records what agents report,
+// stores their logs, and serves the builds API and its actions.
+//
+// It is event-driven: a finished evaluation or step, a restart or a bump (in this
+// coordinator or, through PostgreSQL NOTIFY, any other on the same database), a new
+// agent or a freed slot wakes it at once; the periodic sweep is only a safety net.
+package builds
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/logs"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config configures the scheduler.
+type Config struct {
+	Leases          storage.LeaseConfig
+	SweepInterval   time.Duration
+	UnsupportedWait time.Duration
+	BuildTimeout    time.Duration // for steps whose job sets no meta.timeout
+	MaxSilent       time.Duration // for steps whose job sets no meta.maxSilent
+	MaxLogSize      int64
+	MaxOutputSize   int64
+	// Substituters are the upstream caches agents may substitute from besides the
+	// coordinator's own; TrustedKeys are the coordinator's cache key, then theirs.
+	Substituters []string
+	TrustedKeys  []string
+	Logs         logs.Store
+	// Outputs, if set, checks that a successful step's outputs are in the cache
+	// before it is recorded (the cache's store path lookup).
+	Outputs func(ctx context.Context, paths []string) (missing []string, err error)
+	Logger  *slog.Logger
+}
+
+// Builds is the build scheduler.
+type Builds struct {
+	cfg   Config
+	db    *storage.DB
+	fleet *fleet.Fleet
+	log   *slog.Logger
+	wake  chan struct{}
+
+	files FileOpener // set once at start
+
+	mu      sync.Mutex
+	lowDisk map[int64]bool // agents that said they are short of disk
+}
+
+// New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
+func New(cfg Config, db *storage.DB) *Builds {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{}}
+}
+
+// SetFleet attaches the fleet (they are built together and refer to each other).
+func (b *Builds) SetFleet(fl *fleet.Fleet) { b.fleet = fl }
+
+// Wake makes the scheduler look for work now.
+func (b *Builds) Wake() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Hooks are the fleet hooks the scheduler needs.
+func (b *Builds) Hooks() fleet.Hooks {
+	return fleet.Hooks{
+		Connected: func(int64) { b.Wake() },
+		Disconnected: func(id int64) {
+			b.mu.Lock()
+			delete(b.lowDisk, id)
+			b.mu.Unlock()
+		},
+		Heartbeat: b.heartbeat,
+	}
+}
+
+// heartbeat extends the leases of the steps an agent reports and returns the ones it
+// no longer holds (the fleet tells the agent to stop them).
+func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
+	b.mu.Lock()
+	was := b.lowDisk[agentID]
+	b.lowDisk[agentID] = hb.LowDisk
+	b.mu.Unlock()
+	if was && !hb.LowDisk {
+		b.Wake()
+	}
+	var ids, epochs []int64
+	byID := map[int64]protocol.WorkRef{}
+	for _, w := range hb.Running {
+		if w.Kind == protocol.WorkStep {
+			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
+			byID[w.ID] = w
+		}
+	}
+	lost, err := b.db.ExtendLeases(ctx, agentID, storage.LeaseStep, ids, epochs, b.cfg.Leases.TTL)
+	if err != nil {
+		b.log.Warn("extend step leases", "agent", agentID, "err", err)
+		return nil
+	}
+	out := make([]protocol.WorkRef, 0, len(lost))
+	for _, id := range lost {
+		out = append(out, byID[id])
+	}
+	return out
+}
+
+// Run schedules until ctx ends. pool, if set, is used to LISTEN for steps made
+// runnable through other coordinators.
+func (b *Builds) Run(ctx context.Context, pool *pgxpool.Pool) {
+	if pool != nil {
+		go b.listen(ctx, pool)
+	}
+	sweep := time.NewTicker(b.cfg.SweepInterval)
+	defer sweep.Stop()
+	b.sweep(ctx)
+	for {
+		b.dispatch(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			b.sweep(ctx)
+		case <-b.wake:
+		}
+	}
+}
+
+// listen wakes the scheduler on every NOTIFY on storage.StepsChannel, reconnecting
+// when the connection drops.
+func (b *Builds) listen(ctx context.Context, pool *pgxpool.Pool) {
+	for ctx.Err() == nil {
+		err := func() error {
+			conn, err := pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, "LISTEN "+storage.StepsChannel); err != nil {
+				return err
+			}
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					conn.Conn().Close(context.Background()) //nolint:errcheck // a broken LISTEN connection must not return to the pool
+					return err
+				}
+				b.Wake()
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Warn("listen for runnable steps; retrying", "err", err)
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweep rescues expired leases and ends steps that cannot be built.
+func (b *Builds) sweep(ctx context.Context) {
+	if requeued, aborted, err := b.db.RescueSteps(ctx, b.cfg.Leases); err != nil {
+		b.log.Warn("rescue steps", "err", err)
+	} else if requeued+aborted > 0 {
+		b.log.Info("rescued steps with expired leases", "requeued", requeued, "aborted", aborted)
+	}
+	if n, err := b.db.FailCachedSteps(ctx); err != nil {
+		b.log.Warn("cached failures", "err", err)
+	} else if n > 0 {
+		b.log.Info("steps ended as cached failures", "steps", n)
+	}
+	if n, err := b.db.EndUnsupportedSteps(ctx, b.cfg.UnsupportedWait); err != nil {
+		b.log.Warn("unsupported steps", "err", err)
+	} else if n > 0 {
+		b.log.Info("steps no agent can build ended unsupported_system", "steps", n)
+	}
+}
+
+// candidate is an agent connected here that may take steps.
+type candidate struct {
+	id      int64
+	caps    protocol.Capabilities
+	running int
+}
+
+func (c candidate) load() float64 {
+	speed := c.caps.SpeedFactor
+	if speed <= 0 {
+		speed = 1
+	}
+	return float64(c.running) / float64(max(c.caps.MaxJobs, 1)) / speed
+}
+
+// dispatch hands runnable steps to agents connected here, one step at a time to the
+// least loaded agent (relative to its speed) that can build one.
+func (b *Builds) dispatch(ctx context.Context) {
+	if b.fleet == nil {
+		return
+	}
+	queued, err := b.db.QueuedSteps(ctx)
+	if err != nil || !queued {
+		return
+	}
+	running, err := b.db.RunningStepsByAgent(ctx)
+	if err != nil {
+		b.log.Warn("count running steps", "err", err)
+		return
+	}
+	var cands []candidate
+	for _, id := range b.fleet.AgentIDs() {
+		s, ok := b.fleet.Session(id)
+		if !ok {
+			continue
+		}
+		caps := s.Capabilities()
+		b.mu.Lock()
+		low := b.lowDisk[id]
+		b.mu.Unlock()
+		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= max(caps.MaxJobs, 1) {
+			continue
+		}
+		a, err := b.db.GetAgent(ctx, id)
+		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil {
+			continue
+		}
+		cands = append(cands, candidate{id: id, caps: caps, running: running[id]})
+	}
+	for len(cands) > 0 && ctx.Err() == nil {
+		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
+		c := &cands[0]
+		if !b.assign(ctx, c) {
+			cands = cands[1:] // nothing it can build (or it declined): try the others
+			continue
+		}
+		c.running++
+		if c.running >= max(c.caps.MaxJobs, 1) {
+			cands = cands[1:]
+		}
+	}
+}
+
+// assign claims one step the agent can build and pushes it over its session.
+func (b *Builds) assign(ctx context.Context, c *candidate) bool {
+	claimed, err := b.db.ClaimSteps(ctx, storage.AgentSlots{AgentID: c.id, Systems: c.caps.Systems,
+		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: 1, TTL: b.cfg.Leases.TTL})
+	if err != nil {
+		b.log.Warn("claim steps", "agent", c.id, "err", err)
+		return false
+	}
+	if len(claimed) == 0 {
+		return false
+	}
+	st := claimed[0]
+	task := b.task(st)
+	ref := protocol.WorkRef{Kind: protocol.WorkStep, ID: st.ID, Epoch: st.Epoch}
+	reply, err := b.fleet.Command(ctx, c.id, protocol.Message{Type: protocol.TypeAssign,
+		Assign: &protocol.Assign{Work: ref, Step: &task}})
+	if err != nil || reply.Type != protocol.TypeAccept {
+		reason := "no answer"
+		if err != nil {
+			reason = err.Error()
+		} else if reply.Reject != nil {
+			reason = reply.Reject.Reason
+		}
+		if rerr := b.db.ReleaseStep(ctx, st.Lease); rerr != nil {
+			b.log.Warn("release declined step", "step", st.ID, "err", rerr)
+		}
+		b.log.Info("agent declined step", "step", st.ID, "agent", c.id, "reason", reason)
+		return false
+	}
+	b.log.Info("step assigned", "step", st.ID, "drv", st.DrvPath, "agent", c.id, "epoch", st.Epoch, "attempt", st.Attempt)
+	return true
+}
+
+func (b *Builds) task(st storage.ClaimedStep) protocol.StepTask {
+	t := protocol.StepTask{StepID: st.ID, DrvPath: st.DrvPath, Outputs: st.Outputs,
+		TimeoutSecs: int(b.cfg.BuildTimeout / time.Second), MaxSilentSecs: int(b.cfg.MaxSilent / time.Second),
+		MaxLogSize: b.cfg.MaxLogSize, MaxOutputSize: b.cfg.MaxOutputSize,
+		Substituters: b.cfg.Substituters, TrustedKeys: b.cfg.TrustedKeys}
+	if st.TimeoutSecs != nil && *st.TimeoutSecs > 0 {
+		t.TimeoutSecs = *st.TimeoutSecs
+	}
+	if st.MaxSilentSecs != nil && *st.MaxSilentSecs > 0 {
+		t.MaxSilentSecs = *st.MaxSilentSecs
+	}
+	return t
+}
+
+// stopOnAgents tells the agents holding these leases to stop (a cancel).
+func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
+	if b.fleet == nil {
+		return
+	}
+	for _, l := range leases {
+		if l.AgentID == 0 {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
+		_, err := b.fleet.Command(cctx, l.AgentID, protocol.Message{Type: protocol.TypeCancel,
+			Cancel: &protocol.Cancel{Work: protocol.WorkRef{Kind: protocol.WorkStep, ID: l.ID, Epoch: l.Epoch}}})
+		cancel()
+		if err != nil {
+			// Connected elsewhere or gone: its next heartbeat learns the lease is lost.
+			b.log.Info("cancel not delivered now; the agent's next heartbeat stops it", "step", l.ID, "agent", l.AgentID, "err", err)
+		}
+	}
+}

@@ -1,0 +1,132 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nar"
+
+	"github.com/fc-ci/fc/storage"
+)
+
+// ErrNotRegularFile is a product path that names a directory or a symlink.
+var ErrNotRegularFile = errors.New("not a regular file")
+
+// Missing returns the paths the cache itself does not hold (a step's outputs must be
+// there before the step is recorded as built).
+func (c *Cache) Missing(ctx context.Context, paths []string) ([]string, error) {
+	hashes := make([]string, 0, len(paths))
+	for _, p := range paths {
+		hashes = append(hashes, hashPart(p))
+	}
+	present, err := c.db.PresentHashParts(ctx, hashes)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, p := range paths {
+		if h := hashPart(p); h == "" || !present[h] {
+			missing = append(missing, p)
+		}
+	}
+	return missing, nil
+}
+
+// OpenFile streams one regular file out of a store path's NAR in the cache: p is
+// /nix/store/<hash>-<name>/<file inside>. It returns the file's size.
+func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, error) {
+	p = path.Clean(p)
+	rest, ok := strings.CutPrefix(p, "/nix/store/")
+	if !ok {
+		return nil, 0, fmt.Errorf("%s is not in /nix/store: %w", p, storage.ErrNotFound)
+	}
+	base, inner, _ := strings.Cut(rest, "/")
+	h := hashPart("/nix/store/" + base)
+	if h == "" {
+		return nil, 0, fmt.Errorf("%s: %w", p, storage.ErrNotFound)
+	}
+	ni, err := c.db.GetNarinfo(ctx, h)
+	if err != nil {
+		return nil, 0, err
+	}
+	blob, err := c.blobs.Open(strings.TrimPrefix(ni.URL, "nar/"))
+	if err != nil {
+		return nil, 0, fmt.Errorf("blob of %s: %w", ni.StorePath, storage.ErrNotFound)
+	}
+	dec, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		blob.Close()
+		return nil, 0, err
+	}
+	closeAll := func() { dec.Close(); blob.Close() }
+	nr, err := nar.NewReader(dec)
+	if err != nil {
+		closeAll()
+		return nil, 0, fmt.Errorf("read the NAR of %s: %w", ni.StorePath, err)
+	}
+	want := "/" + inner
+	if inner == "" {
+		want = "/"
+	}
+	for {
+		hdr, err := nr.Next()
+		if errors.Is(err, io.EOF) {
+			closeAll()
+			return nil, 0, fmt.Errorf("%s: %w", p, storage.ErrNotFound)
+		}
+		if err != nil {
+			closeAll()
+			return nil, 0, fmt.Errorf("read the NAR of %s: %w", ni.StorePath, err)
+		}
+		if hdr.Path != want {
+			continue
+		}
+		if hdr.Type != nar.TypeRegular {
+			closeAll()
+			return nil, 0, fmt.Errorf("%s: %w", p, ErrNotRegularFile)
+		}
+		return readCloser{Reader: io.LimitReader(nr, hdr.Size), close: closeAll}, hdr.Size, nil
+	}
+}
+
+type readCloser struct {
+	io.Reader
+	close func()
+}
+
+func (r readCloser) Close() error { r.close(); return nil }
+
+// LogSource finds a finished build log by the basename of its derivation.
+type LogSource func(ctx context.Context, drvBasename string) (io.ReadSeekCloser, error)
+
+// SetLogSource lets the cache serve log/<drv basename> to `nix log`.
+func (c *Cache) SetLogSource(src LogSource) { c.logs = src }
+
+// buildLog serves log/<drv basename>: the plain log of the step that built it.
+func (c *Cache) buildLog(w http.ResponseWriter, r *http.Request) {
+	drv := chi.URLParam(r, "drv")
+	if c.logs == nil || !strings.HasSuffix(drv, ".drv") || hashPart("/nix/store/"+drv) == "" {
+		notFound(w, r)
+		return
+	}
+	f, err := c.logs(r.Context(), drv)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		notFound(w, r)
+		return
+	case err != nil:
+		c.unavailable(w, r, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
