@@ -164,6 +164,9 @@ type Heartbeat struct {
 	Load1         float64   `json:"load1"`
 	FreeDiskBytes int64     `json:"free_disk_bytes"`
 	Draining      bool      `json:"draining"`
+	// Released is work the agent stopped without finishing (it was stopped by force):
+	// the coordinator requeues it now instead of waiting for the lease to expire.
+	Released []WorkRef `json:"released,omitempty"`
 	// LowDisk: free disk is below the agent's min_free_disk; it takes no new steps.
 	LowDisk bool      `json:"low_disk,omitempty"`
 	SentAt  time.Time `json:"sent_at"`

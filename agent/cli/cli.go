@@ -15,8 +15,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
+	"github.com/fc-ci/fc/agent/build"
 	"github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/identity"
@@ -219,7 +221,23 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		return nil, err
 	}
 	dc := daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log,
-		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}}
+		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
+	if every := cfg.GCEvery(); every > 0 {
+		dc.GC, dc.GCInterval = build.CollectGarbage, every
+	}
+	if slices.Contains(cfg.Agent.Roles, protocol.RoleBuild) {
+		// Logs and GC roots a crash left behind belong to no step now: the coordinator
+		// requeues those steps when their leases expire.
+		for _, dir := range []string{"logs", "gcroots", "xdg-cache"} {
+			if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, dir)); err != nil {
+				log.Warn("remove stale step files", "dir", dir, "err", err)
+			}
+		}
+		dc.Executors[protocol.WorkStep] = &work.Build{StateDir: cfg.Agent.StateDir,
+			CacheURL: strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache",
+			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log}
+		dc.Capacity[protocol.WorkStep] = cfg.MaxJobs()
+	}
 	if slices.Contains(cfg.Agent.Roles, protocol.RoleEval) {
 		// Working trees a crash left behind belong to no evaluation now.
 		if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, "git", "work")); err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/protocol/tomlenv"
@@ -43,6 +44,11 @@ type Agent struct {
 	Roles             []string `toml:"roles"`
 	// CompressionLevel is the zstd level of uploads (1 fastest .. 19 smallest).
 	CompressionLevel int `toml:"compression_level"`
+	// MinFreeDisk (bytes) is the free space in the Nix store under which the agent
+	// takes no steps; 0: no minimum.
+	MinFreeDisk int64 `toml:"min_free_disk"`
+	// GCInterval is the seconds between garbage collections (nix-store --gc); 0: never.
+	GCInterval int `toml:"gc_interval"`
 }
 
 // Defaults are the compiled defaults, as documented (commented out) in agent.toml.
@@ -92,6 +98,12 @@ func (c Config) Validate() error {
 	if c.Agent.CompressionLevel < 1 || c.Agent.CompressionLevel > 22 {
 		return fmt.Errorf("agent.compression_level must be from 1 to 22")
 	}
+	if c.Agent.MinFreeDisk < 0 {
+		return fmt.Errorf("agent.min_free_disk must be >= 0 (bytes; 0 = no minimum)")
+	}
+	if c.Agent.GCInterval < 0 {
+		return fmt.Errorf("agent.gc_interval must be >= 0 (seconds; 0 = never)")
+	}
 	if len(c.Agent.Roles) == 0 {
 		return fmt.Errorf("agent.roles must name at least one of build, eval")
 	}
@@ -130,6 +142,9 @@ func (c Config) MaxJobs() int {
 	}
 	return runtime.NumCPU()
 }
+
+// GCEvery is gc_interval as a duration (0: never).
+func (c Config) GCEvery() time.Duration { return time.Duration(c.Agent.GCInterval) * time.Second }
 
 // EnrollmentToken is the token from the setting or its file, if any.
 func (c Config) EnrollmentToken() (string, error) {

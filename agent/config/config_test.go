@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fc-ci/fc/protocol/tomlenv"
 )
@@ -130,6 +131,9 @@ func TestLoad_ErrorsNameTheSettingFileAndLine(t *testing.T) {
 		{"no roles", "[agent]\nroles = []\n", "", []string{"agent.roles"}},
 		{"no roles by env", "", "FC_AGENT__ROLES=", []string{"agent.roles"}},
 		{"empty state_dir", "", "FC_AGENT__STATE_DIR=", []string{"agent.state_dir"}},
+		{"min_free_disk negative", "[agent]\nmin_free_disk = -1\n", "", []string{"agent.min_free_disk"}},
+		{"gc_interval negative", "", "FC_AGENT__GC_INTERVAL=-5", []string{"agent.gc_interval"}},
+		{"gc_interval as a duration string", "[agent]\ngc_interval = \"1h\"\n", "", []string{"agent.gc_interval", "line 2"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -264,5 +268,24 @@ func TestKeyPathNameAndMaxJobs_Defaults(t *testing.T) {
 	host, _ := os.Hostname()
 	if got := c.Name(); got == "" || strings.Contains(got, ".") || !strings.HasPrefix(host, got) {
 		t.Errorf("Name without a setting = %q, want the short host name of %q", got, host)
+	}
+}
+
+func TestLoad_DiskMinimumAndGCInterval(t *testing.T) {
+	t.Chdir(t.TempDir())
+	cfg, err := Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.MinFreeDisk != 0 || cfg.GCEvery() != 0 {
+		t.Errorf("defaults: min_free_disk %d, gc every %v; want both off", cfg.Agent.MinFreeDisk, cfg.GCEvery())
+	}
+	write(t, FileName, "[agent]\nmin_free_disk = 10737418240\ngc_interval = 3600\n")
+	cfg, err = Load("", []string{"FC_AGENT__GC_INTERVAL=600"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.MinFreeDisk != 10<<30 || cfg.GCEvery() != 10*time.Minute {
+		t.Errorf("min_free_disk %d, gc every %v", cfg.Agent.MinFreeDisk, cfg.GCEvery())
 	}
 }

@@ -7,11 +7,13 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fc-ci/fc/agent/probe"
@@ -27,7 +29,14 @@ type Config struct {
 	Capabilities func(ctx context.Context) (protocol.Capabilities, error)
 	ProbeEvery   time.Duration
 	// StoreDir is measured for free disk in heartbeats.
-	StoreDir   string
+	StoreDir string
+	// MinFreeDisk, if > 0, is the free space (bytes) under which the agent rejects
+	// steps and says so in its heartbeats.
+	MinFreeDisk int64
+	// GC, if set, runs every GCInterval (> 0) while the daemon runs: it collects the
+	// store's garbage (running and unreported steps hold GC roots).
+	GC         func(ctx context.Context) error
+	GCInterval time.Duration
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 	Logger     *slog.Logger
@@ -58,6 +67,7 @@ type Daemon struct {
 
 	drainOnce sync.Once
 	drainCh   chan struct{}
+	forced    atomic.Bool // running work was cancelled by a forced stop
 
 	mu           sync.Mutex
 	adminDrained bool
@@ -115,8 +125,9 @@ func (d *Daemon) state() session.State {
 	for w := range d.running {
 		running = append(running, w)
 	}
+	free := probe.FreeDisk(d.cfg.StoreDir)
 	return session.State{Capabilities: d.caps, Running: running, Draining: d.draining(),
-		Load1: probe.Load1(), FreeDiskBytes: probe.FreeDisk(d.cfg.StoreDir)}
+		Load1: probe.Load1(), FreeDiskBytes: free, LowDisk: d.cfg.MinFreeDisk > 0 && free < d.cfg.MinFreeDisk}
 }
 
 func (d *Daemon) idle() bool {
@@ -136,6 +147,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.runCtx = ctx
 	d.mu.Unlock()
 	defer d.work.Wait() // every executor has ended (ctx cancels them) before Run returns
+	if d.cfg.GC != nil && d.cfg.GCInterval > 0 {
+		gcCtx, stopGC := context.WithCancel(ctx)
+		gcDone := make(chan struct{})
+		go func() {
+			defer close(gcDone)
+			d.collectGarbage(gcCtx)
+		}()
+		defer func() { stopGC(); <-gcDone }()
+	}
 	caps, err := d.cfg.Capabilities(ctx)
 	if err != nil {
 		return err
@@ -199,8 +219,62 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
+// collectGarbage runs the GC every GCInterval until ctx ends.
+func (d *Daemon) collectGarbage(ctx context.Context) {
+	t := time.NewTicker(d.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		before := probe.FreeDisk(d.cfg.StoreDir)
+		if err := d.cfg.GC(ctx); err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("garbage collection", "err", err)
+			}
+			continue
+		}
+		d.log.Info("garbage collected", "freed_bytes", probe.FreeDisk(d.cfg.StoreDir)-before,
+			"elapsed", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// release runs when the agent is stopped by force: running work was cancelled with
+// ctx; once it has ended (or a few seconds passed), one last heartbeat hands it back
+// so the coordinator requeues it now instead of when its lease expires.
+func (d *Daemon) release(conn *session.Conn) {
+	d.mu.Lock()
+	refs := make([]protocol.WorkRef, 0, len(d.running))
+	for w := range d.running {
+		refs = append(refs, w)
+	}
+	d.mu.Unlock()
+	if len(refs) == 0 {
+		return
+	}
+	d.forced.Store(true)
+	ended := make(chan struct{})
+	go func() { d.work.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st := d.state()
+	st.Released = refs
+	if err := conn.Heartbeat(ctx, st); err != nil {
+		d.log.Warn("hand back unfinished work", "err", err)
+		return
+	}
+	d.log.Info("handed back unfinished work", "work", refs)
+}
+
 func (d *Daemon) stopped() error {
-	if d.idle() {
+	if d.idle() && !d.forced.Load() {
 		return nil
 	}
 	return ErrForced
@@ -235,6 +309,7 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 	for {
 		select {
 		case <-ctx.Done():
+			d.release(conn)
 			return ctx.Err()
 		case <-conn.Done():
 			return errors.New("connection closed")
@@ -367,6 +442,11 @@ func reject(reason string) protocol.Message {
 
 // start accepts an assignment if the agent can take it, and runs it.
 func (d *Daemon) start(a protocol.Assign) protocol.Message {
+	if a.Work.Kind == protocol.WorkStep && d.cfg.MinFreeDisk > 0 {
+		if free := probe.FreeDisk(d.cfg.StoreDir); free < d.cfg.MinFreeDisk {
+			return reject(fmt.Sprintf("low disk: %d bytes free, min_free_disk %d", free, d.cfg.MinFreeDisk))
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.adminDrained || d.draining() {

@@ -46,6 +46,10 @@ type State struct {
 	Draining      bool
 	Load1         float64
 	FreeDiskBytes int64
+	LowDisk       bool // free disk under min_free_disk: steps are rejected
+	// Released is work stopped by force before it finished: the coordinator requeues
+	// it at once rather than when its lease expires.
+	Released []protocol.WorkRef
 }
 
 // Handler answers a command from the coordinator.
@@ -194,7 +198,7 @@ func (c *Conn) Heartbeat(ctx context.Context, st State) error {
 	defer stop()
 	_ = c.control.SetDeadline(time.Now().Add(protocol.CommandTimeout))
 	hb := protocol.Heartbeat{Running: st.Running, Load1: st.Load1, FreeDiskBytes: st.FreeDiskBytes,
-		Draining: st.Draining, SentAt: time.Now().UTC()}
+		LowDisk: st.LowDisk, Draining: st.Draining, Released: st.Released, SentAt: time.Now().UTC()}
 	if err := protocol.WriteFrame(c.control, protocol.Message{Type: protocol.TypeHeartbeat, Heartbeat: &hb}); err != nil {
 		return fmt.Errorf("send heartbeat: %w", err)
 	}

@@ -103,6 +103,18 @@ func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Hear
 	if was && !hb.LowDisk {
 		b.Wake()
 	}
+	for _, w := range hb.Released {
+		if w.Kind != protocol.WorkStep {
+			continue
+		}
+		l := storage.Lease{Kind: storage.LeaseStep, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
+		if err := b.db.RetryStep(ctx, l, "the agent stopped before the step finished", b.cfg.Leases); err != nil {
+			b.log.Warn("requeue released step", "step", w.ID, "agent", agentID, "err", err)
+		} else {
+			b.log.Info("agent released a step it did not finish; requeued", "step", w.ID, "agent", agentID)
+			defer b.Wake()
+		}
+	}
 	var ids, epochs []int64
 	byID := map[int64]protocol.WorkRef{}
 	for _, w := range hb.Running {

@@ -80,6 +80,12 @@ func Start(t testing.TB, opts Options) *Coordinator {
 	c.URL = "http://" + c.Addr
 	c.serve(ln)
 	t.Cleanup(c.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			lines := strings.Split(c.Log.String(), "\n")
+			t.Logf("coordinator and agent log, last 150 lines:\n%s", strings.Join(lines[max(len(lines)-150, 0):], "\n"))
+		}
+	})
 	return c
 }
 

@@ -73,6 +73,7 @@ func startEvalAgent(t *testing.T, c *coordtest.Coordinator, name, stateDir strin
 	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
 	cfg.Agent.Name = name
 	cfg.Agent.StateDir = stateDir
+	cfg.Agent.Roles = []string{"eval"} // these tests look at evaluations; nothing gets built
 	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-"+name), 0)
 	if err != nil {
 		t.Fatal(err)

@@ -99,6 +99,17 @@ func (e *Evals) Hooks() fleet.Hooks {
 // heartbeat extends the leases of the evaluations an agent reports and returns the
 // ones it no longer holds.
 func (e *Evals) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
+	for _, w := range hb.Released {
+		if w.Kind != protocol.WorkEval {
+			continue
+		}
+		l := storage.Lease{Kind: storage.LeaseEval, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
+		if err := e.db.RetryEvaluation(ctx, l, "the agent stopped before the evaluation finished", e.cfg.Leases); err != nil {
+			e.log.Warn("requeue released evaluation", "eval", w.ID, "agent", agentID, "err", err)
+		} else {
+			defer e.finished(agentID)
+		}
+	}
 	var ids, epochs []int64
 	byID := map[int64]protocol.WorkRef{}
 	for _, w := range hb.Running {

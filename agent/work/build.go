@@ -1,0 +1,414 @@
+package work
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/fc-ci/fc/agent/build"
+	"github.com/fc-ci/fc/agent/daemon"
+	"github.com/fc-ci/fc/agent/push"
+	"github.com/fc-ci/fc/protocol"
+)
+
+// Build builds steps on this agent: realise the derivation while its log streams to
+// the coordinator, upload the outputs' closure, then report.
+type Build struct {
+	// StateDir holds the step logs (StateDir/logs), the GC roots of outputs not yet
+	// reported (StateDir/gcroots) and Nix's caches of binary cache lookups
+	// (StateDir/xdg-cache): one per step, as concurrent nix-store processes sharing
+	// a fresh one fail on its SQLite database ("constraint failed").
+	StateDir string
+	// CacheURL is the coordinator's binary cache: its base URL + "/nix-cache".
+	CacheURL string
+	// Features are the system features the agent advertises; empty: Nix's own.
+	Features []string
+	// CompressionLevel is the zstd level of output uploads (0: fastest).
+	CompressionLevel int
+	Logger           *slog.Logger
+}
+
+// Log streaming: the largest chunk, and how often an idle stream carries an empty
+// chunk so a silent build does not let the coordinator's idle deadline end it.
+const (
+	logChunk     = 64 << 10
+	logKeepalive = protocol.StreamIdleTimeout / 3
+)
+
+// Retries of streams to the coordinator (the link itself waits across reconnects).
+const (
+	retryMin        = 100 * time.Millisecond
+	retryMax        = 10 * time.Second
+	uploadAttempts  = 5
+	reportRetryWarn = 3
+)
+
+// Run implements daemon.Executor.
+func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+	if a.Step == nil {
+		return errors.New("step assignment without a task")
+	}
+	t := *a.Step
+	logger := b.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("step", t.StepID, "epoch", a.Work.Epoch)
+	name := fmt.Sprintf("%d-%d", t.StepID, a.Work.Epoch)
+	logPath := filepath.Join(b.StateDir, "logs", name+".log")
+	rootDir := filepath.Join(b.StateDir, "gcroots", name)
+	cacheHome := filepath.Join(b.StateDir, "xdg-cache", name)
+	defer func() {
+		for _, p := range []string{logPath, rootDir, cacheHome} {
+			if err := os.RemoveAll(p); err != nil {
+				logger.Warn("remove step files", "path", p, "err", err)
+			}
+		}
+	}()
+	lf, err := createLogFile(logPath)
+	if err != nil {
+		return b.reportInfra(ctx, link, a.Work, logger, fmt.Errorf("create the step log: %w", err))
+	}
+	defer lf.Close()
+
+	sendCtx, stopSending := context.WithCancel(ctx)
+	defer stopSending()
+	sent := make(chan error, 1)
+	go func() { sent <- sendLog(sendCtx, link, a.Work, lf, logger) }()
+
+	started := time.Now().UTC()
+	logger.Info("building", "drv", t.DrvPath)
+	res, err := build.Realise(ctx, build.Request{
+		DrvPath: t.DrvPath, Outputs: t.Outputs,
+		CacheURL: b.CacheURL, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
+		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
+		MaxLogSize: t.MaxLogSize, MaxOutputSize: t.MaxOutputSize,
+		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf,
+	})
+	lf.finish()
+	rep := protocol.StepReport{Work: a.Work, Status: res.Status, ExitCode: res.ExitCode, Error: res.Error,
+		LogSize: lf.size(), StartedAt: started, FinishedAt: time.Now().UTC()}
+	switch {
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		stopSending()
+		<-sent
+		logger.Info("step cancelled")
+		return ctx.Err()
+	case err != nil:
+		logger.Warn("step failed for a reason of the infrastructure; it will be retried", "err", err)
+		rep.Status, rep.Retry, rep.Error = "", true, err.Error()
+	case res.Status == protocol.StepSucceeded || res.Status == protocol.StepFailedWithOutput:
+		if err := b.uploadOutputs(ctx, link, res.OutputPaths, logger); err != nil {
+			if ctx.Err() != nil {
+				stopSending()
+				<-sent
+				return ctx.Err()
+			}
+			logger.Warn("upload the outputs; the step will be retried", "err", err)
+			rep.Status, rep.Retry, rep.Error = "", true, fmt.Sprintf("upload the outputs: %v", err)
+			break
+		}
+		rep.Outputs, rep.Products, rep.Metrics, rep.ReleaseName = res.Outputs, res.Products, res.Metrics, res.ReleaseName
+	}
+	// The report comes after the coordinator holds the whole log.
+	if err := <-sent; err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		logger.Warn("the step log could not be delivered in full", "err", err)
+	}
+	return b.report(ctx, link, rep, logger)
+}
+
+// reportInfra reports a failure before the build could start.
+func (b *Build) reportInfra(ctx context.Context, link daemon.Link, w protocol.WorkRef, logger *slog.Logger, err error) error {
+	logger.Warn("step failed for a reason of the infrastructure; it will be retried", "err", err)
+	now := time.Now().UTC()
+	return b.report(ctx, link, protocol.StepReport{Work: w, Retry: true, Error: err.Error(), StartedAt: now, FinishedAt: now}, logger)
+}
+
+// uploadOutputs puts the outputs' closure in the coordinator's cache (skipping what
+// it or an upstream has), retrying a broken stream a few times: rebuilding elsewhere
+// costs more than waiting for the session to come back.
+func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, logger *slog.Logger) error {
+	paths := make([]string, 0, len(outputs))
+	for _, p := range outputs {
+		paths = append(paths, p)
+	}
+	infos, err := push.ClosureInfos(ctx, paths)
+	if err != nil {
+		return err
+	}
+	opts := push.Options{}
+	if b.CompressionLevel > 0 {
+		opts.Level = zstd.EncoderLevelFromZstd(b.CompressionLevel)
+	}
+	for attempt := 0; ; attempt++ {
+		st, err := push.Upload(ctx, streamOpener{ctx, link}, infos, opts)
+		if err == nil {
+			logger.Info("outputs uploaded", "paths", st.Offered, "sent", st.Sent, "upstream", st.Upstream,
+				"nar_bytes", st.NarBytes, "elapsed", st.Elapsed.Round(time.Millisecond))
+			return nil
+		}
+		if errors.Is(err, push.ErrRejected) || attempt+1 >= uploadAttempts || ctx.Err() != nil {
+			return err
+		}
+		logger.Warn("upload the outputs; retrying", "err", err, "attempt", attempt+1)
+		if !wait(ctx, retryDelay(attempt)) {
+			return ctx.Err()
+		}
+	}
+}
+
+// report sends the step's report until the coordinator answers, across reconnects,
+// until ctx ends.
+func (b *Build) report(ctx context.Context, link daemon.Link, rep protocol.StepReport, logger *slog.Logger) error {
+	for attempt := 0; ; attempt++ {
+		v, err := sendReport(ctx, link, rep)
+		if err == nil {
+			if !v.Accepted {
+				return fmt.Errorf("coordinator refused the report of step %d (the lease was lost?): %s", rep.Work.ID, v.Error)
+			}
+			logger.Info("step reported", "status", rep.Status, "retry", rep.Retry, "exit_code", rep.ExitCode, "error", rep.Error)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if attempt+1 >= reportRetryWarn {
+			logger.Warn("report the step; retrying", "err", err, "attempt", attempt+1)
+		}
+		if !wait(ctx, retryDelay(attempt)) {
+			return ctx.Err()
+		}
+	}
+}
+
+func sendReport(ctx context.Context, link daemon.Link, rep protocol.StepReport) (protocol.StepVerdict, error) {
+	st, err := link.OpenStream(ctx, protocol.StreamStepReport)
+	if err != nil {
+		return protocol.StepVerdict{}, err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	if err := protocol.WriteFrame(st, rep); err != nil {
+		return protocol.StepVerdict{}, err
+	}
+	var v protocol.StepVerdict
+	if err := protocol.ReadFrame(st, &v); err != nil {
+		return protocol.StepVerdict{}, fmt.Errorf("read the coordinator's verdict: %w", err)
+	}
+	return v, nil
+}
+
+// retryDelay is exponential from retryMin to retryMax, jittered over its upper half.
+func retryDelay(attempt int) time.Duration {
+	d := retryMin
+	for i := 0; i < attempt && d < retryMax; i++ {
+		d *= 2
+	}
+	d = min(d, retryMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+// wait waits d or until ctx ends (false).
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// logFile is a step's log on disk: the build appends to it and never waits for the
+// network; the sender reads what has been written and is woken on every write.
+type logFile struct {
+	w    *os.File
+	r    *os.File
+	wake chan struct{} // one sender waits on it
+
+	mu       sync.Mutex
+	n        int64
+	finished bool
+}
+
+func createLogFile(path string) (*logFile, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	w, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	r, err := os.Open(path)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	return &logFile{w: w, r: r, wake: make(chan struct{}, 1)}, nil
+}
+
+// Write appends to the file.
+func (l *logFile) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	l.mu.Lock()
+	l.n += int64(n)
+	l.mu.Unlock()
+	l.signal()
+	return n, err
+}
+
+func (l *logFile) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// finish marks the log complete.
+func (l *logFile) finish() {
+	l.mu.Lock()
+	l.finished = true
+	l.mu.Unlock()
+	l.signal()
+}
+
+func (l *logFile) size() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+func (l *logFile) state() (int64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n, l.finished
+}
+
+func (l *logFile) Close() error {
+	return errors.Join(l.w.Close(), l.r.Close())
+}
+
+// sendLog streams the log to the coordinator until it holds all of it, reopening
+// the stream after any error and resuming where the coordinator's copy ends. A
+// coordinator that keeps refusing the stream (the lease is gone, its log storage
+// fails) is given up on after maxLogRefusals: the report then goes without the
+// complete log, and its verdict decides.
+func sendLog(ctx context.Context, link daemon.Link, w protocol.WorkRef, lf *logFile, logger *slog.Logger) error {
+	refusals := 0
+	for attempt := 0; ; attempt++ {
+		progressed, err := sendLogOnce(ctx, link, w, lf)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var refused *logRefused
+		if errors.As(err, &refused) {
+			if refusals++; refusals >= maxLogRefusals {
+				return err
+			}
+		} else {
+			refusals = 0
+		}
+		if progressed {
+			attempt = 0
+		}
+		logger.Warn("log stream broke; resuming", "err", err)
+		if !wait(ctx, retryDelay(attempt)) {
+			return ctx.Err()
+		}
+	}
+}
+
+// maxLogRefusals is how many refusals in a row end the log's delivery.
+const maxLogRefusals = 5
+
+// logRefused is the coordinator's refusal of a log stream (LogAck.Error).
+type logRefused struct{ msg string }
+
+func (e *logRefused) Error() string { return "coordinator refused the log: " + e.msg }
+
+// sendLogOnce runs one log stream; progressed says whether the coordinator
+// took it (so the next attempt starts from the shortest delay).
+func sendLogOnce(ctx context.Context, link daemon.Link, w protocol.WorkRef, lf *logFile) (progressed bool, err error) {
+	st, err := link.OpenStream(ctx, protocol.StreamLog)
+	if err != nil {
+		return false, err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	if err := protocol.WriteFrame(st, protocol.LogOpen{Work: w}); err != nil {
+		return false, err
+	}
+	var ack protocol.LogAck
+	if err := protocol.ReadFrame(st, &ack); err != nil {
+		return false, fmt.Errorf("read the log ack: %w", err)
+	}
+	if ack.Error != "" {
+		return false, &logRefused{ack.Error}
+	}
+	off := ack.Offset
+	if n := lf.size(); off < 0 || off > n {
+		return false, &logRefused{fmt.Sprintf("it holds %d bytes of a %d-byte log", off, n)}
+	}
+	buf := make([]byte, logChunk)
+	idle := time.NewTimer(logKeepalive)
+	defer idle.Stop()
+	for {
+		n, finished := lf.state()
+		if off < n {
+			k, err := lf.r.ReadAt(buf[:min(n-off, logChunk)], off)
+			if k == 0 && err != nil {
+				return true, fmt.Errorf("read the step log: %w", err)
+			}
+			if err := protocol.WriteFrame(st, protocol.LogChunk{Offset: off, Data: buf[:k]}); err != nil {
+				return true, err
+			}
+			off += int64(k)
+			idle.Reset(logKeepalive)
+			continue
+		}
+		if finished {
+			if err := protocol.WriteFrame(st, protocol.LogChunk{Offset: off, Done: true}); err != nil {
+				return true, err
+			}
+			if err := protocol.ReadFrame(st, &ack); err != nil {
+				return true, fmt.Errorf("read the final log ack: %w", err)
+			}
+			if ack.Error != "" {
+				return true, &logRefused{ack.Error}
+			}
+			if ack.Offset != n { // it kept less than it was sent (its own log limit?)
+				return true, &logRefused{fmt.Sprintf("it holds %d bytes of the %d-byte log", ack.Offset, n)}
+			}
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-lf.wake:
+		case <-idle.C:
+			// An empty chunk at the end of what the coordinator holds changes nothing
+			// but keeps the stream alive through a silent build.
+			if err := protocol.WriteFrame(st, protocol.LogChunk{Offset: off}); err != nil {
+				return true, err
+			}
+			idle.Reset(logKeepalive)
+		}
+	}
+}
