@@ -23,6 +23,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/server"
+	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -129,12 +130,16 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		}}, db)
 	ev.SetFleet(fl)
 	bu.SetFleet(fl)
+	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log}, db)
+	if err != nil {
+		return Parts{}, err
+	}
 	srv := server.New(server.Config{
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
 		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch, ev, bu},
-		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler()},
+		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, db: db}, nil

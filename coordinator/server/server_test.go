@@ -290,13 +290,17 @@ func TestServer_NoCORSHeadersWithoutConfiguredOrigins(t *testing.T) {
 func TestServer_UnknownRouteIs404JSON(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	for _, path := range []string{"/nope", "/api/v1/nope", "/api/v2/projects"} {
+	for _, path := range []string{"/api/v1/nope", "/api/v2/projects"} {
 		ae := e.do("GET", path, "", nil).apiErr(t, http.StatusNotFound)
 		if !strings.Contains(ae.Error, path) {
 			t.Errorf("GET %s: error %q does not name the path", path, ae.Error)
 		}
 	}
 	e.do("PATCH", "/api/v1/projects", e.admin, `{}`).apiErr(t, http.StatusMethodNotAllowed)
+	// Outside the API a browser gets the dashboard's page.
+	if r := e.do("GET", "/nope", "", nil); r.Status != http.StatusNotFound || !strings.Contains(string(r.Body), "There is no page at /nope") {
+		t.Errorf("GET /nope: %d %s", r.Status, r.Body)
+	}
 }
 
 func TestServer_RateLimitedAnswerCarriesCORSHeaders(t *testing.T) {
