@@ -34,6 +34,7 @@ func (b *Builds) Routes(r chi.Router) {
 	r.Get("/builds/{id}", b.getBuild)
 	r.Get("/builds/{id}/steps", b.steps)
 	r.Get("/builds/{id}/log", b.buildLog)
+	r.Get("/builds/{id}/log/stream", b.streamLog)
 	r.Get("/builds/{id}/products/{nr}/download", b.download)
 	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.cancel)
 	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.restart)
@@ -428,7 +429,9 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(lastLines(f, int(tail)))
 		return
 	}
-	_, _ = io.Copy(w, f)
+	// Range requests let a viewer fetch earlier parts of a long log on demand.
+	w.Header().Set("Cache-Control", "no-store")
+	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
 // lastLines returns the last n lines of r.

@@ -38,6 +38,8 @@ type Config struct {
 	Substituters []string
 	TrustedKeys  []string
 	Logs         logs.Store
+	// Hub wakes live log viewers; nil: a private one.
+	Hub *logs.Hub
 	// Outputs, if set, checks that a successful step's outputs are in the cache
 	// before it is recorded (the cache's store path lookup).
 	Outputs func(ctx context.Context, paths []string) (missing []string, err error)
@@ -65,6 +67,9 @@ func New(cfg Config, db *storage.DB) *Builds {
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 30 * time.Second
+	}
+	if cfg.Hub == nil {
+		cfg.Hub = logs.NewHub()
 	}
 	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{}}
 }
@@ -302,6 +307,7 @@ func (b *Builds) assign(ctx context.Context, c *candidate) bool {
 		b.log.Info("agent declined step", "step", st.ID, "agent", c.id, "reason", reason)
 		return false
 	}
+	b.cfg.Hub.Wake(st.ID) // viewers waiting for it to start
 	b.log.Info("step assigned", "step", st.ID, "drv", st.DrvPath, "agent", c.id, "epoch", st.Epoch, "attempt", st.Attempt)
 	return true
 }
@@ -330,6 +336,7 @@ func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
+		b.logEnded(l.ID, l.Epoch)
 		_, err := b.fleet.Command(cctx, l.AgentID, protocol.Message{Type: protocol.TypeCancel,
 			Cancel: &protocol.Cancel{Work: protocol.WorkRef{Kind: protocol.WorkStep, ID: l.ID, Epoch: l.Epoch}}})
 		cancel()
@@ -338,4 +345,12 @@ func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
 			b.log.Info("cancel not delivered now; the agent's next heartbeat stops it", "step", l.ID, "agent", l.AgentID, "err", err)
 		}
 	}
+}
+
+// logEnded finishes a step attempt's log (compressing it) and tells its viewers.
+func (b *Builds) logEnded(step, epoch int64) {
+	if err := b.cfg.Logs.Finish(step, epoch); err != nil {
+		b.log.Warn("finish log", "step", step, "err", err)
+	}
+	b.cfg.Hub.Wake(step)
 }

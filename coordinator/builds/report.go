@@ -38,6 +38,8 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 		return err
 	}
 	defer b.Wake() // a slot is free
+	// Whatever the outcome, this attempt's log is complete once its report arrives.
+	defer b.logEnded(l.ID, l.Epoch)
 	if rep.Retry || rep.Status == "" {
 		b.log.Warn("step hit an infrastructure failure; retrying", "step", l.ID, "agent", agentID, "err", rep.Error)
 		return b.db.RetryStep(ctx, l, rep.Error, b.cfg.Leases)
@@ -120,6 +122,7 @@ func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter)
 			if err != nil { // a gap (logs.ErrGap) or storage: the agent resumes from size
 				return protocol.WriteFrame(st, protocol.LogAck{Offset: size, Error: err.Error()})
 			}
+			b.cfg.Hub.Wake(w.ID)
 		}
 		if c.Done {
 			return protocol.WriteFrame(st, protocol.LogAck{Offset: size})

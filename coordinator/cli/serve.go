@@ -108,7 +108,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if logDir == "" {
 		logDir = filepath.Join(cfg.StateDir, "logs")
 	}
-	logStore, err := logs.NewDir(logDir)
+	logStore, err := logs.NewDir(logDir, cfg.Logs.Compress)
 	if err != nil {
 		return Parts{}, err
 	}

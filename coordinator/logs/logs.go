@@ -3,6 +3,7 @@
 package logs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +12,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // ErrGap is a chunk that starts past the end of the stored log.
 var ErrGap = errors.New("log chunk leaves a gap")
+
+// ErrFinished is an append to a log that was finished.
+var ErrFinished = errors.New("log is finished")
 
 // Store is the log storage behind the coordinator.
 type Store interface {
@@ -26,20 +32,24 @@ type Store interface {
 	Size(step, epoch int64) (int64, error)
 	// Open reads the log; fs.ErrNotExist when there is none.
 	Open(step, epoch int64) (io.ReadSeekCloser, error)
+	// Finish marks the log complete: no more appends; it may be compressed.
+	Finish(step, epoch int64) error
 }
 
-// Dir keeps logs in a directory: <dir>/<step>/<epoch>.log.
+// Dir keeps logs in a directory: <dir>/<step>/<epoch>.log while they grow, and
+// <epoch>.log.zst once finished when compression is on.
 type Dir struct {
-	dir string
-	mu  sync.Mutex // appends to one log are serialised; one lock is plenty here
+	dir      string
+	compress bool
+	mu       sync.Mutex // appends to one log are serialised; one lock is plenty here
 }
 
-// NewDir returns a store in dir, creating it.
-func NewDir(dir string) (*Dir, error) {
+// NewDir returns a store in dir, creating it. compress stores finished logs with zstd.
+func NewDir(dir string, compress bool) (*Dir, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
 	}
-	return &Dir{dir: dir}, nil
+	return &Dir{dir: dir, compress: compress}, nil
 }
 
 func (d *Dir) path(step, epoch int64) string {
@@ -51,6 +61,9 @@ func (d *Dir) Append(step, epoch, offset int64, data []byte, limit int64) (int64
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.path(step, epoch)
+	if _, err := os.Stat(p + ".zst"); err == nil {
+		return 0, false, fmt.Errorf("log of step %d attempt %d is finished: %w", step, epoch, ErrFinished)
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return 0, false, fmt.Errorf("log of step %d: %w", step, err)
 	}
@@ -87,7 +100,15 @@ func (d *Dir) Append(step, epoch, offset int64, data []byte, limit int64) (int64
 func (d *Dir) Size(step, epoch int64) (int64, error) {
 	st, err := os.Stat(d.path(step, epoch))
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		f, err := d.openCompressed(step, epoch)
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		return f.Size(), nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("log of step %d: %w", step, err)
@@ -98,8 +119,79 @@ func (d *Dir) Size(step, epoch int64) (int64, error) {
 // Open implements Store.
 func (d *Dir) Open(step, epoch int64) (io.ReadSeekCloser, error) {
 	f, err := os.Open(d.path(step, epoch))
+	if errors.Is(err, fs.ErrNotExist) {
+		return d.openCompressed(step, epoch)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("log of step %d: %w", step, err)
 	}
 	return f, nil
+}
+
+// memLog is a decompressed log.
+type memLog struct{ *bytes.Reader }
+
+func (memLog) Close() error { return nil }
+
+// openCompressed reads a finished, compressed log. Logs are bounded by max_log_size,
+// so holding one decompressed is fine.
+func (d *Dir) openCompressed(step, epoch int64) (memLog, error) {
+	raw, err := os.ReadFile(d.path(step, epoch) + ".zst")
+	if err != nil {
+		return memLog{}, fmt.Errorf("log of step %d: %w", step, err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return memLog{}, err
+	}
+	defer dec.Close()
+	data, err := dec.DecodeAll(raw, nil)
+	if err != nil {
+		return memLog{}, fmt.Errorf("log of step %d: decompress: %w", step, err)
+	}
+	return memLog{bytes.NewReader(data)}, nil
+}
+
+// Finish implements Store: with compression on, the log becomes <epoch>.log.zst
+// (written beside it, synced, then renamed, so a crash leaves one whole copy).
+func (d *Dir) Finish(step, epoch int64) error {
+	if !d.compress {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.path(step, epoch)
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // no log, or already compressed
+	}
+	if err != nil {
+		return fmt.Errorf("log of step %d: %w", step, err)
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return err
+	}
+	packed := enc.EncodeAll(data, nil)
+	_ = enc.Close()
+	tmp := p + ".zst.tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("compress log of step %d: %w", step, err)
+	}
+	if _, err := f.Write(packed); err != nil {
+		f.Close()
+		return fmt.Errorf("compress log of step %d: %w", step, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("compress log of step %d: %w", step, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p+".zst"); err != nil {
+		return fmt.Errorf("compress log of step %d: %w", step, err)
+	}
+	return os.Remove(p)
 }
