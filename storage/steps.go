@@ -320,18 +320,20 @@ func failStepTx(ctx context.Context, tx pgx.Tx, stepID int64) error {
 }
 
 // finishAggregates finishes the aggregate builds (of one evaluation, or all when
-// evalID is 0) whose own step and constituents have all finished: succeeded when
-// every constituent did, failed otherwise.
+// evalID is 0) whose own step and constituents have all finished: failed when a
+// constituent did not succeed (the aggregate's own derivation, which usually depends
+// on the constituents, is then dependency_failed; Hydra shows the aggregate failed),
+// else the status of its own step.
 func finishAggregates(ctx context.Context, tx pgx.Tx, evalID int64) error {
 	// An aggregate may be a constituent of another: repeat until nothing changes.
 	for range 16 {
 		tag, err := tx.Exec(ctx, `UPDATE builds a SET
-			status = CASE WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status
-				WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
-					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 'failed' ELSE 'succeeded' END,
-			status_code = CASE WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status_code
-				WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
-					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 1 ELSE 0 END,
+			status = CASE WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
+					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 'failed'
+				WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status ELSE 'succeeded' END,
+			status_code = CASE WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
+					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 1
+				WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status_code ELSE 0 END,
 			finished_at = now(), started_at = coalesce(a.started_at, now())
 			FROM (SELECT b.id, b.step_id FROM builds b WHERE b.is_aggregate AND b.status IN ('queued', 'running')
 				AND ($1 = 0 OR b.evaluation_id = $1)) t

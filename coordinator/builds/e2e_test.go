@@ -196,6 +196,8 @@ in {
   cancel-me = mk "cancel" { args = sh "echo started; sleep %s"; };
   arm = mk "arm" { system = "aarch64-linux"; };
   kvm = mk "kvm" { requiredSystemFeatures = [ "kvm" ]; };
+  all-good = mk "all-good" { _hydraAggregate = true; constituents = [ left right ]; };
+  all-bad = mk "all-bad" { _hydraAggregate = true; constituents = [ left bad ]; };
 }
 `, mkLet(s), sleepArg)})
 	_, js := c.Project("demo", repo.Dir, nil)
@@ -233,6 +235,7 @@ in {
 		"dep2": {"dependency_failed", 2}, "multi": {"succeeded", 0}, "timeout": {"timed_out", 7},
 		"silent": {"timed_out", 7}, "failed-output": {"failed_with_output", 6}, "products": {"succeeded", 0},
 		"cancel-me": {"cancelled", 4}, "arm": {"unsupported_system", 9}, "kvm": {"succeeded", 0},
+		"all-good": {"succeeded", 0}, "all-bad": {"failed", 1},
 	}
 	for job, w := range want {
 		b, ok := final[job]
@@ -547,4 +550,70 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 		t.Errorf("agent after a second signal: exited %v, err %v; want a non-zero exit", exited, err)
 	}
 	waitBuild(t, c, secondID, 30*time.Second, "requeued", func(b build) bool { return b.Status == "queued" })
+}
+
+// TestBuilds_OneSlotStartsStepsInSchedulingOrder: with one agent slot, queued steps
+// start in the order bump > jobset share > schedulingPriority > critical path > age.
+func TestBuilds_OneSlotStartsStepsInSchedulingOrder(t *testing.T) {
+	ctx := context.Background()
+	c := coordtest.Start(t, coordtest.Options{})
+	s := salt(t)
+	busy := coordtest.NewRepo(t)
+	busy.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  old = mk \"old\" { };\n  history = mk \"history\" { };\n}\n", mkLet(s))})
+	_, busyJS := c.Project("busy", busy.Dir, nil)
+	idle := coordtest.NewRepo(t)
+	idle.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  share = mk \"share\" { };\n}\n", mkLet(s))})
+	_, idleJS := c.Project("idle", idle.Dir, nil)
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+
+	c.Trigger(busyJS, false)
+	first := evaluated(t, c, busyJS, 0)
+	// The busy jobset used an hour of build time today.
+	if _, err := c.DB.Pool().Exec(ctx, `WITH b AS (UPDATE builds SET status = 'succeeded', status_code = 0,
+			started_at = now() - interval '2 hours', finished_at = now() - interval '1 hour'
+			WHERE id = $1 RETURNING step_id)
+		UPDATE steps SET status = 'succeeded', status_code = 0 WHERE id = (SELECT step_id FROM b)`, buildsOf(t, c, first)["history"].ID); err != nil {
+		t.Fatal(err)
+	}
+	busy.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
+  %s
+  cpBase = mk "cp-base" { };
+in {
+  old = mk "old" { };
+  history = mk "history" { };
+  new = mk "new" { };
+  prio = mk "prio" { } // { meta.schedulingPriority = 200; };
+  cp-top = mk "cp-top" { args = sh "echo ${cpBase} > $out"; };
+  bumped = mk "bumped" { };
+}
+`, mkLet(s))})
+	c.Trigger(busyJS, false)
+	second := evaluated(t, c, busyJS, first)
+	c.Trigger(idleJS, false)
+	evaluated(t, c, idleJS, 0)
+	if code := c.Do("POST", fmt.Sprintf("/api/v1/builds/%d/bump", buildsOf(t, c, second)["bumped"].ID), c.Admin, nil, nil); code != 200 {
+		t.Fatalf("bump: %d", code)
+	}
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "one-slot", MaxJobs: 1})
+	coordtest.Eventually(t, 120*time.Second, "every step is built", func() bool {
+		var n int
+		_ = c.DB.Pool().QueryRow(ctx, `SELECT count(*) FROM steps WHERE status IN ('queued', 'running')`).Scan(&n)
+		return n == 0
+	})
+	rows, err := c.DB.Pool().Query(ctx, `SELECT drv_path FROM steps WHERE started_at IS NOT NULL AND drv_path NOT LIKE '%-history-%' ORDER BY started_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for rows.Next() {
+		var p string
+		_ = rows.Scan(&p)
+		name := strings.TrimPrefix(p, "/nix/store/")[33:]
+		order = append(order, name[:strings.Index(name, "-"+s)])
+	}
+	rows.Close()
+	want := []string{"bumped", "share", "prio", "cp-base", "old"}
+	if len(order) != 7 || strings.Join(order[:5], " ") != strings.Join(want, " ") {
+		t.Errorf("start order %v, want %v then new and cp-top", order, want)
+	}
 }
