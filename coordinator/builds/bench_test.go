@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,10 +165,13 @@ func benchmarkAgainstNixBuild(b *testing.B, n int, jobset func(n int, salt strin
 		}
 		var r jobsetRun
 		var nb time.Duration
+		var cpu cpuUse
 		fc := func() {
+			before := cpuNow(b, e.c)
 			b.StartTimer()
 			r = e.run(b, jobset(n, "fc-"+s), n)
 			b.StopTimer()
+			cpu = cpuNow(b, e.c).since(before)
 		}
 		baseline := func() { nb = nixBuild(b, file, jobs, n) }
 		order := alternate(fc, baseline, "nix-build first")
@@ -175,10 +179,10 @@ func benchmarkAgainstNixBuild(b *testing.B, n int, jobset func(n int, salt strin
 		toEval, toDone = toEval+r.evalStored.Sub(r.start), toDone+r.done.Sub(r.evalStored)
 		steps := stepTimings(b, e.c, r.evalID)
 		b.Logf("run %d: trigger → %d builds done %.2fs, nix-build -j%d %.2fs, ratio %.2f (goal ≤ 1.5); trigger → evaluation stored %.2fs, "+
-			"evaluation stored → last build done %.2fs (%.1f ms per step over %d slots) (%s)\n%s",
+			"evaluation stored → last build done %.2fs (%.1f ms per step over %d slots) (%s)\n    %s\n%s",
 			i+1, n, r.total().Seconds(), jobs, nb.Seconds(), r.total().Seconds()/nb.Seconds(), r.evalStored.Sub(r.start).Seconds(),
 			r.done.Sub(r.evalStored).Seconds(), float64(r.done.Sub(r.evalStored).Microseconds())/1000/float64(n), slots, order,
-			breakdown(steps, r, slots))
+			cpu, breakdown(steps, r, slots))
 	}
 	b.StopTimer()
 	runs := float64(b.N)
@@ -438,7 +442,7 @@ func breakdown(steps []stepTiming, r jobsetRun, slots int) string {
 		fmt.Fprintf(&sb, "    %-58s p50 %7s  p90 %7s  p99 %7s  mean %7s  sum %8s\n", name, ms(pct(ds, 50)), ms(pct(ds, 90)),
 			ms(pct(ds, 99)), ms(mean(ds)), sum(ds).Round(time.Millisecond))
 	}
-	line("assign accepted → nix-store started (log, ms)", phase(steps, startPhase))
+	line("\"step assigned\" logged → nix-store started (<0: agent first)", phase(steps, startPhase))
 	line("realise: nix-store -r + path-info + metadata (DB)", phase(steps, realisePhase))
 	line("upload: nix-store -qR + path-info + NAR stream (log)", phase(steps, uploadPhase))
 	line("report: log stream end + report round trip (log)", phase(steps, reportPhase))
@@ -471,6 +475,97 @@ func breakdown(steps []stepTiming, r jobsetRun, slots int) string {
 	fmt.Fprintf(&sb, "    slots busy (started → reported) %.1f s of %d × %.2f s = %.0f%%", busy.Seconds(), slots,
 		r.done.Sub(r.evalStored).Seconds(), 100*busy.Seconds()/capacity.Seconds())
 	return sb.String()
+}
+
+// cpuUse is CPU time spent, split by who spent it, and the machine's busy and total
+// CPU time (all cores) from /proc/stat.
+type cpuUse struct {
+	self, children, postgres, busy, total time.Duration
+}
+
+// cpuNow reads the CPU time of this process (the coordinator, the in-process agents,
+// the benchmark), of its waited-for children (nix, git), of the test's PostgreSQL
+// (its postmaster, the backends it reaped and the live ones) and of the machine.
+func cpuNow(b *testing.B, c *coordtest.Coordinator) cpuUse {
+	b.Helper()
+	var u cpuUse
+	var ru syscall.Rusage
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		u.self = tv(ru.Utime) + tv(ru.Stime)
+	}
+	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); err == nil {
+		u.children = tv(ru.Utime) + tv(ru.Stime)
+	}
+	var backend int
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+		b.Fatal(err)
+	}
+	if f := procStat(backend); f != nil {
+		postmaster, _ := strconv.Atoi(f[1])
+		if pf := procStat(postmaster); pf != nil {
+			u.postgres = ticks(pf[11:15]...) // utime, stime, cutime, cstime
+		}
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			if cf := procStat(pid); cf != nil && cf[1] == strconv.Itoa(postmaster) {
+				u.postgres += ticks(cf[11:13]...)
+			}
+		}
+	}
+	if raw, err := os.ReadFile("/proc/stat"); err == nil {
+		fields := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0])[1:] // user nice system idle iowait irq softirq steal
+		for i, f := range fields[:min(len(fields), 8)] {
+			v := ticks(f)
+			u.total += v
+			if i != 3 && i != 4 {
+				u.busy += v
+			}
+		}
+	}
+	return u
+}
+
+// procStat is /proc/PID/stat's fields after the command: state, ppid, ...
+func procStat(pid int) []string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(raw), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(raw[i+1:]))
+}
+
+// ticks sums clock ticks (USER_HZ, 100 on Linux) as a duration.
+func ticks(fields ...string) time.Duration {
+	var t time.Duration
+	for _, f := range fields {
+		n, _ := strconv.ParseInt(f, 10, 64)
+		t += time.Duration(n) * 10 * time.Millisecond
+	}
+	return t
+}
+
+func (u cpuUse) since(v cpuUse) cpuUse {
+	return cpuUse{self: u.self - v.self, children: u.children - v.children, postgres: u.postgres - v.postgres,
+		busy: u.busy - v.busy, total: u.total - v.total}
+}
+
+func (u cpuUse) String() string {
+	pctOf := 0.0
+	if u.total > 0 {
+		pctOf = 100 * u.busy.Seconds() / u.total.Seconds()
+	}
+	return fmt.Sprintf("CPU during the FC run: machine %.0f%% busy (%.1f s of %.1f s); this process (coordinator, agents, "+
+		"benchmark) %.1f s, its child processes (nix, git) %.1f s, PostgreSQL %.1f s", pctOf, u.busy.Seconds(), u.total.Seconds(),
+		u.self.Seconds(), u.children.Seconds(), u.postgres.Seconds())
 }
 
 // stepsListener timestamps every NOTIFY on storage.StepsChannel as it arrives, on a
