@@ -71,10 +71,21 @@ type Capabilities struct {
 	Systems           []string `json:"systems"`
 	Features          []string `json:"features"`
 	MandatoryFeatures []string `json:"mandatory_features"`
-	MaxJobs           int      `json:"max_jobs"`
-	SpeedFactor       float64  `json:"speed_factor"`
-	Roles             []string `json:"roles"`
-	NixVersion        string   `json:"nix_version"`
+	MaxJobs           int      `json:"max_jobs"` // builds Nix runs at once
+	// Slots is how many steps the agent takes at once (>= MaxJobs: it realises
+	// several runnable steps in one Nix process); 0 means MaxJobs.
+	Slots       int      `json:"slots,omitempty"`
+	SpeedFactor float64  `json:"speed_factor"`
+	Roles       []string `json:"roles"`
+	NixVersion  string   `json:"nix_version"`
+}
+
+// StepSlots is how many steps the agent takes at once.
+func (c Capabilities) StepSlots() int {
+	if c.Slots > 0 {
+		return c.Slots
+	}
+	return max(c.MaxJobs, 1)
 }
 
 // Roles an agent may take.

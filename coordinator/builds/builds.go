@@ -227,7 +227,7 @@ func (c candidate) load() float64 {
 	if speed <= 0 {
 		speed = 1
 	}
-	return float64(c.running) / float64(max(c.caps.MaxJobs, 1)) / speed
+	return float64(c.running) / float64(c.caps.StepSlots()) / speed
 }
 
 // dispatch hands runnable steps to agents connected here, one step at a time to the
@@ -255,7 +255,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 		b.mu.Lock()
 		low := b.lowDisk[id]
 		b.mu.Unlock()
-		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= max(caps.MaxJobs, 1) {
+		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= caps.StepSlots() {
 			continue
 		}
 		a, err := b.db.GetAgent(ctx, id)
@@ -272,7 +272,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 			continue
 		}
 		c.running++
-		if c.running >= max(c.caps.MaxJobs, 1) {
+		if c.running >= c.caps.StepSlots() {
 			cands = cands[1:]
 		}
 	}
