@@ -123,6 +123,7 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 				SELECT j.id, coalesce(sum(extract(epoch FROM b.finished_at - b.started_at)), 0) / j.scheduling_shares AS used
 				FROM jobsets j LEFT JOIN builds b ON b.jobset_id = j.id AND b.finished_at > now() - interval '24 hours'
 					AND b.started_at IS NOT NULL
+				WHERE j.id IN (SELECT jobset_id FROM steps WHERE status = 'queued') -- only jobsets competing now
 				GROUP BY j.id),
 			pick AS (
 				SELECT s.id FROM steps s LEFT JOIN share ON share.id = s.jobset_id
