@@ -255,3 +255,26 @@ func TestHandle_RejectsWorkWhenDrainedAndAcksControlCommands(t *testing.T) {
 		t.Errorf("unknown command: %+v", r)
 	}
 }
+
+func TestLowDisk_StepsRejectedAndHeartbeatSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	// More free space than any disk has: the agent is always short of it.
+	d := New(Config{StoreDir: dir, MinFreeDisk: 1 << 62})
+	ctx := context.Background()
+	step := protocol.Message{Type: protocol.TypeAssign, Assign: &protocol.Assign{Work: protocol.WorkRef{Kind: protocol.WorkStep, ID: 1}}}
+	if r := d.handle(ctx, step, make(chan struct{}, 1)); r.Type != protocol.TypeReject || !strings.Contains(r.Reject.Reason, "low disk") {
+		t.Errorf("step on a full disk: %+v, want a low-disk rejection", r)
+	}
+	if st := d.state(); !st.LowDisk || st.FreeDiskBytes <= 0 {
+		t.Errorf("heartbeat state %+v, want LowDisk with the free bytes", st)
+	}
+	// An evaluation needs no store space for outputs: it is not refused for disk.
+	ev := protocol.Message{Type: protocol.TypeAssign, Assign: &protocol.Assign{Work: protocol.WorkRef{Kind: protocol.WorkEval, ID: 2}}}
+	if r := d.handle(ctx, ev, make(chan struct{}, 1)); r.Type == protocol.TypeReject && strings.Contains(r.Reject.Reason, "low disk") {
+		t.Errorf("evaluation refused for disk: %+v", r)
+	}
+	ok := New(Config{StoreDir: dir, MinFreeDisk: 1})
+	if st := ok.state(); st.LowDisk {
+		t.Errorf("1 byte minimum: LowDisk set")
+	}
+}
