@@ -50,6 +50,8 @@ func New(cfg Config, db *storage.DB) (*Dashboard, error) {
 	d := &Dashboard{cfg: cfg, db: db, log: cfg.Logger, pages: map[string]*template.Template{}}
 	funcs := template.FuncMap{
 		"since":    since,
+		"ago":      ago,
+		"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 		"duration": duration,
 		"statusClass": func(s string) string {
 			switch s {
@@ -146,7 +148,24 @@ func (d *Dashboard) build(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	d.render(w, r, http.StatusOK, "build", map[string]any{"Title": fmt.Sprintf("Build %d: %s", b.ID, b.Job), "Build": b, "Steps": steps})
+	data := map[string]any{"Title": fmt.Sprintf("Build %d: %s", b.ID, b.Job), "Build": b, "Steps": steps}
+	// The log shown is the build's own step's (listed first), or the ?step= asked for.
+	if len(steps) > 0 {
+		step, own := &steps[0], true
+		if s := r.URL.Query().Get("step"); s != "" {
+			for i := range steps {
+				if strconv.FormatInt(steps[i].ID, 10) == s {
+					step, own = &steps[i], i == 0
+				}
+			}
+		}
+		raw := fmt.Sprintf("/api/v1/builds/%d/log", b.ID)
+		if !own {
+			raw += fmt.Sprintf("?step=%d", step.ID)
+		}
+		data["Step"], data["OwnStep"], data["RawLog"] = step, own, raw
+	}
+	d.render(w, r, http.StatusOK, "build", data)
 }
 
 func since(t *time.Time) string {
@@ -154,6 +173,17 @@ func since(t *time.Time) string {
 		return ""
 	}
 	return time.Since(*t).Round(time.Second).String() + " ago"
+}
+
+// ago is since for a time or a pointer to one.
+func ago(t any) string {
+	switch t := t.(type) {
+	case time.Time:
+		return since(&t)
+	case *time.Time:
+		return since(t)
+	}
+	return ""
 }
 
 func duration(from, to *time.Time) string {

@@ -17,6 +17,7 @@ type logMsg struct {
 	Type   string `json:"type"`
 	Step   int64  `json:"step"`
 	Offset int64  `json:"offset"`
+	Line   int64  `json:"line"`
 	Next   int64  `json:"next"`
 	Data   string `json:"data"`
 	Status string `json:"status"`
@@ -139,7 +140,7 @@ done:
 	}
 	// A later viewer asking for the tail gets the last lines, then the end.
 	conn = dialLog(t, c, id, "tail=3")
-	if m := readMsg(t, conn); m.Type != "log" || m.Data != "line 58\nline 59\nline 60\n" {
+	if m := readMsg(t, conn); m.Type != "log" || m.Data != "line 58\nline 59\nline 60\n" || m.Line != 57 {
 		t.Errorf("tail=3 of a finished log: %+v", m)
 	}
 	if m := readMsg(t, conn); m.Type != "end" {

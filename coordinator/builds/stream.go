@@ -2,6 +2,7 @@ package builds
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -23,6 +25,7 @@ type logMessage struct {
 	Type   string `json:"type"` // "log", "wait" (not started), "attempt" (a new attempt restarts the log), "end"
 	Step   int64  `json:"step"`
 	Offset int64  `json:"offset,omitempty"`
+	Line   int64  `json:"line,omitempty"` // lines before Offset: the first line of Data is Line+1
 	Next   int64  `json:"next,omitempty"`
 	Data   string `json:"data,omitempty"`
 	Status string `json:"status,omitempty"`
@@ -99,7 +102,7 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	f := follower{b: b, conn: conn, step: step.ID, epoch: step.LeaseEpoch, offset: offset}
+	f := follower{b: b, conn: conn, step: step.ID, epoch: step.LeaseEpoch, offset: offset, lines: -1}
 	if tail > 0 && offset == 0 {
 		f.offset = f.tailOffset(int(tail))
 	}
@@ -115,6 +118,7 @@ type follower struct {
 	step   int64
 	epoch  int64
 	offset int64
+	lines  int64 // newlines before offset; -1 until counted
 	waited bool
 }
 
@@ -142,7 +146,7 @@ func (f *follower) run(ctx context.Context) error {
 					return err
 				}
 			}
-			f.epoch, f.offset = st.LeaseEpoch, 0
+			f.epoch, f.offset, f.lines = st.LeaseEpoch, 0, 0
 		}
 		if err := f.sendAvailable(); err != nil {
 			return err
@@ -195,16 +199,51 @@ func (f *follower) sendAvailable() error {
 	if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
 		return err
 	}
+	if f.lines < 0 { // count the lines before the starting offset once
+		f.lines = 0
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		br := bufio.NewReaderSize(io.LimitReader(r, f.offset), 64<<10)
+		for {
+			chunk, err := br.ReadSlice('\n')
+			if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
+				f.lines++
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
+		}
+		if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
+			return err
+		}
+	}
 	buf := make([]byte, streamChunk)
+	carry := 0 // bytes of an incomplete character kept for the next message
 	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			m := logMessage{Type: "log", Step: f.step, Offset: f.offset, Next: f.offset + int64(n), Data: string(buf[:n])}
+		n, err := io.ReadFull(r, buf[carry:])
+		n += carry
+		end := n
+		if err == nil {
+			// More follows: end this message on a whole line, or at least a whole
+			// character, so no UTF-8 sequence is split across two JSON strings.
+			if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+				end = i + 1
+			} else {
+				end = wholeRunes(buf[:n])
+			}
+		} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			end = wholeRunes(buf[:n]) // a writer may be mid-character: wait for the rest
+		}
+		if end > 0 {
+			m := logMessage{Type: "log", Step: f.step, Offset: f.offset, Line: f.lines, Next: f.offset + int64(end), Data: string(buf[:end])}
 			if werr := f.send(m); werr != nil {
 				return werr
 			}
-			f.offset += int64(n)
+			f.offset += int64(end)
+			f.lines += int64(bytes.Count(buf[:end], []byte{'\n'}))
 		}
+		carry = copy(buf, buf[end:n])
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil
 		}
@@ -212,6 +251,20 @@ func (f *follower) sendAvailable() error {
 			return err
 		}
 	}
+}
+
+// wholeRunes is the length of b without a trailing incomplete UTF-8 sequence (bytes
+// that are not UTF-8 at all are sent as they are).
+func wholeRunes(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return i
+			}
+			break
+		}
+	}
+	return len(b)
 }
 
 // tailOffset is the offset where the last n lines of the stored log begin.
