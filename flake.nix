@@ -21,7 +21,7 @@
             inherit version;
             src = nixpkgs.lib.cleanSource self;
             # The hash of `go mod vendor`'s output (nix hash path vendor).
-            vendorHash = "sha256-Weco/tKvpE6fuWzwNcwYYMrf0N15XplFo+k3H7HASd0=";
+            vendorHash = "sha256-sgr/F2m9gNDcNFT6Iw4dJu2Cl/NGBbIc8mSOBRxDpu4=";
             subPackages = [ "coordinator/cmd/fc-coordinator" "agent/cmd/fc-agent" ];
             ldflags = [ "-s" "-w" "-X github.com/fc-ci/fc/protocol.BuildVersion=${version}" ];
             # The tests need a PostgreSQL server and a working Nix; run scripts/test.
