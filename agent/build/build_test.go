@@ -478,23 +478,23 @@ func TestRealise_InfrastructureFailures(t *testing.T) {
 }
 
 func TestArgs_PassOnlyTheGivenSubstitutersKeysAndLimits(t *testing.T) {
-	args := strings.Join(Args(Request{DrvPath: "/nix/store/x.drv", CacheURL: "http://c/nix-cache",
+	args := strings.Join(Args(2, Request{DrvPath: "/nix/store/x.drv", CacheURL: "http://c/nix-cache",
 		Substituters: []string{"https://up"}, TrustedKeys: []string{"c-1:k", "up-1:k"}, Features: []string{"kvm", "big-parallel"},
-		Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, GCRootDir: "/s/gcroots/7"}), "|")
+		Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, GCRootDir: "/s/gcroots/7"}, Request{DrvPath: "/nix/store/y.drv"}), "|")
 	for _, want := range []string{
-		"--log-format|internal-json|--realise|/nix/store/x.drv",
+		"--log-format|internal-json|--realise|/nix/store/x.drv|/nix/store/y.drv|",
+		"--max-jobs|2", "--keep-going",
 		"--option|substituters|http://c/nix-cache https://up",
 		"--option|trusted-public-keys|c-1:k up-1:k",
 		"--option|narinfo-cache-negative-ttl|0",
 		"--option|system-features|kvm big-parallel",
 		"--timeout|90", "--option|max-silent-time|30",
-		"--add-root|/s/gcroots/7/result|--indirect",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}
 	}
-	args = strings.Join(Args(Request{DrvPath: "/nix/store/x.drv"}), "|")
+	args = strings.Join(Args(1, Request{DrvPath: "/nix/store/x.drv"}), "|")
 	if !strings.Contains(args, "--option|substituters||") {
 		t.Errorf("without a cache the substituters must still be set (to nothing): %q", args)
 	}
@@ -520,14 +520,15 @@ func TestParseLog_KeepsBuildLinesAndErrorsOnly(t *testing.T) {
 		`no newline at the end`,
 	}, "\n")
 	var out bytes.Buffer
-	lw := newLimitWriter(&out, 0)
-	res := parseLog(strings.NewReader(in), lw)
+	j := &job{req: Request{DrvPath: "/nix/store/00000000000000000000000000000000-x.drv"}, lw: newLimitWriter(&out, 0)}
+	general := newDemux([]*job{j}).parse(strings.NewReader(in))
+	lw := j.lw
 	want := "hello \x1b[1mworld\nplain line from somewhere\n@nix {not json\nerror: builder for 'x' failed with exit code 1\npost hook\nno newline at the end"
 	if out.String() != want {
 		t.Errorf("log\n got  %q\n want %q", out.String(), want)
 	}
-	if !slices.Equal(res.errors, []string{"builder for 'x' failed with exit code 1"}) {
-		t.Errorf("errors %q", res.errors)
+	if !slices.Equal(general, []string{"builder for 'x' failed with exit code 1"}) {
+		t.Errorf("errors %q", general)
 	}
 	if lw.n != int64(len(want)) {
 		t.Errorf("counted %d bytes", lw.n)

@@ -1,8 +1,6 @@
 package build
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +21,7 @@ type limitWriter struct {
 	exceeded bool
 	err      error
 	stop     chan struct{}
+	onStop   func() // called once with stop closed, if set
 }
 
 func newLimitWriter(w io.Writer, max int64) *limitWriter {
@@ -47,6 +46,9 @@ func (l *limitWriter) write(p []byte) {
 	}
 	if l.exceeded || l.err != nil {
 		close(l.stop)
+		if l.onStop != nil {
+			l.onStop()
+		}
 	}
 }
 
@@ -60,65 +62,20 @@ const (
 
 type record struct {
 	Action string            `json:"action"`
+	ID     uint64            `json:"id"`
 	Type   int               `json:"type"`
 	Level  int               `json:"level"`
 	Msg    string            `json:"msg"`
 	Fields []json.RawMessage `json:"fields"`
 }
 
-type parseResult struct {
-	errors []string // Nix's error messages, without colours
-}
-
 var ansi = regexp.MustCompile("\x1b\\[[0-9;]*[A-Za-z]")
 
-// parseLog reads nix's stderr (--log-format internal-json) until EOF or a read error,
-// writing the builder's lines and Nix's errors to w; progress is dropped, and lines
-// that are not "@nix {...}" go through as they are. It keeps draining after w has
-// stopped taking bytes, so Nix never blocks on a full pipe.
-func parseLog(r io.Reader, w *limitWriter) parseResult {
-	var res parseResult
-	br := bufio.NewReaderSize(r, 64<<10)
-	for {
-		line, err := br.ReadBytes('\n')
-		if len(line) > 0 {
-			handleLine(line, w, &res)
-		}
-		if err != nil {
-			return res
-		}
-	}
-}
-
-func handleLine(line []byte, w *limitWriter, res *parseResult) {
-	body, ok := bytes.CutPrefix(line, []byte("@nix "))
-	if !ok {
-		w.write(line)
-		return
-	}
-	var rec record
-	if err := json.Unmarshal(bytes.TrimSpace(body), &rec); err != nil {
-		w.write(line)
-		return
-	}
-	switch {
-	case rec.Action == "result" && (rec.Type == resBuildLogLine || rec.Type == resPostBuildLogLine) && len(rec.Fields) > 0:
-		var text string
-		if json.Unmarshal(rec.Fields[0], &text) != nil {
-			return
-		}
-		w.write(append([]byte(text), '\n'))
-	case rec.Action == "msg" && rec.Level <= lvlError:
-		text := ansi.ReplaceAllString(rec.Msg, "")
-		res.errors = append(res.errors, strings.TrimPrefix(text, "error: "))
-		w.write(append([]byte(text), '\n'))
-	}
-}
-
-// derivationOutputs reads a derivation's outputs (name → store path).
-func derivationOutputs(ctx context.Context, drv string) (map[string]string, error) {
-	out, err := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command", "show-derivation",
-		"--option", "substituters", "", drv).Output()
+// derivationOutputs reads derivations' outputs (drv → output name → store path).
+func derivationOutputs(ctx context.Context, drvs ...string) (map[string]map[string]string, error) {
+	drv := strings.Join(drvs, " ")
+	out, err := exec.CommandContext(ctx, "nix", append([]string{"--extra-experimental-features", "nix-command", "show-derivation",
+		"--option", "substituters", ""}, drvs...)...).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -126,22 +83,24 @@ func derivationOutputs(ctx context.Context, drv string) (map[string]string, erro
 		}
 		return nil, fmt.Errorf("nix show-derivation %s: %w", drv, err)
 	}
-	var drvs map[string]struct {
+	var parsed map[string]struct {
 		Outputs map[string]struct {
 			Path string `json:"path"`
 		} `json:"outputs"`
 	}
-	if err := json.Unmarshal(out, &drvs); err != nil {
+	if err := json.Unmarshal(out, &parsed); err != nil {
 		return nil, fmt.Errorf("parse nix show-derivation %s: %w", drv, err)
 	}
-	outs := map[string]string{}
-	for _, d := range drvs {
+	all := map[string]map[string]string{}
+	for p, d := range parsed {
+		outs := map[string]string{}
 		for name, o := range d.Outputs {
 			outs[name] = o.Path
 		}
+		if len(outs) == 0 {
+			return nil, fmt.Errorf("nix show-derivation %s: no outputs", p)
+		}
+		all[p] = outs
 	}
-	if len(outs) == 0 {
-		return nil, fmt.Errorf("nix show-derivation %s: no outputs", drv)
-	}
-	return outs, nil
+	return all, nil
 }

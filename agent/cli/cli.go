@@ -172,7 +172,7 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 	return func(ctx context.Context) (protocol.Capabilities, error) {
 		c := protocol.Capabilities{Systems: cfg.Agent.Systems, Features: cfg.Agent.Features,
 			MandatoryFeatures: cfg.Agent.MandatoryFeatures, MaxJobs: cfg.MaxJobs(),
-			SpeedFactor: cfg.Agent.SpeedFactor, Roles: cfg.Agent.Roles}
+			Slots: cfg.StepSlots(), SpeedFactor: cfg.Agent.SpeedFactor, Roles: cfg.Agent.Roles}
 		nix, err := probe.ProbeNix(ctx)
 		if err != nil {
 			if len(c.Systems) == 0 {
@@ -235,8 +235,9 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		}
 		dc.Executors[protocol.WorkStep] = &work.Build{StateDir: cfg.Agent.StateDir,
 			CacheURL: strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache",
-			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log}
-		dc.Capacity[protocol.WorkStep] = cfg.MaxJobs()
+			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
+			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
+		dc.Capacity[protocol.WorkStep] = cfg.StepSlots()
 	}
 	if slices.Contains(cfg.Agent.Roles, protocol.RoleEval) {
 		// Working trees a crash left behind belong to no evaluation now.

@@ -511,7 +511,7 @@ func TestCapabilities_NixThenOverrides(t *testing.T) {
 	if len(caps.Systems) == 0 || caps.Systems[0] != "x86_64-linux" || !strings.HasPrefix(caps.NixVersion, "2.") {
 		t.Errorf("from Nix: systems %q, nix %q", caps.Systems, caps.NixVersion)
 	}
-	if caps.MaxJobs != runtime.NumCPU() || caps.SpeedFactor != 1 || !reflect.DeepEqual(caps.Roles, []string{protocol.RoleBuild, protocol.RoleEval}) {
+	if caps.MaxJobs != runtime.NumCPU() || caps.Slots != 4*runtime.NumCPU() || caps.SpeedFactor != 1 || !reflect.DeepEqual(caps.Roles, []string{protocol.RoleBuild, protocol.RoleEval}) {
 		t.Errorf("defaults: max_jobs %d (cores %d), speed %v, roles %q", caps.MaxJobs, runtime.NumCPU(), caps.SpeedFactor, caps.Roles)
 	}
 
@@ -519,6 +519,7 @@ func TestCapabilities_NixThenOverrides(t *testing.T) {
 	cfg.Agent.Features = []string{"kvm"}
 	cfg.Agent.MandatoryFeatures = []string{"big-parallel"}
 	cfg.Agent.MaxJobs = 2
+	cfg.Agent.StepSlots = 5
 	cfg.Agent.SpeedFactor = 2.5
 	cfg.Agent.Roles = []string{protocol.RoleEval}
 	caps, err = cli.Capabilities(cfg)(ctx)
@@ -526,7 +527,7 @@ func TestCapabilities_NixThenOverrides(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := protocol.Capabilities{Systems: []string{"aarch64-linux"}, Features: []string{"kvm"}, MandatoryFeatures: []string{"big-parallel"},
-		MaxJobs: 2, SpeedFactor: 2.5, Roles: []string{protocol.RoleEval}, NixVersion: caps.NixVersion}
+		MaxJobs: 2, Slots: 5, SpeedFactor: 2.5, Roles: []string{protocol.RoleEval}, NixVersion: caps.NixVersion}
 	if !reflect.DeepEqual(caps, want) || !strings.HasPrefix(caps.NixVersion, "2.") {
 		t.Errorf("overrides:\n got  %+v\n want %+v", caps, want)
 	}

@@ -40,8 +40,12 @@ type Agent struct {
 	Features          []string `toml:"features"`
 	MandatoryFeatures []string `toml:"mandatory_features"`
 	MaxJobs           int      `toml:"max_jobs"`
-	SpeedFactor       float64  `toml:"speed_factor"`
-	Roles             []string `toml:"roles"`
+	// StepSlots is how many steps the agent takes at once; 0: 4 × max_jobs. Steps
+	// beyond max_jobs share nix-store processes (batches) rather than each paying a
+	// process start.
+	StepSlots   int      `toml:"step_slots"`
+	SpeedFactor float64  `toml:"speed_factor"`
+	Roles       []string `toml:"roles"`
 	// CompressionLevel is the zstd level of uploads (1 fastest .. 19 smallest).
 	CompressionLevel int `toml:"compression_level"`
 	// MinFreeDisk (bytes) is the free space in the Nix store under which the agent
@@ -92,6 +96,9 @@ func (c Config) Validate() error {
 	if c.Agent.MaxJobs < 0 {
 		return fmt.Errorf("agent.max_jobs must be >= 0 (0 = one per CPU core)")
 	}
+	if c.Agent.StepSlots < 0 {
+		return fmt.Errorf("agent.step_slots must be >= 0 (0 = 4 × max_jobs)")
+	}
 	if c.Agent.SpeedFactor <= 0 {
 		return fmt.Errorf("agent.speed_factor must be > 0")
 	}
@@ -141,6 +148,14 @@ func (c Config) MaxJobs() int {
 		return c.Agent.MaxJobs
 	}
 	return runtime.NumCPU()
+}
+
+// StepSlots is step_slots, or 4 × MaxJobs when it is 0.
+func (c Config) StepSlots() int {
+	if c.Agent.StepSlots > 0 {
+		return c.Agent.StepSlots
+	}
+	return 4 * c.MaxJobs()
 }
 
 // GCEvery is gc_interval as a duration (0: never).

@@ -289,3 +289,19 @@ func TestLoad_DiskMinimumAndGCInterval(t *testing.T) {
 		t.Errorf("min_free_disk %d, gc every %v", cfg.Agent.MinFreeDisk, cfg.GCEvery())
 	}
 }
+
+func TestStepSlots_DefaultIsFourTimesMaxJobsAndNegativeIsRejected(t *testing.T) {
+	cfg := Defaults()
+	cfg.Agent.MaxJobs = 3
+	if got := cfg.StepSlots(); got != 12 {
+		t.Errorf("step slots %d, want 12 (4 × max_jobs)", got)
+	}
+	cfg.Agent.StepSlots = 5
+	if got := cfg.StepSlots(); got != 5 {
+		t.Errorf("step slots %d, want 5", got)
+	}
+	cfg.Agent.StepSlots = -1
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "step_slots") {
+		t.Errorf("negative step_slots: %v", err)
+	}
+}

@@ -34,6 +34,18 @@ type Build struct {
 	// CompressionLevel is the zstd level of output uploads (0: fastest).
 	CompressionLevel int
 	Logger           *slog.Logger
+	// MaxJobs is Nix's --max-jobs and the most nix-store processes at once; Slots is
+	// how many steps run at once (the agent's step slots). Steps that run together
+	// share nix-store processes (build.Batcher). Zero: 1 and MaxJobs.
+	MaxJobs, Slots int
+
+	batcherOnce sync.Once
+	batcher     *build.Batcher
+}
+
+func (b *Build) batch() *build.Batcher {
+	b.batcherOnce.Do(func() { b.batcher = build.NewBatcher(build.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots}) })
+	return b.batcher
 }
 
 // Log streaming: the largest chunk, and how often an idle stream carries an empty
@@ -86,7 +98,7 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 
 	started := time.Now().UTC()
 	logger.Info("building", "drv", t.DrvPath)
-	res, err := build.Realise(ctx, build.Request{
+	res, err := b.batch().Realise(ctx, build.Request{
 		DrvPath: t.DrvPath, Outputs: t.Outputs,
 		CacheURL: b.CacheURL, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
 		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
@@ -94,6 +106,9 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf,
 	})
 	lf.finish()
+	if !res.StartedAt.IsZero() {
+		started = res.StartedAt // when Nix began this derivation, not its batch
+	}
 	rep := protocol.StepReport{Work: a.Work, Status: res.Status, ExitCode: res.ExitCode, Error: res.Error,
 		LogSize: lf.size(), StartedAt: started, FinishedAt: time.Now().UTC()}
 	switch {
@@ -106,7 +121,7 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 		logger.Warn("step failed for a reason of the infrastructure; it will be retried", "err", err)
 		rep.Status, rep.Retry, rep.Error = "", true, err.Error()
 	case res.Status == protocol.StepSucceeded || res.Status == protocol.StepFailedWithOutput:
-		if err := b.uploadOutputs(ctx, link, res.OutputPaths, logger); err != nil {
+		if err := b.uploadOutputs(ctx, link, res.OutputPaths, res.Closure, logger); err != nil {
 			if ctx.Err() != nil {
 				stopSending()
 				<-sent
@@ -137,15 +152,19 @@ func (b *Build) reportInfra(ctx context.Context, link daemon.Link, w protocol.Wo
 
 // uploadOutputs puts the outputs' closure in the coordinator's cache (skipping what
 // it or an upstream has), retrying a broken stream a few times: rebuilding elsewhere
-// costs more than waiting for the session to come back.
-func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, logger *slog.Logger) error {
-	paths := make([]string, 0, len(outputs))
-	for _, p := range outputs {
-		paths = append(paths, p)
-	}
-	infos, err := push.ClosureInfos(ctx, paths)
-	if err != nil {
-		return err
+// costs more than waiting for the session to come back. closure is the closure's path
+// infos when the build gave them (no Nix process needed then).
+func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
+	infos := closure
+	if len(infos) == 0 {
+		paths := make([]string, 0, len(outputs))
+		for _, p := range outputs {
+			paths = append(paths, p)
+		}
+		var err error
+		if infos, err = push.ClosureInfos(ctx, paths); err != nil {
+			return err
+		}
 	}
 	opts := push.Options{}
 	if b.CompressionLevel > 0 {

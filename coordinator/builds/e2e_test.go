@@ -511,7 +511,7 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	repo.Commit(map[string]string{"release.nix": slowJobset(t, 2, 3, record)})
 	_, js := c.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
-	a := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "drainer", Isolated: true})
+	a := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "drainer", Isolated: true, StepSlots: 1})
 	c.Trigger(js, false)
 	bs := buildsOf(t, c, evaluated(t, c, js, 0))
 	var firstID, secondID int64
@@ -537,7 +537,7 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 		t.Errorf("the other build: %s, want queued (a draining agent takes nothing new)", b.Status)
 	}
 	// A new agent takes the second build; two signals cancel it and it is requeued.
-	b := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "impatient", Isolated: true})
+	b := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "impatient", Isolated: true, StepSlots: 1})
 	waitBuild(t, c, secondID, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
 	b.Signal(syscall.SIGTERM)
 	coordtest.Eventually(t, 10*time.Second, "the agent says it drains", func() bool {
@@ -594,7 +594,7 @@ in {
 	if code := c.Do("POST", fmt.Sprintf("/api/v1/builds/%d/bump", buildsOf(t, c, second)["bumped"].ID), c.Admin, nil, nil); code != 200 {
 		t.Fatalf("bump: %d", code)
 	}
-	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "one-slot", MaxJobs: 1})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "one-slot", MaxJobs: 1, StepSlots: 1})
 	coordtest.Eventually(t, 120*time.Second, "every step is built", func() bool {
 		var n int
 		_ = c.DB.Pool().QueryRow(ctx, `SELECT count(*) FROM steps WHERE status IN ('queued', 'running')`).Scan(&n)

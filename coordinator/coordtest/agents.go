@@ -25,6 +25,9 @@ type AgentOptions struct {
 	Roles    []string // default: build
 	Features []string // default: Nix's system-features (on these machines they include kvm)
 	MaxJobs  int      // default 1
+	// StepSlots is agent.step_slots (steps taken at once); 0: the agent's default
+	// (4 × max_jobs).
+	StepSlots int
 	// Isolated runs the real fc-agent binary in its own mount namespace with its own,
 	// empty /nix: everything it builds from must come through the coordinator's cache,
 	// as on a separate host.
@@ -66,6 +69,7 @@ func StartAgent(t testing.TB, c *Coordinator, o AgentOptions) *Agent {
 		cfg.Agent.Features = o.Features
 	}
 	cfg.Agent.MaxJobs = o.MaxJobs
+	cfg.Agent.StepSlots = o.StepSlots
 	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-"+o.Name), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +135,9 @@ func (a *Agent) startIsolated(t testing.TB, c *Coordinator, o AgentOptions) {
 		// host's: two stores would hand the same user to two builders (and kill one).
 		"NIX_CONFIG=build-users-group =",
 	)
+	if o.StepSlots != 0 {
+		cmd.Env = append(cmd.Env, "FC_AGENT__STEP_SLOTS="+strconv.Itoa(o.StepSlots))
+	}
 	if o.Features != nil {
 		cmd.Env = append(cmd.Env, "FC_AGENT__FEATURES="+strings.Join(o.Features, ","))
 	}
