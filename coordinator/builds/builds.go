@@ -267,32 +267,56 @@ func (b *Builds) dispatch(ctx context.Context) {
 	for len(cands) > 0 && ctx.Err() == nil {
 		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
 		c := &cands[0]
-		if !b.assign(ctx, c) {
+		// Several steps at once: an agent realises the steps that arrive together in one
+		// Nix process. Shared out when several agents have room, so the least loaded
+		// does not take everything.
+		free := c.caps.StepSlots() - c.running
+		n := max(1, free/len(cands))
+		got := b.assign(ctx, c, n)
+		if got == 0 {
 			cands = cands[1:] // nothing it can build (or it declined): try the others
 			continue
 		}
-		c.running++
+		c.running += got
 		if c.running >= c.caps.StepSlots() {
 			cands = cands[1:]
 		}
 	}
 }
 
-// assign claims one step the agent can build and pushes it over its session.
-func (b *Builds) assign(ctx context.Context, c *candidate) bool {
+// assign claims up to n steps the agent can build and pushes them over its session,
+// side by side; it returns how many the agent accepted.
+func (b *Builds) assign(ctx context.Context, c *candidate, n int) int {
 	claimed, err := b.db.ClaimSteps(ctx, storage.AgentSlots{AgentID: c.id, Systems: c.caps.Systems,
-		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: 1, TTL: b.cfg.Leases.TTL})
+		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: n, TTL: b.cfg.Leases.TTL})
 	if err != nil {
 		b.log.Warn("claim steps", "agent", c.id, "err", err)
-		return false
+		return 0
 	}
-	if len(claimed) == 0 {
-		return false
+	accepted := make([]bool, len(claimed))
+	var wg sync.WaitGroup
+	for i, st := range claimed {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			accepted[i] = b.push(ctx, c.id, st)
+		}()
 	}
-	st := claimed[0]
+	wg.Wait()
+	got := 0
+	for _, ok := range accepted {
+		if ok {
+			got++
+		}
+	}
+	return got
+}
+
+// push offers one claimed step to the agent; a step it declines is released.
+func (b *Builds) push(ctx context.Context, agentID int64, st storage.ClaimedStep) bool {
 	task := b.task(st)
 	ref := protocol.WorkRef{Kind: protocol.WorkStep, ID: st.ID, Epoch: st.Epoch}
-	reply, err := b.fleet.Command(ctx, c.id, protocol.Message{Type: protocol.TypeAssign,
+	reply, err := b.fleet.Command(ctx, agentID, protocol.Message{Type: protocol.TypeAssign,
 		Assign: &protocol.Assign{Work: ref, Step: &task}})
 	if err != nil || reply.Type != protocol.TypeAccept {
 		reason := "no answer"
@@ -304,11 +328,11 @@ func (b *Builds) assign(ctx context.Context, c *candidate) bool {
 		if rerr := b.db.ReleaseStep(ctx, st.Lease); rerr != nil {
 			b.log.Warn("release declined step", "step", st.ID, "err", rerr)
 		}
-		b.log.Info("agent declined step", "step", st.ID, "agent", c.id, "reason", reason)
+		b.log.Info("agent declined step", "step", st.ID, "agent", agentID, "reason", reason)
 		return false
 	}
 	b.cfg.Hub.Wake(st.ID) // viewers waiting for it to start
-	b.log.Info("step assigned", "step", st.ID, "drv", st.DrvPath, "agent", c.id, "epoch", st.Epoch, "attempt", st.Attempt)
+	b.log.Info("step assigned", "step", st.ID, "drv", st.DrvPath, "agent", agentID, "epoch", st.Epoch, "attempt", st.Attempt)
 	return true
 }
 
