@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evals"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/server"
@@ -171,5 +173,20 @@ func serve(ctx context.Context, cfg config.Config, env Env) error {
 	go func() { defer close(loopsDone); parts.Run(loops, cfg) }()
 	defer func() { stopLoops(); <-loopsDone }()
 	log.Info("coordinator listening", "addr", ln.Addr().String(), "version", protocol.BuildVersion)
-	return srv.Serve(ctx, ln, 20*time.Second)
+	serveCtx := ctx
+	if cfg.LocalAgent.Enabled {
+		la, err := localagent.Start(ctx, localagent.FromConfig(cfg, ln.Addr(), log), db.DB)
+		switch {
+		case errors.Is(err, localagent.ErrRevoked):
+			log.Error("not starting the local agent", "err", err)
+		case err != nil:
+			ln.Close()
+			return err
+		default:
+			var stopAgent func()
+			serveCtx, stopAgent = la.StopFirst(ctx)
+			defer stopAgent()
+		}
+	}
+	return srv.Serve(serveCtx, ln, 20*time.Second)
 }

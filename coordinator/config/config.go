@@ -6,9 +6,11 @@ package config
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"time"
 
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/protocol/tomlenv"
 )
 
@@ -26,6 +28,26 @@ type Config struct {
 	Eval     Eval     `toml:"evaluator"`
 	Queue    Queue    `toml:"queue_runner"`
 	Logs     Logs     `toml:"logs"`
+	// LocalAgent is an agent run inside the coordinator process (the quickstart's).
+	LocalAgent LocalAgent `toml:"local_agent"`
+}
+
+// LocalAgent is the [local_agent] section: an agent the coordinator runs in its own
+// process, the same code as fc-agent, dialling the coordinator's own listener over
+// loopback and enrolled automatically.
+type LocalAgent struct {
+	Enabled bool `toml:"enabled"`
+	// Name is the agent's name in the fleet.
+	Name string `toml:"name"`
+	// StateDir holds the agent's key and work files; empty: state_dir/local-agent.
+	StateDir string `toml:"state_dir"`
+	// MaxJobs is steps built at once; 0: one per CPU core.
+	MaxJobs int `toml:"max_jobs"`
+	// Roles are "build" and/or "eval".
+	Roles []string `toml:"roles"`
+	// DrainTimeout is seconds the coordinator's shutdown waits for the agent's running
+	// work to finish before cancelling it (and handing it back).
+	DrainTimeout int `toml:"drain_timeout"`
 }
 
 // Logs is the [logs] section: build logs.
@@ -137,7 +159,8 @@ func Defaults() Config {
 			GitTimeout: 600},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
-		Logs: Logs{MaxLogSize: 64 << 20, Compress: true},
+		Logs:       Logs{MaxLogSize: 64 << 20, Compress: true},
+		LocalAgent: LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -201,12 +224,47 @@ func (c Config) Validate() error {
 	if c.Cache.Priority < 1 {
 		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
 	}
+	if err := c.LocalAgent.validate(); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level %q: use debug, info, warn or error", c.LogLevel)
 	}
 	return nil
+}
+
+func (l LocalAgent) validate() error {
+	if !l.Enabled {
+		return nil
+	}
+	if l.Name == "" {
+		return fmt.Errorf("local_agent.name must not be empty")
+	}
+	if l.MaxJobs < 0 {
+		return fmt.Errorf("local_agent.max_jobs must be >= 0 (0 = one per CPU core)")
+	}
+	if l.DrainTimeout < 0 {
+		return fmt.Errorf("local_agent.drain_timeout must be >= 0 seconds")
+	}
+	if len(l.Roles) == 0 {
+		return fmt.Errorf("local_agent.roles must name at least one of build, eval")
+	}
+	for _, r := range l.Roles {
+		if r != protocol.RoleBuild && r != protocol.RoleEval {
+			return fmt.Errorf("local_agent.roles: %q is not build or eval", r)
+		}
+	}
+	return nil
+}
+
+// AgentStateDir is local_agent.state_dir, or state_dir/local-agent.
+func (c Config) AgentStateDir() string {
+	if c.LocalAgent.StateDir != "" {
+		return c.LocalAgent.StateDir
+	}
+	return filepath.Join(c.StateDir, "local-agent")
 }
 
 // Addr is the listen address.

@@ -151,3 +151,35 @@ func TestExampleFileDocumentsEveryKeyWithItsDefault(t *testing.T) {
 		}
 	}
 }
+
+func TestLoad_LocalAgentSection(t *testing.T) {
+	chdir(t, t.TempDir())
+	cfg, err := Load("", []string{"FC_STATE_DIR=/srv/fc", "FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__MAX_JOBS=2", "FC_LOCAL_AGENT__ROLES=build"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	la := cfg.LocalAgent
+	if !la.Enabled || la.MaxJobs != 2 || !reflect.DeepEqual(la.Roles, []string{"build"}) || la.Name != "local" || la.DrainTimeout != 10 {
+		t.Errorf("local_agent = %+v", la)
+	}
+	if got := cfg.AgentStateDir(); got != "/srv/fc/local-agent" {
+		t.Errorf("agent state dir %q, want state_dir/local-agent", got)
+	}
+	cfg.LocalAgent.StateDir = "/elsewhere"
+	if got := cfg.AgentStateDir(); got != "/elsewhere" {
+		t.Errorf("agent state dir %q, want the configured one", got)
+	}
+	if d := Defaults().LocalAgent; d.Enabled || !reflect.DeepEqual(d.Roles, []string{"build", "eval"}) {
+		t.Errorf("default local_agent = %+v: must be off, with build and eval roles", d)
+	}
+	for _, bad := range [][]string{
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__ROLES=cook"},
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__MAX_JOBS=-1"},
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__NAME="},
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__DRAIN_TIMEOUT=-1"},
+	} {
+		if _, err := Load("", bad); err == nil || !strings.Contains(err.Error(), "local_agent.") {
+			t.Errorf("%v: error %v, want one naming the local_agent key", bad, err)
+		}
+	}
+}
