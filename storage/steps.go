@@ -565,3 +565,16 @@ func (db *DB) ReleaseStep(ctx context.Context, l Lease) error {
 	}
 	return nil
 }
+
+// NextRetry is when the earliest queued step held back by a retry backoff becomes
+// runnable (ok false when none is).
+func (db *DB) NextRetry(ctx context.Context) (time.Time, bool, error) {
+	var at *time.Time
+	if err := db.pool.QueryRow(ctx, `SELECT min(not_before) FROM steps WHERE status = 'queued' AND not_before > now()`).Scan(&at); err != nil {
+		return time.Time{}, false, fmt.Errorf("next retry: %w", err)
+	}
+	if at == nil {
+		return time.Time{}, false, nil
+	}
+	return *at, true, nil
+}

@@ -148,14 +148,23 @@ func (b *Builds) Run(ctx context.Context, pool *pgxpool.Pool) {
 	}
 	sweep := time.NewTicker(b.cfg.SweepInterval)
 	defer sweep.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
 	b.sweep(ctx)
 	for {
 		b.dispatch(ctx)
+		// A step backing off after a retry becomes runnable with no event to say so.
+		wait := time.Hour
+		if at, ok, err := b.db.NextRetry(ctx); err == nil && ok {
+			wait = max(time.Until(at), 10*time.Millisecond)
+		}
+		retry.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
 		case <-sweep.C:
 			b.sweep(ctx)
+		case <-retry.C:
 		case <-b.wake:
 		}
 	}

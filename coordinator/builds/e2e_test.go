@@ -505,7 +505,10 @@ func TestBuilds_TwoCoordinatorsOneDatabase(t *testing.T) {
 // it finish, report and exit 0; with a second SIGTERM the step is cancelled on the
 // agent and requeued.
 func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
-	c := coordtest.Start(t, coordtest.Options{})
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
+		cfg.Queue.RetryBackoff = 2 // the requeued step waits; no event ends the wait
+		cfg.Queue.SweepInterval = 300
+	}})
 	record := filepath.Join(sharedDir(t), "built")
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": slowJobset(t, 2, 3, record)})
@@ -550,6 +553,9 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 		t.Errorf("agent after a second signal: exited %v, err %v; want a non-zero exit", exited, err)
 	}
 	waitBuild(t, c, secondID, 30*time.Second, "requeued", func(b build) bool { return b.Status == "queued" })
+	// Another agent builds it once the backoff is over, long before the next sweep.
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "finisher", StepSlots: 1})
+	waitBuild(t, c, secondID, 30*time.Second, "built after its backoff", func(b build) bool { return b.Status == "succeeded" })
 }
 
 // TestBuilds_OneSlotStartsStepsInSchedulingOrder: with one agent slot, queued steps
