@@ -148,6 +148,17 @@ func BenchmarkDAG1000(b *testing.B) {
 }
 
 func benchmarkAgainstNixBuild(b *testing.B, n int, jobset func(n int, salt string) string, jobs int, builders ...coordtest.AgentOptions) {
+	// FC_BENCH_STEP_SLOTS sets the builders' [agent] step_slots (default: 4 × max_jobs).
+	if v := os.Getenv("FC_BENCH_STEP_SLOTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatalf("FC_BENCH_STEP_SLOTS: %v", err)
+		}
+		for i := range builders {
+			builders[i].StepSlots = n
+		}
+		b.Logf("builders take %d steps at once (step_slots)", n)
+	}
 	e := benchStart(b, builders...)
 	slots := 0
 	for _, o := range builders {
