@@ -212,6 +212,16 @@ type job struct {
 	res  Result
 	err  error
 
+	// stopWatch ends the job's cancel watch once it finished early.
+	stopWatch func() bool
+
+	// mu guards what the log parser fills in and the early finisher reads: the log
+	// writer, handed, started, errors, status, exit.
+	mu sync.Mutex
+	// handed: the job got its result while its batch went on; nothing more goes to
+	// its log.
+	handed bool
+
 	// Filled by the log parser.
 	started time.Time
 	errors  []string
@@ -314,9 +324,17 @@ func runBatch(jobs []*job, maxJobs int) {
 	for _, j := range jobs {
 		j.lw = newLimitWriter(j.req.Log, j.req.MaxLogSize)
 		j.lw.onStop = stopBatch
-		defer context.AfterFunc(j.ctx, stopBatch)()
+		j.stopWatch = context.AfterFunc(j.ctx, stopBatch)
+		defer j.stopWatch()
 	}
 	d := newDemux(jobs)
+	// Derivations finish one by one while the batch runs: each is handed on as soon
+	// as Nix is done with it, so its step uploads and reports without waiting for the
+	// slowest build of the batch.
+	ef := &earlyFinisher{start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
+	d.early = ef
+	earlyDone := make(chan struct{})
+	go func() { defer close(earlyDone); ef.run(bctx) }()
 	parsed := make(chan []string, 1)
 	go func() { parsed <- d.parse(pr) }()
 
@@ -342,6 +360,15 @@ func runBatch(jobs []*job, maxJobs int) {
 		_ = pr.SetReadDeadline(time.Now())
 		general = <-parsed
 	}
+	close(ef.wake)
+	<-earlyDone
+	rest := jobs[:0:0]
+	for _, j := range jobs {
+		if !j.handed {
+			rest = append(rest, j)
+		}
+	}
+	jobs = rest
 	wasStopped := false
 	select {
 	case <-stop:
@@ -539,6 +566,140 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 	}
 }
 
+// earlyFinisher gives derivations Nix built inside a running batch their results. A
+// derivation is known built when its outputs are valid in Nix's database and Nix has
+// counted as many builds done as there are such derivations: Nix registers outputs before it counts a build
+// done, and prints a build's log before either, so every log handed on is whole.
+// (Outputs merely existing proves nothing: without a sandbox the builder writes
+// them in place.) Failures wait for the end of the batch: Nix 2.8 names a failed
+// derivation only when nix-store ends, and its counters do not say which one failed.
+type earlyFinisher struct {
+	start   time.Time
+	jobs    []*job
+	wake    chan struct{} // a progress record counted more finished builds
+	done    atomic.Int64  // builds Nix counted done, as far as the parser has read
+	handedB int           // built jobs handed on so far
+}
+
+// progress is called by the parser with Nix's count of finished builds.
+func (e *earlyFinisher) progress(done int64) {
+	e.done.Store(done)
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Early finishing costs Nix processes of its own (a validity check, a path-info), so
+// it starts only once a batch has run for earlyAfter (a batch of trivial steps ends
+// sooner than that), and checks at most every earlyEvery.
+const (
+	earlyAfter = time.Second
+	earlyEvery = 250 * time.Millisecond
+)
+
+func (e *earlyFinisher) run(ctx context.Context) {
+	var last time.Time
+	for range e.wake {
+		if wait := earlyAfter - time.Since(e.start); wait > 0 {
+			if !e.sleep(wait) {
+				return
+			}
+		}
+		if wait := earlyEvery - time.Since(last); wait > 0 {
+			if !e.sleep(wait) {
+				return
+			}
+		}
+		last = time.Now()
+		e.check(ctx)
+	}
+}
+
+// sleep waits d unless the batch ends first (wake closed); wake-ups arriving
+// meanwhile are folded into the check that follows.
+func (e *earlyFinisher) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case _, open := <-e.wake: // folded into the check after the wait
+			if !open {
+				return false
+			}
+		}
+	}
+}
+
+func (e *earlyFinisher) check(ctx context.Context) {
+	var failed, maybe []*job
+	for _, j := range e.jobs {
+		j.mu.Lock()
+		switch {
+		case j.handed || j.started.IsZero() || j.lw.exceeded || j.lw.err != nil || j.ctx.Err() != nil:
+		case j.status != "":
+			failed = append(failed, j)
+		default:
+			maybe = append(maybe, j)
+		}
+		j.mu.Unlock()
+	}
+	for _, j := range failed {
+		j.mu.Lock()
+		j.handed = true
+		res := Result{Status: j.status, ExitCode: j.exit, Error: strings.Join(j.errors, "\n"), LogSize: j.lw.n, StartedAt: j.started}
+		j.mu.Unlock()
+		j.stopWatch() // its step is done: a cancel now must not stop the batch
+		j.finish(res, nil)
+	}
+	if len(maybe) == 0 {
+		return
+	}
+	var paths []string
+	for _, j := range maybe {
+		paths = append(paths, orderedOutputs(j.outs)...)
+	}
+	invalid, err := invalidPaths(ctx, paths)
+	if err != nil {
+		return // the end of the batch classifies them
+	}
+	var built []*job
+	for _, j := range maybe {
+		if !slices.ContainsFunc(orderedOutputs(j.outs), func(p string) bool { return invalid[p] }) {
+			built = append(built, j)
+		}
+	}
+	if len(built) == 0 || int64(e.handedB+len(built)) > e.done.Load() {
+		return // some of them are not counted yet: their logs may still be arriving
+	}
+	e.handedB += len(built)
+	var valid []string
+	base := make([]Result, len(built))
+	for i, j := range built {
+		j.mu.Lock()
+		j.handed = true
+		base[i] = Result{LogSize: j.lw.n, StartedAt: j.started}
+		j.mu.Unlock()
+		j.stopWatch()
+		valid = append(valid, orderedOutputs(j.outs)...)
+	}
+	infos, err := pathInfosRecursive(ctx, valid)
+	if err != nil {
+		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
+		return
+	}
+	byPath := make(map[string]protocol.PathInfo, len(infos))
+	for _, i := range infos {
+		byPath[i.StorePath] = i
+	}
+	for i, j := range built {
+		res, err := finish(j.req, j.outs, byPath, base[i])
+		j.finish(res, err)
+	}
+}
+
 // finish classifies a derivation Nix built and reads its outputs' metadata.
 func finish(req Request, outs map[string]string, byPath map[string]protocol.PathInfo, res Result) (Result, error) {
 	res.OutputPaths = outs
@@ -680,7 +841,11 @@ func parsePathInfos(raw []byte) ([]protocol.PathInfo, error) {
 }
 
 // Nix's activity types and results that the demultiplexer follows.
-const actBuild = 105
+const (
+	actBuilds   = 104 // all the builds of the process; its progress counts them
+	actBuild    = 105 // one derivation's build
+	resProgress = 105 // [done, expected, running, failed] of an activity
+)
 
 // drvInMsg finds the derivations a message names.
 var drvInMsg = regexp.MustCompile(`/nix/store/[0-9a-z]{32}-[^'"\s]+\.drv`)
@@ -690,6 +855,9 @@ type demux struct {
 	jobs  []*job
 	byDrv map[string]*job
 	byAct map[uint64]*job
+	// early hands on derivations finished while the batch runs (nil: none is).
+	early  *earlyFinisher
+	builds uint64 // the activity counting the builds (type actBuilds)
 }
 
 func newDemux(jobs []*job) *demux {
@@ -719,9 +887,28 @@ func (d *demux) parse(r io.Reader) []string {
 	}
 }
 
-// all writes p to every job's log.
+// all writes p to every job's log (not to those already handed on: their logs are
+// complete).
 func (d *demux) all(p []byte) {
 	for _, j := range d.jobs {
+		j.write(p)
+	}
+}
+
+// progress passes on Nix's count of builds done ([done, expected, running, failed]).
+func (d *demux) progress(fields []json.RawMessage) {
+	var done int64
+	if d.early == nil || len(fields) < 1 || json.Unmarshal(fields[0], &done) != nil {
+		return
+	}
+	d.early.progress(done)
+}
+
+// write adds to one job's log unless it was already handed on.
+func (j *job) write(p []byte) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.handed {
 		j.lw.write(p)
 	}
 }
@@ -743,11 +930,17 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 		if json.Unmarshal(rec.Fields[0], &drv) == nil {
 			if j := d.byDrv[drv]; j != nil {
 				d.byAct[rec.ID] = j
+				j.mu.Lock()
 				if j.started.IsZero() {
 					j.started = time.Now().UTC()
 				}
+				j.mu.Unlock()
 			}
 		}
+	case rec.Action == "start" && rec.Type == actBuilds:
+		d.builds = rec.ID
+	case rec.Action == "result" && rec.Type == resProgress && rec.ID == d.builds && d.builds != 0:
+		d.progress(rec.Fields) // [done, expected, running, failed] of the builds
 	case rec.Action == "result" && (rec.Type == resBuildLogLine || rec.Type == resPostBuildLogLine) && len(rec.Fields) > 0:
 		var text string
 		if json.Unmarshal(rec.Fields[0], &text) != nil {
@@ -758,7 +951,7 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 			j = d.jobs[0]
 		}
 		if j != nil {
-			j.lw.write(append([]byte(text), '\n'))
+			j.write(append([]byte(text), '\n'))
 		}
 	case rec.Action == "msg" && rec.Level <= lvlError:
 		text := ansi.ReplaceAllString(rec.Msg, "")
@@ -775,6 +968,11 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 			return short, true
 		case 1:
 			j := named[0]
+			j.mu.Lock()
+			defer j.mu.Unlock()
+			if j.handed {
+				return "", false
+			}
 			j.errors = append(j.errors, short)
 			j.lw.write(append([]byte(text), '\n'))
 			switch {
