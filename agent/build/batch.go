@@ -32,7 +32,7 @@ import (
 // a batch is every pending request with the same process-wide options (substituters,
 // keys, features, timeout, max-silent), gathered for a moment, realised by one
 // `nix-store --realise D1 D2 … --keep-going -j MaxJobs` whose internal-json log is
-// split per derivation by Nix's activity ids. At most MaxJobs batches run at once;
+// split per derivation by Nix's activity ids. All batches together run at most MaxJobs builds;
 // a batch's requests get their results when its nix-store exits. One `nix path-info
 // --recursive` then gives every successful request its outputs' infos and closure.
 //
@@ -46,20 +46,22 @@ type Batcher struct {
 	slots   int
 	gather  time.Duration
 
-	mu       sync.Mutex
-	pending  []*job
-	batches  int // batch goroutines (gathering or running a process)
-	inFlight int // requests taken by batches
-	arrived  chan struct{}
-	wg       sync.WaitGroup
+	mu        sync.Mutex
+	pending   []*job
+	batches   int  // batch goroutines (gathering or running a process)
+	gathering bool // a batch goroutine is gathering: it takes what arrives
+	used      int  // builds the running batches may run at once (their -j), <= maxJobs
+	inFlight  int  // requests taken by batches
+	arrived   chan struct{}
+	wg        sync.WaitGroup
 
 	processes atomic.Int64
 }
 
 // BatcherConfig sizes a Batcher.
 type BatcherConfig struct {
-	// MaxJobs is Nix's --max-jobs of a batch and the most batches running at once
-	// (default 1).
+	// MaxJobs is how many builds the batches run at once, all together: each batch's
+	// --max-jobs comes out of it (default 1).
 	MaxJobs int
 	// Slots is how many requests may be submitted at once (the agent's step slots);
 	// a batch stops gathering early once every slot not in a batch has submitted.
@@ -141,13 +143,16 @@ func ctxError(ctx context.Context, drv string) error {
 	return fmt.Errorf("%w: realise %s: %w", ErrInfrastructure, drv, ctx.Err())
 }
 
-// kick starts a batch goroutine if requests wait and fewer than maxJobs run.
+// kick starts a batch goroutine if requests wait and the running batches leave room
+// for a build.
 func (b *Batcher) kick() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.pending) == 0 || b.batches >= b.maxJobs {
+	if len(b.pending) == 0 || b.used >= b.maxJobs || b.gathering {
 		return
 	}
+	b.gathering = true
+	b.used++ // the new batch's first build; it takes more when it has more
 	b.batches++
 	b.wg.Add(1)
 	go b.run()
@@ -187,15 +192,19 @@ gather:
 		clear(b.pending[len(rest):])
 		b.pending = rest
 	}
+	b.gathering = false
 	b.inFlight += len(jobs)
+	extra := max(0, min(len(jobs)-1, b.maxJobs-b.used))
+	b.used += extra
 	b.mu.Unlock()
 	if len(jobs) > 0 {
 		b.kick() // requests with other options need a batch of their own
 		b.processes.Add(1)
-		runBatch(jobs, min(b.maxJobs, len(jobs)))
+		runBatch(jobs, 1+extra)
 	}
 	b.mu.Lock()
 	b.inFlight -= len(jobs)
+	b.used -= 1 + extra
 	b.batches--
 	b.mu.Unlock()
 	b.kick()

@@ -1,6 +1,7 @@
 package build
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -324,5 +325,63 @@ func TestBatcher_FinishedDerivationsLeaveBeforeTheirBatch(t *testing.T) {
 	}
 	if early := slow.ret.Sub(fast.ret); early < 2*time.Second {
 		t.Errorf("fast returned %v after the start, only %v before the slow one", fast.ret.Sub(start), early)
+	}
+}
+
+// TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds: however the requests are
+// split into batches, no more than MaxJobs builders run at once.
+func TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds(t *testing.T) {
+	t.Parallel()
+	cache := emptyCache(t)
+	var cases []*batchCase
+	for i := range 6 {
+		cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.4; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
+	}
+	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: 6, Gather: time.Millisecond})
+	// Two waves: the second arrives while the first batch builds, so it needs a batch
+	// of its own, which must share the two builds.
+	var wg sync.WaitGroup
+	submit := func(cs []*batchCase) {
+		for _, c := range cs {
+			wg.Go(func() { c.res, c.err = b.Realise(context.Background(), c.req) })
+		}
+	}
+	submit(cases[:3])
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(cases[0].log.String()+cases[1].log.String()+cases[2].log.String(), "start") {
+		if time.Now().After(deadline) {
+			t.Fatal("the first wave never started")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a log the builder writes; bounded by the deadline
+	}
+	submit(cases[3:])
+	wg.Wait()
+	b.Wait()
+	type edge struct {
+		at    int64
+		delta int
+	}
+	var edges []edge
+	for i, c := range cases {
+		if c.err != nil || c.res.Status != protocol.StepSucceeded {
+			t.Fatalf("request %d: %+v %v", i, c.res, c.err)
+		}
+		var start, end int64
+		if _, err := fmt.Sscanf(c.log.String(), "start %d\nend %d\n", &start, &end); err != nil {
+			t.Fatalf("request %d log %q: %v", i, c.log, err)
+		}
+		edges = append(edges, edge{start, +1}, edge{end, -1})
+	}
+	slices.SortFunc(edges, func(a, b edge) int { return cmp.Compare(a.at, b.at)*2 + cmp.Compare(a.delta, b.delta) })
+	running, most := 0, 0
+	for _, e := range edges {
+		running += e.delta
+		most = max(most, running)
+	}
+	if most > 2 {
+		t.Errorf("%d builders ran at once, max_jobs is 2", most)
+	}
+	if most < 2 {
+		t.Errorf("only %d builder at a time: the batches did not use max_jobs", most)
 	}
 }
