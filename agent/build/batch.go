@@ -22,8 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/nixhash"
-
+	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -799,54 +798,7 @@ func pathInfosRecursive(ctx context.Context, paths []string) ([]protocol.PathInf
 	if err != nil {
 		return nil, fmt.Errorf("nix path-info: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	return parsePathInfos(raw)
-}
-
-// parsePathInfos reads `nix path-info --json`: a list of objects (Nix 2.8 to 2.18) or
-// an object keyed by path (newer Nix); hashes as SRI or sha256:base32.
-func parsePathInfos(raw []byte) ([]protocol.PathInfo, error) {
-	type nixPathInfo struct {
-		Path       string   `json:"path"`
-		NarHash    string   `json:"narHash"`
-		NarSize    int64    `json:"narSize"`
-		References []string `json:"references"`
-		Deriver    string   `json:"deriver"`
-		CA         string   `json:"ca"`
-	}
-	var list []nixPathInfo
-	if err := json.Unmarshal(raw, &list); err != nil {
-		var byPath map[string]*nixPathInfo
-		if err2 := json.Unmarshal(raw, &byPath); err2 != nil {
-			return nil, fmt.Errorf("parse nix path-info output: %w", err)
-		}
-		for p, info := range byPath {
-			if info == nil {
-				return nil, fmt.Errorf("path %s is not valid in the local store", p)
-			}
-			info.Path = p
-			list = append(list, *info)
-		}
-	}
-	out := make([]protocol.PathInfo, 0, len(list))
-	for _, i := range list {
-		if i.NarHash == "" {
-			return nil, fmt.Errorf("path %s is not valid in the local store", i.Path)
-		}
-		h, err := nixhash.ParseAny(i.NarHash, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s: nar hash %q: %w", i.Path, i.NarHash, err)
-		}
-		refs := make([]string, len(i.References))
-		for k, r := range i.References {
-			if !strings.HasPrefix(r, "/") {
-				r = StoreDir + "/" + r
-			}
-			refs[k] = r
-		}
-		out = append(out, protocol.PathInfo{StorePath: i.Path, NarHash: h.Format(nixhash.NixBase32, true),
-			NarSize: i.NarSize, References: refs, Deriver: i.Deriver, CA: i.CA})
-	}
-	return out, nil
+	return push.ParsePathInfo(raw)
 }
 
 // Nix's activity types and results that the demultiplexer follows.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -105,7 +106,7 @@ func TestBatcher_OneProcessEachRequestItsOwnStatusAndLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := parsePathInfos(raw)
+	want, err := push.ParsePathInfo(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

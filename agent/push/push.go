@@ -85,7 +85,7 @@ func PathInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error)
 			if err != nil {
 				return nil, fmt.Errorf("nix path-info: %w%s", err, stderrOf(err))
 			}
-			infos, err := parsePathInfo(raw)
+			infos, err := ParsePathInfo(raw)
 			if err != nil {
 				return nil, err
 			}
@@ -95,9 +95,9 @@ func PathInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error)
 	return out, nil
 }
 
-// parsePathInfo reads `nix path-info --json`: a list of objects (Nix 2.8 to 2.18) or
+// ParsePathInfo reads `nix path-info --json`: a list of objects (Nix 2.8 to 2.18) or
 // an object keyed by path (newer Nix); hashes as SRI or sha256:base32.
-func parsePathInfo(raw []byte) ([]protocol.PathInfo, error) {
+func ParsePathInfo(raw []byte) ([]protocol.PathInfo, error) {
 	var list []nixPathInfo
 	if err := json.Unmarshal(raw, &list); err != nil {
 		var byPath map[string]*nixPathInfo

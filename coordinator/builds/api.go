@@ -378,34 +378,9 @@ func (b *Builds) restartFailed(w http.ResponseWriter, r *http.Request) {
 // buildLog serves a build's log as plain text: its own step's, or ?step= one of the
 // steps it needed; ?tail=N gives the last N lines. It works while the step runs.
 func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
+	step, err := b.logStep(r)
 	if err != nil {
 		api.Fail(b.log, w, r, err)
-		return
-	}
-	steps, err := b.db.BuildSteps(r.Context(), id)
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	stepID, err := int64Query(r, "step")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	var step *storage.StepInfo
-	for i := range steps {
-		if (stepID == 0 && i == 0) || steps[i].ID == stepID {
-			step = &steps[i]
-			break
-		}
-	}
-	if step == nil {
-		api.Fail(b.log, w, r, api.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)"))
 		return
 	}
 	tail, err := int64Query(r, "tail")
@@ -432,6 +407,32 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 	// Range requests let a viewer fetch earlier parts of a long log on demand.
 	w.Header().Set("Cache-Control", "no-store")
 	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// logStep is the step whose log a request asks for: the build's own step, or ?step=
+// one of the steps the build needed.
+func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
+	id, err := idParam(r, "id")
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
+		return storage.StepInfo{}, err
+	}
+	steps, err := b.db.BuildSteps(r.Context(), id)
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	stepID, err := int64Query(r, "step")
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	for i, s := range steps {
+		if (stepID == 0 && i == 0) || s.ID == stepID {
+			return s, nil
+		}
+	}
+	return storage.StepInfo{}, api.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
 }
 
 // lastLines returns the last n lines of r.

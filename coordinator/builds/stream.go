@@ -16,7 +16,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fc-ci/fc/coordinator/api"
-	"github.com/fc-ci/fc/storage"
 )
 
 // logMessage is one WebSocket message of a live log. Offsets are bytes of the stored
@@ -49,34 +48,9 @@ var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: streamC
 // the build's step (or ?step=) from ?offset=N or the last ?tail=N lines, follows it
 // while the step runs, and ends with a final message when the step ends.
 func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
+	step, err := b.logStep(r)
 	if err != nil {
 		api.Fail(b.log, w, r, err)
-		return
-	}
-	steps, err := b.db.BuildSteps(r.Context(), id)
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	stepID, err := int64Query(r, "step")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	var step *storage.StepInfo
-	for i := range steps {
-		if (stepID == 0 && i == 0) || steps[i].ID == stepID {
-			step = &steps[i]
-			break
-		}
-	}
-	if step == nil {
-		api.Fail(b.log, w, r, api.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)"))
 		return
 	}
 	offset, err := offsetQuery(r)
@@ -110,7 +84,7 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 		f.offset = f.tailOffset(int(tail))
 	}
 	if err := f.run(ctx); err != nil && ctx.Err() == nil {
-		b.log.Debug("log stream ended", "build", id, "step", step.ID, "err", err)
+		b.log.Debug("log stream ended", "step", step.ID, "err", err)
 	}
 }
 
