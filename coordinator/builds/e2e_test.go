@@ -623,3 +623,38 @@ in {
 		t.Errorf("start order %v, want %v then new and cp-top", order, want)
 	}
 }
+
+// TestOneAtATime_NextEvaluationWaitsForTheBuilds: a one_at_a_time jobset evaluates a
+// new commit only once the previous evaluation's builds have finished.
+func TestOneAtATime_NextEvaluationWaitsForTheBuilds(t *testing.T) {
+	ctx := context.Background()
+	c := coordtest.Start(t, coordtest.Options{})
+	record := filepath.Join(sharedDir(t), "built")
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": slowJobset(t, 1, 3, record)})
+	_, js := c.Project("demo", repo.Dir, map[string]any{"state": "one_at_a_time"})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
+	c.Trigger(js, false)
+	first := evaluated(t, c, js, 0)
+	id := buildsOf(t, c, first)["j0"].ID
+	waitBuild(t, c, id, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	second := repo.Commit(map[string]string{"release.nix": slowJobset(t, 1, 0, record)})
+	c.Trigger(js, false)
+	evaluationOf := func() int {
+		var n int
+		_ = c.DB.Pool().QueryRow(ctx, `SELECT count(*) FROM evaluations WHERE jobset_id = $1 AND commit = $2`, js, second).Scan(&n)
+		return n
+	}
+	// While the build runs, the trigger waits: no evaluation of the new commit.
+	for getBuild(t, c, id).Status == "running" {
+		if evaluationOf() != 0 {
+			t.Fatal("a one_at_a_time jobset evaluated a new commit while the previous evaluation's build ran")
+		}
+		time.Sleep(100 * time.Millisecond) // sampling the state while the build runs; bounded by the build's 3 s
+	}
+	if b := getBuild(t, c, id); b.Status != "succeeded" {
+		t.Fatalf("first build: %s", b.Status)
+	}
+	coordtest.Eventually(t, 60*time.Second, "the new commit is evaluated once the build finished", func() bool { return evaluationOf() == 1 })
+}
