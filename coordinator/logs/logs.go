@@ -42,7 +42,23 @@ type Dir struct {
 	dir      string
 	compress bool
 	mu       sync.Mutex // appends to one log are serialised; one lock is plenty here
+
+	// unpacked keeps the last few decompressed logs: a viewer scrolling up a long
+	// finished log asks for one byte range after another.
+	unpackedMu sync.Mutex
+	unpacked   []unpackedLog
 }
+
+type unpackedLog struct {
+	step, epoch int64
+	data        []byte
+}
+
+// Bounds of the decompressed-log cache.
+const (
+	unpackedEntries = 4
+	unpackedBytes   = 256 << 20
+)
 
 // NewDir returns a store in dir, creating it. compress stores finished logs with zstd.
 func NewDir(dir string, compress bool) (*Dir, error) {
@@ -136,20 +152,48 @@ func (memLog) Close() error { return nil }
 // openCompressed reads a finished, compressed log. Logs are bounded by max_log_size,
 // so holding one decompressed is fine.
 func (d *Dir) openCompressed(step, epoch int64) (memLog, error) {
+	d.unpackedMu.Lock()
+	for i, u := range d.unpacked {
+		if u.step == step && u.epoch == epoch {
+			d.unpacked = append(append([]unpackedLog{u}, d.unpacked[:i]...), d.unpacked[i+1:]...) // most recent first
+			d.unpackedMu.Unlock()
+			return memLog{bytes.NewReader(u.data)}, nil
+		}
+	}
+	d.unpackedMu.Unlock()
+	data, err := d.decompress(step, epoch)
+	if err != nil {
+		return memLog{}, err
+	}
+	d.unpackedMu.Lock()
+	d.unpacked = append([]unpackedLog{{step, epoch, data}}, d.unpacked...)
+	total := 0
+	for i, u := range d.unpacked {
+		total += len(u.data)
+		if i >= unpackedEntries || total > unpackedBytes {
+			d.unpacked = d.unpacked[:max(i, 1)]
+			break
+		}
+	}
+	d.unpackedMu.Unlock()
+	return memLog{bytes.NewReader(data)}, nil
+}
+
+func (d *Dir) decompress(step, epoch int64) ([]byte, error) {
 	raw, err := os.ReadFile(d.path(step, epoch) + ".zst")
 	if err != nil {
-		return memLog{}, fmt.Errorf("log of step %d: %w", step, err)
+		return nil, fmt.Errorf("log of step %d: %w", step, err)
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
 	if err != nil {
-		return memLog{}, err
+		return nil, err
 	}
 	defer dec.Close()
 	data, err := dec.DecodeAll(raw, nil)
 	if err != nil {
-		return memLog{}, fmt.Errorf("log of step %d: decompress: %w", step, err)
+		return nil, fmt.Errorf("log of step %d: decompress: %w", step, err)
 	}
-	return memLog{bytes.NewReader(data)}, nil
+	return data, nil
 }
 
 // Finish implements Store: with compression on, the log becomes <epoch>.log.zst
