@@ -396,6 +396,18 @@ func TestBuildPage_LongLog(t *testing.T) {
 	}
 	t.Logf("%d line elements for %d lines", count, n)
 
+	// Opening the page fetches nothing like the whole log: the stream numbers its tail.
+	logBytes := 0
+	for i := 1; i <= n; i++ {
+		logBytes += len(fmt.Sprintf("long line %d\n", i))
+	}
+	rangeBytes := `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/api/v1/builds/` +
+		fmt.Sprint(id) + `/log').reduce((s, e) => s + e.encodedBodySize, 0)`
+	time.Sleep(500 * time.Millisecond)
+	if got := eval[int](p, rangeBytes); got > logBytes/20 {
+		t.Errorf("opening the page fetched %d bytes of the %d-byte log", got, logBytes)
+	}
+
 	// Scrolling to the top loads earlier lines, a block at a time, and keeps the
 	// number of elements bounded.
 	for range 6 {
@@ -409,6 +421,15 @@ func TestBuildPage_LongLog(t *testing.T) {
 	if count := eval[int](p, lines+`.length`); count >= 6000 {
 		t.Errorf("after scrolling up the page holds %d line elements", count)
 	}
+	// Scrolling on reaches line 1, numbered right all the way.
+	p.waitJS(60*time.Second, "line 1 is loaded", `(() => { document.getElementById('log').scrollTop = 0; return `+first+` === 1; })()`)
+	if msg := eval[string](p, consistent); msg != "" {
+		t.Fatalf("at the top: %s", msg)
+	}
+	if count := eval[int](p, lines+`.length`); count >= 6000 {
+		t.Errorf("at the top the page holds %d line elements", count)
+	}
+	t.Logf("scrolling to the top fetched %d bytes of the %d-byte log", eval[int](p, rangeBytes), logBytes)
 
 	// A link to an early line loads the lines around it.
 	p.navigate(fmt.Sprintf("%s/build/%d#L5", c.URL, id))

@@ -7,11 +7,14 @@
 // earlier lines as byte ranges of the raw log (Range requests) and prepends them, and
 // lines far below the reader leave at the bottom, to come back the same way.
 //
-// Line numbers: the tail starts at a byte offset, not a line number, so one streamed
-// pass over the bytes before it counts the lines (it holds nothing but the count and
-// an anchor, the byte offset of every BLOCK-th line, which later range requests start
-// from). Internally lines are numbered relative to the tail's first line ("rel");
-// the page shows prefix + rel + 1.
+// Line numbers: every log message carries "line", the number of lines before its
+// offset, so the first message fixes the tail's first line number (prefix). Earlier
+// lines are fetched backwards, a byte range at a time, from the earliest line start
+// known (cut at the range's first newline) and numbered backwards from it; nothing
+// before what the reader asks for is downloaded. Lines seen note anchors (the byte
+// offset of every BLOCK-th line, and of each range's first line), which later range
+// requests start from. Internally lines are numbered relative to the tail's first
+// line ("rel"); the page shows prefix + rel + 1.
 (function () {
   'use strict';
   const root = document.getElementById('log');
@@ -22,6 +25,8 @@
   const BLOCK = 1000; // lines between anchors; lines per range request
   const MAX_LINES = 4000; // line elements kept in the page
   const EDGE = 400; // px from the top or the bottom of the view that load more
+  const MIN_RANGE = 16 << 10, MAX_RANGE = 1 << 20; // bytes per backward range request (loading)
+  const SCAN_RANGE = 256 << 10, MAX_SCAN = 8 << 20; // (seeking a #L line above them: doubling)
 
   const buildID = root.dataset.build;
   const stepID = root.dataset.step || '';
@@ -43,8 +48,9 @@
   // What was received.
   let gen = 0; // bumps when the log starts over; async work of an older generation is dropped
   let started = false; // a first log message fixed where the tail starts
-  let prefix = null; // lines before the tail's first line (null until counted)
+  let prefix = null; // lines before the tail's first line (null until the first log message)
   let anchors = []; // {rel, off}, sorted: line rel starts at byte off
+  let known = { rel: 0, off: 0 }; // the earliest line start seen: every line from it on was seen
   let liveOff = 0; // the stream's next byte offset
   let lineOff = 0; // offset just past the last complete received line
   let liveRel = 0; // rel of the next line to complete
@@ -183,48 +189,62 @@
     throw new Error('HTTP ' + r.status);
   }
 
-  // countPrefix counts the lines in bytes [0, end) (end is a line start) in one
-  // streamed pass, noting the offset of every BLOCK-th line.
-  async function countPrefix(end, g) {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const r = await fetch(rawURL, { headers: { Range: 'bytes=0-' + (end - 1) }, cache: 'no-store' });
-        if (r.status !== 206 && r.status !== 200) throw new Error('HTTP ' + r.status);
-        const reader = r.body.getReader();
-        const pre = [{ abs: 0, off: 0 }];
-        let pos = 0, n = 0;
-        while (pos < end) {
-          const chunk = await reader.read();
-          if (g !== gen) { reader.cancel(); return; }
-          if (chunk.done) break;
-          const v = chunk.value;
-          const lim = Math.min(v.length, end - pos);
-          for (let i = v.indexOf(10); i >= 0 && i < lim; i = v.indexOf(10, i + 1)) {
-            n++;
-            if (n % BLOCK === 0 && pos + i + 1 < end) pre.push({ abs: n, off: pos + i + 1 });
-          }
-          pos += v.length;
+  // addAnchor notes that line rel starts at byte off.
+  function addAnchor(rel, off) {
+    let lo = 0, hi = anchors.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (anchors[mid].rel < rel) lo = mid + 1; else hi = mid;
+    }
+    if (lo < anchors.length && anchors[lo].rel === rel) return;
+    anchors.splice(lo, 0, { rel: rel, off: off });
+  }
+
+  // fetchBack fetches the whole lines that end at byte end (a line start, line rel)
+  // from a range of about size bytes before it, growing the range while it holds no
+  // line start. It notes anchors and the earliest line start, and returns the lines
+  // ({text, off}) and the rel of the first.
+  async function fetchBack(rel, end, size) {
+    for (;;) {
+      const from = Math.max(0, end - size);
+      const bytes = await fetchRange(from, end);
+      let cut = 0;
+      if (from > 0) {
+        const nl = bytes.indexOf(10);
+        if (nl < 0 || nl + 1 >= bytes.length) { // no line start in the range: one long line
+          size *= 2;
+          continue;
         }
-        if (pos < end) throw new Error('short read');
-        reader.cancel().catch(function () {});
-        setPrefix(n, pre);
-        return;
-      } catch (e) {
-        if (g !== gen) return;
-        await new Promise(function (res) { setTimeout(res, Math.min(10000, 500 * Math.pow(2, attempt))); });
-        if (g !== gen) return;
+        cut = nl + 1;
       }
+      const ls = splitBytes(bytes.subarray(cut), from + cut);
+      const first = rel - ls.length;
+      for (let i = 0; i < ls.length; i++) {
+        const r = first + i;
+        if (i === 0 || r % BLOCK === 0) addAnchor(r, ls[i].off);
+      }
+      if (ls.length > 0 && first < known.rel) known = { rel: first, off: ls[0].off };
+      return { ls: ls, rel: first };
     }
   }
 
-  function setPrefix(n, pre) {
-    prefix = n;
-    anchors = pre.map(function (p) { return { rel: p.abs - n, off: p.off }; }).concat(anchors);
-    for (const div of lines.children) number(div);
-    updateMore();
-    stick();
-    seekTarget();
-    maybeLoad();
+  // backSize is a range that holds about BLOCK lines, judging by the lines seen.
+  function backSize() {
+    const n = liveRel - known.rel;
+    const avg = n > 0 ? (lineOff - known.off) / n : 100;
+    return Math.max(MIN_RANGE, Math.min(MAX_RANGE, Math.ceil(avg * BLOCK * 1.1)));
+  }
+
+  // scanBack fetches backwards from the earliest line seen until line rel is seen
+  // (for a #L link above everything seen), noting anchors only.
+  async function scanBack(rel, g) {
+    let size = SCAN_RANGE;
+    rel -= 50; // and some lines before it
+    while (rel < known.rel && known.off > 0) {
+      await fetchBack(known.rel, known.off, size);
+      if (g !== gen) return;
+      size = Math.min(MAX_SCAN, size * 2);
+    }
   }
 
   // ---- the stream ----
@@ -234,6 +254,7 @@
     started = false;
     prefix = null;
     anchors = [];
+    known = { rel: 0, off: 0 };
     liveOff = lineOff = 0;
     liveRel = 0;
     pending = '';
@@ -252,8 +273,8 @@
       liveOff = lineOff = off;
       loOff = hiOff = off;
       anchors = [{ rel: 0, off: off }];
-      if (off === 0) setPrefix(0, []);
-      else countPrefix(off, gen);
+      known = { rel: 0, off: off };
+      prefix = m.line || 0; // the server counted the lines before the tail
     } else if (off !== liveOff) {
       // Not where this viewer is: come back from its own offset.
       if (ws) ws.close();
@@ -445,9 +466,9 @@
   }
 
   function updateMore() {
-    const before = prefix === null ? (loOff > 0 ? -1 : 0) : loRel + prefix;
+    const before = prefix === null ? 0 : loRel + prefix;
     topMore.hidden = before === 0;
-    topMore.textContent = before < 0 ? 'Counting earlier lines…' : before.toLocaleString() + ' earlier lines: scroll up to load them';
+    topMore.textContent = before.toLocaleString() + ' earlier lines: scroll up to load them';
     bottomMore.hidden = attached;
     bottomMore.textContent = (liveRel - hiRel).toLocaleString() + ' later lines: scroll down to load them';
     if (followBtn) followBtn.hidden = following && attached;
@@ -465,17 +486,17 @@
     loading = true;
     const g = gen;
     try {
-      const a = anchorAtOrBefore(loRel - BLOCK);
-      const bytes = await fetchRange(a.off, loOff);
+      const got = await fetchBack(loRel, loOff, backSize());
       if (g !== gen) return;
-      const ls = splitBytes(bytes, a.off);
+      const ls = got.ls.length > BLOCK ? got.ls.slice(got.ls.length - BLOCK) : got.ls;
+      if (ls.length === 0) return;
       const frag = render(ls, loRel - ls.length);
       const before = root.scrollHeight;
       const top = root.scrollTop;
       lines.insertBefore(frag, lines.firstChild);
       root.scrollTop = top + (root.scrollHeight - before);
       loRel -= ls.length;
-      loOff = a.off;
+      loOff = ls[0].off;
       if (!following) trimBottom(); // (a following reader only gets here while the window is shorter than the view)
       updateMore();
       stick();
@@ -553,6 +574,21 @@
     if (target === null || prefix === null || loading) return;
     const rel = target - 1 - prefix;
     if (rel < -prefix) { target = null; return; }
+    if (rel < known.rel && known.off > 0) { // above every line seen: find it first
+      const g = gen;
+      loading = true;
+      scanBack(rel - 50, g).then(function () {
+        if (g !== gen) return;
+        loading = false;
+        seekTarget();
+      }, function (e) {
+        if (g !== gen) return;
+        loading = false;
+        setState('could not load line ' + target + ': ' + e.message);
+        target = null;
+      });
+      return;
+    }
     if (rel >= liveRel + (pending === '' ? 0 : 1)) { // not there (yet)
       if (done) target = null;
       return;
