@@ -214,6 +214,20 @@ func PageOf(r *http.Request) (storage.Page, error) {
 	return p, nil
 }
 
+// PositiveQuery reads an optional query parameter that must be a positive integer
+// (an id to filter by); absent is 0.
+func PositiveQuery(r *http.Request, name string) (int64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, Unprocessable(name, "%s must be a positive integer", name)
+	}
+	return n, nil
+}
+
 // NewList wraps a page of items in the list envelope.
 func NewList[T any](items []T, total int64, p storage.Page) List[T] {
 	if items == nil {

@@ -134,18 +134,6 @@ func idParam(r *http.Request, name string) (int64, error) {
 	return id, nil
 }
 
-func int64Query(r *http.Request, name string) (int64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, api.Unprocessable(name, "%s must be a positive integer", name)
-	}
-	return n, nil
-}
-
 func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 	page, err := api.PageOf(r)
 	if err != nil {
@@ -157,7 +145,7 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 		name string
 		dst  *int64
 	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
-		if *p.dst, err = int64Query(r, p.name); err != nil {
+		if *p.dst, err = api.PositiveQuery(r, p.name); err != nil {
 			api.Fail(b.log, w, r, err)
 			return
 		}
@@ -383,7 +371,7 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 		api.Fail(b.log, w, r, err)
 		return
 	}
-	tail, err := int64Query(r, "tail")
+	tail, err := api.PositiveQuery(r, "tail")
 	if err != nil {
 		api.Fail(b.log, w, r, err)
 		return
@@ -423,7 +411,7 @@ func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
 	if err != nil {
 		return storage.StepInfo{}, err
 	}
-	stepID, err := int64Query(r, "step")
+	stepID, err := api.PositiveQuery(r, "step")
 	if err != nil {
 		return storage.StepInfo{}, err
 	}

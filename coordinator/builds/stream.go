@@ -58,7 +58,7 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 		api.Fail(b.log, w, r, err)
 		return
 	}
-	tail, err := int64Query(r, "tail")
+	tail, err := api.PositiveQuery(r, "tail")
 	if err != nil {
 		api.Fail(b.log, w, r, err)
 		return

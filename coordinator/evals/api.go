@@ -58,18 +58,6 @@ func toEvaluationJSON(ev storage.Evaluation) evaluationJSON {
 		Attempts: ev.Attempts, CreatedAt: ev.CreatedAt.UTC(), StartedAt: ev.StartedAt, FinishedAt: ev.FinishedAt}
 }
 
-func int64Param(r *http.Request, name string) (int64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, api.Unprocessable(name, "%s must be a positive integer", name)
-	}
-	return n, nil
-}
-
 func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
 	page, err := api.PageOf(r)
 	if err != nil {
@@ -77,8 +65,8 @@ func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var f storage.EvaluationFilter
-	if f.ProjectID, err = int64Param(r, "project_id"); err == nil {
-		f.JobsetID, err = int64Param(r, "jobset_id")
+	if f.ProjectID, err = api.PositiveQuery(r, "project_id"); err == nil {
+		f.JobsetID, err = api.PositiveQuery(r, "jobset_id")
 	}
 	if err != nil {
 		api.Fail(e.log, w, r, err)
@@ -158,7 +146,7 @@ func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 		api.Fail(e.log, w, r, err)
 		return
 	}
-	otherID, err := int64Param(r, "with")
+	otherID, err := api.PositiveQuery(r, "with")
 	if err != nil || otherID == 0 {
 		api.Fail(e.log, w, r, api.Unprocessable("with", "with must name another evaluation's id"))
 		return
