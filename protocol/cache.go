@@ -10,10 +10,12 @@ import (
 // StreamUpload is opened by the agent to put store paths into the coordinator's
 // cache: an UploadRequest frame, the coordinator's UploadPlan (which paths it lacks),
 // then for each lacking path, in the plan's order, its NAR compressed with zstd as
-// chunks (see ChunkWriter), and after each one an UploadResult frame from the
-// coordinator. Paths go in dependency order, so a path is accepted only once every
-// reference is in the cache: a half-finished batch never leaves a narinfo whose
-// references are missing.
+// chunks (see ChunkWriter). The coordinator answers every sent path with an
+// UploadResult frame once it is committed or rejected; it commits paths in groups, so
+// results lag behind the data and come in bursts, in no particular order: the agent
+// sends on without waiting for them. Paths go in dependency order, so a path is
+// accepted only once every reference is in the cache or committed with it: a
+// half-finished batch never leaves a narinfo whose references are missing.
 const StreamUpload = "upload"
 
 // PathInfo describes one store path, as `nix path-info --json` does.

@@ -61,6 +61,15 @@ func (db *DB) PresentHashParts(ctx context.Context, hashParts []string) (map[str
 	return present, rows.Err()
 }
 
+// SmallBlob is a blob kept in PostgreSQL (see CommitNarinfos), by name.
+func (db *DB) SmallBlob(ctx context.Context, name string) ([]byte, error) {
+	var data []byte
+	if err := db.pool.QueryRow(ctx, `SELECT data FROM small_blobs WHERE name = $1`, name).Scan(&data); err != nil {
+		return nil, fmt.Errorf("blob %s: %w", name, mapErr(err))
+	}
+	return data, nil
+}
+
 // NarinfoCount is the number of paths and their compressed bytes.
 func (db *DB) NarinfoCount(ctx context.Context) (paths int64, bytes int64, err error) {
 	err = db.pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(file_size), 0) FROM narinfos`).Scan(&paths, &bytes)

@@ -133,29 +133,90 @@ func blobLock(ctx context.Context, tx pgx.Tx, url string) error {
 	return err
 }
 
-// CommitNarinfo makes the blob visible (commit) and records the narinfo under the
-// blob's lock, so retention never deletes a blob between the two.
-func (db *DB) CommitNarinfo(ctx context.Context, n Narinfo, commit func() error) error {
-	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		if err := blobLock(ctx, tx, n.URL); err != nil {
-			return fmt.Errorf("lock blob: %w", err)
+// CommitNarinfos makes a group of blobs visible (commit) and records their narinfos
+// in one transaction, under the locks of every blob involved, so retention never
+// deletes a blob between the two. A path already recorded is left as it is. One
+// transaction for a group rather than one per path is what makes an upload of
+// thousands of small .drv files cheap.
+//
+// small holds blobs kept in PostgreSQL rather than in the blob store, by name (the
+// narinfo URL without "nar/"): each is stored with the narinfo that points at it,
+// and not when that path was recorded already.
+func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string][]byte, commit func() error) error {
+	if len(ns) == 0 {
+		return nil
+	}
+	urls := make([]string, 0, len(ns))
+	cols := struct {
+		hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
+		fileSize, narSize                                                 []int64
+	}{}
+	for _, n := range ns {
+		urls = append(urls, n.URL)
+		cols.hash = append(cols.hash, n.HashPart)
+		cols.path = append(cols.path, n.StorePath)
+		cols.url = append(cols.url, n.URL)
+		cols.comp = append(cols.comp, n.Compression)
+		cols.fileHash = append(cols.fileHash, n.FileHash)
+		cols.fileSize = append(cols.fileSize, n.FileSize)
+		cols.narHash = append(cols.narHash, n.NarHash)
+		cols.narSize = append(cols.narSize, n.NarSize)
+		// References and signatures never contain a space (store path basenames,
+		// name:base64): each row's list travels as one space-separated string, since
+		// PostgreSQL arrays cannot be ragged.
+		cols.refs = append(cols.refs, strings.Join(n.References, " "))
+		cols.deriver = append(cols.deriver, n.Deriver)
+		cols.sigs = append(cols.sigs, strings.Join(n.Sigs, " "))
+		cols.ca = append(cols.ca, n.CA)
+	}
+	for _, n := range ns {
+		for _, l := range [][]string{n.References, n.Sigs} {
+			for _, v := range l {
+				if v == "" || strings.ContainsAny(v, " \t\n") {
+					return fmt.Errorf("narinfo %s: list element %q is empty or has white space", n.StorePath, v)
+				}
+			}
+		}
+	}
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		// In one order (by lock key), so two groups sharing blobs cannot deadlock.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
+			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, urls); err != nil {
+			return fmt.Errorf("lock blobs: %w", err)
 		}
 		if err := commit(); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
-			nar_hash, nar_size, refs, deriver, sigs, ca) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-			ON CONFLICT (hash_part) DO NOTHING`,
-			n.HashPart, n.StorePath, n.URL, n.Compression, n.FileHash, n.FileSize, n.NarHash, n.NarSize,
-			nonNil(n.References), n.Deriver, nonNil(n.Sigs), n.CA)
+		smallNames := make([]string, 0, len(small))
+		smallData := make([][]byte, 0, len(small))
+		for name, data := range small {
+			smallNames = append(smallNames, name)
+			smallData = append(smallData, data)
+		}
+		_, err := tx.Exec(ctx, `WITH added AS (
+			INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
+				nar_hash, nar_size, refs, deriver, sigs, ca)
+			SELECT h, p, u, c, fh, fs, nh, ns, string_to_array(r, ' '), d, string_to_array(s, ' '), ca
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+				$8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[]) AS t(h, p, u, c, fh, fs, nh, ns, r, d, s, ca)
+			ON CONFLICT (hash_part) DO NOTHING
+			RETURNING url)
+			INSERT INTO small_blobs (name, data)
+			SELECT b.n, b.d FROM unnest($13::text[], $14::bytea[]) AS b(n, d)
+			WHERE 'nar/' || b.n IN (SELECT url FROM added)
+			ON CONFLICT (name) DO NOTHING`,
+			cols.hash, cols.path, cols.url, cols.comp, cols.fileHash, cols.fileSize, cols.narHash, cols.narSize,
+			cols.refs, cols.deriver, cols.sigs, cols.ca, smallNames, smallData)
 		if err != nil {
-			return fmt.Errorf("insert narinfo %s: %w", n.StorePath, err)
+			return fmt.Errorf("insert %d narinfos: %w", len(ns), err)
 		}
 		return nil
 	})
+	return err
 }
 
-// DeleteBlobIfUnused deletes a blob (through del) when no narinfo points at it.
+// DeleteBlobIfUnused deletes a blob when no narinfo points at it: a small one from
+// PostgreSQL, any other through del.
 func (db *DB) DeleteBlobIfUnused(ctx context.Context, url string, del func() error) (bool, error) {
 	deleted := false
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
@@ -167,6 +228,14 @@ func (db *DB) DeleteBlobIfUnused(ctx context.Context, url string, del func() err
 			return err
 		}
 		if used {
+			return nil
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM small_blobs WHERE 'nar/' || name = $1`, url)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() > 0 {
+			deleted = true
 			return nil
 		}
 		if err := del(); err != nil {

@@ -44,7 +44,7 @@ func tables(t *testing.T, db *storage.DB) map[string]bool {
 var modelTables = []string{"projects", "jobsets", "jobset_inputs", "evaluations", "evaluation_errors",
 	"builds", "steps", "step_edges", "step_outputs", "build_outputs", "build_products", "build_metrics",
 	"aggregate_constituents", "agents", "enrollment_tokens", "users", "api_keys", "sessions", "roles",
-	"channels", "starred_jobs", "narinfos", "step_logs", "failed_paths"}
+	"channels", "starred_jobs", "narinfos", "step_logs", "failed_paths", "small_blobs"}
 
 func TestMigrate_EmptyDatabaseGetsWholeModelAndIsIdempotent(t *testing.T) {
 	ctx := context.Background()

@@ -197,38 +197,168 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	if err := protocol.WriteFrame(st, plan); err != nil || req.Query {
 		return err
 	}
-	for _, p := range plan.Missing {
-		res := c.receive(ctx, infos[p], upstream, st)
-		if !res.OK {
-			c.log.Warn("upload rejected", "agent", agentID, "path", p, "err", res.Error)
+	// known holds the hash parts the cache is known to hold: present at the plan,
+	// or committed by this stream since. References found there need no query.
+	known := present
+	g := &uploadGroup{staged: map[string]bool{}}
+	for i, p := range plan.Missing {
+		res, broken := c.receive(ctx, infos[p], upstream, known, g, st)
+		if res != nil {
+			g.results = append(g.results, *res)
 		}
-		if err := protocol.WriteFrame(st, res); err != nil {
-			return err
+		last := i == len(plan.Missing)-1
+		if broken || last || len(g.items) >= groupPaths || g.bytes >= groupBytes {
+			for _, r := range c.commitGroup(ctx, g, known) {
+				if !r.OK {
+					c.log.Warn("upload rejected", "agent", agentID, "path", r.StorePath, "err", r.Error)
+				}
+				if err := protocol.WriteFrame(st, r); err != nil {
+					return err
+				}
+			}
+		}
+		if broken {
+			return fmt.Errorf("upload of %s broke off", p)
 		}
 	}
 	return nil
+}
+
+// Group commit: the verified paths of an upload stream are made durable and recorded
+// together, up to groupPaths paths or groupBytes compressed bytes at a time: one
+// syncfs, one directory sync and one transaction per group instead of two fsyncs and
+// a transaction per path, which dominated uploads of thousands of small .drv files.
+// Results therefore come a group at a time; the sender does not wait for them.
+const (
+	groupPaths = 1000
+	groupBytes = 64 << 20
+)
+
+// uploadGroup is the paths received but not yet committed, and the results waiting
+// to be sent with theirs (rejections, which come first).
+type uploadGroup struct {
+	items   []stagedPath
+	bytes   int64
+	staged  map[string]bool // hash parts of items
+	results []protocol.UploadResult
+}
+
+// stagedPath is a verified path whose blob is written but not yet durable: in the
+// blob store, or in memory (small, to be stored with its narinfo).
+type stagedPath struct {
+	blob  BlobWriter
+	small []byte
+	name  string
+	n     storage.Narinfo
+}
+
+// smallBlob is the compressed size up to which a NAR is kept in PostgreSQL, with its
+// narinfo, rather than as a file: see migrations/00003_small_blobs.sql.
+const smallBlob = 64 << 10
+
+// spillWriter keeps a blob in memory while it is small and moves it into the blob
+// store once it outgrows smallBlob.
+type spillWriter struct {
+	store BlobStore
+	buf   []byte
+	blob  BlobWriter
+	err   error // the blob store's, as opposed to the stream's
+}
+
+func (w *spillWriter) Write(p []byte) (int, error) {
+	if w.blob == nil {
+		if len(w.buf)+len(p) <= smallBlob {
+			w.buf = append(w.buf, p...)
+			return len(p), nil
+		}
+		b, err := w.store.Create()
+		if err == nil {
+			_, err = b.Write(w.buf)
+		}
+		if err != nil {
+			if b != nil {
+				b.Abort()
+			}
+			w.err = err
+			return 0, err
+		}
+		w.blob, w.buf = b, nil
+	}
+	n, err := w.blob.Write(p)
+	if err != nil {
+		w.err = fmt.Errorf("write blob: %w", err)
+	}
+	return n, err
+}
+
+func (w *spillWriter) Abort() {
+	if w.blob != nil {
+		w.blob.Abort()
+	}
+}
+
+// commitGroup makes the staged blobs durable, commits them with their narinfos, and
+// returns every result of the group; committed paths join known.
+func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, known map[string]bool) []protocol.UploadResult {
+	defer func() {
+		g.items, g.bytes, g.results = g.items[:0], 0, nil
+		clear(g.staged)
+	}()
+	if len(g.items) == 0 {
+		return g.results
+	}
+	var blobs []BlobWriter
+	var names []string
+	small := map[string][]byte{}
+	ns := make([]storage.Narinfo, len(g.items))
+	for i, it := range g.items {
+		ns[i] = it.n
+		if it.blob == nil {
+			small[it.name] = it.small
+			continue
+		}
+		blobs, names = append(blobs, it.blob), append(names, it.name)
+	}
+	err := c.blobs.SyncAll(blobs) // the slow part, before the transaction and the locks
+	if err == nil {
+		err = c.db.CommitNarinfos(ctx, ns, small, func() error { return c.blobs.CommitAll(blobs, names) })
+	}
+	results := g.results
+	for _, it := range g.items {
+		res := protocol.UploadResult{StorePath: it.n.StorePath}
+		if err != nil {
+			if it.blob != nil {
+				it.blob.Abort()
+			}
+			c.m.rejections.WithLabelValues("storage").Inc()
+			res.Error = fmt.Sprintf("%s: store: %v", it.n.StorePath, err)
+		} else {
+			known[it.n.HashPart] = true
+			c.m.uploads.Inc()
+			c.m.uploadBytes.Add(float64(it.n.FileSize))
+			res.OK, res.FileSize = true, it.n.FileSize
+		}
+		results = append(results, res)
+	}
+	return results
 }
 
 type counter struct{ n int64 }
 
 func (c *counter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
-// receive reads one path's compressed NAR, verifies it while writing the blob, and
-// records the narinfo only once the blob is durable and every reference is present.
-func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[string]bool, st io.Reader) protocol.UploadResult {
-	res := protocol.UploadResult{StorePath: pi.StorePath}
-	reject := func(reason string, err error) protocol.UploadResult {
+// receive reads one path's compressed NAR and verifies it while writing the blob. A
+// path whose NAR and references check out is staged in g (committed with the group)
+// and receive returns nil; otherwise it returns the rejection. broken says the stream
+// itself failed, so nothing more can be read from it.
+func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, known map[string]bool, g *uploadGroup, st io.Reader) (rejected *protocol.UploadResult, broken bool) {
+	reject := func(reason string, err error) *protocol.UploadResult {
 		c.m.rejections.WithLabelValues(reason).Inc()
-		res.Error = err.Error()
-		return res
+		return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
 	}
 	want, _ := checkInfo(pi)
 	chunks := protocol.NewChunkReader(st)
-	blob, err := c.blobs.Create()
-	if err != nil {
-		_ = chunks.Drain()
-		return reject("storage", err)
-	}
+	blob := &spillWriter{store: c.blobs, buf: make([]byte, 0, 4096)}
 	// Two stages side by side, as the upload is CPU-bound: this goroutine stores the
 	// compressed bytes (blob and file hash), another decompresses and hashes the NAR.
 	fileHash, fileSize := sha256.New(), &counter{}
@@ -248,44 +378,47 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[
 	}()
 	_, copyErr := io.Copy(io.MultiWriter(blob, fileHash, fileSize, pw), chunks)
 	pw.CloseWithError(copyErr) // nil: the decoder sees the end of the stream
-	err = <-decoded
+	err := <-decoded
 	if copyErr != nil || err != nil {
 		blob.Abort()
 		if derr := chunks.Drain(); derr != nil {
-			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr))
+			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr)), true
+		}
+		if blob.err != nil {
+			return reject("storage", blob.err), false
 		}
 		if err == nil {
 			err = copyErr
 		}
-		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err))
+		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err)), false
 	}
 	got := narHash.Sum(nil)
 	if narSize.n != pi.NarSize {
 		blob.Abort()
-		return reject("size", fmt.Errorf("%s: NAR is %d bytes, declared %d", pi.StorePath, narSize.n, pi.NarSize))
+		return reject("size", fmt.Errorf("%s: NAR is %d bytes, declared %d", pi.StorePath, narSize.n, pi.NarSize)), false
 	}
 	if string(got) != string(want.Digest()) {
 		blob.Abort()
-		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash))
+		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash)), false
 	}
 	refs := make([]string, 0, len(pi.References))
 	var lookup []string
 	for _, r := range pi.References {
 		refs = append(refs, basename(r))
-		if r != pi.StorePath && !upstream[hashPart(r)] {
-			lookup = append(lookup, hashPart(r))
+		if h := hashPart(r); r != pi.StorePath && !upstream[h] && !known[h] && !g.staged[h] {
+			lookup = append(lookup, h)
 		}
 	}
 	if len(lookup) > 0 {
 		present, err := c.db.PresentHashParts(ctx, lookup)
 		if err != nil {
 			blob.Abort()
-			return reject("database", err)
+			return reject("database", err), false
 		}
 		for _, r := range pi.References {
-			if h := hashPart(r); r != pi.StorePath && !upstream[h] && !present[h] {
+			if h := hashPart(r); r != pi.StorePath && !upstream[h] && !known[h] && !g.staged[h] && !present[h] {
 				blob.Abort()
-				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, r))
+				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, r)), false
 			}
 		}
 	}
@@ -295,24 +428,15 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream map[
 	sig, err := c.key.Sign(nil, Fingerprint(pi.StorePath, narHashStr, pi.NarSize, refs))
 	if err != nil {
 		blob.Abort()
-		return reject("signing", err)
+		return reject("signing", err), false
 	}
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
 		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
 		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
-	// The slow fsync happens here, before the transaction and the blob's lock.
-	if err := blob.Sync(); err != nil {
-		blob.Abort()
-		return reject("storage", err)
-	}
-	if err := c.db.CommitNarinfo(ctx, n, func() error { return blob.Commit(name) }); err != nil {
-		blob.Abort()
-		return reject("storage", err)
-	}
-	c.m.uploads.Inc()
-	c.m.uploadBytes.Add(float64(fileSize.n))
-	res.OK, res.FileSize = true, fileSize.n
-	return res
+	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n})
+	g.bytes += fileSize.n
+	g.staged[n.HashPart] = true
+	return nil, false
 }
 
 func (c *Cache) decompress(r io.Reader, w io.Writer) error {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/nar"
+
 	agentcli "github.com/fc-ci/fc/agent/cli"
 	agentconfig "github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/push"
@@ -252,11 +254,17 @@ func narinfoStatus(t *testing.T, c *coordtest.Coordinator, storePath string) int
 	return resp.StatusCode
 }
 
+// blobFiles counts the committed blobs (files, and small ones in PostgreSQL) and the
+// temporary files.
 func blobFiles(t *testing.T, c *coordtest.Coordinator) (nars, tmps int) {
 	t.Helper()
 	n, _ := os.ReadDir(filepath.Join(c.Cfg.StateDir, "cache", "nar"))
 	tm, _ := os.ReadDir(filepath.Join(c.Cfg.StateDir, "cache", "tmp"))
-	return len(n), len(tm)
+	var small int
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM small_blobs`).Scan(&small); err != nil {
+		t.Fatal(err)
+	}
+	return len(n) + small, len(tm)
 }
 
 func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T) {
@@ -365,6 +373,65 @@ func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
 		if code := narinfoStatus(t, c, p); code != 404 {
 			t.Errorf("%s: narinfo %d, want 404", p, code)
 		}
+	}
+}
+
+// The coordinator commits uploads in groups (of 1,000 paths); a rejected path must
+// cost only itself, in whichever group, and every other path of every group is served.
+func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	const n = 2100
+	s := salt(t)
+	file := nixFile(t, fmt.Sprintf(`builtins.genList (i: derivation { name = "small-${toString i}"; salt = %q;
+  system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${toString i} > $out" ]; }) %d`, s, n))
+	drvs := strings.Fields(run(t, "nix-instantiate", file, "--option", "substituters", ""))
+	if len(drvs) != n {
+		t.Fatalf("%d derivations, want %d", len(drvs), n)
+	}
+	infos, err := push.PathInfos(context.Background(), drvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Upload orders by dependencies, then by path: take the 1,500th sent to corrupt,
+	// which falls in the second group.
+	bad := push.SortByDependencies(append([]protocol.PathInfo(nil), infos...))[1499].StorePath
+	st, err := push.Upload(context.Background(), dialPush(t, c), infos, push.Options{
+		Dump: func(ctx context.Context, p string, w io.Writer) error {
+			var buf bytes.Buffer
+			if err := nar.DumpPath(&buf, p); err != nil {
+				return err
+			}
+			b := buf.Bytes()
+			if p == bad {
+				b[len(b)-20] ^= 1
+			}
+			_, err := w.Write(b)
+			return err
+		}})
+	if !errors.Is(err, push.ErrRejected) || st.Sent != n-1 || len(st.Rejections) != 1 || !strings.Contains(st.Rejections[0], bad) {
+		t.Fatalf("upload: sent %d, rejections %q, err %v; want %d sent and %s alone refused", st.Sent, st.Rejections, err, n-1, bad)
+	}
+	var rows int
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM narinfos`).Scan(&rows); err != nil || rows != n-1 {
+		t.Fatalf("%d narinfo rows (err %v), want %d", rows, err, n-1)
+	}
+	if nars, tmps := blobFiles(t, c); nars != n-1 || tmps != 0 {
+		t.Errorf("%d blobs and %d temporary files, want %d and 0", nars, tmps, n-1)
+	}
+	for _, p := range []string{drvs[0], drvs[n/2], drvs[n-1], bad} {
+		want := 200
+		if p == bad {
+			want = 404
+		}
+		if code := narinfoStatus(t, c, p); code != want {
+			t.Errorf("%s: narinfo %d, want %d", p, code, want)
+		}
+	}
+	// What the groups committed is whole: a separate store substitutes a derivation
+	// from the last group and builds it.
+	out, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", drvs[n-1], substituteFlags(c, c.Cache.PublicKey())))
+	if err != nil {
+		t.Fatalf("realise from the cache: %v\n%s", err, out)
 	}
 }
 

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,9 +58,9 @@ func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, e
 	if err != nil {
 		return nil, 0, err
 	}
-	blob, err := c.blobs.Open(strings.TrimPrefix(ni.URL, "nar/"))
+	blob, err := c.openBlob(ctx, strings.TrimPrefix(ni.URL, "nar/"))
 	if err != nil {
-		return nil, 0, fmt.Errorf("blob of %s: %w", ni.StorePath, storage.ErrNotFound)
+		return nil, 0, fmt.Errorf("blob of %s: %w", ni.StorePath, err)
 	}
 	dec, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
 	if err != nil {
@@ -96,6 +97,24 @@ func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, e
 		return readCloser{Reader: io.LimitReader(nr, hdr.Size), close: closeAll}, hdr.Size, nil
 	}
 }
+
+// openBlob opens a blob from the blob store or, for a small one, from PostgreSQL.
+// A blob in neither is storage.ErrNotFound.
+func (c *Cache) openBlob(ctx context.Context, name string) (Blob, error) {
+	if b, err := c.blobs.Open(name); err == nil {
+		return b, nil
+	}
+	data, err := c.db.SmallBlob(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return smallBlobReader{bytes.NewReader(data)}, nil
+}
+
+// smallBlobReader is a blob read from PostgreSQL.
+type smallBlobReader struct{ *bytes.Reader }
+
+func (b smallBlobReader) Close() error { return nil }
 
 type readCloser struct {
 	io.Reader

@@ -175,12 +175,20 @@ in rec {
 		var u string
 		_ = rows.Scan(&u)
 		if _, err := os.Stat(filepath.Join(cacheDir, u)); err != nil {
-			missing++
+			if _, err := db.SmallBlob(ctx, strings.TrimPrefix(u, "nar/")); err != nil {
+				missing++
+			}
 		}
 	}
 	rows.Close()
 	if missing > 0 {
 		t.Fatalf("%d narinfos point at deleted blobs", missing)
+	}
+	// The deleted paths' blobs went too (small ones are rows, not files).
+	var unused int
+	if err := db.Pool().QueryRow(ctx, `SELECT count(*) FROM small_blobs b
+		WHERE NOT EXISTS (SELECT 1 FROM narinfos n WHERE n.url = 'nar/' || b.name)`).Scan(&unused); err != nil || unused != 0 {
+		t.Fatalf("%d small blobs left that no narinfo points at (err %v)", unused, err)
 	}
 	if out, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", p["new"], substituteFlags(c, c.Cache.PublicKey()))); err != nil {
 		t.Fatalf("kept closure no longer substitutes: %v\n%s", err, out)

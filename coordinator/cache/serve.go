@@ -166,9 +166,13 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 		notFound(w, r)
 		return
 	}
-	b, err := c.blobs.Open(file)
-	if err != nil {
+	b, err := c.openBlob(r.Context(), file)
+	if errors.Is(err, storage.ErrNotFound) {
 		notFound(w, r)
+		return
+	}
+	if err != nil {
+		c.unavailable(w, r, err)
 		return
 	}
 	defer b.Close()
