@@ -89,6 +89,7 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 			res.errors = append(res.errors, *attrErr)
 		default:
 			res.jobs = append(res.jobs, rawJob{Job: job})
+			t.onDrv(job.DrvPath)
 		}
 	}
 	scanErr := sc.Err()

@@ -79,6 +79,7 @@ type target struct {
 	options  []string // --option pairs
 	workers  int
 	maxMemMB int
+	onDrv    func(drvPath string) // Request.OnDrv, never nil
 }
 
 // nixArg is an input passed to a legacy expression: a string (--argstr) or a Nix
@@ -108,7 +109,10 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 	if err != nil {
 		return nil, cleanup, 0, err
 	}
-	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB}
+	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB, onDrv: req.OnDrv}
+	if t.onDrv == nil {
+		t.onDrv = func(string) {}
+	}
 	if t.workers <= 0 {
 		t.workers = min(runtime.NumCPU(), 4)
 	}

@@ -292,7 +292,7 @@ func runWalk(ctx context.Context, t *target, top, mark string, o walkOpts) (walk
 	if err := cmd.Start(); err != nil {
 		return walkRun{}, fmt.Errorf("start nix eval: %w", err)
 	}
-	run, readErr := readWalk(stderr, mark)
+	run, readErr := readWalk(stderr, mark, t.onDrv)
 	waitErr := cmd.Wait()
 	if ctx.Err() != nil {
 		return walkRun{}, ctx.Err()
@@ -317,7 +317,7 @@ func runWalk(ctx context.Context, t *target, top, mark string, o walkOpts) (walk
 
 // readWalk reads a walker's stderr: its records, and the error message that follows
 // the last node it began.
-func readWalk(r io.Reader, mark string) (walkRun, error) {
+func readWalk(r io.Reader, mark string, onDrv func(string)) (walkRun, error) {
 	var run walkRun
 	prefix := []byte("trace: " + mark + " ")
 	var tail []string // lines since the last record
@@ -334,6 +334,9 @@ func readWalk(r io.Reader, mark string) (walkRun, error) {
 					rec.job = new(walkJob)
 					perr = json.Unmarshal(payload, rec.job)
 					rec.path = rec.job.P
+					if perr == nil {
+						onDrv(rec.job.D)
+					}
 				} else {
 					perr = json.Unmarshal(payload, &rec.path)
 				}

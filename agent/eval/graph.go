@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -73,17 +74,45 @@ func readDrv(path string) (*drvInfo, error) {
 // need not be built for it). Each node's Inputs are its input derivations that are
 // nodes too. Nodes are sorted by drv path.
 func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) ([]Node, error) {
-	seen := map[string]bool{}
-	var frontier []string
+	g := NewGrapher(present)
+	drvs := make([]string, 0, len(jobs))
 	for _, j := range jobs {
-		if j.DrvPath != "" && !seen[j.DrvPath] {
-			seen[j.DrvPath] = true
-			frontier = append(frontier, j.DrvPath)
+		drvs = append(drvs, j.DrvPath)
+	}
+	if _, err := g.Add(ctx, drvs); err != nil {
+		return nil, err
+	}
+	return g.Nodes(), nil
+}
+
+// Grapher builds the graph of Graph a few jobs at a time, so that it can follow an
+// evaluation while it runs: Add walks from new jobs' derivations (those already seen
+// are skipped) and returns the nodes it found; Nodes is the graph of everything
+// added, the same as Graph of all those jobs.
+type Grapher struct {
+	present func(ctx context.Context, outputPaths []string) (map[string]bool, error)
+	seen    map[string]bool
+	infos   map[string]*drvInfo
+	nodes   []string
+	isNode  map[string]bool
+}
+
+// NewGrapher starts an empty graph; present is as for Graph.
+func NewGrapher(present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) *Grapher {
+	return &Grapher{present: present, seen: map[string]bool{}, infos: map[string]*drvInfo{}, isNode: map[string]bool{}}
+}
+
+// Add walks from the derivations drvs (jobs' drv paths; empty ones are skipped) and
+// returns the nodes it found.
+func (g *Grapher) Add(ctx context.Context, drvs []string) ([]string, error) {
+	var frontier []string
+	for _, d := range drvs {
+		if d != "" && !g.seen[d] {
+			g.seen[d] = true
+			frontier = append(frontier, d)
 		}
 	}
-	infos := map[string]*drvInfo{}
-	var nodes []string
-	isNode := map[string]bool{}
+	var found []string
 	// Breadth first, a level at a time: read the level's derivations, ask the cache
 	// about all their outputs in batches, and descend only from those that must be built.
 	for len(frontier) > 0 {
@@ -96,7 +125,7 @@ func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, ou
 		}
 		var outs []string
 		for i, p := range frontier {
-			infos[p] = level[i]
+			g.infos[p] = level[i]
 			for _, o := range level[i].outputs {
 				if o != "" {
 					outs = append(outs, o)
@@ -106,7 +135,7 @@ func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, ou
 		have := make(map[string]bool, len(outs))
 		for start := 0; start < len(outs); start += presentBatch {
 			batch := outs[start:min(start+presentBatch, len(outs))]
-			ans, err := present(ctx, batch)
+			ans, err := g.present(ctx, batch)
 			if err != nil {
 				return nil, fmt.Errorf("ask the cache which outputs it holds: %w", err)
 			}
@@ -118,7 +147,7 @@ func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, ou
 		}
 		var next []string
 		for _, p := range frontier {
-			info := infos[p]
+			info := g.infos[p]
 			build := false
 			for _, o := range info.outputs {
 				if o == "" || !have[o] {
@@ -129,31 +158,38 @@ func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, ou
 			if !build {
 				continue
 			}
-			isNode[p] = true
-			nodes = append(nodes, p)
+			g.isNode[p] = true
+			g.nodes = append(g.nodes, p)
+			found = append(found, p)
 			for _, in := range info.inputs {
-				if !seen[in] {
-					seen[in] = true
+				if !g.seen[in] {
+					g.seen[in] = true
 					next = append(next, in)
 				}
 			}
 		}
 		frontier = next
 	}
-	sort.Strings(nodes)
-	out := make([]Node, 0, len(nodes))
-	for _, p := range nodes {
-		info := infos[p]
+	return found, nil
+}
+
+// Nodes is the graph of everything added so far, sorted by drv path.
+func (g *Grapher) Nodes() []Node {
+	paths := slices.Clone(g.nodes)
+	sort.Strings(paths)
+	out := make([]Node, 0, len(paths))
+	for _, p := range paths {
+		info := g.infos[p]
 		n := Node{DrvPath: p, System: info.system, RequiredFeatures: info.features,
 			PreferLocalBuild: info.preferLocal, Outputs: info.outputs, Inputs: []string{}}
 		for _, in := range info.inputs {
-			if isNode[in] {
+			if g.isNode[in] {
 				n.Inputs = append(n.Inputs, in)
 			}
 		}
 		out = append(out, n)
 	}
-	return out, nil
+	return out
 }
 
 // readDrvs reads derivations side by side.

@@ -27,6 +27,11 @@ type Request struct {
 	// CacheDir keeps the mirrors of git inputs (see Checkout); default: a directory
 	// under os.TempDir().
 	CacheDir string
+	// OnDrv, when set, is called with each job's drv path as soon as the evaluator
+	// has written it, while the evaluation goes on (from several goroutines), so the
+	// caller can walk the graph and upload derivations meanwhile. Every job of the
+	// result has been passed to it by the time Evaluate returns, and maybe some more.
+	OnDrv func(drvPath string)
 }
 
 // Input is a jobset input passed to a legacy expression as Hydra passes it: string

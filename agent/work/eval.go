@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/fc-ci/fc/agent/daemon"
@@ -69,29 +70,29 @@ func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, rep *protocol.
 	for i, in := range t.Inputs {
 		inputs[i] = eval.Input{Name: in.Name, Type: in.Type, Value: in.Value}
 	}
+	// The graph is walked and the .drv closure uploaded while the evaluation runs,
+	// from the drv paths the evaluator reports as it goes.
 	start = time.Now()
+	pipe := startDrvPipeline(ctx, link)
 	res, err := eval.Evaluate(ctx, dir, eval.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: t.Workers, MaxMemoryMB: t.MaxMemoryMB,
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
-		CacheDir: filepath.Join(e.StateDir, "git")})
+		CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add})
 	if err != nil {
+		pipe.stop()
 		rep.EvalSeconds = time.Since(start).Seconds()
 		return eval.Result{}, nil, err
 	}
-	nodes, err := eval.Graph(ctx, res.Jobs, func(ctx context.Context, paths []string) (map[string]bool, error) {
-		return present(ctx, link, paths)
-	})
-	if err != nil {
-		rep.EvalSeconds = time.Since(start).Seconds()
-		return eval.Result{}, nil, fmt.Errorf("derivation graph: %w", err)
-	}
-	// Every agent must be able to realise any step from an empty store: the .drv
-	// closure of what must be built goes to the coordinator's cache.
-	if err := pushDrvClosure(ctx, link, nodes); err != nil {
-		rep.EvalSeconds = time.Since(start).Seconds()
-		return eval.Result{}, nil, fmt.Errorf("upload the .drv closure: %w", err)
-	}
+	evaluated := time.Now()
+	nodes, up, err := pipe.finish(res.Jobs)
 	rep.EvalSeconds = time.Since(start).Seconds()
+	if err != nil {
+		return eval.Result{}, nil, err
+	}
+	e.Logger.Info("evaluated", "eval", t.EvaluationID, "jobs", len(res.Jobs), "nodes", len(nodes),
+		"evaluate_s", evaluated.Sub(start).Seconds(), "after_evaluate_s", time.Since(evaluated).Seconds(),
+		"graph_s", up.graph.Seconds(), "closure_s", up.closure.Seconds(), "upload_s", up.upload.Seconds(),
+		"batches", up.batches, "uploaded", up.sent)
 	return res, nodes, nil
 }
 
@@ -128,20 +129,182 @@ func (s streamOpener) OpenStream(kind string) (io.ReadWriteCloser, error) {
 	return s.link.OpenStream(s.ctx, kind)
 }
 
-func pushDrvClosure(ctx context.Context, link daemon.Link, nodes []eval.Node) error {
+// drvUpload is what walking the graph and pushing the .drv closure took.
+type drvUpload struct {
+	graph, closure, upload time.Duration // walking the graph; finding the closure's path infos; sending it
+	batches, sent          int
+}
+
+// drvPipeline follows an evaluation as it runs: the drv paths the evaluator reports
+// are walked into the derivation graph, and the .drv closure of the nodes (what must
+// be built: every agent must be able to realise any step from an empty store) is
+// uploaded to the coordinator's cache, a batch at a time, while the evaluation goes
+// on. Evaluating writes the .drv files and mostly waits on the store, so this work
+// fits beside it rather than after it.
+type drvPipeline struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	link   daemon.Link
+	g      *eval.Grapher
+	seen   map[string]bool // paths already offered to the cache
+	wake   chan struct{}
+	done   chan struct{}
+
+	mu      sync.Mutex
+	pending []string
+	closed  bool
+
+	err   error // set by the pipeline's goroutine before done closes
+	stats drvUpload
+}
+
+// gatherWindow is how long the pipeline waits for a batch to fill before walking it:
+// each batch costs a few round trips to the coordinator.
+const (
+	gatherWindow = 250 * time.Millisecond
+	gatherSize   = 2000
+)
+
+func startDrvPipeline(ctx context.Context, link daemon.Link) *drvPipeline {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, seen: map[string]bool{},
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	p.g = eval.NewGrapher(func(ctx context.Context, paths []string) (map[string]bool, error) {
+		return present(ctx, link, paths)
+	})
+	go p.run()
+	return p
+}
+
+// add takes a drv path from the evaluator (any goroutine).
+func (p *drvPipeline) add(drv string) {
+	p.mu.Lock()
+	p.pending = append(p.pending, drv)
+	n := len(p.pending)
+	p.mu.Unlock()
+	if n == 1 || n == gatherSize {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// finish adds the result's jobs (those not reported yet), waits for the pipeline to
+// walk and upload everything, and returns the graph.
+func (p *drvPipeline) finish(jobs []eval.Job) ([]eval.Node, drvUpload, error) {
+	p.mu.Lock()
+	for _, j := range jobs {
+		p.pending = append(p.pending, j.DrvPath)
+	}
+	p.closed = true
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	<-p.done
+	p.cancel()
+	if p.err != nil {
+		return nil, p.stats, p.err
+	}
+	return p.g.Nodes(), p.stats, nil
+}
+
+// stop abandons the pipeline (the evaluation failed).
+func (p *drvPipeline) stop() {
+	p.cancel()
+	<-p.done
+}
+
+func (p *drvPipeline) run() {
+	defer close(p.done)
+	for {
+		// Wait for work, then let the batch fill for up to gatherWindow: each batch
+		// costs a few round trips and a commit on the coordinator. A full batch or
+		// finish cuts the wait short.
+		select {
+		case <-p.wake:
+		case <-p.ctx.Done():
+			p.err = p.ctx.Err()
+			return
+		}
+		timer := time.NewTimer(gatherWindow)
+		for {
+			p.mu.Lock()
+			ready := len(p.pending) >= gatherSize || p.closed
+			p.mu.Unlock()
+			if ready {
+				break
+			}
+			select {
+			case <-p.wake:
+				continue
+			case <-timer.C:
+			case <-p.ctx.Done():
+				timer.Stop()
+				p.err = p.ctx.Err()
+				return
+			}
+			break
+		}
+		timer.Stop()
+		p.mu.Lock()
+		batch, closed := p.pending, p.closed
+		p.pending = nil
+		p.mu.Unlock()
+		if len(batch) > 0 {
+			if err := p.step(batch); err != nil {
+				p.err = err
+				return
+			}
+		}
+		p.mu.Lock()
+		more := len(p.pending) > 0
+		p.mu.Unlock()
+		if closed && !more {
+			return
+		}
+		if more || closed {
+			// Work arrived during the step (its wake may have been taken by the
+			// gathering above): go round again.
+			select {
+			case p.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// step walks one batch of drv paths and uploads the closure of the nodes found.
+func (p *drvPipeline) step(drvs []string) error {
+	p.stats.batches++
+	start := time.Now()
+	nodes, err := p.g.Add(p.ctx, drvs)
+	p.stats.graph += time.Since(start)
+	if err != nil {
+		return fmt.Errorf("derivation graph: %w", err)
+	}
 	if len(nodes) == 0 {
 		return nil
 	}
-	drvs := make([]string, len(nodes))
-	for i, n := range nodes {
-		drvs[i] = n.DrvPath
-	}
-	infos, err := push.ClosureInfos(ctx, drvs)
+	start = time.Now()
+	infos, err := push.DrvClosureInfos(p.ctx, nodes, p.seen)
+	p.stats.closure += time.Since(start)
 	if err != nil {
-		return err
+		return fmt.Errorf("upload the .drv closure: %w", err)
 	}
-	_, err = push.Upload(ctx, streamOpener{ctx, link}, infos, push.Options{})
-	return err
+	if len(infos) == 0 {
+		return nil
+	}
+	start = time.Now()
+	st, err := push.Upload(p.ctx, streamOpener{p.ctx, p.link}, infos, push.Options{})
+	p.stats.upload += time.Since(start)
+	p.stats.sent += st.Sent
+	if err != nil {
+		return fmt.Errorf("upload the .drv closure: %w", err)
+	}
+	return nil
 }
 
 // report sends the outcome in batches and waits for the coordinator's verdict.

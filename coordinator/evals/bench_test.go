@@ -49,6 +49,7 @@ type triggerRun struct {
 	newBuilds, edges    int
 	drvsCached          int
 	attempts            int
+	agentSplit          string
 }
 
 func benchmarkTriggerToGraph(b *testing.B, n int) {
@@ -115,6 +116,13 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 		r.inst = inst
 		checkRun(ctx, b, c, repoDir, r, n)
 		runs = append(runs, r)
+		// The agent's own split of its part (evaluate, graph, .drv closure, upload).
+		for _, line := range strings.Split(c.Log.String(), "\n") {
+			if strings.Contains(line, "msg=evaluated") && strings.Contains(line, fmt.Sprintf("jobs=%d", n)) {
+				r.agentSplit = line[strings.Index(line, "msg=evaluated"):]
+			}
+		}
+		b.Logf("run %d, the agent's split: %s", i+1, r.agentSplit)
 		agentPart := time.Duration((r.checkout + r.evalSecs) * float64(time.Second))
 		b.Logf("run %d: trigger→graph stored %.2fs, nix-instantiate %.2fs, ratio %.2f (goal ≤ 1.3); agent: checkout %.2fs + eval %.2fs "+
 			"(evaluate + graph + .drv upload); coordinator side (total − agent) %.2fs = trigger→queued %.2fs + queued→claimed %.2fs "+
