@@ -50,6 +50,7 @@ type triggerRun struct {
 	drvsCached          int
 	attempts            int
 	agentSplit          string
+	coordSplit          string
 }
 
 func benchmarkTriggerToGraph(b *testing.B, n int) {
@@ -121,8 +122,11 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 			if strings.Contains(line, "msg=evaluated") && strings.Contains(line, fmt.Sprintf("jobs=%d", n)) {
 				r.agentSplit = line[strings.Index(line, "msg=evaluated"):]
 			}
+			if strings.Contains(line, `msg="evaluation finished"`) && strings.Contains(line, fmt.Sprintf("jobs=%d", n)) {
+				r.coordSplit = line[strings.Index(line, `msg="evaluation finished"`):]
+			}
 		}
-		b.Logf("run %d, the agent's split: %s", i+1, r.agentSplit)
+		b.Logf("run %d, the agent's split: %s; the coordinator's: %s", i+1, r.agentSplit, r.coordSplit)
 		agentPart := time.Duration((r.checkout + r.evalSecs) * float64(time.Second))
 		b.Logf("run %d: trigger→graph stored %.2fs, nix-instantiate %.2fs, ratio %.2f (goal ≤ 1.3); agent: checkout %.2fs + eval %.2fs "+
 			"(evaluate + graph + .drv upload); coordinator side (total − agent) %.2fs = trigger→queued %.2fs + queued→claimed %.2fs "+

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -37,6 +38,7 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		return verdict(err)
 	}
 	defer e.finished(agentID)
+	received := time.Now()
 	var o storage.EvalOutcome
 	o.CheckoutSeconds, o.EvalSeconds = rep.CheckoutSeconds, rep.EvalSeconds
 	for i := 0; ; i++ {
@@ -64,6 +66,8 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 			break
 		}
 	}
+	read := time.Since(received)
+	stored := time.Now()
 	var err error
 	if rep.Failed && rep.Retry {
 		err = e.db.RetryEvaluation(ctx, l, rep.Error, e.cfg.Leases)
@@ -73,7 +77,8 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		e.log.Info("evaluation failed", "eval", l.ID, "agent", agentID, "err", rep.Error)
 	} else {
 		err = e.db.FinishEvaluation(ctx, l, o)
-		e.log.Info("evaluation finished", "eval", l.ID, "agent", agentID, "jobs", len(o.Jobs), "errors", len(o.Errors), "steps", len(o.Nodes))
+		e.log.Info("evaluation finished", "eval", l.ID, "agent", agentID, "jobs", len(o.Jobs), "errors", len(o.Errors), "steps", len(o.Nodes),
+			"read_s", read.Seconds(), "store_s", time.Since(stored).Seconds())
 	}
 	if err != nil {
 		e.log.Warn("record evaluation", "eval", l.ID, "err", err)
