@@ -1,9 +1,11 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net/http"
@@ -50,6 +52,7 @@ type Cache struct {
 	log      *slog.Logger
 	m        cacheMetrics
 	decoders sync.Pool
+	blocks   sync.Pool // *block, for uploads (see stages.go)
 	// rendered holds narinfo answers: a narinfo never changes once signed, and the
 	// database round trip and rendering were most of a lookup's cost. The TTL bounds
 	// how long a path deleted by another coordinator's retention can still be offered.
@@ -87,6 +90,7 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	}
 	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger,
 		rendered: expirable.NewLRU[string, string](renderedEntries, nil, renderedTTL)}
+	c.blocks.New = func() any { return &block{data: make([]byte, blockSize), pool: &c.blocks} }
 	for _, k := range cfg.UpstreamKeys {
 		pk, err := signature.ParsePublicKey(k)
 		if err != nil {
@@ -359,36 +363,33 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 	want, _ := checkInfo(pi)
 	chunks := protocol.NewChunkReader(st)
 	blob := &spillWriter{store: c.blobs, buf: make([]byte, 0, 4096)}
-	// Two stages side by side, as the upload is CPU-bound: this goroutine stores the
-	// compressed bytes (blob and file hash), another decompresses and hashes the NAR.
 	fileHash, fileSize := sha256.New(), &counter{}
 	narHash, narSize := sha256.New(), &counter{}
-	pr, pw := io.Pipe()
-	decoded := make(chan error, 1)
-	go func() {
-		err := c.decompress(pr, io.MultiWriter(narHash, narSize))
+	decode := func(r io.Reader) error {
+		err := c.decompress(r, io.MultiWriter(narHash, narSize))
 		if err == nil {
 			// Bytes after the zstd frames would be stored but never read by Nix.
-			if n, derr := io.Copy(io.Discard, pr); derr != nil || n > 0 {
+			if n, derr := io.Copy(io.Discard, r); derr != nil || n > 0 {
 				err = fmt.Errorf("%d bytes after the compressed NAR", n)
 			}
 		}
-		pr.CloseWithError(err) // a decoder that gave up stops the copy below
-		decoded <- err
-	}()
-	_, copyErr := io.Copy(io.MultiWriter(blob, fileHash, fileSize, pw), chunks)
-	pw.CloseWithError(copyErr) // nil: the decoder sees the end of the stream
-	err := <-decoded
-	if copyErr != nil || err != nil {
+		return err
+	}
+	readErr, decodeErr, writeErr := c.stream(chunks, fileHash, fileSize, blob, decode)
+	if readErr != nil || decodeErr != nil || writeErr != nil {
 		blob.Abort()
-		if derr := chunks.Drain(); derr != nil {
+		if derr := chunks.Drain(); derr != nil || readErr != nil {
+			if derr == nil {
+				derr = readErr
+			}
 			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr)), true
 		}
 		if blob.err != nil {
 			return reject("storage", blob.err), false
 		}
+		err := decodeErr
 		if err == nil {
-			err = copyErr
+			err = writeErr
 		}
 		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err)), false
 	}
@@ -437,6 +438,65 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 	g.bytes += fileSize.n
 	g.staged[n.HashPart] = true
 	return nil, false
+}
+
+// stream reads one upload's compressed bytes from chunks: it hashes and counts them,
+// writes them to w and passes them to decode. A small upload is handled inline; a
+// large one in stages side by side (see stages.go). readErr is the stream's.
+func (c *Cache) stream(chunks io.Reader, fileHash hash.Hash, size *counter, w io.Writer, decode func(io.Reader) error) (readErr, decodeErr, writeErr error) {
+	first := c.blocks.Get().(*block)
+	n, err := io.ReadFull(chunks, first.data)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		// All of it fits in one block.
+		data := first.data[:n]
+		fileHash.Write(data)
+		size.n += int64(n)
+		_, writeErr = w.Write(data)
+		decodeErr = decode(bytes.NewReader(data))
+		first.refs.Store(1)
+		first.release()
+		return nil, decodeErr, writeErr
+	}
+	if err != nil {
+		first.refs.Store(1)
+		first.release()
+		return err, nil, nil
+	}
+	wc := startWriter(w)
+	dc := startReader(func(r *chanReader) error { return decode(r) })
+	send := func(b *block, n int) {
+		b.data = b.data[:n]
+		fileHash.Write(b.data)
+		size.n += int64(n)
+		b.refs.Store(2)
+		wc.ch <- b
+		dc.ch <- b
+	}
+	send(first, n)
+	for {
+		b := c.blocks.Get().(*block)
+		n, err := io.ReadFull(chunks, b.data)
+		if n > 0 {
+			send(b, n)
+		} else {
+			b.refs.Store(1)
+			b.release()
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	close(wc.ch)
+	close(dc.ch)
+	decodeErr, writeErr = <-dc.done, <-wc.done
+	if readErr != nil && decodeErr == nil {
+		decodeErr = errStageFailed
+	}
+	return readErr, decodeErr, writeErr
 }
 
 func (c *Cache) decompress(r io.Reader, w io.Writer) error {
