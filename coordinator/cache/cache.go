@@ -462,12 +462,11 @@ func (c *Cache) stream(chunks io.Reader, fileHash hash.Hash, size *counter, w io
 		first.release()
 		return err, nil, nil
 	}
-	wc := startWriter(w)
+	// The file hash is taken beside the write, off this goroutine, which only reads.
+	wc := startWriter(io.MultiWriter(fileHash, size, w))
 	dc := startReader(func(r *chanReader) error { return decode(r) })
 	send := func(b *block, n int) {
 		b.data = b.data[:n]
-		fileHash.Write(b.data)
-		size.n += int64(n)
 		b.refs.Store(2)
 		wc.ch <- b
 		dc.ch <- b
