@@ -214,3 +214,45 @@ func TestGraph_PresentErrorFails(t *testing.T) {
 		t.Fatal("no error")
 	}
 }
+
+// The evaluating agent walks the graph a few jobs at a time while the evaluator runs,
+// in whatever order the jobs come: the graph must be the same as one walk of them all,
+// and each node must be found by exactly one Add.
+func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
+	needNix(t)
+	res := evaluatedJobset(t)
+	p := &recordingPresent{have: map[string]bool{}}
+	want, err := Graph(testCtx(t), res.Jobs, p.present)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) < 3 {
+		t.Fatalf("the job set has only %d nodes", len(want))
+	}
+	// Last job first, one at a time, each job twice (a walker that restarts reports
+	// jobs again), and an empty drv path (an aggregate without a derivation).
+	g := NewGrapher(p.present)
+	found := map[string]int{}
+	for i := len(res.Jobs) - 1; i >= 0; i-- {
+		for range 2 {
+			nodes, err := g.Add(testCtx(t), []string{res.Jobs[i].DrvPath, ""})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range nodes {
+				found[n]++
+			}
+		}
+	}
+	if got := g.Nodes(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("graph added in pieces:\n%+v\nwalked at once:\n%+v", got, want)
+	}
+	for _, n := range want {
+		if found[n.DrvPath] != 1 {
+			t.Errorf("%s found by %d Adds, want 1", n.DrvPath, found[n.DrvPath])
+		}
+	}
+	if len(found) != len(want) {
+		t.Errorf("Add found %d nodes, the graph has %d", len(found), len(want))
+	}
+}
