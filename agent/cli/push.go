@@ -27,20 +27,34 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 		}
 	}
 	log := newLogger(env.Stderr, cfg.LogLevel)
-	infos, err := push.ClosureInfos(ctx, paths)
-	if err != nil {
-		return err
-	}
 	sc, err := SessionConfig(cfg, log, env.ProtocolVersion)
 	if err != nil {
 		return err
 	}
 	sc.Purpose = protocol.PurposePush
+	// Nix works out the closure while the session is set up.
+	type closure struct {
+		infos []protocol.PathInfo
+		err   error
+	}
+	closed := make(chan closure, 1)
+	go func() {
+		infos, err := push.ClosureInfos(ctx, paths)
+		closed <- closure{infos, err}
+	}()
 	conn, err := session.Dial(ctx, sc, session.State{Capabilities: protocol.Capabilities{Roles: []string{}}})
+	cl := <-closed
+	if cl.err != nil {
+		if conn != nil {
+			conn.Close()
+		}
+		return cl.err
+	}
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	infos := cl.infos
 	st, err := push.Upload(ctx, conn, infos, push.Options{
 		Level: zstd.EncoderLevelFromZstd(cfg.Agent.CompressionLevel),
 		Progress: func(p string, size int64) {
