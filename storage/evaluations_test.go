@@ -10,7 +10,7 @@ import (
 	"github.com/fc-ci/fc/storage/storagetest"
 )
 
-func jobsetFixture(t *testing.T, db *storage.DB, name string) storage.Jobset {
+func jobsetFixture(t testing.TB, db *storage.DB, name string) storage.Jobset {
 	t.Helper()
 	ctx := context.Background()
 	p, err := db.CreateProject(ctx, storage.ProjectFields{Name: name, RepositoryURL: "/r", Enabled: true})
@@ -25,7 +25,7 @@ func jobsetFixture(t *testing.T, db *storage.DB, name string) storage.Jobset {
 	return j
 }
 
-func agentFixture(t *testing.T, db *storage.DB, fp string) int64 {
+func agentFixture(t testing.TB, db *storage.DB, fp string) int64 {
 	t.Helper()
 	a, err := db.RegisterAgent(context.Background(), "a-"+fp, "ssh-ed25519 AAAA", fp)
 	if err != nil {
@@ -34,7 +34,7 @@ func agentFixture(t *testing.T, db *storage.DB, fp string) int64 {
 	return a.ID
 }
 
-func claimEval(t *testing.T, db *storage.DB, jobsetID, agent int64) storage.Lease {
+func claimEval(t testing.TB, db *storage.DB, jobsetID, agent int64) storage.Lease {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := db.CreateEvaluation(ctx, storage.NewEvaluation{JobsetID: jobsetID, Commit: "c", InputsHash: "h", Trigger: "api"}); err != nil {

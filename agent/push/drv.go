@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -24,7 +25,36 @@ import (
 // (not derivations) and their closures are asked of Nix. Paths in seen are skipped
 // (and every path returned is added to it), so successive calls send each path once.
 func DrvClosureInfos(ctx context.Context, drvs []string, seen map[string]bool) ([]protocol.PathInfo, error) {
-	var out []protocol.PathInfo
+	cl, err := ReadDrvClosure(ctx, drvs, seen)
+	return cl.Infos, err
+}
+
+// DrvClosure is a .drv closure's path infos, with the .drv files' contents so that
+// uploading them reads nothing again (pass Dump as Options.Dump).
+type DrvClosure struct {
+	Infos []protocol.PathInfo
+	files map[string][]byte
+}
+
+// Dump writes path's NAR: a .drv of the closure from memory, anything else as Upload
+// would.
+func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
+	if b, ok := d.files[path]; ok {
+		return writeFileNAR(w, b)
+	}
+	var size int64
+	for _, i := range d.Infos {
+		if i.StorePath == path {
+			size = i.NarSize
+			break
+		}
+	}
+	return dump(ctx, path, size, w)
+}
+
+// ReadDrvClosure is DrvClosureInfos, keeping the .drv files' contents.
+func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (DrvClosure, error) {
+	cl := DrvClosure{files: map[string][]byte{}}
 	var srcs []string
 	srcSet := map[string]bool{}
 	var frontier []string
@@ -35,12 +65,15 @@ func DrvClosureInfos(ctx context.Context, drvs []string, seen map[string]bool) (
 		}
 	}
 	for len(frontier) > 0 {
-		infos, inputs, err := readDrvInfos(ctx, frontier)
+		infos, files, inputs, err := readDrvInfos(ctx, frontier)
 		if err != nil {
-			return nil, err
+			return DrvClosure{}, err
 		}
-		out = append(out, infos...)
-		frontier = frontier[:0]
+		cl.Infos = append(cl.Infos, infos...)
+		for i, p := range frontier {
+			cl.files[p] = files[i]
+		}
+		frontier = nil
 		for _, in := range inputs {
 			if seen[in] {
 				continue
@@ -57,22 +90,23 @@ func DrvClosureInfos(ctx context.Context, drvs []string, seen map[string]bool) (
 	if len(srcs) > 0 {
 		infos, err := ClosureInfos(ctx, srcs)
 		if err != nil {
-			return nil, err
+			return DrvClosure{}, err
 		}
 		for _, i := range infos {
 			if !seen[i.StorePath] {
 				seen[i.StorePath] = true
-				out = append(out, i)
+				cl.Infos = append(cl.Infos, i)
 			}
 		}
 	}
-	return out, nil
+	return cl, nil
 }
 
-// readDrvInfos reads derivations side by side: their path infos, and all their
-// references (input derivations and sources).
-func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, []string, error) {
+// readDrvInfos reads derivations side by side: their path infos and contents, and
+// all their references (input derivations and sources).
+func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, [][]byte, []string, error) {
 	infos := make([]protocol.PathInfo, len(drvs))
+	files := make([][]byte, len(drvs))
 	errs := make([]error, len(drvs))
 	var wg sync.WaitGroup
 	workers := min(8, len(drvs))
@@ -84,7 +118,7 @@ func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, []st
 					errs[i] = ctx.Err()
 					return
 				}
-				infos[i], errs[i] = DrvInfo(drvs[i])
+				infos[i], files[i], errs[i] = readDrvInfo(drvs[i])
 			}
 		})
 	}
@@ -92,22 +126,27 @@ func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, []st
 	var refs []string
 	for i, err := range errs {
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		refs = append(refs, infos[i].References...)
 	}
-	return infos, refs, nil
+	return infos, files, refs, nil
 }
 
 // DrvInfo is the path info of a .drv file in the store, from the file alone.
 func DrvInfo(path string) (protocol.PathInfo, error) {
+	info, _, err := readDrvInfo(path)
+	return info, err
+}
+
+func readDrvInfo(path string) (protocol.PathInfo, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return protocol.PathInfo{}, fmt.Errorf("read derivation: %w", err)
+		return protocol.PathInfo{}, nil, fmt.Errorf("read derivation: %w", err)
 	}
 	d, err := derivation.ReadDerivation(bytes.NewReader(b))
 	if err != nil {
-		return protocol.PathInfo{}, fmt.Errorf("parse derivation %s: %w", path, err)
+		return protocol.PathInfo{}, nil, fmt.Errorf("parse derivation %s: %w", path, err)
 	}
 	refs := make([]string, 0, len(d.InputSources)+len(d.InputDerivations))
 	refs = append(refs, d.InputSources...)
@@ -116,22 +155,28 @@ func DrvInfo(path string) (protocol.PathInfo, error) {
 	}
 	h := sha256.New()
 	cw := &countWriter{w: h}
-	nw, err := nar.NewWriter(cw)
-	if err != nil {
-		return protocol.PathInfo{}, err
-	}
-	if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(b))}); err != nil {
-		return protocol.PathInfo{}, err
-	}
-	if _, err := nw.Write(b); err != nil {
-		return protocol.PathInfo{}, err
-	}
-	if err := nw.Close(); err != nil {
-		return protocol.PathInfo{}, err
+	if err := writeFileNAR(cw, b); err != nil {
+		return protocol.PathInfo{}, nil, err
 	}
 	text := sha256.Sum256(b)
 	return protocol.PathInfo{StorePath: path, NarHash: "sha256:" + nixbase32.EncodeToString(h.Sum(nil)), NarSize: cw.n,
-		References: refs, CA: "text:sha256:" + nixbase32.EncodeToString(text[:])}, nil
+		References: refs, CA: "text:sha256:" + nixbase32.EncodeToString(text[:])}, b, nil
+}
+
+// writeFileNAR writes the NAR of a store path that is one regular, non-executable
+// file with contents b (as a .drv is).
+func writeFileNAR(w io.Writer, b []byte) error {
+	nw, err := nar.NewWriter(w)
+	if err != nil {
+		return err
+	}
+	if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(b))}); err != nil {
+		return err
+	}
+	if _, err := nw.Write(b); err != nil {
+		return err
+	}
+	return nw.Close()
 }
 
 type countWriter struct {

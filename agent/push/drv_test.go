@@ -1,6 +1,7 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -78,6 +79,24 @@ in mk "top" [ a b ]`
 			t.Errorf("%s:\n got  %+v\n nix  %+v", w[i].StorePath, g[i], w[i])
 		}
 	}
+	// The NARs uploaded from the contents read are Nix's, byte for byte.
+	cl, err := ReadDrvClosure(context.Background(), []string{top}, map[string]bool{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range cl.Infos {
+		var mine, nix bytes.Buffer
+		if err := cl.Dump(context.Background(), i.StorePath, &mine); err != nil {
+			t.Fatal(err)
+		}
+		if err := DumpWithNix(context.Background(), i.StorePath, &nix); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(mine.Bytes(), nix.Bytes()) {
+			t.Errorf("%s: the NAR from memory differs from nix-store --dump", i.StorePath)
+		}
+	}
+
 	// Everything returned is now seen: a second call sends nothing again.
 	again, err := DrvClosureInfos(context.Background(), []string{top}, seen)
 	if err != nil || len(again) != 0 {

@@ -289,16 +289,16 @@ func (p *drvPipeline) step(drvs []string) error {
 		return nil
 	}
 	start = time.Now()
-	infos, err := push.DrvClosureInfos(p.ctx, nodes, p.seen)
+	cl, err := push.ReadDrvClosure(p.ctx, nodes, p.seen)
 	p.stats.closure += time.Since(start)
 	if err != nil {
 		return fmt.Errorf("upload the .drv closure: %w", err)
 	}
-	if len(infos) == 0 {
+	if len(cl.Infos) == 0 {
 		return nil
 	}
 	start = time.Now()
-	st, err := push.Upload(p.ctx, streamOpener{p.ctx, p.link}, infos, push.Options{})
+	st, err := push.Upload(p.ctx, streamOpener{p.ctx, p.link}, cl.Infos, push.Options{Dump: cl.Dump})
 	p.stats.upload += time.Since(start)
 	p.stats.sent += st.Sent
 	if err != nil {

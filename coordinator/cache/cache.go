@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -205,6 +206,7 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	// or committed by this stream since. References found there need no query.
 	known := present
 	g := &uploadGroup{staged: map[string]bool{}}
+	out := bufio.NewWriterSize(st, 64<<10)
 	for i, p := range plan.Missing {
 		res, broken := c.receive(ctx, infos[p], upstream, known, g, st)
 		if res != nil {
@@ -216,9 +218,13 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 				if !r.OK {
 					c.log.Warn("upload rejected", "agent", agentID, "path", r.StorePath, "err", r.Error)
 				}
-				if err := protocol.WriteFrame(st, r); err != nil {
+				if err := protocol.WriteFrame(out, r); err != nil {
 					return err
 				}
+			}
+			// A group's results go out together (a frame each cost a write each).
+			if err := out.Flush(); err != nil {
+				return err
 			}
 		}
 		if broken {

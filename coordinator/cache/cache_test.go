@@ -37,14 +37,14 @@ func TestMain(m *testing.M) { storagetest.Main(m) }
 
 // salt makes every derivation in a test unique, so nothing passes because an old
 // output was lying around.
-func salt(t *testing.T) string {
+func salt(t testing.TB) string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	return strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()) + "-" + hex.EncodeToString(b)
 }
 
 // nixFile writes a Nix expression and returns its path.
-func nixFile(t *testing.T, body string) string {
+func nixFile(t testing.TB, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "default.nix")
 	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
@@ -53,7 +53,7 @@ func nixFile(t *testing.T, body string) string {
 	return p
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	var stderr bytes.Buffer
@@ -223,7 +223,7 @@ func (s *tamperStream) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func dialPush(t *testing.T, c *coordtest.Coordinator) *session.Conn {
+func dialPush(t testing.TB, c *coordtest.Coordinator) *session.Conn {
 	t.Helper()
 	cfg := agentconfig.Defaults()
 	cfg.Coordinator.URL = c.URL
