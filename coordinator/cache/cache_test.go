@@ -435,6 +435,43 @@ func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
 	}
 }
 
+// A blob store that fails (here: its temporary directory is gone) rejects the large
+// path that needed it, as a storage failure, and the stream goes on: the small path
+// after it is refused for its missing reference, not left hanging. Once the store
+// works again, the same upload goes through.
+func TestUpload_BlobStoreFailureRejectsThePathAndTheStreamGoesOn(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	top := build(t, file, "top")
+	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(c.Cfg.StateDir, "cache", "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	st, err := push.Upload(context.Background(), dialPush(t, c), infos, push.Options{})
+	if !errors.Is(err, push.ErrRejected) || st.Sent != 0 || len(st.Rejections) != 2 {
+		t.Fatalf("upload with a broken blob store: sent %d, rejections %q, err %v; want both refused", st.Sent, st.Rejections, err)
+	}
+	if !strings.Contains(err.Error(), "create blob") || !strings.Contains(err.Error(), "neither in the cache nor upstream") {
+		t.Errorf("rejections do not say why: %v", err)
+	}
+	if code := narinfoStatus(t, c, top); code != 404 {
+		t.Fatalf("narinfo of a refused path: %d", code)
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := push.Upload(context.Background(), dialPush(t, c), infos, push.Options{}); err != nil || st.Sent != 2 {
+		t.Fatalf("upload once the store works: sent %d, %v", st.Sent, err)
+	}
+	if code := narinfoStatus(t, c, top); code != 200 {
+		t.Fatalf("narinfo after the upload: %d", code)
+	}
+}
+
 func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
