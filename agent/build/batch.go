@@ -28,12 +28,15 @@ import (
 
 // Batcher realises requests submitted concurrently (one goroutine per step) in shared
 // nix-store processes, so a trivial step does not pay a Nix process start of its own:
-// a batch is every pending request with the same process-wide options (substituters,
+// a batch is pending requests with the same process-wide options (substituters,
 // keys, features, timeout, max-silent), gathered for a moment, realised by one
-// `nix-store --realise D1 D2 … --keep-going -j MaxJobs` whose internal-json log is
-// split per derivation by Nix's activity ids. All batches together run at most MaxJobs builds;
-// a batch's requests get their results when its nix-store exits. One `nix path-info
-// --recursive` then gives every successful request its outputs' infos and closure.
+// `nix-store --realise D1 D2 … --keep-going -j N` whose internal-json log is split per
+// derivation by Nix's activity ids. All batches together run at most MaxJobs builds:
+// when the builds still free cover the pending requests, one batch builds them all at
+// once; when there are more requests, they are shared out evenly over one batch per
+// free build, each building one at a time. A batch's requests get their results when
+// its nix-store exits (or earlier, see earlyFinisher). One `nix path-info --recursive`
+// then gives every successful request its outputs' infos and closure.
 //
 // Stopping a batch stops every build in it (one builder cannot be killed alone): a
 // request cancelled, or over its log limit, ends so, and each other request of its
@@ -178,11 +181,29 @@ gather:
 	}
 	b.mu.Lock()
 	var jobs []*job
+	extra := 0
 	if len(b.pending) > 0 {
 		key := b.pending[0].key
-		rest := b.pending[:0]
+		same := 0
 		for _, j := range b.pending {
 			if j.key == key {
+				same++
+			}
+		}
+		// The builds still free, this batch's own included. When there are more
+		// requests than that, they are shared out evenly over that many batches
+		// of one build at a time (-j1): a batch then spends its start and its end
+		// (the Nix process starting, the outputs' path infos) while another one
+		// builds, rather than all builds waiting for both. With fewer, one batch
+		// builds them all at once.
+		free := b.maxJobs - b.used + 1
+		take := same
+		if same > free {
+			take = (same + free - 1) / free
+		}
+		rest := b.pending[:0]
+		for _, j := range b.pending {
+			if j.key == key && len(jobs) < take {
 				jobs = append(jobs, j)
 			} else {
 				rest = append(rest, j)
@@ -190,10 +211,12 @@ gather:
 		}
 		clear(b.pending[len(rest):])
 		b.pending = rest
+		if same <= free {
+			extra = len(jobs) - 1
+		}
 	}
 	b.gathering = false
 	b.inFlight += len(jobs)
-	extra := max(0, min(len(jobs)-1, b.maxJobs-b.used))
 	b.used += extra
 	b.mu.Unlock()
 	if len(jobs) > 0 {

@@ -66,7 +66,8 @@ func TestBatcher_OneProcessEachRequestItsOwnStatusAndLog(t *testing.T) {
 	for _, c := range cases {
 		c.req.Timeout = 3 * time.Second // the same for all: one batch
 	}
-	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: len(cases), Gather: 10 * time.Second})
+	// As many builds as requests: one batch builds them all at once.
+	b := NewBatcher(BatcherConfig{MaxJobs: len(cases), Slots: len(cases), Gather: 10 * time.Second})
 	submitAll(t, b, cases)
 	if n := b.Processes(); n != 1 {
 		t.Errorf("%d nix-store processes for one batch", n)
@@ -326,6 +327,46 @@ func TestBatcher_FinishedDerivationsLeaveBeforeTheirBatch(t *testing.T) {
 	}
 	if early := slow.ret.Sub(fast.ret); early < 2*time.Second {
 		t.Errorf("fast returned %v after the start, only %v before the slow one", fast.ret.Sub(start), early)
+	}
+}
+
+// TestBatcher_MoreRequestsThanBuildsShareOneBuildBatches: six requests at once with
+// two builds free go to two nix-store processes of three requests each, each building
+// one at a time, so that one process starts or finishes while the other builds.
+func TestBatcher_MoreRequestsThanBuildsShareOneBuildBatches(t *testing.T) {
+	t.Parallel()
+	cache := emptyCache(t)
+	var cases []*batchCase
+	for i := range 6 {
+		cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.3; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
+	}
+	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: 6, Gather: 10 * time.Second})
+	submitAll(t, b, cases)
+	if p := b.Processes(); p != 2 {
+		t.Fatalf("%d nix-store processes for six requests and two builds, want 2", p)
+	}
+	var spans [][2]int64
+	for i, c := range cases {
+		if c.err != nil || c.res.Status != protocol.StepSucceeded {
+			t.Fatalf("request %d: %+v %v", i, c.res, c.err)
+		}
+		var start, end int64
+		if _, err := fmt.Sscanf(c.log.String(), "start %d\nend %d\n", &start, &end); err != nil {
+			t.Fatalf("request %d log %q: %v", i, c.log, err)
+		}
+		spans = append(spans, [2]int64{start, end})
+	}
+	// Two at a time, never three: each batch builds its three one after the other.
+	for _, s := range spans {
+		overlapping := 0
+		for _, o := range spans {
+			if o[0] <= s[0] && s[0] < o[1] {
+				overlapping++
+			}
+		}
+		if overlapping > 2 {
+			t.Errorf("%d builds ran at once, max_jobs is 2", overlapping)
+		}
 	}
 }
 

@@ -511,8 +511,8 @@ func TestCapabilities_NixThenOverrides(t *testing.T) {
 	if len(caps.Systems) == 0 || caps.Systems[0] != "x86_64-linux" || !strings.HasPrefix(caps.NixVersion, "2.") {
 		t.Errorf("from Nix: systems %q, nix %q", caps.Systems, caps.NixVersion)
 	}
-	if caps.MaxJobs != runtime.NumCPU() || caps.Slots != 4*runtime.NumCPU() || caps.SpeedFactor != 1 || !reflect.DeepEqual(caps.Roles, []string{protocol.RoleBuild, protocol.RoleEval}) {
-		t.Errorf("defaults: max_jobs %d (cores %d), speed %v, roles %q", caps.MaxJobs, runtime.NumCPU(), caps.SpeedFactor, caps.Roles)
+	if caps.MaxJobs != runtime.NumCPU() || caps.Slots != 16*runtime.NumCPU() || caps.SpeedFactor != 1 || !reflect.DeepEqual(caps.Roles, []string{protocol.RoleBuild, protocol.RoleEval}) {
+		t.Errorf("defaults: max_jobs %d, slots %d (cores %d), speed %v, roles %q", caps.MaxJobs, caps.Slots, runtime.NumCPU(), caps.SpeedFactor, caps.Roles)
 	}
 
 	cfg.Agent.Systems = []string{"aarch64-linux"}

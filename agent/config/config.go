@@ -40,9 +40,10 @@ type Agent struct {
 	Features          []string `toml:"features"`
 	MandatoryFeatures []string `toml:"mandatory_features"`
 	MaxJobs           int      `toml:"max_jobs"`
-	// StepSlots is how many steps the agent takes at once; 0: 4 × max_jobs. Steps
+	// StepSlots is how many steps the agent takes at once; 0: 16 × max_jobs. Steps
 	// beyond max_jobs share nix-store processes (batches) rather than each paying a
-	// process start.
+	// process start; the coordinator hands out more than 2 × max_jobs only while the
+	// agent's steps are quick.
 	StepSlots   int      `toml:"step_slots"`
 	SpeedFactor float64  `toml:"speed_factor"`
 	Roles       []string `toml:"roles"`
@@ -97,7 +98,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("agent.max_jobs must be >= 0 (0 = one per CPU core)")
 	}
 	if c.Agent.StepSlots < 0 {
-		return fmt.Errorf("agent.step_slots must be >= 0 (0 = 4 × max_jobs)")
+		return fmt.Errorf("agent.step_slots must be >= 0 (0 = 16 × max_jobs)")
 	}
 	if c.Agent.SpeedFactor <= 0 {
 		return fmt.Errorf("agent.speed_factor must be > 0")
@@ -150,12 +151,12 @@ func (c Config) MaxJobs() int {
 	return runtime.NumCPU()
 }
 
-// StepSlots is step_slots, or 4 × MaxJobs when it is 0.
+// StepSlots is step_slots, or 16 × MaxJobs when it is 0.
 func (c Config) StepSlots() int {
 	if c.Agent.StepSlots > 0 {
 		return c.Agent.StepSlots
 	}
-	return 4 * c.MaxJobs()
+	return 16 * c.MaxJobs()
 }
 
 // GCEvery is gc_interval as a duration (0: never).

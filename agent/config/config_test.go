@@ -290,11 +290,11 @@ func TestLoad_DiskMinimumAndGCInterval(t *testing.T) {
 	}
 }
 
-func TestStepSlots_DefaultIsFourTimesMaxJobsAndNegativeIsRejected(t *testing.T) {
+func TestStepSlots_DefaultIsSixteenTimesMaxJobsAndNegativeIsRejected(t *testing.T) {
 	cfg := Defaults()
 	cfg.Agent.MaxJobs = 3
-	if got := cfg.StepSlots(); got != 12 {
-		t.Errorf("step slots %d, want 12 (4 × max_jobs)", got)
+	if got := cfg.StepSlots(); got != 48 {
+		t.Errorf("step slots %d, want 48 (16 × max_jobs)", got)
 	}
 	cfg.Agent.StepSlots = 5
 	if got := cfg.StepSlots(); got != 5 {

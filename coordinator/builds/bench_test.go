@@ -148,7 +148,7 @@ func BenchmarkDAG1000(b *testing.B) {
 }
 
 func benchmarkAgainstNixBuild(b *testing.B, n int, jobset func(n int, salt string) string, jobs int, builders ...coordtest.AgentOptions) {
-	// FC_BENCH_STEP_SLOTS sets the builders' [agent] step_slots (default: 4 × max_jobs).
+	// FC_BENCH_STEP_SLOTS sets the builders' [agent] step_slots (default: 16 × max_jobs).
 	if v := os.Getenv("FC_BENCH_STEP_SLOTS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {

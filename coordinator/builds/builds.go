@@ -56,8 +56,41 @@ type Builds struct {
 
 	files FileOpener // set once at start
 
-	mu      sync.Mutex
-	lowDisk map[int64]bool // agents that said they are short of disk
+	mu       sync.Mutex
+	lowDisk  map[int64]bool          // agents that said they are short of disk
+	stepTime map[int64]time.Duration // per agent, a moving average of how long its steps build
+}
+
+// An agent is handed all its step slots only while its steps are quick: the steps
+// beyond its builds wait in its batches, which is what hides the Nix process starts
+// of trivial steps, but would leave slow steps waiting on one agent while another
+// could build them. Until its steps prove quick (or once they turn slow), an agent
+// gets twice its builds. stepTimeWeight is the weight of the newest step in the
+// average.
+const (
+	quickStep      = time.Second
+	stepTimeWeight = 0.25
+)
+
+// observeStep adds how long one of the agent's steps built to its average.
+func (b *Builds) observeStep(agentID int64, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if avg, ok := b.stepTime[agentID]; ok {
+		d = time.Duration(float64(avg)*(1-stepTimeWeight) + float64(d)*stepTimeWeight)
+	}
+	b.stepTime[agentID] = d
+}
+
+// depth is how many steps the agent may hold at once (see quickStep).
+func (b *Builds) depth(agentID int64, caps protocol.Capabilities) int {
+	b.mu.Lock()
+	avg, ok := b.stepTime[agentID]
+	b.mu.Unlock()
+	if ok && avg < quickStep {
+		return caps.StepSlots()
+	}
+	return min(caps.StepSlots(), 2*max(caps.MaxJobs, 1))
 }
 
 // New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
@@ -71,7 +104,8 @@ func New(cfg Config, db *storage.DB) *Builds {
 	if cfg.Hub == nil {
 		cfg.Hub = logs.NewHub()
 	}
-	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{}}
+	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
+		stepTime: map[int64]time.Duration{}}
 }
 
 // SetFleet attaches the fleet (they are built together and refer to each other).
@@ -228,6 +262,7 @@ func (b *Builds) sweep(ctx context.Context) {
 type candidate struct {
 	id      int64
 	caps    protocol.Capabilities
+	depth   int // steps it may hold now (see Builds.depth)
 	running int
 }
 
@@ -236,7 +271,7 @@ func (c candidate) load() float64 {
 	if speed <= 0 {
 		speed = 1
 	}
-	return float64(c.running) / float64(c.caps.StepSlots()) / speed
+	return float64(c.running) / float64(c.depth) / speed
 }
 
 // dispatch hands runnable steps to agents connected here, one step at a time to the
@@ -264,14 +299,15 @@ func (b *Builds) dispatch(ctx context.Context) {
 		b.mu.Lock()
 		low := b.lowDisk[id]
 		b.mu.Unlock()
-		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= caps.StepSlots() {
+		depth := b.depth(id, caps)
+		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= depth {
 			continue
 		}
 		a, err := b.db.GetAgent(ctx, id)
 		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil {
 			continue
 		}
-		cands = append(cands, candidate{id: id, caps: caps, running: running[id]})
+		cands = append(cands, candidate{id: id, caps: caps, depth: depth, running: running[id]})
 	}
 	for len(cands) > 0 && ctx.Err() == nil {
 		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
@@ -279,7 +315,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 		// Several steps at once: an agent realises the steps that arrive together in one
 		// Nix process. Shared out when several agents have room, so the least loaded
 		// does not take everything.
-		free := c.caps.StepSlots() - c.running
+		free := c.depth - c.running
 		n := max(1, free/len(cands))
 		got := b.assign(ctx, c, n)
 		if got == 0 {
@@ -287,7 +323,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 			continue
 		}
 		c.running += got
-		if c.running >= c.caps.StepSlots() {
+		if c.running >= c.depth {
 			cands = cands[1:]
 		}
 	}

@@ -65,6 +65,9 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 			return errors.Join(errors.New(msg), b.db.RetryStep(ctx, l, msg, b.cfg.Leases))
 		}
 	}
+	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
+		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
+	}
 	o := storage.StepOutcome{Status: rep.Status, Error: rep.Error, ExitCode: rep.ExitCode, ReleaseName: rep.ReleaseName,
 		LogSize: rep.LogSize, StartedAt: rep.StartedAt, FinishedAt: rep.FinishedAt}
 	for i, p := range rep.Products {

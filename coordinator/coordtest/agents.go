@@ -26,7 +26,7 @@ type AgentOptions struct {
 	Features []string // default: Nix's system-features (on these machines they include kvm)
 	MaxJobs  int      // default 1
 	// StepSlots is agent.step_slots (steps taken at once); 0: the agent's default
-	// (4 × max_jobs).
+	// (16 × max_jobs).
 	StepSlots int
 	// Isolated runs the real fc-agent binary in its own mount namespace with its own,
 	// empty /nix: everything it builds from must come through the coordinator's cache,
