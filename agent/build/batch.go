@@ -326,6 +326,12 @@ func runBatch(jobs []*job, maxJobs int) {
 	cmd := exec.Command("nix-store", Args(maxJobs, reqs...)...)
 	cmd.Env = os.Environ()
 	if home := jobs[0].req.CacheHome; home != "" {
+		// The batch's Nix uses the first request's cache directory (only it is made:
+		// each costs file system work, which adds up over thousands of steps).
+		if err := os.MkdirAll(home, 0o700); err != nil {
+			failAll(jobs, Result{}, fmt.Errorf("%w: create the Nix cache directory: %w", ErrInfrastructure, err))
+			return
+		}
 		cmd.Env = append(cmd.Env, "XDG_CACHE_HOME="+home)
 	}
 	// Its own process group, so stopping it reaches every process Nix started; and
@@ -442,12 +448,6 @@ func prepare(ctx context.Context, jobs []*job) []*job {
 					err = fmt.Errorf("no outputs for %s", j.req.DrvPath)
 				}
 				j.finish(Result{}, fmt.Errorf("%w: %w", ErrInfrastructure, err))
-				continue
-			}
-		}
-		if j.req.CacheHome != "" {
-			if err := os.MkdirAll(j.req.CacheHome, 0o700); err != nil {
-				j.finish(Result{}, fmt.Errorf("%w: create the Nix cache directory: %w", ErrInfrastructure, err))
 				continue
 			}
 		}

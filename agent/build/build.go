@@ -45,7 +45,7 @@ type Request struct {
 	// caller removes the directory when it no longer needs the outputs.
 	GCRootDir string
 	// CacheHome is XDG_CACHE_HOME for Nix (where it remembers binary cache misses);
-	// empty: inherited.
+	// empty: inherited. A batch uses its first request's, creating it.
 	CacheHome string
 	// Log receives the build log: the builders' lines and Nix's error messages, each
 	// ending in a newline. It is written from one goroutine at a time.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -251,42 +252,81 @@ func wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// logFile is a step's log on disk: the build appends to it and never waits for the
-// network; the sender reads what has been written and is woken on every write.
+// logFile is a step's log: the build appends to it and never waits for the network;
+// the sender reads what has been written and is woken on every write. It stays in
+// memory while it is small (most logs; creating a file costs more than a trivial
+// build's log) and moves to a file on disk once it outgrows memLog.
 type logFile struct {
-	w    *os.File
-	r    *os.File
+	path string
 	wake chan struct{} // one sender waits on it
 
 	mu       sync.Mutex
+	mem      []byte   // the log, until it outgrows memLog
+	w, r     *os.File // the log, after
 	n        int64
 	finished bool
 }
 
+// memLog is how much of a log is kept in memory before it moves to disk.
+const memLog = 256 << 10
+
 func createLogFile(path string) (*logFile, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	w, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	r, err := os.Open(path)
-	if err != nil {
-		w.Close()
-		return nil, err
-	}
-	return &logFile{w: w, r: r, wake: make(chan struct{}, 1)}, nil
+	return &logFile{path: path, wake: make(chan struct{}, 1)}, nil
 }
 
-// Write appends to the file.
+// spill moves the log to its file; l.mu is held.
+func (l *logFile) spill() error {
+	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
+		return err
+	}
+	w, err := os.OpenFile(l.path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(l.mem); err != nil {
+		w.Close()
+		return err
+	}
+	r, err := os.Open(l.path)
+	if err != nil {
+		w.Close()
+		return err
+	}
+	l.w, l.r, l.mem = w, r, nil
+	return nil
+}
+
+// Write appends to the log.
 func (l *logFile) Write(p []byte) (int, error) {
-	n, err := l.w.Write(p)
 	l.mu.Lock()
+	defer l.signal()
+	defer l.mu.Unlock()
+	if l.w == nil && len(l.mem)+len(p) <= memLog {
+		l.mem = append(l.mem, p...)
+		l.n += int64(len(p))
+		return len(p), nil
+	}
+	if l.w == nil {
+		if err := l.spill(); err != nil {
+			return 0, fmt.Errorf("write the step log to disk: %w", err)
+		}
+	}
+	n, err := l.w.Write(p)
 	l.n += int64(n)
-	l.mu.Unlock()
-	l.signal()
 	return n, err
+}
+
+// ReadAt reads the log at off (below what was written).
+func (l *logFile) ReadAt(p []byte, off int64) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		if off >= int64(len(l.mem)) {
+			return 0, io.EOF
+		}
+		return copy(p, l.mem[off:]), nil
+	}
+	return l.r.ReadAt(p, off)
 }
 
 func (l *logFile) signal() {
@@ -317,6 +357,11 @@ func (l *logFile) state() (int64, bool) {
 }
 
 func (l *logFile) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		return nil
+	}
 	return errors.Join(l.w.Close(), l.r.Close())
 }
 
@@ -391,7 +436,7 @@ func sendLogOnce(ctx context.Context, link daemon.Link, w protocol.WorkRef, lf *
 	for {
 		n, finished := lf.state()
 		if off < n {
-			k, err := lf.r.ReadAt(buf[:min(n-off, logChunk)], off)
+			k, err := lf.ReadAt(buf[:min(n-off, logChunk)], off)
 			if k == 0 && err != nil {
 				return true, fmt.Errorf("read the step log: %w", err)
 			}

@@ -676,3 +676,46 @@ func TestBuild_RefusedVerdictEndsTheWork(t *testing.T) {
 	}
 	assertCleanedUp(t, b)
 }
+
+// A small log never touches the disk; one that outgrows memLog moves there whole, and
+// reads at any offset give what was written.
+func TestLogFile_SmallStaysInMemoryLargeMovesToDisk(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs", "1-1.log")
+	lf, err := createLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	var want bytes.Buffer
+	for i := range 10 {
+		l := line(i, 100)
+		want.Write(l)
+		if _, err := lf.Write(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("a 1 kB log is on disk (%v)", err)
+	}
+	for i := 10; want.Len() <= memLog+5000; i++ {
+		l := line(i, 1000)
+		want.Write(l)
+		if _, err := lf.Write(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onDisk, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(onDisk, want.Bytes()) {
+		t.Fatalf("the log on disk has %d bytes (err %v), %d were written", len(onDisk), err, want.Len())
+	}
+	if lf.size() != int64(want.Len()) {
+		t.Fatalf("size %d, want %d", lf.size(), want.Len())
+	}
+	for _, off := range []int64{0, 999, memLog - 10, memLog + 10, int64(want.Len()) - 1} {
+		buf := make([]byte, 100)
+		n, err := lf.ReadAt(buf, off)
+		if (err != nil && err != io.EOF) || n == 0 || !bytes.Equal(buf[:n], want.Bytes()[off:off+int64(n)]) {
+			t.Errorf("ReadAt(%d): %d bytes %q, %v", off, n, buf[:n], err)
+		}
+	}
+}
