@@ -42,3 +42,30 @@ func BenchmarkUploadDrvs10k(b *testing.B) {
 	b.ReportMetric(infosTime.Seconds()/float64(b.N), "infos-s/op")
 	b.ReportMetric(uploadTime.Seconds()/float64(b.N), "upload-s/op")
 }
+
+// BenchmarkUpload200MB uploads one 200 MB path of random data (issue 4's push goal
+// compares fc-agent push of such a closure with nix copy; see scripts/bench-cache)
+// over one agent session into a fresh coordinator each iteration.
+func BenchmarkUpload200MB(b *testing.B) {
+	file := nixFile(b, fmt.Sprintf(`derivation { name = "big-%s"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "/usr/bin/head -c 200000000 /dev/urandom > $out" ]; }`, salt(b)))
+	p := run(b, "nix-build", file, "--no-out-link", "--option", "substituters", "")
+	infos, err := push.PathInfos(context.Background(), []string{p})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		c := coordtest.Start(b, coordtest.Options{})
+		conn := dialPush(b, c)
+		b.StartTimer()
+		start := time.Now()
+		if st, err := push.Upload(context.Background(), conn, infos, push.Options{}); err != nil || st.Sent != 1 {
+			b.Fatalf("sent %d: %v", st.Sent, err)
+		}
+		total += time.Since(start)
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "upload-s/op")
+	b.ReportMetric(200/(total.Seconds()/float64(b.N)), "MB/s")
+}
