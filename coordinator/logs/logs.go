@@ -42,6 +42,9 @@ type Dir struct {
 	dir      string
 	compress bool
 	mu       sync.Mutex // appends to one log are serialised; one lock is plenty here
+	// enc compresses finished logs; EncodeAll may be called concurrently, and making
+	// an encoder for each log cost more than compressing a small one.
+	enc *zstd.Encoder
 
 	// unpacked keeps the last few decompressed logs: a viewer scrolling up a long
 	// finished log asks for one byte range after another.
@@ -65,7 +68,11 @@ func NewDir(dir string, compress bool) (*Dir, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
 	}
-	return &Dir{dir: dir, compress: compress}, nil
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	return &Dir{dir: dir, compress: compress, enc: enc}, nil
 }
 
 func (d *Dir) path(step, epoch int64) string {
@@ -212,12 +219,7 @@ func (d *Dir) Finish(step, epoch int64) error {
 	if err != nil {
 		return fmt.Errorf("log of step %d: %w", step, err)
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
-	if err != nil {
-		return err
-	}
-	packed := enc.EncodeAll(data, nil)
-	_ = enc.Close()
+	packed := d.enc.EncodeAll(data, nil)
 	tmp := p + ".zst.tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
