@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -37,6 +38,7 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 		infos []protocol.PathInfo
 		err   error
 	}
+	start := time.Now()
 	closed := make(chan closure, 1)
 	go func() {
 		infos, err := push.ClosureInfos(ctx, paths)
@@ -44,6 +46,7 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 	}()
 	conn, err := session.Dial(ctx, sc, session.State{Capabilities: protocol.Capabilities{Roles: []string{}}})
 	cl := <-closed
+	ready := time.Since(start)
 	if cl.err != nil {
 		if conn != nil {
 			conn.Close()
@@ -66,8 +69,9 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 	if secs > 0 {
 		rate = float64(st.NarBytes) / 1e6 / secs
 	}
-	fmt.Fprintf(env.Stdout, "%d paths in the closure: sent %d, %d already cached, %d on an upstream cache; %s of NAR (%s compressed) in %.2f s, %.1f MB/s\n",
-		st.Offered, st.Sent, st.Offered-st.Sent-st.Upstream-len(st.Rejections), st.Upstream, mb(st.NarBytes), mb(st.FileBytes), secs, rate)
+	fmt.Fprintf(env.Stdout, "%d paths in the closure: sent %d, %d already cached, %d on an upstream cache; %s of NAR (%s compressed) in %.2f s, %.1f MB/s (after %.2f s to find the closure and connect)\n",
+		st.Offered, st.Sent, st.Offered-st.Sent-st.Upstream-len(st.Rejections), st.Upstream, mb(st.NarBytes), mb(st.FileBytes), secs, rate,
+		ready.Seconds())
 	return err
 }
 

@@ -41,6 +41,10 @@ type Config struct {
 	// ReadKeys, when set, makes the cache private: reading needs an API key, as a
 	// bearer token or as the password of HTTP basic authentication (so netrc works).
 	ReadKeys auth.KeyStore
+	// GroupPaths and GroupBytes bound a group of uploaded paths committed together
+	// (0: 1,000 paths, 64 MB).
+	GroupPaths int
+	GroupBytes int64
 }
 
 // Cache is the binary cache.
@@ -88,6 +92,12 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	}
 	if cfg.Priority == 0 {
 		cfg.Priority = 30
+	}
+	if cfg.GroupPaths <= 0 {
+		cfg.GroupPaths = groupPaths
+	}
+	if cfg.GroupBytes <= 0 {
+		cfg.GroupBytes = groupBytes
 	}
 	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger,
 		rendered: expirable.NewLRU[string, string](renderedEntries, nil, renderedTTL)}
@@ -204,34 +214,69 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	// known holds the hash parts the cache is known to hold: present at the plan,
 	// or committed by this stream since. References found there need no query.
+	// known holds the hash parts the cache held at the plan and those this stream has
+	// staged since (in groups being committed, or the one being filled): references
+	// found there need no query. A group that fails to commit fails every later one
+	// too, so no path is recorded with a reference that did not make it.
 	known := present
-	g := &uploadGroup{staged: map[string]bool{}}
-	out := bufio.NewWriterSize(st, 64<<10)
+	g := newUploadGroup()
+	com := c.startCommitter(ctx, agentID, st)
 	for i, p := range plan.Missing {
 		res, broken := c.receive(ctx, infos[p], upstream, known, g, st)
 		if res != nil {
 			g.results = append(g.results, *res)
 		}
 		last := i == len(plan.Missing)-1
-		if broken || last || len(g.items) >= groupPaths || g.bytes >= groupBytes {
-			for _, r := range c.commitGroup(ctx, g, known) {
-				if !r.OK {
-					c.log.Warn("upload rejected", "agent", agentID, "path", r.StorePath, "err", r.Error)
-				}
-				if err := protocol.WriteFrame(out, r); err != nil {
-					return err
-				}
+		if broken || last || len(g.items) >= c.cfg.GroupPaths || g.bytes >= c.cfg.GroupBytes {
+			for h := range g.staged {
+				known[h] = true
 			}
-			// A group's results go out together (a frame each cost a write each).
-			if err := out.Flush(); err != nil {
-				return err
-			}
+			com.groups <- g // committed while the next paths arrive
+			g = newUploadGroup()
 		}
 		if broken {
+			close(com.groups)
+			<-com.done
 			return fmt.Errorf("upload of %s broke off", p)
 		}
 	}
-	return nil
+	close(com.groups)
+	return <-com.done
+}
+
+// committer commits an upload stream's groups in order, in a goroutine of its own,
+// and sends their results.
+type committer struct {
+	groups chan *uploadGroup
+	done   chan error
+}
+
+func (c *Cache) startCommitter(ctx context.Context, agentID int64, st io.Writer) *committer {
+	com := &committer{groups: make(chan *uploadGroup), done: make(chan error, 1)}
+	go func() {
+		out := bufio.NewWriterSize(st, 64<<10)
+		var failed, writeErr error
+		for g := range com.groups {
+			results := c.commitGroup(ctx, g, failed)
+			for _, r := range results {
+				if !r.OK {
+					c.log.Warn("upload rejected", "agent", agentID, "path", r.StorePath, "err", r.Error)
+					if failed == nil && r.Error != "" && g.staged[hashPart(r.StorePath)] {
+						failed = fmt.Errorf("an earlier group of this upload failed to commit: %s", r.Error)
+					}
+				}
+				if writeErr == nil {
+					writeErr = protocol.WriteFrame(out, r)
+				}
+			}
+			// A group's results go out together (a frame each cost a write each).
+			if writeErr == nil {
+				writeErr = out.Flush()
+			}
+		}
+		com.done <- writeErr
+	}()
+	return com
 }
 
 // Group commit: the verified paths of an upload stream are made durable and recorded
@@ -307,13 +352,12 @@ func (w *spillWriter) Abort() {
 	}
 }
 
+func newUploadGroup() *uploadGroup { return &uploadGroup{staged: map[string]bool{}} }
+
 // commitGroup makes the staged blobs durable, commits them with their narinfos, and
-// returns every result of the group; committed paths join known.
-func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, known map[string]bool) []protocol.UploadResult {
-	defer func() {
-		g.items, g.bytes, g.results = g.items[:0], 0, nil
-		clear(g.staged)
-	}()
+// returns every result of the group. With failed set (an earlier group failed), it
+// refuses the whole group instead.
+func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) []protocol.UploadResult {
 	if len(g.items) == 0 {
 		return g.results
 	}
@@ -329,7 +373,10 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, known map[strin
 		}
 		blobs, names = append(blobs, it.blob), append(names, it.name)
 	}
-	err := c.blobs.SyncAll(blobs) // the slow part, before the transaction and the locks
+	err := failed
+	if err == nil {
+		err = c.blobs.SyncAll(blobs) // the slow part, before the transaction and the locks
+	}
 	if err == nil {
 		err = c.db.CommitNarinfos(ctx, ns, small, func() error { return c.blobs.CommitAll(blobs, names) })
 	}
@@ -343,7 +390,6 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, known map[strin
 			c.m.rejections.WithLabelValues("storage").Inc()
 			res.Error = fmt.Sprintf("%s: store: %v", it.n.StorePath, err)
 		} else {
-			known[it.n.HashPart] = true
 			c.m.uploads.Inc()
 			c.m.uploadBytes.Add(float64(it.n.FileSize))
 			res.OK, res.FileSize = true, it.n.FileSize
