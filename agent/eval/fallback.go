@@ -28,15 +28,18 @@ var walkNix string
 // reported before is kept, and a new process resumes after it. Attributes that threw
 // are caught in-process and then evaluated once more, each on its own (in parallel), to
 // get their messages. The happy path is one process per shard, the derivations written
-// as nix-instantiate writes them.
+// as nix-instantiate writes them, and no "B" (begin) record: a process that dies is
+// run again from the last node it reported, announcing each node, to name the one at
+// fault.
 
 // walkOpts are the per-process parameters of walk.nix.
 type walkOpts struct {
-	resume []string
-	only   []string
-	catch  bool
-	shard  int
-	shards int
+	resume   []string
+	only     []string
+	catch    bool
+	announce bool // B records (see walk.nix)
+	shard    int
+	shards   int
 }
 
 // walkRecord is one line the walker reported.
@@ -186,8 +189,11 @@ func runFallback(ctx context.Context, t *target) (rawResult, error) {
 // kills one.
 func walkShard(ctx context.Context, t *target, top, mark string, shard, shards int) (jobs []rawJob, attrErrs []AttrError, throws [][]string, err error) {
 	var resume []string
+	// announce: the last process died; this one announces each node it begins, so
+	// that if it dies the same way, its last B names the attribute at fault.
+	announce := false
 	for {
-		run, err := runWalk(ctx, t, top, mark, walkOpts{resume: resume, catch: true, shard: shard, shards: shards})
+		run, err := runWalk(ctx, t, top, mark, walkOpts{resume: resume, catch: true, announce: announce, shard: shard, shards: shards})
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -205,16 +211,28 @@ func walkShard(ctx context.Context, t *target, top, mark string, shard, shards i
 		if !run.failed {
 			return jobs, attrErrs, throws, nil
 		}
-		if last == nil {
-			// It died before reaching any attribute: the expression itself is broken.
-			return nil, nil, nil, fmt.Errorf("%w: %s", ErrEvalFailed, run.message)
-		}
-		if last.tag == 'B' {
+		switch {
+		case last != nil && last.tag == 'B':
+			// The attribute at fault: record it and go on after it, quietly again.
 			attrErrs = append(attrErrs, AttrError{Attr: joinAttrPath(last.path), Message: run.message})
+			resume, announce = last.path, false
+		case !announce:
+			// Died after its last record, without saying where: the same walk again
+			// from there, announcing each node.
+			if last != nil {
+				resume = last.path
+			}
+			announce = true
+		case last == nil:
+			// Announcing, it died before reaching any attribute: the expression
+			// itself is broken.
+			return nil, nil, nil, fmt.Errorf("%w: %s", ErrEvalFailed, run.message)
+		default:
+			// Announcing, it died between attributes (out of memory?): go on after the
+			// last one it finished; progress is guaranteed since every run reports
+			// something.
+			resume = last.path
 		}
-		// Otherwise it died between attributes (out of memory?): go on after the last
-		// one it finished; progress is guaranteed since every run reports something.
-		resume = last.path
 	}
 }
 
@@ -274,8 +292,8 @@ func (t *target) nixArgs(sub ...string) []string {
 
 // runWalk runs one walker process and reads what it reports.
 func runWalk(ctx context.Context, t *target, top, mark string, o walkOpts) (walkRun, error) {
-	expr := fmt.Sprintf("(%s) { top = %s; mark = %s; recurseAll = %t; resume = %s; only = %s; catch = %t; shard = %d; shards = %d; }",
-		walkNix, top, nixString(mark), t.flake, nixList(o.resume), nixList(o.only), o.catch, o.shard, max(o.shards, 1))
+	expr := fmt.Sprintf("(%s) { top = %s; mark = %s; recurseAll = %t; resume = %s; only = %s; catch = %t; announce = %t; shard = %d; shards = %d; }",
+		walkNix, top, nixString(mark), t.flake, nixList(o.resume), nixList(o.only), o.catch, o.announce, o.shard, max(o.shards, 1))
 	sub := []string{"eval", "--json"}
 	if !t.flake {
 		// Legacy files may use builtins.currentSystem, <…> and the file system, as

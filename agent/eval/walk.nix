@@ -2,12 +2,14 @@
 #
 # It walks a job set depth-first in attribute-name order and reports every node on
 # stderr as it goes, through builtins.trace, as lines
-#   trace: <mark> B <path>   before a node is forced
+#   trace: <mark> B <path>   before a node is forced (only with announce)
 #   trace: <mark> J <job>    a job (a derivation) and its data
 #   trace: <mark> T <path>   a node that failed with throw or assert (caught by tryEval)
 # so that when the process dies of an error tryEval cannot catch (abort, a missing
-# attribute, a type error), the last B names the attribute at fault and everything
-# reported before it is kept; the caller starts a new process that resumes after it.
+# attribute, a type error), everything reported before is kept, and a new process
+# resumes after the last node reported, with announce on: its last B names the
+# attribute at fault (the caller then resumes after that one). B lines cost a trace
+# per node, so only such a diagnosing run prints them.
 #
 #   top        the job set (hydraJobs, checks, or what a release.nix returns)
 #   mark       a random marker that tells our lines from the expression's own traces
@@ -16,8 +18,9 @@
 #   resume     a path: skip every node up to and including it (depth-first order)
 #   only       a path: evaluate just that node
 #   catch      catch throw/assert per node (off to get the message of one that threw)
+#   announce   print B before each node
 #   shard, shards  take the shard-th of `shards` contiguous slices of the top-level names
-{ top, mark, recurseAll, resume ? null, only ? null, catch ? true, shard ? 0, shards ? 1 }:
+{ top, mark, recurseAll, resume ? null, only ? null, catch ? true, announce ? true, shard ? 0, shards ? 1 }:
 let
   inherit (builtins) attrNames isAttrs isList isString isInt tryEval length elemAt
     concatMap map listToAttrs deepSeq seq foldl' trace toJSON head tail genList;
@@ -78,7 +81,7 @@ let
 
   # A node at `path` (depth = length path), its value v.
   node = depth: path: v:
-    seq (emit "B" path) (
+    seq (if announce then emit "B" path else 1) (
       let k = try (kind depth v); in
       if !k.success then emit "T" path
       else if k.value == "drv" then
