@@ -330,6 +330,24 @@ func TestBatcher_FinishedDerivationsLeaveBeforeTheirBatch(t *testing.T) {
 	}
 }
 
+// buildSpans checks that every case succeeded and returns when each builder ran, from
+// its log's "start <ns>" and "end <ns>" lines.
+func buildSpans(t *testing.T, cases []*batchCase) [][2]int64 {
+	t.Helper()
+	var spans [][2]int64
+	for i, c := range cases {
+		if c.err != nil || c.res.Status != protocol.StepSucceeded {
+			t.Fatalf("request %d: %+v %v", i, c.res, c.err)
+		}
+		var start, end int64
+		if _, err := fmt.Sscanf(c.log.String(), "start %d\nend %d\n", &start, &end); err != nil {
+			t.Fatalf("request %d log %q: %v", i, c.log, err)
+		}
+		spans = append(spans, [2]int64{start, end})
+	}
+	return spans
+}
+
 // TestBatcher_MoreRequestsThanBuildsShareOneBuildBatches: six requests at once with
 // two builds free go to two nix-store processes of three requests each, each building
 // one at a time, so that one process starts or finishes while the other builds.
@@ -345,18 +363,8 @@ func TestBatcher_MoreRequestsThanBuildsShareOneBuildBatches(t *testing.T) {
 	if p := b.Processes(); p != 2 {
 		t.Fatalf("%d nix-store processes for six requests and two builds, want 2", p)
 	}
-	var spans [][2]int64
-	for i, c := range cases {
-		if c.err != nil || c.res.Status != protocol.StepSucceeded {
-			t.Fatalf("request %d: %+v %v", i, c.res, c.err)
-		}
-		var start, end int64
-		if _, err := fmt.Sscanf(c.log.String(), "start %d\nend %d\n", &start, &end); err != nil {
-			t.Fatalf("request %d log %q: %v", i, c.log, err)
-		}
-		spans = append(spans, [2]int64{start, end})
-	}
 	// Two at a time, never three: each batch builds its three one after the other.
+	spans := buildSpans(t, cases)
 	for _, s := range spans {
 		overlapping := 0
 		for _, o := range spans {
@@ -404,15 +412,8 @@ func TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds(t *testing.T) {
 		delta int
 	}
 	var edges []edge
-	for i, c := range cases {
-		if c.err != nil || c.res.Status != protocol.StepSucceeded {
-			t.Fatalf("request %d: %+v %v", i, c.res, c.err)
-		}
-		var start, end int64
-		if _, err := fmt.Sscanf(c.log.String(), "start %d\nend %d\n", &start, &end); err != nil {
-			t.Fatalf("request %d log %q: %v", i, c.log, err)
-		}
-		edges = append(edges, edge{start, +1}, edge{end, -1})
+	for _, s := range buildSpans(t, cases) {
+		edges = append(edges, edge{s[0], +1}, edge{s[1], -1})
 	}
 	slices.SortFunc(edges, func(a, b edge) int { return cmp.Compare(a.at, b.at)*2 + cmp.Compare(a.delta, b.delta) })
 	running, most := 0, 0
