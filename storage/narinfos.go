@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Narinfo is one store path in the binary cache. Its blob (the compressed NAR) is in
@@ -68,6 +70,33 @@ func (db *DB) SmallBlob(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s: %w", name, mapErr(err))
 	}
 	return data, nil
+}
+
+// SmallBlobInfo names a blob kept in PostgreSQL and gives its size.
+type SmallBlobInfo struct {
+	Name string
+	Size int64
+}
+
+// UnusedSmallBlobs lists blobs in PostgreSQL that no narinfo points at, older than
+// olderThan (what an interrupted retention run can leave). Delete them with
+// DeleteBlobIfUnused, which checks again under the blob's lock.
+func (db *DB) UnusedSmallBlobs(ctx context.Context, olderThan time.Duration) ([]SmallBlobInfo, error) {
+	rows, err := db.pool.Query(ctx, `SELECT b.name, length(b.data) FROM small_blobs b
+		WHERE b.created_at < now() - make_interval(secs => $1)
+		AND NOT EXISTS (SELECT 1 FROM narinfos n WHERE n.url = 'nar/' || b.name)`, olderThan.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("list unused small blobs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (SmallBlobInfo, error) {
+		var b SmallBlobInfo
+		err := r.Scan(&b.Name, &b.Size)
+		return b, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list unused small blobs: %w", err)
+	}
+	return out, nil
 }
 
 // NarinfoCount is the number of paths and their compressed bytes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fc-ci/fc/storage"
@@ -26,7 +27,7 @@ func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
 	// The blobs' commit failing rolls the whole group back.
 	boom := errors.New("rename failed")
 	small := map[string][]byte{"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.nar.zst": []byte("small blob of a")}
-	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a, b}, small, func() error { return boom }); !errors.Is(err, boom) {
+	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a, b}, small, nil, func() error { return boom }); !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want the commit's", err)
 	}
 	if p, err := db.PresentHashParts(ctx, []string{a.HashPart, b.HashPart}); err != nil || len(p) != 0 {
@@ -37,7 +38,7 @@ func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
 	}
 
 	committed := 0
-	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a, b}, small, func() error { committed++; return nil }); err != nil || committed != 1 {
+	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a, b}, small, nil, func() error { committed++; return nil }); err != nil || committed != 1 {
 		t.Fatalf("commit: %v (blob commit called %d times)", err, committed)
 	}
 	for _, want := range []storage.Narinfo{a, b} {
@@ -61,7 +62,7 @@ func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
 	a2 := a
 	a2.NarSize, a2.URL = 99, "nar/a2.nar.zst"
 	c := narinfo("cccccccccccccccccccccccccccccccc", "c")
-	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a2, c}, map[string][]byte{"a2.nar.zst": []byte("x")}, func() error { return nil }); err != nil {
+	if err := db.CommitNarinfos(ctx, []storage.Narinfo{a2, c}, map[string][]byte{"a2.nar.zst": []byte("x")}, []string{b.HashPart}, func() error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := db.GetNarinfo(ctx, a.HashPart); got.NarSize != 20 {
@@ -74,9 +75,20 @@ func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
 		t.Errorf("the group's new path: %v", err)
 	}
 
+	// A reference outside the group that is not in the cache (retention deleted it
+	// since the uploader looked) commits nothing.
+	d := narinfo("dddddddddddddddddddddddddddddddd", "d")
+	if err := db.CommitNarinfos(ctx, []storage.Narinfo{d}, nil, []string{c.HashPart, "ffffffffffffffffffffffffffffffff"},
+		func() error { t.Error("blob committed"); return nil }); !errors.Is(err, storage.ErrConflict) || !strings.Contains(err.Error(), "ffffffffffffffffffffffffffffffff") {
+		t.Fatalf("missing reference: err = %v, want a conflict naming it", err)
+	}
+	if _, err := db.GetNarinfo(ctx, d.HashPart); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("d recorded without its reference: %v", err)
+	}
+
 	// A list element with white space could not travel: refused before anything is written.
 	bad := narinfo("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "e", "x y")
-	if err := db.CommitNarinfos(ctx, []storage.Narinfo{bad}, nil, func() error { t.Error("blob committed"); return nil }); err == nil {
+	if err := db.CommitNarinfos(ctx, []storage.Narinfo{bad}, nil, nil, func() error { t.Error("blob committed"); return nil }); err == nil {
 		t.Fatal("a reference with a space was accepted")
 	}
 

@@ -3,6 +3,8 @@ package storage
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -141,11 +143,18 @@ func blobLock(ctx context.Context, tx pgx.Tx, url string) error {
 //
 // small holds blobs kept in PostgreSQL rather than in the blob store, by name (the
 // narinfo URL without "nar/"): each is stored with the narinfo that points at it,
-// and not when that path was recorded already.
-func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string][]byte, commit func() error) error {
+// and not when that path was recorded already. refs are the hash parts of paths
+// outside the group that the group refers to: they must be in the cache, and are
+// kept from retention until the group is committed (retention may have deleted one
+// since the uploader last looked), or nothing is committed.
+func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string][]byte, refs []string, commit func() error) error {
 	if len(ns) == 0 {
 		return nil
 	}
+	// Rows go in in one order (by hash part, blob name), so two groups sharing paths
+	// wait for each other instead of deadlocking.
+	ns = slices.Clone(ns)
+	slices.SortFunc(ns, func(a, b Narinfo) int { return strings.Compare(a.HashPart, b.HashPart) })
 	urls := make([]string, 0, len(ns))
 	cols := struct {
 		hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
@@ -184,14 +193,33 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, urls); err != nil {
 			return fmt.Errorf("lock blobs: %w", err)
 		}
+		if len(refs) > 0 {
+			refs = slices.Compact(slices.Sorted(slices.Values(refs)))
+			rows, err := tx.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1) ORDER BY hash_part FOR SHARE`, refs)
+			if err != nil {
+				return fmt.Errorf("check references: %w", err)
+			}
+			found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return fmt.Errorf("check references: %w", err)
+			}
+			if len(found) != len(refs) {
+				var missing []string
+				for _, r := range refs {
+					if !slices.Contains(found, r) {
+						missing = append(missing, r)
+					}
+				}
+				return fmt.Errorf("%w: referenced paths no longer in the cache: %s", ErrConflict, strings.Join(missing, ", "))
+			}
+		}
 		if err := commit(); err != nil {
 			return err
 		}
-		smallNames := make([]string, 0, len(small))
+		smallNames := slices.Sorted(maps.Keys(small))
 		smallData := make([][]byte, 0, len(small))
-		for name, data := range small {
-			smallNames = append(smallNames, name)
-			smallData = append(smallData, data)
+		for _, name := range smallNames {
+			smallData = append(smallData, small[name])
 		}
 		_, err := tx.Exec(ctx, `WITH added AS (
 			INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
@@ -230,7 +258,7 @@ func (db *DB) DeleteBlobIfUnused(ctx context.Context, url string, del func() err
 		if used {
 			return nil
 		}
-		tag, err := tx.Exec(ctx, `DELETE FROM small_blobs WHERE 'nar/' || name = $1`, url)
+		tag, err := tx.Exec(ctx, `DELETE FROM small_blobs WHERE name = $1`, strings.TrimPrefix(url, "nar/"))
 		if err != nil {
 			return err
 		}

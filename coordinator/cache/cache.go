@@ -257,13 +257,13 @@ func (c *Cache) startCommitter(ctx context.Context, agentID int64, st io.Writer)
 		out := bufio.NewWriterSize(st, 64<<10)
 		var failed, writeErr error
 		for g := range com.groups {
-			results := c.commitGroup(ctx, g, failed)
+			results, err := c.commitGroup(ctx, g, failed)
+			if err != nil && failed == nil {
+				failed = fmt.Errorf("an earlier group of this upload failed to commit: %w", err)
+			}
 			for _, r := range results {
 				if !r.OK {
 					c.log.Warn("upload rejected", "agent", agentID, "path", r.StorePath, "err", r.Error)
-					if failed == nil && r.Error != "" && g.staged[hashPart(r.StorePath)] {
-						failed = fmt.Errorf("an earlier group of this upload failed to commit: %s", r.Error)
-					}
 				}
 				if writeErr == nil {
 					writeErr = protocol.WriteFrame(out, r)
@@ -305,6 +305,7 @@ type stagedPath struct {
 	small []byte
 	name  string
 	n     storage.Narinfo
+	refs  []string // hash parts of the paths it refers to in the cache (not itself, not upstream)
 }
 
 // smallBlob is the compressed size up to which a NAR is kept in PostgreSQL, with its
@@ -355,18 +356,24 @@ func (w *spillWriter) Abort() {
 func newUploadGroup() *uploadGroup { return &uploadGroup{staged: map[string]bool{}} }
 
 // commitGroup makes the staged blobs durable, commits them with their narinfos, and
-// returns every result of the group. With failed set (an earlier group failed), it
-// refuses the whole group instead.
-func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) []protocol.UploadResult {
+// returns every result of the group, and the commit's error. With failed set (an
+// earlier group failed), it refuses the whole group instead.
+func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) ([]protocol.UploadResult, error) {
 	if len(g.items) == 0 {
-		return g.results
+		return g.results, nil
 	}
 	var blobs []BlobWriter
 	var names []string
 	small := map[string][]byte{}
 	ns := make([]storage.Narinfo, len(g.items))
+	var refs []string // outside the group: checked and held in the transaction
 	for i, it := range g.items {
 		ns[i] = it.n
+		for _, r := range it.refs {
+			if !g.staged[r] {
+				refs = append(refs, r)
+			}
+		}
 		if it.blob == nil {
 			small[it.name] = it.small
 			continue
@@ -378,7 +385,7 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) [
 		err = c.blobs.SyncAll(blobs) // the slow part, before the transaction and the locks
 	}
 	if err == nil {
-		err = c.db.CommitNarinfos(ctx, ns, small, func() error { return c.blobs.CommitAll(blobs, names) })
+		err = c.db.CommitNarinfos(ctx, ns, small, refs, func() error { return c.blobs.CommitAll(blobs, names) })
 	}
 	results := g.results
 	for _, it := range g.items {
@@ -396,7 +403,7 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) [
 		}
 		results = append(results, res)
 	}
-	return results
+	return results, err
 }
 
 type counter struct{ n int64 }
@@ -455,10 +462,15 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash)), false
 	}
 	refs := make([]string, 0, len(pi.References))
-	var lookup []string
+	var lookup, inCache []string
 	for _, r := range pi.References {
 		refs = append(refs, basename(r))
-		if h := hashPart(r); r != pi.StorePath && !upstream[h] && !known[h] && !g.staged[h] {
+		h := hashPart(r)
+		if r == pi.StorePath || upstream[h] {
+			continue
+		}
+		inCache = append(inCache, h)
+		if !known[h] && !g.staged[h] {
 			lookup = append(lookup, h)
 		}
 	}
@@ -486,7 +498,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
 		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
 		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
-	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n})
+	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n, refs: inCache})
 	g.bytes += fileSize.n
 	g.staged[n.HashPart] = true
 	return nil, false

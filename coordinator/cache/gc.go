@@ -108,6 +108,29 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 	if err != nil {
 		return rep, fmt.Errorf("scan blobs: %w", err)
 	}
+	// The same for blobs kept in PostgreSQL.
+	unused, err := c.db.UnusedSmallBlobs(ctx, maxAge)
+	if err != nil {
+		return rep, err
+	}
+	for _, b := range unused {
+		if urls["nar/"+b.Name] != 0 {
+			continue // one of this run's own, counted above
+		}
+		if dryRun {
+			rep.OrphanBlobs++
+			rep.FreedBytes += b.Size
+			continue
+		}
+		gone, err := c.db.DeleteBlobIfUnused(ctx, "nar/"+b.Name, func() error { return nil })
+		if err != nil {
+			return rep, err
+		}
+		if gone {
+			rep.OrphanBlobs++
+			rep.FreedBytes += b.Size
+		}
+	}
 	return rep, nil
 }
 

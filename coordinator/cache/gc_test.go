@@ -3,6 +3,7 @@ package cache_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,6 +92,12 @@ in rec {
 	if _, err := db.Pool().Exec(ctx, `UPDATE narinfos SET created_at = now() - interval '40 days' WHERE store_path <> $1`, p["young"]); err != nil {
 		t.Fatal(err)
 	}
+	// An orphaned small blob (in PostgreSQL), as an interrupted retention run leaves.
+	orphanSmall := strings.Repeat("1", 52) + ".nar.zst"
+	if _, err := db.Pool().Exec(ctx, `INSERT INTO small_blobs (name, data, created_at) VALUES ($1, 'junk', now() - interval '40 days')`,
+		orphanSmall); err != nil {
+		t.Fatal(err)
+	}
 	// An orphaned blob and an abandoned temporary upload, both old.
 	cacheDir := filepath.Join(c.Cfg.StateDir, "cache")
 	orphanBlob := filepath.Join(cacheDir, "nar", strings.Repeat("0", 52)+".nar.zst")
@@ -132,7 +139,7 @@ in rec {
 	if got := listed(dry, "would delete"); !slices.Equal(got, want) {
 		t.Fatalf("dry run would delete %v, want exactly %v\n%s", got, want, dry)
 	}
-	if !strings.Contains(dry, "1 orphaned blobs, 1 abandoned uploads") {
+	if !strings.Contains(dry, "2 orphaned blobs, 1 abandoned uploads") {
 		t.Errorf("dry run summary: %s", dry)
 	}
 	for _, path := range p {
@@ -167,6 +174,9 @@ in rec {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s survived retention", f)
 		}
+	}
+	if _, err := db.SmallBlob(ctx, orphanSmall); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the orphaned small blob survived retention: %v", err)
 	}
 	// Every narinfo still points at a blob, and what is kept still substitutes whole.
 	var missing int
