@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -174,8 +175,35 @@ func (g *Grapher) Add(ctx context.Context, drvs []string) ([]string, error) {
 }
 
 // Nodes is the graph of everything added so far, sorted by drv path.
-func (g *Grapher) Nodes() []Node {
-	paths := slices.Clone(g.nodes)
+func (g *Grapher) Nodes() []Node { return g.nodesOf(slices.Clone(g.nodes)) }
+
+// NodesFrom is the part of the graph the derivations drvs need: the nodes among them
+// and the nodes those depend on. The evaluator reports jobs it later drops (an
+// aggregate whose constituents failed): their derivations must not become steps.
+func (g *Grapher) NodesFrom(drvs []string) []Node {
+	reached := map[string]bool{}
+	var stack []string
+	for _, d := range drvs {
+		if g.isNode[d] && !reached[d] {
+			reached[d] = true
+			stack = append(stack, d)
+		}
+	}
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, in := range g.infos[d].inputs {
+			if g.isNode[in] && !reached[in] {
+				reached[in] = true
+				stack = append(stack, in)
+			}
+		}
+	}
+	return g.nodesOf(slices.Collect(maps.Keys(reached)))
+}
+
+// nodesOf is the given nodes, with their edges to other nodes, sorted by drv path.
+func (g *Grapher) nodesOf(paths []string) []Node {
 	sort.Strings(paths)
 	out := make([]Node, 0, len(paths))
 	for _, p := range paths {

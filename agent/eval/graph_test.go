@@ -255,4 +255,24 @@ func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
 	if len(found) != len(want) {
 		t.Errorf("Add found %d nodes, the graph has %d", len(found), len(want))
 	}
+	// A job the evaluator reported and then dropped (an aggregate whose constituents
+	// failed): what the others need is the graph of the others alone.
+	var kept []Job
+	var keptDrvs []string
+	for _, j := range res.Jobs {
+		if j.Attr != "diamond.top" {
+			kept = append(kept, j)
+			keptDrvs = append(keptDrvs, j.DrvPath)
+		}
+	}
+	wantKept, err := Graph(testCtx(t), kept, p.present)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wantKept) >= len(want) {
+		t.Fatalf("dropping diamond.top leaves %d of %d nodes: the job set changed?", len(wantKept), len(want))
+	}
+	if got := g.NodesFrom(keptDrvs); !reflect.DeepEqual(got, wantKept) {
+		t.Errorf("graph of the kept jobs:\n%+v\nwalked from them alone:\n%+v", got, wantKept)
+	}
 }

@@ -253,6 +253,8 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		return Stats{}, err
 	}
 	defer st.Close()
+	// Reads and writes on the stream do not watch ctx: closing it ends them.
+	defer context.AfterFunc(ctx, func() { st.Close() })()
 	stats := Stats{Offered: len(infos)}
 	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos}); err != nil {
 		return stats, err

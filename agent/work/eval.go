@@ -208,7 +208,11 @@ func (p *drvPipeline) finish(jobs []eval.Job) ([]eval.Node, drvUpload, error) {
 	if p.err != nil {
 		return nil, p.stats, p.err
 	}
-	return p.g.Nodes(), p.stats, nil
+	drvs := make([]string, len(jobs))
+	for i, j := range jobs {
+		drvs[i] = j.DrvPath
+	}
+	return p.g.NodesFrom(drvs), p.stats, nil
 }
 
 // stop abandons the pipeline (the evaluation failed).
