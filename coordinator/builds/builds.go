@@ -126,6 +126,7 @@ func (b *Builds) Hooks() fleet.Hooks {
 		Disconnected: func(id int64) {
 			b.mu.Lock()
 			delete(b.lowDisk, id)
+			delete(b.stepTime, id) // it learns its depth again when it comes back
 			b.mu.Unlock()
 		},
 		Heartbeat: b.heartbeat,
