@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	agentcli "github.com/fc-ci/fc/agent/cli"
 	agentconfig "github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/eval"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/protocol"
 )
@@ -62,7 +64,16 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	ctx := context.Background()
 	// Defaults: the trigger wakes the scheduler, which creates the evaluation and
 	// dispatches it to the idle eval agent in the same pass.
-	c := coordtest.Start(b, coordtest.Options{})
+	// FC_BENCH_EVAL_WORKERS sets [evaluator] workers (default 1).
+	var opts coordtest.Options
+	if v := os.Getenv("FC_BENCH_EVAL_WORKERS"); v != "" {
+		w, err := strconv.Atoi(v)
+		if err != nil || w < 1 {
+			b.Fatalf("FC_BENCH_EVAL_WORKERS=%q", v)
+		}
+		opts.Config = func(cfg *config.Config) { cfg.Eval.Workers = w }
+	}
+	c := coordtest.Start(b, opts)
 	repoDir := b.TempDir()
 	benchGit(b, repoDir, "init", "-q", "-b", "main")
 	commitFile(b, repoDir, "release.nix", eval.TrivialJobset(1, "setup-"+benchSalt(b)))
