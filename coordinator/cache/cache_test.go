@@ -441,12 +441,7 @@ func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
 // works again, the same upload goes through.
 func TestUpload_BlobStoreFailureRejectsThePathAndTheStreamGoesOn(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	file := chain(t)
-	top := build(t, file, "top")
-	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
-	if err != nil {
-		t.Fatal(err)
-	}
+	top, infos := chainClosure(t)
 	tmp := filepath.Join(c.Cfg.StateDir, "cache", "tmp")
 	if err := os.RemoveAll(tmp); err != nil {
 		t.Fatal(err)
@@ -474,12 +469,7 @@ func TestUpload_BlobStoreFailureRejectsThePathAndTheStreamGoesOn(t *testing.T) {
 
 func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	file := chain(t)
-	top := build(t, file, "top")
-	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
-	if err != nil {
-		t.Fatal(err)
-	}
+	top, infos := chainClosure(t)
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {
@@ -503,6 +493,18 @@ func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("substitute after concurrent uploads: %v\n%s", err, got)
 	}
+}
+
+// chainClosure builds chain's top and returns it with the path infos of its closure
+// (top and dep).
+func chainClosure(t *testing.T) (top string, infos []protocol.PathInfo) {
+	t.Helper()
+	top = build(t, chain(t), "top")
+	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return top, infos
 }
 
 func mustClosure(t *testing.T, p string) []string {

@@ -65,12 +65,7 @@ func TestUpload_AGroupThatFailsToCommitFailsTheLaterOnes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := chain(t)
-	top := build(t, file, "top")
-	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
-	if err != nil {
-		t.Fatal(err)
-	}
+	top, infos := chainClosure(t)
 	st, err := push.Upload(context.Background(), pipeOpener{c}, infos, push.Options{})
 	if !errors.Is(err, push.ErrRejected) || st.Sent != 0 || len(st.Rejections) != 2 {
 		t.Fatalf("sent %d, rejections %q, err %v; want both refused", st.Sent, st.Rejections, err)
