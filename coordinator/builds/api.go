@@ -36,11 +36,11 @@ func (b *Builds) Routes(r chi.Router) {
 	r.Get("/builds/{id}/log", b.buildLog)
 	r.Get("/builds/{id}/log/stream", b.streamLog)
 	r.Get("/builds/{id}/products/{nr}/download", b.download)
-	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.cancel)
-	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.restart)
-	r.With(api.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.bump)
-	r.With(api.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.cancelEvaluation)
-	r.With(api.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.restartFailed)
+	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
+	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
+	r.With(api.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
+	r.With(api.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
+	r.With(api.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
 	r.Get("/queue", b.queue)
 }
 
@@ -293,74 +293,58 @@ func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 	api.WriteJSON(w, http.StatusOK, out)
 }
 
-// actionResult answers an action; nothing to do is a 409 with the reason.
-func (b *Builds) actionResult(w http.ResponseWriter, r *http.Request, err error, body map[string]any) {
-	if errors.Is(err, storage.ErrNothingToDo) {
-		api.Fail(b.log, w, r, api.Errorf(http.StatusConflict, "", "%s", err.Error()))
-		return
+// action serves an action on /…/{id}: act does it and says what it did; nothing to
+// do is a 409 with the reason.
+func (b *Builds) action(act func(ctx context.Context, id int64) (map[string]any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := idParam(r, "id")
+		if err != nil {
+			api.Fail(b.log, w, r, err)
+			return
+		}
+		body, err := act(r.Context(), id)
+		if errors.Is(err, storage.ErrNothingToDo) {
+			api.Fail(b.log, w, r, api.Errorf(http.StatusConflict, "", "%s", err.Error()))
+			return
+		}
+		if err != nil {
+			api.Fail(b.log, w, r, err)
+			return
+		}
+		b.Wake()
+		api.WriteJSON(w, http.StatusOK, body)
 	}
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	b.Wake()
-	api.WriteJSON(w, http.StatusOK, body)
 }
 
-func (b *Builds) cancel(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	running, err := b.db.CancelBuild(r.Context(), id)
+func (b *Builds) cancel(ctx context.Context, id int64) (map[string]any, error) {
+	running, err := b.db.CancelBuild(ctx, id)
 	if err == nil {
-		b.stopOnAgents(r.Context(), running)
+		b.stopOnAgents(ctx, running)
 	}
-	b.actionResult(w, r, err, map[string]any{"id": id, "cancelled": true})
+	return map[string]any{"id": id, "cancelled": true}, err
 }
 
-func (b *Builds) restart(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	n, err := b.db.RestartBuild(r.Context(), id)
-	b.actionResult(w, r, err, map[string]any{"id": id, "restarted_steps": n})
+func (b *Builds) restart(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.RestartBuild(ctx, id)
+	return map[string]any{"id": id, "restarted_steps": n}, err
 }
 
-func (b *Builds) bump(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	n, err := b.db.BumpBuild(r.Context(), id)
-	b.actionResult(w, r, err, map[string]any{"id": id, "bumped_steps": n})
+func (b *Builds) bump(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.BumpBuild(ctx, id)
+	return map[string]any{"id": id, "bumped_steps": n}, err
 }
 
-func (b *Builds) cancelEvaluation(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	n, running, err := b.db.CancelEvaluation(r.Context(), id)
+func (b *Builds) cancelEvaluation(ctx context.Context, id int64) (map[string]any, error) {
+	n, running, err := b.db.CancelEvaluation(ctx, id)
 	if err == nil {
-		b.stopOnAgents(r.Context(), running)
+		b.stopOnAgents(ctx, running)
 	}
-	b.actionResult(w, r, err, map[string]any{"id": id, "cancelled_builds": n})
+	return map[string]any{"id": id, "cancelled_builds": n}, err
 }
 
-func (b *Builds) restartFailed(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	n, err := b.db.RestartFailed(r.Context(), id)
-	b.actionResult(w, r, err, map[string]any{"id": id, "restarted_steps": n})
+func (b *Builds) restartFailed(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.RestartFailed(ctx, id)
+	return map[string]any{"id": id, "restarted_steps": n}, err
 }
 
 // buildLog serves a build's log as plain text: its own step's, or ?step= one of the
