@@ -23,18 +23,6 @@ import (
 	"github.com/fc-ci/fc/protocol"
 )
 
-// Closure lists paths and everything they reference (nix-store -qR).
-func Closure(ctx context.Context, paths []string) ([]string, error) {
-	if len(paths) == 0 {
-		return nil, nil
-	}
-	out, err := exec.CommandContext(ctx, "nix-store", append([]string{"--query", "--requisites"}, paths...)...).Output()
-	if err != nil {
-		return nil, fmt.Errorf("nix-store --query --requisites: %w%s", err, stderrOf(err))
-	}
-	return strings.Fields(string(out)), nil
-}
-
 func stderrOf(err error) string {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && len(ee.Stderr) > 0 {

@@ -500,20 +500,11 @@ func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
 func chainClosure(t *testing.T) (top string, infos []protocol.PathInfo) {
 	t.Helper()
 	top = build(t, chain(t), "top")
-	infos, err := push.PathInfos(context.Background(), mustClosure(t, top))
+	infos, err := push.ClosureInfos(context.Background(), []string{top})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return top, infos
-}
-
-func mustClosure(t *testing.T, p string) []string {
-	t.Helper()
-	cl, err := push.Closure(context.Background(), []string{p})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cl
 }
 
 func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
