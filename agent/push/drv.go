@@ -17,23 +17,12 @@ import (
 	"github.com/fc-ci/fc/protocol"
 )
 
-// DrvClosureInfos is ClosureInfos for .drv files, mostly without asking Nix: an
-// evaluation's drv closure is thousands of small files, and what Nix would say of
-// each follows from the file itself. A .drv is a text file written by Nix, so its
-// references are its input sources and input derivations, its content address is
-// text:sha256 of its bytes, and its NAR is that of one regular file. Input sources
-// (not derivations) and their closures are asked of Nix. Paths in seen are skipped
-// (and every path returned is added to it), so successive calls send each path once.
-func DrvClosureInfos(ctx context.Context, drvs []string, seen map[string]bool) ([]protocol.PathInfo, error) {
-	cl, err := ReadDrvClosure(ctx, drvs, seen)
-	return cl.Infos, err
-}
-
 // DrvClosure is a .drv closure's path infos, with the .drv files' contents so that
 // uploading them reads nothing again (pass Dump as Options.Dump).
 type DrvClosure struct {
-	Infos []protocol.PathInfo
-	files map[string][]byte
+	Infos   []protocol.PathInfo
+	files   map[string][]byte // the .drv files
+	srcSize map[string]int64  // the NAR sizes of the other paths
 }
 
 // Dump writes path's NAR: a .drv of the closure from memory, anything else as Upload
@@ -42,19 +31,18 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 	if b, ok := d.files[path]; ok {
 		return writeFileNAR(w, b)
 	}
-	var size int64
-	for _, i := range d.Infos {
-		if i.StorePath == path {
-			size = i.NarSize
-			break
-		}
-	}
-	return dump(ctx, path, size, w)
+	return dump(ctx, path, d.srcSize[path], w)
 }
 
-// ReadDrvClosure is DrvClosureInfos, keeping the .drv files' contents.
+// ReadDrvClosure is ClosureInfos for .drv files, mostly without asking Nix: an
+// evaluation's drv closure is thousands of small files, and what Nix would say of
+// each follows from the file itself. A .drv is a text file written by Nix, so its
+// references are its input sources and input derivations, its content address is
+// text:sha256 of its bytes, and its NAR is that of one regular file. Input sources
+// (not derivations) and their closures are asked of Nix. Paths in seen are skipped
+// (and every path returned is added to it), so successive calls send each path once.
 func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (DrvClosure, error) {
-	cl := DrvClosure{files: map[string][]byte{}}
+	cl := DrvClosure{files: map[string][]byte{}, srcSize: map[string]int64{}}
 	var srcs []string
 	srcSet := map[string]bool{}
 	var frontier []string
@@ -96,6 +84,7 @@ func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (D
 			if !seen[i.StorePath] {
 				seen[i.StorePath] = true
 				cl.Infos = append(cl.Infos, i)
+				cl.srcSize[i.StorePath] = i.NarSize
 			}
 		}
 	}
@@ -133,12 +122,8 @@ func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, [][]
 	return infos, files, refs, nil
 }
 
-// DrvInfo is the path info of a .drv file in the store, from the file alone.
-func DrvInfo(path string) (protocol.PathInfo, error) {
-	info, _, err := readDrvInfo(path)
-	return info, err
-}
-
+// readDrvInfo is the path info of a .drv file in the store, from the file alone,
+// and the file's contents.
 func readDrvInfo(path string) (protocol.PathInfo, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -15,10 +15,10 @@ import (
 	"github.com/fc-ci/fc/protocol"
 )
 
-// What DrvClosureInfos works out from the files must be what Nix has registered:
+// What ReadDrvClosure works out from the files must be what Nix has registered:
 // hash, size, references and content address, for derivations with input sources and
 // input derivations.
-func TestDrvClosureInfos_AgreesWithNix(t *testing.T) {
+func TestReadDrvClosure_AgreesWithNix(t *testing.T) {
 	for _, bin := range []string{"nix", "nix-instantiate", "nix-store"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not on PATH: the test needs Nix", bin)
@@ -48,10 +48,11 @@ in mk "top" [ a b ]`
 	top := strings.TrimSpace(string(out))
 
 	seen := map[string]bool{}
-	got, err := DrvClosureInfos(context.Background(), []string{top}, seen)
+	gotCl, err := ReadDrvClosure(context.Background(), []string{top}, seen)
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := gotCl.Infos
 	want, err := ClosureInfos(context.Background(), []string{top})
 	if err != nil {
 		t.Fatal(err)
@@ -98,8 +99,8 @@ in mk "top" [ a b ]`
 	}
 
 	// Everything returned is now seen: a second call sends nothing again.
-	again, err := DrvClosureInfos(context.Background(), []string{top}, seen)
-	if err != nil || len(again) != 0 {
-		t.Fatalf("second call: %d paths, %v; want none", len(again), err)
+	again, err := ReadDrvClosure(context.Background(), []string{top}, seen)
+	if err != nil || len(again.Infos) != 0 {
+		t.Fatalf("second call: %d paths, %v; want none", len(again.Infos), err)
 	}
 }
