@@ -86,10 +86,7 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 			}
 		}
 	}()
-	lf, err := createLogFile(logPath)
-	if err != nil {
-		return b.reportInfra(ctx, link, a.Work, logger, fmt.Errorf("create the step log: %w", err))
-	}
+	lf := newLogFile(logPath) // on disk only if it grows large: a failure then fails its Write
 	defer lf.Close()
 
 	sendCtx, stopSending := context.WithCancel(ctx)
@@ -270,8 +267,9 @@ type logFile struct {
 // memLog is how much of a log is kept in memory before it moves to disk.
 const memLog = 256 << 10
 
-func createLogFile(path string) (*logFile, error) {
-	return &logFile{path: path, wake: make(chan struct{}, 1)}, nil
+// newLogFile starts an empty log that moves to path if it outgrows memLog.
+func newLogFile(path string) *logFile {
+	return &logFile{path: path, wake: make(chan struct{}, 1)}
 }
 
 // spill moves the log to its file; l.mu is held.

@@ -195,10 +195,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 func newTestLog(t *testing.T) *logFile {
-	lf, err := createLogFile(filepath.Join(t.TempDir(), "logs", "1-1.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	lf := newLogFile(filepath.Join(t.TempDir(), "logs", "1-1.log"))
 	t.Cleanup(func() { lf.Close() })
 	return lf
 }
@@ -681,10 +678,7 @@ func TestBuild_RefusedVerdictEndsTheWork(t *testing.T) {
 // reads at any offset give what was written.
 func TestLogFile_SmallStaysInMemoryLargeMovesToDisk(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "logs", "1-1.log")
-	lf, err := createLogFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lf := newLogFile(path)
 	defer lf.Close()
 	var want bytes.Buffer
 	for i := range 10 {
