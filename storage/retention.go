@@ -155,13 +155,18 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 	// wait for each other instead of deadlocking.
 	ns = slices.Clone(ns)
 	slices.SortFunc(ns, func(a, b Narinfo) int { return strings.Compare(a.HashPart, b.HashPart) })
-	urls := make([]string, 0, len(ns))
 	cols := struct {
 		hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
 		fileSize, narSize                                                 []int64
 	}{}
 	for _, n := range ns {
-		urls = append(urls, n.URL)
+		for _, l := range [][]string{n.References, n.Sigs} {
+			for _, v := range l {
+				if v == "" || strings.ContainsAny(v, " \t\n") {
+					return fmt.Errorf("narinfo %s: list element %q is empty or has white space", n.StorePath, v)
+				}
+			}
+		}
 		cols.hash = append(cols.hash, n.HashPart)
 		cols.path = append(cols.path, n.StorePath)
 		cols.url = append(cols.url, n.URL)
@@ -178,19 +183,10 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 		cols.sigs = append(cols.sigs, strings.Join(n.Sigs, " "))
 		cols.ca = append(cols.ca, n.CA)
 	}
-	for _, n := range ns {
-		for _, l := range [][]string{n.References, n.Sigs} {
-			for _, v := range l {
-				if v == "" || strings.ContainsAny(v, " \t\n") {
-					return fmt.Errorf("narinfo %s: list element %q is empty or has white space", n.StorePath, v)
-				}
-			}
-		}
-	}
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		// In one order (by lock key), so two groups sharing blobs cannot deadlock.
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
-			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, urls); err != nil {
+			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, cols.url); err != nil {
 			return fmt.Errorf("lock blobs: %w", err)
 		}
 		if len(refs) > 0 {
