@@ -244,7 +244,14 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, "git", "work")); err != nil {
 			log.Warn("remove stale evaluation checkouts", "err", err)
 		}
-		dc.Executors[protocol.WorkEval] = &work.Eval{StateDir: cfg.Agent.StateDir, Logger: log}
+		ev := &work.Eval{StateDir: cfg.Agent.StateDir, Logger: log}
+		if dir := cfg.EvalStoreDir(); dir != "" {
+			if ev.Store, err = work.NewEvalStore(work.EvalStoreConfig{Dir: dir, MaxSize: cfg.Agent.EvalStoreMaxSize, Logger: log}); err != nil {
+				return nil, err
+			}
+			log.Info("evaluations write derivations to the agent's own store", "eval_store", dir)
+		}
+		dc.Executors[protocol.WorkEval] = ev
 		dc.Capacity[protocol.WorkEval] = 1 // evaluations are memory-hungry: one at a time
 	}
 	return daemon.New(dc), nil

@@ -4,6 +4,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/protocol/tomlenv"
@@ -54,6 +58,12 @@ type Agent struct {
 	MinFreeDisk int64 `toml:"min_free_disk"`
 	// GCInterval is the seconds between garbage collections (nix-store --gc); 0: never.
 	GCInterval int `toml:"gc_interval"`
+	// EvalStore is where evaluations write .drv files: "auto" (a store of the
+	// agent's own under /dev/shm when that is a writable directory, else Nix's own),
+	// "system" (Nix's own store), or the root directory of a store of the agent's own.
+	EvalStore string `toml:"eval_store"`
+	// EvalStoreMaxSize (bytes): a larger eval store is emptied between evaluations.
+	EvalStoreMaxSize int64 `toml:"eval_store_max_size"`
 }
 
 // Defaults are the compiled defaults, as documented (commented out) in agent.toml.
@@ -69,6 +79,8 @@ func Defaults() Config {
 			SpeedFactor:       1,
 			Roles:             []string{protocol.RoleBuild, protocol.RoleEval},
 			CompressionLevel:  1,
+			EvalStore:         "auto",
+			EvalStoreMaxSize:  2 << 30,
 		},
 	}
 }
@@ -112,6 +124,12 @@ func (c Config) Validate() error {
 	if c.Agent.GCInterval < 0 {
 		return fmt.Errorf("agent.gc_interval must be >= 0 (seconds; 0 = never)")
 	}
+	if s := c.Agent.EvalStore; s != "auto" && s != "system" && !filepath.IsAbs(s) {
+		return fmt.Errorf("agent.eval_store %q must be \"auto\", \"system\" or an absolute directory", s)
+	}
+	if c.Agent.EvalStoreMaxSize < 0 {
+		return fmt.Errorf("agent.eval_store_max_size must be >= 0 (bytes; 0 = no limit)")
+	}
 	if len(c.Agent.Roles) == 0 {
 		return fmt.Errorf("agent.roles must name at least one of build, eval")
 	}
@@ -121,6 +139,32 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// EvalStoreDir is the root directory of the agent's eval store, "" for Nix's own
+// store. "auto" picks a directory under /dev/shm named after the state directory
+// (two agents on one machine never share one), when /dev/shm is a writable directory
+// with room for eval_store_max_size (at least 1 GiB): a small /dev/shm (a container's
+// 64 MB) would fail evaluations.
+func (c Config) EvalStoreDir() string {
+	switch c.Agent.EvalStore {
+	case "system":
+		return ""
+	case "auto":
+		var st unix.Statfs_t
+		if unix.Access("/dev/shm", unix.W_OK) != nil || unix.Statfs("/dev/shm", &st) != nil ||
+			int64(st.Bavail)*int64(st.Bsize) < max(c.Agent.EvalStoreMaxSize, 1<<30) {
+			return ""
+		}
+		state, err := filepath.Abs(c.Agent.StateDir)
+		if err != nil {
+			return ""
+		}
+		sum := sha256.Sum256([]byte(state))
+		return "/dev/shm/fc-agent-eval-" + hex.EncodeToString(sum[:6])
+	default:
+		return c.Agent.EvalStore
+	}
 }
 
 // KeyPath is where the agent's private key lives.

@@ -55,6 +55,18 @@ type Executor interface {
 	Run(ctx context.Context, a protocol.Assign, link Link) error
 }
 
+// closeExecutors closes the executors that hold something (those with a Close
+// method) when Run ends.
+func (d *Daemon) closeExecutors() {
+	for kind, e := range d.cfg.Executors {
+		if c, ok := e.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				d.log.Warn("close executor", "work", kind, "err", err)
+			}
+		}
+	}
+}
+
 // Link opens streams on whatever session is current.
 type Link interface {
 	OpenStream(ctx context.Context, kind string) (io.ReadWriteCloser, error)
@@ -146,7 +158,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	d.runCtx = ctx
 	d.mu.Unlock()
-	defer d.work.Wait() // every executor has ended (ctx cancels them) before Run returns
+	defer d.closeExecutors() // after the Wait below: no work is left to use them
+	defer d.work.Wait()      // every executor has ended (ctx cancels them) before Run returns
 	if d.cfg.GC != nil && d.cfg.GCInterval > 0 {
 		gcCtx, stopGC := context.WithCancel(ctx)
 		gcDone := make(chan struct{})

@@ -38,6 +38,9 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 	for _, s := range t.search {
 		args = append(args, "-I", s)
 	}
+	if t.evalStore != "" {
+		args = append(args, "--eval-store", t.evalStore)
+	}
 	if t.flake {
 		attr := t.attrPath
 		if len(attr) == 0 {
@@ -110,7 +113,7 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 		}
 		return rawResult{}, fmt.Errorf("nix-eval-jobs: %w: %s", waitErr, errorMessage(strings.Split(msg, "\n")))
 	}
-	if err := addFeatures(res.jobs); err != nil {
+	if err := addFeatures(t.evalStore, res.jobs); err != nil {
 		return rawResult{}, err
 	}
 	return res, nil
@@ -139,7 +142,7 @@ func flakeJobsAttr(ctx context.Context, t *target) ([]string, error) {
 
 // addFeatures reads requiredSystemFeatures from the jobs' derivations (nix-eval-jobs
 // does not report them).
-func addFeatures(jobs []rawJob) error {
+func addFeatures(root string, jobs []rawJob) error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	errs := make([]error, len(jobs))
@@ -147,7 +150,7 @@ func addFeatures(jobs []rawJob) error {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			d, err := readDrv(jobs[i].DrvPath)
+			d, err := readDrv(root, jobs[i].DrvPath)
 			if err != nil {
 				errs[i] = err
 				return

@@ -3,6 +3,7 @@ package eval
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -137,10 +138,13 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "release.nix"), []byte(release), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	drvs := strings.Fields(run(t, dir, "nix-instantiate", "--option", "substituters", "", "release.nix", "-A", "plain", "-A", "kvm"))
+	// The derivations are in an eval store (--eval-store), where the features are read.
+	root := t.TempDir()
+	t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", root).Run() })
+	drvs := strings.Fields(run(t, dir, "nix-instantiate", "--store", root, "--option", "substituters", "", "release.nix", "-A", "plain", "-A", "kvm"))
 	outs := map[string]string{}
 	for _, d := range drvs {
-		outs[d] = run(t, "", "nix-store", "--query", "--outputs", d)
+		outs[d] = run(t, "", "nix-store", "--store", root, "--query", "--outputs", d)
 	}
 	lines := fmt.Sprintf(`{"attr":"kvm","attrPath":["kvm"],"drvPath":%q,"name":"kvm","outputs":{"out":%q},"system":"x86_64-linux","meta":{},"constituents":[],"namedConstituents":[]}
 {"attr":"plain","attrPath":["plain"],"drvPath":%q,"name":"plain","outputs":{"out":%q},"system":"x86_64-linux","meta":{"license":"MIT"},"constituents":[],"namedConstituents":[]}
@@ -159,7 +163,7 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	}
 	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 
-	res, err := Evaluate(ctx, dir, Request{Workers: 3, MaxMemoryMB: 2048, RestrictEval: true,
+	res, err := Evaluate(ctx, dir, Request{Workers: 3, MaxMemoryMB: 2048, RestrictEval: true, EvalStore: root,
 		Inputs: []Input{{Name: "greeting", Type: "string", Value: "hi there"}, {Name: "flag", Type: "boolean", Value: "false"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +182,8 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	joined := strings.Join(args, " ")
 	for _, want := range []string{"--workers 3", "--max-memory-size 2048", "--meta", "--constituents", "--gc-roots-dir ",
 		"--option substituters  --option restrict-eval true --option allow-import-from-derivation false",
-		filepath.Join(dir, "release.nix"), "--argstr greeting hi there", "--arg flag false", "-I fc-checkout=" + dir} {
+		filepath.Join(dir, "release.nix"), "--argstr greeting hi there", "--arg flag false", "-I fc-checkout=" + dir,
+		"--eval-store " + root} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("nix-eval-jobs arguments %q lack %q", args, want)
 		}
@@ -189,7 +194,7 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 
 	// A flake: --flake REF#hydraJobs (or checks), recursing like Hydra.
 	repo, rev := gitRepo(t, map[string]string{"flake.nix": "{ outputs = { self }: { checks = { }; }; }\n"})
-	if _, err := Evaluate(ctx, repo, Request{Revision: rev, FlakeMode: true}); err != nil {
+	if _, err := Evaluate(ctx, repo, Request{Revision: rev, FlakeMode: true, EvalStore: root}); err != nil {
 		t.Fatal(err)
 	}
 	joined = strings.Join(strings.Split(strings.TrimSpace(readFile(t, argsFile)), "\n"), " ")

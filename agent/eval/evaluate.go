@@ -80,6 +80,9 @@ type target struct {
 	workers  int
 	maxMemMB int
 	onDrv    func(drvPath string) // Request.OnDrv, never nil
+	// evalStore is Request.EvalStore: where the .drv files are, under their store
+	// paths ("" for Nix's own store).
+	evalStore string
 }
 
 // nixArg is an input passed to a legacy expression: a string (--argstr) or a Nix
@@ -109,7 +112,8 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 	if err != nil {
 		return nil, cleanup, 0, err
 	}
-	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB, onDrv: req.OnDrv}
+	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB, onDrv: req.OnDrv,
+		evalStore: req.EvalStore}
 	if t.onDrv == nil {
 		t.onDrv = func(string) {}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -514,5 +515,62 @@ func TestEvaluate_CancelStopsNix(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("cancelled evaluation took %v", d)
+	}
+}
+
+// With an eval store, the .drv files (and the sources they need) are written to that
+// store, not to Nix's own, for a legacy file and a flake, with the same jobs, errors
+// and drv paths as nix-instantiate; the graph is read from there.
+func TestEvaluate_EvalStoreHoldsTheDerivations(t *testing.T) {
+	needNix(t)
+	ctx := testCtx(t)
+	root := t.TempDir()
+	t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", root).Run() })
+	// Made once before the walkers share it (they would race to create its database).
+	run(t, root, "nix", "--extra-experimental-features", "nix-command", "store", "ping", "--store", root)
+
+	s := salt(t)
+	release := "{ greeting ? \"none\", flag ? false, src ? null }:\n" + jobsetNix(s, "builtins.currentSystem", "recurseForDerivations = true;")
+	for _, mode := range []string{"legacy", "flake"} {
+		t.Run(mode, func(t *testing.T) {
+			files := map[string]string{"release.nix": release, "lib.nix": "{ }\n"}
+			if mode == "flake" {
+				files = map[string]string{"flake.nix": flakeNix(s + "-flake"), "lib.nix": "{ }\n"}
+			}
+			repo, rev := gitRepo(t, files)
+			res, err := Evaluate(ctx, repo, Request{RepoURL: repo, Revision: rev, FlakeMode: mode == "flake", Workers: 2, EvalStore: root})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkErrors(t, res)
+			jobs := jobsByAttr(res)
+			checkCommonJobs(t, jobs, "x86_64-linux")
+			var drvs []string
+			for _, j := range res.Jobs {
+				if _, err := os.Stat(root + j.DrvPath); err != nil {
+					t.Errorf("%s: %s is not in the eval store: %v", j.Attr, j.DrvPath, err)
+				}
+				drvs = append(drvs, j.DrvPath)
+			}
+			if exec.Command("nix-store", append([]string{"--check-validity"}, drvs...)...).Run() == nil {
+				t.Errorf("the jobs' derivations are in Nix's own store too")
+			}
+			// The graph reads them from the eval store: every job that must be built is a node.
+			g := NewGrapher(root, func(_ context.Context, _ []string) (map[string]bool, error) { return map[string]bool{}, nil })
+			nodes, err := g.Add(ctx, drvs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(nodes) < len(drvs) {
+				t.Errorf("%d nodes for %d jobs", len(nodes), len(drvs))
+			}
+			// The same derivations as nix-instantiate (which writes them to Nix's own store).
+			if mode == "legacy" {
+				checkAgainstInstantiate(t, jobs, repo, []string{"release.nix"})
+			} else {
+				checkAgainstInstantiate(t, jobs, repo, []string{"--extra-experimental-features", "flakes", "--expr",
+					fmt.Sprintf("(builtins.getFlake %q).hydraJobs", "git+file://"+repo+"?rev="+rev)})
+			}
+		})
 	}
 }

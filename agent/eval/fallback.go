@@ -277,13 +277,16 @@ func nixList(path []string) string {
 	return "[ " + strings.Join(parts, " ") + " ]"
 }
 
-// nixArgs are the arguments of a nix command for t, up to the subcommand's own.
+// nixArgs are the arguments of a nix eval command for t, up to the subcommand's own.
 func (t *target) nixArgs(sub ...string) []string {
 	args := []string{"--extra-experimental-features", "nix-command flakes", "--log-format", "raw"}
 	for i := 0; i+1 < len(t.options); i += 2 {
 		args = append(args, "--option", t.options[i], t.options[i+1])
 	}
 	args = append(args, sub...)
+	if t.evalStore != "" {
+		args = append(args, "--eval-store", t.evalStore)
+	}
 	for _, s := range t.search {
 		args = append(args, "-I", s)
 	}

@@ -26,9 +26,10 @@ type drvInfo struct {
 	inputs      []string // input derivations, sorted
 }
 
-// readDrv parses a .drv file from the store.
-func readDrv(path string) (*drvInfo, error) {
-	f, err := os.Open(path)
+// readDrv parses a .drv file from the store whose root directory is root ("" for
+// Nix's own store).
+func readDrv(root, path string) (*drvInfo, error) {
+	f, err := os.Open(root + path)
 	if err != nil {
 		return nil, fmt.Errorf("read derivation: %w", err)
 	}
@@ -75,7 +76,7 @@ func readDrv(path string) (*drvInfo, error) {
 // need not be built for it). Each node's Inputs are its input derivations that are
 // nodes too. Nodes are sorted by drv path.
 func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) ([]Node, error) {
-	g := NewGrapher(present)
+	g := NewGrapher("", present)
 	drvs := make([]string, 0, len(jobs))
 	for _, j := range jobs {
 		drvs = append(drvs, j.DrvPath)
@@ -91,6 +92,7 @@ func Graph(ctx context.Context, jobs []Job, present func(ctx context.Context, ou
 // are skipped) and returns the nodes it found; Nodes is the graph of everything
 // added, the same as Graph of all those jobs.
 type Grapher struct {
+	root    string // the store's root directory ("" for Nix's own store)
 	present func(ctx context.Context, outputPaths []string) (map[string]bool, error)
 	seen    map[string]bool
 	infos   map[string]*drvInfo
@@ -98,9 +100,11 @@ type Grapher struct {
 	isNode  map[string]bool
 }
 
-// NewGrapher starts an empty graph; present is as for Graph.
-func NewGrapher(present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) *Grapher {
-	return &Grapher{present: present, seen: map[string]bool{}, infos: map[string]*drvInfo{}, isNode: map[string]bool{}}
+// NewGrapher starts an empty graph of the derivations in the store whose root
+// directory is root (Request.EvalStore; "" for Nix's own store); present is as for
+// Graph.
+func NewGrapher(root string, present func(ctx context.Context, outputPaths []string) (map[string]bool, error)) *Grapher {
+	return &Grapher{root: root, present: present, seen: map[string]bool{}, infos: map[string]*drvInfo{}, isNode: map[string]bool{}}
 }
 
 // Add walks from the derivations drvs (jobs' drv paths; empty ones are skipped) and
@@ -120,7 +124,7 @@ func (g *Grapher) Add(ctx context.Context, drvs []string) ([]string, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		level, err := readDrvs(ctx, frontier)
+		level, err := readDrvs(ctx, g.root, frontier)
 		if err != nil {
 			return nil, err
 		}
@@ -221,7 +225,7 @@ func (g *Grapher) nodesOf(paths []string) []Node {
 }
 
 // readDrvs reads derivations side by side.
-func readDrvs(ctx context.Context, paths []string) ([]*drvInfo, error) {
+func readDrvs(ctx context.Context, root string, paths []string) ([]*drvInfo, error) {
 	out := make([]*drvInfo, len(paths))
 	errs := make([]error, len(paths))
 	var wg sync.WaitGroup
@@ -234,7 +238,7 @@ func readDrvs(ctx context.Context, paths []string) ([]*drvInfo, error) {
 					errs[i] = ctx.Err()
 					return
 				}
-				out[i], errs[i] = readDrv(paths[i])
+				out[i], errs[i] = readDrv(root, paths[i])
 			}
 		})
 	}

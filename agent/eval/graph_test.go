@@ -231,7 +231,7 @@ func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
 	}
 	// Last job first, one at a time, each job twice (a walker that restarts reports
 	// jobs again), and an empty drv path (an aggregate without a derivation).
-	g := NewGrapher(p.present)
+	g := NewGrapher("", p.present)
 	found := map[string]int{}
 	for i := len(res.Jobs) - 1; i >= 0; i-- {
 		for range 2 {

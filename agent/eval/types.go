@@ -24,6 +24,13 @@ type Request struct {
 	// SSHKey or HTTPSToken fetch private repositories (never logged).
 	SSHKey     string
 	HTTPSToken string
+	// EvalStore is the root directory of a local Nix store that evaluation writes
+	// .drv files and sources to (nix --eval-store), rather than Nix's own store:
+	// they go to the coordinator's cache, from which every builder realises them, so
+	// they need not be in this machine's store too, and a store of the agent's own
+	// on tmpfs writes them several times faster. Leave it empty with AllowIFD:
+	// nix-eval-jobs would build imported derivations in it. Empty: Nix's own store.
+	EvalStore string
 	// CacheDir keeps the mirrors of git inputs (see Checkout); default: a directory
 	// under os.TempDir().
 	CacheDir string

@@ -21,6 +21,7 @@ import (
 // uploading them reads nothing again (pass Dump as Options.Dump).
 type DrvClosure struct {
 	Infos   []protocol.PathInfo
+	root    string            // the store's root directory ("" for Nix's own)
 	files   map[string][]byte // the .drv files
 	srcSize map[string]int64  // the NAR sizes of the other paths
 }
@@ -31,7 +32,7 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 	if b, ok := d.files[path]; ok {
 		return writeFileNAR(w, b)
 	}
-	return dump(ctx, path, d.srcSize[path], w)
+	return dump(ctx, d.root+path, d.srcSize[path], w)
 }
 
 // ReadDrvClosure is ClosureInfos for .drv files, mostly without asking Nix: an
@@ -41,8 +42,10 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 // text:sha256 of its bytes, and its NAR is that of one regular file. Input sources
 // (not derivations) and their closures are asked of Nix. Paths in seen are skipped
 // (and every path returned is added to it), so successive calls send each path once.
-func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (DrvClosure, error) {
-	cl := DrvClosure{files: map[string][]byte{}, srcSize: map[string]int64{}}
+// root is the root directory of the local store the derivations are in (an
+// evaluation store, nix --eval-store), "" for Nix's own store.
+func ReadDrvClosure(ctx context.Context, root string, drvs []string, seen map[string]bool) (DrvClosure, error) {
+	cl := DrvClosure{root: root, files: map[string][]byte{}, srcSize: map[string]int64{}}
 	var srcs []string
 	srcSet := map[string]bool{}
 	var frontier []string
@@ -53,7 +56,7 @@ func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (D
 		}
 	}
 	for len(frontier) > 0 {
-		infos, files, inputs, err := readDrvInfos(ctx, frontier)
+		infos, files, inputs, err := readDrvInfos(ctx, root, frontier)
 		if err != nil {
 			return DrvClosure{}, err
 		}
@@ -76,7 +79,7 @@ func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (D
 		}
 	}
 	if len(srcs) > 0 {
-		infos, err := ClosureInfos(ctx, srcs)
+		infos, err := closureInfos(ctx, root, srcs)
 		if err != nil {
 			return DrvClosure{}, err
 		}
@@ -93,7 +96,7 @@ func ReadDrvClosure(ctx context.Context, drvs []string, seen map[string]bool) (D
 
 // readDrvInfos reads derivations side by side: their path infos and contents, and
 // all their references (input derivations and sources).
-func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, [][]byte, []string, error) {
+func readDrvInfos(ctx context.Context, root string, drvs []string) ([]protocol.PathInfo, [][]byte, []string, error) {
 	infos := make([]protocol.PathInfo, len(drvs))
 	files := make([][]byte, len(drvs))
 	errs := make([]error, len(drvs))
@@ -107,7 +110,7 @@ func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, [][]
 					errs[i] = ctx.Err()
 					return
 				}
-				infos[i], files[i], errs[i] = readDrvInfo(drvs[i])
+				infos[i], files[i], errs[i] = readDrvInfo(root, drvs[i])
 			}
 		})
 	}
@@ -122,10 +125,10 @@ func readDrvInfos(ctx context.Context, drvs []string) ([]protocol.PathInfo, [][]
 	return infos, files, refs, nil
 }
 
-// readDrvInfo is the path info of a .drv file in the store, from the file alone,
-// and the file's contents.
-func readDrvInfo(path string) (protocol.PathInfo, []byte, error) {
-	b, err := os.ReadFile(path)
+// readDrvInfo is the path info of a .drv file in the store whose root directory is
+// root, from the file alone, and the file's contents.
+func readDrvInfo(root, path string) (protocol.PathInfo, []byte, error) {
+	b, err := os.ReadFile(root + path)
 	if err != nil {
 		return protocol.PathInfo{}, nil, fmt.Errorf("read derivation: %w", err)
 	}

@@ -17,13 +17,24 @@ import (
 
 // What ReadDrvClosure works out from the files must be what Nix has registered:
 // hash, size, references and content address, for derivations with input sources and
-// input derivations.
+// input derivations; in Nix's own store and in a store of the agent's own (an eval
+// store, nix --eval-store), whose files are under its root directory.
 func TestReadDrvClosure_AgreesWithNix(t *testing.T) {
 	for _, bin := range []string{"nix", "nix-instantiate", "nix-store"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not on PATH: the test needs Nix", bin)
 		}
 	}
+	t.Run("nix's store", func(t *testing.T) { testReadDrvClosure(t, "") })
+	t.Run("eval store", func(t *testing.T) {
+		root := t.TempDir()
+		// Nix leaves store paths read-only: writable again for t.TempDir's removal.
+		t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", root).Run() })
+		testReadDrvClosure(t, root)
+	})
+}
+
+func testReadDrvClosure(t *testing.T, root string) {
 	salt := make([]byte, 6)
 	_, _ = rand.Read(salt)
 	dir := t.TempDir()
@@ -41,19 +52,31 @@ in mk "top" [ a b ]`
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("nix-instantiate", "--option", "substituters", "", file).Output()
+	args := []string{"--option", "substituters", "", file}
+	if root != "" {
+		args = append(args, "--store", root)
+	}
+	out, err := exec.Command("nix-instantiate", args...).Output()
 	if err != nil {
 		t.Fatalf("nix-instantiate: %v%s", err, stderrOf(err))
 	}
 	top := strings.TrimSpace(string(out))
+	if root != "" {
+		if _, err := os.Stat(root + top); err != nil {
+			t.Fatalf("the derivation is not in the eval store: %v", err)
+		}
+		if exec.Command("nix-store", "--check-validity", top).Run() == nil {
+			t.Fatalf("%s is in Nix's own store too: the test would not tell the stores apart", top)
+		}
+	}
 
 	seen := map[string]bool{}
-	gotCl, err := ReadDrvClosure(context.Background(), []string{top}, seen)
+	gotCl, err := ReadDrvClosure(context.Background(), root, []string{top}, seen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := gotCl.Infos
-	want, err := ClosureInfos(context.Background(), []string{top})
+	want, err := closureInfos(context.Background(), root, []string{top})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +104,7 @@ in mk "top" [ a b ]`
 		}
 	}
 	// The NARs uploaded from the contents read are Nix's, byte for byte.
-	cl, err := ReadDrvClosure(context.Background(), []string{top}, map[string]bool{})
+	cl, err := ReadDrvClosure(context.Background(), root, []string{top}, map[string]bool{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +113,7 @@ in mk "top" [ a b ]`
 		if err := cl.Dump(context.Background(), i.StorePath, &mine); err != nil {
 			t.Fatal(err)
 		}
-		if err := DumpWithNix(context.Background(), i.StorePath, &nix); err != nil {
+		if err := DumpWithNix(context.Background(), root+i.StorePath, &nix); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(mine.Bytes(), nix.Bytes()) {
@@ -99,7 +122,7 @@ in mk "top" [ a b ]`
 	}
 
 	// Everything returned is now seen: a second call sends nothing again.
-	again, err := ReadDrvClosure(context.Background(), []string{top}, seen)
+	again, err := ReadDrvClosure(context.Background(), root, []string{top}, seen)
 	if err != nil || len(again.Infos) != 0 {
 		t.Fatalf("second call: %d paths, %v; want none", len(again.Infos), err)
 	}

@@ -35,7 +35,13 @@ func stderrOf(err error) string {
 // `nix path-info --recursive` per kind of path (rather than a closure query and then
 // a path-info: each Nix process costs tens of milliseconds).
 func ClosureInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
-	infos, err := pathInfos(ctx, paths, true)
+	return closureInfos(ctx, "", paths)
+}
+
+// closureInfos is ClosureInfos in the local store whose root directory is root (""
+// for Nix's own store).
+func closureInfos(ctx context.Context, root string, paths []string) ([]protocol.PathInfo, error) {
+	infos, err := pathInfos(ctx, root, paths, true)
 	if err != nil {
 		return nil, err
 	}
@@ -62,11 +68,12 @@ type nixPathInfo struct {
 
 // PathInfos asks Nix for the NAR hash, size, references and deriver of each path.
 func PathInfos(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
-	return pathInfos(ctx, paths, false)
+	return pathInfos(ctx, "", paths, false)
 }
 
-// pathInfos is PathInfos, of the paths' closures too when recursive.
-func pathInfos(ctx context.Context, paths []string, recursive bool) ([]protocol.PathInfo, error) {
+// pathInfos is PathInfos in the store whose root directory is root ("" for Nix's
+// own store), of the paths' closures too when recursive.
+func pathInfos(ctx context.Context, root string, paths []string, recursive bool) ([]protocol.PathInfo, error) {
 	// The new CLI reads a .drv path as "its outputs" unless told --derivation, and
 	// --derivation reads an output path as "its .drv": ask for each kind separately.
 	var drvs, others []string
@@ -87,6 +94,9 @@ func pathInfos(ctx context.Context, paths []string, recursive bool) ([]protocol.
 			args := append([]string{"--extra-experimental-features", "nix-command", "path-info", "--json"}, group.flags...)
 			if recursive {
 				args = append(args, "--recursive")
+			}
+			if root != "" {
+				args = append(args, "--store", root)
 			}
 			args = append(args, batch...)
 			raw, err := exec.CommandContext(ctx, "nix", args...).Output()

@@ -24,7 +24,19 @@ import (
 type Eval struct {
 	// StateDir holds the repository mirrors (StateDir/git).
 	StateDir string
-	Logger   *slog.Logger
+	// Store, when set, is where evaluations write .drv files (see EvalStore);
+	// nil: Nix's own store. Jobsets that allow import-from-derivation always use
+	// Nix's own store, where the imported derivations are built.
+	Store  *EvalStore
+	Logger *slog.Logger
+}
+
+// Close empties the eval store (the daemon calls it when no work is left).
+func (e *Eval) Close() error {
+	if e.Store == nil {
+		return nil
+	}
+	return e.Store.Close()
 }
 
 // batch is how many jobs, errors or nodes go in one report frame.
@@ -43,7 +55,21 @@ func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) err
 		defer cancel()
 	}
 	rep := protocol.EvalReport{Work: a.Work}
-	res, nodes, err := e.evaluate(ctx, t, &rep, link)
+	root := ""
+	if e.Store != nil && !t.AllowIFD {
+		release, err := e.Store.acquire(ctx)
+		if err != nil {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return ctx.Err() // cancelled or lease lost: nothing to report
+			}
+			rep.Failed, rep.Error, rep.Retry = true, err.Error(), true
+			log.Warn("evaluation failed", "err", err, "retry", rep.Retry)
+			return report(ctx, link, rep, eval.Result{}, nil)
+		}
+		defer release()
+		root = e.Store.Dir()
+	}
+	res, nodes, err := e.evaluate(ctx, t, root, &rep, link)
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 		return ctx.Err() // cancelled or lease lost: nothing to report
 	}
@@ -57,7 +83,9 @@ func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) err
 	return report(ctx, link, rep, res, nodes)
 }
 
-func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, rep *protocol.EvalReport, link daemon.Link) (eval.Result, []eval.Node, error) {
+// evaluate evaluates t, writing .drv files to the store whose root directory is
+// root ("" for Nix's own store).
+func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link daemon.Link) (eval.Result, []eval.Node, error) {
 	start := time.Now()
 	dir, cleanup, err := eval.Checkout(ctx, filepath.Join(e.StateDir, "git"), t.RepoURL, t.Revision,
 		eval.Credentials{SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken})
@@ -73,11 +101,11 @@ func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, rep *protocol.
 	// The graph is walked and the .drv closure uploaded while the evaluation runs,
 	// from the drv paths the evaluator reports as it goes.
 	start = time.Now()
-	pipe := startDrvPipeline(ctx, link)
+	pipe := startDrvPipeline(ctx, link, root)
 	res, err := eval.Evaluate(ctx, dir, eval.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: t.Workers, MaxMemoryMB: t.MaxMemoryMB,
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
-		CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add})
+		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add})
 	if err != nil {
 		pipe.stop()
 		rep.EvalSeconds = time.Since(start).Seconds()
@@ -92,7 +120,7 @@ func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, rep *protocol.
 	e.Logger.Info("evaluated", "eval", t.EvaluationID, "jobs", len(res.Jobs), "nodes", len(nodes),
 		"evaluate_s", evaluated.Sub(start).Seconds(), "after_evaluate_s", time.Since(evaluated).Seconds(),
 		"graph_s", up.graph.Seconds(), "closure_s", up.closure.Seconds(), "upload_s", up.upload.Seconds(),
-		"batches", up.batches, "uploaded", up.sent)
+		"batches", up.batches, "uploaded", up.sent, "eval_store", root)
 	return res, nodes, nil
 }
 
@@ -145,6 +173,7 @@ type drvPipeline struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	link   daemon.Link
+	root   string // the store's root directory ("" for Nix's own)
 	g      *eval.Grapher
 	seen   map[string]bool // paths already offered to the cache
 	wake   chan struct{}
@@ -165,11 +194,11 @@ const (
 	gatherSize   = 2000
 )
 
-func startDrvPipeline(ctx context.Context, link daemon.Link) *drvPipeline {
+func startDrvPipeline(ctx context.Context, link daemon.Link, root string) *drvPipeline {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, seen: map[string]bool{},
+	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, root: root, seen: map[string]bool{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
-	p.g = eval.NewGrapher(func(ctx context.Context, paths []string) (map[string]bool, error) {
+	p.g = eval.NewGrapher(root, func(ctx context.Context, paths []string) (map[string]bool, error) {
 		return present(ctx, link, paths)
 	})
 	go p.run()
@@ -293,7 +322,7 @@ func (p *drvPipeline) step(drvs []string) error {
 		return nil
 	}
 	start = time.Now()
-	cl, err := push.ReadDrvClosure(p.ctx, nodes, p.seen)
+	cl, err := push.ReadDrvClosure(p.ctx, p.root, nodes, p.seen)
 	p.stats.closure += time.Since(start)
 	if err != nil {
 		return fmt.Errorf("upload the .drv closure: %w", err)

@@ -27,7 +27,7 @@ func BenchmarkUploadDrvs10k(b *testing.B) {
 		drvs := strings.Fields(run(b, "nix-instantiate", file, "--option", "substituters", ""))
 		b.StartTimer()
 		start := time.Now()
-		cl, err := push.ReadDrvClosure(context.Background(), drvs, map[string]bool{})
+		cl, err := push.ReadDrvClosure(context.Background(), "", drvs, map[string]bool{})
 		if err != nil {
 			b.Fatal(err)
 		}
