@@ -37,6 +37,11 @@ var benchRuns atomic.Int64
 // and, in the same run, nix-instantiate of the same kind of expression. Both sides
 // use fresh salts every iteration, so both write 10,000 new .drv files. Run with
 // -benchtime 1x.
+//
+// The agent writes the .drv files to its eval store ([agent] eval_store, "auto": a
+// store of its own on tmpfs); FC_BENCH_EVAL_STORE=system makes it use Nix's own store
+// like the baseline. A second baseline, nix-instantiate --store <a store on tmpfs>,
+// is what Nix itself does given the same kind of store.
 func BenchmarkTriggerToGraph10k(b *testing.B) {
 	benchmarkTriggerToGraph(b, 10000)
 }
@@ -44,7 +49,8 @@ func BenchmarkTriggerToGraph10k(b *testing.B) {
 // triggerRun is one iteration's figures.
 type triggerRun struct {
 	total, inst         time.Duration
-	checkout, evalSecs  float64 // measured by the agent
+	instTmpfs           time.Duration // nix-instantiate into a store on tmpfs
+	checkout, evalSecs  float64       // measured by the agent
 	schedule, dispatch  time.Duration
 	reportAndStore      time.Duration
 	jobs, builds, steps int
@@ -85,6 +91,12 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	cfg.Agent.Name = "evaluator"
 	cfg.Agent.StateDir = b.TempDir()
 	cfg.Agent.Roles = []string{protocol.RoleEval}
+	if v := os.Getenv("FC_BENCH_EVAL_STORE"); v != "" {
+		cfg.Agent.EvalStore = v
+	}
+	if err := cfg.Validate(); err != nil {
+		b.Fatal(err)
+	}
 	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent"), 0)
 	if err != nil {
 		b.Fatal(err)
@@ -115,7 +127,15 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 			r = triggerToGraph(b, c, js, commit)
 			b.StopTimer()
 		}
-		baseline := func() { inst = instantiateAll(b, instFile) }
+		tmpfsFile := filepath.Join(instDir, fmt.Sprintf("inst-tmpfs-%d.nix", i))
+		if err := os.WriteFile(tmpfsFile, []byte(eval.TrivialJobset(n, "inst-tmpfs-"+s)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		var instTmpfs time.Duration
+		baseline := func() {
+			inst = instantiateAll(b, instFile)
+			instTmpfs = instantiateAll(b, tmpfsFile, "--store", tmpfsStore(b))
+		}
 		order := "FC first"
 		if benchRuns.Add(1)%2 == 1 {
 			fc()
@@ -125,7 +145,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 			baseline()
 			fc()
 		}
-		r.inst = inst
+		r.inst, r.instTmpfs = inst, instTmpfs
 		checkRun(ctx, b, c, repoDir, r, n)
 		runs = append(runs, r)
 		// The agent's own split of its part (evaluate, graph, .drv closure, upload).
@@ -139,18 +159,21 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 		}
 		b.Logf("run %d, the agent's split: %s; the coordinator's: %s", i+1, r.agentSplit, r.coordSplit)
 		agentPart := time.Duration((r.checkout + r.evalSecs) * float64(time.Second))
-		b.Logf("run %d: trigger→graph stored %.2fs, nix-instantiate %.2fs, ratio %.2f (goal ≤ 1.3); agent: checkout %.2fs + eval %.2fs "+
+		b.Logf("run %d: trigger→graph stored %.2fs, nix-instantiate %.2fs, ratio %.2f (goal ≤ 1.3); nix-instantiate into a store on "+
+			"tmpfs %.2fs, ratio %.2f; agent: checkout %.2fs + eval %.2fs "+
 			"(evaluate + graph + .drv upload); coordinator side (total − agent) %.2fs = trigger→queued %.2fs + queued→claimed %.2fs "+
 			"+ report and store %.2fs; %d jobs, %d builds (%d new), %d steps, %d edges, %d .drv files in the cache; %d attempt(s) (%s)",
-			i+1, r.total.Seconds(), r.inst.Seconds(), r.total.Seconds()/r.inst.Seconds(), r.checkout, r.evalSecs,
+			i+1, r.total.Seconds(), r.inst.Seconds(), r.total.Seconds()/r.inst.Seconds(), r.instTmpfs.Seconds(),
+			r.total.Seconds()/r.instTmpfs.Seconds(), r.checkout, r.evalSecs,
 			(r.total - agentPart).Seconds(), r.schedule.Seconds(), r.dispatch.Seconds(), r.reportAndStore.Seconds(),
 			r.jobs, r.builds, r.newBuilds, r.steps, r.edges, r.drvsCached, r.attempts, order)
 	}
 	b.StopTimer()
-	var total, inst, checkout, evalSecs time.Duration
+	var total, inst, instTmpfs, checkout, evalSecs time.Duration
 	for _, r := range runs {
 		total += r.total
 		inst += r.inst
+		instTmpfs += r.instTmpfs
 		checkout += time.Duration(r.checkout * float64(time.Second))
 		evalSecs += time.Duration(r.evalSecs * float64(time.Second))
 	}
@@ -158,6 +181,8 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	b.ReportMetric(per(total), "fc-s/op")
 	b.ReportMetric(per(inst), "nix-instantiate-s/op")
 	b.ReportMetric(total.Seconds()/inst.Seconds(), "ratio")
+	b.ReportMetric(per(instTmpfs), "nix-instantiate-tmpfs-s/op")
+	b.ReportMetric(total.Seconds()/instTmpfs.Seconds(), "ratio-tmpfs")
 	b.ReportMetric(per(checkout), "checkout-s/op")
 	b.ReportMetric(per(evalSecs), "eval-s/op")
 	b.ReportMetric(per(total-checkout-evalSecs), "ingest-s/op")
@@ -257,11 +282,27 @@ func checkRun(ctx context.Context, b *testing.B, c *coordtest.Coordinator, repoD
 	}
 }
 
-// instantiateAll is the baseline: nix-instantiate of the whole expression.
-func instantiateAll(b *testing.B, file string) time.Duration {
+// tmpfsStore is a new, empty store root on tmpfs for the second baseline, removed
+// when the benchmark ends.
+func tmpfsStore(b *testing.B) string {
+	b.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "fc-bench-inst-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = exec.Command("chmod", "-R", "u+w", dir).Run()
+		_ = os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// instantiateAll is the baseline: nix-instantiate of the whole expression (extra
+// arguments: e.g. --store).
+func instantiateAll(b *testing.B, file string, extra ...string) time.Duration {
 	b.Helper()
 	start := time.Now()
-	out, err := exec.Command("nix-instantiate", "--option", "substituters", "", file).Output()
+	out, err := exec.Command("nix-instantiate", append([]string{"--option", "substituters", "", file}, extra...)...).Output()
 	d := time.Since(start)
 	if err != nil {
 		var ee *exec.ExitError
