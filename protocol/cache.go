@@ -39,7 +39,12 @@ type UploadPlan struct {
 	Missing []string `json:"missing"` // store paths
 	// Upstream are offered paths a configured upstream cache already serves.
 	Upstream []string `json:"upstream"`
-	Error    string   `json:"error,omitempty"`
+	// Uncompressed says the coordinator also takes a path as its plain NAR rather than
+	// a zstd stream (it tells them apart by their first bytes): worth it for data that
+	// does not compress, which then costs neither side a compressor, nor the
+	// coordinator a second hash.
+	Uncompressed bool   `json:"uncompressed,omitempty"`
+	Error        string `json:"error,omitempty"`
 }
 
 // UploadResult is the coordinator's verdict on one sent path.

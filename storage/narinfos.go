@@ -13,7 +13,7 @@ import (
 type Narinfo struct {
 	HashPart    string // the 32-character nixbase32 part of the store path
 	StorePath   string
-	URL         string // nar/<filehash>.nar.zst
+	URL         string // nar/<filehash>.nar.zst, or nar/<narhash>.nar uncompressed
 	Compression string
 	FileHash    string // sha256:<nixbase32> of the compressed file
 	FileSize    int64

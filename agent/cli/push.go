@@ -69,9 +69,9 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 	if secs > 0 {
 		rate = float64(st.NarBytes) / 1e6 / secs
 	}
-	fmt.Fprintf(env.Stdout, "%d paths in the closure: sent %d, %d already cached, %d on an upstream cache; %s of NAR (%s compressed) in %.2f s, %.1f MB/s (after %.2f s to find the closure and connect)\n",
-		st.Offered, st.Sent, st.Offered-st.Sent-st.Upstream-len(st.Rejections), st.Upstream, mb(st.NarBytes), mb(st.FileBytes), secs, rate,
-		ready.Seconds())
+	fmt.Fprintf(env.Stdout, "%d paths in the closure: sent %d, %d already cached, %d on an upstream cache; %s of NAR (%s stored; %d paths uncompressed, as they do not compress) in %.2f s, %.1f MB/s (after %.2f s to find the closure and connect)\n",
+		st.Offered, st.Sent, st.Offered-st.Sent-st.Upstream-len(st.Rejections), st.Upstream, mb(st.NarBytes), mb(st.FileBytes), st.Plain,
+		secs, rate, ready.Seconds())
 	return err
 }
 

@@ -194,6 +194,7 @@ type Stats struct {
 	Upstream   int           // paths skipped because an upstream cache has them
 	NarBytes   int64         // uncompressed bytes sent
 	FileBytes  int64         // compressed bytes stored
+	Plain      int           // paths sent uncompressed (they do not compress)
 	Elapsed    time.Duration // wall time of the upload
 	SentPaths  []string
 	Rejections []string
@@ -232,6 +233,87 @@ func DumpWithNix(ctx context.Context, path string, w io.Writer) error {
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("nix-store --dump %s: %w: %s", path, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// sampleSize is how much of a NAR decides whether it is sent compressed.
+const sampleSize = 1 << 20
+
+// pathWriter takes one path's NAR and sends it on as a zstd stream or, when the
+// coordinator takes plain NARs and the start of this one does not compress (already
+// compressed or random data), as it is: zstd would cost both sides CPU and save
+// nothing. It holds back the first sampleSize bytes, compresses them once to decide,
+// and reuses that frame when the sample is the whole NAR (small paths, .drv files).
+type pathWriter struct {
+	enc     *zstd.Encoder
+	plainOK bool // the coordinator takes plain NARs
+
+	out     io.Writer // where the path's bytes go
+	sample  []byte    // held back until decided
+	frame   []byte    // the sample compressed
+	w       io.Writer // once decided: enc or out
+	plain   bool      // decided: sent as it is
+	decided bool
+}
+
+func (p *pathWriter) reset(out io.Writer) {
+	p.out, p.w, p.plain, p.decided = out, nil, false, false
+	p.sample = p.sample[:0]
+	if !p.plainOK {
+		// Nothing to decide: compressed, as it streams.
+		p.enc.Reset(out)
+		p.w, p.decided = p.enc, true
+	}
+}
+
+func (p *pathWriter) Write(b []byte) (int, error) {
+	if p.decided {
+		return p.w.Write(b)
+	}
+	room := sampleSize - len(p.sample)
+	if len(b) < room {
+		p.sample = append(p.sample, b...)
+		return len(b), nil
+	}
+	p.sample = append(p.sample, b[:room]...)
+	if err := p.decide(false); err != nil {
+		return 0, err
+	}
+	if _, err := p.w.Write(b[room:]); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// decide picks compressed or plain from the sample and sends the sample; whole says
+// the sample is the whole NAR.
+func (p *pathWriter) decide(whole bool) error {
+	p.decided = true
+	p.frame = p.enc.EncodeAll(p.sample, p.frame[:0])
+	if len(p.frame) >= len(p.sample)-len(p.sample)/16 { // saves under 1/16: not worth it
+		p.w, p.plain = p.out, true
+		_, err := p.out.Write(p.sample)
+		return err
+	}
+	if whole {
+		p.w = io.Discard // nothing more comes
+		_, err := p.out.Write(p.frame)
+		return err
+	}
+	p.enc.Reset(p.out)
+	p.w = p.enc
+	_, err := p.enc.Write(p.sample)
+	return err
+}
+
+// Close ends the path's stream.
+func (p *pathWriter) Close() error {
+	if !p.decided {
+		return p.decide(true)
+	}
+	if p.w == p.enc {
+		return p.enc.Close()
 	}
 	return nil
 }
@@ -310,19 +392,23 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		return stats, err
 	}
 	defer enc.Close()
+	pw := &pathWriter{enc: enc, plainOK: plan.Uncompressed}
 	for i, p := range plan.Missing {
 		cw := protocol.NewChunkWriter(bw)
-		enc.Reset(cw)
+		pw.reset(cw)
 		if opts.Dump != nil {
-			err = opts.Dump(ctx, p, enc)
+			err = opts.Dump(ctx, p, pw)
 		} else {
-			err = dump(ctx, p, sizes[p], enc)
+			err = dump(ctx, p, sizes[p], pw)
 		}
 		if err != nil {
 			return stats, err
 		}
-		if err := enc.Close(); err != nil {
+		if err := pw.Close(); err != nil {
 			return stats, err
+		}
+		if pw.plain {
+			stats.Plain++
 		}
 		if err := cw.Close(); err != nil {
 			return stats, err

@@ -196,7 +196,7 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 		_ = protocol.WriteFrame(st, protocol.UploadPlan{Error: "coordinator database unavailable"})
 		return err
 	}
-	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}}
+	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: true}
 	upstream := map[string]bool{}
 	for _, pi := range req.Paths {
 		h := hashPart(pi.StorePath)
@@ -420,7 +420,11 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
 	}
 	want, _ := checkInfo(pi)
-	chunks := protocol.NewChunkReader(st)
+	chunkReader := protocol.NewChunkReader(st)
+	chunks, plain, err := sniffNAR(chunkReader)
+	if err != nil {
+		return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, err)), true
+	}
 	blob := &spillWriter{store: c.blobs, buf: make([]byte, 0, 4096)}
 	fileHash, fileSize := sha256.New(), &counter{}
 	narHash, narSize := sha256.New(), &counter{}
@@ -434,10 +438,18 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		}
 		return err
 	}
+	if plain {
+		// The file is the NAR: its hash is the NAR hash, taken once.
+		fileHash = nil
+		decode = func(r io.Reader) error {
+			_, err := io.Copy(io.MultiWriter(narHash, narSize), r)
+			return err
+		}
+	}
 	readErr, decodeErr, writeErr := c.stream(chunks, fileHash, fileSize, blob, decode)
 	if readErr != nil || decodeErr != nil || writeErr != nil {
 		blob.Abort()
-		if derr := chunks.Drain(); derr != nil || readErr != nil {
+		if derr := chunkReader.Drain(); derr != nil || readErr != nil {
 			if derr == nil {
 				derr = readErr
 			}
@@ -487,8 +499,15 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 			}
 		}
 	}
-	fh := nixbase32.EncodeToString(fileHash.Sum(nil))
-	name := fh + ".nar.zst"
+	// Blobs are named by their content's hash: the same bytes, the same name.
+	fh, name, compression := "", "", "zstd"
+	if plain {
+		fh = nixbase32.EncodeToString(got)
+		name, compression = fh+".nar", "none"
+	} else {
+		fh = nixbase32.EncodeToString(fileHash.Sum(nil))
+		name = fh + ".nar.zst"
+	}
 	narHashStr := "sha256:" + nixbase32.EncodeToString(got)
 	sig, err := c.key.Sign(nil, Fingerprint(pi.StorePath, narHashStr, pi.NarSize, refs))
 	if err != nil {
@@ -496,7 +515,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		return reject("signing", err), false
 	}
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
-		Compression: "zstd", FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
+		Compression: compression, FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
 		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
 	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n, refs: inCache})
 	g.bytes += fileSize.n
@@ -504,16 +523,36 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 	return nil, false
 }
 
-// stream reads one upload's compressed bytes from chunks: it hashes and counts them,
-// writes them to w and passes them to decode. A small upload is handled inline; a
-// large one in stages side by side (see stages.go). readErr is the stream's.
+// narMagic is how every NAR begins (the length-prefixed, padded string
+// "nix-archive-1"); a zstd frame begins with 28 b5 2f fd, so one is never taken for
+// the other.
+var narMagic = []byte("\x0d\x00\x00\x00\x00\x00\x00\x00nix-archive-1\x00\x00\x00")
+
+// sniffNAR reads the start of an upload: plain says it is an uncompressed NAR
+// rather than zstd. r reads the whole upload, that start included.
+func sniffNAR(chunks io.Reader) (r io.Reader, plain bool, err error) {
+	head := make([]byte, len(narMagic))
+	n, err := io.ReadFull(chunks, head)
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return nil, false, err
+	}
+	head = head[:n]
+	return io.MultiReader(bytes.NewReader(head), chunks), bytes.Equal(head, narMagic), nil
+}
+
+// stream reads one upload's bytes from chunks: it hashes (when fileHash is not nil)
+// and counts them, writes them to w and passes them to decode. A small upload is
+// handled inline; a large one in stages side by side (see stages.go). readErr is the
+// stream's.
 func (c *Cache) stream(chunks io.Reader, fileHash hash.Hash, size *counter, w io.Writer, decode func(io.Reader) error) (readErr, decodeErr, writeErr error) {
 	first := c.blocks.Get().(*block)
 	n, err := io.ReadFull(chunks, first.data)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		// All of it fits in one block.
 		data := first.data[:n]
-		fileHash.Write(data)
+		if fileHash != nil {
+			fileHash.Write(data)
+		}
 		size.n += int64(n)
 		_, writeErr = w.Write(data)
 		decodeErr = decode(bytes.NewReader(data))
@@ -527,7 +566,11 @@ func (c *Cache) stream(chunks io.Reader, fileHash hash.Hash, size *counter, w io
 		return err, nil, nil
 	}
 	// The file hash is taken beside the write, off this goroutine, which only reads.
-	wc := startWriter(io.MultiWriter(fileHash, size, w))
+	sink := io.MultiWriter(size, w)
+	if fileHash != nil {
+		sink = io.MultiWriter(fileHash, size, w)
+	}
+	wc := startWriter(sink)
 	dc := startReader(func(r *chanReader) error { return decode(r) })
 	send := func(b *block, n int) {
 		b.data = b.data[:n]

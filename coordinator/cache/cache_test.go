@@ -133,6 +133,27 @@ func TestPush_ThenAnEmptyStoreSubstitutesAndChecksTheSignature(t *testing.T) {
 	if !strings.Contains(out, "2 paths in the closure: sent 2") || !strings.Contains(out, "MB/s") {
 		t.Errorf("push summary: %s", out)
 	}
+	// dep is random data: sent and stored as a plain NAR (zstd would cost CPU and save
+	// nothing); top is text: compressed.
+	if !strings.Contains(out, "1 paths uncompressed") {
+		t.Errorf("push summary does not count dep as sent uncompressed: %s", out)
+	}
+	for _, tc := range []struct {
+		path, suffix, compression string
+		plain                     bool
+	}{{dep, ".nar", "none", true}, {top, ".nar.zst", "zstd", false}} {
+		var url, compression, fileHash, narHash string
+		var fileSize, narSize int64
+		if err := c.DB.Pool().QueryRow(context.Background(), `SELECT url, compression, file_hash, file_size, nar_hash, nar_size
+			FROM narinfos WHERE store_path = $1`, tc.path).Scan(&url, &compression, &fileHash, &fileSize, &narHash, &narSize); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(url, tc.suffix) || compression != tc.compression || (fileHash == narHash) != tc.plain ||
+			(fileSize == narSize) != tc.plain || !strings.Contains(url, strings.TrimPrefix(fileHash, "sha256:")) {
+			t.Errorf("%s stored as %s, compression %s, file %s (%d bytes), NAR %s (%d bytes)", tc.path, url, compression,
+				fileHash, fileSize, narHash, narSize)
+		}
+	}
 	key := c.Cache.PublicKey()
 
 	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s && wc -c < %s/zeros && cat %s", top, substituteFlags(c, key), dep, top))
@@ -275,23 +296,32 @@ func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// dep is random data, sent as a plain NAR; text compresses, and is sent as zstd.
+	text := build(t, nixFile(t, fmt.Sprintf(`derivation { name = "text-%s"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "i=0; while [ $i -lt 20000 ]; do echo line $i of some text; i=$((i+1)); done > $out" ]; }`, salt(t))), "")
+	textInfos, err := push.PathInfos(context.Background(), []string{text})
+	if err != nil {
+		t.Fatal(err)
+	}
 	const headerBytes = 4096 // past the stream header and the request frame
+	flip := func(conn *session.Conn) *tamper {
+		flipped := false
+		return &tamper{conn: conn, apply: func(off int64, p []byte) []byte {
+			if !flipped && off+int64(len(p)) > headerBytes+2000 && len(p) > 100 {
+				p[len(p)/2] ^= 0x10
+				flipped = true
+			}
+			return p
+		}}
+	}
 	cases := []struct {
 		name   string
 		tamper func(conn *session.Conn) *tamper
 		infos  func() []protocol.PathInfo
 		reason string
 	}{
-		{"bit flip in the compressed NAR", func(conn *session.Conn) *tamper {
-			flipped := false
-			return &tamper{conn: conn, apply: func(off int64, p []byte) []byte {
-				if !flipped && off+int64(len(p)) > headerBytes+2000 && len(p) > 100 {
-					p[len(p)/2] ^= 0x10
-					flipped = true
-				}
-				return p
-			}}
-		}, func() []protocol.PathInfo { return infos }, "does not decode"},
+		{"bit flip in the compressed NAR", flip, func() []protocol.PathInfo { return textInfos }, "does not decode"},
+		{"bit flip in the plain NAR", flip, func() []protocol.PathInfo { return infos }, "NAR hash is sha256:"},
 		{"truncated upload", func(conn *session.Conn) *tamper {
 			return &tamper{conn: conn, limit: headerBytes + 1500}
 		}, func() []protocol.PathInfo { return infos }, ""},
@@ -318,8 +348,10 @@ func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T)
 			if tc.reason != "" && !strings.Contains(err.Error(), tc.reason) {
 				t.Errorf("error %q does not say %q", err, tc.reason)
 			}
-			if code := narinfoStatus(t, c, dep); code != 404 {
-				t.Fatalf("narinfo of a rejected upload: %d, want 404", code)
+			for _, p := range []string{dep, text} {
+				if code := narinfoStatus(t, c, p); code != 404 {
+					t.Fatalf("narinfo of a rejected upload: %d, want 404", code)
+				}
 			}
 			coordtest.Eventually(t, 10*time.Second, "no blob and no temporary file left", func() bool {
 				n, tmp := blobFiles(t, c)
@@ -520,7 +552,11 @@ func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
 	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT url FROM narinfos WHERE hash_part = $1`, hash).Scan(&narURL); err != nil {
 		t.Fatal(err)
 	}
-	fileHash := strings.TrimSuffix(strings.TrimPrefix(narURL, "nar/"), ".nar.zst")
+	// dep is random data: stored as a plain NAR, named by its hash.
+	fileHash, ok := strings.CutSuffix(strings.TrimPrefix(narURL, "nar/"), ".nar")
+	if !ok {
+		t.Fatalf("random data stored as %s, want a plain .nar", narURL)
+	}
 	cases := []struct{ method, path string }{
 		{"GET", "/nix-cache/" + strings.ToUpper(hash) + ".narinfo"},
 		{"GET", "/nix-cache/" + hash[:31] + ".narinfo"},
@@ -529,7 +565,7 @@ func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
 		{"GET", "/nix-cache/" + strings.Repeat("0", 32) + ".narinfo"}, // valid form, absent
 		{"GET", "/nix-cache/" + hash + ".narinfo.xz"},
 		{"GET", "/nix-cache/nar/" + fileHash + ".nar.xz"},
-		{"GET", "/nix-cache/nar/" + fileHash + ".nar"},
+		{"GET", "/nix-cache/nar/" + fileHash + ".nar.zst"},
 		{"GET", "/nix-cache/nar/" + strings.Repeat("0", 52) + ".nar.zst"},
 		{"GET", "/nix-cache/nar/..%2f..%2fcache-key.sec"},
 		{"GET", "/nix-cache/nar/%2e%2e/%2e%2e/cache-key.sec"},
@@ -543,7 +579,7 @@ func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
 		{"HEAD", "/nix-cache/" + strings.Repeat("0", 32) + ".narinfo"},
 		{"POST", "/nix-cache/nix-cache-info"},
 		{"PUT", "/nix-cache/" + hash + ".narinfo"},
-		{"DELETE", "/nix-cache/nar/" + fileHash + ".nar.zst"},
+		{"DELETE", "/nix-cache/nar/" + fileHash + ".nar"},
 	}
 	secretBytes, _ := os.ReadFile(secret)
 	for _, tc := range cases {

@@ -62,13 +62,17 @@ func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, e
 	if err != nil {
 		return nil, 0, fmt.Errorf("blob of %s: %w", ni.StorePath, err)
 	}
-	dec, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
-	if err != nil {
-		blob.Close()
-		return nil, 0, err
+	var narData io.Reader = blob
+	closeAll := func() { blob.Close() }
+	if ni.Compression != "none" {
+		dec, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			blob.Close()
+			return nil, 0, err
+		}
+		narData, closeAll = dec, func() { dec.Close(); blob.Close() }
 	}
-	closeAll := func() { dec.Close(); blob.Close() }
-	nr, err := nar.NewReader(dec)
+	nr, err := nar.NewReader(narData)
 	if err != nil {
 		closeAll()
 		return nil, 0, fmt.Errorf("read the NAR of %s: %w", ni.StorePath, err)

@@ -24,7 +24,7 @@ import (
 
 var (
 	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
-	narRE     = regexp.MustCompile(`^[0-9a-df-np-sv-z]{52}\.nar\.zst$`)
+	narRE     = regexp.MustCompile(`^[0-9a-df-np-sv-z]{52}\.nar(\.zst)?$`)
 )
 
 // Handler serves /nix-cache/. Nix's rules win here: anything the cache does not have
@@ -177,8 +177,14 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 	}
 	defer b.Close()
 	h := w.Header()
-	h.Set("Content-Type", "application/zstd")
-	h.Set("ETag", `"`+strings.TrimSuffix(file, ".nar.zst")+`"`)
+	hash, zst := strings.CutSuffix(file, ".nar.zst")
+	if zst {
+		h.Set("Content-Type", "application/zstd")
+	} else {
+		hash = strings.TrimSuffix(file, ".nar")
+		h.Set("Content-Type", "application/x-nix-nar")
+	}
+	h.Set("ETag", `"`+hash+`"`)
 	h.Set("Cache-Control", "public, max-age=31536000, immutable")
 	// Hand ServeContent the *os.File itself when there is one: net/http then uses
 	// sendfile, which a wrapping reader (or writer) would prevent.
