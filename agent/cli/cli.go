@@ -245,11 +245,18 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 			log.Warn("remove stale evaluation checkouts", "err", err)
 		}
 		ev := &work.Eval{StateDir: cfg.Agent.StateDir, Logger: log}
-		if dir := cfg.EvalStoreDir(); dir != "" {
-			if ev.Store, err = work.NewEvalStore(work.EvalStoreConfig{Dir: dir, MaxSize: cfg.Agent.EvalStoreMaxSize, Logger: log}); err != nil {
-				return nil, err
+		if parent, auto := cfg.EvalStoreParent(); parent != "" {
+			store, err := work.NewEvalStore(work.EvalStoreConfig{Parent: parent, Name: cfg.EvalStoreName(),
+				MaxSize: cfg.Agent.EvalStoreMaxSize, Logger: log})
+			switch {
+			case err == nil:
+				ev.Store = store
+				log.Info("evaluations write derivations to the agent's own store", "eval_store", store.Dir())
+			case auto:
+				log.Warn("no eval store of the agent's own; evaluations write to Nix's store", "err", err)
+			default:
+				return nil, fmt.Errorf("agent.eval_store: %w", err)
 			}
-			log.Info("evaluations write derivations to the agent's own store", "eval_store", dir)
 		}
 		dc.Executors[protocol.WorkEval] = ev
 		dc.Capacity[protocol.WorkEval] = 1 // evaluations are memory-hungry: one at a time

@@ -59,8 +59,9 @@ type Agent struct {
 	// GCInterval is the seconds between garbage collections (nix-store --gc); 0: never.
 	GCInterval int `toml:"gc_interval"`
 	// EvalStore is where evaluations write .drv files: "auto" (a store of the
-	// agent's own under /dev/shm when that is a writable directory, else Nix's own),
-	// "system" (Nix's own store), or the root directory of a store of the agent's own.
+	// agent's own under /dev/shm when that is a writable directory with room, else
+	// Nix's own), "system" (Nix's own store), or a directory of the agent user's own
+	// in which the agent keeps its store (see EvalStoreParent).
 	EvalStore string `toml:"eval_store"`
 	// EvalStoreMaxSize (bytes): a larger eval store is emptied between evaluations.
 	EvalStoreMaxSize int64 `toml:"eval_store_max_size"`
@@ -141,30 +142,35 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// EvalStoreDir is the root directory of the agent's eval store, "" for Nix's own
-// store. "auto" picks a directory under /dev/shm named after the state directory
-// (two agents on one machine never share one), when /dev/shm is a writable directory
-// with room for eval_store_max_size (at least 1 GiB): a small /dev/shm (a container's
-// 64 MB) would fail evaluations.
-func (c Config) EvalStoreDir() string {
+// EvalStoreParent is the directory that holds the agent's eval store ("" for Nix's
+// own store) and whether it was picked by "auto": /dev/shm/fc-agent-<uid>, when
+// /dev/shm is a writable directory with room for eval_store_max_size (at least 1 GiB;
+// a small /dev/shm, such as a container's 64 MB, would fail evaluations).
+func (c Config) EvalStoreParent() (dir string, auto bool) {
 	switch c.Agent.EvalStore {
 	case "system":
-		return ""
+		return "", false
 	case "auto":
 		var st unix.Statfs_t
 		if unix.Access("/dev/shm", unix.W_OK) != nil || unix.Statfs("/dev/shm", &st) != nil ||
 			int64(st.Bavail)*int64(st.Bsize) < max(c.Agent.EvalStoreMaxSize, 1<<30) {
-			return ""
+			return "", true
 		}
-		state, err := filepath.Abs(c.Agent.StateDir)
-		if err != nil {
-			return ""
-		}
-		sum := sha256.Sum256([]byte(state))
-		return "/dev/shm/fc-agent-eval-" + hex.EncodeToString(sum[:6])
+		return fmt.Sprintf("/dev/shm/fc-agent-%d", os.Getuid()), true
 	default:
-		return c.Agent.EvalStore
+		return c.Agent.EvalStore, false
 	}
+}
+
+// EvalStoreName is the eval store's directory in its parent, named after the state
+// directory: two agents on one machine never share a store.
+func (c Config) EvalStoreName() string {
+	state, err := filepath.Abs(c.Agent.StateDir)
+	if err != nil {
+		state = c.Agent.StateDir
+	}
+	sum := sha256.Sum256([]byte(state))
+	return "eval-" + hex.EncodeToString(sum[:6])
 }
 
 // KeyPath is where the agent's private key lives.

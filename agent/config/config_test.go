@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -303,5 +304,38 @@ func TestStepSlots_DefaultIsSixteenTimesMaxJobsAndNegativeIsRejected(t *testing.
 	cfg.Agent.StepSlots = -1
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "step_slots") {
 		t.Errorf("negative step_slots: %v", err)
+	}
+}
+
+func TestEvalStoreParentAndName(t *testing.T) {
+	cfg := Defaults()
+	cfg.Agent.EvalStore = "system"
+	if dir, auto := cfg.EvalStoreParent(); dir != "" || auto {
+		t.Errorf("system: %q %v", dir, auto)
+	}
+	cfg.Agent.EvalStore = "/srv/fc-eval"
+	if dir, auto := cfg.EvalStoreParent(); dir != "/srv/fc-eval" || auto {
+		t.Errorf("a directory: %q %v", dir, auto)
+	}
+	cfg.Agent.EvalStore = "auto"
+	dir, auto := cfg.EvalStoreParent()
+	if !auto || (dir != "" && dir != fmt.Sprintf("/dev/shm/fc-agent-%d", os.Getuid())) {
+		t.Errorf("auto: %q %v", dir, auto)
+	}
+	cfg.Agent.EvalStoreMaxSize = 1 << 60 // no /dev/shm has room for that
+	if dir, _ := cfg.EvalStoreParent(); dir != "" {
+		t.Errorf("auto without room in /dev/shm: %q, want Nix's own store", dir)
+	}
+	for _, bad := range []string{"", "relative/dir", "sometimes"} {
+		cfg := Defaults()
+		cfg.Agent.EvalStore = bad
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "agent.eval_store") {
+			t.Errorf("eval_store %q: %v", bad, err)
+		}
+	}
+	a, b := Defaults(), Defaults()
+	a.Agent.StateDir, b.Agent.StateDir = "/var/lib/a", "/var/lib/b"
+	if a.EvalStoreName() == b.EvalStoreName() || a.EvalStoreName() != a.EvalStoreName() || !strings.HasPrefix(a.EvalStoreName(), "eval-") {
+		t.Errorf("names: %q %q", a.EvalStoreName(), b.EvalStoreName())
 	}
 }

@@ -58,16 +58,16 @@ func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) err
 	root := ""
 	if e.Store != nil && !t.AllowIFD {
 		release, err := e.Store.acquire(ctx)
-		if err != nil {
-			if errors.Is(ctx.Err(), context.Canceled) {
-				return ctx.Err() // cancelled or lease lost: nothing to report
-			}
-			rep.Failed, rep.Error, rep.Retry = true, err.Error(), true
-			log.Warn("evaluation failed", "err", err, "retry", rep.Retry)
-			return report(ctx, link, rep, eval.Result{}, nil)
+		switch {
+		case err == nil:
+			defer release()
+			root = e.Store.Dir()
+		case errors.Is(ctx.Err(), context.Canceled):
+			return ctx.Err() // cancelled or lease lost: nothing to report
+		default:
+			// The evaluation need not fail for it: Nix's own store does the same, slower.
+			log.Warn("eval store unusable; evaluating in Nix's store", "err", err)
 		}
-		defer release()
-		root = e.Store.Dir()
 	}
 	res, nodes, err := e.evaluate(ctx, t, root, &rep, link)
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {

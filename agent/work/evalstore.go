@@ -22,36 +22,51 @@ import (
 // writes them several times faster than Nix's own (each .drv is a file, a lock file
 // and an SQLite transaction). It is scratch space: it is emptied when the agent
 // starts, when it grows past its limit between evaluations, and when the agent stops.
+//
+// The store is a directory the agent makes inside a parent directory that must be
+// its user's alone (not writable by others): only that directory, and what an
+// interrupted emptying left beside it, is ever deleted, and nobody else can swap
+// anything into it.
 type EvalStore struct {
 	dir     string
 	maxSize int64
 	log     *slog.Logger
 
 	// Evaluations hold it shared; emptying it takes it alone, and only when no
-	// evaluation runs (TryLock), so an evaluation never waits for a cleanup.
-	use  sync.RWMutex
-	init sync.Mutex
-	made bool // the store exists (its database is created once, not by racing workers)
+	// evaluation runs (TryLock). An evaluation that starts while the store is being
+	// emptied waits for that; never for the sizing, which takes no lock.
+	use   sync.RWMutex
+	init  sync.Mutex
+	made  bool           // the store exists (its database is created once, not by racing workers)
+	trims sync.WaitGroup // trims running after evaluations
 }
 
 // EvalStoreConfig configures an EvalStore.
 type EvalStoreConfig struct {
-	Dir     string // the store's root directory
-	MaxSize int64  // bytes; larger, it is emptied between evaluations (0: never)
+	// Parent holds the store; it is made (mode 0700) when missing, and must belong
+	// to this user and be writable by nobody else.
+	Parent string
+	// Name is the store's directory in Parent (several agents may share a parent).
+	Name    string
+	MaxSize int64 // bytes; larger, it is emptied between evaluations (0: never)
 	Logger  *slog.Logger
 }
 
-// NewEvalStore empties what a previous run left in cfg.Dir; the store is created by
-// the first evaluation.
+// NewEvalStore checks the parent directory and empties what a previous run left; the
+// store itself is made by the first evaluation.
 func NewEvalStore(cfg EvalStoreConfig) (*EvalStore, error) {
-	if cfg.Dir == "" || !filepath.IsAbs(cfg.Dir) {
-		return nil, fmt.Errorf("eval store %q: want an absolute directory", cfg.Dir)
+	if !filepath.IsAbs(cfg.Parent) || cfg.Name == "" || strings.ContainsAny(cfg.Name, "/") || cfg.Name == "." || cfg.Name == ".." {
+		return nil, fmt.Errorf("eval store %q in %q: want an absolute parent directory and a plain name", cfg.Name, cfg.Parent)
 	}
-	s := &EvalStore{dir: filepath.Clean(cfg.Dir), maxSize: cfg.MaxSize, log: cfg.Logger}
+	parent := filepath.Clean(cfg.Parent)
+	if err := privateDir(parent); err != nil {
+		return nil, fmt.Errorf("eval store: %w", err)
+	}
+	s := &EvalStore{dir: filepath.Join(parent, cfg.Name), maxSize: cfg.MaxSize, log: cfg.Logger}
 	if err := removeStore(s.dir); err != nil {
 		return nil, fmt.Errorf("empty the eval store %s: %w", s.dir, err)
 	}
-	// What an interrupted removal left.
+	// What an interrupted emptying left.
 	old, _ := filepath.Glob(s.dir + ".old-*")
 	for _, o := range old {
 		_ = RemoveAllWritable(o)
@@ -71,7 +86,7 @@ func (s *EvalStore) acquire(ctx context.Context) (release func(), err error) {
 	}
 	return func() {
 		s.use.RUnlock()
-		s.trim()
+		s.trims.Go(s.trim) // sizing a large store takes a while: not in the evaluation's time
 	}, nil
 }
 
@@ -83,7 +98,7 @@ func (s *EvalStore) create(ctx context.Context) error {
 	if s.made {
 		return nil
 	}
-	if err := privateDir(s.dir); err != nil {
+	if err := os.Mkdir(s.dir, 0o700); err != nil && !os.IsExist(err) {
 		return fmt.Errorf("eval store: %w", err)
 	}
 	out, err := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command",
@@ -95,15 +110,12 @@ func (s *EvalStore) create(ctx context.Context) error {
 	return nil
 }
 
-// privateDir makes dir, readable and writable by this user alone, or checks that it
-// is such a directory already. The eval store often lives in /dev/shm, where anyone
-// may create names: a directory someone else made there could hand them the .drv
-// files this agent uploads.
+// privateDir makes dir (mode 0700) or checks that it is a directory of this user's
+// that nobody else may write to. The eval store's parent is often in /dev/shm, where
+// anyone may create names: a directory someone else made there could hand them the
+// .drv files this agent uploads, or have the agent delete what they choose.
 func privateDir(dir string) error {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	if err := os.Mkdir(dir, 0o700); err == nil || !os.IsExist(err) {
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return err
 	}
 	info, err := os.Lstat(dir)
@@ -111,8 +123,8 @@ func privateDir(dir string) error {
 		return err
 	}
 	st, ok := info.Sys().(*syscall.Stat_t)
-	if !info.IsDir() || !ok || int(st.Uid) != os.Getuid() || info.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("%s exists and is not a directory private to this user (uid %d)", dir, os.Getuid())
+	if !info.IsDir() || !ok || int(st.Uid) != os.Getuid() || info.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is not a directory of this user (uid %d) that only it may write to", dir, os.Getuid())
 	}
 	return nil
 }
@@ -141,6 +153,7 @@ func (s *EvalStore) trim() {
 
 // Close empties the store (the agent is stopping; evaluations have ended).
 func (s *EvalStore) Close() error {
+	s.trims.Wait()
 	s.use.Lock()
 	defer s.use.Unlock()
 	s.init.Lock()

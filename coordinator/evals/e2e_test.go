@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -66,7 +68,7 @@ type evalAgent struct {
 	dir    string
 }
 
-func startEvalAgent(t *testing.T, c *coordtest.Coordinator, name, stateDir string) *evalAgent {
+func startEvalAgent(t *testing.T, c *coordtest.Coordinator, name, stateDir string, tweak ...func(*agentconfig.Config)) *evalAgent {
 	t.Helper()
 	cfg := agentconfig.Defaults()
 	cfg.Coordinator.URL = c.URL
@@ -74,6 +76,9 @@ func startEvalAgent(t *testing.T, c *coordtest.Coordinator, name, stateDir strin
 	cfg.Agent.Name = name
 	cfg.Agent.StateDir = stateDir
 	cfg.Agent.Roles = []string{"eval"} // these tests look at evaluations; nothing gets built
+	for _, f := range tweak {
+		f(&cfg)
+	}
 	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-"+name), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -397,5 +402,44 @@ in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps,
 	}
 	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare", second.ID), "", nil, nil); code != 422 {
 		t.Errorf("compare without ?with=: %d, want 422", code)
+	}
+}
+
+// The evaluating agent writes the derivations to its own eval store, not Nix's, and
+// they reach the cache; a jobset that allows import-from-derivation evaluates in
+// Nix's own store (where the imports are built).
+func TestEvaluation_DerivationsGoToTheAgentsEvalStoreAndTheCache(t *testing.T) {
+	for _, ifd := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_ifd=%v", ifd), func(t *testing.T) {
+			c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Eval.AllowIFD = ifd }})
+			repo := newRepo(t)
+			repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
+			_, js := setup(t, c, repo, nil)
+			parent := t.TempDir()
+			t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", parent).Run() })
+			var cfg agentconfig.Config
+			startEvalAgent(t, c, "evaluator", t.TempDir(), func(c *agentconfig.Config) {
+				c.Agent.EvalStore = parent
+				cfg = *c
+			})
+			trigger(t, c, js, false)
+			ev := waitEvaluation(t, c, js, "succeeded")
+			drv := builds(t, c, ev.ID)["success"].DrvPath
+			if drv == "" {
+				t.Fatal("no drv for success")
+			}
+			_, statErr := os.Stat(filepath.Join(parent, cfg.EvalStoreName()) + drv)
+			inNixStore := exec.Command("nix-store", "--check-validity", drv).Run() == nil
+			if ifd && (statErr == nil || !inNixStore) {
+				t.Errorf("with IFD allowed, %s should be in Nix's store only (eval store: %v, Nix's store: %v)", drv, statErr, inNixStore)
+			}
+			if !ifd && (statErr != nil || inNixStore) {
+				t.Errorf("%s should be in the eval store only (eval store: %v, Nix's store: %v)", drv, statErr, inNixStore)
+			}
+			var cached int
+			if err := c.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM narinfos WHERE store_path = $1`, drv).Scan(&cached); err != nil || cached != 1 {
+				t.Errorf("%s in the cache: %d (%v)", drv, cached, err)
+			}
+		})
 	}
 }
