@@ -32,7 +32,7 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 	if b, ok := d.files[path]; ok {
 		return writeFileNAR(w, b)
 	}
-	return dump(ctx, d.root+path, d.srcSize[path], w)
+	return dump(d.root+path, w)
 }
 
 // ReadDrvClosure is ClosureInfos for .drv files, mostly without asking Nix: an

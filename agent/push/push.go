@@ -204,28 +204,21 @@ type Stats struct {
 type Options struct {
 	Level    zstd.EncoderLevel // zero: SpeedFastest
 	Progress func(path string, narSize int64)
-	// Dump writes a path's NAR; nil: in-process for small paths, nix-store --dump for
-	// large ones.
+	// Dump writes a path's NAR; nil: in-process (see dump).
 	Dump func(ctx context.Context, path string, w io.Writer) error
 }
 
-// smallNAR is the size under which a NAR is written in-process: spawning nix-store
-// costs milliseconds, which dominate for the thousands of small .drv files an
-// evaluation uploads; large paths stream faster from nix-store itself.
-const smallNAR = 1 << 20
-
-// dump writes path's NAR, in-process for small paths and with nix-store for large.
-func dump(ctx context.Context, path string, size int64, w io.Writer) error {
-	if size > 0 && size < smallNAR {
-		if err := nar.DumpPath(w, path); err != nil {
-			return fmt.Errorf("write the NAR of %s: %w", path, err)
-		}
-		return nil
+// dump writes path's NAR in-process (go-nix): a nix-store --dump per path cost a
+// process start, and for large paths a pipe that every byte crossed twice.
+func dump(path string, w io.Writer) error {
+	if err := nar.DumpPath(w, path); err != nil {
+		return fmt.Errorf("write the NAR of %s: %w", path, err)
 	}
-	return DumpWithNix(ctx, path, w)
+	return nil
 }
 
-// DumpWithNix writes the NAR of path (nix-store --dump).
+// DumpWithNix writes the NAR of path with nix-store --dump: Nix's own NAR, the
+// reference the in-process dump is tested against.
 func DumpWithNix(ctx context.Context, path string, w io.Writer) error {
 	cmd := exec.CommandContext(ctx, "nix-store", "--dump", path)
 	cmd.Stdout = w
@@ -399,7 +392,7 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		if opts.Dump != nil {
 			err = opts.Dump(ctx, p, pw)
 		} else {
-			err = dump(ctx, p, sizes[p], pw)
+			err = dump(p, pw)
 		}
 		if err != nil {
 			return stats, err

@@ -2,7 +2,6 @@ package push
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -35,7 +34,7 @@ func TestDump_InProcessMatchesNix(t *testing.T) {
 	}
 	path := strings.TrimSpace(string(out))
 	var ours bytes.Buffer
-	if err := dump(context.Background(), path, 1000, &ours); err != nil {
+	if err := dump(path, &ours); err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(ours.Bytes())
