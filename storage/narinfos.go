@@ -8,14 +8,15 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Narinfo is one store path in the binary cache. Its blob (the compressed NAR) is in
-// the blob store under URL; the row is inserted only once the blob is durable.
+// Narinfo is one store path in the binary cache. Its blob (the NAR, zstd-compressed
+// or, for data that does not compress, plain) is in the blob store under URL; the row
+// is inserted only once the blob is durable.
 type Narinfo struct {
 	HashPart    string // the 32-character nixbase32 part of the store path
 	StorePath   string
 	URL         string // nar/<filehash>.nar.zst, or nar/<narhash>.nar uncompressed
 	Compression string
-	FileHash    string // sha256:<nixbase32> of the compressed file
+	FileHash    string // sha256:<nixbase32> of the blob (the NAR hash when plain)
 	FileSize    int64
 	NarHash     string // sha256:<nixbase32> of the NAR
 	NarSize     int64

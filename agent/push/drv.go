@@ -20,10 +20,9 @@ import (
 // DrvClosure is a .drv closure's path infos, with the .drv files' contents so that
 // uploading them reads nothing again (pass Dump as Options.Dump).
 type DrvClosure struct {
-	Infos   []protocol.PathInfo
-	root    string            // the store's root directory ("" for Nix's own)
-	files   map[string][]byte // the .drv files
-	srcSize map[string]int64  // the NAR sizes of the other paths
+	Infos []protocol.PathInfo
+	root  string            // the store's root directory ("" for Nix's own)
+	files map[string][]byte // the .drv files
 }
 
 // Dump writes path's NAR: a .drv of the closure from memory, anything else as Upload
@@ -32,7 +31,7 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 	if b, ok := d.files[path]; ok {
 		return writeFileNAR(w, b)
 	}
-	return dump(d.root+path, w)
+	return dump(ctx, d.root+path, w)
 }
 
 // ReadDrvClosure is ClosureInfos for .drv files, mostly without asking Nix: an
@@ -45,7 +44,7 @@ func (d DrvClosure) Dump(ctx context.Context, path string, w io.Writer) error {
 // root is the root directory of the local store the derivations are in (an
 // evaluation store, nix --eval-store), "" for Nix's own store.
 func ReadDrvClosure(ctx context.Context, root string, drvs []string, seen map[string]bool) (DrvClosure, error) {
-	cl := DrvClosure{root: root, files: map[string][]byte{}, srcSize: map[string]int64{}}
+	cl := DrvClosure{root: root, files: map[string][]byte{}}
 	var srcs []string
 	srcSet := map[string]bool{}
 	var frontier []string
@@ -87,7 +86,6 @@ func ReadDrvClosure(ctx context.Context, root string, drvs []string, seen map[st
 			if !seen[i.StorePath] {
 				seen[i.StorePath] = true
 				cl.Infos = append(cl.Infos, i)
-				cl.srcSize[i.StorePath] = i.NarSize
 			}
 		}
 	}

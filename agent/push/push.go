@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -193,8 +195,8 @@ type Stats struct {
 	Sent       int           // paths uploaded
 	Upstream   int           // paths skipped because an upstream cache has them
 	NarBytes   int64         // uncompressed bytes sent
-	FileBytes  int64         // compressed bytes stored
-	Plain      int           // paths sent uncompressed (they do not compress)
+	FileBytes  int64         // bytes stored (compressed, or the NAR's when sent plain)
+	Plain      int           // paths sent uncompressed, as they do not compress
 	Elapsed    time.Duration // wall time of the upload
 	SentPaths  []string
 	Rejections []string
@@ -209,12 +211,31 @@ type Options struct {
 }
 
 // dump writes path's NAR in-process (go-nix): a nix-store --dump per path cost a
-// process start, and for large paths a pipe that every byte crossed twice.
-func dump(path string, w io.Writer) error {
+// process start, and for large paths a pipe that every byte crossed twice. go-nix
+// refuses entry names that begin with ".." (such as Kubernetes' "..data"), which Nix
+// allows: a path with one is dumped by nix-store.
+func dump(ctx context.Context, path string, w io.Writer) error {
+	if dotDotName(path) {
+		return DumpWithNix(ctx, path, w)
+	}
 	if err := nar.DumpPath(w, path); err != nil {
 		return fmt.Errorf("write the NAR of %s: %w", path, err)
 	}
 	return nil
+}
+
+// dotDotName says whether a directory under path has an entry whose name begins
+// with "..".
+func dotDotName(path string) bool {
+	found := false
+	_ = filepath.WalkDir(path, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), "..") {
+			found = true
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
 }
 
 // DumpWithNix writes the NAR of path with nix-store --dump: Nix's own NAR, the
@@ -242,16 +263,21 @@ type pathWriter struct {
 	enc     *zstd.Encoder
 	plainOK bool // the coordinator takes plain NARs
 
-	out     io.Writer // where the path's bytes go
-	sample  []byte    // held back until decided
-	frame   []byte    // the sample compressed
-	w       io.Writer // once decided: enc or out
-	plain   bool      // decided: sent as it is
+	out     io.Writer     // where the path's bytes go
+	buf     *bufio.Writer // plain: gathers the NAR's many small writes into chunks
+	sample  []byte        // held back until decided
+	frame   []byte        // the sample compressed
+	w       io.Writer     // once decided: enc or buf
+	plain   bool          // decided: sent as it is
 	decided bool
 }
 
 func (p *pathWriter) reset(out io.Writer) {
 	p.out, p.w, p.plain, p.decided = out, nil, false, false
+	if p.buf == nil {
+		p.buf = bufio.NewWriterSize(out, 64<<10)
+	}
+	p.buf.Reset(out)
 	p.sample = p.sample[:0]
 	if !p.plainOK {
 		// Nothing to decide: compressed, as it streams.
@@ -285,8 +311,8 @@ func (p *pathWriter) decide(whole bool) error {
 	p.decided = true
 	p.frame = p.enc.EncodeAll(p.sample, p.frame[:0])
 	if len(p.frame) >= len(p.sample)-len(p.sample)/16 { // saves under 1/16: not worth it
-		p.w, p.plain = p.out, true
-		_, err := p.out.Write(p.sample)
+		p.w, p.plain = p.buf, true
+		_, err := p.buf.Write(p.sample)
 		return err
 	}
 	if whole {
@@ -294,6 +320,9 @@ func (p *pathWriter) decide(whole bool) error {
 		_, err := p.out.Write(p.frame)
 		return err
 	}
+	// The sample is compressed again as the stream's start (sending p.frame and then
+	// a second frame would save that, but not every client's zstd reads
+	// concatenated frames).
 	p.enc.Reset(p.out)
 	p.w = p.enc
 	_, err := p.enc.Write(p.sample)
@@ -303,10 +332,15 @@ func (p *pathWriter) decide(whole bool) error {
 // Close ends the path's stream.
 func (p *pathWriter) Close() error {
 	if !p.decided {
-		return p.decide(true)
+		if err := p.decide(true); err != nil {
+			return err
+		}
 	}
 	if p.w == p.enc {
 		return p.enc.Close()
+	}
+	if p.plain {
+		return p.buf.Flush()
 	}
 	return nil
 }
@@ -392,7 +426,7 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		if opts.Dump != nil {
 			err = opts.Dump(ctx, p, pw)
 		} else {
-			err = dump(p, pw)
+			err = dump(ctx, p, pw)
 		}
 		if err != nil {
 			return stats, err

@@ -41,6 +41,10 @@ type Config struct {
 	// ReadKeys, when set, makes the cache private: reading needs an API key, as a
 	// bearer token or as the password of HTTP basic authentication (so netrc works).
 	ReadKeys auth.KeyStore
+	// PlainNARs lets agents upload data that does not compress as plain NARs (the
+	// upload plan says so): stored as nar/<narhash>.nar, Compression: none. Off,
+	// agents send zstd only; plain NARs already stored are served either way.
+	PlainNARs bool
 	// GroupPaths and GroupBytes bound a group of uploaded paths committed together
 	// (0: 1,000 paths, 64 MB).
 	GroupPaths int
@@ -112,9 +116,9 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	c.m = cacheMetrics{
 		narinfoHits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_narinfo_hits_total", Help: "narinfo requests answered from the cache."}),
 		narinfoMisses: prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_narinfo_misses_total", Help: "narinfo requests for paths the cache lacks."}),
-		narBytes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_served_bytes_total", Help: "Compressed NAR bytes served."}),
+		narBytes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_served_bytes_total", Help: "NAR file bytes served (compressed, or plain NARs as they are)."}),
 		uploads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_uploads_total", Help: "Store paths accepted into the cache."}),
-		uploadBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_bytes_total", Help: "Compressed bytes accepted into the cache."}),
+		uploadBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_bytes_total", Help: "NAR file bytes accepted into the cache (compressed, or plain NARs as they are)."}),
 		rejections:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fc_cache_upload_rejections_total", Help: "Uploads rejected, by reason."}, []string{"reason"}),
 	}
 	// Every reason appears from the start, at zero, rather than on first rejection.
@@ -123,7 +127,7 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(c.m.narinfoHits, c.m.narinfoMisses, c.m.narBytes, c.m.uploads, c.m.uploadBytes, c.m.rejections,
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fc_cache_store_bytes", Help: "Compressed bytes held by the cache."}, func() float64 {
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fc_cache_store_bytes", Help: "NAR file bytes held by the cache (compressed, or plain NARs as they are)."}, func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
 				_, b, err := db.NarinfoCount(ctx)
@@ -196,7 +200,7 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 		_ = protocol.WriteFrame(st, protocol.UploadPlan{Error: "coordinator database unavailable"})
 		return err
 	}
-	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: true}
+	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: c.cfg.PlainNARs}
 	upstream := map[string]bool{}
 	for _, pi := range req.Paths {
 		h := hashPart(pi.StorePath)

@@ -764,3 +764,25 @@ func TestServe_DatabaseDownIs503NotAMiss(t *testing.T) {
 		t.Fatalf("narinfo with the database down: %d, want 503 (Nix retries 5xx, but remembers a 404 as a miss)", code)
 	}
 }
+
+// With cache.plain_nars off (an older coordinator shares the database), the upload
+// plan says so and the agent sends even random data as zstd.
+func TestPush_PlainNARsOffMeansZstdOnly(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.PlainNARs = false }})
+	dep := build(t, chain(t), "dep")
+	out, code := agentPush(t, c, t.TempDir(), dep)
+	if code != 0 || !strings.Contains(out, "0 paths uncompressed") {
+		t.Fatalf("push: exit %d\n%s", code, out)
+	}
+	var url, compression string
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT url, compression FROM narinfos WHERE store_path = $1`, dep).Scan(&url, &compression); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(url, ".nar.zst") || compression != "zstd" {
+		t.Errorf("stored as %s (%s), want zstd", url, compression)
+	}
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s && wc -c < %s/zeros", dep, substituteFlags(c, c.Cache.PublicKey()), dep))
+	if err != nil || !strings.Contains(got, "3000000") {
+		t.Fatalf("substitute: %v\n%s", err, got)
+	}
+}

@@ -89,7 +89,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		return Parts{}, err
 	}
 	cc := cache.Config{Priority: cfg.Cache.Priority, UpstreamCaches: cfg.Cache.UpstreamCaches,
-		UpstreamKeys: cfg.Cache.UpstreamKeys, Logger: log, Registerer: m.Registry}
+		UpstreamKeys: cfg.Cache.UpstreamKeys, PlainNARs: cfg.Cache.PlainNARs, Logger: log, Registerer: m.Registry}
 	if cfg.Cache.Private {
 		cc.ReadKeys = db
 	}

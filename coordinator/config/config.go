@@ -102,7 +102,7 @@ type GC struct {
 
 // Cache is the [cache] section: the binary cache served under /nix-cache/.
 type Cache struct {
-	// Dir holds the compressed NARs; empty: state_dir/cache.
+	// Dir holds the NARs (zstd-compressed, or plain); empty: state_dir/cache.
 	Dir string `toml:"dir"`
 	// SecretKeyFile is the signing key (Nix's name:base64 format); empty:
 	// state_dir/cache-key.sec, generated on first start.
@@ -114,6 +114,9 @@ type Cache struct {
 	UpstreamKeys   []string `toml:"upstream_keys"`
 	// Private makes reading the cache need an API key (bearer, or basic password).
 	Private bool `toml:"private"`
+	// PlainNARs lets agents upload data that does not compress as plain NARs, stored
+	// and served as nar/<narhash>.nar (Compression: none).
+	PlainNARs bool `toml:"plain_nars"`
 }
 
 // Database is the [database] section. Durations are seconds.
@@ -153,7 +156,7 @@ func Defaults() Config {
 			MaxLifetime:    1800,
 			AutoMigrate:    true,
 		},
-		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}},
+		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true},
 		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
 			GitTimeout: 600},
