@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,7 @@ type Daemon struct {
 	adminDrained bool
 	caps         protocol.Capabilities
 	running      map[protocol.WorkRef]context.CancelFunc
+	unreported   []protocol.WorkRef // ended cancelled by a forced stop, not reported (see release)
 	conn         *session.Conn
 	connChanged  chan struct{} // closed and replaced whenever conn changes
 	workDone     chan struct{} // signalled when a piece of work ends
@@ -260,12 +262,9 @@ func (d *Daemon) collectGarbage(ctx context.Context) {
 // so the coordinator requeues it now instead of when its lease expires.
 func (d *Daemon) release(conn *session.Conn) {
 	d.mu.Lock()
-	refs := make([]protocol.WorkRef, 0, len(d.running))
-	for w := range d.running {
-		refs = append(refs, w)
-	}
+	n := len(d.running) + len(d.unreported)
 	d.mu.Unlock()
-	if len(refs) == 0 {
+	if n == 0 {
 		return
 	}
 	d.forced.Store(true)
@@ -274,6 +273,19 @@ func (d *Daemon) release(conn *session.Conn) {
 	select {
 	case <-ended:
 	case <-time.After(5 * time.Second):
+	}
+	// What still runs, and what ended cancelled without reporting (work that ended
+	// as ctx was cancelled is in one or the other, whichever goroutine came first).
+	d.mu.Lock()
+	refs := slices.Clone(d.unreported)
+	for w := range d.running {
+		if !slices.Contains(refs, w) {
+			refs = append(refs, w)
+		}
+	}
+	d.mu.Unlock()
+	if len(refs) == 0 {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -499,6 +511,13 @@ func (d *Daemon) start(a protocol.Assign) protocol.Message {
 		}()
 		if err := ex.Run(ctx, a, d); err != nil {
 			d.log.Warn("work ended with an error", "kind", a.Work.Kind, "id", a.Work.ID, "err", err)
+			if errors.Is(err, context.Canceled) && d.runCtx.Err() != nil {
+				// Stopped by force before it reported: release hands it back, even
+				// if this goroutine ends before release looks at what runs.
+				d.mu.Lock()
+				d.unreported = append(d.unreported, a.Work)
+				d.mu.Unlock()
+			}
 		}
 	}()
 	return protocol.Message{Type: protocol.TypeAccept}

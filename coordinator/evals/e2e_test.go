@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	agentcli "github.com/fc-ci/fc/agent/cli"
 	agentconfig "github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/session"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
@@ -441,5 +443,58 @@ func TestEvaluation_DerivationsGoToTheAgentsEvalStoreAndTheCache(t *testing.T) {
 				t.Errorf("%s in the cache: %d (%v)", drv, cached, err)
 			}
 		})
+	}
+}
+
+type executorFunc func(ctx context.Context, a protocol.Assign, link daemon.Link) error
+
+func (f executorFunc) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+	return f(ctx, a, link)
+}
+
+// An agent stopped by force hands its work back at once, so the coordinator requeues
+// it now rather than when the lease's grace ends; also the work that ended (cancelled,
+// unreported) before the agent looked at what was running.
+func TestEvaluation_ForcedStopHandsBackWorkThatEndedFirst(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{}) // lease_grace 120 s
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
+	_, js := setup(t, c, repo, nil)
+	cfg := agentconfig.Defaults()
+	cfg.Coordinator.URL = c.URL
+	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
+	cfg.Agent.Name, cfg.Agent.StateDir, cfg.Agent.Roles = "quitter", t.TempDir(), []string{"eval"}
+	log := slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-quitter")
+	sc, err := agentcli.SessionConfig(cfg, log, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	quit := executorFunc(func(ctx context.Context, _ protocol.Assign, _ daemon.Link) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err() // at once: as an evaluation whose nix process is killed
+	})
+	d := daemon.New(daemon.Config{Session: sc, Capabilities: agentcli.Capabilities(cfg), Logger: log,
+		Executors: map[string]daemon.Executor{protocol.WorkEval: quit}, Capacity: map[string]int{protocol.WorkEval: 1}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	trigger(t, c, js, false)
+	select {
+	case <-started:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the evaluation never reached the agent")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, daemon.ErrForced) {
+		t.Errorf("forced stop: %v, want ErrForced", err)
+	}
+	coordtest.Eventually(t, 30*time.Second, "the evaluation requeued", func() bool {
+		evs := evaluations(t, c, js)
+		return len(evs) == 1 && evs[0].Status == "queued"
+	})
+	if !c.Log.Contains("handed back unfinished work") {
+		t.Error("the agent did not say it handed the work back")
 	}
 }
