@@ -37,6 +37,8 @@ func TestPathWriter_PlainOnlyForDataThatDoesNotCompress(t *testing.T) {
 		{"large text", text(3 * sampleSize), true, false},
 		{"small text (one frame from the sample)", text(5000), true, false},
 		{"text then random (decided by the start)", append(text(2*sampleSize), random(sampleSize)...), true, false},
+		{"text over several frames, compressed side by side", text(3*segmentSize + 12345), true, false},
+		{"text, coordinator takes only zstd", text(2*segmentSize + 100), false, false},
 		{"random, coordinator takes only zstd", random(3 * sampleSize), false, false},
 		{"small random, coordinator takes only zstd", random(1000), false, false},
 	}

@@ -766,11 +766,15 @@ func TestServe_DatabaseDownIs503NotAMiss(t *testing.T) {
 }
 
 // With cache.plain_nars off (an older coordinator shares the database), the upload
-// plan says so and the agent sends even random data as zstd.
+// plan says so and the agent sends even random data as zstd. A text path larger than
+// a segment goes as several zstd frames, compressed side by side, which Nix reads as
+// one stream.
 func TestPush_PlainNARsOffMeansZstdOnly(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.PlainNARs = false }})
 	dep := build(t, chain(t), "dep")
-	out, code := agentPush(t, c, t.TempDir(), dep)
+	text := build(t, nixFile(t, fmt.Sprintf(`derivation { name = "frames-%s"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "/usr/bin/seq 1 1500000 > $out" ]; }`, salt(t))), "") // 10.9 MB: three frames
+	out, code := agentPush(t, c, t.TempDir(), dep, text)
 	if code != 0 || !strings.Contains(out, "0 paths uncompressed") {
 		t.Fatalf("push: exit %d\n%s", code, out)
 	}
@@ -781,8 +785,9 @@ func TestPush_PlainNARsOffMeansZstdOnly(t *testing.T) {
 	if !strings.HasSuffix(url, ".nar.zst") || compression != "zstd" {
 		t.Errorf("stored as %s (%s), want zstd", url, compression)
 	}
-	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s && wc -c < %s/zeros", dep, substituteFlags(c, c.Cache.PublicKey()), dep))
-	if err != nil || !strings.Contains(got, "3000000") {
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s %s && wc -c < %s/zeros && tail -n 1 %s",
+		dep, text, substituteFlags(c, c.Cache.PublicKey()), dep, text))
+	if err != nil || !strings.Contains(got, "3000000") || !strings.Contains(got, "\n1500000\n") {
 		t.Fatalf("substitute: %v\n%s", err, got)
 	}
 }

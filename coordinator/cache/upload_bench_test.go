@@ -43,12 +43,23 @@ func BenchmarkUploadDrvs10k(b *testing.B) {
 	b.ReportMetric(uploadTime.Seconds()/float64(b.N), "upload-s/op")
 }
 
-// BenchmarkUpload200MB uploads one 200 MB path of random data (issue 4's push goal
-// compares fc-agent push of such a closure with nix copy; see scripts/bench-cache)
-// over one agent session into a fresh coordinator each iteration.
+// BenchmarkUpload200MB uploads one 200 MB path (issue 4's push goal compares
+// fc-agent push of such a closure with nix copy; see scripts/bench-cache) over one
+// agent session into a fresh coordinator each iteration: random data (sent as a plain
+// NAR), and bytes of the files under /usr/lib (compressible: sent as zstd).
 func BenchmarkUpload200MB(b *testing.B) {
+	b.Run("random", func(b *testing.B) {
+		benchmarkUpload(b, "/usr/bin/head -c 200000000 /dev/urandom > $out")
+	})
+	b.Run("lib", func(b *testing.B) {
+		benchmarkUpload(b, "/usr/bin/find /usr/lib -type f -size +8k -print0 | /usr/bin/sort -z | /usr/bin/xargs -0 /bin/cat 2>/dev/null | "+
+			"/usr/bin/head -c 200000000 > $out")
+	})
+}
+
+func benchmarkUpload(b *testing.B, script string) {
 	file := nixFile(b, fmt.Sprintf(`derivation { name = "big-%s"; system = builtins.currentSystem; builder = "/bin/sh";
-  args = [ "-c" "/usr/bin/head -c 200000000 /dev/urandom > $out" ]; }`, salt(b)))
+  args = [ "-c" %q ]; }`, salt(b), script))
 	p := run(b, "nix-build", file, "--no-out-link", "--option", "substituters", "")
 	infos, err := push.PathInfos(context.Background(), []string{p})
 	if err != nil {
