@@ -261,6 +261,10 @@ const sampleSize = 1 << 20
 // to the coordinator and to Nix.
 const segmentSize = 4 << 20
 
+// maxFramesInFlight bounds the frames compressed at once however many cores there
+// are: each holds a segment and its frame (some 64 MiB in all at most).
+const maxFramesInFlight = 8
+
 // pathWriter takes one path's NAR and sends it on as zstd or, when the coordinator
 // takes plain NARs and the start of this one does not compress (already compressed
 // or random data), as it is: zstd would cost both sides CPU and save nothing. It
@@ -364,7 +368,7 @@ func (p *pathWriter) submit() error {
 	p.pending = append(p.pending, ch)
 	p.frames++
 	p.seg = p.take()
-	for len(p.pending) > runtime.GOMAXPROCS(0) {
+	for len(p.pending) > min(runtime.GOMAXPROCS(0), maxFramesInFlight) {
 		if err := p.sendOldest(); err != nil {
 			return err
 		}
