@@ -294,7 +294,10 @@ func (p *pathWriter) reset(out io.Writer) {
 		p.buf = bufio.NewWriterSize(out, 64<<10)
 	}
 	p.buf.Reset(out)
-	p.seg = p.take()
+	if p.seg == nil {
+		p.seg = p.take()
+	}
+	p.seg = p.seg[:0] // the last path's buffer: a path of a few bytes must not cost a new 4 MiB
 }
 
 func (p *pathWriter) take() []byte {
@@ -323,7 +326,7 @@ func (p *pathWriter) Write(b []byte) (int, error) {
 			break
 		}
 		if !p.decided {
-			if err := p.decide(false); err != nil {
+			if err := p.decide(); err != nil {
 				return 0, err
 			}
 			if p.plain {
@@ -341,9 +344,8 @@ func (p *pathWriter) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// decide picks compressed or plain from the sample (p.seg) and sends it; whole says
-// the sample is the whole NAR.
-func (p *pathWriter) decide(whole bool) error {
+// decide picks compressed or plain from the sample (p.seg) and sends it.
+func (p *pathWriter) decide() error {
 	p.decided = true
 	frame := p.enc.EncodeAll(p.seg, p.take())
 	defer func() { p.spare = append(p.spare, frame) }()
@@ -387,7 +389,7 @@ func (p *pathWriter) sendOldest() error {
 // Close sends what is left of the path.
 func (p *pathWriter) Close() error {
 	if !p.decided {
-		if err := p.decide(true); err != nil {
+		if err := p.decide(); err != nil {
 			return err
 		}
 	}
