@@ -559,6 +559,7 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 		}
 	}
 	var built []*job
+	var base []Result
 	var valid []string
 	for _, j := range candidates {
 		outs := orderedOutputs(j.outs)
@@ -576,11 +577,18 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 			continue
 		}
 		built = append(built, j)
+		base = append(base, Result{LogSize: j.lw.n, StartedAt: j.started})
 		valid = append(valid, outs...)
 	}
 	if len(built) == 0 {
 		return
 	}
+	finishBuilt(ctx, built, base, valid)
+}
+
+// finishBuilt gives the jobs Nix built their results: base with what their outputs'
+// path infos (valid: all the outputs, read in one nix process) add.
+func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string) {
 	infos, err := pathInfosRecursive(ctx, valid)
 	if err != nil {
 		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
@@ -590,9 +598,8 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 	for _, i := range infos {
 		byPath[i.StorePath] = i
 	}
-	for _, j := range built {
-		res := Result{LogSize: j.lw.n, StartedAt: j.started}
-		res, err := finish(j.req, j.outs, byPath, res)
+	for i, j := range built {
+		res, err := finish(j.req, j.outs, byPath, base[i])
 		j.finish(res, err)
 	}
 }
@@ -716,19 +723,7 @@ func (e *earlyFinisher) check(ctx context.Context) {
 		j.stopWatch()
 		valid = append(valid, orderedOutputs(j.outs)...)
 	}
-	infos, err := pathInfosRecursive(ctx, valid)
-	if err != nil {
-		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
-		return
-	}
-	byPath := make(map[string]protocol.PathInfo, len(infos))
-	for _, i := range infos {
-		byPath[i.StorePath] = i
-	}
-	for i, j := range built {
-		res, err := finish(j.req, j.outs, byPath, base[i])
-		j.finish(res, err)
-	}
+	finishBuilt(ctx, built, base, valid)
 }
 
 // finish classifies a derivation Nix built and reads its outputs' metadata.
