@@ -91,6 +91,11 @@ type EvalNode struct {
 	RequiredFeatures []string          `json:"required_features"`
 	PreferLocalBuild bool              `json:"prefer_local_build"`
 	Outputs          map[string]string `json:"outputs"`
+	// OutputCA is the content address of each fixed output ("fixed:r:sha256:<nixbase32>",
+	// "fixed:sha256:…"), as the derivation declares it; input-addressed outputs are
+	// absent. The coordinator accepts an upload of such an output only with exactly
+	// that content.
+	OutputCA map[string]string `json:"output_ca,omitempty"`
 	// Inputs are the drv paths of input derivations that are also nodes (edges).
 	Inputs []string `json:"inputs"`
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strconv"
 	"testing"
 )
 
@@ -65,7 +66,7 @@ func TestCheckVersion(t *testing.T) {
 	if err == nil {
 		t.Fatal("a newer version was accepted")
 	}
-	for _, want := range []string{"2", "1"} {
+	for _, want := range []string{strconv.Itoa(Version + 1), strconv.Itoa(Version)} {
 		if !bytes.Contains([]byte(err.Error()), []byte(want)) {
 			t.Errorf("%q does not name version %s", err, want)
 		}

@@ -7,9 +7,13 @@ import (
 
 // Version is the wire protocol's version. A coordinator accepts agents whose version
 // lies in [MinVersion, Version]; anything else fails the handshake with both numbers.
+//
+// Version 2: evaluation reports declare the content address of fixed outputs
+// (EvalNode.OutputCA), which the coordinator needs to check uploads of them, so
+// version 1 agents are refused.
 const (
-	Version    = 1
-	MinVersion = 1
+	Version    = 2
+	MinVersion = 2
 )
 
 // Stream kinds: the first frame of every yamux stream is a StreamHeader naming one.

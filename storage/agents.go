@@ -37,6 +37,9 @@ type Agent struct {
 	FreeDiskBytes     int64
 	Running           int
 	CreatedAt         time.Time
+	// Push lets the agent upload any path to the cache (fc-agent push), not only what
+	// its leased work produced; an admin grants it.
+	Push bool
 }
 
 // PresenceWindow is how long after its last heartbeat an agent still counts as
@@ -50,14 +53,14 @@ const agentColumns = `a.id, a.name, a.public_key, a.fingerprint, a.enabled, a.dr
 	a.speed_factor, a.agent_version, a.nix_version, a.load1, a.free_disk_bytes,
 	(SELECT count(*) FROM steps s WHERE s.agent_id = a.id AND s.status = 'running')
 	 + (SELECT count(*) FROM evaluations e WHERE e.agent_id = a.id AND e.status = 'running'),
-	a.created_at`
+	a.created_at, a.push`
 
 func scanAgent(row scanner) (Agent, error) {
 	var a Agent
 	err := row.Scan(&a.ID, &a.Name, &a.PublicKey, &a.Fingerprint, &a.Enabled, &a.Draining, &a.SelfDraining, &a.RevokedAt,
 		&a.Connected, &a.Coordinator, &a.LastSeenAt, &a.Systems, &a.Features, &a.MandatoryFeatures, &a.Roles,
 		&a.MaxJobs, &a.SpeedFactor, &a.AgentVersion, &a.NixVersion, &a.Load1, &a.FreeDiskBytes, &a.Running,
-		&a.CreatedAt)
+		&a.CreatedAt, &a.Push)
 	return a, err
 }
 
@@ -237,4 +240,16 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// SetAgentPush grants (or withdraws) an agent's push permission.
+func (db *DB) SetAgentPush(ctx context.Context, id int64, push bool) (Agent, error) {
+	tag, err := db.pool.Exec(ctx, `UPDATE agents SET push = $2 WHERE id = $1`, id, push)
+	if err != nil {
+		return Agent{}, fmt.Errorf("set agent %d push: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return Agent{}, fmt.Errorf("set agent %d push: %w", id, ErrNotFound)
+	}
+	return db.GetAgent(ctx, id)
 }

@@ -255,3 +255,24 @@ func (db *DB) BuildsOfStep(ctx context.Context, stepID int64) ([]int64, error) {
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
+
+// StepOutputs are a step's declared outputs: name → store path.
+func (db *DB) StepOutputs(ctx context.Context, stepID int64) (map[string]string, error) {
+	rows, err := db.pool.Query(ctx, `SELECT name, path FROM step_outputs WHERE step_id = $1`, stepID)
+	if err != nil {
+		return nil, fmt.Errorf("outputs of step %d: %w", stepID, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, path string
+		if err := rows.Scan(&name, &path); err != nil {
+			return nil, fmt.Errorf("outputs of step %d: %w", stepID, err)
+		}
+		out[name] = path
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("outputs of step %d: %w", stepID, err)
+	}
+	return out, nil
+}

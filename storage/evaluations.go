@@ -281,7 +281,10 @@ type EvalNode struct {
 	RequiredFeatures []string
 	PreferLocalBuild bool
 	Outputs          map[string]string
-	Inputs           []string
+	// OutputCA is the content address a fixed-output derivation declares, by output
+	// name (none for input-addressed outputs): an upload of it must match.
+	OutputCA map[string]string
+	Inputs   []string
 }
 
 // EvalOutcome is what an agent reports for a successful evaluation.

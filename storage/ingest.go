@@ -118,7 +118,7 @@ func insertNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, nodes []EvalNod
 	local := make([]bool, n)
 	timeouts, silents := make([]*int32, n), make([]*int32, n)
 	prios, paths := make([]int32, n), make([]int32, n)
-	var outDrv, outName, outPath, edgeFrom, edgeTo []string
+	var outDrv, outName, outPath, outCA, edgeFrom, edgeTo []string
 	for i, nd := range nodes {
 		drvs[i], systems[i], feats[i], local[i] = nd.DrvPath, nd.System, strings.Join(nd.RequiredFeatures, " "), nd.PreferLocalBuild
 		prios[i], paths[i] = int32(prio[nd.DrvPath]), int32(depth[nd.DrvPath])
@@ -139,6 +139,7 @@ func insertNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, nodes []EvalNod
 		sort.Strings(names)
 		for _, name := range names {
 			outDrv, outName, outPath = append(outDrv, nd.DrvPath), append(outName, name), append(outPath, nd.Outputs[name])
+			outCA = append(outCA, nd.OutputCA[name])
 		}
 		for _, in := range nd.Inputs {
 			edgeFrom, edgeTo = append(edgeFrom, nd.DrvPath), append(edgeTo, in)
@@ -166,9 +167,9 @@ func insertNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, nodes []EvalNod
 		return err
 	}
 	if len(outDrv) > 0 {
-		_, err = tx.Exec(ctx, `INSERT INTO step_outputs (step_id, name, path)
-			SELECT s.id, x.n, x.p FROM unnest($1::text[], $2::text[], $3::text[]) AS x(d, n, p)
-			JOIN steps s ON s.drv_path = x.d ON CONFLICT DO NOTHING`, outDrv, outName, outPath)
+		_, err = tx.Exec(ctx, `INSERT INTO step_outputs (step_id, name, path, ca)
+			SELECT s.id, x.n, x.p, x.ca FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(d, n, p, ca)
+			JOIN steps s ON s.drv_path = x.d ON CONFLICT DO NOTHING`, outDrv, outName, outPath, outCA)
 		if err != nil {
 			return err
 		}

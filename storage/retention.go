@@ -2,9 +2,11 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +44,16 @@ keep(hash_part) AS (
 )
 SELECT hash_part FROM keep`
 
+// removableSQL says which narinfo rows n retention removes ($1: the maximum age in
+// seconds): served paths outside the keep set once old enough, and pending outputs
+// of steps no longer running (their build failed, or its lease was lost: a retry
+// uploads them again), whatever their age.
+const removableSQL = `(
+	(n.pending_step IS NULL AND n.created_at < now() - make_interval(secs => $1)
+	 AND n.hash_part NOT IN (SELECT hash_part FROM keep))
+	OR (n.pending_step IS NOT NULL
+	 AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.id = n.pending_step AND s.status = 'running')))`
+
 // GCCandidate is a cached path retention would delete.
 type GCCandidate struct {
 	HashPart  string
@@ -54,8 +66,7 @@ type GCCandidate struct {
 func (db *DB) GCCandidates(ctx context.Context, maxAge time.Duration) ([]GCCandidate, error) {
 	rows, err := db.pool.Query(ctx, `WITH keep AS (`+keepSQL+`)
 		SELECT n.hash_part, n.store_path, n.url, n.file_size FROM narinfos n
-		WHERE n.created_at < now() - make_interval(secs => $1)
-		  AND n.hash_part NOT IN (SELECT hash_part FROM keep)
+		WHERE `+removableSQL+`
 		ORDER BY n.store_path`, maxAge.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("compute retention: %w", err)
@@ -75,10 +86,8 @@ func (db *DB) GCCandidates(ctx context.Context, maxAge time.Duration) ([]GCCandi
 // (re-checked in the same statement), and returns the hash parts deleted.
 func (db *DB) DeleteNarinfos(ctx context.Context, hashParts []string, maxAge time.Duration) ([]string, error) {
 	rows, err := db.pool.Query(ctx, `WITH keep AS (`+keepSQL+`)
-		DELETE FROM narinfos WHERE hash_part = ANY($1)
-		  AND created_at < now() - make_interval(secs => $2)
-		  AND hash_part NOT IN (SELECT hash_part FROM keep)
-		RETURNING hash_part`, hashParts, maxAge.Seconds())
+		DELETE FROM narinfos n WHERE n.hash_part = ANY($2) AND `+removableSQL+`
+		RETURNING n.hash_part`, maxAge.Seconds(), hashParts)
 	if err != nil {
 		return nil, fmt.Errorf("delete narinfos: %w", err)
 	}
@@ -146,8 +155,13 @@ func blobLock(ctx context.Context, tx pgx.Tx, url string) error {
 // and not when that path was recorded already. refs are the hash parts of paths
 // outside the group that the group refers to: they must be in the cache, and are
 // kept from retention until the group is committed (retention may have deleted one
-// since the uploader last looked), or nothing is committed.
-func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string][]byte, refs []string, commit func() error) error {
+// since the uploader last looked), or nothing is committed. A reference to a pending
+// output counts only when it belongs to one of the grant's steps.
+//
+// grant is checked inside the transaction (see UploadGrant). A pending row (an output
+// of a step not yet recorded as built) is replaced by a new upload of the same path;
+// a row that is served is never changed.
+func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string][]byte, refs []string, grant UploadGrant, commit func() error) error {
 	if len(ns) == 0 {
 		return nil
 	}
@@ -157,7 +171,7 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 	slices.SortFunc(ns, func(a, b Narinfo) int { return strings.Compare(a.HashPart, b.HashPart) })
 	cols := struct {
 		hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
-		fileSize, narSize                                                 []int64
+		fileSize, narSize, pending                                        []int64
 	}{}
 	for _, n := range ns {
 		for _, l := range [][]string{n.References, n.Sigs} {
@@ -182,6 +196,11 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 		cols.deriver = append(cols.deriver, n.Deriver)
 		cols.sigs = append(cols.sigs, strings.Join(n.Sigs, " "))
 		cols.ca = append(cols.ca, n.CA)
+		cols.pending = append(cols.pending, n.PendingStep)
+	}
+	steps := slices.Compact(slices.Sorted(slices.Values(grant.Steps)))
+	if steps == nil {
+		steps = []int64{}
 	}
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		// In one order (by lock key), so two groups sharing blobs cannot deadlock.
@@ -189,9 +208,13 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, cols.url); err != nil {
 			return fmt.Errorf("lock blobs: %w", err)
 		}
+		if err := checkGrant(ctx, tx, grant, steps); err != nil {
+			return err
+		}
 		if len(refs) > 0 {
 			refs = slices.Compact(slices.Sorted(slices.Values(refs)))
-			rows, err := tx.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1) ORDER BY hash_part FOR SHARE`, refs)
+			rows, err := tx.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1)
+				AND (pending_step IS NULL OR pending_step = ANY($2)) ORDER BY hash_part FOR SHARE`, refs, steps)
 			if err != nil {
 				return fmt.Errorf("check references: %w", err)
 			}
@@ -219,24 +242,75 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 		}
 		_, err := tx.Exec(ctx, `WITH added AS (
 			INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
-				nar_hash, nar_size, refs, deriver, sigs, ca)
-			SELECT h, p, u, c, fh, fs, nh, ns, string_to_array(r, ' '), d, string_to_array(s, ' '), ca
+				nar_hash, nar_size, refs, deriver, sigs, ca, pending_step)
+			SELECT h, p, u, c, fh, fs, nh, ns, string_to_array(r, ' '), d, string_to_array(s, ' '), ca, nullif(ps, 0)
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-				$8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[]) AS t(h, p, u, c, fh, fs, nh, ns, r, d, s, ca)
-			ON CONFLICT (hash_part) DO NOTHING
+				$8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $15::bigint[])
+				AS t(h, p, u, c, fh, fs, nh, ns, r, d, s, ca, ps)
+			ON CONFLICT (hash_part) DO UPDATE SET url = excluded.url, compression = excluded.compression,
+				file_hash = excluded.file_hash, file_size = excluded.file_size, nar_hash = excluded.nar_hash,
+				nar_size = excluded.nar_size, refs = excluded.refs, deriver = excluded.deriver, sigs = excluded.sigs,
+				ca = excluded.ca, pending_step = excluded.pending_step, created_at = now(), last_used_at = now()
+				WHERE narinfos.pending_step IS NOT NULL
 			RETURNING url)
 			INSERT INTO small_blobs (name, data)
 			SELECT b.n, b.d FROM unnest($13::text[], $14::bytea[]) AS b(n, d)
 			WHERE 'nar/' || b.n IN (SELECT url FROM added)
 			ON CONFLICT (name) DO NOTHING`,
 			cols.hash, cols.path, cols.url, cols.comp, cols.fileHash, cols.fileSize, cols.narHash, cols.narSize,
-			cols.refs, cols.deriver, cols.sigs, cols.ca, smallNames, smallData)
+			cols.refs, cols.deriver, cols.sigs, cols.ca, smallNames, smallData, cols.pending)
 		if err != nil {
 			return fmt.Errorf("insert %d narinfos: %w", len(ns), err)
 		}
 		return nil
 	})
 	return err
+}
+
+// ErrUploadNotAllowed refuses a commit whose grant no longer holds: the agent was
+// revoked, lost the push permission, or no longer holds the lease of a step.
+var ErrUploadNotAllowed = errors.New("upload not allowed")
+
+// checkGrant checks an upload's grant inside its commit. The agent's row and the
+// steps' rows are held (FOR SHARE) until the commit, so a revocation or a lease
+// change waits for it, or it sees them.
+func checkGrant(ctx context.Context, tx pgx.Tx, g UploadGrant, steps []int64) error {
+	if g.AgentID == 0 {
+		return nil
+	}
+	var revoked, push bool
+	err := tx.QueryRow(ctx, `SELECT revoked_at IS NOT NULL, push FROM agents WHERE id = $1 FOR SHARE`, g.AgentID).Scan(&revoked, &push)
+	if err != nil {
+		return fmt.Errorf("check the upload's agent %d: %w", g.AgentID, mapErr(err))
+	}
+	switch {
+	case revoked:
+		return fmt.Errorf("%w: agent %d was revoked", ErrUploadNotAllowed, g.AgentID)
+	case g.Push && !push:
+		return fmt.Errorf("%w: agent %d no longer has the push permission", ErrUploadNotAllowed, g.AgentID)
+	}
+	if len(steps) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `SELECT id FROM steps WHERE id = ANY($1) AND agent_id = $2 AND status = 'running'
+		ORDER BY id FOR SHARE`, steps, g.AgentID)
+	if err != nil {
+		return fmt.Errorf("check the upload's steps: %w", err)
+	}
+	held, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("check the upload's steps: %w", err)
+	}
+	if len(held) != len(steps) {
+		var lost []string
+		for _, id := range steps {
+			if !slices.Contains(held, id) {
+				lost = append(lost, strconv.FormatInt(id, 10))
+			}
+		}
+		return fmt.Errorf("%w: agent %d no longer holds the lease of step %s", ErrUploadNotAllowed, g.AgentID, strings.Join(lost, ", "))
+	}
+	return nil
 }
 
 // DeleteBlobIfUnused deletes a blob when no narinfo points at it: a small one from

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -221,7 +222,12 @@ type Metric struct {
 // its builds (with products, metrics and release name), failed outputs remembered,
 // dependents marked dependency_failed, aggregates that can now finish. A stale lease
 // changes nothing.
-func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome) error {
+//
+// A step that built its outputs (succeeded, failed_with_output) must have every
+// declared output in the cache, uploaded by its builder (pending) or served already:
+// sign signs the pending ones, which the cache serves from this commit on. A missing
+// output is ErrOutputsMissing and changes nothing.
+func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome, sign Signer) error {
 	code, ok := StatusCodes[o.Status]
 	if !ok {
 		return fmt.Errorf("finish step %d: unknown status %q", l.ID, o.Status)
@@ -236,6 +242,11 @@ func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome) error {
 		}
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("step %d epoch %d: %w", l.ID, l.Epoch, ErrStaleLease)
+		}
+		if o.Status == "succeeded" || o.Status == "failed_with_output" {
+			if err := promoteOutputs(ctx, tx, l.ID, sign); err != nil {
+				return err
+			}
 		}
 		if err := finishBuildsOfStep(ctx, tx, l.ID, o.Status, code, o.ReleaseName); err != nil {
 			return err
@@ -255,6 +266,84 @@ func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome) error {
 	})
 	if err != nil {
 		return fmt.Errorf("finish step %d: %w", l.ID, err)
+	}
+	return nil
+}
+
+// Signer returns the signature (name:base64) of a path the cache is about to serve.
+type Signer func(n Narinfo) (string, error)
+
+// ErrOutputsMissing is a step reported built whose outputs are not all in the cache.
+var ErrOutputsMissing = errors.New("outputs missing from the cache")
+
+// promoteOutputs signs the pending uploads of a step's outputs and makes the cache
+// serve them. An output already served needs nothing; a pending row of another step
+// counts only for a fixed-output path (its content was checked against the declared
+// hash, so any builder's upload is the same).
+func promoteOutputs(ctx context.Context, tx pgx.Tx, stepID int64, sign Signer) error {
+	rows, err := tx.Query(ctx, `SELECT path, ca FROM step_outputs WHERE step_id = $1 ORDER BY path`, stepID)
+	if err != nil {
+		return fmt.Errorf("outputs of step %d: %w", stepID, err)
+	}
+	type output struct{ path, ca string }
+	outs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (output, error) {
+		var o output
+		err := r.Scan(&o.path, &o.ca)
+		return o, err
+	})
+	if err != nil {
+		return fmt.Errorf("outputs of step %d: %w", stepID, err)
+	}
+	hashes := make([]string, 0, len(outs))
+	for _, o := range outs {
+		if len(o.path) >= 43 {
+			hashes = append(hashes, o.path[11:43])
+		}
+	}
+	rows, err = tx.Query(ctx, `SELECT hash_part, store_path, nar_hash, nar_size, refs, coalesce(pending_step, 0)
+		FROM narinfos WHERE hash_part = ANY($1) ORDER BY hash_part FOR UPDATE`, hashes)
+	if err != nil {
+		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
+	}
+	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Narinfo, error) {
+		var n Narinfo
+		err := r.Scan(&n.HashPart, &n.StorePath, &n.NarHash, &n.NarSize, &n.References, &n.PendingStep)
+		return n, err
+	})
+	if err != nil {
+		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
+	}
+	byPath := make(map[string]Narinfo, len(have))
+	for _, n := range have {
+		byPath[n.StorePath] = n
+	}
+	var missing, promote, sigs []string
+	for _, o := range outs {
+		n, ok := byPath[o.path]
+		switch {
+		case ok && n.PendingStep == 0:
+		case ok && (n.PendingStep == stepID || o.ca != ""):
+			if sign == nil {
+				return fmt.Errorf("step %d: no key to sign its outputs", stepID)
+			}
+			sig, err := sign(n)
+			if err != nil {
+				return fmt.Errorf("sign %s: %w", n.StorePath, err)
+			}
+			promote, sigs = append(promote, n.HashPart), append(sigs, sig)
+		default:
+			missing = append(missing, o.path)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("step %d: %w: %s", stepID, ErrOutputsMissing, strings.Join(missing, " "))
+	}
+	if len(promote) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE narinfos n SET sigs = ARRAY[x.s], pending_step = NULL, last_used_at = now()
+		FROM unnest($1::text[], $2::text[]) AS x(h, s) WHERE n.hash_part = x.h`, promote, sigs); err != nil {
+		return fmt.Errorf("sign the outputs of step %d: %w", stepID, err)
 	}
 	return nil
 }

@@ -106,9 +106,31 @@ func buildStatus(t *testing.T, db *storage.DB, id int64) (string, *int64) {
 	return b.Status, b.PropagatedFrom
 }
 
+// finish records a step's outcome; a step that built its outputs uploaded them first,
+// as its builder does (pending until the success is recorded).
 func finish(t *testing.T, db *storage.DB, c storage.ClaimedStep, status string) {
 	t.Helper()
-	if err := db.FinishStep(context.Background(), c.Lease, storage.StepOutcome{Status: status}); err != nil {
+	if status == "succeeded" || status == "failed_with_output" {
+		uploadOutputs(t, db, c)
+	}
+	if err := db.FinishStep(context.Background(), c.Lease, storage.StepOutcome{Status: status}, testSigner); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testSigner(n storage.Narinfo) (string, error) { return "test-1:" + n.HashPart, nil }
+
+// uploadOutputs commits a step's outputs as its builder's upload does: pending.
+func uploadOutputs(t *testing.T, db *storage.DB, c storage.ClaimedStep) {
+	t.Helper()
+	var ns []storage.Narinfo
+	for _, p := range c.Outputs {
+		h := p[len("/nix/store/") : len("/nix/store/")+32]
+		ns = append(ns, storage.Narinfo{HashPart: h, StorePath: p, URL: "nar/" + h + ".nar.zst", Compression: "zstd",
+			FileHash: "sha256:" + h, FileSize: 1, NarHash: "sha256:" + h, NarSize: 1, PendingStep: c.ID})
+	}
+	err := db.CommitNarinfos(context.Background(), ns, nil, nil, storage.UploadGrant{AgentID: c.AgentID, Steps: []int64{c.ID}}, func() error { return nil })
+	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -180,7 +202,7 @@ func TestFinishStep_FailurePropagatesAndIsRememberedUntilRestart(t *testing.T) {
 	}
 	stale := claimed[0].Lease
 	stale.Epoch++
-	if err := db.FinishStep(ctx, stale, storage.StepOutcome{Status: "succeeded"}); !errors.Is(err, storage.ErrStaleLease) {
+	if err := db.FinishStep(ctx, stale, storage.StepOutcome{Status: "succeeded"}, testSigner); !errors.Is(err, storage.ErrStaleLease) {
 		t.Fatalf("report with another epoch: %v, want ErrStaleLease", err)
 	}
 	for _, c := range claimed {
@@ -279,7 +301,7 @@ func TestCancelAndRescueAndUnsupported(t *testing.T) {
 			t.Errorf("%s after cancel: %s", name, status)
 		}
 	}
-	if err := db.FinishStep(ctx, byName["long"].Lease, storage.StepOutcome{Status: "succeeded"}); !errors.Is(err, storage.ErrStaleLease) {
+	if err := db.FinishStep(ctx, byName["long"].Lease, storage.StepOutcome{Status: "succeeded"}, testSigner); !errors.Is(err, storage.ErrStaleLease) {
 		t.Errorf("report for a cancelled step: %v, want ErrStaleLease", err)
 	}
 	// The lost step's lease expires: requeued with backoff, then aborted at max_attempts.

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -12,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
 // presentBatch is how many output paths one question to the cache carries.
@@ -23,7 +25,8 @@ type drvInfo struct {
 	features    []string
 	preferLocal bool
 	outputs     map[string]string
-	inputs      []string // input derivations, sorted
+	outputCA    map[string]string // fixed outputs' content addresses
+	inputs      []string          // input derivations, sorted
 }
 
 // readDrv parses a .drv file from the store whose root directory is root ("" for
@@ -61,12 +64,44 @@ func readDrv(root, path string) (*drvInfo, error) {
 	}
 	for name, o := range d.Outputs {
 		info.outputs[name] = o.Path
+		if o.Hash != "" {
+			ca, err := fixedOutputCA(o.HashAlgorithm, o.Hash)
+			if err != nil {
+				return nil, fmt.Errorf("derivation %s, output %s: %w", path, name, err)
+			}
+			if info.outputCA == nil {
+				info.outputCA = map[string]string{}
+			}
+			info.outputCA[name] = ca
+		}
 	}
 	for in := range d.InputDerivations {
 		info.inputs = append(info.inputs, in)
 	}
 	sort.Strings(info.inputs)
 	return info, nil
+}
+
+// fixedOutputCA is the content address, as narinfos write it, of a fixed output whose
+// derivation declares outputHashAlgo algo ("r:sha256", "sha256", …) and hash (base16).
+func fixedOutputCA(algo, hash string) (string, error) {
+	method := "fixed:"
+	if a, ok := strings.CutPrefix(algo, "r:"); ok {
+		method, algo = "fixed:r:", a
+	}
+	a, err := nixhash.ParseAlgorithm(algo)
+	if err != nil {
+		return "", fmt.Errorf("output hash algorithm %q: %w", algo, err)
+	}
+	digest, err := hex.DecodeString(hash)
+	if err != nil {
+		return "", fmt.Errorf("output hash %q is not base16: %w", hash, err)
+	}
+	h, err := nixhash.NewHash(a, digest)
+	if err != nil {
+		return "", fmt.Errorf("output hash %q: %w", hash, err)
+	}
+	return method + h.Format(nixhash.NixBase32, true), nil
 }
 
 // Graph walks the .drv closure of the jobs and returns the derivations that must be
@@ -213,7 +248,7 @@ func (g *Grapher) nodesOf(paths []string) []Node {
 	for _, p := range paths {
 		info := g.infos[p]
 		n := Node{DrvPath: p, System: info.system, RequiredFeatures: info.features,
-			PreferLocalBuild: info.preferLocal, Outputs: info.outputs, Inputs: []string{}}
+			PreferLocalBuild: info.preferLocal, Outputs: info.outputs, OutputCA: info.outputCA, Inputs: []string{}}
 		for _, in := range info.inputs {
 			if g.isNode[in] {
 				n.Inputs = append(n.Inputs, in)

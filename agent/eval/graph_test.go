@@ -2,7 +2,9 @@ package eval
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -274,5 +276,61 @@ func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
 	}
 	if got := g.NodesFrom(keptDrvs); !reflect.DeepEqual(got, wantKept) {
 		t.Errorf("graph of the kept jobs:\n%+v\nwalked from them alone:\n%+v", got, wantKept)
+	}
+}
+
+// A fixed-output derivation's node declares each output's content address, written
+// as Nix writes it for the built path; input-addressed outputs declare none.
+func TestGraph_FixedOutputsDeclareTheirContentAddress(t *testing.T) {
+	dir := t.TempDir()
+	s := salt(t)
+	file := filepath.Join(dir, "default.nix")
+	expr := `let fod = name: mode: algo: hash: script: derivation { name = "${name}-` + s + `"; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = [ "-c" script ]; outputHashMode = mode; outputHashAlgo = algo; outputHash = hash; };
+in {
+  flat = fod "flat" "flat" "sha512" (builtins.hashString "sha512" "hello\n") "echo hello > $out";
+  plain = derivation { name = "plain-` + s + `"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+}`
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drvs := map[string]string{}
+	for _, attr := range []string{"flat", "plain"} {
+		out, err := exec.Command("nix-instantiate", file, "-A", attr).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		drvs[attr] = strings.TrimSpace(string(out))
+	}
+	nodes, err := Graph(testCtx(t), []Job{{DrvPath: drvs["flat"]}, {DrvPath: drvs["plain"]}},
+		func(context.Context, []string) (map[string]bool, error) { return map[string]bool{}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := exec.Command("nix-build", file, "-A", "flat", "--no-out-link", "--option", "substituters", "").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", strings.TrimSpace(string(built))).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pis []struct {
+		CA string `json:"ca"`
+	}
+	if err := json.Unmarshal(info, &pis); err != nil || len(pis) != 1 || pis[0].CA == "" {
+		t.Fatalf("nix path-info: %s (%v)", info, err)
+	}
+	for _, n := range nodes {
+		switch n.DrvPath {
+		case drvs["flat"]:
+			if n.OutputCA["out"] != pis[0].CA {
+				t.Errorf("flat output's content address %q, Nix says %q", n.OutputCA["out"], pis[0].CA)
+			}
+		case drvs["plain"]:
+			if len(n.OutputCA) != 0 {
+				t.Errorf("input-addressed output declares %v", n.OutputCA)
+			}
+		}
 	}
 }

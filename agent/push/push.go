@@ -409,6 +409,11 @@ func (p *pathWriter) Close() error {
 	return nil
 }
 
+// ErrRefused is an upload the coordinator refused as a whole, before any data: the
+// agent may not upload a path it would have to send (or the coordinator could not
+// answer). Sending again does not help.
+var ErrRefused = errors.New("coordinator refused the upload")
+
 // ErrRejected is returned when the coordinator refused one or more paths.
 var ErrRejected = errors.New("the coordinator rejected some paths")
 
@@ -435,7 +440,7 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 		return stats, fmt.Errorf("read upload plan: %w", err)
 	}
 	if plan.Error != "" {
-		return stats, fmt.Errorf("coordinator refused the upload: %s", plan.Error)
+		return stats, fmt.Errorf("%w: %s", ErrRefused, plan.Error)
 	}
 	stats.Upstream = len(plan.Upstream)
 	sizes := make(map[string]int64, len(infos))

@@ -175,7 +175,7 @@ func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map
 				"nar_bytes", st.NarBytes, "elapsed", st.Elapsed.Round(time.Millisecond))
 			return nil
 		}
-		if errors.Is(err, push.ErrRejected) || attempt+1 >= uploadAttempts || ctx.Err() != nil {
+		if errors.Is(err, push.ErrRejected) || errors.Is(err, push.ErrRefused) || attempt+1 >= uploadAttempts || ctx.Err() != nil {
 			return err
 		}
 		logger.Warn("upload the outputs; retrying", "err", err, "attempt", attempt+1)

@@ -40,10 +40,10 @@ type Config struct {
 	Logs         logs.Store
 	// Hub wakes live log viewers; nil: a private one.
 	Hub *logs.Hub
-	// Outputs, if set, checks that a successful step's outputs are in the cache
-	// before it is recorded (the cache's store path lookup).
-	Outputs func(ctx context.Context, paths []string) (missing []string, err error)
-	Logger  *slog.Logger
+	// Sign signs a step's outputs, uploaded by its builder and held back until then,
+	// when its success is recorded: from that commit on the cache serves them.
+	Sign   storage.Signer
+	Logger *slog.Logger
 }
 
 // Builds is the build scheduler.

@@ -52,6 +52,7 @@ type step struct {
 	ID       int64  `json:"id"`
 	DrvPath  string `json:"drv_path"`
 	Status   string `json:"status"`
+	Error    string `json:"error"`
 	Agent    string `json:"agent"`
 	Attempts int    `json:"attempts"`
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strings"
 
 	"github.com/fc-ci/fc/protocol"
@@ -50,27 +51,23 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 	default:
 		return fmt.Errorf("unknown step status %q", rep.Status)
 	}
-	if (rep.Status == protocol.StepSucceeded || rep.Status == protocol.StepFailedWithOutput) && b.cfg.Outputs != nil {
-		paths := make([]string, 0, len(rep.Outputs))
-		for _, o := range rep.Outputs {
-			paths = append(paths, o.StorePath)
-		}
-		missing, err := b.cfg.Outputs(ctx, paths)
-		if err != nil {
-			return err
-		}
-		if len(missing) > 0 {
-			// The agent must push before it reports; treat it as an infrastructure failure.
-			msg := "outputs missing from the cache: " + strings.Join(missing, " ")
-			return errors.Join(errors.New(msg), b.db.RetryStep(ctx, l, msg, b.cfg.Leases))
-		}
-	}
 	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
 		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
 	}
 	o := storage.StepOutcome{Status: rep.Status, Error: rep.Error, ExitCode: rep.ExitCode, ReleaseName: rep.ReleaseName,
 		LogSize: rep.LogSize, StartedAt: rep.StartedAt, FinishedAt: rep.FinishedAt}
-	for i, p := range rep.Products {
+	products, dropped, err := b.ownProducts(ctx, l.ID, rep.Products)
+	if err != nil {
+		return err
+	}
+	if len(dropped) > 0 {
+		// The agent names product paths; only files of the step's own outputs count
+		// (a product is downloaded out of the cache, which holds much else).
+		msg := fmt.Sprintf("dropped %d build product(s) outside the step's outputs: %s", len(dropped), strings.Join(dropped, ", "))
+		b.log.Warn("step report names products outside its outputs", "step", l.ID, "agent", agentID, "dropped", dropped)
+		o.Error = strings.TrimPrefix(o.Error+"; "+msg, "; ")
+	}
+	for i, p := range products {
 		pr := storage.Product{Nr: i + 1, Type: p.Type, Subtype: p.Subtype, Name: p.Name, Path: p.Path,
 			DefaultPath: p.DefaultPath, SHA256: p.SHA256}
 		if p.Type == "file" || p.FileSize > 0 {
@@ -82,11 +79,49 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 	for _, m := range rep.Metrics {
 		o.Metrics = append(o.Metrics, storage.Metric{Name: m.Name, Value: m.Value, Unit: m.Unit})
 	}
-	if err := b.db.FinishStep(ctx, l, o); err != nil {
+	if err := b.db.FinishStep(ctx, l, o, b.cfg.Sign); err != nil {
+		if errors.Is(err, storage.ErrOutputsMissing) {
+			// The agent must upload before it reports: an infrastructure failure.
+			return errors.Join(err, b.db.RetryStep(ctx, l, err.Error(), b.cfg.Leases))
+		}
 		return err
 	}
 	b.log.Info("step finished", "step", l.ID, "agent", agentID, "status", rep.Status)
 	return nil
+}
+
+// ownProducts keeps the products whose path lies inside one of the step's declared
+// outputs and returns the paths of the others.
+func (b *Builds) ownProducts(ctx context.Context, stepID int64, products []protocol.BuildProduct) (kept []protocol.BuildProduct, dropped []string, err error) {
+	if len(products) == 0 {
+		return nil, nil, nil
+	}
+	outputs, err := b.db.StepOutputs(ctx, stepID)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range products {
+		if insideOutputs(p.Path, outputs) {
+			kept = append(kept, p)
+		} else {
+			dropped = append(dropped, p.Path)
+		}
+	}
+	return kept, dropped, nil
+}
+
+// insideOutputs says whether p, cleaned, is one of outputs or a file inside one.
+func insideOutputs(p string, outputs map[string]string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	p = path.Clean(p)
+	for _, o := range outputs {
+		if o != "" && (p == o || strings.HasPrefix(p, o+"/")) {
+			return true
+		}
+	}
+	return false
 }
 
 // HandleLog serves a protocol.StreamLog stream: it tells the agent how much of the

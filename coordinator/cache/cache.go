@@ -3,13 +3,16 @@ package cache
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -122,7 +125,7 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 		rejections:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fc_cache_upload_rejections_total", Help: "Uploads rejected, by reason."}, []string{"reason"}),
 	}
 	// Every reason appears from the start, at zero, rather than on first rejection.
-	for _, r := range []string{"bad_info", "storage", "truncated", "corrupt", "size", "hash", "database", "missing_reference", "signing"} {
+	for _, r := range []string{"bad_info", "not_allowed", "storage", "truncated", "corrupt", "size", "hash", "content_address", "database", "missing_reference", "signing"} {
 		c.m.rejections.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
@@ -180,6 +183,8 @@ func checkInfo(pi protocol.PathInfo) (*nixhash.Hash, error) {
 }
 
 // HandleUpload serves one upload stream from an agent (see protocol.StreamUpload).
+// What the agent may send is scoped to its work (see admit); the whole request is
+// refused, before any data, when one path it would have to send is not.
 func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWriter) error {
 	var req protocol.UploadRequest
 	if err := protocol.ReadFrame(st, &req); err != nil {
@@ -202,38 +207,51 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: c.cfg.PlainNARs}
 	upstream := map[string]bool{}
+	planned := make(map[string]bool, len(req.Paths))
 	for _, pi := range req.Paths {
 		h := hashPart(pi.StorePath)
 		switch {
-		case present[h]:
+		case planned[pi.StorePath] || present[h]:
 		case c.inUpstream(ctx, h):
 			upstream[h] = true
 			plan.Upstream = append(plan.Upstream, pi.StorePath)
 		default:
 			plan.Missing = append(plan.Missing, pi.StorePath)
 		}
+		planned[pi.StorePath] = true
+	}
+	var admitted map[string]admission
+	if !req.Query && len(plan.Missing) > 0 {
+		admitted, err = c.admit(ctx, agentID, plan.Missing, infos)
+		if err != nil {
+			c.m.rejections.WithLabelValues("not_allowed").Inc()
+			c.log.Warn("upload refused", "agent", agentID, "paths", len(plan.Missing), "err", err)
+			return protocol.WriteFrame(st, protocol.UploadPlan{Error: err.Error()})
+		}
 	}
 	if err := protocol.WriteFrame(st, plan); err != nil || req.Query {
 		return err
 	}
-	// known holds the hash parts the cache is known to hold: present at the plan,
-	// or committed by this stream since. References found there need no query.
-	// known holds the hash parts the cache held at the plan and those this stream has
-	// staged since (in groups being committed, or the one being filled): references
-	// found there need no query. A group that fails to commit fails every later one
-	// too, so no path is recorded with a reference that did not make it.
-	known := present
+	// known holds the hash parts the cache held at the plan (pending 0) and those this
+	// stream has staged since, in groups being committed (with the step whose pending
+	// output each is, or 0): references found there need no query. A group that fails
+	// to commit fails every later one too, so no path is recorded with a reference
+	// that did not make it.
+	known := make(map[string]int64, len(present))
+	for h := range present {
+		known[h] = 0
+	}
 	g := newUploadGroup()
 	com := c.startCommitter(ctx, agentID, st)
 	for i, p := range plan.Missing {
-		res, broken := c.receive(ctx, infos[p], upstream, known, g, st)
+		res, broken := c.receive(ctx, infos[p], admitted[p], upstream, known, g, st)
 		if res != nil {
 			g.results = append(g.results, *res)
 		}
 		last := i == len(plan.Missing)-1
 		if broken || last || len(g.items) >= c.cfg.GroupPaths || g.bytes >= c.cfg.GroupBytes {
-			for h := range g.staged {
-				known[h] = true
+			for h, step := range g.staged {
+				known[h] = step
 			}
 			com.groups <- g // committed while the next paths arrive
 			g = newUploadGroup()
@@ -246,6 +264,106 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	close(com.groups)
 	return <-com.done
+}
+
+// admission is why one path of an upload may be stored, and what to check of it.
+type admission struct {
+	// pendingStep: an output of this step, leased to the agent: stored unsigned and
+	// not served until the step's success is recorded.
+	pendingStep int64
+	push        bool            // accepted only because the agent has the push permission
+	ca          *contentAddress // the content must have this address (nil: input-addressed)
+}
+
+// admit decides, before any data is sent, which of the paths an agent may upload. A
+// builder is trusted with the work it was given, not with the cache:
+//   - an output of a step leased to it, at the path the derivation declares (a
+//     fixed output also with the content the derivation declares);
+//   - while it holds an evaluation's lease, a content-addressed path (the .drv
+//     closure: .drv files and sources), whose path the cache recomputes from its
+//     content address and references, and later checks against the content;
+//   - anything, when an admin granted it the push permission.
+//
+// A path that declares a content address must match it in every case.
+func (c *Cache) admit(ctx context.Context, agentID int64, paths []string, infos map[string]protocol.PathInfo) (map[string]admission, error) {
+	sc, err := c.db.UploadScope(ctx, agentID)
+	if err != nil {
+		return nil, fmt.Errorf("agent %d: cannot read what it may upload: %w", agentID, err)
+	}
+	if sc.Revoked {
+		return nil, fmt.Errorf("agent %d was revoked", agentID)
+	}
+	out := make(map[string]admission, len(paths))
+	var refused []string
+	var why error
+	for _, p := range paths {
+		a, err := admitPath(sc, infos[p])
+		if err != nil {
+			refused = append(refused, p)
+			why = cmp.Or(why, err)
+			continue
+		}
+		out[p] = a
+	}
+	if len(refused) == 0 {
+		return out, nil
+	}
+	more := ""
+	if len(refused) > 1 {
+		more = fmt.Sprintf(" (and %d more of the %d paths it would send)", len(refused)-1, len(paths))
+	}
+	hint := ""
+	if errors.Is(why, errNotInScope) {
+		hint = fmt.Sprintf("; anything else needs the push permission, which an admin grants with PUT /api/v1/agents/%d {\"push\": true}", agentID)
+	}
+	return nil, fmt.Errorf("agent %d may not upload %s%s: %w%s", agentID, refused[0], more, why, hint)
+}
+
+// errNotInScope is a path outside everything the agent may upload.
+var errNotInScope = errors.New("it is not an output of a step leased to this agent")
+
+func admitPath(sc storage.UploadScope, pi protocol.PathInfo) (admission, error) {
+	var declared *contentAddress
+	if pi.CA != "" {
+		ca, err := parseCA(pi.CA)
+		if err != nil {
+			return admission{}, err
+		}
+		if err := checkCAPath(pi.StorePath, ca, pi.References); err != nil {
+			return admission{}, err
+		}
+		declared = &ca
+	}
+	if o, ok := sc.Outputs[pi.StorePath]; ok {
+		a := admission{pendingStep: o.StepID}
+		if o.CA == "" {
+			if declared != nil {
+				return admission{}, fmt.Errorf("it declares content address %s, but step %d's derivation declares an input-addressed output", declared, o.StepID)
+			}
+			return a, nil
+		}
+		want, err := parseCA(o.CA)
+		if err != nil {
+			return admission{}, fmt.Errorf("step %d's output: %w", o.StepID, err)
+		}
+		if declared != nil && declared.String() != want.String() {
+			return admission{}, fmt.Errorf("it declares content address %s, but step %d's derivation declares %s", declared, o.StepID, want)
+		}
+		if err := checkCAPath(pi.StorePath, want, pi.References); err != nil {
+			return admission{}, err
+		}
+		a.ca = &want
+		return a, nil
+	}
+	switch {
+	case sc.Push:
+		return admission{push: true, ca: declared}, nil
+	case sc.Evaluating && declared != nil:
+		return admission{ca: declared}, nil
+	case sc.Evaluating:
+		return admission{}, fmt.Errorf("%w, and an evaluation may upload only content-addressed paths (.drv files, sources)", errNotInScope)
+	}
+	return admission{}, errNotInScope
 }
 
 // committer commits an upload stream's groups in order, in a goroutine of its own,
@@ -261,7 +379,7 @@ func (c *Cache) startCommitter(ctx context.Context, agentID int64, st io.Writer)
 		out := bufio.NewWriterSize(st, 64<<10)
 		var failed, writeErr error
 		for g := range com.groups {
-			results, err := c.commitGroup(ctx, g, failed)
+			results, err := c.commitGroup(ctx, agentID, g, failed)
 			if err != nil && failed == nil {
 				failed = fmt.Errorf("an earlier group of this upload failed to commit: %w", err)
 			}
@@ -298,7 +416,7 @@ const (
 type uploadGroup struct {
 	items   []stagedPath
 	bytes   int64
-	staged  map[string]bool // hash parts of items
+	staged  map[string]int64 // hash parts of items: the step whose pending output each is, or 0
 	results []protocol.UploadResult
 }
 
@@ -310,6 +428,7 @@ type stagedPath struct {
 	name  string
 	n     storage.Narinfo
 	refs  []string // hash parts of the paths it refers to in the cache (not itself, not upstream)
+	push  bool     // accepted only because the agent has the push permission
 }
 
 // smallBlob is the compressed size up to which a NAR is kept in PostgreSQL, with its
@@ -357,15 +476,16 @@ func (w *spillWriter) Abort() {
 	}
 }
 
-func newUploadGroup() *uploadGroup { return &uploadGroup{staged: map[string]bool{}} }
+func newUploadGroup() *uploadGroup { return &uploadGroup{staged: map[string]int64{}} }
 
 // commitGroup makes the staged blobs durable, commits them with their narinfos, and
 // returns every result of the group, and the commit's error. With failed set (an
 // earlier group failed), it refuses the whole group instead.
-func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) ([]protocol.UploadResult, error) {
+func (c *Cache) commitGroup(ctx context.Context, agentID int64, g *uploadGroup, failed error) ([]protocol.UploadResult, error) {
 	if len(g.items) == 0 {
 		return g.results, nil
 	}
+	grant := storage.UploadGrant{AgentID: agentID}
 	var blobs []BlobWriter
 	var names []string
 	small := map[string][]byte{}
@@ -373,8 +493,12 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) (
 	var refs []string // outside the group: checked and held in the transaction
 	for i, it := range g.items {
 		ns[i] = it.n
+		grant.Push = grant.Push || it.push
+		if it.n.PendingStep != 0 && !slices.Contains(grant.Steps, it.n.PendingStep) {
+			grant.Steps = append(grant.Steps, it.n.PendingStep)
+		}
 		for _, r := range it.refs {
-			if !g.staged[r] {
+			if _, ok := g.staged[r]; !ok {
 				refs = append(refs, r)
 			}
 		}
@@ -389,7 +513,7 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) (
 		err = c.blobs.SyncAll(blobs) // the slow part, before the transaction and the locks
 	}
 	if err == nil {
-		err = c.db.CommitNarinfos(ctx, ns, small, refs, func() error { return c.blobs.CommitAll(blobs, names) })
+		err = c.db.CommitNarinfos(ctx, ns, small, refs, grant, func() error { return c.blobs.CommitAll(blobs, names) })
 	}
 	results := g.results
 	for _, it := range g.items {
@@ -398,7 +522,11 @@ func (c *Cache) commitGroup(ctx context.Context, g *uploadGroup, failed error) (
 			if it.blob != nil {
 				it.blob.Abort()
 			}
-			c.m.rejections.WithLabelValues("storage").Inc()
+			reason := "storage"
+			if errors.Is(err, storage.ErrUploadNotAllowed) {
+				reason = "not_allowed"
+			}
+			c.m.rejections.WithLabelValues(reason).Inc()
 			res.Error = fmt.Sprintf("%s: store: %v", it.n.StorePath, err)
 		} else {
 			c.m.uploads.Inc()
@@ -414,11 +542,14 @@ type counter struct{ n int64 }
 
 func (c *counter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
-// receive reads one path's compressed NAR and verifies it while writing the blob. A
-// path whose NAR and references check out is staged in g (committed with the group)
-// and receive returns nil; otherwise it returns the rejection. broken says the stream
-// itself failed, so nothing more can be read from it.
-func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, known map[string]bool, g *uploadGroup, st io.Reader) (rejected *protocol.UploadResult, broken bool) {
+// receive reads one path's compressed NAR and verifies it while writing the blob: its
+// NAR hash and size, its content address when it has one (a), and that its
+// references are in the cache, upstream, or staged by this stream (a pending output
+// only for an output of the same step). A path that checks out is staged in g
+// (committed with the group) and receive returns nil; otherwise it returns the
+// rejection. broken says the stream itself failed, so nothing more can be read from
+// it.
+func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, upstream map[string]bool, known map[string]int64, g *uploadGroup, st io.Reader) (rejected *protocol.UploadResult, broken bool) {
 	reject := func(reason string, err error) *protocol.UploadResult {
 		c.m.rejections.WithLabelValues(reason).Inc()
 		return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
@@ -432,8 +563,15 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 	blob := &spillWriter{store: c.blobs, buf: make([]byte, 0, 4096)}
 	fileHash, fileSize := sha256.New(), &counter{}
 	narHash, narSize := sha256.New(), &counter{}
+	narSink := io.MultiWriter(narHash, narSize)
+	var check *caCheck
+	if a.ca != nil {
+		check = newCACheck(*a.ca)
+		defer check.Abort()
+		narSink = io.MultiWriter(narHash, narSize, check)
+	}
 	decode := func(r io.Reader) error {
-		err := c.decompress(r, io.MultiWriter(narHash, narSize))
+		err := c.decompress(r, narSink)
 		if err == nil {
 			// Bytes after the zstd frames would be stored but never read by Nix.
 			if n, derr := io.Copy(io.Discard, r); derr != nil || n > 0 {
@@ -446,7 +584,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		// The file is the NAR: its hash is the NAR hash, taken once.
 		fileHash = nil
 		decode = func(r io.Reader) error {
-			_, err := io.Copy(io.MultiWriter(narHash, narSize), r)
+			_, err := io.Copy(narSink, r)
 			return err
 		}
 	}
@@ -477,6 +615,21 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		blob.Abort()
 		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash)), false
 	}
+	if check != nil {
+		if err := check.Finish(got); err != nil {
+			blob.Abort()
+			return reject("content_address", fmt.Errorf("%s: %w", pi.StorePath, err)), false
+		}
+	}
+	// staged says whether this stream staged h, and whether that may be referred to
+	// from here: a pending output only from an output of the same step.
+	staged := func(h string) (found, ok bool) {
+		step, found := g.staged[h]
+		if !found {
+			step, found = known[h]
+		}
+		return found, step == 0 || step == a.pendingStep
+	}
 	refs := make([]string, 0, len(pi.References))
 	var lookup, inCache []string
 	for _, r := range pi.References {
@@ -486,7 +639,12 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 			continue
 		}
 		inCache = append(inCache, h)
-		if !known[h] && !g.staged[h] {
+		found, ok := staged(h)
+		if found && !ok {
+			blob.Abort()
+			return reject("missing_reference", fmt.Errorf("%s: reference %s is an output of another step, not yet built", pi.StorePath, r)), false
+		}
+		if !found {
 			lookup = append(lookup, h)
 		}
 	}
@@ -496,10 +654,10 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 			blob.Abort()
 			return reject("database", err), false
 		}
-		for _, r := range pi.References {
-			if h := hashPart(r); r != pi.StorePath && !upstream[h] && !known[h] && !g.staged[h] && !present[h] {
+		for _, h := range lookup {
+			if !present[h] {
 				blob.Abort()
-				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, r)), false
+				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, storepath.StoreDir+"/"+refByHash(refs, h))), false
 			}
 		}
 	}
@@ -513,19 +671,49 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, upstream, kno
 		name = fh + ".nar.zst"
 	}
 	narHashStr := "sha256:" + nixbase32.EncodeToString(got)
-	sig, err := c.key.Sign(nil, Fingerprint(pi.StorePath, narHashStr, pi.NarSize, refs))
-	if err != nil {
-		blob.Abort()
-		return reject("signing", err), false
-	}
 	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
 		Compression: compression, FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
-		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{sig.String()}, CA: pi.CA}
-	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n, refs: inCache})
+		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{}, PendingStep: a.pendingStep}
+	if a.ca != nil {
+		n.CA = a.ca.String()
+	}
+	// A step's output is signed only once the step's success is recorded.
+	if a.pendingStep == 0 {
+		sig, err := c.sign(n)
+		if err != nil {
+			blob.Abort()
+			return reject("signing", err), false
+		}
+		n.Sigs = []string{sig}
+	}
+	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n, refs: inCache, push: a.push})
 	g.bytes += fileSize.n
-	g.staged[n.HashPart] = true
+	g.staged[n.HashPart] = a.pendingStep
 	return nil, false
 }
+
+// refByHash finds the basename with hash part h among refs.
+func refByHash(refs []string, h string) string {
+	for _, r := range refs {
+		if strings.HasPrefix(r, h) {
+			return r
+		}
+	}
+	return h
+}
+
+// sign is the cache's signature (name:base64) of the path n describes: what Nix
+// checks against the key clients trust.
+func (c *Cache) sign(n storage.Narinfo) (string, error) {
+	sig, err := c.key.Sign(nil, Fingerprint(n.StorePath, n.NarHash, n.NarSize, n.References))
+	if err != nil {
+		return "", fmt.Errorf("sign %s: %w", n.StorePath, err)
+	}
+	return sig.String(), nil
+}
+
+// Signer signs a step's outputs when its success is recorded (storage.FinishStep).
+func (c *Cache) Signer() storage.Signer { return c.sign }
 
 // narMagic is how every NAR begins (the length-prefixed, padded string
 // "nix-archive-1"); a zstd frame begins with 28 b5 2f fd, so one is never taken for

@@ -82,8 +82,19 @@ func build(t *testing.T, file, attr string) string {
 	return run(t, "nix-build", file, "-A", attr, "--no-out-link", "--option", "substituters", "")
 }
 
-// agentPush runs `fc-agent push` through the same code as the binary.
+// agentPush runs `fc-agent push` through the same code as the binary, as an agent
+// with the push permission.
 func agentPush(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ...string) (string, int) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(stateDir, "agent_key")); err != nil {
+		c.AllowPush(t, stateDir, "pusher")
+	}
+	return agentPushAs(t, c, stateDir, paths...)
+}
+
+// agentPushAs runs `fc-agent push` as the agent in stateDir, whatever it may do
+// (enrolling with a token when it is new).
+func agentPushAs(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ...string) (string, int) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	env := []string{"FC_COORDINATOR__URL=" + c.URL, "FC_AGENT__STATE_DIR=" + stateDir, "FC_AGENT__NAME=pusher",
@@ -251,6 +262,7 @@ func dialPush(t testing.TB, c *coordtest.Coordinator) *session.Conn {
 	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
 	cfg.Agent.StateDir = t.TempDir()
 	cfg.Agent.Name = "tamper"
+	c.AllowPush(t, cfg.Agent.StateDir, cfg.Agent.Name)
 	sc, err := agentcli.SessionConfig(cfg, slog.New(slog.DiscardHandler), 0)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/coordinator/cache"
+	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
 )
 
@@ -32,14 +33,18 @@ func (f *failingCommits) CommitAll(ws []cache.BlobWriter, names []string) error 
 	return f.Dir.CommitAll(ws, names)
 }
 
-// pipeOpener serves each upload stream with the cache, over an in-memory pipe.
-type pipeOpener struct{ c *cache.Cache }
+// pipeOpener serves each upload stream with the cache, over an in-memory pipe, as
+// the agent agentID.
+type pipeOpener struct {
+	c       *cache.Cache
+	agentID int64
+}
 
 func (p pipeOpener) OpenStream(string) (io.ReadWriteCloser, error) {
 	a, b := net.Pipe()
 	go func() {
 		defer b.Close()
-		_ = p.c.HandleUpload(context.Background(), 1, b)
+		_ = p.c.HandleUpload(context.Background(), p.agentID, b)
 	}()
 	return a, nil
 }
@@ -65,8 +70,9 @@ func TestUpload_AGroupThatFailsToCommitFailsTheLaterOnes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pusher := pushingAgent(t, db)
 	top, infos := chainClosure(t)
-	st, err := push.Upload(context.Background(), pipeOpener{c}, infos, push.Options{})
+	st, err := push.Upload(context.Background(), pipeOpener{c, pusher}, infos, push.Options{})
 	if !errors.Is(err, push.ErrRejected) || st.Sent != 0 || len(st.Rejections) != 2 {
 		t.Fatalf("sent %d, rejections %q, err %v; want both refused", st.Sent, st.Rejections, err)
 	}
@@ -77,7 +83,20 @@ func TestUpload_AGroupThatFailsToCommitFailsTheLaterOnes(t *testing.T) {
 		t.Fatalf("top recorded (%v, %v) although its reference failed to commit", present, err)
 	}
 	// The store works again: the same upload goes through.
-	if st, err := push.Upload(context.Background(), pipeOpener{c}, infos, push.Options{}); err != nil || st.Sent != 2 {
+	if st, err := push.Upload(context.Background(), pipeOpener{c, pusher}, infos, push.Options{}); err != nil || st.Sent != 2 {
 		t.Fatalf("second upload: sent %d, %v", st.Sent, err)
 	}
+}
+
+// pushingAgent registers an agent with the push permission and returns its id.
+func pushingAgent(t *testing.T, db *storage.DB) int64 {
+	t.Helper()
+	a, err := db.RegisterAgent(context.Background(), "pusher", "ssh-ed25519 AAAA", "SHA256:pusher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.SetAgentPush(context.Background(), a.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	return a.ID
 }

@@ -21,26 +21,6 @@ import (
 // ErrNotRegularFile is a product path that names a directory or a symlink.
 var ErrNotRegularFile = errors.New("not a regular file")
 
-// Missing returns the paths the cache itself does not hold (a step's outputs must be
-// there before the step is recorded as built).
-func (c *Cache) Missing(ctx context.Context, paths []string) ([]string, error) {
-	hashes := make([]string, 0, len(paths))
-	for _, p := range paths {
-		hashes = append(hashes, hashPart(p))
-	}
-	present, err := c.db.PresentHashParts(ctx, hashes)
-	if err != nil {
-		return nil, err
-	}
-	var missing []string
-	for _, p := range paths {
-		if h := hashPart(p); h == "" || !present[h] {
-			missing = append(missing, p)
-		}
-	}
-	return missing, nil
-}
-
 // OpenFile streams one regular file out of a store path's NAR in the cache: p is
 // /nix/store/<hash>-<name>/<file inside>. It returns the file's size.
 func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	agentcli "github.com/fc-ci/fc/agent/cli"
 	agentconfig "github.com/fc-ci/fc/agent/config"
+	"github.com/fc-ci/fc/agent/identity"
 )
 
 // AgentOptions describe a test agent.
@@ -219,4 +221,26 @@ func (a *Agent) Stop() {
 		case <-time.After(30 * time.Second):
 		}
 	}
+}
+
+// AllowPush makes the agent whose state directory is stateDir (its key is created
+// there, where fc-agent looks for it) known to the coordinator, as an admin
+// registering its key would, and grants it the push permission: what `fc-agent push`
+// needs. It returns the agent's id.
+func (c *Coordinator) AllowPush(t testing.TB, stateDir, name string) int64 {
+	t.Helper()
+	id, _, err := identity.LoadOrGenerate(filepath.Join(stateDir, "agent_key"), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a struct {
+		ID int64 `json:"id"`
+	}
+	if code := c.Do("POST", "/api/v1/agents", c.Admin, map[string]any{"name": name, "public_key": id.PublicKey(name)}, &a); code != http.StatusCreated {
+		t.Fatalf("register the pushing agent: %d", code)
+	}
+	if code := c.Do("PUT", fmt.Sprintf("/api/v1/agents/%d", a.ID), c.Admin, map[string]any{"push": true}, nil); code != http.StatusOK {
+		t.Fatalf("grant the push permission: %d", code)
+	}
+	return a.ID
 }

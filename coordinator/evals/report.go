@@ -60,7 +60,7 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		}
 		for _, n := range b.Nodes {
 			o.Nodes = append(o.Nodes, storage.EvalNode{DrvPath: n.DrvPath, System: n.System, RequiredFeatures: n.RequiredFeatures,
-				PreferLocalBuild: n.PreferLocalBuild, Outputs: n.Outputs, Inputs: n.Inputs})
+				PreferLocalBuild: n.PreferLocalBuild, Outputs: n.Outputs, OutputCA: n.OutputCA, Inputs: n.Inputs})
 		}
 		if b.Done {
 			break

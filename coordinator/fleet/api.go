@@ -25,6 +25,7 @@ func (f *Fleet) Routes(r chi.Router) {
 	r.Get("/agents", f.listAgents)
 	r.Get("/agents/{id}", f.getAgent)
 	r.With(api.Require(auth.PermAdmin)).Post("/agents", f.registerAgent)
+	r.With(api.Require(auth.PermAdmin)).Put("/agents/{id}", f.updateAgent)
 	r.With(api.Require(auth.PermAdmin)).Delete("/agents/{id}", f.revokeAgent)
 	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }))
 	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }))
@@ -56,7 +57,9 @@ type agentJSON struct {
 	NixVersion        string     `json:"nix_version"`
 	Load              float64    `json:"load"`
 	FreeDiskBytes     int64      `json:"free_disk_bytes"`
-	CreatedAt         time.Time  `json:"created_at"`
+	// Push: the agent may upload any path to the cache, not only what its work made.
+	Push      bool      `json:"push"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 func utc(t *time.Time) *time.Time {
@@ -74,7 +77,7 @@ func toAgentJSON(a storage.Agent) agentJSON {
 		Enabled: a.Enabled, Draining: a.Draining || a.SelfDraining, ShuttingDown: a.SelfDraining,
 		Revoked: a.RevokedAt != nil, RevokedAt: utc(a.RevokedAt), Coordinator: a.Coordinator,
 		LastSeen: utc(a.LastSeenAt), AgentVersion: a.AgentVersion, NixVersion: a.NixVersion, Load: a.Load1,
-		FreeDiskBytes: a.FreeDiskBytes, CreatedAt: a.CreatedAt.UTC()}
+		FreeDiskBytes: a.FreeDiskBytes, Push: a.Push, CreatedAt: a.CreatedAt.UTC()}
 }
 
 func (f *Fleet) listAgents(w http.ResponseWriter, r *http.Request) {
@@ -142,6 +145,38 @@ func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/v1/agents/"+strconv.FormatInt(a.ID, 10))
 	api.WriteJSON(w, http.StatusCreated, toAgentJSON(a))
+}
+
+// updateAgent changes what an admin may set on an agent: {"push": true} grants it the
+// push permission (fc-agent push: any path into the cache), false withdraws it.
+func (f *Fleet) updateAgent(w http.ResponseWriter, r *http.Request) {
+	a, err := f.agentParam(r.Context(), r)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	var in struct {
+		Push *bool `json:"push"`
+	}
+	if err := api.Decode(r, &in); err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	if in.Push == nil {
+		api.Fail(f.log, w, r, api.Unprocessable("push", "nothing to change: give push (true or false)"))
+		return
+	}
+	if a.RevokedAt != nil {
+		api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
+		return
+	}
+	updated, err := f.db.SetAgentPush(r.Context(), a.ID, *in.Push)
+	if err != nil {
+		api.Fail(f.log, w, r, err)
+		return
+	}
+	f.log.Info("agent push permission changed", "agent", a.ID, "name", a.Name, "push", *in.Push)
+	api.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
 }
 
 // revokeAgent cuts the agent off at once; its key can never connect or enroll again.

@@ -90,8 +90,11 @@ type Fleet struct {
 
 	mu       sync.Mutex
 	sessions map[int64]*Session
-	closing  bool
-	wg       sync.WaitGroup // one per running session
+	// pushes are the one-off push sessions (fc-agent push) of each agent: not
+	// registered as the agent's session, but closed with it when it is revoked.
+	pushes  map[int64]map[*yamux.Session]struct{}
+	closing bool
+	wg      sync.WaitGroup // one per running session
 }
 
 // Session is one connected agent.
@@ -122,6 +125,7 @@ func New(cfg Config, db *storage.DB) *Fleet {
 	return &Fleet{
 		cfg: cfg, db: db, log: cfg.Logger,
 		sessions: map[int64]*Session{},
+		pushes:   map[int64]map[*yamux.Session]struct{}{},
 		upgrader: websocket.Upgrader{
 			// Small read buffers and pooled write buffers: most sessions are idle, and
 			// per-session buffers were most of a session's memory.
@@ -274,7 +278,7 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 	}
 	ctx = context.WithoutCancel(ctx) // the request context ends with the hijack
 	if hello.Purpose == protocol.PurposePush {
-		return f.runPushSession(ctx, mux, st, agent)
+		return f.runPushSession(ctx, mux, st, agent, enrolled)
 	}
 	s := &Session{AgentID: agent.ID, Name: agent.Name, mux: mux, caps: hello.Capabilities}
 	if err := f.db.AgentConnected(ctx, agent.ID, presence(f.cfg, hello)); err != nil {
@@ -304,8 +308,27 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 
 // runPushSession serves a one-off client's streams until it hangs up; it is not a
 // registered session and changes no presence.
-func (f *Fleet) runPushSession(ctx context.Context, mux *yamux.Session, st *yamux.Stream, agent storage.Agent) error {
-	welcome := protocol.Welcome{AgentID: agent.ID, Name: agent.Name, Coordinator: f.cfg.CoordinatorID,
+func (f *Fleet) runPushSession(ctx context.Context, mux *yamux.Session, st *yamux.Stream, agent storage.Agent, enrolled bool) error {
+	f.mu.Lock()
+	if f.pushes[agent.ID] == nil {
+		f.pushes[agent.ID] = map[*yamux.Session]struct{}{}
+	}
+	f.pushes[agent.ID][mux] = struct{}{}
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		delete(f.pushes[agent.ID], mux)
+		if len(f.pushes[agent.ID]) == 0 {
+			delete(f.pushes, agent.ID)
+		}
+		f.mu.Unlock()
+	}()
+	// A revocation that committed before the session was listed above would not
+	// have closed it: look again now that it is.
+	if a, err := f.db.GetAgent(ctx, agent.ID); err == nil && a.RevokedAt != nil {
+		return refuse(st, protocol.RefusedRevoked, fmt.Sprintf("agent %d was revoked", agent.ID))
+	}
+	welcome := protocol.Welcome{AgentID: agent.ID, Name: agent.Name, Coordinator: f.cfg.CoordinatorID, Enrolled: enrolled,
 		ProtocolVersion: protocol.Version, CoordinatorVersion: f.cfg.Version}
 	_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
 	if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeWelcome, Welcome: &welcome}); err != nil {
@@ -453,10 +476,21 @@ func (f *Fleet) unregister(ctx context.Context, s *Session) {
 	}
 }
 
-// Disconnect closes an agent's session at once (revocation).
+// Disconnect closes every session of an agent at once, its daemon's and its push
+// sessions (revocation). Uploads in flight then break off; one that got as far as its
+// commit is refused there (the grant is checked inside the transaction).
 func (f *Fleet) Disconnect(agentID int64) {
-	if s, ok := f.Session(agentID); ok {
-		s.mux.Close()
+	f.mu.Lock()
+	var muxes []*yamux.Session
+	if s, ok := f.sessions[agentID]; ok {
+		muxes = append(muxes, s.mux)
+	}
+	for m := range f.pushes[agentID] {
+		muxes = append(muxes, m)
+	}
+	f.mu.Unlock()
+	for _, m := range muxes {
+		m.Close()
 	}
 }
 
@@ -511,7 +545,16 @@ func (f *Fleet) Shutdown(ctx context.Context) error {
 	for _, s := range f.sessions {
 		sessions = append(sessions, s)
 	}
+	var pushes []*yamux.Session
+	for _, ms := range f.pushes {
+		for m := range ms {
+			pushes = append(pushes, m)
+		}
+	}
 	f.mu.Unlock()
+	for _, m := range pushes {
+		m.Close() // fc-agent push says the upload broke off; the user runs it again
+	}
 	var wg sync.WaitGroup
 	for _, s := range sessions {
 		wg.Add(1)

@@ -205,6 +205,11 @@ func TestAuthz_RouteTable(t *testing.T) {
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "DELETE", fmt.Sprintf("/api/v1/agents/%d", f.agent(t).ID), nil
 			}},
+		{"PUT /api/v1/agents/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/agents/%d", f.agent(t).ID), obj{"push": true}
+			}},
 		{"POST /api/v1/agents/{id}/drain",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
