@@ -6,13 +6,13 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -51,20 +51,22 @@ type projectInput struct {
 	FetchCredentials *storage.FetchCredentials `json:"fetch_credentials"`
 }
 
-// Names start with a letter or '_' (as in Hydra) so that a name never reads as an id
-// in URLs that accept both.
-var nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
-
+// maxNameLen bounds project, jobset and API key names.
 const maxNameLen = 100
 
-// ValidName checks a project, jobset, key or agent name.
+// ValidName checks a project, jobset or key name (protocol.CheckName's rule).
 func ValidName(field, s string) error {
-	if s == "" {
-		return Errorf(http.StatusUnprocessableEntity, field, "%s is required", field)
+	if err := protocol.CheckName(field, s, maxNameLen); err != nil {
+		return Errorf(http.StatusUnprocessableEntity, field, "%v", err)
 	}
-	if len(s) > maxNameLen || !nameRE.MatchString(s) {
-		return Errorf(http.StatusUnprocessableEntity, field,
-			"%s %q must start with a letter or '_' and contain only letters, digits, '.', '_' and '-' (at most %d characters)", field, s, maxNameLen)
+	return nil
+}
+
+// ValidAgentName checks an agent's name, or an enrollment token's (an agent may take
+// it): the same rule, at most protocol.MaxAgentNameLen characters.
+func ValidAgentName(field, s string) error {
+	if err := protocol.CheckAgentName(field, s); err != nil {
+		return Errorf(http.StatusUnprocessableEntity, field, "%v", err)
 	}
 	return nil
 }
