@@ -193,14 +193,18 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusCreated, toProjectJSON(p))
 }
 
-// project resolves the {id} (or {pid}) URL parameter: a number is an id, anything
-// else a name, as Hydra users type them.
-func (a *API) project(ctx context.Context, r *http.Request, param string) (storage.Project, error) {
-	ref := chi.URLParam(r, param)
+// ProjectByRef resolves a project as URLs name it: a number is an id, anything else a
+// name, as Hydra users type them (a name never starts with a digit).
+func ProjectByRef(ctx context.Context, db *storage.DB, ref string) (storage.Project, error) {
 	if id, err := strconv.ParseInt(ref, 10, 64); err == nil {
-		return a.db.GetProject(ctx, id)
+		return db.GetProject(ctx, id)
 	}
-	return a.db.GetProjectByName(ctx, ref)
+	return db.GetProjectByName(ctx, ref)
+}
+
+// project resolves the {id} (or {pid}) URL parameter with ProjectByRef.
+func (a *API) project(ctx context.Context, r *http.Request, param string) (storage.Project, error) {
+	return ProjectByRef(ctx, a.db, chi.URLParam(r, param))
 }
 
 func (a *API) getProject(w http.ResponseWriter, r *http.Request) {

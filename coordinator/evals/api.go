@@ -20,8 +20,8 @@ func (e *Evals) Routes(r chi.Router) {
 	r.Get("/evaluations/{id}", e.getEvaluation)
 	r.Get("/evaluations/{id}/compare", e.compare)
 	r.With(api.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
-	r.Post("/webhooks/{project_id}/github", e.webhook(github))
-	r.Post("/webhooks/{project_id}/gitea", e.webhook(gitea))
+	r.Post("/webhooks/{project}/github", e.webhook(github))
+	r.Post("/webhooks/{project}/gitea", e.webhook(gitea))
 }
 
 type evaluationJSON struct {

@@ -239,6 +239,53 @@ func TestWebhooks_VerifiedPushTriggersAndNothingElseDoes(t *testing.T) {
 	}
 }
 
+// A forge's webhook URL may name the project by id or by name, as every other project
+// URL does (the name form answered 404); either way only a correctly signed push
+// triggers, and an unknown project is 404.
+func TestWebhooks_ProjectByIDOrName(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": "{ }"})
+	pid, js := setup(t, c, repo, nil)
+	const secret = "a-very-secret-webhook-key"
+	body := []byte(`{"ref":"refs/heads/main","repository":{"default_branch":"main"},"after":"abc"}`)
+	forges := map[string]func(key string) map[string]string{
+		"github": func(key string) map[string]string {
+			return map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + sign(key, body)}
+		},
+		"gitea": func(key string) map[string]string {
+			return map[string]string{"X-Gitea-Event": "push", "X-Gitea-Signature": sign(key, body)}
+		},
+	}
+	for _, ref := range []string{fmt.Sprint(pid), "demo"} {
+		for forge, headers := range forges {
+			t.Run(ref+"/"+forge, func(t *testing.T) {
+				if _, err := c.DB.Pool().Exec(context.Background(), `DELETE FROM evaluations; UPDATE jobsets SET trigger_requested_at = NULL`); err != nil {
+					t.Fatal(err)
+				}
+				url := fmt.Sprintf("%s/api/v1/webhooks/%s/%s", c.URL, ref, forge)
+				if status, got := post(t, url, headers("wrong-secret-xxxxxxx"), body); status != http.StatusUnauthorized {
+					t.Fatalf("bad signature: status %d, want 401: %s", status, got)
+				}
+				status, got := post(t, url, headers(secret), body)
+				if status != http.StatusOK || !strings.Contains(got, `"triggered":[`+fmt.Sprint(js)+`]`) {
+					t.Fatalf("signed push: status %d, want 200 triggering jobset %d: %s", status, js, got)
+				}
+				checked(t, c, js)
+				if n := len(evaluations(t, c, js)); n != 1 {
+					t.Fatalf("a signed push made %d evaluations, want 1", n)
+				}
+			})
+		}
+	}
+	for _, ref := range []string{"nosuchproject", "999999"} {
+		url := fmt.Sprintf("%s/api/v1/webhooks/%s/github", c.URL, ref)
+		if status, got := post(t, url, forges["github"](secret), body); status != http.StatusNotFound || !strings.Contains(got, `"error"`) {
+			t.Errorf("webhook for project %q: status %d, want 404 with a JSON error: %s", ref, status, got)
+		}
+	}
+}
+
 func TestOneShot_DisablesItselfAfterOneEvaluation(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := newRepo(t)

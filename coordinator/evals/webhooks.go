@@ -8,13 +8,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/api"
-	"github.com/fc-ci/fc/storage"
 )
 
 // forge describes how one kind of forge signs and names its events.
@@ -46,11 +44,13 @@ func header(r *http.Request, names []string) string {
 // secret (constant-time compare) and triggers the jobsets following the pushed branch.
 func (e *Evals) webhook(f forge) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		pid, err := strconv.ParseInt(chi.URLParam(r, "project_id"), 10, 64)
+		// {project} is the project's id or its name, as everywhere in the API.
+		p, err := api.ProjectByRef(r.Context(), e.db, chi.URLParam(r, "project"))
 		if err != nil {
-			api.Fail(e.log, w, r, storage.ErrNotFound)
+			api.Fail(e.log, w, r, err)
 			return
 		}
+		pid := p.ID
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			var mbe *http.MaxBytesError

@@ -289,15 +289,20 @@ func TestAuthz_RouteTable(t *testing.T) {
 				return "POST", "/api/v1/evaluations/trigger", obj{"jobset_id": f.jobset(t).ID}
 			}},
 		// Webhooks answer to their HMAC signature only: an API key grants nothing there.
-		{"POST /api/v1/webhooks/{project_id}/github",
+		{"POST /api/v1/webhooks/{project}/github",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/webhooks/%d/github", f.project(t).ID), obj{"ref": "refs/heads/main"}
 			}},
-		{"POST /api/v1/webhooks/{project_id}/gitea",
+		{"POST /api/v1/webhooks/{project}/gitea",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/webhooks/%d/gitea", f.project(t).ID), obj{"ref": "refs/heads/main"}
+			}},
+		{"POST /api/v1/webhooks/{project}/github by name",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/webhooks/" + f.project(t).Name + "/github", obj{"ref": "refs/heads/main"}
 			}},
 		{"GET /api/v1/evaluations",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
