@@ -107,9 +107,14 @@ type WorkRef struct {
 
 // Hello is the agent's first message on the control stream.
 type Hello struct {
-	ProtocolVersion int          `json:"protocol_version"`
-	AgentVersion    string       `json:"agent_version"`
-	Name            string       `json:"name"`
+	ProtocolVersion int    `json:"protocol_version"`
+	AgentVersion    string `json:"agent_version"`
+	// Name is the agent's agent.name, or its host name when it has none; the
+	// coordinator uses it only when the agent enrolls.
+	Name string `json:"name"`
+	// NameFromHost says Name is the host name, not a name of the agent's own: an
+	// enrollment token's name goes first then.
+	NameFromHost    bool         `json:"name_from_host,omitempty"`
 	PublicKey       string       `json:"public_key"` // authorized_keys line
 	EnrollmentToken string       `json:"enrollment_token,omitempty"`
 	Capabilities    Capabilities `json:"capabilities"`
@@ -157,6 +162,8 @@ const (
 	RefusedVersion      = "incompatible_version" // permanent
 	RefusedUnauthorized = "unauthorized"         // permanent: unknown key without a valid token, bad signature
 	RefusedRevoked      = "revoked"              // permanent
+	RefusedInvalidName  = "invalid_name"         // permanent: an enrolling agent's name breaks the rule of names
+	RefusedNameTaken    = "name_taken"           // permanent: another agent (not revoked) has the name
 	RefusedUnavailable  = "unavailable"          // temporary: retry with backoff
 )
 

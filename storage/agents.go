@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrTokenInvalid is an enrollment token that is unknown, expired or used up.
@@ -123,36 +124,73 @@ func (db *DB) CreateEnrollmentToken(ctx context.Context, name string, uses int, 
 	return t, nil
 }
 
-// EnrollAgent spends one use of the token and pins the key, in one transaction: a key
-// that is already known (including a revoked one) is ErrConflict and spends nothing.
-func (db *DB) EnrollAgent(ctx context.Context, tokenHash []byte, name, publicKey, fingerprint string) (Agent, error) {
+// AgentNameTakenError is a name that an agent that is not revoked already has.
+type AgentNameTakenError struct {
+	Name    string
+	AgentID int64
+}
+
+func (e *AgentNameTakenError) Error() string {
+	return fmt.Sprintf("agent name %q is taken by agent %d", e.Name, e.AgentID)
+}
+
+// Unwrap makes a taken name an ErrConflict.
+func (e *AgentNameTakenError) Unwrap() error { return ErrConflict }
+
+// agentNameIndex is the unique index on the names of agents that are not revoked.
+const agentNameIndex = "agents_name_active"
+
+// nameTaken turns a violation of agentNameIndex by name into an *AgentNameTakenError
+// naming the agent that holds it; other errors pass through.
+func (db *DB) nameTaken(ctx context.Context, name string, err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23505" || pe.ConstraintName != agentNameIndex {
+		return err
+	}
+	var holder int64
+	if qerr := db.pool.QueryRow(ctx, `SELECT id FROM agents WHERE name = $1 AND revoked_at IS NULL`, name).Scan(&holder); qerr != nil {
+		return fmt.Errorf("%w: agent name %q is taken", ErrConflict, name) // its holder was revoked meanwhile
+	}
+	return &AgentNameTakenError{Name: name, AgentID: holder}
+}
+
+// EnrollAgent spends one use of the token and pins the key, in one transaction. The
+// agent's name is what name returns given the token's name; an error from name, a
+// name another agent that is not revoked has (*AgentNameTakenError), and a key that
+// is already known (including a revoked one: ErrConflict) all spend nothing.
+func (db *DB) EnrollAgent(ctx context.Context, tokenHash []byte, name func(tokenName string) (string, error), publicKey, fingerprint string) (Agent, error) {
 	var id int64
+	var chosen string
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		var tokenID int64
+		var tokenName string
 		err := tx.QueryRow(ctx, `UPDATE enrollment_tokens SET uses_left = uses_left - 1
-			WHERE token_hash = $1 AND uses_left > 0 AND expires_at > now() RETURNING id`, tokenHash).Scan(&tokenID)
+			WHERE token_hash = $1 AND uses_left > 0 AND expires_at > now() RETURNING name`, tokenHash).Scan(&tokenName)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrTokenInvalid
 		}
 		if err != nil {
 			return err
 		}
+		if chosen, err = name(tokenName); err != nil {
+			return err
+		}
 		return tx.QueryRow(ctx, `INSERT INTO agents (name, public_key, fingerprint) VALUES ($1, $2, $3) RETURNING id`,
-			name, publicKey, fingerprint).Scan(&id)
+			chosen, publicKey, fingerprint).Scan(&id)
 	})
 	if err != nil {
-		return Agent{}, fmt.Errorf("enroll agent %q: %w", name, mapErr(err))
+		return Agent{}, fmt.Errorf("enroll agent %q: %w", chosen, mapErr(db.nameTaken(ctx, chosen, err)))
 	}
 	return db.GetAgent(ctx, id)
 }
 
-// RegisterAgent pins a key an admin supplied, without a token.
+// RegisterAgent pins a key an admin supplied, without a token; a name another agent
+// that is not revoked has is *AgentNameTakenError.
 func (db *DB) RegisterAgent(ctx context.Context, name, publicKey, fingerprint string) (Agent, error) {
 	var id int64
 	err := db.pool.QueryRow(ctx, `INSERT INTO agents (name, public_key, fingerprint) VALUES ($1, $2, $3) RETURNING id`,
 		name, publicKey, fingerprint).Scan(&id)
 	if err != nil {
-		return Agent{}, fmt.Errorf("register agent %q: %w", name, mapErr(err))
+		return Agent{}, fmt.Errorf("register agent %q: %w", name, mapErr(db.nameTaken(ctx, name, err)))
 	}
 	return db.GetAgent(ctx, id)
 }

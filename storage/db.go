@@ -123,6 +123,20 @@ func (m *Migrator) Up(ctx context.Context) ([]int64, error) {
 	return applied, nil
 }
 
+// UpTo applies the pending migrations up to and including version (tests of a data
+// migration first build the database as it was before it).
+func (m *Migrator) UpTo(ctx context.Context, version int64) ([]int64, error) {
+	res, err := m.provider.UpTo(ctx, version)
+	if err != nil {
+		return nil, fmt.Errorf("apply migrations up to %d: %w", version, err)
+	}
+	var applied []int64
+	for _, r := range res {
+		applied = append(applied, r.Source.Version)
+	}
+	return applied, nil
+}
+
 // MigrationStatus is one migration and whether it is applied.
 type MigrationStatus struct {
 	Version   int64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -133,12 +134,17 @@ func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
 	if in.Name == "" {
 		in.Name = comment
 	}
-	if err := api.ValidName("name", in.Name); err != nil {
+	if err := api.ValidAgentName("name", in.Name); err != nil {
 		api.Fail(f.log, w, r, err)
 		return
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
 	a, err := f.db.RegisterAgent(r.Context(), in.Name, line, ssh.FingerprintSHA256(pub))
+	var taken *storage.AgentNameTakenError
+	if errors.As(err, &taken) {
+		api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "name", "%v", taken))
+		return
+	}
 	if err != nil {
 		api.Fail(f.log, w, r, err)
 		return
@@ -252,7 +258,8 @@ func (f *Fleet) createToken(w http.ResponseWriter, r *http.Request) {
 		api.Fail(f.log, w, r, err)
 		return
 	}
-	if err := api.ValidName("name", in.Name); err != nil {
+	// An agent without a name of its own takes its token's: the same rule applies.
+	if err := api.ValidAgentName("name", in.Name); err != nil {
 		api.Fail(f.log, w, r, err)
 		return
 	}

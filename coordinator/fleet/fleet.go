@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -216,7 +217,7 @@ func (f *Fleet) handshake(ctx context.Context, st *yamux.Stream, remote string) 
 	}
 	hello := *m.Hello
 	if err := protocol.CheckVersion(hello.ProtocolVersion); err != nil {
-		f.log.Warn("agent refused: incompatible protocol", "remote", remote, "name", hello.Name, "agent_protocol", hello.ProtocolVersion, "protocol", protocol.Version)
+		f.log.Warn("agent refused: incompatible protocol", "remote", remote, "name", logName(hello.Name), "agent_protocol", hello.ProtocolVersion, "protocol", protocol.Version)
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedVersion, err.Error())
 	}
 	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hello.PublicKey))
@@ -250,20 +251,58 @@ func (f *Fleet) handshake(ctx context.Context, st *yamux.Stream, remote string) 
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
 	}
 	if hello.EnrollmentToken == "" {
-		f.log.Warn("agent refused: unknown key and no enrollment token", "remote", remote, "name", hello.Name, "fingerprint", fp)
+		f.log.Warn("agent refused: unknown key and no enrollment token", "remote", remote, "name", logName(hello.Name), "fingerprint", fp)
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized,
 			fmt.Sprintf("key %s is not registered: give the agent an enrollment token, or have an admin register its public key", fp))
 	}
-	agent, err = f.db.EnrollAgent(ctx, auth.HashKey(hello.EnrollmentToken), hello.Name, hello.PublicKey, fp)
+	// The pinned line is the key alone: what the agent put after it is its business.
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
+	var nameErr error
+	agent, err = f.db.EnrollAgent(ctx, auth.HashKey(hello.EnrollmentToken), func(tokenName string) (string, error) {
+		name := enrollName(hello, tokenName)
+		nameErr = protocol.CheckAgentName("agent name", name)
+		return name, nameErr
+	}, line, fp)
+	var taken *storage.AgentNameTakenError
 	switch {
 	case errors.Is(err, storage.ErrTokenInvalid):
-		f.log.Warn("agent refused: enrollment token unknown, expired or used up", "remote", remote, "name", hello.Name, "fingerprint", fp)
+		f.log.Warn("agent refused: enrollment token unknown, expired or used up", "remote", remote, "name", logName(hello.Name), "fingerprint", fp)
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized, "enrollment token is unknown, expired or used up")
+	case nameErr != nil:
+		f.log.Warn("agent refused: invalid name", "remote", remote, "name", logName(hello.Name), "fingerprint", fp, "err", nameErr)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedInvalidName, nameErr.Error()+"; set agent.name")
+	case errors.As(err, &taken):
+		f.log.Warn("agent refused: name taken", "remote", remote, "name", taken.Name, "holder", taken.AgentID, "fingerprint", fp)
+		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedNameTaken,
+			fmt.Sprintf("%v; give this agent another agent.name, or revoke agent %d", taken, taken.AgentID))
 	case err != nil:
+		f.log.Warn("agent enrollment failed", "remote", remote, "fingerprint", fp, "err", err)
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnavailable, "enrollment failed; retry later")
 	}
 	f.log.Info("agent enrolled", "agent", agent.ID, "name", agent.Name, "fingerprint", fp, "remote", remote)
 	return agent, hello, true, nil
+}
+
+// enrollName is the name an enrolling agent gets: its own (agent.name), else the
+// enrollment token's, else its host name (which an agent without agent.name sends,
+// saying so).
+func enrollName(h protocol.Hello, tokenName string) string {
+	if h.Name != "" && !h.NameFromHost {
+		return h.Name
+	}
+	if tokenName != "" {
+		return tokenName
+	}
+	return h.Name
+}
+
+// logName is a name an agent sent, cut short for the log: it has not been checked.
+func logName(s string) string {
+	const max = 100
+	if len(s) > max {
+		return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:max], ""), len(s))
+	}
+	return s
 }
 
 func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote string) error {
