@@ -35,7 +35,7 @@ const (
 	ExitError        = 1
 	ExitUsage        = 2
 	ExitIncompatible = 3 // the coordinator speaks an incompatible protocol version
-	ExitRefused      = 4 // the coordinator refused the key: revoked, unknown without a valid token
+	ExitRefused      = 4 // the coordinator refused the agent: key revoked or unknown without a valid token, name invalid or taken
 )
 
 const usage = `usage: fc-agent [--config FILE] [COMMAND]
@@ -209,7 +209,7 @@ func SessionConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (se
 	if err != nil {
 		return session.Config{}, err
 	}
-	return session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(),
+	return session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(), NameFromHost: cfg.Agent.Name == "",
 		AgentVersion: protocol.BuildVersion, ProtocolVersion: protocolVersion, EnrollmentToken: token, Logger: log}, nil
 }
 

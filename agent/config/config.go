@@ -107,6 +107,11 @@ func (c Config) Validate() error {
 	if c.Agent.StateDir == "" {
 		return fmt.Errorf("agent.state_dir must not be empty")
 	}
+	if c.Agent.Name != "" {
+		if err := protocol.CheckAgentName("agent.name", c.Agent.Name); err != nil {
+			return err
+		}
+	}
 	if c.Agent.MaxJobs < 0 {
 		return fmt.Errorf("agent.max_jobs must be >= 0 (0 = one per CPU core)")
 	}
@@ -181,7 +186,9 @@ func (c Config) KeyPath() string {
 	return filepath.Join(c.Agent.StateDir, "agent_key")
 }
 
-// Name is the configured name, or the host name.
+// Name is the configured name, or the host name (its first label). An agent that has
+// no agent.name and enrolls with a token takes the token's name instead (the
+// coordinator chooses: agent.name, then the token's name, then the host name).
 func (c Config) Name() string {
 	if c.Agent.Name != "" {
 		return c.Agent.Name

@@ -134,6 +134,10 @@ func TestLoad_ErrorsNameTheSettingFileAndLine(t *testing.T) {
 		{"empty state_dir", "", "FC_AGENT__STATE_DIR=", []string{"agent.state_dir"}},
 		{"min_free_disk negative", "[agent]\nmin_free_disk = -1\n", "", []string{"agent.min_free_disk"}},
 		{"gc_interval negative", "", "FC_AGENT__GC_INTERVAL=-5", []string{"agent.gc_interval"}},
+		{"name with markup", "[agent]\nname = \"<script>\"\n", "", []string{"agent.name", `"<script>"`}},
+		{"name with a newline", "[agent]\nname = \"a\\nb\"\n", "", []string{"agent.name", `"a\nb"`}},
+		{"name too long", "", "FC_AGENT__NAME=" + strings.Repeat("a", 64), []string{"agent.name", "at most 63"}},
+		{"name starting with a digit", "", "FC_AGENT__NAME=1builder", []string{"agent.name", `"1builder"`}},
 		{"gc_interval as a duration string", "[agent]\ngc_interval = \"1h\"\n", "", []string{"agent.gc_interval", "line 2"}},
 	}
 	for _, c := range cases {

@@ -203,7 +203,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			continue
 		}
 		connectedAt := time.Now()
-		d.log.Info("connected to coordinator", "agent", conn.Welcome.AgentID, "coordinator", conn.Welcome.Coordinator,
+		d.log.Info("connected to coordinator", "agent", conn.Welcome.AgentID, "name", conn.Welcome.Name, "coordinator", conn.Welcome.Coordinator,
 			"enrolled", conn.Welcome.Enrolled)
 		if d.cfg.OnWelcome != nil {
 			d.cfg.OnWelcome(conn.Welcome)

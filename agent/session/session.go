@@ -27,10 +27,13 @@ import (
 // Config describes the agent to the coordinator.
 type Config struct {
 	// URL is the coordinator's base URL (http:// or https://).
-	URL             string
-	TLS             *tls.Config
-	Identity        identity.Identity
-	Name            string
+	URL      string
+	TLS      *tls.Config
+	Identity identity.Identity
+	Name     string
+	// NameFromHost says Name is the host name, not agent.name: enrolling with a token,
+	// the agent then takes the token's name.
+	NameFromHost    bool
 	AgentVersion    string
 	ProtocolVersion int // 0: protocol.Version; tests set others
 	EnrollmentToken string
@@ -141,7 +144,7 @@ func (c *Conn) handshake(ctx context.Context, cfg Config, st State) error {
 	if version == 0 {
 		version = protocol.Version
 	}
-	hello := protocol.Hello{ProtocolVersion: version, AgentVersion: cfg.AgentVersion, Name: cfg.Name,
+	hello := protocol.Hello{ProtocolVersion: version, AgentVersion: cfg.AgentVersion, Name: cfg.Name, NameFromHost: cfg.NameFromHost,
 		PublicKey: cfg.Identity.PublicKey(cfg.Name), EnrollmentToken: cfg.EnrollmentToken,
 		Capabilities: st.Capabilities, Running: st.Running, Draining: st.Draining, Purpose: cfg.Purpose}
 	if err := protocol.WriteFrame(ctl, protocol.StreamHeader{Kind: protocol.StreamControl}); err != nil {

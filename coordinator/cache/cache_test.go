@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -87,9 +88,16 @@ func build(t *testing.T, file, attr string) string {
 func agentPush(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ...string) (string, int) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(stateDir, "agent_key")); err != nil {
-		c.AllowPush(t, stateDir, "pusher")
+		c.AllowPush(t, stateDir, agentName("pusher", stateDir))
 	}
 	return agentPushAs(t, c, stateDir, paths...)
+}
+
+// agentName names the agent whose state is in stateDir: agent names are unique, and
+// a test may push as several agents.
+func agentName(prefix, stateDir string) string {
+	sum := sha256.Sum256([]byte(stateDir))
+	return prefix + "-" + hex.EncodeToString(sum[:4])
 }
 
 // agentPushAs runs `fc-agent push` as the agent in stateDir, whatever it may do
@@ -97,7 +105,7 @@ func agentPush(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ..
 func agentPushAs(t *testing.T, c *coordtest.Coordinator, stateDir string, paths ...string) (string, int) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	env := []string{"FC_COORDINATOR__URL=" + c.URL, "FC_AGENT__STATE_DIR=" + stateDir, "FC_AGENT__NAME=pusher",
+	env := []string{"FC_COORDINATOR__URL=" + c.URL, "FC_AGENT__STATE_DIR=" + stateDir, "FC_AGENT__NAME=" + agentName("pusher", stateDir),
 		"FC_COORDINATOR__ENROLLMENT_TOKEN=" + c.Token(1, time.Hour)}
 	code := agentcli.Main(context.Background(), agentcli.Env{Args: append([]string{"push"}, paths...), Environ: env,
 		Stdout: &stdout, Stderr: &stderr})
@@ -261,7 +269,7 @@ func dialPush(t testing.TB, c *coordtest.Coordinator) *session.Conn {
 	cfg.Coordinator.URL = c.URL
 	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
 	cfg.Agent.StateDir = t.TempDir()
-	cfg.Agent.Name = "tamper"
+	cfg.Agent.Name = agentName("tamper", cfg.Agent.StateDir)
 	c.AllowPush(t, cfg.Agent.StateDir, cfg.Agent.Name)
 	sc, err := agentcli.SessionConfig(cfg, slog.New(slog.DiscardHandler), 0)
 	if err != nil {

@@ -262,6 +262,10 @@ func admin(ctx context.Context, load func() (config.Config, error), args []strin
 		if *name == "" || *uses < 1 || *uses > fleet.MaxTokenUses || *expires < 1 || *expires > int64(fleet.MaxTokenTTL/time.Second) {
 			return usageError{"create-agent-token needs --name, --uses from 1 to 10000, --expires-in from 1 s to 30 days"}
 		}
+		// An agent without a name of its own takes its token's.
+		if err := protocol.CheckAgentName("--name", *name); err != nil {
+			return usageError{err.Error()}
+		}
 		return withDB(func(db *storage.DB) error {
 			_, token, err := fleet.CreateToken(ctx, db, *name, *uses, time.Duration(*expires)*time.Second)
 			if err != nil {

@@ -228,6 +228,7 @@ func TestErrors_BadConfigAndUsage(t *testing.T) {
 	}{
 		{[]string{"frobnicate"}, nil, cli.ExitUsage, `unknown command "frobnicate"`},
 		{[]string{"admin", "create-key", "--name", "x", "--role", "root"}, nil, cli.ExitUsage, "--role"},
+		{[]string{"admin", "create-agent-token", "--name", "<script>"}, nil, cli.ExitUsage, `--name "<script>"`},
 		{[]string{"serve"}, []string{"FC_SERVER__PORT=eighty"}, cli.ExitError, "FC_SERVER__PORT"},
 		{[]string{"--config", "/nonexistent/fc.toml", "serve"}, nil, cli.ExitError, "/nonexistent/fc.toml"},
 	}

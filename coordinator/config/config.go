@@ -242,8 +242,8 @@ func (l LocalAgent) validate() error {
 	if !l.Enabled {
 		return nil
 	}
-	if l.Name == "" {
-		return fmt.Errorf("local_agent.name must not be empty")
+	if err := protocol.CheckAgentName("local_agent.name", l.Name); err != nil {
+		return err
 	}
 	if l.MaxJobs < 0 {
 		return fmt.Errorf("local_agent.max_jobs must be >= 0 (0 = one per CPU core)")

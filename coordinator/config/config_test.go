@@ -176,6 +176,8 @@ func TestLoad_LocalAgentSection(t *testing.T) {
 		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__ROLES=cook"},
 		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__MAX_JOBS=-1"},
 		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__NAME="},
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__NAME=<script>"},
+		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__NAME=" + strings.Repeat("l", 64)},
 		{"FC_LOCAL_AGENT__ENABLED=true", "FC_LOCAL_AGENT__DRAIN_TIMEOUT=-1"},
 	} {
 		if _, err := Load("", bad); err == nil || !strings.Contains(err.Error(), "local_agent.") {
