@@ -298,9 +298,9 @@ func enrollName(h protocol.Hello, tokenName string) string {
 
 // logName is a name an agent sent, cut short for the log: it has not been checked.
 func logName(s string) string {
-	const max = 100
-	if len(s) > max {
-		return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:max], ""), len(s))
+	const limit = 100
+	if len(s) > limit {
+		return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:limit], ""), len(s))
 	}
 	return s
 }
