@@ -227,6 +227,10 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 	}
 	f := storage.JobsetFields{FlakeMode: true, NixExpression: defaultExpression(true), CheckInterval: 60,
 		SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3}
+	if err := mayUseInputs(r.Context(), nil, in.Inputs); err != nil { // ownership.go
+		a.fail(w, r, err)
+		return
+	}
 	if err := in.apply(&f); err != nil {
 		a.fail(w, r, err)
 		return
@@ -275,6 +279,10 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 	f := storage.JobsetFields{Name: j.Name, Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode,
 		NixExpression: j.NixExpression, Inputs: j.Inputs, CheckInterval: j.CheckInterval,
 		SchedulingShares: j.SchedulingShares, State: j.State, KeepNr: j.KeepNr}
+	if err := mayUseInputs(r.Context(), j.Inputs, in.Inputs); err != nil { // ownership.go
+		a.fail(w, r, err)
+		return
+	}
 	if err := in.apply(&f); err != nil {
 		a.fail(w, r, err)
 		return
