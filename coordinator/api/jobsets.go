@@ -118,7 +118,9 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		}
 	}
 	if in.Inputs != nil {
-		f.Inputs = f.Inputs[:0]
+		// A new slice, not f.Inputs[:0]: that would overwrite the jobset's current
+		// inputs, which the handlers compare the new ones with.
+		f.Inputs = make([]storage.JobsetInput, 0, len(*in.Inputs))
 		for _, i := range *in.Inputs {
 			f.Inputs = append(f.Inputs, storage.JobsetInput(i))
 		}
