@@ -38,7 +38,8 @@ type ProjectFields struct {
 	WebhookSecret *string
 	// FetchCredentials nil leaves them as they are; empty ones clear them.
 	FetchCredentials *FetchCredentials
-	// OwnerKeyID is the owning API key, nil for none. An unknown key is ErrNotFound.
+	// OwnerKeyID is the owning API key: nil makes a project with none, and leaves an
+	// updated project's owner as it is. An unknown key is ErrNotFound.
 	OwnerKeyID *int64
 }
 
@@ -120,13 +121,13 @@ func (db *DB) ListProjects(ctx context.Context, page Page) ([]Project, int64, er
 	return items, total, nil
 }
 
-// UpdateProject replaces the writable columns of project id, its owner included.
+// UpdateProject replaces the writable columns of project id.
 func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Project, error) {
 	row := db.pool.QueryRow(ctx, `UPDATE projects SET name = $2, display_name = $3, description = $4,
 		repository_url = $5, enabled = $6,
 		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
 		fetch_credentials = CASE WHEN $9::boolean THEN $10::jsonb ELSE fetch_credentials END,
-		owner_key_id = $11, updated_at = now()
+		owner_key_id = coalesce($11, owner_key_id), updated_at = now()
 		WHERE id = $1 RETURNING `+projectColumns,
 		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret),
 		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID)

@@ -184,10 +184,22 @@ func TestProjects_OwnerIsKeptShownAndClearedWhenTheKeyGoes(t *testing.T) {
 		}
 	}
 
-	// An update carries the owner through (the API passes the current one on).
-	f := storage.ProjectFields{Name: "p", RepositoryURL: "https://example.org/r.git", Enabled: true, OwnerKeyID: p.OwnerKeyID}
+	// An update without an owner leaves it as it is; one with an owner changes it.
+	f := storage.ProjectFields{Name: "p", RepositoryURL: "https://example.org/r.git", Enabled: true}
 	if p, err = db.UpdateProject(ctx, p.ID, f); err != nil || p.OwnerKeyID == nil || *p.OwnerKeyID != k.ID {
 		t.Fatalf("update kept owner %v (err %v), want %d", p.OwnerKeyID, err, k.ID)
+	}
+	k2, err := db.CreateAPIKey(ctx, "other", storage.RoleCreateProjects, []byte("hash-of-other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.OwnerKeyID = &k2.ID
+	if got, err := db.UpdateProject(ctx, p.ID, f); err != nil || got.OwnerKeyID == nil || *got.OwnerKeyID != k2.ID || got.OwnerKeyName != "other" {
+		t.Fatalf("update to owner %d: %v %q (err %v)", k2.ID, got.OwnerKeyID, got.OwnerKeyName, err)
+	}
+	f.OwnerKeyID = &k.ID
+	if _, err := db.UpdateProject(ctx, p.ID, f); err != nil {
+		t.Fatal(err)
 	}
 	missing := k.ID + 1000
 	f.OwnerKeyID = &missing

@@ -79,8 +79,8 @@ func isLocalRepository(s string) bool {
 }
 
 // projectWrite checks what only admins may do in a create (old is the zero Project) or
-// an update of a project and sets f's owner: the creating key, or the project's
-// current owner, or, from an admin, the key in owner_key_id.
+// an update of a project and sets f's owner: on create the creating key, and the key
+// in owner_key_id when an admin gives the project to it (nil: as it is).
 func projectWrite(ctx context.Context, old storage.Project, creating bool, in projectInput, f *storage.ProjectFields) error {
 	if err := mayUseRepository(ctx, old.RepositoryURL, f.RepositoryURL); err != nil {
 		return err
@@ -88,14 +88,14 @@ func projectWrite(ctx context.Context, old storage.Project, creating bool, in pr
 	owner := old.OwnerKeyID
 	if creating {
 		owner = callerKeyID(ctx)
+		f.OwnerKeyID = owner
 	}
 	if in.OwnerKeyID != nil && (owner == nil || *owner != *in.OwnerKeyID) {
 		if !isAdmin(ctx) {
 			return Errorf(http.StatusForbidden, "owner_key_id", "only an admin may give a project to another key")
 		}
-		owner = in.OwnerKeyID
+		f.OwnerKeyID = in.OwnerKeyID
 	}
-	f.OwnerKeyID = owner
 	return nil
 }
 
