@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -142,5 +143,78 @@ func TestProjects_DuplicateNameIsConflict(t *testing.T) {
 	}
 	if _, err := db.GetProject(ctx, 999); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("missing: err = %v, want ErrNotFound", err)
+	}
+}
+
+// TestProjects_OwnerIsKeptShownAndClearedWhenTheKeyGoes: a project records the key that
+// owns it and shows the key's name; deleting the key leaves the project with no owner
+// (ON DELETE SET NULL), so only admins manage it; an unknown key is ErrNotFound.
+func TestProjects_OwnerIsKeptShownAndClearedWhenTheKeyGoes(t *testing.T) {
+	ctx := context.Background()
+	db := storagetest.New(t)
+	k, err := db.CreateAPIKey(ctx, "ci-bot", storage.RoleCreateProjects, []byte("hash-of-ci-bot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := db.CreateProject(ctx, storage.ProjectFields{Name: "p", RepositoryURL: "https://example.org/r.git",
+		Enabled: true, OwnerKeyID: &k.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.OwnerKeyID == nil || *p.OwnerKeyID != k.ID || p.OwnerKeyName != "ci-bot" {
+		t.Fatalf("created project owner = %v %q, want %d ci-bot", p.OwnerKeyID, p.OwnerKeyName, k.ID)
+	}
+	for _, get := range []func() (storage.Project, error){
+		func() (storage.Project, error) { return db.GetProject(ctx, p.ID) },
+		func() (storage.Project, error) { return db.GetProjectByName(ctx, "p") },
+		func() (storage.Project, error) {
+			ps, _, err := db.ListProjects(ctx, storage.Page{Limit: 10})
+			if err != nil || len(ps) != 1 {
+				return storage.Project{}, fmt.Errorf("list: %d projects, err %w", len(ps), err)
+			}
+			return ps[0], nil
+		},
+	} {
+		got, err := get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.OwnerKeyID == nil || *got.OwnerKeyID != k.ID || got.OwnerKeyName != "ci-bot" {
+			t.Errorf("read project owner = %v %q, want %d ci-bot", got.OwnerKeyID, got.OwnerKeyName, k.ID)
+		}
+	}
+
+	// An update without an owner leaves it as it is; one with an owner changes it.
+	f := storage.ProjectFields{Name: "p", RepositoryURL: "https://example.org/r.git", Enabled: true}
+	if p, err = db.UpdateProject(ctx, p.ID, f); err != nil || p.OwnerKeyID == nil || *p.OwnerKeyID != k.ID {
+		t.Fatalf("update kept owner %v (err %v), want %d", p.OwnerKeyID, err, k.ID)
+	}
+	k2, err := db.CreateAPIKey(ctx, "other", storage.RoleCreateProjects, []byte("hash-of-other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.OwnerKeyID = &k2.ID
+	if got, err := db.UpdateProject(ctx, p.ID, f); err != nil || got.OwnerKeyID == nil || *got.OwnerKeyID != k2.ID || got.OwnerKeyName != "other" {
+		t.Fatalf("update to owner %d: %v %q (err %v)", k2.ID, got.OwnerKeyID, got.OwnerKeyName, err)
+	}
+	f.OwnerKeyID = &k.ID
+	if _, err := db.UpdateProject(ctx, p.ID, f); err != nil {
+		t.Fatal(err)
+	}
+	missing := k.ID + 1000
+	f.OwnerKeyID = &missing
+	if _, err := db.UpdateProject(ctx, p.ID, f); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("owner that is no key: err = %v, want ErrNotFound", err)
+	}
+
+	if err := db.DeleteAPIKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.GetProject(ctx, p.ID)
+	if err != nil {
+		t.Fatalf("the project must outlive its owner's key: %v", err)
+	}
+	if got.OwnerKeyID != nil || got.OwnerKeyName != "" {
+		t.Errorf("after the key was deleted owner = %v %q, want none", got.OwnerKeyID, got.OwnerKeyName)
 	}
 }

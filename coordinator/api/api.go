@@ -42,14 +42,15 @@ func (a *API) Routes(r chi.Router) {
 	r.Get("/projects", a.listProjects)
 	r.With(Require(auth.PermCreateProjects)).Post("/projects", a.createProject)
 	r.Get("/projects/{id}", a.getProject)
-	r.With(Require(auth.PermAdmin)).Put("/projects/{id}", a.updateProject)
-	r.With(Require(auth.PermAdmin)).Delete("/projects/{id}", a.deleteProject)
+	// Managing a project is for admins and the create-projects key that owns it.
+	r.With(Require(auth.PermCreateProjects), a.ownerOnly("id")).Put("/projects/{id}", a.updateProject)
+	r.With(Require(auth.PermCreateProjects), a.ownerOnly("id")).Delete("/projects/{id}", a.deleteProject)
 
 	r.Get("/projects/{pid}/jobsets", a.listJobsets)
-	r.With(Require(auth.PermCreateProjects)).Post("/projects/{pid}/jobsets", a.createJobset)
+	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Post("/projects/{pid}/jobsets", a.createJobset)
 	r.Get("/projects/{pid}/jobsets/{id}", a.getJobset)
-	r.With(Require(auth.PermAdmin)).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
-	r.With(Require(auth.PermAdmin)).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
+	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
+	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
 
 	r.With(Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", a.setKeep)
 

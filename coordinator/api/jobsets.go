@@ -118,7 +118,9 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		}
 	}
 	if in.Inputs != nil {
-		f.Inputs = f.Inputs[:0]
+		// A new slice, not f.Inputs[:0]: that would overwrite the jobset's current
+		// inputs, which the handlers compare the new ones with.
+		f.Inputs = make([]storage.JobsetInput, 0, len(*in.Inputs))
 		for _, i := range *in.Inputs {
 			f.Inputs = append(f.Inputs, storage.JobsetInput(i))
 		}
@@ -227,6 +229,10 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 	}
 	f := storage.JobsetFields{FlakeMode: true, NixExpression: defaultExpression(true), CheckInterval: 60,
 		SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3}
+	if err := mayUseInputs(r.Context(), nil, in.Inputs); err != nil { // ownership.go
+		a.fail(w, r, err)
+		return
+	}
 	if err := in.apply(&f); err != nil {
 		a.fail(w, r, err)
 		return
@@ -275,6 +281,10 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 	f := storage.JobsetFields{Name: j.Name, Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode,
 		NixExpression: j.NixExpression, Inputs: j.Inputs, CheckInterval: j.CheckInterval,
 		SchedulingShares: j.SchedulingShares, State: j.State, KeepNr: j.KeepNr}
+	if err := mayUseInputs(r.Context(), j.Inputs, in.Inputs); err != nil { // ownership.go
+		a.fail(w, r, err)
+		return
+	}
 	if err := in.apply(&f); err != nil {
 		a.fail(w, r, err)
 		return

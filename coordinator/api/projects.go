@@ -26,16 +26,20 @@ type projectJSON struct {
 	Enabled          bool   `json:"enabled"`
 	WebhookSecretSet bool   `json:"webhook_secret_set"`
 	// Fetch credentials are write-only: a GET says only whether they are set.
-	FetchCredentialsSet bool      `json:"fetch_credentials_set"`
-	CreatedAt           time.Time `json:"created_at"`
-	UpdatedAt           time.Time `json:"updated_at"`
+	FetchCredentialsSet bool `json:"fetch_credentials_set"`
+	// The API key that owns the project (null: none, only admins manage it) and its
+	// name; never the key itself.
+	OwnerKeyID   *int64    `json:"owner_key_id"`
+	OwnerKeyName string    `json:"owner_key_name"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
 }
 
 func toProjectJSON(p storage.Project) projectJSON {
 	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
 		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
-		FetchCredentialsSet: p.FetchCredentialsSet,
-		CreatedAt:           p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+		FetchCredentialsSet: p.FetchCredentialsSet, OwnerKeyID: p.OwnerKeyID, OwnerKeyName: p.OwnerKeyName,
+		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
 // projectInput is a create or update request; nil fields are left as they are.
@@ -49,6 +53,8 @@ type projectInput struct {
 	// FetchCredentials for a private repository: {"ssh_key": "...", "https_token": "..."};
 	// {} clears them.
 	FetchCredentials *storage.FetchCredentials `json:"fetch_credentials"`
+	// OwnerKeyID gives the project to another API key (admins only).
+	OwnerKeyID *int64 `json:"owner_key_id"`
 }
 
 // maxNameLen bounds project, jobset and API key names.
@@ -132,6 +138,9 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 	if c := in.FetchCredentials; c != nil && c.SSHKey != "" && !strings.Contains(c.SSHKey, "PRIVATE KEY") {
 		return Errorf(http.StatusUnprocessableEntity, "fetch_credentials", "fetch_credentials.ssh_key must be a private key (OpenSSH or PEM)")
 	}
+	if in.OwnerKeyID != nil && *in.OwnerKeyID <= 0 {
+		return Errorf(http.StatusUnprocessableEntity, "owner_key_id", "owner_key_id must be an API key's id")
+	}
 	if err := ValidName("name", f.Name); err != nil {
 		return err
 	}
@@ -184,9 +193,13 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := projectWrite(r.Context(), storage.Project{}, true, in, &f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err := a.db.CreateProject(r.Context(), f)
 	if err != nil {
-		a.fail(w, r, nameConflict(err, "a project", f.Name))
+		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
 	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
@@ -233,9 +246,13 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := projectWrite(r.Context(), p, false, in, &f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err = a.db.UpdateProject(r.Context(), p.ID, f)
 	if err != nil {
-		a.fail(w, r, nameConflict(err, "a project", f.Name))
+		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
 	WriteJSON(w, http.StatusOK, toProjectJSON(p))

@@ -40,6 +40,18 @@ func Allows(role string, perm Permission) bool {
 	return perm != PermAdmin && string(perm) == role
 }
 
+// ManagesProject reports whether p may manage (change, delete, add and change jobsets
+// of) a project owned by the key ownerKeyID (nil: a project with no owner). This is
+// Hydra's model: admins manage every project; a create-projects key manages the
+// projects it owns and no others; nobody else manages any. A project with no owner
+// (made before projects had owners, or whose key was deleted) is for admins only.
+func ManagesProject(p Principal, ownerKeyID *int64) bool {
+	if Allows(p.Role, PermAdmin) {
+		return true
+	}
+	return Allows(p.Role, PermCreateProjects) && p.KeyID != 0 && ownerKeyID != nil && *ownerKeyID == p.KeyID
+}
+
 // Roles are the names a key may be given.
 var roles = []string{storage.RoleAdmin, storage.RoleReadOnly, storage.RoleCreateProjects,
 	storage.RoleEvalJobset, storage.RoleCancelBuild, storage.RoleRestartJobs, storage.RoleBumpToFront}

@@ -29,11 +29,17 @@ type authzRoute struct {
 	// req makes fresh resources (so each principal's DELETE has something to
 	// delete) and returns the method, path and body of the request.
 	req func(t *testing.T, f *fixtures) (method, path string, body any)
+	// reqBy, if set instead of req, is told the calling key's id (0 for no key or
+	// an unknown one), for rows about what the caller owns.
+	reqBy func(t *testing.T, f *fixtures, caller int64) (method, path string, body any)
 }
 
 type fixtures struct {
 	db *storage.DB
 	n  atomic.Int64
+	// other is a create-projects key that none of the principals is: the owner of
+	// "another key's" projects.
+	other int64
 }
 
 func (f *fixtures) unique(prefix string) string { return fmt.Sprintf("%s%d", prefix, f.n.Add(1)) }
@@ -46,6 +52,32 @@ func (f *fixtures) project(t *testing.T) storage.Project {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// ownedProject makes a project owned by the key owner (0: no owner).
+func (f *fixtures) ownedProject(t *testing.T, owner int64) storage.Project {
+	t.Helper()
+	fields := storage.ProjectFields{Name: f.unique("p"), RepositoryURL: "https://example.org/r.git", Enabled: true}
+	if owner != 0 {
+		fields.OwnerKeyID = &owner
+	}
+	p, err := f.db.CreateProject(context.Background(), fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ownedJobset makes a jobset of a new project owned by the key owner (0: no owner).
+func (f *fixtures) ownedJobset(t *testing.T, owner int64) storage.Jobset {
+	t.Helper()
+	p := f.ownedProject(t, owner)
+	j, err := f.db.CreateJobset(context.Background(), p.ID, storage.JobsetFields{Name: f.unique("j"), FlakeMode: true,
+		NixExpression: "hydraJobs", CheckInterval: 60, SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
 
 func (f *fixtures) publicKey(t *testing.T) string {
@@ -104,13 +136,7 @@ func (f *fixtures) stepBuild(t *testing.T, status string) (buildID, evalID int64
 
 func (f *fixtures) jobset(t *testing.T) storage.Jobset {
 	t.Helper()
-	p := f.project(t)
-	j, err := f.db.CreateJobset(context.Background(), p.ID, storage.JobsetFields{Name: f.unique("j"), FlakeMode: true,
-		NixExpression: "hydraJobs", CheckInterval: 60, SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return j
+	return f.ownedJobset(t, 0)
 }
 
 // TestAuthz_RouteTable checks every write route and every admin-only read, over the
@@ -121,25 +147,32 @@ func TestAuthz_RouteTable(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	f := &fixtures{db: e.db}
+	f.other, _ = e.keyWithID(storage.RoleCreateProjects)
 	// An unknown key that looks like a real one.
 	unknown, _, err := auth.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	principals := []struct {
+	type principal struct {
 		name string
+		id   int64 // the key's id, 0 for none
 		key  string
 		want func(statusFor) int
-	}{
-		{"no key", "", func(s statusFor) int { return s.NoKey }},
-		{"unknown key", unknown, func(s statusFor) int { return s.UnknownKey }},
-		{"read-only", e.key(storage.RoleReadOnly), func(s statusFor) int { return s.ReadOnly }},
-		{"create-projects", e.key(storage.RoleCreateProjects), func(s statusFor) int { return s.CreateProjects }},
-		{"eval-jobset", e.key(storage.RoleEvalJobset), func(s statusFor) int { return s.EvalJobset }},
-		{"cancel-build", e.key(storage.RoleCancelBuild), func(s statusFor) int { return s.CancelBuild }},
-		{"restart-jobs", e.key(storage.RoleRestartJobs), func(s statusFor) int { return s.RestartJobs }},
-		{"bump-to-front", e.key(storage.RoleBumpToFront), func(s statusFor) int { return s.BumpToFront }},
-		{"admin", e.admin, func(s statusFor) int { return s.Admin }},
+	}
+	withRole := func(role string, want func(statusFor) int) principal {
+		id, key := e.keyWithID(role)
+		return principal{role, id, key, want}
+	}
+	principals := []principal{
+		{"no key", 0, "", func(s statusFor) int { return s.NoKey }},
+		{"unknown key", 0, unknown, func(s statusFor) int { return s.UnknownKey }},
+		withRole(storage.RoleReadOnly, func(s statusFor) int { return s.ReadOnly }),
+		withRole(storage.RoleCreateProjects, func(s statusFor) int { return s.CreateProjects }),
+		withRole(storage.RoleEvalJobset, func(s statusFor) int { return s.EvalJobset }),
+		withRole(storage.RoleCancelBuild, func(s statusFor) int { return s.CancelBuild }),
+		withRole(storage.RoleRestartJobs, func(s statusFor) int { return s.RestartJobs }),
+		withRole(storage.RoleBumpToFront, func(s statusFor) int { return s.BumpToFront }),
+		withRole(storage.RoleAdmin, func(s statusFor) int { return s.Admin }),
 	}
 
 	routes := []authzRoute{
@@ -147,44 +180,130 @@ func TestAuthz_RouteTable(t *testing.T) {
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 201, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/projects", obj{"name": f.unique("new"), "repository_url": "https://example.org/n.git"}
-			}},
-		{"PUT /api/v1/projects/{id}",
+			}, nil},
+		// Projects and their jobsets (ownership, Hydra's model): a create-projects key
+		// manages the projects it owns, never another key's, nor one with no owner
+		// (made before ownership, or whose key was deleted); admins manage all. Owning
+		// a project grants nothing to a key whose role is not create-projects.
+		{"PUT /api/v1/projects/{id} (no owner)",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.project(t).ID), obj{"description": "changed"}
+			}, nil},
+		{"PUT /api/v1/projects/{id} (the caller's own)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 200, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, caller).ID), obj{"description": "changed"}
 			}},
-		{"DELETE /api/v1/projects/{id}",
+		{"PUT /api/v1/projects/{id} (another key's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, f.other).ID), obj{"description": "changed"}
+			}, nil},
+		{"DELETE /api/v1/projects/{id} (no owner)",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "DELETE", fmt.Sprintf("/api/v1/projects/%d", f.project(t).ID), nil
+			}, nil},
+		{"DELETE /api/v1/projects/{id} (the caller's own)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 204, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, caller).ID), nil
 			}},
-		{"POST /api/v1/projects/{pid}/jobsets",
-			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 201, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+		{"DELETE /api/v1/projects/{id} (another key's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, f.other).ID), nil
+			}, nil},
+		{"POST /api/v1/projects/{pid}/jobsets (no owner)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.project(t).ID), obj{"name": "main"}
+			}, nil},
+		{"POST /api/v1/projects/{pid}/jobsets (the caller's own)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 201, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.ownedProject(t, caller).ID), obj{"name": "main"}
 			}},
-		{"PUT /api/v1/projects/{pid}/jobsets/{id}",
+		{"POST /api/v1/projects/{pid}/jobsets (another key's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.ownedProject(t, f.other).ID), obj{"name": "main"}
+			}, nil},
+		{"PUT /api/v1/projects/{pid}/jobsets/{id} (no owner)",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				j := f.jobset(t)
 				return "PUT", jobsetPath(j.ProjectID, j.ID), obj{"description": "changed"}
+			}, nil},
+		{"PUT /api/v1/projects/{pid}/jobsets/{id} (the caller's own)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 200, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				j := f.ownedJobset(t, caller)
+				return "PUT", jobsetPath(j.ProjectID, j.ID), obj{"description": "changed"}
 			}},
-		{"DELETE /api/v1/projects/{pid}/jobsets/{id}",
+		{"PUT /api/v1/projects/{pid}/jobsets/{id} (another key's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				j := f.ownedJobset(t, f.other)
+				return "PUT", jobsetPath(j.ProjectID, j.ID), obj{"description": "changed"}
+			}, nil},
+		{"DELETE /api/v1/projects/{pid}/jobsets/{id} (no owner)",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				j := f.jobset(t)
 				return "DELETE", jobsetPath(j.ProjectID, j.ID), nil
+			}, nil},
+		{"DELETE /api/v1/projects/{pid}/jobsets/{id} (the caller's own)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 204, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				j := f.ownedJobset(t, caller)
+				return "DELETE", jobsetPath(j.ProjectID, j.ID), nil
+			}},
+		{"DELETE /api/v1/projects/{pid}/jobsets/{id} (another key's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				j := f.ownedJobset(t, f.other)
+				return "DELETE", jobsetPath(j.ProjectID, j.ID), nil
+			}, nil},
+		// Local repositories (a path on the agents' machines) are for admins only.
+		{"POST /api/v1/projects (file:// repository_url)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/projects", obj{"name": f.unique("new"), "repository_url": "file:///srv/git/r.git"}
+			}, nil},
+		{"POST /api/v1/projects (absolute path repository_url)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/projects", obj{"name": f.unique("new"), "repository_url": "/srv/git/r.git"}
+			}, nil},
+		{"PUT /api/v1/projects/{id} (the caller's own, to a local repository_url)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, caller).ID), obj{"repository_url": "file:///srv/git/r.git"}
+			}},
+		{"POST /api/v1/projects/{pid}/jobsets (the caller's own, a local git input)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.ownedProject(t, caller).ID),
+					obj{"name": "main", "inputs": []obj{{"name": "nixpkgs", "type": "git", "value": "/srv/git/nixpkgs main"}}}
+			}},
+		// Giving a project to another key is for admins only, even for its owner.
+		{"PUT /api/v1/projects/{id} (the caller's own, owner_key_id another key)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			nil, func(t *testing.T, f *fixtures, caller int64) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.ownedProject(t, caller).ID), obj{"owner_key_id": f.other}
 			}},
 		{"GET /api/v1/api-keys",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/api-keys", nil
-			}},
+			}, nil},
 		{"POST /api/v1/api-keys",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/api-keys", obj{"name": f.unique("k"), "role": "read-only"}
-			}},
+			}, nil},
 		{"DELETE /api/v1/api-keys/{id}",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
 			func(t *testing.T, f *fixtures) (string, string, any) {
@@ -193,134 +312,134 @@ func TestAuthz_RouteTable(t *testing.T) {
 					t.Fatal(err)
 				}
 				return "DELETE", fmt.Sprintf("/api/v1/api-keys/%d", k.ID), nil
-			}},
+			}, nil},
 		// Agents (the fleet issue): every write, and nothing else, is for admins.
 		{"POST /api/v1/agents",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/agents", obj{"name": f.unique("a"), "public_key": f.publicKey(t)}
-			}},
+			}, nil},
 		{"DELETE /api/v1/agents/{id}",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "DELETE", fmt.Sprintf("/api/v1/agents/%d", f.agent(t).ID), nil
-			}},
+			}, nil},
 		{"PUT /api/v1/agents/{id}",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "PUT", fmt.Sprintf("/api/v1/agents/%d", f.agent(t).ID), obj{"push": true}
-			}},
+			}, nil},
 		{"POST /api/v1/agents/{id}/drain",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/agents/%d/drain", f.agent(t).ID), nil
-			}},
+			}, nil},
 		{"POST /api/v1/agents/{id}/enable",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/agents/%d/enable", f.agent(t).ID), nil
-			}},
+			}, nil},
 		{"POST /api/v1/agents/{id}/disable",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/agents/%d/disable", f.agent(t).ID), nil
-			}},
+			}, nil},
 		{"POST /api/v1/agents/tokens",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/agents/tokens", obj{"name": f.unique("tok")}
-			}},
+			}, nil},
 		{"GET /api/v1/agents",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/agents", nil
-			}},
+			}, nil},
 		// Cache retention (the cache issue).
 		{"PUT /api/v1/builds/{id}/keep/{keep}",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "PUT", fmt.Sprintf("/api/v1/builds/%d/keep/1", f.build(t)), nil
-			}},
+			}, nil},
 		// Build actions (the builds issue): each needs its own role (or admin).
 		{"POST /api/v1/builds/{id}/cancel",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 200, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				id, _ := f.stepBuild(t, "queued")
 				return "POST", fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil
-			}},
+			}, nil},
 		{"POST /api/v1/builds/{id}/restart",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 200, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				id, _ := f.stepBuild(t, "failed")
 				return "POST", fmt.Sprintf("/api/v1/builds/%d/restart", id), nil
-			}},
+			}, nil},
 		{"POST /api/v1/builds/{id}/bump",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				id, _ := f.stepBuild(t, "queued")
 				return "POST", fmt.Sprintf("/api/v1/builds/%d/bump", id), nil
-			}},
+			}, nil},
 		{"POST /api/v1/evaluations/{id}/cancel",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 200, RestartJobs: 403, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				_, ev := f.stepBuild(t, "queued")
 				return "POST", fmt.Sprintf("/api/v1/evaluations/%d/cancel", ev), nil
-			}},
+			}, nil},
 		{"POST /api/v1/evaluations/{id}/restart-failed",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 200, BumpToFront: 403, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				_, ev := f.stepBuild(t, "failed")
 				return "POST", fmt.Sprintf("/api/v1/evaluations/%d/restart-failed", ev), nil
-			}},
+			}, nil},
 		{"GET /api/v1/queue",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/queue", nil
-			}},
+			}, nil},
 		{"GET /api/v1/cache/public-key",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/cache/public-key", nil
-			}},
+			}, nil},
 		// Evaluations (the evaluation issue).
 		{"POST /api/v1/evaluations/trigger",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 202, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 202},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/evaluations/trigger", obj{"jobset_id": f.jobset(t).ID}
-			}},
+			}, nil},
 		// Webhooks answer to their HMAC signature only: an API key grants nothing there.
 		{"POST /api/v1/webhooks/{project}/github",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/webhooks/%d/github", f.project(t).ID), obj{"ref": "refs/heads/main"}
-			}},
+			}, nil},
 		{"POST /api/v1/webhooks/{project}/gitea",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", fmt.Sprintf("/api/v1/webhooks/%d/gitea", f.project(t).ID), obj{"ref": "refs/heads/main"}
-			}},
+			}, nil},
 		{"POST /api/v1/webhooks/{project}/github by name",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 401, CreateProjects: 401, EvalJobset: 401, CancelBuild: 401, RestartJobs: 401, BumpToFront: 401, Admin: 401},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "POST", "/api/v1/webhooks/" + f.project(t).Name + "/github", obj{"ref": "refs/heads/main"}
-			}},
+			}, nil},
 		{"GET /api/v1/evaluations",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/evaluations", nil
-			}},
+			}, nil},
 		// Public reads: anyone, except a caller presenting a key nobody knows.
 		{"GET /api/v1/projects",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/projects", nil
-			}},
+			}, nil},
 		{"GET /api/v1/projects/{pid}/jobsets/{id}",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				j := f.jobset(t)
 				return "GET", jobsetPath(j.ProjectID, j.ID), nil
-			}},
+			}, nil},
 	}
 
 	for _, rt := range routes {
@@ -330,7 +449,13 @@ func TestAuthz_RouteTable(t *testing.T) {
 				if want == 0 {
 					t.Fatalf("the table has no status for %s", p.name)
 				}
-				method, path, body := rt.req(t, f)
+				var method, path string
+				var body any
+				if rt.reqBy != nil {
+					method, path, body = rt.reqBy(t, f, p.id)
+				} else {
+					method, path, body = rt.req(t, f)
+				}
 				before := e.in(t).snapshot()
 				r := do(t, e.srv.URL, method, path, p.key, body)
 				if r.Status != want {

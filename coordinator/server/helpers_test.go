@@ -73,11 +73,18 @@ var keyCounter atomic.Int64
 // key creates an API key with role and returns the secret.
 func (e *env) key(role string) string {
 	e.t.Helper()
-	_, key, err := auth.CreateKey(context.Background(), e.db, fmt.Sprintf("%s-%d", role, keyCounter.Add(1)), role)
+	_, key := e.keyWithID(role)
+	return key
+}
+
+// keyWithID creates an API key with role and returns its id and the secret.
+func (e *env) keyWithID(role string) (int64, string) {
+	e.t.Helper()
+	k, key, err := auth.CreateKey(context.Background(), e.db, fmt.Sprintf("%s-%d", role, keyCounter.Add(1)), role)
 	if err != nil {
 		e.t.Fatalf("create %s key: %v", role, err)
 	}
-	return key
+	return k.ID, key
 }
 
 // response is an answer with its body read.
@@ -186,6 +193,8 @@ type project struct {
 	RepositoryURL    string    `json:"repository_url"`
 	Enabled          bool      `json:"enabled"`
 	WebhookSecretSet bool      `json:"webhook_secret_set"`
+	OwnerKeyID       int64     `json:"owner_key_id"` // 0: null, no owner
+	OwnerKeyName     string    `json:"owner_key_name"`
 	CreatedAt        time.Time `json:"created_at"`
 	UpdatedAt        time.Time `json:"updated_at"`
 }

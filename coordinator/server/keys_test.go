@@ -48,8 +48,10 @@ func TestAPIKeys_CreateShowsTheKeyOnceAndItAuthenticates(t *testing.T) {
 	}
 
 	// The key works, with its role's rights and no more.
-	e.do("POST", "/api/v1/projects", k.Key, obj{"name": "by-bot", "repository_url": "/srv/r"}).want(t, http.StatusCreated)
-	e.do("DELETE", "/api/v1/projects/by-bot", k.Key, nil).apiErr(t, http.StatusForbidden)
+	// (It manages the projects it creates, and no other.)
+	e.do("POST", "/api/v1/projects", k.Key, obj{"name": "by-bot", "repository_url": "https://example.org/r.git"}).want(t, http.StatusCreated)
+	e.createProject("by-admin", nil)
+	e.do("DELETE", "/api/v1/projects/by-admin", k.Key, nil).apiErr(t, http.StatusForbidden)
 	e.do("GET", "/api/v1/api-keys", k.Key, nil).apiErr(t, http.StatusForbidden)
 
 	// The list never shows the key or its hash.
