@@ -134,6 +134,7 @@ func TestLoad_ErrorsNameTheSettingFileAndLine(t *testing.T) {
 		{"empty state_dir", "", "FC_AGENT__STATE_DIR=", []string{"agent.state_dir"}},
 		{"min_free_disk negative", "[agent]\nmin_free_disk = -1\n", "", []string{"agent.min_free_disk"}},
 		{"gc_interval negative", "", "FC_AGENT__GC_INTERVAL=-5", []string{"agent.gc_interval"}},
+		{"relative allowed input path", "[agent]\nallowed_input_paths = [\"/srv/in\", \"srv/in\"]\n", "", []string{"agent.allowed_input_paths", `"srv/in"`}},
 		{"gc_interval as a duration string", "[agent]\ngc_interval = \"1h\"\n", "", []string{"agent.gc_interval", "line 2"}},
 	}
 	for _, c := range cases {

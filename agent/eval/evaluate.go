@@ -188,9 +188,11 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 		case "nix":
 			t.inputs = append(t.inputs, nixArg{name: in.Name, value: in.Value})
 		case "path":
-			p := in.Value
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(dir, p)
+			// A path on this machine: only where the agent's own list allows, never
+			// its state, and read where its symlinks lead as checked.
+			p, err := checkPathInput(in.Name, in.Value, req.AllowedInputPaths, req.ProtectedPaths)
+			if err != nil {
+				return nil, cleanup, checkoutSeconds, err
 			}
 			t.inputs = append(t.inputs, nixArg{name: in.Name, value: "{ outPath = " + storeCopy(p) + "; }"})
 			t.search = append(t.search, in.Name+"="+p)
