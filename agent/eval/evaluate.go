@@ -207,7 +207,9 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 				rev = fields[1]
 			}
 			cstart := time.Now()
-			idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken})
+			// The project's credentials go only to its own scheme, host and port.
+			creds := Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken}.ScopedTo(req.RepoURL, fields[0])
+			idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, creds)
 			if err != nil {
 				return nil, cleanup, checkoutSeconds, fmt.Errorf("input %q: %w", in.Name, err)
 			}
