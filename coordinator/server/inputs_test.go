@@ -46,67 +46,75 @@ func TestPathInputs_OnlyUnderAllowedDirectoriesAndOnlyFromAdmins(t *testing.T) {
 	jobsets := fmt.Sprintf("/api/v1/projects/%d/jobsets", p.ID)
 	creator := e.key(storage.RoleCreateProjects)
 
-	refused := []string{
-		"/srv/inputs/../../etc",         // climbs out
-		"/srv/inputs/../../../../etc",   // and past the root
-		"/../../etc",                    // the finding's value
-		"/srv/inputs-other",             // a sibling sharing the prefix
-		"/srv",                          // the parent
-		"/etc/passwd",                   // elsewhere
-		"/var/lib/fc-agent/agent_key",   // the agent's key
-		"/opt/shared/../secret",         // out of the second directory
-		"/srv/inputs/a/../../inputsX/b", // cleans to /srv/inputsX/b
-	}
 	before := e.snapshot()
-	for i, v := range refused {
-		body := pathInput(v)
-		body["name"] = fmt.Sprintf("refused%d", i)
-		ae := e.do("POST", jobsets, e.admin, body).apiErr(t, http.StatusUnprocessableEntity)
-		if ae.Field != "inputs" || !strings.Contains(ae.Error, "evaluator.allowed_input_paths") {
-			t.Errorf("path input %q: field %q error %q, want inputs and the setting named", v, ae.Field, ae.Error)
+	t.Run("outside the allowed directories", func(t *testing.T) {
+		e := e.in(t)
+		for i, v := range []string{
+			"/srv/inputs/../../etc",         // climbs out
+			"/srv/inputs/../../../../etc",   // and past the root
+			"/../../etc",                    // the finding's value
+			"/srv/inputs-other",             // a sibling sharing the prefix
+			"/srv",                          // the parent
+			"/etc/passwd",                   // elsewhere
+			"/var/lib/fc-agent/agent_key",   // the agent's key
+			"/opt/shared/../secret",         // out of the second directory
+			"/srv/inputs/a/../../inputsX/b", // cleans to /srv/inputsX/b
+		} {
+			body := pathInput(v)
+			body["name"] = fmt.Sprintf("refused%d", i)
+			ae := e.do("POST", jobsets, e.admin, body).apiErr(t, http.StatusUnprocessableEntity)
+			if ae.Field != "inputs" || !strings.Contains(ae.Error, "evaluator.allowed_input_paths") {
+				t.Errorf("path input %q: field %q error %q, want inputs and the setting named", v, ae.Field, ae.Error)
+			}
 		}
-	}
-
-	// Another role may create jobsets, but not with a path input, even an allowed one.
-	for _, v := range []string{"/srv/inputs/src", "/etc"} {
-		body := pathInput(v)
-		body["name"] = "bycreator"
-		ae := e.do("POST", jobsets, creator, body).apiErr(t, http.StatusForbidden)
-		if !strings.Contains(ae.Error, "admin") {
-			t.Errorf("path input %q from a create-projects key: error %q, want one saying only admins may", v, ae.Error)
+	})
+	t.Run("from another role than admin", func(t *testing.T) {
+		e := e.in(t)
+		// Another role may create jobsets, but not with a path input, even an allowed one.
+		for _, v := range []string{"/srv/inputs/src", "/etc"} {
+			body := pathInput(v)
+			body["name"] = "bycreator"
+			ae := e.do("POST", jobsets, creator, body).apiErr(t, http.StatusForbidden)
+			if !strings.Contains(ae.Error, "admin") {
+				t.Errorf("path input %q from a create-projects key: error %q, want one saying only admins may", v, ae.Error)
+			}
 		}
-	}
+	})
 	if after := e.snapshot(); after != before {
 		t.Errorf("refused path inputs changed the database:\nbefore %s\nafter  %s", before, after)
 	}
 	e.do("POST", jobsets, creator, obj{"name": "plain", "inputs": []obj{{"name": "s", "type": "string", "value": "x"}}}).
 		want(t, http.StatusCreated)
 
-	// Accepted: the directories themselves and what lies below, stored cleaned.
-	for i, c := range []struct{ value, stored string }{
-		{"/srv/inputs", "/srv/inputs"},
-		{"/srv/inputs/src", "/srv/inputs/src"},
-		{"/srv/inputs/a/../b//c/", "/srv/inputs/b/c"},
-		{"/opt/shared/x", "/opt/shared/x"},
-	} {
-		body := pathInput(c.value)
-		body["name"] = fmt.Sprintf("ok%d", i)
-		var j jobset
-		e.do("POST", jobsets, e.admin, body).want(t, http.StatusCreated).decode(t, &j)
-		if len(j.Inputs) != 1 || j.Inputs[0].Value != c.stored {
-			t.Errorf("path input %q stored as %+v, want %q", c.value, j.Inputs, c.stored)
+	t.Run("accepted under them, stored cleaned", func(t *testing.T) {
+		e := e.in(t)
+		for i, c := range []struct{ value, stored string }{
+			{"/srv/inputs", "/srv/inputs"},
+			{"/srv/inputs/src", "/srv/inputs/src"},
+			{"/srv/inputs/a/../b//c/", "/srv/inputs/b/c"},
+			{"/opt/shared/x", "/opt/shared/x"},
+		} {
+			body := pathInput(c.value)
+			body["name"] = fmt.Sprintf("ok%d", i)
+			var j jobset
+			e.do("POST", jobsets, e.admin, body).want(t, http.StatusCreated).decode(t, &j)
+			if len(j.Inputs) != 1 || j.Inputs[0].Value != c.stored {
+				t.Errorf("path input %q stored as %+v, want %q", c.value, j.Inputs, c.stored)
+			}
 		}
-	}
+	})
 
-	// Updates follow the same rules.
-	j := e.createJobset(p.ID, "upd", nil)
-	ae := e.do("PUT", jobsetPath(p.ID, j.ID), e.admin, pathInput("/srv/inputs/../../root/.ssh")).apiErr(t, http.StatusUnprocessableEntity)
-	if ae.Field != "inputs" || !strings.Contains(ae.Error, "evaluator.allowed_input_paths") {
-		t.Errorf("PUT outside: field %q error %q", ae.Field, ae.Error)
-	}
-	var got jobset
-	e.do("PUT", jobsetPath(p.ID, j.ID), e.admin, pathInput("/srv/inputs/src")).want(t, http.StatusOK).decode(t, &got)
-	if len(got.Inputs) != 1 || got.Inputs[0].Value != "/srv/inputs/src" {
-		t.Errorf("PUT inside: inputs %+v", got.Inputs)
-	}
+	t.Run("updates follow the same rules", func(t *testing.T) {
+		e := e.in(t)
+		j := e.createJobset(p.ID, "upd", nil)
+		ae := e.do("PUT", jobsetPath(p.ID, j.ID), e.admin, pathInput("/srv/inputs/../../root/.ssh")).apiErr(t, http.StatusUnprocessableEntity)
+		if ae.Field != "inputs" || !strings.Contains(ae.Error, "evaluator.allowed_input_paths") {
+			t.Errorf("PUT outside: field %q error %q", ae.Field, ae.Error)
+		}
+		var got jobset
+		e.do("PUT", jobsetPath(p.ID, j.ID), e.admin, pathInput("/srv/inputs/src")).want(t, http.StatusOK).decode(t, &got)
+		if len(got.Inputs) != 1 || got.Inputs[0].Value != "/srv/inputs/src" {
+			t.Errorf("PUT inside: inputs %+v", got.Inputs)
+		}
+	})
 }
