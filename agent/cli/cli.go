@@ -244,7 +244,8 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, "git", "work")); err != nil {
 			log.Warn("remove stale evaluation checkouts", "err", err)
 		}
-		ev := &work.Eval{StateDir: cfg.Agent.StateDir, Logger: log}
+		ev := &work.Eval{StateDir: cfg.Agent.StateDir, AllowedInputPaths: cfg.Agent.AllowedInputPaths,
+			Protected: cfg.InputProtected(), Logger: log}
 		if parent, auto := cfg.EvalStoreParent(); parent != "" {
 			store, err := work.NewEvalStore(work.EvalStoreConfig{Parent: parent, Name: cfg.EvalStoreName(),
 				MaxSize: cfg.Agent.EvalStoreMaxSize, Logger: log})

@@ -65,6 +65,13 @@ type Agent struct {
 	EvalStore string `toml:"eval_store"`
 	// EvalStoreMaxSize (bytes): a larger eval store is emptied between evaluations.
 	EvalStoreMaxSize int64 `toml:"eval_store_max_size"`
+	// AllowedInputPaths are the directories jobsets' path inputs may name, at or
+	// below, with symlinks resolved; empty: path inputs are refused. Whatever it
+	// says, a path input never reaches the state directory, the key or Protected.
+	AllowedInputPaths []string `toml:"allowed_input_paths"`
+	// Protected are more paths no path input may reach (be inside or contain); not a
+	// setting: the coordinator's local agent protects the coordinator's own files.
+	Protected []string `toml:"-"`
 }
 
 // Defaults are the compiled defaults, as documented (commented out) in agent.toml.
@@ -82,6 +89,7 @@ func Defaults() Config {
 			CompressionLevel:  1,
 			EvalStore:         "auto",
 			EvalStoreMaxSize:  2 << 30,
+			AllowedInputPaths: []string{},
 		},
 	}
 }
@@ -136,6 +144,11 @@ func (c Config) Validate() error {
 	if c.Agent.EvalStoreMaxSize < 0 {
 		return fmt.Errorf("agent.eval_store_max_size must be >= 0 (bytes; 0 = no limit)")
 	}
+	for _, p := range c.Agent.AllowedInputPaths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("agent.allowed_input_paths: %q is not an absolute path", p)
+		}
+	}
 	if len(c.Agent.Roles) == 0 {
 		return fmt.Errorf("agent.roles must name at least one of build, eval")
 	}
@@ -176,6 +189,16 @@ func (c Config) EvalStoreName() string {
 	}
 	sum := sha256.Sum256([]byte(state))
 	return "eval-" + hex.EncodeToString(sum[:6])
+}
+
+// InputProtected are the paths no jobset's path input may reach (be inside, or
+// contain): the state directory, the key, the enrollment token file and Protected.
+func (c Config) InputProtected() []string {
+	out := []string{c.Agent.StateDir, c.KeyPath()}
+	if c.Coordinator.EnrollmentTokenFile != "" {
+		out = append(out, c.Coordinator.EnrollmentTokenFile)
+	}
+	return append(out, c.Agent.Protected...)
 }
 
 // KeyPath is where the agent's private key lives.

@@ -138,6 +138,7 @@ func TestLoad_ErrorsNameTheSettingFileAndLine(t *testing.T) {
 		{"name with a newline", "[agent]\nname = \"a\\nb\"\n", "", []string{"agent.name", `"a\nb"`}},
 		{"name too long", "", "FC_AGENT__NAME=" + strings.Repeat("a", 64), []string{"agent.name", "at most 63"}},
 		{"name starting with a digit", "", "FC_AGENT__NAME=1builder", []string{"agent.name", `"1builder"`}},
+		{"relative allowed input path", "[agent]\nallowed_input_paths = [\"/srv/in\", \"srv/in\"]\n", "", []string{"agent.allowed_input_paths", `"srv/in"`}},
 		{"gc_interval as a duration string", "[agent]\ngc_interval = \"1h\"\n", "", []string{"agent.gc_interval", "line 2"}},
 	}
 	for _, c := range cases {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -131,6 +132,13 @@ func newGit(cacheDir, repoURL string, creds Credentials) (*git, error) {
 			g.secrets = append(g.secrets, p)
 		}
 	}
+	if creds.HTTPSToken != "" {
+		g.secrets = append(g.secrets, creds.HTTPSToken)
+	}
+	o, hasOrigin := originOf(repoURL)
+	if creds.HTTPSToken != "" && (!hasOrigin || (o.scheme != "https" && o.scheme != "http")) {
+		creds.HTTPSToken = "" // nothing here speaks HTTP
+	}
 	if creds.SSHKey == "" && creds.HTTPSToken == "" {
 		return g, nil
 	}
@@ -140,18 +148,20 @@ func newGit(cacheDir, repoURL string, creds Credentials) (*git, error) {
 	}
 	g.tmp = tmp
 	if creds.HTTPSToken != "" {
-		// git asks GIT_ASKPASS for the user name and the password when the server
-		// says 401; the script answers from the environment, so the token is in
-		// neither argv nor a file.
-		askpass := filepath.Join(tmp, "askpass")
-		script := "#!/bin/sh\ncase \"$1\" in\n[Uu]sername*) echo x-access-token ;;\n*) printf '%s\\n' \"$FC_GIT_TOKEN\" ;;\nesac\n"
-		if err := os.WriteFile(askpass, []byte(script), 0o700); err != nil {
+		// git asks credential helpers for a user name and password when a server
+		// says 401. This one answers from the environment (the token is in neither
+		// argv nor a file), and git asks it only for the repository's own scheme,
+		// host and port (credential.<origin>.helper): a redirect, another
+		// repository or a submodule elsewhere is asked nothing, and no other helper
+		// (a user's credential store) is asked at all.
+		helper := filepath.Join(tmp, "credential-helper")
+		if err := os.WriteFile(helper, []byte(credentialHelper), 0o700); err != nil {
 			g.close()
 			return nil, fmt.Errorf("checkout: %w", err)
 		}
-		g.env = append(g.env, "GIT_ASKPASS="+askpass, "FC_GIT_TOKEN="+creds.HTTPSToken,
-			"GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=credential.helper", "GIT_CONFIG_VALUE_0=")
-		g.secrets = append(g.secrets, creds.HTTPSToken)
+		g.env = append(g.env, "FC_GIT_TOKEN="+creds.HTTPSToken,
+			"GIT_CONFIG_COUNT=2", "GIT_CONFIG_KEY_0=credential.helper", "GIT_CONFIG_VALUE_0=",
+			"GIT_CONFIG_KEY_1=credential."+o.String()+".helper", "GIT_CONFIG_VALUE_1=!"+shellQuote(helper))
 	}
 	if creds.SSHKey != "" {
 		key := filepath.Join(tmp, "id")
@@ -166,6 +176,68 @@ func newGit(cacheDir, repoURL string, creds Credentials) (*git, error) {
 		g.env = append(g.env, "GIT_SSH_COMMAND="+sshCommand(key, filepath.Join(cacheDir, "known_hosts")))
 	}
 	return g, nil
+}
+
+// credentialHelper is a git credential helper that gives the token in FC_GIT_TOKEN
+// (user x-access-token unless the URL names one).
+const credentialHelper = `#!/bin/sh
+test "$1" = get || exit 0
+user=
+while IFS= read -r line && test -n "$line"; do
+	case "$line" in username=*) user=1 ;; esac
+done
+test -n "$user" || echo username=x-access-token
+printf 'password=%s\n' "$FC_GIT_TOKEN"
+`
+
+// origin is the scheme, host and port of a repository URL: what fetch credentials
+// are scoped to.
+type origin struct{ scheme, host, port string }
+
+func (o origin) String() string { return o.scheme + "://" + net.JoinHostPort(o.host, o.port) }
+
+var defaultPorts = map[string]string{"https": "443", "http": "80", "ssh": "22", "git": "9418"}
+
+// originOf is the origin of a network repository URL (https, http, ssh or git, or
+// scp-like user@host:path), with the host in lower case and the scheme's default
+// port filled in; local repositories (paths, file://) have none.
+func originOf(repoURL string) (origin, bool) {
+	if u, err := url.Parse(repoURL); err == nil && u.Scheme != "" {
+		scheme := strings.ToLower(u.Scheme)
+		def, known := defaultPorts[scheme]
+		if !known || u.Hostname() == "" {
+			return origin{}, false
+		}
+		port := u.Port()
+		if port == "" {
+			port = def
+		}
+		return origin{scheme: scheme, host: strings.ToLower(u.Hostname()), port: port}, true
+	}
+	// scp-like syntax: [user@]host:path, no slash before the colon.
+	if i := strings.Index(repoURL, ":"); i > 0 && !strings.Contains(repoURL[:i], "/") {
+		host := repoURL[:i]
+		if at := strings.LastIndex(host, "@"); at >= 0 {
+			host = host[at+1:]
+		}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		if host != "" {
+			return origin{scheme: "ssh", host: strings.ToLower(host), port: "22"}, true
+		}
+	}
+	return origin{}, false
+}
+
+// ScopedTo is c for a repository at repoURL when it has the scheme, host and port
+// of projectURL (the project's repository_url, whose credentials c are), and no
+// credentials otherwise: a jobset's other inputs never receive the project's.
+func (c Credentials) ScopedTo(projectURL, repoURL string) Credentials {
+	p, ok1 := originOf(projectURL)
+	r, ok2 := originOf(repoURL)
+	if !ok1 || !ok2 || p != r {
+		return Credentials{}
+	}
+	return c
 }
 
 // sshCommand is GIT_SSH_COMMAND for a deploy key: only that key, no prompts, and host

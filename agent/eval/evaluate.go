@@ -188,9 +188,11 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 		case "nix":
 			t.inputs = append(t.inputs, nixArg{name: in.Name, value: in.Value})
 		case "path":
-			p := in.Value
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(dir, p)
+			// A path on this machine: only where the agent's own list allows, never
+			// its state, and read where its symlinks lead as checked.
+			p, err := checkPathInput(in.Name, in.Value, req.AllowedInputPaths, req.ProtectedPaths)
+			if err != nil {
+				return nil, cleanup, checkoutSeconds, err
 			}
 			t.inputs = append(t.inputs, nixArg{name: in.Name, value: "{ outPath = " + storeCopy(p) + "; }"})
 			t.search = append(t.search, in.Name+"="+p)
@@ -205,7 +207,9 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 				rev = fields[1]
 			}
 			cstart := time.Now()
-			idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken})
+			// The project's credentials go only to its own scheme, host and port.
+			creds := Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken}.ScopedTo(req.RepoURL, fields[0])
+			idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, creds)
 			if err != nil {
 				return nil, cleanup, checkoutSeconds, fmt.Errorf("input %q: %w", in.Name, err)
 			}

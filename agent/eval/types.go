@@ -21,7 +21,14 @@ type Request struct {
 	MaxMemoryMB  int
 	RestrictEval bool
 	AllowIFD     bool
-	// SSHKey or HTTPSToken fetch private repositories (never logged).
+	// AllowedInputPaths (agent.allowed_input_paths) are the directories path inputs
+	// may name, symlinks resolved; empty: path inputs are refused. ProtectedPaths
+	// (the agent's state directory and key) are never read by one, whatever
+	// AllowedInputPaths says.
+	AllowedInputPaths []string
+	ProtectedPaths    []string
+	// SSHKey or HTTPSToken fetch private repositories (never logged). They are used
+	// only for URLs with the scheme, host and port of RepoURL.
 	SSHKey     string
 	HTTPSToken string
 	// EvalStore is the root directory of a local Nix store that evaluation writes

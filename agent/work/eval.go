@@ -24,6 +24,11 @@ import (
 type Eval struct {
 	// StateDir holds the repository mirrors (StateDir/git).
 	StateDir string
+	// AllowedInputPaths are the directories path inputs may name
+	// (agent.allowed_input_paths); Protected are paths none may reach, whatever
+	// AllowedInputPaths says (the state directory and key, see config.InputProtected).
+	AllowedInputPaths []string
+	Protected         []string
 	// Store, when set, is where evaluations write .drv files (see EvalStore);
 	// nil: Nix's own store. Jobsets that allow import-from-derivation always use
 	// Nix's own store, where the imported derivations are built.
@@ -105,7 +110,8 @@ func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, root string, r
 	res, err := eval.Evaluate(ctx, dir, eval.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: t.Workers, MaxMemoryMB: t.MaxMemoryMB,
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
-		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add})
+		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add,
+		AllowedInputPaths: e.AllowedInputPaths, ProtectedPaths: append([]string{e.StateDir}, e.Protected...)})
 	if err != nil {
 		pipe.stop()
 		rep.EvalSeconds = time.Since(start).Seconds()

@@ -3,6 +3,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
@@ -14,12 +15,16 @@ import (
 // Config configures the API.
 type Config struct {
 	Logger *slog.Logger
+	// AllowedInputPaths are the directories path inputs may name
+	// (evaluator.allowed_input_paths); none: path inputs are refused.
+	AllowedInputPaths []string
 }
 
 // API holds the REST handlers.
 type API struct {
-	db  *storage.DB
-	log *slog.Logger
+	db                *storage.DB
+	log               *slog.Logger
+	allowedInputPaths []string
 }
 
 // New returns the API over db.
@@ -28,7 +33,7 @@ func New(cfg Config, db *storage.DB) *API {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &API{db: db, log: log}
+	return &API{db: db, log: log, allowedInputPaths: slices.Clone(cfg.AllowedInputPaths)}
 }
 
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) { Fail(a.log, w, r, err) }

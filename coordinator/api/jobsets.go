@@ -3,13 +3,16 @@ package api
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -165,10 +168,22 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 				return Unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
 			}
 		case storage.InputTypeGit:
-			if err := validRepositoryURL(strings.Fields(i.Value + " ")[0]); err != nil {
+			// "URL" or "URL REVISION", one space between: the agent splits the value
+			// into exactly these fields and hands the revision to git.
+			fields := strings.Fields(i.Value)
+			if len(fields) == 0 || validRepositoryURL(fields[0]) != nil {
 				return Unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
 			}
+			if len(fields) > 2 || strings.Join(fields, " ") != i.Value {
+				return Unprocessable("inputs", "git input %q: value must be \"URL\" or \"URL REVISION\" with one space between, "+
+					"and nothing else (no tabs, newlines or further fields)", i.Name)
+			}
+			if len(fields) == 2 && !validRevision(fields[1]) {
+				return Unprocessable("inputs", "git input %q: revision %q must be a commit, branch or tag name "+
+					"(not starting with '-'; no control characters, spaces, '..', or any of ~^:?*[\\)", i.Name, fields[1])
+			}
 		case storage.InputTypePath:
+			// Whether it may name this directory is checkPathInputs' part.
 			if !strings.HasPrefix(i.Value, "/") {
 				return Unprocessable("inputs", "path input %q must be an absolute path", i.Name)
 			}
@@ -177,6 +192,76 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		}
 	}
 	return nil
+}
+
+// AllowedInputPathsKey is the setting that lists the directories path inputs may name.
+const AllowedInputPathsKey = "evaluator.allowed_input_paths"
+
+// PathInputAllowed is a path input's value cleaned (".." and "//" resolved as the
+// path reads, without looking at the file system) and whether it lies under, or is,
+// one of roots (evaluator.allowed_input_paths). The agent that evaluates checks again
+// with symlinks resolved, against its own list.
+func PathInputAllowed(value string, roots []string) (string, bool) {
+	if !strings.HasPrefix(value, "/") {
+		return value, false
+	}
+	p := filepath.Clean(value)
+	for _, r := range roots {
+		if r = filepath.Clean(r); r == "/" || p == r || strings.HasPrefix(p, r+"/") {
+			return p, true
+		}
+	}
+	return p, false
+}
+
+// checkPathInputs vets the path inputs a request sets (in.Inputs; none when it
+// leaves the inputs alone): only admins may set them (keeping one the jobset already
+// has is not setting it), and each must lie under evaluator.allowed_input_paths.
+// Their values are stored cleaned.
+func (a *API) checkPathInputs(r *http.Request, in jobsetInput, old []storage.JobsetInput, f *storage.JobsetFields) error {
+	if in.Inputs == nil {
+		return nil
+	}
+	p, _ := auth.FromContext(r.Context())
+	admin := auth.Allows(p.Role, auth.PermAdmin)
+	for i := range f.Inputs {
+		fi := &f.Inputs[i]
+		if fi.Type != storage.InputTypePath {
+			continue
+		}
+		if !admin && !slices.Contains(old, *fi) {
+			return Errorf(http.StatusForbidden, "inputs", "path input %q: only admins may set path inputs", fi.Name)
+		}
+		if len(a.allowedInputPaths) == 0 {
+			return Unprocessable("inputs", "path input %q: path inputs are disabled on this coordinator; "+
+				"an administrator lists the directories they may name in %s", fi.Name, AllowedInputPathsKey)
+		}
+		cleaned, ok := PathInputAllowed(fi.Value, a.allowedInputPaths)
+		if !ok {
+			return Unprocessable("inputs", "path input %q: %q is not under a directory of %s (%s)",
+				fi.Name, cleaned, AllowedInputPathsKey, strings.Join(a.allowedInputPaths, ", "))
+		}
+		fi.Value = cleaned
+	}
+	return nil
+}
+
+// validRevision accepts what a git input may name after its URL: a commit id, or a
+// branch or tag name as git check-ref-format allows it. Nothing that git could read
+// as an option ('-' first) or as a revision expression.
+func validRevision(r string) bool {
+	if r == "" || len(r) > 255 || strings.HasPrefix(r, "-") || strings.HasPrefix(r, "/") || strings.HasSuffix(r, "/") ||
+		strings.HasSuffix(r, ".") || strings.HasSuffix(r, ".lock") || r == "@" ||
+		strings.Contains(r, "..") || strings.Contains(r, "//") || strings.Contains(r, "@{") || strings.Contains(r, "/.") ||
+		strings.HasPrefix(r, ".") || strings.ContainsAny(r, " ~^:?*[\\") {
+		return false
+	}
+	for _, c := range r {
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Bounds that keep values meaningful (and inside PostgreSQL's integer).
@@ -237,6 +322,10 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.checkPathInputs(r, in, nil, &f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	j, err := a.db.CreateJobset(r.Context(), p.ID, f)
 	if err != nil {
 		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
@@ -286,6 +375,10 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.checkPathInputs(r, in, j.Inputs, &f); err != nil {
 		a.fail(w, r, err)
 		return
 	}

@@ -105,7 +105,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	ev := evals.New(evals.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
 		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
 		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), GitDir: filepath.Join(cfg.StateDir, "git"), Logger: log,
-		Leases: leases}, db, nil)
+		Leases: leases, AllowedInputPaths: cfg.Eval.AllowedInputPaths}, db, nil)
 	logDir := cfg.Logs.LogDir
 	if logDir == "" {
 		logDir = filepath.Join(cfg.StateDir, "logs")
@@ -140,7 +140,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
-		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log}, db), fl, ch, ev, bu},
+		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log, AllowedInputPaths: cfg.Eval.AllowedInputPaths}, db), fl, ch, ev, bu},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)

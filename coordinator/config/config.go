@@ -70,6 +70,9 @@ type Eval struct {
 	RestrictEval       bool `toml:"restrict_eval"`
 	AllowIFD           bool `toml:"allow_ifd"`
 	GitTimeout         int  `toml:"git_timeout"` // seconds
+	// AllowedInputPaths are the directories (on the evaluating agents) that jobsets'
+	// path inputs may name, at or below; empty: path inputs are refused.
+	AllowedInputPaths []string `toml:"allowed_input_paths"`
 }
 
 // Queue is the [queue_runner] section: leases on evaluations and steps.
@@ -159,7 +162,7 @@ func Defaults() Config {
 		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true},
 		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
-			GitTimeout: 600},
+			GitTimeout: 600, AllowedInputPaths: []string{}},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
 		Logs:       Logs{MaxLogSize: 64 << 20, Compress: true},
@@ -211,6 +214,11 @@ func (c Config) Validate() error {
 	}
 	if c.Eval.MaxConcurrentEvals < 1 || c.Eval.Workers < 1 || c.Eval.EvalTimeout < 1 || c.Eval.GitTimeout < 1 || c.Eval.MaxMemorySize < 0 {
 		return fmt.Errorf("evaluator: max_concurrent_evals, workers, eval_timeout and git_timeout must be >= 1")
+	}
+	for _, p := range c.Eval.AllowedInputPaths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("evaluator.allowed_input_paths: %q is not an absolute path", p)
+		}
 	}
 	if c.Queue.LeaseTTL < 1 || c.Queue.LeaseGrace < 0 || c.Queue.MaxAttempts < 1 || c.Queue.RetryBackoff < 0 {
 		return fmt.Errorf("queue_runner: lease_ttl and max_attempts must be >= 1, lease_grace and retry_backoff >= 0")

@@ -84,6 +84,8 @@ func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
 		{"unknown section", "[queue]\nworkers = 2\n", "", []string{"line 1", "queue", "bad.toml"}},
 		{"malformed env value", "", "FC_SERVER__PORT=eighty", []string{"FC_SERVER__PORT", "eighty"}},
 		{"nonsense value", "[server]\nport = 70000\n", "", []string{"server.port"}},
+		{"relative allowed input path", "[evaluator]\nallowed_input_paths = [\"/srv/in\", \"inputs\"]\n", "",
+			[]string{"evaluator.allowed_input_paths", `"inputs"`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

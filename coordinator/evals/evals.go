@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/agent/eval"
+	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -34,7 +35,10 @@ type Config struct {
 	GitTimeout         time.Duration
 	// GitDir keeps what git needs on the coordinator (SSH known_hosts).
 	GitDir string
-	Leases storage.LeaseConfig
+	// AllowedInputPaths is evaluator.allowed_input_paths: a jobset whose path input
+	// is not under one of them (the list changed since it was set) is not evaluated.
+	AllowedInputPaths []string
+	Leases            storage.LeaseConfig
 	// Tick is how often due jobsets and expired leases are looked for; triggers and
 	// new agents wake the loop at once.
 	Tick   time.Duration
@@ -199,6 +203,11 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	inputs := make([]storage.EvaluationInput, 0, len(j.Inputs))
 	for _, in := range j.Inputs {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
+		if in.Type == storage.InputTypePath {
+			if _, ok := api.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
+				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, api.AllowedInputPathsKey)
+			}
+		}
 		if in.Type == storage.InputTypeGit {
 			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
 			if ei.Revision, err = eval.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), eval.Credentials{}); err != nil {

@@ -32,7 +32,12 @@ type Config struct {
 	Roles    []string
 	// DrainTimeout is how long Stop lets running work finish before cancelling it.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// AllowedInputPaths are the directories path inputs may name (the coordinator's
+	// evaluator.allowed_input_paths); Protected are the coordinator's own files, which
+	// no path input may reach, besides the agent's state directory and key.
+	AllowedInputPaths []string
+	Protected         []string
+	Logger            *slog.Logger
 }
 
 // ErrRevoked means an admin revoked the local agent's key: it is not started again
@@ -83,6 +88,8 @@ func Start(ctx context.Context, cfg Config, db *storage.DB) (*Agent, error) {
 	ac.Agent.StateDir = cfg.StateDir
 	ac.Agent.MaxJobs = cfg.MaxJobs
 	ac.Agent.Roles = cfg.Roles
+	ac.Agent.AllowedInputPaths = append([]string{}, cfg.AllowedInputPaths...)
+	ac.Agent.Protected = cfg.Protected
 	if err := ac.Validate(); err != nil {
 		return nil, fmt.Errorf("local agent: %w", err)
 	}
@@ -123,9 +130,17 @@ func Start(ctx context.Context, cfg Config, db *storage.DB) (*Agent, error) {
 
 // FromConfig is the [local_agent] section as a Config, dialling the listener at addr.
 func FromConfig(cfg config.Config, addr net.Addr, log *slog.Logger) Config {
+	// The coordinator's state (database, signing key, cache) is on this machine too.
+	protected := []string{cfg.StateDir}
+	for _, p := range []string{cfg.Cache.SecretKeyFile, cfg.Cache.Dir} {
+		if p != "" {
+			protected = append(protected, p)
+		}
+	}
 	return Config{URL: URLFor(addr), Name: cfg.LocalAgent.Name, StateDir: cfg.AgentStateDir(),
 		MaxJobs: cfg.LocalAgent.MaxJobs, Roles: cfg.LocalAgent.Roles,
-		DrainTimeout: config.Seconds(cfg.LocalAgent.DrainTimeout), Logger: log.With("component", "local-agent")}
+		DrainTimeout: config.Seconds(cfg.LocalAgent.DrainTimeout), AllowedInputPaths: cfg.Eval.AllowedInputPaths,
+		Protected: protected, Logger: log.With("component", "local-agent")}
 }
 
 // StopFirst orders the shutdown: once ctx ends, the agent drains and stops, and only

@@ -41,12 +41,20 @@ func newEnv(t *testing.T, tweak func(*config.Server)) *env {
 
 func newEnvOn(t *testing.T, db *storage.DB, tweak func(*config.Server)) *env {
 	t.Helper()
-	cfg := config.Defaults().Server
-	if tweak != nil {
-		tweak(&cfg)
-	}
+	return newEnvConfig(t, db, func(c *config.Config) {
+		if tweak != nil {
+			tweak(&c.Server)
+		}
+	})
+}
+
+// newEnvConfig is newEnvOn with the whole configuration to adjust.
+func newEnvConfig(t *testing.T, db *storage.DB, tweak func(*config.Config)) *env {
+	t.Helper()
 	full := config.Defaults()
-	full.Server = cfg
+	if tweak != nil {
+		tweak(&full)
+	}
 	full.StateDir = t.TempDir()
 	// The same assembly as fc-coordinator serve: REST API, agent fleet, cache.
 	parts, err := cli.NewServer(full, db, slog.New(slog.DiscardHandler), "test")

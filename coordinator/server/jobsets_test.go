@@ -6,13 +6,16 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/storage/storagetest"
 )
 
 func jobsetPath(pid, id any) string { return fmt.Sprintf("/api/v1/projects/%v/jobsets/%v", pid, id) }
 
 func TestJobsets_CreateIs201WithLocationDefaultsAndInputs(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, nil)
+	e := newEnvConfig(t, storagetest.New(t), func(c *config.Config) { c.Eval.AllowedInputPaths = []string{"/srv"} })
 	p := e.createProject("proj", nil)
 	r := e.do("POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", p.ID), e.admin, obj{
 		"name": "main", "branch": "release/24.05",
@@ -124,7 +127,7 @@ func TestJobsets_ListIsNewestFirstAndPaginated(t *testing.T) {
 
 func TestJobsets_PutChangesOnlyGivenFields(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, nil)
+	e := newEnvConfig(t, storagetest.New(t), func(c *config.Config) { c.Eval.AllowedInputPaths = []string{"/nix/store"} })
 	p := e.createProject("p", nil)
 	j := e.createJobset(p.ID, "main", obj{"description": "d", "branch": "main", "check_interval": 300,
 		"scheduling_shares": 7, "state": "one_shot", "keep_nr": 9, "flake_mode": false, "nix_expression": "ci/release.nix",

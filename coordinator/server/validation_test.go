@@ -118,6 +118,16 @@ func TestValidation_RejectsAndChangesNothing(t *testing.T) {
 		{"input name not an identifier", "POST", jobsets, js(obj{"inputs": []obj{in("1a", "string", "1")}}), 422, "inputs"},
 		{"relative path input", "POST", jobsets, js(obj{"inputs": []obj{in("a", "path", "src")}}), 422, "inputs"},
 		{"git input without a URL", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "not a url")}}), 422, "inputs"},
+		{"git input revision read as an option", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git --upload-pack=touch")}}), 422, "inputs"},
+		{"git input revision of a single dash", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git -")}}), 422, "inputs"},
+		{"git input with a third field", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git main extra")}}), 422, "inputs"},
+		{"git input with a newline", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git main\n-x")}}), 422, "inputs"},
+		{"git input with a tab", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git\tmain")}}), 422, "inputs"},
+		{"git input with two spaces", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git  main")}}), 422, "inputs"},
+		{"git input with a trailing space", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git main ")}}), 422, "inputs"},
+		{"git input revision expression", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git main@{1}")}}), 422, "inputs"},
+		{"git input revision range", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git a..b")}}), 422, "inputs"},
+		{"git input revision with a control character", "POST", jobsets, js(obj{"inputs": []obj{in("a", "git", "https://example.org/r.git ma\u0007in")}}), 422, "inputs"},
 		{"unknown input field", "POST", jobsets, js(obj{"inputs": []obj{{"name": "a", "type": "string", "value": "1", "default": "2"}}}), 422, "default"},
 
 		// Updates that fail leave everything as it was.
@@ -129,6 +139,7 @@ func TestValidation_RejectsAndChangesNothing(t *testing.T) {
 		{"PUT missing project", "PUT", "/api/v1/projects/nope", obj{"description": "changed"}, 404, noField},
 		{"PUT jobset with scheduling_shares 0", "PUT", mainJS, obj{"scheduling_shares": 0, "description": "changed"}, 422, "scheduling_shares"},
 		{"PUT jobset with a bad input", "PUT", mainJS, obj{"inputs": []obj{in("y", "boolean", "yes")}, "description": "changed"}, 422, "inputs"},
+		{"PUT jobset with a git revision read as an option", "PUT", mainJS, obj{"inputs": []obj{in("y", "git", "https://example.org/r.git -c")}, "description": "changed"}, 422, "inputs"},
 		{"PUT jobset with an unknown state", "PUT", mainJS, obj{"state": "on", "description": "changed"}, 422, "state"},
 		{"PUT jobset to a taken name", "PUT", mainJS, obj{"name": "staging", "description": "changed"}, 409, "name"},
 		{"PUT jobset with a wrong JSON type", "PUT", mainJS, obj{"keep_nr": "3"}, 422, "keep_nr"},
@@ -187,6 +198,9 @@ func TestValidation_BoundariesAreAccepted(t *testing.T) {
 		{"state": "one_shot", "flake_mode": false, "nix_expression": "release.nix"},
 		{"inputs": []obj{{"name": "b", "type": "boolean", "value": "true"}, {"name": "_c'", "type": "string", "value": ""}}},
 		{"inputs": []obj{{"name": "src", "type": "git", "value": "https://example.org/r.git main"}}},
+		{"inputs": []obj{{"name": "src", "type": "git", "value": "https://example.org/r.git"}}},
+		{"inputs": []obj{{"name": "src", "type": "git", "value": "https://example.org/r.git release/v1.2-x_y"}}},
+		{"inputs": []obj{{"name": "src", "type": "git", "value": "https://example.org/r.git 0123456789abcdef0123456789abcdef01234567"}}},
 	} {
 		body["name"] = fmt.Sprintf("js%d", i)
 		e.do("POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", p.ID), e.admin, body).want(t, http.StatusCreated)
