@@ -84,6 +84,8 @@ func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
 		{"unknown section", "[queue]\nworkers = 2\n", "", []string{"line 1", "queue", "bad.toml"}},
 		{"malformed env value", "", "FC_SERVER__PORT=eighty", []string{"FC_SERVER__PORT", "eighty"}},
 		{"nonsense value", "[server]\nport = 70000\n", "", []string{"server.port"}},
+		{"no header timeout", "[server]\nheader_timeout = 0\n", "", []string{"server.header_timeout"}},
+		{"negative idle timeout", "", "FC_SERVER__IDLE_TIMEOUT=-1", []string{"server.idle_timeout"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
