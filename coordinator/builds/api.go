@@ -17,6 +17,7 @@ import (
 
 	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -382,7 +383,7 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 	}
 	// Range requests let a viewer fetch earlier parts of a long log on demand.
 	w.Header().Set("Cache-Control", "no-store")
-	http.ServeContent(w, r, "", time.Time{}, f)
+	ranges.ServeContent(w, r, time.Time{}, f)
 }
 
 // logStep is the step whose log a request asks for: the build's own step, or ?step=

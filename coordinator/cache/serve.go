@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -178,7 +179,7 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 	if f, ok := b.(interface{ OSFile() *os.File }); ok {
 		content = f.OSFile()
 	}
-	http.ServeContent(w, r, "", time.Time{}, content)
+	ranges.ServeContent(w, r, time.Time{}, content)
 	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
 		c.m.narBytes.Add(float64(b.Size()))
 	}
