@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -86,7 +87,8 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // Decode reads a JSON object into dst: 400 for malformed JSON, 413 over the body
-// limit, 422 for unknown fields or wrong types (naming the field).
+// limit, 408 when the body did not arrive in time, 422 for unknown fields or wrong
+// types (naming the field).
 func Decode(r *http.Request, dst any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
@@ -110,6 +112,8 @@ func Decode(r *http.Request, dst any) error {
 	switch {
 	case errors.As(err, &mbe):
 		return Errorf(http.StatusRequestEntityTooLarge, "", "request body is larger than %d bytes", mbe.Limit)
+	case SlowBody(err):
+		return Errorf(http.StatusRequestTimeout, "", "request body did not arrive within server.request_timeout")
 	case errors.Is(err, io.EOF):
 		return Errorf(http.StatusBadRequest, "", "request body is empty; a JSON object is expected")
 	case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF):
@@ -122,6 +126,10 @@ func Decode(r *http.Request, dst any) error {
 	}
 	return Errorf(http.StatusBadRequest, "", "malformed JSON: %v", err)
 }
+
+// SlowBody reports whether err is a request body read that ran past its deadline
+// (server.request_timeout).
+func SlowBody(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // nulField names the top-level field of a decoded request that holds a NUL
 // character anywhere inside it, or returns "".

@@ -134,23 +134,44 @@ func WithPrincipal(ctx context.Context, p Principal) context.Context {
 // ErrorWriter writes a JSON error with an HTTP status.
 type ErrorWriter func(w http.ResponseWriter, r *http.Request, status int, msg string)
 
-// Middleware authenticates requests that carry a bearer key. A request without one
-// passes anonymously (public reads); a request with an unknown key is refused with 401,
-// so a typo is never silently treated as anonymous.
+// PresentedKey is the API key r carries: a bearer token, or the password of HTTP basic
+// authentication (how Nix and curl send a netrc entry, and what a browser's login
+// prompt sends); basic says which. key is "" when r carries neither, or a malformed one.
+func PresentedKey(r *http.Request) (key string, basic bool) {
+	if _, pass, ok := r.BasicAuth(); ok {
+		return pass, true
+	}
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		return strings.TrimSpace(tok), false
+	}
+	return "", false
+}
+
+// basicAllowed reports whether r may authenticate with HTTP basic credentials: reads
+// only. A browser sends basic credentials it was once given to every request to the
+// site by itself, so they must never authorise a write (or open a WebSocket, which
+// cross-site pages may do).
+func basicAllowed(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header.Get("Upgrade") == ""
+}
+
+// Middleware authenticates requests that carry an API key: a bearer key, or on reads
+// the password of HTTP basic authentication (PresentedKey). A request without one
+// passes anonymously (public reads); a request with an unknown or malformed key is
+// refused with 401, so a typo is never silently treated as anonymous.
 func Middleware(keys KeyStore, fail ErrorWriter) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			h := r.Header.Get("Authorization")
-			if h == "" {
+			if r.Header.Get("Authorization") == "" {
 				next.ServeHTTP(w, r)
 				return
 			}
-			scheme, key, ok := strings.Cut(h, " ")
-			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" {
-				fail(w, r, http.StatusUnauthorized, "Authorization header must be \"Bearer <api key>\"")
+			key, basic := PresentedKey(r)
+			if key == "" || (basic && !basicAllowed(r)) {
+				fail(w, r, http.StatusUnauthorized, "Authorization header must be \"Bearer <api key>\" (HTTP basic with the key as password is accepted for reads only)")
 				return
 			}
-			k, err := keys.APIKeyByHash(r.Context(), HashKey(strings.TrimSpace(key)))
+			k, err := keys.APIKeyByHash(r.Context(), HashKey(key))
 			if errors.Is(err, storage.ErrNotFound) {
 				fail(w, r, http.StatusUnauthorized, "unknown API key")
 				return
@@ -161,6 +182,36 @@ func Middleware(keys KeyStore, fail ErrorWriter) func(http.Handler) http.Handler
 			}
 			ctx := WithPrincipal(r.Context(), Principal{KeyID: k.ID, Name: k.Name, Role: k.Role})
 			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// RequireKey lets a request through only when it presents a valid API key of any role
+// (PresentedKey): what a private cache asks of its readers (cache.private). A request
+// Middleware already authenticated passes without a second lookup. deny answers the
+// others: err is nil when no key or an unknown one was presented, the lookup's failure
+// otherwise.
+func RequireKey(keys KeyStore, deny func(w http.ResponseWriter, r *http.Request, err error)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := FromContext(r.Context()); ok {
+				next.ServeHTTP(w, r)
+				return
+			}
+			key, _ := PresentedKey(r)
+			if key == "" {
+				deny(w, r, nil)
+				return
+			}
+			_, err := keys.APIKeyByHash(r.Context(), HashKey(key))
+			switch {
+			case err == nil:
+				next.ServeHTTP(w, r)
+			case errors.Is(err, storage.ErrNotFound):
+				deny(w, r, nil)
+			default:
+				deny(w, r, err)
+			}
 		})
 	}
 }

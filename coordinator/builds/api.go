@@ -17,6 +17,7 @@ import (
 
 	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -35,7 +36,11 @@ func (b *Builds) Routes(r chi.Router) {
 	r.Get("/builds/{id}/steps", b.steps)
 	r.Get("/builds/{id}/log", b.buildLog)
 	r.Get("/builds/{id}/log/stream", b.streamLog)
-	r.Get("/builds/{id}/products/{nr}/download", b.download)
+	if b.cfg.ReadKeys != nil {
+		r.With(auth.RequireKey(b.cfg.ReadKeys, b.refuseDownload)).Get("/builds/{id}/products/{nr}/download", b.download)
+	} else {
+		r.Get("/builds/{id}/products/{nr}/download", b.download)
+	}
 	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
 	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
 	r.With(api.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
@@ -378,7 +383,7 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 	}
 	// Range requests let a viewer fetch earlier parts of a long log on demand.
 	w.Header().Set("Cache-Control", "no-store")
-	http.ServeContent(w, r, "", time.Time{}, f)
+	ranges.ServeContent(w, r, time.Time{}, f)
 }
 
 // logStep is the step whose log a request asks for: the build's own step, or ?step=
@@ -435,6 +440,18 @@ func (b *Builds) LogByDrv(ctx context.Context, drvBasename string) (io.ReadSeekC
 		return nil, fmt.Errorf("log of %s: %w", drvBasename, storage.ErrNotFound)
 	}
 	return f, err
+}
+
+// refuseDownload answers a product download without a key while the cache is private;
+// the challenge lets a browser ask for the key (any user name, the key as password).
+func (b *Builds) refuseDownload(w http.ResponseWriter, r *http.Request, err error) {
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="fc"`)
+	api.WriteError(w, r, http.StatusUnauthorized, "the cache is private: downloading a product needs an API key "+
+		"(Authorization: Bearer <key>, or HTTP basic with the key as password)")
 }
 
 // download streams a product file out of the output's NAR in the cache.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/protocol"
@@ -42,8 +43,11 @@ type Config struct {
 	Hub *logs.Hub
 	// Sign signs a step's outputs, uploaded by its builder and held back until then,
 	// when its success is recorded: from that commit on the cache serves them.
-	Sign   storage.Signer
-	Logger *slog.Logger
+	Sign storage.Signer
+	// ReadKeys, when set (cache.private), makes product downloads need an API key as
+	// the private cache does: products are files out of the cache.
+	ReadKeys auth.KeyStore
+	Logger   *slog.Logger
 }
 
 // Builds is the build scheduler.

@@ -35,7 +35,7 @@ type logMessage struct {
 // Live-log tuning.
 const (
 	streamChunk   = 64 << 10
-	pingEvery     = 20 * time.Second
+	pingEvery     = 20 * time.Second // a viewer that does not answer a ping within writeTimeout is dropped
 	writeTimeout  = 10 * time.Second // a viewer that cannot take a message this long is dropped
 	statusRecheck = 10 * time.Second // safety net for changes no wake-up announces
 )
@@ -73,6 +73,11 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 	go func() { // control frames need a reader; a closed connection ends the stream
 		defer cancel()
 		conn.SetReadLimit(1024)
+		// A viewer must answer each ping in time (browsers do by themselves): one that
+		// stops answering is gone, though its connection may look open for minutes.
+		alive := func(string) error { return conn.SetReadDeadline(time.Now().Add(pingEvery + writeTimeout)) }
+		_ = alive("")
+		conn.SetPongHandler(alive)
 		for {
 			if _, _, err := conn.ReadMessage(); err != nil {
 				return

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -636,6 +637,62 @@ func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
 	if resp.StatusCode != 206 || len(part) != 10 || resp.Header.Get("ETag") != `"`+fileHash+`"` ||
 		!strings.Contains(resp.Header.Get("Cache-Control"), "immutable") || resp.Header.Get("Accept-Ranges") != "bytes" {
 		t.Errorf("range request: %d, %d bytes, headers %v", resp.StatusCode, len(part), resp.Header)
+	}
+}
+
+// Range on a NAR as RFC 9110 §14 says: a suffix of length zero selects nothing and is
+// 416 (net/http alone answers it 206), and its neighbours are served as before.
+func TestServe_NARRangesFollowRFC9110(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	dep := build(t, chain(t), "dep")
+	if out, code := agentPush(t, c, t.TempDir(), dep); code != 0 {
+		t.Fatal(out)
+	}
+	var narURL string
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT url FROM narinfos WHERE hash_part = $1`,
+		strings.TrimPrefix(dep, "/nix/store/")[:32]).Scan(&narURL); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(c.URL + "/nix-cache/" + narURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	n := len(whole)
+	if resp.StatusCode != 200 || n < 20 {
+		t.Fatalf("GET the NAR: %d with %d bytes", resp.StatusCode, n)
+	}
+	size := strconv.Itoa(n)
+	cases := []struct {
+		rng          string
+		status       int
+		contentRange string
+		body         []byte
+	}{
+		{"bytes=-0", 416, "bytes */" + size, nil},
+		{"bytes=-0,0-1", 206, "bytes 0-1/" + size, whole[:2]},
+		{"bytes=0-", 206, fmt.Sprintf("bytes 0-%d/%s", n-1, size), whole},
+		{"bytes=-5", 206, fmt.Sprintf("bytes %d-%d/%s", n-5, n-1, size), whole[n-5:]},
+		{fmt.Sprintf("bytes=-%d", n+100), 206, fmt.Sprintf("bytes 0-%d/%s", n-1, size), whole},
+		{"bytes=10-5", 416, "", nil}, // last-pos before first-pos: invalid, rejected
+		{fmt.Sprintf("bytes=%d-", n), 416, "bytes */" + size, nil},
+		{fmt.Sprintf("bytes=%d-%d", n-3, n+100), 206, fmt.Sprintf("bytes %d-%d/%s", n-3, n-1, size), whole[n-3:]},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest("GET", c.URL+"/nix-cache/"+narURL, nil)
+		req.Header.Set("Range", tc.rng)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Range") != tc.contentRange {
+			t.Errorf("%s: %d Content-Range %q, want %d %q", tc.rng, resp.StatusCode, resp.Header.Get("Content-Range"), tc.status, tc.contentRange)
+		} else if tc.status == 206 && !bytes.Equal(body, tc.body) {
+			t.Errorf("%s: %d bytes, not the ones asked for", tc.rng, len(body))
+		}
 	}
 }
 

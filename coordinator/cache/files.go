@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nar"
 
+	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -131,5 +132,5 @@ func (c *Cache) buildLog(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	http.ServeContent(w, r, "", time.Time{}, f)
+	ranges.ServeContent(w, r, time.Time{}, f)
 }

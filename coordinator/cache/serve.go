@@ -19,6 +19,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -33,7 +34,7 @@ var (
 func (c *Cache) Handler() http.Handler {
 	r := chi.NewRouter()
 	if c.cfg.ReadKeys != nil {
-		r.Use(c.requireReadKey)
+		r.Use(auth.RequireKey(c.cfg.ReadKeys, c.refuseRead))
 	}
 	r.NotFound(notFound)
 	r.MethodNotAllowed(notFound)
@@ -46,30 +47,16 @@ func (c *Cache) Handler() http.Handler {
 	return r
 }
 
-// requireReadKey guards a private cache. Nix treats 401 on GET and HEAD as a miss, so a
-// client without credentials sees an empty cache rather than an error.
-func (c *Cache) requireReadKey(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key := ""
-		if _, pass, ok := r.BasicAuth(); ok {
-			key = pass
-		} else if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
-			key = strings.TrimSpace(tok)
-		}
-		if key != "" {
-			_, err := c.cfg.ReadKeys.APIKeyByHash(r.Context(), auth.HashKey(key))
-			switch {
-			case err == nil:
-				next.ServeHTTP(w, r)
-				return
-			case !errors.Is(err, storage.ErrNotFound):
-				c.unavailable(w, r, err)
-				return
-			}
-		}
-		w.Header().Set("WWW-Authenticate", `Basic realm="fc-nix-cache"`)
-		http.Error(w, "this cache needs an API key (bearer token, or HTTP basic password)", http.StatusUnauthorized)
-	})
+// refuseRead answers a reader of a private cache without a valid key (auth.RequireKey).
+// Nix treats 401 on GET and HEAD as a miss, so a client without credentials sees an
+// empty cache rather than an error.
+func (c *Cache) refuseRead(w http.ResponseWriter, r *http.Request, err error) {
+	if err != nil {
+		c.unavailable(w, r, err)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="fc-nix-cache"`)
+	http.Error(w, "this cache needs an API key (bearer token, or HTTP basic password)", http.StatusUnauthorized)
 }
 
 func notFound(w http.ResponseWriter, _ *http.Request) {
@@ -192,7 +179,7 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 	if f, ok := b.(interface{ OSFile() *os.File }); ok {
 		content = f.OSFile()
 	}
-	http.ServeContent(w, r, "", time.Time{}, content)
+	ranges.ServeContent(w, r, time.Time{}, content)
 	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
 		c.m.narBytes.Add(float64(b.Size()))
 	}

@@ -118,7 +118,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		UnsupportedWait: config.Seconds(cfg.Queue.UnsupportedWait), BuildTimeout: config.Seconds(cfg.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(cfg.Queue.MaxSilent), MaxLogSize: cfg.Logs.MaxLogSize, MaxOutputSize: cfg.Queue.MaxOutputSize,
 		Substituters: cfg.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, cfg.Cache.UpstreamKeys...),
-		Logs: logStore, Sign: ch.Signer(), Logger: log}, db)
+		Logs: logStore, Sign: ch.Signer(), ReadKeys: cc.ReadKeys, Logger: log}, db)
 	bu.SetFiles(ch.OpenFile)
 	ch.SetLogSource(bu.LogByDrv)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),

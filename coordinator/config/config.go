@@ -135,9 +135,15 @@ type Database struct {
 
 // Server is the [server] section.
 type Server struct {
-	Host           string   `toml:"host"`
-	Port           int      `toml:"port"`
-	RequestTimeout int      `toml:"request_timeout"`
+	Host string `toml:"host"`
+	Port int    `toml:"port"`
+	// RequestTimeout bounds an ordinary request: its handler, and reading its body
+	// (WebSockets are exempt).
+	RequestTimeout int `toml:"request_timeout"`
+	// HeaderTimeout bounds reading a request's headers; IdleTimeout ends a keep-alive
+	// connection that waits this long for its next request.
+	HeaderTimeout  int      `toml:"header_timeout"`
+	IdleTimeout    int      `toml:"idle_timeout"`
 	MaxBodySize    int64    `toml:"max_body_size"`
 	CorsPermissive bool     `toml:"cors_permissive"`
 	AllowedOrigins []string `toml:"allowed_origins"`
@@ -171,6 +177,8 @@ func Defaults() Config {
 			Host:           "127.0.0.1",
 			Port:           3000,
 			RequestTimeout: 30,
+			HeaderTimeout:  10,
+			IdleTimeout:    120,
 			MaxBodySize:    10 << 20,
 			AllowedOrigins: []string{},
 			AgentHeartbeat: 15,
@@ -200,6 +208,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("server.port %d is not a TCP port", c.Server.Port)
 	case c.Server.RequestTimeout <= 0:
 		return fmt.Errorf("server.request_timeout must be > 0 seconds")
+	case c.Server.HeaderTimeout <= 0:
+		return fmt.Errorf("server.header_timeout must be > 0 seconds")
+	case c.Server.IdleTimeout <= 0:
+		return fmt.Errorf("server.idle_timeout must be > 0 seconds")
 	case c.Server.MaxBodySize <= 0:
 		return fmt.Errorf("server.max_body_size must be > 0 bytes")
 	case c.Server.RateLimitRPS < 0 || c.Server.RateLimitBurst < 0:

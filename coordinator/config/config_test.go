@@ -86,6 +86,8 @@ func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
 		{"nonsense value", "[server]\nport = 70000\n", "", []string{"server.port"}},
 		{"relative allowed input path", "[evaluator]\nallowed_input_paths = [\"/srv/in\", \"inputs\"]\n", "",
 			[]string{"evaluator.allowed_input_paths", `"inputs"`}},
+		{"no header timeout", "[server]\nheader_timeout = 0\n", "", []string{"server.header_timeout"}},
+		{"negative idle timeout", "", "FC_SERVER__IDLE_TIMEOUT=-1", []string{"server.idle_timeout"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -58,6 +58,10 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 				api.Fail(e.log, w, r, api.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large"))
 				return
 			}
+			if api.SlowBody(err) {
+				api.Fail(e.log, w, r, api.Errorf(http.StatusRequestTimeout, "", "payload did not arrive within server.request_timeout"))
+				return
+			}
 			api.Fail(e.log, w, r, api.Errorf(http.StatusBadRequest, "", "cannot read the payload"))
 			return
 		}

@@ -503,3 +503,37 @@ func TestAuthz_MalformedAuthorizationIs401(t *testing.T) {
 		t.Errorf("lower-case bearer: status %d, want 200", resp.StatusCode)
 	}
 }
+
+// The key as the password of HTTP basic authentication (a netrc, a browser's prompt)
+// authenticates reads; never a write or a WebSocket, which a browser would send it
+// with by itself.
+func TestAuthz_BasicKeyAuthenticatesReadsOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	send := func(method, path string, upgrade bool) int {
+		req, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(`{"name": "basic", "repository_url": "https://example.com/r.git"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetBasicAuth("anyone", e.admin)
+		if upgrade {
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := send("GET", "/api/v1/api-keys", false); got != http.StatusOK {
+		t.Errorf("admin read with the key as basic password: %d, want 200", got)
+	}
+	if got := send("POST", "/api/v1/projects", false); got != http.StatusUnauthorized {
+		t.Errorf("write with the key as basic password: %d, want 401", got)
+	}
+	if got := send("GET", "/api/v1/agent/connect", true); got != http.StatusUnauthorized {
+		t.Errorf("WebSocket with the key as basic password: %d, want 401", got)
+	}
+}

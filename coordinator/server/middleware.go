@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -42,13 +43,67 @@ func bodyLimit(n int64) func(http.Handler) http.Handler {
 	}
 }
 
+// isWebSocket reports whether r asks to become a WebSocket.
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// bodyDeadline gives a request's body d (server.request_timeout) to arrive, counted
+// from the end of its headers (server.header_timeout bounds those), so a client that
+// trickles a byte now and then holds neither a connection nor a handler for longer:
+// the handler's read fails (408 from the API) and the connection is closed.
+//
+// The deadline is the connection's read deadline, so it is cleared as soon as the body
+// has been read to its end: net/http then reads the idle connection to notice a client
+// that goes away, and an answer that takes longer to send than d (a large NAR, a
+// product) must not be cut by it. Requests without a body get no deadline, nor do
+// WebSocket upgrades: a session lives as long as its pings are answered (yamux
+// keepalives on agent and push sessions, pings on log streams), and gorilla/websocket
+// clears any deadline when it takes the connection over. NAR uploads are not HTTP
+// bodies: they travel on the agent's session, where every stream read has an idle
+// deadline (protocol.IdleStream), so a slow but steady upload lives on.
+func bodyDeadline(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body == nil || r.Body == http.NoBody || isWebSocket(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rc := http.NewResponseController(w)
+			if err := rc.SetReadDeadline(time.Now().Add(d)); err != nil {
+				next.ServeHTTP(w, r) // a writer without deadlines (not a network connection)
+				return
+			}
+			// An unread rest keeps the deadline: net/http discards it under that bound.
+			r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// deadlineBody clears the connection's read deadline once the body has been read.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
 // timeout bounds ordinary requests; long-lived WebSocket streams are exempt.
 func timeout(d time.Duration) func(http.Handler) http.Handler {
 	bounded := middleware.Timeout(d)
 	return func(next http.Handler) http.Handler {
 		withTimeout := bounded(next)
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			if isWebSocket(r) {
 				next.ServeHTTP(w, r)
 				return
 			}

@@ -59,7 +59,7 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 	s := &Server{cfg: cfg, db: db, log: log}
 
 	r := chi.NewRouter()
-	r.Use(securityHeaders, observe(m, log))
+	r.Use(bodyDeadline(config.Seconds(cfg.Server.RequestTimeout)), securityHeaders, observe(m, log))
 	switch {
 	case cfg.Server.CorsPermissive:
 		r.Use(cors.Handler(cors.Options{AllowedOrigins: []string{"*"}, AllowedMethods: corsMethods,
@@ -127,8 +127,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	hs := &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: config.Seconds(s.cfg.Server.HeaderTimeout),
+		IdleTimeout:       config.Seconds(s.cfg.Server.IdleTimeout),
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
