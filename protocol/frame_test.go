@@ -72,29 +72,3 @@ func TestCheckVersion(t *testing.T) {
 		}
 	}
 }
-
-// FuzzReadFramePayload feeds arbitrary bytes to the frame decoder: it must never
-// panic, never return more than the limit, and round-trip what it accepts.
-func FuzzReadFramePayload(f *testing.F) {
-	var ok bytes.Buffer
-	_ = WriteFrame(&ok, Message{Type: TypeHeartbeat, Heartbeat: &Heartbeat{Load1: 0.5}})
-	f.Add(ok.Bytes())
-	f.Add([]byte{0, 0, 0, 0})
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3})
-	f.Add([]byte{0, 0, 0, 5, '{', '}'})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		const limit = 1 << 16
-		p, err := ReadFramePayload(bytes.NewReader(data), limit)
-		if err != nil {
-			return
-		}
-		if len(p) > limit {
-			t.Fatalf("payload of %d bytes over the limit", len(p))
-		}
-		if !bytes.Equal(p, data[4:4+len(p)]) {
-			t.Fatal("payload differs from the input bytes")
-		}
-		var m Message
-		_ = ReadFrame(bytes.NewReader(data), &m) // must not panic on any JSON
-	})
-}

@@ -1,20 +1,23 @@
 package cache
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	_ "crypto/md5" // hashes fixed outputs may declare (nixhash names them)
 	_ "crypto/sha1"
 	"crypto/sha256"
 	_ "crypto/sha512"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"slices"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/storepath"
@@ -155,6 +158,9 @@ type caCheck struct {
 	pw     *io.PipeWriter // file contents of a large NAR, being parsed
 	done   chan fileSum
 	ended  bool
+	// buffer is the NAR size up to which the check parses after the fact (caBuffer;
+	// tests make it smaller to reach the streaming parser with small NARs).
+	buffer int
 }
 
 type fileSum struct {
@@ -166,7 +172,7 @@ type fileSum struct {
 const caBuffer = 1 << 20
 
 func newCACheck(ca contentAddress) *caCheck {
-	c := &caCheck{ca: ca}
+	c := &caCheck{ca: ca, buffer: caBuffer}
 	if ca.method == caRecursive && ca.hash.Algo() != nixhash.SHA256 {
 		c.narSum = ca.hash.Algo().Func().New()
 	}
@@ -182,7 +188,7 @@ func (c *caCheck) Write(p []byte) (int, error) {
 		return len(p), nil
 	case c.pw != nil:
 		return c.pw.Write(p)
-	case c.buf.Len()+len(p) <= caBuffer:
+	case c.buf.Len()+len(p) <= c.buffer:
 		return c.buf.Write(p)
 	}
 	pr, pw := io.Pipe()
@@ -242,25 +248,106 @@ func (c *caCheck) Abort() {
 	}
 }
 
-// regularFileHash is the hash of the contents of the one regular file a NAR holds.
+// regularFileHash is the hash of the contents of the one regular file a NAR holds
+// (executable or not), read by the format: the NAR must be exactly what Nix writes
+// for such a file, nothing missing and nothing after it. (go-nix's nar.Reader took a
+// NAR cut short for a whole one, and leaves its parser goroutine behind when the
+// reader is abandoned.)
 func regularFileHash(r io.Reader, algo nixhash.Algorithm) ([]byte, error) {
-	nr, err := nar.NewReader(r)
+	errFormat := errors.New("a text or flat content address needs a NAR of one regular file")
+	br := bufio.NewReaderSize(r, 4096)
+	for _, want := range []string{"nix-archive-1", "(", "type"} {
+		if err := expectNARString(br, want); err != nil {
+			return nil, err
+		}
+	}
+	if typ, err := readNARString(br, 16); err != nil || typ != "regular" {
+		return nil, cmp.Or(err, errFormat)
+	}
+	tok, err := readNARString(br, 16)
 	if err != nil {
-		return nil, fmt.Errorf("read the NAR: %w", err)
+		return nil, err
 	}
-	hdr, err := nr.Next()
-	if err != nil {
-		return nil, fmt.Errorf("read the NAR: %w", err)
+	if tok == "executable" {
+		if err := expectNARString(br, ""); err != nil {
+			return nil, err
+		}
+		if tok, err = readNARString(br, 16); err != nil {
+			return nil, err
+		}
 	}
-	if hdr.Type != nar.TypeRegular || hdr.Path != "/" {
-		return nil, errors.New("a text or flat content address needs a NAR of one regular file")
+	if tok != "contents" {
+		return nil, errFormat
 	}
+	var size [8]byte
+	if _, err := io.ReadFull(br, size[:]); err != nil {
+		return nil, fmt.Errorf("read the NAR: %w", noEOF(err))
+	}
+	n := binary.LittleEndian.Uint64(size[:])
 	h := algo.Func().New()
-	if _, err := io.Copy(h, nr); err != nil {
-		return nil, fmt.Errorf("read the NAR: %w", err)
+	if n > math.MaxInt64 {
+		return nil, fmt.Errorf("read the NAR: a file of %d bytes", n)
 	}
-	if _, err := nr.Next(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("a text or flat content address needs a NAR of one regular file")
+	if _, err := io.CopyN(h, br, int64(n)); err != nil {
+		return nil, fmt.Errorf("read the NAR: %w", noEOF(err))
+	}
+	if err := narPadding(br, n); err != nil {
+		return nil, err
+	}
+	if err := expectNARString(br, ")"); err != nil {
+		return nil, errFormat
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		return nil, errFormat
 	}
 	return h.Sum(nil), nil
+}
+
+// readNARString reads one NAR string of at most max bytes (a little-endian length,
+// the bytes, zero padding to a multiple of 8).
+func readNARString(r *bufio.Reader, max uint64) (string, error) {
+	var size [8]byte
+	if _, err := io.ReadFull(r, size[:]); err != nil {
+		return "", fmt.Errorf("read the NAR: %w", noEOF(err))
+	}
+	n := binary.LittleEndian.Uint64(size[:])
+	if n > max {
+		return "", fmt.Errorf("read the NAR: a string of %d bytes where at most %d belong", n, max)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", fmt.Errorf("read the NAR: %w", noEOF(err))
+	}
+	return string(b), narPadding(r, n)
+}
+
+func expectNARString(r *bufio.Reader, want string) error {
+	got, err := readNARString(r, uint64(len(want)))
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("read the NAR: %q where %q belongs", got, want)
+	}
+	return nil
+}
+
+// narPadding reads the zero bytes that pad n bytes to a multiple of 8.
+func narPadding(r *bufio.Reader, n uint64) error {
+	var pad [8]byte
+	k := (8 - n%8) % 8
+	if _, err := io.ReadFull(r, pad[:k]); err != nil {
+		return fmt.Errorf("read the NAR: %w", noEOF(err))
+	}
+	if pad != [8]byte{} {
+		return errors.New("read the NAR: padding that is not zero")
+	}
+	return nil
+}
+
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -157,9 +158,34 @@ func hashPart(p string) string {
 
 func basename(p string) string { return strings.TrimPrefix(p, storepath.StoreDir+"/") }
 
+// maxNameLen is the longest store path name Nix allows.
+const maxNameLen = 211
+
+// validStorePath checks a full store path by Nix's rules: /nix/store/, 32 nixbase32
+// characters, "-", a name of Nix's characters that does not begin with a period.
+// go-nix's storepath.Validate alone lets through any byte in place of the "/" and the
+// "-", an empty name, "." and "..", and names of any length: such a path would break
+// the narinfo lines and file names it becomes.
+func validStorePath(p string) error {
+	if err := storepath.Validate(p); err != nil {
+		return err
+	}
+	const hashEnd = len(storepath.StoreDir) + 1 + 32
+	name := p[min(hashEnd+1, len(p)):]
+	switch {
+	case p[len(storepath.StoreDir)] != '/':
+		return fmt.Errorf("%q is not in %s", p, storepath.StoreDir)
+	case len(p) <= hashEnd || p[hashEnd] != '-':
+		return fmt.Errorf("%q has no \"-\" after its hash", p)
+	case name == "" || name[0] == '.' || len(name) > maxNameLen:
+		return fmt.Errorf("%q: a store path name is 1 to %d characters and does not begin with a period", p, maxNameLen)
+	}
+	return nil
+}
+
 // checkInfo validates what an agent says about a path before anything is read.
 func checkInfo(pi protocol.PathInfo) (*nixhash.Hash, error) {
-	if err := storepath.Validate(pi.StorePath); err != nil {
+	if err := validStorePath(pi.StorePath); err != nil {
 		return nil, fmt.Errorf("store path %q: %w", pi.StorePath, err)
 	}
 	h, err := nixhash.ParseAny(pi.NarHash, nil)
@@ -170,12 +196,12 @@ func checkInfo(pi protocol.PathInfo) (*nixhash.Hash, error) {
 		return nil, fmt.Errorf("%s: nar size %d", pi.StorePath, pi.NarSize)
 	}
 	for _, r := range pi.References {
-		if err := storepath.Validate(r); err != nil {
+		if err := validStorePath(r); err != nil {
 			return nil, fmt.Errorf("%s: reference %q: %w", pi.StorePath, r, err)
 		}
 	}
 	if pi.Deriver != "" {
-		if err := storepath.Validate(pi.Deriver); err != nil {
+		if err := validStorePath(pi.Deriver); err != nil {
 			return nil, fmt.Errorf("%s: deriver %q: %w", pi.StorePath, pi.Deriver, err)
 		}
 	}
@@ -630,10 +656,14 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		}
 		return found, step == 0 || step == a.pendingStep
 	}
-	refs := make([]string, 0, len(pi.References))
+	var fileDigest []byte
+	if !plain {
+		fileDigest = fileHash.Sum(nil)
+	}
+	n := newNarinfo(pi, a, got, fileDigest, fileSize.n)
+	refs := n.References
 	var lookup, inCache []string
 	for _, r := range pi.References {
-		refs = append(refs, basename(r))
 		h := hashPart(r)
 		if r == pi.StorePath || upstream[h] {
 			continue
@@ -661,22 +691,6 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 			}
 		}
 	}
-	// Blobs are named by their content's hash: the same bytes, the same name.
-	fh, name, compression := "", "", "zstd"
-	if plain {
-		fh = nixbase32.EncodeToString(got)
-		name, compression = fh+".nar", "none"
-	} else {
-		fh = nixbase32.EncodeToString(fileHash.Sum(nil))
-		name = fh + ".nar.zst"
-	}
-	narHashStr := "sha256:" + nixbase32.EncodeToString(got)
-	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
-		Compression: compression, FileHash: "sha256:" + fh, FileSize: fileSize.n, NarHash: narHashStr, NarSize: pi.NarSize,
-		References: refs, Deriver: basename(pi.Deriver), Sigs: []string{}, PendingStep: a.pendingStep}
-	if a.ca != nil {
-		n.CA = a.ca.String()
-	}
 	// A step's output is signed only once the step's success is recorded.
 	if a.pendingStep == 0 {
 		sig, err := c.sign(n)
@@ -686,10 +700,35 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		}
 		n.Sigs = []string{sig}
 	}
-	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: name, n: n, refs: inCache, push: a.push})
+	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: strings.TrimPrefix(n.URL, "nar/"), n: n, refs: inCache, push: a.push})
 	g.bytes += fileSize.n
 	g.staged[n.HashPart] = a.pendingStep
 	return nil, false
+}
+
+// newNarinfo is the narinfo of a received path whose NAR hashes to narDigest (its
+// sha256), stored compressed as a file hashing to fileDigest, or plain when
+// fileDigest is nil. Blobs are named by their content's hash: the same bytes, the
+// same name. It carries no signature yet.
+func newNarinfo(pi protocol.PathInfo, a admission, narDigest, fileDigest []byte, fileSize int64) storage.Narinfo {
+	fh, name, compression := nixbase32.EncodeToString(narDigest), "", "none"
+	if fileDigest == nil {
+		name = fh + ".nar"
+	} else {
+		fh = nixbase32.EncodeToString(fileDigest)
+		name, compression = fh+".nar.zst", "zstd"
+	}
+	refs := make([]string, 0, len(pi.References))
+	for _, r := range pi.References {
+		refs = append(refs, basename(r))
+	}
+	n := storage.Narinfo{HashPart: hashPart(pi.StorePath), StorePath: pi.StorePath, URL: "nar/" + name,
+		Compression: compression, FileHash: "sha256:" + fh, FileSize: fileSize, NarHash: "sha256:" + nixbase32.EncodeToString(narDigest),
+		NarSize: pi.NarSize, References: refs, Deriver: basename(pi.Deriver), Sigs: []string{}, PendingStep: a.pendingStep}
+	if a.ca != nil {
+		n.CA = a.ca.String()
+	}
+	return n
 }
 
 // refByHash finds the basename with hash part h among refs.
@@ -863,24 +902,28 @@ func (c *Cache) inUpstream(ctx context.Context, hashPart string) bool {
 		if err != nil {
 			continue
 		}
-		ok := resp.StatusCode == http.StatusOK
-		var ni *narinfo.NarInfo
-		if ok {
-			ni, err = narinfo.Parse(io.LimitReader(resp.Body, 1<<20))
-			ok = err == nil
-		}
+		ok := resp.StatusCode == http.StatusOK && upstreamServes(resp.Body, hashPart, c.upKeys)
 		resp.Body.Close()
-		if !ok {
-			continue
-		}
-		if len(c.upKeys) == 0 {
-			return true
-		}
-		refs := append([]string(nil), ni.References...)
-		fp := Fingerprint(ni.StorePath, ni.NarHash.Format(nixhash.NixBase32, true), int64(ni.NarSize), refs)
-		if signature.VerifyFirst(fp, ni.Signatures, c.upKeys) {
+		if ok {
 			return true
 		}
 	}
 	return false
+}
+
+// upstreamServes reads an upstream cache's narinfo answer for the hash part want:
+// whether it is a well-formed narinfo of that path (an answer for another path, or
+// without a NAR hash, is not), signed with one of keys when there are any.
+func upstreamServes(body io.Reader, want string, keys []signature.PublicKey) bool {
+	ni, err := narinfo.Parse(io.LimitReader(body, 1<<20))
+	if err != nil || ni.Check() != nil || validStorePath(ni.StorePath) != nil || hashPart(ni.StorePath) != want ||
+		ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || ni.NarSize == 0 || ni.NarSize > math.MaxInt64 {
+		return false
+	}
+	if len(keys) == 0 {
+		return true
+	}
+	refs := append([]string(nil), ni.References...)
+	fp := Fingerprint(ni.StorePath, ni.NarHash.Format(nixhash.NixBase32, true), int64(ni.NarSize), refs)
+	return signature.VerifyFirst(fp, ni.Signatures, keys)
 }

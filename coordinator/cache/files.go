@@ -53,10 +53,24 @@ func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, e
 		}
 		narData, closeAll = dec, func() { dec.Close(); blob.Close() }
 	}
-	nr, err := nar.NewReader(narData)
+	// go-nix's NAR reader parses in a goroutine that ends only when the parse does:
+	// abandoned halfway (a file found, an error), it would wait forever. stop makes
+	// the rest of the NAR read as an error, so the parse ends at once.
+	stop := &stoppable{r: narData}
+	nr, err := nar.NewReader(stop)
 	if err != nil {
 		closeAll()
 		return nil, 0, fmt.Errorf("read the NAR of %s: %w", ni.StorePath, err)
+	}
+	closeBlob := closeAll
+	closeAll = func() {
+		stop.stopped = true
+		for {
+			if _, err := nr.Next(); err != nil {
+				break
+			}
+		}
+		closeBlob()
 	}
 	want := "/" + inner
 	if inner == "" {
@@ -81,6 +95,21 @@ func (c *Cache) OpenFile(ctx context.Context, p string) (io.ReadCloser, int64, e
 		}
 		return readCloser{Reader: io.LimitReader(nr, hdr.Size), close: closeAll}, hdr.Size, nil
 	}
+}
+
+// stoppable reads r until stopped, then fails every read.
+type stoppable struct {
+	r       io.Reader
+	stopped bool
+}
+
+var errStopped = errors.New("NAR reading stopped")
+
+func (s *stoppable) Read(p []byte) (int, error) {
+	if s.stopped {
+		return 0, errStopped
+	}
+	return s.r.Read(p)
 }
 
 // openBlob opens a blob from the blob store or, for a small one, from PostgreSQL.

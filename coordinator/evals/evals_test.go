@@ -286,6 +286,59 @@ func TestWebhooks_ProjectByIDOrName(t *testing.T) {
 	}
 }
 
+// Found by FuzzPushPayload: a signed push that deleted the default branch, or named
+// the empty branch ("refs/heads/"), triggered the jobsets following the default
+// branch, and a branch name with a NUL byte was a 500 (PostgreSQL refuses the byte),
+// which forges retry. Only a push of commits to a branch git accepts triggers.
+func TestWebhooks_DeletionsAndRefsGitRefusesTriggerNothing(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := newRepo(t)
+	repo.commit(map[string]string{"release.nix": "{ }"})
+	pid, js := setup(t, c, repo, map[string]any{"branch": ""}) // follows the default branch
+	const secret = "a-very-secret-webhook-key"
+	gh := c.URL + fmt.Sprintf("/api/v1/webhooks/%d/github", pid)
+	gt := c.URL + fmt.Sprintf("/api/v1/webhooks/%d/gitea", pid)
+	zeros := strings.Repeat("0", 40)
+	cases := []struct {
+		name, url, body string
+		triggers        bool
+	}{
+		{"github deletes main", gh, `{"ref":"refs/heads/main","before":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","after":"` + zeros + `","deleted":true,"repository":{"default_branch":"main"}}`, false},
+		{"gitea deletes main", gt, `{"ref":"refs/heads/main","before":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","after":"` + zeros + `","repository":{"default_branch":"main"}}`, false},
+		{"empty branch", gh, `{"ref":"refs/heads/","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","repository":{"default_branch":""}}`, false},
+		{"NUL in the branch", gh, `{"ref":"refs/heads/ma\u0000in","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","repository":{"default_branch":"ma\u0000in"}}`, false},
+		{"double dot", gt, `{"ref":"refs/heads/main..x","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","repository":{"default_branch":"main..x"}}`, false},
+		{"push to main", gh, `{"ref":"refs/heads/main","before":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","after":"0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c","deleted":false,"repository":{"default_branch":"main"}}`, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := c.DB.Pool().Exec(context.Background(), `DELETE FROM evaluations; UPDATE jobsets SET trigger_requested_at = NULL`); err != nil {
+				t.Fatal(err)
+			}
+			headers := map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + sign(secret, []byte(tc.body))}
+			if tc.url == gt {
+				headers = map[string]string{"X-Gitea-Event": "push", "X-Gitea-Signature": sign(secret, []byte(tc.body))}
+			}
+			status, body := post(t, tc.url, headers, []byte(tc.body))
+			if status != 200 {
+				t.Fatalf("status %d, want 200: %s", status, body)
+			}
+			if tc.triggers {
+				checked(t, c, js)
+				if n := len(evaluations(t, c, js)); n != 1 {
+					t.Fatalf("a push to the default branch made %d evaluations, want 1 (%s)", n, body)
+				}
+				return
+			}
+			var pending bool
+			_ = c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, js).Scan(&pending)
+			if pending || len(evaluations(t, c, js)) != 0 || !strings.Contains(body, `"triggered":[]`) {
+				t.Fatalf("%s triggered an evaluation: %s", tc.name, body)
+			}
+		})
+	}
+}
+
 func TestOneShot_DisablesItselfAfterOneEvaluation(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := newRepo(t)

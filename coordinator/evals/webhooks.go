@@ -8,7 +8,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -85,18 +87,12 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": event, "triggered": []int64{}})
 			return
 		}
-		var push struct {
-			Ref        string `json:"ref"`
-			Repository struct {
-				DefaultBranch string `json:"default_branch"`
-			} `json:"repository"`
-		}
-		if err := json.Unmarshal(body, &push); err != nil || !strings.HasPrefix(push.Ref, "refs/heads/") {
-			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a branch push", "triggered": []int64{}})
+		push, ok := parsePush(body)
+		if !ok {
+			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a push to a branch", "triggered": []int64{}})
 			return
 		}
-		branch := strings.TrimPrefix(push.Ref, "refs/heads/")
-		ids, err := e.db.RequestEvaluationsForBranch(r.Context(), pid, branch, branch == push.Repository.DefaultBranch)
+		ids, err := e.db.RequestEvaluationsForBranch(r.Context(), pid, push.Branch, push.IsDefault)
 		if err != nil {
 			api.Fail(e.log, w, r, err)
 			return
@@ -109,6 +105,60 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 		}
 		api.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
 	}
+}
+
+// pushEvent is what FC reads of a push payload; GitHub, Gitea and Forgejo send the
+// same fields.
+type pushEvent struct {
+	Branch    string // the branch pushed to
+	IsDefault bool   // it is the repository's default branch
+}
+
+// zeroCommit is the "after" of a push that deleted its ref.
+var zeroCommit = regexp.MustCompile(`^0+$`)
+
+// parsePush reads a push payload. ok is false for anything but a push of commits to
+// a branch: a tag, a deleted branch (nothing to evaluate), a payload that does not
+// parse, or a ref git would not take (an empty branch would match every jobset that
+// follows the default branch; a NUL byte is refused by PostgreSQL, a 500 the forge
+// would retry).
+func parsePush(body []byte) (pushEvent, bool) {
+	var push struct {
+		Ref        string `json:"ref"`
+		After      string `json:"after"`
+		Deleted    bool   `json:"deleted"`
+		Repository struct {
+			DefaultBranch string `json:"default_branch"`
+		} `json:"repository"`
+	}
+	if err := json.Unmarshal(body, &push); err != nil || push.Deleted || zeroCommit.MatchString(push.After) {
+		return pushEvent{}, false
+	}
+	branch, ok := strings.CutPrefix(push.Ref, "refs/heads/")
+	if !ok || !validRefName(push.Ref) {
+		return pushEvent{}, false
+	}
+	return pushEvent{Branch: branch, IsDefault: branch == push.Repository.DefaultBranch}, true
+}
+
+// validRefName is git's check-ref-format for a full ref name.
+func validRefName(ref string) bool {
+	if ref == "@" || strings.HasPrefix(ref, "/") || strings.HasSuffix(ref, "/") || strings.HasSuffix(ref, ".") ||
+		strings.Contains(ref, "..") || strings.Contains(ref, "//") || strings.Contains(ref, "@{") ||
+		!strings.Contains(ref, "/") || !utf8.ValidString(ref) {
+		return false
+	}
+	for _, c := range ref {
+		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
+			return false
+		}
+	}
+	for _, part := range strings.Split(ref, "/") {
+		if strings.HasPrefix(part, ".") || strings.HasSuffix(part, ".lock") {
+			return false
+		}
+	}
+	return true
 }
 
 func validSignature(secret string, body []byte, sigHex string) bool {

@@ -12,9 +12,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -87,64 +89,123 @@ func DecodeFile(dst any, path string, data []byte) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		k := und[0].String()
-		return fmt.Errorf("config %s line %d: unknown key %q", path, keyLine(data, und[0]), k)
+		return fmt.Errorf("config %s%s: unknown key %q", path, atLine(data, und[0]), und[0].String())
+	}
+	if k, x := nonFinite(reflect.ValueOf(dst).Elem(), ""); k != "" {
+		return fmt.Errorf("config %s%s: key %q: %v is not a finite number", path, atLine(data, strings.Split(k, ".")), k, x)
 	}
 	return nil
 }
 
-// keyLine finds the line that defines key (a dotted TOML key) in a document made of
-// [tables] and key = value lines, which is the shape of every FC config file.
-// BurntSushi/toml does not expose the position of keys it did not decode.
+// atLine is " line N" for the line that defines key, or "" when it cannot be found.
+func atLine(data []byte, key toml.Key) string {
+	if n := keyLine(data, key); n > 0 {
+		return fmt.Sprintf(" line %d", n)
+	}
+	return ""
+}
+
+// keyLine finds the line that defines key (a dotted TOML key), or else the nearest
+// line defining a table or key it lies in (an inline table, an array of tables), in a
+// document of [tables], [[arrays]] and key = value lines, which is the shape of every
+// FC config file; 0 when none does. BurntSushi/toml does not expose the position of
+// keys it did not decode.
 func keyLine(data []byte, key toml.Key) int {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	var table []string
-	line := 0
+	line, best, bestLen := 0, 0, 0
 	for sc.Scan() {
 		line++
 		s := strings.TrimSpace(sc.Text())
 		if s == "" || strings.HasPrefix(s, "#") {
 			continue
 		}
-		if strings.HasPrefix(s, "[") && !strings.HasPrefix(s, "[[") {
-			name := strings.Trim(strings.SplitN(s, "#", 2)[0], " []")
-			table = splitKey(name)
-			if equalKey(table, key) {
+		var full []string
+		if strings.HasPrefix(s, "[") {
+			name := strings.TrimPrefix(strings.TrimPrefix(s, "["), "[")
+			parts, rest := splitKey(name)
+			if !strings.HasPrefix(rest, "]") {
+				continue
+			}
+			table, full = parts, parts
+		} else {
+			parts, rest := splitKey(s)
+			if !strings.HasPrefix(rest, "=") {
+				continue
+			}
+			full = append(append([]string{}, table...), parts...)
+		}
+		if n := len(full); n > bestLen && n <= len(key) && slices.Equal(full, key[:n]) {
+			if n == len(key) {
 				return line
 			}
-			continue
-		}
-		eq := strings.Index(s, "=")
-		if eq < 0 {
-			continue
-		}
-		full := append(append([]string{}, table...), splitKey(s[:eq])...)
-		if equalKey(full, key) {
-			return line
+			best, bestLen = line, n
 		}
 	}
-	return 0
+	return best
 }
 
-func splitKey(s string) []string {
-	parts := strings.Split(strings.TrimSpace(s), ".")
-	for i, p := range parts {
-		parts[i] = strings.Trim(strings.TrimSpace(p), `"'`)
+// splitKey reads a dotted TOML key (bare or quoted parts) from the start of s and
+// returns its parts and what follows it, spaces trimmed.
+func splitKey(s string) (parts []string, rest string) {
+	for {
+		s = strings.TrimLeft(s, " \t")
+		var part string
+		switch {
+		case strings.HasPrefix(s, `"`), strings.HasPrefix(s, "'"):
+			end := strings.IndexByte(s[1:], s[0])
+			if end < 0 {
+				return parts, s
+			}
+			part, s = s[1:1+end], s[2+end:]
+			if q, err := strconv.Unquote(`"` + part + `"`); err == nil && !strings.HasPrefix(s, "'") {
+				part = q
+			}
+		default:
+			end := strings.IndexFunc(s, func(r rune) bool {
+				return !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+			})
+			if end < 0 {
+				end = len(s)
+			}
+			if end == 0 {
+				return parts, s
+			}
+			part, s = s[:end], s[end:]
+		}
+		parts = append(parts, part)
+		s = strings.TrimLeft(s, " \t")
+		if !strings.HasPrefix(s, ".") {
+			return parts, s
+		}
+		s = s[1:]
 	}
-	return parts
 }
 
-func equalKey(a []string, k toml.Key) bool {
-	if len(a) != len(k) {
-		return false
-	}
-	for i := range a {
-		if a[i] != k[i] {
-			return false
+// nonFinite names the first float setting holding NaN or an infinity: they pass every
+// "> 0" check and then break whatever computes with them.
+func nonFinite(v reflect.Value, prefix string) (key string, value float64) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		tag := strings.Split(sf.Tag.Get("toml"), ",")[0]
+		if tag == "" || tag == "-" || !sf.IsExported() {
+			continue
+		}
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.Struct:
+			if k, x := nonFinite(f, prefix+tag+"."); k != "" {
+				return k, x
+			}
+		case reflect.Float32, reflect.Float64:
+			if x := f.Float(); math.IsNaN(x) || math.IsInf(x, 0) {
+				return prefix + tag, x
+			}
 		}
 	}
-	return true
+	return "", 0
 }
 
 // ApplyEnv sets fields from PREFIX<SECTION>__<KEY> variables (top-level keys:
@@ -229,8 +290,8 @@ func setFromString(f reflect.Value, s string) error {
 		f.SetUint(n)
 	case reflect.Float32, reflect.Float64:
 		n, err := strconv.ParseFloat(strings.TrimSpace(s), f.Type().Bits())
-		if err != nil {
-			return fmt.Errorf("%q is not a number", s)
+		if err != nil || math.IsNaN(n) || math.IsInf(n, 0) {
+			return fmt.Errorf("%q is not a finite number", s)
 		}
 		f.SetFloat(n)
 	case reflect.Slice:

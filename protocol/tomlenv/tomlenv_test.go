@@ -75,6 +75,14 @@ func TestDecodeFile_Errors(t *testing.T) {
 		{"unknown table", "[servr]\nport = 1\n", []string{"line 1", `"servr"`}},
 		{"wrong type", "[server]\nhost = \"x\"\nport = \"eighty\"\n", []string{"line 3", "server.port"}},
 		{"syntax error", "[server\nport = 1\n", []string{"line 2", "end table name"}},
+		// Caught by the configuration fuzz targets (tomlenvtest.Check): these named line 0.
+		{"unknown key in an inline table", "state_dir = \"/x\"\nserver = { prot = 3 }\n", []string{"line 2", `"server.prot"`}},
+		{"unknown quoted key with a dot", "# c\n\"state.dir\" = \"/x\"\n", []string{"line 2", `state.dir`}},
+		{"unknown key in a quoted table", "[\"server\"]\nhost = \"x\"\n'prot' = 3\n", []string{"line 3", `"server.prot"`}},
+		{"unknown array of tables", "\n[[servers]]\nport = 1\n", []string{"line 2", `"servers"`}},
+		// NaN and infinities pass every "> 0" check of the settings that use them.
+		{"nan", "[server]\nhost = \"x\"\nrate_limit_rps = nan\n", []string{"line 3", `"server.rate_limit_rps"`, "finite"}},
+		{"infinity", "[server]\nrate_limit_rps = -inf\n", []string{"line 2", `"server.rate_limit_rps"`, "finite"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -94,7 +102,8 @@ func TestDecodeFile_Errors(t *testing.T) {
 }
 
 func TestApplyEnv_MalformedValueNamesVariable(t *testing.T) {
-	for _, kv := range []string{"FC_SERVER__PORT=abc", "FC_SERVER__CORS_PERMISSIVE=maybe", "FC_SERVER__RATE_LIMIT_RPS=fast"} {
+	for _, kv := range []string{"FC_SERVER__PORT=abc", "FC_SERVER__CORS_PERMISSIVE=maybe", "FC_SERVER__RATE_LIMIT_RPS=fast",
+		"FC_SERVER__RATE_LIMIT_RPS=NaN", "FC_SERVER__RATE_LIMIT_RPS=+Inf"} {
 		var s testSettings
 		err := ApplyEnv(&s, "FC_", []string{kv})
 		name, _, _ := strings.Cut(kv, "=")
