@@ -18,11 +18,11 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/fc-ci/fc/agent/build"
 	"github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/identity"
 	"github.com/fc-ci/fc/agent/probe"
+	"github.com/fc-ci/fc/agent/realise"
 	"github.com/fc-ci/fc/agent/session"
 	"github.com/fc-ci/fc/agent/work"
 	"github.com/fc-ci/fc/protocol"
@@ -223,7 +223,7 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 	dc := daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log,
 		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
 	if every := cfg.GCEvery(); every > 0 {
-		dc.GC, dc.GCInterval = build.CollectGarbage, every
+		dc.GC, dc.GCInterval = realise.CollectGarbage, every
 	}
 	if slices.Contains(cfg.Agent.Roles, protocol.RoleBuild) {
 		// Logs and GC roots a crash left behind belong to no step now: the coordinator
@@ -233,7 +233,7 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 				log.Warn("remove stale step files", "dir", dir, "err", err)
 			}
 		}
-		dc.Executors[protocol.WorkStep] = &work.Build{StateDir: cfg.Agent.StateDir,
+		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir,
 			CacheURL: strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache",
 			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
 			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
@@ -244,7 +244,7 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		if err := os.RemoveAll(filepath.Join(cfg.Agent.StateDir, "git", "work")); err != nil {
 			log.Warn("remove stale evaluation checkouts", "err", err)
 		}
-		ev := &work.Eval{StateDir: cfg.Agent.StateDir, AllowedInputPaths: cfg.Agent.AllowedInputPaths,
+		ev := &work.EvalRunner{StateDir: cfg.Agent.StateDir, AllowedInputPaths: cfg.Agent.AllowedInputPaths,
 			Protected: cfg.InputProtected(), Logger: log}
 		if parent, auto := cfg.EvalStoreParent(); parent != "" {
 			store, err := work.NewEvalStore(work.EvalStoreConfig{Parent: parent, Name: cfg.EvalStoreName(),

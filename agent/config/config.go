@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fc-ci/fc/internal/tomlenv"
 	"github.com/fc-ci/fc/protocol"
-	"github.com/fc-ci/fc/protocol/tomlenv"
 )
 
 // Config is everything fc-agent can be told.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fc-ci/fc/protocol/tomlenv"
+	"github.com/fc-ci/fc/internal/tomlenv"
 )
 
 func write(t *testing.T, path, body string) {

@@ -14,15 +14,15 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/fc-ci/fc/agent/build"
 	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/push"
+	"github.com/fc-ci/fc/agent/realise"
 	"github.com/fc-ci/fc/protocol"
 )
 
-// Build builds steps on this agent: realise the derivation while its log streams to
+// StepRunner builds steps on this agent: realise the derivation while its log streams to
 // the coordinator, upload the outputs' closure, then report.
-type Build struct {
+type StepRunner struct {
 	// StateDir holds the step logs (StateDir/logs), the GC roots of outputs not yet
 	// reported (StateDir/gcroots) and Nix's caches of binary cache lookups
 	// (StateDir/xdg-cache): one per step, as concurrent nix-store processes sharing
@@ -37,15 +37,15 @@ type Build struct {
 	Logger           *slog.Logger
 	// MaxJobs is Nix's --max-jobs and the most nix-store processes at once; Slots is
 	// how many steps run at once (the agent's step slots). Steps that run together
-	// share nix-store processes (build.Batcher). Zero: 1 and MaxJobs.
+	// share nix-store processes (realise.Batcher). Zero: 1 and MaxJobs.
 	MaxJobs, Slots int
 
 	batcherOnce sync.Once
-	batcher     *build.Batcher
+	batcher     *realise.Batcher
 }
 
-func (b *Build) batch() *build.Batcher {
-	b.batcherOnce.Do(func() { b.batcher = build.NewBatcher(build.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots}) })
+func (b *StepRunner) batch() *realise.Batcher {
+	b.batcherOnce.Do(func() { b.batcher = realise.NewBatcher(realise.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots}) })
 	return b.batcher
 }
 
@@ -65,7 +65,7 @@ const (
 )
 
 // Run implements daemon.Executor.
-func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
 	if a.Step == nil {
 		return errors.New("step assignment without a task")
 	}
@@ -96,7 +96,7 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 
 	started := time.Now().UTC()
 	logger.Info("building", "drv", t.DrvPath)
-	res, err := b.batch().Realise(ctx, build.Request{
+	res, err := b.batch().Realise(ctx, realise.Request{
 		DrvPath: t.DrvPath, Outputs: t.Outputs,
 		CacheURL: b.CacheURL, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
 		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
@@ -142,7 +142,7 @@ func (b *Build) Run(ctx context.Context, a protocol.Assign, link daemon.Link) er
 }
 
 // reportInfra reports a failure before the build could start.
-func (b *Build) reportInfra(ctx context.Context, link daemon.Link, w protocol.WorkRef, logger *slog.Logger, err error) error {
+func (b *StepRunner) reportInfra(ctx context.Context, link daemon.Link, w protocol.WorkRef, logger *slog.Logger, err error) error {
 	logger.Warn("step failed for a reason of the infrastructure; it will be retried", "err", err)
 	now := time.Now().UTC()
 	return b.report(ctx, link, protocol.StepReport{Work: w, Retry: true, Error: err.Error(), StartedAt: now, FinishedAt: now}, logger)
@@ -152,7 +152,7 @@ func (b *Build) reportInfra(ctx context.Context, link daemon.Link, w protocol.Wo
 // it or an upstream has), retrying a broken stream a few times: rebuilding elsewhere
 // costs more than waiting for the session to come back. closure is the closure's path
 // infos when the build gave them (no Nix process needed then).
-func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
+func (b *StepRunner) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
 	infos := closure
 	if len(infos) == 0 {
 		paths := make([]string, 0, len(outputs))
@@ -187,7 +187,7 @@ func (b *Build) uploadOutputs(ctx context.Context, link daemon.Link, outputs map
 
 // report sends the step's report until the coordinator answers, across reconnects,
 // until ctx ends.
-func (b *Build) report(ctx context.Context, link daemon.Link, rep protocol.StepReport, logger *slog.Logger) error {
+func (b *StepRunner) report(ctx context.Context, link daemon.Link, rep protocol.StepReport, logger *slog.Logger) error {
 	for attempt := 0; ; attempt++ {
 		v, err := sendReport(ctx, link, rep)
 		if err == nil {

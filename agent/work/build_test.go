@@ -507,12 +507,12 @@ func stepAssign(drv string, id int64) protocol.Assign {
 		Step: &protocol.StepTask{StepID: id, DrvPath: drv}}
 }
 
-func newBuild(t *testing.T) *Build {
-	return &Build{StateDir: t.TempDir(), CacheURL: emptyCache(t), Logger: testLogger(t)}
+func newBuild(t *testing.T) *StepRunner {
+	return &StepRunner{StateDir: t.TempDir(), CacheURL: emptyCache(t), Logger: testLogger(t)}
 }
 
 // assertCleanedUp checks the step's log file and GC roots are gone.
-func assertCleanedUp(t *testing.T, b *Build) {
+func assertCleanedUp(t *testing.T, b *StepRunner) {
 	t.Helper()
 	for _, pattern := range []string{"logs/*", "gcroots/*", "xdg-cache/*"} {
 		if left, _ := filepath.Glob(filepath.Join(b.StateDir, pattern)); len(left) > 0 {

@@ -15,13 +15,13 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/agent/daemon"
-	"github.com/fc-ci/fc/agent/eval"
+	"github.com/fc-ci/fc/agent/evaluator"
 	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/protocol"
 )
 
-// Eval evaluates jobsets on this agent.
-type Eval struct {
+// EvalRunner evaluates jobsets on this agent.
+type EvalRunner struct {
 	// StateDir holds the repository mirrors (StateDir/git).
 	StateDir string
 	// AllowedInputPaths are the directories path inputs may name
@@ -37,7 +37,7 @@ type Eval struct {
 }
 
 // Close empties the eval store (the daemon calls it when no work is left).
-func (e *Eval) Close() error {
+func (e *EvalRunner) Close() error {
 	if e.Store == nil {
 		return nil
 	}
@@ -48,7 +48,7 @@ func (e *Eval) Close() error {
 const batch = 1000
 
 // Run implements daemon.Executor.
-func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
 	if a.Eval == nil {
 		return errors.New("evaluation assignment without a task")
 	}
@@ -82,7 +82,7 @@ func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) err
 		rep.Failed, rep.Error = true, err.Error()
 		// The expression itself failing is final; anything else (git unreachable, the
 		// cache upload broke) is an infrastructure failure, retried under the lease rules.
-		rep.Retry = !errors.Is(err, eval.ErrEvalFailed)
+		rep.Retry = !errors.Is(err, evaluator.ErrEvalFailed)
 		log.Warn("evaluation failed", "err", err, "retry", rep.Retry)
 	}
 	return report(ctx, link, rep, res, nodes)
@@ -90,24 +90,24 @@ func (e *Eval) Run(ctx context.Context, a protocol.Assign, link daemon.Link) err
 
 // evaluate evaluates t, writing .drv files to the store whose root directory is
 // root ("" for Nix's own store).
-func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link daemon.Link) (eval.Result, []eval.Node, error) {
+func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link daemon.Link) (evaluator.Result, []evaluator.Node, error) {
 	start := time.Now()
-	dir, cleanup, err := eval.Checkout(ctx, filepath.Join(e.StateDir, "git"), t.RepoURL, t.Revision,
-		eval.Credentials{SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken})
+	dir, cleanup, err := evaluator.Checkout(ctx, filepath.Join(e.StateDir, "git"), t.RepoURL, t.Revision,
+		evaluator.Credentials{SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken})
 	rep.CheckoutSeconds = time.Since(start).Seconds()
 	if err != nil {
-		return eval.Result{}, nil, fmt.Errorf("checkout %s at %s: %w", t.RepoURL, t.Revision, err)
+		return evaluator.Result{}, nil, fmt.Errorf("checkout %s at %s: %w", t.RepoURL, t.Revision, err)
 	}
 	defer cleanup()
-	inputs := make([]eval.Input, len(t.Inputs))
+	inputs := make([]evaluator.Input, len(t.Inputs))
 	for i, in := range t.Inputs {
-		inputs[i] = eval.Input{Name: in.Name, Type: in.Type, Value: in.Value}
+		inputs[i] = evaluator.Input{Name: in.Name, Type: in.Type, Value: in.Value}
 	}
 	// The graph is walked and the .drv closure uploaded while the evaluation runs,
 	// from the drv paths the evaluator reports as it goes.
 	start = time.Now()
 	pipe := startDrvPipeline(ctx, link, root)
-	res, err := eval.Evaluate(ctx, dir, eval.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
+	res, err := evaluator.Evaluate(ctx, dir, evaluator.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: t.Workers, MaxMemoryMB: t.MaxMemoryMB,
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
 		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add,
@@ -115,13 +115,13 @@ func (e *Eval) evaluate(ctx context.Context, t protocol.EvalTask, root string, r
 	if err != nil {
 		pipe.stop()
 		rep.EvalSeconds = time.Since(start).Seconds()
-		return eval.Result{}, nil, err
+		return evaluator.Result{}, nil, err
 	}
 	evaluated := time.Now()
 	nodes, up, err := pipe.finish(res.Jobs)
 	rep.EvalSeconds = time.Since(start).Seconds()
 	if err != nil {
-		return eval.Result{}, nil, err
+		return evaluator.Result{}, nil, err
 	}
 	e.Logger.Info("evaluated", "eval", t.EvaluationID, "jobs", len(res.Jobs), "nodes", len(nodes),
 		"evaluate_s", evaluated.Sub(start).Seconds(), "after_evaluate_s", time.Since(evaluated).Seconds(),
@@ -180,7 +180,7 @@ type drvPipeline struct {
 	cancel context.CancelFunc
 	link   daemon.Link
 	root   string // the store's root directory ("" for Nix's own)
-	g      *eval.Grapher
+	g      *evaluator.Grapher
 	seen   map[string]bool // paths already offered to the cache
 	wake   chan struct{}
 	done   chan struct{}
@@ -204,7 +204,7 @@ func startDrvPipeline(ctx context.Context, link daemon.Link, root string) *drvPi
 	ctx, cancel := context.WithCancel(ctx)
 	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, root: root, seen: map[string]bool{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
-	p.g = eval.NewGrapher(root, func(ctx context.Context, paths []string) (map[string]bool, error) {
+	p.g = evaluator.NewGrapher(root, func(ctx context.Context, paths []string) (map[string]bool, error) {
 		return present(ctx, link, paths)
 	})
 	go p.run()
@@ -227,7 +227,7 @@ func (p *drvPipeline) add(drv string) {
 
 // finish adds the result's jobs (those not reported yet), waits for the pipeline to
 // walk and upload everything, and returns the graph.
-func (p *drvPipeline) finish(jobs []eval.Job) ([]eval.Node, drvUpload, error) {
+func (p *drvPipeline) finish(jobs []evaluator.Job) ([]evaluator.Node, drvUpload, error) {
 	p.mu.Lock()
 	for _, j := range jobs {
 		p.pending = append(p.pending, j.DrvPath)
@@ -347,7 +347,7 @@ func (p *drvPipeline) step(drvs []string) error {
 }
 
 // report sends the outcome in batches and waits for the coordinator's verdict.
-func report(ctx context.Context, link daemon.Link, rep protocol.EvalReport, res eval.Result, nodes []eval.Node) error {
+func report(ctx context.Context, link daemon.Link, rep protocol.EvalReport, res evaluator.Result, nodes []evaluator.Node) error {
 	st, err := link.OpenStream(ctx, protocol.StreamEvalReport)
 	if err != nil {
 		return err

@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/api"
-	"github.com/fc-ci/fc/coordinator/builds"
+	"github.com/fc-ci/fc/coordinator/buildqueue"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
-	"github.com/fc-ci/fc/coordinator/evals"
+	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
@@ -40,8 +40,8 @@ type Parts struct {
 	Server *server.Server
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
-	Evals  *evals.Evals
-	Builds *builds.Builds
+	Evals  *evalqueue.Evals
+	Builds *buildqueue.Builds
 	db     *storage.DB
 }
 
@@ -102,7 +102,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	}
 	leases := storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
 		MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}
-	ev := evals.New(evals.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
+	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
 		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
 		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), GitDir: filepath.Join(cfg.StateDir, "git"), Logger: log,
 		Leases: leases, AllowedInputPaths: cfg.Eval.AllowedInputPaths}, db, nil)
@@ -114,7 +114,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if err != nil {
 		return Parts{}, err
 	}
-	bu := builds.New(builds.Config{Leases: leases, SweepInterval: config.Seconds(cfg.Queue.SweepInterval),
+	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(cfg.Queue.SweepInterval),
 		UnsupportedWait: config.Seconds(cfg.Queue.UnsupportedWait), BuildTimeout: config.Seconds(cfg.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(cfg.Queue.MaxSilent), MaxLogSize: cfg.Logs.MaxLogSize, MaxOutputSize: cfg.Queue.MaxOutputSize,
 		Substituters: cfg.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, cfg.Cache.UpstreamKeys...),

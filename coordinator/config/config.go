@@ -10,8 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fc-ci/fc/internal/tomlenv"
 	"github.com/fc-ci/fc/protocol"
-	"github.com/fc-ci/fc/protocol/tomlenv"
 )
 
 // Config is everything the coordinator can be told.

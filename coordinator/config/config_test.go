@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fc-ci/fc/protocol/tomlenv"
+	"github.com/fc-ci/fc/internal/tomlenv"
 )
 
 func chdir(t *testing.T, dir string) {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fc-ci/fc/protocol/tomlenv/tomlenvtest"
+	"github.com/fc-ci/fc/internal/tomlenv/tomlenvtest"
 )
 
 // FuzzLoad loads arbitrary coordinator.toml files and FC_ variables: a refusal

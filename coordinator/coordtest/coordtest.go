@@ -21,7 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
-	"github.com/fc-ci/fc/coordinator/evals"
+	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -40,7 +40,7 @@ type Coordinator struct {
 	mu     sync.Mutex
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
-	Evals  *evals.Evals
+	Evals  *evalqueue.Evals
 	cancel context.CancelFunc
 	done   chan error
 }

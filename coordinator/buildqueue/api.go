@@ -1,0 +1,496 @@
+package buildqueue
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"path"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/ranges"
+	"github.com/fc-ci/fc/storage"
+)
+
+// FileOpener streams a regular file out of a store path in the cache.
+type FileOpener func(ctx context.Context, path string) (io.ReadCloser, int64, error)
+
+// SetFiles lets product downloads read the cache.
+func (b *Builds) SetFiles(f FileOpener) { b.files = f }
+
+// Routes registers the builds API, the queue and the build actions.
+func (b *Builds) Routes(r chi.Router) {
+	r.Get("/builds", b.listBuilds)
+	r.Get("/builds/stats", b.stats)
+	r.Get("/builds/recent", b.recent)
+	r.Get("/builds/{id}", b.getBuild)
+	r.Get("/builds/{id}/steps", b.steps)
+	r.Get("/builds/{id}/log", b.buildLog)
+	r.Get("/builds/{id}/log/stream", b.streamLog)
+	if b.cfg.ReadKeys != nil {
+		r.With(auth.RequireKey(b.cfg.ReadKeys, b.refuseDownload)).Get("/builds/{id}/products/{nr}/download", b.download)
+	} else {
+		r.Get("/builds/{id}/products/{nr}/download", b.download)
+	}
+	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
+	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
+	r.With(api.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
+	r.With(api.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
+	r.With(api.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
+	r.Get("/queue", b.queue)
+}
+
+type buildJSON struct {
+	ID             int64             `json:"id"`
+	EvaluationID   int64             `json:"evaluation_id"`
+	JobsetID       int64             `json:"jobset_id,omitempty"`
+	ProjectID      int64             `json:"project_id,omitempty"`
+	Project        string            `json:"project,omitempty"`
+	Jobset         string            `json:"jobset,omitempty"`
+	Job            string            `json:"job"`
+	DrvPath        string            `json:"drv_path"`
+	System         string            `json:"system"`
+	Status         string            `json:"status"`
+	StatusCode     *int              `json:"status_code"`
+	IsAggregate    bool              `json:"is_aggregate"`
+	NixName        string            `json:"nix_name,omitempty"`
+	Description    string            `json:"description,omitempty"`
+	License        string            `json:"license,omitempty"`
+	Homepage       string            `json:"homepage,omitempty"`
+	ReleaseName    string            `json:"release_name,omitempty"`
+	Priority       int               `json:"scheduling_priority,omitempty"`
+	Keep           bool              `json:"keep"`
+	PropagatedFrom *int64            `json:"propagated_from"`
+	CreatedAt      *time.Time        `json:"created_at,omitempty"`
+	StartedAt      *time.Time        `json:"started_at,omitempty"`
+	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
+	Outputs        map[string]string `json:"outputs,omitempty"`
+	Products       []productJSON     `json:"products,omitempty"`
+	Metrics        []metricJSON      `json:"metrics,omitempty"`
+	Steps          []stepJSON        `json:"steps,omitempty"`
+	Constituents   []int64           `json:"constituents,omitempty"`
+}
+
+type productJSON struct {
+	Nr          int    `json:"nr"`
+	Type        string `json:"type"`
+	Subtype     string `json:"subtype"`
+	Name        string `json:"name"`
+	Path        string `json:"path"`
+	DefaultPath string `json:"default_path,omitempty"`
+	FileSize    *int64 `json:"file_size,omitempty"`
+	SHA256      string `json:"sha256,omitempty"`
+	DownloadURL string `json:"download_url,omitempty"`
+}
+
+type metricJSON struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit,omitempty"`
+}
+
+type stepJSON struct {
+	ID               int64      `json:"id"`
+	DrvPath          string     `json:"drv_path"`
+	System           string     `json:"system"`
+	Status           string     `json:"status"`
+	StatusCode       *int       `json:"status_code"`
+	Error            string     `json:"error,omitempty"`
+	ExitCode         *int       `json:"exit_code,omitempty"`
+	AgentID          *int64     `json:"agent_id"`
+	Agent            string     `json:"agent,omitempty"`
+	Attempts         int        `json:"attempts"`
+	LogSize          int64      `json:"log_size"`
+	RequiredFeatures []string   `json:"required_features"`
+	CreatedAt        time.Time  `json:"created_at"`
+	StartedAt        *time.Time `json:"started_at"`
+	FinishedAt       *time.Time `json:"finished_at"`
+	Seconds          *float64   `json:"seconds,omitempty"`
+}
+
+func toStepJSON(s storage.StepInfo) stepJSON {
+	j := stepJSON{ID: s.ID, DrvPath: s.DrvPath, System: s.System, Status: s.Status, StatusCode: s.StatusCode, Error: s.Error,
+		ExitCode: s.ExitCode, AgentID: s.AgentID, Agent: s.AgentName, Attempts: s.Attempts, LogSize: s.LogSize,
+		RequiredFeatures: s.RequiredFts, CreatedAt: s.CreatedAt.UTC(), StartedAt: s.StartedAt, FinishedAt: s.FinishedAt}
+	if j.RequiredFeatures == nil {
+		j.RequiredFeatures = []string{}
+	}
+	if s.StartedAt != nil && s.FinishedAt != nil {
+		secs := s.FinishedAt.Sub(*s.StartedAt).Seconds()
+		j.Seconds = &secs
+	}
+	return j
+}
+
+func idParam(r *http.Request, name string) (int64, error) {
+	id, err := strconv.ParseInt(chi.URLParam(r, name), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, storage.ErrNotFound
+	}
+	return id, nil
+}
+
+func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
+	page, err := api.PageOf(r)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	var f storage.BuildFilter
+	for _, p := range []struct {
+		name string
+		dst  *int64
+	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
+		if *p.dst, err = api.PositiveQuery(r, p.name); err != nil {
+			api.Fail(b.log, w, r, err)
+			return
+		}
+	}
+	q := r.URL.Query()
+	f.Status, f.System, f.Job = q.Get("status"), q.Get("system"), q.Get("job")
+	if f.Status != "" && !knownStatus(f.Status) {
+		api.Fail(b.log, w, r, api.Unprocessable("status", "unknown status %q", f.Status))
+		return
+	}
+	bs, total, err := b.db.ListBuilds(r.Context(), f, page)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, api.NewList(summaries(bs), total, page))
+}
+
+func knownStatus(s string) bool {
+	_, ok := storage.StatusCodes[s]
+	return ok || s == "queued" || s == "running"
+}
+
+func summaries(bs []storage.BuildSummary) []buildJSON {
+	out := make([]buildJSON, len(bs))
+	for i, x := range bs {
+		out[i] = buildJSON{ID: x.ID, EvaluationID: x.EvaluationID, Job: x.Job, DrvPath: x.DrvPath, System: x.System,
+			Status: x.Status, StatusCode: x.StatusCode, IsAggregate: x.IsAggregate, PropagatedFrom: x.PropagatedFrom,
+			FinishedAt: x.FinishedAt, JobsetID: x.JobsetID}
+	}
+	return out
+}
+
+func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
+	id, err := idParam(r, "id")
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	x, err := b.db.GetBuild(r.Context(), id)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	steps, err := b.db.BuildSteps(r.Context(), id)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	created := x.CreatedAt.UTC()
+	out := buildJSON{ID: x.ID, EvaluationID: x.EvaluationID, JobsetID: x.JobsetID, ProjectID: x.ProjectID, Project: x.Project,
+		Jobset: x.Jobset, Job: x.Job, DrvPath: x.DrvPath, System: x.System, Status: x.Status, StatusCode: x.StatusCode,
+		IsAggregate: x.IsAggregate, NixName: x.NixName, Description: x.Description, License: x.License, Homepage: x.Homepage,
+		ReleaseName: x.ReleaseName, Priority: x.SchedulingPriority, Keep: x.Keep, PropagatedFrom: x.PropagatedFrom,
+		CreatedAt: &created, StartedAt: x.StartedAt, FinishedAt: x.FinishedAt, Outputs: x.Outputs,
+		Products: []productJSON{}, Metrics: []metricJSON{}, Steps: []stepJSON{}, Constituents: x.Constituents}
+	for _, p := range x.Products {
+		pj := productJSON{Nr: p.Nr, Type: p.Type, Subtype: p.Subtype, Name: p.Name, Path: p.Path, DefaultPath: p.DefaultPath,
+			FileSize: p.FileSize, SHA256: p.SHA256}
+		if p.FileSize != nil {
+			pj.DownloadURL = fmt.Sprintf("/api/v1/builds/%d/products/%d/download", x.ID, p.Nr)
+		}
+		out.Products = append(out.Products, pj)
+	}
+	for _, m := range x.Metrics {
+		out.Metrics = append(out.Metrics, metricJSON(m))
+	}
+	for _, s := range steps {
+		out.Steps = append(out.Steps, toStepJSON(s))
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+func (b *Builds) steps(w http.ResponseWriter, r *http.Request) {
+	id, err := idParam(r, "id")
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	steps, err := b.db.BuildSteps(r.Context(), id)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	out := make([]stepJSON, len(steps))
+	for i, s := range steps {
+		out[i] = toStepJSON(s)
+	}
+	api.WriteJSON(w, http.StatusOK, map[string]any{"items": out})
+}
+
+func (b *Builds) stats(w http.ResponseWriter, r *http.Request) {
+	st, err := b.db.GetBuildStats(r.Context())
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, map[string]any{"total": st.Total, "by_status": st.ByStatus,
+		"steps_queued": st.StepsQueued, "steps_running": st.StepsRunning})
+}
+
+func (b *Builds) recent(w http.ResponseWriter, r *http.Request) {
+	page, err := api.PageOf(r)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	bs, total, err := b.db.ListBuilds(r.Context(), storage.BuildFilter{Finished: true}, page)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, api.NewList(summaries(bs), total, page))
+}
+
+func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
+	q, err := b.db.GetQueue(r.Context(), 200)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	type sys struct {
+		System  string `json:"system"`
+		Queued  int64  `json:"queued"`
+		Running int64  `json:"running"`
+	}
+	out := struct {
+		Queued  int64      `json:"queued"`
+		Running int64      `json:"running"`
+		Systems []sys      `json:"systems"`
+		Steps   []stepJSON `json:"steps"`
+	}{Systems: []sys{}, Steps: []stepJSON{}}
+	for _, s := range q.Systems {
+		out.Queued += s.Queued
+		out.Running += s.Running
+		out.Systems = append(out.Systems, sys(s))
+	}
+	for _, s := range q.Steps {
+		out.Steps = append(out.Steps, toStepJSON(s))
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+// action serves an action on /…/{id}: act does it and says what it did; nothing to
+// do is a 409 with the reason.
+func (b *Builds) action(act func(ctx context.Context, id int64) (map[string]any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := idParam(r, "id")
+		if err != nil {
+			api.Fail(b.log, w, r, err)
+			return
+		}
+		body, err := act(r.Context(), id)
+		if errors.Is(err, storage.ErrNothingToDo) {
+			api.Fail(b.log, w, r, api.Errorf(http.StatusConflict, "", "%s", err.Error()))
+			return
+		}
+		if err != nil {
+			api.Fail(b.log, w, r, err)
+			return
+		}
+		b.Wake()
+		api.WriteJSON(w, http.StatusOK, body)
+	}
+}
+
+func (b *Builds) cancel(ctx context.Context, id int64) (map[string]any, error) {
+	running, err := b.db.CancelBuild(ctx, id)
+	if err == nil {
+		b.stopOnAgents(ctx, running)
+	}
+	return map[string]any{"id": id, "cancelled": true}, err
+}
+
+func (b *Builds) restart(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.RestartBuild(ctx, id)
+	return map[string]any{"id": id, "restarted_steps": n}, err
+}
+
+func (b *Builds) bump(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.BumpBuild(ctx, id)
+	return map[string]any{"id": id, "bumped_steps": n}, err
+}
+
+func (b *Builds) cancelEvaluation(ctx context.Context, id int64) (map[string]any, error) {
+	n, running, err := b.db.CancelEvaluation(ctx, id)
+	if err == nil {
+		b.stopOnAgents(ctx, running)
+	}
+	return map[string]any{"id": id, "cancelled_builds": n}, err
+}
+
+func (b *Builds) restartFailed(ctx context.Context, id int64) (map[string]any, error) {
+	n, err := b.db.RestartFailed(ctx, id)
+	return map[string]any{"id": id, "restarted_steps": n}, err
+}
+
+// buildLog serves a build's log as plain text: its own step's, or ?step= one of the
+// steps it needed; ?tail=N gives the last N lines. It works while the step runs.
+func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
+	step, err := b.logStep(r)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	tail, err := api.PositiveQuery(r, "tail")
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	f, err := b.cfg.Logs.Open(step.ID, step.LeaseEpoch)
+	if errors.Is(err, fs.ErrNotExist) {
+		api.Fail(b.log, w, r, api.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID))
+		return
+	}
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`inline; filename="%s.log"`, path.Base(step.DrvPath)))
+	if tail > 0 {
+		_, _ = w.Write(lastLines(f, int(tail)))
+		return
+	}
+	// Range requests let a viewer fetch earlier parts of a long log on demand.
+	w.Header().Set("Cache-Control", "no-store")
+	ranges.ServeContent(w, r, time.Time{}, f)
+}
+
+// logStep is the step whose log a request asks for: the build's own step, or ?step=
+// one of the steps the build needed.
+func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
+	id, err := idParam(r, "id")
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
+		return storage.StepInfo{}, err
+	}
+	steps, err := b.db.BuildSteps(r.Context(), id)
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	stepID, err := api.PositiveQuery(r, "step")
+	if err != nil {
+		return storage.StepInfo{}, err
+	}
+	for i, s := range steps {
+		if (stepID == 0 && i == 0) || s.ID == stepID {
+			return s, nil
+		}
+	}
+	return storage.StepInfo{}, api.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
+}
+
+// lastLines returns the last n lines of r.
+func lastLines(r io.Reader, n int) []byte {
+	ring := make([][]byte, 0, n)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		line := append(bytes.Clone(sc.Bytes()), '\n')
+		if len(ring) == n {
+			ring = append(ring[1:], line)
+		} else {
+			ring = append(ring, line)
+		}
+	}
+	return bytes.Join(ring, nil)
+}
+
+// LogByDrv opens the log of the step that built drv (by basename), for the cache's
+// log/ route and `nix log`.
+func (b *Builds) LogByDrv(ctx context.Context, drvBasename string) (io.ReadSeekCloser, error) {
+	s, err := b.db.StepByDrv(ctx, "/nix/store/"+drvBasename)
+	if err != nil {
+		return nil, err
+	}
+	f, err := b.cfg.Logs.Open(s.ID, s.LeaseEpoch)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("log of %s: %w", drvBasename, storage.ErrNotFound)
+	}
+	return f, err
+}
+
+// refuseDownload answers a product download without a key while the cache is private;
+// the challenge lets a browser ask for the key (any user name, the key as password).
+func (b *Builds) refuseDownload(w http.ResponseWriter, r *http.Request, err error) {
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="fc"`)
+	api.WriteError(w, r, http.StatusUnauthorized, "the cache is private: downloading a product needs an API key "+
+		"(Authorization: Bearer <key>, or HTTP basic with the key as password)")
+}
+
+// download streams a product file out of the output's NAR in the cache.
+func (b *Builds) download(w http.ResponseWriter, r *http.Request) {
+	id, err := idParam(r, "id")
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	nr, err := idParam(r, "nr")
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	x, err := b.db.GetBuild(r.Context(), id)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	var prod *storage.Product
+	for i := range x.Products {
+		if int64(x.Products[i].Nr) == nr {
+			prod = &x.Products[i]
+		}
+	}
+	if prod == nil || b.files == nil {
+		api.Fail(b.log, w, r, storage.ErrNotFound)
+		return
+	}
+	rc, size, err := b.files(r.Context(), prod.Path)
+	if err != nil {
+		api.Fail(b.log, w, r, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s"`, path.Base(prod.Path)))
+	if _, err := io.Copy(w, rc); err != nil {
+		b.log.Warn("product download", "build", id, "nr", nr, "err", err)
+	}
+}

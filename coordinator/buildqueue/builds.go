@@ -1,0 +1,430 @@
+// Package builds is the step scheduler: it hands runnable steps to agents with free
+// slots that can build them (system, features, mandatory features; least loaded
+// relative to speed first), keeps the steps' leases, records what agents report,
+// stores their logs, and serves the builds API and its actions.
+//
+// It is event-driven: a finished evaluation or step, a restart or a bump (in this
+// coordinator or, through PostgreSQL NOTIFY, any other on the same database), a new
+// agent or a freed slot wakes it at once; the periodic sweep is only a safety net.
+package buildqueue
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/logs"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config configures the scheduler.
+type Config struct {
+	Leases          storage.LeaseConfig
+	SweepInterval   time.Duration
+	UnsupportedWait time.Duration
+	BuildTimeout    time.Duration // for steps whose job sets no meta.timeout
+	MaxSilent       time.Duration // for steps whose job sets no meta.maxSilent
+	MaxLogSize      int64
+	MaxOutputSize   int64
+	// Substituters are the upstream caches agents may substitute from besides the
+	// coordinator's own; TrustedKeys are the coordinator's cache key, then theirs.
+	Substituters []string
+	TrustedKeys  []string
+	Logs         logs.Store
+	// Hub wakes live log viewers; nil: a private one.
+	Hub *logs.Hub
+	// Sign signs a step's outputs, uploaded by its builder and held back until then,
+	// when its success is recorded: from that commit on the cache serves them.
+	Sign storage.Signer
+	// ReadKeys, when set (cache.private), makes product downloads need an API key as
+	// the private cache does: products are files out of the cache.
+	ReadKeys auth.KeyStore
+	Logger   *slog.Logger
+}
+
+// Builds is the build scheduler.
+type Builds struct {
+	cfg   Config
+	db    *storage.DB
+	fleet *fleet.Fleet
+	log   *slog.Logger
+	wake  chan struct{}
+
+	files FileOpener // set once at start
+
+	mu       sync.Mutex
+	lowDisk  map[int64]bool          // agents that said they are short of disk
+	stepTime map[int64]time.Duration // per agent, a moving average of how long its steps build
+}
+
+// An agent is handed all its step slots only while its steps are quick: the steps
+// beyond its builds wait in its batches, which is what hides the Nix process starts
+// of trivial steps, but would leave slow steps waiting on one agent while another
+// could build them. Until its steps prove quick (or once they turn slow), an agent
+// gets twice its builds. stepTimeWeight is the weight of the newest step in the
+// average.
+const (
+	quickStep      = time.Second
+	stepTimeWeight = 0.25
+)
+
+// observeStep adds how long one of the agent's steps built to its average.
+func (b *Builds) observeStep(agentID int64, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if avg, ok := b.stepTime[agentID]; ok {
+		d = time.Duration(float64(avg)*(1-stepTimeWeight) + float64(d)*stepTimeWeight)
+	}
+	b.stepTime[agentID] = d
+}
+
+// depth is how many steps the agent may hold at once (see quickStep).
+func (b *Builds) depth(agentID int64, caps protocol.Capabilities) int {
+	b.mu.Lock()
+	avg, ok := b.stepTime[agentID]
+	b.mu.Unlock()
+	if ok && avg < quickStep {
+		return caps.StepSlots()
+	}
+	return min(caps.StepSlots(), 2*max(caps.MaxJobs, 1))
+}
+
+// New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
+func New(cfg Config, db *storage.DB) *Builds {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 30 * time.Second
+	}
+	if cfg.Hub == nil {
+		cfg.Hub = logs.NewHub()
+	}
+	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
+		stepTime: map[int64]time.Duration{}}
+}
+
+// SetFleet attaches the fleet (they are built together and refer to each other).
+func (b *Builds) SetFleet(fl *fleet.Fleet) { b.fleet = fl }
+
+// Wake makes the scheduler look for work now.
+func (b *Builds) Wake() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Hooks are the fleet hooks the scheduler needs.
+func (b *Builds) Hooks() fleet.Hooks {
+	return fleet.Hooks{
+		Connected: func(int64) { b.Wake() },
+		Disconnected: func(id int64) {
+			b.mu.Lock()
+			delete(b.lowDisk, id)
+			delete(b.stepTime, id) // it learns its depth again when it comes back
+			b.mu.Unlock()
+		},
+		Heartbeat: b.heartbeat,
+	}
+}
+
+// heartbeat extends the leases of the steps an agent reports and returns the ones it
+// no longer holds (the fleet tells the agent to stop them).
+func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
+	b.mu.Lock()
+	was := b.lowDisk[agentID]
+	b.lowDisk[agentID] = hb.LowDisk
+	b.mu.Unlock()
+	if was && !hb.LowDisk {
+		b.Wake()
+	}
+	for _, w := range hb.Released {
+		if w.Kind != protocol.WorkStep {
+			continue
+		}
+		l := storage.Lease{Kind: storage.LeaseStep, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
+		if err := b.db.RetryStep(ctx, l, "the agent stopped before the step finished", b.cfg.Leases); err != nil {
+			b.log.Warn("requeue released step", "step", w.ID, "agent", agentID, "err", err)
+		} else {
+			b.log.Info("agent released a step it did not finish; requeued", "step", w.ID, "agent", agentID)
+			defer b.Wake()
+		}
+	}
+	var ids, epochs []int64
+	byID := map[int64]protocol.WorkRef{}
+	for _, w := range hb.Running {
+		if w.Kind == protocol.WorkStep {
+			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
+			byID[w.ID] = w
+		}
+	}
+	lost, err := b.db.ExtendLeases(ctx, agentID, storage.LeaseStep, ids, epochs, b.cfg.Leases.TTL)
+	if err != nil {
+		b.log.Warn("extend step leases", "agent", agentID, "err", err)
+		return nil
+	}
+	out := make([]protocol.WorkRef, 0, len(lost))
+	for _, id := range lost {
+		out = append(out, byID[id])
+	}
+	return out
+}
+
+// Run schedules until ctx ends. pool, if set, is used to LISTEN for steps made
+// runnable through other coordinators.
+func (b *Builds) Run(ctx context.Context, pool *pgxpool.Pool) {
+	if pool != nil {
+		go b.listen(ctx, pool)
+	}
+	sweep := time.NewTicker(b.cfg.SweepInterval)
+	defer sweep.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	b.sweep(ctx)
+	for {
+		b.dispatch(ctx)
+		// A step backing off after a retry becomes runnable with no event to say so.
+		wait := time.Hour
+		if at, ok, err := b.db.NextRetry(ctx); err == nil && ok {
+			wait = max(time.Until(at), 10*time.Millisecond)
+		}
+		retry.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			b.sweep(ctx)
+		case <-retry.C:
+		case <-b.wake:
+		}
+	}
+}
+
+// listen wakes the scheduler on every NOTIFY on storage.StepsChannel, reconnecting
+// when the connection drops.
+func (b *Builds) listen(ctx context.Context, pool *pgxpool.Pool) {
+	for ctx.Err() == nil {
+		err := func() error {
+			conn, err := pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, "LISTEN "+storage.StepsChannel); err != nil {
+				return err
+			}
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					conn.Conn().Close(context.Background()) //nolint:errcheck // a broken LISTEN connection must not return to the pool
+					return err
+				}
+				b.Wake()
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Warn("listen for runnable steps; retrying", "err", err)
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweep rescues expired leases and ends steps that cannot be built.
+func (b *Builds) sweep(ctx context.Context) {
+	if requeued, aborted, err := b.db.RescueSteps(ctx, b.cfg.Leases); err != nil {
+		b.log.Warn("rescue steps", "err", err)
+	} else if requeued+aborted > 0 {
+		b.log.Info("rescued steps with expired leases", "requeued", requeued, "aborted", aborted)
+	}
+	if n, err := b.db.FailCachedSteps(ctx); err != nil {
+		b.log.Warn("cached failures", "err", err)
+	} else if n > 0 {
+		b.log.Info("steps ended as cached failures", "steps", n)
+	}
+	if n, err := b.db.EndUnsupportedSteps(ctx, b.cfg.UnsupportedWait); err != nil {
+		b.log.Warn("unsupported steps", "err", err)
+	} else if n > 0 {
+		b.log.Info("steps no agent can build ended unsupported_system", "steps", n)
+	}
+}
+
+// candidate is an agent connected here that may take steps.
+type candidate struct {
+	id      int64
+	caps    protocol.Capabilities
+	depth   int // steps it may hold now (see Builds.depth)
+	running int
+}
+
+func (c candidate) load() float64 {
+	speed := c.caps.SpeedFactor
+	if speed <= 0 {
+		speed = 1
+	}
+	return float64(c.running) / float64(c.depth) / speed
+}
+
+// dispatch hands runnable steps to agents connected here, one step at a time to the
+// least loaded agent (relative to its speed) that can build one.
+func (b *Builds) dispatch(ctx context.Context) {
+	if b.fleet == nil {
+		return
+	}
+	queued, err := b.db.QueuedSteps(ctx)
+	if err != nil || !queued {
+		return
+	}
+	running, err := b.db.RunningStepsByAgent(ctx)
+	if err != nil {
+		b.log.Warn("count running steps", "err", err)
+		return
+	}
+	var cands []candidate
+	for _, id := range b.fleet.AgentIDs() {
+		s, ok := b.fleet.Session(id)
+		if !ok {
+			continue
+		}
+		caps := s.Capabilities()
+		b.mu.Lock()
+		low := b.lowDisk[id]
+		b.mu.Unlock()
+		depth := b.depth(id, caps)
+		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= depth {
+			continue
+		}
+		a, err := b.db.GetAgent(ctx, id)
+		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil {
+			continue
+		}
+		cands = append(cands, candidate{id: id, caps: caps, depth: depth, running: running[id]})
+	}
+	for len(cands) > 0 && ctx.Err() == nil {
+		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
+		c := &cands[0]
+		// Several steps at once: an agent realises the steps that arrive together in one
+		// Nix process. Shared out when several agents have room, so the least loaded
+		// does not take everything.
+		free := c.depth - c.running
+		n := max(1, free/len(cands))
+		got := b.assign(ctx, c, n)
+		if got == 0 {
+			cands = cands[1:] // nothing it can build (or it declined): try the others
+			continue
+		}
+		c.running += got
+		if c.running >= c.depth {
+			cands = cands[1:]
+		}
+	}
+}
+
+// assign claims up to n steps the agent can build and pushes them over its session,
+// side by side; it returns how many the agent accepted.
+func (b *Builds) assign(ctx context.Context, c *candidate, n int) int {
+	claimed, err := b.db.ClaimSteps(ctx, storage.AgentSlots{AgentID: c.id, Systems: c.caps.Systems,
+		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: n, TTL: b.cfg.Leases.TTL})
+	if err != nil {
+		b.log.Warn("claim steps", "agent", c.id, "err", err)
+		return 0
+	}
+	accepted := make([]bool, len(claimed))
+	var wg sync.WaitGroup
+	for i, st := range claimed {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			accepted[i] = b.push(ctx, c.id, st)
+		}()
+	}
+	wg.Wait()
+	got := 0
+	for _, ok := range accepted {
+		if ok {
+			got++
+		}
+	}
+	return got
+}
+
+// push offers one claimed step to the agent; a step it declines is released.
+func (b *Builds) push(ctx context.Context, agentID int64, st storage.ClaimedStep) bool {
+	task := b.task(st)
+	ref := protocol.WorkRef{Kind: protocol.WorkStep, ID: st.ID, Epoch: st.Epoch}
+	reply, err := b.fleet.Command(ctx, agentID, protocol.Message{Type: protocol.TypeAssign,
+		Assign: &protocol.Assign{Work: ref, Step: &task}})
+	if err != nil || reply.Type != protocol.TypeAccept {
+		reason := "no answer"
+		if err != nil {
+			reason = err.Error()
+		} else if reply.Reject != nil {
+			reason = reply.Reject.Reason
+		}
+		if rerr := b.db.ReleaseStep(ctx, st.Lease); rerr != nil {
+			b.log.Warn("release declined step", "step", st.ID, "err", rerr)
+		}
+		b.log.Info("agent declined step", "step", st.ID, "agent", agentID, "reason", reason)
+		return false
+	}
+	b.cfg.Hub.Wake(st.ID) // viewers waiting for it to start
+	b.log.Info("step assigned", "step", st.ID, "drv", st.DrvPath, "agent", agentID, "epoch", st.Epoch, "attempt", st.Attempt)
+	return true
+}
+
+func (b *Builds) task(st storage.ClaimedStep) protocol.StepTask {
+	t := protocol.StepTask{StepID: st.ID, DrvPath: st.DrvPath, Outputs: st.Outputs,
+		TimeoutSecs: int(b.cfg.BuildTimeout / time.Second), MaxSilentSecs: int(b.cfg.MaxSilent / time.Second),
+		MaxLogSize: b.cfg.MaxLogSize, MaxOutputSize: b.cfg.MaxOutputSize,
+		Substituters: b.cfg.Substituters, TrustedKeys: b.cfg.TrustedKeys}
+	if st.TimeoutSecs != nil && *st.TimeoutSecs > 0 {
+		t.TimeoutSecs = *st.TimeoutSecs
+	}
+	if st.MaxSilentSecs != nil && *st.MaxSilentSecs > 0 {
+		t.MaxSilentSecs = *st.MaxSilentSecs
+	}
+	return t
+}
+
+// stopOnAgents tells the agents holding these leases to stop (a cancel).
+func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
+	if b.fleet == nil {
+		return
+	}
+	for _, l := range leases {
+		if l.AgentID == 0 {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, protocol.CommandTimeout)
+		b.logEnded(l.ID, l.Epoch)
+		_, err := b.fleet.Command(cctx, l.AgentID, protocol.Message{Type: protocol.TypeCancel,
+			Cancel: &protocol.Cancel{Work: protocol.WorkRef{Kind: protocol.WorkStep, ID: l.ID, Epoch: l.Epoch}}})
+		cancel()
+		if err != nil {
+			// Connected elsewhere or gone: its next heartbeat learns the lease is lost.
+			b.log.Info("cancel not delivered now; the agent's next heartbeat stops it", "step", l.ID, "agent", l.AgentID, "err", err)
+		}
+	}
+}
+
+// logEnded finishes a step attempt's log (compressing it) and tells its viewers.
+func (b *Builds) logEnded(step, epoch int64) {
+	if err := b.cfg.Logs.Finish(step, epoch); err != nil {
+		b.log.Warn("finish log", "step", step, "err", err)
+	}
+	b.cfg.Hub.Wake(step)
+}

@@ -1,0 +1,169 @@
+package buildqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// HandleReport serves a protocol.StreamStepReport stream: the report counts only for
+// the current lease (step, epoch, agent); a stale one changes nothing.
+func (b *Builds) HandleReport(ctx context.Context, agentID int64, st io.ReadWriter) error {
+	var rep protocol.StepReport
+	if err := protocol.ReadFrame(st, &rep); err != nil {
+		return fmt.Errorf("read step report: %w", err)
+	}
+	err := b.record(ctx, agentID, rep)
+	if err != nil {
+		b.log.Warn("step report refused", "step", rep.Work.ID, "epoch", rep.Work.Epoch, "agent", agentID, "err", err)
+	}
+	v := protocol.StepVerdict{Accepted: err == nil}
+	if err != nil {
+		v.Error = err.Error()
+	}
+	return protocol.WriteFrame(st, v)
+}
+
+func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepReport) error {
+	if rep.Work.Kind != protocol.WorkStep {
+		return fmt.Errorf("report for %q work on the step report stream", rep.Work.Kind)
+	}
+	l := storage.Lease{Kind: storage.LeaseStep, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
+	if err := b.db.CheckLease(ctx, storage.LeaseStep, l.ID, l.Epoch, agentID); err != nil {
+		return err
+	}
+	defer b.Wake() // a slot is free
+	// Whatever the outcome, this attempt's log is complete once its report arrives.
+	defer b.logEnded(l.ID, l.Epoch)
+	if rep.Retry || rep.Status == "" {
+		b.log.Warn("step hit an infrastructure failure; retrying", "step", l.ID, "agent", agentID, "err", rep.Error)
+		return b.db.RetryStep(ctx, l, rep.Error, b.cfg.Leases)
+	}
+	switch rep.Status {
+	case protocol.StepSucceeded, protocol.StepFailed, protocol.StepTimedOut, protocol.StepFailedWithOutput,
+		protocol.StepLogLimitExceeded, protocol.StepOutputLimitExceeded:
+	default:
+		return fmt.Errorf("unknown step status %q", rep.Status)
+	}
+	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
+		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
+	}
+	o := storage.StepOutcome{Status: rep.Status, Error: rep.Error, ExitCode: rep.ExitCode, ReleaseName: rep.ReleaseName,
+		LogSize: rep.LogSize, StartedAt: rep.StartedAt, FinishedAt: rep.FinishedAt}
+	products, dropped, err := b.ownProducts(ctx, l.ID, rep.Products)
+	if err != nil {
+		return err
+	}
+	if len(dropped) > 0 {
+		// The agent names product paths; only files of the step's own outputs count
+		// (a product is downloaded out of the cache, which holds much else).
+		msg := fmt.Sprintf("dropped %d build product(s) outside the step's outputs: %s", len(dropped), strings.Join(dropped, ", "))
+		b.log.Warn("step report names products outside its outputs", "step", l.ID, "agent", agentID, "dropped", dropped)
+		o.Error = strings.TrimPrefix(o.Error+"; "+msg, "; ")
+	}
+	for i, p := range products {
+		pr := storage.Product{Nr: i + 1, Type: p.Type, Subtype: p.Subtype, Name: p.Name, Path: p.Path,
+			DefaultPath: p.DefaultPath, SHA256: p.SHA256}
+		if p.Type == "file" || p.FileSize > 0 {
+			size := p.FileSize
+			pr.FileSize = &size
+		}
+		o.Products = append(o.Products, pr)
+	}
+	for _, m := range rep.Metrics {
+		o.Metrics = append(o.Metrics, storage.Metric{Name: m.Name, Value: m.Value, Unit: m.Unit})
+	}
+	if err := b.db.FinishStep(ctx, l, o, b.cfg.Sign); err != nil {
+		if errors.Is(err, storage.ErrOutputsMissing) {
+			// The agent must upload before it reports: an infrastructure failure.
+			return errors.Join(err, b.db.RetryStep(ctx, l, err.Error(), b.cfg.Leases))
+		}
+		return err
+	}
+	b.log.Info("step finished", "step", l.ID, "agent", agentID, "status", rep.Status)
+	return nil
+}
+
+// ownProducts keeps the products whose path lies inside one of the step's declared
+// outputs and returns the paths of the others.
+func (b *Builds) ownProducts(ctx context.Context, stepID int64, products []protocol.BuildProduct) (kept []protocol.BuildProduct, dropped []string, err error) {
+	if len(products) == 0 {
+		return nil, nil, nil
+	}
+	outputs, err := b.db.StepOutputs(ctx, stepID)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range products {
+		if insideOutputs(p.Path, outputs) {
+			kept = append(kept, p)
+		} else {
+			dropped = append(dropped, p.Path)
+		}
+	}
+	return kept, dropped, nil
+}
+
+// insideOutputs says whether p, cleaned, is one of outputs or a file inside one.
+func insideOutputs(p string, outputs map[string]string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	p = path.Clean(p)
+	for _, o := range outputs {
+		if o != "" && (p == o || strings.HasPrefix(p, o+"/")) {
+			return true
+		}
+	}
+	return false
+}
+
+// HandleLog serves a protocol.StreamLog stream: it tells the agent how much of the
+// log is stored, then appends chunks at their offsets (a repeat is ignored, a gap
+// (logs.ErrGap) refused) up to max_log_size.
+func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter) error {
+	var open protocol.LogOpen
+	if err := protocol.ReadFrame(st, &open); err != nil {
+		return fmt.Errorf("read log open: %w", err)
+	}
+	w := open.Work
+	if w.Kind != protocol.WorkStep {
+		return protocol.WriteFrame(st, protocol.LogAck{Error: "logs are for steps"})
+	}
+	if err := b.db.CheckLease(ctx, storage.LeaseStep, w.ID, w.Epoch, agentID); err != nil {
+		return protocol.WriteFrame(st, protocol.LogAck{Error: err.Error()})
+	}
+	size, err := b.cfg.Logs.Size(w.ID, w.Epoch)
+	if err != nil {
+		return protocol.WriteFrame(st, protocol.LogAck{Error: err.Error()})
+	}
+	if err := protocol.WriteFrame(st, protocol.LogAck{Offset: size}); err != nil {
+		return err
+	}
+	for {
+		var c protocol.LogChunk
+		if err := protocol.ReadFrame(st, &c); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read log chunk: %w", err)
+		}
+		if len(c.Data) > 0 {
+			var err error
+			size, _, err = b.cfg.Logs.Append(w.ID, w.Epoch, c.Offset, c.Data, b.cfg.MaxLogSize)
+			if err != nil { // a gap (logs.ErrGap) or storage: the agent resumes from size
+				return protocol.WriteFrame(st, protocol.LogAck{Offset: size, Error: err.Error()})
+			}
+			b.cfg.Hub.Wake(w.ID)
+		}
+		if c.Done {
+			return protocol.WriteFrame(st, protocol.LogAck{Offset: size})
+		}
+	}
+}

@@ -1,0 +1,344 @@
+// Package evals owns when and where evaluations happen: it decides per jobset whether
+// an evaluation is due (poll interval, triggers from webhooks and the API, states,
+// changed inputs), pushes queued evaluations to agents with the eval role over their
+// sessions, keeps their leases (heartbeats extend, disconnection starts a grace
+// period, expiry rescues with backoff), and records what the agents report.
+package evalqueue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fc-ci/fc/agent/evaluator"
+	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config is the [evaluator] section plus the lease settings.
+type Config struct {
+	MaxConcurrentEvals int
+	EvalTimeout        time.Duration
+	MaxMemoryMB        int
+	Workers            int
+	RestrictEval       bool
+	AllowIFD           bool
+	GitTimeout         time.Duration
+	// GitDir keeps what git needs on the coordinator (SSH known_hosts).
+	GitDir string
+	// AllowedInputPaths is evaluator.allowed_input_paths: a jobset whose path input
+	// is not under one of them (the list changed since it was set) is not evaluated.
+	AllowedInputPaths []string
+	Leases            storage.LeaseConfig
+	// Tick is how often due jobsets and expired leases are looked for; triggers and
+	// new agents wake the loop at once.
+	Tick   time.Duration
+	Logger *slog.Logger
+}
+
+// Evals is the evaluation scheduler.
+type Evals struct {
+	cfg   Config
+	db    *storage.DB
+	fleet *fleet.Fleet
+	log   *slog.Logger
+	wake  chan struct{}
+
+	mu       sync.Mutex
+	inFlight map[int64]int // evaluations assigned per agent on this coordinator
+}
+
+// New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
+func New(cfg Config, db *storage.DB, fl *fleet.Fleet) *Evals {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = 5 * time.Second
+	}
+	if cfg.MaxConcurrentEvals <= 0 {
+		cfg.MaxConcurrentEvals = 4
+	}
+	return &Evals{cfg: cfg, db: db, fleet: fl, log: cfg.Logger, wake: make(chan struct{}, 1), inFlight: map[int64]int{}}
+}
+
+// SetFleet attaches the fleet (they are built together and refer to each other).
+func (e *Evals) SetFleet(fl *fleet.Fleet) { e.fleet = fl }
+
+// Wake makes the scheduler look for work now.
+func (e *Evals) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Hooks are the fleet hooks the scheduler needs.
+func (e *Evals) Hooks() fleet.Hooks {
+	return fleet.Hooks{
+		Connected: func(int64) { e.Wake() },
+		Disconnected: func(agentID int64) {
+			e.mu.Lock()
+			delete(e.inFlight, agentID)
+			e.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := e.db.GraceLeases(ctx, agentID, e.cfg.Leases.Grace); err != nil {
+				e.log.Warn("grace leases", "agent", agentID, "err", err)
+			}
+		},
+		Heartbeat: e.heartbeat,
+	}
+}
+
+// heartbeat extends the leases of the evaluations an agent reports and returns the
+// ones it no longer holds.
+func (e *Evals) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
+	for _, w := range hb.Released {
+		if w.Kind != protocol.WorkEval {
+			continue
+		}
+		l := storage.Lease{Kind: storage.LeaseEval, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
+		if err := e.db.RetryEvaluation(ctx, l, "the agent stopped before the evaluation finished", e.cfg.Leases); err != nil {
+			e.log.Warn("requeue released evaluation", "eval", w.ID, "agent", agentID, "err", err)
+		} else {
+			defer e.finished(agentID)
+		}
+	}
+	var ids, epochs []int64
+	byID := map[int64]protocol.WorkRef{}
+	for _, w := range hb.Running {
+		if w.Kind == protocol.WorkEval {
+			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
+			byID[w.ID] = w
+		}
+	}
+	e.mu.Lock()
+	e.inFlight[agentID] = len(ids)
+	e.mu.Unlock()
+	lost, err := e.db.ExtendLeases(ctx, agentID, storage.LeaseEval, ids, epochs, e.cfg.Leases.TTL)
+	if err != nil {
+		e.log.Warn("extend evaluation leases", "agent", agentID, "err", err)
+		return nil
+	}
+	out := make([]protocol.WorkRef, 0, len(lost))
+	for _, id := range lost {
+		out = append(out, byID[id])
+	}
+	return out
+}
+
+// Run schedules until ctx ends.
+func (e *Evals) Run(ctx context.Context) {
+	t := time.NewTicker(e.cfg.Tick)
+	defer t.Stop()
+	for {
+		e.pass(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-e.wake:
+		}
+	}
+}
+
+func (e *Evals) pass(ctx context.Context) {
+	if requeued, aborted, err := e.db.RescueExpired(ctx, storage.LeaseEval, e.cfg.Leases); err != nil {
+		e.log.Warn("rescue evaluations", "err", err)
+	} else if requeued+aborted > 0 {
+		e.log.Info("rescued evaluations with expired leases", "requeued", requeued, "aborted", aborted)
+	}
+	if err := e.schedule(ctx); err != nil && ctx.Err() == nil {
+		e.log.Warn("schedule evaluations", "err", err)
+	}
+	e.dispatch(ctx)
+}
+
+// schedule creates evaluations for due jobsets whose inputs changed (or forced ones).
+func (e *Evals) schedule(ctx context.Context) error {
+	due, err := e.db.DueJobsets(ctx, 50)
+	if err != nil {
+		return err
+	}
+	for _, t := range due {
+		if err := e.check(ctx, t); err != nil {
+			e.log.Warn("check jobset", "jobset", t.Jobset.ID, "err", err)
+			if merr := e.db.MarkChecked(ctx, t.Jobset.ID, err.Error()); merr != nil {
+				return merr
+			}
+		}
+	}
+	return nil
+}
+
+func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
+	j := t.Jobset
+	last, hasLast, err := e.db.LatestEvaluation(ctx, j.ID)
+	if err != nil {
+		return err
+	}
+	if hasLast && (last.Status == "queued" || last.Status == "running") {
+		return nil // one at a time per jobset; the trigger stays pending
+	}
+	if j.State == storage.JobsetOneAtATime && hasLast && last.UnfinishedBuild {
+		return nil // the previous evaluation's builds must finish first
+	}
+	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
+	defer cancel()
+	creds := evaluator.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
+	commit, err := evaluator.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
+	if err != nil {
+		return err
+	}
+	inputs := make([]storage.EvaluationInput, 0, len(j.Inputs))
+	for _, in := range j.Inputs {
+		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
+		if in.Type == storage.InputTypePath {
+			if _, ok := api.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
+				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, api.AllowedInputPathsKey)
+			}
+		}
+		if in.Type == storage.InputTypeGit {
+			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
+			if ei.Revision, err = evaluator.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), evaluator.Credentials{}); err != nil {
+				return fmt.Errorf("input %s: %w", in.Name, err)
+			}
+		}
+		inputs = append(inputs, ei)
+	}
+	hash := inputsHash(commit, j, inputs)
+	if hasLast && last.Commit == commit && last.InputsHash == hash && !t.TriggerForced {
+		return e.db.MarkChecked(ctx, j.ID, "")
+	}
+	trigger := "poll"
+	if t.TriggerPending {
+		trigger = "trigger"
+	}
+	id, err := e.db.CreateEvaluation(ctx, storage.NewEvaluation{JobsetID: j.ID, Commit: commit, InputsHash: hash,
+		Trigger: trigger, Forced: t.TriggerForced, Inputs: inputs})
+	if err != nil {
+		return err
+	}
+	e.log.Info("evaluation queued", "eval", id, "jobset", j.ID, "commit", commit, "trigger", trigger)
+	return nil
+}
+
+// inputsHash identifies what an evaluation sees: the commit, the expression and every
+// input (with git inputs' revisions).
+func inputsHash(commit string, j storage.Jobset, inputs []storage.EvaluationInput) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%v\x00%s\x00", commit, j.FlakeMode, j.NixExpression)
+	sorted := slices.Clone(inputs)
+	slices.SortFunc(sorted, func(a, b storage.EvaluationInput) int { return strings.Compare(a.Name, b.Name) })
+	for _, in := range sorted {
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00", in.Name, in.Type, in.Value, in.Revision)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// dispatch pushes queued evaluations to idle eval agents connected here.
+func (e *Evals) dispatch(ctx context.Context) {
+	if e.fleet == nil {
+		return
+	}
+	if queued, err := e.db.QueuedEvaluations(ctx); err != nil || !queued {
+		return // nothing to hand out: no need to look at every agent
+	}
+	for _, agentID := range e.fleet.AgentIDs() {
+		if ctx.Err() != nil {
+			return
+		}
+		s, ok := e.fleet.Session(agentID)
+		if !ok || !slices.Contains(s.Capabilities().Roles, protocol.RoleEval) {
+			continue
+		}
+		e.mu.Lock()
+		busy := e.inFlight[agentID] > 0
+		e.mu.Unlock()
+		if busy {
+			continue
+		}
+		a, err := e.db.GetAgent(ctx, agentID)
+		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil || a.Running > 0 {
+			continue
+		}
+		running, err := e.db.RunningEvaluations(ctx)
+		if err != nil || running >= e.cfg.MaxConcurrentEvals {
+			return
+		}
+		if err := e.assign(ctx, agentID); err != nil && !errors.Is(err, errNothingQueued) {
+			e.log.Warn("assign evaluation", "agent", agentID, "err", err)
+		}
+	}
+}
+
+var errNothingQueued = errors.New("no evaluation queued")
+
+func (e *Evals) assign(ctx context.Context, agentID int64) error {
+	l, ok, err := e.db.ClaimEvaluation(ctx, agentID, e.cfg.Leases.TTL)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errNothingQueued
+	}
+	task, err := e.task(ctx, l.ID)
+	if err != nil {
+		_ = e.db.ReleaseLease(ctx, l)
+		return err
+	}
+	ref := protocol.WorkRef{Kind: protocol.WorkEval, ID: l.ID, Epoch: l.Epoch}
+	reply, err := e.fleet.Command(ctx, agentID, protocol.Message{Type: protocol.TypeAssign,
+		Assign: &protocol.Assign{Work: ref, Eval: &task}})
+	if err != nil || reply.Type != protocol.TypeAccept {
+		reason := "no answer"
+		if err != nil {
+			reason = err.Error()
+		} else if reply.Reject != nil {
+			reason = reply.Reject.Reason
+		}
+		_ = e.db.ReleaseLease(ctx, l)
+		return fmt.Errorf("agent %d declined evaluation %d: %s", agentID, l.ID, reason)
+	}
+	e.mu.Lock()
+	e.inFlight[agentID]++
+	e.mu.Unlock()
+	e.log.Info("evaluation assigned", "eval", l.ID, "agent", agentID, "epoch", l.Epoch, "attempt", l.Attempt)
+	return nil
+}
+
+func (e *Evals) task(ctx context.Context, evalID int64) (protocol.EvalTask, error) {
+	t, err := e.db.EvalTaskOf(ctx, evalID)
+	if err != nil {
+		return protocol.EvalTask{}, err
+	}
+	inputs := make([]protocol.EvalInput, len(t.Inputs))
+	for i, in := range t.Inputs {
+		inputs[i] = protocol.EvalInput(in)
+	}
+	return protocol.EvalTask{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken,
+		EvaluationID: evalID, RepoURL: t.RepositoryURL, Revision: t.Commit, Branch: t.Branch,
+		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: e.cfg.Workers,
+		MaxMemoryMB: e.cfg.MaxMemoryMB, RestrictEval: e.cfg.RestrictEval, AllowIFD: e.cfg.AllowIFD,
+		TimeoutSecs: int(e.cfg.EvalTimeout / time.Second)}, nil
+}
+
+// finished notes that an agent is done with an evaluation.
+func (e *Evals) finished(agentID int64) {
+	e.mu.Lock()
+	if e.inFlight[agentID] > 0 {
+		e.inFlight[agentID]--
+	}
+	e.mu.Unlock()
+	e.Wake()
+}

@@ -1,0 +1,87 @@
+package evalqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// maxReportBatches bounds one report (a nixpkgs-sized evaluation is ~100 batches of
+// 1,000 nodes); beyond it the report is refused rather than exhausting memory.
+const maxReportBatches = 10_000
+
+// HandleReport serves a protocol.StreamEvalReport stream: the report is accepted only
+// for the current lease (id, epoch, agent); a stale one changes nothing.
+func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWriter) error {
+	var rep protocol.EvalReport
+	if err := protocol.ReadFrame(st, &rep); err != nil {
+		return fmt.Errorf("read evaluation report: %w", err)
+	}
+	verdict := func(err error) error {
+		v := protocol.EvalVerdict{Accepted: err == nil}
+		if err != nil {
+			v.Error = err.Error()
+		}
+		return protocol.WriteFrame(st, v)
+	}
+	if rep.Work.Kind != protocol.WorkEval {
+		return verdict(fmt.Errorf("report for %q work on the evaluation stream", rep.Work.Kind))
+	}
+	l := storage.Lease{Kind: storage.LeaseEval, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
+	if err := e.db.CheckLease(ctx, storage.LeaseEval, l.ID, l.Epoch, agentID); err != nil {
+		e.log.Warn("evaluation report refused", "eval", l.ID, "epoch", l.Epoch, "agent", agentID, "err", err)
+		return verdict(err)
+	}
+	defer e.finished(agentID)
+	received := time.Now()
+	var o storage.EvalOutcome
+	o.CheckoutSeconds, o.EvalSeconds = rep.CheckoutSeconds, rep.EvalSeconds
+	for i := 0; ; i++ {
+		if i >= maxReportBatches {
+			return verdict(errors.New("report too large"))
+		}
+		var b protocol.EvalBatch
+		if err := protocol.ReadFrame(st, &b); err != nil {
+			return fmt.Errorf("read evaluation batch: %w", err)
+		}
+		for _, j := range b.Jobs {
+			o.Jobs = append(o.Jobs, storage.EvalJob{Attr: j.Attr, Name: j.Name, DrvPath: j.DrvPath, System: j.System,
+				Outputs: j.Outputs, Description: j.Meta.Description, License: j.Meta.License, Homepage: j.Meta.Homepage,
+				SchedulingPriority: j.Meta.SchedulingPriority, Timeout: j.Meta.Timeout, MaxSilent: j.Meta.MaxSilent,
+				IsAggregate: j.IsAggregate, Constituents: j.Constituents})
+		}
+		for _, er := range b.Errors {
+			o.Errors = append(o.Errors, storage.AttrError{Attr: er.Attr, Message: er.Message})
+		}
+		for _, n := range b.Nodes {
+			o.Nodes = append(o.Nodes, storage.EvalNode{DrvPath: n.DrvPath, System: n.System, RequiredFeatures: n.RequiredFeatures,
+				PreferLocalBuild: n.PreferLocalBuild, Outputs: n.Outputs, OutputCA: n.OutputCA, Inputs: n.Inputs})
+		}
+		if b.Done {
+			break
+		}
+	}
+	read := time.Since(received)
+	stored := time.Now()
+	var err error
+	if rep.Failed && rep.Retry {
+		err = e.db.RetryEvaluation(ctx, l, rep.Error, e.cfg.Leases)
+		e.log.Warn("evaluation hit an infrastructure failure; retrying", "eval", l.ID, "agent", agentID, "err", rep.Error)
+	} else if rep.Failed {
+		err = e.db.FailEvaluation(ctx, l, rep.Error, rep.CheckoutSeconds, rep.EvalSeconds)
+		e.log.Info("evaluation failed", "eval", l.ID, "agent", agentID, "err", rep.Error)
+	} else {
+		err = e.db.FinishEvaluation(ctx, l, o)
+		e.log.Info("evaluation finished", "eval", l.ID, "agent", agentID, "jobs", len(o.Jobs), "errors", len(o.Errors), "steps", len(o.Nodes),
+			"read_s", read.Seconds(), "store_s", time.Since(stored).Seconds())
+	}
+	if err != nil {
+		e.log.Warn("record evaluation", "eval", l.ID, "err", err)
+	}
+	return verdict(err)
+}
