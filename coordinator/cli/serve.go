@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/buildqueue"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
@@ -24,6 +23,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
@@ -140,7 +140,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		Server:         cfg.Server,
 		Version:        protocol.BuildVersion,
 		Logger:         log,
-		APIRoutes:      []server.Routes{api.New(api.Config{Logger: log, AllowedInputPaths: cfg.Eval.AllowedInputPaths}, db), fl, ch, ev, bu},
+		APIRoutes:      []server.Routes{projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: cfg.Eval.AllowedInputPaths}, db), fl, ch, ev, bu},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)

@@ -1,6 +1,6 @@
-// Package api serves FC's REST API under /api/v1: JSON in and out, errors as
+// Package projectapi serves FC's REST API under /api/v1: JSON in and out, errors as
 // {"error", "field"}, paginated lists, and the routes' authorization.
-package api
+package projectapi
 
 import (
 	"context"
