@@ -16,7 +16,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
-	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/ranges"
 	"github.com/fc-ci/fc/storage"
 )
@@ -41,11 +41,11 @@ func (b *Builds) Routes(r chi.Router) {
 	} else {
 		r.Get("/builds/{id}/products/{nr}/download", b.download)
 	}
-	r.With(projectapi.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
-	r.With(projectapi.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
-	r.With(projectapi.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
-	r.With(projectapi.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
-	r.With(projectapi.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
+	r.With(httpkit.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
+	r.With(httpkit.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
+	r.With(httpkit.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
+	r.With(httpkit.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
+	r.With(httpkit.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
 	r.Get("/queue", b.queue)
 }
 
@@ -140,9 +140,9 @@ func idParam(r *http.Request, name string) (int64, error) {
 }
 
 func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
-	page, err := projectapi.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	var f storage.BuildFilter
@@ -150,23 +150,23 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 		name string
 		dst  *int64
 	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
-		if *p.dst, err = projectapi.PositiveQuery(r, p.name); err != nil {
-			projectapi.Fail(b.log, w, r, err)
+		if *p.dst, err = httpkit.PositiveQuery(r, p.name); err != nil {
+			httpkit.Fail(b.log, w, r, err)
 			return
 		}
 	}
 	q := r.URL.Query()
 	f.Status, f.System, f.Job = q.Get("status"), q.Get("system"), q.Get("job")
 	if f.Status != "" && !knownStatus(f.Status) {
-		projectapi.Fail(b.log, w, r, projectapi.Unprocessable("status", "unknown status %q", f.Status))
+		httpkit.Fail(b.log, w, r, httpkit.Unprocessable("status", "unknown status %q", f.Status))
 		return
 	}
 	bs, total, err := b.db.ListBuilds(r.Context(), f, page)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	projectapi.WriteJSON(w, http.StatusOK, projectapi.NewList(summaries(bs), total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
 }
 
 func knownStatus(s string) bool {
@@ -187,17 +187,17 @@ func summaries(bs []storage.BuildSummary) []buildJSON {
 func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	x, err := b.db.GetBuild(r.Context(), id)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	steps, err := b.db.BuildSteps(r.Context(), id)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	created := x.CreatedAt.UTC()
@@ -221,59 +221,59 @@ func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 	for _, s := range steps {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
-	projectapi.WriteJSON(w, http.StatusOK, out)
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
 func (b *Builds) steps(w http.ResponseWriter, r *http.Request) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	steps, err := b.db.BuildSteps(r.Context(), id)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	out := make([]stepJSON, len(steps))
 	for i, s := range steps {
 		out[i] = toStepJSON(s)
 	}
-	projectapi.WriteJSON(w, http.StatusOK, map[string]any{"items": out})
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"items": out})
 }
 
 func (b *Builds) stats(w http.ResponseWriter, r *http.Request) {
 	st, err := b.db.GetBuildStats(r.Context())
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	projectapi.WriteJSON(w, http.StatusOK, map[string]any{"total": st.Total, "by_status": st.ByStatus,
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"total": st.Total, "by_status": st.ByStatus,
 		"steps_queued": st.StepsQueued, "steps_running": st.StepsRunning})
 }
 
 func (b *Builds) recent(w http.ResponseWriter, r *http.Request) {
-	page, err := projectapi.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	bs, total, err := b.db.ListBuilds(r.Context(), storage.BuildFilter{Finished: true}, page)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	projectapi.WriteJSON(w, http.StatusOK, projectapi.NewList(summaries(bs), total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
 }
 
 func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 	q, err := b.db.GetQueue(r.Context(), 200)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	type sys struct {
@@ -295,7 +295,7 @@ func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 	for _, s := range q.Steps {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
-	projectapi.WriteJSON(w, http.StatusOK, out)
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
 // action serves an action on /…/{id}: act does it and says what it did; nothing to
@@ -304,20 +304,20 @@ func (b *Builds) action(act func(ctx context.Context, id int64) (map[string]any,
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, err := idParam(r, "id")
 		if err != nil {
-			projectapi.Fail(b.log, w, r, err)
+			httpkit.Fail(b.log, w, r, err)
 			return
 		}
 		body, err := act(r.Context(), id)
 		if errors.Is(err, storage.ErrNothingToDo) {
-			projectapi.Fail(b.log, w, r, projectapi.Errorf(http.StatusConflict, "", "%s", err.Error()))
+			httpkit.Fail(b.log, w, r, httpkit.Errorf(http.StatusConflict, "", "%s", err.Error()))
 			return
 		}
 		if err != nil {
-			projectapi.Fail(b.log, w, r, err)
+			httpkit.Fail(b.log, w, r, err)
 			return
 		}
 		b.Wake()
-		projectapi.WriteJSON(w, http.StatusOK, body)
+		httpkit.WriteJSON(w, http.StatusOK, body)
 	}
 }
 
@@ -357,21 +357,21 @@ func (b *Builds) restartFailed(ctx context.Context, id int64) (map[string]any, e
 func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 	step, err := b.logStep(r)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	tail, err := projectapi.PositiveQuery(r, "tail")
+	tail, err := httpkit.PositiveQuery(r, "tail")
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	f, err := b.cfg.Logs.Open(step.ID, step.LeaseEpoch)
 	if errors.Is(err, fs.ErrNotExist) {
-		projectapi.Fail(b.log, w, r, projectapi.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID))
+		httpkit.Fail(b.log, w, r, httpkit.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID))
 		return
 	}
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	defer f.Close()
@@ -400,7 +400,7 @@ func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
 	if err != nil {
 		return storage.StepInfo{}, err
 	}
-	stepID, err := projectapi.PositiveQuery(r, "step")
+	stepID, err := httpkit.PositiveQuery(r, "step")
 	if err != nil {
 		return storage.StepInfo{}, err
 	}
@@ -409,7 +409,7 @@ func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
 			return s, nil
 		}
 	}
-	return storage.StepInfo{}, projectapi.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
+	return storage.StepInfo{}, httpkit.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
 }
 
 // lastLines returns the last n lines of r.
@@ -446,11 +446,11 @@ func (b *Builds) LogByDrv(ctx context.Context, drvBasename string) (io.ReadSeekC
 // the challenge lets a browser ask for the key (any user name, the key as password).
 func (b *Builds) refuseDownload(w http.ResponseWriter, r *http.Request, err error) {
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="fc"`)
-	projectapi.WriteError(w, r, http.StatusUnauthorized, "the cache is private: downloading a product needs an API key "+
+	httpkit.WriteError(w, r, http.StatusUnauthorized, "the cache is private: downloading a product needs an API key "+
 		"(Authorization: Bearer <key>, or HTTP basic with the key as password)")
 }
 
@@ -458,17 +458,17 @@ func (b *Builds) refuseDownload(w http.ResponseWriter, r *http.Request, err erro
 func (b *Builds) download(w http.ResponseWriter, r *http.Request) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	nr, err := idParam(r, "nr")
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	x, err := b.db.GetBuild(r.Context(), id)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	var prod *storage.Product
@@ -478,12 +478,12 @@ func (b *Builds) download(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if prod == nil || b.files == nil {
-		projectapi.Fail(b.log, w, r, storage.ErrNotFound)
+		httpkit.Fail(b.log, w, r, storage.ErrNotFound)
 		return
 	}
 	rc, size, err := b.files(r.Context(), prod.Path)
 	if err != nil {
-		projectapi.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	defer rc.Close()

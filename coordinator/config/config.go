@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fc-ci/fc/internal/tomlenv"
@@ -280,6 +281,26 @@ func (l LocalAgent) validate() error {
 		}
 	}
 	return nil
+}
+
+// AllowedInputPathsKey is the setting that lists the directories path inputs may name.
+const AllowedInputPathsKey = "evaluator.allowed_input_paths"
+
+// PathInputAllowed is a path input's value cleaned (".." and "//" resolved as the
+// path reads, without looking at the file system) and whether it lies under, or is,
+// one of roots (evaluator.allowed_input_paths). The agent that evaluates checks again
+// with symlinks resolved, against its own list.
+func PathInputAllowed(value string, roots []string) (string, bool) {
+	if !strings.HasPrefix(value, "/") {
+		return value, false
+	}
+	p := filepath.Clean(value)
+	for _, r := range roots {
+		if r = filepath.Clean(r); r == "/" || p == r || strings.HasPrefix(p, r+"/") {
+			return p, true
+		}
+	}
+	return p, false
 }
 
 // AgentStateDir is local_agent.state_dir, or state_dir/local-agent.

@@ -10,7 +10,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
-	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -19,7 +19,7 @@ func (e *Evals) Routes(r chi.Router) {
 	r.Get("/evaluations", e.listEvaluations)
 	r.Get("/evaluations/{id}", e.getEvaluation)
 	r.Get("/evaluations/{id}/compare", e.compare)
-	r.With(projectapi.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
+	r.With(httpkit.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
 	r.Post("/webhooks/{project}/github", e.webhook(github))
 	r.Post("/webhooks/{project}/gitea", e.webhook(gitea))
 }
@@ -59,36 +59,36 @@ func toEvaluationJSON(ev storage.Evaluation) evaluationJSON {
 }
 
 func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
-	page, err := projectapi.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	var f storage.EvaluationFilter
-	if f.ProjectID, err = projectapi.PositiveQuery(r, "project_id"); err == nil {
-		f.JobsetID, err = projectapi.PositiveQuery(r, "jobset_id")
+	if f.ProjectID, err = httpkit.PositiveQuery(r, "project_id"); err == nil {
+		f.JobsetID, err = httpkit.PositiveQuery(r, "jobset_id")
 	}
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	f.Status = r.URL.Query().Get("status")
 	switch f.Status {
 	case "", "queued", "running", "succeeded", "failed", "cancelled":
 	default:
-		projectapi.Fail(e.log, w, r, projectapi.Unprocessable("status", "status must be queued, running, succeeded, failed or cancelled"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("status", "status must be queued, running, succeeded, failed or cancelled"))
 		return
 	}
 	evs, total, err := e.db.ListEvaluations(r.Context(), f, page)
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := make([]evaluationJSON, len(evs))
 	for i, ev := range evs {
 		out[i] = toEvaluationJSON(ev)
 	}
-	projectapi.WriteJSON(w, http.StatusOK, projectapi.NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (e *Evals) evaluation(ctx context.Context, r *http.Request, param string) (storage.Evaluation, error) {
@@ -102,12 +102,12 @@ func (e *Evals) evaluation(ctx context.Context, r *http.Request, param string) (
 func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 	ev, err := e.evaluation(r.Context(), r, "id")
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	errs, err := e.db.EvaluationErrors(r.Context(), ev.ID)
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := toEvaluationJSON(ev)
@@ -115,7 +115,7 @@ func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 	for i, er := range errs {
 		out.Errors[i] = attrErrorJSON{Attr: er.Attr, Message: er.Message}
 	}
-	projectapi.WriteJSON(w, http.StatusOK, out)
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
 func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
@@ -123,36 +123,36 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 		JobsetID int64 `json:"jobset_id"`
 		Force    bool  `json:"force"`
 	}
-	if err := projectapi.Decode(r, &in); err != nil {
-		projectapi.Fail(e.log, w, r, err)
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	if in.JobsetID <= 0 {
-		projectapi.Fail(e.log, w, r, projectapi.Unprocessable("jobset_id", "jobset_id is required"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("jobset_id", "jobset_id is required"))
 		return
 	}
 	if err := e.db.RequestEvaluation(r.Context(), in.JobsetID, in.Force); err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	e.Wake()
-	projectapi.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
+	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
 }
 
 // compare lists how the jobs of an evaluation differ from another's.
 func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	ev, err := e.evaluation(r.Context(), r, "id")
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	otherID, err := projectapi.PositiveQuery(r, "with")
+	otherID, err := httpkit.PositiveQuery(r, "with")
 	if err != nil || otherID == 0 {
-		projectapi.Fail(e.log, w, r, projectapi.Unprocessable("with", "with must name another evaluation's id"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("with", "with must name another evaluation's id"))
 		return
 	}
 	if _, err := e.db.GetEvaluation(r.Context(), otherID); err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	jobs := func(id int64) (map[string]storage.BuildSummary, error) {
@@ -172,12 +172,12 @@ func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	}
 	cur, err := jobs(ev.ID)
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	old, err := jobs(otherID)
 	if err != nil {
-		projectapi.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := map[string][]string{"new": {}, "removed": {}, "changed": {}, "newly_failing": {}, "newly_succeeding": {}}
@@ -204,7 +204,7 @@ func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	for _, v := range out {
 		sort.Strings(v)
 	}
-	projectapi.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
 }
 
 func failed(status string) bool {

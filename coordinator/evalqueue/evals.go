@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/agent/evaluator"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
-	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -204,8 +204,8 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	for _, in := range j.Inputs {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
 		if in.Type == storage.InputTypePath {
-			if _, ok := projectapi.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
-				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, projectapi.AllowedInputPathsKey)
+			if _, ok := config.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
+				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, config.AllowedInputPathsKey)
 			}
 		}
 		if in.Type == storage.InputTypeGit {
