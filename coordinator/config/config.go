@@ -6,6 +6,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -310,6 +311,47 @@ func (c Config) AgentStateDir() string {
 	}
 	return filepath.Join(c.StateDir, "local-agent")
 }
+
+// CacheDir is cache.dir, or state_dir/cache.
+func (c Config) CacheDir() string {
+	if c.Cache.Dir != "" {
+		return c.Cache.Dir
+	}
+	return filepath.Join(c.StateDir, "cache")
+}
+
+// CacheKeyFile is cache.secret_key_file, or state_dir/cache-key.sec.
+func (c Config) CacheKeyFile() string {
+	if c.Cache.SecretKeyFile != "" {
+		return c.Cache.SecretKeyFile
+	}
+	return filepath.Join(c.StateDir, "cache-key.sec")
+}
+
+// CacheKeyName is cache.key_name, or fc-<this machine's short host name>-1.
+func (c Config) CacheKeyName() string {
+	if c.Cache.KeyName != "" {
+		return c.Cache.KeyName
+	}
+	host, _ := os.Hostname()
+	return "fc-" + strings.SplitN(host, ".", 2)[0] + "-1"
+}
+
+// LogDir is logs.log_dir, or state_dir/logs.
+func (c Config) LogDir() string {
+	if c.Logs.LogDir != "" {
+		return c.Logs.LogDir
+	}
+	return filepath.Join(c.StateDir, "logs")
+}
+
+// EmbeddedDatabaseDir is state_dir/postgres, the private PostgreSQL cluster used when
+// no database.url is configured.
+func (c Config) EmbeddedDatabaseDir() string { return filepath.Join(c.StateDir, "postgres") }
+
+// GitDir is state_dir/git, where git keeps what it needs on the coordinator (SSH
+// known_hosts).
+func (c Config) GitDir() string { return filepath.Join(c.StateDir, "git") }
 
 // Addr is the listen address.
 func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }

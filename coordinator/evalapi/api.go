@@ -1,7 +1,11 @@
-package evalqueue
+// Package evalapi serves the evaluations under /api/v1 (the list, one evaluation
+// with its errors, how two compare, the trigger) and the forges' push webhooks. The
+// evaluation scheduler (evalqueue) does the work; this package only answers HTTP.
+package evalapi
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -13,6 +17,35 @@ import (
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
+
+// Scheduler is what the trigger and the webhooks need of the evaluation scheduler
+// (evalqueue.Evals).
+type Scheduler interface {
+	// Wake makes it look for due jobsets now.
+	Wake()
+}
+
+// Config is what the evaluations API serves from.
+type Config struct {
+	// Scheduler is woken by triggers; required.
+	Scheduler Scheduler
+	Logger    *slog.Logger
+}
+
+// Evals is the evaluations API.
+type Evals struct {
+	db    *storage.DB
+	log   *slog.Logger
+	sched Scheduler
+}
+
+// New returns the evaluations API over db.
+func New(cfg Config, db *storage.DB) *Evals {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler}
+}
 
 // Routes registers the evaluations API and the webhooks.
 func (e *Evals) Routes(r chi.Router) {
@@ -135,7 +168,7 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	e.Wake()
+	e.sched.Wake()
 	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
 }
 

@@ -1,4 +1,4 @@
-package evalqueue
+package evalapi
 
 import (
 	"crypto/hmac"
@@ -101,7 +101,7 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 			ids = []int64{}
 		}
 		if len(ids) > 0 {
-			e.Wake()
+			e.sched.Wake()
 		}
 		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
 	}
