@@ -21,6 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/lease"
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
@@ -42,7 +43,6 @@ type Parts struct {
 	Cache  *cache.Cache
 	Evals  *evalqueue.Evals
 	Builds *buildqueue.Builds
-	db     *storage.DB
 }
 
 // Run runs the background loops (evaluation and build scheduling, cache retention
@@ -51,7 +51,7 @@ func (p Parts) Run(ctx context.Context, cfg config.Config) {
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); p.Evals.Run(ctx) }()
-	go func() { defer wg.Done(); p.Builds.Run(ctx, p.db.Pool()) }()
+	go func() { defer wg.Done(); p.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); p.Cache.ListenForDeletions(ctx) }()
 	if cfg.GC.CleanupInterval > 0 {
 		wg.Add(1)
@@ -100,8 +100,8 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	if created {
 		log.Info("generated the cache signing key", "file", keyFile, "public_key", ch.PublicKey())
 	}
-	leases := storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL), Grace: config.Seconds(cfg.Queue.LeaseGrace),
-		MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}
+	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(cfg.Queue.LeaseTTL),
+		Grace: config.Seconds(cfg.Queue.LeaseGrace), MaxAttempts: cfg.Queue.MaxAttempts, Backoff: config.Seconds(cfg.Queue.RetryBackoff)}})
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: cfg.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(cfg.Eval.EvalTimeout),
 		MaxMemoryMB: cfg.Eval.MaxMemorySize, Workers: cfg.Eval.Workers, RestrictEval: cfg.Eval.RestrictEval,
 		AllowIFD: cfg.Eval.AllowIFD, GitTimeout: config.Seconds(cfg.Eval.GitTimeout), GitDir: filepath.Join(cfg.StateDir, "git"), Logger: log,
@@ -122,7 +122,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 	bu.SetFiles(ch.OpenFile)
 	ch.SetLogSource(bu.LogByDrv)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + addr, Heartbeat: config.Seconds(cfg.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(ev.Hooks(), bu.Hooks()),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
@@ -144,7 +144,7 @@ func NewServer(cfg config.Config, db *storage.DB, log *slog.Logger, addr string)
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
-	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, db: db}, nil
+	return Parts{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu}, nil
 }
 
 // serve runs the coordinator until ctx ends.
