@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -119,6 +120,21 @@ type row struct {
 	error     string
 }
 
+func (r row) String() string {
+	f := func(p *float64) string {
+		if p == nil {
+			return "NULL"
+		}
+		return fmt.Sprintf("%.1fs", *p)
+	}
+	agent := "NULL"
+	if r.agent != nil {
+		agent = fmt.Sprint(*r.agent)
+	}
+	return fmt.Sprintf("{status %s, attempts %d, agent %s, expires in %s, not before %s, error %q}",
+		r.status, r.attempts, agent, f(r.expiresIn), f(r.notBefore), r.error)
+}
+
 func (h *held) row(t *testing.T, kind storage.LeaseKind) row {
 	t.Helper()
 	q := `SELECT status, attempts, agent_id, extract(epoch FROM lease_expires_at - now())::float8,
@@ -178,10 +194,10 @@ func TestKeeper_HeartbeatExtendsTheLeasesOfItsKindAndNamesTheLostOnes(t *testing
 				t.Fatalf("heartbeat: %+v; want 2 running, the unheld %+v lost", beat, stale)
 			}
 			if r := h.row(t, kind); r.status != "running" || r.expiresIn == nil || *r.expiresIn < 50 {
-				t.Errorf("%s lease after a heartbeat: %+v; want extended to the TTL (60 s)", kind, r)
+				t.Errorf("%s lease after a heartbeat: %v; want extended to the TTL (60 s)", kind, r)
 			}
 			if r := h.row(t, other(kind)); r.expiresIn == nil || *r.expiresIn > 1 {
-				t.Errorf("%s lease after a heartbeat for %s: %+v; want it left alone", other(kind), kind, r)
+				t.Errorf("%s lease after a heartbeat for %s: %v; want it left alone", other(kind), kind, r)
 			}
 		})
 	}
@@ -206,13 +222,13 @@ func TestKeeper_ReleasedWorkIsRequeuedWithBackoffAndEndsAfterMaxAttempts(t *test
 			}
 			r := h.row(t, kind)
 			if r.status != "queued" || r.agent != nil || r.attempts != 1 || r.notBefore == nil || *r.notBefore < 3500 {
-				t.Fatalf("released %s: %+v; want queued, no agent, attempt 1 counted, held back by the backoff (1 h)", kind, r)
+				t.Fatalf("released %s: %v; want queued, no agent, attempt 1 counted, held back by the backoff (1 h)", kind, r)
 			}
 			if r := h.row(t, other(kind)); r.status != "running" {
 				t.Errorf("the %s was released, the %s is %s", kind, other(kind), r.status)
 			}
 			if beat := h.keeper.Heartbeat(ctx, h.agent, kind, released); beat.Requeued != 0 {
-				t.Errorf("releasing it again: %+v; want nothing requeued (the lease is gone)", beat)
+				t.Errorf("releasing it again: %v; want nothing requeued (the lease is gone)", beat)
 			}
 
 			// Claimed again (attempt 2 of 2), released again: it ends.
@@ -225,7 +241,7 @@ func TestKeeper_ReleasedWorkIsRequeuedWithBackoffAndEndsAfterMaxAttempts(t *test
 			}
 			want := ended[kind]
 			if r := h.row(t, kind); r.status != want.status || r.attempts != 2 || r.error != want.error {
-				t.Errorf("after max_attempts: %+v; want %+v", r, want)
+				t.Errorf("after max_attempts: %v; want %+v", r, want)
 			}
 		})
 	}
@@ -238,7 +254,7 @@ func TestKeeper_ADisconnectedAgentKeepsItsLeasesForTheGraceThenTheyAreRescued(t 
 	h.keeper.Hooks().Disconnected(h.agent)
 	for _, kind := range kinds {
 		if r := h.row(t, kind); r.status != "running" || r.expiresIn == nil || *r.expiresIn > 10 || *r.expiresIn < 5 {
-			t.Errorf("%s lease of a disconnected agent: %+v; want it to expire within the grace (10 s)", kind, r)
+			t.Errorf("%s lease of a disconnected agent: %v; want it to expire within the grace (10 s)", kind, r)
 		}
 		if requeued, aborted := h.keeper.Rescue(ctx, kind); requeued+aborted != 0 {
 			t.Errorf("rescue before the grace ends: %d requeued, %d aborted; want nothing", requeued, aborted)
@@ -251,7 +267,7 @@ func TestKeeper_ADisconnectedAgentKeepsItsLeasesForTheGraceThenTheyAreRescued(t 
 			t.Errorf("rescue of the expired %s: %d requeued, %d aborted; want 1 requeued", kind, requeued, aborted)
 		}
 		if r := h.row(t, kind); r.status != "queued" || r.agent != nil || r.notBefore == nil || *r.notBefore < 3500 {
-			t.Errorf("rescued %s: %+v; want queued, held back by the backoff", kind, r)
+			t.Errorf("rescued %s: %v; want queued, held back by the backoff", kind, r)
 		}
 	}
 	if b, err := h.db.GetBuild(ctx, h.buildID); err != nil || b.Status != "queued" {
@@ -291,14 +307,14 @@ func TestKeeper_RetryCountsTheAttemptReleaseDoesNotAndAStaleLeaseIsRefused(t *te
 				t.Errorf("retry of another epoch: %v, want ErrStaleLease", err)
 			}
 			if r := h.row(t, kind); r.status != "running" {
-				t.Fatalf("a refused retry changed the %s: %+v", kind, r)
+				t.Fatalf("a refused retry changed the %s: %v", kind, r)
 			}
 
 			if err := h.keeper.Release(ctx, l); err != nil {
 				t.Fatal(err)
 			}
 			if r := h.row(t, kind); r.status != "queued" || r.attempts != 0 || r.notBefore != nil {
-				t.Errorf("released %s: %+v; want queued at once, the attempt not counted", kind, r)
+				t.Errorf("released %s: %v; want queued at once, the attempt not counted", kind, r)
 			}
 			if err := h.keeper.Check(ctx, l); !errors.Is(err, storage.ErrStaleLease) {
 				t.Errorf("check after the release: %v, want ErrStaleLease", err)
@@ -314,7 +330,7 @@ func TestKeeper_RetryCountsTheAttemptReleaseDoesNotAndAStaleLeaseIsRefused(t *te
 				t.Fatal(err)
 			}
 			if r := h.row(t, kind); r.status != "queued" || r.attempts != 1 || r.error != "connection refused" || r.notBefore == nil {
-				t.Errorf("retried %s: %+v; want queued after 1 attempt, with its error, backing off", kind, r)
+				t.Errorf("retried %s: %v; want queued after 1 attempt, with its error, backing off", kind, r)
 			}
 		})
 	}
