@@ -24,6 +24,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/lease"
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
@@ -113,8 +114,8 @@ func New(cfg Config) (*App, error) {
 	// are built first with agents, which New binds to the fleet right after building
 	// it, before anything runs or serves.
 	agents := &sessions{}
-	leases := storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL), Grace: config.Seconds(s.Queue.LeaseGrace),
-		MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff)}
+	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL),
+		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff)}})
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
@@ -125,7 +126,7 @@ func New(cfg Config) (*App, error) {
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
 		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(ev.Hooks(), bu.Hooks()),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
@@ -186,7 +187,7 @@ func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
-	go func() { defer wg.Done(); a.Builds.Run(ctx, a.db.Pool()) }()
+	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {
 		wg.Add(1)

@@ -602,11 +602,12 @@ type stepsListener struct {
 
 func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	b.Helper()
-	conn, err := pgx.ConnectConfig(context.Background(), c.DB.Pool().Config().ConnConfig.Copy())
+	db, err := storage.Open(context.Background(), storage.Config{URL: c.DB.Pool().Config().ConnString(), MaxConnections: 1}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := conn.Exec(context.Background(), "LISTEN "+storage.StepsChannel); err != nil {
+	ln, err := db.Listen(context.Background(), storage.StepsChannel)
+	if err != nil {
 		b.Fatal(err)
 	}
 	l := &stepsListener{}
@@ -615,7 +616,7 @@ func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	go func() {
 		defer close(done)
 		for {
-			_, err := conn.WaitForNotification(ctx)
+			_, err := ln.Next(ctx)
 			now := time.Now()
 			if err != nil {
 				return
@@ -628,7 +629,8 @@ func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	b.Cleanup(func() {
 		cancel()
 		<-done
-		conn.Close(context.Background()) //nolint:errcheck // the test is over
+		ln.Close()
+		db.Close()
 	})
 	return l
 }
