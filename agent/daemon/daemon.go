@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
 	"slices"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/fc-ci/fc/agent/probe"
 	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/internal/backoff"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -194,7 +194,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.log.Error("coordinator refused this agent", "code", refused.Code, "reason", refused.Message)
 				return refused
 			}
-			wait := backoff(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+			wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
 			attempt++
 			d.log.Warn("cannot reach coordinator; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
 			if !d.sleep(ctx, wait) {
@@ -225,7 +225,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if time.Since(connectedAt) > stableSession {
 			attempt = 0
 		}
-		wait := backoff(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+		wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
 		attempt++
 		d.log.Warn("session to coordinator ended; reconnecting", "reason", reason, "retry_in", wait.Round(time.Millisecond))
 		if !d.sleep(ctx, wait) {
@@ -446,19 +446,6 @@ func (d *Daemon) sleep(ctx context.Context, wait time.Duration) bool {
 			return true
 		}
 	}
-}
-
-// backoff is exponential from min, capped at max, with jitter over its upper half so
-// a fleet that lost its coordinator does not reconnect in lockstep.
-func backoff(attempt int, min, max time.Duration) time.Duration {
-	d := min
-	for i := 0; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 func reject(reason string) protocol.Message {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/agent/realise"
+	"github.com/fc-ci/fc/internal/backoff"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -227,15 +227,8 @@ func sendReport(ctx context.Context, link daemon.Link, rep protocol.StepReport) 
 	return v, nil
 }
 
-// retryDelay is exponential from retryMin to retryMax, jittered over its upper half.
-func retryDelay(attempt int) time.Duration {
-	d := retryMin
-	for i := 0; i < attempt && d < retryMax; i++ {
-		d *= 2
-	}
-	d = min(d, retryMax)
-	return d/2 + rand.N(d/2+1)
-}
+// retryDelay is the wait before stream retry number attempt.
+func retryDelay(attempt int) time.Duration { return backoff.Delay(attempt, retryMin, retryMax) }
 
 // wait waits d or until ctx ends (false).
 func wait(ctx context.Context, d time.Duration) bool {
