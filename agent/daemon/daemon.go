@@ -68,8 +68,11 @@ func (d *Daemon) closeExecutors() {
 	}
 }
 
-// Link opens streams on whatever session is current.
-type Link interface {
+// Link is what Executor.Run is handed to reach the coordinator: the daemon itself,
+// which opens streams on whatever session is current. It is an alias of an interface
+// literal, not a type of its own, so executors state the same interface where they
+// use it (agent/work.Link) and satisfy Executor without importing this package.
+type Link = interface {
 	OpenStream(ctx context.Context, kind string) (io.ReadWriteCloser, error)
 }
 
