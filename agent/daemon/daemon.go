@@ -1,7 +1,9 @@
-// Package daemon is the agent's lifecycle: keep one session to the coordinator,
-// reconnect with capped, jittered exponential backoff, heartbeat, re-advertise
-// capabilities when they change, answer commands, and drain: take no new work,
-// keep heartbeating, finish what runs, then stop.
+// Package daemon is the agent's lifecycle: keep one session to the coordinator
+// (agent/session), reconnect with capped, jittered exponential backoff
+// (internal/backoff), heartbeat, re-advertise capabilities when they change, answer
+// commands, run assigned work on its Executors (agent/work) and drain: take no new
+// work, keep heartbeating, finish what runs, then stop. Its counterpart on the
+// coordinator is coordinator/fleet, which holds every agent's session.
 package daemon
 
 import (

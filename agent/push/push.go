@@ -1,7 +1,7 @@
 // Package push puts store paths and their closures into the coordinator's cache over
 // the agent's session: ask which paths the cache (or an upstream) lacks, then stream
 // those NARs zstd-compressed in dependency order. Evaluation, builds and
-// `fc-agent push` all use it.
+// `fc-agent push` all use it; the receiving end is coordinator/cache.
 package push
 
 import (
