@@ -18,10 +18,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fc-ci/fc/agent/evaluator"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/lease"
+	"github.com/fc-ci/fc/internal/gitcmd"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -166,8 +166,8 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	}
 	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
 	defer cancel()
-	creds := evaluator.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
-	commit, err := evaluator.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
+	creds := gitcmd.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
+	commit, err := gitcmd.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 		}
 		if in.Type == storage.InputTypeGit {
 			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
-			if ei.Revision, err = evaluator.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), evaluator.Credentials{}); err != nil {
+			if ei.Revision, err = gitcmd.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), gitcmd.Credentials{}); err != nil {
 				return fmt.Errorf("input %s: %w", in.Name, err)
 			}
 		}

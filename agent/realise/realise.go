@@ -1,10 +1,20 @@
-// Package build realises derivations the way build steps need them: nix-store
-// --realise (several runnable steps share one process, see Batcher) with the coordinator's cache as the only substituter (plus the step's
-// upstreams), the step's limits, GC roots for the outputs, the builder's log taken
-// live from Nix's structured output, and the outcome classified into a step status
-// (or an infrastructure failure, which is retried elsewhere rather than reported as
-// the derivation's fault). After a success it reads the outputs' Hydra metadata:
-// build products, metrics and release name.
+// Package realise realises derivations on this agent the way build steps need them:
+// nix-store --realise (several runnable steps share one process, see Batcher) with
+// the coordinator's cache as the only substituter (plus the step's upstreams), the
+// step's limits, GC roots for the outputs, the builder's log taken live from Nix's
+// structured output, and the outcome classified into a step status (or an
+// infrastructure failure, which is retried elsewhere rather than reported as the
+// derivation's fault). After a success it reads the outputs' Hydra metadata: build
+// products, metrics and release name. It only runs Nix: agent/work.StepRunner takes a
+// step from the coordinator, streams its log and reports it; which step runs where is
+// decided on the coordinator by coordinator/buildqueue.
+//
+// Files by job: realise.go (the API: Request, Result, Realise), batcher.go (gathering
+// requests into batches), job.go (one request in a batch), prepare.go (outputs and
+// GC roots before a batch), process.go (the nix-store process), nixlog.go (Nix's log,
+// split per derivation), early.go (handing on derivations built before their batch
+// ends), classify.go (results after nix-store), logwriter.go (the log limit),
+// metadata.go (Hydra's nix-support files).
 package realise
 
 import (
@@ -77,6 +87,19 @@ type Result struct {
 	// StartedAt is when Nix began building the derivation (zero if it never did, e.g.
 	// its outputs were substituted).
 	StartedAt time.Time
+}
+
+// Realise builds req.DrvPath in a process of its own. Build failures are a Result
+// with their status and a nil error; an infrastructure failure is an error wrapping
+// ErrInfrastructure (with the Result filled as far as it got); cancelling ctx stops
+// Nix and its builder and returns ctx.Err().
+func Realise(ctx context.Context, req Request) (Result, error) {
+	j, err := newJob(ctx, req)
+	if err != nil {
+		return Result{}, err
+	}
+	runBatch([]*job{j}, 1)
+	return j.res, j.err
 }
 
 // ErrInfrastructure marks failures that are not the derivation's: Nix missing, a
