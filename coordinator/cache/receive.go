@@ -27,15 +27,54 @@ import (
 // rejection. broken says the stream itself failed, so nothing more can be read from
 // it.
 func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, upstream map[string]bool, known map[string]int64, g *uploadGroup, st io.Reader) (rejected *protocol.UploadResult, broken bool) {
-	reject := func(reason string, err error) *protocol.UploadResult {
-		c.m.rejections.WithLabelValues(reason).Inc()
-		return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
+	nar, rejected, broken := c.readNAR(pi, a, st)
+	if rejected != nil {
+		return rejected, broken
 	}
-	want, _ := checkInfo(pi)
+	n := newNarinfo(pi, a, nar.narDigest, nar.fileDigest, nar.fileSize)
+	inCache, rejected := c.checkReferences(ctx, pi, a, n.References, upstream, known, g)
+	// A step's output is signed only once the step's success is recorded.
+	if rejected == nil && a.pendingStep == 0 {
+		sig, err := c.sign(n)
+		if err != nil {
+			rejected = c.reject(pi, "signing", err)
+		} else {
+			n.Sigs = []string{sig}
+		}
+	}
+	if rejected != nil {
+		nar.blob.Abort()
+		return rejected, false
+	}
+	g.items = append(g.items, stagedPath{blob: nar.blob.blob, small: nar.blob.buf, name: strings.TrimPrefix(n.URL, "nar/"), n: n, refs: inCache, push: a.push})
+	g.bytes += nar.fileSize
+	g.staged[n.HashPart] = a.pendingStep
+	return nil, false
+}
+
+// reject counts a rejection of pi, for reason, and is its result.
+func (c *Cache) reject(pi protocol.PathInfo, reason string, err error) *protocol.UploadResult {
+	c.m.rejections.WithLabelValues(reason).Inc()
+	return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
+}
+
+// receivedNAR is one path's upload, read, verified and written to its blob (not yet
+// durable).
+type receivedNAR struct {
+	blob       *spillWriter
+	narDigest  []byte // the NAR's sha256
+	fileDigest []byte // the compressed file's sha256; nil for a plain NAR
+	fileSize   int64
+}
+
+// readNAR reads one path's upload from st into a blob, checking its NAR hash and size
+// and, when a has one, its content address on the way. On a rejection the blob is
+// aborted; broken says the stream itself failed.
+func (c *Cache) readNAR(pi protocol.PathInfo, a admission, st io.Reader) (_ receivedNAR, rejected *protocol.UploadResult, broken bool) {
 	chunkReader := protocol.NewChunkReader(st)
 	chunks, plain, err := sniffNAR(chunkReader)
 	if err != nil {
-		return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, err)), true
+		return receivedNAR{}, c.reject(pi, "truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, err)), true
 	}
 	blob := &spillWriter{store: c.blobs, buf: make([]byte, 0, 4096)}
 	fileHash, fileSize := sha256.New(), &counter{}
@@ -47,7 +86,50 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		defer check.Abort()
 		narSink = io.MultiWriter(narHash, narSize, check)
 	}
-	decode := func(r io.Reader) error {
+	if plain {
+		// The file is the NAR: its hash is the NAR hash, taken once.
+		fileHash = nil
+	}
+	readErr, decodeErr, writeErr := c.stream(chunks, fileHash, fileSize, blob, c.narDecoder(narSink, plain))
+	if readErr != nil || decodeErr != nil || writeErr != nil {
+		blob.Abort()
+		if derr := chunkReader.Drain(); derr != nil || readErr != nil {
+			if derr == nil {
+				derr = readErr
+			}
+			return receivedNAR{}, c.reject(pi, "truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr)), true
+		}
+		if blob.err != nil {
+			return receivedNAR{}, c.reject(pi, "storage", blob.err), false
+		}
+		err := decodeErr
+		if err == nil {
+			err = writeErr
+		}
+		return receivedNAR{}, c.reject(pi, "corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err)), false
+	}
+	got := narHash.Sum(nil)
+	if rejected := c.verifyNAR(pi, got, narSize.n, check); rejected != nil {
+		blob.Abort()
+		return receivedNAR{}, rejected, false
+	}
+	nar := receivedNAR{blob: blob, narDigest: got, fileSize: fileSize.n}
+	if !plain {
+		nar.fileDigest = fileHash.Sum(nil)
+	}
+	return nar, nil, false
+}
+
+// narDecoder passes an upload's bytes on to narSink as a NAR: decompressed, or as
+// they are when the upload is a plain NAR.
+func (c *Cache) narDecoder(narSink io.Writer, plain bool) func(io.Reader) error {
+	if plain {
+		return func(r io.Reader) error {
+			_, err := io.Copy(narSink, r)
+			return err
+		}
+	}
+	return func(r io.Reader) error {
 		err := c.decompress(r, narSink)
 		if err == nil {
 			// Bytes after the zstd frames would be stored but never read by Nix.
@@ -57,47 +139,32 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		}
 		return err
 	}
-	if plain {
-		// The file is the NAR: its hash is the NAR hash, taken once.
-		fileHash = nil
-		decode = func(r io.Reader) error {
-			_, err := io.Copy(narSink, r)
-			return err
-		}
-	}
-	readErr, decodeErr, writeErr := c.stream(chunks, fileHash, fileSize, blob, decode)
-	if readErr != nil || decodeErr != nil || writeErr != nil {
-		blob.Abort()
-		if derr := chunkReader.Drain(); derr != nil || readErr != nil {
-			if derr == nil {
-				derr = readErr
-			}
-			return reject("truncated", fmt.Errorf("upload of %s broke off: %w", pi.StorePath, derr)), true
-		}
-		if blob.err != nil {
-			return reject("storage", blob.err), false
-		}
-		err := decodeErr
-		if err == nil {
-			err = writeErr
-		}
-		return reject("corrupt", fmt.Errorf("%s: compressed NAR does not decode: %w", pi.StorePath, err)), false
-	}
-	got := narHash.Sum(nil)
-	if narSize.n != pi.NarSize {
-		blob.Abort()
-		return reject("size", fmt.Errorf("%s: NAR is %d bytes, declared %d", pi.StorePath, narSize.n, pi.NarSize)), false
+}
+
+// verifyNAR checks the NAR received for pi, hashing to got (sha256) and size bytes
+// long, against what the agent declared and, with check, against its content
+// address.
+func (c *Cache) verifyNAR(pi protocol.PathInfo, got []byte, size int64, check *caCheck) (rejected *protocol.UploadResult) {
+	want, _ := checkInfo(pi)
+	if size != pi.NarSize {
+		return c.reject(pi, "size", fmt.Errorf("%s: NAR is %d bytes, declared %d", pi.StorePath, size, pi.NarSize))
 	}
 	if string(got) != string(want.Digest()) {
-		blob.Abort()
-		return reject("hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash)), false
+		return c.reject(pi, "hash", fmt.Errorf("%s: NAR hash is sha256:%s, declared %s", pi.StorePath, nixbase32.EncodeToString(got), pi.NarHash))
 	}
 	if check != nil {
 		if err := check.Finish(got); err != nil {
-			blob.Abort()
-			return reject("content_address", fmt.Errorf("%s: %w", pi.StorePath, err)), false
+			return c.reject(pi, "content_address", fmt.Errorf("%s: %w", pi.StorePath, err))
 		}
 	}
+	return nil
+}
+
+// checkReferences checks that pi's references (refs: their basenames) are in the
+// cache, upstream, or staged by this stream (known, g), a pending output only for an
+// output of the same step. inCache is the hash parts of those not upstream and not
+// pi itself.
+func (c *Cache) checkReferences(ctx context.Context, pi protocol.PathInfo, a admission, refs []string, upstream map[string]bool, known map[string]int64, g *uploadGroup) (inCache []string, rejected *protocol.UploadResult) {
 	// staged says whether this stream staged h, and whether that may be referred to
 	// from here: a pending output only from an output of the same step.
 	staged := func(h string) (found, ok bool) {
@@ -107,13 +174,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		}
 		return found, step == 0 || step == a.pendingStep
 	}
-	var fileDigest []byte
-	if !plain {
-		fileDigest = fileHash.Sum(nil)
-	}
-	n := newNarinfo(pi, a, got, fileDigest, fileSize.n)
-	refs := n.References
-	var lookup, inCache []string
+	var lookup []string
 	for _, r := range pi.References {
 		h := hashPart(r)
 		if r == pi.StorePath || upstream[h] {
@@ -122,8 +183,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 		inCache = append(inCache, h)
 		found, ok := staged(h)
 		if found && !ok {
-			blob.Abort()
-			return reject("missing_reference", fmt.Errorf("%s: reference %s is an output of another step, not yet built", pi.StorePath, r)), false
+			return nil, c.reject(pi, "missing_reference", fmt.Errorf("%s: reference %s is an output of another step, not yet built", pi.StorePath, r))
 		}
 		if !found {
 			lookup = append(lookup, h)
@@ -132,29 +192,15 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 	if len(lookup) > 0 {
 		present, err := c.db.PresentHashParts(ctx, lookup)
 		if err != nil {
-			blob.Abort()
-			return reject("database", err), false
+			return nil, c.reject(pi, "database", err)
 		}
 		for _, h := range lookup {
 			if !present[h] {
-				blob.Abort()
-				return reject("missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, storepath.StoreDir+"/"+refByHash(refs, h))), false
+				return nil, c.reject(pi, "missing_reference", fmt.Errorf("%s: reference %s is neither in the cache nor upstream; send it first", pi.StorePath, storepath.StoreDir+"/"+refByHash(refs, h)))
 			}
 		}
 	}
-	// A step's output is signed only once the step's success is recorded.
-	if a.pendingStep == 0 {
-		sig, err := c.sign(n)
-		if err != nil {
-			blob.Abort()
-			return reject("signing", err), false
-		}
-		n.Sigs = []string{sig}
-	}
-	g.items = append(g.items, stagedPath{blob: blob.blob, small: blob.buf, name: strings.TrimPrefix(n.URL, "nar/"), n: n, refs: inCache, push: a.push})
-	g.bytes += fileSize.n
-	g.staged[n.HashPart] = a.pendingStep
-	return nil, false
+	return inCache, nil
 }
 
 // newNarinfo is the narinfo of a received path whose NAR hashes to narDigest (its
