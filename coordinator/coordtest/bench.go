@@ -143,3 +143,12 @@ func (u CPUUse) String() string {
 		"benchmark) %.1f s, its child processes (nix, git) %.1f s, PostgreSQL %.1f s", pctOf, u.Busy.Seconds(), u.Total.Seconds(),
 		u.Self.Seconds(), u.Children.Seconds(), u.Postgres.Seconds())
 }
+
+// ProcessCPU is a live process's user + system CPU time; false if it cannot be read.
+func ProcessCPU(pid int) (time.Duration, bool) {
+	f := procStat(pid)
+	if f == nil {
+		return 0, false
+	}
+	return ticks(f[11:13]...), true
+}
