@@ -1,36 +1,12 @@
 package coordtest
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 )
-
-// The helpers below are what the end-to-end tests and benchmarks of several packages
-// share: a test package cannot import another's, so they live here.
-
-// Salt is a name unique to this run of tb: its name plus random hex. Derivations that
-// carry it are never already built.
-func Salt(tb testing.TB) string {
-	p := make([]byte, 6)
-	_, _ = rand.Read(p)
-	return strings.NewReplacer("/", "-", "_", "-", " ", "-").Replace(tb.Name()) + "-" + hex.EncodeToString(p)
-}
-
-// MkLet is the preamble of a test jobset's let: mk name attrs makes a /bin/sh
-// derivation whose name carries salt, and sh script is the builder's args for a
-// shell script with PATH set.
-func MkLet(salt string) string {
-	return fmt.Sprintf(`mk = name: attrs: derivation ({ name = "${name}-%s"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${name} > $out" ]; } // attrs);
-  sh = script: [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];`, salt)
-}
 
 // Product is a build product as the builds API answers it.
 type Product struct {
@@ -89,32 +65,6 @@ func (b Build) Finished() bool { return !Unfinished(b.Status) }
 // Unfinished reports whether a build or step status is still queued or running.
 func Unfinished(status string) bool { return status == "queued" || status == "running" }
 
-// Evaluated waits up to two minutes for the jobset's newest evaluation, newer than
-// after, to succeed and returns its id; a failed evaluation fails tb at once.
-func Evaluated(tb testing.TB, c *Coordinator, jobsetID int64, after int64) int64 {
-	tb.Helper()
-	var id int64
-	Eventually(tb, 120*time.Second, "the evaluation succeeds", func() bool {
-		var l struct {
-			Items []struct {
-				ID     int64  `json:"id"`
-				Status string `json:"status"`
-				Error  string `json:"error"`
-			}
-		}
-		c.Do("GET", fmt.Sprintf("/api/v1/evaluations?jobset_id=%d", jobsetID), "", nil, &l)
-		if len(l.Items) == 0 || l.Items[0].ID <= after {
-			return false
-		}
-		if l.Items[0].Status == "failed" {
-			tb.Fatalf("evaluation failed: %s\n%s", l.Items[0].Error, c.Log)
-		}
-		id = l.Items[0].ID
-		return l.Items[0].Status == "succeeded"
-	})
-	return id
-}
-
 // BuildsOf lists the builds of an evaluation by job name.
 func BuildsOf(tb testing.TB, c *Coordinator, evalID int64) map[string]Build {
 	tb.Helper()
@@ -148,37 +98,6 @@ func WaitBuild(tb testing.TB, c *Coordinator, id int64, within time.Duration, wh
 		return ok(b)
 	})
 	return b
-}
-
-// Evaluation is an evaluation as the evaluations list answers it.
-type Evaluation struct {
-	ID      int64  `json:"id"`
-	Status  string `json:"status"`
-	Commit  string `json:"commit"`
-	Forced  bool   `json:"forced"`
-	Trigger string `json:"trigger"`
-}
-
-// Evaluations lists the jobset's evaluations, newest first.
-func Evaluations(tb testing.TB, c *Coordinator, jobsetID int64) []Evaluation {
-	tb.Helper()
-	var l struct{ Items []Evaluation }
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations?jobset_id=%d", jobsetID), "", nil, &l); code != 200 {
-		tb.Fatalf("list evaluations: %d", code)
-	}
-	return l.Items
-}
-
-// Checked waits until the scheduler has dealt with the jobset's pending trigger.
-func Checked(tb testing.TB, c *Coordinator, jobsetID int64) {
-	tb.Helper()
-	Eventually(tb, 30*time.Second, "the scheduler handles the trigger", func() bool {
-		var pending bool
-		if err := c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, jobsetID).Scan(&pending); err != nil {
-			tb.Fatal(err)
-		}
-		return !pending
-	})
 }
 
 // Get fetches url without credentials and returns the status and body.
