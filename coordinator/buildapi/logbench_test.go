@@ -123,8 +123,8 @@ func BenchmarkLogLatency(b *testing.B) {
 		b.Logf("run %d: %d lines, builder's stdout → WebSocket client: p50 %s, p90 %s, p99 %s, max %s (goal p99 < 100 ms); "+
 			"nix-store alone, builder's stdout → its internal-json record read (%d lines): p50 %s, p99 %s, max %s; "+
 			"so FC adds (agent → session → coordinator file → hub → WebSocket) about p50 %s; %d reconnects",
-			i+1, len(lat), coordtest.Ms(coordtest.Pct(lat, 50)), coordtest.Ms(coordtest.Pct(lat, 90)), coordtest.Ms(coordtest.Pct(lat, 99)), coordtest.Ms(coordtest.Pct(lat, 100)),
-			len(nixLat), coordtest.Ms(coordtest.Pct(nixLat, 50)), coordtest.Ms(coordtest.Pct(nixLat, 99)), coordtest.Ms(coordtest.Pct(nixLat, 100)),
+			i+1, len(lat), coordtest.PctMs(lat, 50), coordtest.PctMs(lat, 90), coordtest.PctMs(lat, 99), coordtest.PctMs(lat, 100),
+			len(nixLat), coordtest.PctMs(nixLat, 50), coordtest.PctMs(nixLat, 99), coordtest.PctMs(nixLat, 100),
 			coordtest.Ms(coordtest.Pct(lat, 50)-coordtest.Pct(nixLat, 50)), t.reconnects)
 	}
 	b.StopTimer()

@@ -116,10 +116,10 @@ func BenchmarkDispatchLatency(b *testing.B) {
 			"baseline, one Nix process (p50 of %d): nix-store -r %s, nix path-info --json %s, nix-store -qR %s; per step the agent "+
 			"spends realise %s, upload %s, report %s (p50) (%s)",
 			i+1, n, r.total().Seconds(), float64(r.done.Sub(r.evalStored).Milliseconds())/float64(n), len(lat),
-			coordtest.Ms(coordtest.Pct(lat, 50)), coordtest.Ms(coordtest.Pct(lat, 99)), coordtest.Ms(coordtest.Pct(lat, 100)), coordtest.Ms(coordtest.Pct(latLog, 50)), coordtest.Ms(coordtest.Pct(latLog, 99)),
-			coordtest.Ms(coordtest.Pct(coordPart, 50)), coordtest.Ms(coordtest.Pct(coordPart, 99)), coordtest.Ms(coordtest.Pct(agentPart, 50)), coordtest.Ms(coordtest.Pct(agentPart, 99)), coordtest.Ms(first), late, baselineN,
+			coordtest.PctMs(lat, 50), coordtest.PctMs(lat, 99), coordtest.PctMs(lat, 100), coordtest.PctMs(latLog, 50), coordtest.PctMs(latLog, 99),
+			coordtest.PctMs(coordPart, 50), coordtest.PctMs(coordPart, 99), coordtest.PctMs(agentPart, 50), coordtest.PctMs(agentPart, 99), coordtest.Ms(first), late, baselineN,
 			coordtest.Ms(proc.realise), coordtest.Ms(proc.pathInfo), coordtest.Ms(proc.requisites),
-			coordtest.Ms(coordtest.Pct(phase(steps, realisePhase), 50)), coordtest.Ms(coordtest.Pct(phase(steps, uploadPhase), 50)), coordtest.Ms(coordtest.Pct(phase(steps, reportPhase), 50)), order)
+			coordtest.PctMs(phase(steps, realisePhase), 50), coordtest.PctMs(phase(steps, uploadPhase), 50), coordtest.PctMs(phase(steps, reportPhase), 50), order)
 	}
 	b.StopTimer()
 	b.ReportMetric(coordtest.Msf(coordtest.Pct(allAgent, 50)), "p50-agent-starts-ms")
@@ -460,8 +460,8 @@ func phase(steps []stepTiming, f func(stepTiming) (time.Duration, bool)) []time.
 func breakdown(steps []stepTiming, r jobsetRun, slots int) string {
 	var sb strings.Builder
 	line := func(name string, ds []time.Duration) {
-		fmt.Fprintf(&sb, "    %-58s p50 %7s  p90 %7s  p99 %7s  mean %7s  sum %8s\n", name, coordtest.Ms(coordtest.Pct(ds, 50)), coordtest.Ms(coordtest.Pct(ds, 90)),
-			coordtest.Ms(coordtest.Pct(ds, 99)), coordtest.Ms(mean(ds)), sum(ds).Round(time.Millisecond))
+		fmt.Fprintf(&sb, "    %-58s p50 %7s  p90 %7s  p99 %7s  mean %7s  sum %8s\n", name, coordtest.PctMs(ds, 50), coordtest.PctMs(ds, 90),
+			coordtest.PctMs(ds, 99), coordtest.Ms(mean(ds)), sum(ds).Round(time.Millisecond))
 	}
 	line("\"step assigned\" logged → nix-store started (<0: agent first)", phase(steps, startPhase))
 	line("realise: nix-store -r + path-info + metadata (DB)", phase(steps, realisePhase))

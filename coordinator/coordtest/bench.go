@@ -152,3 +152,6 @@ func ProcessCPU(pid int) (time.Duration, bool) {
 	}
 	return ticks(f[11:13]...), true
 }
+
+// PctMs is Ms of Pct: the p-th percentile of ds in milliseconds, for logs.
+func PctMs(ds []time.Duration, p float64) string { return Ms(Pct(ds, p)) }
