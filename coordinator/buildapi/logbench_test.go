@@ -88,7 +88,7 @@ func BenchmarkLogLatency(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		id := e.startBuild(b, lbJobset("fc-"+s, "ticker", script), "ticker")
 		b.StartTimer()
 		var lat []time.Duration
@@ -113,7 +113,7 @@ func BenchmarkLogLatency(b *testing.B) {
 		})
 		b.StopTimer()
 		if t.err != nil || t.end == nil || t.end.Status != "succeeded" {
-			b.Fatalf("the tailer: err %v, end %+v\n%s", t.err, t.end, tail(e.log.String(), 4000))
+			b.Fatalf("the tailer: err %v, end %+v\n%s", t.err, t.end, coordtest.Tail(e.log.String(), 4000))
 		}
 		if len(lat) != lbLatencyLines || bad > 0 || t.gap != "" {
 			b.Fatalf("received %d timed lines of %d (%d unreadable; %s)", len(lat), lbLatencyLines, bad, t.gap)
@@ -123,16 +123,16 @@ func BenchmarkLogLatency(b *testing.B) {
 		b.Logf("run %d: %d lines, builder's stdout → WebSocket client: p50 %s, p90 %s, p99 %s, max %s (goal p99 < 100 ms); "+
 			"nix-store alone, builder's stdout → its internal-json record read (%d lines): p50 %s, p99 %s, max %s; "+
 			"so FC adds (agent → session → coordinator file → hub → WebSocket) about p50 %s; %d reconnects",
-			i+1, len(lat), ms(pct(lat, 50)), ms(pct(lat, 90)), ms(pct(lat, 99)), ms(pct(lat, 100)),
-			len(nixLat), ms(pct(nixLat, 50)), ms(pct(nixLat, 99)), ms(pct(nixLat, 100)),
-			ms(pct(lat, 50)-pct(nixLat, 50)), t.reconnects)
+			i+1, len(lat), coordtest.PctMs(lat, 50), coordtest.PctMs(lat, 90), coordtest.PctMs(lat, 99), coordtest.PctMs(lat, 100),
+			len(nixLat), coordtest.PctMs(nixLat, 50), coordtest.PctMs(nixLat, 99), coordtest.PctMs(nixLat, 100),
+			coordtest.Ms(coordtest.Pct(lat, 50)-coordtest.Pct(nixLat, 50)), t.reconnects)
 	}
 	b.StopTimer()
-	b.ReportMetric(msf(pct(all, 50)), "p50-ms")
-	b.ReportMetric(msf(pct(all, 99)), "p99-ms")
-	b.ReportMetric(msf(pct(all, 100)), "max-ms")
-	b.ReportMetric(msf(pct(nixAll, 50)), "nix-p50-ms")
-	b.ReportMetric(msf(pct(nixAll, 99)), "nix-p99-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(all, 50)), "p50-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(all, 99)), "p99-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(all, 100)), "max-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(nixAll, 50)), "nix-p50-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(nixAll, 99)), "nix-p99-ms")
 }
 
 // BenchmarkLogThroughput100: one build writes 50 MiB of log as fast as it can while
@@ -147,9 +147,9 @@ func BenchmarkLogThroughput100(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		id := e.startBuild(b, lbJobset("fc-"+s, "big", script), "big")
-		cpuBefore := cpuNow(b, e.c)
+		cpuBefore := coordtest.CPUNow(b, e.c)
 		b.StartTimer()
 		tails := make([]lbTail, lbTailers)
 		var wg sync.WaitGroup
@@ -163,9 +163,9 @@ func BenchmarkLogThroughput100(b *testing.B) {
 		wg.Wait()
 		b.StopTimer()
 		status := e.waitFinished(b, id)
-		cpu := cpuNow(b, e.c).since(cpuBefore)
+		cpu := coordtest.CPUNow(b, e.c).Since(cpuBefore)
 		if status != "succeeded" {
-			b.Fatalf("build %d ended %s\n%s", id, status, tail(e.log.String(), 4000))
+			b.Fatalf("build %d ended %s\n%s", id, status, coordtest.Tail(e.log.String(), 4000))
 		}
 		stored := e.storedLog(b, id)
 		storedSum := sha256.Sum256(stored)
@@ -241,7 +241,7 @@ func BenchmarkIdleTailers1000(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		id := e.startBuild(b, lbJobset("fc-"+s, "idle", script), "idle")
 		coordtest.Eventually(b, 2*time.Minute, "the idle build has printed its line", func() bool {
 			code, body := e.get(b, fmt.Sprintf("/api/v1/builds/%d/log", id))
@@ -477,7 +477,7 @@ func lbSubprocess(b *testing.B) *lbEnv {
 	e.url, e.pid = "http://"+e.addr, cmd.Process.Pid
 	b.Cleanup(func() {
 		if b.Failed() {
-			b.Logf("coordinator and agent log, last 8000 bytes:\n%s", tail(e.log.String(), 8000))
+			b.Logf("coordinator and agent log, last 8000 bytes:\n%s", coordtest.Tail(e.log.String(), 8000))
 		}
 	})
 	e.startAgent(b, "evaluator", []string{"eval"})
@@ -580,7 +580,7 @@ func (e *lbEnv) get(b *testing.B, path string) (int, string) {
 
 // lbJobset is one job whose builder runs script (with PATH=/bin:/usr/bin).
 func lbJobset(salt, job, script string) string {
-	return fmt.Sprintf("let\n  %s\nin {\n  %s = mk %q { args = sh %q; };\n}\n", mkLet(salt), job, job, script)
+	return fmt.Sprintf("let\n  %s\nin {\n  %s = mk %q { args = sh %q; };\n}\n", coordtest.MkLet(salt), job, job, script)
 }
 
 // startBuild commits expr, triggers the jobset, waits for the evaluation and returns
@@ -605,10 +605,10 @@ func (e *lbEnv) startBuild(b *testing.B, expr, job string) int64 {
 			break
 		}
 		if status == "failed" {
-			b.Fatalf("evaluation %d failed: %s\n%s", evalID, msg, tail(e.log.String(), 4000))
+			b.Fatalf("evaluation %d failed: %s\n%s", evalID, msg, coordtest.Tail(e.log.String(), 4000))
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("evaluation of %s not stored (status %q)\n%s", commit, status, tail(e.log.String(), 4000))
+			b.Fatalf("evaluation of %s not stored (status %q)\n%s", commit, status, coordtest.Tail(e.log.String(), 4000))
 		}
 		time.Sleep(lbEvalPoll)
 	}
@@ -637,7 +637,7 @@ func (e *lbEnv) waitFinished(b *testing.B, id int64) string {
 			return st
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("build %d still %s after %v\n%s", id, st, lbBuildTimeout, tail(e.log.String(), 4000))
+			b.Fatalf("build %d still %s after %v\n%s", id, st, lbBuildTimeout, coordtest.Tail(e.log.String(), 4000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -803,7 +803,7 @@ func lbNixRealise(b *testing.B, expr, job string, onLine func(line string, at ti
 	}
 	drv, err := exec.Command("nix-instantiate", file, "-A", job).Output()
 	if err != nil {
-		b.Fatalf("nix-instantiate: %v %s", err, stderrOf(err))
+		b.Fatalf("nix-instantiate: %v %s", err, coordtest.StderrOf(err))
 	}
 	var out bytes.Buffer
 	cmd := exec.Command("nix-store", "--log-format", "internal-json", "--realise", strings.TrimSpace(string(drv)),
@@ -893,11 +893,11 @@ func lbRSS(b *testing.B, pid int) int64 {
 // lbCPU is a process's user + system CPU time.
 func lbCPU(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	f := procStat(pid)
-	if f == nil {
+	d, ok := coordtest.ProcessCPU(pid)
+	if !ok {
 		b.Fatalf("no /proc/%d/stat", pid)
 	}
-	return ticks(f[11:13]...)
+	return d
 }
 
 // goMetrics reads the Go runtime's gauges from the coordinator's /metrics.

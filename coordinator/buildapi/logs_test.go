@@ -57,7 +57,7 @@ func tickingJobset(t *testing.T, n int) string {
 in {
   ticker = mk "ticker" { args = sh "i=1; while [ $i -le %d ]; do echo line $i; i=$((i+1)); sleep 0.1; done; echo > $out"; };
 }
-`, mkLet(salt(t)), n)
+`, coordtest.MkLet(coordtest.Salt(t)), n)
 }
 
 func expectedLines(n int) string {
@@ -81,7 +81,7 @@ func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["ticker"].ID
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["ticker"].ID
 
 	var got strings.Builder
 	var next int64
@@ -97,7 +97,7 @@ func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
 			}
 			got.WriteString(m.Data)
 			next = m.Next
-			if getBuild(t, c, id).Status == "running" {
+			if coordtest.GetBuild(t, c, id).Status == "running" {
 				liveLines += strings.Count(m.Data, "\n")
 			}
 		case "end":
@@ -134,7 +134,7 @@ done:
 	if liveLines < n/2 {
 		t.Errorf("only %d lines arrived while the build ran", liveLines)
 	}
-	if code, body := get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id)); code != 200 || body != expectedLines(n) {
+	if code, body := coordtest.Get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id)); code != 200 || body != expectedLines(n) {
 		t.Errorf("stored log: %d %q", code, body)
 	}
 	// A later viewer asking for the tail gets the last lines, then the end.
@@ -158,12 +158,12 @@ func TestLiveLog_StalledViewerHoldsNothingBack(t *testing.T) {
 in {
   chatty = mk "chatty" { args = sh "sleep 1; i=0; while [ $i -lt 80000 ]; do echo \"line $i 0123456789012345678901234567890123456789012345678901234567890123456789012345\"; i=$((i+1)); done; echo > $out"; };
 }
-`, mkLet(salt(t)))})
+`, coordtest.MkLet(coordtest.Salt(t)))})
 	_, js := c.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["chatty"].ID
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["chatty"].ID
 	stalled := dialLog(t, c, id, "offset=0") // never read
 	_ = stalled
 	good := dialLog(t, c, id, "offset=0")
@@ -183,7 +183,7 @@ in {
 	if size < 7_000_000 {
 		t.Errorf("the reading viewer got %d bytes", size)
 	}
-	if b := getBuild(t, c, id); b.Status != "succeeded" {
+	if b := coordtest.GetBuild(t, c, id); b.Status != "succeeded" {
 		t.Errorf("build: %s", b.Status)
 	}
 }

@@ -34,13 +34,13 @@ in {
     echo "file doc $out/report.txt" > $out/nix-support/hydra-build-products
   ''; };
 }
-`, mkLet(salt(t)))})
+`, coordtest.MkLet(coordtest.Salt(t)))})
 	_, js := c.Project("private", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["products"].ID
-	b := waitBuild(t, c, id, 120*time.Second, "finished", finished)
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["products"].ID
+	b := coordtest.WaitBuild(t, c, id, 120*time.Second, "finished", coordtest.Build.Finished)
 	if b.Status != "succeeded" || len(b.Products) != 1 || b.Products[0].DownloadURL == "" {
 		t.Fatalf("build %s with products %+v", b.Status, b.Products)
 	}

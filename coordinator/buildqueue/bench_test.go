@@ -2,11 +2,8 @@ package buildqueue_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,7 +62,7 @@ func BenchmarkDispatchLatency(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		var r jobsetRun
 		var proc processCosts
 		fc := func() {
@@ -120,19 +116,19 @@ func BenchmarkDispatchLatency(b *testing.B) {
 			"baseline, one Nix process (p50 of %d): nix-store -r %s, nix path-info --json %s, nix-store -qR %s; per step the agent "+
 			"spends realise %s, upload %s, report %s (p50) (%s)",
 			i+1, n, r.total().Seconds(), float64(r.done.Sub(r.evalStored).Milliseconds())/float64(n), len(lat),
-			ms(pct(lat, 50)), ms(pct(lat, 99)), ms(pct(lat, 100)), ms(pct(latLog, 50)), ms(pct(latLog, 99)),
-			ms(pct(coordPart, 50)), ms(pct(coordPart, 99)), ms(pct(agentPart, 50)), ms(pct(agentPart, 99)), ms(first), late, baselineN,
-			ms(proc.realise), ms(proc.pathInfo), ms(proc.requisites),
-			ms(pct(phase(steps, realisePhase), 50)), ms(pct(phase(steps, uploadPhase), 50)), ms(pct(phase(steps, reportPhase), 50)), order)
+			coordtest.PctMs(lat, 50), coordtest.PctMs(lat, 99), coordtest.PctMs(lat, 100), coordtest.PctMs(latLog, 50), coordtest.PctMs(latLog, 99),
+			coordtest.PctMs(coordPart, 50), coordtest.PctMs(coordPart, 99), coordtest.PctMs(agentPart, 50), coordtest.PctMs(agentPart, 99), coordtest.Ms(first), late, baselineN,
+			coordtest.Ms(proc.realise), coordtest.Ms(proc.pathInfo), coordtest.Ms(proc.requisites),
+			coordtest.PctMs(phase(steps, realisePhase), 50), coordtest.PctMs(phase(steps, uploadPhase), 50), coordtest.PctMs(phase(steps, reportPhase), 50), order)
 	}
 	b.StopTimer()
-	b.ReportMetric(msf(pct(allAgent, 50)), "p50-agent-starts-ms")
-	b.ReportMetric(msf(pct(allAgent, 99)), "p99-agent-starts-ms")
-	b.ReportMetric(msf(pct(all, 50)), "p50-ms")
-	b.ReportMetric(msf(pct(all, 99)), "p99-ms")
-	b.ReportMetric(msf(pct(allLog, 50)), "p50-log-ms")
-	b.ReportMetric(msf(pct(allLog, 99)), "p99-log-ms")
-	b.ReportMetric(msf(pct(nixP50s, 50)), "nix-store-r-p50-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(allAgent, 50)), "p50-agent-starts-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(allAgent, 99)), "p99-agent-starts-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(all, 50)), "p50-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(all, 99)), "p99-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(allLog, 50)), "p50-log-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(allLog, 99)), "p99-log-ms")
+	b.ReportMetric(coordtest.Msf(coordtest.Pct(nixP50s, 50)), "nix-store-r-p50-ms")
 }
 
 // BenchmarkIndependent200 builds 200 independent trivial derivations (independentJobset)
@@ -175,20 +171,20 @@ func benchmarkAgainstNixBuild(b *testing.B, n int, jobset func(n int, salt strin
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		file := filepath.Join(dir, fmt.Sprintf("gen-%d.nix", i))
 		if err := os.WriteFile(file, []byte(jobset(n, "nix-"+s)), 0o644); err != nil {
 			b.Fatal(err)
 		}
 		var r jobsetRun
 		var nb time.Duration
-		var cpu cpuUse
+		var cpu coordtest.CPUUse
 		fc := func() {
-			before := cpuNow(b, e.c)
+			before := coordtest.CPUNow(b, e.c)
 			b.StartTimer()
 			r = e.run(b, jobset(n, "fc-"+s), n)
 			b.StopTimer()
-			cpu = cpuNow(b, e.c).since(before)
+			cpu = coordtest.CPUNow(b, e.c).Since(before)
 		}
 		baseline := func() { nb = nixBuild(b, file, jobs, n) }
 		order := alternate(fc, baseline, "nix-build first")
@@ -295,7 +291,7 @@ func benchStart(b *testing.B, builders ...coordtest.AgentOptions) *benchEnv {
 	})
 	e := &benchEnv{c: c, repo: repo, js: js}
 	// Warm-up (not measured): the first checkout, the first Nix processes.
-	e.run(b, chainJobset(3, benchSalt(b)+"-warmup"), 3)
+	e.run(b, chainJobset(3, coordtest.Salt(b)+"-warmup"), 3)
 	return e
 }
 
@@ -329,10 +325,10 @@ func (e *benchEnv) run(b *testing.B, expr string, n int) jobsetRun {
 			break
 		}
 		if status == "failed" {
-			b.Fatalf("evaluation %d failed: %s\n%s", r.evalID, msg, tail(e.c.Log.String(), 4000))
+			b.Fatalf("evaluation %d failed: %s\n%s", r.evalID, msg, coordtest.Tail(e.c.Log.String(), 4000))
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("evaluation of %s not stored after %v (status %q)\n%s", commit, time.Since(r.start), status, tail(e.c.Log.String(), 4000))
+			b.Fatalf("evaluation of %s not stored after %v (status %q)\n%s", commit, time.Since(r.start), status, coordtest.Tail(e.c.Log.String(), 4000))
 		}
 		time.Sleep(benchPoll)
 	}
@@ -349,13 +345,13 @@ func (e *benchEnv) run(b *testing.B, expr string, n int) jobsetRun {
 		if pending == 0 {
 			r.done = time.Now()
 			if bad > 0 {
-				b.Fatalf("evaluation %d: %d builds did not succeed\n%s", r.evalID, bad, tail(e.c.Log.String(), 4000))
+				b.Fatalf("evaluation %d: %d builds did not succeed\n%s", r.evalID, bad, coordtest.Tail(e.c.Log.String(), 4000))
 			}
 			return r
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("evaluation %d: %d of %d builds unfinished after %v\n%s", r.evalID, pending, n, time.Since(r.start),
-				tail(e.c.Log.String(), 4000))
+				coordtest.Tail(e.c.Log.String(), 4000))
 		}
 		time.Sleep(benchPoll)
 	}
@@ -464,8 +460,8 @@ func phase(steps []stepTiming, f func(stepTiming) (time.Duration, bool)) []time.
 func breakdown(steps []stepTiming, r jobsetRun, slots int) string {
 	var sb strings.Builder
 	line := func(name string, ds []time.Duration) {
-		fmt.Fprintf(&sb, "    %-58s p50 %7s  p90 %7s  p99 %7s  mean %7s  sum %8s\n", name, ms(pct(ds, 50)), ms(pct(ds, 90)),
-			ms(pct(ds, 99)), ms(mean(ds)), sum(ds).Round(time.Millisecond))
+		fmt.Fprintf(&sb, "    %-58s p50 %7s  p90 %7s  p99 %7s  mean %7s  sum %8s\n", name, coordtest.PctMs(ds, 50), coordtest.PctMs(ds, 90),
+			coordtest.PctMs(ds, 99), coordtest.Ms(mean(ds)), sum(ds).Round(time.Millisecond))
 	}
 	line("\"step assigned\" logged → nix-store started (<0: agent first)", phase(steps, startPhase))
 	line("realise: nix-store -r + path-info + metadata (DB)", phase(steps, realisePhase))
@@ -500,97 +496,6 @@ func breakdown(steps []stepTiming, r jobsetRun, slots int) string {
 	fmt.Fprintf(&sb, "    slots busy (started → reported) %.1f s of %d × %.2f s = %.0f%%", busy.Seconds(), slots,
 		r.done.Sub(r.evalStored).Seconds(), 100*busy.Seconds()/capacity.Seconds())
 	return sb.String()
-}
-
-// cpuUse is CPU time spent, split by who spent it, and the machine's busy and total
-// CPU time (all cores) from /proc/stat.
-type cpuUse struct {
-	self, children, postgres, busy, total time.Duration
-}
-
-// cpuNow reads the CPU time of this process (the coordinator, the in-process agents,
-// the benchmark), of its waited-for children (nix, git), of the test's PostgreSQL
-// (its postmaster, the backends it reaped and the live ones) and of the machine.
-func cpuNow(b *testing.B, c *coordtest.Coordinator) cpuUse {
-	b.Helper()
-	var u cpuUse
-	var ru syscall.Rusage
-	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		u.self = tv(ru.Utime) + tv(ru.Stime)
-	}
-	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); err == nil {
-		u.children = tv(ru.Utime) + tv(ru.Stime)
-	}
-	var backend int
-	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
-		b.Fatal(err)
-	}
-	if f := procStat(backend); f != nil {
-		postmaster, _ := strconv.Atoi(f[1])
-		if pf := procStat(postmaster); pf != nil {
-			u.postgres = ticks(pf[11:15]...) // utime, stime, cutime, cstime
-		}
-		dirs, _ := os.ReadDir("/proc")
-		for _, d := range dirs {
-			pid, err := strconv.Atoi(d.Name())
-			if err != nil {
-				continue
-			}
-			if cf := procStat(pid); cf != nil && cf[1] == strconv.Itoa(postmaster) {
-				u.postgres += ticks(cf[11:13]...)
-			}
-		}
-	}
-	if raw, err := os.ReadFile("/proc/stat"); err == nil {
-		fields := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0])[1:] // user nice system idle iowait irq softirq steal
-		for i, f := range fields[:min(len(fields), 8)] {
-			v := ticks(f)
-			u.total += v
-			if i != 3 && i != 4 {
-				u.busy += v
-			}
-		}
-	}
-	return u
-}
-
-// procStat is /proc/PID/stat's fields after the command: state, ppid, ...
-func procStat(pid int) []string {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil
-	}
-	i := strings.LastIndexByte(string(raw), ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(string(raw[i+1:]))
-}
-
-// ticks sums clock ticks (USER_HZ, 100 on Linux) as a duration.
-func ticks(fields ...string) time.Duration {
-	var t time.Duration
-	for _, f := range fields {
-		n, _ := strconv.ParseInt(f, 10, 64)
-		t += time.Duration(n) * 10 * time.Millisecond
-	}
-	return t
-}
-
-func (u cpuUse) since(v cpuUse) cpuUse {
-	return cpuUse{self: u.self - v.self, children: u.children - v.children, postgres: u.postgres - v.postgres,
-		busy: u.busy - v.busy, total: u.total - v.total}
-}
-
-func (u cpuUse) String() string {
-	pctOf := 0.0
-	if u.total > 0 {
-		pctOf = 100 * u.busy.Seconds() / u.total.Seconds()
-	}
-	return fmt.Sprintf("CPU during the FC run: machine %.0f%% busy (%.1f s of %.1f s); this process (coordinator, agents, "+
-		"benchmark) %.1f s, its child processes (nix, git) %.1f s, PostgreSQL %.1f s", pctOf, u.busy.Seconds(), u.total.Seconds(),
-		u.self.Seconds(), u.children.Seconds(), u.postgres.Seconds())
 }
 
 // stepsListener timestamps every NOTIFY on storage.StepsChannel as it arrives, on a
@@ -659,7 +564,7 @@ func nixBuild(b *testing.B, file string, jobs, n int) time.Duration {
 	out, err := exec.Command("nix-build", file, "-j", strconv.Itoa(jobs), "--option", "substituters", "", "--no-out-link").Output()
 	d := time.Since(start)
 	if err != nil {
-		b.Fatalf("nix-build: %v%s", err, stderrOf(err))
+		b.Fatalf("nix-build: %v%s", err, coordtest.StderrOf(err))
 	}
 	if got := len(strings.Fields(string(out))); got != n {
 		b.Fatalf("nix-build printed %d paths, want %d", got, n)
@@ -681,7 +586,7 @@ func measureProcesses(b *testing.B, n int, salt string) processCosts {
 	}
 	out, err := exec.Command("nix-instantiate", "--option", "substituters", "", file).Output()
 	if err != nil {
-		b.Fatalf("nix-instantiate: %v%s", err, stderrOf(err))
+		b.Fatalf("nix-instantiate: %v%s", err, coordtest.StderrOf(err))
 	}
 	drvs := strings.Fields(string(out))
 	if len(drvs) != n {
@@ -692,7 +597,7 @@ func measureProcesses(b *testing.B, n int, salt string) processCosts {
 		out, err := exec.Command(name, args...).Output()
 		d := time.Since(start)
 		if err != nil {
-			b.Fatalf("%s %v: %v%s", name, args, err, stderrOf(err))
+			b.Fatalf("%s %v: %v%s", name, args, err, coordtest.StderrOf(err))
 		}
 		return d, strings.TrimSpace(string(out))
 	}
@@ -705,29 +610,10 @@ func measureProcesses(b *testing.B, n int, salt string) processCosts {
 		d, _ = timed("nix-store", "--query", "--requisites", "--option", "substituters", "", outPath)
 		reqs = append(reqs, d)
 	}
-	return processCosts{realise: pct(realise, 50), pathInfo: pct(info, 50), requisites: pct(reqs, 50)}
-}
-
-func stderrOf(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
-		return ": " + tail(string(ee.Stderr), 2000)
-	}
-	return ""
+	return processCosts{realise: coordtest.Pct(realise, 50), pathInfo: coordtest.Pct(info, 50), requisites: coordtest.Pct(reqs, 50)}
 }
 
 // Figures.
-
-// pct is the p-th percentile (nearest rank) of ds; 0 for none.
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[min(max(k, 0), len(s)-1)]
-}
 
 func sum(ds []time.Duration) time.Duration {
 	var t time.Duration
@@ -742,23 +628,4 @@ func mean(ds []time.Duration) time.Duration {
 		return 0
 	}
 	return sum(ds) / time.Duration(len(ds))
-}
-
-func msf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func ms(d time.Duration) string { return strconv.FormatFloat(msf(d), 'f', 1, 64) + "ms" }
-
-// The package's helpers take *testing.T; these are the few a benchmark needs.
-
-func benchSalt(tb testing.TB) string {
-	p := make([]byte, 6)
-	_, _ = rand.Read(p)
-	return strings.NewReplacer("/", "-", "_", "-", " ", "-").Replace(tb.Name()) + "-" + hex.EncodeToString(p)
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

@@ -2,11 +2,7 @@ package buildqueue_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,140 +19,6 @@ import (
 
 func TestMain(m *testing.M) { storagetest.Main(m) }
 
-func salt(t *testing.T) string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	return strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()) + "-" + hex.EncodeToString(b)
-}
-
-// mkLet is the preamble of every test jobset: mk name attrs makes a /bin/sh
-// derivation whose name carries the test's salt, so nothing is already built.
-func mkLet(s string) string {
-	return fmt.Sprintf(`mk = name: attrs: derivation ({ name = "${name}-%s"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo ${name} > $out" ]; } // attrs);
-  sh = script: [ "-c" ("export PATH=/bin:/usr/bin; " + script) ];`, s)
-}
-
-type product struct {
-	Nr          int    `json:"nr"`
-	Type        string `json:"type"`
-	Subtype     string `json:"subtype"`
-	Name        string `json:"name"`
-	Path        string `json:"path"`
-	FileSize    *int64 `json:"file_size"`
-	SHA256      string `json:"sha256"`
-	DownloadURL string `json:"download_url"`
-}
-
-type step struct {
-	ID       int64  `json:"id"`
-	DrvPath  string `json:"drv_path"`
-	Status   string `json:"status"`
-	Error    string `json:"error"`
-	Agent    string `json:"agent"`
-	Attempts int    `json:"attempts"`
-}
-
-type build struct {
-	ID             int64             `json:"id"`
-	EvaluationID   int64             `json:"evaluation_id"`
-	Job            string            `json:"job"`
-	DrvPath        string            `json:"drv_path"`
-	System         string            `json:"system"`
-	Status         string            `json:"status"`
-	StatusCode     *int              `json:"status_code"`
-	PropagatedFrom *int64            `json:"propagated_from"`
-	Outputs        map[string]string `json:"outputs"`
-	Products       []product         `json:"products"`
-	Metrics        []struct {
-		Name  string  `json:"name"`
-		Value float64 `json:"value"`
-		Unit  string  `json:"unit"`
-	} `json:"metrics"`
-	ReleaseName string `json:"release_name"`
-	Steps       []step `json:"steps"`
-}
-
-func (b build) code() int {
-	if b.StatusCode == nil {
-		return -1
-	}
-	return *b.StatusCode
-}
-
-func unfinished(status string) bool { return status == "queued" || status == "running" }
-
-// evaluated waits for the jobset's newest evaluation to succeed and returns its id.
-func evaluated(t *testing.T, c *coordtest.Coordinator, jobsetID int64, after int64) int64 {
-	t.Helper()
-	var id int64
-	coordtest.Eventually(t, 120*time.Second, "the evaluation succeeds", func() bool {
-		var l struct {
-			Items []struct {
-				ID     int64  `json:"id"`
-				Status string `json:"status"`
-				Error  string `json:"error"`
-			}
-		}
-		c.Do("GET", fmt.Sprintf("/api/v1/evaluations?jobset_id=%d", jobsetID), "", nil, &l)
-		if len(l.Items) == 0 || l.Items[0].ID <= after {
-			return false
-		}
-		if l.Items[0].Status == "failed" {
-			t.Fatalf("evaluation failed: %s\n%s", l.Items[0].Error, c.Log)
-		}
-		id = l.Items[0].ID
-		return l.Items[0].Status == "succeeded"
-	})
-	return id
-}
-
-func buildsOf(t *testing.T, c *coordtest.Coordinator, evalID int64) map[string]build {
-	t.Helper()
-	var l struct{ Items []build }
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/builds?evaluation_id=%d&limit=500", evalID), "", nil, &l); code != 200 {
-		t.Fatalf("list builds: %d", code)
-	}
-	out := map[string]build{}
-	for _, b := range l.Items {
-		out[b.Job] = b
-	}
-	return out
-}
-
-func getBuild(t *testing.T, c *coordtest.Coordinator, id int64) build {
-	t.Helper()
-	var b build
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/builds/%d", id), "", nil, &b); code != 200 {
-		t.Fatalf("get build %d: %d", id, code)
-	}
-	return b
-}
-
-// waitBuild waits until build id's status satisfies ok.
-func waitBuild(t *testing.T, c *coordtest.Coordinator, id int64, within time.Duration, what string, ok func(build) bool) build {
-	t.Helper()
-	var b build
-	coordtest.Eventually(t, within, fmt.Sprintf("build %d: %s", id, what), func() bool {
-		b = getBuild(t, c, id)
-		return ok(b)
-	})
-	return b
-}
-
-func finished(b build) bool { return !unfinished(b.Status) }
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
-}
-
 func processRunning(pattern string) bool {
 	return exec.Command("pgrep", "-f", pattern).Run() == nil
 }
@@ -169,7 +31,7 @@ func TestBuilds_JobsetOnIsolatedAgents(t *testing.T) {
 		cfg.Queue.UnsupportedWait = 6
 		cfg.Queue.SweepInterval = 1
 	}})
-	s := salt(t)
+	s := coordtest.Salt(t)
 	sleepArg := fmt.Sprintf("300.%d", time.Now().UnixNano()%1_000_000) // names the cancelled builder's process
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
@@ -200,21 +62,21 @@ in {
   all-good = mk "all-good" { _hydraAggregate = true; constituents = [ left right ]; };
   all-bad = mk "all-bad" { _hydraAggregate = true; constituents = [ left bad ]; };
 }
-`, mkLet(s), sleepArg)})
+`, coordtest.MkLet(s), sleepArg)})
 	_, js := c.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "plain", Features: []string{"benchmark"}, MaxJobs: 3, Isolated: true})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "kvm", Features: []string{"kvm"}, MaxJobs: 3, Isolated: true})
 	c.Trigger(js, false)
-	evalID := evaluated(t, c, js, 0)
-	bs := buildsOf(t, c, evalID)
+	evalID := coordtest.Evaluated(t, c, js, 0)
+	bs := coordtest.BuildsOf(t, c, evalID)
 	if bs["arm"].Status != "queued" {
 		t.Errorf("arm right after evaluation: %s, want queued (a capable agent might still come)", bs["arm"].Status)
 	}
 
 	// Cancel during the build: the builder process is gone within 5 s.
 	cancelID := bs["cancel-me"].ID
-	waitBuild(t, c, cancelID, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	coordtest.WaitBuild(t, c, cancelID, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 	coordtest.Eventually(t, 30*time.Second, "the builder runs", func() bool { return processRunning("sleep " + sleepArg) })
 	start := time.Now()
 	if code := c.Do("POST", fmt.Sprintf("/api/v1/builds/%d/cancel", cancelID), c.Admin, nil, nil); code != 200 {
@@ -223,9 +85,9 @@ in {
 	coordtest.Eventually(t, 5*time.Second, "the cancelled builder is killed", func() bool { return !processRunning("sleep " + sleepArg) })
 	t.Logf("cancel: builder gone %v after the request", time.Since(start).Round(time.Millisecond))
 
-	final := map[string]build{}
+	final := map[string]coordtest.Build{}
 	for job, b := range bs {
-		final[job] = waitBuild(t, c, b.ID, 120*time.Second, "finished", finished)
+		final[job] = coordtest.WaitBuild(t, c, b.ID, 120*time.Second, "finished", coordtest.Build.Finished)
 	}
 	want := map[string]struct {
 		status string
@@ -244,8 +106,8 @@ in {
 			t.Errorf("no build for %s", job)
 			continue
 		}
-		if b.Status != w.status || b.code() != w.code {
-			t.Errorf("%s: %s (%d), want %s (%d)", job, b.Status, b.code(), w.status, w.code)
+		if b.Status != w.status || b.Code() != w.code {
+			t.Errorf("%s: %s (%d), want %s (%d)", job, b.Status, b.Code(), w.status, w.code)
 		}
 	}
 	for _, dep := range []string{"dep1", "dep2"} {
@@ -254,26 +116,26 @@ in {
 		}
 	}
 	// The kvm job went to the agent that advertises kvm.
-	if k := getBuild(t, c, final["kvm"].ID); len(k.Steps) == 0 || k.Steps[0].Agent != "kvm" {
+	if k := coordtest.GetBuild(t, c, final["kvm"].ID); len(k.Steps) == 0 || k.Steps[0].Agent != "kvm" {
 		t.Errorf("kvm built by %+v, want the kvm agent", k.Steps)
 	}
 	// Multi-output: both outputs are in the cache.
-	multi := getBuild(t, c, final["multi"].ID)
+	multi := coordtest.GetBuild(t, c, final["multi"].ID)
 	if len(multi.Outputs) != 2 {
 		t.Errorf("multi outputs %v", multi.Outputs)
 	}
 	for name, p := range multi.Outputs {
-		if code, _ := get(t, c.URL+"/nix-cache/"+strings.TrimPrefix(p, "/nix/store/")[:32]+".narinfo"); code != 200 {
+		if code, _ := coordtest.Get(t, c.URL+"/nix-cache/"+strings.TrimPrefix(p, "/nix/store/")[:32]+".narinfo"); code != 200 {
 			t.Errorf("multi output %s (%s) not in the cache: %d", name, p, code)
 		}
 	}
 	// Products, metrics and release name from nix-support; the product downloads.
-	prod := getBuild(t, c, final["products"].ID)
+	prod := coordtest.GetBuild(t, c, final["products"].ID)
 	if len(prod.Products) != 1 || prod.Products[0].Type != "doc" || prod.Products[0].Subtype != "pdf" ||
 		prod.Products[0].Name != "report.txt" || prod.Products[0].FileSize == nil || *prod.Products[0].FileSize != 14 {
 		t.Errorf("products %+v", prod.Products)
 	} else {
-		code, body := get(t, c.URL+prod.Products[0].DownloadURL)
+		code, body := coordtest.Get(t, c.URL+prod.Products[0].DownloadURL)
 		if code != 200 || body != "hello-product\n" {
 			t.Errorf("download: %d %q", code, body)
 		}
@@ -285,11 +147,11 @@ in {
 		t.Errorf("release name %q", prod.ReleaseName)
 	}
 	// The failure's log, over the API and to `nix log` through the cache.
-	code, body := get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, final["bad"].ID))
+	code, body := coordtest.Get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, final["bad"].ID))
 	if code != 200 || !strings.Contains(body, "failing on purpose") {
 		t.Errorf("bad's log: %d %q", code, body)
 	}
-	code, body = get(t, c.URL+"/nix-cache/log/"+strings.TrimPrefix(final["bad"].DrvPath, "/nix/store/"))
+	code, body = coordtest.Get(t, c.URL+"/nix-cache/log/"+strings.TrimPrefix(final["bad"].DrvPath, "/nix/store/"))
 	if code != 200 || !strings.Contains(body, "failing on purpose") {
 		t.Errorf("nix-cache log: %d %q", code, body)
 	}
@@ -299,7 +161,7 @@ in {
 	if err != nil || !strings.Contains(string(out), "failing on purpose") {
 		t.Errorf("nix log through the cache: %v %s", err, out)
 	}
-	if code, body := get(t, fmt.Sprintf("%s/api/v1/builds/%d/log?tail=1", c.URL, final["silent"].ID)); code != 200 ||
+	if code, body := coordtest.Get(t, fmt.Sprintf("%s/api/v1/builds/%d/log?tail=1", c.URL, final["silent"].ID)); code != 200 ||
 		strings.Count(strings.TrimSpace(body), "\n") != 0 {
 		t.Errorf("tail=1: %d %q", code, body)
 	}
@@ -319,24 +181,24 @@ in {
   inherit flaky;
   after = mk "after" { args = sh "echo ${flaky} > $out"; };
 }
-`, mkLet(salt(t)), flag)})
+`, coordtest.MkLet(coordtest.Salt(t)), flag)})
 	_, js := c.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder", MaxJobs: 2})
 	c.Trigger(js, false)
-	first := evaluated(t, c, js, 0)
-	bs := buildsOf(t, c, first)
-	if b := waitBuild(t, c, bs["flaky"].ID, 60*time.Second, "finished", finished); b.Status != "failed" {
+	first := coordtest.Evaluated(t, c, js, 0)
+	bs := coordtest.BuildsOf(t, c, first)
+	if b := coordtest.WaitBuild(t, c, bs["flaky"].ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "failed" {
 		t.Fatalf("flaky: %s", b.Status)
 	}
-	if b := waitBuild(t, c, bs["after"].ID, 60*time.Second, "finished", finished); b.Status != "dependency_failed" {
+	if b := coordtest.WaitBuild(t, c, bs["after"].ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "dependency_failed" {
 		t.Fatalf("after: %s", b.Status)
 	}
 	// Without a restart, the same derivation fails from memory.
 	c.Trigger(js, true)
-	second := evaluated(t, c, js, first)
-	if b := buildsOf(t, c, second)["flaky"]; b.Status != "cached_failure" || b.code() != 8 {
-		t.Errorf("flaky again without restart: %s (%d), want cached_failure (8)", b.Status, b.code())
+	second := coordtest.Evaluated(t, c, js, first)
+	if b := coordtest.BuildsOf(t, c, second)["flaky"]; b.Status != "cached_failure" || b.Code() != 8 {
+		t.Errorf("flaky again without restart: %s (%d), want cached_failure (8)", b.Status, b.Code())
 	}
 	if err := os.WriteFile(flag, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -345,7 +207,7 @@ in {
 		t.Fatalf("restart: %d", code)
 	}
 	for _, job := range []string{"flaky", "after"} {
-		if b := waitBuild(t, c, bs[job].ID, 60*time.Second, "finished", finished); b.Status != "succeeded" {
+		if b := coordtest.WaitBuild(t, c, bs[job].ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "succeeded" {
 			t.Errorf("%s after restart: %s", job, b.Status)
 		}
 	}
@@ -379,7 +241,7 @@ func slowJobset(t *testing.T, n int, secs float64, record string) string {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "let\n  %s\nin {\n", mkLet(salt(t)))
+	fmt.Fprintf(&b, "let\n  %s\nin {\n", coordtest.MkLet(coordtest.Salt(t)))
 	for i := range n {
 		fmt.Fprintf(&b, "  j%d = mk \"j%d\" { args = sh \"sleep %g; echo j%d >> %s; echo > $out\"; };\n", i, i, secs, i, record)
 	}
@@ -387,9 +249,9 @@ func slowJobset(t *testing.T, n int, secs float64, record string) string {
 	return b.String()
 }
 
-func stepOf(t *testing.T, c *coordtest.Coordinator, buildID int64) step {
+func stepOf(t *testing.T, c *coordtest.Coordinator, buildID int64) coordtest.Step {
 	t.Helper()
-	b := getBuild(t, c, buildID)
+	b := coordtest.GetBuild(t, c, buildID)
 	if len(b.Steps) == 0 {
 		t.Fatalf("build %d has no step", buildID)
 	}
@@ -412,11 +274,11 @@ func TestBuilds_KilledAgentsStepIsRescuedAndBuiltOnce(t *testing.T) {
 		"two": coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "two", Isolated: true}),
 	}
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["j0"].ID
-	waitBuild(t, c, id, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["j0"].ID
+	coordtest.WaitBuild(t, c, id, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 	first := stepOf(t, c, id).Agent
 	agents[first].Kill()
-	b := waitBuild(t, c, id, 90*time.Second, "finished", finished)
+	b := coordtest.WaitBuild(t, c, id, 90*time.Second, "finished", coordtest.Build.Finished)
 	st := stepOf(t, c, id)
 	if b.Status != "succeeded" || st.Agent == first || st.Attempts != 2 {
 		t.Errorf("after killing %s: build %s, step on %s after %d attempts; want succeeded on the other agent, attempt 2",
@@ -435,10 +297,10 @@ func TestBuilds_CoordinatorRestartMidBuild(t *testing.T) {
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["j0"].ID
-	waitBuild(t, c, id, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["j0"].ID
+	coordtest.WaitBuild(t, c, id, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 	c.Restart()
-	b := waitBuild(t, c, id, 60*time.Second, "finished", finished)
+	b := coordtest.WaitBuild(t, c, id, 60*time.Second, "finished", coordtest.Build.Finished)
 	if st := stepOf(t, c, id); b.Status != "succeeded" || st.Attempts != 1 {
 		t.Errorf("after a coordinator restart: %s after %d attempts, want succeeded after 1", b.Status, st.Attempts)
 	}
@@ -460,7 +322,7 @@ func TestBuilds_TwoCoordinatorsOneDatabase(t *testing.T) {
 	coordtest.StartAgent(t, c1, coordtest.AgentOptions{Name: "one", MaxJobs: 2})
 	coordtest.StartAgent(t, c2, coordtest.AgentOptions{Name: "two", MaxJobs: 2})
 	c1.Trigger(js, false)
-	evalID := evaluated(t, c1, js, 0)
+	evalID := coordtest.Evaluated(t, c1, js, 0)
 	coordtest.Eventually(t, 180*time.Second, "200 builds succeed", func() bool {
 		var n int
 		_ = c1.DB.Pool().QueryRow(context.Background(), `SELECT count(*) FROM builds WHERE evaluation_id = $1 AND status = 'succeeded'`, evalID).Scan(&n)
@@ -517,11 +379,11 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	a := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "drainer", Isolated: true, StepSlots: 1})
 	c.Trigger(js, false)
-	bs := buildsOf(t, c, evaluated(t, c, js, 0))
+	bs := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))
 	var firstID, secondID int64
 	coordtest.Eventually(t, 60*time.Second, "one build runs", func() bool {
 		for _, job := range []string{"j0", "j1"} {
-			if getBuild(t, c, bs[job].ID).Status == "running" {
+			if coordtest.GetBuild(t, c, bs[job].ID).Status == "running" {
 				firstID = bs[job].ID
 				secondID = bs[map[string]string{"j0": "j1", "j1": "j0"}[job]].ID
 				return true
@@ -534,15 +396,15 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	if !exited || err != nil {
 		t.Fatalf("drained agent: exited %v, err %v; want exit 0", exited, err)
 	}
-	if b := getBuild(t, c, firstID); b.Status != "succeeded" {
+	if b := coordtest.GetBuild(t, c, firstID); b.Status != "succeeded" {
 		t.Errorf("build running at SIGTERM: %s, want succeeded", b.Status)
 	}
-	if b := getBuild(t, c, secondID); b.Status != "queued" {
+	if b := coordtest.GetBuild(t, c, secondID); b.Status != "queued" {
 		t.Errorf("the other build: %s, want queued (a draining agent takes nothing new)", b.Status)
 	}
 	// A new agent takes the second build; two signals cancel it and it is requeued.
 	b := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "impatient", Isolated: true, StepSlots: 1})
-	waitBuild(t, c, secondID, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	coordtest.WaitBuild(t, c, secondID, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 	b.Signal(syscall.SIGTERM)
 	coordtest.Eventually(t, 10*time.Second, "the agent says it drains", func() bool {
 		var draining bool
@@ -553,10 +415,10 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	if err, exited := b.Wait(10 * time.Second); !exited || err == nil {
 		t.Errorf("agent after a second signal: exited %v, err %v; want a non-zero exit", exited, err)
 	}
-	waitBuild(t, c, secondID, 30*time.Second, "requeued", func(b build) bool { return b.Status == "queued" })
+	coordtest.WaitBuild(t, c, secondID, 30*time.Second, "requeued", func(b coordtest.Build) bool { return b.Status == "queued" })
 	// Another agent builds it once the backoff is over, long before the next sweep.
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "finisher", StepSlots: 1})
-	waitBuild(t, c, secondID, 30*time.Second, "built after its backoff", func(b build) bool { return b.Status == "succeeded" })
+	coordtest.WaitBuild(t, c, secondID, 30*time.Second, "built after its backoff", func(b coordtest.Build) bool { return b.Status == "succeeded" })
 }
 
 // TestBuilds_OneSlotStartsStepsInSchedulingOrder: with one agent slot, queued steps
@@ -564,22 +426,22 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 func TestBuilds_OneSlotStartsStepsInSchedulingOrder(t *testing.T) {
 	ctx := context.Background()
 	c := coordtest.Start(t, coordtest.Options{})
-	s := salt(t)
+	s := coordtest.Salt(t)
 	busy := coordtest.NewRepo(t)
-	busy.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  old = mk \"old\" { };\n  history = mk \"history\" { };\n}\n", mkLet(s))})
+	busy.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  old = mk \"old\" { };\n  history = mk \"history\" { };\n}\n", coordtest.MkLet(s))})
 	_, busyJS := c.Project("busy", busy.Dir, nil)
 	idle := coordtest.NewRepo(t)
-	idle.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  share = mk \"share\" { };\n}\n", mkLet(s))})
+	idle.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n  share = mk \"share\" { };\n}\n", coordtest.MkLet(s))})
 	_, idleJS := c.Project("idle", idle.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 
 	c.Trigger(busyJS, false)
-	first := evaluated(t, c, busyJS, 0)
+	first := coordtest.Evaluated(t, c, busyJS, 0)
 	// The busy jobset used an hour of build time today.
 	if _, err := c.DB.Pool().Exec(ctx, `WITH b AS (UPDATE builds SET status = 'succeeded', status_code = 0,
 			started_at = now() - interval '2 hours', finished_at = now() - interval '1 hour'
 			WHERE id = $1 RETURNING step_id)
-		UPDATE steps SET status = 'succeeded', status_code = 0 WHERE id = (SELECT step_id FROM b)`, buildsOf(t, c, first)["history"].ID); err != nil {
+		UPDATE steps SET status = 'succeeded', status_code = 0 WHERE id = (SELECT step_id FROM b)`, coordtest.BuildsOf(t, c, first)["history"].ID); err != nil {
 		t.Fatal(err)
 	}
 	busy.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
@@ -593,12 +455,12 @@ in {
   cp-top = mk "cp-top" { args = sh "echo ${cpBase} > $out"; };
   bumped = mk "bumped" { };
 }
-`, mkLet(s))})
+`, coordtest.MkLet(s))})
 	c.Trigger(busyJS, false)
-	second := evaluated(t, c, busyJS, first)
+	second := coordtest.Evaluated(t, c, busyJS, first)
 	c.Trigger(idleJS, false)
-	evaluated(t, c, idleJS, 0)
-	if code := c.Do("POST", fmt.Sprintf("/api/v1/builds/%d/bump", buildsOf(t, c, second)["bumped"].ID), c.Admin, nil, nil); code != 200 {
+	coordtest.Evaluated(t, c, idleJS, 0)
+	if code := c.Do("POST", fmt.Sprintf("/api/v1/builds/%d/bump", coordtest.BuildsOf(t, c, second)["bumped"].ID), c.Admin, nil, nil); code != 200 {
 		t.Fatalf("bump: %d", code)
 	}
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "one-slot", MaxJobs: 1, StepSlots: 1})
@@ -637,9 +499,9 @@ func TestOneAtATime_NextEvaluationWaitsForTheBuilds(t *testing.T) {
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	first := evaluated(t, c, js, 0)
-	id := buildsOf(t, c, first)["j0"].ID
-	waitBuild(t, c, id, 60*time.Second, "running", func(b build) bool { return b.Status == "running" })
+	first := coordtest.Evaluated(t, c, js, 0)
+	id := coordtest.BuildsOf(t, c, first)["j0"].ID
+	coordtest.WaitBuild(t, c, id, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 	second := repo.Commit(map[string]string{"release.nix": slowJobset(t, 1, 0, record)})
 	c.Trigger(js, false)
 	evaluationOf := func() int {
@@ -648,13 +510,13 @@ func TestOneAtATime_NextEvaluationWaitsForTheBuilds(t *testing.T) {
 		return n
 	}
 	// While the build runs, the trigger waits: no evaluation of the new commit.
-	for getBuild(t, c, id).Status == "running" {
+	for coordtest.GetBuild(t, c, id).Status == "running" {
 		if evaluationOf() != 0 {
 			t.Fatal("a one_at_a_time jobset evaluated a new commit while the previous evaluation's build ran")
 		}
 		time.Sleep(100 * time.Millisecond) // sampling the state while the build runs; bounded by the build's 3 s
 	}
-	if b := getBuild(t, c, id); b.Status != "succeeded" {
+	if b := coordtest.GetBuild(t, c, id); b.Status != "succeeded" {
 		t.Fatalf("first build: %s", b.Status)
 	}
 	coordtest.Eventually(t, 60*time.Second, "the new commit is evaluated once the build finished", func() bool { return evaluationOf() == 1 })

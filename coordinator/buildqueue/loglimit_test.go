@@ -20,17 +20,17 @@ func TestLogLimit_StepEndsCutAtTheLimit(t *testing.T) {
 in {
   loud = mk "loud" { args = sh "i=0; while [ $i -lt 500 ]; do echo loud line $i; i=$((i+1)); done; echo > $out"; };
 }
-`, mkLet(salt(t)))})
+`, coordtest.MkLet(coordtest.Salt(t)))})
 	_, js := c.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
-	id := buildsOf(t, c, evaluated(t, c, js, 0))["loud"].ID
-	b := waitBuild(t, c, id, 60*time.Second, "finished", finished)
-	if b.Status != "log_limit_exceeded" || b.code() != 10 {
-		t.Errorf("loud: %s (%d), want log_limit_exceeded (10)", b.Status, b.code())
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["loud"].ID
+	b := coordtest.WaitBuild(t, c, id, 60*time.Second, "finished", coordtest.Build.Finished)
+	if b.Status != "log_limit_exceeded" || b.Code() != 10 {
+		t.Errorf("loud: %s (%d), want log_limit_exceeded (10)", b.Status, b.Code())
 	}
-	code, body := get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id))
+	code, body := coordtest.Get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id))
 	if code != 200 || len(body) != 1000 || !strings.HasPrefix(body, "loud line 0\n") {
 		t.Errorf("stored log: %d, %d bytes, starts %q", code, len(body), body[:min(len(body), 20)])
 	}

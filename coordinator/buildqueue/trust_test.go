@@ -74,7 +74,7 @@ func fileNAR(t *testing.T, content string) []byte {
 // outputs is dropped, and the step says so.
 func TestTrust_AnAgentWithoutWorkCannotForgeAJobsOutput(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	s := salt(t)
+	s := coordtest.Salt(t)
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
   %s
@@ -86,7 +86,7 @@ in rec {
     echo "file doc $out/mine.txt" > $out/nix-support/hydra-build-products
     echo "file secret ${victim}" >> $out/nix-support/hydra-build-products
   ''; };
-}`, mkLet(s))})
+}`, coordtest.MkLet(s))})
 	victim := strings.Trim(strings.TrimSpace(runOut(t, "nix-instantiate", "--eval", "--strict", "-E",
 		fmt.Sprintf("(import %s).victim.outPath", filepath.Join(repo.Dir, "release.nix")))), `"`)
 
@@ -106,19 +106,19 @@ in rec {
 		t.Errorf("refusal does not say why: %v", err)
 	}
 	narinfoURL := c.URL + "/nix-cache/" + strings.TrimPrefix(victim, "/nix/store/")[:32] + ".narinfo"
-	if code, _ := get(t, narinfoURL); code != 404 {
+	if code, _ := coordtest.Get(t, narinfoURL); code != 404 {
 		t.Fatalf("the forged path's narinfo: %d, want 404", code)
 	}
 
 	_, js := c.Project("trust", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "worker", Roles: []string{"eval", "build"}})
 	c.Trigger(js, false)
-	bs := buildsOf(t, c, evaluated(t, c, js, 0))
-	v := waitBuild(t, c, bs["victim"].ID, 120*time.Second, "finished", finished)
+	bs := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))
+	v := coordtest.WaitBuild(t, c, bs["victim"].ID, 120*time.Second, "finished", coordtest.Build.Finished)
 	if v.Status != "succeeded" || len(v.Steps) == 0 {
 		t.Fatalf("victim: %s with %d steps, want succeeded by a step of its own", v.Status, len(v.Steps))
 	}
-	code, body := get(t, narinfoURL)
+	code, body := coordtest.Get(t, narinfoURL)
 	if code != 200 {
 		t.Fatalf("victim's narinfo after the build: %d", code)
 	}
@@ -131,7 +131,7 @@ in rec {
 		t.Fatalf("the cache serves %s for the victim, the genuine NAR is %s", got, genuine)
 	}
 
-	l := waitBuild(t, c, bs["leaky"].ID, 120*time.Second, "finished", finished)
+	l := coordtest.WaitBuild(t, c, bs["leaky"].ID, 120*time.Second, "finished", coordtest.Build.Finished)
 	if l.Status != "succeeded" || len(l.Products) != 1 || !strings.HasSuffix(l.Products[0].Path, "/mine.txt") {
 		t.Fatalf("leaky: %s, products %+v; want only its own file", l.Status, l.Products)
 	}

@@ -11,42 +11,12 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/storage/storagetest"
 )
 
 func TestMain(m *testing.M) { storagetest.Main(m) }
-
-type evaluation struct {
-	ID      int64  `json:"id"`
-	Status  string `json:"status"`
-	Commit  string `json:"commit"`
-	Forced  bool   `json:"forced"`
-	Trigger string `json:"trigger"`
-}
-
-func evaluations(t *testing.T, c *coordtest.Coordinator, jobsetID int64) []evaluation {
-	t.Helper()
-	var l struct{ Items []evaluation }
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations?jobset_id=%d", jobsetID), "", nil, &l); code != 200 {
-		t.Fatalf("list evaluations: %d", code)
-	}
-	return l.Items
-}
-
-// checked waits until the scheduler has dealt with the jobset's pending trigger.
-func checked(t *testing.T, c *coordtest.Coordinator, jobsetID int64) {
-	t.Helper()
-	coordtest.Eventually(t, 30*time.Second, "the scheduler handles the trigger", func() bool {
-		var pending bool
-		if err := c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, jobsetID).Scan(&pending); err != nil {
-			t.Fatal(err)
-		}
-		return !pending
-	})
-}
 
 func sign(secret string, body []byte) string {
 	m := hmac.New(sha256.New, []byte(secret))
@@ -109,15 +79,15 @@ func TestWebhooks_VerifiedPushTriggersAndNothingElseDoes(t *testing.T) {
 				t.Fatalf("status %d, want %d: %s", status, tc.status, body)
 			}
 			if tc.triggers {
-				checked(t, c, js)
-				if n := len(evaluations(t, c, js)); n != 1 {
+				coordtest.Checked(t, c, js)
+				if n := len(coordtest.Evaluations(t, c, js)); n != 1 {
 					t.Fatalf("a valid push made %d evaluations, want 1 (%s)", n, body)
 				}
 				return
 			}
 			var pending bool
 			_ = c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, js).Scan(&pending)
-			if pending || len(evaluations(t, c, js)) != 0 {
+			if pending || len(coordtest.Evaluations(t, c, js)) != 0 {
 				t.Fatalf("%s triggered an evaluation", tc.name)
 			}
 		})
@@ -166,8 +136,8 @@ func TestWebhooks_ProjectByIDOrName(t *testing.T) {
 				if status != http.StatusOK || !strings.Contains(got, `"triggered":[`+fmt.Sprint(js)+`]`) {
 					t.Fatalf("signed push: status %d, want 200 triggering jobset %d: %s", status, js, got)
 				}
-				checked(t, c, js)
-				if n := len(evaluations(t, c, js)); n != 1 {
+				coordtest.Checked(t, c, js)
+				if n := len(coordtest.Evaluations(t, c, js)); n != 1 {
 					t.Fatalf("a signed push made %d evaluations, want 1", n)
 				}
 			})
@@ -219,15 +189,15 @@ func TestWebhooks_DeletionsAndRefsGitRefusesTriggerNothing(t *testing.T) {
 				t.Fatalf("status %d, want 200: %s", status, body)
 			}
 			if tc.triggers {
-				checked(t, c, js)
-				if n := len(evaluations(t, c, js)); n != 1 {
+				coordtest.Checked(t, c, js)
+				if n := len(coordtest.Evaluations(t, c, js)); n != 1 {
 					t.Fatalf("a push to the default branch made %d evaluations, want 1 (%s)", n, body)
 				}
 				return
 			}
 			var pending bool
 			_ = c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, js).Scan(&pending)
-			if pending || len(evaluations(t, c, js)) != 0 || !strings.Contains(body, `"triggered":[]`) {
+			if pending || len(coordtest.Evaluations(t, c, js)) != 0 || !strings.Contains(body, `"triggered":[]`) {
 				t.Fatalf("%s triggered an evaluation: %s", tc.name, body)
 			}
 		})

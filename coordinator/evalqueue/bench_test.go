@@ -2,8 +2,6 @@ package evalqueue_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,7 +80,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	c := coordtest.Start(b, opts)
 	repoDir := b.TempDir()
 	benchGit(b, repoDir, "init", "-q", "-b", "main")
-	commitFile(b, repoDir, "release.nix", evaluator.TrivialJobset(1, "setup-"+benchSalt(b)))
+	commitFile(b, repoDir, "release.nix", evaluator.TrivialJobset(1, "setup-"+coordtest.Salt(b)))
 	js := benchSetup(b, c, repoDir)
 
 	cfg := agentconfig.Defaults()
@@ -114,7 +112,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		s := benchSalt(b)
+		s := coordtest.Salt(b)
 		commit := commitFile(b, repoDir, "release.nix", evaluator.TrivialJobset(n, "fc-"+s))
 		instFile := filepath.Join(instDir, fmt.Sprintf("inst-%d.nix", i))
 		if err := os.WriteFile(instFile, []byte(evaluator.TrivialJobset(n, "inst-"+s)), 0o644); err != nil {
@@ -213,10 +211,10 @@ func triggerToGraph(b *testing.B, c *coordtest.Coordinator, jobsetID int64, comm
 			break
 		}
 		if status == "failed" {
-			b.Fatalf("evaluation %d failed: %s\n%s", id, msg, tail(c.Log.String(), 4000))
+			b.Fatalf("evaluation %d failed: %s\n%s", id, msg, coordtest.Tail(c.Log.String(), 4000))
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("evaluation of %s not succeeded after %v (status %q)\n%s", commit, time.Since(start), status, tail(c.Log.String(), 4000))
+			b.Fatalf("evaluation of %s not succeeded after %v (status %q)\n%s", commit, time.Since(start), status, coordtest.Tail(c.Log.String(), 4000))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -244,7 +242,7 @@ func triggerToGraph(b *testing.B, c *coordtest.Coordinator, jobsetID int64, comm
 				warn = append(warn, line)
 			}
 		}
-		b.Logf("evaluation %d took %d attempts; warnings:\n%s", id, r.attempts, tail(strings.Join(warn, "\n"), 6000))
+		b.Logf("evaluation %d took %d attempts; warnings:\n%s", id, r.attempts, coordtest.Tail(strings.Join(warn, "\n"), 6000))
 	}
 	// created_at and started_at are the database's clock, which is this machine's.
 	r.schedule = ev.CreatedAt.Sub(start)
@@ -319,12 +317,6 @@ func instantiateAll(b *testing.B, file string, extra ...string) time.Duration {
 
 // The package's helpers take *testing.T; these are the few a benchmark needs.
 
-func benchSalt(tb testing.TB) string {
-	p := make([]byte, 6)
-	_, _ = rand.Read(p)
-	return strings.NewReplacer("/", "-", "_", "-", " ", "-").Replace(tb.Name()) + "-" + hex.EncodeToString(p)
-}
-
 func benchGit(tb testing.TB, dir string, args ...string) string {
 	tb.Helper()
 	cmd := exec.Command("git", append([]string{"-c", "user.name=FC Bench", "-c", "user.email=bench@example.org"}, args...)...)
@@ -357,11 +349,4 @@ func benchSetup(tb testing.TB, c *coordtest.Coordinator, repoDir string) int64 {
 		tb.Fatalf("create jobset: %d", code)
 	}
 	return j.ID
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

@@ -2,8 +2,6 @@ package evalqueue_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,12 +21,6 @@ import (
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/protocol"
 )
-
-func salt(t *testing.T) string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	return strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()) + "-" + hex.EncodeToString(b)
-}
 
 // releaseNix is a legacy jobset with every case the evaluation issue names.
 func releaseNix(s string, slow bool) string {
@@ -113,19 +105,11 @@ type evalDetail struct {
 	} `json:"errors"`
 }
 
-type buildRow struct {
-	ID      int64  `json:"id"`
-	Job     string `json:"job"`
-	DrvPath string `json:"drv_path"`
-	System  string `json:"system"`
-	Status  string `json:"status"`
-}
-
 func waitEvaluation(t *testing.T, c *coordtest.Coordinator, jobsetID int64, status string) evalDetail {
 	t.Helper()
 	var got evalDetail
 	coordtest.Eventually(t, 120*time.Second, "evaluation "+status, func() bool {
-		evs := evaluations(t, c, jobsetID)
+		evs := coordtest.Evaluations(t, c, jobsetID)
 		if len(evs) == 0 {
 			return false
 		}
@@ -136,19 +120,6 @@ func waitEvaluation(t *testing.T, c *coordtest.Coordinator, jobsetID int64, stat
 		return got.Status == status
 	})
 	return got
-}
-
-func builds(t *testing.T, c *coordtest.Coordinator, evalID int64) map[string]buildRow {
-	t.Helper()
-	var l struct{ Items []buildRow }
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/builds?evaluation_id=%d&limit=500", evalID), "", nil, &l); code != 200 {
-		t.Fatalf("builds: %d", code)
-	}
-	out := map[string]buildRow{}
-	for _, b := range l.Items {
-		out[b.Job] = b
-	}
-	return out
 }
 
 func instantiate(t *testing.T, dir, attr string) string {
@@ -162,11 +133,11 @@ func instantiate(t *testing.T, dir, attr string) string {
 
 func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
-	_, js := setup(t, c, repo, nil)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
+	_, js := c.Project("demo", repo.Dir, nil)
 	startEvalAgent(t, c, "evaluator", t.TempDir())
-	trigger(t, c, js, false)
+	c.Trigger(js, false)
 	ev := waitEvaluation(t, c, js, "succeeded")
 
 	var errs []string
@@ -180,7 +151,7 @@ func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
 	if strings.Join(errs, ",") != "broken-abort,broken-missing,broken-throw,broken-type" {
 		t.Errorf("per-attribute errors %v, want the four broken attributes", errs)
 	}
-	got := builds(t, c, ev.ID)
+	got := coordtest.BuildsOf(t, c, ev.ID)
 	for _, job := range []string{"success", "failure", "chain", "diamond.base", "diamond.left", "diamond.right", "diamond.top",
 		"multi", "other-system", "needs-kvm"} {
 		b, ok := got[job]
@@ -188,7 +159,7 @@ func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
 			t.Errorf("job %s missing; have %v", job, keys(got))
 			continue
 		}
-		if want := instantiate(t, repo.dir, job); b.DrvPath != want {
+		if want := instantiate(t, repo.Dir, job); b.DrvPath != want {
 			t.Errorf("%s: drv %s, nix-instantiate says %s", job, b.DrvPath, want)
 		}
 		if b.Status != "queued" {
@@ -241,21 +212,21 @@ func keys[V any](m map[string]V) []string {
 
 func TestEvaluation_SameDerivationInTwoJobsetsIsOneStep(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
-	pid, js1 := setup(t, c, repo, nil)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
+	pid, js1 := c.Project("demo", repo.Dir, nil)
 	var j2 struct{ ID int64 }
 	if code := c.Do("POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", pid), c.Admin, map[string]any{"name": "second",
 		"branch": "main", "flake_mode": false, "nix_expression": "release.nix", "check_interval": 0}, &j2); code != 201 {
 		t.Fatal(code)
 	}
 	startEvalAgent(t, c, "evaluator", t.TempDir())
-	trigger(t, c, js1, false)
+	c.Trigger(js1, false)
 	e1 := waitEvaluation(t, c, js1, "succeeded")
-	trigger(t, c, j2.ID, false)
+	c.Trigger(j2.ID, false)
 	e2 := waitEvaluation(t, c, j2.ID, "succeeded")
-	drv := builds(t, c, e1.ID)["success"].DrvPath
-	if drv == "" || builds(t, c, e2.ID)["success"].DrvPath != drv {
+	drv := coordtest.BuildsOf(t, c, e1.ID)["success"].DrvPath
+	if drv == "" || coordtest.BuildsOf(t, c, e2.ID)["success"].DrvPath != drv {
 		t.Fatalf("the two evaluations disagree on success's drv")
 	}
 	var steps, nbuilds int
@@ -270,12 +241,12 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Queue.LeaseTTL, cfg.Queue.LeaseGrace = 3, 1
 	}})
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), true)})
-	_, js := setup(t, c, repo, nil)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), true)})
+	_, js := c.Project("demo", repo.Dir, nil)
 	dirA := t.TempDir()
 	a := startEvalAgent(t, c, "doomed", dirA)
-	trigger(t, c, js, false)
+	c.Trigger(js, false)
 	ev := waitEvaluation(t, c, js, "running")
 	// "running" is set by the claim, before the agent accepts: wait until it has.
 	coordtest.Eventually(t, 60*time.Second, "the doomed agent accepted the evaluation", func() bool {
@@ -295,7 +266,7 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 	if done.ID != ev.ID || attempts != 2 || newEpoch <= epoch {
 		t.Fatalf("rescue: eval %d (want %d), attempts %d, epoch %d after %d", done.ID, ev.ID, attempts, newEpoch, epoch)
 	}
-	if builds(t, c, ev.ID)["slow"].DrvPath == "" {
+	if coordtest.BuildsOf(t, c, ev.ID)["slow"].DrvPath == "" {
 		t.Fatal("the rescued evaluation lacks its jobs")
 	}
 
@@ -330,9 +301,9 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 
 func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	repo := newRepo(t)
-	s := salt(t)
-	repo.commit(map[string]string{"flake.nix": fmt.Sprintf(`{
+	repo := coordtest.NewRepo(t)
+	s := coordtest.Salt(t)
+	repo.Commit(map[string]string{"flake.nix": fmt.Sprintf(`{
   outputs = { self }: let
     mk = name: attrs: derivation ({ name = "${name}-%s"; system = "x86_64-linux"; builder = "/bin/sh";
       args = [ "-c" "echo ${name} > $out" ]; } // attrs);
@@ -346,11 +317,11 @@ func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
     };
   };
 }`, s)})
-	_, js := setup(t, c, repo, map[string]any{"flake_mode": true, "nix_expression": "hydraJobs"})
+	_, js := c.Project("demo", repo.Dir, map[string]any{"flake_mode": true, "nix_expression": "hydraJobs"})
 	startEvalAgent(t, c, "evaluator", t.TempDir())
-	trigger(t, c, js, false)
+	c.Trigger(js, false)
 	ev := waitEvaluation(t, c, js, "succeeded")
-	got := builds(t, c, ev.ID)
+	got := coordtest.BuildsOf(t, c, ev.ID)
 	for _, job := range []string{"success", "chain", "nested.base", "nested.top"} {
 		if got[job].DrvPath == "" {
 			t.Errorf("flake job %s missing; have %v", job, keys(got))
@@ -366,25 +337,25 @@ func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
 
 func TestCompare_NewRemovedChangedAndStatusFlips(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	repo := newRepo(t)
-	s := salt(t)
+	repo := coordtest.NewRepo(t)
+	s := coordtest.Salt(t)
 	file := func(bDeps, extra string) string {
 		return fmt.Sprintf(`let mk = name: script: derivation { name = "${name}-%s"; system = builtins.currentSystem;
   builder = "/bin/sh"; args = [ "-c" script ]; };
 in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps, extra)
 	}
-	repo.commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out";`)})
-	_, js := setup(t, c, repo, nil)
+	repo.Commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out";`)})
+	_, js := c.Project("demo", repo.Dir, nil)
 	startEvalAgent(t, c, "evaluator", t.TempDir())
-	trigger(t, c, js, false)
+	c.Trigger(js, false)
 	first := waitEvaluation(t, c, js, "succeeded")
-	repo.commit(map[string]string{"release.nix": file("changed", `d = mk "d" "echo d > $out";`)})
-	trigger(t, c, js, false)
+	repo.Commit(map[string]string{"release.nix": file("changed", `d = mk "d" "echo d > $out";`)})
+	c.Trigger(js, false)
 	coordtest.Eventually(t, 120*time.Second, "second evaluation", func() bool {
-		evs := evaluations(t, c, js)
+		evs := coordtest.Evaluations(t, c, js)
 		return len(evs) == 2 && evs[0].Status == "succeeded"
 	})
-	second := evaluations(t, c, js)[0]
+	second := coordtest.Evaluations(t, c, js)[0]
 	// a succeeded in the first and failed in the second.
 	if _, err := c.DB.Pool().Exec(context.Background(), `UPDATE builds SET status = CASE WHEN evaluation_id = $1 THEN 'succeeded' ELSE 'failed' END
 		WHERE job = 'a'`, first.ID); err != nil {
@@ -414,9 +385,9 @@ func TestEvaluation_DerivationsGoToTheAgentsEvalStoreAndTheCache(t *testing.T) {
 	for _, ifd := range []bool{false, true} {
 		t.Run(fmt.Sprintf("allow_ifd=%v", ifd), func(t *testing.T) {
 			c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Eval.AllowIFD = ifd }})
-			repo := newRepo(t)
-			repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
-			_, js := setup(t, c, repo, nil)
+			repo := coordtest.NewRepo(t)
+			repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
+			_, js := c.Project("demo", repo.Dir, nil)
 			parent := t.TempDir()
 			t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", parent).Run() })
 			var cfg agentconfig.Config
@@ -424,9 +395,9 @@ func TestEvaluation_DerivationsGoToTheAgentsEvalStoreAndTheCache(t *testing.T) {
 				c.Agent.EvalStore = parent
 				cfg = *c
 			})
-			trigger(t, c, js, false)
+			c.Trigger(js, false)
 			ev := waitEvaluation(t, c, js, "succeeded")
-			drv := builds(t, c, ev.ID)["success"].DrvPath
+			drv := coordtest.BuildsOf(t, c, ev.ID)["success"].DrvPath
 			if drv == "" {
 				t.Fatal("no drv for success")
 			}
@@ -457,9 +428,9 @@ func (f executorFunc) Run(ctx context.Context, a protocol.Assign, link daemon.Li
 // unreported) before the agent looked at what was running.
 func TestEvaluation_ForcedStopHandsBackWorkThatEndedFirst(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{}) // lease_grace 120 s
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": releaseNix(salt(t), false)})
-	_, js := setup(t, c, repo, nil)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
+	_, js := c.Project("demo", repo.Dir, nil)
 	cfg := agentconfig.Defaults()
 	cfg.Coordinator.URL = c.URL
 	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
@@ -480,7 +451,7 @@ func TestEvaluation_ForcedStopHandsBackWorkThatEndedFirst(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	trigger(t, c, js, false)
+	c.Trigger(js, false)
 	select {
 	case <-started:
 	case <-time.After(60 * time.Second):
@@ -491,7 +462,7 @@ func TestEvaluation_ForcedStopHandsBackWorkThatEndedFirst(t *testing.T) {
 		t.Errorf("forced stop: %v, want ErrForced", err)
 	}
 	coordtest.Eventually(t, 30*time.Second, "the evaluation requeued", func() bool {
-		evs := evaluations(t, c, js)
+		evs := coordtest.Evaluations(t, c, js)
 		return len(evs) == 1 && evs[0].Status == "queued"
 	})
 	if !c.Log.Contains("handed back unfinished work") {

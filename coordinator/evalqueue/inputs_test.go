@@ -39,9 +39,9 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Eval.AllowedInputPaths = []string{base}
 	}})
-	s := salt(t)
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": fmt.Sprintf(`{ src }: {
+	s := coordtest.Salt(t)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`{ src }: {
   leak = throw ("leak: " + builtins.readFile src);
   data = derivation { name = "data-%s-${builtins.readFile (src + "/hello.txt")}"; system = builtins.currentSystem;
     builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
@@ -50,7 +50,7 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 	pathInput := func(value string) map[string]any {
 		return map[string]any{"inputs": []map[string]any{{"name": "src", "type": "path", "value": value}}}
 	}
-	pid, keyJobset := setup(t, c, repo, pathInput(filepath.Join(stateDir, "agent_key")))
+	pid, keyJobset := c.Project("demo", repo.Dir, pathInput(filepath.Join(stateDir, "agent_key")))
 	jobset := func(name, value string) int64 {
 		body := pathInput(value)
 		for k, v := range map[string]any{"name": name, "branch": "main", "flake_mode": false, "nix_expression": "release.nix", "check_interval": 0} {
@@ -85,7 +85,7 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 	}
 
 	for _, js := range []int64{keyJobset, linkJobset, dotsJobset} {
-		trigger(t, c, js, false)
+		c.Trigger(js, false)
 		ev := finishedEvaluation(t, c, js)
 		texts := []string{ev.Error}
 		for _, e := range ev.Errors {
@@ -101,9 +101,9 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 			t.Errorf("jobset %d: evaluation %s with error %q, want it failed with the agent's refusal", js, ev.Status, ev.Error)
 		}
 	}
-	trigger(t, c, okJobset, false)
+	c.Trigger(okJobset, false)
 	ev := waitEvaluation(t, c, okJobset, "succeeded")
-	if got := builds(t, c, ev.ID)["data"]; !strings.HasSuffix(got.DrvPath, "-data-"+s+"-hello.drv") {
+	if got := coordtest.BuildsOf(t, c, ev.ID)["data"]; !strings.HasSuffix(got.DrvPath, "-data-"+s+"-hello.drv") {
 		t.Errorf("the allowed path input: build %+v, errors %+v", got, ev.Errors)
 	}
 }
@@ -112,21 +112,21 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 // list changed since an admin set it) is not evaluated; the jobset says why.
 func TestPathInputs_NoLongerAllowedIsNotEvaluated(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
-	repo := newRepo(t)
-	repo.commit(map[string]string{"release.nix": "{ src }: { }"})
-	pid, js := setup(t, c, repo, nil)
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": "{ src }: { }"})
+	pid, js := c.Project("demo", repo.Dir, nil)
 	if _, err := c.DB.Pool().Exec(context.Background(),
 		`INSERT INTO jobset_inputs (jobset_id, name, type, value) VALUES ($1, 'src', 'path', '/srv/once-allowed')`, js); err != nil {
 		t.Fatal(err)
 	}
-	trigger(t, c, js, false)
-	checked(t, c, js)
+	c.Trigger(js, false)
+	coordtest.Checked(t, c, js)
 	var got struct {
 		LastCheckError string `json:"last_check_error"`
 	}
 	c.Do("GET", fmt.Sprintf("/api/v1/projects/%d/jobsets/%d", pid, js), "", nil, &got)
-	if !strings.Contains(got.LastCheckError, "evaluator.allowed_input_paths") || len(evaluations(t, c, js)) != 0 {
-		t.Fatalf("last_check_error %q, %d evaluations", got.LastCheckError, len(evaluations(t, c, js)))
+	if !strings.Contains(got.LastCheckError, "evaluator.allowed_input_paths") || len(coordtest.Evaluations(t, c, js)) != 0 {
+		t.Fatalf("last_check_error %q, %d evaluations", got.LastCheckError, len(coordtest.Evaluations(t, c, js)))
 	}
 }
 
@@ -135,7 +135,7 @@ func finishedEvaluation(t *testing.T, c *coordtest.Coordinator, jobsetID int64) 
 	t.Helper()
 	var got evalDetail
 	coordtest.Eventually(t, 120*time.Second, "the evaluation ends", func() bool {
-		evs := evaluations(t, c, jobsetID)
+		evs := coordtest.Evaluations(t, c, jobsetID)
 		if len(evs) == 0 {
 			return false
 		}
