@@ -191,6 +191,15 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 	}
 }
 
+// nixNetrc is Nix's own netrc-file, "" when Nix cannot say.
+func nixNetrc(ctx context.Context) string {
+	n, err := probe.ProbeNix(ctx)
+	if err != nil {
+		return ""
+	}
+	return n.NetrcFile
+}
+
 // SessionConfig is how this agent introduces itself: its key (created on first use),
 // enrollment token, TLS settings and name.
 func SessionConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (session.Config, error) {
@@ -233,9 +242,13 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 				log.Warn("remove stale step files", "dir", dir, "err", err)
 			}
 		}
-		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir,
-			CacheURL: strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache",
-			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
+		cacheURL := strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache"
+		// Each session's welcome brings a new cache read token: Nix presents it from here.
+		login := &work.CacheLogin{Path: filepath.Join(cfg.Agent.StateDir, "cache.netrc"), CacheURL: cacheURL,
+			NixNetrc: nixNetrc, Logger: log}
+		dc.OnWelcome = login.Welcome
+		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CacheURL: cacheURL,
+			NetrcFile: login.Path, Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
 			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
 		dc.Capacity[protocol.WorkStep] = cfg.StepSlots()
 	}
