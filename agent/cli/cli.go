@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/fc-ci/fc/agent/config"
@@ -169,6 +170,11 @@ func TLSConfig(caFile string) (*tls.Config, error) {
 
 // Capabilities merges what Nix reports with agent.toml's overrides.
 func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilities, error) {
+	return capabilities(cfg, nil)
+}
+
+// capabilities is Capabilities; probed, if set, is told what Nix said of itself.
+func capabilities(cfg config.Config, probed func(probe.Nix)) func(context.Context) (protocol.Capabilities, error) {
 	return func(ctx context.Context) (protocol.Capabilities, error) {
 		c := protocol.Capabilities{Systems: cfg.Agent.Systems, Features: cfg.Agent.Features,
 			MandatoryFeatures: cfg.Agent.MandatoryFeatures, MaxJobs: cfg.MaxJobs(),
@@ -180,6 +186,9 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 			}
 			return c, nil // systems configured: Nix is probed again later
 		}
+		if probed != nil {
+			probed(nix)
+		}
 		c.NixVersion = nix.Version
 		if len(c.Systems) == 0 {
 			c.Systems = nix.Systems
@@ -189,15 +198,6 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 		}
 		return c, nil
 	}
-}
-
-// nixNetrc is Nix's own netrc-file, "" when Nix cannot say.
-func nixNetrc(ctx context.Context) string {
-	n, err := probe.ProbeNix(ctx)
-	if err != nil {
-		return ""
-	}
-	return n.NetrcFile
 }
 
 // SessionConfig is how this agent introduces itself: its key (created on first use),
@@ -229,7 +229,9 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 	if err != nil {
 		return nil, err
 	}
-	dc := daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log,
+	// Nix's netrc-file, as the capabilities probe (before the first session) found it.
+	var nixNetrc atomic.Pointer[string]
+	dc := daemon.Config{Session: sc, Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
 		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
 	if every := cfg.GCEvery(); every > 0 {
 		dc.GC, dc.GCInterval = realise.CollectGarbage, every
@@ -245,7 +247,12 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 		cacheURL := strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache"
 		// Each session's welcome brings a new cache read token: Nix presents it from here.
 		login := &work.CacheLogin{Path: filepath.Join(cfg.Agent.StateDir, "cache.netrc"), CacheURL: cacheURL,
-			NixNetrc: nixNetrc, Logger: log}
+			NixNetrc: func() string {
+				if p := nixNetrc.Load(); p != nil {
+					return *p
+				}
+				return ""
+			}, Logger: log}
 		dc.OnWelcome = login.Welcome
 		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CacheURL: cacheURL,
 			NetrcFile: login.Path, Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,

@@ -1,7 +1,6 @@
 package work
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/fc-ci/fc/protocol"
 )
@@ -23,10 +21,10 @@ type CacheLogin struct {
 	Path string
 	// CacheURL is the coordinator's cache; its host is the netrc entry's machine.
 	CacheURL string
-	// NixNetrc returns Nix's own netrc-file ("" when unknown). Its entries follow the
-	// coordinator's, so upstream caches still get the credentials they got before
-	// the agent's file replaced Nix's.
-	NixNetrc func(ctx context.Context) string
+	// NixNetrc returns Nix's own netrc-file ("" when unknown); it must be quick (the
+	// session waits for Welcome). Its entries follow the coordinator's, so upstream
+	// caches still get the credentials they got before the agent's file replaced Nix's.
+	NixNetrc func() string
 	Logger   *slog.Logger
 }
 
@@ -37,11 +35,9 @@ func (l *CacheLogin) Welcome(w protocol.Welcome) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	var nixEntries []byte
 	if l.NixNetrc != nil {
-		if p := l.NixNetrc(ctx); p != "" && p != l.Path {
+		if p := l.NixNetrc(); p != "" && p != l.Path {
 			b, err := os.ReadFile(p)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				log.Warn("read Nix's netrc file; its credentials are not passed on", "path", p, "err", err)

@@ -1,7 +1,6 @@
 package work
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +20,7 @@ func TestCacheLogin_WritesTheCoordinatorsEntryThenNixs(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &CacheLogin{Path: filepath.Join(dir, "cache.netrc"), CacheURL: "https://fc.example.org:8443/nix-cache",
-		NixNetrc: func(context.Context) string { return nixNetrc }}
+		NixNetrc: func() string { return nixNetrc }}
 	l.Welcome(protocol.Welcome{Name: "builder-1", CacheToken: "fcc_0123"})
 	want := "machine fc.example.org login builder-1 password fcc_0123\n" +
 		"machine cache.example.org login me password upstream-secret\n"
