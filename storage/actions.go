@@ -12,19 +12,30 @@ import (
 // a build that has not failed, a cancel of a finished build).
 var ErrNothingToDo = errors.New("nothing to do")
 
-// CancelBuilds cancels the unfinished builds chosen by where (a condition on b, the
-// builds table): their steps (queued or running) and every step waiting for those end
-// cancelled, with all their builds. It returns the leases that were running, so the
-// agents holding them can be told to stop (their reports would be refused anyway).
-func (db *DB) cancelBuilds(ctx context.Context, where string, args ...any) (int, []Lease, error) {
+// buildChoice is what an action applies to: one build, or the builds of one
+// evaluation. The other is nil (NULL in SQL), so one constant statement serves both
+// and each is answered from an index.
+type buildChoice struct{ build, evaluation *int64 }
+
+func oneBuild(buildID int64) buildChoice       { return buildChoice{build: &buildID} }
+func allOfEvaluation(evalID int64) buildChoice { return buildChoice{evaluation: &evalID} }
+
+// chosenBuilds is a buildChoice passed as $1 (build) and $2 (evaluation).
+const chosenBuilds = `(b.id = $1 OR b.evaluation_id = $2)`
+
+// cancelBuilds cancels the unfinished builds chosen (see chosenBuilds): their steps
+// (queued or running) and every step waiting for those end cancelled, with all their
+// builds. It returns the leases that were running, so the agents holding them can be
+// told to stop (their reports would be refused anyway).
+func (db *DB) cancelBuilds(ctx context.Context, chosen buildChoice) (int, []Lease, error) {
 	var n int
 	var running []Lease
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `WITH RECURSIVE chosen AS (
-				SELECT b.step_id AS id FROM builds b WHERE `+where+` AND b.status IN ('queued', 'running') AND b.step_id IS NOT NULL),
+				SELECT b.step_id AS id FROM builds b WHERE `+chosenBuilds+` AND b.status IN ('queued', 'running') AND b.step_id IS NOT NULL),
 			dep(id) AS (SELECT id FROM chosen UNION SELECT e.step_id FROM step_edges e JOIN dep ON e.depends_on = dep.id)
 			SELECT s.id, s.status, s.lease_epoch, coalesce(s.agent_id, 0) FROM steps s
-			WHERE s.id IN (SELECT id FROM dep) AND s.status IN ('queued', 'running') FOR UPDATE`, args...)
+			WHERE s.id IN (SELECT id FROM dep) AND s.status IN ('queued', 'running') FOR UPDATE`, chosen.build, chosen.evaluation)
 		if err != nil {
 			return err
 		}
@@ -51,7 +62,7 @@ func (db *DB) cancelBuilds(ctx context.Context, where string, args ...any) (int,
 		// Builds of cancelled steps, and the chosen builds themselves (an aggregate or a
 		// build whose step another build still needs is cancelled on its own).
 		tag, err := tx.Exec(ctx, `UPDATE builds b SET status = 'cancelled', status_code = 4, finished_at = now()
-			WHERE b.status IN ('queued', 'running') AND (b.step_id = ANY($2) OR (`+where+`))`, append(args, ids)...)
+			WHERE b.status IN ('queued', 'running') AND (b.step_id = ANY($3) OR `+chosenBuilds+`)`, chosen.build, chosen.evaluation, ids)
 		if err != nil {
 			return err
 		}
@@ -72,7 +83,7 @@ func (db *DB) CancelBuild(ctx context.Context, buildID int64) ([]Lease, error) {
 	if _, err := db.buildStatus(ctx, buildID); err != nil {
 		return nil, err
 	}
-	n, running, err := db.cancelBuilds(ctx, `b.id = $1`, buildID)
+	n, running, err := db.cancelBuilds(ctx, oneBuild(buildID))
 	if err == nil && n == 0 {
 		return nil, fmt.Errorf("build %d has finished: %w", buildID, ErrNothingToDo)
 	}
@@ -84,7 +95,7 @@ func (db *DB) CancelEvaluation(ctx context.Context, evalID int64) (int, []Lease,
 	if _, err := db.GetEvaluation(ctx, evalID); err != nil {
 		return 0, nil, err
 	}
-	return db.cancelBuilds(ctx, `b.evaluation_id = $1`, evalID)
+	return db.cancelBuilds(ctx, allOfEvaluation(evalID))
 }
 
 func (db *DB) buildStatus(ctx context.Context, buildID int64) (string, error) {
@@ -97,19 +108,21 @@ func (db *DB) buildStatus(ctx context.Context, buildID int64) (string, error) {
 }
 
 // restartSteps queues again the failed steps in the dependency closure of the steps
-// of the builds chosen by where, and the steps that failed because of them; failed
-// outputs are forgotten and the builds of all those steps are queued again.
-func (db *DB) restartSteps(ctx context.Context, where string, args ...any) (int, error) {
+// of the builds chosen (the build, whatever its status, or the failed builds of the
+// evaluation), and the steps that failed because of them; failed outputs are
+// forgotten and the builds of all those steps are queued again.
+func (db *DB) restartSteps(ctx context.Context, chosen buildChoice) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `WITH RECURSIVE down(id) AS (
-				SELECT b.step_id FROM builds b WHERE `+where+` AND b.step_id IS NOT NULL
+				SELECT b.step_id FROM builds b WHERE (b.id = $1 OR (b.evaluation_id = $2 AND b.status IN `+restartable+`))
+					AND b.step_id IS NOT NULL
 				UNION SELECT e.depends_on FROM step_edges e JOIN down ON e.step_id = down.id),
 			failed AS (SELECT id FROM steps WHERE id IN (SELECT id FROM down) AND status IN `+restartable+`),
 			up(id) AS (SELECT id FROM failed
 				UNION SELECT e.step_id FROM step_edges e JOIN up ON e.depends_on = up.id
 				JOIN steps s ON s.id = e.step_id AND s.status IN ('dependency_failed', 'cancelled', 'cached_failure', 'aborted'))
-			SELECT id FROM up`, args...)
+			SELECT id FROM up`, chosen.build, chosen.evaluation)
 		if err != nil {
 			return err
 		}
@@ -157,7 +170,7 @@ func (db *DB) RestartBuild(ctx context.Context, buildID int64) (int, error) {
 	if _, err := db.buildStatus(ctx, buildID); err != nil {
 		return 0, err
 	}
-	n, err := db.restartSteps(ctx, `b.id = $1`, buildID)
+	n, err := db.restartSteps(ctx, oneBuild(buildID))
 	if err == nil && n == 0 {
 		return 0, fmt.Errorf("build %d has no failed step: %w", buildID, ErrNothingToDo)
 	}
@@ -169,7 +182,7 @@ func (db *DB) RestartFailed(ctx context.Context, evalID int64) (int, error) {
 	if _, err := db.GetEvaluation(ctx, evalID); err != nil {
 		return 0, err
 	}
-	return db.restartSteps(ctx, `b.evaluation_id = $1 AND b.status IN `+restartable, evalID)
+	return db.restartSteps(ctx, allOfEvaluation(evalID))
 }
 
 // BumpBuild moves a build's unfinished steps (its own and those it waits for) to the

@@ -227,16 +227,19 @@ type EvaluationFilter struct {
 	Status              string
 }
 
+// evaluationFilter is EvaluationFilter's condition: $1 project, $2 jobset, $3 status;
+// a zero value does not filter.
+const evaluationFilter = `($1 = 0 OR j.project_id = $1) AND ($2 = 0 OR e.jobset_id = $2) AND ($3 = '' OR e.status = $3)`
+
 // ListEvaluations returns a page of evaluations, newest first.
 func (db *DB) ListEvaluations(ctx context.Context, f EvaluationFilter, page Page) ([]Evaluation, int64, error) {
-	where := `($1 = 0 OR j.project_id = $1) AND ($2 = 0 OR e.jobset_id = $2) AND ($3 = '' OR e.status = $3)`
 	var total int64
-	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id WHERE `+where,
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id WHERE `+evaluationFilter,
 		f.ProjectID, f.JobsetID, f.Status).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count evaluations: %w", err)
 	}
 	rows, err := db.pool.Query(ctx, `SELECT `+evaluationColumns+` FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id
-		WHERE `+where+` ORDER BY e.id DESC LIMIT $4 OFFSET $5`, f.ProjectID, f.JobsetID, f.Status, page.Limit, page.Offset)
+		WHERE `+evaluationFilter+` ORDER BY e.id DESC LIMIT $4 OFFSET $5`, f.ProjectID, f.JobsetID, f.Status, page.Limit, page.Offset)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list evaluations: %w", err)
 	}

@@ -275,23 +275,37 @@ type BuildFilter struct {
 	Finished bool
 }
 
+// buildFilter is BuildFilter's condition: $1 evaluation, $2 jobset, $3 project, $4
+// status, $5 system, $6 job; a zero value does not filter.
+const buildFilter = `($1 = 0 OR b.evaluation_id = $1) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
+		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
+
+const buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
+		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at`
+
+// The statements of ListBuilds: all builds newest first, or the finished ones most
+// recently finished first.
+const (
+	countBuilds = `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE ` + buildFilter
+	listBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
+		WHERE ` + buildFilter + ` ORDER BY b.id DESC LIMIT $7 OFFSET $8`
+	countFinishedBuilds = countBuilds + ` AND b.finished_at IS NOT NULL`
+	listFinishedBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
+		WHERE ` + buildFilter + ` AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC, b.id DESC LIMIT $7 OFFSET $8`
+)
+
 // ListBuilds returns a page of builds, newest first.
 func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]BuildSummary, int64, error) {
-	where := `($1 = 0 OR b.evaluation_id = $1) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
-		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
-	args := []any{f.EvaluationID, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job}
-	order := `b.id DESC`
+	count, list := countBuilds, listBuilds
 	if f.Finished {
-		where += ` AND b.finished_at IS NOT NULL`
-		order = `b.finished_at DESC, b.id DESC`
+		count, list = countFinishedBuilds, listFinishedBuilds
 	}
+	args := []any{f.EvaluationID, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job}
 	var total int64
-	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE `+where, args...).Scan(&total); err != nil {
+	if err := db.pool.QueryRow(ctx, count, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count builds: %w", err)
 	}
-	rows, err := db.pool.Query(ctx, `SELECT b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
-		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		WHERE `+where+` ORDER BY `+order+` LIMIT $7 OFFSET $8`, append(args, page.Limit, page.Offset)...)
+	rows, err := db.pool.Query(ctx, list, append(args, page.Limit, page.Offset)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list builds: %w", err)
 	}
@@ -305,4 +319,58 @@ func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]Build
 		return nil, 0, fmt.Errorf("list builds: %w", err)
 	}
 	return items, total, nil
+}
+
+// rankNodes gives each node the highest schedulingPriority of the jobs that need it
+// and its critical path: the longest chain of nodes that wait for it, itself included.
+func rankNodes(nodes []EvalNode, jobs []EvalJob) (prio, depth map[string]int) {
+	dependents := make(map[string][]string, len(nodes))
+	for _, n := range nodes {
+		for _, in := range n.Inputs {
+			dependents[in] = append(dependents[in], n.DrvPath)
+		}
+	}
+	own := make(map[string]int, len(jobs))
+	for _, j := range jobs {
+		p := j.SchedulingPriority
+		if p == 0 {
+			p = 100
+		}
+		own[j.DrvPath] = max(own[j.DrvPath], p)
+	}
+	prio, depth = make(map[string]int, len(nodes)), make(map[string]int, len(nodes))
+	// Iterative post-order over the dependents graph (a DAG; deep chains must not
+	// exhaust the stack).
+	type frame struct {
+		drv  string
+		next int
+	}
+	for _, n := range nodes {
+		if _, done := depth[n.DrvPath]; done {
+			continue
+		}
+		stack := []frame{{drv: n.DrvPath}}
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			ds := dependents[top.drv]
+			if top.next < len(ds) {
+				d := ds[top.next]
+				top.next++
+				if _, done := depth[d]; !done {
+					stack = append(stack, frame{drv: d})
+				}
+				continue
+			}
+			p, c := own[top.drv], 0
+			for _, d := range ds {
+				p, c = max(p, prio[d]), max(c, depth[d])
+			}
+			if p == 0 {
+				p = 100
+			}
+			prio[top.drv], depth[top.drv] = p, c+1
+			stack = stack[:len(stack)-1]
+		}
+	}
+	return prio, depth
 }

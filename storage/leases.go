@@ -13,7 +13,7 @@ import (
 // was superseded, or the work was rescued and given to someone else).
 var ErrStaleLease = errors.New("stale lease: the work was reassigned")
 
-// LeaseKind names a leased table: evaluations now, steps with the builds issue.
+// LeaseKind names a leased table: evaluations or steps.
 type LeaseKind string
 
 // Leased kinds.
@@ -22,13 +22,41 @@ const (
 	LeaseStep LeaseKind = "steps"
 )
 
-func (k LeaseKind) table() (string, error) {
-	switch k {
-	case LeaseEval, LeaseStep:
-		return string(k), nil
-	}
-	return "", fmt.Errorf("unknown lease kind %q", k)
+// Each kind of lease has its own statements: a table name is never spliced into SQL.
+type leaseStatements struct {
+	check, extend, grace string
 }
+
+func (k LeaseKind) statements() (leaseStatements, error) {
+	switch k {
+	case LeaseEval:
+		return leaseStatements{check: checkEvalLease, extend: extendEvalLeases, grace: graceEvalLeases}, nil
+	case LeaseStep:
+		return leaseStatements{check: checkStepLease, extend: extendStepLeases, grace: graceStepLeases}, nil
+	}
+	return leaseStatements{}, fmt.Errorf("unknown lease kind %q", k)
+}
+
+const (
+	checkEvalLease = `SELECT EXISTS (SELECT 1 FROM evaluations WHERE id = $1 AND lease_epoch = $2
+		AND agent_id = $3 AND status = 'running')`
+	checkStepLease = `SELECT EXISTS (SELECT 1 FROM steps WHERE id = $1 AND lease_epoch = $2
+		AND agent_id = $3 AND status = 'running')`
+
+	extendEvalLeases = `UPDATE evaluations t SET lease_expires_at = now() + make_interval(secs => $4)
+		FROM unnest($2::bigint[], $3::bigint[]) AS r(id, epoch)
+		WHERE t.id = r.id AND t.lease_epoch = r.epoch AND t.agent_id = $1 AND t.status = 'running'
+		RETURNING t.id`
+	extendStepLeases = `UPDATE steps t SET lease_expires_at = now() + make_interval(secs => $4)
+		FROM unnest($2::bigint[], $3::bigint[]) AS r(id, epoch)
+		WHERE t.id = r.id AND t.lease_epoch = r.epoch AND t.agent_id = $1 AND t.status = 'running'
+		RETURNING t.id`
+
+	graceEvalLeases = `UPDATE evaluations SET lease_expires_at = least(lease_expires_at, now() + make_interval(secs => $2))
+		WHERE agent_id = $1 AND status = 'running'`
+	graceStepLeases = `UPDATE steps SET lease_expires_at = least(lease_expires_at, now() + make_interval(secs => $2))
+		WHERE agent_id = $1 AND status = 'running'`
+)
 
 // Lease is work held by an agent: the epoch fences every report.
 type Lease struct {
@@ -66,16 +94,17 @@ func (db *DB) ClaimEvaluation(ctx context.Context, agentID int64, ttl time.Durat
 	return l, true, nil
 }
 
-// CheckLease verifies a report's (id, epoch) against the current lease.
+// CheckLease verifies a report's (id, epoch) against the current lease. It is for
+// refusing early what is not recorded in PostgreSQL (a log stream) or is costly to
+// read (an evaluation report's batches); every statement that records a report checks
+// the lease again in its own transaction, and that check is the one that counts.
 func (db *DB) CheckLease(ctx context.Context, kind LeaseKind, id, epoch, agentID int64) error {
-	table, err := kind.table()
+	st, err := kind.statements()
 	if err != nil {
 		return err
 	}
 	var ok bool
-	err = db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE id = $1 AND lease_epoch = $2
-		AND agent_id = $3 AND status = 'running')`, id, epoch, agentID).Scan(&ok)
-	if err != nil {
+	if err := db.pool.QueryRow(ctx, st.check, id, epoch, agentID).Scan(&ok); err != nil {
 		return fmt.Errorf("check lease %s %d: %w", kind, id, err)
 	}
 	if !ok {
@@ -85,34 +114,46 @@ func (db *DB) CheckLease(ctx context.Context, kind LeaseKind, id, epoch, agentID
 }
 
 // ReleaseLease gives claimed work back without counting an attempt (the agent
-// declined it before starting).
+// declined it before starting); a step's builds are queued again with it.
 func (db *DB) ReleaseLease(ctx context.Context, l Lease) error {
-	table, err := l.Kind.table()
-	if err != nil {
-		return err
+	switch l.Kind {
+	case LeaseStep:
+		return db.ReleaseStep(ctx, l)
+	case LeaseEval:
+		_, err := db.pool.Exec(ctx, `UPDATE evaluations SET status = 'queued', agent_id = NULL, lease_expires_at = NULL,
+			attempts = greatest(attempts - 1, 0) WHERE id = $1 AND lease_epoch = $2 AND status = 'running'`, l.ID, l.Epoch)
+		if err != nil {
+			return fmt.Errorf("release %s %d: %w", l.Kind, l.ID, err)
+		}
+		return nil
 	}
-	_, err = db.pool.Exec(ctx, `UPDATE `+table+` SET status = 'queued', agent_id = NULL, lease_expires_at = NULL,
-		attempts = greatest(attempts - 1, 0) WHERE id = $1 AND lease_epoch = $2 AND status = 'running'`, l.ID, l.Epoch)
-	if err != nil {
-		return fmt.Errorf("release %s %d: %w", l.Kind, l.ID, err)
+	return fmt.Errorf("unknown lease kind %q", l.Kind)
+}
+
+// RetryLease requeues work after an infrastructure failure (RetryStep,
+// RetryEvaluation): the attempt counts, the requeue backs off, and at max_attempts
+// the work ends. A stale lease changes nothing (ErrStaleLease).
+func (db *DB) RetryLease(ctx context.Context, l Lease, msg string, cfg LeaseConfig) error {
+	switch l.Kind {
+	case LeaseStep:
+		return db.RetryStep(ctx, l, msg, cfg)
+	case LeaseEval:
+		return db.RetryEvaluation(ctx, l, msg, cfg)
 	}
-	return nil
+	return fmt.Errorf("unknown lease kind %q", l.Kind)
 }
 
 // ExtendLeases renews the leases an agent reports as still running; it returns the
 // refs whose lease is no longer theirs (the agent should stop that work).
 func (db *DB) ExtendLeases(ctx context.Context, agentID int64, kind LeaseKind, ids, epochs []int64, ttl time.Duration) ([]int64, error) {
-	table, err := kind.table()
+	st, err := kind.statements()
 	if err != nil {
 		return nil, err
 	}
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	rows, err := db.pool.Query(ctx, `UPDATE `+table+` t SET lease_expires_at = now() + make_interval(secs => $4)
-		FROM unnest($2::bigint[], $3::bigint[]) AS r(id, epoch)
-		WHERE t.id = r.id AND t.lease_epoch = r.epoch AND t.agent_id = $1 AND t.status = 'running'
-		RETURNING t.id`, agentID, ids, epochs, ttl.Seconds())
+	rows, err := db.pool.Query(ctx, st.extend, agentID, ids, epochs, ttl.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("extend leases: %w", err)
 	}
@@ -133,14 +174,15 @@ func (db *DB) ExtendLeases(ctx context.Context, agentID int64, kind LeaseKind, i
 	return lost, nil
 }
 
-// GraceLeases shortens a disconnected agent's leases to the grace period: it may
-// reconnect and reconcile within it, or the work is rescued.
+// GraceLeases shortens a disconnected agent's leases, of every kind, to the grace
+// period: it may reconnect and reconcile within it, or the work is rescued.
 func (db *DB) GraceLeases(ctx context.Context, agentID int64, grace time.Duration) error {
 	for _, k := range []LeaseKind{LeaseEval, LeaseStep} {
-		table, _ := k.table()
-		_, err := db.pool.Exec(ctx, `UPDATE `+table+` SET lease_expires_at = least(lease_expires_at, now() + make_interval(secs => $2))
-			WHERE agent_id = $1 AND status = 'running'`, agentID, grace.Seconds())
+		st, err := k.statements()
 		if err != nil {
+			return err
+		}
+		if _, err := db.pool.Exec(ctx, st.grace, agentID, grace.Seconds()); err != nil {
 			return fmt.Errorf("grace leases of agent %d: %w", agentID, err)
 		}
 	}
@@ -148,30 +190,35 @@ func (db *DB) GraceLeases(ctx context.Context, agentID int64, grace time.Duratio
 }
 
 // RescueExpired requeues work whose lease expired (with exponential backoff and the
-// attempt counted) and aborts work that used up its attempts. It returns how many
-// rows were requeued and aborted.
+// attempt counted) and aborts work that used up its attempts (RescueSteps for steps,
+// which brings their builds in line). It returns how many rows were requeued and
+// aborted.
 func (db *DB) RescueExpired(ctx context.Context, kind LeaseKind, cfg LeaseConfig) (requeued, aborted int64, err error) {
-	table, err := kind.table()
-	if err != nil {
-		return 0, 0, err
+	switch kind {
+	case LeaseStep:
+		r, a, err := db.RescueSteps(ctx, cfg)
+		return int64(r), int64(a), err
+	case LeaseEval:
+		return db.rescueEvaluations(ctx, cfg)
 	}
-	// An evaluation that cannot be completed fails; a step ends aborted (Hydra's 3).
-	abort := `status = 'failed'`
-	if kind == LeaseStep {
-		abort = `status = 'aborted', status_code = 3`
-	}
-	tag, err := db.pool.Exec(ctx, `UPDATE `+table+` SET `+abort+`, agent_id = NULL, lease_expires_at = NULL,
+	return 0, 0, fmt.Errorf("unknown lease kind %q", kind)
+}
+
+// rescueEvaluations requeues evaluations whose lease expired and fails those that
+// used up their attempts.
+func (db *DB) rescueEvaluations(ctx context.Context, cfg LeaseConfig) (requeued, aborted int64, err error) {
+	tag, err := db.pool.Exec(ctx, `UPDATE evaluations SET status = 'failed', agent_id = NULL, lease_expires_at = NULL,
 		finished_at = now(), error = 'aborted: the agent was lost ' || attempts || ' times (max_attempts)'
 		WHERE status = 'running' AND lease_expires_at < now() AND attempts >= $1`, cfg.MaxAttempts)
 	if err != nil {
-		return 0, 0, fmt.Errorf("abort %s: %w", kind, err)
+		return 0, 0, fmt.Errorf("abort %s: %w", LeaseEval, err)
 	}
 	aborted = tag.RowsAffected()
-	tag, err = db.pool.Exec(ctx, `UPDATE `+table+` SET status = 'queued', agent_id = NULL, lease_expires_at = NULL,
+	tag, err = db.pool.Exec(ctx, `UPDATE evaluations SET status = 'queued', agent_id = NULL, lease_expires_at = NULL,
 		not_before = now() + make_interval(secs => $1 * power(2, greatest(attempts - 1, 0)))
 		WHERE status = 'running' AND lease_expires_at < now()`, cfg.Backoff.Seconds())
 	if err != nil {
-		return 0, aborted, fmt.Errorf("requeue %s: %w", kind, err)
+		return 0, aborted, fmt.Errorf("requeue %s: %w", LeaseEval, err)
 	}
 	return tag.RowsAffected(), aborted, nil
 }

@@ -99,42 +99,11 @@ func (db *DB) DeleteNarinfos(ctx context.Context, hashParts []string, maxAge tim
 	// notification's payload is limited to 8000 bytes: 200 hash parts at a time.
 	for start := 0; start < len(deleted); start += 200 {
 		part := strings.Join(deleted[start:min(start+200, len(deleted))], ",")
-		if _, err := db.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, NarinfoDeletedChannel, part); err != nil {
+		if _, err := db.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, string(NarinfoDeletedChannel), part); err != nil {
 			return deleted, fmt.Errorf("announce deleted narinfos: %w", err)
 		}
 	}
 	return deleted, nil
-}
-
-// NarinfoDeletedChannel is the NOTIFY channel on which retention names, comma-separated,
-// the hash parts it deleted.
-const NarinfoDeletedChannel = "fc_narinfo_deleted"
-
-// ListenNarinfoDeletions calls deleted with each batch of deleted hash parts until ctx
-// ends or the connection fails (the caller then reconnects and assumes it missed some).
-func (db *DB) ListenNarinfoDeletions(ctx context.Context, ready func(), deleted func([]string)) error {
-	conn, err := db.pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("listen for deleted narinfos: %w", err)
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN "+NarinfoDeletedChannel); err != nil {
-		return fmt.Errorf("listen for deleted narinfos: %w", err)
-	}
-	defer func() {
-		// The connection goes back to the pool: stop listening on it.
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, _ = conn.Exec(c, "UNLISTEN *")
-	}()
-	ready()
-	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
-		if err != nil {
-			return fmt.Errorf("wait for deleted narinfos: %w", err)
-		}
-		deleted(strings.Split(n.Payload, ","))
-	}
 }
 
 // blobLock serialises work on one blob name between uploads (which point a narinfo at
@@ -169,15 +138,49 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 	// wait for each other instead of deadlocking.
 	ns = slices.Clone(ns)
 	slices.SortFunc(ns, func(a, b Narinfo) int { return strings.Compare(a.HashPart, b.HashPart) })
-	cols := struct {
-		hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
-		fileSize, narSize, pending                                        []int64
-	}{}
+	cols, err := narinfoArraysOf(ns)
+	if err != nil {
+		return err
+	}
+	steps := slices.Compact(slices.Sorted(slices.Values(grant.Steps)))
+	if steps == nil {
+		steps = []int64{}
+	}
+	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		// In one order (by lock key), so two groups sharing blobs cannot deadlock.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
+			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, cols.url); err != nil {
+			return fmt.Errorf("lock blobs: %w", err)
+		}
+		if err := checkGrant(ctx, tx, grant, steps); err != nil {
+			return err
+		}
+		if err := holdReferences(ctx, tx, refs, steps); err != nil {
+			return err
+		}
+		if err := commit(); err != nil {
+			return err
+		}
+		if err := insertNarinfos(ctx, tx, cols, small); err != nil {
+			return fmt.Errorf("insert %d narinfos: %w", len(ns), err)
+		}
+		return nil
+	})
+}
+
+// narinfoArrays are narinfos column by column, as arrays for unnest.
+type narinfoArrays struct {
+	hash, path, url, comp, fileHash, narHash, refs, deriver, sigs, ca []string
+	fileSize, narSize, pending                                        []int64
+}
+
+func narinfoArraysOf(ns []Narinfo) (narinfoArrays, error) {
+	var cols narinfoArrays
 	for _, n := range ns {
 		for _, l := range [][]string{n.References, n.Sigs} {
 			for _, v := range l {
 				if v == "" || strings.ContainsAny(v, " \t\n") {
-					return fmt.Errorf("narinfo %s: list element %q is empty or has white space", n.StorePath, v)
+					return narinfoArrays{}, fmt.Errorf("narinfo %s: list element %q is empty or has white space", n.StorePath, v)
 				}
 			}
 		}
@@ -198,72 +201,65 @@ func (db *DB) CommitNarinfos(ctx context.Context, ns []Narinfo, small map[string
 		cols.ca = append(cols.ca, n.CA)
 		cols.pending = append(cols.pending, n.PendingStep)
 	}
-	steps := slices.Compact(slices.Sorted(slices.Values(grant.Steps)))
-	if steps == nil {
-		steps = []int64{}
-	}
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		// In one order (by lock key), so two groups sharing blobs cannot deadlock.
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT
-			hashtextextended('fc-blob:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys`, cols.url); err != nil {
-			return fmt.Errorf("lock blobs: %w", err)
-		}
-		if err := checkGrant(ctx, tx, grant, steps); err != nil {
-			return err
-		}
-		if len(refs) > 0 {
-			refs = slices.Compact(slices.Sorted(slices.Values(refs)))
-			rows, err := tx.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1)
-				AND (pending_step IS NULL OR pending_step = ANY($2)) ORDER BY hash_part FOR SHARE`, refs, steps)
-			if err != nil {
-				return fmt.Errorf("check references: %w", err)
-			}
-			found, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			if err != nil {
-				return fmt.Errorf("check references: %w", err)
-			}
-			if len(found) != len(refs) {
-				var missing []string
-				for _, r := range refs {
-					if !slices.Contains(found, r) {
-						missing = append(missing, r)
-					}
-				}
-				return fmt.Errorf("%w: referenced paths no longer in the cache: %s", ErrConflict, strings.Join(missing, ", "))
-			}
-		}
-		if err := commit(); err != nil {
-			return err
-		}
-		smallNames := slices.Sorted(maps.Keys(small))
-		smallData := make([][]byte, 0, len(small))
-		for _, name := range smallNames {
-			smallData = append(smallData, small[name])
-		}
-		_, err := tx.Exec(ctx, `WITH added AS (
-			INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
-				nar_hash, nar_size, refs, deriver, sigs, ca, pending_step)
-			SELECT h, p, u, c, fh, fs, nh, ns, string_to_array(r, ' '), d, string_to_array(s, ' '), ca, nullif(ps, 0)
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-				$8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $15::bigint[])
-				AS t(h, p, u, c, fh, fs, nh, ns, r, d, s, ca, ps)
-			ON CONFLICT (hash_part) DO UPDATE SET url = excluded.url, compression = excluded.compression,
-				file_hash = excluded.file_hash, file_size = excluded.file_size, nar_hash = excluded.nar_hash,
-				nar_size = excluded.nar_size, refs = excluded.refs, deriver = excluded.deriver, sigs = excluded.sigs,
-				ca = excluded.ca, pending_step = excluded.pending_step, created_at = now(), last_used_at = now()
-				WHERE narinfos.pending_step IS NOT NULL
-			RETURNING url)
-			INSERT INTO small_blobs (name, data)
-			SELECT b.n, b.d FROM unnest($13::text[], $14::bytea[]) AS b(n, d)
-			WHERE 'nar/' || b.n IN (SELECT url FROM added)
-			ON CONFLICT (name) DO NOTHING`,
-			cols.hash, cols.path, cols.url, cols.comp, cols.fileHash, cols.fileSize, cols.narHash, cols.narSize,
-			cols.refs, cols.deriver, cols.sigs, cols.ca, smallNames, smallData, cols.pending)
-		if err != nil {
-			return fmt.Errorf("insert %d narinfos: %w", len(ns), err)
-		}
+	return cols, nil
+}
+
+// holdReferences checks that every referenced path is in the cache (a pending one
+// only when it is an output of the grant's steps) and keeps them there (FOR SHARE)
+// until the transaction ends.
+func holdReferences(ctx context.Context, tx pgx.Tx, refs []string, steps []int64) error {
+	if len(refs) == 0 {
 		return nil
-	})
+	}
+	refs = slices.Compact(slices.Sorted(slices.Values(refs)))
+	rows, err := tx.Query(ctx, `SELECT hash_part FROM narinfos WHERE hash_part = ANY($1)
+		AND (pending_step IS NULL OR pending_step = ANY($2)) ORDER BY hash_part FOR SHARE`, refs, steps)
+	if err != nil {
+		return fmt.Errorf("check references: %w", err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("check references: %w", err)
+	}
+	if len(found) != len(refs) {
+		var missing []string
+		for _, r := range refs {
+			if !slices.Contains(found, r) {
+				missing = append(missing, r)
+			}
+		}
+		return fmt.Errorf("%w: referenced paths no longer in the cache: %s", ErrConflict, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// insertNarinfos records the narinfos, and the small blobs of those that were not
+// recorded already.
+func insertNarinfos(ctx context.Context, tx pgx.Tx, cols narinfoArrays, small map[string][]byte) error {
+	smallNames := slices.Sorted(maps.Keys(small))
+	smallData := make([][]byte, 0, len(small))
+	for _, name := range smallNames {
+		smallData = append(smallData, small[name])
+	}
+	_, err := tx.Exec(ctx, `WITH added AS (
+		INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size,
+			nar_hash, nar_size, refs, deriver, sigs, ca, pending_step)
+		SELECT h, p, u, c, fh, fs, nh, ns, string_to_array(r, ' '), d, string_to_array(s, ' '), ca, nullif(ps, 0)
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+			$8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $15::bigint[])
+			AS t(h, p, u, c, fh, fs, nh, ns, r, d, s, ca, ps)
+		ON CONFLICT (hash_part) DO UPDATE SET url = excluded.url, compression = excluded.compression,
+			file_hash = excluded.file_hash, file_size = excluded.file_size, nar_hash = excluded.nar_hash,
+			nar_size = excluded.nar_size, refs = excluded.refs, deriver = excluded.deriver, sigs = excluded.sigs,
+			ca = excluded.ca, pending_step = excluded.pending_step, created_at = now(), last_used_at = now()
+			WHERE narinfos.pending_step IS NOT NULL
+		RETURNING url)
+		INSERT INTO small_blobs (name, data)
+		SELECT b.n, b.d FROM unnest($13::text[], $14::bytea[]) AS b(n, d)
+		WHERE 'nar/' || b.n IN (SELECT url FROM added)
+		ON CONFLICT (name) DO NOTHING`,
+		cols.hash, cols.path, cols.url, cols.comp, cols.fileHash, cols.fileSize, cols.narHash, cols.narSize,
+		cols.refs, cols.deriver, cols.sigs, cols.ca, smallNames, smallData, cols.pending)
 	return err
 }
 

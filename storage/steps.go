@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// StatusCodes are Hydra's numbers for the finished statuses (DESIGN.md §7).
+// StatusCodes are the numbers of the finished statuses. They are Hydra's numbers, so
+// what reads Hydra's status codes reads FC's; the API shows the names.
 var StatusCodes = map[string]int{
 	"succeeded": 0, "failed": 1, "dependency_failed": 2, "aborted": 3, "cancelled": 4,
 	"failed_with_output": 6, "timed_out": 7, "cached_failure": 8, "unsupported_system": 9,
@@ -24,70 +24,6 @@ const ownFailures = `('failed', 'timed_out', 'failed_with_output', 'log_limit_ex
 // restartable are the statuses a restart queues again.
 const restartable = `('failed', 'timed_out', 'failed_with_output', 'log_limit_exceeded', 'output_limit_exceeded',
 	'cached_failure', 'dependency_failed', 'aborted', 'cancelled', 'unsupported_system')`
-
-// StepsChannel is the LISTEN/NOTIFY channel that says steps may have become runnable
-// (an evaluation was stored, a step finished, work was restarted): every coordinator
-// wakes its scheduler.
-const StepsChannel = "fc_steps"
-
-func notifySteps(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `SELECT pg_notify('`+StepsChannel+`', '')`)
-	return err
-}
-
-// rankNodes gives each node the highest schedulingPriority of the jobs that need it
-// and its critical path: the longest chain of nodes that wait for it, itself included.
-func rankNodes(nodes []EvalNode, jobs []EvalJob) (prio, depth map[string]int) {
-	dependents := make(map[string][]string, len(nodes))
-	for _, n := range nodes {
-		for _, in := range n.Inputs {
-			dependents[in] = append(dependents[in], n.DrvPath)
-		}
-	}
-	own := make(map[string]int, len(jobs))
-	for _, j := range jobs {
-		p := j.SchedulingPriority
-		if p == 0 {
-			p = 100
-		}
-		own[j.DrvPath] = max(own[j.DrvPath], p)
-	}
-	prio, depth = make(map[string]int, len(nodes)), make(map[string]int, len(nodes))
-	// Iterative post-order over the dependents graph (a DAG; deep chains must not
-	// exhaust the stack).
-	type frame struct {
-		drv  string
-		next int
-	}
-	for _, n := range nodes {
-		if _, done := depth[n.DrvPath]; done {
-			continue
-		}
-		stack := []frame{{drv: n.DrvPath}}
-		for len(stack) > 0 {
-			top := &stack[len(stack)-1]
-			ds := dependents[top.drv]
-			if top.next < len(ds) {
-				d := ds[top.next]
-				top.next++
-				if _, done := depth[d]; !done {
-					stack = append(stack, frame{drv: d})
-				}
-				continue
-			}
-			p, c := own[top.drv], 0
-			for _, d := range ds {
-				p, c = max(p, prio[d]), max(c, depth[d])
-			}
-			if p == 0 {
-				p = 100
-			}
-			prio[top.drv], depth[top.drv] = p, c+1
-			stack = stack[:len(stack)-1]
-		}
-	}
-	return prio, depth
-}
 
 // AgentSlots says what an agent can take: ClaimSteps gives it only steps it can build.
 type AgentSlots struct {
@@ -190,257 +126,6 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 	return out, nil
 }
 
-// StepOutcome is what an agent reports for a finished step.
-type StepOutcome struct {
-	Status      string // succeeded, failed, timed_out, failed_with_output, log_limit_exceeded, output_limit_exceeded
-	Error       string
-	ExitCode    int
-	Products    []Product
-	Metrics     []Metric
-	ReleaseName string
-	LogSize     int64
-	StartedAt   time.Time
-	FinishedAt  time.Time
-}
-
-// Product is a build product (nix-support/hydra-build-products).
-type Product struct {
-	Nr                                     int
-	Type, Subtype, Name, Path, DefaultPath string
-	FileSize                               *int64
-	SHA256                                 string
-}
-
-// Metric is a build metric (nix-support/hydra-metrics).
-type Metric struct {
-	Name  string
-	Value float64
-	Unit  string
-}
-
-// FinishStep records a step's outcome under its lease, in one transaction: the step,
-// its builds (with products, metrics and release name), failed outputs remembered,
-// dependents marked dependency_failed, aggregates that can now finish. A stale lease
-// changes nothing.
-//
-// A step that built its outputs (succeeded, failed_with_output) must have every
-// declared output in the cache, uploaded by its builder (pending) or served already:
-// sign signs the pending ones, which the cache serves from this commit on. A missing
-// output is ErrOutputsMissing and changes nothing.
-func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome, sign Signer) error {
-	code, ok := StatusCodes[o.Status]
-	if !ok {
-		return fmt.Errorf("finish step %d: unknown status %q", l.ID, o.Status)
-	}
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE steps SET status = $4, status_code = $5, error = $6, exit_code = $7, log_size = $8,
-			started_at = coalesce($9, started_at), finished_at = coalesce($10, now()), lease_expires_at = NULL
-			WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3 AND status = 'running'`,
-			l.ID, l.Epoch, l.AgentID, o.Status, code, o.Error, o.ExitCode, o.LogSize, nullTime(o.StartedAt), nullTime(o.FinishedAt))
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("step %d epoch %d: %w", l.ID, l.Epoch, ErrStaleLease)
-		}
-		if o.Status == "succeeded" || o.Status == "failed_with_output" {
-			if err := promoteOutputs(ctx, tx, l.ID, sign); err != nil {
-				return err
-			}
-		}
-		if err := finishBuildsOfStep(ctx, tx, l.ID, o.Status, code, o.ReleaseName); err != nil {
-			return err
-		}
-		if err := insertProducts(ctx, tx, l.ID, o.Products, o.Metrics); err != nil {
-			return err
-		}
-		if o.Status != "succeeded" {
-			if err := failStepTx(ctx, tx, l.ID); err != nil {
-				return err
-			}
-		}
-		if err := finishAggregates(ctx, tx, 0); err != nil {
-			return err
-		}
-		return notifySteps(ctx, tx)
-	})
-	if err != nil {
-		return fmt.Errorf("finish step %d: %w", l.ID, err)
-	}
-	return nil
-}
-
-// Signer returns the signature (name:base64) of a path the cache is about to serve.
-type Signer func(n Narinfo) (string, error)
-
-// ErrOutputsMissing is a step reported built whose outputs are not all in the cache.
-var ErrOutputsMissing = errors.New("outputs missing from the cache")
-
-// promoteOutputs signs the pending uploads of a step's outputs and makes the cache
-// serve them. An output already served needs nothing; a pending row of another step
-// counts only for a fixed-output path (its content was checked against the declared
-// hash, so any builder's upload is the same).
-func promoteOutputs(ctx context.Context, tx pgx.Tx, stepID int64, sign Signer) error {
-	rows, err := tx.Query(ctx, `SELECT path, ca FROM step_outputs WHERE step_id = $1 ORDER BY path`, stepID)
-	if err != nil {
-		return fmt.Errorf("outputs of step %d: %w", stepID, err)
-	}
-	type output struct{ path, ca string }
-	outs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (output, error) {
-		var o output
-		err := r.Scan(&o.path, &o.ca)
-		return o, err
-	})
-	if err != nil {
-		return fmt.Errorf("outputs of step %d: %w", stepID, err)
-	}
-	hashes := make([]string, 0, len(outs))
-	for _, o := range outs {
-		if len(o.path) >= 43 {
-			hashes = append(hashes, o.path[11:43])
-		}
-	}
-	rows, err = tx.Query(ctx, `SELECT hash_part, store_path, nar_hash, nar_size, refs, coalesce(pending_step, 0)
-		FROM narinfos WHERE hash_part = ANY($1) ORDER BY hash_part FOR UPDATE`, hashes)
-	if err != nil {
-		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
-	}
-	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Narinfo, error) {
-		var n Narinfo
-		err := r.Scan(&n.HashPart, &n.StorePath, &n.NarHash, &n.NarSize, &n.References, &n.PendingStep)
-		return n, err
-	})
-	if err != nil {
-		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
-	}
-	byPath := make(map[string]Narinfo, len(have))
-	for _, n := range have {
-		byPath[n.StorePath] = n
-	}
-	var missing, promote, sigs []string
-	for _, o := range outs {
-		n, ok := byPath[o.path]
-		switch {
-		case ok && n.PendingStep == 0:
-		case ok && (n.PendingStep == stepID || o.ca != ""):
-			if sign == nil {
-				return fmt.Errorf("step %d: no key to sign its outputs", stepID)
-			}
-			sig, err := sign(n)
-			if err != nil {
-				return fmt.Errorf("sign %s: %w", n.StorePath, err)
-			}
-			promote, sigs = append(promote, n.HashPart), append(sigs, sig)
-		default:
-			missing = append(missing, o.path)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("step %d: %w: %s", stepID, ErrOutputsMissing, strings.Join(missing, " "))
-	}
-	if len(promote) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `UPDATE narinfos n SET sigs = ARRAY[x.s], pending_step = NULL, last_used_at = now()
-		FROM unnest($1::text[], $2::text[]) AS x(h, s) WHERE n.hash_part = x.h`, promote, sigs); err != nil {
-		return fmt.Errorf("sign the outputs of step %d: %w", stepID, err)
-	}
-	return nil
-}
-
-func nullTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
-// finishBuildsOfStep gives the non-aggregate builds of a step its status.
-func finishBuildsOfStep(ctx context.Context, tx pgx.Tx, stepID int64, status string, code int, releaseName string) error {
-	_, err := tx.Exec(ctx, `UPDATE builds SET status = $2, status_code = $3, finished_at = now(),
-		started_at = coalesce(started_at, now()), release_name = CASE WHEN $4 = '' THEN release_name ELSE $4 END
-		WHERE step_id = $1 AND status IN ('queued', 'running') AND NOT is_aggregate`, stepID, status, code, releaseName)
-	return err
-}
-
-func insertProducts(ctx context.Context, tx pgx.Tx, stepID int64, products []Product, metrics []Metric) error {
-	for _, p := range products {
-		if _, err := tx.Exec(ctx, `INSERT INTO build_products (build_id, nr, type, subtype, name, path, default_path, file_size, sha256)
-			SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM builds WHERE step_id = $1 ON CONFLICT DO NOTHING`,
-			stepID, p.Nr, p.Type, p.Subtype, p.Name, p.Path, p.DefaultPath, p.FileSize, p.SHA256); err != nil {
-			return fmt.Errorf("products: %w", err)
-		}
-	}
-	for _, m := range metrics {
-		if _, err := tx.Exec(ctx, `INSERT INTO build_metrics (build_id, name, value, unit)
-			SELECT id, $2, $3, $4 FROM builds WHERE step_id = $1 ON CONFLICT DO NOTHING`, stepID, m.Name, m.Value, m.Unit); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	return nil
-}
-
-// failStepTx remembers a failed step's outputs (when its own build failed) and marks
-// every step that waits for it, and their builds, dependency_failed, pointing at the
-// build that failed.
-func failStepTx(ctx context.Context, tx pgx.Tx, stepID int64) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO failed_paths (path, step_id)
-		SELECT o.path, o.step_id FROM step_outputs o JOIN steps s ON s.id = o.step_id
-		WHERE o.step_id = $1 AND s.status IN `+ownFailures+` ON CONFLICT (path) DO UPDATE SET step_id = excluded.step_id`, stepID); err != nil {
-		return fmt.Errorf("failed paths: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `WITH RECURSIVE dep(id) AS (
-			SELECT step_id FROM step_edges WHERE depends_on = $1
-			UNION SELECT e.step_id FROM step_edges e JOIN dep ON e.depends_on = dep.id)
-		UPDATE steps SET status = 'dependency_failed', status_code = 2, finished_at = now(), lease_expires_at = NULL
-		WHERE id IN (SELECT id FROM dep) AND status = 'queued'`, stepID); err != nil {
-		return fmt.Errorf("propagate to steps: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `WITH RECURSIVE dep(id) AS (
-			SELECT step_id FROM step_edges WHERE depends_on = $1
-			UNION SELECT e.step_id FROM step_edges e JOIN dep ON e.depends_on = dep.id)
-		UPDATE builds b SET status = 'dependency_failed', status_code = 2, finished_at = now(),
-			propagated_from = coalesce(
-				(SELECT f.id FROM builds f WHERE f.step_id = $1 AND f.evaluation_id = b.evaluation_id ORDER BY f.id LIMIT 1),
-				(SELECT min(f.id) FROM builds f WHERE f.step_id = $1))
-		WHERE b.step_id IN (SELECT id FROM dep) AND b.status IN ('queued', 'running') AND NOT b.is_aggregate`, stepID); err != nil {
-		return fmt.Errorf("propagate to builds: %w", err)
-	}
-	return nil
-}
-
-// finishAggregates finishes the aggregate builds (of one evaluation, or all when
-// evalID is 0) whose own step and constituents have all finished: failed when a
-// constituent did not succeed (the aggregate's own derivation, which usually depends
-// on the constituents, is then dependency_failed; Hydra shows the aggregate failed),
-// else the status of its own step.
-func finishAggregates(ctx context.Context, tx pgx.Tx, evalID int64) error {
-	// An aggregate may be a constituent of another: repeat until nothing changes.
-	for range 16 {
-		tag, err := tx.Exec(ctx, `UPDATE builds a SET
-			status = CASE WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
-					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 'failed'
-				WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status ELSE 'succeeded' END,
-			status_code = CASE WHEN EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
-					WHERE ac.aggregate_id = a.id AND c.status <> 'succeeded') THEN 1
-				WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status_code ELSE 0 END,
-			finished_at = now(), started_at = coalesce(a.started_at, now())
-			FROM (SELECT b.id, b.step_id FROM builds b WHERE b.is_aggregate AND b.status IN ('queued', 'running')
-				AND ($1 = 0 OR b.evaluation_id = $1)) t
-			LEFT JOIN steps s ON s.id = t.step_id
-			WHERE a.id = t.id AND (s.id IS NULL OR s.status NOT IN ('queued', 'running'))
-				AND NOT EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
-					WHERE ac.aggregate_id = a.id AND c.status IN ('queued', 'running'))`, evalID)
-		if err != nil {
-			return fmt.Errorf("finish aggregates: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return nil
-		}
-	}
-	return nil
-}
-
 // RetryStep requeues a step after an infrastructure failure the agent reported
 // (counting the attempt, backing off); at max_attempts it ends aborted.
 func (db *DB) RetryStep(ctx context.Context, l Lease, msg string, cfg LeaseConfig) error {
@@ -538,15 +223,15 @@ func (db *DB) RescueSteps(ctx context.Context, cfg LeaseConfig) (requeued, abort
 	return requeued, aborted, nil
 }
 
-// endQueuedSteps ends queued steps chosen by where (a condition on s) with a status
-// that propagates like a failure.
-func (db *DB) endQueuedSteps(ctx context.Context, status, errMsg, where string, args ...any) (int, error) {
+// endQueuedSteps ends queued steps with a status that propagates like a failure.
+// stmt is one of the constant statements below: it sets status ($1), status_code
+// ($2) and error ($3) on the queued steps it chooses (with args from $4 on) and
+// returns their ids.
+func (db *DB) endQueuedSteps(ctx context.Context, status, errMsg, stmt string, args ...any) (int, error) {
 	code := StatusCodes[status]
 	n := 0
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `UPDATE steps s SET status = '`+status+`', status_code = `+fmt.Sprint(code)+`,
-			error = '`+errMsg+`', finished_at = now()
-			WHERE s.status = 'queued' AND `+where+` RETURNING s.id`, args...)
+		rows, err := tx.Query(ctx, stmt, append([]any{status, code, errMsg}, args...)...)
 		if err != nil {
 			return err
 		}
@@ -574,22 +259,34 @@ func (db *DB) endQueuedSteps(ctx context.Context, status, errMsg, where string, 
 	return n, nil
 }
 
+const (
+	// endCachedFailures chooses the queued steps with an output that failed before.
+	endCachedFailures = `UPDATE steps s SET status = $1, status_code = $2, error = $3, finished_at = now()
+		WHERE s.status = 'queued'
+			AND EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)
+		RETURNING s.id`
+	// endUnsupported chooses the queued steps older than $4 seconds that no enabled
+	// build agent, connected or seen within $4 seconds, has the system and features for.
+	endUnsupported = `UPDATE steps s SET status = $1, status_code = $2, error = $3, finished_at = now()
+		WHERE s.status = 'queued' AND s.created_at < now() - make_interval(secs => $4)
+			AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_at IS NULL AND a.enabled AND 'build' = ANY(a.roles)
+				AND (a.connected OR a.last_seen_at > now() - make_interval(secs => $4))
+				AND s.system = ANY(a.systems) AND s.required_features <@ a.features AND a.mandatory_features <@ s.required_features)
+		RETURNING s.id`
+)
+
 // FailCachedSteps ends queued steps with an output that failed before (and was not
 // restarted since) as cached_failure.
 func (db *DB) FailCachedSteps(ctx context.Context) (int, error) {
 	return db.endQueuedSteps(ctx, "cached_failure", "an output of this derivation failed to build before; restart to retry",
-		`EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)`)
+		endCachedFailures)
 }
 
 // EndUnsupportedSteps ends queued steps that no agent could build for wait: no
 // enabled build agent, connected or seen within wait, has the system and features.
 func (db *DB) EndUnsupportedSteps(ctx context.Context, wait time.Duration) (int, error) {
 	return db.endQueuedSteps(ctx, "unsupported_system", "no agent can build this system and feature set",
-		`s.created_at < now() - make_interval(secs => $1)
-		AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_at IS NULL AND a.enabled AND 'build' = ANY(a.roles)
-			AND (a.connected OR a.last_seen_at > now() - make_interval(secs => $1))
-			AND s.system = ANY(a.systems) AND s.required_features <@ a.features AND a.mandatory_features <@ s.required_features)`,
-		wait.Seconds())
+		endUnsupported, wait.Seconds())
 }
 
 // QueuedSteps reports whether any step is queued (so the scheduler need not look at

@@ -1,5 +1,7 @@
-// Package cli is the fc-agent command line: run (the default) and keygen. The main
-// package only calls Run.
+// Package cli is the fc-agent command line: run (the default: load the settings,
+// build the daemon and its executors from them and run it), keygen and push. The
+// main package only calls Run; coordinator/localagent embeds the same daemon in the
+// coordinator.
 package cli
 
 import (

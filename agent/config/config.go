@@ -1,6 +1,7 @@
-// Package config defines fc-agent's settings and loads them like the coordinator's:
-// compiled defaults, ./agent.toml, the --config / FC_CONFIG_FILE file, then FC_
-// variables (FC_COORDINATOR__URL, FC_AGENT__NAME, ...). agent.toml documents every key.
+// Package config defines fc-agent's settings and loads them like the coordinator's
+// (internal/tomlenv): compiled defaults, ./agent.toml, the --config / FC_CONFIG_FILE
+// file, then FC_ variables (FC_COORDINATOR__URL, FC_AGENT__NAME, ...). agent.toml
+// documents every key. The coordinator's settings are coordinator/config.
 package config
 
 import (

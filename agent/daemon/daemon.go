@@ -1,7 +1,9 @@
-// Package daemon is the agent's lifecycle: keep one session to the coordinator,
-// reconnect with capped, jittered exponential backoff, heartbeat, re-advertise
-// capabilities when they change, answer commands, and drain: take no new work,
-// keep heartbeating, finish what runs, then stop.
+// Package daemon is the agent's lifecycle: keep one session to the coordinator
+// (agent/session), reconnect with capped, jittered exponential backoff
+// (internal/backoff), heartbeat, re-advertise capabilities when they change, answer
+// commands, run assigned work on its Executors (agent/work) and drain: take no new
+// work, keep heartbeating, finish what runs, then stop. Its counterpart on the
+// coordinator is coordinator/fleet, which holds every agent's session.
 package daemon
 
 import (
@@ -10,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
 	"slices"
 	"sync"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/fc-ci/fc/agent/probe"
 	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/internal/backoff"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -68,8 +70,11 @@ func (d *Daemon) closeExecutors() {
 	}
 }
 
-// Link opens streams on whatever session is current.
-type Link interface {
+// Link is what Executor.Run is handed to reach the coordinator: the daemon itself,
+// which opens streams on whatever session is current. It is an alias of an interface
+// literal, not a type of its own, so executors state the same interface where they
+// use it (agent/work.Link) and satisfy Executor without importing this package.
+type Link = interface {
 	OpenStream(ctx context.Context, kind string) (io.ReadWriteCloser, error)
 }
 
@@ -194,7 +199,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.log.Error("coordinator refused this agent", "code", refused.Code, "reason", refused.Message)
 				return refused
 			}
-			wait := backoff(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+			wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
 			attempt++
 			d.log.Warn("cannot reach coordinator; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
 			if !d.sleep(ctx, wait) {
@@ -225,7 +230,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if time.Since(connectedAt) > stableSession {
 			attempt = 0
 		}
-		wait := backoff(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+		wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
 		attempt++
 		d.log.Warn("session to coordinator ended; reconnecting", "reason", reason, "retry_in", wait.Round(time.Millisecond))
 		if !d.sleep(ctx, wait) {
@@ -446,19 +451,6 @@ func (d *Daemon) sleep(ctx context.Context, wait time.Duration) bool {
 			return true
 		}
 	}
-}
-
-// backoff is exponential from min, capped at max, with jitter over its upper half so
-// a fleet that lost its coordinator does not reconnect in lockstep.
-func backoff(attempt int, min, max time.Duration) time.Duration {
-	d := min
-	for i := 0; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 func reject(reason string) protocol.Message {

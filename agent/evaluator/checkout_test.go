@@ -1,7 +1,6 @@
 package evaluator
 
 import (
-	"fmt"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -215,34 +214,5 @@ func TestCheckout_HTTPSToken(t *testing.T) {
 		if cfg := readFile(t, filepath.Join(m, "config")); strings.Contains(cfg, token) {
 			t.Errorf("mirror config holds the token: %s", cfg)
 		}
-	}
-}
-
-func TestCheckout_SSHKeyFile(t *testing.T) {
-	g, err := newGit(t.TempDir(), "ssh://git@example.org/r.git", Credentials{SSHKey: "-----BEGIN OPENSSH PRIVATE KEY-----\nxyz\n-----END OPENSSH PRIVATE KEY-----"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := filepath.Join(g.tmp, "id")
-	st, err := os.Stat(key)
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("key file %v %v", st, err)
-	}
-	if !strings.HasSuffix(readFile(t, key), "-----\n") {
-		t.Errorf("the key file lacks its final newline")
-	}
-	var sshCmd string
-	for _, e := range g.env {
-		if v, ok := strings.CutPrefix(e, "GIT_SSH_COMMAND="); ok {
-			sshCmd = v
-		}
-	}
-	want := fmt.Sprintf("ssh -i '%s' -o IdentitiesOnly=yes -o BatchMode=yes", key)
-	if !strings.HasPrefix(sshCmd, want) || !strings.Contains(sshCmd, "StrictHostKeyChecking=accept-new") {
-		t.Errorf("GIT_SSH_COMMAND = %q", sshCmd)
-	}
-	g.close()
-	if _, err := os.Stat(key); !os.IsNotExist(err) {
-		t.Errorf("the key file outlived the checkout: %v", err)
 	}
 }

@@ -101,17 +101,55 @@ func (a nixArg) expr() string {
 	return "(" + a.value + ")"
 }
 
-func prepare(ctx context.Context, dir string, req Request) (*target, func(), float64, error) {
+// prepare makes the target of an evaluation of the checkout dir: for a legacy
+// expression that includes checking its git inputs out. cleanup removes those
+// checkouts; checkoutSeconds is the time they took.
+func prepare(ctx context.Context, dir string, req Request) (t *target, cleanup func(), checkoutSeconds float64, err error) {
 	var cleanups []func()
-	cleanup := func() {
+	cleanup = func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
 		}
 	}
-	dir, err := filepath.Abs(dir)
+	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return nil, cleanup, 0, err
 	}
+	t = newTarget(dir, req)
+	if t.flake {
+		if req.Expression != "" && req.Expression != defaultFlakeAttr {
+			t.attrPath = splitAttrPath(strings.TrimPrefix(req.Expression, "#"))
+		}
+		if err := t.lockFlake(ctx, req.Revision); err != nil {
+			return nil, cleanup, 0, err
+		}
+		return t, cleanup, 0, nil
+	}
+
+	if t.file, err = legacyFile(dir, req.Expression); err != nil {
+		return nil, cleanup, 0, err
+	}
+	t.search = append(t.search, "fc-checkout="+dir)
+	cacheDir := req.CacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(os.TempDir(), "fc-eval-cache")
+	}
+	for _, in := range req.Inputs {
+		c, secs, err := t.addInput(ctx, in, req, cacheDir)
+		if c != nil {
+			cleanups = append(cleanups, c)
+		}
+		checkoutSeconds += secs
+		if err != nil {
+			return nil, cleanup, checkoutSeconds, err
+		}
+	}
+	return t, cleanup, checkoutSeconds, nil
+}
+
+// newTarget is the target of the checkout dir with the request's settings and Nix
+// options, before its expression and inputs.
+func newTarget(dir string, req Request) *target {
 	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB, onDrv: req.OnDrv,
 		evalStore: req.EvalStore}
 	if t.onDrv == nil {
@@ -127,107 +165,113 @@ func prepare(ctx context.Context, dir string, req Request) (*target, func(), flo
 	if !req.AllowIFD {
 		t.options = append(t.options, "allow-import-from-derivation", "false")
 	}
-	if t.flake {
-		if req.Expression != "" && req.Expression != defaultFlakeAttr {
-			t.attrPath = splitAttrPath(strings.TrimPrefix(req.Expression, "#"))
-		}
-		if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
-			rev := req.Revision
-			if !fullSHA.MatchString(rev) {
-				if rev, err = HeadRev(ctx, dir); err != nil {
-					return nil, cleanup, 0, err
-				}
-			}
-			t.flakeRef = "git+file://" + dir + "?rev=" + rev
-		} else {
-			// Not a git checkout: lock the directory by its content.
-			out, err := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command",
-				"hash", "path", "--type", "sha256", dir).Output()
-			if err != nil {
-				return nil, cleanup, 0, fmt.Errorf("hash %s: %w%s", dir, err, stderrOf(err))
-			}
-			t.flakeRef = "path:" + dir + "?narHash=" + strings.TrimSpace(string(out))
-		}
-		return t, cleanup, 0, nil
-	}
+	return t
+}
 
-	expr := req.Expression
+// lockFlake sets the flake reference of the checkout: a git checkout at revision
+// (HEAD when it is not a full commit id), anything else locked by its content.
+func (t *target) lockFlake(ctx context.Context, revision string) error {
+	dir := t.checkout
+	if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
+		rev := revision
+		if !fullSHA.MatchString(rev) {
+			if rev, err = HeadRev(ctx, dir); err != nil {
+				return err
+			}
+		}
+		t.flakeRef = "git+file://" + dir + "?rev=" + rev
+		return nil
+	}
+	// Not a git checkout: lock the directory by its content.
+	out, err := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command",
+		"hash", "path", "--type", "sha256", dir).Output()
+	if err != nil {
+		return fmt.Errorf("hash %s: %w%s", dir, err, stderrOf(err))
+	}
+	t.flakeRef = "path:" + dir + "?narHash=" + strings.TrimSpace(string(out))
+	return nil
+}
+
+// legacyFile is the absolute path of a legacy expression (default release.nix; a
+// directory means its default.nix), which must lie inside the checkout dir.
+func legacyFile(dir, expr string) (string, error) {
 	if expr == "" {
 		expr = "release.nix"
 	}
 	file := filepath.Clean(filepath.Join(dir, expr))
 	if file != dir && !strings.HasPrefix(file, dir+string(filepath.Separator)) {
-		return nil, cleanup, 0, fmt.Errorf("%w: expression %q is outside the checkout", ErrEvalFailed, expr)
+		return "", fmt.Errorf("%w: expression %q is outside the checkout", ErrEvalFailed, expr)
 	}
 	if st, err := os.Stat(file); err != nil {
-		return nil, cleanup, 0, fmt.Errorf("%w: expression %q: %w", ErrEvalFailed, expr, err)
+		return "", fmt.Errorf("%w: expression %q: %w", ErrEvalFailed, expr, err)
 	} else if st.IsDir() {
 		file = filepath.Join(file, "default.nix")
 	}
-	t.file = file
-	t.search = append(t.search, "fc-checkout="+dir)
+	return file, nil
+}
 
-	var checkoutSeconds float64
-	cacheDir := req.CacheDir
-	if cacheDir == "" {
-		cacheDir = filepath.Join(os.TempDir(), "fc-eval-cache")
+// addInput passes one jobset input to a legacy expression. A git input is checked
+// out: cleanup (nil for other inputs) removes the checkout, secs is the time it took.
+func (t *target) addInput(ctx context.Context, in Input, req Request, cacheDir string) (cleanup func(), secs float64, err error) {
+	if !validInputName(in.Name) {
+		return nil, 0, fmt.Errorf("%w: input %q: not a valid attribute name", ErrEvalFailed, in.Name)
 	}
-	for _, in := range req.Inputs {
-		if !validInputName(in.Name) {
-			return nil, cleanup, checkoutSeconds, fmt.Errorf("%w: input %q: not a valid attribute name", ErrEvalFailed, in.Name)
+	switch in.Type {
+	case "string", "":
+		t.inputs = append(t.inputs, nixArg{name: in.Name, str: true, value: in.Value})
+	case "boolean", "bool":
+		b, err := strconv.ParseBool(strings.TrimSpace(in.Value))
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: input %q: %q is not a boolean", ErrEvalFailed, in.Name, in.Value)
 		}
-		switch in.Type {
-		case "string", "":
-			t.inputs = append(t.inputs, nixArg{name: in.Name, str: true, value: in.Value})
-		case "boolean", "bool":
-			b, err := strconv.ParseBool(strings.TrimSpace(in.Value))
-			if err != nil {
-				return nil, cleanup, checkoutSeconds, fmt.Errorf("%w: input %q: %q is not a boolean", ErrEvalFailed, in.Name, in.Value)
-			}
-			t.inputs = append(t.inputs, nixArg{name: in.Name, value: strconv.FormatBool(b)})
-		case "nix":
-			t.inputs = append(t.inputs, nixArg{name: in.Name, value: in.Value})
-		case "path":
-			// A path on this machine: only where the agent's own list allows, never
-			// its state, and read where its symlinks lead as checked.
-			p, err := checkPathInput(in.Name, in.Value, req.AllowedInputPaths, req.ProtectedPaths)
-			if err != nil {
-				return nil, cleanup, checkoutSeconds, err
-			}
-			t.inputs = append(t.inputs, nixArg{name: in.Name, value: "{ outPath = " + storeCopy(p) + "; }"})
-			t.search = append(t.search, in.Name+"="+p)
-		case "git":
-			// "URL" or "URL REVISION" (a commit, branch or tag; default: HEAD).
-			fields := strings.Fields(in.Value)
-			if len(fields) == 0 || len(fields) > 2 {
-				return nil, cleanup, checkoutSeconds, fmt.Errorf("%w: input %q: want \"URL [revision]\", got %q", ErrEvalFailed, in.Name, in.Value)
-			}
-			rev := ""
-			if len(fields) == 2 {
-				rev = fields[1]
-			}
-			cstart := time.Now()
-			// The project's credentials go only to its own scheme, host and port.
-			creds := Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken}.ScopedTo(req.RepoURL, fields[0])
-			idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, creds)
-			if err != nil {
-				return nil, cleanup, checkoutSeconds, fmt.Errorf("input %q: %w", in.Name, err)
-			}
-			cleanups = append(cleanups, icleanup)
-			count, err := RevCount(ctx, idir, irev)
-			checkoutSeconds += time.Since(cstart).Seconds()
-			if err != nil {
-				return nil, cleanup, checkoutSeconds, fmt.Errorf("input %q: %w", in.Name, err)
-			}
-			t.inputs = append(t.inputs, nixArg{name: in.Name, value: fmt.Sprintf(
-				"{ outPath = %s; rev = %s; shortRev = %s; revCount = %d; }",
-				storeCopy(idir), nixString(irev), nixString(irev[:7]), count)})
-			t.search = append(t.search, in.Name+"="+idir)
-		default:
-			return nil, cleanup, checkoutSeconds, fmt.Errorf("%w: input %q: unknown type %q", ErrEvalFailed, in.Name, in.Type)
+		t.inputs = append(t.inputs, nixArg{name: in.Name, value: strconv.FormatBool(b)})
+	case "nix":
+		t.inputs = append(t.inputs, nixArg{name: in.Name, value: in.Value})
+	case "path":
+		// A path on this machine: only where the agent's own list allows, never
+		// its state, and read where its symlinks lead as checked.
+		p, err := checkPathInput(in.Name, in.Value, req.AllowedInputPaths, req.ProtectedPaths)
+		if err != nil {
+			return nil, 0, err
 		}
+		t.inputs = append(t.inputs, nixArg{name: in.Name, value: "{ outPath = " + storeCopy(p) + "; }"})
+		t.search = append(t.search, in.Name+"="+p)
+	case "git":
+		return t.addGitInput(ctx, in, req, cacheDir)
+	default:
+		return nil, 0, fmt.Errorf("%w: input %q: unknown type %q", ErrEvalFailed, in.Name, in.Type)
 	}
-	return t, cleanup, checkoutSeconds, nil
+	return nil, 0, nil
+}
+
+// addGitInput checks a git input out ("URL" or "URL REVISION": a commit, branch or
+// tag; default HEAD) and passes it as Hydra does, with rev, shortRev and revCount.
+func (t *target) addGitInput(ctx context.Context, in Input, req Request, cacheDir string) (cleanup func(), secs float64, err error) {
+	fields := strings.Fields(in.Value)
+	if len(fields) == 0 || len(fields) > 2 {
+		return nil, 0, fmt.Errorf("%w: input %q: want \"URL [revision]\", got %q", ErrEvalFailed, in.Name, in.Value)
+	}
+	rev := ""
+	if len(fields) == 2 {
+		rev = fields[1]
+	}
+	cstart := time.Now()
+	// The project's credentials go only to its own scheme, host and port.
+	creds := Credentials{SSHKey: req.SSHKey, HTTPSToken: req.HTTPSToken}.ScopedTo(req.RepoURL, fields[0])
+	idir, irev, icleanup, err := checkout(ctx, cacheDir, fields[0], rev, creds)
+	if err != nil {
+		return nil, 0, fmt.Errorf("input %q: %w", in.Name, err)
+	}
+	count, err := RevCount(ctx, idir, irev)
+	secs = time.Since(cstart).Seconds()
+	if err != nil {
+		return icleanup, secs, fmt.Errorf("input %q: %w", in.Name, err)
+	}
+	t.inputs = append(t.inputs, nixArg{name: in.Name, value: fmt.Sprintf(
+		"{ outPath = %s; rev = %s; shortRev = %s; revCount = %d; }",
+		storeCopy(idir), nixString(irev), nixString(irev[:7]), count)})
+	t.search = append(t.search, in.Name+"="+idir)
+	return icleanup, secs, nil
 }
 
 // storeCopy is a Nix expression copying the directory (without .git) to the store, as

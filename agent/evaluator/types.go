@@ -1,7 +1,11 @@
-// Package eval is the agent's evaluator: it checks a repository out at an exact
-// revision, evaluates a flake (hydraJobs, falling back to checks) or a legacy file
-// (release.nix) into jobs with per-attribute errors, and walks the derivation graph to
-// find what must be built, asking the coordinator's cache what it already holds.
+// Package evaluator evaluates jobsets on this agent: it checks a repository out at
+// an exact revision, evaluates a flake (hydraJobs, falling back to checks) or a
+// legacy file (release.nix) into jobs with per-attribute errors, and walks the
+// derivation graph to find what must be built, asking the coordinator's cache what it
+// already holds. It runs Nix and git only (git through internal/gitcmd);
+// agent/work.EvalRunner takes an evaluation from the coordinator and reports it.
+// Not to be confused with coordinator/evalqueue, which decides on the coordinator
+// when a jobset is evaluated and on which agent, and stores what agents report.
 package evaluator
 
 import "github.com/fc-ci/fc/protocol"

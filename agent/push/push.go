@@ -1,7 +1,7 @@
 // Package push puts store paths and their closures into the coordinator's cache over
 // the agent's session: ask which paths the cache (or an upstream) lacks, then stream
 // those NARs zstd-compressed in dependency order. Evaluation, builds and
-// `fc-agent push` all use it.
+// `fc-agent push` all use it; the receiving end is coordinator/cache.
 package push
 
 import (
@@ -431,31 +431,61 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 	defer st.Close()
 	// Reads and writes on the stream do not watch ctx: closing it ends them.
 	defer context.AfterFunc(ctx, func() { st.Close() })()
-	stats := Stats{Offered: len(infos)}
-	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos}); err != nil {
-		return stats, err
+	u := &upload{stats: Stats{Offered: len(infos)}, progress: opts.Progress}
+	plan, err := offer(st, infos)
+	if err != nil {
+		return u.stats, err
 	}
-	var plan protocol.UploadPlan
-	if err := protocol.ReadFrame(st, &plan); err != nil {
-		return stats, fmt.Errorf("read upload plan: %w", err)
-	}
-	if plan.Error != "" {
-		return stats, fmt.Errorf("%w: %s", ErrRefused, plan.Error)
-	}
-	stats.Upstream = len(plan.Upstream)
-	sizes := make(map[string]int64, len(infos))
+	u.stats.Upstream = len(plan.Upstream)
+	u.sizes = make(map[string]int64, len(infos))
 	for _, i := range infos {
-		sizes[i.StorePath] = i.NarSize
+		u.sizes[i.StorePath] = i.NarSize
 	}
 	// Results are read as they come while the next paths are sent: the coordinator
 	// verifies and commits one path while the following one is on its way.
-	type verdict struct {
-		res protocol.UploadResult
-		err error
+	u.results = readResults(st, len(plan.Missing))
+	if err := u.send(ctx, st, plan, opts); err != nil {
+		return u.stats, err
 	}
-	results := make(chan verdict, len(plan.Missing))
+	for ; u.received < len(plan.Missing); u.received++ {
+		if err := u.record(<-u.results); err != nil {
+			return u.stats, err
+		}
+	}
+	u.stats.Elapsed = time.Since(start)
+	if len(u.stats.Rejections) > 0 {
+		return u.stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(u.stats.Rejections, "; "))
+	}
+	return u.stats, nil
+}
+
+// offer sends the upload request and reads the coordinator's plan.
+func offer(st io.ReadWriter, infos []protocol.PathInfo) (protocol.UploadPlan, error) {
+	var plan protocol.UploadPlan
+	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos}); err != nil {
+		return plan, err
+	}
+	if err := protocol.ReadFrame(st, &plan); err != nil {
+		return plan, fmt.Errorf("read upload plan: %w", err)
+	}
+	if plan.Error != "" {
+		return plan, fmt.Errorf("%w: %s", ErrRefused, plan.Error)
+	}
+	return plan, nil
+}
+
+// verdict is one path's result as read from the stream.
+type verdict struct {
+	res protocol.UploadResult
+	err error
+}
+
+// readResults reads n results from st in the background, stopping at the first
+// error.
+func readResults(st io.Reader, n int) <-chan verdict {
+	results := make(chan verdict, n)
 	go func() {
-		for range plan.Missing {
+		for range n {
 			var res protocol.UploadResult
 			err := protocol.ReadFrame(st, &res)
 			results <- verdict{res, err}
@@ -464,28 +494,44 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 			}
 		}
 	}()
-	record := func(v verdict) error {
-		if v.err != nil {
-			return fmt.Errorf("read upload result: %w", v.err)
-		}
-		if !v.res.OK {
-			stats.Rejections = append(stats.Rejections, v.res.Error)
-			return nil
-		}
-		stats.Sent++
-		stats.SentPaths = append(stats.SentPaths, v.res.StorePath)
-		stats.NarBytes += sizes[v.res.StorePath]
-		stats.FileBytes += v.res.FileSize
-		if opts.Progress != nil {
-			opts.Progress(v.res.StorePath, sizes[v.res.StorePath])
-		}
+	return results
+}
+
+// upload is one Upload under way: what it has sent and learnt so far.
+type upload struct {
+	stats    Stats
+	sizes    map[string]int64 // NAR size by store path
+	progress func(path string, narSize int64)
+	results  <-chan verdict
+	received int // results taken from results
+}
+
+// record counts a result in the stats.
+func (u *upload) record(v verdict) error {
+	if v.err != nil {
+		return fmt.Errorf("read upload result: %w", v.err)
+	}
+	if !v.res.OK {
+		u.stats.Rejections = append(u.stats.Rejections, v.res.Error)
 		return nil
 	}
-	received := 0
+	u.stats.Sent++
+	u.stats.SentPaths = append(u.stats.SentPaths, v.res.StorePath)
+	u.stats.NarBytes += u.sizes[v.res.StorePath]
+	u.stats.FileBytes += v.res.FileSize
+	if u.progress != nil {
+		u.progress(v.res.StorePath, u.sizes[v.res.StorePath])
+	}
+	return nil
+}
+
+// send sends the NARs of the paths the plan says are missing, in its order, and
+// records the results already in after each.
+func (u *upload) send(ctx context.Context, st io.Writer, plan protocol.UploadPlan, opts Options) error {
 	bw := bufio.NewWriterSize(st, 256<<10)
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(opts.Level), zstd.WithEncoderCRC(true))
 	if err != nil {
-		return stats, err
+		return err
 	}
 	defer enc.Close()
 	pw := &pathWriter{enc: enc, plainOK: plan.Uncompressed}
@@ -498,44 +544,35 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 			err = dump(ctx, p, pw)
 		}
 		if err != nil {
-			return stats, err
+			return err
 		}
 		if err := pw.Close(); err != nil {
-			return stats, err
+			return err
 		}
 		if pw.plain {
-			stats.Plain++
+			u.stats.Plain++
 		}
 		if err := cw.Close(); err != nil {
-			return stats, err
+			return err
 		}
 		// Small paths share frames: the buffer goes out when it is full and after the
 		// last path (a flush per path cost a frame and two system calls each).
 		if i == len(plan.Missing)-1 {
 			if err := bw.Flush(); err != nil {
-				return stats, fmt.Errorf("send %s: %w", p, err)
+				return fmt.Errorf("send %s: %w", p, err)
 			}
 		}
 		for drained := false; !drained; { // take the results that are already in
 			select {
-			case v := <-results:
-				received++
-				if err := record(v); err != nil {
-					return stats, err
+			case v := <-u.results:
+				u.received++
+				if err := u.record(v); err != nil {
+					return err
 				}
 			default:
 				drained = true
 			}
 		}
 	}
-	for ; received < len(plan.Missing); received++ {
-		if err := record(<-results); err != nil {
-			return stats, err
-		}
-	}
-	stats.Elapsed = time.Since(start)
-	if len(stats.Rejections) > 0 {
-		return stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(stats.Rejections, "; "))
-	}
-	return stats, nil
+	return nil
 }

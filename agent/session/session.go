@@ -1,7 +1,8 @@
 // Package session is one connection from an agent to its coordinator: the WebSocket
 // dial (through proxies and TLS like any HTTPS request), yamux on top, the signed
 // handshake, heartbeats on the control stream, and commands the coordinator pushes
-// over streams it opens. Reconnecting is the daemon's job.
+// over streams it opens. Reconnecting is the daemon's job (agent/daemon); the
+// coordinator's end of the same connection is coordinator/fleet.
 package session
 
 import (

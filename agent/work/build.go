@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,9 +13,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/agent/realise"
+	"github.com/fc-ci/fc/internal/backoff"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -68,7 +67,7 @@ const (
 )
 
 // Run implements daemon.Executor.
-func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link Link) error {
 	if a.Step == nil {
 		return errors.New("step assignment without a task")
 	}
@@ -145,7 +144,7 @@ func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Lin
 }
 
 // reportInfra reports a failure before the build could start.
-func (b *StepRunner) reportInfra(ctx context.Context, link daemon.Link, w protocol.WorkRef, logger *slog.Logger, err error) error {
+func (b *StepRunner) reportInfra(ctx context.Context, link Link, w protocol.WorkRef, logger *slog.Logger, err error) error {
 	logger.Warn("step failed for a reason of the infrastructure; it will be retried", "err", err)
 	now := time.Now().UTC()
 	return b.report(ctx, link, protocol.StepReport{Work: w, Retry: true, Error: err.Error(), StartedAt: now, FinishedAt: now}, logger)
@@ -155,7 +154,7 @@ func (b *StepRunner) reportInfra(ctx context.Context, link daemon.Link, w protoc
 // it or an upstream has), retrying a broken stream a few times: rebuilding elsewhere
 // costs more than waiting for the session to come back. closure is the closure's path
 // infos when the build gave them (no Nix process needed then).
-func (b *StepRunner) uploadOutputs(ctx context.Context, link daemon.Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
+func (b *StepRunner) uploadOutputs(ctx context.Context, link Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
 	infos := closure
 	if len(infos) == 0 {
 		paths := make([]string, 0, len(outputs))
@@ -190,7 +189,7 @@ func (b *StepRunner) uploadOutputs(ctx context.Context, link daemon.Link, output
 
 // report sends the step's report until the coordinator answers, across reconnects,
 // until ctx ends.
-func (b *StepRunner) report(ctx context.Context, link daemon.Link, rep protocol.StepReport, logger *slog.Logger) error {
+func (b *StepRunner) report(ctx context.Context, link Link, rep protocol.StepReport, logger *slog.Logger) error {
 	for attempt := 0; ; attempt++ {
 		v, err := sendReport(ctx, link, rep)
 		if err == nil {
@@ -212,7 +211,7 @@ func (b *StepRunner) report(ctx context.Context, link daemon.Link, rep protocol.
 	}
 }
 
-func sendReport(ctx context.Context, link daemon.Link, rep protocol.StepReport) (protocol.StepVerdict, error) {
+func sendReport(ctx context.Context, link Link, rep protocol.StepReport) (protocol.StepVerdict, error) {
 	st, err := link.OpenStream(ctx, protocol.StreamStepReport)
 	if err != nil {
 		return protocol.StepVerdict{}, err
@@ -230,15 +229,8 @@ func sendReport(ctx context.Context, link daemon.Link, rep protocol.StepReport) 
 	return v, nil
 }
 
-// retryDelay is exponential from retryMin to retryMax, jittered over its upper half.
-func retryDelay(attempt int) time.Duration {
-	d := retryMin
-	for i := 0; i < attempt && d < retryMax; i++ {
-		d *= 2
-	}
-	d = min(d, retryMax)
-	return d/2 + rand.N(d/2+1)
-}
+// retryDelay is the wait before stream retry number attempt.
+func retryDelay(attempt int) time.Duration { return backoff.Delay(attempt, retryMin, retryMax) }
 
 // wait waits d or until ctx ends (false).
 func wait(ctx context.Context, d time.Duration) bool {
@@ -371,7 +363,7 @@ func (l *logFile) Close() error {
 // coordinator that keeps refusing the stream (the lease is gone, its log storage
 // fails) is given up on after maxLogRefusals: the report then goes without the
 // complete log, and its verdict decides.
-func sendLog(ctx context.Context, link daemon.Link, w protocol.WorkRef, lf *logFile, logger *slog.Logger) error {
+func sendLog(ctx context.Context, link Link, w protocol.WorkRef, lf *logFile, logger *slog.Logger) error {
 	refusals := 0
 	for attempt := 0; ; attempt++ {
 		progressed, err := sendLogOnce(ctx, link, w, lf)
@@ -409,7 +401,7 @@ func (e *logRefused) Error() string { return "coordinator refused the log: " + e
 
 // sendLogOnce runs one log stream; progressed says whether the coordinator
 // took it (so the next attempt starts from the shortest delay).
-func sendLogOnce(ctx context.Context, link daemon.Link, w protocol.WorkRef, lf *logFile) (progressed bool, err error) {
+func sendLogOnce(ctx context.Context, link Link, w protocol.WorkRef, lf *logFile) (progressed bool, err error) {
 	st, err := link.OpenStream(ctx, protocol.StreamLog)
 	if err != nil {
 		return false, err

@@ -27,7 +27,7 @@ import (
 	"github.com/fc-ci/fc/protocol"
 )
 
-// pipeLink is a daemon.Link over in-process pipes: every OpenStream starts serve on
+// pipeLink is a Link over in-process pipes: every OpenStream starts serve on
 // the other end, which plays the coordinator's side of the protocol.
 type pipeLink struct {
 	serve func(kind string, st net.Conn)

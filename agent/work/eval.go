@@ -1,6 +1,3 @@
-// Package work holds the agent's executors of leased work: evaluations now, build
-// steps with the builds issue. An executor does the work and reports it over the
-// agent's session, quoting its lease (id, epoch) so a stale report is refused.
 package work
 
 import (
@@ -14,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fc-ci/fc/agent/daemon"
 	"github.com/fc-ci/fc/agent/evaluator"
 	"github.com/fc-ci/fc/agent/push"
 	"github.com/fc-ci/fc/protocol"
@@ -48,7 +44,7 @@ func (e *EvalRunner) Close() error {
 const batch = 1000
 
 // Run implements daemon.Executor.
-func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Link) error {
+func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link Link) error {
 	if a.Eval == nil {
 		return errors.New("evaluation assignment without a task")
 	}
@@ -90,7 +86,7 @@ func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link daemon.Lin
 
 // evaluate evaluates t, writing .drv files to the store whose root directory is
 // root ("" for Nix's own store).
-func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link daemon.Link) (evaluator.Result, []evaluator.Node, error) {
+func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link Link) (evaluator.Result, []evaluator.Node, error) {
 	start := time.Now()
 	dir, cleanup, err := evaluator.Checkout(ctx, filepath.Join(e.StateDir, "git"), t.RepoURL, t.Revision,
 		evaluator.Credentials{SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken})
@@ -130,7 +126,7 @@ func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root str
 	return res, nodes, nil
 }
 
-func present(ctx context.Context, link daemon.Link, paths []string) (map[string]bool, error) {
+func present(ctx context.Context, link Link, paths []string) (map[string]bool, error) {
 	st, err := link.OpenStream(ctx, protocol.StreamPresent)
 	if err != nil {
 		return nil, err
@@ -156,7 +152,7 @@ func present(ctx context.Context, link daemon.Link, paths []string) (map[string]
 // streamOpener adapts the daemon's link to push.StreamOpener.
 type streamOpener struct {
 	ctx  context.Context
-	link daemon.Link
+	link Link
 }
 
 func (s streamOpener) OpenStream(kind string) (io.ReadWriteCloser, error) {
@@ -178,7 +174,7 @@ type drvUpload struct {
 type drvPipeline struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	link   daemon.Link
+	link   Link
 	root   string // the store's root directory ("" for Nix's own)
 	g      *evaluator.Grapher
 	seen   map[string]bool // paths already offered to the cache
@@ -200,7 +196,7 @@ const (
 	gatherSize   = 2000
 )
 
-func startDrvPipeline(ctx context.Context, link daemon.Link, root string) *drvPipeline {
+func startDrvPipeline(ctx context.Context, link Link, root string) *drvPipeline {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, root: root, seen: map[string]bool{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
@@ -347,7 +343,7 @@ func (p *drvPipeline) step(drvs []string) error {
 }
 
 // report sends the outcome in batches and waits for the coordinator's verdict.
-func report(ctx context.Context, link daemon.Link, rep protocol.EvalReport, res evaluator.Result, nodes []evaluator.Node) error {
+func report(ctx context.Context, link Link, rep protocol.EvalReport, res evaluator.Result, nodes []evaluator.Node) error {
 	st, err := link.OpenStream(ctx, protocol.StreamEvalReport)
 	if err != nil {
 		return err

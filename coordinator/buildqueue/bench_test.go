@@ -135,7 +135,7 @@ func BenchmarkDispatchLatency(b *testing.B) {
 	b.ReportMetric(msf(pct(nixP50s, 50)), "nix-store-r-p50-ms")
 }
 
-// BenchmarkIndependent200 builds 200 independent trivial derivations (NIX-NOTES' gen.nix)
+// BenchmarkIndependent200 builds 200 independent trivial derivations (independentJobset)
 // on one build agent with max_jobs 2, from the trigger to the last build recorded,
 // against nix-build -j2 of the same expression (another salt) in the same run. Goal:
 // ratio ≤ 1.5. Also logged: trigger → evaluation stored → last build done, and where
@@ -245,7 +245,8 @@ func chainIndex(b *testing.B, job string) int {
 	return k
 }
 
-// independentJobset is NIX-NOTES' gen.nix.
+// independentJobset is n trivial /bin/sh derivations, none depending on another, each
+// a job: against nix-build of the same, it shows what FC adds per derivation.
 func independentJobset(n int, salt string) string {
 	return fmt.Sprintf(`builtins.listToAttrs (builtins.genList (i: { name = "b${toString i}"; value = derivation {
   name = "b-${toString i}-%s"; system = builtins.currentSystem; builder = "/bin/sh";
@@ -601,11 +602,12 @@ type stepsListener struct {
 
 func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	b.Helper()
-	conn, err := pgx.ConnectConfig(context.Background(), c.DB.Pool().Config().ConnConfig.Copy())
+	db, err := storage.Open(context.Background(), storage.Config{URL: c.DB.Pool().Config().ConnString(), MaxConnections: 1}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := conn.Exec(context.Background(), "LISTEN "+storage.StepsChannel); err != nil {
+	ln, err := db.Listen(context.Background(), storage.StepsChannel)
+	if err != nil {
 		b.Fatal(err)
 	}
 	l := &stepsListener{}
@@ -614,7 +616,7 @@ func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	go func() {
 		defer close(done)
 		for {
-			_, err := conn.WaitForNotification(ctx)
+			_, err := ln.Next(ctx)
 			now := time.Now()
 			if err != nil {
 				return
@@ -627,7 +629,8 @@ func listenSteps(b *testing.B, c *coordtest.Coordinator) *stepsListener {
 	b.Cleanup(func() {
 		cancel()
 		<-done
-		conn.Close(context.Background()) //nolint:errcheck // the test is over
+		ln.Close()
+		db.Close()
 	})
 	return l
 }

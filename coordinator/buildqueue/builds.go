@@ -1,7 +1,7 @@
-// Package builds is the step scheduler: it hands runnable steps to agents with free
+// Package buildqueue is the step scheduler: it hands runnable steps to agents with free
 // slots that can build them (system, features, mandatory features; least loaded
-// relative to speed first), keeps the steps' leases, records what agents report,
-// stores their logs, and serves the builds API and its actions.
+// relative to speed first), keeps the steps' leases, records what agents report and
+// stores their logs. The builds API and its live log stream are buildapi's.
 //
 // It is event-driven: a finished evaluation or step, a restart or a bump (in this
 // coordinator or, through PostgreSQL NOTIFY, any other on the same database), a new
@@ -16,10 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/lease"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -27,7 +25,8 @@ import (
 
 // Config configures the scheduler.
 type Config struct {
-	Leases          storage.LeaseConfig
+	// Leases keeps the steps' leases (required; the evaluation scheduler shares it).
+	Leases          *lease.Keeper
 	SweepInterval   time.Duration
 	UnsupportedWait time.Duration
 	BuildTimeout    time.Duration // for steps whose job sets no meta.timeout
@@ -44,21 +43,19 @@ type Config struct {
 	// Sign signs a step's outputs, uploaded by its builder and held back until then,
 	// when its success is recorded: from that commit on the cache serves them.
 	Sign storage.Signer
-	// ReadKeys, when set (cache.private), makes product downloads need an API key as
-	// the private cache does: products are files out of the cache.
-	ReadKeys auth.KeyStore
-	Logger   *slog.Logger
+	// Dispatcher is the agent sessions connected here (the fleet); nil: no step is
+	// handed out.
+	Dispatcher Dispatcher
+	Logger     *slog.Logger
 }
 
 // Builds is the build scheduler.
 type Builds struct {
 	cfg   Config
 	db    *storage.DB
-	fleet *fleet.Fleet
+	fleet Dispatcher
 	log   *slog.Logger
 	wake  chan struct{}
-
-	files FileOpener // set once at start
 
 	mu       sync.Mutex
 	lowDisk  map[int64]bool          // agents that said they are short of disk
@@ -108,12 +105,9 @@ func New(cfg Config, db *storage.DB) *Builds {
 	if cfg.Hub == nil {
 		cfg.Hub = logs.NewHub()
 	}
-	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
+	return &Builds{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
 		stepTime: map[int64]time.Duration{}}
 }
-
-// SetFleet attaches the fleet (they are built together and refer to each other).
-func (b *Builds) SetFleet(fl *fleet.Fleet) { b.fleet = fl }
 
 // Wake makes the scheduler look for work now.
 func (b *Builds) Wake() {
@@ -137,8 +131,9 @@ func (b *Builds) Hooks() fleet.Hooks {
 	}
 }
 
-// heartbeat extends the leases of the steps an agent reports and returns the ones it
-// no longer holds (the fleet tells the agent to stop them).
+// heartbeat notes whether an agent is short of disk and has the lease keeper extend
+// the leases of the steps it runs and requeue those it released; it returns the steps
+// it no longer holds (the fleet tells the agent to stop them).
 func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
 	b.mu.Lock()
 	was := b.lowDisk[agentID]
@@ -147,44 +142,17 @@ func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Hear
 	if was && !hb.LowDisk {
 		b.Wake()
 	}
-	for _, w := range hb.Released {
-		if w.Kind != protocol.WorkStep {
-			continue
-		}
-		l := storage.Lease{Kind: storage.LeaseStep, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
-		if err := b.db.RetryStep(ctx, l, "the agent stopped before the step finished", b.cfg.Leases); err != nil {
-			b.log.Warn("requeue released step", "step", w.ID, "agent", agentID, "err", err)
-		} else {
-			b.log.Info("agent released a step it did not finish; requeued", "step", w.ID, "agent", agentID)
-			defer b.Wake()
-		}
+	beat := b.cfg.Leases.Heartbeat(ctx, agentID, storage.LeaseStep, hb)
+	if beat.Requeued > 0 {
+		b.Wake()
 	}
-	var ids, epochs []int64
-	byID := map[int64]protocol.WorkRef{}
-	for _, w := range hb.Running {
-		if w.Kind == protocol.WorkStep {
-			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
-			byID[w.ID] = w
-		}
-	}
-	lost, err := b.db.ExtendLeases(ctx, agentID, storage.LeaseStep, ids, epochs, b.cfg.Leases.TTL)
-	if err != nil {
-		b.log.Warn("extend step leases", "agent", agentID, "err", err)
-		return nil
-	}
-	out := make([]protocol.WorkRef, 0, len(lost))
-	for _, id := range lost {
-		out = append(out, byID[id])
-	}
-	return out
+	return beat.Lost
 }
 
-// Run schedules until ctx ends. pool, if set, is used to LISTEN for steps made
-// runnable through other coordinators.
-func (b *Builds) Run(ctx context.Context, pool *pgxpool.Pool) {
-	if pool != nil {
-		go b.listen(ctx, pool)
-	}
+// Run schedules until ctx ends. It listens for steps made runnable through other
+// coordinators on the same database.
+func (b *Builds) Run(ctx context.Context) {
+	go b.listen(ctx)
 	sweep := time.NewTicker(b.cfg.SweepInterval)
 	defer sweep.Stop()
 	retry := time.NewTimer(time.Hour)
@@ -209,22 +177,18 @@ func (b *Builds) Run(ctx context.Context, pool *pgxpool.Pool) {
 	}
 }
 
-// listen wakes the scheduler on every NOTIFY on storage.StepsChannel, reconnecting
-// when the connection drops.
-func (b *Builds) listen(ctx context.Context, pool *pgxpool.Pool) {
+// listen wakes the scheduler on every notification on storage.StepsChannel,
+// listening again when the connection drops.
+func (b *Builds) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := func() error {
-			conn, err := pool.Acquire(ctx)
+			l, err := b.db.Listen(ctx, storage.StepsChannel)
 			if err != nil {
 				return err
 			}
-			defer conn.Release()
-			if _, err := conn.Exec(ctx, "LISTEN "+storage.StepsChannel); err != nil {
-				return err
-			}
+			defer l.Close()
 			for {
-				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
-					conn.Conn().Close(context.Background()) //nolint:errcheck // a broken LISTEN connection must not return to the pool
+				if _, err := l.Next(ctx); err != nil {
 					return err
 				}
 				b.Wake()
@@ -246,11 +210,7 @@ func (b *Builds) listen(ctx context.Context, pool *pgxpool.Pool) {
 
 // sweep rescues expired leases and ends steps that cannot be built.
 func (b *Builds) sweep(ctx context.Context) {
-	if requeued, aborted, err := b.db.RescueSteps(ctx, b.cfg.Leases); err != nil {
-		b.log.Warn("rescue steps", "err", err)
-	} else if requeued+aborted > 0 {
-		b.log.Info("rescued steps with expired leases", "requeued", requeued, "aborted", aborted)
-	}
+	b.cfg.Leases.Rescue(ctx, storage.LeaseStep)
 	if n, err := b.db.FailCachedSteps(ctx); err != nil {
 		b.log.Warn("cached failures", "err", err)
 	} else if n > 0 {
@@ -296,11 +256,10 @@ func (b *Builds) dispatch(ctx context.Context) {
 	}
 	var cands []candidate
 	for _, id := range b.fleet.AgentIDs() {
-		s, ok := b.fleet.Session(id)
+		caps, ok := b.fleet.Capabilities(id)
 		if !ok {
 			continue
 		}
-		caps := s.Capabilities()
 		b.mu.Lock()
 		low := b.lowDisk[id]
 		b.mu.Unlock()
@@ -338,7 +297,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 // side by side; it returns how many the agent accepted.
 func (b *Builds) assign(ctx context.Context, c *candidate, n int) int {
 	claimed, err := b.db.ClaimSteps(ctx, storage.AgentSlots{AgentID: c.id, Systems: c.caps.Systems,
-		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: n, TTL: b.cfg.Leases.TTL})
+		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: n, TTL: b.cfg.Leases.TTL()})
 	if err != nil {
 		b.log.Warn("claim steps", "agent", c.id, "err", err)
 		return 0
@@ -375,7 +334,7 @@ func (b *Builds) push(ctx context.Context, agentID int64, st storage.ClaimedStep
 		} else if reply.Reject != nil {
 			reason = reply.Reject.Reason
 		}
-		if rerr := b.db.ReleaseStep(ctx, st.Lease); rerr != nil {
+		if rerr := b.cfg.Leases.Release(ctx, st.Lease); rerr != nil {
 			b.log.Warn("release declined step", "step", st.ID, "err", rerr)
 		}
 		b.log.Info("agent declined step", "step", st.ID, "agent", agentID, "reason", reason)
@@ -400,8 +359,8 @@ func (b *Builds) task(st storage.ClaimedStep) protocol.StepTask {
 	return t
 }
 
-// stopOnAgents tells the agents holding these leases to stop (a cancel).
-func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
+// StopOnAgents tells the agents holding these leases to stop (a cancel).
+func (b *Builds) StopOnAgents(ctx context.Context, leases []storage.Lease) {
 	if b.fleet == nil {
 		return
 	}

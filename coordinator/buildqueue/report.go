@@ -30,30 +30,62 @@ func (b *Builds) HandleReport(ctx context.Context, agentID int64, st io.ReadWrit
 	return protocol.WriteFrame(st, v)
 }
 
+// record stores a step report. Its lease is checked once, by the storage
+// transaction that records it (FinishStep, or RetryStep through the lease keeper):
+// a stale report changes nothing there, and nothing here either.
 func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepReport) error {
 	if rep.Work.Kind != protocol.WorkStep {
 		return fmt.Errorf("report for %q work on the step report stream", rep.Work.Kind)
 	}
 	l := storage.Lease{Kind: storage.LeaseStep, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
-	if err := b.db.CheckLease(ctx, storage.LeaseStep, l.ID, l.Epoch, agentID); err != nil {
+	if rep.Retry || rep.Status == "" {
+		err := b.cfg.Leases.Retry(ctx, l, rep.Error)
+		if errors.Is(err, storage.ErrStaleLease) {
+			return err
+		}
+		b.log.Warn("step hit an infrastructure failure; retrying", "step", l.ID, "agent", agentID, "err", rep.Error)
+		b.attemptEnded(l)
 		return err
 	}
-	defer b.Wake() // a slot is free
-	// Whatever the outcome, this attempt's log is complete once its report arrives.
-	defer b.logEnded(l.ID, l.Epoch)
-	if rep.Retry || rep.Status == "" {
-		b.log.Warn("step hit an infrastructure failure; retrying", "step", l.ID, "agent", agentID, "err", rep.Error)
-		return b.db.RetryStep(ctx, l, rep.Error, b.cfg.Leases)
-	}
-	switch rep.Status {
-	case protocol.StepSucceeded, protocol.StepFailed, protocol.StepTimedOut, protocol.StepFailedWithOutput,
-		protocol.StepLogLimitExceeded, protocol.StepOutputLimitExceeded:
-	default:
+	if !reportedStatus(rep.Status) {
+		// Nothing is recorded, so no transaction checks the lease: a report for a
+		// lease the agent does not hold must not end that attempt's log.
+		if err := b.cfg.Leases.Check(ctx, l); err != nil {
+			return err
+		}
+		b.attemptEnded(l)
 		return fmt.Errorf("unknown step status %q", rep.Status)
+	}
+	err := b.finish(ctx, l, rep)
+	if errors.Is(err, storage.ErrStaleLease) {
+		return err
 	}
 	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
 		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
 	}
+	b.attemptEnded(l)
+	return err
+}
+
+// attemptEnded follows a report of the attempt under l: whatever its outcome, the
+// attempt's log is complete and the agent has a free slot.
+func (b *Builds) attemptEnded(l storage.Lease) {
+	b.logEnded(l.ID, l.Epoch)
+	b.Wake()
+}
+
+// reportedStatus says whether an agent may report status (protocol.Step...).
+func reportedStatus(status string) bool {
+	switch status {
+	case protocol.StepSucceeded, protocol.StepFailed, protocol.StepTimedOut, protocol.StepFailedWithOutput,
+		protocol.StepLogLimitExceeded, protocol.StepOutputLimitExceeded:
+		return true
+	}
+	return false
+}
+
+// finish records the outcome of a step built (or failed) under lease l.
+func (b *Builds) finish(ctx context.Context, l storage.Lease, rep protocol.StepReport) error {
 	o := storage.StepOutcome{Status: rep.Status, Error: rep.Error, ExitCode: rep.ExitCode, ReleaseName: rep.ReleaseName,
 		LogSize: rep.LogSize, StartedAt: rep.StartedAt, FinishedAt: rep.FinishedAt}
 	products, dropped, err := b.ownProducts(ctx, l.ID, rep.Products)
@@ -64,7 +96,7 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 		// The agent names product paths; only files of the step's own outputs count
 		// (a product is downloaded out of the cache, which holds much else).
 		msg := fmt.Sprintf("dropped %d build product(s) outside the step's outputs: %s", len(dropped), strings.Join(dropped, ", "))
-		b.log.Warn("step report names products outside its outputs", "step", l.ID, "agent", agentID, "dropped", dropped)
+		b.log.Warn("step report names products outside its outputs", "step", l.ID, "agent", l.AgentID, "dropped", dropped)
 		o.Error = strings.TrimPrefix(o.Error+"; "+msg, "; ")
 	}
 	for i, p := range products {
@@ -82,11 +114,11 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 	if err := b.db.FinishStep(ctx, l, o, b.cfg.Sign); err != nil {
 		if errors.Is(err, storage.ErrOutputsMissing) {
 			// The agent must upload before it reports: an infrastructure failure.
-			return errors.Join(err, b.db.RetryStep(ctx, l, err.Error(), b.cfg.Leases))
+			return errors.Join(err, b.cfg.Leases.Retry(ctx, l, err.Error()))
 		}
 		return err
 	}
-	b.log.Info("step finished", "step", l.ID, "agent", agentID, "status", rep.Status)
+	b.log.Info("step finished", "step", l.ID, "agent", l.AgentID, "status", rep.Status)
 	return nil
 }
 
@@ -136,7 +168,9 @@ func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter)
 	if w.Kind != protocol.WorkStep {
 		return protocol.WriteFrame(st, protocol.LogAck{Error: "logs are for steps"})
 	}
-	if err := b.db.CheckLease(ctx, storage.LeaseStep, w.ID, w.Epoch, agentID); err != nil {
+	// Logs are stored outside PostgreSQL: no transaction would refuse them.
+	l := storage.Lease{Kind: storage.LeaseStep, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
+	if err := b.cfg.Leases.Check(ctx, l); err != nil {
 		return protocol.WriteFrame(st, protocol.LogAck{Error: err.Error()})
 	}
 	size, err := b.cfg.Logs.Size(w.ID, w.Epoch)

@@ -1,8 +1,9 @@
-// Package evals owns when and where evaluations happen: it decides per jobset whether
+// Package evalqueue owns when and where evaluations happen: it decides per jobset whether
 // an evaluation is due (poll interval, triggers from webhooks and the API, states,
 // changed inputs), pushes queued evaluations to agents with the eval role over their
-// sessions, keeps their leases (heartbeats extend, disconnection starts a grace
-// period, expiry rescues with backoff), and records what the agents report.
+// sessions, has the lease keeper (coordinator/lease) keep their leases, and records
+// what the agents report. The evaluations API, its trigger and the forges' webhooks
+// are evalapi's.
 package evalqueue
 
 import (
@@ -17,9 +18,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fc-ci/fc/agent/evaluator"
-	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/lease"
+	"github.com/fc-ci/fc/internal/gitcmd"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -38,18 +40,22 @@ type Config struct {
 	// AllowedInputPaths is evaluator.allowed_input_paths: a jobset whose path input
 	// is not under one of them (the list changed since it was set) is not evaluated.
 	AllowedInputPaths []string
-	Leases            storage.LeaseConfig
+	// Leases keeps the evaluations' leases (required; the build scheduler shares it).
+	Leases *lease.Keeper
 	// Tick is how often due jobsets and expired leases are looked for; triggers and
 	// new agents wake the loop at once.
-	Tick   time.Duration
-	Logger *slog.Logger
+	Tick time.Duration
+	// Dispatcher is the agent sessions connected here (the fleet); nil: no
+	// evaluation is handed out.
+	Dispatcher Dispatcher
+	Logger     *slog.Logger
 }
 
 // Evals is the evaluation scheduler.
 type Evals struct {
 	cfg   Config
 	db    *storage.DB
-	fleet *fleet.Fleet
+	fleet Dispatcher
 	log   *slog.Logger
 	wake  chan struct{}
 
@@ -58,7 +64,7 @@ type Evals struct {
 }
 
 // New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
-func New(cfg Config, db *storage.DB, fl *fleet.Fleet) *Evals {
+func New(cfg Config, db *storage.DB) *Evals {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -68,11 +74,8 @@ func New(cfg Config, db *storage.DB, fl *fleet.Fleet) *Evals {
 	if cfg.MaxConcurrentEvals <= 0 {
 		cfg.MaxConcurrentEvals = 4
 	}
-	return &Evals{cfg: cfg, db: db, fleet: fl, log: cfg.Logger, wake: make(chan struct{}, 1), inFlight: map[int64]int{}}
+	return &Evals{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), inFlight: map[int64]int{}}
 }
-
-// SetFleet attaches the fleet (they are built together and refer to each other).
-func (e *Evals) SetFleet(fl *fleet.Fleet) { e.fleet = fl }
 
 // Wake makes the scheduler look for work now.
 func (e *Evals) Wake() {
@@ -82,7 +85,7 @@ func (e *Evals) Wake() {
 	}
 }
 
-// Hooks are the fleet hooks the scheduler needs.
+// Hooks are the fleet hooks the scheduler needs (the lease keeper has its own).
 func (e *Evals) Hooks() fleet.Hooks {
 	return fleet.Hooks{
 		Connected: func(int64) { e.Wake() },
@@ -90,51 +93,23 @@ func (e *Evals) Hooks() fleet.Hooks {
 			e.mu.Lock()
 			delete(e.inFlight, agentID)
 			e.mu.Unlock()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := e.db.GraceLeases(ctx, agentID, e.cfg.Leases.Grace); err != nil {
-				e.log.Warn("grace leases", "agent", agentID, "err", err)
-			}
 		},
 		Heartbeat: e.heartbeat,
 	}
 }
 
-// heartbeat extends the leases of the evaluations an agent reports and returns the
-// ones it no longer holds.
+// heartbeat has the lease keeper extend the leases of the evaluations an agent runs
+// and requeue those it released, counts what the agent runs, and returns the
+// evaluations it no longer holds.
 func (e *Evals) heartbeat(ctx context.Context, agentID int64, hb *protocol.Heartbeat) []protocol.WorkRef {
-	for _, w := range hb.Released {
-		if w.Kind != protocol.WorkEval {
-			continue
-		}
-		l := storage.Lease{Kind: storage.LeaseEval, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
-		if err := e.db.RetryEvaluation(ctx, l, "the agent stopped before the evaluation finished", e.cfg.Leases); err != nil {
-			e.log.Warn("requeue released evaluation", "eval", w.ID, "agent", agentID, "err", err)
-		} else {
-			defer e.finished(agentID)
-		}
-	}
-	var ids, epochs []int64
-	byID := map[int64]protocol.WorkRef{}
-	for _, w := range hb.Running {
-		if w.Kind == protocol.WorkEval {
-			ids, epochs = append(ids, w.ID), append(epochs, w.Epoch)
-			byID[w.ID] = w
-		}
-	}
+	beat := e.cfg.Leases.Heartbeat(ctx, agentID, storage.LeaseEval, hb)
 	e.mu.Lock()
-	e.inFlight[agentID] = len(ids)
+	e.inFlight[agentID] = beat.Running
 	e.mu.Unlock()
-	lost, err := e.db.ExtendLeases(ctx, agentID, storage.LeaseEval, ids, epochs, e.cfg.Leases.TTL)
-	if err != nil {
-		e.log.Warn("extend evaluation leases", "agent", agentID, "err", err)
-		return nil
+	for range beat.Requeued {
+		e.finished(agentID)
 	}
-	out := make([]protocol.WorkRef, 0, len(lost))
-	for _, id := range lost {
-		out = append(out, byID[id])
-	}
-	return out
+	return beat.Lost
 }
 
 // Run schedules until ctx ends.
@@ -153,11 +128,7 @@ func (e *Evals) Run(ctx context.Context) {
 }
 
 func (e *Evals) pass(ctx context.Context) {
-	if requeued, aborted, err := e.db.RescueExpired(ctx, storage.LeaseEval, e.cfg.Leases); err != nil {
-		e.log.Warn("rescue evaluations", "err", err)
-	} else if requeued+aborted > 0 {
-		e.log.Info("rescued evaluations with expired leases", "requeued", requeued, "aborted", aborted)
-	}
+	e.cfg.Leases.Rescue(ctx, storage.LeaseEval)
 	if err := e.schedule(ctx); err != nil && ctx.Err() == nil {
 		e.log.Warn("schedule evaluations", "err", err)
 	}
@@ -195,8 +166,8 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	}
 	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
 	defer cancel()
-	creds := evaluator.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
-	commit, err := evaluator.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
+	creds := gitcmd.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
+	commit, err := gitcmd.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
 	if err != nil {
 		return err
 	}
@@ -204,13 +175,13 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	for _, in := range j.Inputs {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
 		if in.Type == storage.InputTypePath {
-			if _, ok := api.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
-				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, api.AllowedInputPathsKey)
+			if _, ok := config.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
+				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, config.AllowedInputPathsKey)
 			}
 		}
 		if in.Type == storage.InputTypeGit {
 			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
-			if ei.Revision, err = evaluator.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), evaluator.Credentials{}); err != nil {
+			if ei.Revision, err = gitcmd.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), gitcmd.Credentials{}); err != nil {
 				return fmt.Errorf("input %s: %w", in.Name, err)
 			}
 		}
@@ -258,8 +229,8 @@ func (e *Evals) dispatch(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s, ok := e.fleet.Session(agentID)
-		if !ok || !slices.Contains(s.Capabilities().Roles, protocol.RoleEval) {
+		caps, ok := e.fleet.Capabilities(agentID)
+		if !ok || !slices.Contains(caps.Roles, protocol.RoleEval) {
 			continue
 		}
 		e.mu.Lock()
@@ -285,7 +256,7 @@ func (e *Evals) dispatch(ctx context.Context) {
 var errNothingQueued = errors.New("no evaluation queued")
 
 func (e *Evals) assign(ctx context.Context, agentID int64) error {
-	l, ok, err := e.db.ClaimEvaluation(ctx, agentID, e.cfg.Leases.TTL)
+	l, ok, err := e.db.ClaimEvaluation(ctx, agentID, e.cfg.Leases.TTL())
 	if err != nil {
 		return err
 	}
@@ -294,7 +265,7 @@ func (e *Evals) assign(ctx context.Context, agentID int64) error {
 	}
 	task, err := e.task(ctx, l.ID)
 	if err != nil {
-		_ = e.db.ReleaseLease(ctx, l)
+		_ = e.cfg.Leases.Release(ctx, l)
 		return err
 	}
 	ref := protocol.WorkRef{Kind: protocol.WorkEval, ID: l.ID, Epoch: l.Epoch}
@@ -307,7 +278,7 @@ func (e *Evals) assign(ctx context.Context, agentID int64) error {
 		} else if reply.Reject != nil {
 			reason = reply.Reject.Reason
 		}
-		_ = e.db.ReleaseLease(ctx, l)
+		_ = e.cfg.Leases.Release(ctx, l)
 		return fmt.Errorf("agent %d declined evaluation %d: %s", agentID, l.ID, reason)
 	}
 	e.mu.Lock()

@@ -33,7 +33,9 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		return verdict(fmt.Errorf("report for %q work on the evaluation stream", rep.Work.Kind))
 	}
 	l := storage.Lease{Kind: storage.LeaseEval, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
-	if err := e.db.CheckLease(ctx, storage.LeaseEval, l.ID, l.Epoch, agentID); err != nil {
+	// Refused before its batches are read (a report may be large); the transaction
+	// that records it checks the lease again, and that check counts.
+	if err := e.cfg.Leases.Check(ctx, l); err != nil {
 		e.log.Warn("evaluation report refused", "eval", l.ID, "epoch", l.Epoch, "agent", agentID, "err", err)
 		return verdict(err)
 	}
@@ -70,7 +72,7 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 	stored := time.Now()
 	var err error
 	if rep.Failed && rep.Retry {
-		err = e.db.RetryEvaluation(ctx, l, rep.Error, e.cfg.Leases)
+		err = e.cfg.Leases.Retry(ctx, l, rep.Error)
 		e.log.Warn("evaluation hit an infrastructure failure; retrying", "eval", l.ID, "agent", agentID, "err", rep.Error)
 	} else if rep.Failed {
 		err = e.db.FailEvaluation(ctx, l, rep.Error, rep.CheckoutSeconds, rep.EvalSeconds)

@@ -73,12 +73,14 @@ func awaitClose(t *testing.T, conn net.Conn) (string, time.Time) {
 
 func TestServer_TrickledBodyIsCutAfterRequestTimeout(t *testing.T) {
 	c := startBounded(t, func(s *config.Server) { s.RequestTimeout = 1 })
+	// The webhook route resolves its project first (an unknown one is 404 at once).
+	pid, _ := c.Project("hooked", coordtest.NewRepo(t).Dir, nil)
 	routes := []struct {
 		name, path, key string
 	}{
 		// An authenticated write, and the route anyone may call.
 		{"authenticated", "/api/v1/projects", c.Admin},
-		{"webhook", "/api/v1/webhooks/1/github", ""},
+		{"webhook", fmt.Sprintf("/api/v1/webhooks/%d/github", pid), ""},
 	}
 	for _, rt := range routes {
 		t.Run(rt.name, func(t *testing.T) {

@@ -42,9 +42,11 @@ func TestPathInputs_OnlyUnderAllowedDirectoriesAndOnlyFromAdmins(t *testing.T) {
 	e := newEnvConfig(t, storagetest.New(t), func(c *config.Config) {
 		c.Eval.AllowedInputPaths = []string{"/srv/inputs", "/opt/shared/"}
 	})
-	p := e.createProject("p", nil)
+	// The project belongs to a create-projects key, which may manage its jobsets but
+	// still not set path inputs.
+	creatorID, creator := e.keyWithID(storage.RoleCreateProjects)
+	p := e.createProject("p", obj{"owner_key_id": creatorID})
 	jobsets := fmt.Sprintf("/api/v1/projects/%d/jobsets", p.ID)
-	creator := e.key(storage.RoleCreateProjects)
 
 	before := e.snapshot()
 	t.Run("outside the allowed directories", func(t *testing.T) {

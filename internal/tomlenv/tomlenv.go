@@ -1,7 +1,7 @@
 // Package tomlenv loads a program's settings the same way for every FC program:
 // compiled defaults, then TOML files in order, then FC_<SECTION>__<KEY> environment
-// variables. It lives beside the protocol because both the coordinator and the agent
-// use it and it depends on neither.
+// variables. It is internal, not part of the wire protocol: both the coordinator
+// (coordinator/config) and the agent (agent/config) use it and it depends on neither.
 //
 // Settings structs use `toml:"name"` tags; a nested struct is a TOML table and an
 // environment section. Supported leaf kinds: string, bool, ints, floats, []string.

@@ -1,0 +1,189 @@
+package buildapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/fc-ci/fc/coordinator/coordtest"
+)
+
+type logMsg struct {
+	Type   string `json:"type"`
+	Step   int64  `json:"step"`
+	Offset int64  `json:"offset"`
+	Line   int64  `json:"line"`
+	Next   int64  `json:"next"`
+	Data   string `json:"data"`
+	Status string `json:"status"`
+}
+
+func dialLog(t *testing.T, c *coordtest.Coordinator, buildID int64, query string) *websocket.Conn {
+	t.Helper()
+	url := fmt.Sprintf("ws://%s/api/v1/builds/%d/log/stream?%s", c.Addr, buildID, query)
+	conn, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	if resp.Header.Get("X-Accel-Buffering") != "no" {
+		t.Errorf("X-Accel-Buffering = %q, want no", resp.Header.Get("X-Accel-Buffering"))
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func readMsg(t *testing.T, conn *websocket.Conn) logMsg {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_, raw, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatalf("read log message: %v", err)
+	}
+	var m logMsg
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// tickingJobset is one derivation printing "line i" every 100 ms, n times.
+func tickingJobset(t *testing.T, n int) string {
+	return fmt.Sprintf(`let
+  %s
+in {
+  ticker = mk "ticker" { args = sh "i=1; while [ $i -le %d ]; do echo line $i; i=$((i+1)); sleep 0.1; done; echo > $out"; };
+}
+`, mkLet(salt(t)), n)
+}
+
+func expectedLines(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	return b.String()
+}
+
+// TestLiveLog_FollowsAcrossReconnects: a viewer receives the lines while the build
+// runs, in order, with no gap and no duplicate, across a reconnect of its own
+// WebSocket and across a reconnect of the agent's session mid-build; the stored log
+// is what the builder printed.
+func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	const n = 60
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": tickingJobset(t, n)})
+	_, js := c.Project("demo", repo.Dir, nil)
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
+	c.Trigger(js, false)
+	id := buildsOf(t, c, evaluated(t, c, js, 0))["ticker"].ID
+
+	var got strings.Builder
+	var next int64
+	conn := dialLog(t, c, id, "offset=0")
+	liveLines := 0
+	phase := 0
+	for {
+		m := readMsg(t, conn)
+		switch m.Type {
+		case "log":
+			if m.Offset != next {
+				t.Fatalf("chunk at offset %d, expected %d (gap or duplicate)", m.Offset, next)
+			}
+			got.WriteString(m.Data)
+			next = m.Next
+			if getBuild(t, c, id).Status == "running" {
+				liveLines += strings.Count(m.Data, "\n")
+			}
+		case "end":
+			if m.Status != "succeeded" {
+				t.Errorf("end: %+v", m)
+			}
+			goto done
+		}
+		lines := strings.Count(got.String(), "\n")
+		switch {
+		case phase == 0 && lines >= 10:
+			// The viewer's connection drops; it comes back from where it was.
+			phase = 1
+			conn.Close()
+			conn = dialLog(t, c, id, fmt.Sprintf("offset=%d", next))
+		case phase == 1 && lines >= 25:
+			// The agent's session drops mid-build; its log resumes where the coordinator's copy ends.
+			phase = 2
+			fl := c.CurrentFleet()
+			for _, agentID := range fl.AgentIDs() {
+				if s, ok := fl.Session(agentID); ok && s.Name == "builder" {
+					fl.Disconnect(agentID)
+				}
+			}
+		}
+	}
+done:
+	if phase != 2 {
+		t.Errorf("the build ended before both reconnects (phase %d)", phase)
+	}
+	if got.String() != expectedLines(n) {
+		t.Errorf("streamed log:\n%q\nwant\n%q", got.String(), expectedLines(n))
+	}
+	if liveLines < n/2 {
+		t.Errorf("only %d lines arrived while the build ran", liveLines)
+	}
+	if code, body := get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id)); code != 200 || body != expectedLines(n) {
+		t.Errorf("stored log: %d %q", code, body)
+	}
+	// A later viewer asking for the tail gets the last lines, then the end.
+	conn = dialLog(t, c, id, "tail=3")
+	if m := readMsg(t, conn); m.Type != "log" || m.Data != "line 58\nline 59\nline 60\n" || m.Line != 57 {
+		t.Errorf("tail=3 of a finished log: %+v", m)
+	}
+	if m := readMsg(t, conn); m.Type != "end" {
+		t.Errorf("after the tail: %+v", m)
+	}
+}
+
+// TestLiveLog_StalledViewerHoldsNothingBack: a viewer that never reads does not slow
+// the build or another viewer.
+func TestLiveLog_StalledViewerHoldsNothingBack(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := coordtest.NewRepo(t)
+	// About 8 MB of log, more than the socket buffers between a stalled viewer and the server hold.
+	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
+  %s
+in {
+  chatty = mk "chatty" { args = sh "sleep 1; i=0; while [ $i -lt 80000 ]; do echo \"line $i 0123456789012345678901234567890123456789012345678901234567890123456789012345\"; i=$((i+1)); done; echo > $out"; };
+}
+`, mkLet(salt(t)))})
+	_, js := c.Project("demo", repo.Dir, nil)
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
+	c.Trigger(js, false)
+	id := buildsOf(t, c, evaluated(t, c, js, 0))["chatty"].ID
+	stalled := dialLog(t, c, id, "offset=0") // never read
+	_ = stalled
+	good := dialLog(t, c, id, "offset=0")
+	var size int64
+	for {
+		m := readMsg(t, good)
+		if m.Type == "log" {
+			size = m.Next
+		}
+		if m.Type == "end" {
+			if m.Status != "succeeded" {
+				t.Errorf("build ended %s", m.Status)
+			}
+			break
+		}
+	}
+	if size < 7_000_000 {
+		t.Errorf("the reading viewer got %d bytes", size)
+	}
+	if b := getBuild(t, c, id); b.Status != "succeeded" {
+		t.Errorf("build: %s", b.Status)
+	}
+}

@@ -1,0 +1,313 @@
+package buildapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/fc-ci/fc/coordinator/httpkit"
+)
+
+// logMessage is one WebSocket message of a live log. Offsets are bytes of the stored
+// log: a client that reconnects with ?offset=<next> continues with no gap and no
+// duplicate.
+type logMessage struct {
+	Type   string `json:"type"` // "log", "wait" (not started), "attempt" (a new attempt restarts the log), "end"
+	Step   int64  `json:"step"`
+	Offset int64  `json:"offset,omitempty"`
+	Line   int64  `json:"line,omitempty"` // lines before Offset: the first line of Data is Line+1
+	Next   int64  `json:"next,omitempty"`
+	Data   string `json:"data,omitempty"`
+	Status string `json:"status,omitempty"`
+	Code   *int   `json:"status_code,omitempty"`
+}
+
+// Live-log tuning.
+const (
+	streamChunk   = 64 << 10
+	pingEvery     = 20 * time.Second // a viewer that does not answer a ping within writeTimeout is dropped
+	writeTimeout  = 10 * time.Second // a viewer that cannot take a message this long is dropped
+	statusRecheck = 10 * time.Second // safety net for changes no wake-up announces
+)
+
+// Write buffers are pooled: an idle viewer holds none (1,000 idle viewers cost ~175 KB
+// each with a buffer per connection).
+var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: streamChunk + 1024, WriteBufferPool: &sync.Pool{}}
+
+// streamLog serves GET /builds/{id}/log/stream: a WebSocket that sends the log of
+// the build's step (or ?step=) from ?offset=N or the last ?tail=N lines, follows it
+// while the step runs, and ends with a final message when the step ends.
+func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
+	step, err := b.logStep(r)
+	if err != nil {
+		httpkit.Fail(b.log, w, r, err)
+		return
+	}
+	offset, err := offsetQuery(r)
+	if err != nil {
+		httpkit.Fail(b.log, w, r, err)
+		return
+	}
+	tail, err := httpkit.PositiveQuery(r, "tail")
+	if err != nil {
+		httpkit.Fail(b.log, w, r, err)
+		return
+	}
+	conn, err := upgrader.Upgrade(w, r, http.Header{"X-Accel-Buffering": {"no"}})
+	if err != nil {
+		return // the upgrader answered the client
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // control frames need a reader; a closed connection ends the stream
+		defer cancel()
+		conn.SetReadLimit(1024)
+		// A viewer must answer each ping in time (browsers do by themselves): one that
+		// stops answering is gone, though its connection may look open for minutes.
+		alive := func(string) error { return conn.SetReadDeadline(time.Now().Add(pingEvery + writeTimeout)) }
+		_ = alive("")
+		conn.SetPongHandler(alive)
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	f := follower{b: b, conn: conn, step: step.ID, epoch: step.LeaseEpoch, offset: offset, lines: -1}
+	if tail > 0 && offset == 0 {
+		f.offset = f.tailOffset(int(tail))
+	}
+	if err := f.run(ctx); err != nil && ctx.Err() == nil {
+		b.log.Debug("log stream ended", "step", step.ID, "err", err)
+	}
+}
+
+// follower sends one step's log to one viewer.
+type follower struct {
+	b      *Builds
+	conn   *websocket.Conn
+	step   int64
+	epoch  int64
+	offset int64
+	lines  int64 // newlines before offset; -1 until counted
+	waited bool
+}
+
+// readBufs are the followers' read buffers, taken only while there is something to send.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
+
+func (f *follower) send(m logMessage) error {
+	_ = f.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return f.conn.WriteJSON(m)
+}
+
+func (f *follower) run(ctx context.Context) error {
+	sub := f.b.cfg.Hub.Subscribe(f.step)
+	defer sub.Close()
+	ping := time.NewTicker(pingEvery)
+	defer ping.Stop()
+	recheck := time.NewTicker(statusRecheck)
+	defer recheck.Stop()
+	for {
+		st, err := f.b.db.GetStep(ctx, f.step)
+		if err != nil {
+			return err
+		}
+		if st.LeaseEpoch != f.epoch && st.Status != "queued" {
+			// Another attempt (a rescue or a restart) writes a new log from byte 0.
+			if f.epoch != 0 || f.offset > 0 {
+				if err := f.send(logMessage{Type: "attempt", Step: f.step}); err != nil {
+					return err
+				}
+			}
+			f.epoch, f.offset, f.lines = st.LeaseEpoch, 0, 0
+		}
+		if err := f.sendAvailable(); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "queued":
+			if !f.waited {
+				f.waited = true
+				if err := f.send(logMessage{Type: "wait", Step: f.step, Status: st.Status}); err != nil {
+					return err
+				}
+			}
+		case "running":
+		default:
+			// The report arrives after the whole log: what is stored is all there is.
+			if err := f.sendAvailable(); err != nil {
+				return err
+			}
+			err := f.send(logMessage{Type: "end", Step: f.step, Status: st.Status, Code: st.StatusCode, Next: f.offset})
+			_ = f.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "step ended"),
+				time.Now().Add(time.Second))
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sub.C:
+		case <-recheck.C:
+		case <-ping.C:
+			if err := f.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sendAvailable sends what is stored past the viewer's offset.
+func (f *follower) sendAvailable() error {
+	if f.epoch == 0 {
+		return nil
+	}
+	r, err := f.b.cfg.Logs.Open(f.step, f.epoch)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
+		return err
+	}
+	if f.lines < 0 { // count the lines before the starting offset once
+		f.lines = 0
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		br := bufio.NewReaderSize(io.LimitReader(r, f.offset), 64<<10)
+		for {
+			chunk, err := br.ReadSlice('\n')
+			if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
+				f.lines++
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
+		}
+		if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
+			return err
+		}
+	}
+	if size, err := r.Seek(0, io.SeekEnd); err != nil {
+		return err
+	} else if size <= f.offset {
+		return nil // nothing new
+	}
+	if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
+		return err
+	}
+	pb := readBufs.Get().(*[]byte)
+	defer readBufs.Put(pb)
+	buf := *pb
+	carry := 0 // bytes of an incomplete character kept for the next message
+	for {
+		n, err := io.ReadFull(r, buf[carry:])
+		n += carry
+		end := n
+		if err == nil {
+			// More follows: end this message on a whole line, or at least a whole
+			// character, so no UTF-8 sequence is split across two JSON strings.
+			if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+				end = i + 1
+			} else {
+				end = wholeRunes(buf[:n])
+			}
+		} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			end = wholeRunes(buf[:n]) // a writer may be mid-character: wait for the rest
+		}
+		if end > 0 {
+			m := logMessage{Type: "log", Step: f.step, Offset: f.offset, Line: f.lines, Next: f.offset + int64(end), Data: string(buf[:end])}
+			if werr := f.send(m); werr != nil {
+				return werr
+			}
+			f.offset += int64(end)
+			f.lines += int64(bytes.Count(buf[:end], []byte{'\n'}))
+		}
+		carry = copy(buf, buf[end:n])
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// wholeRunes is the length of b without a trailing incomplete UTF-8 sequence (bytes
+// that are not UTF-8 at all are sent as they are).
+func wholeRunes(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return i
+			}
+			break
+		}
+	}
+	return len(b)
+}
+
+// tailOffset is the offset where the last n lines of the stored log begin.
+func (f *follower) tailOffset(n int) int64 {
+	if f.epoch == 0 {
+		return 0
+	}
+	r, err := f.b.cfg.Logs.Open(f.step, f.epoch)
+	if err != nil {
+		return 0
+	}
+	defer r.Close()
+	starts := make([]int64, 0, n+1) // offsets of the last n+1 line starts
+	br := bufio.NewReaderSize(r, 64<<10)
+	var pos int64
+	lineStart := true
+	for {
+		c, err := br.ReadByte()
+		if err != nil {
+			break
+		}
+		if lineStart {
+			if len(starts) == n {
+				starts = starts[1:]
+			}
+			starts = append(starts, pos)
+			lineStart = false
+		}
+		pos++
+		if c == '\n' {
+			lineStart = true
+		}
+	}
+	if len(starts) == 0 {
+		return 0
+	}
+	return starts[0]
+}
+
+// offsetQuery reads ?offset=, a byte offset (0 allowed).
+func offsetQuery(r *http.Request) (int64, error) {
+	s := r.URL.Query().Get("offset")
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, httpkit.Unprocessable("offset", "offset must be a byte offset (an integer >= 0)")
+	}
+	return n, nil
+}

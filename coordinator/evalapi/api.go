@@ -1,0 +1,245 @@
+// Package evalapi serves the evaluations under /api/v1 (the list, one evaluation
+// with its errors, how two compare, the trigger) and the forges' push webhooks. The
+// evaluation scheduler (evalqueue) does the work; this package only answers HTTP.
+package evalapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Scheduler is what the trigger and the webhooks need of the evaluation scheduler
+// (evalqueue.Evals).
+type Scheduler interface {
+	// Wake makes it look for due jobsets now.
+	Wake()
+}
+
+// Config is what the evaluations API serves from.
+type Config struct {
+	// Scheduler is woken by triggers; required.
+	Scheduler Scheduler
+	Logger    *slog.Logger
+}
+
+// Evals is the evaluations API.
+type Evals struct {
+	db    *storage.DB
+	log   *slog.Logger
+	sched Scheduler
+}
+
+// New returns the evaluations API over db.
+func New(cfg Config, db *storage.DB) *Evals {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler}
+}
+
+// Routes registers the evaluations API and the webhooks.
+func (e *Evals) Routes(r chi.Router) {
+	r.Get("/evaluations", e.listEvaluations)
+	r.Get("/evaluations/{id}", e.getEvaluation)
+	r.Get("/evaluations/{id}/compare", e.compare)
+	r.With(httpkit.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
+	r.Post("/webhooks/{project}/github", e.webhook(github))
+	r.Post("/webhooks/{project}/gitea", e.webhook(gitea))
+}
+
+type evaluationJSON struct {
+	ID              int64           `json:"id"`
+	JobsetID        int64           `json:"jobset_id"`
+	ProjectID       int64           `json:"project_id"`
+	Status          string          `json:"status"`
+	Commit          string          `json:"commit"`
+	Trigger         string          `json:"trigger"`
+	Forced          bool            `json:"forced"`
+	Error           string          `json:"error"`
+	NrJobs          int             `json:"nr_jobs"`
+	NrNewBuilds     int             `json:"nr_new_builds"`
+	NrErrors        int             `json:"nr_errors"`
+	CheckoutSeconds *float64        `json:"checkout_seconds"`
+	EvalSeconds     *float64        `json:"eval_seconds"`
+	AgentID         *int64          `json:"agent_id"`
+	Attempts        int             `json:"attempts"`
+	CreatedAt       time.Time       `json:"created_at"`
+	StartedAt       *time.Time      `json:"started_at"`
+	FinishedAt      *time.Time      `json:"finished_at"`
+	Errors          []attrErrorJSON `json:"errors,omitempty"`
+}
+
+type attrErrorJSON struct {
+	Attr    string `json:"attr"`
+	Message string `json:"message"`
+}
+
+func toEvaluationJSON(ev storage.Evaluation) evaluationJSON {
+	return evaluationJSON{ID: ev.ID, JobsetID: ev.JobsetID, ProjectID: ev.ProjectID, Status: ev.Status, Commit: ev.Commit,
+		Trigger: ev.Trigger, Forced: ev.Forced, Error: ev.Error, NrJobs: ev.NrJobs, NrNewBuilds: ev.NrNewBuilds,
+		NrErrors: ev.NrErrors, CheckoutSeconds: ev.CheckoutSeconds, EvalSeconds: ev.EvalSeconds, AgentID: ev.AgentID,
+		Attempts: ev.Attempts, CreatedAt: ev.CreatedAt.UTC(), StartedAt: ev.StartedAt, FinishedAt: ev.FinishedAt}
+}
+
+func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
+	page, err := httpkit.PageOf(r)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	var f storage.EvaluationFilter
+	if f.ProjectID, err = httpkit.PositiveQuery(r, "project_id"); err == nil {
+		f.JobsetID, err = httpkit.PositiveQuery(r, "jobset_id")
+	}
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	f.Status = r.URL.Query().Get("status")
+	switch f.Status {
+	case "", "queued", "running", "succeeded", "failed", "cancelled":
+	default:
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("status", "status must be queued, running, succeeded, failed or cancelled"))
+		return
+	}
+	evs, total, err := e.db.ListEvaluations(r.Context(), f, page)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	out := make([]evaluationJSON, len(evs))
+	for i, ev := range evs {
+		out[i] = toEvaluationJSON(ev)
+	}
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
+}
+
+func (e *Evals) evaluation(ctx context.Context, r *http.Request, param string) (storage.Evaluation, error) {
+	id, err := strconv.ParseInt(chi.URLParam(r, param), 10, 64)
+	if err != nil {
+		return storage.Evaluation{}, storage.ErrNotFound
+	}
+	return e.db.GetEvaluation(ctx, id)
+}
+
+func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
+	ev, err := e.evaluation(r.Context(), r, "id")
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	errs, err := e.db.EvaluationErrors(r.Context(), ev.ID)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	out := toEvaluationJSON(ev)
+	out.Errors = make([]attrErrorJSON, len(errs))
+	for i, er := range errs {
+		out.Errors[i] = attrErrorJSON{Attr: er.Attr, Message: er.Message}
+	}
+	httpkit.WriteJSON(w, http.StatusOK, out)
+}
+
+func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		JobsetID int64 `json:"jobset_id"`
+		Force    bool  `json:"force"`
+	}
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	if in.JobsetID <= 0 {
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("jobset_id", "jobset_id is required"))
+		return
+	}
+	if err := e.db.RequestEvaluation(r.Context(), in.JobsetID, in.Force); err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	e.sched.Wake()
+	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
+}
+
+// compare lists how the jobs of an evaluation differ from another's.
+func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
+	ev, err := e.evaluation(r.Context(), r, "id")
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	otherID, err := httpkit.PositiveQuery(r, "with")
+	if err != nil || otherID == 0 {
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("with", "with must name another evaluation's id"))
+		return
+	}
+	if _, err := e.db.GetEvaluation(r.Context(), otherID); err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	jobs := func(id int64) (map[string]storage.BuildSummary, error) {
+		m := map[string]storage.BuildSummary{}
+		for off := 0; ; off += 500 {
+			bs, total, err := e.db.ListBuilds(r.Context(), storage.BuildFilter{EvaluationID: id}, storage.Page{Limit: 500, Offset: off})
+			if err != nil {
+				return nil, err
+			}
+			for _, b := range bs {
+				m[b.Job] = b
+			}
+			if int64(off+500) >= total {
+				return m, nil
+			}
+		}
+	}
+	cur, err := jobs(ev.ID)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	old, err := jobs(otherID)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	out := map[string][]string{"new": {}, "removed": {}, "changed": {}, "newly_failing": {}, "newly_succeeding": {}}
+	for job, b := range cur {
+		o, ok := old[job]
+		switch {
+		case !ok:
+			out["new"] = append(out["new"], job)
+		case o.DrvPath != b.DrvPath:
+			out["changed"] = append(out["changed"], job)
+		}
+		if ok && failed(b.Status) && o.Status == "succeeded" {
+			out["newly_failing"] = append(out["newly_failing"], job)
+		}
+		if ok && b.Status == "succeeded" && failed(o.Status) {
+			out["newly_succeeding"] = append(out["newly_succeeding"], job)
+		}
+	}
+	for job := range old {
+		if _, ok := cur[job]; !ok {
+			out["removed"] = append(out["removed"], job)
+		}
+	}
+	for _, v := range out {
+		sort.Strings(v)
+	}
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
+}
+
+func failed(status string) bool {
+	return status != "succeeded" && status != "queued" && status != "running"
+}

@@ -1,0 +1,255 @@
+package projectapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// projectJSON is a project as the API shows it; secrets appear only as "is set".
+type projectJSON struct {
+	ID               int64  `json:"id"`
+	Name             string `json:"name"`
+	DisplayName      string `json:"display_name"`
+	Description      string `json:"description"`
+	RepositoryURL    string `json:"repository_url"`
+	Enabled          bool   `json:"enabled"`
+	WebhookSecretSet bool   `json:"webhook_secret_set"`
+	// Fetch credentials are write-only: a GET says only whether they are set.
+	FetchCredentialsSet bool `json:"fetch_credentials_set"`
+	// The API key that owns the project (null: none, only admins manage it) and its
+	// name; never the key itself.
+	OwnerKeyID   *int64    `json:"owner_key_id"`
+	OwnerKeyName string    `json:"owner_key_name"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+func toProjectJSON(p storage.Project) projectJSON {
+	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
+		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
+		FetchCredentialsSet: p.FetchCredentialsSet, OwnerKeyID: p.OwnerKeyID, OwnerKeyName: p.OwnerKeyName,
+		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+}
+
+// projectInput is a create or update request; nil fields are left as they are.
+type projectInput struct {
+	Name          *string `json:"name"`
+	DisplayName   *string `json:"display_name"`
+	Description   *string `json:"description"`
+	RepositoryURL *string `json:"repository_url"`
+	Enabled       *bool   `json:"enabled"`
+	WebhookSecret *string `json:"webhook_secret"`
+	// FetchCredentials for a private repository: {"ssh_key": "...", "https_token": "..."};
+	// {} clears them.
+	FetchCredentials *storage.FetchCredentials `json:"fetch_credentials"`
+	// OwnerKeyID gives the project to another API key (admins only).
+	OwnerKeyID *int64 `json:"owner_key_id"`
+}
+
+// maxNameLen bounds project, jobset and API key names.
+const maxNameLen = 100
+
+// ValidName checks a project, jobset or key name (protocol.CheckName's rule).
+func ValidName(field, s string) error {
+	if err := protocol.CheckName(field, s, maxNameLen); err != nil {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, field, "%v", err)
+	}
+	return nil
+}
+
+// validRepositoryURL accepts https, http, ssh, git and file URLs, and absolute paths.
+func validRepositoryURL(s string) error {
+	bad := func(why string) error {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "repository_url", "repository_url %q: %s", s, why)
+	}
+	if s == "" {
+		return bad("required")
+	}
+	if strings.ContainsAny(s, " \t\r\n") {
+		return bad("must not contain whitespace")
+	}
+	if strings.HasPrefix(s, "/") {
+		if filepath.Clean(s) != strings.TrimSuffix(s, "/") && filepath.Clean(s) != s {
+			return bad("path must be clean (no '..' or '//')")
+		}
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad("not a URL")
+	}
+	if _, hasPassword := u.User.Password(); hasPassword {
+		// Anything in the URL is shown by every GET; secrets are write-only.
+		return bad("must not embed a password or token; set the project's fetch credentials instead")
+	}
+	switch u.Scheme {
+	case "https", "http", "ssh", "git":
+		if u.Host == "" {
+			return bad("a " + u.Scheme + " URL needs a host")
+		}
+	case "file":
+		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
+			return bad("a file URL needs an absolute path")
+		}
+	default:
+		return bad("use an https, http, ssh, git or file URL, or an absolute path")
+	}
+	return nil
+}
+
+func (in projectInput) apply(f *storage.ProjectFields) error {
+	if in.Name != nil {
+		f.Name = *in.Name
+	}
+	if in.DisplayName != nil {
+		f.DisplayName = *in.DisplayName
+	}
+	if in.Description != nil {
+		f.Description = *in.Description
+	}
+	if in.RepositoryURL != nil {
+		f.RepositoryURL = *in.RepositoryURL
+	}
+	if in.Enabled != nil {
+		f.Enabled = *in.Enabled
+	}
+	f.WebhookSecret = in.WebhookSecret
+	f.FetchCredentials = in.FetchCredentials
+	if c := in.FetchCredentials; c != nil && c.SSHKey != "" && !strings.Contains(c.SSHKey, "PRIVATE KEY") {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "fetch_credentials", "fetch_credentials.ssh_key must be a private key (OpenSSH or PEM)")
+	}
+	if in.OwnerKeyID != nil && *in.OwnerKeyID <= 0 {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "owner_key_id", "owner_key_id must be an API key's id")
+	}
+	if err := ValidName("name", f.Name); err != nil {
+		return err
+	}
+	if err := validRepositoryURL(f.RepositoryURL); err != nil {
+		return err
+	}
+	if len(f.DisplayName) > 200 {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "display_name", "display_name is longer than 200 characters")
+	}
+	if f.WebhookSecret != nil && len(*f.WebhookSecret) > 0 && len(*f.WebhookSecret) < 16 {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "webhook_secret", "webhook_secret must be at least 16 characters")
+	}
+	return nil
+}
+
+// nameConflict turns a unique-name violation into a 409 that names the field.
+func nameConflict(err error, what, name string) error {
+	if errors.Is(err, storage.ErrConflict) {
+		return httpkit.Errorf(http.StatusConflict, "name", "%s named %q already exists", what, name)
+	}
+	return err
+}
+
+func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
+	page, err := httpkit.PageOf(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	ps, total, err := a.db.ListProjects(r.Context(), page)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]projectJSON, len(ps))
+	for i, p := range ps {
+		out[i] = toProjectJSON(p)
+	}
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
+}
+
+func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
+	var in projectInput
+	if err := httpkit.Decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.ProjectFields{Enabled: true}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := projectWrite(r.Context(), storage.Project{}, true, in, &f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	p, err := a.db.CreateProject(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
+		return
+	}
+	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
+	httpkit.WriteJSON(w, http.StatusCreated, toProjectJSON(p))
+}
+
+// project resolves the {id} (or {pid}) URL parameter with httpkit.ProjectByRef.
+func (a *API) project(ctx context.Context, r *http.Request, param string) (storage.Project, error) {
+	return httpkit.ProjectByRef(ctx, a.db, chi.URLParam(r, param))
+}
+
+func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
+}
+
+func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var in projectInput
+	if err := httpkit.Decode(r, &in); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	f := storage.ProjectFields{Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
+		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled}
+	if err := in.apply(&f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := projectWrite(r.Context(), p, false, in, &f); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	p, err = a.db.UpdateProject(r.Context(), p.ID, f)
+	if err != nil {
+		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
+		return
+	}
+	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
+}
+
+func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {
+	p, err := a.project(r.Context(), r, "id")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.db.DeleteProject(r.Context(), p.ID); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

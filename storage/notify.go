@@ -1,0 +1,129 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Channel is a PostgreSQL NOTIFY channel through which coordinators sharing a
+// database tell each other what changed.
+type Channel string
+
+// The channels FC uses.
+const (
+	// StepsChannel says steps may have become runnable (an evaluation was stored, a
+	// step finished, work was restarted): every coordinator wakes its scheduler.
+	StepsChannel Channel = "fc_steps"
+	// NarinfoDeletedChannel carries, comma-separated, the hash parts retention
+	// deleted: every coordinator forgets the narinfo answers it cached for them.
+	NarinfoDeletedChannel Channel = "fc_narinfo_deleted"
+)
+
+// listenStatement is the LISTEN for a channel. LISTEN takes no parameters, so each
+// channel has its own constant statement rather than a name spliced into SQL.
+func (c Channel) listenStatement() (string, error) {
+	switch c {
+	case StepsChannel:
+		return `LISTEN fc_steps`, nil
+	case NarinfoDeletedChannel:
+		return `LISTEN fc_narinfo_deleted`, nil
+	}
+	return "", fmt.Errorf("unknown notification channel %q", c)
+}
+
+// notifySteps announces on StepsChannel, at the commit of tx, that steps may have
+// become runnable.
+func notifySteps(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, string(StepsChannel))
+	return err
+}
+
+// Notification is one NOTIFY received.
+type Notification struct {
+	Channel Channel
+	Payload string
+}
+
+// Listener receives the notifications sent on its channels, on a pool connection it
+// holds until Close.
+type Listener struct {
+	conn *pgxpool.Conn
+}
+
+// Listen takes a connection from the pool and listens on channels there; what is
+// sent from then on arrives through Next. Close the listener when done.
+func (db *DB) Listen(ctx context.Context, channels ...Channel) (*Listener, error) {
+	if len(channels) == 0 {
+		return nil, errors.New("listen: no channel")
+	}
+	stmts := make([]string, len(channels))
+	for i, c := range channels {
+		s, err := c.listenStatement()
+		if err != nil {
+			return nil, err
+		}
+		stmts[i] = s
+	}
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %v: %w", channels, err)
+	}
+	l := &Listener{conn: conn}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("listen on %v: %w", channels, err)
+		}
+	}
+	return l, nil
+}
+
+// Next waits for the next notification until ctx ends. After an error, Close the
+// listener (and Listen again to go on: notifications may have been missed).
+func (l *Listener) Next(ctx context.Context) (Notification, error) {
+	n, err := l.conn.Conn().WaitForNotification(ctx)
+	if err != nil {
+		return Notification{}, fmt.Errorf("wait for a notification: %w", err)
+	}
+	return Notification{Channel: Channel(n.Channel), Payload: n.Payload}, nil
+}
+
+// Close stops listening and gives the connection back to the pool; a connection
+// that failed, or cannot stop listening, is closed instead, so no pooled connection
+// keeps listening.
+func (l *Listener) Close() {
+	conn := l.conn.Conn()
+	if !conn.IsClosed() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if _, err := l.conn.Exec(ctx, `UNLISTEN *`); err != nil {
+			_ = conn.Close(context.Background())
+		}
+		cancel()
+	}
+	l.conn.Release() // the pool drops a closed connection
+}
+
+// ListenNarinfoDeletions calls deleted with each batch of deleted hash parts until ctx
+// ends or the connection fails (the caller then reconnects and assumes it missed
+// some). ready is called once the listener is in place.
+func (db *DB) ListenNarinfoDeletions(ctx context.Context, ready func(), deleted func([]string)) error {
+	l, err := db.Listen(ctx, NarinfoDeletedChannel)
+	if err != nil {
+		return fmt.Errorf("listen for deleted narinfos: %w", err)
+	}
+	defer l.Close()
+	ready()
+	for {
+		n, err := l.Next(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for deleted narinfos: %w", err)
+		}
+		deleted(strings.Split(n.Payload, ","))
+	}
+}
