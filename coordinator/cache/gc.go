@@ -1,3 +1,5 @@
+// Retention: expired narinfos and unreferenced blobs deleted, and deletions heard of.
+
 package cache
 
 import (
@@ -5,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/fc-ci/fc/storage"
 )
 
 // GCReport says what retention deleted (or, in a dry run, would delete).
@@ -29,17 +33,29 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 	if err != nil {
 		return rep, err
 	}
+	// urls are the candidates' blobs, with their sizes.
 	urls := map[string]int64{}
-	var hashes []string
 	for _, cand := range cands {
-		hashes = append(hashes, cand.HashPart)
 		urls[cand.URL] = cand.FileSize
 	}
-	byHash := map[string]string{}
-	for _, cand := range cands {
-		byHash[cand.HashPart] = cand.StorePath
+	if err := c.expire(ctx, cands, urls, maxAge, &rep); err != nil {
+		return rep, err
 	}
-	if dryRun {
+	// Blobs and temporary files left by interrupted uploads.
+	if err := c.sweepBlobFiles(ctx, urls, maxAge, &rep); err != nil {
+		return rep, fmt.Errorf("scan blobs: %w", err)
+	}
+	// The same for blobs kept in PostgreSQL.
+	if err := c.sweepSmallBlobs(ctx, urls, maxAge, &rep); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// expire deletes the candidates' narinfos, then each of their blobs (urls) no
+// narinfo points at any more; a dry run counts them all instead.
+func (c *Cache) expire(ctx context.Context, cands []storage.GCCandidate, urls map[string]int64, maxAge time.Duration, rep *GCReport) error {
+	if rep.DryRun {
 		for _, cand := range cands {
 			rep.Paths = append(rep.Paths, cand.StorePath)
 		}
@@ -47,34 +63,48 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 		for _, size := range urls {
 			rep.FreedBytes += size
 		}
-	} else if len(hashes) > 0 {
-		deleted, err := c.db.DeleteNarinfos(ctx, hashes, maxAge)
+		return nil
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	var hashes []string
+	byHash := map[string]string{}
+	for _, cand := range cands {
+		hashes = append(hashes, cand.HashPart)
+		byHash[cand.HashPart] = cand.StorePath
+	}
+	deleted, err := c.db.DeleteNarinfos(ctx, hashes, maxAge)
+	if err != nil {
+		return err
+	}
+	for _, h := range deleted {
+		rep.Paths = append(rep.Paths, byHash[h])
+		c.rendered.Remove(h)
+	}
+	for url, size := range urls {
+		gone, err := c.db.DeleteBlobIfUnused(ctx, url, func() error { return c.blobs.Delete(strings.TrimPrefix(url, "nar/")) })
 		if err != nil {
-			return rep, err
+			return err
 		}
-		for _, h := range deleted {
-			rep.Paths = append(rep.Paths, byHash[h])
-			c.rendered.Remove(h)
-		}
-		for url, size := range urls {
-			gone, err := c.db.DeleteBlobIfUnused(ctx, url, func() error { return c.blobs.Delete(strings.TrimPrefix(url, "nar/")) })
-			if err != nil {
-				return rep, err
-			}
-			if gone {
-				rep.Blobs++
-				rep.FreedBytes += size
-			}
+		if gone {
+			rep.Blobs++
+			rep.FreedBytes += size
 		}
 	}
-	// Blobs and temporary files left by interrupted uploads.
+	return nil
+}
+
+// sweepBlobFiles deletes the blob store's abandoned temporary files, and its blobs
+// older than maxAge that no narinfo points at (those of urls were seen to already).
+func (c *Cache) sweepBlobFiles(ctx context.Context, urls map[string]int64, maxAge time.Duration, rep *GCReport) error {
 	cutoff := time.Now().Add(-maxAge)
-	err = c.blobs.Walk(func(name string, size int64, modified time.Time, temp bool) error {
+	return c.blobs.Walk(func(name string, size int64, modified time.Time, temp bool) error {
 		if temp {
 			if time.Since(modified) > tempMaxAge {
 				rep.TempFiles++
 				rep.FreedBytes += size
-				if !dryRun {
+				if !rep.DryRun {
 					_ = c.blobs.DeleteTemp(name)
 				}
 			}
@@ -84,7 +114,7 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 			return nil
 		}
 		url := "nar/" + name
-		if dryRun {
+		if rep.DryRun {
 			used, err := c.db.BlobInUse(ctx, url)
 			if err != nil {
 				return err
@@ -105,33 +135,34 @@ func (c *Cache) GC(ctx context.Context, maxAge time.Duration, dryRun bool) (GCRe
 		}
 		return nil
 	})
-	if err != nil {
-		return rep, fmt.Errorf("scan blobs: %w", err)
-	}
-	// The same for blobs kept in PostgreSQL.
+}
+
+// sweepSmallBlobs deletes the blobs kept in PostgreSQL, older than maxAge, that no
+// narinfo points at (those of urls were seen to already).
+func (c *Cache) sweepSmallBlobs(ctx context.Context, urls map[string]int64, maxAge time.Duration, rep *GCReport) error {
 	unused, err := c.db.UnusedSmallBlobs(ctx, maxAge)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	for _, b := range unused {
 		if urls["nar/"+b.Name] != 0 {
 			continue // one of this run's own, counted above
 		}
-		if dryRun {
+		if rep.DryRun {
 			rep.OrphanBlobs++
 			rep.FreedBytes += b.Size
 			continue
 		}
 		gone, err := c.db.DeleteBlobIfUnused(ctx, "nar/"+b.Name, func() error { return nil })
 		if err != nil {
-			return rep, err
+			return err
 		}
 		if gone {
 			rep.OrphanBlobs++
 			rep.FreedBytes += b.Size
 		}
 	}
-	return rep, nil
+	return nil
 }
 
 // ListenForDeletions keeps the narinfo answers cached on this coordinator honest:

@@ -1,3 +1,5 @@
+// Signing: the cache's key, loaded or created, and the signatures it makes.
+
 package cache
 
 import (
@@ -11,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"github.com/fc-ci/fc/storage"
 )
 
 // LoadOrCreateKey reads the signing key (Nix's "name:base64" secret key format), or
@@ -56,3 +60,16 @@ func Fingerprint(storePath, narHash string, narSize int64, refBasenames []string
 	slices.Sort(refs)
 	return "1;" + storePath + ";" + narHash + ";" + strconv.FormatInt(narSize, 10) + ";" + strings.Join(refs, ",")
 }
+
+// sign is the cache's signature (name:base64) of the path n describes: what Nix
+// checks against the key clients trust.
+func (c *Cache) sign(n storage.Narinfo) (string, error) {
+	sig, err := c.key.Sign(nil, Fingerprint(n.StorePath, n.NarHash, n.NarSize, n.References))
+	if err != nil {
+		return "", fmt.Errorf("sign %s: %w", n.StorePath, err)
+	}
+	return sig.String(), nil
+}
+
+// Signer signs a step's outputs when its success is recorded (storage.FinishStep).
+func (c *Cache) Signer() storage.Signer { return c.sign }
