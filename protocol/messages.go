@@ -155,6 +155,12 @@ type Welcome struct {
 	Enrolled           bool   `json:"enrolled"` // true when this connection enrolled the key
 	ProtocolVersion    int    `json:"protocol_version"`
 	CoordinatorVersion string `json:"coordinator_version"`
+	// CacheToken is this session's read credential for the coordinator's binary cache
+	// (a private cache refuses readers without one): the agent's Nix presents it as
+	// the password of HTTP basic authentication, from a netrc file. The next session's
+	// token replaces it. Optional, so no version change: an older agent ignores it, an
+	// older coordinator sends none, and push sessions get none.
+	CacheToken string `json:"cache_token,omitempty"`
 }
 
 // Refusal codes: an agent exits on the permanent ones instead of retrying forever.

@@ -196,10 +196,10 @@ func (db *DB) RegisterAgent(ctx context.Context, name, publicKey, fingerprint st
 }
 
 // RevokeAgent marks an agent revoked for good; its key stays pinned so it cannot
-// enroll again.
+// enroll again, and its cache read token is forgotten.
 func (db *DB) RevokeAgent(ctx context.Context, id int64) error {
 	tag, err := db.pool.Exec(ctx, `UPDATE agents SET revoked_at = coalesce(revoked_at, now()), connected = false,
-		enabled = false WHERE id = $1`, id)
+		enabled = false, cache_token_hash = NULL WHERE id = $1`, id)
 	if err != nil {
 		return fmt.Errorf("revoke agent %d: %w", id, err)
 	}
@@ -248,6 +248,31 @@ func (db *DB) AgentConnected(ctx context.Context, id int64, p AgentPresence) err
 		return fmt.Errorf("record agent %d connected: %w", id, err)
 	}
 	return nil
+}
+
+// SetAgentCacheToken replaces the hash of the agent's cache read token (each daemon
+// session gets a new token: the one before stops working). A revoked agent gets none:
+// ErrNotFound.
+func (db *DB) SetAgentCacheToken(ctx context.Context, id int64, hash []byte) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE agents SET cache_token_hash = $2 WHERE id = $1 AND revoked_at IS NULL`, id, hash)
+	if err != nil {
+		return fmt.Errorf("set agent %d cache token: %w", id, mapErr(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("set agent %d cache token: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// AgentByCacheToken finds the agent, not revoked, whose current cache read token has
+// this hash: its id and name. Any other hash is ErrNotFound.
+func (db *DB) AgentByCacheToken(ctx context.Context, hash []byte) (id int64, name string, err error) {
+	err = db.pool.QueryRow(ctx, `SELECT id, name FROM agents WHERE cache_token_hash = $1 AND revoked_at IS NULL`, hash).
+		Scan(&id, &name)
+	if err != nil {
+		return 0, "", fmt.Errorf("look up agent cache token: %w", mapErr(err))
+	}
+	return id, name, nil
 }
 
 // AgentHeartbeat records a heartbeat's resource report and whether the agent is

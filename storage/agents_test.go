@@ -1,7 +1,9 @@
 package storage_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -120,5 +122,68 @@ func TestRegisterAgent_ConcurrentSameNameOneWins(t *testing.T) {
 		if err != nil && (!errors.As(err, &taken) || taken.AgentID != winner) {
 			t.Errorf("a loser's error: %v, want the name taken by agent %d", err, winner)
 		}
+	}
+}
+
+// An agent's cache read token: only its hash is stored; a new one replaces the old;
+// revocation forgets it and gives no new one.
+func TestAgentCacheToken_HashReplacedAndForgottenOnRevocation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := storagetest.New(t)
+	a, err := db.RegisterAgent(ctx, "builder", "ssh-ed25519 AAAA", "SHA256:builder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := db.RegisterAgent(ctx, "other", "ssh-ed25519 BBBB", "SHA256:other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := sha256.Sum256([]byte("first token")), sha256.Sum256([]byte("second token"))
+	found := func(hash [32]byte) (int64, string, error) { return db.AgentByCacheToken(ctx, hash[:]) }
+
+	if _, _, err := found(first); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a token before any was set: %v, want ErrNotFound", err)
+	}
+	if err := db.SetAgentCacheToken(ctx, a.ID, first[:]); err != nil {
+		t.Fatal(err)
+	}
+	var stored []byte
+	if err := db.Pool().QueryRow(ctx, `SELECT cache_token_hash FROM agents WHERE id = $1`, a.ID).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(stored, first[:]) {
+		t.Errorf("stored %x, want the hash %x", stored, first)
+	}
+	if id, name, err := found(first); err != nil || id != a.ID || name != "builder" {
+		t.Errorf("the current token: agent %d %q, %v; want %d builder", id, name, err, a.ID)
+	}
+	if err := db.SetAgentCacheToken(ctx, a.ID, second[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := found(first); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the replaced token: %v, want ErrNotFound", err)
+	}
+	if id, _, err := found(second); err != nil || id != a.ID {
+		t.Errorf("the new token: agent %d, %v; want %d", id, err, a.ID)
+	}
+	if err := db.SetAgentCacheToken(ctx, other.ID, first[:]); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := db.RevokeAgent(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := found(second); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a revoked agent's token: %v, want ErrNotFound", err)
+	}
+	if err := db.Pool().QueryRow(ctx, `SELECT cache_token_hash FROM agents WHERE id = $1`, a.ID).Scan(&stored); err != nil || stored != nil {
+		t.Errorf("a revoked agent's stored hash: %x, %v; want none", stored, err)
+	}
+	if err := db.SetAgentCacheToken(ctx, a.ID, second[:]); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a token for a revoked agent: %v, want ErrNotFound", err)
+	}
+	if id, _, err := found(first); err != nil || id != other.ID {
+		t.Errorf("another agent's token after the revocation: agent %d, %v; want %d", id, err, other.ID)
 	}
 }

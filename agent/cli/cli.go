@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/fc-ci/fc/agent/config"
@@ -171,6 +172,11 @@ func TLSConfig(caFile string) (*tls.Config, error) {
 
 // Capabilities merges what Nix reports with agent.toml's overrides.
 func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilities, error) {
+	return capabilities(cfg, nil)
+}
+
+// capabilities is Capabilities; probed, if set, is told what Nix said of itself.
+func capabilities(cfg config.Config, probed func(probe.Nix)) func(context.Context) (protocol.Capabilities, error) {
 	return func(ctx context.Context) (protocol.Capabilities, error) {
 		c := protocol.Capabilities{Systems: cfg.Agent.Systems, Features: cfg.Agent.Features,
 			MandatoryFeatures: cfg.Agent.MandatoryFeatures, MaxJobs: cfg.MaxJobs(),
@@ -181,6 +187,9 @@ func Capabilities(cfg config.Config) func(context.Context) (protocol.Capabilitie
 				return c, fmt.Errorf("%w (install Nix, or set agent.systems)", err)
 			}
 			return c, nil // systems configured: Nix is probed again later
+		}
+		if probed != nil {
+			probed(nix)
 		}
 		c.NixVersion = nix.Version
 		if len(c.Systems) == 0 {
@@ -222,7 +231,9 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 	if err != nil {
 		return nil, err
 	}
-	dc := daemon.Config{Session: sc, Capabilities: Capabilities(cfg), Logger: log,
+	// Nix's netrc-file, as the capabilities probe (before the first session) found it.
+	var nixNetrc atomic.Pointer[string]
+	dc := daemon.Config{Session: sc, Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
 		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
 	if every := cfg.GCEvery(); every > 0 {
 		dc.GC, dc.GCInterval = realise.CollectGarbage, every
@@ -235,9 +246,18 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 				log.Warn("remove stale step files", "dir", dir, "err", err)
 			}
 		}
-		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir,
-			CacheURL: strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache",
-			Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
+		cacheURL := strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache"
+		// Each session's welcome brings a new cache read token: Nix presents it from here.
+		login := &work.CacheLogin{Path: filepath.Join(cfg.Agent.StateDir, "cache.netrc"), CacheURL: cacheURL,
+			NixNetrc: func() string {
+				if p := nixNetrc.Load(); p != nil {
+					return *p
+				}
+				return ""
+			}, Logger: log}
+		dc.OnWelcome = login.Welcome
+		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CacheURL: cacheURL,
+			NetrcFile: login.Path, Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
 			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
 		dc.Capacity[protocol.WorkStep] = cfg.StepSlots()
 	}

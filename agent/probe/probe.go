@@ -20,6 +20,8 @@ type Nix struct {
 	Version  string
 	Systems  []string // system, then extra-platforms
 	Features []string // system-features
+	// NetrcFile is Nix's netrc-file: the credentials it presents to binary caches.
+	NetrcFile string
 }
 
 type setting struct {
@@ -55,6 +57,7 @@ func ProbeNix(ctx context.Context) (Nix, error) {
 	n.Systems = append(n.Systems, system)
 	n.Systems = appendUnique(n.Systems, stringList(conf["extra-platforms"].Value)...)
 	n.Features = stringList(conf["system-features"].Value)
+	_ = json.Unmarshal(conf["netrc-file"].Value, &n.NetrcFile)
 	v, err := exec.CommandContext(ctx, "nix", "--version").Output()
 	if err != nil {
 		return Nix{}, fmt.Errorf("nix --version: %w", err)

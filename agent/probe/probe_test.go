@@ -66,7 +66,10 @@ func TestProbeNix_ReadsTheRealNix(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ProbeNix: %v", err)
 	}
-	t.Logf("nix %s, systems %v, features %v", n.Version, n.Systems, n.Features)
+	t.Logf("nix %s, systems %v, features %v, netrc-file %s", n.Version, n.Systems, n.Features, n.NetrcFile)
+	if !filepath.IsAbs(n.NetrcFile) {
+		t.Errorf("netrc-file %q, want Nix's absolute path (by default $NIX_CONF_DIR/netrc)", n.NetrcFile)
+	}
 	if len(n.Systems) == 0 || n.Systems[0] != "x86_64-linux" {
 		t.Errorf("systems %q, want Nix's system (x86_64-linux on this machine) first", n.Systems)
 	}

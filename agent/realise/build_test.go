@@ -480,7 +480,8 @@ func TestRealise_InfrastructureFailures(t *testing.T) {
 func TestArgs_PassOnlyTheGivenSubstitutersKeysAndLimits(t *testing.T) {
 	args := strings.Join(Args(2, Request{DrvPath: "/nix/store/x.drv", CacheURL: "http://c/nix-cache",
 		Substituters: []string{"https://up"}, TrustedKeys: []string{"c-1:k", "up-1:k"}, Features: []string{"kvm", "big-parallel"},
-		Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, GCRootDir: "/s/gcroots/7"}, Request{DrvPath: "/nix/store/y.drv"}), "|")
+		Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, GCRootDir: "/s/gcroots/7", NetrcFile: "/s/cache.netrc"},
+		Request{DrvPath: "/nix/store/y.drv"}), "|")
 	for _, want := range []string{
 		"--log-format|internal-json|--realise|/nix/store/x.drv|/nix/store/y.drv|",
 		"--max-jobs|2", "--keep-going",
@@ -489,6 +490,7 @@ func TestArgs_PassOnlyTheGivenSubstitutersKeysAndLimits(t *testing.T) {
 		"--option|narinfo-cache-negative-ttl|0",
 		"--option|system-features|kvm big-parallel",
 		"--timeout|90", "--option|max-silent-time|30",
+		"--option|netrc-file|/s/cache.netrc",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
@@ -498,7 +500,7 @@ func TestArgs_PassOnlyTheGivenSubstitutersKeysAndLimits(t *testing.T) {
 	if !strings.Contains(args, "--option|substituters||") {
 		t.Errorf("without a cache the substituters must still be set (to nothing): %q", args)
 	}
-	for _, absent := range []string{"--timeout", "max-silent-time", "system-features", "trusted-public-keys", "--add-root"} {
+	for _, absent := range []string{"--timeout", "max-silent-time", "system-features", "trusted-public-keys", "--add-root", "netrc-file"} {
 		if strings.Contains(args, absent) {
 			t.Errorf("args %q have %s without it being asked for", args, absent)
 		}

@@ -37,6 +37,9 @@ func Args(maxJobs int, reqs ...Request) []string {
 		"--max-jobs", strconv.Itoa(max(maxJobs, 1)),
 		"--keep-going",
 	)
+	if req.NetrcFile != "" {
+		args = append(args, "--option", "netrc-file", req.NetrcFile)
+	}
 	if len(req.TrustedKeys) > 0 {
 		args = append(args, "--option", "trusted-public-keys", strings.Join(req.TrustedKeys, " "))
 	}

@@ -40,6 +40,10 @@ type Request struct {
 	// Nothing else is ever asked, whatever nix.conf says.
 	CacheURL     string
 	Substituters []string
+	// NetrcFile, if set, replaces Nix's netrc-file: the credentials Nix presents to
+	// CacheURL (a private cache) and the upstreams. One agent uses one for every
+	// request, so it does not part batches.
+	NetrcFile string
 	// TrustedKeys replace Nix's trusted-public-keys when not empty.
 	TrustedKeys []string
 	// Features replace Nix's system-features when not empty: a step is built with

@@ -29,6 +29,9 @@ type StepRunner struct {
 	StateDir string
 	// CacheURL is the coordinator's binary cache: its base URL + "/nix-cache".
 	CacheURL string
+	// NetrcFile, if set, is the netrc file Nix presents credentials from (CacheLogin
+	// keeps it): the agent's cache read token for CacheURL first.
+	NetrcFile string
 	// Features are the system features the agent advertises; empty: Nix's own.
 	Features []string
 	// CompressionLevel is the zstd level of output uploads (0: fastest).
@@ -97,7 +100,7 @@ func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 	logger.Info("building", "drv", t.DrvPath)
 	res, err := b.batch().Realise(ctx, realise.Request{
 		DrvPath: t.DrvPath, Outputs: t.Outputs,
-		CacheURL: b.CacheURL, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
+		CacheURL: b.CacheURL, NetrcFile: b.NetrcFile, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
 		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
 		MaxLogSize: t.MaxLogSize, MaxOutputSize: t.MaxOutputSize,
 		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf,

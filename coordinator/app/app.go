@@ -99,7 +99,7 @@ func New(cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	var readKeys auth.KeyStore // cache.private: reading the cache and its products needs an API key
+	var readKeys auth.Readers // cache.private: reading the cache and its products needs an API key (the cache also takes agents' tokens)
 	if s.Cache.Private {
 		readKeys = db
 	}
@@ -159,7 +159,7 @@ func New(cfg Config) (*App, error) {
 
 // newCache builds the binary cache: its blob store, its signing key (generated on
 // first start) and its settings.
-func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metrics, readKeys auth.KeyStore,
+func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metrics, readKeys auth.Readers,
 	buildLogs cache.LogSource) (*cache.Cache, error) {
 	blobs, err := cache.NewDir(s.CacheDir())
 	if err != nil {

@@ -106,6 +106,22 @@ func CreateKey(ctx context.Context, db *storage.DB, name, role string) (storage.
 	return k, key, nil
 }
 
+// CacheTokenPrefix starts every agent's cache read token (unlike an API key's
+// KeyPrefix), so a private cache looks a presented secret up in one place only.
+const CacheTokenPrefix = "fcc_"
+
+// NewCacheToken returns a fresh cache read token for an agent ("fcc_" + 64 hex
+// characters) and its hash (HashKey). The coordinator gives one to each agent
+// session (protocol.Welcome.CacheToken) and keeps only the hash.
+func NewCacheToken() (token string, hash []byte, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, fmt.Errorf("generate cache token: %w", err)
+	}
+	token = CacheTokenPrefix + hex.EncodeToString(b)
+	return token, HashKey(token), nil
+}
+
 // KeyStore finds keys by hash.
 type KeyStore interface {
 	APIKeyByHash(ctx context.Context, hash []byte) (storage.APIKey, error)
@@ -186,12 +202,37 @@ func Middleware(keys KeyStore, fail ErrorWriter) func(http.Handler) http.Handler
 	}
 }
 
+// AgentTokens finds the agent whose current cache read token has a hash; any other
+// hash, and the token of a revoked agent, is storage.ErrNotFound.
+type AgentTokens interface {
+	AgentByCacheToken(ctx context.Context, hash []byte) (id int64, name string, err error)
+}
+
+// Readers are who may read a private binary cache: holders of an API key, and agents
+// with their current cache read token (they substitute from the cache they build for).
+type Readers interface {
+	KeyStore
+	AgentTokens
+}
+
 // RequireKey lets a request through only when it presents a valid API key of any role
 // (PresentedKey): what a private cache asks of its readers (cache.private). A request
 // Middleware already authenticated passes without a second lookup. deny answers the
 // others: err is nil when no key or an unknown one was presented, the lookup's failure
 // otherwise.
 func RequireKey(keys KeyStore, deny func(w http.ResponseWriter, r *http.Request, err error)) func(http.Handler) http.Handler {
+	return requireSecret(keys, nil, deny)
+}
+
+// RequireReader is RequireKey for the binary cache itself: it also lets through an
+// agent presenting its current cache read token (Nix sends it from a netrc file, as
+// the basic password; the login is not checked).
+func RequireReader(readers Readers, deny func(w http.ResponseWriter, r *http.Request, err error)) func(http.Handler) http.Handler {
+	return requireSecret(readers, readers, deny)
+}
+
+// requireSecret is RequireKey, and with agents RequireReader.
+func requireSecret(keys KeyStore, agents AgentTokens, deny func(w http.ResponseWriter, r *http.Request, err error)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if _, ok := FromContext(r.Context()); ok {
@@ -203,7 +244,12 @@ func RequireKey(keys KeyStore, deny func(w http.ResponseWriter, r *http.Request,
 				deny(w, r, nil)
 				return
 			}
-			_, err := keys.APIKeyByHash(r.Context(), HashKey(key))
+			var err error
+			if agents != nil && strings.HasPrefix(key, CacheTokenPrefix) {
+				_, _, err = agents.AgentByCacheToken(r.Context(), HashKey(key))
+			} else {
+				_, err = keys.APIKeyByHash(r.Context(), HashKey(key))
+			}
 			switch {
 			case err == nil:
 				next.ServeHTTP(w, r)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +19,10 @@ import (
 
 // TestPrivateCache_ProductDownloadsAndLogsNeedAReadKey: with cache.private, a product
 // download and /nix-cache/log need an API key of any role, as a bearer key or as the
-// basic password a netrc sends; without cache.private anyone may read both. One
+// basic password a netrc sends; without cache.private anyone may read both. An agent's
+// cache read token opens the cache (the log) but not the API (the download). One
 // coordinator with a public cache builds; a second one on the same database and files
-// serves them privately (builders do not present a key to the cache they substitute
-// from, so a private coordinator could not build this here).
+// serves them privately.
 func TestPrivateCache_ProductDownloadsAndLogsNeedAReadKey(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
@@ -37,7 +39,7 @@ in {
 `, coordtest.MkLet(coordtest.Salt(t)))})
 	_, js := c.Project("private", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
-	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
+	builder := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 	c.Trigger(js, false)
 	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["products"].ID
 	b := coordtest.WaitBuild(t, c, id, 120*time.Second, "finished", coordtest.Build.Finished)
@@ -67,6 +69,7 @@ in {
 	}
 	basic := func(key string) func(*http.Request) { return func(r *http.Request) { r.SetBasicAuth("nix", key) } }
 	unknown := bearer("fc_00000000000000000000000000000000")
+	agentToken := basic(cacheToken(t, builder))
 	cases := []struct {
 		name, path string
 		auth       func(*http.Request)
@@ -81,6 +84,8 @@ in {
 		{"log, unknown key", logPath, unknown, 401, ""},
 		{"log, read-only bearer key", logPath, bearer(reader), 200, logLine},
 		{"log, read-only key as basic password", logPath, basic(reader), 200, logLine},
+		{"download, an agent's cache token", download, agentToken, 401, ""},
+		{"log, an agent's cache token", logPath, agentToken, 200, logLine},
 	}
 	for _, tc := range cases {
 		status, header, body := fetch(t, private.URL+tc.path, tc.auth)
@@ -105,6 +110,21 @@ in {
 		t.Errorf("a write with basic credentials: %d, want 401", resp.StatusCode)
 	}
 
+}
+
+// cacheToken is the cache read token the agent's Nix presents: the password of the
+// first entry of its netrc file.
+func cacheToken(t *testing.T, a *coordtest.Agent) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(a.StateDir, "cache.netrc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+	if len(f) != 6 || f[4] != "password" {
+		t.Fatalf("agent %s's netrc file starts with %d fields, want machine, login and password", a.Name, len(f))
+	}
+	return f[5]
 }
 
 func fetch(t *testing.T, url string, set func(*http.Request)) (int, http.Header, string) {

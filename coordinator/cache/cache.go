@@ -31,8 +31,9 @@ type Config struct {
 	// HTTPClient reaches upstream caches.
 	HTTPClient *http.Client
 	// ReadKeys, when set, makes the cache private: reading needs an API key, as a
-	// bearer token or as the password of HTTP basic authentication (so netrc works).
-	ReadKeys auth.KeyStore
+	// bearer token or as the password of HTTP basic authentication (so netrc works),
+	// or an agent's current cache read token (what builders substitute with).
+	ReadKeys auth.Readers
 	// PlainNARs lets agents upload data that does not compress as plain NARs (the
 	// upload plan says so): stored as nar/<narhash>.nar, Compression: none. Off,
 	// agents send zstd only; plain NARs already stored are served either way.

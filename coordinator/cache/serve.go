@@ -34,7 +34,7 @@ var (
 func (c *Cache) Handler() http.Handler {
 	r := chi.NewRouter()
 	if c.cfg.ReadKeys != nil {
-		r.Use(auth.RequireKey(c.cfg.ReadKeys, c.refuseRead))
+		r.Use(auth.RequireReader(c.cfg.ReadKeys, c.refuseRead))
 	}
 	r.NotFound(notFound)
 	r.MethodNotAllowed(notFound)
@@ -47,7 +47,8 @@ func (c *Cache) Handler() http.Handler {
 	return r
 }
 
-// refuseRead answers a reader of a private cache without a valid key (auth.RequireKey).
+// refuseRead answers a reader of a private cache without a valid key or agent token
+// (auth.RequireReader).
 // Nix treats 401 on GET and HEAD as a miss, so a client without credentials sees an
 // empty cache rather than an error.
 func (c *Cache) refuseRead(w http.ResponseWriter, r *http.Request, err error) {

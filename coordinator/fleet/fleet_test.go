@@ -1,13 +1,20 @@
 package fleet_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +24,7 @@ import (
 	agentconfig "github.com/fc-ci/fc/agent/config"
 	"github.com/fc-ci/fc/agent/identity"
 	"github.com/fc-ci/fc/agent/session"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -418,4 +426,114 @@ func TestNewSession_ReplacesTheOldOneForTheSameAgent(t *testing.T) {
 	if n := c.CurrentFleet().Connected(); n != 1 {
 		t.Errorf("%d sessions registered for one agent, want 1", n)
 	}
+}
+
+// TestCacheToken_EachSessionsAgentReadsThePrivateCache: each daemon session's welcome
+// gives the agent a new cache read token, which the agent writes to a netrc file only
+// it can read; a private cache accepts the current token and refuses the one of an
+// older session and that of a revoked agent. Neither the agents API nor a log shows it.
+func TestCacheToken_EachSessionsAgentReadsThePrivateCache(t *testing.T) {
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.Private = true }})
+	dir := t.TempDir()
+	a := startAgent(t, c, "reader", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
+	got := waitConnected(t, c, "reader")
+	netrc := filepath.Join(dir, "cache.netrc")
+	read := func(login, token string) int {
+		req, _ := http.NewRequest("GET", c.URL+"/nix-cache/nix-cache-info", nil)
+		if token != "" {
+			req.SetBasicAuth(login, token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	first := netrcToken(t, netrc, "127.0.0.1", "reader", "")
+	if code := read("", ""); code != 401 {
+		t.Errorf("anonymous read of the private cache: %d, want 401", code)
+	}
+	if code := read("reader", first); code != 200 {
+		t.Errorf("read with the session's token: %d, want 200", code)
+	}
+	if code := read("reader", first[:len(first)-1]+"x"); code != 401 {
+		t.Errorf("read with a wrong token: %d, want 401", code)
+	}
+
+	// A push session (fc-agent push) neither gets a token nor ends the daemon's.
+	id, err := identity.Load(filepath.Join(dir, "agent_key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	push, err := session.Dial(context.Background(), session.Config{URL: c.URL, Identity: id, Name: "reader", AgentVersion: "test",
+		Purpose: protocol.PurposePush}, session.State{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push.Close()
+	if push.Welcome.CacheToken != "" || read("reader", first) != 200 {
+		t.Errorf("a push session was given a token, or ended the daemon's")
+	}
+
+	// The next session (here: after a coordinator restart) brings a new token; the
+	// old one is refused from then on.
+	c.Restart()
+	second := netrcToken(t, netrc, "127.0.0.1", "reader", first)
+	if code := read("reader", first); code != 401 {
+		t.Errorf("read with the previous session's token: %d, want 401", code)
+	}
+	if code := read("reader", second); code != 200 {
+		t.Errorf("read with the new session's token: %d, want 200", code)
+	}
+
+	hash := sha256.Sum256([]byte(second))
+	var agents bytes.Buffer
+	req, _ := http.NewRequest("GET", c.URL+"/api/v1/agents", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Admin)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		_, _ = agents.ReadFrom(resp.Body)
+		resp.Body.Close()
+	}
+	for _, secret := range []string{first, second, hex.EncodeToString(hash[:]), base64.StdEncoding.EncodeToString(hash[:])} {
+		if strings.Contains(agents.String(), secret) {
+			t.Errorf("GET /api/v1/agents shows a cache token or its hash: %s", agents.String())
+		}
+		if strings.Contains(c.Log.String(), secret) || strings.Contains(a.log.String(), secret) {
+			t.Errorf("a log holds a cache token or its hash")
+		}
+	}
+
+	if code := c.Do("DELETE", "/api/v1/agents/"+itoa(got.ID), c.Admin, nil, nil); code != 204 {
+		t.Fatalf("revoke: %d", code)
+	}
+	if code := read("reader", second); code != 401 {
+		t.Errorf("read with a revoked agent's token: %d, want 401", code)
+	}
+}
+
+// netrcToken waits for the agent's netrc file to hold an entry for machine and login
+// whose password is not old, checks that only its owner may read the file, and
+// returns the password.
+func netrcToken(t *testing.T, path, machine, login, old string) string {
+	t.Helper()
+	var token string
+	coordtest.Eventually(t, 30*time.Second, "the agent writes a new cache token to "+path, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		if len(f) != 6 || f[0] != "machine" || f[1] != machine || f[2] != "login" || f[3] != login || f[4] != "password" {
+			t.Fatalf("netrc file starts %q, want machine %s login %s password <token>", strings.SplitN(string(b), "\n", 2)[0], machine, login)
+		}
+		token = f[5]
+		return token != old
+	})
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("netrc file mode %v (%v), want 0600", st.Mode().Perm(), err)
+	}
+	return token
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -35,11 +36,19 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 		_ = refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
 		return err
 	}
+	cacheToken, err := f.issueCacheToken(ctx, agent.ID)
+	if errors.Is(err, storage.ErrNotFound) { // revoked since the handshake
+		return refuse(st, protocol.RefusedRevoked, fmt.Sprintf("agent %d was revoked", agent.ID))
+	}
+	if err != nil {
+		_ = refuse(st, protocol.RefusedUnavailable, "coordinator database unavailable")
+		return err
+	}
 	f.register(s)
 	defer f.unregister(ctx, s)
 	welcome := protocol.Welcome{AgentID: agent.ID, Name: agent.Name, Coordinator: f.cfg.CoordinatorID,
 		HeartbeatSeconds: max(1, int(f.cfg.Heartbeat/time.Second)), Enrolled: enrolled,
-		ProtocolVersion: protocol.Version, CoordinatorVersion: f.cfg.Version}
+		ProtocolVersion: protocol.Version, CoordinatorVersion: f.cfg.Version, CacheToken: cacheToken}
 	_ = st.SetWriteDeadline(time.Now().Add(protocol.CommandTimeout))
 	if err := protocol.WriteFrame(st, protocol.Message{Type: protocol.TypeWelcome, Welcome: &welcome}); err != nil {
 		return err
@@ -54,6 +63,21 @@ func (f *Fleet) runSession(ctx context.Context, mux *yamux.Session, remote strin
 		f.cfg.Hooks.Connected(agent.ID)
 	}
 	return f.controlLoop(ctx, s, st)
+}
+
+// issueCacheToken gives the agent a new cache read token, replacing the one of its
+// previous session; only the hash is stored. Every session gets one, whether or not
+// the cache is private: another coordinator on the same database may serve a
+// private cache, and a public one ignores credentials.
+func (f *Fleet) issueCacheToken(ctx context.Context, agentID int64) (string, error) {
+	token, hash, err := auth.NewCacheToken()
+	if err != nil {
+		return "", err
+	}
+	if err := f.db.SetAgentCacheToken(ctx, agentID, hash); err != nil {
+		return "", err
+	}
+	return token, nil
 }
 
 // runPushSession serves a one-off client's streams until it hangs up; it is not a
