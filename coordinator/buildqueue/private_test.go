@@ -24,15 +24,15 @@ in {
   inherit first;
   second = mk "second" { requiredSystemFeatures = [ "fc-second" ]; args = sh "echo built on ${first} > $out"; };
 }
-`, mkLet(salt(t)))})
+`, coordtest.MkLet(coordtest.Salt(t)))})
 	_, js := c.Project("private", repo.Dir, nil)
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "first", Features: []string{"fc-first"}, Isolated: true})
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "second", Features: []string{"fc-second"}, Isolated: true})
 	c.Trigger(js, false)
-	bs := buildsOf(t, c, evaluated(t, c, js, 0))
+	bs := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))
 	for _, job := range []string{"first", "second"} {
-		b := waitBuild(t, c, bs[job].ID, 120*time.Second, "finished", finished)
+		b := coordtest.WaitBuild(t, c, bs[job].ID, 120*time.Second, "finished", coordtest.Build.Finished)
 		st := stepOf(t, c, b.ID)
 		if b.Status != "succeeded" || st.Agent != job {
 			t.Errorf("%s: %s on agent %q (step: %s after %d attempts, %q); want succeeded on agent %q",
