@@ -29,6 +29,7 @@ func readFile(t *testing.T, path string) string {
 }
 
 func TestCheckout_ConcurrentRevisionsAreIndependent(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	repo, rev1 := gitRepo(t, map[string]string{"v.txt": "1"})
@@ -92,6 +93,7 @@ func TestCheckout_ConcurrentRevisionsAreIndependent(t *testing.T) {
 }
 
 func TestCheckout_ReusesTheMirror(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	repo, rev1 := gitRepo(t, map[string]string{"v.txt": "1"})
@@ -157,6 +159,7 @@ func TestCheckout_ReusesTheMirror(t *testing.T) {
 }
 
 func TestCheckout_UnknownRevision(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	repo, _ := gitRepo(t, map[string]string{"v.txt": "1"})
 	_, _, err := Checkout(testCtx(t), t.TempDir(), repo, strings.Repeat("ab", 20), Credentials{})
@@ -169,6 +172,7 @@ func TestCheckout_UnknownRevision(t *testing.T) {
 }
 
 func TestCheckout_HTTPSToken(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	execPath := run(t, "", "git", "--exec-path")
@@ -219,6 +223,7 @@ func TestCheckout_HTTPSToken(t *testing.T) {
 }
 
 func TestCheckout_SSHKeyFile(t *testing.T) {
+	t.Parallel()
 	g, err := newGit(t.TempDir(), "ssh://git@example.org/r.git", Credentials{SSHKey: "-----BEGIN OPENSSH PRIVATE KEY-----\nxyz\n-----END OPENSSH PRIVATE KEY-----"})
 	if err != nil {
 		t.Fatal(err)
