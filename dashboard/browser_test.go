@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"github.com/fc-ci/fc/coordinator/coordtest"
@@ -91,6 +93,81 @@ func openTab(t *testing.T, browser context.Context) *page {
 		}
 	})
 	return p
+}
+
+// requestWatch follows a tab's requests for one path: how many are under way, and the
+// body bytes of those that finished (as the Performance API's encodedBodySize counts
+// them). Every change wakes a waiter.
+type requestWatch struct {
+	path    string
+	mu      sync.Mutex
+	open    map[network.RequestID]bool
+	bytes   int64
+	changed chan struct{} // made by a waiter, closed by the next change
+}
+
+// watchRequests starts following the tab's requests for path; call it before the
+// navigation whose requests it is to see.
+func (p *page) watchRequests(path string) *requestWatch {
+	p.t.Helper()
+	w := &requestWatch{path: path, open: map[network.RequestID]bool{}}
+	err := chromedp.Listen(p.ctx, func(ev any) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		switch e := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			if u, err := url.Parse(e.Request.URL); err != nil || u.Path != w.path {
+				return
+			}
+			w.open[e.RequestID] = true
+		case *network.EventLoadingFinished:
+			if !w.open[e.RequestID] {
+				return
+			}
+			delete(w.open, e.RequestID)
+			w.bytes += int64(e.EncodedBodyLength)
+		case *network.EventLoadingFailed:
+			if !w.open[e.RequestID] {
+				return
+			}
+			delete(w.open, e.RequestID)
+		default:
+			return
+		}
+		if w.changed != nil {
+			close(w.changed)
+			w.changed = nil
+		}
+	})
+	if err != nil {
+		p.t.Fatalf("follow the requests for %s: %v", path, err)
+	}
+	return w
+}
+
+// settled waits until none of the requests is under way, and returns the body bytes
+// they brought.
+func (w *requestWatch) settled(t *testing.T, within time.Duration) int64 {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		open, bytes := len(w.open), w.bytes
+		if w.changed == nil {
+			w.changed = make(chan struct{})
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		if open == 0 {
+			return bytes
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("%d requests for %s still under way after %v", open, w.path, within)
+		}
+	}
 }
 
 func (p *page) navigate(url string) {
@@ -381,6 +458,7 @@ func TestBuildPage_LongLog(t *testing.T) {
 		t.Fatalf("build %d: %s", id, s)
 	}
 	p = openTab(t, browser)
+	rawLog := p.watchRequests(fmt.Sprintf("/api/v1/builds/%d/log", id))
 	p.navigate(fmt.Sprintf("%s/build/%d", c.URL, id))
 	lines := `[...document.querySelectorAll('#log .line')]`
 	consistent := consistentJS("long line ")
@@ -403,8 +481,10 @@ func TestBuildPage_LongLog(t *testing.T) {
 	}
 	rangeBytes := `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/api/v1/builds/` +
 		fmt.Sprint(id) + `/log').reduce((s, e) => s + e.encodedBodySize, 0)`
-	time.Sleep(500 * time.Millisecond)
-	if got := eval[int](p, rangeBytes); got > logBytes/20 {
+	// Counted once the page has the whole stream (its end message may still start a
+	// load) and every request for the raw log it made has finished.
+	p.waitJS(30*time.Second, "the page has the end of the stream", `document.getElementById('log-state').textContent.startsWith('finished')`)
+	if got := rawLog.settled(t, 30*time.Second); got > int64(logBytes/20) {
 		t.Errorf("opening the page fetched %d bytes of the %d-byte log", got, logBytes)
 	}
 
