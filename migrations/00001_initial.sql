@@ -1,6 +1,7 @@
 -- +goose Up
--- The whole model of DESIGN.md. Statuses are names (DESIGN.md §7); status_code carries
--- Hydra's number once a build or step has finished.
+-- FC's data model (docs/ARCHITECTURE.md says what each table holds). Statuses are names
+-- (the README lists them); status_code carries Hydra's number once a build or step has
+-- finished.
 
 CREATE TABLE roles (
     name        text PRIMARY KEY,

@@ -135,7 +135,7 @@ func BenchmarkDispatchLatency(b *testing.B) {
 	b.ReportMetric(msf(pct(nixP50s, 50)), "nix-store-r-p50-ms")
 }
 
-// BenchmarkIndependent200 builds 200 independent trivial derivations (NIX-NOTES' gen.nix)
+// BenchmarkIndependent200 builds 200 independent trivial derivations (independentJobset)
 // on one build agent with max_jobs 2, from the trigger to the last build recorded,
 // against nix-build -j2 of the same expression (another salt) in the same run. Goal:
 // ratio ≤ 1.5. Also logged: trigger → evaluation stored → last build done, and where
@@ -245,7 +245,8 @@ func chainIndex(b *testing.B, job string) int {
 	return k
 }
 
-// independentJobset is NIX-NOTES' gen.nix.
+// independentJobset is n trivial /bin/sh derivations, none depending on another, each
+// a job: against nix-build of the same, it shows what FC adds per derivation.
 func independentJobset(n int, salt string) string {
 	return fmt.Sprintf(`builtins.listToAttrs (builtins.genList (i: { name = "b${toString i}"; value = derivation {
   name = "b-${toString i}-%s"; system = builtins.currentSystem; builder = "/bin/sh";

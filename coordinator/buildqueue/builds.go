@@ -1,7 +1,7 @@
-// Package builds is the step scheduler: it hands runnable steps to agents with free
+// Package buildqueue is the step scheduler: it hands runnable steps to agents with free
 // slots that can build them (system, features, mandatory features; least loaded
-// relative to speed first), keeps the steps' leases, records what agents report,
-// stores their logs, and serves the builds API and its actions.
+// relative to speed first), keeps the steps' leases, records what agents report and
+// stores their logs. The builds API and its live log stream are buildapi's.
 //
 // It is event-driven: a finished evaluation or step, a restart or a bump (in this
 // coordinator or, through PostgreSQL NOTIFY, any other on the same database), a new
@@ -18,7 +18,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/protocol"
@@ -44,21 +43,19 @@ type Config struct {
 	// Sign signs a step's outputs, uploaded by its builder and held back until then,
 	// when its success is recorded: from that commit on the cache serves them.
 	Sign storage.Signer
-	// ReadKeys, when set (cache.private), makes product downloads need an API key as
-	// the private cache does: products are files out of the cache.
-	ReadKeys auth.KeyStore
-	Logger   *slog.Logger
+	// Dispatcher is the agent sessions connected here (the fleet); nil: no step is
+	// handed out.
+	Dispatcher Dispatcher
+	Logger     *slog.Logger
 }
 
 // Builds is the build scheduler.
 type Builds struct {
 	cfg   Config
 	db    *storage.DB
-	fleet *fleet.Fleet
+	fleet Dispatcher
 	log   *slog.Logger
 	wake  chan struct{}
-
-	files FileOpener // set once at start
 
 	mu       sync.Mutex
 	lowDisk  map[int64]bool          // agents that said they are short of disk
@@ -108,12 +105,9 @@ func New(cfg Config, db *storage.DB) *Builds {
 	if cfg.Hub == nil {
 		cfg.Hub = logs.NewHub()
 	}
-	return &Builds{cfg: cfg, db: db, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
+	return &Builds{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
 		stepTime: map[int64]time.Duration{}}
 }
-
-// SetFleet attaches the fleet (they are built together and refer to each other).
-func (b *Builds) SetFleet(fl *fleet.Fleet) { b.fleet = fl }
 
 // Wake makes the scheduler look for work now.
 func (b *Builds) Wake() {
@@ -296,11 +290,10 @@ func (b *Builds) dispatch(ctx context.Context) {
 	}
 	var cands []candidate
 	for _, id := range b.fleet.AgentIDs() {
-		s, ok := b.fleet.Session(id)
+		caps, ok := b.fleet.Capabilities(id)
 		if !ok {
 			continue
 		}
-		caps := s.Capabilities()
 		b.mu.Lock()
 		low := b.lowDisk[id]
 		b.mu.Unlock()
@@ -400,8 +393,8 @@ func (b *Builds) task(st storage.ClaimedStep) protocol.StepTask {
 	return t
 }
 
-// stopOnAgents tells the agents holding these leases to stop (a cancel).
-func (b *Builds) stopOnAgents(ctx context.Context, leases []storage.Lease) {
+// StopOnAgents tells the agents holding these leases to stop (a cancel).
+func (b *Builds) StopOnAgents(ctx context.Context, leases []storage.Lease) {
 	if b.fleet == nil {
 		return
 	}

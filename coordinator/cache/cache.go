@@ -53,6 +53,8 @@ type Config struct {
 	// (0: 1,000 paths, 64 MB).
 	GroupPaths int
 	GroupBytes int64
+	// BuildLogs finds the logs served at log/<drv basename> (`nix log`); nil: none.
+	BuildLogs LogSource
 }
 
 // Cache is the binary cache.
@@ -73,7 +75,6 @@ type Cache struct {
 	// listening is true while ListenForDeletions receives deletions; only then are
 	// narinfo answers cached.
 	listening atomic.Bool
-	logs      LogSource // set once at start, before serving
 }
 
 // Rendered narinfo cache bounds; the TTL is a second line of defence behind the

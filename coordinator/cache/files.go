@@ -140,17 +140,14 @@ func (r readCloser) Close() error { r.close(); return nil }
 // LogSource finds a finished build log by the basename of its derivation.
 type LogSource func(ctx context.Context, drvBasename string) (io.ReadSeekCloser, error)
 
-// SetLogSource lets the cache serve log/<drv basename> to `nix log`.
-func (c *Cache) SetLogSource(src LogSource) { c.logs = src }
-
 // buildLog serves log/<drv basename>: the plain log of the step that built it.
 func (c *Cache) buildLog(w http.ResponseWriter, r *http.Request) {
 	drv := chi.URLParam(r, "drv")
-	if c.logs == nil || !strings.HasSuffix(drv, ".drv") || hashPart("/nix/store/"+drv) == "" {
+	if c.cfg.BuildLogs == nil || !strings.HasSuffix(drv, ".drv") || hashPart("/nix/store/"+drv) == "" {
 		notFound(w, r)
 		return
 	}
-	f, err := c.logs(r.Context(), drv)
+	f, err := c.cfg.BuildLogs(r.Context(), drv)
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		notFound(w, r)

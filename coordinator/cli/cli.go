@@ -1,5 +1,6 @@
-// Package cli is the fc-coordinator command line: serve (the default), migrate and
-// admin subcommands. The main package only calls Main.
+// Package cli is the fc-coordinator command line: serve (the default), migrate, admin
+// and cache subcommands. It parses flags and the configuration; the coordinator is
+// assembled and run by package app. The main package only calls Run.
 package cli
 
 import (
@@ -10,18 +11,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
-	"github.com/fc-ci/fc/storage/pgcluster"
 )
 
 // Exit codes.
@@ -107,7 +109,7 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return serve(ctx, cfg, env)
+		return app.Run(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":
@@ -131,60 +133,6 @@ func NewLogger(w io.Writer, level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
-// Database is an open database and what must be stopped with it.
-type Database struct {
-	*storage.DB
-	cluster *pgcluster.Cluster
-}
-
-// Close closes the pool and stops the private PostgreSQL this process started.
-func (d *Database) Close() {
-	d.DB.Close()
-	if d.cluster != nil {
-		_ = d.cluster.Stop()
-	}
-}
-
-// EmbeddedDatabaseName is the database inside the private cluster.
-const EmbeddedDatabaseName = "fc"
-
-// OpenDatabase opens database.url, or, when none is configured, a private PostgreSQL
-// cluster in state_dir/postgres (started now, or shared with the coordinator that
-// already runs it).
-func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*Database, error) {
-	dbcfg := storage.Config{
-		URL:            cfg.Database.URL,
-		MaxConnections: int32(cfg.Database.MaxConnections),
-		MinConnections: int32(cfg.Database.MinConnections),
-		ConnectTimeout: config.Seconds(cfg.Database.ConnectTimeout),
-		IdleTimeout:    config.Seconds(cfg.Database.IdleTimeout),
-		MaxLifetime:    config.Seconds(cfg.Database.MaxLifetime),
-	}
-	var cluster *pgcluster.Cluster
-	if dbcfg.URL == "" {
-		dir := filepath.Join(cfg.StateDir, "postgres")
-		log.Info("no database.url configured: using a private PostgreSQL", "dir", dir)
-		c, err := pgcluster.Start(ctx, pgcluster.Config{Dir: dir, Logger: log})
-		if err != nil {
-			return nil, fmt.Errorf("embedded database: %w", err)
-		}
-		if err := c.EnsureDatabase(ctx, EmbeddedDatabaseName); err != nil {
-			_ = c.Stop()
-			return nil, err
-		}
-		cluster = c
-		dbcfg.URL = c.URL(EmbeddedDatabaseName)
-	}
-	db, err := storage.Open(ctx, dbcfg, log)
-	if err != nil {
-		if cluster != nil {
-			_ = cluster.Stop()
-		}
-		return nil, err
-	}
-	return &Database{DB: db, cluster: cluster}, nil
-}
-
 func migrate(ctx context.Context, load func() (config.Config, error), args []string, env Env) error {
 	if len(args) == 0 {
 		return usageError{"migrate needs up, status or create NAME"}
@@ -200,7 +148,7 @@ func migrate(ctx context.Context, load func() (config.Config, error), args []str
 		return err
 	}
 	log := NewLogger(env.Stderr, cfg.LogLevel)
-	db, err := OpenDatabase(ctx, cfg, log)
+	db, err := app.OpenDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -304,7 +252,7 @@ func withMigratedDB(ctx context.Context, load func() (config.Config, error), env
 	if err != nil {
 		return err
 	}
-	db, err := openMigrated(ctx, cfg, NewLogger(env.Stderr, "warn"))
+	db, err := app.OpenMigrated(ctx, cfg, NewLogger(env.Stderr, "warn"))
 	if err != nil {
 		return err
 	}
@@ -312,25 +260,9 @@ func withMigratedDB(ctx context.Context, load func() (config.Config, error), env
 	return fn(cfg, db.DB)
 }
 
-// openMigrated opens the configured database and applies pending migrations, unless
-// auto_migrate is off.
-func openMigrated(ctx context.Context, cfg config.Config, log *slog.Logger) (*Database, error) {
-	db, err := OpenDatabase(ctx, cfg, log)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Database.AutoMigrate {
-		if err := db.Migrate(ctx); err != nil {
-			db.Close()
-			return nil, err
-		}
-	}
-	return db, nil
-}
-
-// Run is Main for the real process.
+// Run is Main for the real process; SIGINT or SIGTERM ends it.
 func Run() int {
-	ctx, stop := signalContext()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return Main(ctx, Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr})
 }
@@ -347,11 +279,11 @@ func cacheCmd(ctx context.Context, load func() (config.Config, error), args []st
 	}
 	var rep cache.GCReport
 	err := withMigratedDB(ctx, load, env, func(cfg config.Config, db *storage.DB) error {
-		parts, err := NewServer(cfg, db, NewLogger(env.Stderr, "warn"), "cli")
+		a, err := app.New(app.Config{Settings: cfg, DB: db, Logger: NewLogger(env.Stderr, "warn"), Addr: "cli"})
 		if err != nil {
 			return err
 		}
-		rep, err = parts.Cache.GC(ctx, config.Days(cfg.GC.MaxAgeDays), *dry)
+		rep, err = a.Cache.GC(ctx, config.Days(cfg.GC.MaxAgeDays), *dry)
 		return err
 	})
 	if err != nil {

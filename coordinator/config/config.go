@@ -6,8 +6,10 @@ package config
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fc-ci/fc/internal/tomlenv"
@@ -282,6 +284,26 @@ func (l LocalAgent) validate() error {
 	return nil
 }
 
+// AllowedInputPathsKey is the setting that lists the directories path inputs may name.
+const AllowedInputPathsKey = "evaluator.allowed_input_paths"
+
+// PathInputAllowed is a path input's value cleaned (".." and "//" resolved as the
+// path reads, without looking at the file system) and whether it lies under, or is,
+// one of roots (evaluator.allowed_input_paths). The agent that evaluates checks again
+// with symlinks resolved, against its own list.
+func PathInputAllowed(value string, roots []string) (string, bool) {
+	if !strings.HasPrefix(value, "/") {
+		return value, false
+	}
+	p := filepath.Clean(value)
+	for _, r := range roots {
+		if r = filepath.Clean(r); r == "/" || p == r || strings.HasPrefix(p, r+"/") {
+			return p, true
+		}
+	}
+	return p, false
+}
+
 // AgentStateDir is local_agent.state_dir, or state_dir/local-agent.
 func (c Config) AgentStateDir() string {
 	if c.LocalAgent.StateDir != "" {
@@ -289,6 +311,47 @@ func (c Config) AgentStateDir() string {
 	}
 	return filepath.Join(c.StateDir, "local-agent")
 }
+
+// CacheDir is cache.dir, or state_dir/cache.
+func (c Config) CacheDir() string {
+	if c.Cache.Dir != "" {
+		return c.Cache.Dir
+	}
+	return filepath.Join(c.StateDir, "cache")
+}
+
+// CacheKeyFile is cache.secret_key_file, or state_dir/cache-key.sec.
+func (c Config) CacheKeyFile() string {
+	if c.Cache.SecretKeyFile != "" {
+		return c.Cache.SecretKeyFile
+	}
+	return filepath.Join(c.StateDir, "cache-key.sec")
+}
+
+// CacheKeyName is cache.key_name, or fc-<this machine's short host name>-1.
+func (c Config) CacheKeyName() string {
+	if c.Cache.KeyName != "" {
+		return c.Cache.KeyName
+	}
+	host, _ := os.Hostname()
+	return "fc-" + strings.SplitN(host, ".", 2)[0] + "-1"
+}
+
+// LogDir is logs.log_dir, or state_dir/logs.
+func (c Config) LogDir() string {
+	if c.Logs.LogDir != "" {
+		return c.Logs.LogDir
+	}
+	return filepath.Join(c.StateDir, "logs")
+}
+
+// EmbeddedDatabaseDir is state_dir/postgres, the private PostgreSQL cluster used when
+// no database.url is configured.
+func (c Config) EmbeddedDatabaseDir() string { return filepath.Join(c.StateDir, "postgres") }
+
+// GitDir is state_dir/git, where git keeps what it needs on the coordinator (SSH
+// known_hosts).
+func (c Config) GitDir() string { return filepath.Join(c.StateDir, "git") }
 
 // Addr is the listen address.
 func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }

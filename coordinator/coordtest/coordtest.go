@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/cache"
-	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -97,21 +97,21 @@ func Start(t testing.TB, opts Options) *Coordinator {
 
 func (c *Coordinator) serve(ln net.Listener) {
 	log := slog.New(slog.NewTextHandler(c.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	parts, err := cli.NewServer(c.Cfg, c.DB, log, c.Addr)
+	a, err := app.New(app.Config{Settings: c.Cfg, DB: c.DB, Logger: log, Addr: c.Addr})
 	if err != nil {
 		c.t.Fatalf("assemble coordinator: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	loopsDone := make(chan struct{})
-	go func() { defer close(loopsDone); parts.Run(ctx, c.Cfg) }()
+	go func() { defer close(loopsDone); a.RunLoops(ctx) }()
 	go func() {
-		err := parts.Server.Serve(ctx, ln, 10*time.Second)
+		err := a.Server.Serve(ctx, ln, 10*time.Second)
 		<-loopsDone
 		done <- err
 	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = parts.Fleet, parts.Cache, parts.Evals, cancel, done
+	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, cancel, done
 	c.mu.Unlock()
 }
 

@@ -1,8 +1,9 @@
-// Package evals owns when and where evaluations happen: it decides per jobset whether
+// Package evalqueue owns when and where evaluations happen: it decides per jobset whether
 // an evaluation is due (poll interval, triggers from webhooks and the API, states,
 // changed inputs), pushes queued evaluations to agents with the eval role over their
 // sessions, keeps their leases (heartbeats extend, disconnection starts a grace
-// period, expiry rescues with backoff), and records what the agents report.
+// period, expiry rescues with backoff), and records what the agents report. The
+// evaluations API, its trigger and the forges' webhooks are evalapi's.
 package evalqueue
 
 import (
@@ -18,7 +19,7 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/agent/evaluator"
-	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -41,15 +42,18 @@ type Config struct {
 	Leases            storage.LeaseConfig
 	// Tick is how often due jobsets and expired leases are looked for; triggers and
 	// new agents wake the loop at once.
-	Tick   time.Duration
-	Logger *slog.Logger
+	Tick time.Duration
+	// Dispatcher is the agent sessions connected here (the fleet); nil: no
+	// evaluation is handed out.
+	Dispatcher Dispatcher
+	Logger     *slog.Logger
 }
 
 // Evals is the evaluation scheduler.
 type Evals struct {
 	cfg   Config
 	db    *storage.DB
-	fleet *fleet.Fleet
+	fleet Dispatcher
 	log   *slog.Logger
 	wake  chan struct{}
 
@@ -58,7 +62,7 @@ type Evals struct {
 }
 
 // New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
-func New(cfg Config, db *storage.DB, fl *fleet.Fleet) *Evals {
+func New(cfg Config, db *storage.DB) *Evals {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -68,11 +72,8 @@ func New(cfg Config, db *storage.DB, fl *fleet.Fleet) *Evals {
 	if cfg.MaxConcurrentEvals <= 0 {
 		cfg.MaxConcurrentEvals = 4
 	}
-	return &Evals{cfg: cfg, db: db, fleet: fl, log: cfg.Logger, wake: make(chan struct{}, 1), inFlight: map[int64]int{}}
+	return &Evals{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), inFlight: map[int64]int{}}
 }
-
-// SetFleet attaches the fleet (they are built together and refer to each other).
-func (e *Evals) SetFleet(fl *fleet.Fleet) { e.fleet = fl }
 
 // Wake makes the scheduler look for work now.
 func (e *Evals) Wake() {
@@ -204,8 +205,8 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	for _, in := range j.Inputs {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
 		if in.Type == storage.InputTypePath {
-			if _, ok := api.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
-				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, api.AllowedInputPathsKey)
+			if _, ok := config.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
+				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, config.AllowedInputPathsKey)
 			}
 		}
 		if in.Type == storage.InputTypeGit {
@@ -258,8 +259,8 @@ func (e *Evals) dispatch(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s, ok := e.fleet.Session(agentID)
-		if !ok || !slices.Contains(s.Capabilities().Roles, protocol.RoleEval) {
+		caps, ok := e.fleet.Capabilities(agentID)
+		if !ok || !slices.Contains(caps.Roles, protocol.RoleEval) {
 			continue
 		}
 		e.mu.Lock()

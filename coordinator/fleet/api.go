@@ -14,8 +14,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -25,13 +26,22 @@ func (f *Fleet) Routes(r chi.Router) {
 
 	r.Get("/agents", f.listAgents)
 	r.Get("/agents/{id}", f.getAgent)
-	r.With(api.Require(auth.PermAdmin)).Post("/agents", f.registerAgent)
-	r.With(api.Require(auth.PermAdmin)).Put("/agents/{id}", f.updateAgent)
-	r.With(api.Require(auth.PermAdmin)).Delete("/agents/{id}", f.revokeAgent)
-	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }))
-	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }))
-	r.With(api.Require(auth.PermAdmin)).Post("/agents/{id}/disable", f.setState(func(a storage.Agent) (bool, bool) { return false, a.Draining }))
-	r.With(api.Require(auth.PermAdmin)).Post("/agents/tokens", f.createToken)
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents", f.registerAgent)
+	r.With(httpkit.Require(auth.PermAdmin)).Put("/agents/{id}", f.updateAgent)
+	r.With(httpkit.Require(auth.PermAdmin)).Delete("/agents/{id}", f.revokeAgent)
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/disable", f.setState(func(a storage.Agent) (bool, bool) { return false, a.Draining }))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/tokens", f.createToken)
+}
+
+// validAgentName checks an agent's name, or an enrollment token's (an agent may take
+// it): protocol.CheckAgentName's rule, as a 422 naming the field.
+func validAgentName(field, s string) error {
+	if err := protocol.CheckAgentName(field, s); err != nil {
+		return httpkit.Errorf(http.StatusUnprocessableEntity, field, "%v", err)
+	}
+	return nil
 }
 
 type agentJSON struct {
@@ -82,21 +92,21 @@ func toAgentJSON(a storage.Agent) agentJSON {
 }
 
 func (f *Fleet) listAgents(w http.ResponseWriter, r *http.Request) {
-	page, err := api.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	as, total, err := f.db.ListAgents(r.Context(), page)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	out := make([]agentJSON, len(as))
 	for i, a := range as {
 		out[i] = toAgentJSON(a)
 	}
-	api.WriteJSON(w, http.StatusOK, api.NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (f *Fleet) agentParam(ctx context.Context, r *http.Request) (storage.Agent, error) {
@@ -110,10 +120,10 @@ func (f *Fleet) agentParam(ctx context.Context, r *http.Request) (storage.Agent,
 func (f *Fleet) getAgent(w http.ResponseWriter, r *http.Request) {
 	a, err := f.agentParam(r.Context(), r)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, toAgentJSON(a))
+	httpkit.WriteJSON(w, http.StatusOK, toAgentJSON(a))
 }
 
 // registerAgent pins a public key an admin supplies (e.g. declaratively from NixOS).
@@ -122,35 +132,35 @@ func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
 		Name      string `json:"name"`
 		PublicKey string `json:"public_key"`
 	}
-	if err := api.Decode(r, &in); err != nil {
-		api.Fail(f.log, w, r, err)
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(in.PublicKey))
 	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
-		api.Fail(f.log, w, r, api.Unprocessable("public_key", "public_key must be one ssh-ed25519 authorized_keys line"))
+		httpkit.Fail(f.log, w, r, httpkit.Unprocessable("public_key", "public_key must be one ssh-ed25519 authorized_keys line"))
 		return
 	}
 	if in.Name == "" {
 		in.Name = comment
 	}
-	if err := api.ValidAgentName("name", in.Name); err != nil {
-		api.Fail(f.log, w, r, err)
+	if err := validAgentName("name", in.Name); err != nil {
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
 	a, err := f.db.RegisterAgent(r.Context(), in.Name, line, ssh.FingerprintSHA256(pub))
 	var taken *storage.AgentNameTakenError
 	if errors.As(err, &taken) {
-		api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "name", "%v", taken))
+		httpkit.Fail(f.log, w, r, httpkit.Errorf(http.StatusConflict, "name", "%v", taken))
 		return
 	}
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/api/v1/agents/"+strconv.FormatInt(a.ID, 10))
-	api.WriteJSON(w, http.StatusCreated, toAgentJSON(a))
+	httpkit.WriteJSON(w, http.StatusCreated, toAgentJSON(a))
 }
 
 // updateAgent changes what an admin may set on an agent: {"push": true} grants it the
@@ -158,42 +168,42 @@ func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
 func (f *Fleet) updateAgent(w http.ResponseWriter, r *http.Request) {
 	a, err := f.agentParam(r.Context(), r)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	var in struct {
 		Push *bool `json:"push"`
 	}
-	if err := api.Decode(r, &in); err != nil {
-		api.Fail(f.log, w, r, err)
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	if in.Push == nil {
-		api.Fail(f.log, w, r, api.Unprocessable("push", "nothing to change: give push (true or false)"))
+		httpkit.Fail(f.log, w, r, httpkit.Unprocessable("push", "nothing to change: give push (true or false)"))
 		return
 	}
 	if a.RevokedAt != nil {
-		api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
+		httpkit.Fail(f.log, w, r, httpkit.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
 		return
 	}
 	updated, err := f.db.SetAgentPush(r.Context(), a.ID, *in.Push)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	f.log.Info("agent push permission changed", "agent", a.ID, "name", a.Name, "push", *in.Push)
-	api.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
+	httpkit.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
 }
 
 // revokeAgent cuts the agent off at once; its key can never connect or enroll again.
 func (f *Fleet) revokeAgent(w http.ResponseWriter, r *http.Request) {
 	a, err := f.agentParam(r.Context(), r)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	if err := f.db.RevokeAgent(r.Context(), a.ID); err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	f.Disconnect(a.ID)
@@ -205,23 +215,23 @@ func (f *Fleet) setState(next func(storage.Agent) (enabled, draining bool)) http
 	return func(w http.ResponseWriter, r *http.Request) {
 		a, err := f.agentParam(r.Context(), r)
 		if err != nil {
-			api.Fail(f.log, w, r, err)
+			httpkit.Fail(f.log, w, r, err)
 			return
 		}
 		if a.RevokedAt != nil {
-			api.Fail(f.log, w, r, api.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
+			httpkit.Fail(f.log, w, r, httpkit.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
 			return
 		}
 		enabled, draining := next(a)
 		updated, err := f.db.SetAgentState(r.Context(), a.ID, enabled, draining)
 		if err != nil {
-			api.Fail(f.log, w, r, err)
+			httpkit.Fail(f.log, w, r, err)
 			return
 		}
 		if draining != a.Draining {
 			go f.notifyDrain(context.WithoutCancel(r.Context()), a.ID, draining)
 		}
-		api.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
+		httpkit.WriteJSON(w, http.StatusOK, toAgentJSON(updated))
 	}
 }
 
@@ -254,36 +264,36 @@ func (f *Fleet) createToken(w http.ResponseWriter, r *http.Request) {
 		Uses      *int   `json:"uses"`
 		ExpiresIn *int64 `json:"expires_in"`
 	}
-	if err := api.Decode(r, &in); err != nil {
-		api.Fail(f.log, w, r, err)
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	// An agent without a name of its own takes its token's: the same rule applies.
-	if err := api.ValidAgentName("name", in.Name); err != nil {
-		api.Fail(f.log, w, r, err)
+	if err := validAgentName("name", in.Name); err != nil {
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
 	uses, ttl := DefaultTokenUses, DefaultTokenTTL
 	if in.Uses != nil {
 		if *in.Uses < 1 || *in.Uses > MaxTokenUses {
-			api.Fail(f.log, w, r, api.Unprocessable("uses", "uses must be from 1 to %d", MaxTokenUses))
+			httpkit.Fail(f.log, w, r, httpkit.Unprocessable("uses", "uses must be from 1 to %d", MaxTokenUses))
 			return
 		}
 		uses = *in.Uses
 	}
 	if in.ExpiresIn != nil {
 		if *in.ExpiresIn < 1 || *in.ExpiresIn > int64(MaxTokenTTL/time.Second) {
-			api.Fail(f.log, w, r, api.Unprocessable("expires_in", "expires_in must be from 1 to %d seconds", int64(MaxTokenTTL/time.Second)))
+			httpkit.Fail(f.log, w, r, httpkit.Unprocessable("expires_in", "expires_in must be from 1 to %d seconds", int64(MaxTokenTTL/time.Second)))
 			return
 		}
 		ttl = time.Duration(*in.ExpiresIn) * time.Second
 	}
 	t, token, err := CreateToken(r.Context(), f.db, in.Name, uses, ttl)
 	if err != nil {
-		api.Fail(f.log, w, r, err)
+		httpkit.Fail(f.log, w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusCreated, map[string]any{
+	httpkit.WriteJSON(w, http.StatusCreated, map[string]any{
 		"id": t.ID, "name": t.Name, "token": token, "expires_at": t.ExpiresAt.UTC(), "uses": t.UsesLeft,
 	})
 }

@@ -152,6 +152,16 @@ func (f *Fleet) Session(agentID int64) (*Session, bool) {
 	return s, ok
 }
 
+// Capabilities are what a connected agent advertised last; false if it has no live
+// session here.
+func (f *Fleet) Capabilities(agentID int64) (protocol.Capabilities, bool) {
+	s, ok := f.Session(agentID)
+	if !ok {
+		return protocol.Capabilities{}, false
+	}
+	return s.Capabilities(), true
+}
+
 // connect upgrades GET /api/v1/agent/connect and runs the session until it ends.
 func (f *Fleet) connect(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()

@@ -24,7 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/fc-ci/fc/coordinator/cli"
+	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -169,14 +169,14 @@ func benchServe(b *testing.B, db *storage.DB) string {
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	cfg := config.Defaults()
 	cfg.StateDir = b.TempDir()
-	parts, err := cli.NewServer(cfg, db, log, ln.Addr().String())
+	a, err := app.New(app.Config{Settings: cfg, DB: db, Logger: log, Addr: ln.Addr().String()})
 	if err != nil {
 		ln.Close()
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- parts.Server.Serve(ctx, ln, 10*time.Second) }()
+	go func() { done <- a.Server.Serve(ctx, ln, 10*time.Second) }()
 	b.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

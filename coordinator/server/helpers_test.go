@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
-	"github.com/fc-ci/fc/coordinator/cli"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -57,11 +57,11 @@ func newEnvConfig(t *testing.T, db *storage.DB, tweak func(*config.Config)) *env
 	}
 	full.StateDir = t.TempDir()
 	// The same assembly as fc-coordinator serve: REST API, agent fleet, cache.
-	parts, err := cli.NewServer(full, db, slog.New(slog.DiscardHandler), "test")
+	a, err := app.New(app.Config{Settings: full, DB: db, Logger: slog.New(slog.DiscardHandler), Addr: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := parts.Server
+	s := a.Server
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	e := &env{t: t, db: db, srv: srv}

@@ -14,7 +14,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"golang.org/x/time/rate"
 
-	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/metrics"
 )
 
@@ -34,7 +34,7 @@ func bodyLimit(n int64) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ContentLength > n {
-				api.WriteError(w, r, http.StatusRequestEntityTooLarge, "request body is larger than "+strconv.FormatInt(n, 10)+" bytes")
+				httpkit.WriteError(w, r, http.StatusRequestEntityTooLarge, "request body is larger than "+strconv.FormatInt(n, 10)+" bytes")
 				return
 			}
 			r.Body = http.MaxBytesReader(w, r.Body, n)
@@ -202,7 +202,7 @@ func (l *ipLimiter) middleware(next http.Handler) http.Handler {
 		if ok, wait := l.reserve(clientIP(r), time.Now()); !ok {
 			secs := int(wait/time.Second) + 1
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			api.WriteError(w, r, http.StatusTooManyRequests, "rate limit exceeded; retry in "+strconv.Itoa(secs)+" s")
+			httpkit.WriteError(w, r, http.StatusTooManyRequests, "rate limit exceeded; retry in "+strconv.Itoa(secs)+" s")
 			return
 		}
 		next.ServeHTTP(w, r)

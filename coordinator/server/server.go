@@ -15,9 +15,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/cors"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/storage"
 )
@@ -75,10 +75,10 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 	}
 	r.Use(bodyLimit(cfg.Server.MaxBodySize))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		api.WriteError(w, r, http.StatusNotFound, "no such route: "+r.URL.Path)
+		httpkit.WriteError(w, r, http.StatusNotFound, "no such route: "+r.URL.Path)
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		api.WriteError(w, r, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+		httpkit.WriteError(w, r, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 	})
 
 	r.Get("/health", s.health)
@@ -87,7 +87,7 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 	}
 	r.Method(http.MethodGet, "/metrics", m.Handler())
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Use(timeout(config.Seconds(cfg.Server.RequestTimeout)), auth.Middleware(db, api.WriteError))
+		r.Use(timeout(config.Seconds(cfg.Server.RequestTimeout)), auth.Middleware(db, httpkit.WriteError))
 		for _, rt := range cfg.APIRoutes {
 			rt.Routes(r)
 		}

@@ -14,9 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -212,7 +212,7 @@ func TestServer_RateLimitIsPerClientAddress(t *testing.T) {
 	db := storagetest.New(t)
 	cfg := config.Defaults().Server
 	cfg.RateLimitRPS, cfg.RateLimitBurst = 1, 1
-	h := server.New(server.Config{Server: cfg, APIRoutes: []server.Routes{api.New(api.Config{}, db)}}, db, metrics.New(db, nil)).Handler()
+	h := server.New(server.Config{Server: cfg, APIRoutes: []server.Routes{projectapi.New(projectapi.Config{}, db)}}, db, metrics.New(db, nil)).Handler()
 	get := func(remote string) int {
 		req := httptest.NewRequest("GET", "/api/v1/projects", nil)
 		req.RemoteAddr = remote

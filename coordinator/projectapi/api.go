@@ -1,4 +1,6 @@
-package api
+// Package projectapi serves the projects, jobsets and API keys under /api/v1, and
+// who may manage a project (its owner or an admin).
+package projectapi
 
 import (
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -36,32 +39,29 @@ func New(cfg Config, db *storage.DB) *API {
 	return &API{db: db, log: log, allowedInputPaths: slices.Clone(cfg.AllowedInputPaths)}
 }
 
-func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) { Fail(a.log, w, r, err) }
-
-// Require is auth.Require answering with the API's JSON errors.
-func Require(p auth.Permission) func(http.Handler) http.Handler { return auth.Require(p, WriteError) }
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) { httpkit.Fail(a.log, w, r, err) }
 
 // Routes registers the API's routes on r, which is mounted at /api/v1 and already
 // authenticates requests. GETs are public unless they show admin data.
 func (a *API) Routes(r chi.Router) {
 	r.Get("/projects", a.listProjects)
-	r.With(Require(auth.PermCreateProjects)).Post("/projects", a.createProject)
+	r.With(httpkit.Require(auth.PermCreateProjects)).Post("/projects", a.createProject)
 	r.Get("/projects/{id}", a.getProject)
 	// Managing a project is for admins and the create-projects key that owns it.
-	r.With(Require(auth.PermCreateProjects), a.ownerOnly("id")).Put("/projects/{id}", a.updateProject)
-	r.With(Require(auth.PermCreateProjects), a.ownerOnly("id")).Delete("/projects/{id}", a.deleteProject)
+	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("id")).Put("/projects/{id}", a.updateProject)
+	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("id")).Delete("/projects/{id}", a.deleteProject)
 
 	r.Get("/projects/{pid}/jobsets", a.listJobsets)
-	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Post("/projects/{pid}/jobsets", a.createJobset)
+	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("pid")).Post("/projects/{pid}/jobsets", a.createJobset)
 	r.Get("/projects/{pid}/jobsets/{id}", a.getJobset)
-	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
-	r.With(Require(auth.PermCreateProjects), a.ownerOnly("pid")).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
+	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("pid")).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
+	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("pid")).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
 
-	r.With(Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", a.setKeep)
+	r.With(httpkit.Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", a.setKeep)
 
-	r.With(Require(auth.PermAdmin)).Get("/api-keys", a.listKeys)
-	r.With(Require(auth.PermAdmin)).Post("/api-keys", a.createKey)
-	r.With(Require(auth.PermAdmin)).Delete("/api-keys/{id}", a.deleteKey)
+	r.With(httpkit.Require(auth.PermAdmin)).Get("/api-keys", a.listKeys)
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/api-keys", a.createKey)
+	r.With(httpkit.Require(auth.PermAdmin)).Delete("/api-keys/{id}", a.deleteKey)
 }
 
 // setKeep marks a build's outputs kept by cache retention (1) or not (0).
@@ -77,12 +77,12 @@ func (a *API) setKeep(w http.ResponseWriter, r *http.Request) {
 		keep = true
 	case "0":
 	default:
-		a.fail(w, r, Unprocessable("keep", "keep must be 0 or 1"))
+		a.fail(w, r, httpkit.Unprocessable("keep", "keep must be 0 or 1"))
 		return
 	}
 	if err := a.db.SetBuildKeep(r.Context(), id, keep); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"id": id, "keep": keep})
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"id": id, "keep": keep})
 }

@@ -1,9 +1,8 @@
-package api
+package projectapi
 
 import (
 	"context"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,6 +12,8 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -78,18 +79,13 @@ var (
 	expressionRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$`)
 )
 
-// Unprocessable is a 422 naming the field at fault.
-func Unprocessable(field, format string, args ...any) error {
-	return Errorf(http.StatusUnprocessableEntity, field, format, args...)
-}
-
 func validBranch(b string) error {
 	if b == "" {
 		return nil
 	}
 	if len(b) > 255 || strings.ContainsAny(b, " \t\n~^:?*[\\") || strings.Contains(b, "..") ||
 		strings.HasPrefix(b, "-") || strings.HasPrefix(b, "/") || strings.HasSuffix(b, "/") || strings.HasSuffix(b, ".lock") {
-		return Unprocessable("branch", "branch %q is not a valid git branch name", b)
+		return httpkit.Unprocessable("branch", "branch %q is not a valid git branch name", b)
 	}
 	return nil
 }
@@ -136,82 +132,62 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		return err
 	}
 	if f.NixExpression == "" || len(f.NixExpression) > 255 || !expressionRE.MatchString(f.NixExpression) || strings.Contains(f.NixExpression, "..") {
-		return Unprocessable("nix_expression", "nix_expression %q must be a flake attribute (hydraJobs) or a file in the repository (release.nix)", f.NixExpression)
+		return httpkit.Unprocessable("nix_expression", "nix_expression %q must be a flake attribute (hydraJobs) or a file in the repository (release.nix)", f.NixExpression)
 	}
 	if f.CheckInterval < 0 || f.CheckInterval > maxCheckInterval {
-		return Unprocessable("check_interval", "check_interval must be from 0 to %d seconds (0 = evaluate only when triggered)", maxCheckInterval)
+		return httpkit.Unprocessable("check_interval", "check_interval must be from 0 to %d seconds (0 = evaluate only when triggered)", maxCheckInterval)
 	}
 	if f.SchedulingShares <= 0 || f.SchedulingShares > maxShares {
-		return Unprocessable("scheduling_shares", "scheduling_shares must be from 1 to %d", maxShares)
+		return httpkit.Unprocessable("scheduling_shares", "scheduling_shares must be from 1 to %d", maxShares)
 	}
 	if f.KeepNr < 0 || f.KeepNr > maxKeepNr {
-		return Unprocessable("keep_nr", "keep_nr must be from 0 to %d", maxKeepNr)
+		return httpkit.Unprocessable("keep_nr", "keep_nr must be from 0 to %d", maxKeepNr)
 	}
 	switch f.State {
 	case storage.JobsetEnabled, storage.JobsetDisabled, storage.JobsetOneShot, storage.JobsetOneAtATime:
 	default:
-		return Unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
+		return httpkit.Unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
 	}
 	seen := map[string]bool{}
 	for _, i := range f.Inputs {
 		if !inputNameRE.MatchString(i.Name) {
-			return Unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
+			return httpkit.Unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
 		}
 		if seen[i.Name] {
-			return Unprocessable("inputs", "input %q appears twice", i.Name)
+			return httpkit.Unprocessable("inputs", "input %q appears twice", i.Name)
 		}
 		seen[i.Name] = true
 		switch i.Type {
 		case storage.InputTypeString:
 		case storage.InputTypeBoolean:
 			if i.Value != "true" && i.Value != "false" {
-				return Unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
+				return httpkit.Unprocessable("inputs", "boolean input %q must be \"true\" or \"false\"", i.Name)
 			}
 		case storage.InputTypeGit:
 			// "URL" or "URL REVISION", one space between: the agent splits the value
 			// into exactly these fields and hands the revision to git.
 			fields := strings.Fields(i.Value)
 			if len(fields) == 0 || validRepositoryURL(fields[0]) != nil {
-				return Unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
+				return httpkit.Unprocessable("inputs", "git input %q: value must be a repository URL, optionally followed by a branch", i.Name)
 			}
 			if len(fields) > 2 || strings.Join(fields, " ") != i.Value {
-				return Unprocessable("inputs", "git input %q: value must be \"URL\" or \"URL REVISION\" with one space between, "+
+				return httpkit.Unprocessable("inputs", "git input %q: value must be \"URL\" or \"URL REVISION\" with one space between, "+
 					"and nothing else (no tabs, newlines or further fields)", i.Name)
 			}
 			if len(fields) == 2 && !validRevision(fields[1]) {
-				return Unprocessable("inputs", "git input %q: revision %q must be a commit, branch or tag name "+
+				return httpkit.Unprocessable("inputs", "git input %q: revision %q must be a commit, branch or tag name "+
 					"(not starting with '-'; no control characters, spaces, '..', or any of ~^:?*[\\)", i.Name, fields[1])
 			}
 		case storage.InputTypePath:
 			// Whether it may name this directory is checkPathInputs' part.
 			if !strings.HasPrefix(i.Value, "/") {
-				return Unprocessable("inputs", "path input %q must be an absolute path", i.Name)
+				return httpkit.Unprocessable("inputs", "path input %q must be an absolute path", i.Name)
 			}
 		default:
-			return Unprocessable("inputs", "input %q has type %q; use string, boolean, git or path", i.Name, i.Type)
+			return httpkit.Unprocessable("inputs", "input %q has type %q; use string, boolean, git or path", i.Name, i.Type)
 		}
 	}
 	return nil
-}
-
-// AllowedInputPathsKey is the setting that lists the directories path inputs may name.
-const AllowedInputPathsKey = "evaluator.allowed_input_paths"
-
-// PathInputAllowed is a path input's value cleaned (".." and "//" resolved as the
-// path reads, without looking at the file system) and whether it lies under, or is,
-// one of roots (evaluator.allowed_input_paths). The agent that evaluates checks again
-// with symlinks resolved, against its own list.
-func PathInputAllowed(value string, roots []string) (string, bool) {
-	if !strings.HasPrefix(value, "/") {
-		return value, false
-	}
-	p := filepath.Clean(value)
-	for _, r := range roots {
-		if r = filepath.Clean(r); r == "/" || p == r || strings.HasPrefix(p, r+"/") {
-			return p, true
-		}
-	}
-	return p, false
 }
 
 // checkPathInputs vets the path inputs a request sets (in.Inputs; none when it
@@ -230,16 +206,16 @@ func (a *API) checkPathInputs(r *http.Request, in jobsetInput, old []storage.Job
 			continue
 		}
 		if !admin && !slices.Contains(old, *fi) {
-			return Errorf(http.StatusForbidden, "inputs", "path input %q: only admins may set path inputs", fi.Name)
+			return httpkit.Errorf(http.StatusForbidden, "inputs", "path input %q: only admins may set path inputs", fi.Name)
 		}
 		if len(a.allowedInputPaths) == 0 {
-			return Unprocessable("inputs", "path input %q: path inputs are disabled on this coordinator; "+
-				"an administrator lists the directories they may name in %s", fi.Name, AllowedInputPathsKey)
+			return httpkit.Unprocessable("inputs", "path input %q: path inputs are disabled on this coordinator; "+
+				"an administrator lists the directories they may name in %s", fi.Name, config.AllowedInputPathsKey)
 		}
-		cleaned, ok := PathInputAllowed(fi.Value, a.allowedInputPaths)
+		cleaned, ok := config.PathInputAllowed(fi.Value, a.allowedInputPaths)
 		if !ok {
-			return Unprocessable("inputs", "path input %q: %q is not under a directory of %s (%s)",
-				fi.Name, cleaned, AllowedInputPathsKey, strings.Join(a.allowedInputPaths, ", "))
+			return httpkit.Unprocessable("inputs", "path input %q: %q is not under a directory of %s (%s)",
+				fi.Name, cleaned, config.AllowedInputPathsKey, strings.Join(a.allowedInputPaths, ", "))
 		}
 		fi.Value = cleaned
 	}
@@ -284,7 +260,7 @@ func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	page, err := PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -298,7 +274,7 @@ func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
 	for i, j := range js {
 		out[i] = toJobsetJSON(j)
 	}
-	WriteJSON(w, http.StatusOK, NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
@@ -308,7 +284,7 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in jobsetInput
-	if err := Decode(r, &in); err != nil {
+	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -332,7 +308,7 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10)+"/jobsets/"+strconv.FormatInt(j.ID, 10))
-	WriteJSON(w, http.StatusCreated, toJobsetJSON(j))
+	httpkit.WriteJSON(w, http.StatusCreated, toJobsetJSON(j))
 }
 
 func (a *API) jobset(ctx context.Context, r *http.Request) (storage.Jobset, error) {
@@ -353,7 +329,7 @@ func (a *API) getJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, toJobsetJSON(j))
+	httpkit.WriteJSON(w, http.StatusOK, toJobsetJSON(j))
 }
 
 func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
@@ -363,7 +339,7 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in jobsetInput
-	if err := Decode(r, &in); err != nil {
+	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -387,7 +363,7 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
 		return
 	}
-	WriteJSON(w, http.StatusOK, toJobsetJSON(j))
+	httpkit.WriteJSON(w, http.StatusOK, toJobsetJSON(j))
 }
 
 func (a *API) deleteJobset(w http.ResponseWriter, r *http.Request) {

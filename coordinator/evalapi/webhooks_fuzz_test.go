@@ -1,4 +1,4 @@
-package evalqueue
+package evalapi
 
 import (
 	"crypto/hmac"
@@ -18,7 +18,7 @@ import (
 // refs/heads/<branch>, a name real git accepts (git check-ref-format), and it did not
 // delete the branch; the branch and whether it is the default are the payload's. The
 // signature of the body under the secret verifies, and no other does. Run it longer
-// with go test -run '^$' -fuzz '^FuzzPushPayload$' -fuzztime 60s ./coordinator/evalqueue/
+// with go test -run '^$' -fuzz '^FuzzPushPayload$' -fuzztime 60s ./coordinator/evalapi/
 func FuzzPushPayload(f *testing.F) {
 	files, err := filepath.Glob("testdata/webhooks/*.json")
 	if err != nil || len(files) == 0 {

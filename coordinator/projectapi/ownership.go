@@ -1,4 +1,4 @@
-package api
+package projectapi
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -43,10 +44,10 @@ func mayManage(ctx context.Context, p storage.Project) error {
 		return nil
 	}
 	if p.OwnerKeyID == nil {
-		return Errorf(http.StatusForbidden, "",
+		return httpkit.Errorf(http.StatusForbidden, "",
 			"project %q has no owner (it predates project ownership or its owner's key was deleted): only an admin may change it", p.Name)
 	}
-	return Errorf(http.StatusForbidden, "",
+	return httpkit.Errorf(http.StatusForbidden, "",
 		"project %q belongs to someone else: only its owner or an admin may change it or its jobsets", p.Name)
 }
 
@@ -92,7 +93,7 @@ func projectWrite(ctx context.Context, old storage.Project, creating bool, in pr
 	}
 	if in.OwnerKeyID != nil && (owner == nil || *owner != *in.OwnerKeyID) {
 		if !isAdmin(ctx) {
-			return Errorf(http.StatusForbidden, "owner_key_id", "only an admin may give a project to another key")
+			return httpkit.Errorf(http.StatusForbidden, "owner_key_id", "only an admin may give a project to another key")
 		}
 		f.OwnerKeyID = in.OwnerKeyID
 	}
@@ -103,7 +104,7 @@ func projectWrite(ctx context.Context, old storage.Project, creating bool, in pr
 // into a 422.
 func unknownOwner(err error, in projectInput) error {
 	if in.OwnerKeyID != nil && errors.Is(err, storage.ErrNotFound) && strings.Contains(err.Error(), "owner_key_id") {
-		return Unprocessable("owner_key_id", "owner_key_id %d is not an API key", *in.OwnerKeyID)
+		return httpkit.Unprocessable("owner_key_id", "owner_key_id %d is not an API key", *in.OwnerKeyID)
 	}
 	return err
 }
@@ -114,7 +115,7 @@ func mayUseRepository(ctx context.Context, old, repositoryURL string) error {
 	if isAdmin(ctx) || !isLocalRepository(repositoryURL) || repositoryURL == old {
 		return nil
 	}
-	return Errorf(http.StatusForbidden, "repository_url",
+	return httpkit.Errorf(http.StatusForbidden, "repository_url",
 		"repository_url %q is a local repository (a path on the agents' machines): only an admin may set one", repositoryURL)
 }
 
@@ -134,7 +135,7 @@ func mayUseInputs(ctx context.Context, old []storage.JobsetInput, inputs *[]inpu
 		if len(fields) == 0 || !isLocalRepository(fields[0]) || hasGitInput(old, in.Value) {
 			continue
 		}
-		return Errorf(http.StatusForbidden, "inputs",
+		return httpkit.Errorf(http.StatusForbidden, "inputs",
 			"git input %q names a local repository (%q, a path on the agents' machines): only an admin may set one", in.Name, fields[0])
 	}
 	return nil

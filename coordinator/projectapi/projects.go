@@ -1,4 +1,4 @@
-package api
+package projectapi
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -63,16 +64,7 @@ const maxNameLen = 100
 // ValidName checks a project, jobset or key name (protocol.CheckName's rule).
 func ValidName(field, s string) error {
 	if err := protocol.CheckName(field, s, maxNameLen); err != nil {
-		return Errorf(http.StatusUnprocessableEntity, field, "%v", err)
-	}
-	return nil
-}
-
-// ValidAgentName checks an agent's name, or an enrollment token's (an agent may take
-// it): the same rule, at most protocol.MaxAgentNameLen characters.
-func ValidAgentName(field, s string) error {
-	if err := protocol.CheckAgentName(field, s); err != nil {
-		return Errorf(http.StatusUnprocessableEntity, field, "%v", err)
+		return httpkit.Errorf(http.StatusUnprocessableEntity, field, "%v", err)
 	}
 	return nil
 }
@@ -80,7 +72,7 @@ func ValidAgentName(field, s string) error {
 // validRepositoryURL accepts https, http, ssh, git and file URLs, and absolute paths.
 func validRepositoryURL(s string) error {
 	bad := func(why string) error {
-		return Errorf(http.StatusUnprocessableEntity, "repository_url", "repository_url %q: %s", s, why)
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "repository_url", "repository_url %q: %s", s, why)
 	}
 	if s == "" {
 		return bad("required")
@@ -136,10 +128,10 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 	f.WebhookSecret = in.WebhookSecret
 	f.FetchCredentials = in.FetchCredentials
 	if c := in.FetchCredentials; c != nil && c.SSHKey != "" && !strings.Contains(c.SSHKey, "PRIVATE KEY") {
-		return Errorf(http.StatusUnprocessableEntity, "fetch_credentials", "fetch_credentials.ssh_key must be a private key (OpenSSH or PEM)")
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "fetch_credentials", "fetch_credentials.ssh_key must be a private key (OpenSSH or PEM)")
 	}
 	if in.OwnerKeyID != nil && *in.OwnerKeyID <= 0 {
-		return Errorf(http.StatusUnprocessableEntity, "owner_key_id", "owner_key_id must be an API key's id")
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "owner_key_id", "owner_key_id must be an API key's id")
 	}
 	if err := ValidName("name", f.Name); err != nil {
 		return err
@@ -148,10 +140,10 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 		return err
 	}
 	if len(f.DisplayName) > 200 {
-		return Errorf(http.StatusUnprocessableEntity, "display_name", "display_name is longer than 200 characters")
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "display_name", "display_name is longer than 200 characters")
 	}
 	if f.WebhookSecret != nil && len(*f.WebhookSecret) > 0 && len(*f.WebhookSecret) < 16 {
-		return Errorf(http.StatusUnprocessableEntity, "webhook_secret", "webhook_secret must be at least 16 characters")
+		return httpkit.Errorf(http.StatusUnprocessableEntity, "webhook_secret", "webhook_secret must be at least 16 characters")
 	}
 	return nil
 }
@@ -159,13 +151,13 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 // nameConflict turns a unique-name violation into a 409 that names the field.
 func nameConflict(err error, what, name string) error {
 	if errors.Is(err, storage.ErrConflict) {
-		return Errorf(http.StatusConflict, "name", "%s named %q already exists", what, name)
+		return httpkit.Errorf(http.StatusConflict, "name", "%s named %q already exists", what, name)
 	}
 	return err
 }
 
 func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
-	page, err := PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -179,12 +171,12 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 	for i, p := range ps {
 		out[i] = toProjectJSON(p)
 	}
-	WriteJSON(w, http.StatusOK, NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 	var in projectInput
-	if err := Decode(r, &in); err != nil {
+	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -203,21 +195,12 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
-	WriteJSON(w, http.StatusCreated, toProjectJSON(p))
+	httpkit.WriteJSON(w, http.StatusCreated, toProjectJSON(p))
 }
 
-// ProjectByRef resolves a project as URLs name it: a number is an id, anything else a
-// name, as Hydra users type them (a name never starts with a digit).
-func ProjectByRef(ctx context.Context, db *storage.DB, ref string) (storage.Project, error) {
-	if id, err := strconv.ParseInt(ref, 10, 64); err == nil {
-		return db.GetProject(ctx, id)
-	}
-	return db.GetProjectByName(ctx, ref)
-}
-
-// project resolves the {id} (or {pid}) URL parameter with ProjectByRef.
+// project resolves the {id} (or {pid}) URL parameter with httpkit.ProjectByRef.
 func (a *API) project(ctx context.Context, r *http.Request, param string) (storage.Project, error) {
-	return ProjectByRef(ctx, a.db, chi.URLParam(r, param))
+	return httpkit.ProjectByRef(ctx, a.db, chi.URLParam(r, param))
 }
 
 func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
@@ -226,7 +209,7 @@ func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, toProjectJSON(p))
+	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
 }
 
 func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +219,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in projectInput
-	if err := Decode(r, &in); err != nil {
+	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -255,7 +238,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
-	WriteJSON(w, http.StatusOK, toProjectJSON(p))
+	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
 }
 
 func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {

@@ -1,4 +1,4 @@
-package buildqueue
+package buildapi
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 )
 
 // logMessage is one WebSocket message of a live log. Offsets are bytes of the stored
@@ -50,17 +50,17 @@ var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: streamC
 func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 	step, err := b.logStep(r)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	offset, err := offsetQuery(r)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	tail, err := api.PositiveQuery(r, "tail")
+	tail, err := httpkit.PositiveQuery(r, "tail")
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	conn, err := upgrader.Upgrade(w, r, http.Header{"X-Accel-Buffering": {"no"}})
@@ -307,7 +307,7 @@ func offsetQuery(r *http.Request) (int64, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 {
-		return 0, api.Unprocessable("offset", "offset must be a byte offset (an integer >= 0)")
+		return 0, httpkit.Unprocessable("offset", "offset must be a byte offset (an integer >= 0)")
 	}
 	return n, nil
 }

@@ -1,4 +1,4 @@
-package evalqueue
+package evalapi
 
 import (
 	"crypto/hmac"
@@ -14,7 +14,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/fc-ci/fc/coordinator/api"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 )
 
 // forge describes how one kind of forge signs and names its events.
@@ -47,9 +47,9 @@ func header(r *http.Request, names []string) string {
 func (e *Evals) webhook(f forge) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		// {project} is the project's id or its name, as everywhere in the API.
-		p, err := api.ProjectByRef(r.Context(), e.db, chi.URLParam(r, "project"))
+		p, err := httpkit.ProjectByRef(r.Context(), e.db, chi.URLParam(r, "project"))
 		if err != nil {
-			api.Fail(e.log, w, r, err)
+			httpkit.Fail(e.log, w, r, err)
 			return
 		}
 		pid := p.ID
@@ -57,53 +57,53 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
-				api.Fail(e.log, w, r, api.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large"))
+				httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large"))
 				return
 			}
-			if api.SlowBody(err) {
-				api.Fail(e.log, w, r, api.Errorf(http.StatusRequestTimeout, "", "payload did not arrive within server.request_timeout"))
+			if httpkit.SlowBody(err) {
+				httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusRequestTimeout, "", "payload did not arrive within server.request_timeout"))
 				return
 			}
-			api.Fail(e.log, w, r, api.Errorf(http.StatusBadRequest, "", "cannot read the payload"))
+			httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusBadRequest, "", "cannot read the payload"))
 			return
 		}
 		secret, err := e.db.ProjectWebhookSecret(r.Context(), pid)
 		if err != nil {
-			api.Fail(e.log, w, r, err)
+			httpkit.Fail(e.log, w, r, err)
 			return
 		}
 		sig := strings.TrimPrefix(header(r, f.sigHeaders), f.sigPrefix)
 		if secret == "" || !validSignature(secret, body, sig) {
 			e.log.Warn("webhook refused: bad signature", "project", pid, "forge", f.name, "remote", r.RemoteAddr)
-			api.WriteError(w, r, http.StatusUnauthorized, "webhook signature does not verify with this project's secret")
+			httpkit.WriteError(w, r, http.StatusUnauthorized, "webhook signature does not verify with this project's secret")
 			return
 		}
 		switch event := header(r, f.eventHeader); event {
 		case "ping":
-			api.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
 			return
 		case "push":
 		default:
-			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": event, "triggered": []int64{}})
+			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ignored": event, "triggered": []int64{}})
 			return
 		}
 		push, ok := parsePush(body)
 		if !ok {
-			api.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a push to a branch", "triggered": []int64{}})
+			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a push to a branch", "triggered": []int64{}})
 			return
 		}
 		ids, err := e.db.RequestEvaluationsForBranch(r.Context(), pid, push.Branch, push.IsDefault)
 		if err != nil {
-			api.Fail(e.log, w, r, err)
+			httpkit.Fail(e.log, w, r, err)
 			return
 		}
 		if ids == nil {
 			ids = []int64{}
 		}
 		if len(ids) > 0 {
-			e.Wake()
+			e.sched.Wake()
 		}
-		api.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
+		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
 	}
 }
 

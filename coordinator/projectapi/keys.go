@@ -1,4 +1,4 @@
-package api
+package projectapi
 
 import (
 	"net/http"
@@ -8,6 +8,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -25,7 +26,7 @@ func toAPIKeyJSON(k storage.APIKey) apiKeyJSON {
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
-	page, err := PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -39,7 +40,7 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
 	for i, k := range ks {
 		out[i] = toAPIKeyJSON(k)
 	}
-	WriteJSON(w, http.StatusOK, NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
@@ -47,7 +48,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		Name string `json:"name"`
 		Role string `json:"role"`
 	}
-	if err := Decode(r, &in); err != nil {
+	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -56,7 +57,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !auth.ValidRole(in.Role) {
-		a.fail(w, r, Unprocessable("role", "role %q is not one of %v", in.Role, auth.RoleNames()))
+		a.fail(w, r, httpkit.Unprocessable("role", "role %q is not one of %v", in.Role, auth.RoleNames()))
 		return
 	}
 	k, key, err := auth.CreateKey(r.Context(), a.db, in.Name, in.Role)
@@ -67,7 +68,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 	out := toAPIKeyJSON(k)
 	out.Key = key // the only place the key ever appears
 	w.Header().Set("Location", "/api/v1/api-keys/"+strconv.FormatInt(k.ID, 10))
-	WriteJSON(w, http.StatusCreated, out)
+	httpkit.WriteJSON(w, http.StatusCreated, out)
 }
 
 func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {

@@ -1,7 +1,11 @@
-package evalqueue
+// Package evalapi serves the evaluations under /api/v1 (the list, one evaluation
+// with its errors, how two compare, the trigger) and the forges' push webhooks. The
+// evaluation scheduler (evalqueue) does the work; this package only answers HTTP.
+package evalapi
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -9,17 +13,46 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
+
+// Scheduler is what the trigger and the webhooks need of the evaluation scheduler
+// (evalqueue.Evals).
+type Scheduler interface {
+	// Wake makes it look for due jobsets now.
+	Wake()
+}
+
+// Config is what the evaluations API serves from.
+type Config struct {
+	// Scheduler is woken by triggers; required.
+	Scheduler Scheduler
+	Logger    *slog.Logger
+}
+
+// Evals is the evaluations API.
+type Evals struct {
+	db    *storage.DB
+	log   *slog.Logger
+	sched Scheduler
+}
+
+// New returns the evaluations API over db.
+func New(cfg Config, db *storage.DB) *Evals {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler}
+}
 
 // Routes registers the evaluations API and the webhooks.
 func (e *Evals) Routes(r chi.Router) {
 	r.Get("/evaluations", e.listEvaluations)
 	r.Get("/evaluations/{id}", e.getEvaluation)
 	r.Get("/evaluations/{id}/compare", e.compare)
-	r.With(api.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
+	r.With(httpkit.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
 	r.Post("/webhooks/{project}/github", e.webhook(github))
 	r.Post("/webhooks/{project}/gitea", e.webhook(gitea))
 }
@@ -59,36 +92,36 @@ func toEvaluationJSON(ev storage.Evaluation) evaluationJSON {
 }
 
 func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
-	page, err := api.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	var f storage.EvaluationFilter
-	if f.ProjectID, err = api.PositiveQuery(r, "project_id"); err == nil {
-		f.JobsetID, err = api.PositiveQuery(r, "jobset_id")
+	if f.ProjectID, err = httpkit.PositiveQuery(r, "project_id"); err == nil {
+		f.JobsetID, err = httpkit.PositiveQuery(r, "jobset_id")
 	}
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	f.Status = r.URL.Query().Get("status")
 	switch f.Status {
 	case "", "queued", "running", "succeeded", "failed", "cancelled":
 	default:
-		api.Fail(e.log, w, r, api.Unprocessable("status", "status must be queued, running, succeeded, failed or cancelled"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("status", "status must be queued, running, succeeded, failed or cancelled"))
 		return
 	}
 	evs, total, err := e.db.ListEvaluations(r.Context(), f, page)
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := make([]evaluationJSON, len(evs))
 	for i, ev := range evs {
 		out[i] = toEvaluationJSON(ev)
 	}
-	api.WriteJSON(w, http.StatusOK, api.NewList(out, total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
 func (e *Evals) evaluation(ctx context.Context, r *http.Request, param string) (storage.Evaluation, error) {
@@ -102,12 +135,12 @@ func (e *Evals) evaluation(ctx context.Context, r *http.Request, param string) (
 func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 	ev, err := e.evaluation(r.Context(), r, "id")
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	errs, err := e.db.EvaluationErrors(r.Context(), ev.ID)
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := toEvaluationJSON(ev)
@@ -115,7 +148,7 @@ func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 	for i, er := range errs {
 		out.Errors[i] = attrErrorJSON{Attr: er.Attr, Message: er.Message}
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
 func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
@@ -123,36 +156,36 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 		JobsetID int64 `json:"jobset_id"`
 		Force    bool  `json:"force"`
 	}
-	if err := api.Decode(r, &in); err != nil {
-		api.Fail(e.log, w, r, err)
+	if err := httpkit.Decode(r, &in); err != nil {
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	if in.JobsetID <= 0 {
-		api.Fail(e.log, w, r, api.Unprocessable("jobset_id", "jobset_id is required"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("jobset_id", "jobset_id is required"))
 		return
 	}
 	if err := e.db.RequestEvaluation(r.Context(), in.JobsetID, in.Force); err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	e.Wake()
-	api.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
+	e.sched.Wake()
+	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
 }
 
 // compare lists how the jobs of an evaluation differ from another's.
 func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	ev, err := e.evaluation(r.Context(), r, "id")
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	otherID, err := api.PositiveQuery(r, "with")
+	otherID, err := httpkit.PositiveQuery(r, "with")
 	if err != nil || otherID == 0 {
-		api.Fail(e.log, w, r, api.Unprocessable("with", "with must name another evaluation's id"))
+		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("with", "with must name another evaluation's id"))
 		return
 	}
 	if _, err := e.db.GetEvaluation(r.Context(), otherID); err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	jobs := func(id int64) (map[string]storage.BuildSummary, error) {
@@ -172,12 +205,12 @@ func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	}
 	cur, err := jobs(ev.ID)
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	old, err := jobs(otherID)
 	if err != nil {
-		api.Fail(e.log, w, r, err)
+		httpkit.Fail(e.log, w, r, err)
 		return
 	}
 	out := map[string][]string{"new": {}, "removed": {}, "changed": {}, "newly_failing": {}, "newly_succeeding": {}}
@@ -204,7 +237,7 @@ func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
 	for _, v := range out {
 		sort.Strings(v)
 	}
-	api.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
 }
 
 func failed(status string) bool {

@@ -1,4 +1,4 @@
-package buildqueue
+package buildapi
 
 import "testing"
 

@@ -1,6 +1,8 @@
-// Package api serves FC's REST API under /api/v1: JSON in and out, errors as
-// {"error", "field"}, paginated lists, and the routes' authorization.
-package api
+// Package httpkit is the toolkit every REST handler of the coordinator uses: JSON
+// answers, errors as {"error", "field"} with one mapping from Go errors to statuses,
+// strict JSON request decoding, pagination (?limit=, ?offset=) and its list envelope,
+// and authorization answered in JSON.
+package httpkit
 
 import (
 	"context"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -76,6 +79,14 @@ func databaseDown(err error) bool {
 	var ce *pgconn.ConnectError
 	return errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded)
 }
+
+// Unprocessable is a 422 naming the field at fault.
+func Unprocessable(field, format string, args ...any) error {
+	return Errorf(http.StatusUnprocessableEntity, field, format, args...)
+}
+
+// Require is auth.Require answering with JSON errors.
+func Require(p auth.Permission) func(http.Handler) http.Handler { return auth.Require(p, WriteError) }
 
 // WriteJSON writes v as the JSON answer with status.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
@@ -195,13 +206,15 @@ type List[T any] struct {
 	Offset int   `json:"offset"`
 }
 
-// Pagination defaults (CONVENTIONS.md).
+// Pagination: a list answers DefaultLimit items unless ?limit= asks for another
+// number, at most MaxLimit.
 const (
 	DefaultLimit = 50
 	MaxLimit     = 500
 )
 
-// PageOf reads ?limit= and ?offset= (CONVENTIONS.md defaults and bounds).
+// PageOf reads ?limit= (1 to MaxLimit, default DefaultLimit) and ?offset= (>= 0,
+// default 0).
 func PageOf(r *http.Request) (storage.Page, error) {
 	p := storage.Page{Limit: DefaultLimit}
 	q := r.URL.Query()

@@ -1,31 +1,74 @@
-package buildqueue
+// Package buildapi serves the builds under /api/v1: the list, the queue and the
+// statistics, one build with its steps and products, product downloads out of the
+// cache, a step's log (plain, or followed live over a WebSocket), and the actions on
+// builds and evaluations (cancel, restart, bump, keep). The step scheduler
+// (buildqueue) does the work; this package only answers HTTP.
+package buildapi
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
+	"log/slog"
 	"net/http"
-	"path"
 	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/fc-ci/fc/coordinator/api"
 	"github.com/fc-ci/fc/coordinator/auth"
-	"github.com/fc-ci/fc/coordinator/ranges"
+	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/storage"
 )
 
 // FileOpener streams a regular file out of a store path in the cache.
 type FileOpener func(ctx context.Context, path string) (io.ReadCloser, int64, error)
 
-// SetFiles lets product downloads read the cache.
-func (b *Builds) SetFiles(f FileOpener) { b.files = f }
+// Scheduler is what the actions need of the step scheduler (buildqueue.Builds).
+type Scheduler interface {
+	// Wake makes it look for work now: an action queued or freed steps.
+	Wake()
+	// StopOnAgents tells the agents holding these step leases to stop (a cancel).
+	StopOnAgents(ctx context.Context, leases []storage.Lease)
+}
+
+// Config is what the builds API serves from.
+type Config struct {
+	// Scheduler is woken by the actions and stops cancelled steps; required.
+	Scheduler Scheduler
+	// Logs are the stored step logs; Hub is the scheduler's, which wakes live log
+	// viewers as a log grows or its step changes (nil: a private one, so viewers
+	// notice only on their periodic recheck).
+	Logs logs.Store
+	Hub  *logs.Hub
+	// Files reads product files out of the cache; nil: no product can be downloaded.
+	Files FileOpener
+	// ReadKeys, when set (cache.private), makes product downloads need an API key as
+	// the private cache does: products are files out of the cache.
+	ReadKeys auth.KeyStore
+	Logger   *slog.Logger
+}
+
+// Builds is the builds API.
+type Builds struct {
+	cfg   Config
+	db    *storage.DB
+	log   *slog.Logger
+	sched Scheduler
+	files FileOpener
+}
+
+// New returns the builds API over db.
+func New(cfg Config, db *storage.DB) *Builds {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Hub == nil {
+		cfg.Hub = logs.NewHub()
+	}
+	return &Builds{cfg: cfg, db: db, log: cfg.Logger, sched: cfg.Scheduler, files: cfg.Files}
+}
 
 // Routes registers the builds API, the queue and the build actions.
 func (b *Builds) Routes(r chi.Router) {
@@ -41,11 +84,12 @@ func (b *Builds) Routes(r chi.Router) {
 	} else {
 		r.Get("/builds/{id}/products/{nr}/download", b.download)
 	}
-	r.With(api.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
-	r.With(api.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
-	r.With(api.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
-	r.With(api.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
-	r.With(api.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
+	r.With(httpkit.Require(auth.PermCancelBuild)).Post("/builds/{id}/cancel", b.action(b.cancel))
+	r.With(httpkit.Require(auth.PermRestartJobs)).Post("/builds/{id}/restart", b.action(b.restart))
+	r.With(httpkit.Require(auth.PermBumpToFront)).Post("/builds/{id}/bump", b.action(b.bump))
+	r.With(httpkit.Require(auth.PermCancelBuild)).Post("/evaluations/{id}/cancel", b.action(b.cancelEvaluation))
+	r.With(httpkit.Require(auth.PermRestartJobs)).Post("/evaluations/{id}/restart-failed", b.action(b.restartFailed))
+	r.With(httpkit.Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", b.setKeep)
 	r.Get("/queue", b.queue)
 }
 
@@ -140,9 +184,9 @@ func idParam(r *http.Request, name string) (int64, error) {
 }
 
 func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
-	page, err := api.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	var f storage.BuildFilter
@@ -150,23 +194,23 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 		name string
 		dst  *int64
 	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
-		if *p.dst, err = api.PositiveQuery(r, p.name); err != nil {
-			api.Fail(b.log, w, r, err)
+		if *p.dst, err = httpkit.PositiveQuery(r, p.name); err != nil {
+			httpkit.Fail(b.log, w, r, err)
 			return
 		}
 	}
 	q := r.URL.Query()
 	f.Status, f.System, f.Job = q.Get("status"), q.Get("system"), q.Get("job")
 	if f.Status != "" && !knownStatus(f.Status) {
-		api.Fail(b.log, w, r, api.Unprocessable("status", "unknown status %q", f.Status))
+		httpkit.Fail(b.log, w, r, httpkit.Unprocessable("status", "unknown status %q", f.Status))
 		return
 	}
 	bs, total, err := b.db.ListBuilds(r.Context(), f, page)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, api.NewList(summaries(bs), total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
 }
 
 func knownStatus(s string) bool {
@@ -187,17 +231,17 @@ func summaries(bs []storage.BuildSummary) []buildJSON {
 func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	x, err := b.db.GetBuild(r.Context(), id)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	steps, err := b.db.BuildSteps(r.Context(), id)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	created := x.CreatedAt.UTC()
@@ -221,59 +265,59 @@ func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 	for _, s := range steps {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
-	api.WriteJSON(w, http.StatusOK, out)
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
 func (b *Builds) steps(w http.ResponseWriter, r *http.Request) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	steps, err := b.db.BuildSteps(r.Context(), id)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	out := make([]stepJSON, len(steps))
 	for i, s := range steps {
 		out[i] = toStepJSON(s)
 	}
-	api.WriteJSON(w, http.StatusOK, map[string]any{"items": out})
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"items": out})
 }
 
 func (b *Builds) stats(w http.ResponseWriter, r *http.Request) {
 	st, err := b.db.GetBuildStats(r.Context())
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, map[string]any{"total": st.Total, "by_status": st.ByStatus,
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"total": st.Total, "by_status": st.ByStatus,
 		"steps_queued": st.StepsQueued, "steps_running": st.StepsRunning})
 }
 
 func (b *Builds) recent(w http.ResponseWriter, r *http.Request) {
-	page, err := api.PageOf(r)
+	page, err := httpkit.PageOf(r)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	bs, total, err := b.db.ListBuilds(r.Context(), storage.BuildFilter{Finished: true}, page)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	api.WriteJSON(w, http.StatusOK, api.NewList(summaries(bs), total, page))
+	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
 }
 
 func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 	q, err := b.db.GetQueue(r.Context(), 200)
 	if err != nil {
-		api.Fail(b.log, w, r, err)
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	type sys struct {
@@ -295,202 +339,5 @@ func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 	for _, s := range q.Steps {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
-	api.WriteJSON(w, http.StatusOK, out)
-}
-
-// action serves an action on /…/{id}: act does it and says what it did; nothing to
-// do is a 409 with the reason.
-func (b *Builds) action(act func(ctx context.Context, id int64) (map[string]any, error)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		id, err := idParam(r, "id")
-		if err != nil {
-			api.Fail(b.log, w, r, err)
-			return
-		}
-		body, err := act(r.Context(), id)
-		if errors.Is(err, storage.ErrNothingToDo) {
-			api.Fail(b.log, w, r, api.Errorf(http.StatusConflict, "", "%s", err.Error()))
-			return
-		}
-		if err != nil {
-			api.Fail(b.log, w, r, err)
-			return
-		}
-		b.Wake()
-		api.WriteJSON(w, http.StatusOK, body)
-	}
-}
-
-func (b *Builds) cancel(ctx context.Context, id int64) (map[string]any, error) {
-	running, err := b.db.CancelBuild(ctx, id)
-	if err == nil {
-		b.stopOnAgents(ctx, running)
-	}
-	return map[string]any{"id": id, "cancelled": true}, err
-}
-
-func (b *Builds) restart(ctx context.Context, id int64) (map[string]any, error) {
-	n, err := b.db.RestartBuild(ctx, id)
-	return map[string]any{"id": id, "restarted_steps": n}, err
-}
-
-func (b *Builds) bump(ctx context.Context, id int64) (map[string]any, error) {
-	n, err := b.db.BumpBuild(ctx, id)
-	return map[string]any{"id": id, "bumped_steps": n}, err
-}
-
-func (b *Builds) cancelEvaluation(ctx context.Context, id int64) (map[string]any, error) {
-	n, running, err := b.db.CancelEvaluation(ctx, id)
-	if err == nil {
-		b.stopOnAgents(ctx, running)
-	}
-	return map[string]any{"id": id, "cancelled_builds": n}, err
-}
-
-func (b *Builds) restartFailed(ctx context.Context, id int64) (map[string]any, error) {
-	n, err := b.db.RestartFailed(ctx, id)
-	return map[string]any{"id": id, "restarted_steps": n}, err
-}
-
-// buildLog serves a build's log as plain text: its own step's, or ?step= one of the
-// steps it needed; ?tail=N gives the last N lines. It works while the step runs.
-func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
-	step, err := b.logStep(r)
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	tail, err := api.PositiveQuery(r, "tail")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	f, err := b.cfg.Logs.Open(step.ID, step.LeaseEpoch)
-	if errors.Is(err, fs.ErrNotExist) {
-		api.Fail(b.log, w, r, api.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID))
-		return
-	}
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	defer f.Close()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Content-Disposition", fmt.Sprintf(`inline; filename="%s.log"`, path.Base(step.DrvPath)))
-	if tail > 0 {
-		_, _ = w.Write(lastLines(f, int(tail)))
-		return
-	}
-	// Range requests let a viewer fetch earlier parts of a long log on demand.
-	w.Header().Set("Cache-Control", "no-store")
-	ranges.ServeContent(w, r, time.Time{}, f)
-}
-
-// logStep is the step whose log a request asks for: the build's own step, or ?step=
-// one of the steps the build needed.
-func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		return storage.StepInfo{}, err
-	}
-	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		return storage.StepInfo{}, err
-	}
-	steps, err := b.db.BuildSteps(r.Context(), id)
-	if err != nil {
-		return storage.StepInfo{}, err
-	}
-	stepID, err := api.PositiveQuery(r, "step")
-	if err != nil {
-		return storage.StepInfo{}, err
-	}
-	for i, s := range steps {
-		if (stepID == 0 && i == 0) || s.ID == stepID {
-			return s, nil
-		}
-	}
-	return storage.StepInfo{}, api.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
-}
-
-// lastLines returns the last n lines of r.
-func lastLines(r io.Reader, n int) []byte {
-	ring := make([][]byte, 0, n)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := append(bytes.Clone(sc.Bytes()), '\n')
-		if len(ring) == n {
-			ring = append(ring[1:], line)
-		} else {
-			ring = append(ring, line)
-		}
-	}
-	return bytes.Join(ring, nil)
-}
-
-// LogByDrv opens the log of the step that built drv (by basename), for the cache's
-// log/ route and `nix log`.
-func (b *Builds) LogByDrv(ctx context.Context, drvBasename string) (io.ReadSeekCloser, error) {
-	s, err := b.db.StepByDrv(ctx, "/nix/store/"+drvBasename)
-	if err != nil {
-		return nil, err
-	}
-	f, err := b.cfg.Logs.Open(s.ID, s.LeaseEpoch)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("log of %s: %w", drvBasename, storage.ErrNotFound)
-	}
-	return f, err
-}
-
-// refuseDownload answers a product download without a key while the cache is private;
-// the challenge lets a browser ask for the key (any user name, the key as password).
-func (b *Builds) refuseDownload(w http.ResponseWriter, r *http.Request, err error) {
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	w.Header().Set("WWW-Authenticate", `Basic realm="fc"`)
-	api.WriteError(w, r, http.StatusUnauthorized, "the cache is private: downloading a product needs an API key "+
-		"(Authorization: Bearer <key>, or HTTP basic with the key as password)")
-}
-
-// download streams a product file out of the output's NAR in the cache.
-func (b *Builds) download(w http.ResponseWriter, r *http.Request) {
-	id, err := idParam(r, "id")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	nr, err := idParam(r, "nr")
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	x, err := b.db.GetBuild(r.Context(), id)
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	var prod *storage.Product
-	for i := range x.Products {
-		if int64(x.Products[i].Nr) == nr {
-			prod = &x.Products[i]
-		}
-	}
-	if prod == nil || b.files == nil {
-		api.Fail(b.log, w, r, storage.ErrNotFound)
-		return
-	}
-	rc, size, err := b.files(r.Context(), prod.Path)
-	if err != nil {
-		api.Fail(b.log, w, r, err)
-		return
-	}
-	defer rc.Close()
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s"`, path.Base(prod.Path)))
-	if _, err := io.Copy(w, rc); err != nil {
-		b.log.Warn("product download", "build", id, "nr", nr, "err", err)
-	}
+	httpkit.WriteJSON(w, http.StatusOK, out)
 }

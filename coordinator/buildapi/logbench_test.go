@@ -1,4 +1,4 @@
-package buildqueue_test
+package buildapi_test
 
 import (
 	"bufio"

@@ -1,0 +1,227 @@
+// Package app assembles the coordinator: it builds every component from the
+// configuration (database, binary cache, log store, the two schedulers, the fleet of
+// agent sessions, the REST APIs, the dashboard and the HTTP server), wires them
+// together and runs them. fc-coordinator serve, its cache gc command and the tests'
+// real coordinator (coordtest) all assemble it here.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/buildapi"
+	"github.com/fc-ci/fc/coordinator/buildqueue"
+	"github.com/fc-ci/fc/coordinator/cache"
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/evalapi"
+	"github.com/fc-ci/fc/coordinator/evalqueue"
+	"github.com/fc-ci/fc/coordinator/fleet"
+	"github.com/fc-ci/fc/coordinator/localagent"
+	"github.com/fc-ci/fc/coordinator/logs"
+	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/coordinator/server"
+	"github.com/fc-ci/fc/dashboard"
+	"github.com/fc-ci/fc/protocol"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Config is what the coordinator is assembled from.
+type Config struct {
+	// Settings are the loaded configuration (config.Load, or config.Defaults in tests).
+	Settings config.Config
+	// DB is the coordinator's database, open and migrated.
+	DB     *storage.DB
+	Logger *slog.Logger
+	// Addr is the address the coordinator listens on; with the host name it names
+	// this coordinator in agents' presence rows.
+	Addr string
+}
+
+// App is an assembled coordinator.
+type App struct {
+	Server *server.Server
+	Fleet  *fleet.Fleet
+	Cache  *cache.Cache
+	Evals  *evalqueue.Evals
+	Builds *buildqueue.Builds
+
+	settings config.Config
+	db       *storage.DB
+	log      *slog.Logger
+}
+
+// shutdownGrace is how long fc-coordinator serve lets requests in flight finish.
+const shutdownGrace = 20 * time.Second
+
+// Run is fc-coordinator serve: it opens the configured database (migrating it unless
+// database.auto_migrate is off), listens on server.host:server.port, assembles the
+// coordinator and serves until ctx ends.
+func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
+	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
+		return fmt.Errorf("create state_dir: %w", err)
+	}
+	db, err := OpenMigrated(ctx, settings, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ln, err := net.Listen("tcp", settings.Server.Addr())
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", settings.Server.Addr(), err)
+	}
+	a, err := New(Config{Settings: settings, DB: db.DB, Logger: log, Addr: ln.Addr().String()})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return a.Serve(ctx, ln, shutdownGrace)
+}
+
+// New assembles the coordinator over cfg.DB. Nothing runs until RunLoops or Serve.
+func New(cfg Config) (*App, error) {
+	s, db, log := cfg.Settings, cfg.DB, cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	host, _ := os.Hostname()
+	m := metrics.New(db, log)
+	logStore, err := logs.NewDir(s.LogDir(), s.Logs.Compress)
+	if err != nil {
+		return nil, err
+	}
+	var readKeys auth.KeyStore // cache.private: reading the cache and its products needs an API key
+	if s.Cache.Private {
+		readKeys = db
+	}
+	ch, err := newCache(s, db, log, m, readKeys, buildapi.LogByDrv(db, logStore))
+	if err != nil {
+		return nil, err
+	}
+	hub := logs.NewHub() // the scheduler wakes the live log viewers of buildapi through it
+
+	// The one cycle: the fleet calls into the schedulers (session hooks, reports, log
+	// streams) and the schedulers command agents through the fleet. The schedulers
+	// are built first with agents, which New binds to the fleet right after building
+	// it, before anything runs or serves.
+	agents := &sessions{}
+	leases := storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL), Grace: config.Seconds(s.Queue.LeaseGrace),
+		MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff)}
+	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
+		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
+		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
+		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents}, db)
+	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
+		UnsupportedWait: config.Seconds(s.Queue.UnsupportedWait), BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
+		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, MaxOutputSize: s.Queue.MaxOutputSize,
+		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
+		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Logger: log}, db)
+	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(ev.Hooks(), bu.Hooks()),
+		Streams: map[string]fleet.StreamHandler{
+			protocol.StreamUpload:     ch.HandleUpload,
+			protocol.StreamPresent:    ch.HandlePresent,
+			protocol.StreamEvalReport: ev.HandleReport,
+			protocol.StreamLog:        bu.HandleLog,
+			protocol.StreamStepReport: bu.HandleReport,
+		}}, db)
+	agents.fleet = fl
+
+	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log}, db)
+	if err != nil {
+		return nil, err
+	}
+	srv := server.New(server.Config{
+		Server:  s.Server,
+		Version: protocol.BuildVersion,
+		Logger:  log,
+		APIRoutes: []server.Routes{
+			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
+			fl,
+			ch,
+			evalapi.New(evalapi.Config{Scheduler: ev, Logger: log}, db),
+			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+		},
+		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
+		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
+	}, db, m)
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, settings: s, db: db, log: log}, nil
+}
+
+// newCache builds the binary cache: its blob store, its signing key (generated on
+// first start) and its settings.
+func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metrics, readKeys auth.KeyStore,
+	buildLogs cache.LogSource) (*cache.Cache, error) {
+	blobs, err := cache.NewDir(s.CacheDir())
+	if err != nil {
+		return nil, err
+	}
+	key, created, err := cache.LoadOrCreateKey(s.CacheKeyFile(), s.CacheKeyName())
+	if err != nil {
+		return nil, err
+	}
+	ch, err := cache.New(cache.Config{Priority: s.Cache.Priority, UpstreamCaches: s.Cache.UpstreamCaches,
+		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registry,
+		ReadKeys: readKeys, BuildLogs: buildLogs}, db, blobs, key)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("generated the cache signing key", "file", s.CacheKeyFile(), "public_key", ch.PublicKey())
+	}
+	return ch, nil
+}
+
+// RunLoops runs the background loops (evaluation and build scheduling, cache
+// retention and its deletion listener) until ctx ends, and waits for them.
+func (a *App) RunLoops(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
+	go func() { defer wg.Done(); a.Builds.Run(ctx, a.db.Pool()) }()
+	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
+	if gc := a.settings.GC; gc.CleanupInterval > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.Cache.RunGC(ctx, config.Seconds(gc.CleanupInterval), config.Days(gc.MaxAgeDays))
+		}()
+	}
+	wg.Wait()
+}
+
+// Serve runs the loops, the local agent ([local_agent]) and the HTTP server on ln
+// until ctx ends. The local agent stops before the server (it hands its work back
+// while the coordinator still answers), the server lets requests in flight finish
+// within grace, and Serve returns once the loops have ended too.
+func (a *App) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	loops, stopLoops := context.WithCancel(ctx)
+	loopsDone := make(chan struct{})
+	go func() { defer close(loopsDone); a.RunLoops(loops) }()
+	defer func() { stopLoops(); <-loopsDone }()
+	a.log.Info("coordinator listening", "addr", ln.Addr().String(), "version", protocol.BuildVersion)
+	serveCtx := ctx
+	if a.settings.LocalAgent.Enabled {
+		la, err := localagent.Start(ctx, localagent.FromConfig(a.settings, ln.Addr(), a.log), a.db)
+		switch {
+		case errors.Is(err, localagent.ErrRevoked):
+			a.log.Error("not starting the local agent", "err", err)
+		case err != nil:
+			ln.Close()
+			return err
+		default:
+			var stopAgent func()
+			serveCtx, stopAgent = la.StopFirst(ctx)
+			defer stopAgent()
+		}
+	}
+	return a.Server.Serve(serveCtx, ln, grace)
+}
