@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"github.com/fc-ci/fc/coordinator/coordtest"
@@ -91,6 +93,105 @@ func openTab(t *testing.T, browser context.Context) *page {
 		}
 	})
 	return p
+}
+
+// requestWatch follows a tab's requests for one path through DevTools' network
+// events: how many are under way and how many have finished. Every change wakes a
+// waiter.
+type requestWatch struct {
+	path     string
+	mu       sync.Mutex
+	open     map[network.RequestID]bool
+	finished int
+	changed  chan struct{} // made by a waiter, closed by the next change
+}
+
+// watchRequests starts following the tab's requests for path; call it before the
+// navigation whose requests it is to see.
+func (p *page) watchRequests(path string) *requestWatch {
+	p.t.Helper()
+	w := &requestWatch{path: path, open: map[network.RequestID]bool{}}
+	err := chromedp.Listen(p.ctx, func(ev any) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		switch e := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			if u, err := url.Parse(e.Request.URL); err != nil || u.Path != w.path {
+				return
+			}
+			w.open[e.RequestID] = true
+		case *network.EventLoadingFinished:
+			if !w.open[e.RequestID] {
+				return
+			}
+			delete(w.open, e.RequestID)
+			w.finished++
+		case *network.EventLoadingFailed:
+			if !w.open[e.RequestID] {
+				return
+			}
+			delete(w.open, e.RequestID)
+		default:
+			return
+		}
+		if w.changed != nil {
+			close(w.changed)
+			w.changed = nil
+		}
+	})
+	if err != nil {
+		p.t.Fatalf("follow the requests for %s: %v", path, err)
+	}
+	return w
+}
+
+// settled waits until none of the requests is under way, and returns how many
+// finished.
+func (w *requestWatch) settled(t *testing.T, within time.Duration) int {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		open, finished := len(w.open), w.finished
+		if w.changed == nil {
+			w.changed = make(chan struct{})
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		if open == 0 {
+			return finished
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("%d requests for %s still under way after %v", open, w.path, within)
+		}
+	}
+}
+
+// bodyBytes is the body bytes (encodedBodySize) of the page's first n finished
+// requests for path, from its performance entries. The page's own promise waits for
+// them (a PerformanceObserver): an entry may land just after DevTools reports its
+// request finished.
+func (p *page) bodyBytes(path string, n int, within time.Duration) int {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, within)
+	defer cancel()
+	js := fmt.Sprintf(`new Promise(resolve => {
+		const done = () => {
+			const es = performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === %q);
+			if (es.length < %d) return false;
+			resolve(es.slice(0, %[2]d).reduce((s, e) => s + e.encodedBodySize, 0));
+			return true;
+		};
+		if (!done()) new PerformanceObserver((_, o) => { if (done()) o.disconnect(); }).observe({ type: 'resource' });
+	})`, path, n)
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[int](js, chromedp.EvalAwaitPromise))
+	if err != nil {
+		p.t.Fatalf("the performance entries of %d requests for %s: %v", n, path, err)
+	}
+	return v
 }
 
 func (p *page) navigate(url string) {
@@ -381,6 +482,7 @@ func TestBuildPage_LongLog(t *testing.T) {
 		t.Fatalf("build %d: %s", id, s)
 	}
 	p = openTab(t, browser)
+	rawLog := p.watchRequests(fmt.Sprintf("/api/v1/builds/%d/log", id))
 	p.navigate(fmt.Sprintf("%s/build/%d", c.URL, id))
 	lines := `[...document.querySelectorAll('#log .line')]`
 	consistent := consistentJS("long line ")
@@ -401,11 +503,17 @@ func TestBuildPage_LongLog(t *testing.T) {
 	for i := 1; i <= n; i++ {
 		logBytes += len(fmt.Sprintf("long line %d\n", i))
 	}
-	rangeBytes := `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/api/v1/builds/` +
-		fmt.Sprint(id) + `/log').reduce((s, e) => s + e.encodedBodySize, 0)`
-	time.Sleep(500 * time.Millisecond)
-	if got := eval[int](p, rangeBytes); got > logBytes/20 {
+	rawPath := fmt.Sprintf("/api/v1/builds/%d/log", id)
+	rangeBytes := `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '` + rawPath +
+		`').reduce((s, e) => s + e.encodedBodySize, 0)`
+	// Counted once the page has the whole stream (its end message may still start a
+	// load) and every request for the raw log it made has finished.
+	p.waitJS(30*time.Second, "the page has the end of the stream", `document.getElementById('log-state').textContent.startsWith('finished')`)
+	opened := rawLog.settled(t, 30*time.Second)
+	if got := p.bodyBytes(rawPath, opened, 30*time.Second); got > logBytes/20 {
 		t.Errorf("opening the page fetched %d bytes of the %d-byte log", got, logBytes)
+	} else {
+		t.Logf("opening the page fetched %d bytes of the log in %d requests", got, opened)
 	}
 
 	// Scrolling to the top loads earlier lines, a block at a time, and keeps the
@@ -430,6 +538,11 @@ func TestBuildPage_LongLog(t *testing.T) {
 		t.Errorf("at the top the page holds %d line elements", count)
 	}
 	t.Logf("scrolling to the top fetched %d bytes of the %d-byte log", eval[int](p, rangeBytes), logBytes)
+	// The watch behind the opening check sees the page's requests: those of the scrolling.
+	entries := eval[int](p, `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '`+rawPath+`').length`)
+	if n := rawLog.settled(t, 30*time.Second); n == 0 || n > entries {
+		t.Errorf("DevTools saw %d finished raw-log requests; the page has %d performance entries for them", n, entries)
+	}
 
 	// A link to an early line loads the lines around it.
 	p.navigate(fmt.Sprintf("%s/build/%d#L5", c.URL, id))

@@ -18,6 +18,7 @@ import (
 // invalid and the duplicate ones, deterministically, and then makes names unique
 // among agents that are not revoked.
 func TestMigrate_AgentNamesAreRepairedThenUnique(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := openEmpty(t)
 	m, err := db.NewMigrator()
@@ -90,6 +91,7 @@ func TestMigrate_AgentNamesAreRepairedThenUnique(t *testing.T) {
 
 // Agents registering one name at once: the database lets exactly one have it.
 func TestRegisterAgent_ConcurrentSameNameOneWins(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	const n = 8

@@ -71,6 +71,7 @@ func outcome() storage.EvalOutcome {
 }
 
 func TestFinishEvaluation_SharedDerivationsAreOneStepAndStaleEpochsChangeNothing(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")
@@ -122,6 +123,7 @@ func TestFinishEvaluation_SharedDerivationsAreOneStepAndStaleEpochsChangeNothing
 }
 
 func TestLeases_ExpiredAreRescuedWithBackoffThenAborted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:b")
@@ -164,6 +166,7 @@ func TestLeases_ExpiredAreRescuedWithBackoffThenAborted(t *testing.T) {
 }
 
 func TestRetryEvaluation_RequeuesThenFailsAtMaxAttempts(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:c")

@@ -19,6 +19,7 @@ func narinfo(hash, name string, refs ...string) storage.Narinfo {
 }
 
 func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	a := narinfo("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "a")
@@ -110,6 +111,7 @@ func TestCommitNarinfos_OneTransactionForTheGroup(t *testing.T) {
 // and removed by retention once the step no longer runs (its build failed, or its
 // lease was lost), whatever their age; success signs and serves them.
 func TestPendingOutputs_ServedOnSuccessRemovedWhenTheStepEnds(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")

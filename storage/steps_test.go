@@ -136,6 +136,7 @@ func uploadOutputs(t *testing.T, db *storage.DB, c storage.ClaimedStep) {
 }
 
 func TestClaimSteps_SchedulingOrder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")
@@ -167,6 +168,7 @@ func TestClaimSteps_SchedulingOrder(t *testing.T) {
 }
 
 func TestClaimSteps_SystemsFeaturesAndMandatoryFeatures(t *testing.T) {
+	t.Parallel()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")
 	j := jobsetFixture(t, db, "p")
@@ -189,6 +191,7 @@ func TestClaimSteps_SystemsFeaturesAndMandatoryFeatures(t *testing.T) {
 }
 
 func TestFinishStep_FailurePropagatesAndIsRememberedUntilRestart(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")
@@ -258,6 +261,7 @@ func TestFinishStep_FailurePropagatesAndIsRememberedUntilRestart(t *testing.T) {
 }
 
 func TestFailedPaths_LaterStepEndsCachedFailure(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")
@@ -278,6 +282,7 @@ func TestFailedPaths_LaterStepEndsCachedFailure(t *testing.T) {
 }
 
 func TestCancelAndRescueAndUnsupported(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	agent := agentFixture(t, db, "SHA256:a")

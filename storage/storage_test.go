@@ -48,6 +48,7 @@ var modelTables = []string{"projects", "jobsets", "jobset_inputs", "evaluations"
 	"channels", "starred_jobs", "narinfos", "step_logs", "failed_paths", "small_blobs"}
 
 func TestMigrate_EmptyDatabaseGetsWholeModelAndIsIdempotent(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := openEmpty(t)
 	if len(tables(t, db)) != 0 {
@@ -87,6 +88,7 @@ func TestMigrate_EmptyDatabaseGetsWholeModelAndIsIdempotent(t *testing.T) {
 }
 
 func TestMigrate_ConcurrentRunsLeaveOneCorrectSchema(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	url := storagetest.EmptyURL(t)
 	var wg sync.WaitGroup
@@ -132,6 +134,7 @@ func TestMigrate_ConcurrentRunsLeaveOneCorrectSchema(t *testing.T) {
 }
 
 func TestProjects_DuplicateNameIsConflict(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	f := storage.ProjectFields{Name: "p", RepositoryURL: "https://example.org/r.git", Enabled: true}
@@ -150,6 +153,7 @@ func TestProjects_DuplicateNameIsConflict(t *testing.T) {
 // owns it and shows the key's name; deleting the key leaves the project with no owner
 // (ON DELETE SET NULL), so only admins manage it; an unknown key is ErrNotFound.
 func TestProjects_OwnerIsKeptShownAndClearedWhenTheKeyGoes(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := storagetest.New(t)
 	k, err := db.CreateAPIKey(ctx, "ci-bot", storage.RoleCreateProjects, []byte("hash-of-ci-bot"))

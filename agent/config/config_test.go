@@ -14,6 +14,9 @@ import (
 	"github.com/fc-ci/fc/internal/tomlenv"
 )
 
+// These tests stay serial: Load reads ./agent.toml, so most of them change the working
+// directory of the whole test binary (t.Chdir), and the rest are too quick to gain.
+
 func write(t *testing.T, path, body string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {

@@ -18,20 +18,44 @@ import (
 
 // lockedLog collects the daemon's log lines.
 type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{} // made by a waiter, closed by the next write
 }
 
 func (l *lockedLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 	return l.b.Write(p)
 }
 
-func (l *lockedLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
+// waitLogged waits until s has been logged at least n times, failing the test at the
+// deadline: every write wakes it, so it sees the line as soon as the daemon logs it.
+func (l *lockedLog) waitLogged(t *testing.T, within time.Duration, s string, n int) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		got := strings.Count(l.b.String(), s)
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %d lines with %q; log:\n%s", within, n, s, l)
+		}
+	}
 }
 
 func (l *lockedLog) String() string {
@@ -72,18 +96,6 @@ func unreachableDaemon(t *testing.T, log *lockedLog) *Daemon {
 	})
 }
 
-// waitFor polls cond until it holds, failing the test at the deadline.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // running is a daemon's Run in a goroutine; done closes when Run returns, then err holds its result.
 type running struct {
 	cancel context.CancelFunc
@@ -108,13 +120,12 @@ func runDaemon(t *testing.T, d *Daemon) *running {
 }
 
 func TestRun_UnreachableCoordinatorRetriesUntilCancelled(t *testing.T) {
+	t.Parallel()
 	log := &lockedLog{}
 	d := unreachableDaemon(t, log)
 	r := runDaemon(t, d)
 
-	waitFor(t, 30*time.Second, "several connection attempts", func() bool {
-		return log.count("cannot reach coordinator; retrying") >= 5
-	})
+	log.waitLogged(t, 30*time.Second, "cannot reach coordinator; retrying", 5)
 	select {
 	case <-r.done:
 		t.Fatalf("daemon gave up on an unreachable coordinator: %v\n%s", r.err, log)
@@ -140,12 +151,11 @@ func TestRun_UnreachableCoordinatorRetriesUntilCancelled(t *testing.T) {
 // A drained idle agent that cannot reach its coordinator has nothing to report: it
 // stops instead of retrying forever.
 func TestRun_DrainWhileUnreachableStopsWithoutCancel(t *testing.T) {
+	t.Parallel()
 	log := &lockedLog{}
 	d := unreachableDaemon(t, log)
 	r := runDaemon(t, d)
-	waitFor(t, 30*time.Second, "a connection attempt", func() bool {
-		return log.count("cannot reach coordinator; retrying") >= 1
-	})
+	log.waitLogged(t, 30*time.Second, "cannot reach coordinator; retrying", 1)
 	start := time.Now()
 	d.Drain()
 	d.Drain() // a second call is harmless
@@ -161,6 +171,7 @@ func TestRun_DrainWhileUnreachableStopsWithoutCancel(t *testing.T) {
 }
 
 func TestRun_CapabilitiesErrorStopsAtOnce(t *testing.T) {
+	t.Parallel()
 	boom := errors.New("no nix")
 	d := New(Config{Session: session.Config{URL: closedPortURL(t)},
 		Capabilities: func(context.Context) (protocol.Capabilities, error) { return protocol.Capabilities{}, boom }})

@@ -28,6 +28,7 @@ func readFile(t *testing.T, path string) string {
 }
 
 func TestCheckout_ConcurrentRevisionsAreIndependent(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	repo, rev1 := gitRepo(t, map[string]string{"v.txt": "1"})
@@ -91,6 +92,7 @@ func TestCheckout_ConcurrentRevisionsAreIndependent(t *testing.T) {
 }
 
 func TestCheckout_ReusesTheMirror(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	repo, rev1 := gitRepo(t, map[string]string{"v.txt": "1"})
@@ -156,6 +158,7 @@ func TestCheckout_ReusesTheMirror(t *testing.T) {
 }
 
 func TestCheckout_UnknownRevision(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	repo, _ := gitRepo(t, map[string]string{"v.txt": "1"})
 	_, _, err := Checkout(testCtx(t), t.TempDir(), repo, strings.Repeat("ab", 20), Credentials{})
@@ -168,6 +171,7 @@ func TestCheckout_UnknownRevision(t *testing.T) {
 }
 
 func TestCheckout_HTTPSToken(t *testing.T) {
+	t.Parallel()
 	needGit(t)
 	ctx := testCtx(t)
 	execPath := run(t, "", "git", "--exec-path")

@@ -87,6 +87,7 @@ func (h *gitHost) saw(token string) (bool, int) {
 // and nowhere else: not to a git input on another port, nor to the same server under
 // another host name, nor to where a redirect leads, even when they answer 401.
 func TestEvaluate_FetchCredentialsStayWithTheProjectsHost(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	const token = "tok-project-0123456789abcdef"
@@ -171,6 +172,7 @@ func TestEvaluate_FetchCredentialsStayWithTheProjectsHost(t *testing.T) {
 }
 
 func TestCredentials_ScopedToTheProjectsSchemeHostAndPort(t *testing.T) {
+	t.Parallel()
 	c := Credentials{HTTPSToken: "t", SSHKey: "k"}
 	cases := []struct {
 		project, repo string

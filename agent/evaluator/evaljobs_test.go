@@ -31,6 +31,7 @@ var recordedLines = map[string]string{
 }
 
 func TestParseEvalJobsLine(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		line    string
 		job     Job
@@ -92,6 +93,7 @@ func TestParseEvalJobsLine(t *testing.T) {
 }
 
 func TestFinish_ResolvesConstituents(t *testing.T) {
+	t.Parallel()
 	lines := []string{"aggregate", "named", "plainjob", "readme"}
 	var r rawResult
 	for _, l := range lines {
@@ -126,6 +128,7 @@ func TestFinish_ResolvesConstituents(t *testing.T) {
 // TestEvaluate_UsesNixEvalJobs runs Evaluate with a stand-in nix-eval-jobs on PATH
 // that records its arguments and prints lines in the documented format for
 // derivations nix-instantiate made.
+// Not parallel: it puts a stand-in nix-eval-jobs on PATH for the whole test binary.
 func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	needNix(t)
 	ctx := testCtx(t)
@@ -203,6 +206,7 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	}
 }
 
+// Not parallel: it puts a stand-in nix-eval-jobs on PATH for the whole test binary.
 func TestEvaluate_OldNixEvalJobsFallsBackToPlainNix(t *testing.T) {
 	needNix(t)
 	bin := t.TempDir()

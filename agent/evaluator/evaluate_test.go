@@ -201,6 +201,7 @@ func checkCommonJobs(t *testing.T, jobs map[string]Job, system string) {
 }
 
 func TestEvaluate_LegacyRelease(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	s := salt(t)
@@ -269,6 +270,7 @@ func TestEvaluate_LegacyRelease(t *testing.T) {
 }
 
 func TestEvaluate_LegacySameResultWithOneOrManyWorkers(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	release := "{ greeting ? \"none\", flag ? false, src ? null }:\n" + jobsetNix(salt(t), "builtins.currentSystem", "recurseForDerivations = true;")
@@ -304,6 +306,7 @@ func flakeNix(s string) string {
 }
 
 func TestEvaluate_Flake(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	s := salt(t)
@@ -336,6 +339,7 @@ func TestEvaluate_Flake(t *testing.T) {
 }
 
 func TestEvaluate_FlakeFallsBackToChecks(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	flake := fmt.Sprintf(`{
@@ -371,6 +375,7 @@ func TestEvaluate_FlakeFallsBackToChecks(t *testing.T) {
 }
 
 func TestEvaluate_BrokenExpressionFailsTheEvaluation(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	for name, content := range map[string]string{
@@ -392,6 +397,7 @@ func TestEvaluate_BrokenExpressionFailsTheEvaluation(t *testing.T) {
 }
 
 func TestEvaluate_PlainAttrsetAndEmpty(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	dir := t.TempDir()
@@ -421,6 +427,7 @@ func TestEvaluate_PlainAttrsetAndEmpty(t *testing.T) {
 }
 
 func TestAttrPathJoinSplit(t *testing.T) {
+	t.Parallel()
 	for _, path := range [][]string{{"a"}, {"a", "b"}, {"dotted.attr"}, {"x", "1.2", "y"}} {
 		s := joinAttrPath(path)
 		if got := splitAttrPath(s); !reflect.DeepEqual(got, path) {
@@ -433,12 +440,14 @@ func TestAttrPathJoinSplit(t *testing.T) {
 }
 
 func TestNixString(t *testing.T) {
+	t.Parallel()
 	if got := nixString("a\"b\\c${d}\n"); got != `"a\"b\\c\${d}\n"` {
 		t.Errorf("nixString = %s", got)
 	}
 }
 
 func TestEvaluate_ImportFromDerivation(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	dir := t.TempDir()
@@ -470,6 +479,7 @@ in {
 }
 
 func TestEvaluate_RestrictEval(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	dir := t.TempDir()
@@ -500,6 +510,7 @@ func TestEvaluate_RestrictEval(t *testing.T) {
 }
 
 func TestEvaluate_CancelStopsNix(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	dir := t.TempDir()
 	release := `{ slow = builtins.seq (builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: i) 100000000)) { }; }`
@@ -522,6 +533,7 @@ func TestEvaluate_CancelStopsNix(t *testing.T) {
 // store, not to Nix's own, for a legacy file and a flake, with the same jobs, errors
 // and drv paths as nix-instantiate; the graph is read from there.
 func TestEvaluate_EvalStoreHoldsTheDerivations(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	root := t.TempDir()

@@ -67,6 +67,7 @@ func (r *recordingPresent) present(_ context.Context, paths []string) (map[strin
 }
 
 func TestGraph_NothingCachedIsTheDrvClosure(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	res := evaluatedJobset(t)
 	var roots []string
@@ -127,6 +128,7 @@ func TestGraph_NothingCachedIsTheDrvClosure(t *testing.T) {
 func sorted(s ...string) []string { sort.Strings(s); return s }
 
 func TestGraph_CachedOutputsAreNotNodesNorDescended(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	res := evaluatedJobset(t)
 	jobs := jobsByAttr(res)
@@ -207,6 +209,7 @@ func TestGraph_CachedOutputsAreNotNodesNorDescended(t *testing.T) {
 }
 
 func TestGraph_PresentErrorFails(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	res := evaluatedJobset(t)
 	_, err := Graph(testCtx(t), res.Jobs, func(context.Context, []string) (map[string]bool, error) {
@@ -221,6 +224,7 @@ func TestGraph_PresentErrorFails(t *testing.T) {
 // in whatever order the jobs come: the graph must be the same as one walk of them all,
 // and each node must be found by exactly one Add.
 func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	res := evaluatedJobset(t)
 	p := &recordingPresent{have: map[string]bool{}}
@@ -282,6 +286,7 @@ func TestGrapher_JobsAddedInPiecesGiveTheSameGraph(t *testing.T) {
 // A fixed-output derivation's node declares each output's content address, written
 // as Nix writes it for the built path; input-addressed outputs declare none.
 func TestGraph_FixedOutputsDeclareTheirContentAddress(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := salt(t)
 	file := filepath.Join(dir, "default.nix")

@@ -54,6 +54,7 @@ func newPathInputTree(t *testing.T) pathInputTree {
 }
 
 func TestCheckPathInput_AllowedDirectoriesOnlyAndNeverTheAgentsState(t *testing.T) {
+	t.Parallel()
 	tr := newPathInputTree(t)
 	j := filepath.Join
 	cases := []struct {
@@ -116,6 +117,7 @@ func TestCheckPathInput_AllowedDirectoriesOnlyAndNeverTheAgentsState(t *testing.
 // (and a derivation), and one that names the agent's key is refused before Nix reads
 // it, so no message shows it.
 func TestEvaluate_PathInputs(t *testing.T) {
+	t.Parallel()
 	needNix(t)
 	ctx := testCtx(t)
 	tr := newPathInputTree(t)

@@ -60,6 +60,7 @@ func TestAppendUnique_KeepsOrderAndSkipsDuplicatesAndBlanks(t *testing.T) {
 }
 
 func TestProbeNix_ReadsTheRealNix(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	n, err := ProbeNix(ctx)

@@ -20,6 +20,7 @@ import (
 // input derivations; in Nix's own store and in a store of the agent's own (an eval
 // store, nix --eval-store), whose files are under its root directory.
 func TestReadDrvClosure_AgreesWithNix(t *testing.T) {
+	t.Parallel()
 	for _, bin := range []string{"nix", "nix-instantiate", "nix-store"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not on PATH: the test needs Nix", bin)

@@ -23,6 +23,7 @@ import (
 // (which go-nix refuses: nix-store dumps that one), a file over 1 MiB, and store
 // paths that are one file or one symlink.
 func TestDump_InProcessMatchesNix(t *testing.T) {
+	t.Parallel()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	salt := hex.EncodeToString(b)

@@ -397,13 +397,7 @@ func TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds(t *testing.T) {
 		}
 	}
 	submit(cases[:3])
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(cases[0].log.String()+cases[1].log.String()+cases[2].log.String(), "start") {
-		if time.Now().After(deadline) {
-			t.Fatal("the first wave never started")
-		}
-		time.Sleep(5 * time.Millisecond) // polling a log the builder writes; bounded by the deadline
-	}
+	waitAnyContains(t, 30*time.Second, "start", cases[0].log, cases[1].log, cases[2].log)
 	submit(cases[3:])
 	wg.Wait()
 	b.Wait()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fc-ci/fc/protocol"
 )
@@ -115,6 +118,27 @@ func (l *logBuffer) waitMatch(t *testing.T, re *regexp.Regexp, within time.Durat
 		case <-l.wake:
 		case <-deadline.C:
 			t.Fatalf("log never matched %s; log:\n%s", re, l.String())
+		}
+	}
+}
+
+// waitAnyContains waits until one of logs contains s; a write to any of them wakes it.
+func waitAnyContains(t *testing.T, within time.Duration, s string, logs ...*logBuffer) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	wakes := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(deadline.C)}}
+	for _, l := range logs {
+		wakes = append(wakes, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(l.wake)})
+	}
+	for {
+		for _, l := range logs {
+			if strings.Contains(l.String(), s) {
+				return
+			}
+		}
+		if chosen, _, _ := reflect.Select(wakes); chosen == 0 {
+			t.Fatalf("no log contains %q after %v", s, within)
 		}
 	}
 }
@@ -358,6 +382,40 @@ func alive(pid int) bool {
 	return syscall.Kill(pid, 0) == nil
 }
 
+// waitGone waits until process pid has ended (a zombie counts: reaping an orphan is up
+// to init) and reports whether it did within the time given. The processes waited for
+// are not this test's children, so there is no wait(2): a pidfd becomes readable when
+// its process ends, which is the event itself, not a poll of /proc.
+func waitGone(t *testing.T, pid int, within time.Duration) bool {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return true // ended and reaped already
+	}
+	if err != nil {
+		t.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(within)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return !alive(pid)
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("poll the pidfd of %d: %v", pid, err)
+		}
+		if n > 0 {
+			return true
+		}
+	}
+}
+
 func TestRealise_CancelStopsTheBuilderAndItsChildren(t *testing.T) {
 	t.Parallel()
 	log := newLogBuffer()
@@ -392,11 +450,7 @@ func TestRealise_CancelStopsTheBuilderAndItsChildren(t *testing.T) {
 	// The builder is gone once Realise returns; its orphaned child is killed with it,
 	// though reaping it is up to init.
 	for _, pid := range pids {
-		deadline := time.Now().Add(5 * time.Second)
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if alive(pid) {
+		if !waitGone(t, pid, 5*time.Second) {
 			t.Errorf("process %d still runs after the cancel", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -432,11 +486,7 @@ func TestRealise_KilledAgentTakesItsBuildWithIt(t *testing.T) {
 	_ = agent.Wait()
 	for _, s := range m[1:] {
 		pid, _ := strconv.Atoi(s)
-		deadline := time.Now().Add(10 * time.Second)
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if alive(pid) {
+		if !waitGone(t, pid, 10*time.Second) {
 			t.Errorf("process %d outlived the agent that was killed", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}

@@ -29,6 +29,7 @@ func exists(p string) bool {
 }
 
 func TestEvalStore_ScratchSpaceEmptiedAtStartOverItsLimitAndAtStop(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("nix-instantiate"); err != nil {
 		t.Fatal("the test needs Nix")
 	}
@@ -130,6 +131,7 @@ func TestEvalStore_ScratchSpaceEmptiedAtStartOverItsLimitAndAtStop(t *testing.T)
 // made at its name (the name under /dev/shm is predictable), or that others may write
 // to, is refused, and nothing in it is touched.
 func TestEvalStore_RefusesAParentNotPrivateToTheAgent(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for name, plant := range map[string]func(dir string) error{
 		"world-writable": func(dir string) error {

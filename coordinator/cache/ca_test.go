@@ -122,6 +122,7 @@ func check(ca contentAddress, nar []byte) error {
 }
 
 func TestContentAddress_RecomputesNixsPathsAndChecksTheContent(t *testing.T) {
+	t.Parallel()
 	infos := caPaths(t)
 	methods := map[string]bool{}
 	for _, pi := range infos {
@@ -174,6 +175,7 @@ func TestContentAddress_RecomputesNixsPathsAndChecksTheContent(t *testing.T) {
 }
 
 func TestContentAddress_MalformedIsRefused(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"", "fixed", "text:sha1:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73", "fixed:r:sha256:xyz",
 		"nar:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73", "fixed:r:blake3:abc"} {
 		if _, err := parseCA(s); err == nil {

@@ -137,6 +137,7 @@ func substituteFlags(c *coordtest.Coordinator, key string) string {
 }
 
 func TestPush_ThenAnEmptyStoreSubstitutesAndChecksTheSignature(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	top := build(t, file, "top")
@@ -208,6 +209,7 @@ func TestPush_ThenAnEmptyStoreSubstitutesAndChecksTheSignature(t *testing.T) {
 }
 
 func TestDrvClosure_LetsAnEmptyStoreBuildTheDerivation(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	dep := build(t, file, "dep")                        // the input's output, built here
@@ -310,6 +312,7 @@ func blobFiles(t *testing.T, c *coordtest.Coordinator) (nars, tmps int) {
 }
 
 func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	dep := build(t, file, "dep")
@@ -391,6 +394,7 @@ func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T)
 }
 
 func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	top := build(t, file, "top")
@@ -432,6 +436,7 @@ func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
 // The coordinator commits uploads in groups (of 1,000 paths); a rejected path must
 // cost only itself, in whichever group, and every other path of every group is served.
 func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	const n = 2100
 	s := salt(t)
@@ -493,6 +498,7 @@ func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
 // after it is refused for its missing reference, not left hanging. Once the store
 // works again, the same upload goes through.
 func TestUpload_BlobStoreFailureRejectsThePathAndTheStreamGoesOn(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	top, infos := chainClosure(t)
 	tmp := filepath.Join(c.Cfg.StateDir, "cache", "tmp")
@@ -521,6 +527,7 @@ func TestUpload_BlobStoreFailureRejectsThePathAndTheStreamGoesOn(t *testing.T) {
 }
 
 func TestUpload_ConcurrentUploadsOfOnePathAreIdempotent(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	top, infos := chainClosure(t)
 	var wg sync.WaitGroup
@@ -561,6 +568,7 @@ func chainClosure(t *testing.T) (top string, infos []protocol.PathInfo) {
 }
 
 func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	dep := build(t, file, "dep")
@@ -643,6 +651,7 @@ func TestServe_BadRequestsAre404AndNeverLeaveTheBlobStore(t *testing.T) {
 // Range on a NAR as RFC 9110 §14 says: a suffix of length zero selects nothing and is
 // 416 (net/http alone answers it 206), and its neighbours are served as before.
 func TestServe_NARRangesFollowRFC9110(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dep := build(t, chain(t), "dep")
 	if out, code := agentPush(t, c, t.TempDir(), dep); code != 0 {
@@ -697,6 +706,7 @@ func TestServe_NARRangesFollowRFC9110(t *testing.T) {
 }
 
 func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	secret, public := filepath.Join(dir, "up.sec"), filepath.Join(dir, "up.pub")
 	run(t, "nix-store", "--generate-binary-cache-key", "upstream-test-1", secret, public)
@@ -740,6 +750,7 @@ func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *test
 }
 
 func TestPrivateCache_NeedsAKeyAsBearerOrNetrcPassword(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.Private = true }})
 	file := chain(t)
 	top := build(t, file, "top")
@@ -784,6 +795,7 @@ func TestPrivateCache_NeedsAKeyAsBearerOrNetrcPassword(t *testing.T) {
 }
 
 func TestMetrics_CountHitsMissesUploadsRejectionsAndSize(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	file := chain(t)
 	dep := build(t, file, "dep")
@@ -810,6 +822,7 @@ func TestMetrics_CountHitsMissesUploadsRejectionsAndSize(t *testing.T) {
 }
 
 func TestServe_DatabaseDownIs503NotAMiss(t *testing.T) {
+	t.Parallel()
 	dir, err := os.MkdirTemp("", "fc-c-")
 	if err != nil {
 		t.Fatal(err)
@@ -847,6 +860,7 @@ func TestServe_DatabaseDownIs503NotAMiss(t *testing.T) {
 // a segment goes as several zstd frames, compressed side by side, which Nix reads as
 // one stream.
 func TestPush_PlainNARsOffMeansZstdOnly(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.PlainNARs = false }})
 	dep := build(t, chain(t), "dep")
 	text := build(t, nixFile(t, fmt.Sprintf(`derivation { name = "frames-%s"; system = builtins.currentSystem; builder = "/bin/sh";

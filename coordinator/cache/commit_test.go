@@ -54,6 +54,7 @@ func (p pipeOpener) OpenStream(string) (io.ReadWriteCloser, error) {
 // fails, every later group of the upload is refused too: no narinfo is left with a
 // reference that did not make it.
 func TestUpload_AGroupThatFailsToCommitFailsTheLaterOnes(t *testing.T) {
+	t.Parallel()
 	db := storagetest.New(t)
 	dir, err := cache.NewDir(filepath.Join(t.TempDir(), "cache"))
 	if err != nil {

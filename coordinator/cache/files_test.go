@@ -17,6 +17,9 @@ import (
 // NARs with go-nix's reader and abandoned it once it had the file, or on a
 // directory, a missing file or a half-read download; its parser goroutine then
 // waited forever, one more for every download anyone made.
+//
+// Not parallel: it counts the goroutines of the whole test binary. Serial tests run
+// before the parallel ones start, so nothing else comes and goes while it counts.
 func TestOpenFile_LeavesNoGoroutineBehind(t *testing.T) {
 	c := coordtest.Start(t, coordtest.Options{})
 	dep := build(t, chain(t), "dep") // a directory: zeros (3 MB) and id

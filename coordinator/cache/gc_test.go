@@ -19,6 +19,7 @@ import (
 )
 
 func TestRetention_DryRunAndRealRunKeepExactlyWhatTheRulesKeep(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	url := storagetest.URL(t)
 	db, err := storage.Open(ctx, storage.Config{URL: url}, nil)

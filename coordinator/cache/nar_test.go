@@ -13,6 +13,8 @@ import (
 // file's length for a whole one (a flat or text upload of a broken NAR passed its
 // content check), and left a goroutine behind for every NAR that was not one regular
 // file. Every prefix of a good NAR must be refused, and nothing left running.
+//
+// Not parallel: it counts the goroutines of the whole test binary.
 func TestContentAddress_ANARCutShortIsRefusedAndLeavesNothingRunning(t *testing.T) {
 	contents := "hello, world\n"
 	sum := sha256.Sum256([]byte(contents))

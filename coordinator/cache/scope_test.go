@@ -175,6 +175,7 @@ func built(t *testing.T, text string) (drv, out string) {
 // An agent that holds no lease, or only an evaluation's, cannot put a path into the
 // cache (finding: it could, signed, under the output path of a job nobody built).
 func TestUpload_AgentWithoutALeaseOrPushPermissionIsRefused(t *testing.T) {
+	t.Parallel()
 	s := newScope(t, nil)
 	attacker := s.agent(t, "attacker")
 	// The output path of a job that is queued but that nobody has built.
@@ -201,6 +202,7 @@ func TestUpload_AgentWithoutALeaseOrPushPermissionIsRefused(t *testing.T) {
 // A builder may upload the outputs of the step leased to it; they are neither served
 // nor signed until the step's success is recorded, and then they are.
 func TestUpload_StepOutputsAreServedOnlyOnceTheSuccessIsRecorded(t *testing.T) {
+	t.Parallel()
 	s := newScope(t, nil)
 	ctx := context.Background()
 	builder, other := s.agent(t, "builder"), s.agent(t, "other")
@@ -245,6 +247,7 @@ func TestUpload_StepOutputsAreServedOnlyOnceTheSuccessIsRecorded(t *testing.T) {
 
 // A step that reports success without having uploaded its outputs is not recorded.
 func TestFinishStep_OutputsMissingFromTheCacheRecordNothing(t *testing.T) {
+	t.Parallel()
 	s := newScope(t, nil)
 	drv, out := built(t, "genuine")
 	st := s.step(t, s.agent(t, "builder"), drv, out, "")
@@ -261,6 +264,7 @@ func TestFinishStep_OutputsMissingFromTheCacheRecordNothing(t *testing.T) {
 // A fixed-output derivation's output is accepted only with the content its
 // derivation declares, whoever builds it.
 func TestUpload_FixedOutputNeedsTheDeclaredContent(t *testing.T) {
+	t.Parallel()
 	s := newScope(t, nil)
 	ctx := context.Background()
 	file := nixFile(t, fmt.Sprintf(`derivation { name = "fixed-%s"; system = builtins.currentSystem; builder = "/bin/sh";
@@ -295,6 +299,7 @@ func TestUpload_FixedOutputNeedsTheDeclaredContent(t *testing.T) {
 // An evaluation uploads its .drv closure: accepted only at the path its content
 // makes.
 func TestUpload_EvaluationsUploadOnlyWhatTheirContentAddresses(t *testing.T) {
+	t.Parallel()
 	s := newScope(t, nil)
 	ctx := context.Background()
 	evaluator := s.agent(t, "eval-only")
@@ -343,6 +348,7 @@ func (b *blockingCommits) SyncAll(ws []cache.BlobWriter) error {
 // Revoking an agent refuses an upload it has in flight, at its commit; a step's
 // lease lost meanwhile does too.
 func TestUpload_RevokedOrLeaseLostDuringAnUploadIsRefusedAtCommit(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		lose func(s *scope, agent int64, st storage.ClaimedStep) error
@@ -414,6 +420,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // fc-agent push needs the push permission: without it, it says so and exits non-zero;
 // once an admin grants it, the same push goes through.
 func TestPush_NeedsThePushPermission(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dep := build(t, chain(t), "dep")
 	dir := t.TempDir()

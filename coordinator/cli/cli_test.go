@@ -121,6 +121,7 @@ func postgresRunningIn(dir string) bool {
 }
 
 func TestServe_EmbeddedDatabaseSurvivesRestartAndStopsWithSignals(t *testing.T) {
+	t.Parallel()
 	state, err := os.MkdirTemp("", "fc-cli-") // short: the socket path must fit
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +182,7 @@ func TestServe_EmbeddedDatabaseSurvivesRestartAndStopsWithSignals(t *testing.T) 
 }
 
 func TestMigrate_UpAndStatusOnAConfiguredDatabase(t *testing.T) {
+	t.Parallel()
 	url := storagetest.EmptyURL(t)
 	env := []string{"FC_DATABASE__URL=" + url}
 	out, err := coordinatorCmd(t, env, "migrate", "status").Output()
@@ -202,6 +204,7 @@ func TestMigrate_UpAndStatusOnAConfiguredDatabase(t *testing.T) {
 }
 
 func TestMigrate_CreateWritesTheNextNumberedFile(t *testing.T) {
+	t.Parallel()
 	cmd := coordinatorCmd(t, nil, "migrate", "create", "add_widgets")
 	if err := os.MkdirAll(filepath.Join(cmd.Dir, "migrations"), 0o755); err != nil {
 		t.Fatal(err)
@@ -220,6 +223,7 @@ func TestMigrate_CreateWritesTheNextNumberedFile(t *testing.T) {
 }
 
 func TestErrors_BadConfigAndUsage(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		args []string
 		env  []string
@@ -234,6 +238,7 @@ func TestErrors_BadConfigAndUsage(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			t.Parallel()
 			cmd := coordinatorCmd(t, c.env, c.args...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr

@@ -226,6 +226,7 @@ func postgresLeft(t *testing.T, state string) {
 }
 
 func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
+	t.Parallel()
 	start := time.Now()
 	state, err := os.MkdirTemp("", "fc-qs-") // short: the socket path must fit
 	if err != nil {

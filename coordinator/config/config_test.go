@@ -11,6 +11,9 @@ import (
 	"github.com/fc-ci/fc/internal/tomlenv"
 )
 
+// chdir changes the working directory of the whole test binary (Load reads
+// ./coordinator.toml): the tests that use it stay serial, and the rest are too quick
+// to gain from running in parallel.
 func chdir(t *testing.T, dir string) {
 	t.Helper()
 	old, err := os.Getwd()

@@ -195,7 +195,9 @@ func (c *Coordinator) Do(method, path, key string, body any, out any) int {
 	return resp.StatusCode
 }
 
-// Eventually polls cond until it holds or the deadline passes.
+// Eventually polls cond until it holds or the deadline passes: for states nothing
+// signals (a row in the database, an HTTP answer). A log line is a signal: wait for
+// it with LogBuffer.WaitFor.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -209,14 +211,43 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 
 // LogBuffer collects log output for assertions.
 type LogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // made by a waiter, closed by the next write
 }
 
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 	return l.b.Write(p)
+}
+
+// WaitFor waits until a line contains every part, failing the test after within.
+// Every write wakes it: a test waits for the log line itself, not a polling interval.
+func (l *LogBuffer) WaitFor(t testing.TB, within time.Duration, parts ...string) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		if l.Contains(parts...) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for a log line with %q", within, parts)
+		}
+	}
 }
 
 // String is everything logged so far.

@@ -138,6 +138,7 @@ func waitConnected(t *testing.T, c *coordtest.Coordinator, name string) agentJSO
 }
 
 func TestEnroll_WithTokenThenReconnectByKeyAlone(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	a := startAgent(t, c, "builder1", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
@@ -174,6 +175,7 @@ func TestEnroll_WithTokenThenReconnectByKeyAlone(t *testing.T) {
 }
 
 func TestEnroll_BadTokensAndUnknownKeysAreRefused(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	usedUp := c.Token(1, time.Hour)
 	startAgent(t, c, "first", agentOpts{token: usedUp})
@@ -210,6 +212,7 @@ func TestEnroll_BadTokensAndUnknownKeysAreRefused(t *testing.T) {
 }
 
 func TestRevoke_CutsOffAtOnceAndForever(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	a := startAgent(t, c, "doomed", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
@@ -243,6 +246,7 @@ func TestRevoke_CutsOffAtOnceAndForever(t *testing.T) {
 }
 
 func TestCoordinatorRestart_AgentsReconnectByThemselves(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	tok := c.Token(2, time.Hour)
 	startAgent(t, c, "a1", agentOpts{token: tok})
@@ -260,6 +264,7 @@ func TestCoordinatorRestart_AgentsReconnectByThemselves(t *testing.T) {
 }
 
 func TestConnect_ThroughAPlainHTTPReverseProxy(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	target, _ := url.Parse(c.URL)
 	proxy := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
@@ -275,6 +280,7 @@ func TestConnect_ThroughAPlainHTTPReverseProxy(t *testing.T) {
 }
 
 func TestAdminDrainAndEnable_AreShownAndTellTheAgent(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	a := startAgent(t, c, "d1", agentOpts{token: c.Token(1, time.Hour)})
 	got := waitConnected(t, c, "d1")
@@ -282,9 +288,7 @@ func TestAdminDrainAndEnable_AreShownAndTellTheAgent(t *testing.T) {
 	if code := c.Do("POST", "/api/v1/agents/"+itoa(got.ID)+"/drain", c.Admin, nil, &drained); code != 200 || !drained.Draining {
 		t.Fatalf("drain: %d %+v", code, drained)
 	}
-	coordtest.Eventually(t, 10*time.Second, "agent told it is drained", func() bool {
-		return a.log.Contains("drained by an admin")
-	})
+	a.log.WaitFor(t, 10*time.Second, "drained by an admin")
 	reply, err := c.CurrentFleet().Command(context.Background(), got.ID, protocol.Message{Type: protocol.TypeAssign,
 		Assign: &protocol.Assign{Work: protocol.WorkRef{Kind: "step", ID: 7}}})
 	if err != nil || reply.Type != protocol.TypeReject || !strings.Contains(reply.Reject.Reason, "draining") {
@@ -294,9 +298,7 @@ func TestAdminDrainAndEnable_AreShownAndTellTheAgent(t *testing.T) {
 	if code := c.Do("POST", "/api/v1/agents/"+itoa(got.ID)+"/enable", c.Admin, nil, &enabled); code != 200 || enabled.Draining || !enabled.Enabled {
 		t.Fatalf("enable: %d %+v", code, enabled)
 	}
-	coordtest.Eventually(t, 10*time.Second, "agent told it is enabled", func() bool {
-		return a.log.Contains("enabled by an admin")
-	})
+	a.log.WaitFor(t, 10*time.Second, "enabled by an admin")
 	var disabled agentJSON
 	if code := c.Do("POST", "/api/v1/agents/"+itoa(got.ID)+"/disable", c.Admin, nil, &disabled); code != 200 || disabled.Enabled {
 		t.Fatalf("disable: %d %+v", code, disabled)
@@ -304,6 +306,7 @@ func TestAdminDrainAndEnable_AreShownAndTellTheAgent(t *testing.T) {
 }
 
 func TestDrain_IdleAgentStopsAndIsShownShuttingDown(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	a := startAgent(t, c, "leaving", agentOpts{token: c.Token(1, time.Hour)})
 	waitConnected(t, c, "leaving")
@@ -320,6 +323,7 @@ func TestDrain_IdleAgentStopsAndIsShownShuttingDown(t *testing.T) {
 }
 
 func TestRegisterByPublicKey_ConnectsWithoutToken(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	id, err := identity.Generate(dir+"/agent_key", "nixos-builder")
@@ -344,6 +348,7 @@ func TestRegisterByPublicKey_ConnectsWithoutToken(t *testing.T) {
 }
 
 func TestCapabilities_ComeFromTheRealNix(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	cfg := agentconfig.Defaults()
 	cfg.Coordinator.URL = c.URL
@@ -376,6 +381,7 @@ func TestCapabilities_ComeFromTheRealNix(t *testing.T) {
 }
 
 func TestTokensAPI_ShowsTheTokenOnceWithDefaults(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	var tok struct {
 		ID        int64  `json:"id"`
@@ -402,6 +408,7 @@ func TestTokensAPI_ShowsTheTokenOnceWithDefaults(t *testing.T) {
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func TestNewSession_ReplacesTheOldOneForTheSameAgent(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	startAgent(t, c, "twin", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
@@ -420,9 +427,7 @@ func TestNewSession_ReplacesTheOldOneForTheSameAgent(t *testing.T) {
 	if conn.Welcome.AgentID != got.ID {
 		t.Fatalf("second session welcomed as agent %d, want %d", conn.Welcome.AgentID, got.ID)
 	}
-	coordtest.Eventually(t, 10*time.Second, "the older session closed", func() bool {
-		return c.Log.Contains("closing its previous session", fmt.Sprint(got.ID))
-	})
+	c.Log.WaitFor(t, 10*time.Second, "closing its previous session", fmt.Sprint(got.ID))
 	if n := c.CurrentFleet().Connected(); n != 1 {
 		t.Errorf("%d sessions registered for one agent, want 1", n)
 	}

@@ -71,6 +71,7 @@ func runAgentBinary(t *testing.T, env ...string) (int, string) {
 // characters): a name that breaks the rule of names is refused at enrollment, says
 // why, records nothing and spends no use of the token.
 func TestEnroll_InvalidNamesAreRefusedAndSpendNothing(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	tok := c.Token(1, time.Hour)
 	for _, name := range []string{"<script>alert(1)</script>", "a\nb", strings.Repeat("a", 64), strings.Repeat("n", 120_000),
@@ -112,6 +113,7 @@ func TestEnroll_InvalidNamesAreRefusedAndSpendNothing(t *testing.T) {
 // name), and a token name another agent has already is refused by the real fc-agent
 // with the clash named, exit code 4.
 func TestEnroll_NamelessAgentTakesTheTokensName(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	a := startAgent(t, c, "", agentOpts{token: createToken(t, c, "rack-7")})
 	got := waitConnected(t, c, "rack-7")
@@ -144,6 +146,7 @@ func TestEnroll_NamelessAgentTakesTheTokensName(t *testing.T) {
 // fc-agent prints whose the name is and exits 4) until the holder is revoked; then
 // the same agent enrolls with the same token, which the refusal did not spend.
 func TestEnroll_DuplicateNameIsRefusedUntilTheHolderIsRevoked(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	startAgent(t, c, "builder", agentOpts{token: c.Token(1, time.Hour)})
 	first := waitConnected(t, c, "builder")
@@ -178,6 +181,7 @@ func TestEnroll_DuplicateNameIsRefusedUntilTheHolderIsRevoked(t *testing.T) {
 // name an agent that is not revoked has is 409 naming it; token names follow the
 // rule too, since an agent may take one.
 func TestRegister_NamesAreCheckedAndUnique(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	key := func() string {
 		id, err := identity.Generate(filepath.Join(t.TempDir(), "agent_key"), "")

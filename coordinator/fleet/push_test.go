@@ -39,6 +39,7 @@ func dialPush(t *testing.T, c *coordtest.Coordinator, name, stateDir, token stri
 // Revoking an agent ends every session of its key at once: its daemon's and its push
 // sessions (one kept uploading after the DELETE).
 func TestRevoke_EndsThePushSessionsToo(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	a := startAgent(t, c, "doomed", agentOpts{token: c.Token(1, time.Hour), stateDir: dir})
@@ -72,6 +73,7 @@ func TestRevoke_EndsThePushSessionsToo(t *testing.T) {
 
 // A push session that enrolled its key says so in its welcome.
 func TestPushSession_WelcomeSaysWhetherItEnrolled(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	dir := t.TempDir()
 	if w := dialPush(t, c, "pusher", dir, c.Token(1, time.Hour)).Welcome; !w.Enrolled {
@@ -84,6 +86,7 @@ func TestPushSession_WelcomeSaysWhetherItEnrolled(t *testing.T) {
 
 // The push permission is an admin's to grant and withdraw, and the agent's JSON shows it.
 func TestAgentsAPI_PushPermission(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	startAgent(t, c, "builder", agentOpts{token: c.Token(1, time.Hour)})
 	got := waitConnected(t, c, "builder")

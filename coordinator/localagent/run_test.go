@@ -40,6 +40,7 @@ func agents(t *testing.T, c *coordtest.Coordinator) []agentJSON {
 // within its drain timeout while a build runs (handing the step back), and is not
 // started with a revoked key.
 func TestLocalAgent_EnrollsOnceDrainsWithinTimeoutAndRespectsRevocation(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)

@@ -49,7 +49,7 @@ func trickle(conn net.Conn, s string, every time.Duration) {
 			if _, err := conn.Write([]byte{s[i%len(s)]}); err != nil {
 				return
 			}
-			time.Sleep(every) // the client's pace, not a wait for the server
+			time.Sleep(every) // a slow client is what these tests are about: its pace, not a wait for the server
 		}
 	}()
 }
@@ -72,6 +72,7 @@ func awaitClose(t *testing.T, conn net.Conn) (string, time.Time) {
 }
 
 func TestServer_TrickledBodyIsCutAfterRequestTimeout(t *testing.T) {
+	t.Parallel()
 	c := startBounded(t, func(s *config.Server) { s.RequestTimeout = 1 })
 	// The webhook route resolves its project first (an unknown one is 404 at once).
 	pid, _ := c.Project("hooked", coordtest.NewRepo(t).Dir, nil)
@@ -122,6 +123,7 @@ func TestServer_TrickledBodyIsCutAfterRequestTimeout(t *testing.T) {
 }
 
 func TestServer_HeadersMustArriveWithinHeaderTimeout(t *testing.T) {
+	t.Parallel()
 	c := startBounded(t, func(s *config.Server) { s.HeaderTimeout = 1 })
 	conn := dial(t, c)
 	if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: fc\r\nX-Slow: "); err != nil {
@@ -136,6 +138,7 @@ func TestServer_HeadersMustArriveWithinHeaderTimeout(t *testing.T) {
 }
 
 func TestServer_IdleKeepAliveConnectionIsClosedAfterIdleTimeout(t *testing.T) {
+	t.Parallel()
 	c := startBounded(t, func(s *config.Server) { s.IdleTimeout = 1 })
 	conn := dial(t, c)
 	br := bufio.NewReader(conn)
@@ -162,6 +165,7 @@ func TestServer_IdleKeepAliveConnectionIsClosedAfterIdleTimeout(t *testing.T) {
 // An agent's WebSocket session is exempt from the body deadline: with every timeout
 // at one second, it lives on (the same session, heartbeats arriving) well past them.
 func TestServer_WebSocketSessionOutlivesRequestTimeout(t *testing.T) {
+	t.Parallel()
 	c := startBounded(t, func(s *config.Server) { s.RequestTimeout, s.HeaderTimeout, s.IdleTimeout = 1, 1, 1 })
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "ws", Roles: []string{"eval"}})
 	var agent storage.Agent

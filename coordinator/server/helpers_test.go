@@ -297,7 +297,10 @@ func (e *env) snapshot() string {
 	return s
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually polls cond until it holds or the deadline passes. It is only for states
+// nothing signals: whether the pool reaches a database that stopped or came back, a
+// counter the metrics middleware bumps after the answer is written, a rate limiter's
+// bucket refilling with time. Each caller says which.
 func eventually(t testing.TB, deadline time.Duration, what string, cond func() bool) {
 	t.Helper()
 	end := time.Now().Add(deadline)
@@ -305,6 +308,6 @@ func eventually(t testing.TB, deadline time.Duration, what string, cond func() b
 		if time.Now().After(end) {
 			t.Fatalf("%s: not true after %v", what, deadline)
 		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not a wait for an event
+		time.Sleep(50 * time.Millisecond) // the polling interval; see above for why there is no event to wait for
 	}
 }

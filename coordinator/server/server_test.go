@@ -98,6 +98,7 @@ func TestHealth_Is503WhileTheDatabaseIsDownAndRecovers(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// Polled: the pool learns that the database is gone only when it next uses a connection.
 	eventually(t, 30*time.Second, "/health answers 503 with the database stopped", healthIs(http.StatusServiceUnavailable, "unreachable"))
 	// A database-backed API request fails cleanly too, never with a 500.
 	if r := e.do("GET", "/api/v1/projects", "", nil); r.Status != http.StatusServiceUnavailable {
@@ -111,6 +112,7 @@ func TestHealth_Is503WhileTheDatabaseIsDownAndRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c2.Stop() })
+	// Polled: the pool may still hold a dead connection or two; it finds them out on use.
 	eventually(t, 30*time.Second, "/health answers 200 again after the database restarted", healthIs(http.StatusOK, "ok"))
 	e.do("GET", "/api/v1/projects/before", "", nil).want(t, http.StatusOK)
 }
@@ -125,7 +127,7 @@ func TestMetrics_ExportsCountsHTTPAndRuntime(t *testing.T) {
 		body = string(r.Body)
 		return regexp.MustCompile(`(?m)^fc_http_requests_total\{[^}]*route="/api/v1/projects"[^}]*\} 1$`).MatchString(body)
 	}
-	// The request is counted after its answer is written, so poll for it.
+	// The request is counted after its answer is written, and nothing signals that: poll.
 	eventually(t, 10*time.Second, "fc_http_requests_total counts POST /api/v1/projects", scrape)
 	for _, re := range []string{
 		`(?m)^fc_projects_total 1$`,
@@ -199,7 +201,7 @@ func TestServer_RateLimitIs429WithRetryAfter(t *testing.T) {
 	if r.Header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("429 without the security headers")
 	}
-	// A token comes back after a second.
+	// A token comes back after a second: the wait for time to pass is what is tested.
 	eventually(t, 10*time.Second, "a request passes again after Retry-After", func() bool {
 		return e.do("GET", "/api/v1/projects", "", nil).Status == http.StatusOK
 	})
