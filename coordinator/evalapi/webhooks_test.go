@@ -40,6 +40,7 @@ func post(t *testing.T, url string, headers map[string]string, body []byte) (int
 }
 
 func TestWebhooks_VerifiedPushTriggersAndNothingElseDoes(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -108,6 +109,7 @@ func TestWebhooks_VerifiedPushTriggersAndNothingElseDoes(t *testing.T) {
 // URL does (the name form answered 404); either way only a correctly signed push
 // triggers, and an unknown project is 404.
 func TestWebhooks_ProjectByIDOrName(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -156,6 +158,7 @@ func TestWebhooks_ProjectByIDOrName(t *testing.T) {
 // branch, and a branch name with a NUL byte was a 500 (PostgreSQL refuses the byte),
 // which forges retry. Only a push of commits to a branch git accepts triggers.
 func TestWebhooks_DeletionsAndRefsGitRefusesTriggerNothing(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})

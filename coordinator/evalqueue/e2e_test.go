@@ -132,6 +132,7 @@ func instantiate(t *testing.T, dir, attr string) string {
 }
 
 func TestEvaluation_LegacyJobsetOnAnAgent(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
@@ -211,6 +212,7 @@ func keys[V any](m map[string]V) []string {
 }
 
 func TestEvaluation_SameDerivationInTwoJobsetsIsOneStep(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})
@@ -238,6 +240,7 @@ func TestEvaluation_SameDerivationInTwoJobsetsIsOneStep(t *testing.T) {
 }
 
 func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Queue.LeaseTTL, cfg.Queue.LeaseGrace = 3, 1
 	}})
@@ -300,6 +303,7 @@ func TestEvaluation_KilledAgentIsRescuedAndAStaleReportRefused(t *testing.T) {
 }
 
 func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	s := coordtest.Salt(t)
@@ -336,6 +340,7 @@ func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
 }
 
 func TestCompare_NewRemovedChangedAndStatusFlips(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	s := coordtest.Salt(t)
@@ -382,6 +387,7 @@ in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps,
 // they reach the cache; a jobset that allows import-from-derivation evaluates in
 // Nix's own store (where the imports are built).
 func TestEvaluation_DerivationsGoToTheAgentsEvalStoreAndTheCache(t *testing.T) {
+	t.Parallel()
 	for _, ifd := range []bool{false, true} {
 		t.Run(fmt.Sprintf("allow_ifd=%v", ifd), func(t *testing.T) {
 			c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Eval.AllowIFD = ifd }})
@@ -427,6 +433,7 @@ func (f executorFunc) Run(ctx context.Context, a protocol.Assign, link daemon.Li
 // it now rather than when the lease's grace ends; also the work that ended (cancelled,
 // unreported) before the agent looked at what was running.
 func TestEvaluation_ForcedStopHandsBackWorkThatEndedFirst(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{}) // lease_grace 120 s
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": releaseNix(coordtest.Salt(t), false)})

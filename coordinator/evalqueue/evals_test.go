@@ -16,6 +16,7 @@ import (
 func TestMain(m *testing.M) { storagetest.Main(m) }
 
 func TestScheduling_NewCommitEvaluatesSameCommitOnlyWhenForced(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	first := repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -55,6 +56,7 @@ func TestScheduling_NewCommitEvaluatesSameCommitOnlyWhenForced(t *testing.T) {
 }
 
 func TestOneShot_DisablesItselfAfterOneEvaluation(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -69,6 +71,7 @@ func TestOneShot_DisablesItselfAfterOneEvaluation(t *testing.T) {
 }
 
 func TestPolling_CheckIntervalEvaluatesWithoutTrigger(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	head := repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -81,6 +84,7 @@ func TestPolling_CheckIntervalEvaluatesWithoutTrigger(t *testing.T) {
 }
 
 func TestScheduling_UnreachableRepositoryIsRecordedOnTheJobset(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})
@@ -100,6 +104,7 @@ func TestScheduling_UnreachableRepositoryIsRecordedOnTheJobset(t *testing.T) {
 }
 
 func TestFetchCredentials_WriteOnlyAndGivenToTheEvaluation(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ }"})

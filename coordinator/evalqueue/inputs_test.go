@@ -19,6 +19,7 @@ import (
 // (carelessly) allow the directory that holds it: the key never reaches an
 // evaluation's messages. An allowed path input still works.
 func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
+	t.Parallel()
 	base, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +112,7 @@ func TestPathInputs_TheAgentNeverHandsItsKeyToAnEvaluation(t *testing.T) {
 // A jobset whose path input is no longer under evaluator.allowed_input_paths (the
 // list changed since an admin set it) is not evaluated; the jobset says why.
 func TestPathInputs_NoLongerAllowedIsNotEvaluated(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": "{ src }: { }"})
