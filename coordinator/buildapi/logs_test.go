@@ -73,6 +73,7 @@ func expectedLines(n int) string {
 // WebSocket and across a reconnect of the agent's session mid-build; the stored log
 // is what the builder printed.
 func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	const n = 60
 	repo := coordtest.NewRepo(t)
@@ -150,6 +151,7 @@ done:
 // TestLiveLog_StalledViewerHoldsNothingBack: a viewer that never reads does not slow
 // the build or another viewer.
 func TestLiveLog_StalledViewerHoldsNothingBack(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	// About 8 MB of log, more than the socket buffers between a stalled viewer and the server hold.

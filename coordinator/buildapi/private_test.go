@@ -24,6 +24,7 @@ import (
 // coordinator with a public cache builds; a second one on the same database and files
 // serves them privately.
 func TestPrivateCache_ProductDownloadsAndLogsNeedAReadKey(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let

@@ -3,6 +3,7 @@ package buildapi
 import "testing"
 
 func TestWholeRunes_NeverSplitsACharacter(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		in   string
 		want int
