@@ -10,6 +10,8 @@ import (
 // An agent holds all its step slots only while its steps are quick; until then, and
 // once they turn slow, twice its builds, so slow steps do not wait on one agent.
 func TestDepth_AllSlotsOnlyWhileStepsAreQuick(t *testing.T) {
+	// Serial (the parallel tests wait until it is done): it measures how many slots stay busy, which
+	// other builds on this machine's cores would distort.
 	b := New(Config{}, nil)
 	caps := protocol.Capabilities{MaxJobs: 2, Slots: 32}
 	if d := b.depth(1, caps); d != 4 {

@@ -27,6 +27,7 @@ func processRunning(pattern string) bool {
 // issue on two agents that each have their own, empty Nix store: every input they use
 // came through the coordinator's cache.
 func TestBuilds_JobsetOnIsolatedAgents(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Queue.UnsupportedWait = 6
 		cfg.Queue.SweepInterval = 1
@@ -171,6 +172,7 @@ in {
 // absent; the same derivation in a new evaluation is a cached failure; after the file
 // exists, a restart builds it and its dependent.
 func TestBuilds_RestartAfterFixAndCachedFailure(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	flag := filepath.Join(sharedDir(t), "flag")
 	repo := coordtest.NewRepo(t)
@@ -261,6 +263,7 @@ func stepOf(t *testing.T, c *coordtest.Coordinator, buildID int64) coordtest.Ste
 // TestBuilds_KilledAgentsStepIsRescuedAndBuiltOnce: SIGKILL on the agent building a
 // step; the lease expires, the step is rescued and built by the other agent.
 func TestBuilds_KilledAgentsStepIsRescuedAndBuiltOnce(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Queue.LeaseTTL, cfg.Queue.LeaseGrace, cfg.Queue.SweepInterval = 3, 1, 1
 	}})
@@ -289,6 +292,7 @@ func TestBuilds_KilledAgentsStepIsRescuedAndBuiltOnce(t *testing.T) {
 // TestBuilds_CoordinatorRestartMidBuild: the step keeps running on its agent while the
 // coordinator restarts, and reports to the new one; it is not built again.
 func TestBuilds_CoordinatorRestartMidBuild(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	record := filepath.Join(sharedDir(t), "built")
 	repo := coordtest.NewRepo(t)
@@ -312,6 +316,8 @@ func TestBuilds_CoordinatorRestartMidBuild(t *testing.T) {
 // TestBuilds_TwoCoordinatorsOneDatabase: the evaluation is stored through one
 // coordinator; both coordinators' agents build its 200 steps, each exactly once.
 func TestBuilds_TwoCoordinatorsOneDatabase(t *testing.T) {
+	// Serial (the parallel tests wait until it is done): 200 builds within a time limit, which
+	// other builds on this machine's cores would distort.
 	c1 := coordtest.Start(t, coordtest.Options{})
 	c2 := coordtest.Start(t, coordtest.Options{DB: c1.DB})
 	record := filepath.Join(sharedDir(t), "built")
@@ -368,6 +374,8 @@ func TestBuilds_TwoCoordinatorsOneDatabase(t *testing.T) {
 // it finish, report and exit 0; with a second SIGTERM the step is cancelled on the
 // agent and requeued.
 func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
+	// Serial (the parallel tests wait until it is done): it times signals against a running build, which
+	// other builds on this machine's cores would distort.
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) {
 		cfg.Queue.RetryBackoff = 2 // the requeued step waits; no event ends the wait
 		cfg.Queue.SweepInterval = 300
@@ -424,6 +432,8 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 // TestBuilds_OneSlotStartsStepsInSchedulingOrder: with one agent slot, queued steps
 // start in the order bump > jobset share > schedulingPriority > critical path > age.
 func TestBuilds_OneSlotStartsStepsInSchedulingOrder(t *testing.T) {
+	// Serial (the parallel tests wait until it is done): it checks the order steps start in, which
+	// other builds on this machine's cores would distort.
 	ctx := context.Background()
 	c := coordtest.Start(t, coordtest.Options{})
 	s := coordtest.Salt(t)
@@ -490,6 +500,7 @@ in {
 // TestOneAtATime_NextEvaluationWaitsForTheBuilds: a one_at_a_time jobset evaluates a
 // new commit only once the previous evaluation's builds have finished.
 func TestOneAtATime_NextEvaluationWaitsForTheBuilds(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	c := coordtest.Start(t, coordtest.Options{})
 	record := filepath.Join(sharedDir(t), "built")

@@ -13,6 +13,7 @@ import (
 // TestLogLimit_StepEndsCutAtTheLimit: a log over [logs] max_log_size ends the step
 // log_limit_exceeded, stored cut at the limit.
 func TestLogLimit_StepEndsCutAtTheLimit(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Logs.MaxLogSize = 1000 }})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let

@@ -15,6 +15,7 @@ import (
 // substitutes both derivations and "first"'s output from the private cache: it must
 // present a credential the cache accepts.
 func TestPrivateCache_AgentsBuildFromIt(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Cache.Private = true }})
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let

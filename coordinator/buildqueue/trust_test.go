@@ -73,6 +73,7 @@ func fileNAR(t *testing.T, content string) []byte {
 // the job is built for real. A build product naming a path outside the step's own
 // outputs is dropped, and the step says so.
 func TestTrust_AnAgentWithoutWorkCannotForgeAJobsOutput(t *testing.T) {
+	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	s := coordtest.Salt(t)
 	repo := coordtest.NewRepo(t)
