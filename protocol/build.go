@@ -16,7 +16,8 @@ const (
 	StreamStepReport = "step-report"
 )
 
-// Step statuses an agent reports (DESIGN.md §7); the coordinator sets the others.
+// Step statuses an agent reports; the coordinator sets the others (queued, running,
+// dependency_failed, cancelled, aborted). Their Hydra status codes are storage.StatusCodes.
 const (
 	StepSucceeded           = "succeeded"
 	StepFailed              = "failed"
