@@ -17,7 +17,8 @@ const (
 )
 
 // Step statuses an agent reports; the coordinator sets the others (queued, running,
-// dependency_failed, cancelled, aborted). Their Hydra status codes are storage.StatusCodes.
+// dependency_failed, cancelled, aborted, cached_failure, unsupported_system). Their
+// Hydra status codes are storage.StatusCodes.
 const (
 	StepSucceeded           = "succeeded"
 	StepFailed              = "failed"
