@@ -436,7 +436,10 @@ func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
 // The coordinator commits uploads in groups (of 1,000 paths); a rejected path must
 // cost only itself, in whichever group, and every other path of every group is served.
 func TestUpload_ThousandsOfSmallPathsCommitInGroups(t *testing.T) {
-	t.Parallel()
+	// Serial: with the other cache tests' uploads and stores running at once, the
+	// separate store's substitution at the end failed once ("cannot build missing
+	// derivation") though the narinfo answered 200; not yet understood, so this test
+	// keeps the machine to itself.
 	c := coordtest.Start(t, coordtest.Options{})
 	const n = 2100
 	s := salt(t)
