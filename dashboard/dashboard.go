@@ -1,7 +1,12 @@
 // Package dashboard serves the web pages: server-rendered HTML (html/template, so
-// every value is escaped) on a base layout, with small static scripts for what must be
-// live (the build log). Pages read the same storage as the API; writes go through the
-// API.
+// every value is escaped) on one layout, with small static scripts only where a page
+// must be live (the build log, running states). Links and forms work without
+// JavaScript.
+//
+// Pages read storage directly, each with a fixed number of queries whatever the number
+// of rows. Writes never do: a form is turned into the API request it stands for and
+// sent to the API in-process as the signed-in person (submit), so a write has one set
+// of rules, the API's.
 package dashboard
 
 import (
@@ -13,12 +18,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"strconv"
+	"path"
 	"strings"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -32,6 +37,15 @@ var staticFS embed.FS
 type Config struct {
 	Version string
 	Logger  *slog.Logger
+	// API is the coordinator's HTTP handler (it serves /api/v1). Forms are submitted
+	// to it in-process; nil refuses every form (tests of read-only pages).
+	API http.Handler
+	// CachePublicKey is the binary cache's public key ("name:base64"), shown with
+	// outputs and on the admin page.
+	CachePublicKey string
+	// PublicURL is where people reach the coordinator ("https://ci.example.org"), for
+	// commands a page tells them to copy; empty: taken from each request's Host.
+	PublicURL string
 }
 
 // Dashboard is the web UI.
@@ -42,36 +56,41 @@ type Dashboard struct {
 	pages map[string]*template.Template
 }
 
-// New parses the templates.
+// shared are the templates every page is parsed with: the layout and the partials.
+var shared = []string{"templates/layout.html", "templates/partials.html"}
+
+// New parses the templates: every templates/*.html but the shared ones is a page,
+// named by its file.
 func New(cfg Config, db *storage.DB) (*Dashboard, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Dashboard{cfg: cfg, db: db, log: cfg.Logger, pages: map[string]*template.Template{}}
-	funcs := template.FuncMap{
-		"since":    since,
-		"ago":      ago,
-		"rfc3339":  func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"duration": duration,
-		"statusClass": func(s string) string {
-			switch s {
-			case "succeeded":
-				return "ok"
-			case "queued", "running":
-				return s
-			default:
-				return "bad"
-			}
-		},
+	files, err := fs.Glob(templateFS, "templates/*.html")
+	if err != nil {
+		return nil, fmt.Errorf("dashboard templates: %w", err)
 	}
-	for _, page := range []string{"home", "build", "error"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
-		if err != nil {
-			return nil, fmt.Errorf("dashboard template %s: %w", page, err)
+	for _, f := range files {
+		if isShared(f) {
+			continue
 		}
-		d.pages[page] = t
+		name := strings.TrimSuffix(path.Base(f), ".html")
+		t, err := template.New("layout.html").Funcs(funcs()).ParseFS(templateFS, append(append([]string(nil), shared...), f)...)
+		if err != nil {
+			return nil, fmt.Errorf("dashboard template %s: %w", name, err)
+		}
+		d.pages[name] = t
 	}
 	return d, nil
+}
+
+func isShared(f string) bool {
+	for _, s := range shared {
+		if s == f {
+			return true
+		}
+	}
+	return false
 }
 
 // Handler serves the pages and /static/.
@@ -80,14 +99,27 @@ func (d *Dashboard) Handler() http.Handler {
 	r.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			// Scripts and styles come only from here; nothing inline.
-			w.Header().Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+			w.Header().Set("Content-Security-Policy", "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
 			next.ServeHTTP(w, r)
 		})
 	})
 	static, _ := fs.Sub(staticFS, "static")
 	r.Handle("/static/*", http.StripPrefix("/static/", http.FileServerFS(static)))
-	r.Get("/", d.home)
-	r.Get("/build/{id}", d.build)
+	r.Get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/static/favicon.svg", http.StatusMovedPermanently)
+	})
+	// Each file of pages registers its own routes.
+	d.homeRoutes(r)
+	d.buildRoutes(r)
+	d.projectRoutes(r)
+	d.jobsetRoutes(r)
+	d.evalRoutes(r)
+	d.jobRoutes(r)
+	d.queueRoutes(r)
+	d.agentRoutes(r)
+	d.searchRoutes(r)
+	d.adminRoutes(r)
+	d.loginRoutes(r)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") { // an API client: a JSON error, as the API gives
 			w.Header().Set("Content-Type", "application/json")
@@ -95,104 +127,69 @@ func (d *Dashboard) Handler() http.Handler {
 			_ = json.NewEncoder(w).Encode(map[string]string{"error": "no such route: " + r.URL.Path})
 			return
 		}
-		d.render(w, r, http.StatusNotFound, "error", map[string]any{"Title": "Not found", "Message": "There is no page at " + r.URL.Path + "."})
+		d.render(w, r, http.StatusNotFound, "error", view{"Title": "Not found", "Message": "There is no page at " + r.URL.Path + "."})
 	})
 	return r
 }
 
-func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, status int, page string, data map[string]any) {
+// view is a page's data. render adds what the layout needs: Me (the signed-in
+// principal, or nil), CSRF (the token forms carry), Version and Path.
+type view map[string]any
+
+// Crumb is one link of a page's breadcrumbs; the last one is the page itself.
+type Crumb struct {
+	Name string
+	URL  string
+}
+
+func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, status int, page string, data view) {
 	data["Version"] = d.cfg.Version
+	data["Path"] = r.URL.Path
+	for _, k := range []string{"Query", "Flash", "Error", "Crumbs", "Me", "CSRF"} {
+		if _, ok := data[k]; !ok {
+			data[k] = nil
+		}
+	}
+	if data["Query"] == nil {
+		data["Query"] = ""
+	}
+	if p, ok := auth.FromContext(r.Context()); ok {
+		data["Me"] = &p
+		data["CSRF"] = p.CSRF
+	}
+	t := d.pages[page]
+	if t == nil {
+		d.log.Error("no such dashboard template", "page", page)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	if err := d.pages[page].Execute(w, data); err != nil {
+	if err := t.Execute(w, data); err != nil {
 		d.log.Warn("render page", "page", page, "path", r.URL.Path, "err", err)
 	}
 }
 
+// fail renders the error page for err: 404 for storage.ErrNotFound, 500 otherwise
+// (the detail goes to the log, never to the page).
 func (d *Dashboard) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, storage.ErrNotFound) {
-		d.render(w, r, http.StatusNotFound, "error", map[string]any{"Title": "Not found", "Message": "No such thing here."})
+		d.render(w, r, http.StatusNotFound, "error", view{"Title": "Not found", "Message": "No such thing here."})
 		return
 	}
 	d.log.Error("dashboard page", "path", r.URL.Path, "err", err)
-	d.render(w, r, http.StatusInternalServerError, "error", map[string]any{"Title": "Error", "Message": "Something went wrong; the server log says what."})
+	d.render(w, r, http.StatusInternalServerError, "error", view{"Title": "Error", "Message": "Something went wrong; the server log says what."})
 }
 
-func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
-	recent, _, err := d.db.ListBuilds(r.Context(), storage.BuildFilter{}, storage.Page{Limit: 50})
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	stats, err := d.db.GetBuildStats(r.Context())
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	d.render(w, r, http.StatusOK, "home", map[string]any{"Title": "Recent builds", "Builds": recent, "Stats": stats})
+// refuse renders the error page with status and a message for people.
+func (d *Dashboard) refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	d.render(w, r, status, "error", view{"Title": http.StatusText(status), "Message": msg})
 }
 
-func (d *Dashboard) build(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-	if err != nil {
-		d.fail(w, r, storage.ErrNotFound)
-		return
-	}
-	b, err := d.db.GetBuild(r.Context(), id)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	steps, err := d.db.BuildSteps(r.Context(), id)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	data := map[string]any{"Title": fmt.Sprintf("Build %d: %s", b.ID, b.Job), "Build": b, "Steps": steps}
-	// The log shown is the build's own step's (listed first), or the ?step= asked for.
-	if len(steps) > 0 {
-		step, own := &steps[0], true
-		if s := r.URL.Query().Get("step"); s != "" {
-			for i := range steps {
-				if strconv.FormatInt(steps[i].ID, 10) == s {
-					step, own = &steps[i], i == 0
-				}
-			}
-		}
-		raw := fmt.Sprintf("/api/v1/builds/%d/log", b.ID)
-		if !own {
-			raw += fmt.Sprintf("?step=%d", step.ID)
-		}
-		data["Step"], data["OwnStep"], data["RawLog"] = step, own, raw
-	}
-	d.render(w, r, http.StatusOK, "build", data)
-}
-
-func since(t *time.Time) string {
-	if t == nil {
-		return ""
-	}
-	return time.Since(*t).Round(time.Second).String() + " ago"
-}
-
-// ago is since for a time or a pointer to one.
-func ago(t any) string {
-	switch t := t.(type) {
-	case time.Time:
-		return since(&t)
-	case *time.Time:
-		return since(t)
-	}
-	return ""
-}
-
-func duration(from, to *time.Time) string {
-	if from == nil {
-		return ""
-	}
-	end := time.Now()
-	if to != nil {
-		end = *to
-	}
-	return end.Sub(*from).Round(100 * time.Millisecond).String()
+// can reports whether the signed-in principal's role grants perm (false when nobody
+// is signed in). Pages show a write control only when it would be allowed.
+func can(r *http.Request, perm auth.Permission) bool {
+	p, ok := auth.FromContext(r.Context())
+	return ok && auth.Allows(p.Role, perm)
 }

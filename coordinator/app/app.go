@@ -136,7 +136,11 @@ func New(cfg Config) (*App, error) {
 		}}, db)
 	agents.fleet = fl
 
-	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log}, db)
+	// The dashboard submits its forms to the API in-process, through the server's
+	// handler, which is built after it (it mounts the dashboard).
+	api := &handlerRef{}
+	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
+		CachePublicKey: ch.PublicKey()}, db)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +158,7 @@ func New(cfg Config) (*App, error) {
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
+	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, settings: s, db: db, log: log}, nil
 }
 

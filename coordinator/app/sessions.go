@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/protocol"
@@ -21,3 +22,9 @@ func (s *sessions) Capabilities(agentID int64) (protocol.Capabilities, bool) {
 func (s *sessions) Command(ctx context.Context, agentID int64, m protocol.Message) (protocol.Message, error) {
 	return s.fleet.Command(ctx, agentID, m)
 }
+
+// handlerRef is an http.Handler bound after it is handed out: the dashboard's way to
+// the API, which New sets to the server's handler before anything serves.
+type handlerRef struct{ h http.Handler }
+
+func (h *handlerRef) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.h.ServeHTTP(w, r) }

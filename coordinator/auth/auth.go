@@ -129,11 +129,16 @@ type KeyStore interface {
 
 type ctxKey struct{}
 
-// Principal is who made a request.
+// Principal is who made a request: an API key (KeyID), or a person signed in to the
+// dashboard (UserID, with their session's CSRF token).
 type Principal struct {
-	KeyID int64
-	Name  string
-	Role  string
+	KeyID  int64
+	UserID int64
+	Name   string
+	Role   string
+	// CSRF is the token a form of this principal's browser session must carry; empty
+	// when the request was not authenticated by a session cookie.
+	CSRF string
 }
 
 // FromContext returns the request's principal, if it presented valid credentials.
