@@ -1,0 +1,284 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MinSearchLength is the shortest query search answers (in characters): one
+// character would match nearly everything.
+const MinSearchLength = 2
+
+// ErrSearchTooShort is a query shorter than MinSearchLength.
+var ErrSearchTooShort = fmt.Errorf("a search needs at least %d characters", MinSearchLength)
+
+// storeDir is the Nix store FC's agents build into.
+const storeDir = "/nix/store/"
+
+// nixBase32 are the characters of a store path's hash part.
+const nixBase32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+// SearchTerms is a query as search reads it.
+type SearchTerms struct {
+	// Text is the query without surrounding space, matched anywhere in names.
+	Text string
+	// Names: Text may be (part of) a project, jobset or job name; false for a path.
+	Names bool
+	// PathPrefix, when not "", is the store path prefix builds' .drv and output paths
+	// are matched by: the path typed (up to its store path, so a file inside an output
+	// finds the output), or storeDir and a hash part or a prefix of one.
+	PathPrefix string
+}
+
+// ParseSearch reads a query: ErrSearchTooShort under MinSearchLength characters.
+func ParseSearch(q string) (SearchTerms, error) {
+	t := SearchTerms{Text: strings.TrimSpace(q)}
+	if len([]rune(t.Text)) < MinSearchLength {
+		return t, ErrSearchTooShort
+	}
+	if strings.ContainsRune(t.Text, '/') {
+		// Names never hold '/': this is a path.
+		if rest, ok := strings.CutPrefix(t.Text, storeDir); ok && rest != "" {
+			base, _, _ := strings.Cut(rest, "/")
+			if storePathChars(base) && hashPrefix(base) {
+				t.PathPrefix = storeDir + base
+			}
+		}
+		return t, nil
+	}
+	t.Names = true
+	if storePathChars(t.Text) && hashPrefix(t.Text) {
+		t.PathPrefix = storeDir + t.Text
+	}
+	return t, nil
+}
+
+// hashPrefix reports whether s starts like a store path's base name: up to 32
+// nix-base32 characters, and if all 32, then nothing or '-' and a name.
+func hashPrefix(s string) bool {
+	h, rest := s, ""
+	if len(s) > 32 {
+		h, rest = s[:32], s[32:]
+	}
+	for _, c := range h {
+		if !strings.ContainsRune(nixBase32, c) {
+			return false
+		}
+	}
+	return rest == "" || rest[0] == '-'
+}
+
+// storePathChars reports whether s holds only the characters Nix allows in a store
+// path's base name (all ASCII, which upperBound relies on).
+func storePathChars(s string) bool {
+	for _, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("+-._?=", c)
+		if !ok {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// upperBound is the least string above every string starting with the ASCII prefix,
+// in byte order: the range [prefix, upperBound) is an index range even in a generic
+// plan, unlike LIKE $1.
+func upperBound(prefix string) string {
+	b := []byte(prefix)
+	b[len(b)-1]++
+	return string(b)
+}
+
+// likeEscape makes s match itself in a LIKE pattern.
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// ProjectHit is a project a search found.
+type ProjectHit struct {
+	ID          int64
+	Name        string
+	DisplayName string
+	Description string
+	Enabled     bool
+}
+
+// JobsetHit is a jobset a search found.
+type JobsetHit struct {
+	ID          int64
+	ProjectID   int64
+	Project     string
+	Name        string
+	Description string
+}
+
+// JobHit is a job (a jobset's attribute) a search found.
+type JobHit struct {
+	JobsetID int64
+	Project  string
+	Jobset   string
+	Job      string
+}
+
+// BuildHit is a build a search found by one of its paths.
+type BuildHit struct {
+	ID           int64
+	EvaluationID int64
+	Project      string
+	Jobset       string
+	Job          string
+	System       string
+	Status       string
+	DrvPath      string
+	// Path is the path that matched: DrvPath, or the output named Output.
+	Path       string
+	Output     string
+	CreatedAt  time.Time
+	FinishedAt *time.Time
+}
+
+// SearchResults is one page of each kind of hit, with each kind's total.
+type SearchResults struct {
+	Projects []ProjectHit
+	Jobsets  []JobsetHit
+	Jobs     []JobHit
+	Builds   []BuildHit
+	// Totals by kind: "projects", "jobsets", "jobs", "builds".
+	Totals map[string]int64
+}
+
+// Search kinds, as SearchResults.Totals and Search's kinds name them.
+const (
+	SearchProjects = "projects"
+	SearchJobsets  = "jobsets"
+	SearchJobs     = "jobs"
+	SearchBuilds   = "builds"
+)
+
+// SearchKinds are the kinds in the order pages show them.
+var SearchKinds = []string{SearchProjects, SearchJobsets, SearchJobs, SearchBuilds}
+
+// Search finds page of each of kinds (all when none) for t, one query per kind.
+// Names rank exact matches first, then prefixes, then shorter names; builds come
+// newest first.
+func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...string) (SearchResults, error) {
+	res := SearchResults{Projects: []ProjectHit{}, Jobsets: []JobsetHit{}, Jobs: []JobHit{}, Builds: []BuildHit{},
+		Totals: map[string]int64{}}
+	if len(kinds) == 0 {
+		kinds = SearchKinds
+	}
+	var err error
+	for _, k := range kinds {
+		var total int64
+		switch k {
+		case SearchProjects:
+			res.Projects, total, err = db.searchProjects(ctx, t, page)
+		case SearchJobsets:
+			res.Jobsets, total, err = db.searchJobsets(ctx, t, page)
+		case SearchJobs:
+			res.Jobs, total, err = db.searchJobs(ctx, t, page)
+		case SearchBuilds:
+			res.Builds, total, err = db.searchBuilds(ctx, t, page)
+		default:
+			err = fmt.Errorf("no search kind %q", k)
+		}
+		if err != nil {
+			return res, fmt.Errorf("search %s for %q: %w", k, t.Text, err)
+		}
+		res.Totals[k] = total
+	}
+	return res, nil
+}
+
+// nameOrder ranks a name column ($1 is the query, lower-cased).
+func nameOrder(col string) string {
+	return `lower(` + col + `) = $1 DESC, starts_with(lower(` + col + `), $1) DESC, length(` + col + `), ` + col
+}
+
+// collect reads rows whose last column is the window count(*) OVER () into items
+// and the total (0 when the page is past the end).
+func collect[T any](rows pgx.Rows, err error, scan func(*T) []any) ([]T, int64, error) {
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	items := []T{}
+	var total int64
+	for rows.Next() {
+		var it T
+		if err := rows.Scan(append(scan(&it), &total)...); err != nil {
+			return nil, 0, err
+		}
+		items = append(items, it)
+	}
+	return items, total, rows.Err()
+}
+
+func (db *DB) searchProjects(ctx context.Context, t SearchTerms, page Page) ([]ProjectHit, int64, error) {
+	if !t.Names {
+		return []ProjectHit{}, 0, nil
+	}
+	rows, err := db.pool.Query(ctx, `SELECT id, name, display_name, description, enabled, count(*) OVER ()
+		FROM projects WHERE name ILIKE $2 OR display_name ILIKE $2
+		ORDER BY `+nameOrder("name")+` LIMIT $3 OFFSET $4`,
+		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
+	return collect(rows, err, func(p *ProjectHit) []any {
+		return []any{&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled}
+	})
+}
+
+func (db *DB) searchJobsets(ctx context.Context, t SearchTerms, page Page) ([]JobsetHit, int64, error) {
+	if !t.Names {
+		return []JobsetHit{}, 0, nil
+	}
+	rows, err := db.pool.Query(ctx, `SELECT j.id, p.id, p.name, j.name, j.description, count(*) OVER ()
+		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE $2
+		ORDER BY `+nameOrder("j.name")+`, p.name LIMIT $3 OFFSET $4`,
+		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
+	return collect(rows, err, func(j *JobsetHit) []any {
+		return []any{&j.ID, &j.ProjectID, &j.Project, &j.Name, &j.Description}
+	})
+}
+
+func (db *DB) searchJobs(ctx context.Context, t SearchTerms, page Page) ([]JobHit, int64, error) {
+	if !t.Names {
+		return []JobHit{}, 0, nil
+	}
+	rows, err := db.pool.Query(ctx, `SELECT j.jobset_id, p.name, s.name, j.name, count(*) OVER ()
+		FROM jobs j JOIN jobsets s ON s.id = j.jobset_id JOIN projects p ON p.id = s.project_id
+		WHERE j.name ILIKE $2
+		ORDER BY `+nameOrder("j.name")+`, p.name, s.name LIMIT $3 OFFSET $4`,
+		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
+	return collect(rows, err, func(j *JobHit) []any {
+		return []any{&j.JobsetID, &j.Project, &j.Jobset, &j.Job}
+	})
+}
+
+// searchBuilds finds builds whose .drv path or an output path starts with
+// t.PathPrefix: two btree range scans, one row per build (its .drv path, else its
+// first matching output).
+func (db *DB) searchBuilds(ctx context.Context, t SearchTerms, page Page) ([]BuildHit, int64, error) {
+	if t.PathPrefix == "" {
+		return []BuildHit{}, 0, nil
+	}
+	rows, err := db.pool.Query(ctx, `WITH m AS (
+			SELECT id AS build_id, drv_path AS path, '' AS output FROM builds
+			WHERE drv_path ~>=~ $1 AND drv_path ~<~ $2
+			UNION ALL
+			SELECT build_id, path, name FROM build_outputs
+			WHERE path ~>=~ $1 AND path ~<~ $2),
+		one AS (SELECT DISTINCT ON (build_id) build_id, path, output FROM m ORDER BY build_id DESC, output)
+		SELECT b.id, b.evaluation_id, p.name, j.name, b.job, b.system, b.status, b.drv_path, one.path, one.output,
+			b.created_at, b.finished_at, count(*) OVER ()
+		FROM one JOIN builds b ON b.id = one.build_id JOIN jobsets j ON j.id = b.jobset_id JOIN projects p ON p.id = j.project_id
+		ORDER BY b.id DESC LIMIT $3 OFFSET $4`,
+		t.PathPrefix, upperBound(t.PathPrefix), page.Limit, page.Offset)
+	return collect(rows, err, func(b *BuildHit) []any {
+		return []any{&b.ID, &b.EvaluationID, &b.Project, &b.Jobset, &b.Job, &b.System, &b.Status, &b.DrvPath,
+			&b.Path, &b.Output, &b.CreatedAt, &b.FinishedAt}
+	})
+}
