@@ -29,6 +29,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/coordinator/searchapi"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
@@ -154,6 +155,7 @@ func New(cfg Config) (*App, error) {
 			ch,
 			evalapi.New(evalapi.Config{Scheduler: ev, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+			searchapi.New(searchapi.Config{Logger: log}, db),
 		},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
