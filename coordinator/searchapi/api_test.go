@@ -286,7 +286,7 @@ func TestParseSearch(t *testing.T) {
 	}{
 		{q: "a", short: true},
 		{q: " ab ", names: true, prefix: "/nix/store/ab"},
-		{q: "hello", names: true},           // 'e' and 'o' are not nix-base32
+		{q: "hello", names: true}, // 'e' and 'o' are not nix-base32
 		{q: "xz", names: true, prefix: "/nix/store/xz"},
 		{q: h, names: true, prefix: "/nix/store/" + h},
 		{q: h + "-hello-2.12", names: true, prefix: "/nix/store/" + h + "-hello-2.12"},
