@@ -259,8 +259,8 @@ func (db *DB) searchJobs(ctx context.Context, t SearchTerms, page Page) ([]JobHi
 }
 
 // searchBuilds finds builds whose .drv path or an output path starts with
-// t.PathPrefix: two btree range scans, one row per build (its .drv path, else its
-// first matching output).
+// t.PathPrefix: two index-only range scans, one row per build (its .drv path, else
+// its first matching output), and only the page's builds read.
 func (db *DB) searchBuilds(ctx context.Context, t SearchTerms, page Page) ([]BuildHit, int64, error) {
 	if t.PathPrefix == "" {
 		return []BuildHit{}, 0, nil
@@ -271,11 +271,12 @@ func (db *DB) searchBuilds(ctx context.Context, t SearchTerms, page Page) ([]Bui
 			UNION ALL
 			SELECT build_id, path, name FROM build_outputs
 			WHERE path ~>=~ $1 AND path ~<~ $2),
-		one AS (SELECT DISTINCT ON (build_id) build_id, path, output FROM m ORDER BY build_id DESC, output)
-		SELECT b.id, b.evaluation_id, p.name, j.name, b.job, b.system, b.status, b.drv_path, one.path, one.output,
-			b.created_at, b.finished_at, count(*) OVER ()
-		FROM one JOIN builds b ON b.id = one.build_id JOIN jobsets j ON j.id = b.jobset_id JOIN projects p ON p.id = j.project_id
-		ORDER BY b.id DESC LIMIT $3 OFFSET $4`,
+		one AS (SELECT DISTINCT ON (build_id) build_id, path, output FROM m ORDER BY build_id DESC, output),
+		page AS (SELECT one.*, count(*) OVER () AS total FROM one ORDER BY build_id DESC LIMIT $3 OFFSET $4)
+		SELECT b.id, b.evaluation_id, p.name, j.name, b.job, b.system, b.status, b.drv_path, page.path, page.output,
+			b.created_at, b.finished_at, page.total
+		FROM page JOIN builds b ON b.id = page.build_id JOIN jobsets j ON j.id = b.jobset_id JOIN projects p ON p.id = j.project_id
+		ORDER BY b.id DESC`,
 		t.PathPrefix, upperBound(t.PathPrefix), page.Limit, page.Offset)
 	return collect(rows, err, func(b *BuildHit) []any {
 		return []any{&b.ID, &b.EvaluationID, &b.Project, &b.Jobset, &b.Job, &b.System, &b.Status, &b.DrvPath,
