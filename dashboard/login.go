@@ -132,22 +132,28 @@ func loginTokenOK(r *http.Request) bool {
 	return err == nil && c.Value != "" && subtle.ConstantTimeCompare([]byte(c.Value), []byte(form)) == 1
 }
 
-// sameOrigin is false when the browser says the form was sent from another origin;
-// browsers that send no Origin are left to the login token.
+// sameOrigin is false when the browser says the form was sent from another site: its
+// Origin's host is neither the request's Host nor the host a proxy forwarded (nor
+// PublicURL's). Only hosts are compared: behind a proxy that ends TLS the scheme the
+// coordinator sees is not the browser's. Browsers that send no Origin are left to the
+// login token.
 func (d *Dashboard) sameOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	scheme := "http"
-	if overTLS(r) {
-		scheme = "https"
+	o, err := url.Parse(origin)
+	if err != nil || o.Host == "" {
+		return false // "null": a sandboxed or privacy-sensitive context, never our form
 	}
-	if strings.EqualFold(origin, scheme+"://"+r.Host) {
-		return true
+	hosts := []string{r.Host, r.Header.Get("X-Forwarded-Host")}
+	if u, err := url.Parse(d.cfg.PublicURL); err == nil {
+		hosts = append(hosts, u.Host)
 	}
-	if u, err := url.Parse(d.cfg.PublicURL); err == nil && d.cfg.PublicURL != "" {
-		return strings.EqualFold(origin, u.Scheme+"://"+u.Host)
+	for _, h := range hosts {
+		if h != "" && strings.EqualFold(o.Host, h) {
+			return true
+		}
 	}
 	return false
 }

@@ -188,7 +188,9 @@ func TestLogin_FormNeedsItsToken(t *testing.T) {
 	if tok == nil || !tok.HttpOnly || tok.Path != "/login" || tok.SameSite != http.SameSiteStrictMode {
 		t.Fatalf("login token cookie %+v: want HttpOnly, Path=/login, SameSite=Strict", tok)
 	}
-	for origin, want := range map[string]int{"https://evil.example": http.StatusForbidden, "null": http.StatusForbidden, "http://example.com": http.StatusSeeOther} {
+	for origin, want := range map[string]int{"https://evil.example": http.StatusForbidden, "null": http.StatusForbidden,
+		"http://example.com.evil.example": http.StatusForbidden, "http://example.com": http.StatusSeeOther,
+		"https://example.com": http.StatusSeeOther /* TLS ended by a proxy */} {
 		f := creds()
 		f.Set("login_csrf", tok.Value)
 		req := httptest.NewRequest(http.MethodPost, "/login", strings.NewReader(f.Encode()))
