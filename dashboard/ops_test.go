@@ -312,7 +312,7 @@ func TestSearch_Page(t *testing.T) {
 		t.Fatalf("short search: %d\n%s", code, body)
 	}
 	for q, want := range map[string][]string{
-		"webSHOP":                       {`<a href="/project/webshop">webshop</a>`, `<a href="/jobset/webshop/main">`},
+		"webSHOP":                       {`<a href="/project/webshop">webshop</a>`},
 		"main":                          {`<a href="/jobset/webshop/main">webshop:main</a>`},
 		"checkout":                      {`<a href="/job/webshop/main/shop.checkout">shop.checkout</a>`},
 		drvPath("c1d", "shop.checkout"): {fmt.Sprintf(`<a href="/build/%d">shop.checkout</a>`, checkout), "derivation"},
@@ -399,7 +399,7 @@ func TestAdmin_Permissions(t *testing.T) {
 			t.Errorf("admin /admin: %d, lacks %q", code, want)
 		}
 	}
-	if !regexp.MustCompile(`extra-trusted-public-keys = [^\s<]+:[A-Za-z0-9+/=]{40,}`).MatchString(body) {
+	if !regexp.MustCompile(`extra-trusted-public-keys = [^\s<:]+:[^\s<]{40,}`).MatchString(body) {
 		t.Error("the cache's public key is missing")
 	}
 	if res, _ := s.post("/admin/api-keys", url.Values{"name": {"x"}, "role": {"admin"}, "csrf": {""}}, admin); res.StatusCode != http.StatusForbidden {
