@@ -22,6 +22,12 @@ const adminPerPage = 50
 // API request it stands for.
 func (d *Dashboard) adminRoutes(r chi.Router) {
 	r.Get("/admin", d.adminOnly(d.admin))
+	r.With(d.forms).Post("/admin/users", d.createUser)
+	r.Get("/admin/users/{id}", d.adminOnly(d.userPage))
+	r.With(d.forms).Post("/admin/users/{id}", d.updateUser)
+	r.With(d.forms).Post("/admin/users/{id}/{state:enable|disable}", d.setUserEnabled)
+	r.Get("/admin/users/{id}/delete", d.adminOnly(d.deleteUserPage))
+	r.With(d.forms).Post("/admin/users/{id}/delete", d.deleteUser)
 	r.With(d.forms).Post("/admin/api-keys", d.createKey)
 	r.With(d.forms).Post("/admin/api-keys/{id}/delete", d.deleteKey)
 	r.With(d.forms).Post("/admin/agent-tokens", d.createToken)
@@ -80,24 +86,39 @@ func (d *Dashboard) adminPage(w http.ResponseWriter, r *http.Request, status int
 		d.refuse(w, r, http.StatusForbidden, msg)
 		return
 	}
-	keysPage := pageFor(r, "keys", adminPerPage)
-	res := d.submit(r, http.MethodGet, fmt.Sprintf("/api/v1/api-keys?limit=%d&offset=%d", keysPage.Limit, keysPage.Offset), nil)
+	usersPage, keysPage := pageFor(r, "users", adminPerPage), pageFor(r, "keys", adminPerPage)
+	var users listOf[userItem]
 	var keys listOf[apiKeyItem]
-	if !res.OK() {
-		d.fail(w, r, fmt.Errorf("list api keys: %s", res.Message()))
+	if err := d.apiList(r, "/api/v1/users", usersPage, &users); err != nil {
+		d.fail(w, r, err)
 		return
 	}
-	if err := res.Decode(&keys); err != nil {
-		d.fail(w, r, fmt.Errorf("list api keys: %w", err))
+	if err := d.apiList(r, "/api/v1/api-keys", keysPage, &keys); err != nil {
+		d.fail(w, r, err)
 		return
 	}
-	v := view{"Title": "Admin", "Crumbs": []Crumb{{Name: "Home", URL: "/"}, {Name: "Admin"}},
+	me, _ := auth.FromContext(r.Context())
+	v := view{"Title": "Admin", "Crumbs": []Crumb{{Name: "Home", URL: "/"}, {Name: "Admin"}}, "MyID": me.UserID,
+		"Users": users.Items, "UsersPager": pagerFor(r, "/admin", "users", usersPage, users.Total),
 		"Keys": keys.Items, "KeysPager": pagerFor(r, "/admin", "keys", keysPage, keys.Total), "Roles": auth.RoleNames(),
+		"MinPassword": auth.MinPasswordLength,
 		"CacheKey": d.cfg.CachePublicKey, "CacheURL": d.baseURL(r) + "/nix-cache", "Form": map[string]string{}}
 	for k, val := range extra {
 		v[k] = val
 	}
 	d.render(w, r, status, "admin", v)
+}
+
+// apiList reads a page of a list from the API (as the signed-in person) into out.
+func (d *Dashboard) apiList(r *http.Request, path string, page storage.Page, out any) error {
+	res := d.submit(r, http.MethodGet, fmt.Sprintf("%s?limit=%d&offset=%d", path, page.Limit, page.Offset), nil)
+	if !res.OK() {
+		return fmt.Errorf("GET %s: %d %s", path, res.Status, res.Message())
+	}
+	if err := res.Decode(out); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
 }
 
 // baseURL is where people reach the coordinator: Config.PublicURL, else this
@@ -228,4 +249,146 @@ func pagerFor(r *http.Request, path, param string, p storage.Page, total int64) 
 		pg.Next = link(pg.Page + 1)
 	}
 	return pg
+}
+
+// userItem is an account as the users API shows it.
+type userItem struct {
+	ID          int64      `json:"id"`
+	Username    string     `json:"username"`
+	Email       string     `json:"email"`
+	FullName    string     `json:"full_name"`
+	Role        string     `json:"role"`
+	Enabled     bool       `json:"enabled"`
+	CreatedAt   time.Time  `json:"created_at"`
+	LastLoginAt *time.Time `json:"last_login_at"`
+}
+
+// createUser makes an account (POST /api/v1/users).
+func (d *Dashboard) createUser(w http.ResponseWriter, r *http.Request) {
+	body := map[string]string{"username": strings.TrimSpace(r.PostFormValue("username")), "password": r.PostFormValue("password"),
+		"role": r.PostFormValue("role"), "email": strings.TrimSpace(r.PostFormValue("email"))}
+	res := d.submit(r, http.MethodPost, "/api/v1/users", body)
+	if !res.OK() {
+		form := formValues(r)
+		delete(form, "password") // never sent back to the browser
+		d.adminPage(w, r, res.Status, view{"Error": "Cannot create the user: " + res.Message(), "Form": form})
+		return
+	}
+	http.Redirect(w, r, "/admin#users", http.StatusSeeOther)
+}
+
+// userOf reads the account of the route's {id} from the API.
+func (d *Dashboard) userOf(r *http.Request) (userItem, apiResult) {
+	var u userItem
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		return u, apiResult{Status: http.StatusNotFound, Body: []byte(`{"error":"not found"}`)}
+	}
+	res := d.submit(r, http.MethodGet, fmt.Sprintf("/api/v1/users/%d", id), nil)
+	if res.OK() {
+		if err := res.Decode(&u); err != nil {
+			return u, apiResult{Status: http.StatusInternalServerError, Body: []byte(`{"error":"cannot read the user"}`)}
+		}
+	}
+	return u, res
+}
+
+// userView is the page of one account: its edit form (or, with del, the
+// confirmation of deleting it).
+func userView(u userItem, del bool) view {
+	v := view{"Title": "User " + u.Username, "User": u, "Roles": auth.RoleNames(), "Form": map[string]string{},
+		"MinPassword": auth.MinPasswordLength,
+		"Crumbs": []Crumb{{Name: "Home", URL: "/"}, {Name: "Admin", URL: "/admin"}, {Name: u.Username}}}
+	if del {
+		v["Title"], v["DeleteUser"] = "Delete user "+u.Username, true
+	}
+	return v
+}
+
+// userPageOr renders the page of the route's account, or the API's refusal.
+func (d *Dashboard) userPageOr(w http.ResponseWriter, r *http.Request, status int, del bool, extra view) {
+	u, res := d.userOf(r)
+	if !res.OK() {
+		d.userRefused(w, r, res)
+		return
+	}
+	v := userView(u, del)
+	for k, val := range extra {
+		v[k] = val
+	}
+	d.render(w, r, status, "admin", v)
+}
+
+// userRefused shows the API's refusal to read an account: 404, 403 or another error.
+func (d *Dashboard) userRefused(w http.ResponseWriter, r *http.Request, res apiResult) {
+	switch res.Status {
+	case http.StatusNotFound:
+		d.fail(w, r, storage.ErrNotFound)
+	case http.StatusUnauthorized, http.StatusForbidden:
+		d.refuse(w, r, http.StatusForbidden, res.Message())
+	default:
+		d.fail(w, r, fmt.Errorf("read user: %d %s", res.Status, res.Message()))
+	}
+}
+
+func (d *Dashboard) userPage(w http.ResponseWriter, r *http.Request) {
+	d.userPageOr(w, r, http.StatusOK, false, nil)
+}
+
+func (d *Dashboard) deleteUserPage(w http.ResponseWriter, r *http.Request) {
+	d.userPageOr(w, r, http.StatusOK, true, nil)
+}
+
+// updateUser changes an account's role, email and, when one is typed, password
+// (PUT /api/v1/users/{id}).
+func (d *Dashboard) updateUser(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	body := map[string]any{"role": r.PostFormValue("role"), "email": strings.TrimSpace(r.PostFormValue("email"))}
+	if pw := r.PostFormValue("password"); pw != "" {
+		body["password"] = pw
+	}
+	res := d.submit(r, http.MethodPut, "/api/v1/users/"+id, body)
+	if !res.OK() {
+		d.userFormFailed(w, r, res, false, "Cannot change the user: ")
+		return
+	}
+	http.Redirect(w, r, "/admin#user-"+id, http.StatusSeeOther)
+}
+
+// userFormFailed re-renders a user's page after the API refused its form.
+func (d *Dashboard) userFormFailed(w http.ResponseWriter, r *http.Request, res apiResult, del bool, what string) {
+	if res.Status == http.StatusUnauthorized || res.Status == http.StatusForbidden {
+		d.refuse(w, r, http.StatusForbidden, res.Message())
+		return
+	}
+	form := formValues(r)
+	delete(form, "password")
+	d.userPageOr(w, r, res.Status, del, view{"Error": what + res.Message(), "Form": form})
+}
+
+// setUserEnabled enables or disables an account (PUT /api/v1/users/{id}).
+func (d *Dashboard) setUserEnabled(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	res := d.submit(r, http.MethodPut, "/api/v1/users/"+id, map[string]bool{"enabled": chi.URLParam(r, "state") == "enable"})
+	if !res.OK() {
+		d.adminPage(w, r, res.Status, view{"Error": "Cannot change the user: " + res.Message()})
+		return
+	}
+	http.Redirect(w, r, "/admin#user-"+id, http.StatusSeeOther)
+}
+
+// deleteUser deletes an account (DELETE /api/v1/users/{id}) once the box saying so
+// is ticked.
+func (d *Dashboard) deleteUser(w http.ResponseWriter, r *http.Request) {
+	if r.PostFormValue("confirm") != "yes" {
+		d.userFormFailed(w, r, apiResult{Status: http.StatusUnprocessableEntity,
+			Body: []byte(`{"error":"Tick the box to confirm: deleting cannot be undone."}`)}, true, "")
+		return
+	}
+	res := d.submit(r, http.MethodDelete, "/api/v1/users/"+chi.URLParam(r, "id"), nil)
+	if !res.OK() {
+		d.userFormFailed(w, r, res, true, "Cannot delete the user: ")
+		return
+	}
+	http.Redirect(w, r, "/admin#users", http.StatusSeeOther)
 }
