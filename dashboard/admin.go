@@ -102,7 +102,7 @@ func (d *Dashboard) adminPage(w http.ResponseWriter, r *http.Request, status int
 		"Users": users.Items, "UsersPager": pagerFor(r, "/admin", "users", usersPage, users.Total),
 		"Keys": keys.Items, "KeysPager": pagerFor(r, "/admin", "keys", keysPage, keys.Total), "Roles": auth.RoleNames(),
 		"MinPassword": auth.MinPasswordLength,
-		"CacheKey": d.cfg.CachePublicKey, "CacheURL": d.baseURL(r) + "/nix-cache", "Form": map[string]string{}}
+		"CacheKey":    d.cfg.CachePublicKey, "CacheURL": d.baseURL(r) + "/nix-cache", "Form": map[string]string{}}
 	for k, val := range extra {
 		v[k] = val
 	}
@@ -298,7 +298,7 @@ func (d *Dashboard) userOf(r *http.Request) (userItem, apiResult) {
 func userView(u userItem, del bool) view {
 	v := view{"Title": "User " + u.Username, "User": u, "Roles": auth.RoleNames(), "Form": map[string]string{},
 		"MinPassword": auth.MinPasswordLength,
-		"Crumbs": []Crumb{{Name: "Home", URL: "/"}, {Name: "Admin", URL: "/admin"}, {Name: u.Username}}}
+		"Crumbs":      []Crumb{{Name: "Home", URL: "/"}, {Name: "Admin", URL: "/admin"}, {Name: u.Username}}}
 	if del {
 		v["Title"], v["DeleteUser"] = "Delete user "+u.Username, true
 	}
