@@ -464,3 +464,125 @@ func TestAdmin_EnrollmentToken(t *testing.T) {
 		}
 	}
 }
+
+// userRow reads an account's role, email and enabled flag (found: false when gone).
+func (s *site) userRow(username string) (role, email string, enabled, found bool) {
+	s.t.Helper()
+	err := s.DB.Pool().QueryRow(context.Background(), `SELECT role, email, enabled FROM users WHERE username = $1`, username).
+		Scan(&role, &email, &enabled)
+	return role, email, enabled, err == nil
+}
+
+func TestAdmin_Users(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	admin := s.signedIn(storage.RoleAdmin)
+	readerName, _ := s.user(storage.RoleReadOnly)
+
+	code, body := s.getAs("/admin", admin)
+	if code != http.StatusOK || !strings.Contains(body, `<section id="users">`) || !strings.Contains(body, readerName) ||
+		!strings.Contains(body, `<span class="muted small">you</span>`) {
+		t.Fatalf("/admin: %d\n%s", code, body)
+	}
+	// The admin's own row has no controls: the API would refuse disabling oneself.
+	if n := count(body, `/disable"`); n != 1 {
+		t.Fatalf("%d disable buttons, want the read-only user's only", n)
+	}
+
+	// Create: the account works at once; a refused form keeps the fields but never
+	// the password.
+	res, body := s.postAs("/admin/users", url.Values{"username": {"dana"}, "password": {"short"}, "role": {storage.RoleEvalJobset},
+		"email": {"dana@example.org"}}, admin)
+	if res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(body, "Cannot create the user: password") ||
+		!strings.Contains(body, `value="dana"`) || strings.Contains(body, "short") {
+		t.Fatalf("a short password: %d\n%s", res.StatusCode, body)
+	}
+	res, _ = s.postAs("/admin/users", url.Values{"username": {"dana"}, "password": {"correct horse battery"}, "role": {storage.RoleEvalJobset},
+		"email": {"dana@example.org"}}, admin)
+	if role, email, enabled, ok := s.userRow("dana"); res.StatusCode != http.StatusSeeOther || !ok || role != storage.RoleEvalJobset ||
+		email != "dana@example.org" || !enabled {
+		t.Fatalf("create dana: %d, %s %s %v %v", res.StatusCode, role, email, enabled, ok)
+	}
+	dana := s.signIn("dana", "correct horse battery")
+	id := s.sqlID(`SELECT id FROM users WHERE username = 'dana'`)
+
+	// Disable signs her out and keeps her out; enable lets her back.
+	res, _ = s.postAs(fmt.Sprintf("/admin/users/%d/disable", id), nil, admin)
+	if _, _, enabled, _ := s.userRow("dana"); res.StatusCode != http.StatusSeeOther || enabled {
+		t.Fatalf("disable: %d, enabled %v", res.StatusCode, enabled)
+	}
+	if _, body := s.getAs("/", dana); strings.Contains(body, `<span class="me">dana</span>`) {
+		t.Fatal("a disabled user is still signed in")
+	}
+	if res := s.login(url.Values{"username": {"dana"}, "password": {"correct horse battery"}}); res.StatusCode == http.StatusSeeOther {
+		t.Fatal("a disabled user signs in")
+	}
+	_, body = s.getAs("/admin", admin)
+	if !strings.Contains(body, fmt.Sprintf(`action="/admin/users/%d/enable"`, id)) {
+		t.Fatal("a disabled user has no Enable button")
+	}
+	res, _ = s.postAs(fmt.Sprintf("/admin/users/%d/enable", id), nil, admin)
+	if _, _, enabled, _ := s.userRow("dana"); res.StatusCode != http.StatusSeeOther || !enabled {
+		t.Fatalf("enable: %d, enabled %v", res.StatusCode, enabled)
+	}
+
+	// Edit: role, email, password.
+	code, body = s.getAs(fmt.Sprintf("/admin/users/%d", id), admin)
+	if code != http.StatusOK || !strings.Contains(body, `<option selected>eval-jobset</option>`) || !strings.Contains(body, `value="dana@example.org"`) {
+		t.Fatalf("edit page: %d\n%s", code, body)
+	}
+	res, body = s.postAs(fmt.Sprintf("/admin/users/%d", id), url.Values{"role": {storage.RoleCancelBuild}, "email": {"not an address"}}, admin)
+	if role, _, _, _ := s.userRow("dana"); res.StatusCode != http.StatusUnprocessableEntity || role != storage.RoleEvalJobset ||
+		!strings.Contains(body, "Cannot change the user: email") || !strings.Contains(body, `value="not an address"`) {
+		t.Fatalf("an invalid email: %d, role %s\n%s", res.StatusCode, role, body)
+	}
+	res, _ = s.postAs(fmt.Sprintf("/admin/users/%d", id), url.Values{"role": {storage.RoleCancelBuild}, "email": {"d@example.org"},
+		"password": {"a new password here"}}, admin)
+	if role, email, _, _ := s.userRow("dana"); res.StatusCode != http.StatusSeeOther || role != storage.RoleCancelBuild || email != "d@example.org" {
+		t.Fatalf("edit: %d, %s %s", res.StatusCode, role, email)
+	}
+	s.signIn("dana", "a new password here")
+
+	// Nobody else may: a signed-in read-only user is refused (with their own CSRF
+	// token), and nothing changes.
+	reader := s.signedIn(storage.RoleReadOnly)
+	if code, _ := s.getAs("/admin", reader); code != http.StatusForbidden {
+		t.Fatalf("read-only /admin: %d", code)
+	}
+	if code, _ := s.getAs(fmt.Sprintf("/admin/users/%d", id), reader); code != http.StatusForbidden {
+		t.Fatalf("read-only user page: %d", code)
+	}
+	for path, form := range map[string]url.Values{
+		"/admin/users": {"username": {"mallory"}, "password": {"long enough password"}, "role": {"admin"}},
+		fmt.Sprintf("/admin/users/%d/disable", id): nil,
+		fmt.Sprintf("/admin/users/%d", id):         {"role": {"admin"}},
+		fmt.Sprintf("/admin/users/%d/delete", id):  {"confirm": {"yes"}},
+	} {
+		if res, _ := s.postAs(path, form, reader); res.StatusCode != http.StatusForbidden {
+			t.Errorf("read-only POST %s: %d", path, res.StatusCode)
+		}
+	}
+	if role, _, enabled, ok := s.userRow("dana"); !ok || !enabled || role != storage.RoleCancelBuild {
+		t.Fatalf("refused forms changed dana: %s %v %v", role, enabled, ok)
+	}
+	if _, _, _, ok := s.userRow("mallory"); ok {
+		t.Fatal("a read-only user created an account")
+	}
+
+	// Delete asks first.
+	code, body = s.getAs(fmt.Sprintf("/admin/users/%d/delete", id), admin)
+	if code != http.StatusOK || !strings.Contains(body, `name="confirm" value="yes" required`) {
+		t.Fatalf("delete page: %d", code)
+	}
+	if res, body := s.postAs(fmt.Sprintf("/admin/users/%d/delete", id), nil, admin); res.StatusCode != http.StatusUnprocessableEntity ||
+		!strings.Contains(body, "Tick the box") {
+		t.Fatalf("delete unconfirmed: %d", res.StatusCode)
+	}
+	res, _ = s.postAs(fmt.Sprintf("/admin/users/%d/delete", id), url.Values{"confirm": {"yes"}}, admin)
+	if _, _, _, ok := s.userRow("dana"); res.StatusCode != http.StatusSeeOther || ok {
+		t.Fatalf("delete: %d, still there %v", res.StatusCode, ok)
+	}
+	if code, _ := s.getAs(fmt.Sprintf("/admin/users/%d", id), admin); code != http.StatusNotFound {
+		t.Fatalf("a deleted user's page: %d", code)
+	}
+}
