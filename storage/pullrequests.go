@@ -212,3 +212,39 @@ func (db *DB) PullRequestPollTargets(ctx context.Context) ([]PullRequestPollTarg
 	}
 	return out, nil
 }
+
+// UpdatePullRequestJobsets makes parent's open pull request jobsets follow it after
+// a change, in one transaction: its settings and inputs, and its state (disabled
+// with it, enabled again with it). When parent no longer follows pull requests they
+// are closed (disabled and hidden) instead.
+func (db *DB) UpdatePullRequestJobsets(ctx context.Context, parent Jobset) error {
+	if parent.PullRequest != nil {
+		return nil // a pull request's jobset has none
+	}
+	if !parent.PullRequests {
+		_, err := db.CloseAllPullRequestJobsets(ctx, parent.ID)
+		return err
+	}
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE jobsets c SET flake_mode = p.flake_mode, nix_expression = p.nix_expression,
+				check_interval = p.check_interval, scheduling_shares = p.scheduling_shares, keep_nr = p.keep_nr,
+				state = CASE p.state WHEN 'disabled' THEN 'disabled' WHEN 'one_at_a_time' THEN 'one_at_a_time' ELSE 'enabled' END,
+				updated_at = now()
+			FROM jobsets p WHERE p.id = $1 AND c.parent_jobset_id = p.id AND NOT c.hidden`, parent.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM jobset_inputs WHERE jobset_id IN
+				(SELECT id FROM jobsets WHERE parent_jobset_id = $1 AND NOT hidden)`, parent.ID); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO jobset_inputs (jobset_id, name, type, value)
+			SELECT c.id, i.name, i.type, i.value FROM jobsets c JOIN jobset_inputs i ON i.jobset_id = c.parent_jobset_id
+			WHERE c.parent_jobset_id = $1 AND NOT c.hidden`, parent.ID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("update the pull request jobsets of jobset %d: %w", parent.ID, err)
+	}
+	return nil
+}
