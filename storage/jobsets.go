@@ -58,16 +58,16 @@ type Jobset struct {
 
 // JobsetFields are the writable columns of a jobset.
 type JobsetFields struct {
-	Name             string
-	Description      string
-	Branch           string
-	FlakeMode        bool
-	NixExpression    string
-	Inputs           []JobsetInput
-	CheckInterval    int
-	SchedulingShares int
-	State            string
-	KeepNr           int
+	Name              string
+	Description       string
+	Branch            string
+	FlakeMode         bool
+	NixExpression     string
+	Inputs            []JobsetInput
+	CheckInterval     int
+	SchedulingShares  int
+	State             string
+	KeepNr            int
 	PullRequests      bool
 	PullRequestDrafts bool
 }

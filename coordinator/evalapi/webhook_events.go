@@ -74,10 +74,10 @@ var (
 	// either route takes either.
 	gitea = sender{name: "gitea", forgeType: storage.ForgeGitea, sigHeaders: []string{"X-Gitea-Signature", "X-Forgejo-Signature"},
 		eventHeaders: []string{"X-Gitea-Event", "X-Forgejo-Event", "X-Gitea-Event-Type", "X-Forgejo-Event-Type", "X-GitHub-Event"},
-		push: "push", pull: "pull_request", known: giteaEvents}
+		push:         "push", pull: "pull_request", known: giteaEvents}
 	forgejo = sender{name: "forgejo", forgeType: storage.ForgeForgejo, sigHeaders: []string{"X-Forgejo-Signature", "X-Gitea-Signature"},
 		eventHeaders: []string{"X-Forgejo-Event", "X-Gitea-Event", "X-Forgejo-Event-Type", "X-Gitea-Event-Type", "X-GitHub-Event"},
-		push: "push", pull: "pull_request", known: giteaEvents}
+		push:         "push", pull: "pull_request", known: giteaEvents}
 	gitlab = sender{name: "gitlab", forgeType: storage.ForgeGitLab, tokenHeader: "X-Gitlab-Token",
 		eventHeaders: []string{"X-Gitlab-Event"}, push: "Push Hook", pull: "Merge Request Hook", known: gitlabEvents}
 )
