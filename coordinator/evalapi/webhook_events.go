@@ -68,18 +68,32 @@ var gitlabEvents = set("Tag Push Hook", "Issue Hook", "Confidential Issue Hook",
 	"Vulnerability Hook", "System Hook")
 
 var (
-	github = sender{name: "github", forgeType: storage.ForgeGitHub, sigHeaders: []string{"X-Hub-Signature-256"},
-		sigPrefix: "sha256=", eventHeaders: []string{"X-GitHub-Event"}, push: "push", pull: "pull_request", known: githubEvents}
+	github = sender{
+		name: "github", forgeType: storage.ForgeGitHub,
+		sigHeaders: []string{"X-Hub-Signature-256"}, sigPrefix: "sha256=",
+		eventHeaders: []string{"X-GitHub-Event"},
+		push:         "push", pull: "pull_request", known: githubEvents,
+	}
 	// Gitea and Forgejo sign the same way; Forgejo sends Gitea's headers too, so
 	// either route takes either.
-	gitea = sender{name: "gitea", forgeType: storage.ForgeGitea, sigHeaders: []string{"X-Gitea-Signature", "X-Forgejo-Signature"},
+	gitea = sender{
+		name: "gitea", forgeType: storage.ForgeGitea,
+		sigHeaders:   []string{"X-Gitea-Signature", "X-Forgejo-Signature"},
 		eventHeaders: []string{"X-Gitea-Event", "X-Forgejo-Event", "X-Gitea-Event-Type", "X-Forgejo-Event-Type", "X-GitHub-Event"},
-		push:         "push", pull: "pull_request", known: giteaEvents}
-	forgejo = sender{name: "forgejo", forgeType: storage.ForgeForgejo, sigHeaders: []string{"X-Forgejo-Signature", "X-Gitea-Signature"},
+		push:         "push", pull: "pull_request", known: giteaEvents,
+	}
+	forgejo = sender{
+		name: "forgejo", forgeType: storage.ForgeForgejo,
+		sigHeaders:   []string{"X-Forgejo-Signature", "X-Gitea-Signature"},
 		eventHeaders: []string{"X-Forgejo-Event", "X-Gitea-Event", "X-Forgejo-Event-Type", "X-Gitea-Event-Type", "X-GitHub-Event"},
-		push:         "push", pull: "pull_request", known: giteaEvents}
-	gitlab = sender{name: "gitlab", forgeType: storage.ForgeGitLab, tokenHeader: "X-Gitlab-Token",
-		eventHeaders: []string{"X-Gitlab-Event"}, push: "Push Hook", pull: "Merge Request Hook", known: gitlabEvents}
+		push:         "push", pull: "pull_request", known: giteaEvents,
+	}
+	gitlab = sender{
+		name: "gitlab", forgeType: storage.ForgeGitLab,
+		tokenHeader:  "X-Gitlab-Token",
+		eventHeaders: []string{"X-Gitlab-Event"},
+		push:         "Push Hook", pull: "Merge Request Hook", known: gitlabEvents,
+	}
 )
 
 // badEvent is a request whose body is not the event it claims to be (a 400).
