@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -25,7 +24,7 @@ type JobsetPullRequest struct {
 
 // PullRequestJobsetName is the name of parent's jobset for pull request number.
 func PullRequestJobsetName(parent string, number int64) string {
-	return parent + "-pr-" + strconv.FormatInt(number, 10)
+	return fmt.Sprintf("%s-pr-%d", parent, number)
 }
 
 // PullRequestHead is an open pull request as a parent jobset's child evaluates it.
