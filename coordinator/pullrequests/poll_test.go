@@ -55,6 +55,11 @@ func TestPoll_ListsSkipsAndSurvivesAForgeOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Someone's own jobset has the name pull request 4's would have: it stays theirs.
+	if _, err := db.CreateJobset(ctx, p.ID, storage.JobsetFields{Name: "main-pr-4", Branch: "other", NixExpression: "release.nix",
+		SchedulingShares: 100, State: storage.JobsetDisabled, KeepNr: 3}); err != nil {
+		t.Fatal(err)
+	}
 	tok := "tok"
 	if _, err := db.SetProjectForge(ctx, p.ID, storage.ProjectForgeFields{Type: storage.ForgeForgejo, APIURL: api.URL,
 		Repository: "org/demo", Token: &tok}); err != nil {
@@ -74,9 +79,10 @@ func TestPoll_ListsSkipsAndSurvivesAForgeOutage(t *testing.T) {
 		return strings.Join(names, " ")
 	}
 
-	answer(200, "["+pull(1, 1, "plain", false)+","+pull(2, 1, "drafted", true)+","+pull(3, 9, "from a fork", false)+"]")
+	answer(200, "["+pull(4, 1, "name taken", false)+","+pull(1, 1, "plain", false)+","+pull(2, 1, "drafted", true)+","+
+		pull(3, 9, "from a fork", false)+"]")
 	prs.Poll(ctx)
-	if got, want := shown(), "main-pr-1:enabled main:enabled"; got != want || wakes.Load() != 1 {
+	if got, want := shown(), "main-pr-1:enabled main-pr-4:disabled main:enabled"; got != want || wakes.Load() != 1 {
 		t.Fatalf("after the first poll: %q (woken %d times), want %q", got, wakes.Load(), want)
 	}
 	j, err := db.GetJobsetByName(ctx, p.ID, "main-pr-1")
@@ -99,23 +105,26 @@ func TestPoll_ListsSkipsAndSurvivesAForgeOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	prs.Poll(ctx)
-	if got, want := shown(), "main-pr-3:enabled main-pr-2:enabled main-pr-1:enabled main:enabled"; got != want {
+	if got, want := shown(), "main-pr-3:enabled main-pr-2:enabled main-pr-1:enabled main-pr-4:disabled main:enabled"; got != want {
 		t.Fatalf("with drafts and forks: %q, want %q", got, want)
 	}
 
 	answer(http.StatusBadGateway, `{"message":"upstream down"}`)
 	prs.Poll(ctx)
-	if got, want := shown(), "main-pr-3:enabled main-pr-2:enabled main-pr-1:enabled main:enabled"; got != want {
+	if got, want := shown(), "main-pr-3:enabled main-pr-2:enabled main-pr-1:enabled main-pr-4:disabled main:enabled"; got != want {
 		t.Fatalf("a forge outage changed the jobsets: %q", got)
 	}
 
 	answer(200, "["+pull(2, 1, "drafted", true)+"]")
 	prs.Poll(ctx)
-	if got, want := shown(), "main-pr-2:enabled main:enabled"; got != want {
+	if got, want := shown(), "main-pr-2:enabled main-pr-4:disabled main:enabled"; got != want {
 		t.Fatalf("after 1 and 3 were closed: %q, want %q", got, want)
 	}
 	all, _, _ := db.ListAllJobsets(ctx, p.ID, storage.Page{Limit: 50})
-	if len(all) != 4 {
-		t.Errorf("%d jobsets kept, want 4 (closed ones for history)", len(all))
+	if len(all) != 5 {
+		t.Errorf("%d jobsets kept, want 5 (closed ones for history)", len(all))
+	}
+	if j, _ := db.GetJobsetByName(ctx, p.ID, "main-pr-4"); j.PullRequest != nil || j.Branch != "other" {
+		t.Errorf("someone's jobset named like a pull request's changed: %+v", j)
 	}
 }

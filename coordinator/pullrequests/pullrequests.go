@@ -183,6 +183,15 @@ func (p *PullRequests) applyTo(ctx context.Context, parent storage.Jobset, base,
 		// Another webhook or the poller made it at the same moment; now it exists.
 		ch, err = p.db.OpenPullRequestJobset(ctx, parent, head)
 	}
+	if errors.Is(err, storage.ErrConflict) {
+		// Still: a jobset someone made has the name. Theirs stays; this request waits
+		// until it is renamed.
+		name := storage.PullRequestJobsetName(parent.Name, pr.Number)
+		p.log.Warn("pull request jobset not made: the name is taken", "jobset", parent.ID, "name", name, "pr", pr.Number)
+		res.Skipped = append(res.Skipped, fmt.Sprintf("%s: pull request #%d is not evaluated: a jobset named %s exists that is not its own",
+			parent.Name, pr.Number, name))
+		return nil
+	}
 	if err != nil {
 		return err
 	}
