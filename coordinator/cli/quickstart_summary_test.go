@@ -2,6 +2,9 @@ package cli_test
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,4 +80,45 @@ func (s summary) check(t *testing.T, base string, builds map[string]qsBuild) {
 	if err != nil || json.Unmarshal(out, &list) != nil || list.Total != len(builds) {
 		t.Errorf("the printed curl command (%v) answered %s, want the %d builds", err, out, len(builds))
 	}
+}
+
+// signIn signs in on the dashboard's /login form as username with password, as a
+// browser does (the form's login token from its cookie), and returns who /api/v1/me
+// then says is signed in ("" when the sign-in failed).
+func signIn(t *testing.T, base, username, password string) string {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := client.Get(base + "login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	u, _ := url.Parse(base)
+	var token string
+	for _, c := range jar.Cookies(u) {
+		if c.Name == "fc_login" {
+			token = c.Value
+		}
+	}
+	res, err = client.PostForm(base+"login", url.Values{"username": {username}, "password": {password}, "login_csrf": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusSeeOther {
+		return ""
+	}
+	res, err = client.Get(base + "api/v1/me")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var me struct {
+		Username string `json:"username"`
+	}
+	if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&me) != nil {
+		return ""
+	}
+	return me.Username
 }

@@ -271,6 +271,8 @@ func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
 	printed := q.summary(t)
 	if printed.password == "" {
 		t.Errorf("the first run printed no admin user's password:\n%s", strings.Join(q.banner, "\n"))
+	} else if who := signIn(t, q.dashboard, "admin", printed.password); who != "admin" {
+		t.Errorf("signing in as admin with the printed password: signed in as %q", who)
 	}
 
 	// The slow job's log is readable while it runs.
