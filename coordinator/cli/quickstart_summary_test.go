@@ -94,7 +94,7 @@ func signIn(t *testing.T, base, username, password string) string {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	u, _ := url.Parse(base)
+	u, _ := url.Parse(base + "login") // the login token's cookie is for /login only
 	var token string
 	for _, c := range jar.Cookies(u) {
 		if c.Name == "fc_login" {
