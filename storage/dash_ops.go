@@ -172,10 +172,6 @@ func (db *DB) AgentCounts(ctx context.Context) (active, revoked int64, err error
 // AgentsPage returns a page of the agents that are not revoked (by name), or of the
 // revoked ones (latest first), with what each runs now from one GROUP BY.
 func (db *DB) AgentsPage(ctx context.Context, revoked bool, page Page) ([]AgentRow, error) {
-	order := "a.name, a.id"
-	if revoked {
-		order = "a.revoked_at DESC, a.id DESC"
-	}
 	rows, err := db.pool.Query(ctx, `SELECT a.id, a.name, a.public_key, a.fingerprint, a.enabled, a.draining, a.self_draining,
 			a.revoked_at, (a.connected AND a.revoked_at IS NULL AND a.last_seen_at > now() - make_interval(secs => $1)),
 			a.coordinator, a.last_seen_at, a.systems, a.features, a.mandatory_features, a.roles, a.max_jobs,
@@ -187,7 +183,8 @@ func (db *DB) AgentsPage(ctx context.Context, revoked bool, page Page) ([]AgentR
 				UNION ALL SELECT agent_id, 'eval' FROM evaluations WHERE status = 'running' AND agent_id IS NOT NULL) x
 			GROUP BY agent_id) w ON w.agent_id = a.id
 		WHERE (a.revoked_at IS NOT NULL) = $2
-		ORDER BY `+order+` LIMIT $3 OFFSET $4`, presenceSecs, revoked, page.Limit, page.Offset)
+		ORDER BY CASE WHEN NOT $2 THEN a.name END, a.revoked_at DESC, CASE WHEN $2 THEN -a.id ELSE a.id END
+		LIMIT $3 OFFSET $4`, presenceSecs, revoked, page.Limit, page.Offset)
 	if err != nil {
 		return nil, fmt.Errorf("agents page: %w", err)
 	}

@@ -163,8 +163,8 @@ const (
 var SearchKinds = []string{SearchProjects, SearchJobsets, SearchJobs, SearchBuilds}
 
 // Search finds page of each of kinds (all when none) for t, one query per kind.
-// Names rank exact matches first, then prefixes, then shorter names; builds come
-// newest first.
+// Names rank exact matches first (in any case), then prefixes, then shorter names;
+// builds come newest first.
 func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...string) (SearchResults, error) {
 	res := SearchResults{Projects: []ProjectHit{}, Jobsets: []JobsetHit{}, Jobs: []JobHit{}, Builds: []BuildHit{},
 		Totals: map[string]int64{}}
@@ -194,11 +194,6 @@ func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...str
 	return res, nil
 }
 
-// nameOrder ranks a name column ($1 is the query, lower-cased).
-func nameOrder(col string) string {
-	return `lower(` + col + `) = $1 DESC, starts_with(lower(` + col + `), $1) DESC, length(` + col + `), ` + col
-}
-
 // collect reads rows whose last column is the window count(*) OVER () into items
 // and the total (0 when the page is past the end).
 func collect[T any](rows pgx.Rows, err error, scan func(*T) []any) ([]T, int64, error) {
@@ -224,7 +219,7 @@ func (db *DB) searchProjects(ctx context.Context, t SearchTerms, page Page) ([]P
 	}
 	rows, err := db.pool.Query(ctx, `SELECT id, name, display_name, description, enabled, count(*) OVER ()
 		FROM projects WHERE name ILIKE $2 OR display_name ILIKE $2
-		ORDER BY `+nameOrder("name")+` LIMIT $3 OFFSET $4`,
+		ORDER BY lower(name) = $1 DESC, starts_with(lower(name), $1) DESC, length(name), name LIMIT $3 OFFSET $4`,
 		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
 	return collect(rows, err, func(p *ProjectHit) []any {
 		return []any{&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled}
@@ -237,7 +232,8 @@ func (db *DB) searchJobsets(ctx context.Context, t SearchTerms, page Page) ([]Jo
 	}
 	rows, err := db.pool.Query(ctx, `SELECT j.id, p.id, p.name, j.name, j.description, count(*) OVER ()
 		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE $2
-		ORDER BY `+nameOrder("j.name")+`, p.name LIMIT $3 OFFSET $4`,
+		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name
+		LIMIT $3 OFFSET $4`,
 		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
 	return collect(rows, err, func(j *JobsetHit) []any {
 		return []any{&j.ID, &j.ProjectID, &j.Project, &j.Name, &j.Description}
@@ -251,7 +247,8 @@ func (db *DB) searchJobs(ctx context.Context, t SearchTerms, page Page) ([]JobHi
 	rows, err := db.pool.Query(ctx, `SELECT j.jobset_id, p.name, s.name, j.name, count(*) OVER ()
 		FROM jobs j JOIN jobsets s ON s.id = j.jobset_id JOIN projects p ON p.id = s.project_id
 		WHERE j.name ILIKE $2
-		ORDER BY `+nameOrder("j.name")+`, p.name, s.name LIMIT $3 OFFSET $4`,
+		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name, s.name
+		LIMIT $3 OFFSET $4`,
 		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
 	return collect(rows, err, func(j *JobHit) []any {
 		return []any{&j.JobsetID, &j.Project, &j.Jobset, &j.Job}
