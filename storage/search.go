@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -162,7 +163,51 @@ const (
 // SearchKinds are the kinds in the order pages show them.
 var SearchKinds = []string{SearchProjects, SearchJobsets, SearchJobs, SearchBuilds}
 
-// Search finds page of each of kinds (all when none) for t, one query per kind.
+// The statements of Search, one per kind: $1 the query lower-cased, $2 its LIKE
+// pattern (or for builds the path range), $3 and $4 the page. The last column is the
+// number of hits of the kind.
+const (
+	searchProjectsSQL = `SELECT id, name, display_name, description, enabled, count(*) OVER ()
+		FROM projects WHERE name ILIKE $2 OR display_name ILIKE $2
+		ORDER BY lower(name) = $1 DESC, starts_with(lower(name), $1) DESC, length(name), name LIMIT $3 OFFSET $4`
+	searchJobsetsSQL = `SELECT j.id, p.id, p.name, j.name, j.description, count(*) OVER ()
+		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE $2
+		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name
+		LIMIT $3 OFFSET $4`
+	// Jobs come from the jobs table (one row per job), never from builds.
+	searchJobsSQL = `SELECT j.jobset_id, p.name, s.name, j.name, count(*) OVER ()
+		FROM jobs j JOIN jobsets s ON s.id = j.jobset_id JOIN projects p ON p.id = s.project_id
+		WHERE j.name ILIKE $2
+		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name, s.name
+		LIMIT $3 OFFSET $4`
+	// Builds whose .drv path or an output path is in [$1, $2): two index-only range
+	// scans, one row per build (its .drv path, else its first matching output), and
+	// only the page's builds read.
+	searchBuildsSQL = `WITH m AS (
+			SELECT id AS build_id, drv_path AS path, '' AS output FROM builds
+			WHERE drv_path ~>=~ $1 AND drv_path ~<~ $2
+			UNION ALL
+			SELECT build_id, path, name FROM build_outputs
+			WHERE path ~>=~ $1 AND path ~<~ $2),
+		one AS (SELECT DISTINCT ON (build_id) build_id, path, output FROM m ORDER BY build_id DESC, output),
+		page AS (SELECT one.*, count(*) OVER () AS total FROM one ORDER BY build_id DESC LIMIT $3 OFFSET $4)
+		SELECT b.id, b.evaluation_id, p.name, j.name, b.job, b.system, b.status, b.drv_path, page.path, page.output,
+			b.created_at, b.finished_at, page.total
+		FROM page JOIN builds b ON b.id = page.build_id JOIN jobsets j ON j.id = b.jobset_id JOIN projects p ON p.id = j.project_id
+		ORDER BY b.id DESC`
+)
+
+// searchQuery is one kind's statement in Search's batch, and how its rows are read
+// (returning the kind's number of hits).
+type searchQuery struct {
+	kind string
+	sql  string
+	args []any
+	read func(pgx.Rows, error) (int64, error)
+}
+
+// Search finds page of each of kinds (all when none) for t: one statement per kind
+// that applies (names for names, paths for paths), all sent in one round trip.
 // Names rank exact matches first (in any case), then prefixes, then shorter names;
 // builds come newest first.
 func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...string) (SearchResults, error) {
@@ -171,25 +216,61 @@ func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...str
 	if len(kinds) == 0 {
 		kinds = SearchKinds
 	}
-	var err error
+	names := []any{strings.ToLower(t.Text), "%" + likeEscape(t.Text) + "%", page.Limit, page.Offset}
+	var qs []searchQuery
 	for _, k := range kinds {
-		var total int64
-		switch k {
-		case SearchProjects:
-			res.Projects, total, err = db.searchProjects(ctx, t, page)
-		case SearchJobsets:
-			res.Jobsets, total, err = db.searchJobsets(ctx, t, page)
-		case SearchJobs:
-			res.Jobs, total, err = db.searchJobs(ctx, t, page)
-		case SearchBuilds:
-			res.Builds, total, err = db.searchBuilds(ctx, t, page)
-		default:
-			err = fmt.Errorf("no search kind %q", k)
+		res.Totals[k] = 0
+		switch {
+		case k == SearchProjects && t.Names:
+			qs = append(qs, searchQuery{k, searchProjectsSQL, names, func(rows pgx.Rows, err error) (n int64, _ error) {
+				res.Projects, n, err = collect(rows, err, func(p *ProjectHit) []any {
+					return []any{&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled}
+				})
+				return n, err
+			}})
+		case k == SearchJobsets && t.Names:
+			qs = append(qs, searchQuery{k, searchJobsetsSQL, names, func(rows pgx.Rows, err error) (n int64, _ error) {
+				res.Jobsets, n, err = collect(rows, err, func(j *JobsetHit) []any {
+					return []any{&j.ID, &j.ProjectID, &j.Project, &j.Name, &j.Description}
+				})
+				return n, err
+			}})
+		case k == SearchJobs && t.Names:
+			qs = append(qs, searchQuery{k, searchJobsSQL, names, func(rows pgx.Rows, err error) (n int64, _ error) {
+				res.Jobs, n, err = collect(rows, err, func(j *JobHit) []any { return []any{&j.JobsetID, &j.Project, &j.Jobset, &j.Job} })
+				return n, err
+			}})
+		case k == SearchBuilds && t.PathPrefix != "":
+			args := []any{t.PathPrefix, upperBound(t.PathPrefix), page.Limit, page.Offset}
+			qs = append(qs, searchQuery{k, searchBuildsSQL, args, func(rows pgx.Rows, err error) (n int64, _ error) {
+				res.Builds, n, err = collect(rows, err, func(b *BuildHit) []any {
+					return []any{&b.ID, &b.EvaluationID, &b.Project, &b.Jobset, &b.Job, &b.System, &b.Status, &b.DrvPath,
+						&b.Path, &b.Output, &b.CreatedAt, &b.FinishedAt}
+				})
+				return n, err
+			}})
+		case !slices.Contains(SearchKinds, k):
+			return res, fmt.Errorf("no search kind %q", k)
 		}
+	}
+	if len(qs) == 0 {
+		return res, nil
+	}
+	var batch pgx.Batch
+	for _, q := range qs {
+		batch.Queue(q.sql, q.args...)
+	}
+	br := db.pool.SendBatch(ctx, &batch)
+	defer br.Close()
+	for _, q := range qs {
+		n, err := q.read(br.Query())
 		if err != nil {
-			return res, fmt.Errorf("search %s for %q: %w", k, t.Text, err)
+			return res, fmt.Errorf("search %s for %q: %w", q.kind, t.Text, err)
 		}
-		res.Totals[k] = total
+		res.Totals[q.kind] = n
+	}
+	if err := br.Close(); err != nil {
+		return res, fmt.Errorf("search for %q: %w", t.Text, err)
 	}
 	return res, nil
 }
@@ -211,72 +292,4 @@ func collect[T any](rows pgx.Rows, err error, scan func(*T) []any) ([]T, int64, 
 		items = append(items, it)
 	}
 	return items, total, rows.Err()
-}
-
-func (db *DB) searchProjects(ctx context.Context, t SearchTerms, page Page) ([]ProjectHit, int64, error) {
-	if !t.Names {
-		return []ProjectHit{}, 0, nil
-	}
-	rows, err := db.pool.Query(ctx, `SELECT id, name, display_name, description, enabled, count(*) OVER ()
-		FROM projects WHERE name ILIKE $2 OR display_name ILIKE $2
-		ORDER BY lower(name) = $1 DESC, starts_with(lower(name), $1) DESC, length(name), name LIMIT $3 OFFSET $4`,
-		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
-	return collect(rows, err, func(p *ProjectHit) []any {
-		return []any{&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled}
-	})
-}
-
-func (db *DB) searchJobsets(ctx context.Context, t SearchTerms, page Page) ([]JobsetHit, int64, error) {
-	if !t.Names {
-		return []JobsetHit{}, 0, nil
-	}
-	rows, err := db.pool.Query(ctx, `SELECT j.id, p.id, p.name, j.name, j.description, count(*) OVER ()
-		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE $2
-		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name
-		LIMIT $3 OFFSET $4`,
-		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
-	return collect(rows, err, func(j *JobsetHit) []any {
-		return []any{&j.ID, &j.ProjectID, &j.Project, &j.Name, &j.Description}
-	})
-}
-
-func (db *DB) searchJobs(ctx context.Context, t SearchTerms, page Page) ([]JobHit, int64, error) {
-	if !t.Names {
-		return []JobHit{}, 0, nil
-	}
-	rows, err := db.pool.Query(ctx, `SELECT j.jobset_id, p.name, s.name, j.name, count(*) OVER ()
-		FROM jobs j JOIN jobsets s ON s.id = j.jobset_id JOIN projects p ON p.id = s.project_id
-		WHERE j.name ILIKE $2
-		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name, s.name
-		LIMIT $3 OFFSET $4`,
-		strings.ToLower(t.Text), "%"+likeEscape(t.Text)+"%", page.Limit, page.Offset)
-	return collect(rows, err, func(j *JobHit) []any {
-		return []any{&j.JobsetID, &j.Project, &j.Jobset, &j.Job}
-	})
-}
-
-// searchBuilds finds builds whose .drv path or an output path starts with
-// t.PathPrefix: two index-only range scans, one row per build (its .drv path, else
-// its first matching output), and only the page's builds read.
-func (db *DB) searchBuilds(ctx context.Context, t SearchTerms, page Page) ([]BuildHit, int64, error) {
-	if t.PathPrefix == "" {
-		return []BuildHit{}, 0, nil
-	}
-	rows, err := db.pool.Query(ctx, `WITH m AS (
-			SELECT id AS build_id, drv_path AS path, '' AS output FROM builds
-			WHERE drv_path ~>=~ $1 AND drv_path ~<~ $2
-			UNION ALL
-			SELECT build_id, path, name FROM build_outputs
-			WHERE path ~>=~ $1 AND path ~<~ $2),
-		one AS (SELECT DISTINCT ON (build_id) build_id, path, output FROM m ORDER BY build_id DESC, output),
-		page AS (SELECT one.*, count(*) OVER () AS total FROM one ORDER BY build_id DESC LIMIT $3 OFFSET $4)
-		SELECT b.id, b.evaluation_id, p.name, j.name, b.job, b.system, b.status, b.drv_path, page.path, page.output,
-			b.created_at, b.finished_at, page.total
-		FROM page JOIN builds b ON b.id = page.build_id JOIN jobsets j ON j.id = b.jobset_id JOIN projects p ON p.id = j.project_id
-		ORDER BY b.id DESC`,
-		t.PathPrefix, upperBound(t.PathPrefix), page.Limit, page.Offset)
-	return collect(rows, err, func(b *BuildHit) []any {
-		return []any{&b.ID, &b.EvaluationID, &b.Project, &b.Jobset, &b.Job, &b.System, &b.Status, &b.DrvPath,
-			&b.Path, &b.Output, &b.CreatedAt, &b.FinishedAt}
-	})
 }
