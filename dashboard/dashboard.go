@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -46,6 +47,11 @@ type Config struct {
 	// PublicURL is where people reach the coordinator ("https://ci.example.org"), for
 	// commands a page tells them to copy; empty: taken from each request's Host.
 	PublicURL string
+	// The coordinator's build limits, which a build page names when a build ran into
+	// one: the timeout and max-silent time of steps whose job sets none, and the most
+	// log a step may write. Zero: not named.
+	BuildTimeout, MaxSilent time.Duration
+	MaxLogSize              int64
 }
 
 // Dashboard is the web UI.

@@ -140,7 +140,8 @@ func New(cfg Config) (*App, error) {
 	// handler, which is built after it (it mounts the dashboard).
 	api := &handlerRef{}
 	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
-		CachePublicKey: ch.PublicKey()}, db)
+		CachePublicKey: ch.PublicKey(), BuildTimeout: config.Seconds(s.Queue.BuildTimeout), MaxSilent: config.Seconds(s.Queue.MaxSilent),
+		MaxLogSize: s.Logs.MaxLogSize}, db)
 	if err != nil {
 		return nil, err
 	}

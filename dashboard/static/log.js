@@ -645,7 +645,29 @@
     if (el) el.textContent = text;
   }
 
+  // The rows that apply change with the status (the reason, the outputs, the
+  // actions): when it changes, the page's summary is fetched again and swapped in.
+  let shownStatus = (document.getElementById('build-summary') || { dataset: {} }).dataset.status;
+  async function reloadSummary(status) {
+    shownStatus = status;
+    try {
+      const r = await fetch(location.pathname + location.search, { cache: 'no-store' });
+      if (!r.ok) throw new Error(r.statusText);
+      const fresh = new DOMParser().parseFromString(await r.text(), 'text/html').getElementById('build-summary');
+      const cur = document.getElementById('build-summary');
+      if (!fresh || !cur) return;
+      // The page now shows another step's log (the build never ran: a dependency
+      // failed): there is nothing here to keep.
+      if (fresh.dataset.logStep !== cur.dataset.logStep) { location.reload(); return; }
+      cur.replaceWith(fresh);
+      shownStatus = fresh.dataset.status;
+    } catch (e) {
+      shownStatus = null; // try again on the next refresh
+    }
+  }
+
   function updateInfo(b) {
+    if (shownStatus !== undefined && b.status !== shownStatus) reloadSummary(b.status);
     const st = document.getElementById('build-status');
     if (st) {
       st.textContent = b.status;
