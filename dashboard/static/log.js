@@ -629,11 +629,6 @@
     return (h ? h + 'h' : '') + m + 'm' + s + 's';
   }
 
-  function fmtAgo(iso) {
-    if (!iso) return '';
-    return fmtDuration(Math.max(0, (Date.now() - Date.parse(iso)) / 1000)).replace(/\.\ds$/, 's') + ' ago';
-  }
-
   function stepOf(b) {
     const steps = b.steps || [];
     if (!stepID) return steps[0] || null;
@@ -678,8 +673,6 @@
       knownAttempts = step.attempts;
       setText('build-agent', step.agent || '');
     }
-    setText('build-started', fmtAgo(b.started_at));
-    setText('build-finished', fmtAgo(b.finished_at));
     if (b.started_at) {
       const end = b.finished_at ? Date.parse(b.finished_at) : Date.now();
       setText('build-duration', fmtDuration((end - Date.parse(b.started_at)) / 1000));
