@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 )
 
@@ -28,7 +29,8 @@ func ebRelease(salt string, second bool) string {
 		jobs["flips"] = `mk "flips" { args = sh "echo now broken; exit 1"; }`
 		jobs["fixed"] = `mk "fixed" { args = sh "echo fixed now > $out"; }`
 		jobs["added"] = `mk "added" { args = sh "echo > $out"; }`
-		jobs["slow"] = `mk "slow" { args = sh "echo waiting; sleep 600; echo > $out"; }`
+		// No agent has the feature: it waits in the queue (unsupported_wait is long).
+		jobs["slow"] = `mk "slow" { requiredSystemFeatures = [ "fc-test-nobody-has-this" ]; }`
 		jobs["oops"] = `throw "this job is broken on purpose"`
 	} else {
 		jobs["flips"] = `mk "flips" { args = sh "echo > $out"; }`
@@ -73,7 +75,7 @@ const ebLines = `[...document.querySelectorAll('#log .line .tx')].map(l => l.tex
 func TestEvalBuildPages_RealEvaluations(t *testing.T) {
 	t.Parallel()
 	browser := startBrowser(t)
-	c := coordtest.Start(t, coordtest.Options{})
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Queue.UnsupportedWait = 3600 }})
 	salt := coordtest.Salt(t)
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": ebRelease(salt, false)})
@@ -100,7 +102,7 @@ func TestEvalBuildPages_RealEvaluations(t *testing.T) {
 		&& document.getElementById('build-fetch') && document.getElementById('build-finished') && !document.getElementById('build-reason')`)
 	live["lateBad"].waitJS(90*time.Second, "lateBad's page turns red with its reason",
 		`document.getElementById('build-status').textContent === 'failed' &&
-		(document.getElementById('build-reason') || {}).textContent.includes('The build failed (exit code') && !document.getElementById('build-fetch')`)
+		((document.getElementById('build-reason') || {}).textContent || '').includes('The build failed (exit code') && !document.getElementById('build-fetch')`)
 	for job, p := range live {
 		if !eval[bool](p, `window.fcNoReload === true`) {
 			t.Errorf("%s's page was reloaded", job)
