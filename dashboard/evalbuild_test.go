@@ -3,6 +3,7 @@ package dashboard_test
 import (
 	"context"
 	"fmt"
+	"html"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -314,13 +315,65 @@ func reasonOf(body string) string {
 	if m == nil {
 		return ""
 	}
-	return strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(m[1], "")), " ")
+	return html.UnescapeString(strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(m[1], "")), " "))
 }
 
+// TestBuildPage_SaysWhy: the reason row of a build of each failed status, from its
+// own step's attempts, error, exit code and limits.
 func TestBuildPage_SaysWhy(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	f := newEBFixture(t, s, "why")
+	ev := f.eval(f.jobsetID, "succeeded")
+	cases := []struct {
+		status string
+		step   string // SET clause for its step
+		want   string
+	}{
+		{"aborted", `attempts = 3, error = 'nix-store was killed by signal 9 (after 3 attempts)'`,
+			"Aborted after 3 attempts: nix-store was killed by signal 9"},
+		{"aborted", `attempts = 2, error = 'aborted: the agent was lost 2 times (max_attempts)'`,
+			"Aborted after 2 attempts: the agent was lost 2 times (max_attempts)"},
+		{"timed_out", `timeout_seconds = 90, error = 'building of ''x'' timed out after 90 seconds'`,
+			"Timed out: the build ran longer than its timeout of 1m30s. building of 'x' timed out after 90 seconds"},
+		{"timed_out", `max_silent_seconds = 3600, error = 'building of ''x'' timed out after 3600 seconds of silence'`,
+			"Timed out: the build printed nothing for 1h0m0s (its max-silent time). building of 'x' timed out after 3600 seconds of silence"},
+		// No timeout of its own: the coordinator's (queue.build_timeout, 10 h by default).
+		{"timed_out", `error = 'building of ''x'' timed out after 36000 seconds'`,
+			"Timed out: the build ran longer than its timeout of 10h0m0s. building of 'x' timed out after 36000 seconds"},
+		{"failed_with_output", `exit_code = 1, error = 'tests failed'`, "The build failed (exit code 1) but produced its outputs. tests failed"},
+		{"output_limit_exceeded", `error = 'the outputs are 3 GiB, over the limit of 2 GiB'`,
+			"The outputs exceeded their size limit. the outputs are 3 GiB, over the limit of 2 GiB"},
+		// The limit is the coordinator's logs.max_log_size (64 MiB by default).
+		{"log_limit_exceeded", `error = 'the log exceeded the limit'`, "The log exceeded the limit of 64.0 MiB, so the build was stopped. the log exceeded the limit"},
+		{"cancelled", `error = 'cancelled'`, "Cancelled: by someone, or because a build it waited for was cancelled."},
+		{"unsupported_system", `error = 'no agent can build this system and feature set'`,
+			"No agent can build x86_64-linux derivations (with the features this one requires). no agent can build this system and feature set"},
+		{"failed", `exit_code = 100, error = 'builder for x failed with exit code 2'`,
+			"The build failed (exit code 100). builder for x failed with exit code 2"},
+		{"failed", `error = ''`, "The build failed."},
+	}
+	for i, c := range cases {
+		st := f.step(c.status, c.status, true)
+		f.exec(`UPDATE steps SET `+c.step+` WHERE id = $1`, st)
+		id := f.build(ev, fmt.Sprintf("job%d", i), c.status, st)
+		if r := reasonOf(buildPage(t, s, id, nil)); r != c.want {
+			t.Errorf("%s build (%s): reason %q, want %q", c.status, c.step, r, c.want)
+		}
+	}
+	if body := buildPage(t, s, f.build(ev, "fine", "succeeded", f.step("fine", "succeeded", true)), nil); strings.Contains(body, `id="build-reason"`) {
+		t.Errorf("a succeeded build has a reason row")
+	}
+}
+
+// TestBuildPage_LinksTheFailedDependency: a dependency-failed build links the build
+// that failed (or, when it is no job's, the failed step) and shows its log, never an
+// empty box; a cached failure links the build that failed; a build that never ran
+// shows no log box.
+func TestBuildPage_LinksTheFailedDependency(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	f := newEBFixture(t, s, "deps")
 	ev := f.eval(f.jobsetID, "succeeded")
 
 	// A dependency that is a job failed: the build points at it (propagated_from).
@@ -341,60 +394,28 @@ func TestBuildPage_SaysWhy(t *testing.T) {
 	f.exec(`INSERT INTO step_edges (step_id, depends_on) VALUES ($1, $2), ($2, $3), ($1, $4)`, upper, mid, leaf, okDep)
 	deep := f.build(ev, "deep", "dependency_failed", upper)
 
-	abStep := f.step("ab", "aborted", true)
-	f.exec(`UPDATE steps SET attempts = 3, error = 'nix-store was killed by signal 9 (after 3 attempts)' WHERE id = $1`, abStep)
-	aborted := f.build(ev, "ab", "aborted", abStep)
-
-	tmStep := f.step("tm", "timed_out", true)
-	f.exec(`UPDATE steps SET timeout_seconds = 90, error = 'building of ''x'' timed out after 90 seconds' WHERE id = $1`, tmStep)
-	timedOut := f.build(ev, "tm", "timed_out", tmStep)
-	silentStep := f.step("silent", "timed_out", true)
-	f.exec(`UPDATE steps SET max_silent_seconds = 3600, error = 'building of ''x'' timed out after 3600 seconds of silence' WHERE id = $1`, silentStep)
-	silent := f.build(ev, "silent", "timed_out", silentStep)
-
-	llStep := f.step("ll", "log_limit_exceeded", true)
-	f.exec(`UPDATE steps SET error = 'the log exceeded the limit' WHERE id = $1`, llStep)
-	logLimit := f.build(ev, "ll", "log_limit_exceeded", llStep)
-
 	// A cached failure: the step failed in an earlier build.
 	cfStep := f.step("cf", "failed", true)
 	f.exec(`UPDATE steps SET error = 'it broke before' WHERE id = $1`, cfStep)
 	cfFirst := f.build(f.eval(f.jobsetID, "succeeded"), "cf", "failed", cfStep)
 	cached := f.build(ev, "cf", "cached_failure", cfStep)
 
-	cancelled := f.build(ev, "cn", "cancelled", f.step("cn", "cancelled", false))
-	unsupported := f.build(ev, "us", "unsupported_system", f.step("us", "unsupported_system", false))
-	failed := f.build(ev, "fl", "failed", f.step("fl", "failed", true))
-
-	cases := []struct {
-		id   int64
-		want string
-	}{
-		{top, fmt.Sprintf("A dependency failed, so this build never ran: build %d (dep) failed", depBuild)},
-		{deep, fmt.Sprintf("A dependency failed, so this build never ran: step %d /nix/store/", leaf)},
-		{aborted, "Aborted after 3 attempts: nix-store was killed by signal 9"},
-		{timedOut, "Timed out: the build ran longer than its timeout of 1m30s."},
-		{silent, "Timed out: the build printed nothing for 1h0m0s (its max-silent time)."},
-		{logLimit, "The log exceeded the limit of 64.0 MiB, so the build was stopped."},
-		{cached, fmt.Sprintf("Cached failure: this derivation failed before; restart it to build it again. build %d (cf) failed", cfFirst)},
-		{cancelled, "Cancelled"},
-		{unsupported, "No agent can build x86_64-linux derivations"},
-		{failed, "The build failed."},
-	}
-	for _, c := range cases {
-		body := buildPage(t, s, c.id, nil)
-		if r := reasonOf(body); !strings.HasPrefix(r, c.want) {
-			t.Errorf("build %d: reason %q, want %q", c.id, r, c.want)
+	for id, want := range map[int64]string{
+		top:      fmt.Sprintf("A dependency failed, so this build never ran: build %d (dep) failed builder for dep failed", depBuild),
+		deep:     fmt.Sprintf("A dependency failed, so this build never ran: step %d /nix/store/", leaf),
+		cached:   fmt.Sprintf("Cached failure: this derivation failed before; restart it to build it again. build %d (cf) failed it broke before", cfFirst),
+		depBuild: "The build failed (exit code 100). builder for dep failed with exit code 2",
+	} {
+		if r := reasonOf(buildPage(t, s, id, nil)); !strings.HasPrefix(r, want) {
+			t.Errorf("build %d: reason %q, want %q", id, r, want)
 		}
 	}
-
-	// The failed dependency is a link, and the page shows its log, not an empty box.
 	body := buildPage(t, s, top, nil)
 	if !strings.Contains(body, fmt.Sprintf(`<a id="build-culprit" href="/build/%d">`, depBuild)) {
 		t.Errorf("dependency-failed build: no link to build %d", depBuild)
 	}
 	if !strings.Contains(body, fmt.Sprintf(`data-build="%d" data-step="%d"`, top, depStep)) ||
-		!strings.Contains(body, fmt.Sprintf("Log of the failed step %d", depStep)) || !strings.Contains(body, "builder for dep failed") {
+		!strings.Contains(body, fmt.Sprintf("Log of the failed step %d", depStep)) {
 		t.Errorf("dependency-failed build: the log shown is not the failed dependency's\n%s", body)
 	}
 	body = buildPage(t, s, deep, nil)
@@ -402,17 +423,18 @@ func TestBuildPage_SaysWhy(t *testing.T) {
 		!strings.Contains(body, fmt.Sprintf(`data-build="%d" data-step="%d"`, deep, leaf)) || !strings.Contains(body, "leaf broke") {
 		t.Errorf("deep dependency-failed build: no link to step %d or not its log\n%s", leaf, body)
 	}
-	// A build that never ran has no log box.
-	for _, id := range []int64{cancelled, unsupported} {
-		body := buildPage(t, s, id, nil)
-		if strings.Contains(body, `id="log"`) || !strings.Contains(body, "never ran, so it has no log") {
-			t.Errorf("build %d, which never ran, shows a log box", id)
-		}
+	// The cached failure's log is the earlier attempt's: its own step's.
+	body = buildPage(t, s, cached, nil)
+	if !strings.Contains(body, fmt.Sprintf(`<a id="build-culprit" href="/build/%d">`, cfFirst)) ||
+		!strings.Contains(body, fmt.Sprintf(`<div id="log" class="log" data-build="%d">`, cached)) {
+		t.Errorf("cached failure: no link to build %d or no log\n%s", cfFirst, body)
 	}
-	// The culprit's own page.
-	body = buildPage(t, s, depBuild, nil)
-	if r := reasonOf(body); r != "The build failed (exit code 100). builder for dep failed with exit code 2" {
-		t.Errorf("failed build's reason: %q", r)
+	// A build that never ran has no log box.
+	for _, status := range []string{"cancelled", "unsupported_system"} {
+		body := buildPage(t, s, f.build(ev, status, status, f.step(status, status, false)), nil)
+		if strings.Contains(body, `id="log"`) || !strings.Contains(body, "never ran, so it has no log") {
+			t.Errorf("a %s build, which never ran, shows a log box", status)
+		}
 	}
 }
 
@@ -528,15 +550,31 @@ func buildState(t *testing.T, s *site, id int64) (status string, keep bool, prio
 	return status, keep, prio
 }
 
-func TestBuildPage_Actions(t *testing.T) {
-	t.Parallel()
+// ebActors is a site with a queued and a failed build, and a person of each role
+// that acts on builds.
+type ebActors struct {
+	s                                           *site
+	queued, failed                              int64
+	reader, canceller, restarter, bumper, admin *auth.Principal
+}
+
+func newEBActors(t *testing.T) ebActors {
 	s := newSite(t)
 	f := newEBFixture(t, s, "act")
 	ev := f.eval(f.jobsetID, "succeeded")
-	queued := f.build(ev, "q", "queued", f.step("q", "queued", false))
-	failed := f.build(ev, "f", "failed", f.step("f", "failed", true))
-	reader, canceller, restarter, bumper, admin := s.person(storage.RoleReadOnly), s.person(storage.RoleCancelBuild),
-		s.person(storage.RoleRestartJobs), s.person(storage.RoleBumpToFront), s.person(storage.RoleAdmin)
+	return ebActors{s: s, queued: f.build(ev, "q", "queued", f.step("q", "queued", false)),
+		failed: f.build(ev, "f", "failed", f.step("f", "failed", true)),
+		reader: s.person(storage.RoleReadOnly), canceller: s.person(storage.RoleCancelBuild),
+		restarter: s.person(storage.RoleRestartJobs), bumper: s.person(storage.RoleBumpToFront), admin: s.person(storage.RoleAdmin)}
+}
+
+// TestBuildPage_ActionsShownByRole: each role sees the action forms it may use, on
+// the builds they apply to, with its CSRF token.
+func TestBuildPage_ActionsShownByRole(t *testing.T) {
+	t.Parallel()
+	a := newEBActors(t)
+	s, queued, failed := a.s, a.queued, a.failed
+	reader, canceller, restarter, bumper, admin := a.reader, a.canceller, a.restarter, a.bumper, a.admin
 	form := func(id int64, action string) string { return fmt.Sprintf(`action="/build/%d/%s"`, id, action) }
 
 	// Each role sees the controls it may use, and only on builds they apply to.
@@ -576,6 +614,17 @@ func TestBuildPage_Actions(t *testing.T) {
 		}
 	}
 
+}
+
+// TestBuildPage_ActionsRefusedAndDone: posting an action is refused (403) to a
+// read-only person, to a form without its token and to a role that does not allow
+// it, changing nothing; for the role that allows it, the build is cancelled,
+// bumped, restarted and kept in the database.
+func TestBuildPage_ActionsRefusedAndDone(t *testing.T) {
+	t.Parallel()
+	a := newEBActors(t)
+	s, queued, failed := a.s, a.queued, a.failed
+	reader, canceller, restarter, bumper, admin := a.reader, a.canceller, a.restarter, a.bumper, a.admin
 	// Refused: a read-only person posting anyway (by the API), a form without its
 	// token (by the dashboard), another role (by the API).
 	const byAPI, noToken = "may not do this", "security token is missing or stale"
