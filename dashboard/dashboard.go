@@ -47,6 +47,8 @@ type Config struct {
 	// PublicURL is where people reach the coordinator ("https://ci.example.org"), for
 	// commands a page tells them to copy; empty: taken from each request's Host.
 	PublicURL string
+	// Accounts signs people in and out (/login, /logout); nil: nobody can sign in.
+	Accounts Accounts
 	// The coordinator's build limits, which a build page names when a build ran into
 	// one: the timeout and max-silent time of steps whose job sets none, and the most
 	// log a step may write. Zero: not named.
