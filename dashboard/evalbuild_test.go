@@ -2,9 +2,12 @@ package dashboard_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"html"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -469,7 +472,7 @@ func TestBuildPage_ShowsOnlyRowsThatApply(t *testing.T) {
 
 	body := buildPage(t, s, ok, nil)
 	want := fmt.Sprintf("nix-store -r %s %s --option substituters http://example.com/nix-cache --option trusted-public-keys %s", dev, out, key)
-	if !strings.Contains(body, `<code id="build-fetch" class="copy">`+want+`</code>`) {
+	if m := regexp.MustCompile(`<code id="build-fetch" class="copy">([^<]*)</code>`).FindStringSubmatch(body); m == nil || html.UnescapeString(m[1]) != want {
 		t.Errorf("succeeded build: no fetch command %q\n%s", want, body)
 	}
 	for _, w := range []string{
@@ -507,9 +510,13 @@ func TestBuildPage_ShowsOnlyRowsThatApply(t *testing.T) {
 		!strings.Contains(body, "nix-store -r /nix/store/dddddddddddddddddddddddddddddddd-c --option") {
 		t.Errorf("build already in the cache:\n%s", body)
 	}
-	// From a configured public URL the command names it.
-	if code, body := s.get(fmt.Sprintf("/build/%d", ok), nil); code != http.StatusOK || strings.Contains(body, "https://") {
-		t.Errorf("without TLS the cache URL is plain http")
+	// Served over TLS, the cache's URL is https, on the host asked for.
+	req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/build/%d", ok), nil)
+	req.Host, req.TLS = "ci.example.org", &tls.ConnectionState{}
+	res := s.do(req, nil)
+	b, _ := io.ReadAll(res.Body)
+	if !strings.Contains(string(b), "--option substituters https://ci.example.org/nix-cache --option") {
+		t.Errorf("over TLS the command does not name https://ci.example.org/nix-cache")
 	}
 }
 
