@@ -102,7 +102,7 @@ func (d *Dashboard) adminPage(w http.ResponseWriter, r *http.Request, status int
 		"Users": users.Items, "UsersPager": pagerFor(r, "/admin", "users", usersPage, users.Total),
 		"Keys": keys.Items, "KeysPager": pagerFor(r, "/admin", "keys", keysPage, keys.Total), "Roles": auth.RoleNames(),
 		"MinPassword": auth.MinPasswordLength,
-		"CacheKey":    d.cfg.CachePublicKey, "CacheURL": d.baseURL(r) + "/nix-cache", "Form": map[string]string{}}
+		"CacheKey":    d.cfg.CachePublicKey, "CacheURL": d.cacheURL(r), "Form": map[string]string{}}
 	for k, val := range extra {
 		v[k] = val
 	}
@@ -119,19 +119,6 @@ func (d *Dashboard) apiList(r *http.Request, path string, page storage.Page, out
 		return fmt.Errorf("GET %s: %w", path, err)
 	}
 	return nil
-}
-
-// baseURL is where people reach the coordinator: Config.PublicURL, else this
-// request's scheme and host.
-func (d *Dashboard) baseURL(r *http.Request) string {
-	if d.cfg.PublicURL != "" {
-		return strings.TrimRight(d.cfg.PublicURL, "/")
-	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host
 }
 
 // createKey makes an API key (POST /api/v1/api-keys) and shows it, once.
