@@ -68,7 +68,7 @@ func (db *DB) EvalSummary(ctx context.Context, id int64) (EvalSummary, error) {
 // evaluation is in exactly one of the build tabs, decided in this order:
 //   - TabQueued: its build here has not finished;
 //   - TabAborted: its build here was stopped rather than failed on its own merits
-//     (StoppedStatuses: aborted, cancelled, or killed by a limit);
+//     (stoppedStatuses: aborted, cancelled, or killed by a limit);
 //   - TabNew: the earlier evaluation has no such job (TabRemoved: only it has);
 //   - else by outcome: succeeded here and there (TabStillSucceeding), succeeded here
 //     only (TabNewlySucceeding), failed here and there (TabStillFailing), failed here
@@ -93,32 +93,27 @@ const (
 var CompareTabs = []string{TabNewlyFailing, TabNewlySucceeding, TabStillFailing, TabNew, TabRemoved, TabQueued,
 	TabAborted, TabErrors, TabStillSucceeding}
 
-// StoppedStatuses are the finished statuses of builds that were stopped rather than
-// failed on their own merits: the comparison's TabAborted.
-var StoppedStatuses = []string{"aborted", "cancelled", "timed_out", "log_limit_exceeded", "output_limit_exceeded",
-	"unsupported_system"}
+// stoppedStatuses are the finished statuses of builds that were stopped rather than
+// failed on their own merits, as an SQL list: the comparison's TabAborted.
+const stoppedStatuses = `('aborted', 'cancelled', 'timed_out', 'log_limit_exceeded', 'output_limit_exceeded', 'unsupported_system')`
 
 // comparePairs pairs the builds of evaluation $1 with those of the same job in
 // evaluation $2 (a job in only one of them has NULLs for the other), with their tab;
-// $3 is a job name pattern (ILIKE) or ”.
-var comparePairs = `WITH cur AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $1 AND ($3 = '' OR job ILIKE $3)),
-	prev AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $2 AND ($3 = '' OR job ILIKE $3)),
+// $3 is a part of job names to match (LIKE's wildcards escaped), or ”.
+const comparePairs = `WITH cur AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $1 AND ($3 = '' OR job ILIKE '%' || $3 || '%')),
+	prev AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $2 AND ($3 = '' OR job ILIKE '%' || $3 || '%')),
 	pairs AS (
 		SELECT coalesce(c.job, p.job) AS job, coalesce(c.system, p.system) AS system, c.id AS cid, coalesce(c.status, '') AS cst,
 			p.id AS pid, coalesce(p.status, '') AS pst,
 			CASE WHEN c.id IS NULL THEN '` + TabRemoved + `'
 				WHEN c.status IN ('queued', 'running') THEN '` + TabQueued + `'
-				WHEN c.status IN ` + sqlList(StoppedStatuses) + ` THEN '` + TabAborted + `'
+				WHEN c.status IN ` + stoppedStatuses + ` THEN '` + TabAborted + `'
 				WHEN p.id IS NULL THEN '` + TabNew + `'
 				WHEN c.status = 'succeeded' AND p.status = 'succeeded' THEN '` + TabStillSucceeding + `'
 				WHEN c.status = 'succeeded' THEN '` + TabNewlySucceeding + `'
 				WHEN p.status NOT IN ('queued', 'running', 'succeeded') THEN '` + TabStillFailing + `'
 				ELSE '` + TabNewlyFailing + `' END AS tab
 		FROM cur c FULL JOIN prev p ON p.job = c.job)`
-
-func sqlList(names []string) string {
-	return "('" + strings.Join(names, "', '") + "')"
-}
 
 // ComparedJob is one job of a comparison: its build here (ID nil: removed) and in
 // the earlier evaluation (PrevID nil: new).
@@ -146,16 +141,14 @@ func (db *DB) CompareEvaluations(ctx context.Context, evalID, prevID int64, tab,
 	if page.Limit <= 0 {
 		page.Limit = defaultCompareLimit
 	}
-	pattern := ""
-	if filter != "" {
-		pattern = "%" + likeEscaper.Replace(filter) + "%"
-	}
+	pattern := likeEscaper.Replace(filter) // matched anywhere in a name: '%' || $n || '%'
+
 	c := Comparison{Counts: map[string]int64{}}
 	for _, t := range CompareTabs {
 		c.Counts[t] = 0
 	}
 	rows, err := db.pool.Query(ctx, comparePairs+` SELECT tab, count(*) FROM pairs GROUP BY tab
-		UNION ALL SELECT '`+TabErrors+`', count(*) FROM evaluation_errors WHERE evaluation_id = $1 AND ($3 = '' OR attr ILIKE $3)`,
+		UNION ALL SELECT '`+TabErrors+`', count(*) FROM evaluation_errors WHERE evaluation_id = $1 AND ($3 = '' OR attr ILIKE '%' || $3 || '%')`,
 		evalID, prevID, pattern)
 	if err != nil {
 		return c, fmt.Errorf("compare evaluations %d and %d: %w", evalID, prevID, err)
@@ -183,7 +176,7 @@ func (db *DB) CompareEvaluations(ctx context.Context, evalID, prevID int64, tab,
 	c.Tab = tab
 	if tab == TabErrors {
 		rows, err = db.pool.Query(ctx, `SELECT attr, message FROM evaluation_errors WHERE evaluation_id = $1
-			AND ($2 = '' OR attr ILIKE $2) ORDER BY attr LIMIT $3 OFFSET $4`, evalID, pattern, page.Limit, page.Offset)
+			AND ($2 = '' OR attr ILIKE '%' || $2 || '%') ORDER BY attr LIMIT $3 OFFSET $4`, evalID, pattern, page.Limit, page.Offset)
 		if err == nil {
 			c.Errors, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (AttrError, error) {
 				var e AttrError

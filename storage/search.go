@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -46,14 +47,14 @@ func ParseSearch(q string) (SearchTerms, error) {
 		if rest, ok := strings.CutPrefix(t.Text, storeDir); ok && rest != "" {
 			base, _, _ := strings.Cut(rest, "/")
 			if storePathChars(base) && hashPrefix(base) {
-				t.PathPrefix = storeDir + base
+				t.PathPrefix = path.Join(storeDir, base)
 			}
 		}
 		return t, nil
 	}
 	t.Names = true
 	if storePathChars(t.Text) && hashPrefix(t.Text) {
-		t.PathPrefix = storeDir + t.Text
+		t.PathPrefix = path.Join(storeDir, t.Text) // a hash part or its prefix: nothing to clean
 	}
 	return t, nil
 }
@@ -163,21 +164,21 @@ const (
 // SearchKinds are the kinds in the order pages show them.
 var SearchKinds = []string{SearchProjects, SearchJobsets, SearchJobs, SearchBuilds}
 
-// The statements of Search, one per kind: $1 the query lower-cased, $2 its LIKE
-// pattern (or for builds the path range), $3 and $4 the page. The last column is the
-// number of hits of the kind.
+// The statements of Search, one per kind: $1 the query lower-cased, $2 the query with
+// LIKE's wildcards escaped, matched anywhere in a name (for builds: the path range),
+// $3 and $4 the page. The last column is the number of hits of the kind.
 const (
 	searchProjectsSQL = `SELECT id, name, display_name, description, enabled, count(*) OVER ()
-		FROM projects WHERE name ILIKE $2 OR display_name ILIKE $2
+		FROM projects WHERE name ILIKE '%' || $2 || '%' OR display_name ILIKE '%' || $2 || '%'
 		ORDER BY lower(name) = $1 DESC, starts_with(lower(name), $1) DESC, length(name), name LIMIT $3 OFFSET $4`
 	searchJobsetsSQL = `SELECT j.id, p.id, p.name, j.name, j.description, count(*) OVER ()
-		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE $2
+		FROM jobsets j JOIN projects p ON p.id = j.project_id WHERE j.name ILIKE '%' || $2 || '%'
 		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name
 		LIMIT $3 OFFSET $4`
 	// Jobs come from the jobs table (one row per job), never from builds.
 	searchJobsSQL = `SELECT j.jobset_id, p.name, s.name, j.name, count(*) OVER ()
 		FROM jobs j JOIN jobsets s ON s.id = j.jobset_id JOIN projects p ON p.id = s.project_id
-		WHERE j.name ILIKE $2
+		WHERE j.name ILIKE '%' || $2 || '%'
 		ORDER BY lower(j.name) = $1 DESC, starts_with(lower(j.name), $1) DESC, length(j.name), j.name, p.name, s.name
 		LIMIT $3 OFFSET $4`
 	// Builds whose .drv path or an output path is in [$1, $2): two index-only range
@@ -216,7 +217,7 @@ func (db *DB) Search(ctx context.Context, t SearchTerms, page Page, kinds ...str
 	if len(kinds) == 0 {
 		kinds = SearchKinds
 	}
-	names := []any{strings.ToLower(t.Text), "%" + likeEscape(t.Text) + "%", page.Limit, page.Offset}
+	names := []any{strings.ToLower(t.Text), likeEscape(t.Text), page.Limit, page.Offset}
 	var qs []searchQuery
 	for _, k := range kinds {
 		res.Totals[k] = 0
