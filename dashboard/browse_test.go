@@ -1,0 +1,390 @@
+package dashboard_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/storage"
+)
+
+// Fixtures for the browsing pages' tests: rows put straight into the database.
+
+// browseExec runs SQL on the site's database.
+func browseExec(t *testing.T, s *site, q string, args ...any) {
+	t.Helper()
+	if _, err := s.DB.Pool().Exec(context.Background(), q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// browseID runs SQL that returns one id.
+func browseID(t *testing.T, s *site, q string, args ...any) int64 {
+	t.Helper()
+	var id int64
+	if err := s.DB.Pool().QueryRow(context.Background(), q, args...).Scan(&id); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return id
+}
+
+// browseProject makes a project owned by the key of owner (nil: no owner).
+func browseProject(t *testing.T, s *site, name string, owner *auth.Principal) int64 {
+	t.Helper()
+	var key *int64
+	if owner != nil {
+		key = &owner.KeyID
+	}
+	return browseID(t, s, `INSERT INTO projects (name, repository_url, owner_key_id) VALUES ($1, 'https://example.org/r.git', $2)
+		RETURNING id`, name, key)
+}
+
+func browseJobset(t *testing.T, s *site, project int64, name string) int64 {
+	t.Helper()
+	return browseID(t, s, `INSERT INTO jobsets (project_id, name) VALUES ($1, $2) RETURNING id`, project, name)
+}
+
+// browseEval makes a finished evaluation of jobset with one build per job, each
+// with the status given (and a step of its own), and returns the evaluation and
+// the builds by job.
+func browseEval(t *testing.T, s *site, jobset int64, status string, builds map[string]string) (int64, map[string]int64) {
+	t.Helper()
+	ev := browseID(t, s, `INSERT INTO evaluations (jobset_id, status, commit, nr_jobs, finished_at)
+		VALUES ($1, $2, md5(random()::text), $3, now()) RETURNING id`, jobset, status, len(builds))
+	ids := map[string]int64{}
+	for job, st := range builds {
+		drv := fmt.Sprintf("/nix/store/%d-%s-%d.drv", ev, job, jobset)
+		ids[job] = browseID(t, s, `WITH s AS (INSERT INTO steps (drv_path, system, status) VALUES ($3, 'x86_64-linux', $4) RETURNING id)
+			INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, step_id, status, started_at, finished_at)
+			SELECT $1, $2, $5, $3, 'x86_64-linux', s.id, $4,
+				CASE WHEN $4 <> 'queued' THEN now() - interval '90 seconds' END,
+				CASE WHEN $4 NOT IN ('queued', 'running') THEN now() END FROM s RETURNING id`, ev, jobset, drv, st, job)
+	}
+	return ev, ids
+}
+
+// browseUser is a signed-in person with an account (so starred jobs apply).
+func browseUser(t *testing.T, s *site, name, role string) *auth.Principal {
+	t.Helper()
+	id := browseID(t, s, `INSERT INTO users (username, password_hash, role) VALUES ($1, 'x', $2) RETURNING id`, name, role)
+	return &auth.Principal{UserID: id, Name: name, Role: role, CSRF: "csrf-of-" + name}
+}
+
+// browseForm is a copy of a form's values (s.post adds the CSRF token to the one it
+// is given), without a token unless it sets one to "" on purpose.
+func browseForm(v url.Values) url.Values {
+	c := url.Values{}
+	for k, vs := range v {
+		c[k] = append([]string(nil), vs...)
+	}
+	return c
+}
+
+func browseHas(t *testing.T, what, body string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(body, w) {
+			t.Errorf("%s lacks %q", what, w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("%s:\n%s", what, body)
+	}
+}
+
+func browseLacks(t *testing.T, what, body string, unwanted ...string) {
+	t.Helper()
+	for _, w := range unwanted {
+		if strings.Contains(body, w) {
+			t.Errorf("%s shows %q", what, w)
+		}
+	}
+}
+
+func browseGet(t *testing.T, s *site, path string, who *auth.Principal) string {
+	t.Helper()
+	code, body := s.get(path, who)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d\n%s", path, code, body)
+	}
+	return body
+}
+
+// TestHome_ShowsProjectsQueueAgentsRunningAndStarred: the home page shows each
+// project's jobsets with their latest evaluation and its counts, the queue by
+// system, the connected agents, running builds, recent evaluations and builds, and
+// the signed-in person's starred jobs with their latest builds.
+func TestHome_ShowsProjectsQueueAgentsRunningAndStarred(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	p := browseProject(t, s, "nixpkgs", nil)
+	trunk := browseJobset(t, s, p, "trunk")
+	browseJobset(t, s, p, "staging") // never evaluated
+	browseEval(t, s, trunk, "succeeded", map[string]string{"old": "failed"})
+	ev, builds := browseEval(t, s, trunk, "succeeded", map[string]string{
+		"hello": "succeeded", "world": "failed", "slow": "running", "later": "queued", "again": "succeeded"})
+	browseExec(t, s, `INSERT INTO steps (drv_path, system, status) VALUES ('/nix/store/q1.drv', 'aarch64-linux', 'queued'),
+		('/nix/store/q2.drv', 'aarch64-linux', 'queued')`)
+	browseExec(t, s, `INSERT INTO agents (name, public_key, fingerprint, connected, last_seen_at)
+		VALUES ('builder-one', 'k1', 'SHA256:1', true, now()), ('gone-away', 'k2', 'SHA256:2', false, now() - interval '1 hour')`)
+	me := browseUser(t, s, "alice", storage.RoleReadOnly)
+	browseExec(t, s, `INSERT INTO starred_jobs (user_id, jobset_id, job) VALUES ($1, $2, 'world'), ($1, $2, 'never-built')`, me.UserID, trunk)
+
+	body := browseGet(t, s, "/", me)
+	browseHas(t, "home", body,
+		`href="/project/nixpkgs"`, `href="/jobset/nixpkgs/trunk"`, `href="/jobset/nixpkgs/staging"`, "not evaluated",
+		fmt.Sprintf(`<tr data-jobset="%d">`, trunk), fmt.Sprintf(`href="/eval/%d" data-f="eval"`, ev),
+		// trunk's latest evaluation: 2 succeeded, 1 failed, 1 queued, 1 running.
+		`title="succeeded" data-f="succeeded">2</span>`, `title="failed" data-f="failed">1</span>`,
+		`title="queued" data-f="queued">1</span>`, `title="running" data-f="running">1</span>`,
+		// The queue: this evaluation's steps on x86_64-linux, two more on aarch64-linux.
+		"<td>aarch64-linux</td><td class=\"num\">2</td><td class=\"num\">0</td>",
+		"<td>x86_64-linux</td><td class=\"num\">1</td><td class=\"num\">1</td>",
+		`<span id="agents-count">1</span> connected`, "builder-one", `<span id="running-count">1</span> builds running`,
+		fmt.Sprintf(`<td><a href="/build/%d">%d</a></td><td><a href="/job/nixpkgs/trunk/slow">`, builds["slow"], builds["slow"]),
+		fmt.Sprintf(`<a href="/eval/%d">%d</a>`, ev, ev),
+		"Starred jobs", `href="/job/nixpkgs/trunk/world"`, fmt.Sprintf(`href="/build/%d" data-build="%d"`, builds["world"], builds["world"]),
+		`href="/job/nixpkgs/trunk/never-built"`, "no build",
+		`src="/static/browse.js"`, `data-live="/home/live.json"`)
+	browseLacks(t, "home", body, "gone-away")
+
+	// Someone signed in with an API key, or nobody, has no starred jobs to show.
+	body = browseGet(t, s, "/", nil)
+	browseLacks(t, "home for nobody", body, "Starred jobs")
+	browseHas(t, "home for nobody", body, `href="/jobset/nixpkgs/trunk"`)
+}
+
+// TestHome_ListsPageOnTheirOwnParameters: each list of the home page pages on its own
+// query parameter and keeps the others'.
+func TestHome_ListsPageOnTheirOwnParameters(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	for i := range 12 {
+		browseProject(t, s, fmt.Sprintf("p%02d", i), nil)
+	}
+	js := browseJobset(t, s, browseProject(t, s, "zz-last", nil), "main")
+	jobs := map[string]string{}
+	for i := range 25 {
+		jobs[fmt.Sprintf("job%02d", i)] = "succeeded"
+	}
+	var evals []int64
+	for range 12 {
+		ev, _ := browseEval(t, s, js, "succeeded", map[string]string{"one": "succeeded"})
+		evals = append(evals, ev)
+	}
+	_, builds := browseEval(t, s, js, "succeeded", jobs)
+	first, last := builds["job00"], builds["job24"]
+	if first > last {
+		first, last = last, first
+	}
+
+	body := browseGet(t, s, "/", nil)
+	browseHas(t, "home page 1", body, `href="/project/p00"`, `href="/project/p09"`,
+		"page 1 of 2 (13)", `href="/?projects=2#projects"`, // projects
+		fmt.Sprintf(`<a href="/eval/%d">%d</a>`, evals[11], evals[11]), `href="/?evals=2#evals"`, // evaluations
+		fmt.Sprintf(`<a href="/build/%d">%d</a>`, last, last), `href="/?builds=2#builds"`) // builds
+	browseLacks(t, "home page 1", body, `href="/project/p10"`, fmt.Sprintf(`<a href="/eval/%d">%d</a>`, evals[0], evals[0]))
+
+	body = browseGet(t, s, "/?projects=2&builds=2", nil)
+	browseHas(t, "home, second pages", body, `href="/project/p10"`, `href="/project/zz-last"`,
+		fmt.Sprintf(`<a href="/build/%d">%d</a>`, first+1, first+1), // 37 builds: 20 on page 1, the oldest on 2
+		`href="/?builds=1&amp;projects=2#builds"`, `href="/?builds=2&amp;evals=2&amp;projects=2#evals"`)
+	browseLacks(t, "home, second pages", body, `href="/project/p00"`, fmt.Sprintf(`<a href="/build/%d">%d</a>`, last, last))
+}
+
+// TestHomeLive_ReportsWhatChanged: /home/live.json reports the statuses asked about,
+// the queue, the agents and the running builds, and follows changes.
+func TestHomeLive_ReportsWhatChanged(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	js := browseJobset(t, s, browseProject(t, s, "live", nil), "main")
+	_, builds := browseEval(t, s, js, "succeeded", map[string]string{"a": "running", "b": "queued"})
+	live := func() map[string]any {
+		t.Helper()
+		body := browseGet(t, s, fmt.Sprintf("/home/live.json?builds=%d,%d,x,-3&jobsets=%d", builds["a"], builds["b"], js), nil)
+		var out map[string]any
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatalf("live.json: %v\n%s", err, body)
+		}
+		return out
+	}
+	got := fmt.Sprint(live())
+	want := fmt.Sprintf("map[agents:0 builds:map[%d:running %d:queued] jobsets:map[%d:map[eval_id:%d failed:0 queued:1 running:1 status:succeeded succeeded:0]] queue:[map[queued:1 running:1 system:x86_64-linux]] running:1]",
+		builds["a"], builds["b"], js, browseID(t, s, `SELECT max(id) FROM evaluations`))
+	if got != want {
+		t.Fatalf("live.json:\n got %s\nwant %s", got, want)
+	}
+	browseExec(t, s, `UPDATE builds SET status = 'succeeded', finished_at = now() WHERE id = $1`, builds["a"])
+	browseExec(t, s, `UPDATE steps SET status = 'succeeded' WHERE status = 'running'`)
+	got = fmt.Sprint(live())
+	if !strings.Contains(got, fmt.Sprintf("%d:succeeded", builds["a"])) || !strings.Contains(got, "running:0") ||
+		!strings.Contains(got, "queue:[map[queued:1 running:0") || !strings.Contains(got, "succeeded:1") {
+		t.Fatalf("after the build finished, live.json says %s", got)
+	}
+}
+
+// TestProjects_ListPagesAndShowsCreateOnlyToThoseAllowed: /projects lists projects by
+// name, 25 a page; its "New project" is shown to who may create projects, and the
+// form refuses the others: nobody is sent to sign in, a read-only person gets 403,
+// and so does a form sent anyway or without its CSRF token.
+func TestProjects_ListPagesAndShowsCreateOnlyToThoseAllowed(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	for i := range 27 {
+		browseProject(t, s, fmt.Sprintf("proj%02d", i), nil)
+	}
+	body := browseGet(t, s, "/projects", nil)
+	browseHas(t, "projects", body, `href="/project/proj00"`, `href="/project/proj24"`, "page 1 of 2 (27)", `href="/projects?page=2"`)
+	browseLacks(t, "projects", body, `href="/project/proj25"`, `href="/projects/new"`)
+	body = browseGet(t, s, "/projects?page=2", nil)
+	browseHas(t, "projects page 2", body, `href="/project/proj26"`)
+	browseLacks(t, "projects page 2", body, `href="/project/proj00"`)
+
+	creator, reader := s.person(storage.RoleCreateProjects), s.person(storage.RoleReadOnly)
+	browseHas(t, "projects for a creator", browseGet(t, s, "/projects", creator), `href="/projects/new"`)
+	browseLacks(t, "projects for a reader", browseGet(t, s, "/projects", reader), `href="/projects/new"`)
+
+	if code, _ := s.get("/projects/new", reader); code != http.StatusForbidden {
+		t.Errorf("the new project form for a reader: %d", code)
+	}
+	res := s.do(httptest.NewRequest(http.MethodGet, "/projects/new", nil), nil)
+	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "/login?next=") {
+		t.Errorf("the new project form for nobody: %d %s", res.StatusCode, res.Header.Get("Location"))
+	}
+	form := url.Values{"name": {"sneaky"}, "repository_url": {"https://example.org/x.git"}, "enabled": {"1"}}
+	if res, body := s.post("/projects/new", browseForm(form), reader); res.StatusCode != http.StatusForbidden || !strings.Contains(body, "may not") {
+		t.Errorf("a reader's project form: %d\n%s", res.StatusCode, body)
+	}
+	noToken := url.Values{"name": {"sneaky"}, "repository_url": {"https://example.org/x.git"}, "csrf": {""}}
+	if res, _ := s.post("/projects/new", browseForm(noToken), creator); res.StatusCode != http.StatusForbidden {
+		t.Errorf("a form without its CSRF token: %d", res.StatusCode)
+	}
+	if _, err := s.DB.GetProjectByName(context.Background(), "sneaky"); err == nil {
+		t.Errorf("a refused form made a project")
+	}
+}
+
+var browseLocal = regexp.MustCompile(`^/`)
+
+// TestProjectForms_CreateProjectThenJobset: a creator makes a project and a jobset
+// through the forms and lands on their pages, which offer to edit them; a form with
+// an error comes back with the API's message and what was typed.
+func TestProjectForms_CreateProjectThenJobset(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	creator := s.person(storage.RoleCreateProjects)
+	browseHas(t, "new project form", browseGet(t, s, "/projects/new", creator), `action="/projects/new"`, `name="csrf"`, `name="repository_url"`)
+
+	bad := url.Values{"name": {"no spaces"}, "display_name": {"Kept Display"}, "repository_url": {"https://example.org/a.git"}}
+	res, body := s.post("/projects/new", browseForm(bad), creator)
+	if res.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("a bad name: %d\n%s", res.StatusCode, body)
+	}
+	browseHas(t, "the form back", body, `role="alert"`, "name", `value="no spaces"`, `value="Kept Display"`, `value="https://example.org/a.git"`)
+
+	good := url.Values{"name": {"hello"}, "display_name": {"Hello World"}, "description": {"says hello"},
+		"repository_url": {"https://example.org/hello.git"}, "enabled": {"1"}}
+	res, body = s.post("/projects/new", browseForm(good), creator)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/project/hello" {
+		t.Fatalf("create project: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	body = browseGet(t, s, "/project/hello", creator)
+	browseHas(t, "project page", body, "<h1>Hello World</h1>", "says hello", "https://example.org/hello.git",
+		`href="/project/hello/edit"`, `href="/project/hello/jobsets/new"`, "No jobsets yet.")
+	if res, _ = s.post("/projects/new", browseForm(good), creator); res.StatusCode != http.StatusConflict {
+		t.Errorf("a second project of the same name: %d", res.StatusCode)
+	}
+
+	browseHas(t, "new jobset form", browseGet(t, s, "/project/hello/jobsets/new", creator), `name="nix_expression" value="hydraJobs"`,
+		`name="check_interval" value="60"`, `name="input_name"`)
+	js := url.Values{"name": {"main"}, "description": {"the main branch"}, "branch": {"main"}, "nix_expression": {"release.nix"},
+		"check_interval": {"0"}, "scheduling_shares": {"100"}, "keep_nr": {"3"}, "state": {"enabled"},
+		"input_name": {"nixpkgs", ""}, "input_type": {"git", "git"}, "input_value": {"https://example.org/nixpkgs.git main", ""}}
+	res, body = s.post("/project/hello/jobsets/new", browseForm(js), creator)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/jobset/hello/main" {
+		t.Fatalf("create jobset: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	body = browseGet(t, s, "/jobset/hello/main", creator)
+	browseHas(t, "jobset page", body, "the main branch", "release.nix", "Input nixpkgs", "git https://example.org/nixpkgs.git main",
+		`href="/jobset/hello/main/edit"`, "Not evaluated yet.")
+	browseLacks(t, "jobset page for a creator", body, `id="trigger"`) // create-projects may not trigger
+	j, err := s.DB.GetJobsetByName(context.Background(), browseID(t, s, `SELECT id FROM projects WHERE name = 'hello'`), "main")
+	if err != nil || j.FlakeMode || j.CheckInterval != 0 || len(j.Inputs) != 1 {
+		t.Fatalf("the jobset made: %+v, %v", j, err)
+	}
+	body = browseGet(t, s, "/project/hello", creator)
+	browseHas(t, "project page with a jobset", body, `href="/jobset/hello/main"`, "never evaluated")
+
+	// A number that is not one comes back with the rest of what was typed.
+	js.Set("name", "second")
+	js.Set("keep_nr", "three")
+	res, body = s.post("/project/hello/jobsets/new", browseForm(js), creator)
+	if res.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("keep_nr three: %d\n%s", res.StatusCode, body)
+	}
+	browseHas(t, "jobset form back", body, "keep_nr", `value="three"`, `value="second"`, `value="https://example.org/nixpkgs.git main"`)
+}
+
+// TestProjectEdit_OnlyTheOwnerOrAnAdmin: another creator sees no edit controls on a
+// project that is not theirs and is refused when sending the forms anyway; the owner
+// changes the project and its jobset, and an admin may too.
+func TestProjectEdit_OnlyTheOwnerOrAnAdmin(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	owner, other, admin := s.person(storage.RoleCreateProjects), s.person(storage.RoleCreateProjects), s.person(storage.RoleAdmin)
+	p := browseProject(t, s, "mine", owner)
+	browseJobset(t, s, p, "main")
+
+	for _, path := range []string{"/project/mine", "/jobset/mine/main"} {
+		body := browseGet(t, s, path, other)
+		browseLacks(t, path+" for another creator", body, "/edit", "/jobsets/new")
+		browseHas(t, path+" for the owner", browseGet(t, s, path, owner), "/edit")
+		browseHas(t, path+" for an admin", browseGet(t, s, path, admin), "/edit")
+	}
+	for _, path := range []string{"/project/mine/edit", "/project/mine/jobsets/new", "/jobset/mine/main/edit"} {
+		if code, _ := s.get(path, other); code != http.StatusForbidden {
+			t.Errorf("GET %s by another creator: %d", path, code)
+		}
+	}
+	edit := url.Values{"name": {"mine"}, "display_name": {"Stolen"}, "repository_url": {"https://example.org/r.git"}, "enabled": {"1"}}
+	res, body := s.post("/project/mine/edit", browseForm(edit), other)
+	if res.StatusCode != http.StatusForbidden || !strings.Contains(body, "belongs to someone else") {
+		t.Errorf("another creator's edit: %d\n%s", res.StatusCode, body)
+	}
+	jsEdit := url.Values{"name": {"main"}, "nix_expression": {"hydraJobs"}, "flake_mode": {"1"}, "check_interval": {"30"},
+		"scheduling_shares": {"100"}, "keep_nr": {"3"}, "state": {"enabled"}}
+	if res, _ := s.post("/jobset/mine/main/edit", browseForm(jsEdit), other); res.StatusCode != http.StatusForbidden {
+		t.Errorf("another creator's jobset edit: %d", res.StatusCode)
+	}
+	if res, _ := s.post("/project/mine/jobsets/new", url.Values{"name": {"x"}, "nix_expression": {"hydraJobs"},
+		"check_interval": {"60"}, "scheduling_shares": {"100"}, "keep_nr": {"3"}, "state": {"enabled"}}, other); res.StatusCode != http.StatusForbidden {
+		t.Errorf("another creator's new jobset: %d", res.StatusCode)
+	}
+
+	browseHas(t, "edit form", browseGet(t, s, "/project/mine/edit", owner), `value="mine"`, `value="https://example.org/r.git"`, "Leave empty to keep")
+	edit.Set("display_name", "My Own")
+	if res, body := s.post("/project/mine/edit", browseForm(edit), owner); res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/project/mine" {
+		t.Fatalf("the owner's edit: %d\n%s", res.StatusCode, body)
+	}
+	browseHas(t, "edited project", browseGet(t, s, "/project/mine", nil), "<h1>My Own</h1>")
+	browseHas(t, "jobset edit form", browseGet(t, s, "/jobset/mine/main/edit", owner), `value="hydraJobs"`, `name="flake_mode" value="1" checked`)
+	if res, body := s.post("/jobset/mine/main/edit", browseForm(jsEdit), owner); res.StatusCode != http.StatusSeeOther || !browseLocal.MatchString(res.Header.Get("Location")) {
+		t.Fatalf("the owner's jobset edit: %d\n%s", res.StatusCode, body)
+	}
+	browseHas(t, "edited jobset", browseGet(t, s, "/jobset/mine/main", nil), "checked every 30 s")
+	edit.Set("display_name", "Admin Was Here")
+	if res, _ := s.post("/project/mine/edit", browseForm(edit), admin); res.StatusCode != http.StatusSeeOther {
+		t.Errorf("an admin's edit: %d", res.StatusCode)
+	}
+	edit.Set("csrf", "")
+	if res, _ := s.post("/project/mine/edit", browseForm(edit), owner); res.StatusCode != http.StatusForbidden {
+		t.Errorf("an edit without its CSRF token: %d", res.StatusCode)
+	}
+}
