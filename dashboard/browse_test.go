@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -386,5 +387,265 @@ func TestProjectEdit_OnlyTheOwnerOrAnAdmin(t *testing.T) {
 	edit.Set("csrf", "")
 	if res, _ := s.post("/project/mine/edit", browseForm(edit), owner); res.StatusCode != http.StatusForbidden {
 		t.Errorf("an edit without its CSRF token: %d", res.StatusCode)
+	}
+}
+
+// browseSeed gives a jobset nEvals finished evaluations of nJobs jobs each (job000,
+// job001, ...), a minute apart, with generate_series: job i of evaluation e failed
+// when (i + e) % 7 == 0, else succeeded, after i % 60 seconds.
+func browseSeed(ctx context.Context, db *storage.DB, jobset int64, nEvals, nJobs int) error {
+	_, err := db.Pool().Exec(ctx, `INSERT INTO evaluations (jobset_id, status, commit, nr_jobs, nr_new_builds, created_at, started_at, finished_at)
+		SELECT $1, 'succeeded', md5(g::text), $3, $3, now() - make_interval(mins => $2 - g), now() - make_interval(mins => $2 - g),
+			now() - make_interval(mins => $2 - g) + interval '5 seconds' FROM generate_series(1, $2) g`, jobset, nEvals, nJobs)
+	if err != nil {
+		return fmt.Errorf("seed evaluations: %w", err)
+	}
+	_, err = db.Pool().Exec(ctx, `INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, status, status_code,
+			created_at, started_at, finished_at)
+		SELECT e.id, $1, 'job' || lpad(i::text, 3, '0'), '/nix/store/' || md5(e.id || '-' || i) || '-job' || i || '.drv',
+			'x86_64-linux', CASE WHEN (i + e.id) % 7 = 0 THEN 'failed' ELSE 'succeeded' END,
+			CASE WHEN (i + e.id) % 7 = 0 THEN 1 ELSE 0 END,
+			e.created_at, e.created_at, e.created_at + make_interval(secs => i % 60)
+		FROM evaluations e CROSS JOIN generate_series(0, $2 - 1) i WHERE e.jobset_id = $1`, jobset, nJobs)
+	if err != nil {
+		return fmt.Errorf("seed builds: %w", err)
+	}
+	return nil
+}
+
+// TestJobsetPage_EvaluationsGridAndErrors: the jobset page lists its evaluations with
+// their counts, 20 a page; shows its jobs (50 a page) against its last 10
+// evaluations, each cell the build's status linking to it; and shows the latest
+// evaluation's errors. The project page shows the jobset's latest evaluation and its
+// last check error.
+func TestJobsetPage_EvaluationsGridAndErrors(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	p := browseProject(t, s, "big", nil)
+	js := browseJobset(t, s, p, "main")
+	if err := browseSeed(ctx, s.DB, js, 25, 55); err != nil {
+		t.Fatal(err)
+	}
+	var evals []int64
+	rows, _ := s.DB.Pool().Query(ctx, `SELECT id FROM evaluations WHERE jobset_id = $1 ORDER BY id DESC`, js)
+	for rows.Next() {
+		var id int64
+		_ = rows.Scan(&id)
+		evals = append(evals, id)
+	}
+	latest := evals[0]
+	browseExec(t, s, `INSERT INTO evaluation_errors (evaluation_id, attr, message) VALUES ($1, 'broken.attr', 'error: <undefined> variable')`, latest)
+	cell := func(ev int64, job string) (int64, string) {
+		var id int64
+		var st string
+		if err := s.DB.Pool().QueryRow(ctx, `SELECT id, status FROM builds WHERE evaluation_id = $1 AND job = $2`, ev, job).Scan(&id, &st); err != nil {
+			t.Fatal(err)
+		}
+		return id, st
+	}
+
+	body := browseGet(t, s, "/jobset/big/main", nil)
+	var succeeded, failed int
+	for i := range 55 {
+		if (i+int(latest))%7 == 0 {
+			failed++
+		} else {
+			succeeded++
+		}
+	}
+	browseHas(t, "jobset page", body, "<h1>big:main</h1>",
+		fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, latest, latest),
+		fmt.Sprintf(`title="succeeded">%d</span> <span class="n bad" title="failed">%d</span>`, succeeded, failed),
+		"page 1 of 2 (25)", `href="/jobset/big/main?page=2"`, // evaluations
+		fmt.Sprintf(`<th><a href="/eval/%d" title="evaluation %d, succeeded`, evals[9], evals[9]),
+		`href="/job/big/main/job000"`, `href="/job/big/main/job049"`, "page 1 of 2 (55)", `href="/jobset/big/main?jobs=2#jobs"`,
+		"Errors of evaluation", "broken.attr", "error: &lt;undefined&gt; variable")
+	browseLacks(t, "jobset page", body, fmt.Sprintf(`<th><a href="/eval/%d"`, evals[10]), `href="/job/big/main/job050"`,
+		fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, evals[20], evals[20]), `id="trigger"`, "/edit")
+	for _, c := range []struct {
+		ev  int64
+		job string
+	}{{latest, "job000"}, {evals[9], "job001"}, {evals[3], "job002"}} {
+		id, st := cell(c.ev, c.job)
+		class := map[string]string{"succeeded": "ok", "failed": "bad"}[st]
+		browseHas(t, "grid cell", body, fmt.Sprintf(`<a class="cell %s" href="/build/%d" title="build %d: %s">`, class, id, id, st))
+	}
+
+	body = browseGet(t, s, "/jobset/big/main?page=2&jobs=2", nil)
+	browseHas(t, "jobset second pages", body, fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, evals[24], evals[24]),
+		`href="/job/big/main/job050"`, `href="/job/big/main/job054"`)
+	browseLacks(t, "jobset second pages", body, `href="/job/big/main/job049"`, fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, latest, latest))
+
+	// A jobset whose fetch fails and whose one evaluation failed.
+	broken := browseJobset(t, s, p, "broken")
+	browseExec(t, s, `UPDATE jobsets SET last_check_error = 'git fetch: repository not found', last_checked_at = now() WHERE id = $1`, broken)
+	browseExec(t, s, `INSERT INTO evaluations (jobset_id, status, error, finished_at) VALUES ($1, 'failed', 'nix-eval-jobs: out of memory', now())`, broken)
+	body = browseGet(t, s, "/jobset/big/broken", nil)
+	browseHas(t, "broken jobset", body, "git fetch: repository not found", `<pre class="eval-error">nix-eval-jobs: out of memory</pre>`,
+		"No jobs in the latest evaluations.")
+	body = browseGet(t, s, "/project/big", nil)
+	browseHas(t, "project page", body, `href="/jobset/big/broken"`, `<p class="check-error">git fetch: repository not found</p>`,
+		fmt.Sprintf(`<a href="/eval/%d"><span class="status ok">succeeded</span></a>`, latest),
+		fmt.Sprintf(`title="succeeded">%d</span>`, succeeded), `<span class="status bad">failed</span>`)
+	if code, _ := s.get("/jobset/big/nope", nil); code != http.StatusNotFound {
+		t.Errorf("a jobset that does not exist: %d", code)
+	}
+}
+
+// TestJobsetTrigger_OnlyForThoseAllowed: the trigger button is shown to who may
+// evaluate jobsets and requests an evaluation; a read-only person sees none and is
+// refused when posting anyway, and so is a form without its CSRF token.
+func TestJobsetTrigger_OnlyForThoseAllowed(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	js := browseJobset(t, s, browseProject(t, s, "trig", nil), "main")
+	requested := func() bool {
+		var at *string
+		if err := s.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at::text FROM jobsets WHERE id = $1`, js).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at != nil
+	}
+	reader, evaluator := s.person(storage.RoleReadOnly), s.person(storage.RoleEvalJobset)
+	browseLacks(t, "jobset for a reader", browseGet(t, s, "/jobset/trig/main", reader), `id="trigger"`)
+	if res, body := s.post("/jobset/trig/main/trigger", nil, reader); res.StatusCode != http.StatusForbidden || !strings.Contains(body, "may not") {
+		t.Errorf("a reader's trigger: %d\n%s", res.StatusCode, body)
+	}
+	if res, _ := s.post("/jobset/trig/main/trigger", url.Values{"csrf": {""}}, evaluator); res.StatusCode != http.StatusForbidden {
+		t.Errorf("a trigger without its CSRF token: %d", res.StatusCode)
+	}
+	if res := s.do(httptest.NewRequest(http.MethodPost, "/jobset/trig/main/trigger", nil), nil); res.StatusCode != http.StatusSeeOther ||
+		!strings.HasPrefix(res.Header.Get("Location"), "/login") {
+		t.Errorf("a trigger by nobody: %d %s", res.StatusCode, res.Header.Get("Location"))
+	}
+	if requested() {
+		t.Fatal("a refused trigger requested an evaluation")
+	}
+	browseHas(t, "jobset for an evaluator", browseGet(t, s, "/jobset/trig/main", evaluator),
+		`<form method="post" action="/jobset/trig/main/trigger" class="inline"><input type="hidden" name="csrf" value="`+evaluator.CSRF+`">`,
+		`id="trigger"`)
+	res, body := s.post("/jobset/trig/main/trigger", nil, evaluator)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/jobset/trig/main?triggered=1" {
+		t.Fatalf("trigger: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	if !requested() {
+		t.Fatal("the trigger requested no evaluation")
+	}
+	browseHas(t, "after the trigger", browseGet(t, s, "/jobset/trig/main?triggered=1", evaluator), "An evaluation was requested")
+}
+
+// browseJobFixture is a job "hello" with 30 builds, newest first: the newest is
+// queued, then failed, then succeeded ones (every fifth failed); the finished ones
+// took 10 s more each and those after the fifth have an output in the cache.
+func browseJobFixture(t *testing.T, s *site) (js int64, ids []int64) {
+	t.Helper()
+	js = browseJobset(t, s, browseProject(t, s, "jobs", nil), "main")
+	for i := range 30 {
+		ev := browseID(t, s, `INSERT INTO evaluations (jobset_id, status) VALUES ($1, 'succeeded') RETURNING id`, js)
+		status := "succeeded"
+		switch {
+		case i == 29:
+			status = "queued"
+		case i == 28 || i%5 == 4:
+			status = "failed"
+		}
+		id := browseID(t, s, `INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, status, started_at, finished_at)
+			VALUES ($1, $2, 'hello', $5, 'x86_64-linux', $3,
+				CASE WHEN $3 <> 'queued' THEN now() - interval '1 day' END,
+				CASE WHEN $3 <> 'queued' THEN now() - interval '1 day' + make_interval(secs => 10 * ($4::int + 1)) END) RETURNING id`,
+			ev, js, status, i, fmt.Sprintf("/nix/store/%d-hello.drv", ev))
+		if i > 5 && status != "queued" {
+			path := fmt.Sprintf("/nix/store/%032d-hello", i)
+			browseExec(t, s, `INSERT INTO build_outputs (build_id, name, path) VALUES ($1, 'out', $2)`, id, path)
+			browseExec(t, s, `INSERT INTO narinfos (hash_part, store_path, url, compression, file_hash, file_size, nar_hash, nar_size)
+				VALUES ($1, $2, 'nar/x.nar', 'none', 'sha256:x', 1, 'sha256:x', $3)`, fmt.Sprintf("%032d", i), path, 1000*(i+1))
+		}
+		ids = append([]int64{id}, ids...)
+	}
+	return js, ids
+}
+
+// TestJobPage_HistoryChartsLatestAndBadge: the job page lists the job's builds, 25 a
+// page, and charts the durations and output sizes of its finished builds; latest and
+// latest-finished redirect to the newest succeeded and finished build (404 when
+// there is none); the badge says passing, failing or unknown.
+func TestJobPage_HistoryChartsLatestAndBadge(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	js, ids := browseJobFixture(t, s)
+	body := browseGet(t, s, "/job/jobs/main/hello", nil)
+	browseHas(t, "job page", body, "<h1>Job jobs:main:hello</h1>",
+		fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[0], ids[0]), "page 1 of 2 (30)", `href="/job/jobs/main/hello?page=2"`,
+		"Build duration", "Output size", `<svg class="chart"`, `<polyline class="line" points="`,
+		fmt.Sprintf(`<a href="/build/%d" tabindex="-1"><circle class="ok"`, ids[1+1]), // the newest succeeded one
+		fmt.Sprintf("build %d (failed): 4m50s", ids[1]), fmt.Sprintf("build %d (succeeded): 27.3 KiB", ids[2]),
+		`href="/job/jobs/main/hello/latest"`, `href="/job/jobs/main/hello/latest-finished"`, `src="/job/jobs/main/hello/badge.svg"`)
+	browseLacks(t, "job page", body, fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[29], ids[29]), `id="star"`)
+	if n := strings.Count(body, "<circle"); n != 29+23 { // finished: 29; with outputs in the cache: 23
+		t.Errorf("the charts have %d points", n)
+	}
+	body = browseGet(t, s, "/job/jobs/main/hello?page=2", nil)
+	browseHas(t, "job page 2", body, fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[29], ids[29]))
+
+	redirect := func(path string) (int, string) {
+		res := s.do(httptest.NewRequest(http.MethodGet, path, nil), nil)
+		return res.StatusCode, res.Header.Get("Location")
+	}
+	if code, loc := redirect("/job/jobs/main/hello/latest"); code != http.StatusFound || loc != fmt.Sprintf("/build/%d", ids[2]) {
+		t.Errorf("latest: %d %s, want /build/%d", code, loc, ids[2])
+	}
+	if code, loc := redirect("/job/jobs/main/hello/latest-finished"); code != http.StatusFound || loc != fmt.Sprintf("/build/%d", ids[1]) {
+		t.Errorf("latest-finished: %d %s, want /build/%d", code, loc, ids[1])
+	}
+	badge := func(path string) (int, string) {
+		res := s.do(httptest.NewRequest(http.MethodGet, path, nil), nil)
+		b, _ := io.ReadAll(res.Body)
+		if ct, cc := res.Header.Get("Content-Type"), res.Header.Get("Cache-Control"); ct != "image/svg+xml" || cc != "no-cache" {
+			t.Errorf("%s: Content-Type %q, Cache-Control %q", path, ct, cc)
+		}
+		return res.StatusCode, string(b)
+	}
+	if code, b := badge("/job/jobs/main/hello/badge.svg"); code != http.StatusOK || !strings.Contains(b, ">failing</text>") || !strings.HasPrefix(b, "<svg") {
+		t.Errorf("badge of a failing job: %d %s", code, b)
+	}
+	browseExec(t, s, `UPDATE builds SET status = 'succeeded' WHERE id = $1`, ids[1])
+	if code, b := badge("/job/jobs/main/hello/badge.svg"); code != http.StatusOK || !strings.Contains(b, ">passing</text>") {
+		t.Errorf("badge of a passing job: %d %s", code, b)
+	}
+
+	// A job with one queued build: a page, no latest, an unknown badge.
+	browseExec(t, s, `INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system)
+		SELECT max(id), $1, 'fresh', '/nix/store/fresh.drv', 'x86_64-linux' FROM evaluations`, js)
+	browseHas(t, "a job not built yet", browseGet(t, s, "/job/jobs/main/fresh", nil), "No finished build with a known value yet.")
+	for _, path := range []string{"/job/jobs/main/fresh/latest", "/job/jobs/main/fresh/latest-finished", "/job/jobs/main/nope",
+		"/job/jobs/main/nope/latest", "/job/jobs/nope/hello"} {
+		if code, _ := s.get(path, nil); code != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", path, code)
+		}
+	}
+	if code, b := badge("/job/jobs/main/fresh/badge.svg"); code != http.StatusOK || !strings.Contains(b, ">unknown</text>") {
+		t.Errorf("badge of a job never finished: %d %s", code, b)
+	}
+	if code, b := badge("/job/jobs/nope/fresh/badge.svg"); code != http.StatusNotFound || !strings.Contains(b, ">unknown</text>") {
+		t.Errorf("badge of no jobset: %d %s", code, b)
+	}
+}
+
+// TestJobPage_StarForPeopleWithAccounts: the star button is for people signed in
+// with an account, and says whether the job is starred; a star form without its
+// CSRF token is refused.
+func TestJobPage_StarForPeopleWithAccounts(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	js, _ := browseJobFixture(t, s)
+	me := browseUser(t, s, "bob", storage.RoleReadOnly)
+	browseLacks(t, "job page for a key", browseGet(t, s, "/job/jobs/main/hello", s.person(storage.RoleAdmin)), `id="star"`)
+	browseHas(t, "job page for bob", browseGet(t, s, "/job/jobs/main/hello", me),
+		`<form method="post" action="/job/jobs/main/hello/star" class="inline">`, `name="star" value="1"`, `aria-pressed="false" id="star">☆ Star`)
+	browseExec(t, s, `INSERT INTO starred_jobs (user_id, jobset_id, job) VALUES ($1, $2, 'hello')`, me.UserID, js)
+	browseHas(t, "job page for bob, starred", browseGet(t, s, "/job/jobs/main/hello", me), `name="star" value="0"`, `aria-pressed="true" id="star">★ Starred`)
+	if res, _ := s.post("/job/jobs/main/hello/star", url.Values{"star": {"0"}, "csrf": {""}}, me); res.StatusCode != http.StatusForbidden {
+		t.Errorf("a star form without its CSRF token: %d", res.StatusCode)
 	}
 }
