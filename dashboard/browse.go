@@ -40,6 +40,18 @@ func listPager(r *http.Request, param string, p storage.Page, total int64) Pager
 	return pg
 }
 
+// morePager is listPager for a list that is not counted: it knows only whether
+// another page follows (Pages and Total stay 0; the "more" template shows it).
+func morePager(r *http.Request, param string, p storage.Page, more bool) Pager {
+	total := int64(p.Offset + p.Limit)
+	if more {
+		total++
+	}
+	pg := listPager(r, param, p, total)
+	pg.Pages, pg.Total = 0, 0
+	return pg
+}
+
 // manages reports whether the signed-in principal manages project p (changes it,
 // adds and changes its jobsets): the API's rule, asked with the project's owner.
 func manages(r *http.Request, p storage.Project) bool {

@@ -54,20 +54,20 @@ func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v["Agents"], v["NrAgents"] = agents, nAgents
-	lists := []struct {
-		param, key string
-		per        int
-		status     string
-	}{{"running", "Running", homeRunning, "running"}, {"builds", "Builds", homeBuilds, ""}}
-	for _, l := range lists {
-		p := listPage(r, l.param, l.per)
-		bs, total, err := d.db.DashBuilds(ctx, l.status, p)
-		if err != nil {
-			d.fail(w, r, err)
-			return
-		}
-		v[l.key], v[l.key+"Pager"] = bs, listPager(r, l.param, p, total)
+	rp := listPage(r, "running", homeRunning)
+	running, nRunning, err := d.db.DashBuilds(ctx, "running", rp)
+	if err != nil {
+		d.fail(w, r, err)
+		return
 	}
+	v["Running"], v["RunningPager"] = running, listPager(r, "running", rp, nRunning)
+	bp := listPage(r, "builds", homeBuilds)
+	builds, more, err := d.db.DashRecentBuilds(ctx, bp)
+	if err != nil {
+		d.fail(w, r, err)
+		return
+	}
+	v["Builds"], v["BuildsPager"] = builds, morePager(r, "builds", bp, more)
 	ep := listPage(r, "evals", homeEvals)
 	evals, nEvals, err := d.db.DashEvaluations(ctx, 0, ep)
 	if err != nil {
