@@ -2,6 +2,8 @@ package dashboard
 
 import (
 	"fmt"
+	"html"
+	"html/template"
 	"net/http"
 	"strconv"
 	"strings"
@@ -80,9 +82,50 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 		{Name: p.Name, URL: projectURL(p.Name)}, {Name: j.Name}}
 	v["Project"], v["Jobset"] = p, j
 	v["Evals"], v["Pager"] = evals, pagerOf(r, ep, nEvals)
-	v["Grid"], v["GridPager"] = grid, listPager(r, "jobs", gp, grid.NrJobs)
+	v["Grid"], v["GridRows"], v["GridPager"] = grid, gridRows(grid), listPager(r, "jobs", gp, grid.NrJobs)
 	v["Manages"], v["CanTrigger"] = manages(r, p), can(r, auth.PermEvalJobset)
 	d.render(w, r, status, "jobset", v)
+}
+
+// gridRow is a row of the jobs grid with its cells already HTML: through the
+// template engine a page's 500 cells cost milliseconds, written here microseconds.
+type gridRow struct {
+	Job   string
+	Cells template.HTML
+}
+
+func gridRows(g storage.JobGrid) []gridRow {
+	rows := make([]gridRow, len(g.Rows))
+	var b strings.Builder
+	for i, row := range g.Rows {
+		b.Reset()
+		for _, c := range row.Cells {
+			if c.BuildID == 0 {
+				b.WriteString(`<td><span class="cell none" title="not in this evaluation">·</span></td>`)
+				continue
+			}
+			// statusClass and cellSymbol are fixed words; the status is escaped.
+			fmt.Fprintf(&b, `<td><a class="cell %s" href="/build/%d" title="build %d: %s">%s</a></td>`,
+				statusClass(c.Status), c.BuildID, c.BuildID, html.EscapeString(c.Status), cellSymbol(c.Status))
+		}
+		rows[i] = gridRow{Job: row.Job, Cells: template.HTML(b.String())}
+	}
+	return rows
+}
+
+// cellSymbol is how a grid cell shows a status, beside its colour.
+func cellSymbol(status string) string {
+	switch status {
+	case "succeeded":
+		return "✔"
+	case "queued":
+		return "…"
+	case "running":
+		return "▶"
+	case "cancelled":
+		return "–"
+	}
+	return "✘"
 }
 
 // jobsetTrigger asks the evaluations API for an evaluation of the jobset.
