@@ -149,7 +149,7 @@ func TestHome_ShowsProjectsQueueAgentsRunningAndStarred(t *testing.T) {
 		"<td>aarch64-linux</td><td class=\"num\">2</td><td class=\"num\">0</td>",
 		"<td>x86_64-linux</td><td class=\"num\">1</td><td class=\"num\">1</td>",
 		`<span id="agents-count">1</span> connected`, "builder-one", `<span id="running-count">1</span> builds running`,
-		fmt.Sprintf(`<td><a href="/build/%d">%d</a></td><td><a href="/job/nixpkgs/trunk/slow">`, builds["slow"], builds["slow"]),
+		fmt.Sprintf(`<td class="nw"><a href="/build/%d">%d</a></td><td><a href="/job/nixpkgs/trunk/slow">`, builds["slow"], builds["slow"]),
 		fmt.Sprintf(`<a href="/eval/%d">%d</a>`, ev, ev),
 		"Starred jobs", `href="/job/nixpkgs/trunk/world"`, fmt.Sprintf(`href="/build/%d" data-build="%d"`, builds["world"], builds["world"]),
 		`href="/job/nixpkgs/trunk/never-built"`, "no build",
@@ -404,7 +404,7 @@ func browseSeed(ctx context.Context, db *storage.DB, jobset int64, nEvals, nJobs
 			'x86_64-linux', CASE WHEN (i + e.id) % 7 = 0 THEN 'failed' ELSE 'succeeded' END,
 			CASE WHEN (i + e.id) % 7 = 0 THEN 1 ELSE 0 END,
 			e.created_at, e.created_at, e.created_at + make_interval(secs => i % 60)
-		FROM evaluations e CROSS JOIN generate_series(0, $2 - 1) i WHERE e.jobset_id = $1`, jobset, nJobs)
+		FROM evaluations e CROSS JOIN generate_series(0, $2 - 1) i WHERE e.jobset_id = $1 ORDER BY e.id, i`, jobset, nJobs)
 	if err != nil {
 		return fmt.Errorf("seed builds: %w", err)
 	}
@@ -453,14 +453,14 @@ func TestJobsetPage_EvaluationsGridAndErrors(t *testing.T) {
 		}
 	}
 	browseHas(t, "jobset page", body, "<h1>big:main</h1>",
-		fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, latest, latest),
+		fmt.Sprintf(`<td class="nw"><a href="/eval/%d">%d</a></td>`, latest, latest),
 		fmt.Sprintf(`title="succeeded">%d</span> <span class="n bad" title="failed">%d</span>`, succeeded, failed),
 		"page 1 of 2 (25)", `href="/jobset/big/main?page=2"`, // evaluations
 		fmt.Sprintf(`<th><a href="/eval/%d" title="evaluation %d, succeeded`, evals[9], evals[9]),
 		`href="/job/big/main/job000"`, `href="/job/big/main/job049"`, "page 1 of 2 (55)", `href="/jobset/big/main?jobs=2#jobs"`,
 		"Errors of evaluation", "broken.attr", "error: &lt;undefined&gt; variable")
 	browseLacks(t, "jobset page", body, fmt.Sprintf(`<th><a href="/eval/%d"`, evals[10]), `href="/job/big/main/job050"`,
-		fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, evals[20], evals[20]), `id="trigger"`, "/edit")
+		fmt.Sprintf(`<td class="nw"><a href="/eval/%d">%d</a></td>`, evals[20], evals[20]), `id="trigger"`, "/edit")
 	for _, c := range []struct {
 		ev  int64
 		job string
@@ -471,9 +471,9 @@ func TestJobsetPage_EvaluationsGridAndErrors(t *testing.T) {
 	}
 
 	body = browseGet(t, s, "/jobset/big/main?page=2&jobs=2", nil)
-	browseHas(t, "jobset second pages", body, fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, evals[24], evals[24]),
+	browseHas(t, "jobset second pages", body, fmt.Sprintf(`<td class="nw"><a href="/eval/%d">%d</a></td>`, evals[24], evals[24]),
 		`href="/job/big/main/job050"`, `href="/job/big/main/job054"`)
-	browseLacks(t, "jobset second pages", body, `href="/job/big/main/job049"`, fmt.Sprintf(`<td><a href="/eval/%d">%d</a></td>`, latest, latest))
+	browseLacks(t, "jobset second pages", body, `href="/job/big/main/job049"`, fmt.Sprintf(`<td class="nw"><a href="/eval/%d">%d</a></td>`, latest, latest))
 
 	// A jobset whose fetch fails and whose one evaluation failed.
 	broken := browseJobset(t, s, p, "broken")
@@ -574,17 +574,17 @@ func TestJobPage_HistoryChartsLatestAndBadge(t *testing.T) {
 	js, ids := browseJobFixture(t, s)
 	body := browseGet(t, s, "/job/jobs/main/hello", nil)
 	browseHas(t, "job page", body, "<h1>Job jobs:main:hello</h1>",
-		fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[0], ids[0]), "page 1 of 2 (30)", `href="/job/jobs/main/hello?page=2"`,
+		fmt.Sprintf(`<td class="nw"><a href="/build/%d">%d</a></td>`, ids[0], ids[0]), "page 1 of 2 (30)", `href="/job/jobs/main/hello?page=2"`,
 		"Build duration", "Output size", `<svg class="chart"`, `<polyline class="line" points="`,
 		fmt.Sprintf(`<a href="/build/%d" tabindex="-1"><circle class="ok"`, ids[1+1]), // the newest succeeded one
 		fmt.Sprintf("build %d (failed): 4m50s", ids[1]), fmt.Sprintf("build %d (succeeded): 27.3 KiB", ids[2]),
 		`href="/job/jobs/main/hello/latest"`, `href="/job/jobs/main/hello/latest-finished"`, `src="/job/jobs/main/hello/badge.svg"`)
-	browseLacks(t, "job page", body, fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[29], ids[29]), `id="star"`)
+	browseLacks(t, "job page", body, fmt.Sprintf(`<td class="nw"><a href="/build/%d">%d</a></td>`, ids[29], ids[29]), `id="star"`)
 	if n := strings.Count(body, "<circle"); n != 29+23 { // finished: 29; with outputs in the cache: 23
 		t.Errorf("the charts have %d points", n)
 	}
 	body = browseGet(t, s, "/job/jobs/main/hello?page=2", nil)
-	browseHas(t, "job page 2", body, fmt.Sprintf(`<td><a href="/build/%d">%d</a></td>`, ids[29], ids[29]))
+	browseHas(t, "job page 2", body, fmt.Sprintf(`<td class="nw"><a href="/build/%d">%d</a></td>`, ids[29], ids[29]))
 
 	redirect := func(path string) (int, string) {
 		res := s.do(httptest.NewRequest(http.MethodGet, path, nil), nil)

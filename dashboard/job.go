@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -66,9 +67,23 @@ func (d *Dashboard) jobPage(w http.ResponseWriter, r *http.Request, status int, 
 	v["Crumbs"] = []Crumb{{Name: "Home", URL: "/"}, {Name: "Projects", URL: "/projects"},
 		{Name: p.Name, URL: projectURL(p.Name)}, {Name: j.Name, URL: jobsetURL(p.Name, j.Name)}, {Name: job}}
 	v["Project"], v["Jobset"], v["Job"], v["Base"] = p, j, job, base
+	v["BadgeURL"] = d.siteURL(r) + base + "/badge.svg"
 	v["Builds"], v["Pager"] = builds, pagerOf(r, pg, total)
 	v["Durations"], v["Sizes"] = durationChart(points), sizeChart(points)
 	d.render(w, r, status, "job", v)
+}
+
+// siteURL is where people reach the coordinator, for addresses they copy: the
+// configured public URL, else the request's own host.
+func (d *Dashboard) siteURL(r *http.Request) string {
+	if d.cfg.PublicURL != "" {
+		return strings.TrimSuffix(d.cfg.PublicURL, "/")
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
 }
 
 // jobLatest redirects to the job's newest succeeded build, or with anyFinished to
