@@ -36,10 +36,9 @@ func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (EvalTarget, error) {
 		var t EvalTarget
 		var creds *FetchCredentials
-		j := &t.Jobset
-		err := r.Scan(&j.ID, &j.ProjectID, &j.ProjectName, &j.Name, &j.Description, &j.Branch, &j.FlakeMode,
-			&j.NixExpression, &j.CheckInterval, &j.SchedulingShares, &j.State, &j.KeepNr, &j.LastCheckedAt,
-			&j.LastCheckError, &j.CreatedAt, &j.UpdatedAt, &t.RepositoryURL, &creds, &t.TriggerPending, &t.TriggerForced)
+		scan := t.Jobset.scanTargets()
+		err := r.Scan(append(scan.dest, &t.RepositoryURL, &creds, &t.TriggerPending, &t.TriggerForced)...)
+		scan.finish()
 		if creds != nil {
 			t.Credentials = *creds
 		}

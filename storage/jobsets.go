@@ -46,32 +46,66 @@ type Jobset struct {
 	LastCheckError   string
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
+	// PullRequests gives each open pull request whose base is this jobset's branch a
+	// jobset of its own; PullRequestDrafts includes drafts.
+	PullRequests      bool
+	PullRequestDrafts bool
+	// Hidden leaves the jobset out of default lists (a closed pull request's).
+	Hidden bool
+	// PullRequest is set on a jobset FC made for a pull request (storage/pullrequests.go).
+	PullRequest *JobsetPullRequest
 }
 
 // JobsetFields are the writable columns of a jobset.
 type JobsetFields struct {
-	Name             string
-	Description      string
-	Branch           string
-	FlakeMode        bool
-	NixExpression    string
-	Inputs           []JobsetInput
-	CheckInterval    int
-	SchedulingShares int
-	State            string
-	KeepNr           int
+	Name              string
+	Description       string
+	Branch            string
+	FlakeMode         bool
+	NixExpression     string
+	Inputs            []JobsetInput
+	CheckInterval     int
+	SchedulingShares  int
+	State             string
+	KeepNr            int
+	PullRequests      bool
+	PullRequestDrafts bool
 }
 
 const jobsetColumns = `j.id, j.project_id, p.name, j.name, j.description, j.branch, j.flake_mode,
 	j.nix_expression, j.check_interval, j.scheduling_shares, j.state, j.keep_nr, j.last_checked_at,
-	j.last_check_error, j.created_at, j.updated_at`
+	j.last_check_error, j.created_at, j.updated_at, j.pull_requests, j.pull_request_drafts, j.hidden,
+	j.parent_jobset_id, j.pr_number, j.pr_head_sha, j.pr_head_branch, j.pr_head_repository, j.pr_title`
 
 func scanJobset(row scanner) (Jobset, error) {
 	var j Jobset
-	err := row.Scan(&j.ID, &j.ProjectID, &j.ProjectName, &j.Name, &j.Description, &j.Branch, &j.FlakeMode,
-		&j.NixExpression, &j.CheckInterval, &j.SchedulingShares, &j.State, &j.KeepNr, &j.LastCheckedAt,
-		&j.LastCheckError, &j.CreatedAt, &j.UpdatedAt)
+	scan := j.scanTargets()
+	err := row.Scan(scan.dest...)
+	scan.finish()
 	return j, err
+}
+
+// jobsetScan is where a row of jobsetColumns goes; finish sets the pull request.
+type jobsetScan struct {
+	dest   []any
+	finish func()
+}
+
+func (j *Jobset) scanTargets() jobsetScan {
+	var parent, number *int64
+	var pr JobsetPullRequest
+	return jobsetScan{
+		dest: []any{&j.ID, &j.ProjectID, &j.ProjectName, &j.Name, &j.Description, &j.Branch, &j.FlakeMode,
+			&j.NixExpression, &j.CheckInterval, &j.SchedulingShares, &j.State, &j.KeepNr, &j.LastCheckedAt,
+			&j.LastCheckError, &j.CreatedAt, &j.UpdatedAt, &j.PullRequests, &j.PullRequestDrafts, &j.Hidden,
+			&parent, &number, &pr.HeadSHA, &pr.HeadBranch, &pr.HeadRepository, &pr.Title},
+		finish: func() {
+			if parent != nil && number != nil {
+				pr.ParentJobsetID, pr.Number = *parent, *number
+				j.PullRequest = &pr
+			}
+		},
+	}
 }
 
 // CreateJobset inserts a jobset and its inputs in one transaction.
@@ -79,10 +113,10 @@ func (db *DB) CreateJobset(ctx context.Context, projectID int64, f JobsetFields)
 	var id int64
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `INSERT INTO jobsets (project_id, name, description, branch, flake_mode, nix_expression,
-			check_interval, scheduling_shares, state, keep_nr)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`,
+			check_interval, scheduling_shares, state, keep_nr, pull_requests, pull_request_drafts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id`,
 			projectID, f.Name, f.Description, f.Branch, f.FlakeMode, f.NixExpression, f.CheckInterval,
-			f.SchedulingShares, f.State, f.KeepNr).Scan(&id)
+			f.SchedulingShares, f.State, f.KeepNr, f.PullRequests, f.PullRequestDrafts).Scan(&id)
 		if err != nil {
 			return err
 		}
@@ -161,14 +195,26 @@ func (db *DB) inputsOf(ctx context.Context, ids []int64) (map[int64][]JobsetInpu
 	return out, rows.Err()
 }
 
-// ListJobsets returns a page of a project's jobsets, newest first, and the total.
+// ListJobsets returns a page of a project's jobsets, newest first, and the total,
+// without the hidden ones (closed pull requests').
 func (db *DB) ListJobsets(ctx context.Context, projectID int64, page Page) ([]Jobset, int64, error) {
+	return db.listJobsets(ctx, projectID, false, page)
+}
+
+// ListAllJobsets is ListJobsets with the hidden jobsets too.
+func (db *DB) ListAllJobsets(ctx context.Context, projectID int64, page Page) ([]Jobset, int64, error) {
+	return db.listJobsets(ctx, projectID, true, page)
+}
+
+func (db *DB) listJobsets(ctx context.Context, projectID int64, hidden bool, page Page) ([]Jobset, int64, error) {
 	var total int64
-	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM jobsets WHERE project_id = $1`, projectID).Scan(&total); err != nil {
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM jobsets WHERE project_id = $1 AND (NOT hidden OR $2)`,
+		projectID, hidden).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count jobsets: %w", err)
 	}
 	rows, err := db.pool.Query(ctx, `SELECT `+jobsetColumns+` FROM jobsets j JOIN projects p ON p.id = j.project_id
-		WHERE j.project_id = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3`, projectID, page.Limit, page.Offset)
+		WHERE j.project_id = $1 AND (NOT j.hidden OR $4) ORDER BY j.id DESC LIMIT $2 OFFSET $3`,
+		projectID, page.Limit, page.Offset, hidden)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list jobsets: %w", err)
 	}
@@ -195,9 +241,9 @@ func (db *DB) UpdateJobset(ctx context.Context, projectID, id int64, f JobsetFie
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE jobsets SET name = $3, description = $4, branch = $5, flake_mode = $6,
 			nix_expression = $7, check_interval = $8, scheduling_shares = $9, state = $10, keep_nr = $11,
-			updated_at = now() WHERE project_id = $1 AND id = $2`,
+			pull_requests = $12, pull_request_drafts = $13, updated_at = now() WHERE project_id = $1 AND id = $2`,
 			projectID, id, f.Name, f.Description, f.Branch, f.FlakeMode, f.NixExpression, f.CheckInterval,
-			f.SchedulingShares, f.State, f.KeepNr)
+			f.SchedulingShares, f.State, f.KeepNr, f.PullRequests, f.PullRequestDrafts)
 		if err != nil {
 			return err
 		}

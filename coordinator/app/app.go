@@ -28,7 +28,9 @@ import (
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/coordinator/pullrequests"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
@@ -54,6 +56,8 @@ type App struct {
 	Cache  *cache.Cache
 	Evals  *evalqueue.Evals
 	Builds *buildqueue.Builds
+	// PullRequests keeps the pull requests' jobsets (webhooks and its poller).
+	PullRequests *pullrequests.PullRequests
 
 	settings config.Config
 	db       *storage.DB
@@ -120,6 +124,8 @@ func New(cfg Config) (*App, error) {
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
 		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents}, db)
+	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
+		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
 		UnsupportedWait: config.Seconds(s.Queue.UnsupportedWait), BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, MaxOutputSize: s.Queue.MaxOutputSize,
@@ -139,8 +145,9 @@ func New(cfg Config) (*App, error) {
 	// The dashboard submits its forms to the API in-process, through the server's
 	// handler, which is built after it (it mounts the dashboard).
 	api := &handlerRef{}
+	accounts := people.New(people.Config{Logger: log}, db)
 	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
-		CachePublicKey: ch.PublicKey()}, db)
+		CachePublicKey: ch.PublicKey(), Accounts: accounts}, db)
 	if err != nil {
 		return nil, err
 	}
@@ -152,14 +159,17 @@ func New(cfg Config) (*App, error) {
 			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
 			fl,
 			ch,
-			evalapi.New(evalapi.Config{Scheduler: ev, Logger: log}, db),
+			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+			accounts,
 		},
+		// A session cookie signs in every route: pages, the API and the cache.
+		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, settings: s, db: db, log: log}, nil
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, settings: s, db: db, log: log}, nil
 }
 
 // newCache builds the binary cache: its blob store, its signing key (generated on
@@ -186,12 +196,14 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 	return ch, nil
 }
 
-// RunLoops runs the background loops (evaluation and build scheduling, cache
-// retention and its deletion listener) until ctx ends, and waits for them.
+// RunLoops runs the background loops (evaluation and build scheduling, polling the
+// forges for pull requests, cache retention and its deletion listener) until ctx
+// ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
+	go func() { defer wg.Done(); a.PullRequests.Run(ctx) }()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {

@@ -6,6 +6,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -75,6 +76,9 @@ type Eval struct {
 	// AllowedInputPaths are the directories (on the evaluating agents) that jobsets'
 	// path inputs may name, at or below; empty: path inputs are refused.
 	AllowedInputPaths []string `toml:"allowed_input_paths"`
+	// PullRequestInterval is seconds between passes that list the open pull requests
+	// of projects with a forge (for jobsets with pull_requests); 0: webhooks only.
+	PullRequestInterval int `toml:"pull_request_interval"`
 }
 
 // Queue is the [queue_runner] section: leases on evaluations and steps.
@@ -152,6 +156,9 @@ type Server struct {
 	RateLimitRPS   float64  `toml:"rate_limit_rps"`
 	RateLimitBurst int      `toml:"rate_limit_burst"`
 	AgentHeartbeat int      `toml:"agent_heartbeat"`
+	// PublicURL is where people reach this coordinator (https://ci.example.org), for
+	// links in commit statuses and messages; empty: http://host:port.
+	PublicURL string `toml:"public_url"`
 }
 
 // Defaults are the compiled defaults, the same as the commented values in coordinator.toml.
@@ -170,7 +177,7 @@ func Defaults() Config {
 		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true},
 		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
-			GitTimeout: 600, AllowedInputPaths: []string{}},
+			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
 		Logs:       Logs{MaxLogSize: 64 << 20, Compress: true},
@@ -221,6 +228,8 @@ func (c Config) Validate() error {
 	case c.Server.AgentHeartbeat < 1 || c.Server.AgentHeartbeat > 20:
 		// Three missed beats must fit in storage.PresenceWindow (60 s).
 		return fmt.Errorf("server.agent_heartbeat must be from 1 to 20 seconds")
+	case c.Eval.PullRequestInterval < 0:
+		return fmt.Errorf("evaluator.pull_request_interval must be >= 0 seconds (0 = webhooks only)")
 	case c.Database.MaxConnections <= 0:
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
@@ -248,6 +257,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.Priority < 1 {
 		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
+	}
+	if err := validPublicURL(c.Server.PublicURL); err != nil {
+		return err
 	}
 	if err := c.LocalAgent.validate(); err != nil {
 		return err
@@ -352,6 +364,36 @@ func (c Config) EmbeddedDatabaseDir() string { return filepath.Join(c.StateDir, 
 // GitDir is state_dir/git, where git keeps what it needs on the coordinator (SSH
 // known_hosts).
 func (c Config) GitDir() string { return filepath.Join(c.StateDir, "git") }
+
+// validPublicURL accepts an empty server.public_url or an absolute http(s) URL with a
+// host and nothing after its path (links are made by appending paths to it).
+func validPublicURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("server.public_url %q is not a URL: %w", s, err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("server.public_url %q must be an absolute http or https URL (like https://ci.example.org)", s)
+	case u.Host == "":
+		return fmt.Errorf("server.public_url %q has no host", s)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+		return fmt.Errorf("server.public_url %q must not have a user, a query or a fragment", s)
+	}
+	return nil
+}
+
+// PublicURL is server.public_url without a trailing slash, or http://host:port (the
+// listen address) when it is not set: the root that links to pages and API
+// resources are made from.
+func (c Config) PublicURL() string {
+	if c.Server.PublicURL != "" {
+		return strings.TrimRight(c.Server.PublicURL, "/")
+	}
+	return "http://" + c.Server.Addr()
+}
 
 // Addr is the listen address.
 func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }

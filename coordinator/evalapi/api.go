@@ -1,6 +1,8 @@
 // Package evalapi serves the evaluations under /api/v1 (the list, one evaluation
-// with its errors, how two compare, the trigger) and the forges' push webhooks. The
-// evaluation scheduler (evalqueue) does the work; this package only answers HTTP.
+// with its errors, how two compare, the trigger) and the forges' webhooks (pushes and
+// pull requests of GitHub, Gitea, Forgejo and GitLab). The evaluation scheduler
+// (evalqueue) and the pull request jobsets (pullrequests) do the work; this package
+// only answers HTTP.
 package evalapi
 
 import (
@@ -15,6 +17,7 @@ import (
 
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/coordinator/pullrequests"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -29,7 +32,10 @@ type Scheduler interface {
 type Config struct {
 	// Scheduler is woken by triggers; required.
 	Scheduler Scheduler
-	Logger    *slog.Logger
+	// PullRequests makes the pull requests' jobsets and knows repositories' default
+	// branches; nil: pull request webhooks are ignored.
+	PullRequests *pullrequests.PullRequests
+	Logger       *slog.Logger
 }
 
 // Evals is the evaluations API.
@@ -37,6 +43,7 @@ type Evals struct {
 	db    *storage.DB
 	log   *slog.Logger
 	sched Scheduler
+	prs   *pullrequests.PullRequests
 }
 
 // New returns the evaluations API over db.
@@ -44,7 +51,7 @@ func New(cfg Config, db *storage.DB) *Evals {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler}
+	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler, prs: cfg.PullRequests}
 }
 
 // Routes registers the evaluations API and the webhooks.
@@ -55,6 +62,8 @@ func (e *Evals) Routes(r chi.Router) {
 	r.With(httpkit.Require(auth.PermEvalJobset)).Post("/evaluations/trigger", e.trigger)
 	r.Post("/webhooks/{project}/github", e.webhook(github))
 	r.Post("/webhooks/{project}/gitea", e.webhook(gitea))
+	r.Post("/webhooks/{project}/forgejo", e.webhook(forgejo))
+	r.Post("/webhooks/{project}/gitlab", e.webhook(gitlab))
 }
 
 type evaluationJSON struct {

@@ -3,48 +3,36 @@ package evalapi
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"regexp"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/storage"
 )
 
-// forge describes how one kind of forge signs and names its events.
-type forge struct {
-	name        string
-	sigHeaders  []string // first one present wins
-	sigPrefix   string
-	eventHeader []string
-}
-
-var (
-	github = forge{name: "github", sigHeaders: []string{"X-Hub-Signature-256"}, sigPrefix: "sha256=",
-		eventHeader: []string{"X-GitHub-Event"}}
-	// Gitea and Forgejo sign the same way.
-	gitea = forge{name: "gitea", sigHeaders: []string{"X-Gitea-Signature", "X-Forgejo-Signature"},
-		eventHeader: []string{"X-Gitea-Event", "X-Forgejo-Event", "X-GitHub-Event"}}
-)
-
-func header(r *http.Request, names []string) string {
+func header(r *http.Request, names []string) (name, value string) {
 	for _, n := range names {
 		if v := r.Header.Get(n); v != "" {
-			return v
+			return n, v
 		}
 	}
-	return ""
+	return "", ""
 }
 
-// webhook verifies an HMAC-SHA256 signature over the raw body with the project's
-// secret (constant-time compare) and triggers the jobsets following the pushed branch.
-func (e *Evals) webhook(f forge) http.HandlerFunc {
+// webhook serves one kind of forge's webhooks for a project: verified (an HMAC of
+// the body, or GitLab's token, with the project's webhook secret, compared in
+// constant time), then a push triggers the jobsets following its branch and a pull
+// request makes, updates or closes the jobsets of pull requests. A request FC cannot
+// recognise (no event header, an event the forge does not have, a body that is not
+// the event it names) is a 400 that says what is wrong; an event or action that
+// changes nothing is a 200 that says it was ignored and why.
+func (e *Evals) webhook(s sender) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		// {project} is the project's id or its name, as everywhere in the API.
 		p, err := httpkit.ProjectByRef(r.Context(), e.db, chi.URLParam(r, "project"))
@@ -52,113 +40,147 @@ func (e *Evals) webhook(f forge) http.HandlerFunc {
 			httpkit.Fail(e.log, w, r, err)
 			return
 		}
-		pid := p.ID
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large"))
-				return
-			}
-			if httpkit.SlowBody(err) {
-				httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusRequestTimeout, "", "payload did not arrive within server.request_timeout"))
-				return
-			}
-			httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusBadRequest, "", "cannot read the payload"))
-			return
-		}
-		secret, err := e.db.ProjectWebhookSecret(r.Context(), pid)
+		body, err := readPayload(r)
 		if err != nil {
 			httpkit.Fail(e.log, w, r, err)
 			return
 		}
-		sig := strings.TrimPrefix(header(r, f.sigHeaders), f.sigPrefix)
-		if secret == "" || !validSignature(secret, body, sig) {
-			e.log.Warn("webhook refused: bad signature", "project", pid, "forge", f.name, "remote", r.RemoteAddr)
-			httpkit.WriteError(w, r, http.StatusUnauthorized, "webhook signature does not verify with this project's secret")
+		secret, err := e.db.ProjectWebhookSecret(r.Context(), p.ID)
+		if err != nil {
+			httpkit.Fail(e.log, w, r, err)
 			return
 		}
-		switch event := header(r, f.eventHeader); event {
-		case "ping":
-			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+		if secret == "" || !s.verify(r, secret, body) {
+			e.log.Warn("webhook refused: bad signature", "project", p.ID, "forge", s.name, "remote", r.RemoteAddr)
+			what := "signature"
+			if s.tokenHeader != "" {
+				what = s.tokenHeader
+			}
+			httpkit.WriteError(w, r, http.StatusUnauthorized, "webhook "+what+" does not verify with this project's secret")
 			return
-		case "push":
+		}
+		_, event := header(r, s.eventHeaders)
+		switch {
+		case event == "":
+			httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusBadRequest, "", "missing event header: a %s webhook names its event in %s",
+				s.name, strings.Join(s.eventHeaders, " or ")))
+		case event == s.push:
+			e.onPush(w, r, s, p, body)
+		case event == s.pull:
+			e.onPull(w, r, s, p, body)
+		case s.known[event]:
+			ignore(w, "event "+printable(event)+" is not one FC acts on (it acts on "+s.push+" and "+s.pull+")")
 		default:
-			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ignored": event, "triggered": []int64{}})
-			return
+			httpkit.Fail(e.log, w, r, httpkit.Errorf(http.StatusBadRequest, "", "unknown %s event %s in %s",
+				s.name, printable(event), s.eventHeaders[0]))
 		}
-		push, ok := parsePush(body)
-		if !ok {
-			httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ignored": "not a push to a branch", "triggered": []int64{}})
-			return
-		}
-		ids, err := e.db.RequestEvaluationsForBranch(r.Context(), pid, push.Branch, push.IsDefault)
-		if err != nil {
-			httpkit.Fail(e.log, w, r, err)
-			return
-		}
-		if ids == nil {
-			ids = []int64{}
-		}
-		if len(ids) > 0 {
-			e.sched.Wake()
-		}
-		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
 	}
 }
 
-// pushEvent is what FC reads of a push payload; GitHub, Gitea and Forgejo send the
-// same fields.
-type pushEvent struct {
-	Branch    string // the branch pushed to
-	IsDefault bool   // it is the repository's default branch
+// readPayload reads a webhook's body, within server.max_body_size and
+// server.request_timeout.
+func readPayload(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(r.Body)
+	if err == nil {
+		return body, nil
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, httpkit.Errorf(http.StatusRequestEntityTooLarge, "", "payload too large")
+	case httpkit.SlowBody(err):
+		return nil, httpkit.Errorf(http.StatusRequestTimeout, "", "payload did not arrive within server.request_timeout")
+	}
+	return nil, httpkit.Errorf(http.StatusBadRequest, "", "cannot read the payload")
 }
 
-// zeroCommit is the "after" of a push that deleted its ref.
-var zeroCommit = regexp.MustCompile(`^0+$`)
-
-// parsePush reads a push payload. ok is false for anything but a push of commits to
-// a branch: a tag, a deleted branch (nothing to evaluate), a payload that does not
-// parse, or a ref git would not take (an empty branch would match every jobset that
-// follows the default branch; a NUL byte is refused by PostgreSQL, a 500 the forge
-// would retry).
-func parsePush(body []byte) (pushEvent, bool) {
-	var push struct {
-		Ref        string `json:"ref"`
-		After      string `json:"after"`
-		Deleted    bool   `json:"deleted"`
-		Repository struct {
-			DefaultBranch string `json:"default_branch"`
-		} `json:"repository"`
-	}
-	if err := json.Unmarshal(body, &push); err != nil || push.Deleted || zeroCommit.MatchString(push.After) {
-		return pushEvent{}, false
-	}
-	branch, ok := strings.CutPrefix(push.Ref, "refs/heads/")
-	if !ok || !validRefName(push.Ref) {
-		return pushEvent{}, false
-	}
-	return pushEvent{Branch: branch, IsDefault: branch == push.Repository.DefaultBranch}, true
+// ignore answers an event FC recognised and does nothing about.
+func ignore(w http.ResponseWriter, why string) {
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"ignored": why, "triggered": []int64{}})
 }
 
-// validRefName is git's check-ref-format for a full ref name.
-func validRefName(ref string) bool {
-	if ref == "@" || strings.HasPrefix(ref, "/") || strings.HasSuffix(ref, "/") || strings.HasSuffix(ref, ".") ||
-		strings.Contains(ref, "..") || strings.Contains(ref, "//") || strings.Contains(ref, "@{") ||
-		!strings.Contains(ref, "/") || !utf8.ValidString(ref) {
-		return false
+// failEvent answers a body that is not the event it claims with 400, anything else
+// as httpkit does.
+func (e *Evals) failEvent(w http.ResponseWriter, r *http.Request, err error) {
+	var bad badEvent
+	if errors.As(err, &bad) {
+		err = httpkit.Errorf(http.StatusBadRequest, "", "%s", bad.why)
 	}
-	for _, c := range ref {
-		if c < 0x20 || c == 0x7f || strings.ContainsRune(" ~^:?*[\\", c) {
-			return false
+	httpkit.Fail(e.log, w, r, err)
+}
+
+// onPush triggers the jobsets following the pushed branch; jobsets without a branch
+// follow the default branch, which the repository is asked for when the payload does
+// not say it.
+func (e *Evals) onPush(w http.ResponseWriter, r *http.Request, s sender, p storage.Project, body []byte) {
+	push, ignored, err := parsePush(s, body)
+	if err != nil {
+		e.failEvent(w, r, err)
+		return
+	}
+	if ignored != "" {
+		ignore(w, ignored)
+		return
+	}
+	def := push.DefaultBranch
+	if def == "" && e.prs != nil {
+		if def, err = e.prs.DefaultBranch(r.Context(), p); err != nil {
+			// The branch's own jobsets still run; only those following the default
+			// branch wait for their next poll.
+			e.log.Warn("webhook: cannot ask the repository for its default branch", "project", p.ID, "err", err)
 		}
 	}
-	for _, part := range strings.Split(ref, "/") {
-		if strings.HasPrefix(part, ".") || strings.HasSuffix(part, ".lock") {
-			return false
-		}
+	ids, err := e.db.RequestEvaluationsForBranch(r.Context(), p.ID, push.Branch, push.Branch == def)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
 	}
-	return true
+	if ids == nil {
+		ids = []int64{}
+	}
+	if len(ids) > 0 {
+		e.sched.Wake()
+	}
+	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"triggered": ids})
+}
+
+// onPull makes, updates or closes the jobsets of the pull request.
+func (e *Evals) onPull(w http.ResponseWriter, r *http.Request, s sender, p storage.Project, body []byte) {
+	ev, ignored, err := parsePull(s, body)
+	if err != nil {
+		e.failEvent(w, r, err)
+		return
+	}
+	if ignored != "" {
+		ignore(w, ignored)
+		return
+	}
+	if e.prs == nil {
+		ignore(w, "this coordinator does not evaluate pull requests")
+		return
+	}
+	res, err := e.prs.Apply(r.Context(), p, s.forgeType, ev.PR, ev.DefaultBranch)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	httpkit.WriteJSON(w, http.StatusOK, res)
+}
+
+// verify checks a request's signature (or GitLab's token) with the project's secret.
+func (s sender) verify(r *http.Request, secret string, body []byte) bool {
+	if s.tokenHeader != "" {
+		return validToken(secret, r.Header.Get(s.tokenHeader))
+	}
+	_, sig := header(r, s.sigHeaders)
+	return validSignature(secret, body, strings.TrimPrefix(sig, s.sigPrefix))
+}
+
+// validToken compares GitLab's X-Gitlab-Token with the secret in constant time,
+// over their hashes so that not even the secret's length shows.
+func validToken(secret, token string) bool {
+	a, b := sha256.Sum256([]byte(secret)), sha256.Sum256([]byte(token))
+	return token != "" && subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
 func validSignature(secret string, body []byte, sigHex string) bool {

@@ -167,7 +167,7 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
 	defer cancel()
 	creds := gitcmd.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
-	commit, err := gitcmd.LsRemote(gctx, e.cfg.GitDir, t.RepositoryURL, j.Branch, creds)
+	commit, err := e.commitOf(gctx, t, creds)
 	if err != nil {
 		return err
 	}
@@ -202,6 +202,16 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	}
 	e.log.Info("evaluation queued", "eval", id, "jobset", j.ID, "commit", commit, "trigger", trigger)
 	return nil
+}
+
+// commitOf is the commit a jobset evaluates now: a pull request's head as the forge
+// last said it (the pull request's ref may lag behind its webhook), else what its
+// branch (or full ref) points to.
+func (e *Evals) commitOf(ctx context.Context, t storage.EvalTarget, creds gitcmd.Credentials) (string, error) {
+	if pr := t.Jobset.PullRequest; pr != nil && pr.HeadSHA != "" {
+		return pr.HeadSHA, nil
+	}
+	return gitcmd.LsRemote(ctx, e.cfg.GitDir, t.RepositoryURL, t.Jobset.Branch, creds)
 }
 
 // inputsHash identifies what an evaluation sees: the commit, the expression and every

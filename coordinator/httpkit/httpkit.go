@@ -120,7 +120,10 @@ func Decode(r *http.Request, dst any) error {
 	var mbe *http.MaxBytesError
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
+	var he *Error // a field's own UnmarshalJSON said what is wrong
 	switch {
+	case errors.As(err, &he):
+		return he
 	case errors.As(err, &mbe):
 		return Errorf(http.StatusRequestEntityTooLarge, "", "request body is larger than %d bytes", mbe.Limit)
 	case SlowBody(err):

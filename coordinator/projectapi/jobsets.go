@@ -41,6 +41,23 @@ type jobsetJSON struct {
 	LastCheckError   string      `json:"last_check_error"`
 	CreatedAt        time.Time   `json:"created_at"`
 	UpdatedAt        time.Time   `json:"updated_at"`
+	// PullRequests: each open pull request based on the branch gets a jobset of its
+	// own (<name>-pr-<number>); PullRequestDrafts includes drafts.
+	PullRequests      bool `json:"pull_requests"`
+	PullRequestDrafts bool `json:"pull_request_drafts"`
+	// Hidden: left out of the default list (a closed pull request's jobset).
+	Hidden bool `json:"hidden"`
+	// PullRequest is the pull request this jobset evaluates, null for others.
+	PullRequest *pullRequestJSON `json:"pull_request"`
+}
+
+type pullRequestJSON struct {
+	ParentJobsetID int64  `json:"parent_jobset_id"`
+	Number         int64  `json:"number"`
+	Title          string `json:"title"`
+	HeadSHA        string `json:"head_sha"`
+	HeadBranch     string `json:"head_branch"`
+	HeadRepository string `json:"head_repository"`
 }
 
 func toJobsetJSON(j storage.Jobset) jobsetJSON {
@@ -57,7 +74,16 @@ func toJobsetJSON(j storage.Jobset) jobsetJSON {
 		Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode, NixExpression: j.NixExpression,
 		Inputs: inputs, CheckInterval: j.CheckInterval, SchedulingShares: j.SchedulingShares, State: j.State,
 		KeepNr: j.KeepNr, LastCheckedAt: checked, LastCheckError: j.LastCheckError,
-		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC()}
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), PullRequests: j.PullRequests,
+		PullRequestDrafts: j.PullRequestDrafts, Hidden: j.Hidden, PullRequest: toPullRequestJSON(j.PullRequest)}
+}
+
+func toPullRequestJSON(pr *storage.JobsetPullRequest) *pullRequestJSON {
+	if pr == nil {
+		return nil
+	}
+	return &pullRequestJSON{ParentJobsetID: pr.ParentJobsetID, Number: pr.Number, Title: pr.Title, HeadSHA: pr.HeadSHA,
+		HeadBranch: pr.HeadBranch, HeadRepository: pr.HeadRepository}
 }
 
 type jobsetInput struct {
@@ -71,6 +97,9 @@ type jobsetInput struct {
 	SchedulingShares *int         `json:"scheduling_shares"`
 	State            *string      `json:"state"`
 	KeepNr           *int         `json:"keep_nr"`
+	// PullRequests and PullRequestDrafts: see jobsetJSON.
+	PullRequests      *bool `json:"pull_requests"`
+	PullRequestDrafts *bool `json:"pull_request_drafts"`
 }
 
 var (
@@ -108,6 +137,14 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 		f.FlakeMode = *in.FlakeMode
 	}
 	set(&f.NixExpression, in.NixExpression)
+	for _, p := range []struct {
+		dst *bool
+		src *bool
+	}{{&f.PullRequests, in.PullRequests}, {&f.PullRequestDrafts, in.PullRequestDrafts}} {
+		if p.src != nil {
+			*p.dst = *p.src
+		}
+	}
 	for _, p := range []struct {
 		dst *int
 		src *int
@@ -265,7 +302,16 @@ func (a *API) listJobsets(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	js, total, err := a.db.ListJobsets(r.Context(), p.ID, page)
+	list := a.db.ListJobsets
+	switch all := r.URL.Query().Get("all"); all {
+	case "true", "1":
+		list = a.db.ListAllJobsets // with the hidden ones (closed pull requests')
+	case "", "false", "0":
+	default:
+		a.fail(w, r, httpkit.Unprocessable("all", "all must be true or false"))
+		return
+	}
+	js, total, err := list(r.Context(), p.ID, page)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -345,7 +391,8 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 	}
 	f := storage.JobsetFields{Name: j.Name, Description: j.Description, Branch: j.Branch, FlakeMode: j.FlakeMode,
 		NixExpression: j.NixExpression, Inputs: j.Inputs, CheckInterval: j.CheckInterval,
-		SchedulingShares: j.SchedulingShares, State: j.State, KeepNr: j.KeepNr}
+		SchedulingShares: j.SchedulingShares, State: j.State, KeepNr: j.KeepNr,
+		PullRequests: j.PullRequests, PullRequestDrafts: j.PullRequestDrafts}
 	if err := mayUseInputs(r.Context(), j.Inputs, in.Inputs); err != nil { // ownership.go
 		a.fail(w, r, err)
 		return
@@ -358,9 +405,17 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if j.PullRequest != nil && f.PullRequests {
+		a.fail(w, r, httpkit.Unprocessable("pull_requests", "jobset %q evaluates a pull request; it cannot follow pull requests itself", j.Name))
+		return
+	}
 	j, err = a.db.UpdateJobset(r.Context(), j.ProjectID, j.ID, f)
 	if err != nil {
 		a.fail(w, r, nameConflict(err, "a jobset of this project", f.Name))
+		return
+	}
+	if err := a.db.UpdatePullRequestJobsets(r.Context(), j); err != nil { // its children follow it
+		a.fail(w, r, err)
 		return
 	}
 	httpkit.WriteJSON(w, http.StatusOK, toJobsetJSON(j))

@@ -30,17 +30,22 @@ type projectJSON struct {
 	FetchCredentialsSet bool `json:"fetch_credentials_set"`
 	// The API key that owns the project (null: none, only admins manage it) and its
 	// name; never the key itself.
-	OwnerKeyID   *int64    `json:"owner_key_id"`
-	OwnerKeyName string    `json:"owner_key_name"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	OwnerKeyID   *int64 `json:"owner_key_id"`
+	OwnerKeyName string `json:"owner_key_name"`
+	// The user who owns the project (null: none) and their username.
+	OwnerUserID   *int64    `json:"owner_user_id"`
+	OwnerUserName string    `json:"owner_user_name"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	// Forge is where the repository is hosted (forge.go), null when unset.
+	Forge *forgeJSON `json:"forge"`
 }
 
 func toProjectJSON(p storage.Project) projectJSON {
 	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
 		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
 		FetchCredentialsSet: p.FetchCredentialsSet, OwnerKeyID: p.OwnerKeyID, OwnerKeyName: p.OwnerKeyName,
-		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+		OwnerUserID: p.OwnerUserID, OwnerUserName: p.OwnerUserName, CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
 // projectInput is a create or update request; nil fields are left as they are.
@@ -56,6 +61,8 @@ type projectInput struct {
 	FetchCredentials *storage.FetchCredentials `json:"fetch_credentials"`
 	// OwnerKeyID gives the project to another API key (admins only).
 	OwnerKeyID *int64 `json:"owner_key_id"`
+	// Forge sets where the repository is hosted (forge.go); null removes it.
+	Forge forgeField `json:"forge"`
 }
 
 // maxNameLen bounds project, jobset and API key names.
@@ -171,6 +178,10 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 	for i, p := range ps {
 		out[i] = toProjectJSON(p)
 	}
+	if err := a.withForges(r.Context(), out); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
@@ -189,13 +200,36 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	forge, setForge, _, err := in.Forge.fields(nil)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err := a.db.CreateProject(r.Context(), f)
 	if err != nil {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
-	w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
-	httpkit.WriteJSON(w, http.StatusCreated, toProjectJSON(p))
+	if err := a.saveForge(r.Context(), p.ID, forge, setForge, false); err != nil {
+		// Not a project without the forge it was asked to have.
+		_ = a.db.DeleteProject(r.Context(), p.ID)
+		a.fail(w, r, err)
+		return
+	}
+	a.writeProject(w, r, http.StatusCreated, p)
+}
+
+// writeProject answers with project p as it is now, with its forge.
+func (a *API) writeProject(w http.ResponseWriter, r *http.Request, status int, p storage.Project) {
+	out := []projectJSON{toProjectJSON(p)}
+	if err := a.withForges(r.Context(), out); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if status == http.StatusCreated {
+		w.Header().Set("Location", "/api/v1/projects/"+strconv.FormatInt(p.ID, 10))
+	}
+	httpkit.WriteJSON(w, status, out[0])
 }
 
 // project resolves the {id} (or {pid}) URL parameter with httpkit.ProjectByRef.
@@ -209,7 +243,7 @@ func (a *API) getProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
+	a.writeProject(w, r, http.StatusOK, p)
 }
 
 func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
@@ -233,12 +267,26 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	old, err := a.currentForge(r.Context(), p.ID)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	forge, setForge, removeForge, err := in.Forge.fields(old)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err = a.db.UpdateProject(r.Context(), p.ID, f)
 	if err != nil {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
-	httpkit.WriteJSON(w, http.StatusOK, toProjectJSON(p))
+	if err := a.saveForge(r.Context(), p.ID, forge, setForge, removeForge); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.writeProject(w, r, http.StatusOK, p)
 }
 
 func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {

@@ -222,18 +222,16 @@ func Run(ctx context.Context, dir string, env []string, args ...string) (string,
 }
 
 // LsRemote resolves branch (HEAD when empty) of repoURL to a commit without cloning,
-// using the repository's credentials like a checkout does. stateDir keeps the SSH
-// known_hosts file.
+// using the repository's credentials like a checkout does. A branch starting with
+// refs/ is a full ref (a pull request's head: refs/pull/N/head). stateDir keeps the
+// SSH known_hosts file.
 func LsRemote(ctx context.Context, stateDir, repoURL, branch string, creds Credentials) (string, error) {
 	g, err := New(stateDir, repoURL, creds)
 	if err != nil {
 		return "", err
 	}
 	defer g.Close()
-	ref := "HEAD"
-	if branch != "" {
-		ref = "refs/heads/" + branch
-	}
+	ref := RefOf(branch)
 	out, err := g.Run(ctx, "", "ls-remote", "--", repoURL, ref)
 	if err != nil {
 		return "", fmt.Errorf("git ls-remote %s %s: %w", g.Redact(repoURL), ref, err)
@@ -244,4 +242,43 @@ func LsRemote(ctx context.Context, stateDir, repoURL, branch string, creds Crede
 		}
 	}
 	return "", fmt.Errorf("git ls-remote %s: no %s", g.Redact(repoURL), ref)
+}
+
+// RefOf is the ref a jobset's branch names: HEAD for none, a full ref as it is
+// (refs/pull/1/head), refs/heads/<branch> otherwise.
+func RefOf(branch string) string {
+	switch {
+	case branch == "":
+		return "HEAD"
+	case strings.HasPrefix(branch, "refs/"):
+		return branch
+	}
+	return "refs/heads/" + branch
+}
+
+// DefaultBranch is the branch the HEAD of repoURL points to (git ls-remote --symref),
+// without cloning, with the repository's credentials.
+func DefaultBranch(ctx context.Context, stateDir, repoURL string, creds Credentials) (string, error) {
+	g, err := New(stateDir, repoURL, creds)
+	if err != nil {
+		return "", err
+	}
+	defer g.Close()
+	out, err := g.Run(ctx, "", "ls-remote", "--symref", "--", repoURL, "HEAD")
+	if err != nil {
+		return "", fmt.Errorf("git ls-remote --symref %s HEAD: %w", g.Redact(repoURL), err)
+	}
+	// "ref: refs/heads/main\tHEAD" precedes the commit line.
+	for _, line := range strings.Split(out, "\n") {
+		target, ok := strings.CutPrefix(line, "ref: ")
+		if !ok {
+			continue
+		}
+		if f := strings.Fields(target); len(f) == 2 && f[1] == "HEAD" {
+			if branch, ok := strings.CutPrefix(f[0], "refs/heads/"); ok {
+				return branch, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("git ls-remote --symref %s: HEAD names no branch", g.Redact(repoURL))
 }
