@@ -53,10 +53,10 @@ func morePager(r *http.Request, param string, p storage.Page, more bool) Pager {
 }
 
 // manages reports whether the signed-in principal manages project p (changes it,
-// adds and changes its jobsets): the API's rule, asked with the project's owner.
+// adds and changes its jobsets): the API's rule, asked with the project's owners.
 func manages(r *http.Request, p storage.Project) bool {
 	who, ok := auth.FromContext(r.Context())
-	return ok && auth.ManagesProject(who, p.OwnerKeyID)
+	return ok && auth.ManagesProject(who, p.OwnerKeyID, p.OwnerUserID)
 }
 
 // userID is the signed-in person's user id; 0 for nobody or an API key.

@@ -631,19 +631,72 @@ func TestJobPage_HistoryChartsLatestAndBadge(t *testing.T) {
 }
 
 // TestJobPage_StarForPeopleWithAccounts: the star button is for people signed in
-// with an account, and says whether the job is starred; a star form without its
-// CSRF token is refused.
+// with an account: starring puts the job among their starred jobs on the home page
+// with its latest build, unstarring takes it off; a star form without its CSRF
+// token is refused; someone signed in with an API key has no button.
 func TestJobPage_StarForPeopleWithAccounts(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
-	js, _ := browseJobFixture(t, s)
-	me := browseUser(t, s, "bob", storage.RoleReadOnly)
+	_, ids := browseJobFixture(t, s)
 	browseLacks(t, "job page for a key", browseGet(t, s, "/job/jobs/main/hello", s.person(storage.RoleAdmin)), `id="star"`)
-	browseHas(t, "job page for bob", browseGet(t, s, "/job/jobs/main/hello", me),
+	me := s.signedIn(storage.RoleReadOnly)
+	code, body := s.getAs("/job/jobs/main/hello", me)
+	if code != http.StatusOK {
+		t.Fatalf("job page: %d", code)
+	}
+	browseHas(t, "job page for a person", body,
 		`<form method="post" action="/job/jobs/main/hello/star" class="inline">`, `name="star" value="1"`, `aria-pressed="false" id="star">☆ Star`)
-	browseExec(t, s, `INSERT INTO starred_jobs (user_id, jobset_id, job) VALUES ($1, $2, 'hello')`, me.UserID, js)
-	browseHas(t, "job page for bob, starred", browseGet(t, s, "/job/jobs/main/hello", me), `name="star" value="0"`, `aria-pressed="true" id="star">★ Starred`)
-	if res, _ := s.post("/job/jobs/main/hello/star", url.Values{"star": {"0"}, "csrf": {""}}, me); res.StatusCode != http.StatusForbidden {
+	if res, _ := s.postAs("/job/jobs/main/hello/star", url.Values{"star": {"1"}, "csrf": {""}}, me); res.StatusCode != http.StatusForbidden {
 		t.Errorf("a star form without its CSRF token: %d", res.StatusCode)
 	}
+	_, body = s.getAs("/", me)
+	browseHas(t, "home before starring", body, "You have starred no job yet")
+
+	res, body := s.postAs("/job/jobs/main/hello/star", url.Values{"star": {"1"}}, me)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/job/jobs/main/hello" {
+		t.Fatalf("star: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	_, body = s.getAs("/job/jobs/main/hello", me)
+	browseHas(t, "job page, starred", body, `name="star" value="0"`, `aria-pressed="true" id="star">★ Starred`)
+	_, body = s.getAs("/", me)
+	browseHas(t, "home, starred", body, "Starred jobs", `<a href="/job/jobs/main/hello">jobs:main:hello</a>`,
+		fmt.Sprintf(`href="/build/%d" data-build="%d"><span class="status queued">queued</span>`, ids[0], ids[0]))
+
+	if res, body = s.postAs("/job/jobs/main/hello/star", url.Values{"star": {"0"}}, me); res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("unstar: %d\n%s", res.StatusCode, body)
+	}
+	_, body = s.getAs("/", me)
+	browseHas(t, "home, unstarred", body, "You have starred no job yet")
+}
+
+// TestProjectForms_PeopleOwnWhatTheyCreate: a person with an account and the
+// create-projects role makes a project and a jobset through the forms and may edit
+// them; another such person sees no controls and is refused; the owner is shown.
+func TestProjectForms_PeopleOwnWhatTheyCreate(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	owner, other := s.signedIn(storage.RoleCreateProjects), s.signedIn(storage.RoleCreateProjects)
+	res, body := s.postAs("/projects/new", url.Values{"name": {"theirs"}, "repository_url": {"https://example.org/t.git"}, "enabled": {"1"}}, owner)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/project/theirs" {
+		t.Fatalf("create project: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	res, body = s.postAs("/project/theirs/jobsets/new", url.Values{"name": {"main"}, "nix_expression": {"hydraJobs"}, "flake_mode": {"1"},
+		"check_interval": {"60"}, "scheduling_shares": {"100"}, "keep_nr": {"3"}, "state": {"enabled"}}, owner)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/jobset/theirs/main" {
+		t.Fatalf("create jobset: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
+	}
+	_, body = s.getAs("/project/theirs", owner)
+	browseHas(t, "project for its owner", body, `href="/project/theirs/edit"`, `href="/project/theirs/jobsets/new"`, "<dt>Owner</dt><dd>create-projects-user-")
+	_, body = s.getAs("/project/theirs", other)
+	browseLacks(t, "project for another person", body, `href="/project/theirs/edit"`, `href="/project/theirs/jobsets/new"`)
+	if res, body = s.postAs("/project/theirs/edit", url.Values{"name": {"theirs"}, "display_name": {"Mine now"},
+		"repository_url": {"https://example.org/t.git"}, "enabled": {"1"}}, other); res.StatusCode != http.StatusForbidden {
+		t.Errorf("another person's edit: %d\n%s", res.StatusCode, body)
+	}
+	if res, body = s.postAs("/project/theirs/edit", url.Values{"name": {"theirs"}, "display_name": {"Still Theirs"},
+		"repository_url": {"https://example.org/t.git"}, "enabled": {"1"}}, owner); res.StatusCode != http.StatusSeeOther {
+		t.Errorf("the owner's edit: %d\n%s", res.StatusCode, body)
+	}
+	_, body = s.getAs("/projects", owner)
+	browseHas(t, "projects", body, `href="/project/theirs"`, "Still Theirs")
 }

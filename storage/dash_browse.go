@@ -102,7 +102,7 @@ type ProjectBrief struct {
 	DisplayName  string
 	Description  string
 	Enabled      bool
-	OwnerKeyName string
+	OwnerName    string // the owning user's or API key's
 	NrJobsets    int64
 	Jobsets      []JobsetBrief
 }
@@ -116,15 +116,15 @@ func (db *DB) DashProjects(ctx context.Context, page Page, perProject int) ([]Pr
 		return nil, 0, fmt.Errorf("count projects: %w", err)
 	}
 	rows, err := db.pool.Query(ctx, `SELECT p.id, p.name, p.display_name, p.description, p.enabled,
-		coalesce(k.name, ''), (SELECT count(*) FROM jobsets j WHERE j.project_id = p.id)
-		FROM projects p LEFT JOIN api_keys k ON k.id = p.owner_key_id
+		coalesce(u.username, k.name, ''), (SELECT count(*) FROM jobsets j WHERE j.project_id = p.id)
+		FROM projects p LEFT JOIN api_keys k ON k.id = p.owner_key_id LEFT JOIN users u ON u.id = p.owner_user_id
 		ORDER BY p.name LIMIT $1 OFFSET $2`, page.Limit, page.Offset)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list projects: %w", err)
 	}
 	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ProjectBrief, error) {
 		var p ProjectBrief
-		return p, r.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled, &p.OwnerKeyName, &p.NrJobsets)
+		return p, r.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.Enabled, &p.OwnerName, &p.NrJobsets)
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list projects: %w", err)
