@@ -97,14 +97,14 @@ func scanJobsetBrief(r pgx.CollectableRow) (JobsetBrief, error) {
 
 // ProjectBrief is a project with the first of its jobsets (by name).
 type ProjectBrief struct {
-	ID           int64
-	Name         string
-	DisplayName  string
-	Description  string
-	Enabled      bool
-	OwnerName    string // the owning user's or API key's
-	NrJobsets    int64
-	Jobsets      []JobsetBrief
+	ID          int64
+	Name        string
+	DisplayName string
+	Description string
+	Enabled     bool
+	OwnerName   string // the owning user's or API key's
+	NrJobsets   int64
+	Jobsets     []JobsetBrief
 }
 
 // DashProjects returns a page of projects by name, each with its first perProject
