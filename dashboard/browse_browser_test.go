@@ -4,8 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/coordtest"
+	"github.com/fc-ci/fc/storage"
 )
 
 // TestBrowsePages_PhoneWidthAndDarkMode: the home, projects, project, jobset and job
@@ -91,4 +98,123 @@ func TestHome_StatusesUpdateWithoutReload(t *testing.T) {
 	} {
 		tab.waitJS(10*time.Second, js+" is "+want, js+` === '`+want+`'`)
 	}
+}
+
+// TestBrowseFlow_SignInCreateTriggerAndWatch: in Chromium, an admin signs in through
+// /login, creates a project and a jobset through the forms, triggers an evaluation
+// that real agents evaluate and build from a local git repository, sees the jobs
+// grid, and watches a running build turn green on the home page without a reload;
+// the home page fits 390 px and follows the dark scheme.
+func TestBrowseFlow_SignInCreateTriggerAndWatch(t *testing.T) {
+	t.Parallel()
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := coordtest.NewRepo(t)
+	repo.Commit(map[string]string{"release.nix": jobset(t, map[string]string{
+		"quick": `echo hi > $out`,
+		"slow":  `sleep 12; echo done > $out`,
+	})})
+	hash, err := auth.HashPassword("a-long-enough-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DB.CreateUser(context.Background(), storage.NewUser{Username: "ada", Role: storage.RoleAdmin, PasswordHash: hash}); err != nil {
+		t.Fatal(err)
+	}
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder", MaxJobs: 2})
+
+	p := openTab(t, startBrowser(t))
+	do := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(p.ctx, actions...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	at := func(path string) {
+		t.Helper()
+		p.waitJS(20*time.Second, "at "+path, `location.pathname === '`+path+`' && document.readyState === 'complete'`)
+	}
+	p.navigate(c.URL + "/login")
+	do("sign in", chromedp.SendKeys("#username", "ada"), chromedp.SendKeys("#password", "a-long-enough-password"),
+		chromedp.Click(`form:has(#password) button[type=submit]`))
+	p.waitJS(20*time.Second, "signed in", `document.readyState === 'complete' && document.querySelector('header .me')`)
+
+	p.navigate(c.URL + "/projects")
+	do("open the new project form", chromedp.Click(`a[href="/projects/new"]`))
+	at("/projects/new")
+	do("fill in the project", chromedp.SendKeys("#f-name", "demo"), chromedp.SendKeys("#f-display", "The Demo"),
+		chromedp.SendKeys("#f-repo", repo.Dir))
+	p.screenshot("flow-new-project")
+	do("create the project", chromedp.Click(`form.edit button[type=submit]`))
+	at("/project/demo")
+	do("open the new jobset form", chromedp.Click(`a[href="/project/demo/jobsets/new"]`))
+	at("/project/demo/jobsets/new")
+	do("fill in the jobset", chromedp.SendKeys("#f-name", "main"), chromedp.SendKeys("#f-branch", "main"),
+		chromedp.Click("#f-flake"), chromedp.SetValue("#f-expr", "release.nix"), chromedp.SetValue("#f-interval", "0"))
+	p.screenshot("flow-new-jobset")
+	do("create the jobset", chromedp.Click(`form.edit button[type=submit]`))
+	at("/jobset/demo/main")
+	if got := eval[string](p, `document.querySelector('dl.info').textContent`); !strings.Contains(got, "main · release.nix") {
+		t.Errorf("the jobset page says %q", got)
+	}
+
+	do("trigger an evaluation", chromedp.Click("#trigger"))
+	p.waitJS(20*time.Second, "the trigger's message", `document.readyState === 'complete' && document.querySelector('.flash') && document.querySelector('.flash').textContent.includes('requested')`)
+	js, err := c.DB.GetJobsetByName(context.Background(), browseProjectID(t, c.DB, "demo"), "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	coordtest.Eventually(t, 120*time.Second, "the evaluation succeeds", func() bool {
+		var status, msg string
+		err := c.DB.Pool().QueryRow(context.Background(), `SELECT status, error FROM evaluations WHERE jobset_id = $1 ORDER BY id DESC LIMIT 1`, js.ID).Scan(&status, &msg)
+		if status == "failed" {
+			t.Fatalf("the evaluation failed: %s", msg)
+		}
+		return err == nil && status == "succeeded"
+	})
+	var slow int64
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT id FROM builds WHERE jobset_id = $1 AND job = 'slow'`, js.ID).Scan(&slow); err != nil {
+		t.Fatal(err)
+	}
+
+	// Home, while the slow build has not finished: it turns green in place.
+	p.navigate(c.URL + "/")
+	status := fmt.Sprintf(`document.querySelector('[data-build="%d"] .status').textContent`, slow)
+	if got := eval[string](p, status); got != "queued" && got != "running" {
+		t.Fatalf("the slow build shows %q on the home page before it finished", got)
+	}
+	eval[bool](p, `(() => { window.fcNotReloaded = true; return true; })()`)
+	p.screenshot("flow-home-building")
+	p.waitJS(120*time.Second, "the slow build shows succeeded", status+` === 'succeeded'`)
+	p.waitJS(10*time.Second, "the jobset row counts two succeeded builds",
+		fmt.Sprintf(`document.querySelector('tr[data-jobset="%d"] [data-f="succeeded"]').textContent === '2'`, js.ID))
+	if !eval[bool](p, `window.fcNotReloaded === true`) {
+		t.Error("the home page reloaded")
+	}
+	p.resize(390, 844)
+	p.fitsWidth("home at 390 px")
+	p.screenshot("flow-home-390-light")
+	p.darkMode(true)
+	if bg := eval[string](p, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(13, 17, 23)" {
+		t.Errorf("home in dark mode: body background %s", bg)
+	}
+	p.fitsWidth("home at 390 px, dark")
+	p.screenshot("flow-home-390-dark")
+
+	// The jobset page shows the evaluation in its grid, both builds green.
+	p.navigate(c.URL + "/jobset/demo/main")
+	if n := eval[int](p, `document.querySelectorAll('table.grid a.cell.ok').length`); n != 2 {
+		t.Errorf("the jobs grid shows %d succeeded builds, want 2", n)
+	}
+	p.fitsWidth("jobset at 390 px, dark")
+	p.screenshot("flow-jobset-390-dark")
+}
+
+func browseProjectID(t *testing.T, db *storage.DB, name string) int64 {
+	t.Helper()
+	p, err := db.GetProjectByName(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.ID
 }
