@@ -16,8 +16,9 @@ import (
 )
 
 // TestBrowsePages_PhoneWidthAndDarkMode: the home, projects, project, jobset and job
-// pages, full of rows, fit a 390 px wide phone without sideways scrolling and follow
-// a dark colour scheme (screenshots of each are kept).
+// pages, full of rows, and the project and jobset forms, fit a 390 px wide phone
+// without sideways scrolling and follow a dark colour scheme (screenshots of each
+// are kept).
 func TestBrowsePages_PhoneWidthAndDarkMode(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
@@ -32,20 +33,35 @@ func TestBrowsePages_PhoneWidthAndDarkMode(t *testing.T) {
 		'error: attribute ''missing'' missing at /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-source/pkgs/top-level/all-packages.nix:1234:5' FROM evaluations`)
 	browseExec(t, s, `INSERT INTO agents (name, public_key, fingerprint, connected, last_seen_at)
 		VALUES ('builder-with-a-long-name-1', 'k1', 'SHA256:1', true, now())`)
+	browseExec(t, s, `INSERT INTO jobset_inputs (jobset_id, name, type, value) VALUES ($1, 'nixpkgs', 'git', 'https://example.org/nixpkgs.git main')`, js)
+	name, pw := s.user(storage.RoleAdmin)
 	srv := httptest.NewServer(s.h)
 	t.Cleanup(srv.Close)
 	tab := openTab(t, startBrowser(t))
+	tab.navigate(srv.URL + "/login")
+	if err := chromedp.Do(tab.ctx, chromedp.SendKeys("#username", name), chromedp.SendKeys("#password", pw),
+		chromedp.Click(`form:has(#password) button[type=submit]`)); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	tab.waitJS(20*time.Second, "signed in", `document.readyState === 'complete' && document.querySelector('header .me')`)
 	pages := []struct{ name, path string }{
 		{"home", "/"},
 		{"projects", "/projects"},
 		{"project", "/project/a-project-with-a-rather-long-name"},
 		{"jobset", "/jobset/a-project-with-a-rather-long-name/release-24.05-with-a-long-name"},
 		{"job", "/job/a-project-with-a-rather-long-name/release-24.05-with-a-long-name/job007"},
+		{"new-project", "/projects/new"},
+		{"edit-project", "/project/a-project-with-a-rather-long-name/edit"},
+		{"new-jobset", "/project/a-project-with-a-rather-long-name/jobsets/new"},
+		{"edit-jobset", "/jobset/a-project-with-a-rather-long-name/release-24.05-with-a-long-name/edit"},
 	}
 	for _, pg := range pages {
 		tab.darkMode(false)
 		tab.resize(390, 844)
 		tab.navigate(srv.URL + pg.path)
+		if h1 := eval[string](tab, `document.querySelector('h1').textContent`); h1 == "Not found" || h1 == "Forbidden" {
+			t.Fatalf("%s: %s", pg.path, h1)
+		}
 		tab.fitsWidth(pg.name + " at 390 px")
 		tab.screenshot(pg.name + "-390-light")
 		tab.darkMode(true)
