@@ -1,9 +1,11 @@
 package dashboard
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
@@ -50,6 +52,19 @@ func morePager(r *http.Request, param string, p storage.Page, more bool) Pager {
 	pg := listPager(r, param, p, total)
 	pg.Pages, pg.Total = 0, 0
 	return pg
+}
+
+// parallel runs the reads of a page's independent parts at once, each on its own
+// pooled connection, so the page waits for the slowest rather than for their sum;
+// it returns their errors joined.
+func parallel(reads ...func() error) error {
+	errs := make([]error, len(reads))
+	var wg sync.WaitGroup
+	for i, read := range reads {
+		wg.Go(func() { errs[i] = read() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // manages reports whether the signed-in principal manages project p (changes it,

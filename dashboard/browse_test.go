@@ -215,8 +215,12 @@ func TestHomeLive_ReportsWhatChanged(t *testing.T) {
 		return out
 	}
 	got := fmt.Sprint(live())
-	want := fmt.Sprintf("map[agents:0 builds:map[%d:running %d:queued] jobsets:map[%d:map[eval_id:%d failed:0 queued:1 running:1 status:succeeded succeeded:0]] queue:[map[queued:1 running:1 system:x86_64-linux]] running:1]",
-		builds["a"], builds["b"], js, browseID(t, s, `SELECT max(id) FROM evaluations`))
+	statuses := fmt.Sprintf("%d:running %d:queued", builds["a"], builds["b"])
+	if builds["b"] < builds["a"] { // fmt prints a map's keys in order
+		statuses = fmt.Sprintf("%d:queued %d:running", builds["b"], builds["a"])
+	}
+	want := fmt.Sprintf("map[agents:0 builds:map[%s] jobsets:map[%d:map[eval_id:%d failed:0 queued:1 running:1 status:succeeded succeeded:0]] queue:[map[queued:1 running:1 system:x86_64-linux]] running:1]",
+		statuses, js, browseID(t, s, `SELECT max(id) FROM evaluations`))
 	if got != want {
 		t.Fatalf("live.json:\n got %s\nwant %s", got, want)
 	}

@@ -36,55 +36,52 @@ const (
 
 func (d *Dashboard) home(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	v := view{"Title": "Overview", "Crumbs": []Crumb{{Name: "Home"}}, "LiveMillis": liveRefreshMillis}
-	pp := listPage(r, "projects", homeProjects)
-	projects, nProjects, err := d.db.DashProjects(ctx, pp, homeJobsets)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	v["Projects"], v["ProjectsPager"] = projects, listPager(r, "projects", pp, nProjects)
-	if v["Queue"], err = d.db.DashQueue(ctx); err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	agents, nAgents, err := d.db.DashConnectedAgents(ctx, homeAgents)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	v["Agents"], v["NrAgents"] = agents, nAgents
-	rp := listPage(r, "running", homeRunning)
-	running, nRunning, err := d.db.DashBuilds(ctx, "running", rp)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	v["Running"], v["RunningPager"] = running, listPager(r, "running", rp, nRunning)
-	bp := listPage(r, "builds", homeBuilds)
-	builds, more, err := d.db.DashRecentBuilds(ctx, bp)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	v["Builds"], v["BuildsPager"] = builds, morePager(r, "builds", bp, more)
-	ep := listPage(r, "evals", homeEvals)
-	evals, nEvals, err := d.db.DashEvaluations(ctx, 0, ep)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	v["Evals"], v["EvalsPager"] = evals, listPager(r, "evals", ep, nEvals)
-	if uid := userID(r); uid != 0 {
-		sp := listPage(r, "starred", homeStarred)
-		starred, n, err := d.db.DashStarredJobs(ctx, uid, sp)
-		if err != nil {
-			d.fail(w, r, err)
-			return
+	var (
+		pp, rp, bp, ep, sp = listPage(r, "projects", homeProjects), listPage(r, "running", homeRunning),
+			listPage(r, "builds", homeBuilds), listPage(r, "evals", homeEvals), listPage(r, "starred", homeStarred)
+		projects                                  []storage.ProjectBrief
+		queue                                     []storage.SystemLoad
+		agents                                    []string
+		running, builds                           []storage.BuildBrief
+		evals                                     []storage.EvalBrief
+		starred                                   []storage.StarredLatest
+		nProjects, nAgents, nRunning, nEvals, nSt int64
+		more                                      bool
+		uid                                       = userID(r)
+	)
+	err := parallel(func() (err error) {
+		projects, nProjects, err = d.db.DashProjects(ctx, pp, homeJobsets)
+		return err
+	}, func() (err error) {
+		queue, err = d.db.DashQueue(ctx)
+		if err == nil {
+			agents, nAgents, err = d.db.DashConnectedAgents(ctx, homeAgents)
 		}
-		v["Starred"], v["StarredPager"], v["SignedInUser"] = starred, listPager(r, "starred", sp, n), true
+		return err
+	}, func() (err error) {
+		running, nRunning, err = d.db.DashBuilds(ctx, "running", rp)
+		if err == nil {
+			builds, more, err = d.db.DashRecentBuilds(ctx, bp)
+		}
+		return err
+	}, func() (err error) {
+		evals, nEvals, err = d.db.DashEvaluations(ctx, 0, ep)
+		if err == nil && uid != 0 {
+			starred, nSt, err = d.db.DashStarredJobs(ctx, uid, sp)
+		}
+		return err
+	})
+	if err != nil {
+		d.fail(w, r, err)
+		return
 	}
-	d.render(w, r, http.StatusOK, "home", v)
+	d.render(w, r, http.StatusOK, "home", view{"Title": "Overview", "Crumbs": []Crumb{{Name: "Home"}}, "LiveMillis": liveRefreshMillis,
+		"Projects": projects, "ProjectsPager": listPager(r, "projects", pp, nProjects),
+		"Queue": queue, "Agents": agents, "NrAgents": nAgents,
+		"Running": running, "RunningPager": listPager(r, "running", rp, nRunning),
+		"Builds": builds, "BuildsPager": morePager(r, "builds", bp, more),
+		"Evals": evals, "EvalsPager": listPager(r, "evals", ep, nEvals),
+		"SignedInUser": uid != 0, "Starred": starred, "StarredPager": listPager(r, "starred", sp, nSt)})
 }
 
 // liveJobset is a jobset's latest evaluation in /home/live.json.

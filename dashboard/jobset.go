@@ -56,14 +56,19 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 		d.fail(w, r, err)
 		return
 	}
-	ep := pageOf(r, evalsPerPage)
-	evals, nEvals, err := d.db.DashEvaluations(ctx, j.ID, ep)
-	if err != nil {
-		d.fail(w, r, err)
-		return
-	}
-	gp := listPage(r, "jobs", gridJobs)
-	grid, err := d.db.DashJobGrid(ctx, j.ID, gridEvals, gp)
+	ep, gp := pageOf(r, evalsPerPage), listPage(r, "jobs", gridJobs)
+	var (
+		evals  []storage.EvalBrief
+		nEvals int64
+		grid   storage.JobGrid
+	)
+	err = parallel(func() (err error) {
+		evals, nEvals, err = d.db.DashEvaluations(ctx, j.ID, ep)
+		return err
+	}, func() (err error) {
+		grid, err = d.db.DashJobGrid(ctx, j.ID, gridEvals, gp)
+		return err
+	})
 	if err != nil {
 		d.fail(w, r, err)
 		return
