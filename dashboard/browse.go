@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/storage"
 )
@@ -92,6 +94,18 @@ func (d *Dashboard) formGate(w http.ResponseWriter, r *http.Request, allowed boo
 		return false
 	}
 	return true
+}
+
+// nameParam is the URL's {name} part decoded: chi gives it still escaped when the
+// path holds an escaped '/' (r.URL.RawPath is set then), as a job's name may.
+func nameParam(r *http.Request, name string) string {
+	v := chi.URLParam(r, name)
+	if r.URL.RawPath != "" {
+		if u, err := url.PathUnescape(v); err == nil {
+			return u
+		}
+	}
+	return v
 }
 
 // projectURL, jobsetURL and jobURL are the pages of a project, a jobset and a job.

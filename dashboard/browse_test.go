@@ -632,6 +632,15 @@ func TestJobPage_HistoryChartsLatestAndBadge(t *testing.T) {
 	if code, b := badge("/job/jobs/nope/fresh/badge.svg"); code != http.StatusNotFound || !strings.Contains(b, ">unknown</text>") {
 		t.Errorf("badge of no jobset: %d %s", code, b)
 	}
+
+	// A name with a slash and a space works through its escaped link.
+	browseExec(t, s, `INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, status, finished_at)
+		SELECT max(id), $1, 'odd/name x', '/nix/store/odd.drv', 'x86_64-linux', 'succeeded', now() FROM evaluations`, js)
+	browseHas(t, "an odd job name", browseGet(t, s, "/job/jobs/main/odd%2Fname%20x", nil), "<h1>Job jobs:main:odd/name x</h1>",
+		`href="/job/jobs/main/odd%2Fname%20x/latest"`)
+	if code, loc := redirect("/job/jobs/main/odd%2Fname%20x/latest"); code != http.StatusFound || loc == "" {
+		t.Errorf("latest of an odd job name: %d %s", code, loc)
+	}
 }
 
 // TestJobPage_StarForPeopleWithAccounts: the star button is for people signed in

@@ -38,7 +38,7 @@ func (d *Dashboard) jobPage(w http.ResponseWriter, r *http.Request, status int, 
 		d.fail(w, r, err)
 		return
 	}
-	job := chi.URLParam(r, "job")
+	job := nameParam(r, "job")
 	pg := pageOf(r, jobBuildsPerPage)
 	builds, total, err := d.db.DashJobBuilds(ctx, j.ID, job, pg)
 	if err != nil {
@@ -95,7 +95,7 @@ func (d *Dashboard) jobLatest(anyFinished bool) http.HandlerFunc {
 			d.fail(w, r, err)
 			return
 		}
-		job := chi.URLParam(r, "job")
+		job := nameParam(r, "job")
 		id, _, err := d.db.LatestJobBuild(r.Context(), j.ID, job, anyFinished)
 		if errors.Is(err, storage.ErrNotFound) {
 			what := "succeeded"
@@ -124,7 +124,7 @@ func (d *Dashboard) jobBadge(w http.ResponseWriter, r *http.Request) {
 		d.log.Error("job badge", "path", r.URL.Path, "err", err)
 		status = http.StatusInternalServerError
 	default:
-		_, last, err := d.db.LatestJobBuild(r.Context(), j.ID, chi.URLParam(r, "job"), true)
+		_, last, err := d.db.LatestJobBuild(r.Context(), j.ID, nameParam(r, "job"), true)
 		switch {
 		case err == nil && last == "succeeded":
 			word = "passing"
@@ -153,7 +153,7 @@ func (d *Dashboard) jobStar(w http.ResponseWriter, r *http.Request) {
 	if r.PostFormValue("star") == "0" {
 		method = http.MethodDelete
 	}
-	job := chi.URLParam(r, "job")
+	job := nameParam(r, "job")
 	res := d.submit(r, method, "/api/v1/me/starred-jobs", map[string]any{"jobset_id": j.ID, "job": job})
 	if !res.OK() {
 		d.jobPage(w, r, res.Status, view{"Error": "Cannot change the star: " + res.Message()})

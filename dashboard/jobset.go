@@ -32,11 +32,11 @@ const (
 
 // lookupJobset finds the {project} and {jobset} of the URL.
 func (d *Dashboard) lookupJobset(r *http.Request) (storage.Project, storage.Jobset, error) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		return p, storage.Jobset{}, err
 	}
-	j, err := d.db.GetJobsetByName(r.Context(), p.ID, chi.URLParam(r, "jobset"))
+	j, err := d.db.GetJobsetByName(r.Context(), p.ID, nameParam(r, "jobset"))
 	return p, j, err
 }
 

@@ -41,7 +41,7 @@ func (d *Dashboard) projects(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) project(w http.ResponseWriter, r *http.Request) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -127,7 +127,7 @@ func (d *Dashboard) projectCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) projectEdit(w http.ResponseWriter, r *http.Request) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -138,7 +138,7 @@ func (d *Dashboard) projectEdit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) projectUpdate(w http.ResponseWriter, r *http.Request) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -158,7 +158,7 @@ func (d *Dashboard) projectUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) jobsetNew(w http.ResponseWriter, r *http.Request) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -169,7 +169,7 @@ func (d *Dashboard) jobsetNew(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Dashboard) jobsetCreate(w http.ResponseWriter, r *http.Request) {
-	p, err := d.db.GetProjectByName(r.Context(), chi.URLParam(r, "project"))
+	p, err := d.db.GetProjectByName(r.Context(), nameParam(r, "project"))
 	if err != nil {
 		d.fail(w, r, err)
 		return
