@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/pullrequests"
+	"github.com/fc-ci/fc/coordinator/searchapi"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
@@ -147,7 +149,8 @@ func New(cfg Config) (*App, error) {
 	api := &handlerRef{}
 	accounts := people.New(people.Config{Logger: log}, db)
 	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
-		CachePublicKey: ch.PublicKey(), Accounts: accounts}, db)
+		CachePublicKey: ch.PublicKey(), Accounts: accounts, BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
+		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, PublicURL: strings.TrimRight(s.Server.PublicURL, "/")}, db)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +165,7 @@ func New(cfg Config) (*App, error) {
 			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
 			accounts,
+			searchapi.New(searchapi.Config{Logger: log}, db),
 		},
 		// A session cookie signs in every route: pages, the API and the cache.
 		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
