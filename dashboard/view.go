@@ -24,6 +24,9 @@ func funcs() template.FuncMap {
 		"statusClass": statusClass,
 		"short":       short,
 		"crumbs":      func(c ...Crumb) []Crumb { return c },
+		"projectURL":  projectURL,
+		"jobsetURL":   jobsetURL,
+		"jobURL":      jobURL,
 		"crumb":       func(name, url string) Crumb { return Crumb{Name: name, URL: url} },
 		"dict": func(kv ...any) map[string]any {
 			m := map[string]any{}
