@@ -46,6 +46,8 @@ type Config struct {
 	// PublicURL is where people reach the coordinator ("https://ci.example.org"), for
 	// commands a page tells them to copy; empty: taken from each request's Host.
 	PublicURL string
+	// Accounts signs people in and out (/login, /logout); nil: nobody can sign in.
+	Accounts Accounts
 }
 
 // Dashboard is the web UI.

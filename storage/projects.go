@@ -23,8 +23,13 @@ type Project struct {
 	// OwnerKeyName is that key's name.
 	OwnerKeyID   *int64
 	OwnerKeyName string
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
+	// OwnerUserID is the user who owns the project (who created it, signed in with a
+	// password), nil when none does; OwnerUserName is their username. A project has
+	// at most one owner, a key or a user.
+	OwnerUserID   *int64
+	OwnerUserName string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 }
 
 // ProjectFields are the writable columns. WebhookSecret nil leaves the secret as it is;
@@ -39,8 +44,11 @@ type ProjectFields struct {
 	// FetchCredentials nil leaves them as they are; empty ones clear them.
 	FetchCredentials *FetchCredentials
 	// OwnerKeyID is the owning API key: nil makes a project with none, and leaves an
-	// updated project's owner as it is. An unknown key is ErrNotFound.
+	// updated project's owner as it is (giving the project to a key takes it from its
+	// owning user). An unknown key is ErrNotFound.
 	OwnerKeyID *int64
+	// OwnerUserID is the owning user of a new project (nil: none); updates ignore it.
+	OwnerUserID *int64
 }
 
 // FetchCredentials reach a private repository: an SSH deploy key or an HTTPS token.
@@ -53,23 +61,24 @@ func (f *FetchCredentials) empty() bool { return f == nil || (f.SSHKey == "" && 
 
 const projectColumns = `id, name, display_name, description, repository_url, enabled,
 	webhook_secret IS NOT NULL AND webhook_secret <> '', fetch_credentials IS NOT NULL, owner_key_id,
-	coalesce((SELECT k.name FROM api_keys k WHERE k.id = projects.owner_key_id), ''), created_at, updated_at`
+	coalesce((SELECT k.name FROM api_keys k WHERE k.id = projects.owner_key_id), ''), owner_user_id,
+	coalesce((SELECT u.username FROM users u WHERE u.id = projects.owner_user_id), ''), created_at, updated_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanProject(row scanner) (Project, error) {
 	var p Project
 	err := row.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.RepositoryURL, &p.Enabled,
-		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.CreatedAt, &p.UpdatedAt)
+		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.OwnerUserID, &p.OwnerUserName, &p.CreatedAt, &p.UpdatedAt)
 	return p, err
 }
 
 // CreateProject inserts a project; a duplicate name is ErrConflict.
 func (db *DB) CreateProject(ctx context.Context, f ProjectFields) (Project, error) {
 	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret,
-		fetch_credentials, owner_key_id) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8) RETURNING `+projectColumns,
+		fetch_credentials, owner_key_id, owner_user_id) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9) RETURNING `+projectColumns,
 		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret), credsValue(f.FetchCredentials),
-		f.OwnerKeyID)
+		f.OwnerKeyID, f.OwnerUserID)
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("create project %q: %w", f.Name, mapErr(err))
@@ -127,7 +136,8 @@ func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Pro
 		repository_url = $5, enabled = $6,
 		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
 		fetch_credentials = CASE WHEN $9::boolean THEN $10::jsonb ELSE fetch_credentials END,
-		owner_key_id = coalesce($11, owner_key_id), updated_at = now()
+		owner_key_id = coalesce($11, owner_key_id),
+		owner_user_id = CASE WHEN $11::bigint IS NULL THEN owner_user_id END, updated_at = now()
 		WHERE id = $1 RETURNING `+projectColumns,
 		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret),
 		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID)

@@ -28,6 +28,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/pullrequests"
 	"github.com/fc-ci/fc/coordinator/server"
@@ -144,8 +145,9 @@ func New(cfg Config) (*App, error) {
 	// The dashboard submits its forms to the API in-process, through the server's
 	// handler, which is built after it (it mounts the dashboard).
 	api := &handlerRef{}
+	accounts := people.New(people.Config{Logger: log}, db)
 	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
-		CachePublicKey: ch.PublicKey()}, db)
+		CachePublicKey: ch.PublicKey(), Accounts: accounts}, db)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +161,10 @@ func New(cfg Config) (*App, error) {
 			ch,
 			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+			accounts,
 		},
+		// A session cookie signs in every route: pages, the API and the cache.
+		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
 		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)

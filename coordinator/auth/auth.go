@@ -41,15 +41,27 @@ func Allows(role string, perm Permission) bool {
 }
 
 // ManagesProject reports whether p may manage (change, delete, add and change jobsets
-// of) a project owned by the key ownerKeyID (nil: a project with no owner). This is
-// Hydra's model: admins manage every project; a create-projects key manages the
-// projects it owns and no others; nobody else manages any. A project with no owner
-// (made before projects had owners, or whose key was deleted) is for admins only.
-func ManagesProject(p Principal, ownerKeyID *int64) bool {
+// of) a project owned by the key ownerKeyID or, when given, by the user ownerUserID
+// (nil: no owner of that kind; a project has at most one). This is Hydra's model:
+// admins manage every project; a create-projects key or user manages the projects it
+// owns and no others; nobody else manages any. A project with no owner (made before
+// projects had owners, or whose owner was deleted) is for admins only.
+func ManagesProject(p Principal, ownerKeyID *int64, ownerUserID ...*int64) bool {
 	if Allows(p.Role, PermAdmin) {
 		return true
 	}
-	return Allows(p.Role, PermCreateProjects) && p.KeyID != 0 && ownerKeyID != nil && *ownerKeyID == p.KeyID
+	if !Allows(p.Role, PermCreateProjects) {
+		return false
+	}
+	if p.KeyID != 0 && ownerKeyID != nil && *ownerKeyID == p.KeyID {
+		return true
+	}
+	for _, u := range ownerUserID {
+		if p.UserID != 0 && u != nil && *u == p.UserID {
+			return true
+		}
+	}
+	return false
 }
 
 // Roles are the names a key may be given.

@@ -12,9 +12,10 @@ import (
 	"github.com/fc-ci/fc/storage"
 )
 
-// Ownership (Hydra's model): a project belongs to the API key that created it. Routes
-// that manage a project (change or delete it, add, change or delete its jobsets) need
-// the create-projects role and, unless the caller is an admin, to own the project.
+// Ownership (Hydra's model): a project belongs to the API key or the user that created
+// it. Routes that manage a project (change or delete it, add, change or delete its
+// jobsets) need the create-projects role and, unless the caller is an admin, to own
+// the project.
 
 // ownerOnly lets a request through only when its principal manages the project named
 // by the URL parameter param (auth.ManagesProject): 404 when there is no such project,
@@ -40,12 +41,12 @@ func (a *API) ownerOnly(param string) func(http.Handler) http.Handler {
 // mayManage is nil when the request's principal manages p, else a 403 saying why.
 func mayManage(ctx context.Context, p storage.Project) error {
 	who, _ := auth.FromContext(ctx)
-	if auth.ManagesProject(who, p.OwnerKeyID) {
+	if auth.ManagesProject(who, p.OwnerKeyID, p.OwnerUserID) {
 		return nil
 	}
-	if p.OwnerKeyID == nil {
+	if p.OwnerKeyID == nil && p.OwnerUserID == nil {
 		return httpkit.Errorf(http.StatusForbidden, "",
-			"project %q has no owner (it predates project ownership or its owner's key was deleted): only an admin may change it", p.Name)
+			"project %q has no owner (it predates project ownership or its owner was deleted): only an admin may change it", p.Name)
 	}
 	return httpkit.Errorf(http.StatusForbidden, "",
 		"project %q belongs to someone else: only its owner or an admin may change it or its jobsets", p.Name)
@@ -55,6 +56,17 @@ func mayManage(ctx context.Context, p storage.Project) error {
 func isAdmin(ctx context.Context) bool {
 	who, ok := auth.FromContext(ctx)
 	return ok && auth.Allows(who.Role, auth.PermAdmin)
+}
+
+// callerUserID is the user who made the request (signed in with a password), nil if
+// none did.
+func callerUserID(ctx context.Context) *int64 {
+	who, ok := auth.FromContext(ctx)
+	if !ok || who.UserID == 0 {
+		return nil
+	}
+	id := who.UserID
+	return &id
 }
 
 // callerKeyID is the API key that made the request, nil if none did.
@@ -80,8 +92,8 @@ func isLocalRepository(s string) bool {
 }
 
 // projectWrite checks what only admins may do in a create (old is the zero Project) or
-// an update of a project and sets f's owner: on create the creating key, and the key
-// in owner_key_id when an admin gives the project to it (nil: as it is).
+// an update of a project and sets f's owner: on create the creating key or user, and
+// the key in owner_key_id when an admin gives the project to it (nil: as it is).
 func projectWrite(ctx context.Context, old storage.Project, creating bool, in projectInput, f *storage.ProjectFields) error {
 	if err := mayUseRepository(ctx, old.RepositoryURL, f.RepositoryURL); err != nil {
 		return err
@@ -90,12 +102,14 @@ func projectWrite(ctx context.Context, old storage.Project, creating bool, in pr
 	if creating {
 		owner = callerKeyID(ctx)
 		f.OwnerKeyID = owner
+		f.OwnerUserID = callerUserID(ctx)
 	}
 	if in.OwnerKeyID != nil && (owner == nil || *owner != *in.OwnerKeyID) {
 		if !isAdmin(ctx) {
 			return httpkit.Errorf(http.StatusForbidden, "owner_key_id", "only an admin may give a project to another key")
 		}
 		f.OwnerKeyID = in.OwnerKeyID
+		f.OwnerUserID = nil // one owner: given to a key, the project is no user's
 	}
 	return nil
 }

@@ -30,10 +30,13 @@ type projectJSON struct {
 	FetchCredentialsSet bool `json:"fetch_credentials_set"`
 	// The API key that owns the project (null: none, only admins manage it) and its
 	// name; never the key itself.
-	OwnerKeyID   *int64    `json:"owner_key_id"`
-	OwnerKeyName string    `json:"owner_key_name"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
+	OwnerKeyID   *int64 `json:"owner_key_id"`
+	OwnerKeyName string `json:"owner_key_name"`
+	// The user who owns the project (null: none) and their username.
+	OwnerUserID   *int64    `json:"owner_user_id"`
+	OwnerUserName string    `json:"owner_user_name"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
 	// Forge is where the repository is hosted (forge.go), null when unset.
 	Forge *forgeJSON `json:"forge"`
 }
@@ -42,7 +45,7 @@ func toProjectJSON(p storage.Project) projectJSON {
 	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
 		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
 		FetchCredentialsSet: p.FetchCredentialsSet, OwnerKeyID: p.OwnerKeyID, OwnerKeyName: p.OwnerKeyName,
-		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+		OwnerUserID: p.OwnerUserID, OwnerUserName: p.OwnerUserName, CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
 // projectInput is a create or update request; nil fields are left as they are.

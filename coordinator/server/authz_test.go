@@ -80,6 +80,44 @@ func (f *fixtures) ownedJobset(t *testing.T, owner int64) storage.Jobset {
 	return j
 }
 
+// user makes an account with role (its password hash is never checked here).
+func (f *fixtures) user(t *testing.T, role string) storage.User {
+	t.Helper()
+	u, err := f.db.CreateUser(context.Background(), storage.NewUser{Username: f.unique("u"), Role: role, PasswordHash: "$argon2id$unused"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// userProject makes a project owned by a new create-projects user.
+func (f *fixtures) userProject(t *testing.T) storage.Project {
+	t.Helper()
+	owner := f.user(t, storage.RoleCreateProjects).ID
+	p, err := f.db.CreateProject(context.Background(), storage.ProjectFields{Name: f.unique("p"),
+		RepositoryURL: "https://example.org/r.git", Enabled: true, OwnerUserID: &owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// people is what the accounts routes change, for the check that a refused request
+// changed nothing.
+func (f *fixtures) people(t *testing.T) string {
+	t.Helper()
+	var s string
+	err := f.db.Pool().QueryRow(context.Background(), `SELECT jsonb_build_object(
+		'users', (SELECT coalesce(jsonb_agg(to_jsonb(u) ORDER BY u.id), '[]') FROM users u),
+		'sessions', (SELECT count(*) FROM sessions),
+		'starred', (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.user_id, s.jobset_id, s.job), '[]') FROM starred_jobs s)
+	)::text`).Scan(&s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func (f *fixtures) publicKey(t *testing.T) string {
 	t.Helper()
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
@@ -428,6 +466,79 @@ func TestAuthz_RouteTable(t *testing.T) {
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/evaluations", nil
 			}, nil},
+		// Accounts (the people part of the dashboard issue): admins manage them.
+		{"GET /api/v1/users",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/users", nil
+			}, nil},
+		{"POST /api/v1/users",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/users", obj{"username": f.unique("new"), "password": "long-enough", "role": "read-only"}
+			}, nil},
+		{"GET /api/v1/users/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", fmt.Sprintf("/api/v1/users/%d", f.user(t, storage.RoleReadOnly).ID), nil
+			}, nil},
+		{"PUT /api/v1/users/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/users/%d", f.user(t, storage.RoleReadOnly).ID), obj{"role": "admin"}
+			}, nil},
+		{"DELETE /api/v1/users/{id}",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/users/%d", f.user(t, storage.RoleReadOnly).ID), nil
+			}, nil},
+		// The signed-in user's own: an API key has no account (403), even an admin's.
+		{"GET /api/v1/me",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/me", nil
+			}, nil},
+		{"PUT /api/v1/me",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", "/api/v1/me", obj{"full_name": "Someone"}
+			}, nil},
+		{"POST /api/v1/me/password",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/me/password", obj{"current": "long-enough", "new": "longer-still"}
+			}, nil},
+		{"GET /api/v1/me/starred-jobs",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/me/starred-jobs", nil
+			}, nil},
+		{"POST /api/v1/me/starred-jobs",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", "/api/v1/me/starred-jobs", obj{"jobset_id": f.jobset(t).ID, "job": "hello"}
+			}, nil},
+		{"DELETE /api/v1/me/starred-jobs",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 403},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", "/api/v1/me/starred-jobs", obj{"jobset_id": f.jobset(t).ID, "job": "hello"}
+			}, nil},
+		// A project a user owns: no key manages it but an admin's.
+		{"PUT /api/v1/projects/{id} (a user's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "PUT", fmt.Sprintf("/api/v1/projects/%d", f.userProject(t).ID), obj{"description": "changed"}
+			}, nil},
+		{"POST /api/v1/projects/{pid}/jobsets (a user's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 201},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "POST", fmt.Sprintf("/api/v1/projects/%d/jobsets", f.userProject(t).ID), obj{"name": "main"}
+			}, nil},
+		{"DELETE /api/v1/projects/{id} (a user's)",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 204},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "DELETE", fmt.Sprintf("/api/v1/projects/%d", f.userProject(t).ID), nil
+			}, nil},
 		// Public reads: anyone, except a caller presenting a key nobody knows.
 		{"GET /api/v1/projects",
 			statusFor{NoKey: 200, UnknownKey: 401, ReadOnly: 200, CreateProjects: 200, EvalJobset: 200, CancelBuild: 200, RestartJobs: 200, BumpToFront: 200, Admin: 200},
@@ -456,7 +567,7 @@ func TestAuthz_RouteTable(t *testing.T) {
 				} else {
 					method, path, body = rt.req(t, f)
 				}
-				before := e.in(t).snapshot()
+				before, beforePeople := e.in(t).snapshot(), f.people(t)
 				r := do(t, e.srv.URL, method, path, p.key, body)
 				if r.Status != want {
 					t.Errorf("%s: %s %s = %d, want %d; body: %s", p.name, method, path, r.Status, want, r.Body)
@@ -464,7 +575,7 @@ func TestAuthz_RouteTable(t *testing.T) {
 				}
 				if want >= 400 {
 					r.apiErr(t, want)
-					if after := e.in(t).snapshot(); after != before {
+					if after := e.in(t).snapshot(); after != before || f.people(t) != beforePeople {
 						t.Errorf("%s: refused %s %s changed the database", p.name, method, path)
 					}
 				}

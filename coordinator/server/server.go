@@ -36,6 +36,9 @@ type Config struct {
 	APIRoutes []Routes
 	// Mounts are handlers outside the API (e.g. /nix-cache), by path prefix.
 	Mounts map[string]http.Handler
+	// Middleware runs on every route (dashboard, API, mounts) after the built-in
+	// middleware, in order: e.g. the session cookie's authentication.
+	Middleware []func(http.Handler) http.Handler
 	// BeforeShutdown runs when Serve's context ends, before the listener closes (the
 	// fleet tells its agents to go elsewhere; hijacked connections are not closed by
 	// http.Server.Shutdown).
@@ -74,6 +77,7 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 		r.Use(newIPLimiter(cfg.Server.RateLimitRPS, cfg.Server.RateLimitBurst).middleware)
 	}
 	r.Use(bodyLimit(cfg.Server.MaxBodySize))
+	r.Use(cfg.Middleware...)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		httpkit.WriteError(w, r, http.StatusNotFound, "no such route: "+r.URL.Path)
 	})
