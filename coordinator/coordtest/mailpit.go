@@ -28,8 +28,8 @@ type Mailpit struct {
 
 // MailpitOptions configure the server.
 type MailpitOptions struct {
-	// Username and Password, when set, are the only credentials it accepts (PLAIN,
-	// allowed without TLS for the test).
+	// Username and Password, when set, are the only credentials it accepts (PLAIN;
+	// without TLS when no certificate is set).
 	Username, Password string
 	// CertFile and KeyFile, when set, offer STARTTLS with them, and require it.
 	CertFile, KeyFile string
@@ -60,7 +60,7 @@ func StartMailpit(t testing.TB, opts MailpitOptions) *Mailpit {
 	smtpPort, apiPort := freePort(t), freePort(t)
 	dir := t.TempDir()
 	args := []string{"--smtp", "127.0.0.1:" + strconv.Itoa(smtpPort), "--listen", "127.0.0.1:" + strconv.Itoa(apiPort),
-		"--database", filepath.Join(dir, "mailpit.db"), "--disable-version-check", "--smtp-disable-rdns", "--quiet"}
+		"--database", filepath.Join(dir, "mailpit.db"), "--disable-version-check", "--smtp-disable-rdns"}
 	if opts.Username != "" {
 		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
 		if err != nil {
@@ -70,30 +70,45 @@ func StartMailpit(t testing.TB, opts MailpitOptions) *Mailpit {
 		if err := os.WriteFile(auth, []byte(opts.Username+":"+string(hash)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		args = append(args, "--smtp-auth-file", auth, "--smtp-auth-allow-insecure")
+		args = append(args, "--smtp-auth-file", auth)
+		if opts.CertFile == "" {
+			args = append(args, "--smtp-auth-allow-insecure")
+		}
 	}
 	if opts.CertFile != "" {
 		args = append(args, "--smtp-tls-cert", opts.CertFile, "--smtp-tls-key", opts.KeyFile, "--smtp-require-starttls")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, args...)
-	var logs LogBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &LogBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		cancel()
 		t.Fatalf("start mailpit: %v", err)
 	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cancel(); <-exited })
 	m := &Mailpit{Host: "127.0.0.1", Port: smtpPort, API: "http://127.0.0.1:" + strconv.Itoa(apiPort)}
-	Eventually(t, 60*time.Second, "mailpit answers on "+m.API+" (its log: "+logs.String()+")", func() bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
 		resp, err := http.Get(m.API + "/api/v1/messages")
-		if err != nil {
-			return false
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return m
+			}
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return m
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("mailpit exited (%v):\n%s", err, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mailpit did not answer on %s within 60 s:\n%s", m.API, logs.String())
+		}
+	}
 }
 
 func freePort(t testing.TB) int {
