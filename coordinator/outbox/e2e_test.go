@@ -325,3 +325,50 @@ func postPullRequest(t *testing.T, c *coordtest.Coordinator, pid int64, head str
 		t.Fatalf("pull request webhook: %d %s", resp.StatusCode, raw)
 	}
 }
+
+// The coordinator stops with deliveries pending (a receiver that was down, and
+// deliveries queued while it was stopped); after a restart each is delivered, and
+// exactly once per delivery id.
+func TestDeliveries_SurviveARestart(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, webhookSecret)
+	rc.setDown(true)
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Notifications.RetryBackoff = 1 }})
+	p := project(t, c.DB, "demo")
+	withWebhook(t, c.DB, p, rc.URL, webhookSecret)
+	var first []storage.NewDelivery
+	for i := range 5 {
+		first = append(first, webhookDelivery(p, i))
+	}
+	enqueue(t, c.DB, first...)
+	coordtest.Eventually(t, time.Minute, "every delivery tried and still pending", func() bool {
+		ds := deliveries(t, c.DB)
+		for _, d := range ds {
+			if d.Attempts == 0 || d.Status != storage.DeliveryPending {
+				return false
+			}
+		}
+		return len(ds) == 5
+	})
+	c.Stop()
+	var second []storage.NewDelivery
+	for i := range 3 {
+		second = append(second, webhookDelivery(p, 100+i))
+	}
+	enqueue(t, c.DB, second...) // while no coordinator runs
+	rc.setDown(false)
+	if n := len(rc.counts()); n != 0 {
+		t.Fatalf("%d deliveries accepted before the restart", n)
+	}
+	c.Restart()
+	ds := waitSettled(t, c.DB, 2*time.Minute)
+	counts := rc.counts()
+	if len(ds) != 8 || len(counts) != 8 {
+		t.Fatalf("%d deliveries, %d received, want 8", len(ds), len(counts))
+	}
+	for _, d := range ds {
+		if d.Status != storage.DeliveryDelivered || counts[fmt.Sprint(d.ID)] != 1 {
+			t.Errorf("delivery %d: %s, received %d times", d.ID, d.Status, counts[fmt.Sprint(d.ID)])
+		}
+	}
+}
