@@ -158,11 +158,14 @@ func aggregate(c storage.BuildCounts, evalErrors int) (state, desc string) {
 	case (failed > 0 || evalErrors > 0) && c.Unfinished > 0:
 		return forge.StateFailure, "Failing; the other jobs are still building"
 	case failed > 0 || evalErrors > 0:
-		d := fmt.Sprintf("%d of %s failed", failed, plural(c.Total, "job"))
-		if evalErrors > 0 {
-			d += fmt.Sprintf("; %s failed to evaluate", plural(evalErrors, "attribute"))
+		var parts []string
+		if failed > 0 {
+			parts = append(parts, fmt.Sprintf("%d of %s failed", failed, plural(c.Total, "job")))
 		}
-		return forge.StateFailure, d
+		if evalErrors > 0 {
+			parts = append(parts, plural(evalErrors, "attribute")+" failed to evaluate")
+		}
+		return forge.StateFailure, strings.Join(parts, "; ")
 	case c.Unfinished > 0:
 		return forge.StateRunning, "Building " + plural(c.Total, "job")
 	case c.Cancelled > 0:
