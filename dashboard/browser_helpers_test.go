@@ -292,7 +292,7 @@ func buildStatus(c *coordtest.Coordinator, id int64) string {
 // the tests run with -artifacts; scripts/test does).
 func (p *page) screenshot(name string) {
 	p.t.Helper()
-	png, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100)) // quality 100 is PNG
 	if err != nil {
 		p.t.Fatalf("screenshot %s: %v", name, err)
 	}

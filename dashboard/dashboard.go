@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -48,6 +49,11 @@ type Config struct {
 	PublicURL string
 	// Accounts signs people in and out (/login, /logout); nil: nobody can sign in.
 	Accounts Accounts
+	// The coordinator's build limits, which a build page names when a build ran into
+	// one: the timeout and max-silent time of steps whose job sets none, and the most
+	// log a step may write. Zero: not named.
+	BuildTimeout, MaxSilent time.Duration
+	MaxLogSize              int64
 }
 
 // Dashboard is the web UI.

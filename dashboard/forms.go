@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/fc-ci/fc/coordinator/auth"
 )
 
@@ -75,7 +77,9 @@ func (d *Dashboard) submit(r *http.Request, method, apiPath string, body any) ap
 			return apiResult{Status: http.StatusInternalServerError, Body: []byte(`{"error":"cannot encode the form"}`)}
 		}
 	}
-	ctx := context.WithoutCancel(r.Context())
+	// Without the page's chi routing context: chi would route the API request along
+	// the page's route instead of its own path.
+	ctx := context.WithValue(context.WithoutCancel(r.Context()), chi.RouteCtxKey, (*chi.Context)(nil))
 	if p, ok := auth.FromContext(r.Context()); ok {
 		ctx = auth.WithPrincipal(ctx, p)
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -155,7 +156,8 @@ func New(cfg Config) (*App, error) {
 	api := &handlerRef{}
 	accounts := people.New(people.Config{Logger: log}, db)
 	dash, err := dashboard.New(dashboard.Config{Version: protocol.BuildVersion, Logger: log, API: api,
-		CachePublicKey: ch.PublicKey(), Accounts: accounts}, db)
+		CachePublicKey: ch.PublicKey(), Accounts: accounts, BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
+		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, PublicURL: strings.TrimRight(s.Server.PublicURL, "/")}, db)
 	if err != nil {
 		return nil, err
 	}

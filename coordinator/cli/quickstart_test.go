@@ -29,6 +29,7 @@ type quickstart struct {
 	state     string
 	dashboard string // the URL it printed
 	key       string
+	banner    []string // every line it printed on stdout, up to "Press Ctrl-C"
 }
 
 var (
@@ -65,6 +66,11 @@ func startQuickstart(t *testing.T, state string, env []string) *quickstart {
 		for sc.Scan() {
 			line := sc.Text()
 			q.stderr.WriteString("[stdout] " + line + "\n")
+			select {
+			case <-ready:
+			default:
+				q.banner = append(q.banner, line)
+			}
 			if m := adminKeyRE.FindStringSubmatch(line); m != nil {
 				q.key = m[1]
 			}
@@ -262,6 +268,12 @@ func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
 	if saved, _ := os.ReadFile(filepath.Join(state, "admin-key")); q.key == "" || strings.TrimSpace(string(saved)) != q.key {
 		t.Errorf("admin key printed %q, saved %q", q.key, saved)
 	}
+	printed := q.summary(t)
+	if printed.password == "" {
+		t.Errorf("the first run printed no admin user's password:\n%s", strings.Join(q.banner, "\n"))
+	} else if who := signIn(t, q.dashboard, "admin", printed.password); who != "admin" {
+		t.Errorf("signing in as admin with the printed password: signed in as %q", who)
+	}
 
 	// The slow job's log is readable while it runs.
 	var evalID int64
@@ -271,6 +283,16 @@ func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
 		return evalID != 0 && len(builds) == len(sampleWant)
 	})
 	slow := builds["slow-log"].ID
+	// The banner came after the evaluation: it lists every job's build page, and
+	// points at the slow one.
+	for job := range sampleWant {
+		if want := fmt.Sprintf("%sbuild/%d", base, builds[job].ID); printed.builds[job] != want {
+			t.Errorf("printed build page of %s: %q, want %q", job, printed.builds[job], want)
+		}
+	}
+	if !strings.Contains(printed.lines["slow-log"], "open this one now") {
+		t.Errorf("slow-log's line does not say to open it now: %q", printed.lines["slow-log"])
+	}
 	poll(t, q, 60*time.Second, "slow-log's live log shows lines while it runs", func() bool {
 		var bl qsBuild
 		getJSON(fmt.Sprintf("%sapi/v1/builds/%d", base, slow), &bl)
@@ -308,6 +330,7 @@ func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
 		t.Errorf("agents = %+v, want the one local agent, connected", agents)
 	}
 	t.Logf("first run: builds finished after %v", time.Since(start).Round(time.Millisecond))
+	printed.check(t, base, builds)
 
 	// Ctrl-C: SIGINT to the foreground process group stops everything, PostgreSQL too.
 	if code := q.interrupt(t, -q.cmd.Process.Pid); code != 0 {
@@ -322,6 +345,9 @@ func TestQuickstart_BuildsTheSampleStopsOnCtrlCAndReusesItsState(t *testing.T) {
 	q2 := startQuickstart(t, state, env)
 	if q2.key != q.key || q2.dashboard != base {
 		t.Errorf("second run printed key %q and %q, want %q and %q", q2.key, q2.dashboard, q.key, base)
+	}
+	if again := q2.summary(t); again.password != "" || !strings.Contains(again.user, "printed when it was made") {
+		t.Errorf("the second run printed the admin user as %q (password %q), want no new password", again.user, again.password)
 	}
 	var projects qsList[struct {
 		Name string `json:"name"`

@@ -185,8 +185,13 @@ func (in jobsetInput) apply(f *storage.JobsetFields) error {
 	default:
 		return httpkit.Unprocessable("state", "state %q must be enabled, disabled, one_shot or one_at_a_time", f.State)
 	}
+	return validInputs(f.Inputs)
+}
+
+// validInputs checks a jobset's inputs: names, no repeats, values of their type.
+func validInputs(inputs []storage.JobsetInput) error {
 	seen := map[string]bool{}
-	for _, i := range f.Inputs {
+	for _, i := range inputs {
 		if !inputNameRE.MatchString(i.Name) {
 			return httpkit.Unprocessable("inputs", "input name %q is not a Nix identifier", i.Name)
 		}

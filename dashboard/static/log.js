@@ -629,11 +629,6 @@
     return (h ? h + 'h' : '') + m + 'm' + s + 's';
   }
 
-  function fmtAgo(iso) {
-    if (!iso) return '';
-    return fmtDuration(Math.max(0, (Date.now() - Date.parse(iso)) / 1000)).replace(/\.\ds$/, 's') + ' ago';
-  }
-
   function stepOf(b) {
     const steps = b.steps || [];
     if (!stepID) return steps[0] || null;
@@ -645,7 +640,29 @@
     if (el) el.textContent = text;
   }
 
+  // The rows that apply change with the status (the reason, the outputs, the
+  // actions): when it changes, the page's summary is fetched again and swapped in.
+  let shownStatus = (document.getElementById('build-summary') || { dataset: {} }).dataset.status;
+  async function reloadSummary(status) {
+    shownStatus = status;
+    try {
+      const r = await fetch(location.pathname + location.search, { cache: 'no-store' });
+      if (!r.ok) throw new Error(r.statusText);
+      const fresh = new DOMParser().parseFromString(await r.text(), 'text/html').getElementById('build-summary');
+      const cur = document.getElementById('build-summary');
+      if (!fresh || !cur) return;
+      // The page now shows another step's log (the build never ran: a dependency
+      // failed): there is nothing here to keep.
+      if (fresh.dataset.logStep !== cur.dataset.logStep) { location.reload(); return; }
+      cur.replaceWith(fresh);
+      shownStatus = fresh.dataset.status;
+    } catch (e) {
+      shownStatus = null; // try again on the next refresh
+    }
+  }
+
   function updateInfo(b) {
+    if (shownStatus !== undefined && b.status !== shownStatus) reloadSummary(b.status);
     const st = document.getElementById('build-status');
     if (st) {
       st.textContent = b.status;
@@ -656,8 +673,6 @@
       knownAttempts = step.attempts;
       setText('build-agent', step.agent || '');
     }
-    setText('build-started', fmtAgo(b.started_at));
-    setText('build-finished', fmtAgo(b.finished_at));
     if (b.started_at) {
       const end = b.finished_at ? Date.parse(b.finished_at) : Date.now();
       setText('build-duration', fmtDuration((end - Date.parse(b.started_at)) / 1000));
