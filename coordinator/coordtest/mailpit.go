@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,8 +39,17 @@ type MailpitOptions struct {
 // it fails, never skips, when it cannot be had.
 func MailpitBinary(t testing.TB) string {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "mailpit")
+	script := ""
+	// go test runs in the package's directory: the script is up the tree.
+	for dir, _ := os.Getwd(); dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "scripts", "mailpit")); err == nil {
+			script = filepath.Join(dir, "scripts", "mailpit")
+			break
+		}
+	}
+	if script == "" {
+		t.Fatal("scripts/mailpit not found above the working directory")
+	}
 	out, err := exec.Command("bash", script).Output()
 	if err != nil {
 		var stderr string
