@@ -117,11 +117,11 @@ func (db *DB) ClaimDeliveries(ctx context.Context, limit int, lease time.Duratio
 }
 
 // MarkDelivered records that claim c of delivery id was sent. A claim that is no
-// longer current (its lease ran out and another sender took the row) records
-// nothing; ok says whether it did.
+// longer current (its lease ran out and another sender took the row, or its answer
+// was recorded already) records nothing; ok says whether it did.
 func (db *DB) MarkDelivered(ctx context.Context, id, claim int64) (ok bool, err error) {
 	tag, err := db.pool.Exec(ctx, `UPDATE outbox SET status = 'delivered', delivered_at = now(), claimed_until = NULL
-		WHERE id = $1 AND claim = $2 AND status = 'pending'`, id, claim)
+		WHERE id = $1 AND claim = $2 AND status = 'pending' AND claimed_until IS NOT NULL`, id, claim)
 	if err != nil {
 		return false, fmt.Errorf("mark delivery %d delivered: %w", id, err)
 	}
@@ -134,7 +134,7 @@ func (db *DB) MarkAttemptFailed(ctx context.Context, id, claim int64, msg string
 	tag, err := db.pool.Exec(ctx, `UPDATE outbox SET last_error = $3, claimed_until = NULL,
 			status = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
 			next_attempt_at = coalesce($4, next_attempt_at)
-		WHERE id = $1 AND claim = $2 AND status = 'pending'`, id, claim, msg, retryAt)
+		WHERE id = $1 AND claim = $2 AND status = 'pending' AND claimed_until IS NOT NULL`, id, claim, msg, retryAt)
 	if err != nil {
 		return false, fmt.Errorf("record a failed attempt of delivery %d: %w", id, err)
 	}
@@ -144,7 +144,7 @@ func (db *DB) MarkAttemptFailed(ctx context.Context, id, claim int64, msg string
 // ReleaseDelivery gives back claim c of delivery id unsent (the coordinator is
 // stopping): any sender may take it at once.
 func (db *DB) ReleaseDelivery(ctx context.Context, id, claim int64) error {
-	if _, err := db.pool.Exec(ctx, `UPDATE outbox SET claimed_until = NULL WHERE id = $1 AND claim = $2 AND status = 'pending'`,
+	if _, err := db.pool.Exec(ctx, `UPDATE outbox SET claimed_until = NULL WHERE id = $1 AND claim = $2 AND status = 'pending' AND claimed_until IS NOT NULL`,
 		id, claim); err != nil {
 		return fmt.Errorf("release delivery %d: %w", id, err)
 	}
@@ -152,11 +152,14 @@ func (db *DB) ReleaseDelivery(ctx context.Context, id, claim int64) error {
 }
 
 // NextDeliveryDue is when the next pending delivery may be tried (a retry's time or
-// a claim's end); ok is false when none is pending.
+// a claim's end); ok is false when none is pending. A delivery that waits for an
+// older one of its ordering key is not due before that one is done, so it is left out.
 func (db *DB) NextDeliveryDue(ctx context.Context) (t time.Time, ok bool, err error) {
 	var next *time.Time
-	err = db.pool.QueryRow(ctx, `SELECT min(greatest(next_attempt_at, coalesce(claimed_until, next_attempt_at)))
-		FROM outbox WHERE status = 'pending'`).Scan(&next)
+	err = db.pool.QueryRow(ctx, `SELECT min(greatest(c.next_attempt_at, coalesce(c.claimed_until, c.next_attempt_at)))
+		FROM outbox c WHERE c.status = 'pending'
+		  AND (c.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM outbox b
+		       WHERE b.ordering_key = c.ordering_key AND b.id < c.id AND b.status = 'pending'))`).Scan(&next)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("next delivery due: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/fc-ci/fc/storage"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -138,5 +139,36 @@ func TestOutboxEvents_OneProducerAtATime(t *testing.T) {
 	}
 	if got := events(t, db); len(got) != 0 {
 		t.Errorf("events left: %v", got)
+	}
+}
+
+// A delivery waits for the older pending ones of its ordering key: it is neither
+// claimed nor due before they are done (a sender must not wake for it and spin).
+func TestDeliveries_OrderingKeyHoldsBackNewerOnes(t *testing.T) {
+	t.Parallel()
+	db := storagetest.New(t)
+	ctx := context.Background()
+	d := func(key string) storage.NewDelivery {
+		return storage.NewDelivery{Kind: storage.DeliveryCommand, Target: "run_command", Payload: []byte(`{}`), OrderingKey: key}
+	}
+	if err := db.EnqueueDeliveries(ctx, []storage.NewDelivery{d("k"), d("k")}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := db.ClaimDeliveries(ctx, 10, time.Minute)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("claimed %+v %v, want only the oldest of the key", first, err)
+	}
+	retry := time.Now().Add(time.Hour)
+	if ok, err := db.MarkAttemptFailed(ctx, first[0].ID, first[0].Claim, "down", &retry); !ok || err != nil {
+		t.Fatalf("record the failure: %v %v", ok, err)
+	}
+	if again, _ := db.ClaimDeliveries(ctx, 10, time.Minute); len(again) != 0 {
+		t.Errorf("claimed %+v while the older one waits for its retry", again)
+	}
+	if next, ok, err := db.NextDeliveryDue(ctx); err != nil || !ok || next.Before(retry.Add(-time.Second)) {
+		t.Errorf("next due %v %v %v, want the older one's retry at %v", next, ok, err, retry)
+	}
+	if ok, err := db.MarkDelivered(ctx, first[0].ID, first[0].Claim); ok || err != nil {
+		t.Errorf("a claim that already recorded its answer recorded again: %v %v", ok, err)
 	}
 }
