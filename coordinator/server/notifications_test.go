@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fc-ci/fc/storage"
 )
@@ -114,4 +115,59 @@ func TestProjects_NotificationSettingsRefused(t *testing.T) {
 	e.do("POST", "/api/v1/projects", e.admin, obj{"name": "other", "repository_url": "https://example.org/o.git",
 		"notifications": obj{"on": "never"}}).want(t, http.StatusUnprocessableEntity)
 	e.do("GET", "/api/v1/projects/other", "", nil).want(t, http.StatusNotFound)
+}
+
+// The deliveries list: admins only, newest first, paginated, filtered by status,
+// showing where each went and how it fared but never its payload.
+func TestDeliveries_List(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	var ds []storage.NewDelivery
+	for i := range 5 {
+		ds = append(ds, storage.NewDelivery{Kind: storage.DeliveryWebhook, Target: "https://hooks.example.org/…",
+			Payload: []byte(fmt.Sprintf(`{"event": "build.finished", "build": {"id": %d, "secret_looking": "PAYLOAD"}}`, i))})
+	}
+	if err := e.db.EnqueueDeliveries(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := e.db.ClaimDeliveries(ctx, 2, time.Minute)
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v %v", claimed, err)
+	}
+	if ok, err := e.db.MarkAttemptFailed(ctx, claimed[0].ID, claimed[0].Claim, "POST https://hooks.example.org/…: 500", nil); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if ok, err := e.db.MarkDelivered(ctx, claimed[1].ID, claimed[1].Claim); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	type item struct {
+		ID        int64  `json:"id"`
+		Kind      string `json:"kind"`
+		Target    string `json:"target"`
+		Status    string `json:"status"`
+		Attempts  int    `json:"attempts"`
+		LastError string `json:"last_error"`
+	}
+	var page struct {
+		Items []item `json:"items"`
+		Total int    `json:"total"`
+	}
+	r := e.do("GET", "/api/v1/notifications/deliveries?limit=2&offset=1", e.admin, nil).want(t, http.StatusOK)
+	r.decode(t, &page)
+	if page.Total != 5 || len(page.Items) != 2 || page.Items[0].ID <= page.Items[1].ID || strings.Contains(string(r.Body), "PAYLOAD") {
+		t.Errorf("page: %s", r.Body)
+	}
+	e.do("GET", "/api/v1/notifications/deliveries?status=failed", e.admin, nil).want(t, http.StatusOK).decode(t, &page)
+	if page.Total != 1 || page.Items[0] != (item{ID: claimed[0].ID, Kind: "webhook", Target: "https://hooks.example.org/…", Status: "failed",
+		Attempts: 1, LastError: "POST https://hooks.example.org/…: 500"}) {
+		t.Errorf("failed ones: %+v", page)
+	}
+	e.do("GET", "/api/v1/notifications/deliveries?status=delivered", e.admin, nil).want(t, http.StatusOK).decode(t, &page)
+	if page.Total != 1 || page.Items[0].ID != claimed[1].ID {
+		t.Errorf("delivered ones: %+v", page)
+	}
+	if err := e.do("GET", "/api/v1/notifications/deliveries?status=lost", e.admin, nil).apiErr(t, http.StatusUnprocessableEntity); err.Field != "status" {
+		t.Errorf("a bad status: %+v", err)
+	}
 }
