@@ -62,7 +62,7 @@ func (o *Outbox) deliver(ctx context.Context, d storage.Delivery) {
 		if ok, err := o.db.MarkDelivered(rec, d.ID, d.Claim); err != nil {
 			log.Error("outbox: recording a delivery failed", "err", err)
 		} else if ok {
-			log.Info("delivered")
+			log.Debug("delivered") // the admins' list shows them; a status per job would flood the log
 		}
 	case ctx.Err() != nil:
 		if err := o.db.ReleaseDelivery(rec, d.ID, d.Claim); err != nil {
