@@ -33,6 +33,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/pullrequests"
+	"github.com/fc-ci/fc/coordinator/searchapi"
 	"github.com/fc-ci/fc/coordinator/server"
 	"github.com/fc-ci/fc/dashboard"
 	"github.com/fc-ci/fc/protocol"
@@ -173,6 +174,7 @@ func New(cfg Config) (*App, error) {
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
 			accounts,
 			ob,
+			searchapi.New(searchapi.Config{Logger: log}, db),
 		},
 		// A session cookie signs in every route: pages, the API and the cache.
 		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
