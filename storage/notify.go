@@ -23,6 +23,9 @@ const (
 	// NarinfoDeletedChannel carries, comma-separated, the hash parts retention
 	// deleted: every coordinator forgets the narinfo answers it cached for them.
 	NarinfoDeletedChannel Channel = "fc_narinfo_deleted"
+	// OutboxChannel says deliveries or outbox events were added (by the outbox's
+	// triggers and EnqueueDeliveries): every coordinator wakes its producer and sender.
+	OutboxChannel Channel = "fc_outbox"
 )
 
 // listenStatement is the LISTEN for a channel. LISTEN takes no parameters, so each
@@ -33,6 +36,8 @@ func (c Channel) listenStatement() (string, error) {
 		return `LISTEN fc_steps`, nil
 	case NarinfoDeletedChannel:
 		return `LISTEN fc_narinfo_deleted`, nil
+	case OutboxChannel:
+		return `LISTEN fc_outbox`, nil
 	}
 	return "", fmt.Errorf("unknown notification channel %q", c)
 }

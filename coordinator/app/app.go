@@ -29,6 +29,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/outbox"
 	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
 	"github.com/fc-ci/fc/coordinator/pullrequests"
@@ -60,6 +61,8 @@ type App struct {
 	Builds *buildqueue.Builds
 	// PullRequests keeps the pull requests' jobsets (webhooks and its poller).
 	PullRequests *pullrequests.PullRequests
+	// Outbox delivers commit statuses, e-mails, webhooks and run_command.
+	Outbox *outbox.Outbox
 
 	settings config.Config
 	db       *storage.DB
@@ -143,6 +146,11 @@ func New(cfg Config) (*App, error) {
 			protocol.StreamStepReport: bu.HandleReport,
 		}}, db)
 	agents.fleet = fl
+	outboxCfg, err := outbox.FromConfig(s, logStore, log)
+	if err != nil {
+		return nil, err
+	}
+	ob := outbox.New(outboxCfg, db)
 
 	// The dashboard submits its forms to the API in-process, through the server's
 	// handler, which is built after it (it mounts the dashboard).
@@ -165,6 +173,7 @@ func New(cfg Config) (*App, error) {
 			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
 			accounts,
+			ob,
 			searchapi.New(searchapi.Config{Logger: log}, db),
 		},
 		// A session cookie signs in every route: pages, the API and the cache.
@@ -173,7 +182,8 @@ func New(cfg Config) (*App, error) {
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, settings: s, db: db, log: log}, nil
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, settings: s, db: db,
+		log: log}, nil
 }
 
 // newCache builds the binary cache: its blob store, its signing key (generated on
@@ -201,12 +211,13 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 }
 
 // RunLoops runs the background loops (evaluation and build scheduling, polling the
-// forges for pull requests, cache retention and its deletion listener) until ctx
-// ends, and waits for them.
+// forges for pull requests, delivering notifications, cache retention and its
+// deletion listener) until ctx ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
+	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()
 	go func() { defer wg.Done(); a.PullRequests.Run(ctx) }()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()

@@ -33,6 +33,8 @@ type Config struct {
 	Logs     Logs     `toml:"logs"`
 	// LocalAgent is an agent run inside the coordinator process (the quickstart's).
 	LocalAgent LocalAgent `toml:"local_agent"`
+	// Notifications are e-mail, run_command and the delivery of every notification.
+	Notifications Notifications `toml:"notifications"`
 }
 
 // LocalAgent is the [local_agent] section: an agent the coordinator runs in its own
@@ -180,8 +182,9 @@ func Defaults() Config {
 			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
-		Logs:       Logs{MaxLogSize: 64 << 20, Compress: true},
-		LocalAgent: LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
+		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true},
+		LocalAgent:    LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
+		Notifications: notificationDefaults(),
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -262,6 +265,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.LocalAgent.validate(); err != nil {
+		return err
+	}
+	if err := c.Notifications.validate(); err != nil {
 		return err
 	}
 	switch c.LogLevel {

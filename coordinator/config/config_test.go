@@ -192,3 +192,42 @@ func TestLoad_LocalAgentSection(t *testing.T) {
 		}
 	}
 }
+
+func TestLoad_NotificationsSection(t *testing.T) {
+	chdir(t, t.TempDir())
+	cfg, err := Load("", []string{"FC_NOTIFICATIONS__SMTP_HOST=mail.example.org", "FC_NOTIFICATIONS__FROM=FC <ci@example.org>",
+		"FC_NOTIFICATIONS__USERNAME=ci", "FC_NOTIFICATIONS__PASSWORD_FILE=/run/secrets/smtp", "FC_NOTIFICATIONS__STARTTLS=false",
+		"FC_NOTIFICATIONS__RUN_COMMAND=logger fc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := cfg.Notifications
+	if n.SMTPHost != "mail.example.org" || n.SMTPPort != 587 || n.StartTLS || n.Username != "ci" ||
+		n.PasswordFile != "/run/secrets/smtp" || n.RunCommand != "logger fc" || n.RunCommandTimeout != 60 {
+		t.Errorf("notifications = %+v", n)
+	}
+	if d := Defaults().Notifications; !d.StartTLS || d.SMTPHost != "" || d.MaxAttempts < 1 {
+		t.Errorf("default notifications = %+v: STARTTLS on, no server", d)
+	}
+	for _, c := range []struct{ env, key string }{
+		{"FC_NOTIFICATIONS__SMTP_PORT=0", "notifications.smtp_port"},
+		{"FC_NOTIFICATIONS__SMTP_PORT=70000", "notifications.smtp_port"},
+		{"FC_NOTIFICATIONS__SMTP_HOST=mail.example.org:25", "notifications.smtp_host"},
+		{"FC_NOTIFICATIONS__SMTP_HOST=mail.example.org", "notifications.from"},
+		{"FC_NOTIFICATIONS__FROM=not an address", "notifications.from"},
+		{"FC_NOTIFICATIONS__USERNAME=ci", "notifications.username"},
+		{"FC_NOTIFICATIONS__PASSWORD_FILE=/run/secrets/smtp", "notifications.username"},
+		{"FC_NOTIFICATIONS__RUN_COMMAND_TIMEOUT=0", "notifications.run_command_timeout"},
+		{"FC_NOTIFICATIONS__RETRY_BACKOFF=0", "notifications.retry_backoff"},
+		{"FC_NOTIFICATIONS__MAX_ATTEMPTS=0", "notifications.max_attempts"},
+		{"FC_NOTIFICATIONS__KEEP_DAYS=0", "notifications.keep_days"},
+	} {
+		if _, err := Load("", []string{c.env}); err == nil || !strings.Contains(err.Error(), c.key) {
+			t.Errorf("%s: error %v, want one naming %s", c.env, err, c.key)
+		}
+	}
+	if _, err := Load("", []string{"FC_NOTIFICATIONS__USERNAME=ci", "FC_NOTIFICATIONS__PASSWORD_FILE=smtp"}); err == nil ||
+		!strings.Contains(err.Error(), "notifications.password_file") {
+		t.Errorf("a relative password_file: %v", err)
+	}
+}

@@ -39,6 +39,9 @@ type projectJSON struct {
 	UpdatedAt     time.Time `json:"updated_at"`
 	// Forge is where the repository is hosted (forge.go), null when unset.
 	Forge *forgeJSON `json:"forge"`
+	// Notifications are whom to tell of builds, and when (notifications.go), null
+	// when unset.
+	Notifications *notificationsJSON `json:"notifications"`
 }
 
 func toProjectJSON(p storage.Project) projectJSON {
@@ -63,6 +66,8 @@ type projectInput struct {
 	OwnerKeyID *int64 `json:"owner_key_id"`
 	// Forge sets where the repository is hosted (forge.go); null removes it.
 	Forge forgeField `json:"forge"`
+	// Notifications sets whom to tell of builds (notifications.go); null removes them.
+	Notifications notificationsField `json:"notifications"`
 }
 
 // maxNameLen bounds project, jobset and API key names.
@@ -182,6 +187,10 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.withNotifications(r.Context(), out); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
 
@@ -205,6 +214,11 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	notif, setNotif, _, err := in.Notifications.fields(nil)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err := a.db.CreateProject(r.Context(), f)
 	if err != nil {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
@@ -216,6 +230,11 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.saveNotifications(r.Context(), p.ID, notif, setNotif, false); err != nil {
+		_ = a.db.DeleteProject(r.Context(), p.ID)
+		a.fail(w, r, err)
+		return
+	}
 	a.writeProject(w, r, http.StatusCreated, p)
 }
 
@@ -223,6 +242,10 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 func (a *API) writeProject(w http.ResponseWriter, r *http.Request, status int, p storage.Project) {
 	out := []projectJSON{toProjectJSON(p)}
 	if err := a.withForges(r.Context(), out); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.withNotifications(r.Context(), out); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -277,12 +300,26 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	oldNotif, err := a.currentNotifications(r.Context(), p.ID)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	notif, setNotif, removeNotif, err := in.Notifications.fields(oldNotif)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	p, err = a.db.UpdateProject(r.Context(), p.ID, f)
 	if err != nil {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
 	if err := a.saveForge(r.Context(), p.ID, forge, setForge, removeForge); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.saveNotifications(r.Context(), p.ID, notif, setNotif, removeNotif); err != nil {
 		a.fail(w, r, err)
 		return
 	}

@@ -392,6 +392,13 @@ func TestAuthz_RouteTable(t *testing.T) {
 			func(t *testing.T, f *fixtures) (string, string, any) {
 				return "GET", "/api/v1/agents", nil
 			}, nil},
+		// Deliveries of notifications (the forges issue): where they went and how they
+		// fared is for admins.
+		{"GET /api/v1/notifications/deliveries",
+			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
+			func(t *testing.T, f *fixtures) (string, string, any) {
+				return "GET", "/api/v1/notifications/deliveries?status=failed", nil
+			}, nil},
 		// Cache retention (the cache issue).
 		{"PUT /api/v1/builds/{id}/keep/{keep}",
 			statusFor{NoKey: 401, UnknownKey: 401, ReadOnly: 403, CreateProjects: 403, EvalJobset: 403, CancelBuild: 403, RestartJobs: 403, BumpToFront: 403, Admin: 200},
