@@ -49,16 +49,16 @@ type DeliveryEvaluation struct {
 	// Notifications is nil when the project has none; its secret is left out.
 	Notifications *ProjectNotifications
 	// Builds counts the evaluation's builds (read only when the project has a forge).
-	Builds BuildCounts
+	Builds EvalProgress
 }
 
-// BuildCounts counts an evaluation's builds by how they stand.
-type BuildCounts struct {
+// EvalProgress counts an evaluation's builds by how they stand, for its commit status.
+type EvalProgress struct {
 	Total, Unfinished, Succeeded, Cancelled int
 }
 
 // Failed is the count of builds that finished in any way but success or cancel.
-func (c BuildCounts) Failed() int { return c.Total - c.Unfinished - c.Succeeded - c.Cancelled }
+func (c EvalProgress) Failed() int { return c.Total - c.Unfinished - c.Succeeded - c.Cancelled }
 
 // DeliveryBuild is a build as notifications show it.
 type DeliveryBuild struct {

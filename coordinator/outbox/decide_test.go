@@ -13,21 +13,21 @@ import (
 func TestAggregate(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
-		c          storage.BuildCounts
+		c          storage.EvalProgress
 		evalErrors int
 		state      string
 		desc       string
 	}{
-		{storage.BuildCounts{Total: 3, Unfinished: 3}, 0, forge.StateRunning, "Building 3 jobs"},
-		{storage.BuildCounts{Total: 3, Unfinished: 1, Succeeded: 2}, 0, forge.StateRunning, "Building 3 jobs"},
-		{storage.BuildCounts{Total: 3, Unfinished: 2}, 0, forge.StateFailure, "Failing; the other jobs are still building"},
-		{storage.BuildCounts{Total: 3, Succeeded: 2}, 0, forge.StateFailure, "1 of 3 jobs failed"},
-		{storage.BuildCounts{Total: 3, Succeeded: 3}, 0, forge.StateSuccess, "All 3 jobs succeeded"},
-		{storage.BuildCounts{Total: 1, Succeeded: 1}, 0, forge.StateSuccess, "All 1 job succeeded"},
-		{storage.BuildCounts{Total: 2, Succeeded: 2}, 1, forge.StateFailure, "1 attribute failed to evaluate"},
-		{storage.BuildCounts{Total: 2, Succeeded: 1}, 2, forge.StateFailure, "1 of 2 jobs failed; 2 attributes failed to evaluate"},
-		{storage.BuildCounts{Total: 2, Succeeded: 1, Cancelled: 1}, 0, forge.StateCancelled, "1 of 2 jobs cancelled"},
-		{storage.BuildCounts{}, 0, forge.StateSuccess, "No jobs"},
+		{storage.EvalProgress{Total: 3, Unfinished: 3}, 0, forge.StateRunning, "Building 3 jobs"},
+		{storage.EvalProgress{Total: 3, Unfinished: 1, Succeeded: 2}, 0, forge.StateRunning, "Building 3 jobs"},
+		{storage.EvalProgress{Total: 3, Unfinished: 2}, 0, forge.StateFailure, "Failing; the other jobs are still building"},
+		{storage.EvalProgress{Total: 3, Succeeded: 2}, 0, forge.StateFailure, "1 of 3 jobs failed"},
+		{storage.EvalProgress{Total: 3, Succeeded: 3}, 0, forge.StateSuccess, "All 3 jobs succeeded"},
+		{storage.EvalProgress{Total: 1, Succeeded: 1}, 0, forge.StateSuccess, "All 1 job succeeded"},
+		{storage.EvalProgress{Total: 2, Succeeded: 2}, 1, forge.StateFailure, "1 attribute failed to evaluate"},
+		{storage.EvalProgress{Total: 2, Succeeded: 1}, 2, forge.StateFailure, "1 of 2 jobs failed; 2 attributes failed to evaluate"},
+		{storage.EvalProgress{Total: 2, Succeeded: 1, Cancelled: 1}, 0, forge.StateCancelled, "1 of 2 jobs cancelled"},
+		{storage.EvalProgress{}, 0, forge.StateSuccess, "No jobs"},
 	}
 	for _, c := range cases {
 		if state, desc := aggregate(c.c, c.evalErrors); state != c.state || desc != c.desc {

@@ -152,7 +152,7 @@ func samePayload(a, b []byte) bool {
 // one failed (or an attribute failed to evaluate), running while any is unfinished,
 // success when all succeeded. Its descriptions change only with the state or at the
 // end, so a forge is told a few times per evaluation, not once per build.
-func aggregate(c storage.BuildCounts, evalErrors int) (state, desc string) {
+func aggregate(c storage.EvalProgress, evalErrors int) (state, desc string) {
 	failed := c.Failed()
 	switch {
 	case (failed > 0 || evalErrors > 0) && c.Unfinished > 0:
