@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Channel is a PostgreSQL NOTIFY channel through which coordinators sharing a
@@ -55,13 +54,14 @@ type Notification struct {
 	Payload string
 }
 
-// Listener receives the notifications sent on its channels, on a pool connection it
-// holds until Close.
+// Listener receives the notifications sent on its channels, on a connection of its
+// own (not the pool's: a coordinator keeps several listening for as long as it runs,
+// and they must never starve the pool its queries need) until Close.
 type Listener struct {
-	conn *pgxpool.Conn
+	conn *pgx.Conn
 }
 
-// Listen takes a connection from the pool and listens on channels there; what is
+// Listen opens a connection to the database and listens on channels there; what is
 // sent from then on arrives through Next. Close the listener when done.
 func (db *DB) Listen(ctx context.Context, channels ...Channel) (*Listener, error) {
 	if len(channels) == 0 {
@@ -75,7 +75,7 @@ func (db *DB) Listen(ctx context.Context, channels ...Channel) (*Listener, error
 		}
 		stmts[i] = s
 	}
-	conn, err := db.pool.Acquire(ctx)
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return nil, fmt.Errorf("listen on %v: %w", channels, err)
 	}
@@ -92,26 +92,18 @@ func (db *DB) Listen(ctx context.Context, channels ...Channel) (*Listener, error
 // Next waits for the next notification until ctx ends. After an error, Close the
 // listener (and Listen again to go on: notifications may have been missed).
 func (l *Listener) Next(ctx context.Context) (Notification, error) {
-	n, err := l.conn.Conn().WaitForNotification(ctx)
+	n, err := l.conn.WaitForNotification(ctx)
 	if err != nil {
 		return Notification{}, fmt.Errorf("wait for a notification: %w", err)
 	}
 	return Notification{Channel: Channel(n.Channel), Payload: n.Payload}, nil
 }
 
-// Close stops listening and gives the connection back to the pool; a connection
-// that failed, or cannot stop listening, is closed instead, so no pooled connection
-// keeps listening.
+// Close stops listening and closes the connection.
 func (l *Listener) Close() {
-	conn := l.conn.Conn()
-	if !conn.IsClosed() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if _, err := l.conn.Exec(ctx, `UNLISTEN *`); err != nil {
-			_ = conn.Close(context.Background())
-		}
-		cancel()
-	}
-	l.conn.Release() // the pool drops a closed connection
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = l.conn.Close(ctx)
 }
 
 // ListenNarinfoDeletions calls deleted with each batch of deleted hash parts until ctx

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -271,6 +272,10 @@ func TestConnect_ThroughAPlainHTTPReverseProxy(t *testing.T) {
 	t.Cleanup(proxy.Close)
 	startAgent(t, c, "behind-proxy", agentOpts{url: proxy.URL, token: c.Token(1, time.Hour)})
 	got := waitConnected(t, c, "behind-proxy")
+	// The row says connected just before the session is registered for commands.
+	coordtest.Eventually(t, 30*time.Second, "the session is registered", func() bool {
+		return slices.Contains(c.CurrentFleet().AgentIDs(), got.ID)
+	})
 	// The coordinator reaches the agent over the agent's own session, through the proxy.
 	reply, err := c.CurrentFleet().Command(context.Background(), got.ID, protocol.Message{Type: protocol.TypeCancel,
 		Cancel: &protocol.Cancel{Work: protocol.WorkRef{Kind: "step", ID: 1}}})

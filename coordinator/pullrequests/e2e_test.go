@@ -204,6 +204,13 @@ type fakeGitHub struct {
 }
 
 func (f *fakeGitHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The project has a forge, so FC reports commit statuses to it too (their exact
+	// requests are the outbox's tests' concern).
+	if r.Method == "POST" && strings.HasPrefix(r.URL.Path, "/repos/octo/demo/statuses/") {
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{}`)
+		return
+	}
 	if r.Method != "GET" || r.URL.Path != "/repos/octo/demo/pulls" || r.URL.Query().Get("state") != "open" ||
 		r.URL.Query().Get("base") != "main" || r.URL.Query().Get("per_page") != "100" ||
 		r.Header.Get("Authorization") != "Bearer gh-token" || r.Header.Get("Accept") != "application/vnd.github+json" {
