@@ -87,7 +87,7 @@ func (db *DB) dashJobsetList(ctx context.Context, countQuery, pageQuery string, 
 		return JobsetList{}, fmt.Errorf("pull requests: %w", err)
 	}
 	var (
-		rowID            int64
+		rowID          int64
 		hidden         bool
 		parent, number *int64
 		pr             JobsetPullRequest
