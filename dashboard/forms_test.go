@@ -368,7 +368,9 @@ func TestForms_ReadOnlyAndOthersAreRefused(t *testing.T) {
 	if got.Forge == nil || got.Forge.Repository != "me/full" || !got.FetchCredentialsSet {
 		t.Errorf("a refused form changed the project: %+v", got.Forge)
 	}
-	var j struct{ PullRequests bool `json:"pull_requests"` }
+	var j struct {
+		PullRequests bool `json:"pull_requests"`
+	}
 	formsGetAPI(t, s, "/api/v1/projects/guarded/jobsets/main", &j)
 	if j.PullRequests {
 		t.Errorf("a refused jobset form turned pull requests on")
