@@ -337,10 +337,16 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 	defer reprobe.Stop()
 	drainCh := d.drainCh
 	for {
-		select {
-		case <-ctx.Done():
+		// A stop by force hands running work back, whichever case select picked when
+		// ctx ended at the same time as another (a heartbeat due, work ending): their
+		// sends fail once ctx is done.
+		if ctx.Err() != nil {
 			d.release(conn)
 			return ctx.Err()
+		}
+		select {
+		case <-ctx.Done():
+			continue
 		case <-conn.Done():
 			return errors.New("connection closed")
 		case <-shutdown:
@@ -348,6 +354,9 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 		case <-drainCh:
 			drainCh = nil // tell the coordinator once, now, rather than at the next beat
 			if err := conn.Heartbeat(ctx, d.state()); err != nil {
+				if ctx.Err() != nil {
+					continue // stopped by force: hand the work back above
+				}
 				return err
 			}
 			if d.idle() {
@@ -357,6 +366,9 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 			// Report at once that the work ended, so the coordinator can assign more
 			// (and a draining agent can stop).
 			if err := conn.Heartbeat(ctx, d.state()); err != nil {
+				if ctx.Err() != nil {
+					continue // stopped by force: hand the work back above
+				}
 				return err
 			}
 			if d.draining() && d.idle() {
@@ -364,6 +376,9 @@ func (d *Daemon) runConn(ctx context.Context, conn *session.Conn) error {
 			}
 		case <-beat.C:
 			if err := conn.Heartbeat(ctx, d.state()); err != nil {
+				if ctx.Err() != nil {
+					continue // stopped by force: hand the work back above
+				}
 				return err
 			}
 			if d.draining() && d.idle() {
