@@ -144,17 +144,21 @@ func (f projectForm) withoutSecrets() (out projectForm, dropped bool) {
 
 // renderProjectForm shows the form with f (secrets left out) for project old (nil: a
 // new one), and, after a refused request (res), its message and the field it names.
-func (d *Dashboard) renderProjectForm(w http.ResponseWriter, r *http.Request, status int, f projectForm, old *storage.Project, res *apiResult) {
-	var parts projectParts
-	if old != nil {
-		var err error
-		if parts, err = d.loadParts(r.Context(), old.ID); err != nil {
-			d.fail(w, r, err)
-			return
+// The project's parts say which of its secrets are set: parts, or read here when nil.
+func (d *Dashboard) renderProjectForm(w http.ResponseWriter, r *http.Request, status int, f projectForm, old *storage.Project,
+	parts *projectParts, res *apiResult) {
+	if parts == nil {
+		parts = &projectParts{}
+		if old != nil {
+			var err error
+			if *parts, err = d.loadParts(r.Context(), old.ID); err != nil {
+				d.fail(w, r, err)
+				return
+			}
 		}
 	}
 	f, dropped := f.withoutSecrets()
-	v := view{"Form": f, "Action": r.URL.Path, "Set": secretsOf(old, parts), "ForgeTypes": forgeTypes(),
+	v := view{"Form": f, "Action": r.URL.Path, "Set": secretsOf(old, *parts), "ForgeTypes": forgeTypes(),
 		"NotifyWhen": notifyWhen(), "ErrorField": ""}
 	if res != nil {
 		v["Error"], v["ErrorField"], v["SecretsDropped"] = res.Message(), apiField(*res), dropped
@@ -183,7 +187,7 @@ func apiField(res apiResult) string {
 
 func (d *Dashboard) projectNew(w http.ResponseWriter, r *http.Request) {
 	if d.formGate(w, r, can(r, auth.PermCreateProjects), "create projects") {
-		d.renderProjectForm(w, r, http.StatusOK, projectForm{Enabled: true, Notify: notifyFormOf(nil)}, nil, nil)
+		d.renderProjectForm(w, r, http.StatusOK, projectForm{Enabled: true, Notify: notifyFormOf(nil)}, nil, nil, nil)
 	}
 }
 
@@ -191,7 +195,7 @@ func (d *Dashboard) projectCreate(w http.ResponseWriter, r *http.Request) {
 	f := projectFormFrom(r)
 	res := d.submit(r, http.MethodPost, "/api/v1/projects", f.body(nil))
 	if !res.OK() {
-		d.renderProjectForm(w, r, res.Status, f, nil, &res)
+		d.renderProjectForm(w, r, res.Status, f, nil, nil, &res)
 		return
 	}
 	var p struct{ Name string }
@@ -216,7 +220,7 @@ func (d *Dashboard) projectEdit(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	d.renderProjectForm(w, r, http.StatusOK, projectFormOf(p, parts), &p, nil)
+	d.renderProjectForm(w, r, http.StatusOK, projectFormOf(p, parts), &p, &parts, nil)
 }
 
 func (d *Dashboard) projectUpdate(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +240,7 @@ func (d *Dashboard) projectUpdate(w http.ResponseWriter, r *http.Request) {
 	}
 	res := d.submit(r, http.MethodPut, fmt.Sprintf("/api/v1/projects/%d", p.ID), f.body(stored))
 	if !res.OK() {
-		d.renderProjectForm(w, r, res.Status, f, &p, &res)
+		d.renderProjectForm(w, r, res.Status, f, &p, nil, &res)
 		return
 	}
 	var out struct{ Name string }
