@@ -28,6 +28,7 @@ const (
 	gridEvals     = 10
 	gridJobs      = 50
 	evalErrorsMax = 50
+	prsPerPage    = 25
 )
 
 // lookupJobset finds the {project} and {jobset} of the URL.
@@ -56,17 +57,26 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 		d.fail(w, r, err)
 		return
 	}
-	ep, gp := pageOf(r, evalsPerPage), listPage(r, "jobs", gridJobs)
+	ep, gp, pp, all := pageOf(r, evalsPerPage), listPage(r, "jobs", gridJobs), listPage(r, "prs", prsPerPage), showAll(r)
 	var (
 		evals  []storage.EvalBrief
 		nEvals int64
 		grid   storage.JobGrid
+		prs    storage.JobsetList
+		parent string
 	)
 	err = parallel(func() (err error) {
 		evals, nEvals, err = d.db.DashEvaluations(ctx, j.ID, ep)
 		return err
 	}, func() (err error) {
 		grid, err = d.db.DashJobGrid(ctx, j.ID, gridEvals, gp)
+		return err
+	}, func() (err error) {
+		if j.PullRequest != nil {
+			parent, err = d.db.JobsetName(ctx, j.PullRequest.ParentJobsetID)
+			return err
+		}
+		prs, err = d.db.DashPullRequestJobsets(ctx, j.ID, all, pp)
 		return err
 	})
 	if err != nil {
@@ -89,6 +99,12 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 	v["Evals"], v["Pager"] = evals, pagerOf(r, ep, nEvals)
 	v["Grid"], v["GridRows"], v["GridPager"] = grid, gridRows(grid), listPager(r, "jobs", gp, grid.NrJobs)
 	v["Manages"], v["CanTrigger"] = manages(r, p), can(r, auth.PermEvalJobset)
+	v["Parent"], v["PullRequests"], v["All"] = parent, prs.Rows, all
+	nAll := prs.Total
+	if !all {
+		nAll += prs.Hidden
+	}
+	v["NrPullRequests"], v["NrHidden"], v["PRPager"] = nAll, prs.Hidden, listPager(r, "prs", pp, prs.Total)
 	d.render(w, r, status, "jobset", v)
 }
 
@@ -155,7 +171,7 @@ func (d *Dashboard) jobsetEdit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.formGate(w, r, manages(r, p), "change the jobsets of project "+p.Name) {
-		d.renderJobsetForm(w, r, http.StatusOK, jobsetFormOf(j), p, &j, "")
+		d.renderJobsetForm(w, r, http.StatusOK, jobsetFormOf(j), p, &j, "", "")
 	}
 }
 
@@ -166,14 +182,14 @@ func (d *Dashboard) jobsetUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := jobsetFormFrom(r)
-	body, msg := f.body()
+	body, msg, field := f.body()
 	if msg != "" {
-		d.renderJobsetForm(w, r, http.StatusUnprocessableEntity, f, p, &j, msg)
+		d.renderJobsetForm(w, r, http.StatusUnprocessableEntity, f, p, &j, msg, field)
 		return
 	}
 	res := d.submit(r, http.MethodPut, fmt.Sprintf("/api/v1/projects/%d/jobsets/%d", p.ID, j.ID), body)
 	if !res.OK() {
-		d.renderJobsetForm(w, r, res.Status, f, p, &j, res.Message())
+		d.renderJobsetForm(w, r, res.Status, f, p, &j, res.Message(), apiField(res))
 		return
 	}
 	var out struct{ Name string }
@@ -195,6 +211,10 @@ type jobsetForm struct {
 	State                                    string
 	FlakeMode                                bool
 	Inputs                                   []inputRow
+	// PullRequests and PullRequestDrafts: see the API's jobset. hasPullRequests: the
+	// post carried them (a pull request's own jobset's form does not).
+	PullRequests, PullRequestDrafts bool
+	hasPullRequests                 bool
 }
 
 // blankInputs is how many empty input rows the form offers (more after a save).
@@ -213,13 +233,14 @@ func inputTypes() []string {
 // newJobsetForm has the API's defaults.
 func newJobsetForm() jobsetForm {
 	return jobsetForm{NixExpression: "hydraJobs", CheckInterval: "60", SchedulingShares: "100", KeepNr: "3",
-		State: storage.JobsetEnabled, FlakeMode: true}
+		State: storage.JobsetEnabled, FlakeMode: true, hasPullRequests: true}
 }
 
 func jobsetFormOf(j storage.Jobset) jobsetForm {
 	f := jobsetForm{Name: j.Name, Description: j.Description, Branch: j.Branch, NixExpression: j.NixExpression,
 		CheckInterval: strconv.Itoa(j.CheckInterval), SchedulingShares: strconv.Itoa(j.SchedulingShares),
-		KeepNr: strconv.Itoa(j.KeepNr), State: j.State, FlakeMode: j.FlakeMode}
+		KeepNr: strconv.Itoa(j.KeepNr), State: j.State, FlakeMode: j.FlakeMode,
+		PullRequests: j.PullRequests, PullRequestDrafts: j.PullRequestDrafts, hasPullRequests: j.PullRequest == nil}
 	for _, in := range j.Inputs {
 		f.Inputs = append(f.Inputs, inputRow(in))
 	}
@@ -230,7 +251,9 @@ func jobsetFormFrom(r *http.Request) jobsetForm {
 	v := r.PostFormValue
 	f := jobsetForm{Name: v("name"), Description: v("description"), Branch: v("branch"), NixExpression: v("nix_expression"),
 		CheckInterval: v("check_interval"), SchedulingShares: v("scheduling_shares"), KeepNr: v("keep_nr"),
-		State: v("state"), FlakeMode: v("flake_mode") != ""}
+		State: v("state"), FlakeMode: v("flake_mode") != "", PullRequests: v("pull_requests") != "",
+		PullRequestDrafts: v("pull_request_drafts") != ""}
+	_, f.hasPullRequests = r.PostForm["pull_request_fields"]
 	names, types, values := r.PostForm["input_name"], r.PostForm["input_type"], r.PostForm["input_value"]
 	for i, name := range names {
 		row := inputRow{Name: strings.TrimSpace(name)}
@@ -247,33 +270,42 @@ func jobsetFormFrom(r *http.Request) jobsetForm {
 	return f
 }
 
-// body is the API request the form stands for, or a message when a number is not one.
-// Every input is listed, so one removed from the form is removed from the jobset.
-func (f jobsetForm) body() (map[string]any, string) {
-	b := map[string]any{"name": f.Name, "description": f.Description, "branch": f.Branch,
+// body is the API request the form stands for, or a message and its field when a
+// number is not one. Every input is listed, so one removed from the form is removed
+// from the jobset.
+func (f jobsetForm) body() (b map[string]any, msg, field string) {
+	b = map[string]any{"name": f.Name, "description": f.Description, "branch": f.Branch,
 		"flake_mode": f.FlakeMode, "nix_expression": f.NixExpression, "state": f.State}
 	for _, n := range []struct{ field, value string }{{"check_interval", f.CheckInterval},
 		{"scheduling_shares", f.SchedulingShares}, {"keep_nr", f.KeepNr}} {
 		i, err := strconv.Atoi(strings.TrimSpace(n.value))
 		if err != nil {
-			return nil, fmt.Sprintf("%s: %q is not a whole number", n.field, n.value)
+			return nil, fmt.Sprintf("%s: %q is not a whole number", n.field, n.value), n.field
 		}
 		b[n.field] = i
+	}
+	if f.hasPullRequests {
+		b["pull_requests"], b["pull_request_drafts"] = f.PullRequests, f.PullRequestDrafts
 	}
 	inputs := make([]map[string]string, 0, len(f.Inputs))
 	for _, in := range f.Inputs {
 		inputs = append(inputs, map[string]string{"name": in.Name, "type": in.Type, "value": in.Value})
 	}
 	b["inputs"] = inputs
-	return b, ""
+	return b, "", ""
 }
 
-func (d *Dashboard) renderJobsetForm(w http.ResponseWriter, r *http.Request, status int, f jobsetForm, p storage.Project, old *storage.Jobset, msg string) {
+func (d *Dashboard) renderJobsetForm(w http.ResponseWriter, r *http.Request, status int, f jobsetForm, p storage.Project,
+	old *storage.Jobset, msg, field string) {
 	rows := append([]inputRow(nil), f.Inputs...)
 	for range blankInputs {
 		rows = append(rows, inputRow{Type: storage.InputTypeGit})
 	}
 	v := view{"Form": f, "InputRows": rows, "States": jobsetStates(), "InputTypes": inputTypes(), "Action": r.URL.Path, "Project": p}
+	v["ErrorField"] = field
+	if old != nil && old.PullRequest != nil {
+		v["PullRequest"] = old.PullRequest // its settings are its parent's: no pull requests of its own
+	}
 	if msg != "" {
 		v["Error"] = msg
 	}

@@ -1,12 +1,6 @@
 package projectapi
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"errors"
-	"io"
-	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
@@ -41,41 +35,11 @@ type forgeInput struct {
 	PullRequestsFromForks *bool   `json:"pull_requests_from_forks"`
 }
 
-// forgeField is the "forge" of a request: absent (leave it), null (remove it), or
-// settings.
-type forgeField struct {
-	present bool
-	in      *forgeInput
-}
+func (forgeInput) part() (string, string) { return "forge", `{"type": ..., "repository": ...}` }
 
-// UnmarshalJSON reads the forge strictly (unknown fields refused), with errors that
-// name forge.<field>.
-func (f *forgeField) UnmarshalJSON(b []byte) error {
-	f.present = true
-	if string(bytes.TrimSpace(b)) == "null" {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var in forgeInput
-	if err := dec.Decode(&in); err != nil {
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &te) && te.Field != "":
-			return httpkit.Unprocessable("forge."+te.Field, "field %q has the wrong type", "forge."+te.Field)
-		case errors.As(err, &te):
-			return httpkit.Unprocessable("forge", `forge must be an object ({"type": ..., "repository": ...}) or null`)
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			name := "forge." + strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return httpkit.Unprocessable(name, "unknown field %q", name)
-		case errors.Is(err, io.EOF):
-			return httpkit.Unprocessable("forge", "forge must be an object or null")
-		}
-		return httpkit.Errorf(http.StatusBadRequest, "forge", "malformed forge: %v", err)
-	}
-	f.in = &in
-	return nil
-}
+// forgeField is the "forge" of a request: absent (leave it), null (remove it), or
+// settings (parts.go).
+type forgeField struct{ optional[forgeInput] }
 
 // defaultAPIURL is the API of a forge type's public instance, where it has one.
 var defaultAPIURL = map[string]string{storage.ForgeGitHub: "https://api.github.com", storage.ForgeGitLab: "https://gitlab.com/api/v4"}
@@ -168,45 +132,6 @@ func validForge(f *storage.ProjectForgeFields) error {
 		// It goes into an HTTP header as it is.
 		if len(*t) > 4096 || strings.IndexFunc(*t, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
 			return httpkit.Unprocessable("forge.token", "forge.token must be at most 4096 characters, without spaces or control characters")
-		}
-	}
-	return nil
-}
-
-// saveForge applies a request's forge change to project id.
-func (a *API) saveForge(ctx context.Context, id int64, fields storage.ProjectForgeFields, set, remove bool) error {
-	switch {
-	case remove:
-		return a.db.DeleteProjectForge(ctx, id)
-	case set:
-		_, err := a.db.SetProjectForge(ctx, id, fields)
-		return err
-	}
-	return nil
-}
-
-// currentForge is project id's forge, nil when it has none.
-func (a *API) currentForge(ctx context.Context, id int64) (*storage.ProjectForge, error) {
-	f, ok, err := a.db.ProjectForge(ctx, id)
-	if err != nil || !ok {
-		return nil, err
-	}
-	return &f, nil
-}
-
-// withForges adds their forges to projects shown (one query whatever their number).
-func (a *API) withForges(ctx context.Context, out []projectJSON) error {
-	ids := make([]int64, len(out))
-	for i := range out {
-		ids[i] = out[i].ID
-	}
-	forges, err := a.db.ProjectForges(ctx, ids)
-	if err != nil {
-		return err
-	}
-	for i := range out {
-		if f, ok := forges[out[i].ID]; ok {
-			out[i].Forge = toForgeJSON(f)
 		}
 	}
 	return nil

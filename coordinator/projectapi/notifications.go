@@ -1,12 +1,6 @@
 package projectapi
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"errors"
-	"io"
-	"net/http"
 	"net/mail"
 	"net/url"
 	"strings"
@@ -42,41 +36,13 @@ type notificationsInput struct {
 	WebhookSecret *string   `json:"webhook_secret"`
 }
 
-// notificationsField is the "notifications" of a request: absent (leave them), null
-// (remove them), or settings.
-type notificationsField struct {
-	present bool
-	in      *notificationsInput
+func (notificationsInput) part() (string, string) {
+	return "notifications", `{"email": [...], "on": ...}`
 }
 
-// UnmarshalJSON reads the settings strictly (unknown fields refused), with errors
-// that name notifications.<field>.
-func (f *notificationsField) UnmarshalJSON(b []byte) error {
-	f.present = true
-	if string(bytes.TrimSpace(b)) == "null" {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var in notificationsInput
-	if err := dec.Decode(&in); err != nil {
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &te) && te.Field != "":
-			return httpkit.Unprocessable("notifications."+te.Field, "field %q has the wrong type", "notifications."+te.Field)
-		case errors.As(err, &te):
-			return httpkit.Unprocessable("notifications", `notifications must be an object ({"email": [...], "on": ...}) or null`)
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			name := "notifications." + strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return httpkit.Unprocessable(name, "unknown field %q", name)
-		case errors.Is(err, io.EOF):
-			return httpkit.Unprocessable("notifications", "notifications must be an object or null")
-		}
-		return httpkit.Errorf(http.StatusBadRequest, "notifications", "malformed notifications: %v", err)
-	}
-	f.in = &in
-	return nil
-}
+// notificationsField is the "notifications" of a request: absent (leave them), null
+// (remove them), or settings (parts.go).
+type notificationsField struct{ optional[notificationsInput] }
 
 // Bounds of the settings.
 const (
@@ -153,46 +119,6 @@ func validNotifications(f *storage.ProjectNotificationsFields) error {
 	if s := f.WebhookSecret; s != nil && *s != "" && (len(*s) < minWebhookSecret || len(*s) > maxWebhookSecret) {
 		return httpkit.Unprocessable("notifications.webhook_secret", "notifications.webhook_secret must be %d to %d characters",
 			minWebhookSecret, maxWebhookSecret)
-	}
-	return nil
-}
-
-// saveNotifications applies a request's notifications change to project id.
-func (a *API) saveNotifications(ctx context.Context, id int64, fields storage.ProjectNotificationsFields, set, remove bool) error {
-	switch {
-	case remove:
-		return a.db.DeleteProjectNotifications(ctx, id)
-	case set:
-		_, err := a.db.SetProjectNotifications(ctx, id, fields)
-		return err
-	}
-	return nil
-}
-
-// currentNotifications is project id's notifications, nil when it has none.
-func (a *API) currentNotifications(ctx context.Context, id int64) (*storage.ProjectNotifications, error) {
-	n, ok, err := a.db.ProjectNotifications(ctx, id)
-	if err != nil || !ok {
-		return nil, err
-	}
-	return &n, nil
-}
-
-// withNotifications adds their notifications to projects shown (one query whatever
-// their number).
-func (a *API) withNotifications(ctx context.Context, out []projectJSON) error {
-	ids := make([]int64, len(out))
-	for i := range out {
-		ids[i] = out[i].ID
-	}
-	ns, err := a.db.ProjectNotificationsOf(ctx, ids)
-	if err != nil {
-		return err
-	}
-	for i := range out {
-		if n, ok := ns[out[i].ID]; ok {
-			out[i].Notifications = toNotificationsJSON(n)
-		}
 	}
 	return nil
 }

@@ -183,11 +183,7 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 	for i, p := range ps {
 		out[i] = toProjectJSON(p)
 	}
-	if err := a.withForges(r.Context(), out); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if err := a.withNotifications(r.Context(), out); err != nil {
+	if err := a.withParts(r.Context(), out); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -224,13 +220,13 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
-	if err := a.saveForge(r.Context(), p.ID, forge, setForge, false); err != nil {
+	if err := a.forges().save(r.Context(), p.ID, forge, setForge, false); err != nil {
 		// Not a project without the forge it was asked to have.
 		_ = a.db.DeleteProject(r.Context(), p.ID)
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.saveNotifications(r.Context(), p.ID, notif, setNotif, false); err != nil {
+	if err := a.notifications().save(r.Context(), p.ID, notif, setNotif, false); err != nil {
 		_ = a.db.DeleteProject(r.Context(), p.ID)
 		a.fail(w, r, err)
 		return
@@ -241,11 +237,7 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 // writeProject answers with project p as it is now, with its forge.
 func (a *API) writeProject(w http.ResponseWriter, r *http.Request, status int, p storage.Project) {
 	out := []projectJSON{toProjectJSON(p)}
-	if err := a.withForges(r.Context(), out); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if err := a.withNotifications(r.Context(), out); err != nil {
+	if err := a.withParts(r.Context(), out); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -290,7 +282,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	old, err := a.currentForge(r.Context(), p.ID)
+	old, err := a.forges().current(r.Context(), p.ID)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -300,7 +292,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	oldNotif, err := a.currentNotifications(r.Context(), p.ID)
+	oldNotif, err := a.notifications().current(r.Context(), p.ID)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -315,11 +307,11 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, nameConflict(unknownOwner(err, in), "a project", f.Name))
 		return
 	}
-	if err := a.saveForge(r.Context(), p.ID, forge, setForge, removeForge); err != nil {
+	if err := a.forges().save(r.Context(), p.ID, forge, setForge, removeForge); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.saveNotifications(r.Context(), p.ID, notif, setNotif, removeNotif); err != nil {
+	if err := a.notifications().save(r.Context(), p.ID, notif, setNotif, removeNotif); err != nil {
 		a.fail(w, r, err)
 		return
 	}
