@@ -21,7 +21,7 @@ func oneBuild(buildID int64) buildChoice       { return buildChoice{build: &buil
 func allOfEvaluation(evalID int64) buildChoice { return buildChoice{evaluation: &evalID} }
 
 // chosenBuilds is a buildChoice passed as $1 (build) and $2 (evaluation).
-const chosenBuilds = `(b.id = $1 OR b.evaluation_id = $2)`
+const chosenBuilds = `(b.id = $1 OR b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $2))`
 
 // cancelBuilds cancels the unfinished builds chosen (see chosenBuilds): their steps
 // (queued or running) and every step waiting for those end cancelled, with all their
@@ -115,7 +115,8 @@ func (db *DB) restartSteps(ctx context.Context, chosen buildChoice) (int, error)
 	var n int
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `WITH RECURSIVE down(id) AS (
-				SELECT b.step_id FROM builds b WHERE (b.id = $1 OR (b.evaluation_id = $2 AND b.status IN `+restartable+`))
+				SELECT b.step_id FROM builds b WHERE (b.id = $1 OR (b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $2)
+					AND b.status IN `+restartable+`))
 					AND b.step_id IS NOT NULL
 				UNION SELECT e.depends_on FROM step_edges e JOIN down ON e.step_id = down.id),
 			failed AS (SELECT id FROM steps WHERE id IN (SELECT id FROM down) AND status IN `+restartable+`),

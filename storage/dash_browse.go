@@ -23,7 +23,7 @@ const buildCountsOf = `(SELECT count(*) FILTER (WHERE b.status = 'succeeded') AS
 		count(*) FILTER (WHERE b.status NOT IN ('succeeded', 'queued', 'running')) AS failed,
 		count(*) FILTER (WHERE b.status = 'queued') AS queued,
 		count(*) FILTER (WHERE b.status = 'running') AS running
-		FROM builds b WHERE b.evaluation_id = e.id)`
+		FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id WHERE eb.evaluation_id = e.id)`
 
 // EvalBrief is an evaluation as lists show it, with its builds counted.
 type EvalBrief struct {

@@ -61,10 +61,12 @@ func (db *DB) DashJobGrid(ctx context.Context, jobsetID int64, nEvals int, page 
 		ids[i], col[e.ID] = e.ID, i
 	}
 	// The page of job names and their builds in one statement; the total rides along.
-	rows, err = db.pool.Query(ctx, `WITH jobs AS (SELECT DISTINCT job FROM builds WHERE evaluation_id = ANY($1)),
+	rows, err = db.pool.Query(ctx, `WITH eb AS (SELECT eb.evaluation_id, b.id, b.job, b.status FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+			WHERE eb.evaluation_id = ANY($1)),
+		jobs AS (SELECT DISTINCT job FROM eb),
 		page AS (SELECT job, count(*) OVER () AS total FROM jobs ORDER BY job LIMIT $2 OFFSET $3)
 		SELECT pg.job, pg.total, coalesce(b.evaluation_id, 0), coalesce(b.id, 0), coalesce(b.status, '')
-		FROM page pg LEFT JOIN builds b ON b.evaluation_id = ANY($1) AND b.job = pg.job
+		FROM page pg LEFT JOIN eb b ON b.job = pg.job
 		ORDER BY pg.job`, ids, page.Limit, page.Offset)
 	if err != nil {
 		return g, fmt.Errorf("grid jobs: %w", err)
@@ -87,7 +89,8 @@ func (db *DB) DashJobGrid(ctx context.Context, jobsetID int64, nEvals int, page 
 		return g, fmt.Errorf("grid jobs: %w", err)
 	}
 	if len(g.Rows) == 0 && page.Offset > 0 { // past the last page: still say how many
-		err = db.pool.QueryRow(ctx, `SELECT count(DISTINCT job) FROM builds WHERE evaluation_id = ANY($1)`, ids).Scan(&g.NrJobs)
+		err = db.pool.QueryRow(ctx, `SELECT count(DISTINCT b.job) FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+			WHERE eb.evaluation_id = ANY($1)`, ids).Scan(&g.NrJobs)
 	}
 	return g, wrapErr("grid jobs", err)
 }

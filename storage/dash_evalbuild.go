@@ -46,7 +46,8 @@ func (db *DB) EvalSummary(ctx context.Context, id int64) (EvalSummary, error) {
 			coalesce(c.statuses, '{}'), coalesce(c.counts, '{}')
 		FROM evaluations e JOIN jobsets j ON j.id = e.jobset_id JOIN projects p ON p.id = j.project_id
 		LEFT JOIN LATERAL (SELECT array_agg(status ORDER BY status) AS statuses, array_agg(n ORDER BY status) AS counts
-			FROM (SELECT status, count(*) AS n FROM builds WHERE evaluation_id = e.id GROUP BY status) x) c ON true
+			FROM (SELECT b.status, count(*) AS n FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+				WHERE eb.evaluation_id = e.id GROUP BY b.status) x) c ON true
 		WHERE e.id = $1`, id).Scan(&s.ID, &s.JobsetID, &s.ProjectID, &s.Status, &s.Commit, &s.InputsHash, &s.Trigger,
 		&s.Forced, &s.Error, &s.NrJobs, &s.NrNewBuilds, &s.NrErrors, &s.CheckoutSeconds, &s.EvalSeconds, &s.AgentID,
 		&s.Attempts, &s.CreatedAt, &s.StartedAt, &s.FinishedAt, &s.Project, &s.Jobset, &s.PreviousID,
@@ -100,8 +101,10 @@ const stoppedStatuses = `('aborted', 'cancelled', 'timed_out', 'log_limit_exceed
 // comparePairs pairs the builds of evaluation $1 with those of the same job in
 // evaluation $2 (a job in only one of them has NULLs for the other), with their tab;
 // $3 is a part of job names to match (LIKE's wildcards escaped), or ”.
-const comparePairs = `WITH cur AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $1 AND ($3 = '' OR job ILIKE '%' || $3 || '%')),
-	prev AS (SELECT id, job, system, status FROM builds WHERE evaluation_id = $2 AND ($3 = '' OR job ILIKE '%' || $3 || '%')),
+const comparePairs = `WITH cur AS (SELECT b.id, b.job, b.system, b.status FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+		WHERE eb.evaluation_id = $1 AND ($3 = '' OR b.job ILIKE '%' || $3 || '%')),
+	prev AS (SELECT b.id, b.job, b.system, b.status FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+		WHERE eb.evaluation_id = $2 AND ($3 = '' OR b.job ILIKE '%' || $3 || '%')),
 	pairs AS (
 		SELECT coalesce(c.job, p.job) AS job, coalesce(c.system, p.system) AS system, c.id AS cid, coalesce(c.status, '') AS cst,
 			p.id AS pid, coalesce(p.status, '') AS pst,

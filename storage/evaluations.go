@@ -111,7 +111,8 @@ type LastEvaluation struct {
 func (db *DB) LatestEvaluation(ctx context.Context, jobsetID int64) (LastEvaluation, bool, error) {
 	var l LastEvaluation
 	err := db.pool.QueryRow(ctx, `SELECT e.id, e.commit, e.inputs_hash, e.status,
-		EXISTS (SELECT 1 FROM builds b WHERE b.evaluation_id = e.id AND b.status IN ('queued', 'running'))
+		EXISTS (SELECT 1 FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+			WHERE eb.evaluation_id = e.id AND b.status IN ('queued', 'running'))
 		FROM evaluations e WHERE e.jobset_id = $1 ORDER BY e.id DESC LIMIT 1`, jobsetID).
 		Scan(&l.ID, &l.Commit, &l.InputsHash, &l.Status, &l.UnfinishedBuild)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -182,8 +182,9 @@ func insertNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, nodes []EvalNod
 	return err
 }
 
-// insertBuilds adds one build per job and returns how many must be built (the rest
-// were already in the cache and finish at once, as Hydra's cached builds do).
+// insertBuilds adds one build per job that has none yet for its derivation, links
+// every job's build to the evaluation, and returns how many new builds must be built
+// (the rest were already in the cache and finish at once, as Hydra's cached builds do).
 func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs []EvalJob) (int, error) {
 	if len(jobs) == 0 {
 		return 0, nil
@@ -214,7 +215,15 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 		}
 	}
 	var newBuilds int
-	err := tx.QueryRow(ctx, `WITH ins AS (
+	// A job whose derivation already has a build of that job in the jobset joins this
+	// evaluation as that build (Hydra's reuse), unless that build was cancelled, aborted
+	// or had no capable agent: those are wanted again, as their steps are.
+	err := tx.QueryRow(ctx, `WITH x AS (
+		SELECT x.*, (SELECT b.id FROM builds b WHERE b.jobset_id = $2 AND b.job = x.a AND b.drv_path = x.d
+				AND b.status NOT IN ('cancelled', 'aborted', 'unsupported_system') ORDER BY b.id DESC LIMIT 1) AS prev
+		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::boolean[])
+			AS x(a, d, s, n, de, li, h, p, ag)),
+	ins AS (
 		INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, step_id, system, nix_name, description, license,
 			homepage, scheduling_priority, is_aggregate, status, status_code, finished_at)
 		SELECT $1, $2, x.a, x.d, s.id, x.s, x.n, x.de, x.li, x.h, x.p, x.ag,
@@ -222,10 +231,13 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 				WHEN s.status IN `+ownFailures+` THEN 'cached_failure' ELSE s.status END,
 			CASE WHEN x.ag THEN NULL WHEN s.id IS NULL THEN 0 WHEN s.status IN `+ownFailures+` THEN 8 ELSE s.status_code END,
 			CASE WHEN x.ag OR (s.id IS NOT NULL AND s.status IN ('queued', 'running')) THEN NULL ELSE now() END
-		FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::boolean[])
-			AS x(a, d, s, n, de, li, h, p, ag)
-		LEFT JOIN steps s ON s.drv_path = x.d
-		RETURNING step_id)
+		FROM x LEFT JOIN steps s ON s.drv_path = x.d
+		WHERE x.prev IS NULL
+		RETURNING id, step_id),
+	link AS (
+		INSERT INTO evaluation_builds (evaluation_id, build_id)
+		SELECT $1, id FROM ins UNION ALL SELECT $1, prev FROM x WHERE prev IS NOT NULL
+		ON CONFLICT DO NOTHING)
 		SELECT count(*) FILTER (WHERE step_id IS NOT NULL) FROM ins`,
 		evalID, jobsetID, attrs, drvs, systems, names, descs, lics, homes, prios, aggs).Scan(&newBuilds)
 	if err != nil {
@@ -242,8 +254,9 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 		// A constituent is a job name of this evaluation or the drv path of one of its jobs.
 		if _, err := tx.Exec(ctx, `INSERT INTO aggregate_constituents (aggregate_id, constituent_id)
 			SELECT DISTINCT a.id, c.id FROM unnest($2::text[], $3::text[]) AS x(agg, ref)
-			JOIN builds a ON a.evaluation_id = $1 AND a.job = x.agg
-			JOIN builds c ON c.evaluation_id = $1 AND (c.job = x.ref OR c.drv_path = x.ref) AND c.id <> a.id
+			JOIN evaluation_builds ea ON ea.evaluation_id = $1 JOIN builds a ON a.id = ea.build_id AND a.job = x.agg
+			JOIN evaluation_builds ec ON ec.evaluation_id = $1 JOIN builds c ON c.id = ec.build_id
+				AND (c.job = x.ref OR c.drv_path = x.ref) AND c.id <> a.id
 			ON CONFLICT DO NOTHING`, evalID, cAgg, cRef); err != nil {
 			return 0, err
 		}
@@ -277,7 +290,7 @@ type BuildFilter struct {
 
 // buildFilter is BuildFilter's condition: $1 evaluation, $2 jobset, $3 project, $4
 // status, $5 system, $6 job; a zero value does not filter.
-const buildFilter = `($1 = 0 OR b.evaluation_id = $1) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
+const buildFilter = `($1 = 0 OR b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $1)) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
 		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
 
 const buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,

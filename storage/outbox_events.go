@@ -160,7 +160,8 @@ func deliveryEvaluations(ctx context.Context, tx pgx.Tx, ids []int64) ([]Deliver
 		LEFT JOIN LATERAL (SELECT count(*) AS total, count(*) FILTER (WHERE b.finished_at IS NULL) AS unfinished,
 				count(*) FILTER (WHERE b.status = 'succeeded') AS succeeded,
 				count(*) FILTER (WHERE b.status = 'cancelled' AND b.finished_at IS NOT NULL) AS cancelled
-			FROM builds b WHERE b.evaluation_id = e.id AND f.project_id IS NOT NULL) c ON true
+			FROM evaluation_builds eb JOIN builds b ON b.id = eb.build_id
+			WHERE eb.evaluation_id = e.id AND f.project_id IS NOT NULL) c ON true
 		WHERE e.id = ANY($1) ORDER BY e.id`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("evaluations of outbox events: %w", err)
@@ -225,7 +226,7 @@ func (b *EventBatch) Builds(ctx context.Context, ids []int64) ([]DeliveryBuild, 
 // BuildsOfEvaluations reads every build of these evaluations.
 func (b *EventBatch) BuildsOfEvaluations(ctx context.Context, evalIDs []int64) ([]DeliveryBuild, error) {
 	rows, err := b.tx.Query(ctx, `SELECT `+deliveryBuildColumns+` FROM builds b `+previousBuild+`
-		WHERE b.evaluation_id = ANY($1) ORDER BY b.id`, evalIDs)
+		WHERE b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = ANY($1)) ORDER BY b.id`, evalIDs)
 	if err != nil {
 		return nil, fmt.Errorf("builds of evaluations: %w", err)
 	}

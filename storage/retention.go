@@ -29,8 +29,8 @@ newest AS (
 ),
 roots(path) AS (
 	SELECT bo.path FROM build_outputs bo JOIN builds b ON b.id = bo.build_id
-	WHERE b.evaluation_id IN (SELECT id FROM newest) OR b.keep
-	   OR b.evaluation_id IN (SELECT current_evaluation_id FROM channels WHERE current_evaluation_id IS NOT NULL)
+	WHERE b.keep OR b.id IN (SELECT eb.build_id FROM evaluation_builds eb WHERE eb.evaluation_id IN (SELECT id FROM newest)
+	   OR eb.evaluation_id IN (SELECT current_evaluation_id FROM channels WHERE current_evaluation_id IS NOT NULL))
 	UNION
 	SELECT s.drv_path FROM steps s WHERE s.status IN ('queued', 'running')
 	UNION

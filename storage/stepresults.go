@@ -246,7 +246,7 @@ func finishAggregates(ctx context.Context, tx pgx.Tx, evalID int64) error {
 				WHEN s.id IS NOT NULL AND s.status <> 'succeeded' THEN s.status_code ELSE 0 END,
 			finished_at = now(), started_at = coalesce(a.started_at, now())
 			FROM (SELECT b.id, b.step_id FROM builds b WHERE b.is_aggregate AND b.status IN ('queued', 'running')
-				AND ($1 = 0 OR b.evaluation_id = $1)) t
+				AND ($1 = 0 OR b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $1))) t
 			LEFT JOIN steps s ON s.id = t.step_id
 			WHERE a.id = t.id AND (s.id IS NULL OR s.status NOT IN ('queued', 'running'))
 				AND NOT EXISTS (SELECT 1 FROM aggregate_constituents ac JOIN builds c ON c.id = ac.constituent_id
