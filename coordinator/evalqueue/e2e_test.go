@@ -347,7 +347,7 @@ func TestCompare_NewRemovedChangedAndStatusFlips(t *testing.T) {
 	file := func(bDeps, extra string) string {
 		return fmt.Sprintf(`let mk = name: script: derivation { name = "${name}-%s"; system = builtins.currentSystem;
   builder = "/bin/sh"; args = [ "-c" script ]; };
-in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps, extra)
+in { a = mk "a" "echo a %[2]s > $out"; b = mk "b" "echo b %[2]s > $out"; %[3]s }`, s, bDeps, extra)
 	}
 	repo.Commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out";`)})
 	_, js := c.Project("demo", repo.Dir, nil)
@@ -361,7 +361,8 @@ in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps,
 		return len(evs) == 2 && evs[0].Status == "succeeded"
 	})
 	second := coordtest.Evaluations(t, c, js)[0]
-	// a succeeded in the first and failed in the second.
+	// a succeeded in the first and failed in the second (a changed: builds are reused
+	// across evaluations while their derivation stays the same).
 	if _, err := c.DB.Pool().Exec(context.Background(), `UPDATE builds SET status = CASE WHEN evaluation_id = $1 THEN 'succeeded' ELSE 'failed' END
 		WHERE job = 'a'`, first.ID); err != nil {
 		t.Fatal(err)
@@ -372,7 +373,7 @@ in { a = mk "a" "echo a > $out"; b = mk "b" "echo b %s > $out"; %s }`, s, bDeps,
 	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare?with=%d", second.ID, first.ID), "", nil, &cmp); code != 200 {
 		t.Fatalf("compare: %d", code)
 	}
-	want := map[string]string{"new": "d", "removed": "c", "changed": "b", "newly_failing": "a", "newly_succeeding": ""}
+	want := map[string]string{"new": "d", "removed": "c", "changed": "a,b", "newly_failing": "a", "newly_succeeding": ""}
 	for k, v := range want {
 		if strings.Join(cmp.Jobs[k], ",") != v {
 			t.Errorf("%s = %v, want %q", k, cmp.Jobs[k], v)
