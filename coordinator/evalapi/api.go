@@ -9,7 +9,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"sort"
 	"strconv"
 	"time"
 
@@ -67,25 +66,28 @@ func (e *Evals) Routes(r chi.Router) {
 }
 
 type evaluationJSON struct {
-	ID              int64           `json:"id"`
-	JobsetID        int64           `json:"jobset_id"`
-	ProjectID       int64           `json:"project_id"`
-	Status          string          `json:"status"`
-	Commit          string          `json:"commit"`
-	Trigger         string          `json:"trigger"`
-	Forced          bool            `json:"forced"`
-	Error           string          `json:"error"`
-	NrJobs          int             `json:"nr_jobs"`
-	NrNewBuilds     int             `json:"nr_new_builds"`
-	NrErrors        int             `json:"nr_errors"`
-	CheckoutSeconds *float64        `json:"checkout_seconds"`
-	EvalSeconds     *float64        `json:"eval_seconds"`
-	AgentID         *int64          `json:"agent_id"`
-	Attempts        int             `json:"attempts"`
-	CreatedAt       time.Time       `json:"created_at"`
-	StartedAt       *time.Time      `json:"started_at"`
-	FinishedAt      *time.Time      `json:"finished_at"`
-	Errors          []attrErrorJSON `json:"errors,omitempty"`
+	ID              int64      `json:"id"`
+	JobsetID        int64      `json:"jobset_id"`
+	ProjectID       int64      `json:"project_id"`
+	Status          string     `json:"status"`
+	Commit          string     `json:"commit"`
+	Trigger         string     `json:"trigger"`
+	Forced          bool       `json:"forced"`
+	Error           string     `json:"error"`
+	NrJobs          int        `json:"nr_jobs"`
+	NrNewBuilds     int        `json:"nr_new_builds"`
+	NrErrors        int        `json:"nr_errors"`
+	CheckoutSeconds *float64   `json:"checkout_seconds"`
+	EvalSeconds     *float64   `json:"eval_seconds"`
+	AgentID         *int64     `json:"agent_id"`
+	Attempts        int        `json:"attempts"`
+	CreatedAt       time.Time  `json:"created_at"`
+	StartedAt       *time.Time `json:"started_at"`
+	FinishedAt      *time.Time `json:"finished_at"`
+	// NrBuilds and BuildsByStatus count the evaluation's builds, new and reused.
+	NrBuilds       int64            `json:"nr_builds"`
+	BuildsByStatus map[string]int64 `json:"builds_by_status"`
+	Errors         []attrErrorJSON  `json:"errors,omitempty"`
 }
 
 type attrErrorJSON struct {
@@ -126,9 +128,18 @@ func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(e.log, w, r, err)
 		return
 	}
+	ids := make([]int64, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+	}
+	counts, err := e.db.BuildStatusCounts(r.Context(), ids)
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
 	out := make([]evaluationJSON, len(evs))
 	for i, ev := range evs {
-		out[i] = toEvaluationJSON(ev)
+		out[i] = withCounts(toEvaluationJSON(ev), counts[ev.ID])
 	}
 	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(out, total, page))
 }
@@ -152,7 +163,12 @@ func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	out := toEvaluationJSON(ev)
+	counts, err := e.db.BuildStatusCounts(r.Context(), []int64{ev.ID})
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	out := withCounts(toEvaluationJSON(ev), counts[ev.ID])
 	out.Errors = make([]attrErrorJSON, len(errs))
 	for i, er := range errs {
 		out.Errors[i] = attrErrorJSON{Attr: er.Attr, Message: er.Message}
@@ -179,76 +195,4 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 	}
 	e.sched.Wake()
 	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
-}
-
-// compare lists how the jobs of an evaluation differ from another's.
-func (e *Evals) compare(w http.ResponseWriter, r *http.Request) {
-	ev, err := e.evaluation(r.Context(), r, "id")
-	if err != nil {
-		httpkit.Fail(e.log, w, r, err)
-		return
-	}
-	otherID, err := httpkit.PositiveQuery(r, "with")
-	if err != nil || otherID == 0 {
-		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("with", "with must name another evaluation's id"))
-		return
-	}
-	if _, err := e.db.GetEvaluation(r.Context(), otherID); err != nil {
-		httpkit.Fail(e.log, w, r, err)
-		return
-	}
-	jobs := func(id int64) (map[string]storage.BuildSummary, error) {
-		m := map[string]storage.BuildSummary{}
-		for off := 0; ; off += 500 {
-			bs, total, err := e.db.ListBuilds(r.Context(), storage.BuildFilter{EvaluationID: id}, storage.Page{Limit: 500, Offset: off})
-			if err != nil {
-				return nil, err
-			}
-			for _, b := range bs {
-				m[b.Job] = b
-			}
-			if int64(off+500) >= total {
-				return m, nil
-			}
-		}
-	}
-	cur, err := jobs(ev.ID)
-	if err != nil {
-		httpkit.Fail(e.log, w, r, err)
-		return
-	}
-	old, err := jobs(otherID)
-	if err != nil {
-		httpkit.Fail(e.log, w, r, err)
-		return
-	}
-	out := map[string][]string{"new": {}, "removed": {}, "changed": {}, "newly_failing": {}, "newly_succeeding": {}}
-	for job, b := range cur {
-		o, ok := old[job]
-		switch {
-		case !ok:
-			out["new"] = append(out["new"], job)
-		case o.DrvPath != b.DrvPath:
-			out["changed"] = append(out["changed"], job)
-		}
-		if ok && failed(b.Status) && o.Status == "succeeded" {
-			out["newly_failing"] = append(out["newly_failing"], job)
-		}
-		if ok && b.Status == "succeeded" && failed(o.Status) {
-			out["newly_succeeding"] = append(out["newly_succeeding"], job)
-		}
-	}
-	for job := range old {
-		if _, ok := cur[job]; !ok {
-			out["removed"] = append(out["removed"], job)
-		}
-	}
-	for _, v := range out {
-		sort.Strings(v)
-	}
-	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"evaluation_id": ev.ID, "with": otherID, "jobs": out})
-}
-
-func failed(status string) bool {
-	return status != "succeeded" && status != "queued" && status != "running"
 }

@@ -339,47 +339,109 @@ func TestEvaluation_FlakeHydraJobsOnAnAgent(t *testing.T) {
 	}
 }
 
-func TestCompare_NewRemovedChangedAndStatusFlips(t *testing.T) {
+func TestCompare_EveryCategoryWithBuildIDsStatusesAndErrors(t *testing.T) {
 	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
 	repo := coordtest.NewRepo(t)
 	s := coordtest.Salt(t)
-	file := func(bDeps, extra string) string {
-		return fmt.Sprintf(`let mk = name: script: derivation { name = "${name}-%s"; system = builtins.currentSystem;
+	file := func(changed, extra string) string {
+		return fmt.Sprintf(`let mk = name: script: derivation { name = "${name}-%[1]s"; system = builtins.currentSystem;
   builder = "/bin/sh"; args = [ "-c" script ]; };
-in { a = mk "a" "echo a %[2]s > $out"; b = mk "b" "echo b %[2]s > $out"; %[3]s }`, s, bDeps, extra)
+in { a = mk "a" "echo a %[2]s > $out"; b = mk "b" "echo b %[2]s > $out"; e = mk "e" "exit 1"; %[3]s }`, s, changed, extra)
 	}
-	repo.Commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out";`)})
+	repo.Commit(map[string]string{"release.nix": file("", `c = mk "c" "echo c > $out"; fixed = throw "was broken";`)})
 	_, js := c.Project("demo", repo.Dir, nil)
 	startEvalAgent(t, c, "evaluator", t.TempDir())
 	c.Trigger(js, false)
 	first := waitEvaluation(t, c, js, "succeeded")
-	repo.Commit(map[string]string{"release.nix": file("changed", `d = mk "d" "echo d > $out";`)})
+	repo.Commit(map[string]string{"release.nix": file("changed", `d = mk "d" "echo d > $out"; broke = throw "now broken";`)})
 	c.Trigger(js, false)
-	coordtest.Eventually(t, 120*time.Second, "second evaluation", func() bool {
-		evs := coordtest.Evaluations(t, c, js)
-		return len(evs) == 2 && evs[0].Status == "succeeded"
-	})
-	second := coordtest.Evaluations(t, c, js)[0]
-	// a succeeded in the first and failed in the second (a changed: builds are reused
-	// across evaluations while their derivation stays the same).
-	if _, err := c.DB.Pool().Exec(context.Background(), `UPDATE builds SET status = CASE WHEN evaluation_id = $1 THEN 'succeeded' ELSE 'failed' END
-		WHERE job = 'a'`, first.ID); err != nil {
+	second := coordtest.Evaluated(t, c, js, first.ID)
+	// Everything succeeded but e (one build reused by both: still failing) and a,
+	// which changed and failed in the second.
+	if _, err := c.DB.Pool().Exec(context.Background(), `UPDATE builds SET status = CASE WHEN job = 'e' OR (job = 'a' AND evaluation_id = $1)
+		THEN 'failed' ELSE 'succeeded' END, finished_at = now() WHERE jobset_id = $2`, second, js); err != nil {
 		t.Fatal(err)
 	}
-	var cmp struct {
-		Jobs map[string][]string `json:"jobs"`
+	type build struct {
+		Job            string `json:"job"`
+		ID             *int64 `json:"id"`
+		Status         string `json:"status"`
+		PreviousID     *int64 `json:"previous_id"`
+		PreviousStatus string `json:"previous_status"`
 	}
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare?with=%d", second.ID, first.ID), "", nil, &cmp); code != 200 {
+	var cmp struct {
+		Counts map[string]int64   `json:"counts"`
+		Builds map[string][]build `json:"builds"`
+		Errors map[string][]struct {
+			Attr string `json:"attr"`
+		} `json:"errors"`
+	}
+	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare?with=%d", second, first.ID), "", nil, &cmp); code != 200 {
 		t.Fatalf("compare: %d", code)
 	}
-	want := map[string]string{"new": "d", "removed": "c", "changed": "a,b", "newly_failing": "a", "newly_succeeding": ""}
-	for k, v := range want {
-		if strings.Join(cmp.Jobs[k], ",") != v {
-			t.Errorf("%s = %v, want %q", k, cmp.Jobs[k], v)
+	cur, prev := coordtest.BuildsOf(t, c, second), coordtest.BuildsOf(t, c, first.ID)
+	id := func(b coordtest.Build) *int64 {
+		if b.ID == 0 {
+			return nil
+		}
+		return &b.ID
+	}
+	show := func(b build) string {
+		v := func(p *int64) string {
+			if p == nil {
+				return "-"
+			}
+			return fmt.Sprint(*p)
+		}
+		return fmt.Sprintf("%s %s %s %s %s", b.Job, v(b.ID), b.Status, v(b.PreviousID), b.PreviousStatus)
+	}
+	want := map[string]build{
+		"new":              {Job: "d", ID: id(cur["d"]), Status: "succeeded"},
+		"removed":          {Job: "c", PreviousID: id(prev["c"]), PreviousStatus: "succeeded"},
+		"newly_failing":    {Job: "a", ID: id(cur["a"]), Status: "failed", PreviousID: id(prev["a"]), PreviousStatus: "succeeded"},
+		"still_failing":    {Job: "e", ID: id(prev["e"]), Status: "failed", PreviousID: id(prev["e"]), PreviousStatus: "failed"},
+		"unchanged":        {Job: "b", ID: id(cur["b"]), Status: "succeeded", PreviousID: id(prev["b"]), PreviousStatus: "succeeded"},
+		"newly_succeeding": {},
+		"queued":           {},
+	}
+	for cat, w := range want {
+		got := cmp.Builds[cat]
+		if w.Job == "" {
+			if len(got) != 0 || cmp.Counts[cat] != 0 {
+				t.Errorf("%s: %+v, want none", cat, got)
+			}
+			continue
+		}
+		if len(got) != 1 || cmp.Counts[cat] != 1 || show(got[0]) != show(w) {
+			t.Errorf("%s: %v (count %d), want %s", cat, got, cmp.Counts[cat], show(w))
 		}
 	}
-	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare", second.ID), "", nil, nil); code != 422 {
+	if e := cmp.Errors["new"]; len(e) != 1 || e[0].Attr != "broke" {
+		t.Errorf("new evaluation errors: %+v, want broke", e)
+	}
+	if e := cmp.Errors["fixed"]; len(e) != 1 || e[0].Attr != "fixed" {
+		t.Errorf("fixed evaluation errors: %+v, want fixed", e)
+	}
+	var ev struct {
+		NrBuilds       int64            `json:"nr_builds"`
+		BuildsByStatus map[string]int64 `json:"builds_by_status"`
+	}
+	if c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d", second), "", nil, &ev); ev.NrBuilds != 4 ||
+		ev.BuildsByStatus["failed"] != 2 || ev.BuildsByStatus["succeeded"] != 2 {
+		t.Errorf("evaluation's counts: %+v, want 2 failed and 2 succeeded", ev)
+	}
+	var list struct {
+		Items []struct {
+			ID             int64            `json:"id"`
+			BuildsByStatus map[string]int64 `json:"builds_by_status"`
+		} `json:"items"`
+	}
+	if c.Do("GET", fmt.Sprintf("/api/v1/evaluations?jobset_id=%d", js), "", nil, &list); len(list.Items) != 2 ||
+		list.Items[1].BuildsByStatus["succeeded"] != 3 || list.Items[1].BuildsByStatus["failed"] != 1 {
+		t.Errorf("evaluations list's counts: %+v, want the first with 3 succeeded and 1 failed", list.Items)
+	}
+	if code := c.Do("GET", fmt.Sprintf("/api/v1/evaluations/%d/compare", second), "", nil, nil); code != 422 {
 		t.Errorf("compare without ?with=: %d, want 422", code)
 	}
 }
