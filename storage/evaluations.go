@@ -16,20 +16,40 @@ type EvalTarget struct {
 	Credentials    FetchCredentials
 	TriggerPending bool
 	TriggerForced  bool
+	ProjectEnabled bool
 }
 
 // DueJobsets lists jobsets whose poll interval elapsed or that were triggered, for
 // enabled projects and jobsets that may evaluate (two queries, whatever the count).
 func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+jobsetColumns+`, p.repository_url, p.fetch_credentials,
-		j.trigger_requested_at IS NOT NULL, j.trigger_forced
-		FROM jobsets j JOIN projects p ON p.id = j.project_id
-		WHERE p.enabled AND j.state <> 'disabled'
+	return db.evalTargets(ctx, `p.enabled AND j.state <> 'disabled'
 		  AND (j.trigger_requested_at IS NOT NULL
 		       OR (j.check_interval > 0 AND (j.last_checked_at IS NULL
 		           OR j.last_checked_at < now() - make_interval(secs => j.check_interval))))
 		ORDER BY j.trigger_requested_at NULLS LAST, j.last_checked_at NULLS FIRST
 		LIMIT $1`, limit)
+}
+
+// EvalTargetOf reads one jobset as the scheduler decides about it (a trigger that
+// checks at once); disabled ones too, for the caller to refuse.
+func (db *DB) EvalTargetOf(ctx context.Context, jobsetID int64) (EvalTarget, error) {
+	ts, err := db.evalTargets(ctx, `j.id = $1`, jobsetID)
+	if err != nil {
+		return EvalTarget{}, err
+	}
+	if len(ts) == 0 {
+		return EvalTarget{}, fmt.Errorf("jobset %d: %w", jobsetID, ErrNotFound)
+	}
+	return ts[0], nil
+}
+
+// evalTargets reads the jobsets matching cond (over j, the jobset, and p, its
+// project) with their inputs; two queries, whatever the count.
+func (db *DB) evalTargets(ctx context.Context, cond string, args ...any) ([]EvalTarget, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+jobsetColumns+`, p.repository_url, p.fetch_credentials,
+		j.trigger_requested_at IS NOT NULL, j.trigger_forced, p.enabled
+		FROM jobsets j JOIN projects p ON p.id = j.project_id
+		WHERE `+cond, args...)
 	if err != nil {
 		return nil, fmt.Errorf("due jobsets: %w", err)
 	}
@@ -37,7 +57,7 @@ func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
 		var t EvalTarget
 		var creds *FetchCredentials
 		scan := t.Jobset.scanTargets()
-		err := r.Scan(append(scan.dest, &t.RepositoryURL, &creds, &t.TriggerPending, &t.TriggerForced)...)
+		err := r.Scan(append(scan.dest, &t.RepositoryURL, &creds, &t.TriggerPending, &t.TriggerForced, &t.ProjectEnabled)...)
 		scan.finish()
 		if creds != nil {
 			t.Credentials = *creds

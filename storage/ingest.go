@@ -278,6 +278,9 @@ type BuildSummary struct {
 	JobsetID       int64
 	PropagatedFrom *int64
 	FinishedAt     *time.Time
+	ProjectID      int64
+	Project        string
+	Jobset         string
 }
 
 // BuildFilter narrows ListBuilds; zero values do not filter.
@@ -294,17 +297,17 @@ const buildFilter = `($1 = 0 OR b.id IN (SELECT build_id FROM evaluation_builds 
 		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
 
 const buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
-		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at`
+		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at, j.project_id, p.name, j.name`
 
 // The statements of ListBuilds: all builds newest first, or the finished ones most
 // recently finished first.
 const (
 	countBuilds = `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE ` + buildFilter
 	listBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		WHERE ` + buildFilter + ` ORDER BY b.id DESC LIMIT $7 OFFSET $8`
+		JOIN projects p ON p.id = j.project_id WHERE ` + buildFilter + ` ORDER BY b.id DESC LIMIT $7 OFFSET $8`
 	countFinishedBuilds = countBuilds + ` AND b.finished_at IS NOT NULL`
 	listFinishedBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		WHERE ` + buildFilter + ` AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC, b.id DESC LIMIT $7 OFFSET $8`
+		JOIN projects p ON p.id = j.project_id WHERE ` + buildFilter + ` AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC, b.id DESC LIMIT $7 OFFSET $8`
 )
 
 // ListBuilds returns a page of builds, newest first.
@@ -325,7 +328,7 @@ func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]Build
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BuildSummary, error) {
 		var b BuildSummary
 		err := r.Scan(&b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID, &b.IsAggregate,
-			&b.JobsetID, &b.PropagatedFrom, &b.FinishedAt)
+			&b.JobsetID, &b.PropagatedFrom, &b.FinishedAt, &b.ProjectID, &b.Project, &b.Jobset)
 		return b, err
 	})
 	if err != nil {

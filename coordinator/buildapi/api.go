@@ -118,10 +118,16 @@ type buildJSON struct {
 	StartedAt      *time.Time        `json:"started_at,omitempty"`
 	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
 	Outputs        map[string]string `json:"outputs,omitempty"`
-	Products       []productJSON     `json:"products,omitempty"`
-	Metrics        []metricJSON      `json:"metrics,omitempty"`
-	Steps          []stepJSON        `json:"steps,omitempty"`
-	Constituents   []int64           `json:"constituents,omitempty"`
+}
+
+// buildDetailJSON is one build as GET /builds/{id} answers it: its lists are [] when
+// empty, never null or absent.
+type buildDetailJSON struct {
+	buildJSON
+	Products     []productJSON `json:"products"`
+	Metrics      []metricJSON  `json:"metrics"`
+	Steps        []stepJSON    `json:"steps"`
+	Constituents []int64       `json:"constituents"`
 }
 
 type productJSON struct {
@@ -193,11 +199,15 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 	for _, p := range []struct {
 		name string
 		dst  *int64
-	}{{"evaluation_id", &f.EvaluationID}, {"jobset_id", &f.JobsetID}, {"project_id", &f.ProjectID}} {
+	}{{"evaluation_id", &f.EvaluationID}, {"project_id", &f.ProjectID}} {
 		if *p.dst, err = httpkit.PositiveQuery(r, p.name); err != nil {
 			httpkit.Fail(b.log, w, r, err)
 			return
 		}
+	}
+	if f.JobsetID, err = httpkit.JobsetQuery(r, b.db, "jobset_id"); err != nil {
+		httpkit.Fail(b.log, w, r, err)
+		return
 	}
 	q := r.URL.Query()
 	f.Status, f.System, f.Job = q.Get("status"), q.Get("system"), q.Get("job")
@@ -223,7 +233,7 @@ func summaries(bs []storage.BuildSummary) []buildJSON {
 	for i, x := range bs {
 		out[i] = buildJSON{ID: x.ID, EvaluationID: x.EvaluationID, Job: x.Job, DrvPath: x.DrvPath, System: x.System,
 			Status: x.Status, StatusCode: x.StatusCode, IsAggregate: x.IsAggregate, PropagatedFrom: x.PropagatedFrom,
-			FinishedAt: x.FinishedAt, JobsetID: x.JobsetID}
+			FinishedAt: x.FinishedAt, JobsetID: x.JobsetID, ProjectID: x.ProjectID, Project: x.Project, Jobset: x.Jobset}
 	}
 	return out
 }
@@ -245,12 +255,15 @@ func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	created := x.CreatedAt.UTC()
-	out := buildJSON{ID: x.ID, EvaluationID: x.EvaluationID, JobsetID: x.JobsetID, ProjectID: x.ProjectID, Project: x.Project,
+	out := buildDetailJSON{buildJSON: buildJSON{ID: x.ID, EvaluationID: x.EvaluationID, JobsetID: x.JobsetID, ProjectID: x.ProjectID, Project: x.Project,
 		Jobset: x.Jobset, Job: x.Job, DrvPath: x.DrvPath, System: x.System, Status: x.Status, StatusCode: x.StatusCode,
 		IsAggregate: x.IsAggregate, NixName: x.NixName, Description: x.Description, License: x.License, Homepage: x.Homepage,
 		ReleaseName: x.ReleaseName, Priority: x.SchedulingPriority, Keep: x.Keep, PropagatedFrom: x.PropagatedFrom,
-		CreatedAt: &created, StartedAt: x.StartedAt, FinishedAt: x.FinishedAt, Outputs: x.Outputs,
+		CreatedAt: &created, StartedAt: x.StartedAt, FinishedAt: x.FinishedAt, Outputs: x.Outputs},
 		Products: []productJSON{}, Metrics: []metricJSON{}, Steps: []stepJSON{}, Constituents: x.Constituents}
+	if out.Constituents == nil {
+		out.Constituents = []int64{}
+	}
 	for _, p := range x.Products {
 		pj := productJSON{Nr: p.Nr, Type: p.Type, Subtype: p.Subtype, Name: p.Name, Path: p.Path, DefaultPath: p.DefaultPath,
 			FileSize: p.FileSize, SHA256: p.SHA256}

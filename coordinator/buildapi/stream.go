@@ -22,10 +22,11 @@ import (
 // log: a client that reconnects with ?offset=<next> continues with no gap and no
 // duplicate.
 type logMessage struct {
-	Type   string `json:"type"` // "log", "wait" (not started), "attempt" (a new attempt restarts the log), "end"
-	Step   int64  `json:"step"`
-	Offset int64  `json:"offset,omitempty"`
-	Line   int64  `json:"line,omitempty"` // lines before Offset: the first line of Data is Line+1
+	Type string `json:"type"` // "log", "wait" (not started), "attempt" (a new attempt restarts the log), "end"
+	Step int64  `json:"step"`
+	// Offset and Line are on every "log" message, the first (at 0) too.
+	Offset *int64 `json:"offset,omitempty"`
+	Line   *int64 `json:"line,omitempty"` // lines before Offset: the first line of Data is Line+1
 	Next   int64  `json:"next,omitempty"`
 	Data   string `json:"data,omitempty"`
 	Status string `json:"status,omitempty"`
@@ -231,7 +232,8 @@ func (f *follower) sendAvailable() error {
 			end = wholeRunes(buf[:n]) // a writer may be mid-character: wait for the rest
 		}
 		if end > 0 {
-			m := logMessage{Type: "log", Step: f.step, Offset: f.offset, Line: f.lines, Next: f.offset + int64(end), Data: string(buf[:end])}
+			offset, line := f.offset, f.lines
+			m := logMessage{Type: "log", Step: f.step, Offset: &offset, Line: &line, Next: f.offset + int64(end), Data: string(buf[:end])}
 			if werr := f.send(m); werr != nil {
 				return werr
 			}

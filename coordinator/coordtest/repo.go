@@ -68,10 +68,18 @@ func (c *Coordinator) Project(name, repoDir string, jobset map[string]any) (proj
 	return p.ID, j.ID
 }
 
-// Trigger asks for an evaluation of a jobset.
-func (c *Coordinator) Trigger(jobsetID int64, force bool) {
+// Trigger asks for an evaluation of a jobset and returns the id of the evaluation it
+// created (0: none, the inputs are unchanged or it waits for the newest evaluation).
+func (c *Coordinator) Trigger(jobsetID int64, force bool) int64 {
 	c.t.Helper()
-	if code := c.Do("POST", "/api/v1/evaluations/trigger", c.Admin, map[string]any{"jobset_id": jobsetID, "force": force}, nil); code != 202 {
+	var out struct {
+		EvaluationID *int64 `json:"evaluation_id"`
+	}
+	if code := c.Do("POST", "/api/v1/evaluations/trigger", c.Admin, map[string]any{"jobset_id": jobsetID, "force": force}, &out); code != 202 && code != 200 {
 		c.t.Fatalf("trigger: %d", code)
 	}
+	if out.EvaluationID == nil {
+		return 0
+	}
+	return *out.EvaluationID
 }

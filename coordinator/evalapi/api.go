@@ -7,6 +7,7 @@ package evalapi
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/pullrequests"
 	"github.com/fc-ci/fc/storage"
@@ -25,6 +27,8 @@ import (
 type Scheduler interface {
 	// Wake makes it look for due jobsets now.
 	Wake()
+	// TriggerNow checks a jobset at once and says whether it created an evaluation.
+	TriggerNow(ctx context.Context, jobsetID int64, force bool) (evalqueue.CheckResult, error)
 }
 
 // Config is what the evaluations API serves from.
@@ -110,7 +114,7 @@ func (e *Evals) listEvaluations(w http.ResponseWriter, r *http.Request) {
 	}
 	var f storage.EvaluationFilter
 	if f.ProjectID, err = httpkit.PositiveQuery(r, "project_id"); err == nil {
-		f.JobsetID, err = httpkit.PositiveQuery(r, "jobset_id")
+		f.JobsetID, err = httpkit.JobsetQuery(r, e.db, "jobset_id")
 	}
 	if err != nil {
 		httpkit.Fail(e.log, w, r, err)
@@ -176,23 +180,48 @@ func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
+// trigger checks the jobset at once (see evalqueue.TriggerNow): 202 with the
+// evaluation it created; 200 with evaluation_id null and reason "unchanged" when the
+// inputs are those of the newest evaluation; 202 with evaluation_id null, a reason
+// and waiting_for when it waits for the newest evaluation (the trigger is kept).
 func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 	var in struct {
-		JobsetID int64 `json:"jobset_id"`
-		Force    bool  `json:"force"`
+		JobsetID httpkit.JobsetField `json:"jobset_id"`
+		Force    bool                `json:"force"`
 	}
 	if err := httpkit.Decode(r, &in); err != nil {
 		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	if in.JobsetID <= 0 {
+	if in.JobsetID == "" {
 		httpkit.Fail(e.log, w, r, httpkit.Unprocessable("jobset_id", "jobset_id is required"))
 		return
 	}
-	if err := e.db.RequestEvaluation(r.Context(), in.JobsetID, in.Force); err != nil {
+	id, err := httpkit.JobsetRef(r.Context(), e.db, "jobset_id", string(in.JobsetID))
+	if err != nil {
 		httpkit.Fail(e.log, w, r, err)
 		return
 	}
-	e.sched.Wake()
-	httpkit.WriteJSON(w, http.StatusAccepted, map[string]any{"jobset_id": in.JobsetID, "force": in.Force, "triggered": true})
+	res, err := e.sched.TriggerNow(r.Context(), id, in.Force)
+	switch {
+	case errors.Is(err, evalqueue.ErrJobsetDisabled):
+		err = httpkit.Errorf(http.StatusConflict, "jobset_id", "%v", err)
+	case errors.Is(err, evalqueue.ErrCheckFailed):
+		err = httpkit.Errorf(http.StatusBadGateway, "", "%v", err)
+	}
+	if err != nil {
+		httpkit.Fail(e.log, w, r, err)
+		return
+	}
+	out := map[string]any{"jobset_id": id, "force": in.Force, "evaluation_id": nil}
+	code := http.StatusAccepted
+	switch {
+	case res.EvaluationID != 0:
+		out["evaluation_id"] = res.EvaluationID
+	case res.Reason == evalqueue.ReasonUnchanged:
+		out["reason"], code = res.Reason, http.StatusOK
+	default:
+		out["reason"], out["waiting_for"] = res.Reason, res.WaitingFor
+	}
+	httpkit.WriteJSON(w, code, out)
 }

@@ -61,6 +61,10 @@ type Evals struct {
 
 	mu       sync.Mutex
 	inFlight map[int64]int // evaluations assigned per agent on this coordinator
+
+	// checkMu serializes checks, so a trigger checking at once and a scheduler pass
+	// do not both create an evaluation of the same commit.
+	checkMu sync.Mutex
 }
 
 // New returns the scheduler; Run starts it. Attach it to the fleet with Hooks.
@@ -142,7 +146,10 @@ func (e *Evals) schedule(ctx context.Context) error {
 		return err
 	}
 	for _, t := range due {
-		if err := e.check(ctx, t); err != nil {
+		e.checkMu.Lock()
+		_, err := e.check(ctx, t)
+		e.checkMu.Unlock()
+		if err != nil {
 			e.log.Warn("check jobset", "jobset", t.Jobset.ID, "err", err)
 			if merr := e.db.MarkChecked(ctx, t.Jobset.ID, err.Error()); merr != nil {
 				return merr
@@ -152,44 +159,73 @@ func (e *Evals) schedule(ctx context.Context) error {
 	return nil
 }
 
-func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
+// CheckResult is what a check of a jobset decided: EvaluationID is the evaluation it
+// created, else Reason says why none (ReasonUnchanged, ReasonBusy, ReasonBuildsUnfinished)
+// and WaitingFor names the evaluation it waits for.
+type CheckResult struct {
+	EvaluationID int64
+	Reason       string
+	WaitingFor   int64
+}
+
+// Why a check created no evaluation.
+const (
+	ReasonUnchanged = "unchanged" // the inputs are those of the newest evaluation
+	// ReasonBusy: the newest evaluation is still queued or running; the trigger
+	// stays pending and is checked when it ends.
+	ReasonBusy = "evaluation_in_progress"
+	// ReasonBuildsUnfinished: a one_at_a_time jobset waits for its newest
+	// evaluation's builds; the trigger stays pending.
+	ReasonBuildsUnfinished = "builds_unfinished"
+)
+
+// check decides about one jobset: it creates an evaluation when its inputs changed
+// (or the trigger is forced). The caller holds checkMu.
+func (e *Evals) check(ctx context.Context, t storage.EvalTarget) (CheckResult, error) {
 	j := t.Jobset
 	last, hasLast, err := e.db.LatestEvaluation(ctx, j.ID)
 	if err != nil {
-		return err
+		return CheckResult{}, err
 	}
 	if hasLast && (last.Status == "queued" || last.Status == "running") {
-		return nil // one at a time per jobset; the trigger stays pending
+		return CheckResult{Reason: ReasonBusy, WaitingFor: last.ID}, nil // one at a time per jobset
 	}
 	if j.State == storage.JobsetOneAtATime && hasLast && last.UnfinishedBuild {
-		return nil // the previous evaluation's builds must finish first
+		return CheckResult{Reason: ReasonBuildsUnfinished, WaitingFor: last.ID}, nil
 	}
+	return e.checkInputs(ctx, t, last, hasLast)
+}
+
+// checkInputs reads the jobset's commit and inputs and creates an evaluation when
+// they differ from the newest evaluation's (or the trigger is forced).
+func (e *Evals) checkInputs(ctx context.Context, t storage.EvalTarget, last storage.LastEvaluation, hasLast bool) (CheckResult, error) {
+	j := t.Jobset
 	gctx, cancel := context.WithTimeout(ctx, e.cfg.GitTimeout)
 	defer cancel()
 	creds := gitcmd.Credentials{SSHKey: t.Credentials.SSHKey, HTTPSToken: t.Credentials.HTTPSToken}
 	commit, err := e.commitOf(gctx, t, creds)
 	if err != nil {
-		return err
+		return CheckResult{}, err
 	}
 	inputs := make([]storage.EvaluationInput, 0, len(j.Inputs))
 	for _, in := range j.Inputs {
 		ei := storage.EvaluationInput{Name: in.Name, Type: in.Type, Value: in.Value}
 		if in.Type == storage.InputTypePath {
 			if _, ok := config.PathInputAllowed(in.Value, e.cfg.AllowedInputPaths); !ok {
-				return fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, config.AllowedInputPathsKey)
+				return CheckResult{}, fmt.Errorf("input %s: path %q is not under a directory of %s", in.Name, in.Value, config.AllowedInputPathsKey)
 			}
 		}
 		if in.Type == storage.InputTypeGit {
 			url, branch, _ := strings.Cut(strings.TrimSpace(in.Value), " ")
 			if ei.Revision, err = gitcmd.LsRemote(gctx, e.cfg.GitDir, url, strings.TrimSpace(branch), gitcmd.Credentials{}); err != nil {
-				return fmt.Errorf("input %s: %w", in.Name, err)
+				return CheckResult{}, fmt.Errorf("input %s: %w", in.Name, err)
 			}
 		}
 		inputs = append(inputs, ei)
 	}
 	hash := inputsHash(commit, j, inputs)
 	if hasLast && last.Commit == commit && last.InputsHash == hash && !t.TriggerForced {
-		return e.db.MarkChecked(ctx, j.ID, "")
+		return CheckResult{Reason: ReasonUnchanged, WaitingFor: 0}, e.db.MarkChecked(ctx, j.ID, "")
 	}
 	trigger := "poll"
 	if t.TriggerPending {
@@ -198,10 +234,10 @@ func (e *Evals) check(ctx context.Context, t storage.EvalTarget) error {
 	id, err := e.db.CreateEvaluation(ctx, storage.NewEvaluation{JobsetID: j.ID, Commit: commit, InputsHash: hash,
 		Trigger: trigger, Forced: t.TriggerForced, Inputs: inputs})
 	if err != nil {
-		return err
+		return CheckResult{}, err
 	}
 	e.log.Info("evaluation queued", "eval", id, "jobset", j.ID, "commit", commit, "trigger", trigger)
-	return nil
+	return CheckResult{EvaluationID: id}, nil
 }
 
 // commitOf is the commit a jobset evaluates now: a pull request's head as the forge
