@@ -21,7 +21,7 @@ import (
 // buildLog serves a build's log as plain text: its own step's, or ?step= one of the
 // steps it needed; ?tail=N gives the last N lines. It works while the step runs.
 func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
-	step, err := b.logStep(r)
+	build, step, err := b.logStep(r)
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)
 		return
@@ -33,7 +33,17 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 	}
 	f, err := b.cfg.Logs.Open(step.ID, step.LeaseEpoch)
 	if errors.Is(err, fs.ErrNotExist) {
-		httpkit.Fail(b.log, w, r, httpkit.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID))
+		if step.StartedAt != nil { // it ran and printed nothing (yet): an empty log
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		if build.Status == "dependency_failed" && r.URL.Query().Get("step") == "" {
+			err = b.dependencyFailed(r.Context(), build.ID)
+		} else {
+			err = httpkit.Errorf(http.StatusNotFound, "", "step %d has no log yet", step.ID)
+		}
+		httpkit.Fail(b.log, w, r, err)
 		return
 	}
 	if err != nil {
@@ -54,28 +64,48 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 
 // logStep is the step whose log a request asks for: the build's own step, or ?step=
 // one of the steps the build needed.
-func (b *Builds) logStep(r *http.Request) (storage.StepInfo, error) {
+func (b *Builds) logStep(r *http.Request) (storage.Build, storage.StepInfo, error) {
 	id, err := idParam(r, "id")
 	if err != nil {
-		return storage.StepInfo{}, err
+		return storage.Build{}, storage.StepInfo{}, err
 	}
-	if _, err := b.db.GetBuild(r.Context(), id); err != nil {
-		return storage.StepInfo{}, err
+	build, err := b.db.GetBuild(r.Context(), id)
+	if err != nil {
+		return storage.Build{}, storage.StepInfo{}, err
 	}
 	steps, err := b.db.BuildSteps(r.Context(), id)
 	if err != nil {
-		return storage.StepInfo{}, err
+		return build, storage.StepInfo{}, err
 	}
 	stepID, err := httpkit.PositiveQuery(r, "step")
 	if err != nil {
-		return storage.StepInfo{}, err
+		return build, storage.StepInfo{}, err
 	}
 	for i, s := range steps {
 		if (stepID == 0 && i == 0) || s.ID == stepID {
-			return s, nil
+			return build, s, nil
 		}
 	}
-	return storage.StepInfo{}, httpkit.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
+	return build, storage.StepInfo{}, httpkit.Errorf(http.StatusNotFound, "step", "this build has no such step (or was already built)")
+}
+
+// dependencyFailed is the 404 of a dependency_failed build's log: its own step never
+// ran; the error names the failed build (or step) and where its log is.
+func (b *Builds) dependencyFailed(ctx context.Context, buildID int64) error {
+	reason, err := b.db.BuildReason(ctx, buildID)
+	if err != nil {
+		return err
+	}
+	c := reason.Culprit
+	switch {
+	case c != nil && c.BuildID != nil:
+		return httpkit.Errorf(http.StatusNotFound, "", "build %d did not run: its dependency failed in build %d; see /api/v1/builds/%d/log",
+			buildID, *c.BuildID, *c.BuildID)
+	case c != nil:
+		return httpkit.Errorf(http.StatusNotFound, "", "build %d did not run: its dependency %s failed (step %d); see /api/v1/builds/%d/log?step=%d",
+			buildID, c.DrvPath, c.StepID, buildID, c.StepID)
+	}
+	return httpkit.Errorf(http.StatusNotFound, "", "build %d did not run: a dependency failed", buildID)
 }
 
 // lastLines returns the last n lines of r.

@@ -20,6 +20,8 @@ type logMsg struct {
 	Next   int64  `json:"next"`
 	Data   string `json:"data"`
 	Status string `json:"status"`
+	// HasOffset: the message names its offset (a "log" message always does, at 0 too).
+	HasOffset bool `json:"-"`
 }
 
 func dialLog(t *testing.T, c *coordtest.Coordinator, buildID int64, query string) *websocket.Conn {
@@ -44,9 +46,14 @@ func readMsg(t *testing.T, conn *websocket.Conn) logMsg {
 		t.Fatalf("read log message: %v", err)
 	}
 	var m logMsg
+	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		t.Fatal(err)
+	}
+	_, m.HasOffset = keys["offset"]
 	return m
 }
 
@@ -93,6 +100,9 @@ func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
 		m := readMsg(t, conn)
 		switch m.Type {
 		case "log":
+			if !m.HasOffset {
+				t.Errorf("log message at %d without its offset", next)
+			}
 			if m.Offset != next {
 				t.Fatalf("chunk at offset %d, expected %d (gap or duplicate)", m.Offset, next)
 			}

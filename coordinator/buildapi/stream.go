@@ -49,7 +49,7 @@ var upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: streamC
 // the build's step (or ?step=) from ?offset=N or the last ?tail=N lines, follows it
 // while the step runs, and ends with a final message when the step ends.
 func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
-	step, err := b.logStep(r)
+	_, step, err := b.logStep(r)
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)
 		return
