@@ -54,11 +54,14 @@ func (db *DB) FinishEvaluation(ctx context.Context, l Lease, o EvalOutcome) erro
 }
 
 // FailEvaluation records an evaluation that failed as a whole (e.g. the expression
-// does not parse, the revision does not exist): not retried.
+// does not parse, the revision does not exist): not retried. The error is the
+// jobset's last_check_error too, until its next evaluation is created.
 func (db *DB) FailEvaluation(ctx context.Context, l Lease, msg string, checkoutSecs, evalSecs float64) error {
-	tag, err := db.pool.Exec(ctx, `UPDATE evaluations SET status = 'failed', error = $4, checkout_seconds = $5,
-		eval_seconds = $6, finished_at = now(), lease_expires_at = NULL
-		WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3 AND status = 'running'`, l.ID, l.Epoch, l.AgentID, msg, checkoutSecs, evalSecs)
+	tag, err := db.pool.Exec(ctx, `WITH e AS (UPDATE evaluations SET status = 'failed', error = $4, checkout_seconds = $5,
+			eval_seconds = $6, finished_at = now(), lease_expires_at = NULL
+			WHERE id = $1 AND lease_epoch = $2 AND agent_id = $3 AND status = 'running' RETURNING jobset_id)
+		UPDATE jobsets SET last_check_error = $4 WHERE id IN (SELECT jobset_id FROM e)`,
+		l.ID, l.Epoch, l.AgentID, msg, checkoutSecs, evalSecs)
 	if err != nil {
 		return fmt.Errorf("fail evaluation %d: %w", l.ID, err)
 	}

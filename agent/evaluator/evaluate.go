@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,9 @@ const defaultFlakeAttr = "hydraJobs"
 // evaluation failed, and evaluating the same inputs again fails the same way. Other
 // errors (git, a missing nix, a cancelled context) are the machinery's.
 var ErrEvalFailed = errors.New("evaluation failed")
+
+// NoFlakeMessage is the error of a flake-mode jobset whose repository has no flake.nix.
+const NoFlakeMessage = "no flake.nix at the repository root (this jobset is in flake mode; for release.nix set flake_mode false)"
 
 // Evaluate evaluates the jobset req describes in the checkout dir: the jobs (dotted
 // attribute paths, relative to the evaluated attribute: a flake's hydraJobs or checks,
@@ -117,6 +121,10 @@ func prepare(ctx context.Context, dir string, req Request) (t *target, cleanup f
 	}
 	t = newTarget(dir, req)
 	if t.flake {
+		// Said plainly here: Nix would name a path inside the eval store instead.
+		if _, err := os.Stat(filepath.Join(dir, "flake.nix")); errors.Is(err, fs.ErrNotExist) {
+			return nil, cleanup, 0, fmt.Errorf("%w: %s", ErrEvalFailed, NoFlakeMessage)
+		}
 		if req.Expression != "" && req.Expression != defaultFlakeAttr {
 			t.attrPath = splitAttrPath(strings.TrimPrefix(req.Expression, "#"))
 		}
