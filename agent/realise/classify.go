@@ -132,7 +132,7 @@ func finish(req Request, outs map[string]string, byPath map[string]protocol.Path
 		return res, fmt.Errorf("%w: %w", ErrInfrastructure, err)
 	}
 	res.Closure = closure
-	meta, err := ReadMetadata(paths)
+	meta, err := ReadMetadata(outs)
 	if err != nil {
 		return res, fmt.Errorf("%w: %w", ErrInfrastructure, err)
 	}

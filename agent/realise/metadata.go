@@ -37,13 +37,25 @@ var productLine = regexp.MustCompile(`^([a-zA-Z0-9_-]+)\s+([a-zA-Z0-9_-]+)\s+("[
 var metricName = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
 // ReadMetadata reads nix-support/hydra-build-products, hydra-metrics and
-// hydra-release-name of each output (in order; a later release name does not replace
-// an earlier one). Malformed lines and products outside the store are skipped, as
-// Hydra does.
-func ReadMetadata(outputs []string) (Metadata, error) {
+// hydra-release-name of each output (by name, out first; a later release name does
+// not replace an earlier one). Malformed lines and products outside the store are
+// skipped, as Hydra does. An output without hydra-build-products is a "nix-build"
+// product itself (Hydra adds those for undeclared outputs).
+func ReadMetadata(outs map[string]string) (Metadata, error) {
 	var m Metadata
-	for _, out := range outputs {
+	names := make(map[string]string, len(outs))
+	for name, path := range outs {
+		names[path] = name
+	}
+	for _, out := range orderedOutputs(outs) {
 		dir := filepath.Join(out, "nix-support")
+		if _, err := os.Lstat(filepath.Join(dir, "hydra-build-products")); err != nil {
+			if p, ok, err := outputProduct(names[out], out); err != nil {
+				return m, err
+			} else if ok {
+				m.Products = append(m.Products, p)
+			}
+		}
 		lines, err := readLines(filepath.Join(dir, "hydra-build-products"))
 		if err != nil {
 			return m, err
@@ -114,7 +126,30 @@ func parseProduct(line string) (protocol.BuildProduct, bool, error) {
 	if !inStore(path) {
 		return protocol.BuildProduct{}, false, nil
 	}
-	p := protocol.BuildProduct{Type: m[1], Subtype: m[2], Path: path, Name: filepath.Base(path), DefaultPath: m[5]}
+	return statProduct(protocol.BuildProduct{Type: m[1], Subtype: m[2], Path: path, Name: filepath.Base(path), DefaultPath: m[5]})
+}
+
+// outputProduct is Hydra's automatic product of an output that declares none:
+// nix-build, subtype the output's name ("" for out), named as the store path
+// without its hash.
+func outputProduct(name, path string) (protocol.BuildProduct, bool, error) {
+	if !inStore(path) {
+		return protocol.BuildProduct{}, false, nil
+	}
+	base := filepath.Base(path)
+	if i := strings.IndexByte(base, '-'); i >= 0 {
+		base = base[i+1:]
+	}
+	if name == "out" {
+		name = ""
+	}
+	return statProduct(protocol.BuildProduct{Type: "nix-build", Subtype: name, Path: path, Name: base})
+}
+
+// statProduct checks a product exists within the store and sizes and hashes it when
+// it is a regular file.
+func statProduct(p protocol.BuildProduct) (protocol.BuildProduct, bool, error) {
+	path := p.Path
 	// Follow symlinks only within the store: a product never reads outside it.
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil || !inStore(real) {
