@@ -237,10 +237,10 @@ func insertBuilds(ctx context.Context, tx pgx.Tx, evalID, jobsetID int64, jobs [
 		FROM x LEFT JOIN steps s ON s.drv_path = x.d
 		WHERE x.prev IS NULL
 		RETURNING id, step_id),
+	-- New builds are linked by the builds_link_evaluation trigger.
 	link AS (
 		INSERT INTO evaluation_builds (evaluation_id, build_id)
-		SELECT $1, id FROM ins UNION ALL SELECT $1, prev FROM x WHERE prev IS NOT NULL
-		ON CONFLICT DO NOTHING)
+		SELECT $1, prev FROM x WHERE prev IS NOT NULL ON CONFLICT DO NOTHING)
 		SELECT count(*) FILTER (WHERE step_id IS NOT NULL) FROM ins`,
 		evalID, jobsetID, attrs, drvs, systems, names, descs, lics, homes, prios, aggs).Scan(&newBuilds)
 	if err != nil {
