@@ -183,7 +183,9 @@ func (e *Evals) getEvaluation(w http.ResponseWriter, r *http.Request) {
 // trigger checks the jobset at once (see evalqueue.TriggerNow): 202 with the
 // evaluation it created; 200 with evaluation_id null and reason "unchanged" when the
 // inputs are those of the newest evaluation; 202 with evaluation_id null, a reason
-// and waiting_for when it waits for the newest evaluation (the trigger is kept).
+// and waiting_for when it waits for the newest evaluation, or reason "check_failed"
+// and the error when the repository could not be read (the trigger is kept for the
+// scheduler either way).
 func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 	var in struct {
 		JobsetID httpkit.JobsetField `json:"jobset_id"`
@@ -206,8 +208,6 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, evalqueue.ErrJobsetDisabled):
 		err = httpkit.Errorf(http.StatusConflict, "jobset_id", "%v", err)
-	case errors.Is(err, evalqueue.ErrCheckFailed):
-		err = httpkit.Errorf(http.StatusBadGateway, "", "%v", err)
 	}
 	if err != nil {
 		httpkit.Fail(e.log, w, r, err)
@@ -220,6 +220,8 @@ func (e *Evals) trigger(w http.ResponseWriter, r *http.Request) {
 		out["evaluation_id"] = res.EvaluationID
 	case res.Reason == evalqueue.ReasonUnchanged:
 		out["reason"], code = res.Reason, http.StatusOK
+	case res.Reason == evalqueue.ReasonCheckFailed:
+		out["reason"], out["error"] = res.Reason, res.Error
 	default:
 		out["reason"], out["waiting_for"] = res.Reason, res.WaitingFor
 	}

@@ -166,6 +166,7 @@ type CheckResult struct {
 	EvaluationID int64
 	Reason       string
 	WaitingFor   int64
+	Error        string // ReasonCheckFailed's
 }
 
 // Why a check created no evaluation.
@@ -177,6 +178,9 @@ const (
 	// ReasonBuildsUnfinished: a one_at_a_time jobset waits for its newest
 	// evaluation's builds; the trigger stays pending.
 	ReasonBuildsUnfinished = "builds_unfinished"
+	// ReasonCheckFailed: the repository or an input could not be read (Error says
+	// why, as the jobset's last_check_error does); the trigger stays pending.
+	ReasonCheckFailed = "check_failed"
 )
 
 // check decides about one jobset: it creates an evaluation when its inputs changed

@@ -1,6 +1,7 @@
 package evalqueue_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"testing"
@@ -52,6 +53,16 @@ func TestTrigger_AnswersTheEvaluationOrUnchangedAndTakesJobsetNames(t *testing.T
 	}
 	if evs := coordtest.Evaluations(t, c, js); len(evs) != 1 {
 		t.Errorf("%d evaluations after triggers of unchanged inputs, want 1", len(evs))
+	}
+	// A repository that cannot be read: the trigger says why and stays pending.
+	_, gone := c.Project("gone", t.TempDir()+"/nothing-here", nil)
+	if code, a := trigger(map[string]any{"jobset_id": "gone/main"}); code != 202 || a.EvaluationID != nil ||
+		a.Reason != "check_failed" || a.Error == "" {
+		t.Errorf("trigger of an unreadable repository: %d %+v, want 202, check_failed and the error", code, a)
+	}
+	var pending bool
+	if err := c.DB.Pool().QueryRow(context.Background(), `SELECT trigger_requested_at IS NOT NULL FROM jobsets WHERE id = $1`, gone).Scan(&pending); err != nil || !pending {
+		t.Errorf("the failed check's trigger is not pending (%v)", err)
 	}
 	for _, bad := range []any{"names/nope", "names", 0, true} {
 		if code, a := trigger(map[string]any{"jobset_id": bad}); code != 422 {
