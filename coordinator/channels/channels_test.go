@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -168,6 +169,7 @@ func TestChannels_FollowJobset(t *testing.T) {
 	}
 
 	checkServed(t, s, "stable", e1, green)
+	nixChannel(t, c.URL+"/channel/stable", green)
 
 	// Promotion: refused to read-only keys and to another project's owner.
 	promote := map[string]any{"evaluation_id": e2}
@@ -246,4 +248,40 @@ func checkServed(t *testing.T, s *setup, name string, evalID int64, releaseNix s
 	if got := string(run(t, xz, "xz", "-d")); got != strings.Join(want, "\n")+"\n" {
 		t.Fatalf("store-paths: %q, want %q", got, want)
 	}
+}
+
+// nixChannel subscribes to the channel at url with the real nix-channel (--add, then
+// --update) and checks the channel it unpacked holds releaseNix. Its HOME, profiles
+// (NIX_STATE_DIR) and caches are the test's own, so the machine's channels stay
+// untouched; the store stays the machine's (state=/nix/var/nix keeps its database).
+func nixChannel(t *testing.T, url, releaseNix string) {
+	t.Helper()
+	tmp := t.TempDir()
+	home, state := filepath.Join(tmp, "home"), filepath.Join(tmp, "state")
+	for _, d := range []string{home, filepath.Join(state, "profiles", "per-user", userName())} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := append(os.Environ(), "HOME="+home, "NIX_STATE_DIR="+state, "XDG_CACHE_HOME="+filepath.Join(tmp, "cache"),
+		"NIX_PATH=", "NIX_CONFIG=store = local?state=/nix/var/nix\nsubstituters =")
+	for _, args := range [][]string{{"--add", url, "fcstable"}, {"--update"}} {
+		cmd := exec.Command("nix-channel", args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nix-channel %v: %v\n%s", args, err, out)
+		}
+	}
+	got, err := os.ReadFile(filepath.Join(home, ".nix-defexpr", "channels", "fcstable", "release.nix"))
+	if err != nil || string(got) != releaseNix {
+		t.Fatalf("release.nix of the channel nix-channel unpacked: %v\n%s", err, got)
+	}
+}
+
+// userName is who nix-channel keeps the channels profile for.
+func userName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "root"
 }
