@@ -8,8 +8,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// NixChannel (a Nix channel, not a NOTIFY Channel) follows a jobset (Hydra's channels): it points at the newest evaluation whose
-// builds all succeeded, or whose Aggregate job succeeded when one is named.
+// NixChannel (a Nix channel, not a NOTIFY Channel) follows a jobset, as Hydra's
+// channels do: it points at the newest evaluation whose builds all succeeded, or
+// whose Aggregate job succeeded when one is named.
 type NixChannel struct {
 	ID          int64
 	Name        string
