@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/storage"
 )
 
 // The jobset page lists the channels following the jobset with the evaluation each
@@ -51,5 +55,50 @@ func TestJobsetPage_Channels(t *testing.T) {
 	code, body = s.get("/jobset/chanproj/other", nil)
 	if code != http.StatusOK || strings.Contains(body, `id="channels"`) {
 		t.Fatalf("a jobset no channel follows: %d, channels section: %v", code, strings.Contains(body, `id="channels"`))
+	}
+}
+
+// Channels through the API, as the dashboard's test site serves it: a create-projects
+// key makes channels of its own project only, a read-only key none; reads are public.
+func TestChannelsAPI_Ownership(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	owner, other, reader := s.person(storage.RoleCreateProjects), s.person(storage.RoleCreateProjects), s.person(storage.RoleReadOnly)
+	api := func(method, path, body string, who *auth.Principal) int {
+		t.Helper()
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		res := s.do(req, who)
+		return res.StatusCode
+	}
+	if code := api("POST", "/api/v1/projects", `{"name": "mine", "repository_url": "https://example.org/r.git"}`, owner); code != 201 {
+		t.Fatalf("create project: %d", code)
+	}
+	if code := api("POST", "/api/v1/projects/mine/jobsets", `{"name": "main", "nix_expression": "release.nix", "flake_mode": false}`, owner); code != 201 {
+		t.Fatalf("create jobset: %d", code)
+	}
+	body := `{"name": "stable", "jobset": "mine/main"}`
+	for _, who := range []*auth.Principal{other, reader, nil} {
+		if code := api("POST", "/api/v1/channels", body, who); code != 403 && code != 401 {
+			t.Fatalf("channel of another's project by %v: %d", who, code)
+		}
+	}
+	if code := api("POST", "/api/v1/channels", `{"name": "stable", "jobset": "mine/nope"}`, owner); code != 422 {
+		t.Fatalf("channel of no jobset: %d, want 422", code)
+	}
+	if code := api("POST", "/api/v1/channels", `{"name": "bad/name", "jobset": "mine/main"}`, owner); code != 422 {
+		t.Fatalf("channel named bad/name: %d, want 422", code)
+	}
+	if code := api("POST", "/api/v1/channels", body, owner); code != 201 {
+		t.Fatalf("owner creates a channel: %d", code)
+	}
+	if code, _ := s.get("/api/v1/channels/stable", nil); code != 200 {
+		t.Fatalf("read a channel anonymously: %d", code)
+	}
+	if code := api("DELETE", "/api/v1/channels/stable", "", other); code != 403 {
+		t.Fatalf("another owner deletes: %d, want 403", code)
+	}
+	if code := api("DELETE", "/api/v1/channels/stable", "", owner); code != 204 {
+		t.Fatalf("owner deletes: %d", code)
 	}
 }
