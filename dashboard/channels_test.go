@@ -95,10 +95,16 @@ func TestChannelsAPI_Ownership(t *testing.T) {
 	if code, _ := s.get("/api/v1/channels/stable", nil); code != 200 {
 		t.Fatalf("read a channel anonymously: %d", code)
 	}
+	if _, metrics := s.get("/metrics", nil); !strings.Contains(metrics, "\nfc_channels_total 1\n") {
+		t.Fatalf("fc_channels_total after one channel:\n%s", metrics)
+	}
 	if code := api("DELETE", "/api/v1/channels/stable", "", other); code != 403 {
 		t.Fatalf("another owner deletes: %d, want 403", code)
 	}
 	if code := api("DELETE", "/api/v1/channels/stable", "", owner); code != 204 {
 		t.Fatalf("owner deletes: %d", code)
+	}
+	if _, metrics := s.get("/metrics", nil); !strings.Contains(metrics, "\nfc_channels_total 0\n") {
+		t.Fatalf("fc_channels_total after the delete:\n%s", metrics)
 	}
 }
