@@ -111,25 +111,25 @@ func (db *DB) PromoteChannel(ctx context.Context, name string, evalID int64) err
 	return nil
 }
 
-// evalMember is the condition that build b belongs to the evaluation whose id is the
-// SQL expression evalID: the one place that says which builds an evaluation has.
-func evalMember(evalID string) string { return "b.evaluation_id = " + evalID }
+// evalBuilds lists the builds (b) of evaluation e: the one place channels say which
+// builds an evaluation has.
+const evalBuilds = `SELECT 1 FROM builds b WHERE b.evaluation_id = e.id`
 
 // AdvanceChannels moves every channel to the newest evaluation of its jobset, newer
 // than the one it serves, that succeeded and whose builds all succeeded (at least
 // one), or whose aggregate job's build succeeded. It returns how many moved.
 func (db *DB) AdvanceChannels(ctx context.Context) (int64, error) {
-	tag, err := db.pool.Exec(ctx, fmt.Sprintf(`UPDATE channels c SET current_evaluation_id = n.id, updated_at = now()
+	tag, err := db.pool.Exec(ctx, `UPDATE channels c SET current_evaluation_id = n.id, updated_at = now()
 		FROM (SELECT c2.id AS channel_id, (SELECT e.id FROM evaluations e
 				WHERE e.jobset_id = c2.jobset_id AND e.status = 'succeeded' AND e.id > coalesce(c2.current_evaluation_id, 0)
 				AND CASE WHEN c2.aggregate = '' THEN
-					EXISTS (SELECT 1 FROM builds b WHERE %[1]s)
-					AND NOT EXISTS (SELECT 1 FROM builds b WHERE %[1]s AND b.status <> 'succeeded')
-				ELSE EXISTS (SELECT 1 FROM builds b WHERE %[1]s AND b.job = c2.aggregate AND b.status = 'succeeded')
+					EXISTS (`+evalBuilds+`)
+					AND NOT EXISTS (`+evalBuilds+` AND b.status <> 'succeeded')
+				ELSE EXISTS (`+evalBuilds+` AND b.job = c2.aggregate AND b.status = 'succeeded')
 				END
 				ORDER BY e.id DESC LIMIT 1) AS id
 			FROM channels c2) n
-		WHERE n.channel_id = c.id AND n.id IS NOT NULL`, evalMember("e.id")))
+		WHERE n.channel_id = c.id AND n.id IS NOT NULL`)
 	if err != nil {
 		return 0, fmt.Errorf("advance channels: %w", err)
 	}
@@ -138,8 +138,8 @@ func (db *DB) AdvanceChannels(ctx context.Context) (int64, error) {
 
 // EvaluationOutputPaths returns the output paths of an evaluation's builds, sorted.
 func (db *DB) EvaluationOutputPaths(ctx context.Context, evalID int64) ([]string, error) {
-	rows, err := db.pool.Query(ctx, `SELECT DISTINCT o.path FROM build_outputs o JOIN builds b ON b.id = o.build_id
-		WHERE `+evalMember("$1")+` ORDER BY o.path`, evalID)
+	rows, err := db.pool.Query(ctx, `SELECT DISTINCT o.path FROM build_outputs o
+		JOIN evaluations e ON e.id = $1 WHERE EXISTS (`+evalBuilds+` AND b.id = o.build_id) ORDER BY o.path`, evalID)
 	if err != nil {
 		return nil, fmt.Errorf("output paths of evaluation %d: %w", evalID, err)
 	}
