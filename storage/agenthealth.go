@@ -15,6 +15,9 @@ type AgentHealth struct {
 	Threshold  int // 0: never back an agent off
 	Backoff    time.Duration
 	MaxBackoff time.Duration
+	// Uncounted: the work was stopped on purpose (released by an agent shutting
+	// down), which is not a failure of the agent.
+	Uncounted bool
 }
 
 // maxDoublings bounds the exponent: the cap applies long before, and 2^30 keeps
@@ -45,6 +48,9 @@ func (h AgentHealth) BackoffAfter(failures int) time.Duration {
 // twice counts twice) and backs off those past the threshold, in tx: with the
 // statement that requeued or aborted their steps, so a stale report counts nothing.
 func agentFailed(ctx context.Context, tx pgx.Tx, h AgentHealth, msg string, agents ...int64) error {
+	if h.Uncounted {
+		return nil
+	}
 	for _, id := range agents {
 		if id == 0 {
 			continue

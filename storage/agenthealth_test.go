@@ -69,6 +69,13 @@ func TestAgentHealth_CountingRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(sick, 1, false, "one reported failure")
+	// Work released by an agent shutting down is requeued, not counted.
+	released := cfg
+	released.Health.Uncounted = true
+	if err := db.RetryStep(ctx, claim(sick).Lease, "the agent stopped", released); err != nil {
+		t.Fatal(err)
+	}
+	want(sick, 1, false, "released work")
 	// A derivation's own failure: neither counts nor resets.
 	finish(t, db, claim(sick), "failed")
 	want(sick, 1, false, "a derivation's own failure")

@@ -102,7 +102,7 @@ type Queue struct {
 	// ends unsupported_system.
 	UnsupportedWait int `toml:"unsupported_wait"`
 	// AgentFailureThreshold is how many infrastructure failures in a row (steps an
-	// agent reported as such, released unfinished or lost with its lease) keep an
+	// agent reported as such or lost with its lease; not work released on shutdown) keep an
 	// agent from new steps for AgentBackoff seconds, doubled for each further failure
 	// up to AgentBackoffMax; 0 never does. A step with stored outputs, or an admin's
 	// enable, resets the count. A derivation's own failure neither counts nor resets.
