@@ -127,7 +127,9 @@ func New(cfg Config) (*App, error) {
 	// it, before anything runs or serves.
 	agents := &sessions{}
 	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL),
-		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff)}})
+		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff),
+		Health: storage.AgentHealth{Threshold: s.Queue.AgentFailureThreshold, Backoff: config.Seconds(s.Queue.AgentBackoff),
+			MaxBackoff: config.Seconds(s.Queue.AgentBackoffMax)}}})
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
