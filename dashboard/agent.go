@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -52,7 +53,7 @@ func (d *Dashboard) agentsPage(w http.ResponseWriter, r *http.Request, status in
 	}
 	v := view{"Title": "Agents", "Crumbs": []Crumb{{Name: "Home", URL: "/"}, {Name: "Agents"}},
 		"Agents": agents, "Revoked": revoked, "Active": active, "RevokedCount": nRevoked,
-		"Admin": can(r, auth.PermAdmin), "Pager": pagerOf(r, page, total)}
+		"Admin": can(r, auth.PermAdmin), "Pager": pagerOf(r, page, total), "Now": time.Now()}
 	for k, val := range data {
 		v[k] = val
 	}

@@ -64,6 +64,7 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 		grid   storage.JobGrid
 		prs    storage.JobsetList
 		parent string
+		chans  []storage.NixChannel
 	)
 	err = parallel(func() (err error) {
 		evals, nEvals, err = d.db.DashEvaluations(ctx, j.ID, ep)
@@ -77,6 +78,9 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 			return err
 		}
 		prs, err = d.db.DashPullRequestJobsets(ctx, j.ID, all, pp)
+		return err
+	}, func() (err error) {
+		chans, _, err = d.db.ListChannels(ctx, j.ID, storage.Page{Limit: jobsetChannelsMax})
 		return err
 	})
 	if err != nil {
@@ -100,6 +104,7 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 	v["Grid"], v["GridRows"], v["GridPager"] = grid, gridRows(grid), listPager(r, "jobs", gp, grid.NrJobs)
 	v["Manages"], v["CanTrigger"] = manages(r, p), can(r, auth.PermEvalJobset)
 	v["Parent"], v["PullRequests"], v["All"] = parent, prs.Rows, all
+	v["Channels"] = chans
 	nAll := prs.Total
 	if !all {
 		nAll += prs.Hidden
@@ -107,6 +112,9 @@ func (d *Dashboard) jobsetPage(w http.ResponseWriter, r *http.Request, status in
 	v["NrPullRequests"], v["NrHidden"], v["PRPager"] = nAll, prs.Hidden, listPager(r, "prs", pp, prs.Total)
 	d.render(w, r, status, "jobset", v)
 }
+
+// jobsetChannelsMax is how many of the channels following a jobset its page lists.
+const jobsetChannelsMax = 50
 
 // gridRow is a row of the jobs grid with its cells already HTML: through the
 // template engine a page's 500 cells cost milliseconds, written here microseconds.

@@ -41,6 +41,18 @@ type Agent struct {
 	// Push lets the agent upload any path to the cache (fc-agent push), not only what
 	// its leased work produced; an admin grants it.
 	Push bool
+	// ConsecutiveFailures counts its steps' infrastructure failures since its last
+	// step with stored outputs (or an admin's enable); past the threshold it takes no
+	// new step until DisabledUntil (AgentHealth).
+	ConsecutiveFailures int
+	DisabledUntil       *time.Time
+	LastFailure         string
+}
+
+// BackedOff says whether the agent is kept from new steps after infrastructure
+// failures at now.
+func (a Agent) BackedOff(now time.Time) bool {
+	return a.DisabledUntil != nil && a.DisabledUntil.After(now)
 }
 
 // PresenceWindow is how long after its last heartbeat an agent still counts as
@@ -54,14 +66,14 @@ const agentColumns = `a.id, a.name, a.public_key, a.fingerprint, a.enabled, a.dr
 	a.speed_factor, a.agent_version, a.nix_version, a.load1, a.free_disk_bytes,
 	(SELECT count(*) FROM steps s WHERE s.agent_id = a.id AND s.status = 'running')
 	 + (SELECT count(*) FROM evaluations e WHERE e.agent_id = a.id AND e.status = 'running'),
-	a.created_at, a.push`
+	a.created_at, a.push, a.consecutive_failures, a.disabled_until, a.last_failure`
 
 func scanAgent(row scanner) (Agent, error) {
 	var a Agent
 	err := row.Scan(&a.ID, &a.Name, &a.PublicKey, &a.Fingerprint, &a.Enabled, &a.Draining, &a.SelfDraining, &a.RevokedAt,
 		&a.Connected, &a.Coordinator, &a.LastSeenAt, &a.Systems, &a.Features, &a.MandatoryFeatures, &a.Roles,
 		&a.MaxJobs, &a.SpeedFactor, &a.AgentVersion, &a.NixVersion, &a.Load1, &a.FreeDiskBytes, &a.Running,
-		&a.CreatedAt, &a.Push)
+		&a.CreatedAt, &a.Push, &a.ConsecutiveFailures, &a.DisabledUntil, &a.LastFailure)
 	return a, err
 }
 

@@ -73,6 +73,8 @@ type LeaseConfig struct {
 	Grace       time.Duration // a disconnected agent keeps its leases this long
 	MaxAttempts int           // infrastructure failures before the work is aborted
 	Backoff     time.Duration // base of the exponential requeue delay
+	// Health backs off agents whose steps fail for reasons of theirs (steps only).
+	Health AgentHealth
 }
 
 // ClaimEvaluation leases the oldest due queued evaluation to agent, atomically: two

@@ -67,6 +67,9 @@ func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome, sign Signe
 			if err := promoteOutputs(ctx, tx, l.ID, sign); err != nil {
 				return err
 			}
+			if err := agentSucceeded(ctx, tx, l.AgentID); err != nil {
+				return err
+			}
 		}
 		if err := finishBuildsOfStep(ctx, tx, l.ID, o.Status, code, o.ReleaseName); err != nil {
 			return err

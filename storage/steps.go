@@ -65,6 +65,9 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 			pick AS (
 				SELECT s.id FROM steps s LEFT JOIN share ON share.id = s.jobset_id
 				WHERE s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
+					-- an agent backed off after infrastructure failures takes nothing (one
+					-- primary-key probe, evaluated once for the whole query)
+					AND NOT EXISTS (SELECT 1 FROM agents ag WHERE ag.id = $1 AND ag.disabled_until > now())
 					AND s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features
 					AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
 						WHERE e.step_id = s.id AND d.status <> 'succeeded')
@@ -146,6 +149,9 @@ func (db *DB) RetryStep(ctx context.Context, l Lease, msg string, cfg LeaseConfi
 		if err != nil {
 			return err
 		}
+		if err := agentFailed(ctx, tx, cfg.Health, msg, l.AgentID); err != nil {
+			return err
+		}
 		return afterRequeueOrAbort(ctx, tx, []int64{l.ID})
 	})
 	if err != nil {
@@ -186,26 +192,29 @@ func afterRequeueOrAbort(ctx context.Context, tx pgx.Tx, ids []int64) error {
 // aborts those that used up max_attempts, with their builds.
 func (db *DB) RescueSteps(ctx context.Context, cfg LeaseConfig) (requeued, aborted int, err error) {
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `UPDATE steps SET
-			status = CASE WHEN attempts >= $1 THEN 'aborted' ELSE 'queued' END,
-			status_code = CASE WHEN attempts >= $1 THEN 3 END,
-			error = CASE WHEN attempts >= $1 THEN 'aborted: the agent was lost ' || attempts || ' times (max_attempts)' ELSE error END,
-			finished_at = CASE WHEN attempts >= $1 THEN now() END,
-			not_before = now() + make_interval(secs => $2 * power(2, greatest(attempts - 1, 0))),
-			agent_id = CASE WHEN attempts >= $1 THEN agent_id END, lease_expires_at = NULL
-			WHERE status = 'running' AND lease_expires_at < now()
-			RETURNING id, status`, cfg.MaxAttempts, cfg.Backoff.Seconds())
+		// The agent that held each lease is read before the update clears it: losing
+		// a lease is a failure of that agent.
+		rows, err := tx.Query(ctx, `UPDATE steps s SET
+			status = CASE WHEN s.attempts >= $1 THEN 'aborted' ELSE 'queued' END,
+			status_code = CASE WHEN s.attempts >= $1 THEN 3 END,
+			error = CASE WHEN s.attempts >= $1 THEN 'aborted: the agent was lost ' || s.attempts || ' times (max_attempts)' ELSE s.error END,
+			finished_at = CASE WHEN s.attempts >= $1 THEN now() END,
+			not_before = now() + make_interval(secs => $2 * power(2, greatest(s.attempts - 1, 0))),
+			agent_id = CASE WHEN s.attempts >= $1 THEN s.agent_id END, lease_expires_at = NULL
+			FROM (SELECT id, agent_id FROM steps WHERE status = 'running' AND lease_expires_at < now() FOR UPDATE) old
+			WHERE s.id = old.id
+			RETURNING s.id, s.status, coalesce(old.agent_id, 0)`, cfg.MaxAttempts, cfg.Backoff.Seconds())
 		if err != nil {
 			return err
 		}
-		var ids []int64
+		var ids, lost []int64
 		for rows.Next() {
-			var id int64
+			var id, agent int64
 			var status string
-			if err := rows.Scan(&id, &status); err != nil {
+			if err := rows.Scan(&id, &status, &agent); err != nil {
 				return err
 			}
-			ids = append(ids, id)
+			ids, lost = append(ids, id), append(lost, agent)
 			if status == "aborted" {
 				aborted++
 			} else {
@@ -213,6 +222,9 @@ func (db *DB) RescueSteps(ctx context.Context, cfg LeaseConfig) (requeued, abort
 			}
 		}
 		if err := rows.Err(); err != nil || len(ids) == 0 {
+			return err
+		}
+		if err := agentFailed(ctx, tx, cfg.Health, "the lease of a step expired (the agent was lost)", lost...); err != nil {
 			return err
 		}
 		return afterRequeueOrAbort(ctx, tx, ids)
@@ -353,10 +365,13 @@ func (db *DB) ReleaseStep(ctx context.Context, l Lease) error {
 }
 
 // NextRetry is when the earliest queued step held back by a retry backoff becomes
-// runnable (ok false when none is).
+// runnable, or an agent's backoff after infrastructure failures ends, whichever is
+// first (ok false when neither is pending).
 func (db *DB) NextRetry(ctx context.Context) (time.Time, bool, error) {
 	var at *time.Time
-	if err := db.pool.QueryRow(ctx, `SELECT min(not_before) FROM steps WHERE status = 'queued' AND not_before > now()`).Scan(&at); err != nil {
+	if err := db.pool.QueryRow(ctx, `SELECT least(
+			(SELECT min(not_before) FROM steps WHERE status = 'queued' AND not_before > now()),
+			(SELECT min(disabled_until) FROM agents WHERE disabled_until > now() AND revoked_at IS NULL))`).Scan(&at); err != nil {
 		return time.Time{}, false, fmt.Errorf("next retry: %w", err)
 	}
 	if at == nil {

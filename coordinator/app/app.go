@@ -21,6 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/buildapi"
 	"github.com/fc-ci/fc/coordinator/buildqueue"
 	"github.com/fc-ci/fc/coordinator/cache"
+	"github.com/fc-ci/fc/coordinator/channels"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
@@ -63,6 +64,8 @@ type App struct {
 	PullRequests *pullrequests.PullRequests
 	// Outbox delivers commit statuses, e-mails, webhooks and run_command.
 	Outbox *outbox.Outbox
+	// Channels advances and serves the channels (/channel/).
+	Channels *channels.Channels
 
 	settings config.Config
 	db       *storage.DB
@@ -124,7 +127,9 @@ func New(cfg Config) (*App, error) {
 	// it, before anything runs or serves.
 	agents := &sessions{}
 	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL),
-		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff)}})
+		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff),
+		Health: storage.AgentHealth{Threshold: s.Queue.AgentFailureThreshold, Backoff: config.Seconds(s.Queue.AgentBackoff),
+			MaxBackoff: config.Seconds(s.Queue.AgentBackoffMax)}}})
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
@@ -151,6 +156,8 @@ func New(cfg Config) (*App, error) {
 		return nil, err
 	}
 	ob := outbox.New(outboxCfg, db)
+	chans := channels.New(channels.Config{GitDir: s.GitDir(), CacheURL: cacheURL(s, cfg.Addr),
+		GitTimeout: config.Seconds(s.Eval.GitTimeout), ReadKeys: readKeys, Logger: log}, db)
 
 	// The dashboard submits its forms to the API in-process, through the server's
 	// handler, which is built after it (it mounts the dashboard).
@@ -175,15 +182,25 @@ func New(cfg Config) (*App, error) {
 			accounts,
 			ob,
 			searchapi.New(searchapi.Config{Logger: log}, db),
+			chans,
 		},
 		// A session cookie signs in every route: pages, the API and the cache.
 		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
-		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/": dash.Handler()},
+		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/channel": chans.Handler(), "/": dash.Handler()},
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, settings: s, db: db,
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, settings: s, db: db,
 		log: log}, nil
+}
+
+// cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
+// else the address the coordinator listens on.
+func cacheURL(s config.Config, addr string) string {
+	if s.Server.PublicURL == "" && addr != "" {
+		return "http://" + addr + "/nix-cache"
+	}
+	return s.PublicURL() + "/nix-cache"
 }
 
 // newCache builds the binary cache: its blob store, its signing key (generated on
@@ -215,7 +232,8 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 // deletion listener) until ctx ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()
 	go func() { defer wg.Done(); a.PullRequests.Run(ctx) }()

@@ -118,6 +118,8 @@ type buildJSON struct {
 	StartedAt      *time.Time        `json:"started_at,omitempty"`
 	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
 	Outputs        map[string]string `json:"outputs,omitempty"`
+	// Reason says why an aborted build ended: its attempts and the last error.
+	Reason string `json:"reason,omitempty"`
 }
 
 // buildDetailJSON is one build as GET /builds/{id} answers it: its lists are [] when
@@ -278,6 +280,7 @@ func (b *Builds) getBuild(w http.ResponseWriter, r *http.Request) {
 	for _, s := range steps {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
+	out.Reason = abortReason(x.Status, x.DrvPath, steps)
 	httpkit.WriteJSON(w, http.StatusOK, out)
 }
 
@@ -353,4 +356,26 @@ func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {
 		out.Steps = append(out.Steps, toStepJSON(s))
 	}
 	httpkit.WriteJSON(w, http.StatusOK, out)
+}
+
+// abortReason says why a build with status ended aborted: how many times its step
+// was tried and the last infrastructure error. "" for any other status.
+func abortReason(status, drvPath string, steps []storage.StepInfo) string {
+	if status != "aborted" {
+		return ""
+	}
+	var st *storage.StepInfo
+	for i := range steps {
+		if steps[i].Status == "aborted" && (st == nil || steps[i].DrvPath == drvPath) {
+			st = &steps[i]
+		}
+	}
+	if st == nil {
+		return "aborted"
+	}
+	msg := st.Error
+	if msg == "" {
+		msg = "no error was reported"
+	}
+	return fmt.Sprintf("aborted after %d attempt(s) failed for reasons of the infrastructure; last error: %s", st.Attempts, msg)
 }

@@ -268,7 +268,7 @@ func (b *Builds) dispatch(ctx context.Context) {
 			continue
 		}
 		a, err := b.db.GetAgent(ctx, id)
-		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil {
+		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil || a.BackedOff(time.Now()) {
 			continue
 		}
 		cands = append(cands, candidate{id: id, caps: caps, depth: depth, running: running[id]})

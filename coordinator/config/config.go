@@ -101,6 +101,14 @@ type Queue struct {
 	// UnsupportedWait is seconds a step waits for an agent able to build it before it
 	// ends unsupported_system.
 	UnsupportedWait int `toml:"unsupported_wait"`
+	// AgentFailureThreshold is how many infrastructure failures in a row (steps an
+	// agent reported as such or lost with its lease; not work released on shutdown) keep an
+	// agent from new steps for AgentBackoff seconds, doubled for each further failure
+	// up to AgentBackoffMax; 0 never does. A step with stored outputs, or an admin's
+	// enable, resets the count. A derivation's own failure neither counts nor resets.
+	AgentFailureThreshold int `toml:"agent_failure_threshold"`
+	AgentBackoff          int `toml:"agent_backoff"`
+	AgentBackoffMax       int `toml:"agent_backoff_max"`
 }
 
 // GC is the [gc] section: cache retention.
@@ -181,7 +189,8 @@ func Defaults() Config {
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
 			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
-			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60},
+			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60,
+			AgentFailureThreshold: 3, AgentBackoff: 60, AgentBackoffMax: 3600},
 		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true},
 		LocalAgent:    LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
 		Notifications: notificationDefaults(),
@@ -251,6 +260,9 @@ func (c Config) Validate() error {
 	}
 	if c.Queue.BuildTimeout < 1 || c.Queue.MaxSilent < 1 || c.Queue.MaxOutputSize < 1 || c.Queue.SweepInterval < 1 || c.Queue.UnsupportedWait < 0 {
 		return fmt.Errorf("queue_runner: build_timeout, max_silent, max_output_size and sweep_interval must be >= 1, unsupported_wait >= 0")
+	}
+	if c.Queue.AgentFailureThreshold < 0 || c.Queue.AgentBackoff < 0 || c.Queue.AgentBackoffMax < c.Queue.AgentBackoff {
+		return fmt.Errorf("queue_runner: agent_failure_threshold and agent_backoff must be >= 0, agent_backoff_max >= agent_backoff")
 	}
 	if c.Logs.MaxLogSize < 1 {
 		return fmt.Errorf("logs.max_log_size must be >= 1")

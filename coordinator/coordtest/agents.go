@@ -34,7 +34,8 @@ type AgentOptions struct {
 	// empty /nix: everything it builds from must come through the coordinator's cache,
 	// as on a separate host.
 	Isolated bool
-	// Env adds FC_… variables (isolated agents only).
+	// Env adds environment variables, FC_… or e.g. a PATH with a broken nix-store
+	// first (isolated agents only; a later one wins).
 	Env []string
 }
 

@@ -59,6 +59,9 @@ func Start(t testing.TB, opts Options) *Coordinator {
 	cfg.LogLevel = "debug"
 	cfg.StateDir = t.TempDir()
 	cfg.Queue.RetryBackoff = 0 // tests wait for rescues; backoff is tested in storage
+	// Agents are not backed off after infrastructure failures unless a test asks: tests
+	// that kill agents or their work would otherwise wait out a backoff.
+	cfg.Queue.AgentFailureThreshold = 0
 	if opts.Config != nil {
 		opts.Config(&cfg)
 	}

@@ -29,9 +29,9 @@ func (f *Fleet) Routes(r chi.Router) {
 	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents", f.registerAgent)
 	r.With(httpkit.Require(auth.PermAdmin)).Put("/agents/{id}", f.updateAgent)
 	r.With(httpkit.Require(auth.PermAdmin)).Delete("/agents/{id}", f.revokeAgent)
-	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }))
-	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }))
-	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/disable", f.setState(func(a storage.Agent) (bool, bool) { return false, a.Draining }))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/drain", f.setState(func(a storage.Agent) (bool, bool) { return a.Enabled, true }, false))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/enable", f.setState(func(storage.Agent) (bool, bool) { return true, false }, true))
+	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/{id}/disable", f.setState(func(a storage.Agent) (bool, bool) { return false, a.Draining }, false))
 	r.With(httpkit.Require(auth.PermAdmin)).Post("/agents/tokens", f.createToken)
 }
 
@@ -71,6 +71,11 @@ type agentJSON struct {
 	// Push: the agent may upload any path to the cache, not only what its work made.
 	Push      bool      `json:"push"`
 	CreatedAt time.Time `json:"created_at"`
+	// ConsecutiveFailures counts its steps' infrastructure failures in a row; while
+	// DisabledUntil is ahead it takes no new step (queue_runner.agent_failure_threshold).
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	DisabledUntil       *time.Time `json:"disabled_until"`
+	LastFailure         string     `json:"last_failure,omitempty"`
 }
 
 func utc(t *time.Time) *time.Time {
@@ -88,7 +93,8 @@ func toAgentJSON(a storage.Agent) agentJSON {
 		Enabled: a.Enabled, Draining: a.Draining || a.SelfDraining, ShuttingDown: a.SelfDraining,
 		Revoked: a.RevokedAt != nil, RevokedAt: utc(a.RevokedAt), Coordinator: a.Coordinator,
 		LastSeen: utc(a.LastSeenAt), AgentVersion: a.AgentVersion, NixVersion: a.NixVersion, Load: a.Load1,
-		FreeDiskBytes: a.FreeDiskBytes, Push: a.Push, CreatedAt: a.CreatedAt.UTC()}
+		FreeDiskBytes: a.FreeDiskBytes, Push: a.Push, CreatedAt: a.CreatedAt.UTC(),
+		ConsecutiveFailures: a.ConsecutiveFailures, DisabledUntil: utc(a.DisabledUntil), LastFailure: a.LastFailure}
 }
 
 func (f *Fleet) listAgents(w http.ResponseWriter, r *http.Request) {
@@ -211,7 +217,9 @@ func (f *Fleet) revokeAgent(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (f *Fleet) setState(next func(storage.Agent) (enabled, draining bool)) http.HandlerFunc {
+// setState applies an admin's drain, enable or disable; resetHealth (enable) also
+// forgets the agent's infrastructure failures and ends its backoff.
+func (f *Fleet) setState(next func(storage.Agent) (enabled, draining bool), resetHealth bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a, err := f.agentParam(r.Context(), r)
 		if err != nil {
@@ -223,6 +231,12 @@ func (f *Fleet) setState(next func(storage.Agent) (enabled, draining bool)) http
 			return
 		}
 		enabled, draining := next(a)
+		if resetHealth {
+			if err := f.db.ResetAgentHealth(r.Context(), a.ID); err != nil {
+				httpkit.Fail(f.log, w, r, err)
+				return
+			}
+		}
 		updated, err := f.db.SetAgentState(r.Context(), a.ID, enabled, draining)
 		if err != nil {
 			httpkit.Fail(f.log, w, r, err)

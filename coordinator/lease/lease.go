@@ -94,13 +94,17 @@ type Beat struct {
 func (k *Keeper) Heartbeat(ctx context.Context, agentID int64, kind storage.LeaseKind, hb *protocol.Heartbeat) Beat {
 	var b Beat
 	wk := workKind(kind)
+	// Work released by an agent shutting down was stopped on purpose: requeued like
+	// a failure, but not counted against the agent's health.
+	released := k.cfg.Settings
+	released.Health.Uncounted = true
 	for _, w := range hb.Released {
 		if w.Kind != wk {
 			continue
 		}
 		l := storage.Lease{Kind: kind, ID: w.ID, Epoch: w.Epoch, AgentID: agentID}
 		msg := fmt.Sprintf("the agent stopped before the %s finished", noun(kind))
-		if err := k.cfg.Store.RetryLease(ctx, l, msg, k.cfg.Settings); err != nil {
+		if err := k.cfg.Store.RetryLease(ctx, l, msg, released); err != nil {
 			k.log.Warn("requeue released work", "kind", kind, "id", w.ID, "agent", agentID, "err", err)
 			continue
 		}

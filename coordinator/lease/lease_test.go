@@ -151,6 +151,16 @@ func (h *held) row(t *testing.T, kind storage.LeaseKind) row {
 	return r
 }
 
+// failures is the agent's count of consecutive infrastructure failures.
+func (h *held) failures(t *testing.T) int {
+	t.Helper()
+	a, err := h.db.GetAgent(context.Background(), h.agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.ConsecutiveFailures
+}
+
 func (h *held) exec(t *testing.T, q string, args ...any) {
 	t.Helper()
 	if _, err := h.db.Pool().Exec(context.Background(), q, args...); err != nil {
@@ -219,6 +229,9 @@ func TestKeeper_ReleasedWorkIsRequeuedWithBackoffAndEndsAfterMaxAttempts(t *test
 			released := &protocol.Heartbeat{Released: []protocol.WorkRef{ref(h.lease(kind))}}
 			if beat := h.keeper.Heartbeat(ctx, h.agent, kind, released); beat.Requeued != 1 {
 				t.Fatalf("heartbeat releasing the %s: %+v, want it requeued", kind, beat)
+			}
+			if n := h.failures(t); n != 0 {
+				t.Errorf("released work counted %d failures against the agent shutting down, want none", n)
 			}
 			r := h.row(t, kind)
 			if r.status != "queued" || r.agent != nil || r.attempts != 1 || r.notBefore == nil || *r.notBefore < 3500 {
@@ -331,6 +344,10 @@ func TestKeeper_RetryCountsTheAttemptReleaseDoesNotAndAStaleLeaseIsRefused(t *te
 			}
 			if r := h.row(t, kind); r.status != "queued" || r.attempts != 1 || r.error != "connection refused" || r.notBefore == nil {
 				t.Errorf("retried %s: %v; want queued after 1 attempt, with its error, backing off", kind, r)
+			}
+			// A step's infrastructure failure counts against its agent's health.
+			if want := map[storage.LeaseKind]int{storage.LeaseStep: 1, storage.LeaseEval: 0}[kind]; h.failures(t) != want {
+				t.Errorf("agent failures after a retried %s: %d, want %d", kind, h.failures(t), want)
 			}
 		})
 	}
