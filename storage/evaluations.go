@@ -22,7 +22,7 @@ type EvalTarget struct {
 // DueJobsets lists jobsets whose poll interval elapsed or that were triggered, for
 // enabled projects and jobsets that may evaluate (two queries, whatever the count).
 func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
-	return db.evalTargets(ctx, `p.enabled AND j.state <> 'disabled'
+	return db.evalTargets(ctx, evalTargetsFrom+`p.enabled AND j.state <> 'disabled'
 		  AND (j.trigger_requested_at IS NOT NULL
 		       OR (j.check_interval > 0 AND (j.last_checked_at IS NULL
 		           OR j.last_checked_at < now() - make_interval(secs => j.check_interval))))
@@ -33,7 +33,7 @@ func (db *DB) DueJobsets(ctx context.Context, limit int) ([]EvalTarget, error) {
 // EvalTargetOf reads one jobset as the scheduler decides about it (a trigger that
 // checks at once); disabled ones too, for the caller to refuse.
 func (db *DB) EvalTargetOf(ctx context.Context, jobsetID int64) (EvalTarget, error) {
-	ts, err := db.evalTargets(ctx, `j.id = $1`, jobsetID)
+	ts, err := db.evalTargets(ctx, evalTargetsFrom+`j.id = $1`, jobsetID)
 	if err != nil {
 		return EvalTarget{}, err
 	}
@@ -43,13 +43,17 @@ func (db *DB) EvalTargetOf(ctx context.Context, jobsetID int64) (EvalTarget, err
 	return ts[0], nil
 }
 
-// evalTargets reads the jobsets matching cond (over j, the jobset, and p, its
-// project) with their inputs; two queries, whatever the count.
-func (db *DB) evalTargets(ctx context.Context, cond string, args ...any) ([]EvalTarget, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+jobsetColumns+`, p.repository_url, p.fetch_credentials,
+// evalTargetsFrom is the start of evalTargets' statements, before their condition
+// (over j, the jobset, and p, its project).
+const evalTargetsFrom = `SELECT ` + jobsetColumns + `, p.repository_url, p.fetch_credentials,
 		j.trigger_requested_at IS NOT NULL, j.trigger_forced, p.enabled
 		FROM jobsets j JOIN projects p ON p.id = j.project_id
-		WHERE `+cond, args...)
+		WHERE `
+
+// evalTargets reads the jobsets query (evalTargetsFrom and a condition) selects,
+// with their inputs; two queries, whatever the count.
+func (db *DB) evalTargets(ctx context.Context, query string, args ...any) ([]EvalTarget, error) {
+	rows, err := db.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("due jobsets: %w", err)
 	}

@@ -225,10 +225,14 @@ func TestFinishStep_FailurePropagatesAndIsRememberedUntilRestart(t *testing.T) {
 			t.Errorf("%s: propagated_from %v, want build %d", name, from, ids["bad"])
 		}
 	}
-	// The same derivation in a new evaluation is a cached failure at once.
-	again := evaluate(t, db, j.ID, agent, job{name: "bad"})
+	// The same derivation in another jobset's new evaluation is a cached failure at
+	// once; in this jobset it is the same build (reused, as Hydra does).
+	again := evaluate(t, db, jobsetFixture(t, db, "p2").ID, agent, job{name: "bad"})
 	if status, _ := buildStatus(t, db, again["bad"]); status != "cached_failure" {
 		t.Errorf("bad again: %s, want cached_failure", status)
+	}
+	if same := evaluate(t, db, j.ID, agent, job{name: "bad"}); same["bad"] != ids["bad"] {
+		t.Errorf("bad again in its jobset: build %d, want the same build %d", same["bad"], ids["bad"])
 	}
 	// Restart: bad, mid and top run again, in order; the aggregate waits again.
 	if _, err := db.RestartBuild(ctx, ids["top"]); err != nil {
