@@ -528,13 +528,15 @@ func TestJobsetTrigger_OnlyForThoseAllowed(t *testing.T) {
 		`<form method="post" action="/jobset/trig/main/trigger" class="inline"><input type="hidden" name="csrf" value="`+evaluator.CSRF+`">`,
 		`id="trigger"`)
 	res, body := s.post("/jobset/trig/main/trigger", nil, evaluator)
-	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/jobset/trig/main?triggered=1" {
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/jobset/trig/main?triggered=requested" {
 		t.Fatalf("trigger: %d %s\n%s", res.StatusCode, res.Header.Get("Location"), body)
 	}
 	if !requested() {
 		t.Fatal("the trigger requested no evaluation")
 	}
-	browseHas(t, "after the trigger", browseGet(t, s, "/jobset/trig/main?triggered=1", evaluator), "An evaluation was requested")
+	browseHas(t, "after the trigger", browseGet(t, s, "/jobset/trig/main?triggered=requested", evaluator), "An evaluation was requested")
+	browseHas(t, "after a trigger that found nothing new", browseGet(t, s, "/jobset/trig/main?triggered=unchanged", evaluator),
+		"Nothing changed since the last evaluation")
 }
 
 // browseJobFixture is a job "hello" with 30 builds, newest first: the newest is

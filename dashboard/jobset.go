@@ -43,8 +43,14 @@ func (d *Dashboard) lookupJobset(r *http.Request) (storage.Project, storage.Jobs
 
 func (d *Dashboard) jobset(w http.ResponseWriter, r *http.Request) {
 	v := view{}
-	if r.URL.Query().Get("triggered") != "" {
-		v["Flash"] = "An evaluation was requested: it appears below once an evaluator takes it."
+	switch r.URL.Query().Get("triggered") {
+	case "":
+	case "unchanged":
+		v["Flash"] = "Nothing changed since the last evaluation (same commit and inputs): no new evaluation."
+	case "created":
+		v["Flash"] = "An evaluation was created: it appears below and runs once an evaluator takes it."
+	default:
+		v["Flash"] = "An evaluation was requested: it appears below once the previous one and its builds allow it."
 	}
 	d.jobsetPage(w, r, http.StatusOK, v)
 }
@@ -169,7 +175,22 @@ func (d *Dashboard) jobsetTrigger(w http.ResponseWriter, r *http.Request) {
 		d.jobsetPage(w, r, res.Status, view{"Error": "Cannot trigger an evaluation: " + res.Message()})
 		return
 	}
-	http.Redirect(w, r, jobsetURL(p.Name, j.Name)+"?triggered=1", http.StatusSeeOther)
+	// The API says what the trigger did: an evaluation made, nothing changed, or
+	// waiting (for the previous evaluation, its builds, or a readable repository).
+	var out struct {
+		EvaluationID *int64 `json:"evaluation_id"`
+		Reason       string `json:"reason"`
+	}
+	what := "requested"
+	if res.Decode(&out) == nil {
+		switch {
+		case out.Reason == "unchanged":
+			what = "unchanged"
+		case out.EvaluationID != nil && out.Reason == "":
+			what = "created"
+		}
+	}
+	http.Redirect(w, r, jobsetURL(p.Name, j.Name)+"?triggered="+what, http.StatusSeeOther)
 }
 
 func (d *Dashboard) jobsetEdit(w http.ResponseWriter, r *http.Request) {
