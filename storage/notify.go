@@ -124,3 +124,39 @@ func (db *DB) ListenNarinfoDeletions(ctx context.Context, ready func(), deleted 
 		deleted(strings.Split(n.Payload, ","))
 	}
 }
+
+// Follow listens on channels until ctx ends: connected runs after each (re)connect
+// (notifications may have been missed meanwhile; nil for nothing), notified on each
+// notification. When the connection fails, failed is told why and Follow listens
+// again after retry.
+func (db *DB) Follow(ctx context.Context, retry time.Duration, connected, notified func(), failed func(error), channels ...Channel) {
+	for ctx.Err() == nil {
+		err := func() error {
+			l, err := db.Listen(ctx, channels...)
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			if connected != nil {
+				connected()
+			}
+			for {
+				if _, err := l.Next(ctx); err != nil {
+					return err
+				}
+				notified()
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		failed(err)
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}

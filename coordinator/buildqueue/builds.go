@@ -180,32 +180,9 @@ func (b *Builds) Run(ctx context.Context) {
 // listen wakes the scheduler on every notification on storage.StepsChannel,
 // listening again when the connection drops.
 func (b *Builds) listen(ctx context.Context) {
-	for ctx.Err() == nil {
-		err := func() error {
-			l, err := b.db.Listen(ctx, storage.StepsChannel)
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			for {
-				if _, err := l.Next(ctx); err != nil {
-					return err
-				}
-				b.Wake()
-			}
-		}()
-		if ctx.Err() != nil {
-			return
-		}
+	b.db.Follow(ctx, time.Second, nil, b.Wake, func(err error) {
 		b.log.Warn("listen for runnable steps; retrying", "err", err)
-		t := time.NewTimer(time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
+	}, storage.StepsChannel)
 }
 
 // sweep rescues expired leases and ends steps that cannot be built.

@@ -86,31 +86,10 @@ func (c *Channels) Run(ctx context.Context) {
 // listen signals wake on every notification on storage.StepsChannel (sent when a
 // step's result is stored), listening again when the connection drops.
 func (c *Channels) listen(ctx context.Context, wake chan<- struct{}) {
-	for ctx.Err() == nil {
-		err := func() error {
-			l, err := c.db.Listen(ctx, storage.StepsChannel)
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			for {
-				if _, err := l.Next(ctx); err != nil {
-					return err
-				}
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
-			}
-		}()
-		if ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("listen for step results; retrying", "err", err)
+	c.db.Follow(ctx, time.Second, nil, func() {
 		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
+		case wake <- struct{}{}:
+		default:
 		}
-	}
+	}, func(err error) { c.log.Warn("listen for step results; retrying", "err", err) }, storage.StepsChannel)
 }

@@ -195,23 +195,9 @@ func (o *Outbox) Run(ctx context.Context) {
 // coordinator), and once after each (re)connect, since notifications may have been
 // missed meanwhile.
 func (o *Outbox) listen(ctx context.Context) {
-	for ctx.Err() == nil {
-		l, err := o.db.Listen(ctx, storage.OutboxChannel)
-		if err == nil {
-			o.Wake()
-			for {
-				if _, err = l.Next(ctx); err != nil {
-					break
-				}
-				o.Wake()
-			}
-			l.Close()
-		}
-		if ctx.Err() == nil {
-			o.log.Warn("outbox: listening for new deliveries failed; retrying", "err", err)
-			sleep(ctx, 5*time.Second)
-		}
-	}
+	o.db.Follow(ctx, 5*time.Second, o.Wake, o.Wake, func(err error) {
+		o.log.Warn("outbox: listening for new deliveries failed; retrying", "err", err)
+	}, storage.OutboxChannel)
 }
 
 // produceLoop turns events into deliveries whenever woken, and prunes old rows.
@@ -246,14 +232,5 @@ func (o *Outbox) produceLoop(ctx context.Context, wake <-chan struct{}) {
 				o.log.Info("outbox: pruned old deliveries", "deleted", n)
 			}
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
