@@ -175,7 +175,7 @@ func TestBrowseFlow_SignInCreateTriggerAndWatch(t *testing.T) {
 	}
 
 	do("trigger an evaluation", chromedp.Click("#trigger"))
-	p.waitJS(20*time.Second, "the trigger's message", `document.readyState === 'complete' && document.querySelector('.flash') && document.querySelector('.flash').textContent.includes('requested')`)
+	p.waitJS(20*time.Second, "the trigger's message", `document.readyState === 'complete' && document.querySelector('.flash') && document.querySelector('.flash').textContent.includes('An evaluation was created')`)
 	js, err := c.DB.GetJobsetByName(context.Background(), browseProjectID(t, c.DB, "demo"), "main")
 	if err != nil {
 		t.Fatal(err)
