@@ -49,6 +49,8 @@ commands:
   push PATH...
             upload store paths and their closures to the coordinator's cache,
             skipping what it (or an upstream cache) already has
+  config check
+            load and validate the configuration, print what it means
   version   print the version
 
 Configuration: ./agent.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -97,7 +99,7 @@ func Main(ctx context.Context, env Env) int {
 		fmt.Fprintf(env.Stdout, "fc-agent %s (protocol %d)\n", protocol.BuildVersion, protocol.Version)
 		return ExitOK
 	}
-	if cmd != "run" && cmd != "keygen" && cmd != "push" {
+	if cmd != "run" && cmd != "keygen" && cmd != "push" && cmd != "config" {
 		fmt.Fprintf(env.Stderr, "fc-agent: unknown command %q\n\n%s", cmd, usage)
 		return ExitUsage
 	}
@@ -108,6 +110,9 @@ func Main(ctx context.Context, env Env) int {
 	}
 	if cmd == "keygen" {
 		return keygen(cfg, env)
+	}
+	if cmd == "config" {
+		return configCheck(cfg, env, fs.Args()[1:])
 	}
 	if cmd == "push" {
 		err = pushPaths(ctx, cfg, env, fs.Args()[1:])
@@ -142,6 +147,18 @@ func keygen(cfg config.Config, env Env) int {
 	}
 	fmt.Fprintln(env.Stdout, id.PublicKey(cfg.Name()))
 	fmt.Fprintln(env.Stdout, id.Fingerprint())
+	return ExitOK
+}
+
+// configCheck is `fc-agent config check`: the configuration loaded and validated
+// (Load already refused what is wrong), said back, with nothing started.
+func configCheck(cfg config.Config, env Env, args []string) int {
+	if len(args) != 1 || args[0] != "check" {
+		fmt.Fprintf(env.Stderr, "fc-agent: config needs a command: check\n\n%s", usage)
+		return ExitUsage
+	}
+	fmt.Fprintf(env.Stdout, "configuration OK: coordinator %s, state in %s, key %s, roles %s\n",
+		cfg.Coordinator.URL, cfg.Agent.StateDir, cfg.KeyPath(), strings.Join(cfg.Agent.Roles, ","))
 	return ExitOK
 }
 

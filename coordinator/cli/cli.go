@@ -44,6 +44,7 @@ commands:
   admin create-agent-token --name N [--uses N] [--expires-in SECONDS]
                              create an agent enrollment token and print it alone
   cache gc [--dry-run]       apply cache retention now; --dry-run reports what it would free
+  config check               load and validate the configuration, print what it means
   version                    print the version
 
 Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -116,6 +117,8 @@ func run(ctx context.Context, env Env) error {
 		return admin(ctx, load, args, env)
 	case "cache":
 		return cacheCmd(ctx, load, args, env)
+	case "config":
+		return configCmd(load, args, env)
 	case "version":
 		fmt.Fprintf(env.Stdout, "fc-coordinator %s\n", protocol.BuildVersion)
 		return nil

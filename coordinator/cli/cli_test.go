@@ -235,6 +235,8 @@ func TestErrors_BadConfigAndUsage(t *testing.T) {
 		{[]string{"admin", "create-agent-token", "--name", "<script>"}, nil, cli.ExitUsage, `--name "<script>"`},
 		{[]string{"serve"}, []string{"FC_SERVER__PORT=eighty"}, cli.ExitError, "FC_SERVER__PORT"},
 		{[]string{"--config", "/nonexistent/fc.toml", "serve"}, nil, cli.ExitError, "/nonexistent/fc.toml"},
+		{[]string{"config"}, nil, cli.ExitUsage, "config needs a command: check"},
+		{[]string{"config", "check"}, []string{"FC_SERVER__PORT=70000"}, cli.ExitError, "configuration refused: server.port 70000"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
@@ -251,5 +253,29 @@ func TestErrors_BadConfigAndUsage(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr.String(), c.code, c.want)
 			}
 		})
+	}
+}
+
+// config check loads what serve would and says what it means; an unknown key is refused
+// naming its file and line; nothing is started (no database).
+func TestConfigCheck_SaysWhatTheFileMeansOrWhyNot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(good, []byte("state_dir = \"/srv/fc\"\n[server]\nhost = \"::\"\nport = 8080\n[logs]\nlog_dir = \"/var/log/fc\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("[server]\nhost = \"::\"\nprot = 8080\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := coordinatorCmd(t, nil, "--config", good, "config", "check").CombinedOutput()
+	want := "configuration OK: listening on [::]:8080, state in /srv/fc, cache in /srv/fc/cache, logs in /var/log/fc, database: a private PostgreSQL in /srv/fc/postgres\n"
+	if err != nil || string(out) != want {
+		t.Errorf("config check of a good file: %v\n%s\nwant %s", err, out, want)
+	}
+	out, err = coordinatorCmd(t, []string{"FC_CONFIG_FILE=" + bad}, "config", "check").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), bad+" line 3") || !strings.Contains(string(out), `"server.prot"`) {
+		t.Errorf("config check of a file with an unknown key: %v\n%s", err, out)
 	}
 }
