@@ -6,6 +6,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -165,6 +166,10 @@ type Server struct {
 	AllowedOrigins []string `toml:"allowed_origins"`
 	RateLimitRPS   float64  `toml:"rate_limit_rps"`
 	RateLimitBurst int      `toml:"rate_limit_burst"`
+	// TrustedProxies are addresses or CIDR ranges of reverse proxies in front of the
+	// coordinator: for a request from one of them, the rate limit keys on the client
+	// address its X-Forwarded-For names (the nearest hop no trusted proxy added).
+	TrustedProxies []string `toml:"trusted_proxies"`
 	AgentHeartbeat int      `toml:"agent_heartbeat"`
 	// PublicURL is where people reach this coordinator (https://ci.example.org), for
 	// links in commit statuses and messages; empty: http://host:port.
@@ -202,6 +207,7 @@ func Defaults() Config {
 			IdleTimeout:    120,
 			MaxBodySize:    10 << 20,
 			AllowedOrigins: []string{},
+			TrustedProxies: []string{},
 			AgentHeartbeat: 15,
 		},
 	}
@@ -272,6 +278,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.Priority < 1 {
 		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
+	}
+	if _, err := c.Server.TrustedProxyPrefixes(); err != nil {
+		return err
 	}
 	if err := validPublicURL(c.Server.PublicURL); err != nil {
 		return err
@@ -411,6 +420,24 @@ func (c Config) PublicURL() string {
 		return strings.TrimRight(c.Server.PublicURL, "/")
 	}
 	return "http://" + c.Server.Addr()
+}
+
+// TrustedProxyPrefixes parses server.trusted_proxies: an address is a one-address range.
+func (s Server) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(s.TrustedProxies))
+	for _, v := range s.TrustedProxies {
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("server.trusted_proxies: %q is not an IP address or CIDR range", v)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Addr is the listen address.

@@ -91,6 +91,8 @@ func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
 			[]string{"evaluator.allowed_input_paths", `"inputs"`}},
 		{"no header timeout", "[server]\nheader_timeout = 0\n", "", []string{"server.header_timeout"}},
 		{"negative idle timeout", "", "FC_SERVER__IDLE_TIMEOUT=-1", []string{"server.idle_timeout"}},
+		{"trusted proxy that is no address", "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example\"]\n", "",
+			[]string{"server.trusted_proxies", `"proxy.example"`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -149,10 +150,51 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
+// forwardedClient is the client address of a request that came through trusted
+// reverse proxies: X-Forwarded-For read from its end (each proxy appends the address
+// it heard from), the first hop that is not a trusted proxy. A request from anywhere
+// else, or whose header does not parse, is keyed on its own peer address: a client
+// cannot pick its key by sending the header itself.
+func forwardedClient(r *http.Request, trusted []netip.Prefix) string {
+	peer := clientIP(r)
+	if len(trusted) == 0 || !isTrusted(peer, trusted) {
+		return peer
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	client := peer
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop := strings.TrimSpace(hops[i])
+		if _, err := netip.ParseAddr(hop); err != nil {
+			return client
+		}
+		client = hop
+		if !isTrusted(hop, trusted) {
+			return hop
+		}
+	}
+	return client
+}
+
+func isTrusted(ip string, trusted []netip.Prefix) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // ipLimiter is a token bucket per client address (rate_limit_rps, rate_limit_burst).
 type ipLimiter struct {
 	rps   rate.Limit
 	burst int
+	// trusted are the reverse proxies whose X-Forwarded-For names the client.
+	trusted []netip.Prefix
 
 	mu      sync.Mutex
 	clients map[string]*clientBucket
@@ -164,11 +206,11 @@ type clientBucket struct {
 	seen time.Time
 }
 
-func newIPLimiter(rps float64, burst int) *ipLimiter {
+func newIPLimiter(rps float64, burst int, trusted []netip.Prefix) *ipLimiter {
 	if burst < 1 {
 		burst = max(1, int(rps))
 	}
-	return &ipLimiter{rps: rate.Limit(rps), burst: burst, clients: map[string]*clientBucket{}, swept: time.Now()}
+	return &ipLimiter{rps: rate.Limit(rps), burst: burst, trusted: trusted, clients: map[string]*clientBucket{}, swept: time.Now()}
 }
 
 // reserve takes a token for ip, or says how long until one is free.
@@ -199,7 +241,7 @@ func (l *ipLimiter) reserve(ip string, now time.Time) (ok bool, wait time.Durati
 
 func (l *ipLimiter) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ok, wait := l.reserve(clientIP(r), time.Now()); !ok {
+		if ok, wait := l.reserve(forwardedClient(r, l.trusted), time.Now()); !ok {
 			secs := int(wait/time.Second) + 1
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			httpkit.WriteError(w, r, http.StatusTooManyRequests, "rate limit exceeded; retry in "+strconv.Itoa(secs)+" s")

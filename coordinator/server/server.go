@@ -74,7 +74,8 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 	// After CORS, so a 429 still carries the CORS headers a browser needs to read it,
 	// and preflight requests (answered by CORS) use no tokens.
 	if cfg.Server.RateLimitRPS > 0 {
-		r.Use(newIPLimiter(cfg.Server.RateLimitRPS, cfg.Server.RateLimitBurst).middleware)
+		trusted, _ := cfg.Server.TrustedProxyPrefixes() // validated with the configuration
+		r.Use(newIPLimiter(cfg.Server.RateLimitRPS, cfg.Server.RateLimitBurst, trusted).middleware)
 	}
 	r.Use(bodyLimit(cfg.Server.MaxBodySize))
 	r.Use(cfg.Middleware...)

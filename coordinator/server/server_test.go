@@ -231,6 +231,47 @@ func TestServer_RateLimitIsPerClientAddress(t *testing.T) {
 	}
 }
 
+// Behind a trusted reverse proxy the limit keys on the client its X-Forwarded-For
+// names; the header is ignored from anyone else, and a client cannot dodge the limit
+// by prepending addresses of its own.
+func TestServer_RateLimitKeysOnForwardedClientOnlyBehindTrustedProxies(t *testing.T) {
+	t.Parallel()
+	db := storagetest.New(t)
+	cfg := config.Defaults().Server
+	cfg.RateLimitRPS, cfg.RateLimitBurst = 0.001, 1
+	cfg.TrustedProxies = []string{"127.0.0.1", "10.1.0.0/16"}
+	h := server.New(server.Config{Server: cfg, APIRoutes: []server.Routes{projectapi.New(projectapi.Config{}, db)}}, db, metrics.New(db, nil)).Handler()
+	get := func(remote, xff string) int {
+		req := httptest.NewRequest("GET", "/api/v1/projects", nil)
+		req.RemoteAddr = remote
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code
+	}
+	steps := []struct {
+		remote, xff string
+		want        int
+		why         string
+	}{
+		{"127.0.0.1:5000", "192.0.2.1", 200, "client A through the proxy"},
+		{"127.0.0.1:5001", "192.0.2.2", 200, "client B through the same proxy has its own bucket"},
+		{"127.0.0.1:5002", "192.0.2.1", 429, "client A again"},
+		{"127.0.0.1:5003", "198.51.100.9, 192.0.2.1", 429, "client A claiming another address first"},
+		{"10.1.2.3:5000", "192.0.2.1, 10.1.9.9", 429, "client A through two trusted proxies"},
+		{"192.0.2.50:7000", "203.0.113.1", 200, "an untrusted peer is keyed on itself"},
+		{"192.0.2.50:7001", "203.0.113.2", 429, "and cannot reset its bucket with the header"},
+		{"127.0.0.1:5004", "", 200, "the proxy's own request (no header) is the proxy's"},
+	}
+	for _, st := range steps {
+		if got := get(st.remote, st.xff); got != st.want {
+			t.Errorf("%s (from %s, X-Forwarded-For %q) = %d, want %d", st.why, st.remote, st.xff, got, st.want)
+		}
+	}
+}
+
 func TestServer_CORSAllowsOnlyConfiguredOrigins(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, func(s *config.Server) { s.AllowedOrigins = []string{"https://ok.example"} })
