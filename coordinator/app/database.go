@@ -31,8 +31,12 @@ const EmbeddedDatabaseName = "fc"
 // cluster in state_dir/postgres (started now, or shared with the coordinator that
 // already runs it).
 func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*Database, error) {
+	url, err := cfg.DatabaseURL()
+	if err != nil {
+		return nil, err
+	}
 	dbcfg := storage.Config{
-		URL:            cfg.Database.URL,
+		URL:            url,
 		MaxConnections: int32(cfg.Database.MaxConnections),
 		MinConnections: int32(cfg.Database.MinConnections),
 		ConnectTimeout: config.Seconds(cfg.Database.ConnectTimeout),

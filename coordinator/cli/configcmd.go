@@ -18,7 +18,10 @@ func configCmd(load func() (config.Config, error), args []string, env Env) error
 		return fmt.Errorf("configuration refused: %w", err)
 	}
 	db := "database.url"
-	if cfg.Database.URL == "" {
+	switch {
+	case cfg.Database.URLFile != "":
+		db = "the URL in " + cfg.Database.URLFile
+	case cfg.Database.URL == "":
 		db = "a private PostgreSQL in " + cfg.EmbeddedDatabaseDir()
 	}
 	fmt.Fprintf(env.Stdout, "configuration OK: listening on %s, state in %s, cache in %s, logs in %s, database: %s\n",

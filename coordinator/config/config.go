@@ -141,7 +141,10 @@ type Cache struct {
 
 // Database is the [database] section. Durations are seconds.
 type Database struct {
-	URL            string `toml:"url"` // empty: a private PostgreSQL in state_dir/postgres
+	URL string `toml:"url"` // empty: a private PostgreSQL in state_dir/postgres
+	// URLFile is a file holding the URL (with its password), read when the database is
+	// opened, so the secret stays out of the configuration; not with url.
+	URLFile        string `toml:"url_file"`
 	MaxConnections int    `toml:"max_connections"`
 	MinConnections int    `toml:"min_connections"`
 	ConnectTimeout int    `toml:"connect_timeout"`
@@ -279,6 +282,9 @@ func (c Config) Validate() error {
 	if c.Cache.Priority < 1 {
 		return fmt.Errorf("cache.priority must be >= 1 (lower is preferred by Nix)")
 	}
+	if c.Database.URLFile != "" && (c.Database.URL != "" || !filepath.IsAbs(c.Database.URLFile)) {
+		return fmt.Errorf("database.url_file %q must be an absolute path, and database.url empty", c.Database.URLFile)
+	}
 	if _, err := c.Server.TrustedProxyPrefixes(); err != nil {
 		return err
 	}
@@ -382,6 +388,23 @@ func (c Config) LogDir() string {
 		return c.Logs.LogDir
 	}
 	return filepath.Join(c.StateDir, "logs")
+}
+
+// DatabaseURL is database.url, or the content of database.url_file without its
+// surrounding space; empty: the private cluster.
+func (c Config) DatabaseURL() (string, error) {
+	if c.Database.URLFile == "" {
+		return c.Database.URL, nil
+	}
+	b, err := os.ReadFile(c.Database.URLFile)
+	if err != nil {
+		return "", fmt.Errorf("database.url_file: %w", err)
+	}
+	u := strings.TrimSpace(string(b))
+	if u == "" {
+		return "", fmt.Errorf("database.url_file %s is empty", c.Database.URLFile)
+	}
+	return u, nil
 }
 
 // EmbeddedDatabaseDir is state_dir/postgres, the private PostgreSQL cluster used when

@@ -91,6 +91,8 @@ func TestLoad_ErrorsNameKeyFileAndLine(t *testing.T) {
 			[]string{"evaluator.allowed_input_paths", `"inputs"`}},
 		{"no header timeout", "[server]\nheader_timeout = 0\n", "", []string{"server.header_timeout"}},
 		{"negative idle timeout", "", "FC_SERVER__IDLE_TIMEOUT=-1", []string{"server.idle_timeout"}},
+		{"url and url_file", "[database]\nurl = \"postgres:///x\"\nurl_file = \"/run/keys/db\"\n", "", []string{"database.url_file", "database.url empty"}},
+		{"relative url_file", "[database]\nurl_file = \"db-url\"\n", "", []string{"database.url_file", `"db-url"`, "absolute"}},
 		{"trusted proxy that is no address", "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example\"]\n", "",
 			[]string{"server.trusted_proxies", `"proxy.example"`}},
 	}
@@ -231,5 +233,30 @@ func TestLoad_NotificationsSection(t *testing.T) {
 	if _, err := Load("", []string{"FC_NOTIFICATIONS__USERNAME=ci", "FC_NOTIFICATIONS__PASSWORD_FILE=smtp"}); err == nil ||
 		!strings.Contains(err.Error(), "notifications.password_file") {
 		t.Errorf("a relative password_file: %v", err)
+	}
+}
+
+// database.url_file keeps the URL's password out of the configuration: it is read when
+// the database is opened (not when the configuration loads), trimmed, and an empty or
+// missing file is an error naming the key.
+func TestDatabaseURL_FromFile(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "db-url")
+	write(t, f, "postgres://fc:s3cret@db.example/fc\n")
+	c := Defaults()
+	c.Database.URLFile = f
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := c.DatabaseURL(); err != nil || u != "postgres://fc:s3cret@db.example/fc" {
+		t.Errorf("DatabaseURL() = %q, %v", u, err)
+	}
+	write(t, f, " \n")
+	if _, err := c.DatabaseURL(); err == nil || !strings.Contains(err.Error(), "is empty") {
+		t.Errorf("empty file: %v", err)
+	}
+	c.Database.URLFile = filepath.Join(dir, "absent")
+	if _, err := c.DatabaseURL(); err == nil || !strings.Contains(err.Error(), "database.url_file") {
+		t.Errorf("missing file: %v", err)
 	}
 }
