@@ -1,25 +1,32 @@
 {
   description = "FC: continuous integration for Nix (coordinator + agent fleet)";
 
+  # go.mod's go line is 1.26.8: nixpkgs' go_1_26 must be at least that (nixos-unstable
+  # from 2026 on); an older Go refuses the module ("go.mod requires go >= 1.26.8").
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
   outputs = { self, nixpkgs }:
     let
+      lib = nixpkgs.lib;
       systems = [ "x86_64-linux" "aarch64-linux" ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       version = "0.1.0";
+      goVersion = "1.26.8";
+      go = pkgs:
+        let g = pkgs.go_1_26 or pkgs.go;
+        in if lib.versionAtLeast (g.version or "0") goVersion then g
+        else throw "FC needs Go >= ${goVersion} (go.mod); this nixpkgs has ${g.version or "none"}: update the nixpkgs input";
     in
     {
       packages = forAllSystems (pkgs:
         let
-          # go.mod names Go 1.26.
           buildGoModule = pkgs.buildGo126Module or pkgs.buildGoModule;
         in
         rec {
-          fc = buildGoModule {
+          fc = builtins.seq (go pkgs) buildGoModule {
             pname = "fc";
             inherit version;
-            src = nixpkgs.lib.cleanSource self;
+            src = lib.cleanSource self;
             # The hash of `go mod vendor`'s output (nix hash path vendor).
             vendorHash = "sha256-sgr/F2m9gNDcNFT6Iw4dJu2Cl/NGBbIc8mSOBRxDpu4=";
             subPackages = [ "coordinator/cmd/fc-coordinator" "agent/cmd/fc-agent" ];
@@ -34,16 +41,30 @@
           default = fc;
         });
 
+      # Each module has a key: default and coordinator (or agent) import together.
       nixosModules = {
         coordinator = import ./nixos/coordinator.nix self;
         agent = import ./nixos/agent.nix self;
-        default = { imports = [ self.nixosModules.coordinator self.nixosModules.agent ]; };
+        default = {
+          key = "github.com/fc-ci/fc/nixos/default";
+          imports = [ self.nixosModules.coordinator self.nixosModules.agent ];
+        };
       };
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
-          packages = [ (pkgs.go_1_26 or pkgs.go) pkgs.postgresql_15 pkgs.git pkgs.gopls ];
+          packages = [ (go pkgs) pkgs.postgresql_15 pkgs.git pkgs.gopls pkgs.nix ];
         };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+
+      # A coordinator and an agent build a small jobset; a client substitutes its output
+      # from the coordinator's cache. NixOS VM tests need KVM and nixpkgs:
+      # nix build .#checks.x86_64-linux.vm. The module evaluation test evaluates its
+      # machines with stand-ins (nixos/test), it cannot run it.
+      checks = forAllSystems (pkgs: {
+        vm = import ./nixos/test/vm.nix { inherit self pkgs; };
       });
     };
 }

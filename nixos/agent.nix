@@ -1,61 +1,144 @@
 # NixOS module for an FC builder: services.fc-agent.
+# `self` is FC's flake (for the default package); the module has a key, so importing it
+# twice (nixosModules.default and nixosModules.agent) declares its options once.
 self:
 { config, lib, pkgs, ... }:
 let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
   cfg = config.services.fc-agent;
   toml = pkgs.formats.toml { };
-  settings = lib.recursiveUpdate
-    ({
-      agent.state_dir = "/var/lib/fc-agent";
-    } // lib.optionalAttrs (cfg.enrollmentTokenFile != null) {
-      coordinator.enrollment_token_file = cfg.enrollmentTokenFile;
-    })
-    cfg.settings;
+  s = cfg.settings;
+  user = "fc-agent";
+  unit = "fc-agent.service";
+  stateDir = s.agent.state_dir;
+  keyDir = let k = s.agent.key_file or ""; in if k == "" then null else dirOf k;
+  dirs = lib.unique ([ stateDir ] ++ lib.optional (keyDir != null) keyDir);
+  varLib = d: lib.hasPrefix "/var/lib/" d;
+  configFile = toml.generate "agent.toml" s;
+  hardening = import ./hardening.nix;
 in
 {
+  key = "github.com/fc-ci/fc/nixos/agent.nix";
+  _file = ./agent.nix;
+
   options.services.fc-agent = {
-    enable = lib.mkEnableOption "an FC agent (builds and evaluates for an FC coordinator)";
-    package = lib.mkOption {
-      type = lib.types.package;
+    enable = mkEnableOption "an FC agent (builds and evaluates for an FC coordinator)";
+
+    package = mkOption {
+      type = types.package;
       default = self.packages.${pkgs.stdenv.hostPlatform.system}.fc;
-      description = "Package providing bin/fc-agent.";
+      defaultText = literalExpression "fc.packages.\${pkgs.stdenv.hostPlatform.system}.fc";
+      description = "Package providing `bin/fc-agent`.";
     };
-    settings = lib.mkOption {
-      type = toml.type;
-      default = { };
-      example = { coordinator.url = "https://ci.example.org"; agent.max_jobs = 8; };
-      description = "agent.toml settings; see agent.toml in the FC repository for every key.";
-    };
-    enrollmentTokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+
+    settings = mkOption {
       description = ''
-        File holding a one-time enrollment token. Not needed once the coordinator has
-        pinned the agent's key, or when an admin registered the public key
-        (`fc-agent keygen` prints it).
+        agent.toml, as TOML (see agent.toml in the FC repository for every key). Keys the
+        module does not declare pass through as they are; the agent refuses unknown keys
+        when it starts (`fc-agent config check`). The file is in the Nix store: put the
+        enrollment token in {option}`enrollmentTokenFile`.
+      '';
+      default = { };
+      example = literalExpression ''
+        {
+          coordinator.url = "https://ci.example.org";
+          agent = { max_jobs = 8; features = [ "kvm" "big-parallel" ]; };
+        }
+      '';
+      type = types.submodule {
+        freeformType = toml.type;
+        options = {
+          coordinator.url = mkOption {
+            type = types.str;
+            example = "https://ci.example.org";
+            description = "The coordinator's base URL; the agent dials `<url>/api/v1/agent/connect` (a WebSocket).";
+          };
+          agent.state_dir = mkOption {
+            type = types.str;
+            default = "/var/lib/fc-agent";
+            description = "The agent's key and working files; the unit may write only here (and in its cache directory).";
+          };
+        };
+      };
+    };
+
+    enrollmentTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/keys/fc-enrollment-token";
+      description = ''
+        File holding a one-time enrollment token (`fc-coordinator-admin admin
+        create-agent-token --name NAME`), readable by root only: the unit gets it as a
+        systemd credential. Not needed once the coordinator has pinned the agent's key,
+        or when an admin registered the public key (`fc-agent keygen` prints it).
+      '';
+    };
+
+    drainTimeout = mkOption {
+      type = types.str;
+      default = "15min";
+      example = "6h";
+      description = ''
+        How long a stop (`systemctl restart fc-agent`, shutdown) lets running builds
+        finish (the agent drains on SIGTERM) before systemd kills it; the coordinator
+        then gives the steps to another agent after queue_runner.lease_grace. A
+        `nixos-rebuild switch` does not restart the agent (restartIfChanged = false):
+        a new configuration applies at the next restart or boot.
       '';
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = mkIf cfg.enable {
+    assertions = [{
+      assertion = lib.hasPrefix "/" stateDir;
+      message = "services.fc-agent: settings.agent.state_dir must be an absolute path, not \"${stateDir}\".";
+    }];
+
+    # Its own user: the agent evaluates projects' code and runs git; builds run in the
+    # nix-daemon, which must trust it for the options it passes (substituters, keys).
+    users.users.${user} = { isSystemUser = true; group = user; home = stateDir; description = "FC agent"; };
+    users.groups.${user} = { };
+    nix.settings.trusted-users = [ user ];
+
+    systemd.tmpfiles.rules = map (d: "d ${d} 0700 ${user} ${user} - -") (lib.filter (d: !varLib d) dirs);
+
+    services.fc-agent.settings.coordinator = mkIf (cfg.enrollmentTokenFile != null) {
+      enrollment_token_file = "/run/credentials/${unit}/enrollment-token";
+    };
+
     systemd.services.fc-agent = {
       description = "FC agent";
       wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" "nix-daemon.service" ];
+      wants = [ "network-online.target" "nix-daemon.socket" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
       path = [ config.nix.package pkgs.git pkgs.openssh ];
-      environment.FC_CONFIG_FILE = toml.generate "agent.toml" settings;
-      serviceConfig = {
+      environment = {
+        FC_CONFIG_FILE = "${configFile}";
+        NIX_REMOTE = "daemon";
+        # Nix's caches (narinfo lookups, fetched flakes) stay the agent's own.
+        XDG_CACHE_HOME = "/var/cache/fc-agent";
+      };
+      # A switch never waits for running builds (they may take hours); see drainTimeout.
+      restartIfChanged = false;
+      serviceConfig = hardening // {
+        Type = "notify";
+        NotifyAccess = "main";
         ExecStart = "${cfg.package}/bin/fc-agent run";
-        StateDirectory = "fc-agent";
+        User = user;
+        Group = user;
+        WorkingDirectory = stateDir;
+        StateDirectory = map (lib.removePrefix "/var/lib/") (lib.filter varLib dirs);
         StateDirectoryMode = "0700";
+        CacheDirectory = "fc-agent";
+        CacheDirectoryMode = "0700";
+        ReadWritePaths = dirs;
+        LoadCredential = lib.optional (cfg.enrollmentTokenFile != null) "enrollment-token:${cfg.enrollmentTokenFile}";
         Restart = "always";
         RestartSec = 5;
         # 3: incompatible protocol version, 4: key refused for good. Retrying cannot help.
         RestartPreventExitStatus = "3 4";
-        # SIGTERM drains: the agent finishes its running builds before it exits.
-        TimeoutStopSec = "6h";
         KillSignal = "SIGTERM";
+        TimeoutStopSec = cfg.drainTimeout;
       };
     };
   };
