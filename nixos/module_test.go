@@ -167,7 +167,7 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 		},
 		{
 			name: "local agent", imports: []string{"coordinator"},
-			module: `{ services.fc-coordinator = { enable = true; settings.local_agent = { enabled = true; max_jobs = 2; }; }; }`,
+			module:      `{ services.fc-coordinator = { enable = true; settings.local_agent = { enabled = true; max_jobs = 2; }; }; }`,
 			coordinator: []string{"listening on 127.0.0.1:3000"},
 			also: func(t *testing.T, s summary) {
 				u := s.Units["fc-coordinator"]
