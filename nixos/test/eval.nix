@@ -6,9 +6,9 @@
 # and `imports` picks the flake's modules ("default", "coordinator", "agent").
 # The answer is what the test checks: units, users, the nix.settings trusted users,
 # the firewall, nginx, PostgreSQL, admin scripts, failed assertions and warnings.
-{ lib, root, case ? { }, imports ? [ "default" ], repo ? ../.., checks ? false }:
+{ lib, root, case ? { }, imports ? [ "default" ], repo ? ../.., checks ? false, goVersion ? "1.26.8" }:
 let
-  pkgs = import ./pkgs.nix { inherit lib root; };
+  pkgs = import ./pkgs.nix { inherit lib root goVersion; };
   nixpkgs = {
     inherit lib;
     outPath = "${root}/nixpkgs";

@@ -2,7 +2,7 @@
 # Packages are directories under `root` (the test fills them with real files: the
 # fc binaries it built, shims for setpriv and friends) so unit files that name them
 # pass `systemd-analyze verify`. pkgs.formats.toml writes TOML with nixpkgs' own type.
-{ lib, root }:
+{ lib, root, goVersion ? "1.26.8" }:
 let
   system = "x86_64-linux";
   pkg = name: { type = "derivation"; inherit name system; outPath = "${root}/${name}"; };
@@ -23,7 +23,7 @@ let
 
   # A script package: the test writes `text` to <outPath>/bin/<name> to run it.
   script = name: text: pkg name // { fcStandinScript = { inherit name text; }; };
-  go_1_26 = pkg "go" // { version = "1.26.8"; };
+  go_1_26 = pkg "go" // { version = goVersion; };
 in
 {
   inherit system lib;
