@@ -138,6 +138,9 @@ in
         # 3: incompatible protocol version, 4: key refused for good. Retrying cannot help.
         RestartPreventExitStatus = "3 4";
         KillSignal = "SIGTERM";
+        # Ready means connected: a coordinator out of reach fails the start after this
+        # (and Restart= tries again) rather than holding whoever waits for it.
+        TimeoutStartSec = "2min";
         TimeoutStopSec = cfg.drainTimeout;
       };
     };

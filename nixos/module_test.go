@@ -268,3 +268,60 @@ func readConfig(t *testing.T, u unit) string {
 	}
 	return string(b)
 }
+
+// readmeModules are the Nix blocks of the README's NixOS section: the modules an
+// operator copies.
+func readmeModules(t *testing.T, repo string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repo, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "\n## NixOS\n")
+	if start < 0 {
+		t.Fatal("README.md has no NixOS section")
+	}
+	section := text[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
+	}
+	var blocks []string
+	for _, part := range strings.Split(section, "```nix\n")[1:] {
+		block, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatalf("unterminated nix block in README.md: %s", part)
+		}
+		blocks = append(blocks, block)
+	}
+	return blocks
+}
+
+// The README's NixOS examples, as written, evaluate with no failed assertion, give
+// units systemd-analyze accepts and TOML the daemons load.
+func TestModules_READMEExamplesAsWritten(t *testing.T) {
+	h := newHarness(t)
+	blocks := readmeModules(t, h.repo)
+	if len(blocks) < 3 {
+		t.Fatalf("README.md's NixOS section has %d nix blocks, want the coordinator, builder and external database examples", len(blocks))
+	}
+	for i, block := range blocks {
+		t.Run(fmt.Sprint("block ", i+1), func(t *testing.T) {
+			s, err := h.eval(t, []string{"default"}, block)
+			if err != nil {
+				t.Fatalf("%v\nthe block:\n%s", err, block)
+			}
+			if len(s.FailedAssertions) > 0 || len(s.Units) == 0 {
+				t.Fatalf("assertions failed: %q; units: %d\nthe block:\n%s", s.FailedAssertions, len(s.Units), block)
+			}
+			if err := verify(t, s); err != nil {
+				t.Error(err)
+			}
+			for name, u := range s.Units {
+				if _, err := h.configCheck(t, u, name); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+}
