@@ -236,21 +236,46 @@ func (h harness) configCheck(t *testing.T, u unit, binary string) (string, error
 	return string(out), nil
 }
 
-// fixture builds the binaries into root/fc/bin and puts the stand-in packages' files
-// where the units and scripts name them: git is the machine's; setpriv, id and chown
-// are shims (the test runs as whoever it is, with no user fc).
-func fixture(t *testing.T, repo string) string {
+// binaries is where TestMain built fc-coordinator and fc-agent, once for every test
+// (set before any test runs, never changed).
+var binaries string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "fc-nixos-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for _, b := range []struct{ name, pkg string }{
+			{"fc-coordinator", "./coordinator/cmd/fc-coordinator"},
+			{"fc-agent", "./agent/cmd/fc-agent"},
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
+			cmd.Dir = ".."
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", b.pkg, err, out)
+				return 1
+			}
+		}
+		binaries = dir
+		return m.Run()
+	}())
+}
+
+// fixture puts the stand-in packages' files where the units and scripts name them:
+// fc/bin holds the binaries TestMain built, git is the machine's; setpriv, id and
+// chown are shims (the test runs as whoever it is, with no user fc).
+func fixture(t *testing.T) string {
 	t.Helper()
 	root := t.TempDir()
-	bin := filepath.Join(root, "fc", "bin")
-	for _, b := range []struct{ name, pkg string }{
-		{"fc-coordinator", "./coordinator/cmd/fc-coordinator"},
-		{"fc-agent", "./agent/cmd/fc-agent"},
-	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, b.name), b.pkg)
-		cmd.Dir = repo
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
+	for _, name := range []string{"fc-coordinator", "fc-agent"} {
+		if err := os.MkdirAll(filepath.Join(root, "fc", "bin"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(binaries, name), filepath.Join(root, "fc", "bin", name)); err != nil {
+			t.Fatal(err)
 		}
 	}
 	files := map[string]string{

@@ -25,7 +25,7 @@ func newHarness(t *testing.T) harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return harness{repo: repo, lib: nixpkgsLib(t, repo), root: fixture(t, repo)}
+	return harness{repo: repo, lib: nixpkgsLib(t, repo), root: fixture(t)}
 }
 
 // check is one realistic machine: what it imports and sets, and what must follow.
