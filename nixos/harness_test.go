@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/fc-ci/fc/storage/storagetest"
 )
 
 // libEnv names a nixpkgs lib snapshot (its root, or its lib directory) to use instead
@@ -237,7 +239,7 @@ func (h harness) configCheck(t *testing.T, u unit, binary string) (string, error
 }
 
 // binaries is where TestMain built fc-coordinator and fc-agent, once for every test
-// (set before any test runs, never changed).
+// (set before any test runs, never changed; left in the temporary directory).
 var binaries string
 
 func TestMain(m *testing.M) {
@@ -247,7 +249,6 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
 		for _, b := range []struct{ name, pkg string }{
 			{"fc-coordinator", "./coordinator/cmd/fc-coordinator"},
 			{"fc-agent", "./agent/cmd/fc-agent"},
@@ -260,7 +261,9 @@ func TestMain(m *testing.M) {
 			}
 		}
 		binaries = dir
-		return m.Run()
+		// The enrollment test runs a real coordinator on a throwaway PostgreSQL.
+		storagetest.Main(m) // exits; the binaries stay behind, as coordtest's do
+		return 0
 	}())
 }
 
