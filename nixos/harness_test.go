@@ -19,14 +19,26 @@ import (
 // of the one beside the repository.
 const libEnv = "FC_NIXPKGS_LIB"
 
-// nixpkgsLib finds nixpkgs' lib: $FC_NIXPKGS_LIB, ../shared/third-party/nixpkgs-lib
-// beside the repository, or beside its main checkout (for a git worktree). It fails,
-// naming every place it looked, when none has lib/default.nix: the test never skips.
+// nixpkgsLib finds nixpkgs' lib (findLib), or fails naming every place it looked:
+// the test never skips.
 func nixpkgsLib(t *testing.T, repo string) string {
 	t.Helper()
+	lib, looked := findLib(repo, os.Getenv(libEnv))
+	if lib == "" {
+		t.Fatalf("nixpkgs' lib not found (a snapshot of nix-community/nixpkgs.lib; set %s to its directory); looked in:\n  %s",
+			libEnv, strings.Join(looked, "\n  "))
+	}
+	return lib
+}
+
+// findLib looks for nixpkgs' lib (a directory lib with default.nix) in env's directory
+// (FC_NIXPKGS_LIB: the snapshot or its lib), in ../shared/third-party/nixpkgs-lib beside
+// the repository, and beside its main checkout (for a git worktree). It returns the lib
+// directory, or "" and every place it looked.
+func findLib(repo, env string) (string, []string) {
 	var candidates []string
-	if v := os.Getenv(libEnv); v != "" {
-		candidates = append(candidates, v)
+	if env != "" {
+		candidates = append(candidates, env)
 	}
 	candidates = append(candidates, filepath.Join(repo, "..", "shared", "third-party", "nixpkgs-lib"))
 	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--path-format=absolute", "--git-common-dir").Output(); err == nil {
@@ -37,15 +49,43 @@ func nixpkgsLib(t *testing.T, repo string) string {
 	for _, c := range candidates {
 		for _, dir := range []string{filepath.Join(c, "lib"), c} {
 			abs, _ := filepath.Abs(dir)
+			if slices.Contains(looked, abs) {
+				continue
+			}
 			looked = append(looked, abs)
 			if _, err := os.Stat(filepath.Join(abs, "default.nix")); err == nil && filepath.Base(abs) == "lib" {
-				return abs
+				return abs, nil
 			}
 		}
 	}
-	t.Fatalf("nixpkgs' lib not found (a snapshot of nix-community/nixpkgs.lib; set %s to its directory); looked in:\n  %s",
-		libEnv, strings.Join(slices.Compact(looked), "\n  "))
-	return ""
+	return "", looked
+}
+
+// Without the snapshot the test fails naming each place it looked; FC_NIXPKGS_LIB
+// names one, as the snapshot's root or its lib directory.
+func TestFindLib_NamesEveryPlaceItLooked(t *testing.T) {
+	repo := filepath.Join(t.TempDir(), "fc")
+	if err := os.MkdirAll(repo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lib, looked := findLib(repo, "/nowhere/nixpkgs-lib")
+	want := []string{"/nowhere/nixpkgs-lib/lib", "/nowhere/nixpkgs-lib",
+		filepath.Join(filepath.Dir(repo), "shared/third-party/nixpkgs-lib/lib"), filepath.Join(filepath.Dir(repo), "shared/third-party/nixpkgs-lib")}
+	if lib != "" || !slices.Equal(looked, want) {
+		t.Errorf("findLib in an empty place = %q, looked in %q; want none, looked in %q", lib, looked, want)
+	}
+	snapshot := filepath.Join(t.TempDir(), "snap")
+	if err := os.MkdirAll(filepath.Join(snapshot, "lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snapshot, "lib", "default.nix"), []byte("{ }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range []string{snapshot, filepath.Join(snapshot, "lib")} {
+		if lib, _ := findLib(repo, env); lib != filepath.Join(snapshot, "lib") {
+			t.Errorf("FC_NIXPKGS_LIB=%s: found %q", env, lib)
+		}
+	}
 }
 
 // harness evaluates nixos/test/eval.nix: FC's flake with nixpkgs' lib and stand-ins.
