@@ -325,3 +325,42 @@ func TestModules_READMEExamplesAsWritten(t *testing.T) {
 		})
 	}
 }
+
+// Every option of both modules is documented; a default computed from the
+// configuration is shown as the expression (defaultText), not as this evaluation's value.
+func TestModules_OptionsAreDocumented(t *testing.T) {
+	h := newHarness(t)
+	var docs []struct {
+		Name        string `json:"name"`
+		Description string `json:"description"`
+		Default     string `json:"default"`
+		Example     bool   `json:"example"`
+	}
+	if err := h.nix(&docs, "--arg", "docs", "true"); err != nil {
+		t.Fatal(err)
+	}
+	shown := map[string]string{
+		"services.fc-coordinator.package":                         "fc.packages.${pkgs.stdenv.hostPlatform.system}.fc",
+		"services.fc-agent.package":                               "fc.packages.${pkgs.stdenv.hostPlatform.system}.fc",
+		"services.fc-coordinator.settings.database.url":           "if database.createLocally",
+		"services.fc-coordinator.settings.server.trusted_proxies": "if nginx.enable",
+	}
+	seen := 0
+	for _, o := range docs {
+		if strings.TrimSpace(o.Description) == "" {
+			t.Errorf("option %s has no description", o.Name)
+		}
+		if want, ok := shown[o.Name]; ok {
+			seen++
+			if !strings.HasPrefix(o.Default, want) {
+				t.Errorf("option %s shows its default as %q, want %q…", o.Name, o.Default, want)
+			}
+		}
+		if strings.HasSuffix(o.Name, "File") && !o.Example {
+			t.Errorf("option %s has no example path", o.Name)
+		}
+	}
+	if seen != len(shown) || len(docs) < 20 {
+		t.Errorf("%d options listed, %d of the %d with computed defaults: %+v", len(docs), seen, len(shown), docs)
+	}
+}

@@ -6,7 +6,7 @@
 # and `imports` picks the flake's modules ("default", "coordinator", "agent").
 # The answer is what the test checks: units, users, the nix.settings trusted users,
 # the firewall, nginx, PostgreSQL, admin scripts, failed assertions and warnings.
-{ lib, root, case ? { }, imports ? [ "default" ], repo ? ../.., checks ? false, goVersion ? "1.26.8" }:
+{ lib, root, case ? { }, imports ? [ "default" ], repo ? ../.., checks ? false, docs ? false, goVersion ? "1.26.8" }:
 let
   pkgs = import ./pkgs.nix { inherit lib root goVersion; };
   nixpkgs = {
@@ -44,7 +44,13 @@ let
     inherit (config) warnings;
   };
 in
-if checks then {
+if docs then
+  # FC's options as the NixOS manual would list them.
+  let options = (lib.evalModules { modules = [ ./options.nix { _module.args.pkgs = pkgs'; } self.nixosModules.default ]; }).options;
+  in map (o: { inherit (o) name; description = o.description or ""; default = o.default.text or null; example = o ? example; })
+    (lib.filter (o: !(lib.hasInfix "._module." o.name) && lib.hasPrefix "services.fc-" o.name)
+      (lib.optionAttrSetToDocList options))
+else if checks then {
   vm = lib.mapAttrs (_: summary) self.checks.x86_64-linux.vm.fcStandinNodes;
   packages = lib.mapAttrs (_: p: p.name) self.packages.x86_64-linux;
   fcGoVersion = self.packages.x86_64-linux.fc.goVersion;
