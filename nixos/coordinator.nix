@@ -33,7 +33,8 @@ let
 
   configFile = toml.generate "coordinator.toml" s;
   credentials = lib.optional (cfg.database.urlFile != null) "database-url:${cfg.database.urlFile}"
-    ++ lib.optional (cfg.cache.secretKeyFile != null) "cache-key:${cfg.cache.secretKeyFile}";
+    ++ lib.optional (cfg.cache.secretKeyFile != null) "cache-key:${cfg.cache.secretKeyFile}"
+    ++ lib.mapAttrsToList (name: file: "${name}:${file}") cfg.credentials;
 
   # fc-coordinator as the service runs it: its configuration, its secrets, its user.
   # Secrets readable only by root are copied for the command into a directory only the
@@ -209,6 +210,23 @@ in
       '';
     };
 
+    credentials = mkOption {
+      type = types.attrsOf types.path;
+      default = { };
+      example = literalExpression ''
+        {
+          smtp-password = "/run/keys/fc-smtp-password";
+        }
+      '';
+      description = ''
+        More secret files the unit gets as systemd credentials (`LoadCredential=NAME:FILE`,
+        read by systemd as root), for settings that name a file: the coordinator reads
+        `/run/credentials/fc-coordinator.service/NAME`, e.g.
+        `settings.notifications.password_file`, or a declared API key's `key_file` or
+        user's `password_file`.
+      '';
+    };
+
     environmentFile = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -263,6 +281,10 @@ in
           services.fc-coordinator: database.urlFile names the database, so set
           database.createLocally = false and leave settings.database.url unset.
         '';
+      }
+      {
+        assertion = !(cfg.credentials ? database-url || cfg.credentials ? cache-key);
+        message = "services.fc-coordinator.credentials: database-url and cache-key are database.urlFile's and cache.secretKeyFile's; name the file there.";
       }
       {
         assertion = !cfg.openFirewall || !loopback s.server.host;

@@ -166,6 +166,17 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 			},
 		},
 		{
+			name: "e-mail with its password as a credential", imports: []string{"coordinator"},
+			module: `{ services.fc-coordinator = { enable = true;
+			  credentials.smtp-password = "/run/keys/fc-smtp-password";
+			  settings.notifications = { smtp_host = "smtp.example.org"; from = "FC <ci@example.org>"; username = "ci";
+			    password_file = "/run/credentials/fc-coordinator.service/smtp-password"; }; }; }`,
+			coordinator: []string{"listening on 127.0.0.1:3000"},
+			also: func(t *testing.T, s summary) {
+				wantList(t, "LoadCredential", list(s.Units["fc-coordinator"].ServiceConfig["LoadCredential"]), "smtp-password:/run/keys/fc-smtp-password")
+			},
+		},
+		{
 			name: "local agent", imports: []string{"coordinator"},
 			module:      `{ services.fc-coordinator = { enable = true; settings.local_agent = { enabled = true; max_jobs = 2; }; }; }`,
 			coordinator: []string{"listening on 127.0.0.1:3000"},
