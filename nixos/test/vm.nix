@@ -85,7 +85,7 @@ pkgs.testers.runNixOSTest {
             return None
         builds = api("GET", f"/api/v1/builds?evaluation_id={evals[0]['id']}&limit=500")
         done = [b for b in builds["items"] if b["job"] == "hello" and b["status"] == "succeeded"]
-        return done[0]["outputs"]["out"] if done else None
+        return api("GET", f"/api/v1/builds/{done[0]['id']}")["outputs"]["out"] if done else None
 
     out = None
     with coordinator.nested("waiting for the hello job"):
