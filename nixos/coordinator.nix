@@ -356,6 +356,10 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStopSec = 30 + (s.local_agent.drain_timeout or 10);
+      } // lib.optionalAttrs (s.server.port < 1024) {
+        # The one privilege a low port needs.
+        AmbientCapabilities = "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
       };
     };
 

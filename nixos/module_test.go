@@ -106,15 +106,16 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 			name: "database URL file, signing key, directories elsewhere, open firewall", imports: []string{"coordinator"},
 			module: `{ services.fc-coordinator = { enable = true; database.createLocally = false;
 			  database.urlFile = "` + urlFile + `"; cache.secretKeyFile = "` + keyFile + `"; openFirewall = true;
-			  settings = { state_dir = "/srv/fc"; server.host = "0.0.0.0"; server.port = 8080; logs.log_dir = "/var/log/fc"; }; }; }`,
-			coordinator: []string{"listening on 0.0.0.0:8080", "state in /srv/fc", "cache in /srv/fc/cache", "logs in /var/log/fc",
+			  settings = { state_dir = "/srv/fc"; server.host = "0.0.0.0"; server.port = 80; logs.log_dir = "/var/log/fc"; }; }; }`,
+			coordinator: []string{"listening on 0.0.0.0:80,", "state in /srv/fc", "cache in /srv/fc/cache", "logs in /var/log/fc",
 				"database: the URL in /run/credentials/fc-coordinator.service/database-url"},
 			also: func(t *testing.T, s summary) {
 				u := s.Units["fc-coordinator"]
 				wantList(t, "LoadCredential", list(u.ServiceConfig["LoadCredential"]), "database-url:"+urlFile, "cache-key:"+keyFile)
 				wantList(t, "ReadWritePaths", list(u.ServiceConfig["ReadWritePaths"]), "/srv/fc", "/srv/fc/cache", "/var/log/fc")
 				wantList(t, "tmpfiles", s.Tmpfiles, "d /srv/fc 0700 fc fc - -", "d /var/log/fc 0700 fc fc - -")
-				if len(u.Requires) != 0 || string(s.Postgresql["enable"]) != "false" || !slices.Equal(s.TCPPorts, []int{8080}) {
+				if len(u.Requires) != 0 || string(s.Postgresql["enable"]) != "false" || !slices.Equal(s.TCPPorts, []int{80}) ||
+					u.ServiceConfig["AmbientCapabilities"] != "CAP_NET_BIND_SERVICE" {
 					t.Errorf("requires %v, postgresql %s, ports %v", u.Requires, s.Postgresql["enable"], s.TCPPorts)
 				}
 				toml := readConfig(t, u)
@@ -132,7 +133,7 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 					t.Fatalf("admin command: %+v", s.Scripts)
 				}
 				out, err := h.runScript(t, s.Scripts[0], "config", "check")
-				if err != nil || !strings.Contains(out, "listening on 0.0.0.0:8080") || !strings.Contains(out, "/database-url") ||
+				if err != nil || !strings.Contains(out, "listening on 0.0.0.0:80,") || !strings.Contains(out, "/database-url") ||
 					strings.Contains(out, "/run/credentials") {
 					t.Errorf("fc-coordinator-admin config check: %v\n%s", err, out)
 				}
