@@ -57,7 +57,8 @@
         };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      # nixfmt is the RFC 166 style in every nixpkgs new enough for FC's Go.
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
 
       # A coordinator and an agent build a small jobset; a client substitutes its output
       # from the coordinator's cache. NixOS VM tests need KVM and nixpkgs:

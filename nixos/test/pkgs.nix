@@ -46,7 +46,7 @@ in
   postgresql = pkg "postgresql";
   postgresql_15 = pkg "postgresql";
   nixpkgs-fmt = pkg "nixpkgs-fmt";
-  nixfmt-rfc-style = pkg "nixfmt";
+  nixfmt = pkg "nixfmt";
   # src stays unforced: evaluating it would copy the checkout into the store.
   buildGo126Module = args: pkg args.pname // { inherit (args) vendorHash subPackages; goVersion = go_1_26.version; };
   mkShell = args: pkg "devshell" // { packages = args.packages or [ ]; };
