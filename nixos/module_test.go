@@ -47,7 +47,53 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checks := []check{
+	for _, c := range slices.Concat(coordinatorChecks(h, urlFile, keyFile), featureChecks(h), agentChecks()) {
+		t.Run(c.name, func(t *testing.T) { runCheck(t, h, c) })
+	}
+}
+
+// runCheck evaluates one machine and checks it: no failed assertion or warning, units
+// systemd-analyze accepts, TOML the daemons load (saying what c expects), then c.also.
+func runCheck(t *testing.T, h harness, c check) {
+	t.Helper()
+	s, err := h.eval(t, c.imports, c.module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.FailedAssertions) > 0 || len(s.Warnings) > 0 {
+		t.Fatalf("assertions failed: %q; warnings: %q", s.FailedAssertions, s.Warnings)
+	}
+	if err := verify(t, s); err != nil {
+		t.Error(err)
+	}
+	for binary, want := range map[string][]string{"fc-coordinator": c.coordinator, "fc-agent": c.agent} {
+		u, ok := s.Units[binary]
+		if ok != (want != nil) {
+			t.Errorf("unit %s present: %v, expected: %v", binary, ok, want != nil)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		out, err := h.configCheck(t, u, binary)
+		if err != nil {
+			t.Error(err)
+		}
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s config check says %q; want %q in it", binary, out, w)
+			}
+		}
+	}
+	if c.also != nil {
+		c.also(t, s)
+	}
+}
+
+// coordinatorChecks are coordinators alone with a local database, and with a URL file
+// and directories elsewhere.
+func coordinatorChecks(h harness, urlFile, keyFile string) []check {
+	return []check{
 		{
 			name: "coordinator alone, local database", imports: []string{"coordinator"},
 			module:      `{ services.fc-coordinator.enable = true; }`,
@@ -64,42 +110,6 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 				if !u.RestartIfChanged || u.ServiceConfig["Type"] != "notify" {
 					t.Errorf("coordinator: restartIfChanged %v, Type %v", u.RestartIfChanged, u.ServiceConfig["Type"])
 				}
-			},
-		},
-		{
-			name: "agent alone, own state directory and token", imports: []string{"agent"},
-			module: `{ services.fc-agent = { enable = true; settings.coordinator.url = "https://ci.example.org";
-			  settings.agent = { state_dir = "/srv/fc-agent"; max_jobs = 4; features = [ "kvm" ]; };
-			  enrollmentTokenFile = "/run/keys/fc-token"; drainTimeout = "30min"; }; }`,
-			agent: []string{"coordinator https://ci.example.org", "state in /srv/fc-agent", "key /srv/fc-agent/agent_key"},
-			also: func(t *testing.T, s summary) {
-				u := s.Units["fc-agent"]
-				wantHardened(t, u)
-				wantList(t, "trusted users", s.TrustedUsers, "root", "fc-agent")
-				wantList(t, "after", u.After, "nix-daemon.socket")
-				wantList(t, "wants", u.Wants, "nix-daemon.socket")
-				wantList(t, "ReadWritePaths", list(u.ServiceConfig["ReadWritePaths"]), "/srv/fc-agent")
-				wantList(t, "tmpfiles", s.Tmpfiles, "d /srv/fc-agent 0700 fc-agent fc-agent - -")
-				wantList(t, "LoadCredential", list(u.ServiceConfig["LoadCredential"]), "enrollment-token:/run/keys/fc-token")
-				if u.Environment["NIX_REMOTE"] != "daemon" || u.ServiceConfig["User"] != "fc-agent" || u.RestartIfChanged ||
-					u.ServiceConfig["TimeoutStopSec"] != "30min" || len(list(u.ServiceConfig["StateDirectory"])) != 0 {
-					t.Errorf("agent unit: NIX_REMOTE %q, User %v, restartIfChanged %v, TimeoutStopSec %v, StateDirectory %v",
-						u.Environment["NIX_REMOTE"], u.ServiceConfig["User"], u.RestartIfChanged, u.ServiceConfig["TimeoutStopSec"], u.ServiceConfig["StateDirectory"])
-				}
-				toml := readConfig(t, u)
-				if !strings.Contains(toml, `enrollment_token_file = "/run/credentials/fc-agent.service/enrollment-token"`) {
-					t.Errorf("agent.toml does not read the token from the credential:\n%s", toml)
-				}
-			},
-		},
-		{
-			name: "default with coordinator and agent imported again", imports: []string{"default", "coordinator", "agent"},
-			module: `{ services.fc-coordinator.enable = true;
-			  services.fc-agent = { enable = true; settings.coordinator.url = "http://127.0.0.1:3000"; }; }`,
-			coordinator: []string{"listening on 127.0.0.1:3000"},
-			agent:       []string{"coordinator http://127.0.0.1:3000", "state in /var/lib/fc-agent"},
-			also: func(t *testing.T, s summary) {
-				wantList(t, "groups", s.Groups, "fc", "fc-agent")
 			},
 		},
 		{
@@ -139,6 +149,12 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 				}
 			},
 		},
+	}
+}
+
+// featureChecks are coordinators with nginx, e-mail and a local agent.
+func featureChecks(h harness) []check {
+	return []check{
 		{
 			name: "behind nginx", imports: []string{"coordinator"},
 			module: `{ services.fc-coordinator = { enable = true; nginx = { enable = true; virtualHost = "ci.example.org"; };
@@ -193,41 +209,47 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 			},
 		},
 	}
-	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) {
-			s, err := h.eval(t, c.imports, c.module)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(s.FailedAssertions) > 0 || len(s.Warnings) > 0 {
-				t.Fatalf("assertions failed: %q; warnings: %q", s.FailedAssertions, s.Warnings)
-			}
-			if err := verify(t, s); err != nil {
-				t.Error(err)
-			}
-			for binary, want := range map[string][]string{"fc-coordinator": c.coordinator, "fc-agent": c.agent} {
-				u, ok := s.Units[binary]
-				if ok != (want != nil) {
-					t.Errorf("unit %s present: %v, expected: %v", binary, ok, want != nil)
-					continue
+}
+
+// agentChecks are builders: the agent alone, and with the coordinator through default.
+func agentChecks() []check {
+	return []check{
+		{
+			name: "agent alone, own state directory and token", imports: []string{"agent"},
+			module: `{ services.fc-agent = { enable = true; settings.coordinator.url = "https://ci.example.org";
+			  settings.agent = { state_dir = "/srv/fc-agent"; max_jobs = 4; features = [ "kvm" ]; };
+			  enrollmentTokenFile = "/run/keys/fc-token"; drainTimeout = "30min"; }; }`,
+			agent: []string{"coordinator https://ci.example.org", "state in /srv/fc-agent", "key /srv/fc-agent/agent_key"},
+			also: func(t *testing.T, s summary) {
+				u := s.Units["fc-agent"]
+				wantHardened(t, u)
+				wantList(t, "trusted users", s.TrustedUsers, "root", "fc-agent")
+				wantList(t, "after", u.After, "nix-daemon.socket")
+				wantList(t, "wants", u.Wants, "nix-daemon.socket")
+				wantList(t, "ReadWritePaths", list(u.ServiceConfig["ReadWritePaths"]), "/srv/fc-agent")
+				wantList(t, "tmpfiles", s.Tmpfiles, "d /srv/fc-agent 0700 fc-agent fc-agent - -")
+				wantList(t, "LoadCredential", list(u.ServiceConfig["LoadCredential"]), "enrollment-token:/run/keys/fc-token")
+				if u.Environment["NIX_REMOTE"] != "daemon" || u.ServiceConfig["User"] != "fc-agent" || u.RestartIfChanged ||
+					u.ServiceConfig["TimeoutStopSec"] != "30min" || len(list(u.ServiceConfig["StateDirectory"])) != 0 {
+					t.Errorf("agent unit: NIX_REMOTE %q, User %v, restartIfChanged %v, TimeoutStopSec %v, StateDirectory %v",
+						u.Environment["NIX_REMOTE"], u.ServiceConfig["User"], u.RestartIfChanged, u.ServiceConfig["TimeoutStopSec"], u.ServiceConfig["StateDirectory"])
 				}
-				if !ok {
-					continue
+				toml := readConfig(t, u)
+				if !strings.Contains(toml, `enrollment_token_file = "/run/credentials/fc-agent.service/enrollment-token"`) {
+					t.Errorf("agent.toml does not read the token from the credential:\n%s", toml)
 				}
-				out, err := h.configCheck(t, u, binary)
-				if err != nil {
-					t.Error(err)
-				}
-				for _, w := range want {
-					if !strings.Contains(out, w) {
-						t.Errorf("%s config check says %q; want %q in it", binary, out, w)
-					}
-				}
-			}
-			if c.also != nil {
-				c.also(t, s)
-			}
-		})
+			},
+		},
+		{
+			name: "default with coordinator and agent imported again", imports: []string{"default", "coordinator", "agent"},
+			module: `{ services.fc-coordinator.enable = true;
+			  services.fc-agent = { enable = true; settings.coordinator.url = "http://127.0.0.1:3000"; }; }`,
+			coordinator: []string{"listening on 127.0.0.1:3000"},
+			agent:       []string{"coordinator http://127.0.0.1:3000", "state in /var/lib/fc-agent"},
+			also: func(t *testing.T, s summary) {
+				wantList(t, "groups", s.Groups, "fc", "fc-agent")
+			},
+		},
 	}
 }
 

@@ -57,6 +57,32 @@ func nginxConf(n nginx, listen, dir string) string {
 	return b.String()
 }
 
+// startNginx runs nginx with the module's virtual hosts on port until the test ends,
+// after nginx -t accepted the configuration.
+func startNginx(t *testing.T, n nginx, port int, dir string, log io.Writer) {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		bin = "/usr/sbin/nginx" // not on a non-root PATH
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("nginx is needed (apt-get install nginx-light; .ci/run does): %v", err)
+		}
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConf(n, fmt.Sprintf("127.0.0.1:%d", port), dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-t", "-c", conf).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t: %v\n%s", err, out)
+	}
+	ng := exec.Command(bin, "-c", conf)
+	ng.Stdout, ng.Stderr = log, log
+	if err := ng.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ng.Process.Signal(syscall.SIGQUIT); _ = ng.Wait() })
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -108,13 +134,6 @@ func startUnit(t *testing.T, u unit, log io.Writer, extra ...string) *exec.Cmd {
 // the module wrote it, creates the key and the enrollment token in the real database.
 func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 	h := newHarness(t)
-	nginxBin, err := exec.LookPath("nginx")
-	if err != nil {
-		nginxBin = "/usr/sbin/nginx" // not on a non-root PATH
-		if _, err := os.Stat(nginxBin); err != nil {
-			t.Fatalf("nginx is needed (apt-get install nginx-light; .ci/run does): %v", err)
-		}
-	}
 	dir := t.TempDir()
 	urlFile, tokenFile := filepath.Join(dir, "db-url"), filepath.Join(dir, "token")
 	if err := os.WriteFile(urlFile, []byte(storagetest.URL(t)+"\n"), 0o600); err != nil {
@@ -135,19 +154,7 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 	var log lockedLog
 	startUnit(t, s.Units["fc-coordinator"], &log, "FC_DATABASE__URL_FILE="+urlFile)
 
-	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConf(s.Nginx, fmt.Sprintf("127.0.0.1:%d", proxyPort), dir)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(nginxBin, "-t", "-c", conf).CombinedOutput(); err != nil {
-		t.Fatalf("nginx -t: %v\n%s", err, out)
-	}
-	ng := exec.Command(nginxBin, "-c", conf)
-	ng.Stdout, ng.Stderr = &log, &log
-	if err := ng.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ng.Process.Signal(syscall.SIGQUIT); _ = ng.Wait() })
+	startNginx(t, s.Nginx, proxyPort, dir, &log)
 
 	// Each client of the proxy sends its own address, as an edge proxy would; nginx
 	// appends its peer (127.0.0.1, trusted), so the coordinator keys on the first.
@@ -189,6 +196,15 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 		return code == http.StatusOK && strings.Contains(body, `"name":"proxied"`) && strings.Contains(body, `"connected":true`)
 	})
 
+	checkLimits(t, proxy, key, get)
+
+}
+
+// checkLimits: bodies up to max_body_size (2 MiB) pass nginx, larger ones get 413; a
+// burst of 4 per client, so the fifth request of one client is refused, and another
+// client behind the same proxy is not.
+func checkLimits(t *testing.T, proxy, key string, get func(path, client, key string) (int, string)) {
+	t.Helper()
 	post := func(size int) int {
 		req, _ := http.NewRequest("POST", proxy+"/api/v1/projects", bytes.NewReader(bytes.Repeat([]byte(" "), size)))
 		req.Header.Set("Authorization", "Bearer "+key)
@@ -208,8 +224,6 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 		t.Errorf("a 3 MiB body got %d, want 413", code)
 	}
 
-	// A burst of 4 per client: the fifth request of one client is refused, another
-	// client behind the same proxy is not.
 	for i := 1; i <= 4; i++ {
 		if code, body := get("/api/v1/projects", "192.0.2.200", key); code != http.StatusOK {
 			t.Fatalf("request %d of client A: %d %s", i, code, body)
