@@ -6,12 +6,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"debug/elf"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -256,6 +258,75 @@ func TestInstall_StagedUnitVerifies(t *testing.T) {
 	for _, want := range []string{`url = "https://ci.example.org"`, `name = "staged"`, `state_dir = "` + filepath.Join(host.Root, "var/lib/fc-agent") + `"`} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("agent.toml lacks %s:\n%s", want, conf)
+		}
+	}
+}
+
+// TestInstall_RefusesUnfitHosts: a host without Nix, and a binary for another
+// architecture than the host's, are refused before anything is installed.
+func TestInstall_RefusesUnfitHosts(t *testing.T) {
+	// The host's sessions get a PATH with only what the checks before Nix's need.
+	bin := t.TempDir()
+	for _, tool := range []string{"sh", "id", "uname"} {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(path, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	host := startSSHD(t, "SetEnv PATH="+bin)
+	in := installer{t: t, dbURL: storagetest.URL(t), home: t.TempDir()}
+	args := []string{host.URL(), "--identity", host.ClientKey, "--accept-new-host-key",
+		"--known-hosts", filepath.Join(t.TempDir(), "known_hosts"), "--coordinator-url", "https://ci.example.org",
+		"--root", host.Root, "--no-service"}
+	_, stderr, code := in.run(append(args, "--agent-binary", coordtest.AgentBinary(t))...)
+	if code != cli.ExitError || !strings.Contains(stderr, "nix-store --version failed on the host: install Nix there first") {
+		t.Errorf("host without Nix: exit %d, stderr %q", code, stderr)
+	}
+
+	// The same binary, marked as built for another architecture (ELF e_machine at
+	// offset 18).
+	machine, hostArch, otherArch := elf.EM_AARCH64, "x86_64", "aarch64"
+	if runtime.GOARCH == "arm64" {
+		machine, hostArch, otherArch = elf.EM_X86_64, "aarch64", "x86_64"
+	}
+	other := filepath.Join(t.TempDir(), "fc-agent")
+	b := mustRead(t, coordtest.AgentBinary(t))
+	b[18], b[19] = byte(machine), byte(machine>>8)
+	if err := os.WriteFile(other, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code = in.run(append(args, "--agent-binary", other)...)
+	if code != cli.ExitError || !strings.Contains(stderr, "the host is "+hostArch+" but "+other+" is built for "+otherArch) {
+		t.Errorf("binary for another architecture: exit %d, stderr %q", code, stderr)
+	}
+	if entries, _ := os.ReadDir(host.Root); len(entries) != 0 {
+		t.Errorf("the refused installs left files in the host's root: %v", entries)
+	}
+}
+
+// TestInstall_Usage: a missing or malformed target is a usage error (exit 2) that
+// says what is wrong, before any database or host is touched.
+func TestInstall_Usage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent"}, "agent needs a command: install"},
+		{[]string{"agent", "install"}, "needs one target, ssh://user@host[:port]"},
+		{[]string{"agent", "install", "--name", "x"}, "needs one target"},
+		{[]string{"agent", "install", "https://builder1"}, `target "https://builder1" is not ssh://user@host[:port]`},
+		{[]string{"agent", "install", "ssh://root@builder1/srv"}, "is not ssh://user@host[:port]"},
+		{[]string{"agent", "install", "ssh://root@builder1:99999"}, `port "99999" is not a port number`},
+		{[]string{"agent", "install", "ssh://root:secret@builder1"}, "passwords are not accepted"},
+		{[]string{"agent", "install", "ssh://a", "ssh://b"}, "needs one target"},
+	} {
+		var out, errOut bytes.Buffer
+		code := cli.Main(context.Background(), cli.Env{Args: c.args, Stdout: &out, Stderr: &errOut})
+		if code != cli.ExitUsage || !strings.Contains(errOut.String(), c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, errOut.String(), cli.ExitUsage, c.want)
 		}
 	}
 }

@@ -79,8 +79,8 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startSSHD runs sshd -D until the test ends.
-func startSSHD(t *testing.T) *sshHost {
+// startSSHD runs sshd -D until the test ends; extra lines go into its configuration.
+func startSSHD(t *testing.T, extra ...string) *sshHost {
 	t.Helper()
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
 		t.Fatalf("no /usr/sbin/sshd (apt-get install openssh-server): %v", err)
@@ -107,7 +107,8 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 LogLevel VERBOSE
-`, h.Port, dir, dir, usePAM())
+%s
+`, h.Port, dir, dir, usePAM(), strings.Join(extra, "\n"))
 	if err := os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
