@@ -101,7 +101,7 @@ type installation struct {
 	res Result
 }
 
-func (in *installation) run(ctx context.Context) error {
+func (in *installation) run(ctx context.Context) (err error) {
 	p := in.res.Paths
 	staged := !in.o.NoService && in.o.Root != "" && in.o.Root != "/"
 	if !in.o.NoService && !staged {
@@ -115,6 +115,13 @@ func (in *installation) run(ctx context.Context) error {
 	}
 	defer bin.Close()
 	newBin := p.Binary + ".fc-install"
+	defer func() {
+		if err != nil { // the upload, if it is still there, is of no use
+			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			defer cancel()
+			_, _ = in.r.run(cleanup, "rm -f "+shQuote(newBin), nil)
+		}
+	}()
 	if err := in.r.upload(ctx, newBin, 0o755, bin); err != nil {
 		return err
 	}

@@ -119,6 +119,9 @@ func TestInstall_OverSSH(t *testing.T) {
 	if b, _ := os.ReadFile(knownHosts); !bytes.Contains(b, bytes.TrimSpace(ssh.MarshalAuthorizedKey(host.HostKey))) {
 		t.Errorf("known_hosts does not hold the host key: %q", b)
 	}
+	if !strings.Contains(out, "To make it permanent") {
+		t.Errorf("--no-service did not say how to make the agent permanent:\n%s", out)
+	}
 	firstPID := startedPID(t, out)
 	agent := connectedAgent(t, db, "ssh-builder")
 	// The key was made on the host and stays there; the coordinator pinned its public half.
@@ -243,7 +246,7 @@ func TestInstall_StagedUnitVerifies(t *testing.T) {
 	out, _, code := in.run(host.URL(), "--name", "staged", "--identity", host.ClientKey, "--accept-new-host-key",
 		"--known-hosts", filepath.Join(t.TempDir(), "known_hosts"), "--agent-binary", coordtest.AgentBinary(t),
 		"--coordinator-url", "https://ci.example.org", "--root", host.Root)
-	if code != cli.ExitOK || !strings.Contains(out, "nothing was enabled or started") {
+	if code != cli.ExitOK || !strings.Contains(out, "nothing was enabled or started") || !strings.Contains(out, "systemctl link "+filepath.Join(host.Root, "etc/systemd/system/fc-agent.service")) {
 		t.Fatalf("staged install: exit %d:\n%s", code, out)
 	}
 	unit := filepath.Join(host.Root, "etc/systemd/system/fc-agent.service")

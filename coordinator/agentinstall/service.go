@@ -20,8 +20,8 @@ func (in *installation) stage(ctx context.Context, newBin string) error {
 		return err
 	}
 	in.res.Staged = true
-	fmt.Fprintf(in.o.Out, "wrote %s\nstaged under %s: nothing was enabled or started (--root); a host booted from it starts the agent with: systemctl enable --now %s\n",
-		p.Unit, in.o.Root, UnitName)
+	fmt.Fprintf(in.o.Out, "wrote %s\nstaged under %s: nothing was enabled or started (--root); to run it on the host: systemctl link %s && systemctl enable --now %s\n",
+		p.Unit, in.o.Root, p.Unit, UnitName)
 	return nil
 }
 

@@ -201,12 +201,12 @@ func hostKeyCheck(t Target, o SSHOptions) (ssh.HostKeyCallback, []string, error)
 		case err == nil:
 			return nil
 		case errors.As(err, &ke) && len(ke.Want) > 0:
-			return &HostKeyMismatchError{Addr: hostname, Fingerprint: ssh.FingerprintSHA256(key),
+			return &HostKeyMismatchError{Addr: knownhosts.Normalize(hostname), Fingerprint: ssh.FingerprintSHA256(key),
 				KnownHosts: ke.Want[0].Filename, Line: ke.Want[0].Line}
 		case !errors.As(err, &ke):
 			return fmt.Errorf("host key of %s: %w", hostname, err) // revoked, or unreadable
 		case !o.AcceptNew:
-			return &UnknownHostError{Addr: hostname, Fingerprint: ssh.FingerprintSHA256(key), KnownHosts: o.KnownHosts}
+			return &UnknownHostError{Addr: knownhosts.Normalize(hostname), Fingerprint: ssh.FingerprintSHA256(key), KnownHosts: o.KnownHosts}
 		}
 		line := knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key)
 		w, err := os.OpenFile(o.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
