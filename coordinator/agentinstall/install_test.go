@@ -325,6 +325,7 @@ func TestInstall_Usage(t *testing.T) {
 		{[]string{"agent", "install", "ssh://root@builder1:99999"}, `port "99999" is not a port number`},
 		{[]string{"agent", "install", "ssh://root:secret@builder1"}, "passwords are not accepted"},
 		{[]string{"agent", "install", "ssh://a", "ssh://b"}, "needs one target"},
+		{[]string{"agent", "install", "ssh://root@builder1", "--name", "<b>"}, `--name "<b>"`},
 	} {
 		var out, errOut bytes.Buffer
 		code := cli.Main(context.Background(), cli.Env{Args: c.args, Stdout: &out, Stderr: &errOut})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fc-ci/fc/coordinator/agentinstall"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -53,6 +54,11 @@ func agentCmd(ctx context.Context, load func() (config.Config, error), args []st
 	}
 	if o.Target, err = agentinstall.ParseTarget(rest[0]); err != nil {
 		return usageError{err.Error()}
+	}
+	if o.Name != "" {
+		if err := protocol.CheckAgentName("--name", o.Name); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	o.SSH.Home, o.SSH.AgentSocket = lookupEnv(env.Environ, "HOME"), lookupEnv(env.Environ, "SSH_AUTH_SOCK")
 	if o.AgentBinary == "" {
