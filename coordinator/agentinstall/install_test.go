@@ -334,3 +334,19 @@ func TestInstall_Usage(t *testing.T) {
 		}
 	}
 }
+
+// TestInstall_AgentThatCannotConnect: an agent that does not reach the coordinator
+// fails the install within --timeout, with the agent's log to say why.
+func TestInstall_AgentThatCannotConnect(t *testing.T) {
+	host := startSSHD(t)
+	t.Cleanup(func() { stopAgent(t, host.Root) })
+	in := installer{t: t, dbURL: storagetest.URL(t), home: t.TempDir()}
+	closed := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	_, stderr, code := in.run(host.URL(), "--name", "lost", "--identity", host.ClientKey, "--accept-new-host-key",
+		"--known-hosts", filepath.Join(t.TempDir(), "known_hosts"), "--agent-binary", coordtest.AgentBinary(t),
+		"--coordinator-url", closed, "--root", host.Root, "--no-service", "--timeout", "3s")
+	if code != cli.ExitError || !strings.Contains(stderr, "did not connect within 3s") ||
+		!strings.Contains(stderr, "check that the host reaches "+closed) || !strings.Contains(stderr, "connection refused") {
+		t.Errorf("agent that cannot connect: exit %d, stderr %q; want the timeout, the URL and the agent's log", code, stderr)
+	}
+}

@@ -133,7 +133,8 @@ func (in *installation) waitConnected(ctx context.Context, alive, diag string) e
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the agent did not connect within %v; its log:\n%s", in.o.Timeout, in.log(diag))
+			return fmt.Errorf("the agent did not connect within %v (it keeps running and trying: check that the host reaches %s); its log:\n%s",
+				in.o.Timeout, in.o.CoordinatorURL, in.log(diag))
 		case <-time.After(pollEvery):
 		}
 	}
