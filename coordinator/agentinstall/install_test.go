@@ -35,6 +35,7 @@ type installer struct {
 	t     *testing.T
 	dbURL string
 	home  string
+	env   []string // more, e.g. SSH_AUTH_SOCK
 }
 
 func (in installer) run(args ...string) (stdout, stderr string, code int) {
@@ -43,7 +44,7 @@ func (in installer) run(args ...string) (stdout, stderr string, code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	code = cli.Main(ctx, cli.Env{Args: append([]string{"agent", "install"}, args...),
-		Environ: []string{"FC_DATABASE__URL=" + in.dbURL, "HOME=" + in.home}, Stdout: &out, Stderr: &errOut})
+		Environ: append([]string{"FC_DATABASE__URL=" + in.dbURL, "HOME=" + in.home}, in.env...), Stdout: &out, Stderr: &errOut})
 	in.t.Logf("agent install %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
 	return out.String(), errOut.String(), code
 }
@@ -268,18 +269,7 @@ func TestInstall_StagedUnitVerifies(t *testing.T) {
 // TestInstall_RefusesUnfitHosts: a host without Nix, and a binary for another
 // architecture than the host's, are refused before anything is installed.
 func TestInstall_RefusesUnfitHosts(t *testing.T) {
-	// The host's sessions get a PATH with only what the checks before Nix's need.
-	bin := t.TempDir()
-	for _, tool := range []string{"sh", "id", "uname"} {
-		path, err := exec.LookPath(tool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(path, filepath.Join(bin, tool)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	host := startSSHD(t, "SetEnv PATH="+bin)
+	host := hostWithoutNix(t)
 	in := installer{t: t, dbURL: storagetest.URL(t), home: t.TempDir()}
 	args := []string{host.URL(), "--identity", host.ClientKey, "--accept-new-host-key",
 		"--known-hosts", filepath.Join(t.TempDir(), "known_hosts"), "--coordinator-url", "https://ci.example.org",
@@ -348,5 +338,67 @@ func TestInstall_AgentThatCannotConnect(t *testing.T) {
 	if code != cli.ExitError || !strings.Contains(stderr, "did not connect within 3s") ||
 		!strings.Contains(stderr, "check that the host reaches "+closed) || !strings.Contains(stderr, "connection refused") {
 		t.Errorf("agent that cannot connect: exit %d, stderr %q; want the timeout, the URL and the agent's log", code, stderr)
+	}
+}
+
+// hostWithoutNix is a host whose sessions' PATH has only what the checks before
+// Nix's need.
+func hostWithoutNix(t *testing.T) *sshHost {
+	t.Helper()
+	bin := t.TempDir()
+	for _, tool := range []string{"sh", "id", "uname"} {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(path, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return startSSHD(t, "SetEnv PATH="+bin)
+}
+
+// TestInstall_LogsInWithSSHAgentOrHomeKeys: without --identity the installer logs
+// in with ssh-agent's keys, or with ~/.ssh/id_ed25519, and says so when it has none
+// (the host has no Nix: getting as far as that check proves the login).
+func TestInstall_LogsInWithSSHAgentOrHomeKeys(t *testing.T) {
+	host := hostWithoutNix(t)
+	dbURL := storagetest.URL(t)
+	args := []string{host.URL(), "--accept-new-host-key", "--known-hosts", filepath.Join(t.TempDir(), "known_hosts"),
+		"--agent-binary", coordtest.AgentBinary(t), "--coordinator-url", "https://ci.example.org", "--root", host.Root, "--no-service"}
+	const loggedIn = "nix-store --version failed on the host"
+
+	_, stderr, _ := installer{t: t, dbURL: dbURL, home: t.TempDir()}.run(args...)
+	if !strings.Contains(stderr, "no SSH key to log in with") {
+		t.Errorf("no keys anywhere: stderr %q", stderr)
+	}
+
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	if err := agent.Start(); err != nil {
+		t.Fatalf("ssh-agent (openssh-client): %v", err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+	coordtest.Eventually(t, 10*time.Second, "ssh-agent listens", func() bool { _, err := os.Stat(sock); return err == nil })
+	add := exec.Command("ssh-add", host.ClientKey)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v\n%s", err, out)
+	}
+	_, stderr, _ = installer{t: t, dbURL: dbURL, home: t.TempDir(), env: []string{"SSH_AUTH_SOCK=" + sock}}.run(args...)
+	if !strings.Contains(stderr, loggedIn) {
+		t.Errorf("with ssh-agent: stderr %q, want %q", stderr, loggedIn)
+	}
+
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".ssh", "id_ed25519"), mustRead(t, host.ClientKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, _ = installer{t: t, dbURL: dbURL, home: home}.run(args...)
+	if !strings.Contains(stderr, loggedIn) {
+		t.Errorf("with ~/.ssh/id_ed25519: stderr %q, want %q", stderr, loggedIn)
 	}
 }
