@@ -35,6 +35,11 @@ func (in *installation) startService(ctx context.Context, newBin string) error {
 	if in.res.Upgraded {
 		fmt.Fprintln(in.o.Out, "stopping the running agent: it finishes its running work first")
 	}
+	// An agent an earlier --no-service install started would run beside the unit's
+	// with the same key.
+	if err := in.stopDetached(ctx); err != nil {
+		return err
+	}
 	if _, err := in.r.run(ctx, "systemctl stop "+UnitName+" 2>/dev/null || true", nil); err != nil {
 		return fmt.Errorf("stop the running agent: %w", err)
 	}
@@ -56,12 +61,18 @@ func (in *installation) startDetached(ctx context.Context, newBin string) error 
 	if in.res.Upgraded {
 		fmt.Fprintln(in.o.Out, "stopping the running agent, if any: it finishes its running work first")
 	}
-	stopped, err := in.r.output(ctx, stopDetached(p, int(in.o.DrainTimeout/time.Second)))
+	// The unit an earlier install without --no-service enabled would run an agent
+	// beside this one with the same key.
+	disabled, err := in.r.output(ctx, fmt.Sprintf(`if [ -f %s ] && [ -d /run/systemd/system ] && systemctl is-enabled --quiet %s 2>/dev/null; then systemctl disable --now %s >/dev/null 2>&1 && echo disabled; fi`,
+		shQuote(p.Unit), UnitName, UnitName))
 	if err != nil {
-		return fmt.Errorf("stop the running agent: %w", err)
+		return fmt.Errorf("disable %s: %w", UnitName, err)
 	}
-	if stopped != "" {
-		fmt.Fprintf(in.o.Out, "stopped the agent that ran as PID %s\n", stopped)
+	if disabled != "" {
+		fmt.Fprintf(in.o.Out, "disabled and stopped %s (the agent runs detached now)\n", UnitName)
+	}
+	if err := in.stopDetached(ctx); err != nil {
+		return err
 	}
 	in.waitDisconnected(ctx)
 	if err := in.replaceBinary(ctx, newBin); err != nil {
@@ -81,6 +92,18 @@ func (in *installation) startDetached(ctx context.Context, newBin string) error 
 		return err
 	}
 	fmt.Fprint(in.o.Out, permanentHint(p))
+	return nil
+}
+
+// stopDetached stops the agent the PID file names, if it runs.
+func (in *installation) stopDetached(ctx context.Context) error {
+	stopped, err := in.r.output(ctx, stopDetached(in.res.Paths, int(in.o.DrainTimeout/time.Second)))
+	if err != nil {
+		return fmt.Errorf("stop the running agent: %w", err)
+	}
+	if stopped != "" {
+		fmt.Fprintf(in.o.Out, "stopped the agent that ran detached as PID %s\n", stopped)
+	}
 	return nil
 }
 
