@@ -133,14 +133,14 @@ func New(cfg Config) (*App, error) {
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
-		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents}, db)
+		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents, Metrics: m}, db)
 	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
 		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
 		UnsupportedWait: config.Seconds(s.Queue.UnsupportedWait), BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, MaxOutputSize: s.Queue.MaxOutputSize,
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
-		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Logger: log}, db)
+		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Metrics: m, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
 		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
