@@ -209,7 +209,8 @@ func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter)
 			var err error
 			size, _, err = b.cfg.Logs.Append(w.ID, w.Epoch, c.Offset, c.Data, b.cfg.MaxLogSize)
 			b.cfg.Metrics.AddLogBytes(int(size - before)) // a repeat adds nothing
-			if err != nil {                               // a gap (logs.ErrGap) or storage: the agent resumes from size
+			// A gap (logs.ErrGap) or storage: the agent resumes from size.
+			if err != nil {
 				return protocol.WriteFrame(st, protocol.LogAck{Offset: size, Error: err.Error()})
 			}
 			b.cfg.Hub.Wake(w.ID)
