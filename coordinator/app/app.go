@@ -66,6 +66,8 @@ type App struct {
 	Outbox *outbox.Outbox
 	// Channels advances and serves the channels (/channel/).
 	Channels *channels.Channels
+	// Metrics is the registry /metrics serves.
+	Metrics *metrics.Metrics
 
 	settings config.Config
 	db       *storage.DB
@@ -190,7 +192,7 @@ func New(cfg Config) (*App, error) {
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, settings: s, db: db,
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, Metrics: m, settings: s, db: db,
 		log: log}, nil
 }
 
@@ -216,7 +218,7 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 		return nil, err
 	}
 	ch, err := cache.New(cache.Config{Priority: s.Cache.Priority, UpstreamCaches: s.Cache.UpstreamCaches,
-		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registry,
+		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registerer(),
 		ReadKeys: readKeys, BuildLogs: buildLogs}, db, blobs, key)
 	if err != nil {
 		return nil, err

@@ -34,6 +34,7 @@ type Metrics struct {
 	evalDuration *prometheus.HistogramVec
 	dispatch     *prometheus.HistogramVec
 	logBytes     prometheus.Counter
+	names        names
 }
 
 // New registers the standard collectors, the schedulers' instruments and the
@@ -55,14 +56,15 @@ func New(db CountSource, log *slog.Logger) *Metrics {
 		}, []string{"route", "method"}),
 		countsCollector: newCountsCollector(db, log),
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	r := m.Registerer()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.countsCollector)
 	m.registerWork()
 	if q, ok := db.(QueueSource); ok {
-		reg.MustRegister(newQueueCollector(q, log))
+		r.MustRegister(newQueueCollector(q, log))
 	}
 	if a, ok := db.(SlotSource); ok {
-		reg.MustRegister(newSlotsCollector(a, log))
+		r.MustRegister(newSlotsCollector(a, log))
 	}
 	return m
 }

@@ -28,7 +28,7 @@ func (m *Metrics) registerWork() {
 	m.logBytes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "fc_log_bytes_written_total", Help: "Build log bytes received from agents and stored.",
 	})
-	m.Registry.MustRegister(m.stepDuration, m.evalDuration, m.dispatch, m.logBytes)
+	m.Registerer().MustRegister(m.stepDuration, m.evalDuration, m.dispatch, m.logBytes)
 }
 
 // ObserveStep records a step's build time; outcome is the status it ended in.
