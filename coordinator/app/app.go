@@ -79,8 +79,9 @@ const shutdownGrace = 20 * time.Second
 
 // Run is fc-coordinator serve: it opens the configured database (migrating it unless
 // database.auto_migrate is off), listens on server.host:server.port, assembles the
-// coordinator and serves until ctx ends.
-func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
+// coordinator and serves until ctx ends. ready, if given, is called with the address
+// once the listener is up and the coordinator assembled (systemd's READY=1).
+func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ...func(addr string)) error {
 	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
@@ -97,6 +98,9 @@ func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	for _, f := range ready {
+		f(ln.Addr().String())
 	}
 	return a.Serve(ctx, ln, shutdownGrace)
 }
