@@ -1,20 +1,21 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// inputsBuilt is when the last input of step s finished building (NULL: none).
+// inputsBuilt is when the last input of step s finished building (NULL: none). A step
+// became runnable at the latest of that, its creation (or restart, which resets
+// created_at) and the end of its retry backoff (not_before): RunnableQueue and
+// ClaimSteps both measure from there.
 const inputsBuilt = `(SELECT max(d.finished_at) FROM step_edges e JOIN steps d ON d.id = e.depends_on WHERE e.step_id = s.id)`
-
-// runnableSince is when a queued step s became runnable: queued (created, or
-// restarted, which resets created_at), its retry backoff over, its last input built.
-// ClaimSteps computes the same from the not_before it clears.
-const runnableSince = `greatest(s.created_at, s.not_before, ` + inputsBuilt + `)`
 
 // QueueGroup is the runnable steps of one system and feature set.
 type QueueGroup struct {
@@ -28,31 +29,61 @@ type QueueGroup struct {
 
 // RunnableQueue counts the runnable steps (queued, backoff over, every input built,
 // no output known to fail) per system and feature set, with the age of the oldest.
-// One statement over the steps_runnable partial index; each queued step costs a
-// probe of step_edges and step_outputs.
+// One statement over the steps_runnable partial index: its cost grows with the queued
+// steps (a probe of step_edges and step_outputs each, about 3 µs), never with the
+// history. Without JIT, which would spend longer compiling than the query runs.
 func (db *DB) RunnableQueue(ctx context.Context) ([]QueueGroup, error) {
-	rows, err := db.pool.Query(ctx, `SELECT s.system, array_to_string(ARRAY(SELECT unnest(s.required_features) ORDER BY 1), ','),
-			count(*), extract(epoch FROM now() - min(`+runnableSince+`))::float8
-		FROM steps s
-		WHERE s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
-			AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
-				WHERE e.step_id = s.id AND d.status <> 'succeeded')
-			AND NOT EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)
-		GROUP BY 1, 2 ORDER BY 1, 2`)
-	if err != nil {
-		return nil, fmt.Errorf("read the runnable queue: %w", err)
-	}
-	groups, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (QueueGroup, error) {
-		var g QueueGroup
-		var age float64
-		err := r.Scan(&g.System, &g.Features, &g.Runnable, &age)
-		g.OldestAge = time.Duration(max(age, 0) * float64(time.Second))
-		return g, err
+	var groups []QueueGroup
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL jit = off`); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT s.system, s.required_features, count(*),
+				extract(epoch FROM now() - min(greatest(s.created_at, s.not_before, dep.built)))::float8
+			FROM steps s
+			CROSS JOIN LATERAL (SELECT max(d.finished_at) AS built, bool_or(d.status <> 'succeeded') AS waiting
+				FROM step_edges e JOIN steps d ON d.id = e.depends_on WHERE e.step_id = s.id) dep
+			WHERE s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now()) AND dep.waiting IS NOT TRUE
+				AND NOT EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)
+			GROUP BY 1, 2`)
+		if err != nil {
+			return err
+		}
+		groups, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (QueueGroup, error) {
+			var g QueueGroup
+			var features []string
+			var age float64
+			err := r.Scan(&g.System, &features, &g.Runnable, &age)
+			g.Features = strings.Join(slices.Sorted(slices.Values(features)), ",")
+			g.OldestAge = time.Duration(max(age, 0) * float64(time.Second))
+			return g, err
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read the runnable queue: %w", err)
 	}
-	return groups, nil
+	return mergeGroups(groups), nil
+}
+
+// mergeGroups joins the groups whose feature sets differ only in order.
+func mergeGroups(groups []QueueGroup) []QueueGroup {
+	byKey := map[[2]string]int{}
+	var out []QueueGroup
+	for _, g := range groups {
+		k := [2]string{g.System, g.Features}
+		if i, ok := byKey[k]; ok {
+			out[i].Runnable += g.Runnable
+			out[i].OldestAge = max(out[i].OldestAge, g.OldestAge)
+			continue
+		}
+		byKey[k] = len(out)
+		out = append(out, g)
+	}
+	slices.SortFunc(out, func(a, b QueueGroup) int {
+		return cmp.Or(strings.Compare(a.System, b.System), strings.Compare(a.Features, b.Features))
+	})
+	return out
 }
 
 // SystemSlots is the connected build capacity for one system.

@@ -138,3 +138,40 @@ func TestAgentSlotsBySystem_CountsConnectedAgentsAndTheirFreeBuildSlots(t *testi
 		}
 	}
 }
+
+// BenchmarkScrapeQueries times the scrape-time statements over a large queue: 100,000
+// queued steps in 4 systems and 3 feature sets, half waiting for an input, and 200
+// connected agents running 800 steps.
+func BenchmarkScrapeQueries(b *testing.B) {
+	ctx := context.Background()
+	db := storagetest.New(b)
+	for _, sql := range []string{
+		`INSERT INTO steps (drv_path, system, required_features, status, created_at)
+			SELECT '/nix/store/' || i || '.drv', (ARRAY['x86_64-linux','aarch64-linux','i686-linux','x86_64-darwin'])[1 + i % 4],
+				(ARRAY['{}','{kvm}','{big-parallel,kvm}'])[1 + i % 3]::text[], 'queued', now() - make_interval(secs => i)
+			FROM generate_series(1, 100000) i`,
+		`INSERT INTO step_edges (step_id, depends_on) SELECT s.id, s.id - 1 FROM steps s WHERE s.id % 2 = 0`,
+		`INSERT INTO agents (name, public_key, fingerprint, connected, last_seen_at, systems, max_jobs)
+			SELECT 'a' || i, 'k' || i, 'f' || i, true, now(), '{x86_64-linux,i686-linux}', 8 FROM generate_series(1, 200) i`,
+		`UPDATE steps SET status = 'running', agent_id = (SELECT min(id) FROM agents) + id % 200 WHERE id <= 1600 AND id % 2 = 1`,
+		`ANALYZE`,
+	} {
+		if _, err := db.Pool().Exec(ctx, sql); err != nil {
+			b.Fatalf("%s: %v", sql, err)
+		}
+	}
+	b.Run("RunnableQueue", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := db.RunnableQueue(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("AgentSlotsBySystem", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := db.AgentSlotsBySystem(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
