@@ -58,8 +58,12 @@ in {
 	bs := coordtest.BuildsOf(t, c, evalID)
 	sys := bs["a"].System
 
-	// No builder yet: a, k and slow are runnable (b waits for a), by feature set.
-	q := scrapeMetrics(t, c.URL)
+	// No builder yet: a, k and slow are runnable (b waits for a), by feature set. The
+	// evaluation is observed once its report is stored, just after the API shows it.
+	q := scrapeUntil(t, c, "the evaluation observed", func(s scrape) bool {
+		n, _ := s.histogram("fc_evaluation_duration_seconds", "outcome=succeeded")
+		return n > 0
+	})
 	q.wantValue(t, 2, "fc_queue_runnable_steps", "system="+sys, "features=")
 	q.wantValue(t, 1, "fc_queue_runnable_steps", "system="+sys, "features=benchmark")
 	age, ok := q.value("fc_queue_oldest_runnable_seconds", "system="+sys, "features=")
@@ -84,10 +88,10 @@ in {
 	coordtest.WaitBuild(t, c, bs["slow"].ID, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
 
 	// a, b and k built; slow holds one of the builder's two slots.
-	coordtest.Eventually(t, 30*time.Second, "three steps observed", func() bool {
-		n, _ := scrapeMetrics(t, c.URL).histogram("fc_step_duration_seconds", "system="+sys, "outcome=succeeded")
-		return n == 3
-	})
+	scrapeUntil(t, c, "three steps observed", func(s scrape) bool {
+		n, _ := s.histogram("fc_step_duration_seconds", "system="+sys, "outcome=succeeded")
+		return n >= 3
+	}).histogramCount(t, 3, "fc_step_duration_seconds", "system="+sys, "outcome=succeeded")
 	r := eventuallyValue(t, c, 1, "fc_agent_free_build_slots", "system="+sys)
 	r.wantValue(t, 2, "fc_agent_build_slots", "system="+sys)
 	r.wantValue(t, 2, "fc_agent_sessions", "system="+sys)

@@ -102,6 +102,25 @@ func (s scrape) wantValue(t testing.TB, want float64, name string, labels ...str
 	}
 }
 
+// histogramCount fails unless the histogram series counts want observations.
+func (s scrape) histogramCount(t testing.TB, want uint64, name string, labels ...string) {
+	t.Helper()
+	if n, _ := s.histogram(name, labels...); n != want {
+		t.Errorf("%s%v counts %d, want %d; have %s", name, labels, n, want, s.series(name))
+	}
+}
+
+// scrapeUntil scrapes until cond holds of a scrape, and returns that scrape.
+func scrapeUntil(t testing.TB, c *coordtest.Coordinator, what string, cond func(scrape) bool) scrape {
+	t.Helper()
+	var s scrape
+	coordtest.Eventually(t, 60*time.Second, what, func() bool {
+		s = scrapeMetrics(t, c.URL)
+		return cond(s)
+	})
+	return s
+}
+
 // eventuallyValue scrapes until the series has value want.
 func eventuallyValue(t testing.TB, c *coordtest.Coordinator, want float64, name string, labels ...string) scrape {
 	t.Helper()
