@@ -310,6 +310,7 @@ func run(ctx context.Context, cfg config.Config, env Env, load func() (config.Co
 	}
 	n := sdnotify.New(log)
 	dc.OnWelcome = notifyWelcome(n, cfg.Coordinator.URL, dc.OnWelcome)
+	dc.OnSessionEnd = func(reason error) { n.Status(fmt.Sprintf("reconnecting to %s: %v", cfg.Coordinator.URL, reason)) }
 	d := daemon.New(dc)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -45,6 +45,9 @@ type Config struct {
 	Logger     *slog.Logger
 	// OnWelcome, if set, is called after each successful handshake.
 	OnWelcome func(protocol.Welcome)
+	// OnSessionEnd, if set, is called when a session ends and the daemon goes on
+	// (reconnecting), with why it ended.
+	OnSessionEnd func(reason error)
 	// Executors run assigned work, by kind (protocol.WorkEval, protocol.WorkStep);
 	// Capacity bounds how many of a kind run at once (default 1).
 	Executors map[string]Executor
@@ -223,6 +226,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		case ctx.Err() != nil:
 			return d.stopped()
+		}
+		if d.cfg.OnSessionEnd != nil {
+			d.cfg.OnSessionEnd(reason)
 		}
 		// Only a session that lasted resets the backoff: one dropped right after the
 		// handshake (a flapping proxy, two agents sharing a key) must not make the

@@ -90,6 +90,20 @@ func (s *notifySocket) waitFor(t *testing.T, from int, within time.Duration, wan
 	}
 }
 
+// count is how many messages arrived so far.
+func (s *notifySocket) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.msgs)
+}
+
+// at is the message at index i.
+func (s *notifySocket) at(i int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.msgs[i]
+}
+
 func contains(lines []string, w string) bool {
 	for _, l := range lines {
 		if l == w {
@@ -254,7 +268,7 @@ func TestSystemd_AgentIsReadyWhenConnectedReloadsLogLevelOnSIGHUP(t *testing.T) 
 	if s := statusOf(ready); !strings.Contains(s, "connected to "+c.URL) || !strings.Contains(s, `"sd-agent"`) {
 		t.Errorf("READY=1 status %q does not say where it is connected", s)
 	}
-	next := watchdogPings(t, sock, readyAt+1, 3)
+	watchdogPings(t, sock, readyAt+1, 3)
 
 	// At info, the cache credentials written on connecting (a debug line) were not logged.
 	p.log.WaitFor(t, 10*time.Second, "connected to coordinator")
@@ -279,5 +293,17 @@ func TestSystemd_AgentIsReadyWhenConnectedReloadsLogLevelOnSIGHUP(t *testing.T) 
 	if n := strings.Count(p.log.String(), "SIGHUP: debug logging is on"); n != 1 {
 		t.Errorf("%d debug lines of reloads, want only the first reload's (the second set info)", n)
 	}
-	p.terminate(t, sock, next)
+
+	// A lost session shows in the status, and so does the next; READY=1 came once.
+	mark := sock.count()
+	c.Restart()
+	_, lost := sock.waitFor(t, mark, 30*time.Second, "STATUS=")
+	if s := statusOf(sock.at(lost)); !strings.HasPrefix(s, "reconnecting to "+c.URL) {
+		t.Errorf("status after the coordinator went away: %q", s)
+	}
+	again, at := sock.waitFor(t, lost+1, 60*time.Second, "STATUS=")
+	if s := statusOf(again); !strings.HasPrefix(s, "connected to "+c.URL) || strings.Contains(again, "READY=1") {
+		t.Errorf("notification after reconnecting: %q, want a connected status without READY=1", again)
+	}
+	p.terminate(t, sock, at+1)
 }
