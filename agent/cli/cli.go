@@ -335,7 +335,7 @@ func run(ctx context.Context, cfg config.Config, env Env, load func() (config.Co
 		}()
 	}
 	if env.Reload != nil {
-		go reloadOnSignal(ctx, env.Reload, cfg, load, level, log)
+		go reloadOnSignal(ctx, env.Reload, cfg, load, live{level: level, minFreeDisk: d.SetMinFreeDisk}, log)
 	}
 	return d.Run(ctx)
 }

@@ -279,17 +279,18 @@ func TestSystemd_AgentIsReadyWhenConnectedReloadsLogLevelOnSIGHUP(t *testing.T) 
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	p.log.WaitFor(t, 10*time.Second, "SIGHUP: reloaded the configuration", `applied="log_level INFO -> DEBUG"`)
+	p.log.WaitFor(t, 10*time.Second, "SIGHUP: reloaded the configuration", `applied="[log_level INFO -> DEBUG]"`)
 	if !p.log.Contains("level=DEBUG", "SIGHUP: debug logging is on") {
 		t.Errorf("no debug line after the reload to debug:\n%s", p.log)
 	}
 
-	// Back to info, and a setting that needs a restart: said, and not applied.
-	writeConf("log_level = \"info\"\n[agent]\nmax_jobs = 3\n")
+	// Back to info, min_free_disk applied, and a setting that needs a restart: said.
+	writeConf("log_level = \"info\"\n[agent]\nmax_jobs = 3\nmin_free_disk = 12345\n")
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	p.log.WaitFor(t, 10*time.Second, "level=WARN", `applied="log_level DEBUG -> INFO"`, "need_restart=[agent.max_jobs]")
+	p.log.WaitFor(t, 10*time.Second, "level=WARN", "SIGHUP: reloaded the configuration", "log_level DEBUG -> INFO",
+		"agent.min_free_disk ", "-> 12345]", "need_restart=[agent.max_jobs]")
 	if n := strings.Count(p.log.String(), "SIGHUP: debug logging is on"); n != 1 {
 		t.Errorf("%d debug lines of reloads, want only the first reload's (the second set info)", n)
 	}
