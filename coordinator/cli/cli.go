@@ -112,7 +112,7 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return app.Run(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
+		return serveNotified(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":
