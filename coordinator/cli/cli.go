@@ -45,6 +45,9 @@ commands:
                              create an agent enrollment token and print it alone
   cache gc [--dry-run]       apply cache retention now; --dry-run reports what it would free
   config check               load and validate the configuration, print what it means
+  agent install ssh://user@host[:port] [--name N] [--accept-new-host-key] [--no-service]
+                             install or upgrade fc-agent on a host over SSH and
+                             register it (agent install --help lists every flag)
   version                    print the version
 
 Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -110,7 +113,7 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return app.Run(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
+		return serveNotified(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":
@@ -119,6 +122,8 @@ func run(ctx context.Context, env Env) error {
 		return cacheCmd(ctx, load, args, env)
 	case "config":
 		return configCmd(load, args, env)
+	case "agent":
+		return agentCmd(ctx, load, args, env)
 	case "version":
 		fmt.Fprintf(env.Stdout, "fc-coordinator %s\n", protocol.BuildVersion)
 		return nil
