@@ -100,6 +100,9 @@ in
     users.groups.${user} = { };
     nix.settings.trusted-users = [ user ];
 
+    # A stable path, so a reload (SIGHUP) reads the new file.
+    environment.etc."fc-agent/agent.toml".source = configFile;
+
     systemd.tmpfiles.rules = map (d: "d ${d} 0700 ${user} ${user} - -") (lib.filter (d: !varLib d) dirs);
 
     services.fc-agent.settings.coordinator = mkIf (cfg.enrollmentTokenFile != null) {
@@ -113,13 +116,16 @@ in
       after = [ "network-online.target" "nix-daemon.socket" ];
       path = [ config.nix.package pkgs.git pkgs.openssh ];
       environment = {
-        FC_CONFIG_FILE = "${configFile}";
+        FC_CONFIG_FILE = "/etc/fc-agent/agent.toml";
         NIX_REMOTE = "daemon";
         # Nix's caches (narinfo lookups, fetched flakes) stay the agent's own.
         XDG_CACHE_HOME = "/var/cache/fc-agent";
       };
       # A switch never waits for running builds (they may take hours); see drainTimeout.
+      # A new agent.toml is reloaded instead: SIGHUP applies what can change live
+      # (log_level, agent.min_free_disk) and logs what needs a restart.
       restartIfChanged = false;
+      reloadTriggers = [ configFile ];
       serviceConfig = hardening // {
         Type = "notify";
         NotifyAccess = "main";
@@ -133,6 +139,8 @@ in
         CacheDirectoryMode = "0700";
         ReadWritePaths = dirs;
         LoadCredential = lib.optional (cfg.enrollmentTokenFile != null) "enrollment-token:${cfg.enrollmentTokenFile}";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        WatchdogSec = 60;
         Restart = "always";
         RestartSec = 5;
         # 3: incompatible protocol version, 4: key refused for good. Retrying cannot help.

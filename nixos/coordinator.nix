@@ -342,6 +342,8 @@ in
       serviceConfig = hardening // {
         Type = "notify";
         NotifyAccess = "main";
+        # The daemon pings at half of it, from start-up (migrations) through draining.
+        WatchdogSec = 60;
         ExecStart = "${cfg.package}/bin/fc-coordinator serve";
         User = user;
         Group = user;

@@ -46,6 +46,7 @@ func TestModules_AgentEnrollsWithItsGeneratedConfig(t *testing.T) {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
+	cmd.Env = append(cmd.Env, "FC_CONFIG_FILE="+u.ConfigFile) // environment.etc's file
 	cmd.Stdout, cmd.Stderr = c.Log, c.Log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

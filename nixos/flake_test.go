@@ -57,6 +57,7 @@ func TestFlake_OutputsAndVMTestMachinesEvaluate(t *testing.T) {
 	}
 	for name, units := range map[string][]string{"coordinator": {"fc-coordinator", "example-git"}, "builder": {"fc-agent"}, "client": nil} {
 		s, ok := f.VM[name]
+		s.resolve()
 		if !ok {
 			t.Errorf("the VM test has no machine %s: %v", name, f.VM)
 			continue

@@ -101,6 +101,7 @@ type summary struct {
 	TrustedUsers     []string                   `json:"trustedUsers"`
 	TCPPorts         []int                      `json:"tcpPorts"`
 	Tmpfiles         []string                   `json:"tmpfiles"`
+	Etc              map[string]string          `json:"etc"` // environment.etc: name → source
 	Nginx            nginx                      `json:"nginx"`
 	Postgresql       map[string]json.RawMessage `json:"postgresql"`
 	Scripts          []script                   `json:"scripts"`
@@ -120,6 +121,21 @@ type unit struct {
 	ServiceConfig    map[string]any    `json:"serviceConfig"`
 	UnitConfig       map[string]any    `json:"unitConfig"`
 	RestartIfChanged bool              `json:"restartIfChanged"`
+	ReloadTriggers   []string          `json:"reloadTriggers"`
+	// ConfigFile is the file FC_CONFIG_FILE names, through environment.etc when it
+	// names a file there (set by resolve).
+	ConfigFile string `json:"-"`
+}
+
+// resolve sets each unit's ConfigFile.
+func (s *summary) resolve() {
+	for name, u := range s.Units {
+		u.ConfigFile = u.Environment["FC_CONFIG_FILE"]
+		if rest, ok := strings.CutPrefix(u.ConfigFile, "/etc/"); ok && s.Etc[rest] != "" {
+			u.ConfigFile = s.Etc[rest]
+		}
+		s.Units[name] = u
+	}
 }
 
 type nginx struct {
@@ -152,6 +168,7 @@ func (h harness) eval(t *testing.T, imports []string, caseModule string) (summar
 	}
 	var s summary
 	err := h.nix(&s, "--arg", "case", file, "--arg", "imports", "[ "+strings.Join(quoted, " ")+" ]")
+	s.resolve()
 	return s, err
 }
 
@@ -263,7 +280,7 @@ func verify(t *testing.T, s summary) error {
 // `config check`, in an empty directory and with no other FC_ variable.
 func (h harness) configCheck(t *testing.T, u unit, binary string) (string, error) {
 	t.Helper()
-	file := u.Environment["FC_CONFIG_FILE"]
+	file := u.ConfigFile
 	if file == "" {
 		t.Fatalf("the unit sets no FC_CONFIG_FILE: %v", u.Environment)
 	}
@@ -330,7 +347,7 @@ func fixture(t *testing.T) string {
 	for name, text := range files {
 		writeExec(t, filepath.Join(root, name), text)
 	}
-	for _, tool := range []string{"mktemp", "rm"} {
+	for _, tool := range []string{"mktemp", "rm", "kill"} {
 		writeExec(t, filepath.Join(root, "coreutils", "bin", tool), "#!/bin/sh\nexec /usr/bin/"+tool+" \"$@\"\n")
 	}
 	git, err := exec.LookPath("git")

@@ -47,7 +47,7 @@ func TestModules_EveryCombinationEvaluatesVerifiesAndLoads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, c := range slices.Concat(coordinatorChecks(h, urlFile, keyFile), featureChecks(h), agentChecks()) {
+	for _, c := range slices.Concat(coordinatorChecks(h, urlFile, keyFile), featureChecks(h), agentChecks(h)) {
 		t.Run(c.name, func(t *testing.T) { runCheck(t, h, c) })
 	}
 }
@@ -212,7 +212,7 @@ func featureChecks(h harness) []check {
 }
 
 // agentChecks are builders: the agent alone, and with the coordinator through default.
-func agentChecks() []check {
+func agentChecks(h harness) []check {
 	return []check{
 		{
 			name: "agent alone, own state directory and token", imports: []string{"agent"},
@@ -233,6 +233,11 @@ func agentChecks() []check {
 					u.ServiceConfig["TimeoutStopSec"] != "30min" || len(list(u.ServiceConfig["StateDirectory"])) != 0 {
 					t.Errorf("agent unit: NIX_REMOTE %q, User %v, restartIfChanged %v, TimeoutStopSec %v, StateDirectory %v",
 						u.Environment["NIX_REMOTE"], u.ServiceConfig["User"], u.RestartIfChanged, u.ServiceConfig["TimeoutStopSec"], u.ServiceConfig["StateDirectory"])
+				}
+				if u.Environment["FC_CONFIG_FILE"] != "/etc/fc-agent/agent.toml" || !slices.Equal(u.ReloadTriggers, []string{u.ConfigFile}) ||
+					u.ServiceConfig["ExecReload"] != filepath.Join(h.root, "coreutils/bin/kill")+" -HUP $MAINPID" || fmtValue(u.ServiceConfig["WatchdogSec"]) != "60" {
+					t.Errorf("agent reload: FC_CONFIG_FILE %q (%s), reloadTriggers %q, ExecReload %v, WatchdogSec %v", u.Environment["FC_CONFIG_FILE"],
+						u.ConfigFile, u.ReloadTriggers, u.ServiceConfig["ExecReload"], u.ServiceConfig["WatchdogSec"])
 				}
 				toml := readConfig(t, u)
 				if !strings.Contains(toml, `enrollment_token_file = "/run/credentials/fc-agent.service/enrollment-token"`) {
@@ -296,7 +301,7 @@ func wantList(t *testing.T, what string, got []string, want ...string) {
 
 func readConfig(t *testing.T, u unit) string {
 	t.Helper()
-	b, err := os.ReadFile(u.Environment["FC_CONFIG_FILE"])
+	b, err := os.ReadFile(u.ConfigFile)
 	if err != nil {
 		t.Fatal(err)
 	}

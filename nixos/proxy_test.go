@@ -109,6 +109,7 @@ func startUnit(t *testing.T, u unit, log io.Writer, extra ...string) *exec.Cmd {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
+	cmd.Env = append(cmd.Env, "FC_CONFIG_FILE="+u.ConfigFile) // environment.etc's file
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -128,7 +129,8 @@ func startUnit(t *testing.T, u unit, log io.Writer, extra ...string) *exec.Cmd {
 }
 
 // The coordinator and an agent run as their units say with the modules' TOML, behind a
-// real nginx configured as nginx.enable makes it: the agent's WebSocket session passes
+// real nginx configured as nginx.enable makes it: both tell systemd they are ready
+// (Type=notify) and ping its watchdog, the agent's WebSocket session passes
 // the proxy, bodies up to server.max_body_size pass, larger ones get 413, and the rate
 // limit keys on the client nginx forwards, not on nginx. The admin command, run as
 // the module wrote it, creates the key and the enrollment token in the real database.
@@ -152,7 +154,12 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 		t.Fatalf("%v %q", err, s.FailedAssertions)
 	}
 	var log lockedLog
-	startUnit(t, s.Units["fc-coordinator"], &log, "FC_DATABASE__URL_FILE="+urlFile)
+	// Type=notify and WatchdogSec, as systemd would run them.
+	coordNotify, coordMsgs := notifySocket(t)
+	startUnit(t, s.Units["fc-coordinator"], &log, "FC_DATABASE__URL_FILE="+urlFile,
+		"NOTIFY_SOCKET="+coordNotify, "WATCHDOG_USEC=2000000")
+	waitNotify(t, coordMsgs, "READY=1", "the coordinator", 90*time.Second, &log)
+	waitNotify(t, coordMsgs, "WATCHDOG=1", "the coordinator", 10*time.Second, &log)
 
 	startNginx(t, s.Nginx, proxyPort, dir, &log)
 
@@ -190,7 +197,10 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startUnit(t, s.Units["fc-agent"], &log, "FC_COORDINATOR__ENROLLMENT_TOKEN_FILE="+tokenFile)
+	agentNotify, agentMsgs := notifySocket(t)
+	startUnit(t, s.Units["fc-agent"], &log, "FC_COORDINATOR__ENROLLMENT_TOKEN_FILE="+tokenFile,
+		"NOTIFY_SOCKET="+agentNotify, "WATCHDOG_USEC=2000000")
+	waitNotify(t, agentMsgs, "READY=1", "the agent", 90*time.Second, &log)
 	waitFor(t, 90*time.Second, "the agent connected through nginx", &log, func(i int) bool {
 		code, body := get("/api/v1/agents", fmt.Sprintf("203.0.113.%d", i%250+1), key)
 		return code == http.StatusOK && strings.Contains(body, `"name":"proxied"`) && strings.Contains(body, `"connected":true`)
@@ -234,6 +244,50 @@ func checkLimits(t *testing.T, proxy, key string, get func(path, client, key str
 	}
 	if code, _ := get("/api/v1/projects", "192.0.2.201", key); code != http.StatusOK {
 		t.Errorf("client B behind the same proxy: %d, want 200 (the limit keyed on nginx's address?)", code)
+	}
+}
+
+// notifySocket listens where systemd would for a Type=notify unit's messages
+// (NOTIFY_SOCKET) and passes on each datagram.
+func notifySocket(t *testing.T) (string, <-chan string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case msgs <- string(buf[:n]):
+			default: // nobody reads any more
+			}
+		}
+	}()
+	return path, msgs
+}
+
+// waitNotify waits for a notify message holding want.
+func waitNotify(t *testing.T, msgs <-chan string, want, who string, within time.Duration, log *lockedLog) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case m := <-msgs:
+			if strings.Contains(m, want) {
+				return
+			}
+		case <-deadline:
+			out := log.String()
+			t.Fatalf("%s sent no %s within %v; log tail:\n%s", who, want, within, out[max(0, len(out)-6000):])
+		}
 	}
 }
 

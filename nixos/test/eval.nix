@@ -31,12 +31,14 @@ let
     units = lib.mapAttrs (_: u: {
       inherit (u) description wantedBy wants requires after before path environment serviceConfig unitConfig
         restartIfChanged;
+      reloadTriggers = map toString u.reloadTriggers;
     }) config.systemd.services;
     users = config.users.users;
     groups = lib.attrNames config.users.groups;
     trustedUsers = config.nix.settings.trusted-users;
     tcpPorts = config.networking.firewall.allowedTCPPorts;
     tmpfiles = config.systemd.tmpfiles.rules;
+    etc = lib.mapAttrs (_: e: toString e.source) (lib.filterAttrs (_: e: e.source != null) config.environment.etc);
     nginx = config.services.nginx;
     postgresql = config.services.postgresql;
     scripts = map (p: p.fcStandinScript) (lib.filter (p: p ? fcStandinScript) config.environment.systemPackages);

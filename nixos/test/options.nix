@@ -30,6 +30,7 @@ let
       reloadIfChanged = opt types.bool false;
       stopIfChanged = opt types.bool true;
       restartTriggers = opt (types.listOf types.unspecified) [ ];
+      reloadTriggers = opt (types.listOf types.unspecified) [ ];
       script = opt types.lines "";
       preStart = opt types.lines "";
     };
