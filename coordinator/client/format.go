@@ -183,7 +183,11 @@ func writeShow(w io.Writer, raw []byte, sections map[string][]column) error {
 			later = append(later, f)
 			continue
 		}
-		fmt.Fprintf(tw, "%s:\t%s\n", f.Key, strings.ReplaceAll(text(f.Value), "\n", " "))
+		v := strings.ReplaceAll(text(f.Value), "\n", " ")
+		if v == "" {
+			v = "-"
+		}
+		fmt.Fprintf(tw, "%s:\t%s\n", f.Key, v)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
