@@ -45,6 +45,7 @@ in {
 	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
 
 	drops := 0
+	var printedAtDrop []int // bytes printed when each drop happened
 	code := -1
 	for code < 0 {
 		select {
@@ -55,6 +56,7 @@ in {
 				if b := coordtest.GetBuild(t, c, id); b.Status != "running" {
 					t.Fatalf("the build is %s before drop %d", b.Status, drops+1)
 				}
+				printedAtDrop = append(printedAtDrop, len(stdout.String()))
 				p.drop()
 				drops++
 			}
@@ -74,6 +76,19 @@ in {
 	}
 	if drops != 2 || p.connections() != 3 {
 		t.Errorf("%d drops, %d connections; want 2 and 3", drops, p.connections())
+	}
+	// Each reconnect asked for the log from where fc had printed up to: at least
+	// what it had printed when its connection dropped.
+	reqs := p.requestLines()
+	for i, r := range reqs {
+		var gotID, offset int64
+		if _, err := fmt.Sscanf(r, "GET /api/v1/builds/%d/log/stream?offset=%d HTTP/1.1", &gotID, &offset); err != nil || gotID != id {
+			t.Errorf("request %d: %q", i, r)
+			continue
+		}
+		if i == 0 && offset != 0 || i > 0 && i <= len(printedAtDrop) && (offset < int64(printedAtDrop[i-1]) || offset > int64(len(want.String()))) {
+			t.Errorf("connection %d asked for offset %d; fc had printed %v bytes at the drops", i+1, offset, printedAtDrop)
+		}
 	}
 	if got := strings.Count(stderr.String(), "reconnecting"); got != 2 {
 		t.Errorf("stderr says reconnecting %d times:\n%s", got, stderr.String())

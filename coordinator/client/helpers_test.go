@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -178,6 +179,7 @@ type proxy struct {
 	mu       sync.Mutex
 	conns    []net.Conn
 	accepted int
+	requests []string // the first line of each connection's request
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -203,7 +205,19 @@ func startProxy(t *testing.T, target string) *proxy {
 			p.conns = append(p.conns, c, up)
 			p.accepted++
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() {
+				br := bufio.NewReader(c)
+				line, err := br.ReadString('\n')
+				p.mu.Lock()
+				p.requests = append(p.requests, strings.TrimSpace(line))
+				p.mu.Unlock()
+				if err == nil {
+					if _, err := io.WriteString(up, line); err == nil {
+						_, _ = io.Copy(up, br)
+					}
+				}
+				up.Close()
+			}()
 			go func() { _, _ = io.Copy(c, up); c.Close() }()
 		}
 	}()
@@ -220,6 +234,12 @@ func (p *proxy) drop() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+func (p *proxy) requestLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.requests...)
 }
 
 func (p *proxy) connections() int {
