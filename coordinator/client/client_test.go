@@ -18,14 +18,16 @@ import (
 	"github.com/fc-ci/fc/storage"
 )
 
-// demoJobset: hello succeeds, broken fails, stuck needs a feature no agent has (it
-// stays queued), bad does not evaluate.
+// demoJobset: hello succeeds, broken fails (and needs with it), stuck needs a
+// feature no agent has (it stays queued), bad does not evaluate.
 func demoJobset(t *testing.T) string {
 	return fmt.Sprintf(`let
   %s
-in {
-  hello = mk "hello" { args = sh "echo hello from fc; echo > $out"; };
   broken = mk "broken" { args = sh "echo boom; exit 1"; };
+in {
+  inherit broken;
+  needs = mk "needs" { args = sh "echo ${broken} > $out"; };
+  hello = mk "hello" { args = sh "echo hello from fc; echo > $out"; };
   stuck = mk "stuck" { requiredSystemFeatures = [ "fc-test-nobody-has-this" ]; };
   bad = throw "bad does not evaluate";
 }
@@ -61,9 +63,10 @@ func TestCommands(t *testing.T) {
 		t.Fatalf("evaluated %d, fc printed %d", got, evalID)
 	}
 	builds := coordtest.BuildsOf(t, c, evalID)
-	hello, broken, stuck := builds["hello"].ID, builds["broken"].ID, builds["stuck"].ID
+	hello, broken, stuck, needs := builds["hello"].ID, builds["broken"].ID, builds["stuck"].ID, builds["needs"].ID
 	coordtest.WaitBuild(t, c, hello, 2*time.Minute, "succeeded", func(b coordtest.Build) bool { return b.Status == "succeeded" })
 	coordtest.WaitBuild(t, c, broken, 2*time.Minute, "failed", func(b coordtest.Build) bool { return b.Status == "failed" })
+	coordtest.WaitBuild(t, c, needs, 2*time.Minute, "dependency_failed", func(b coordtest.Build) bool { return b.Status == "dependency_failed" })
 
 	t.Run("trigger unchanged", func(t *testing.T) {
 		fc := sub(t, fc)
@@ -81,9 +84,9 @@ func TestCommands(t *testing.T) {
 	t.Run("projects", func(t *testing.T) { testProjects(t, fc, repo.Dir) })
 	t.Run("jobsets", func(t *testing.T) { testJobsets(t, fc) })
 	t.Run("evals", func(t *testing.T) { testEvals(t, fc, evalID) })
-	t.Run("builds", func(t *testing.T) { testBuilds(t, fc, evalID, hello, broken, stuck) })
+	t.Run("builds", func(t *testing.T) { testBuilds(t, fc, evalID, hello, broken, stuck, needs) })
 	t.Run("agents", func(t *testing.T) { testAgents(t, fc) })
-	t.Run("log", func(t *testing.T) { testLog(t, fc, hello, broken) })
+	t.Run("log", func(t *testing.T) { testLog(t, fc, hello, broken, needs) })
 	t.Run("actions", func(t *testing.T) { testActions(t, c, fc, broken, stuck) })
 	t.Run("login", func(t *testing.T) { testLogin(t, c) })
 	t.Run("errors", func(t *testing.T) { testErrors(t, c, fc) })
@@ -151,7 +154,7 @@ func testEvals(t *testing.T, fc fcEnv, evalID int64) {
 	aligned(t, out)
 	rows := table(t, out)
 	id := strconv.FormatInt(evalID, 10)
-	if len(rows) != 2 || rows[0][0] != "ID" || rows[1][0] != id || rows[1][1] != "succeeded" || rows[1][3] != "3" {
+	if len(rows) != 2 || rows[0][0] != "ID" || rows[1][0] != id || rows[1][1] != "succeeded" || rows[1][3] != "4" {
 		t.Errorf("fc evals demo/main:\n%s", out)
 	}
 	var l listJSON
@@ -161,7 +164,7 @@ func testEvals(t *testing.T, fc fcEnv, evalID int64) {
 	}
 	out = fc.ok("eval", id)
 	kv := show(out)
-	if kv["id"] != id || kv["status"] != "succeeded" || kv["nr_jobs"] != "3" || kv["nr_errors"] != "1" {
+	if kv["id"] != id || kv["status"] != "succeeded" || kv["nr_jobs"] != "4" || kv["nr_errors"] != "1" {
 		t.Errorf("fc eval %s:\n%s", id, out)
 	}
 	if !regexp.MustCompile(`(?m)^errors:\n  ATTRIBUTE +MESSAGE\n  bad +.*bad does not evaluate`).MatchString(out) {
@@ -169,19 +172,19 @@ func testEvals(t *testing.T, fc fcEnv, evalID int64) {
 	}
 	var e map[string]any
 	fc.okJSON(&e, "eval", id)
-	if e["status"] != "succeeded" || e["nr_builds"] != float64(3) {
+	if e["status"] != "succeeded" || e["nr_builds"] != float64(4) {
 		t.Errorf("fc eval --json: %v", e)
 	}
 	fc.fails(client.ExitNotFound, "HTTP 404", "eval", "999999")
 	fc.fails(client.ExitUsage, "must be a number", "eval", "x")
 }
 
-func testBuilds(t *testing.T, fc fcEnv, evalID, hello, broken, stuck int64) {
+func testBuilds(t *testing.T, fc fcEnv, evalID, hello, broken, stuck, needs int64) {
 	fc = sub(t, fc)
 	out := fc.ok("builds", "--jobset", "demo/main")
 	aligned(t, out)
 	rows := table(t, out)
-	if len(rows) != 4 || strings.Join(rows[0], "|") != "ID|EVAL|PROJECT|JOBSET|JOB|SYSTEM|STATUS" {
+	if len(rows) != 5 || strings.Join(rows[0], "|") != "ID|EVAL|PROJECT|JOBSET|JOB|SYSTEM|STATUS" {
 		t.Fatalf("fc builds --jobset demo/main:\n%s", out)
 	}
 	got := map[string]string{}
@@ -192,6 +195,7 @@ func testBuilds(t *testing.T, fc fcEnv, evalID, hello, broken, stuck int64) {
 		"hello":  fmt.Sprintf("%d %d demo main succeeded", hello, evalID),
 		"broken": fmt.Sprintf("%d %d demo main failed", broken, evalID),
 		"stuck":  fmt.Sprintf("%d %d demo main queued", stuck, evalID),
+		"needs":  fmt.Sprintf("%d %d demo main dependency_failed", needs, evalID),
 	}
 	for job, w := range want {
 		if got[job] != w {
@@ -205,11 +209,11 @@ func testBuilds(t *testing.T, fc fcEnv, evalID, hello, broken, stuck int64) {
 	// One page as the API answers it.
 	var l listJSON
 	fc.okJSON(&l, "builds", "--jobset", "demo/main", "--limit", "1")
-	if l.Total != 3 || len(l.Items) != 1 || l.Limit != 1 {
+	if l.Total != 4 || len(l.Items) != 1 || l.Limit != 1 {
 		t.Errorf("fc builds --limit 1 --json: %+v", l)
 	}
-	fc.okJSON(&l, "builds", "--jobset", "demo/main", "--limit", "2", "--offset", "2")
-	if l.Total != 3 || len(l.Items) != 1 {
+	fc.okJSON(&l, "builds", "--jobset", "demo/main", "--limit", "3", "--offset", "2")
+	if l.Total != 4 || len(l.Items) != 2 {
 		t.Errorf("fc builds --limit 2 --offset 2 --json: %+v", l)
 	}
 	out = fc.ok("build", strconv.FormatInt(broken, 10))
@@ -262,7 +266,7 @@ func testAgents(t *testing.T, fc fcEnv) {
 	fc.fails(client.ExitNotFound, "HTTP 404", "agents", "999999")
 }
 
-func testLog(t *testing.T, fc fcEnv, hello, broken int64) {
+func testLog(t *testing.T, fc fcEnv, hello, broken, needs int64) {
 	fc = sub(t, fc)
 	if out := fc.ok("log", strconv.FormatInt(hello, 10)); out != "hello from fc\n" {
 		t.Errorf("fc log: %q", out)
@@ -273,6 +277,11 @@ func testLog(t *testing.T, fc fcEnv, hello, broken int64) {
 	r := fc.fails(client.ExitFailed, fmt.Sprintf("build %d ended failed", broken), "log", "--follow", strconv.FormatInt(broken, 10))
 	if !strings.HasPrefix(r.Stdout, "boom\nerror: builder for ") || strings.Count(r.Stdout, "boom") != 1 {
 		t.Errorf("fc log -f of a failed build printed %q", r.Stdout)
+	}
+	// A build that never ran has no log; fc log -f still answers with its result.
+	r = fc.fails(client.ExitFailed, fmt.Sprintf("build %d ended dependency_failed", needs), "log", "-f", strconv.FormatInt(needs, 10))
+	if r.Stdout != "" {
+		t.Errorf("fc log -f of a dependency_failed build: %+v", r)
 	}
 	fc.fails(client.ExitNotFound, "HTTP 404", "log", "-f", "999999")
 	fc.fails(client.ExitNotFound, "HTTP 404", "log", "999999")
@@ -298,15 +307,17 @@ func testActions(t *testing.T, c *coordtest.Coordinator, fc fcEnv, broken, stuck
 	fc.fails(client.ExitError, "has finished: nothing to do (HTTP 409 Conflict)", "build", "cancel", id)
 	fc.fails(client.ExitError, "(HTTP 409 Conflict)", "build", "bump", id)
 	out := fc.ok("build", "restart", strconv.FormatInt(broken, 10))
-	if out != fmt.Sprintf("build %d: 1 step restarted\n", broken) {
+	if out != fmt.Sprintf("build %d: 2 steps restarted\n", broken) { // broken's and needs'
+
 		t.Errorf("fc build restart: %q", out)
 	}
 	coordtest.WaitBuild(t, c, broken, 2*time.Minute, "failed again", func(b coordtest.Build) bool {
 		return b.Status == "failed" && len(b.Steps) > 0 && b.Steps[0].Attempts >= 1
 	})
-	fc.okJSON(&j, "build", "restart", strconv.FormatInt(broken, 10))
-	if j["restarted_steps"] != float64(1) {
-		t.Errorf("fc build restart --json: %v", j)
+	var rj map[string]any
+	fc.okJSON(&rj, "build", "restart", strconv.FormatInt(broken, 10))
+	if rj["restarted_steps"] != float64(2) {
+		t.Errorf("fc build restart --json: %v", rj)
 	}
 	fc.fails(client.ExitUsage, "usage: fc build restart ID", "build", "restart")
 }
