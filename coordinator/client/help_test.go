@@ -78,5 +78,21 @@ func TestCompletion(t *testing.T) {
 			t.Errorf("bash completes %q to %q, want %q", words, got, want)
 		}
 	}
+	if _, err := exec.LookPath("fish"); err == nil {
+		script := `source $argv[1]; complete -C "fc bu"; complete -C "fc build "; complete -C "fc builds --st"`
+		out, err := exec.Command("fish", "-c", script, filepath.Join(dir, "fc.fish")).CombinedOutput()
+		got := strings.Fields(string(out))
+		want := "build show a build, or restart, cancel or bump it builds list builds bump cancel restart --status"
+		if err != nil || strings.Join(got, " ") != want {
+			t.Errorf("fish completes to %q (%v), want %q", got, err, want)
+		}
+	}
+	if _, err := exec.LookPath("zsh"); err == nil {
+		script := `autoload -Uz compinit && compinit -u -d "$2"; source "$1"; print -r -- ${_comps[fc]}`
+		out, err := exec.Command("zsh", "-c", script, "zsh", filepath.Join(dir, "fc.zsh"), filepath.Join(dir, "zcompdump")).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "_fc" {
+			t.Errorf("zsh does not complete fc with _fc after sourcing the script: %q %v", out, err)
+		}
+	}
 	fc.fails(client.ExitUsage, `no completion for "tcsh"`, "completion", "tcsh")
 }
