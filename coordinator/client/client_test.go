@@ -90,6 +90,37 @@ func TestCommands(t *testing.T) {
 	t.Run("actions", func(t *testing.T) { testActions(t, c, fc, broken, stuck) })
 	t.Run("login", func(t *testing.T) { testLogin(t, c) })
 	t.Run("errors", func(t *testing.T) { testErrors(t, c, fc) })
+	t.Run("pages", func(t *testing.T) { testPages(t, c, fc) }) // last: it adds projects
+}
+
+// testPages: a list longer than the API's largest page is followed to its end.
+func testPages(t *testing.T, c *coordtest.Coordinator, fc fcEnv) {
+	fc = sub(t, fc)
+	const n = 1100 // three pages of 500
+	if _, err := c.DB.Pool().Exec(context.Background(), `INSERT INTO projects (name, repository_url)
+		SELECT 'many-' || g, 'https://example.org/' || g || '.git' FROM generate_series(1, $1::int) g`, n); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, r := range table(t, fc.ok("projects"))[1:] {
+		seen[r[1]]++
+	}
+	var l listJSON
+	fc.okJSON(&l, "projects")
+	if len(seen) != n+1 || l.Total != n+1 || len(l.Items) != n+1 || l.Limit != n+1 {
+		t.Errorf("fc projects: %d names in the table; --json: total %d, %d items, limit %d; want %d", len(seen), l.Total, len(l.Items), l.Limit, n+1)
+	}
+	for _, it := range l.Items {
+		seen[it["name"].(string)]++
+	}
+	for name, k := range seen {
+		if k != 2 {
+			t.Errorf("project %s listed %d times in the table and the JSON together, want 2", name, k)
+		}
+	}
+	if rows := table(t, fc.ok("projects", "--limit", "5", "--offset", "1098")); len(rows) != 4 {
+		t.Errorf("fc projects --limit 5 --offset 1098: %d rows, want the last 3", len(rows)-1)
+	}
 }
 
 func sub(t *testing.T, fc fcEnv) fcEnv { fc.t = t; return fc }
