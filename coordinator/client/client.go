@@ -17,11 +17,12 @@ import (
 // Exit codes, documented in fc help and the README.
 const (
 	ExitOK       = 0
-	ExitError    = 1 // the API refused or failed, the network, a local file
-	ExitUsage    = 2 // a command or flag fc does not know, a missing argument
-	ExitNotFound = 3 // HTTP 404: no such project, jobset, evaluation, build, agent
-	ExitFailed   = 4 // fc log -f: the build ended without succeeding
-	ExitAuth     = 5 // not logged in, or the key is unknown (401) or may not (403)
+	ExitError    = 1   // the API refused or failed, the network, a local file
+	ExitUsage    = 2   // a command or flag fc does not know, a missing argument
+	ExitNotFound = 3   // HTTP 404: no such project, jobset, evaluation, build, agent
+	ExitFailed   = 4   // fc log -f: the build ended without succeeding
+	ExitAuth     = 5   // not logged in, or the key is unknown (401) or may not (403)
+	ExitStopped  = 130 // interrupted (Ctrl-C, SIGTERM), as a shell reports SIGINT
 )
 
 // Env is what fc runs with; tests pass their own.
@@ -46,6 +47,10 @@ func Main(ctx context.Context, env Env) int {
 	if errors.As(err, &ue) {
 		fmt.Fprintf(env.Stderr, "fc: %s\nRun 'fc help' for usage.\n", ue.msg)
 		return ExitUsage
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		fmt.Fprintln(env.Stderr, "fc: interrupted")
+		return ExitStopped
 	}
 	var be buildError
 	if errors.As(err, &be) {

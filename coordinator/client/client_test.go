@@ -329,8 +329,23 @@ func testActions(t *testing.T, c *coordtest.Coordinator, fc fcEnv, broken, stuck
 	if j["bumped_steps"] != float64(1) {
 		t.Errorf("fc build bump --json: %v", j)
 	}
+	// fc log -f waits for a build that has not started; Ctrl-C stops it.
+	waiting := fmt.Sprintf("build %d has not started yet; waiting", stuck)
+	ctx, interrupt := context.WithCancel(context.Background())
+	stderr, done := fc.start(ctx, "log", "-f", id)
+	stderr.waitFor(t, waiting)
+	interrupt()
+	if r := <-done; r.Code != client.ExitStopped || !strings.HasSuffix(r.Stderr, "fc: interrupted\n") {
+		t.Errorf("fc log -f interrupted: %+v", r)
+	}
+	// Cancelled while fc follows it, the build ends fc log -f with its status.
+	stderr, done = fc.start(context.Background(), "log", "-f", id)
+	stderr.waitFor(t, waiting)
 	if out := fc.ok("build", "cancel", id); out != fmt.Sprintf("build %d: cancelled\n", stuck) {
 		t.Errorf("fc build cancel: %q", out)
+	}
+	if r := <-done; r.Code != client.ExitFailed || !strings.Contains(r.Stderr, fmt.Sprintf("build %d ended cancelled", stuck)) {
+		t.Errorf("fc log -f of a build cancelled meanwhile: %+v", r)
 	}
 	if b := coordtest.GetBuild(t, c, stuck); b.Status != "cancelled" {
 		t.Errorf("after fc build cancel the build is %s", b.Status)

@@ -36,6 +36,7 @@ exit codes:
   3  not found (HTTP 404): no such project, jobset, evaluation, build or agent
   4  fc log -f: the build ended without succeeding (failed, cancelled, …)
   5  not logged in, or the key is unknown (HTTP 401) or its role may not (HTTP 403)
+  130  interrupted (Ctrl-C or SIGTERM)
 `
 
 func writeHelp(w io.Writer) {

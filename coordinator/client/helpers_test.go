@@ -61,6 +61,31 @@ func (e fcEnv) runIn(stdin string, args ...string) result {
 	return result{Code: code, Stdout: out.String(), Stderr: errb.String()}
 }
 
+// start runs a command in the background until ctx ends; its stderr tells of every write.
+func (e fcEnv) start(ctx context.Context, args ...string) (*lines, <-chan result) {
+	stdout, stderr := newLines(), newLines()
+	done := make(chan result, 1)
+	go func() {
+		code := client.Main(ctx, client.Env{Args: args, Getenv: func(k string) string { return e.env[k] },
+			Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr})
+		done <- result{Code: code, Stdout: stdout.String(), Stderr: stderr.String()}
+	}()
+	return stderr, done
+}
+
+// waitFor waits until l holds want.
+func (l *lines) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(time.Minute)
+	for !strings.Contains(l.String(), want) {
+		select {
+		case <-l.changed:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %q in %q", want, l.String())
+		}
+	}
+}
+
 // ok runs a command that must succeed and returns its output.
 func (e fcEnv) ok(args ...string) string {
 	e.t.Helper()
