@@ -157,6 +157,7 @@ func commands() []command {
 			subs: []string{"restart", "cancel", "bump"}, flags: jsonFlag, run: runBuild},
 		{name: "log", args: "[-f] ID", summary: "print a build's log; -f follows it until the build ends",
 			flags: func(fs *flag.FlagSet, o *opts) {
+				fs.BoolVar(&o.json, "json", false, "with -f: print the stream's JSON messages, one a line")
 				fs.BoolVar(&o.follow, "f", false, "follow the log while the build runs; exit with its result")
 				fs.BoolVar(&o.follow, "follow", false, "the same as -f")
 			}, run: runLog},

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -314,6 +315,16 @@ func testLog(t *testing.T, fc fcEnv, hello, broken, needs int64) {
 	if r.Stdout != "" {
 		t.Errorf("fc log -f of a dependency_failed build: %+v", r)
 	}
+	// --json: the stream's messages, each with its offset, the last the end.
+	out := fc.ok("log", "-f", "--json", strconv.FormatInt(hello, 10))
+	msgs := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	var first, last map[string]any
+	if len(msgs) != 2 || json.Unmarshal([]byte(msgs[0]), &first) != nil || json.Unmarshal([]byte(msgs[1]), &last) != nil ||
+		first["type"] != "log" || first["offset"] != float64(0) || first["data"] != "hello from fc\n" || first["next"] != float64(14) ||
+		last["type"] != "end" || last["status"] != "succeeded" {
+		t.Errorf("fc log -f --json:\n%s", out)
+	}
+	fc.fails(client.ExitUsage, "--json needs -f", "log", "--json", strconv.FormatInt(hello, 10))
 	fc.fails(client.ExitNotFound, "HTTP 404", "log", "-f", "999999")
 	fc.fails(client.ExitNotFound, "HTTP 404", "log", "999999")
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,9 +23,12 @@ func runLog(ctx context.Context, c *cmdEnv, args []string) error {
 		return err
 	}
 	if !c.follow {
+		if c.json {
+			return usagef("log: --json needs -f (a stored log is text; -f --json prints the stream's JSON messages)")
+		}
 		return c.api.copyLog(ctx, id, c.Stdout)
 	}
-	status, err := c.api.follow(ctx, id, c.Stdout, c.Stderr)
+	status, err := c.api.follow(ctx, id, c.Stdout, c.Stderr, c.json)
 	if err != nil {
 		return err
 	}
@@ -60,10 +64,12 @@ func (a *api) copyLog(ctx context.Context, id int64, w io.Writer) error {
 // streamMsg is one message of the live log WebSocket (coordinator/buildapi).
 type streamMsg struct {
 	Type   string `json:"type"`
+	Step   int64  `json:"step"`
 	Offset *int64 `json:"offset"`
+	Line   *int64 `json:"line"`
 	Next   int64  `json:"next"`
 	Data   string `json:"data"`
-	Status string `json:"status"`
+	Status string `json:"status,omitempty"`
 }
 
 // Following a log: how long to wait between reconnects, and how many failed
@@ -85,11 +91,12 @@ type follower struct {
 	errw   io.Writer
 	next   int64
 	waited bool
+	json   bool // print each message as JSON, one a line, rather than the log's text
 }
 
 // follow prints the log as it grows and returns the build's final status.
-func (a *api) follow(ctx context.Context, id int64, out, errw io.Writer) (string, error) {
-	f := &follower{a: a, id: id, out: out, errw: errw}
+func (a *api) follow(ctx context.Context, id int64, out, errw io.Writer, asJSON bool) (string, error) {
+	f := &follower{a: a, id: id, out: out, errw: errw, json: asJSON}
 	delay, failures := reconnectFirst, 0
 	for {
 		conn, err := f.dial(ctx)
@@ -164,9 +171,14 @@ func (f *follower) read(ctx context.Context, conn *websocket.Conn) (string, erro
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return "", fmt.Errorf("decode log message: %w", err)
 		}
+		if f.json && m.Type != "log" {
+			if err := f.print(oneLine(raw)); err != nil {
+				return "", err
+			}
+		}
 		switch m.Type {
 		case "log":
-			if err := f.write(m); err != nil {
+			if err := f.write(m, raw); err != nil {
 				return "", err
 			}
 		case "wait":
@@ -175,7 +187,9 @@ func (f *follower) read(ctx context.Context, conn *websocket.Conn) (string, erro
 				fmt.Fprintf(f.errw, "fc: build %d has not started yet; waiting\n", f.id)
 			}
 		case "attempt":
-			fmt.Fprintf(f.errw, "fc: build %d is tried again; its log starts over\n", f.id)
+			if !f.json {
+				fmt.Fprintf(f.errw, "fc: build %d is tried again; its log starts over\n", f.id)
+			}
 			f.next = 0
 		case "end":
 			return m.Status, nil
@@ -183,27 +197,54 @@ func (f *follower) read(ctx context.Context, conn *websocket.Conn) (string, erro
 	}
 }
 
-// write prints the part of a log message past what was printed already.
-func (f *follower) write(m streamMsg) error {
+// write prints the part of a log message past what was printed already: its text,
+// or with --json the message (as it came, unless a part of it was printed already).
+func (f *follower) write(m streamMsg, raw []byte) error {
 	if m.Offset == nil {
 		return errors.New("a log message without its offset")
 	}
-	off, data := *m.Offset, m.Data
+	off := *m.Offset
 	if off > f.next {
 		return fmt.Errorf("the stream skipped from byte %d to %d", f.next, off)
 	}
+	end := m.Next // bytes of the stored log: the data may hold fewer where it was not UTF-8
+	if end <= off {
+		end = off + int64(len(m.Data))
+	}
 	if skip := f.next - off; skip > 0 { // already printed (never expected: we asked for next)
-		if skip >= int64(len(data)) {
+		if skip >= int64(len(m.Data)) {
 			return nil
 		}
-		data = data[skip:]
+		if m.Line != nil {
+			*m.Line += int64(strings.Count(m.Data[:skip], "\n"))
+		}
+		next := f.next
+		m.Data, m.Offset = m.Data[skip:], &next
+		if f.json {
+			b, err := json.Marshal(m)
+			if err != nil {
+				return fmt.Errorf("encode log message: %w", err)
+			}
+			raw = b
+		}
 	}
-	if _, err := io.WriteString(f.out, data); err != nil {
+	out := []byte(m.Data)
+	if f.json {
+		out = oneLine(raw)
+	}
+	if err := f.print(out); err != nil {
+		return err
+	}
+	f.next = end
+	return nil
+}
+
+func (f *follower) print(b []byte) error {
+	if _, err := f.out.Write(b); err != nil {
 		return fmt.Errorf("print the log: %w", err)
-	}
-	f.next = m.Next // bytes of the stored log: the data may hold fewer where it was not UTF-8
-	if m.Next <= off {
-		f.next = off + int64(len(m.Data))
 	}
 	return nil
 }
+
+// oneLine is a JSON message on a line of its own.
+func oneLine(raw []byte) []byte { return append(bytes.TrimRight(raw, "\r\n"), '\n') }
