@@ -114,6 +114,10 @@ func (a *api) follow(ctx context.Context, id int64, out, errw io.Writer, asJSON 
 			if status != "" {
 				return status, nil
 			}
+			var oe outputError
+			if errors.As(err, &oe) {
+				return "", err // stdout is gone: another connection cannot help
+			}
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
@@ -241,10 +245,16 @@ func (f *follower) write(m streamMsg, raw []byte) error {
 
 func (f *follower) print(b []byte) error {
 	if _, err := f.out.Write(b); err != nil {
-		return fmt.Errorf("print the log: %w", err)
+		return outputError{err}
 	}
 	return nil
 }
+
+// outputError: printing failed (a closed pipe), which ends fc log -f.
+type outputError struct{ err error }
+
+func (e outputError) Error() string { return "print the log: " + e.err.Error() }
+func (e outputError) Unwrap() error { return e.err }
 
 // oneLine is a JSON message on a line of its own.
 func oneLine(raw []byte) []byte { return append(bytes.TrimRight(raw, "\r\n"), '\n') }

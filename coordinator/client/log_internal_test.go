@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -47,5 +48,21 @@ func TestFollowerWrite(t *testing.T) {
 		if err := f.write(m, raw); err == nil {
 			t.Errorf("a message without its offset was taken")
 		}
+	}
+}
+
+type brokenPipe struct{}
+
+func (brokenPipe) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// TestFollowerWrite_OutputGone: a write that fails is an outputError, which ends
+// following rather than reconnecting.
+func TestFollowerWrite_OutputGone(t *testing.T) {
+	f := &follower{out: brokenPipe{}}
+	off := int64(0)
+	err := f.write(streamMsg{Type: "log", Offset: &off, Next: 2, Data: "x\n"}, nil)
+	var oe outputError
+	if !errors.As(err, &oe) || f.next != 0 {
+		t.Errorf("write to a broken pipe: %v, next %d", err, f.next)
 	}
 }
