@@ -12,6 +12,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/fc-ci/fc/protocol"
 )
 
 // Exit codes, documented in fc help and the README.
@@ -164,6 +166,13 @@ func commands() []command {
 		{name: "agents", args: "[NAME|ID]", summary: "list agents, or show one", flags: listFlags, run: runAgents},
 		{name: "completion", args: "bash|zsh|fish", summary: "print a shell completion script", offline: true,
 			subs: []string{"bash", "zsh", "fish"}, run: runCompletion},
+		{name: "version", summary: "print fc's version", offline: true, run: func(_ context.Context, c *cmdEnv, args []string) error {
+			if err := wantArgs("version", args, 0, 0, ""); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.Stdout, protocol.BuildVersion)
+			return nil
+		}},
 		{name: "help", args: "[COMMAND]", summary: "this help", offline: true, run: runHelp},
 	}
 }

@@ -17,7 +17,7 @@ commands:
 `
 
 const helpTail = `
-Every command but login, logout, completion and help takes --json (the API's JSON,
+Every command but login, logout, completion, version and help takes --json (the API's JSON,
 as it answered; a list followed over several pages is one {"items", "total", …};
 fc log -f --json prints the live log's messages, one a line).
 Lists follow every page unless --limit or --offset asks for one page. Flags may come

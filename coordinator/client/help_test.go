@@ -33,6 +33,9 @@ func TestHelp(t *testing.T) {
 		t.Errorf("fc help log:\n%s", out)
 	}
 	fc.fails(client.ExitUsage, `unknown command "nope"`, "help", "nope")
+	if out := fc.ok("version"); out != "dev\n" {
+		t.Errorf("fc version: %q", out)
+	}
 }
 
 // TestCompletion: the scripts parse in their shells, and bash's completes commands
