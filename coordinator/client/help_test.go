@@ -72,7 +72,7 @@ func TestCompletion(t *testing.T) {
 	for words, want := range map[string]string{
 		"fc bu":          "builds build",
 		"fc build r":     "restart",
-		"fc log -":       "-f --follow",
+		"fc log -":       "-f --follow --json",
 		"fc builds --st": "--status",
 		"fc completion ": "bash zsh fish",
 		"fc eval t":      "trigger",
