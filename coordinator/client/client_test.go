@@ -90,6 +90,7 @@ func TestCommands(t *testing.T) {
 	t.Run("log", func(t *testing.T) { testLog(t, fc, hello, broken, needs) })
 	t.Run("actions", func(t *testing.T) { testActions(t, c, fc, broken, stuck) })
 	t.Run("login", func(t *testing.T) { testLogin(t, c) })
+	t.Run("login on a terminal", func(t *testing.T) { testLoginTerminal(t, c) })
 	t.Run("errors", func(t *testing.T) { testErrors(t, c, fc) })
 	t.Run("pages", func(t *testing.T) { testPages(t, c, fc) }) // last: it adds projects
 }
