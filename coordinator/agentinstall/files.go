@@ -76,8 +76,14 @@ Wants=network-online.target
 After=network-online.target nix-daemon.socket nix-daemon.service
 
 [Service]
-Type=simple
+# The agent says READY=1 once it is connected to the coordinator, and pings the
+# watchdog; reaching the coordinator at boot may take long, so no start timeout.
+Type=notify
+NotifyAccess=main
+TimeoutStartSec=infinity
+WatchdogSec=2min
 ExecStart=%s --config %s run
+ExecReload=/bin/kill -HUP $MAINPID
 WorkingDirectory=%s
 Environment=PATH=/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 Restart=on-failure
