@@ -16,10 +16,13 @@ type flakeSummary struct {
 	VM          map[string]summary `json:"vm"`
 	Packages    map[string]string  `json:"packages"`
 	FCGoVersion string             `json:"fcGoVersion"`
-	Formatter   string             `json:"formatter"`
-	DevShell    []string           `json:"devShell"`
-	Modules     []string           `json:"modules"`
-	VMScript    string             `json:"vmScript"`
+	FCBuild     struct {
+		SubPackages []string `json:"subPackages"`
+	} `json:"fcBuild"`
+	Formatter string   `json:"formatter"`
+	DevShell  []string `json:"devShell"`
+	Modules   []string `json:"modules"`
+	VMScript  string   `json:"vmScript"`
 }
 
 // goModVersion is go.mod's go line.
@@ -49,6 +52,11 @@ func TestFlake_OutputsAndVMTestMachinesEvaluate(t *testing.T) {
 	if f.Packages["fc"] != "fc" || f.Packages["default"] != "fc" || f.FCGoVersion != goVersion || f.Formatter == "" ||
 		!slices.Contains(f.DevShell, "go") || !slices.Equal(f.Modules, []string{"agent", "coordinator", "default"}) {
 		t.Errorf("flake outputs: %+v", f)
+	}
+	for _, cmd := range []string{"coordinator/cmd/fc-coordinator", "agent/cmd/fc-agent", "coordinator/cmd/fc"} {
+		if !slices.Contains(f.FCBuild.SubPackages, cmd) {
+			t.Errorf("packages.fc does not build %s: %v", cmd, f.FCBuild.SubPackages)
+		}
 	}
 	for _, want := range []string{"fc-coordinator-admin admin create-agent-token", "nix-store -r", "/nix-cache"} {
 		if !strings.Contains(f.VMScript, want) {

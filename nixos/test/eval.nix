@@ -56,6 +56,7 @@ else if checks then {
   vm = lib.mapAttrs (_: summary) self.checks.x86_64-linux.vm.fcStandinNodes;
   packages = lib.mapAttrs (_: p: p.name) self.packages.x86_64-linux;
   fcGoVersion = self.packages.x86_64-linux.fc.goVersion;
+  fcBuild = { inherit (self.packages.x86_64-linux.fc) subPackages nativeBuildInputs; };
   formatter = self.formatter.x86_64-linux.name;
   devShell = map (p: p.name) self.devShells.x86_64-linux.default.packages;
   modules = lib.attrNames self.nixosModules;

@@ -48,7 +48,12 @@ in
   nixpkgs-fmt = pkg "nixpkgs-fmt";
   nixfmt = pkg "nixfmt";
   # src stays unforced: evaluating it would copy the checkout into the store.
-  buildGo126Module = args: pkg args.pname // { inherit (args) vendorHash subPackages; goVersion = go_1_26.version; };
+  buildGo126Module = args: pkg args.pname // {
+    inherit (args) vendorHash subPackages;
+    goVersion = go_1_26.version;
+    nativeBuildInputs = map (p: p.name) (args.nativeBuildInputs or [ ]);
+  };
+  installShellFiles = pkg "installShellFiles";
   mkShell = args: pkg "devshell" // { packages = args.packages or [ ]; };
   runCommand = name: env: text: script name text;
 }
