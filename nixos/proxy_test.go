@@ -146,7 +146,7 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 	s, err := h.eval(t, []string{"default"}, fmt.Sprintf(`{
 	  services.fc-coordinator = { enable = true; nginx = { enable = true; virtualHost = "127.0.0.1"; };
 	    database.createLocally = false; database.urlFile = %q;
-	    settings = { state_dir = %q; server = { port = %d; max_body_size = 2097152; rate_limit_rps = 0.2; rate_limit_burst = 4; }; }; };
+	    settings = { state_dir = %q; server = { port = %d; max_body_size = 2097152; rate_limit_rps = 0.01; rate_limit_burst = 4; }; }; };
 	  services.fc-agent = { enable = true; enrollmentTokenFile = %q; settings.coordinator.url = %q;
 	    settings.agent = { name = "proxied"; state_dir = %q; roles = [ "build" ]; max_jobs = 1; }; };
 	}`, urlFile, filepath.Join(dir, "coordinator"), port, tokenFile, proxy, filepath.Join(dir, "agent")))
