@@ -4,7 +4,7 @@
 self:
 { config, lib, pkgs, ... }:
 let
-  inherit (lib) mkOption mkEnableOption mkIf mkDefault types literalExpression;
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
   cfg = config.services.fc-coordinator;
   toml = pkgs.formats.toml { };
   s = cfg.settings;
