@@ -3,6 +3,7 @@ package nixos_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -63,6 +64,7 @@ func TestFlake_OutputsAndVMTestMachinesEvaluate(t *testing.T) {
 			t.Errorf("the VM test's script lacks %q", want)
 		}
 	}
+	checkPython(t, f.VMScript)
 	for name, units := range map[string][]string{"coordinator": {"fc-coordinator", "example-git"}, "builder": {"fc-agent"}, "client": nil} {
 		s, ok := f.VM[name]
 		s.resolve()
@@ -95,6 +97,36 @@ func TestFlake_OutputsAndVMTestMachinesEvaluate(t *testing.T) {
 	err := h.nix(&f, "--arg", "checks", "true", "--argstr", "goVersion", older)
 	if err == nil || !strings.Contains(err.Error(), "FC needs Go >= "+goVersion) {
 		t.Errorf("the flake with Go %s: %v", older, err)
+	}
+}
+
+// checkPython parses the VM test's script (Python, run by NixOS's test driver) and
+// checks that every name it uses at the top is the driver's, a machine's, or its own.
+func checkPython(t *testing.T, script string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "testScript.py")
+	if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const check = `
+import ast, builtins, sys
+tree = ast.parse(open(sys.argv[1]).read(), sys.argv[1])
+known = set(dir(builtins)) | {"start_all", "retry", "coordinator", "builder", "client"}
+for node in ast.walk(tree):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        known |= {a.asname or a.name for a in node.names}
+    elif isinstance(node, (ast.FunctionDef, ast.Lambda)):
+        known |= {a.arg for a in node.args.args}
+        if isinstance(node, ast.FunctionDef):
+            known.add(node.name)
+    elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        known.add(node.id)
+unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in known})
+if unknown:
+    sys.exit("unknown names: " + ", ".join(unknown))
+`
+	if out, err := exec.Command("python3", "-c", check, file).CombinedOutput(); err != nil {
+		t.Errorf("the VM test's script: %v\n%s\n%s", err, out, script)
 	}
 }
 
