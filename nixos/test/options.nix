@@ -113,6 +113,9 @@ in
       virtualHosts = opt (types.attrsOf virtualHost) { };
     };
 
+    security.acme.acceptTerms = opt types.bool false;
+    security.acme.defaults.email = opt (types.nullOr types.str) null;
+
     # The VM test's machines.
     virtualisation.memorySize = opt types.ints.positive 1024;
     virtualisation.diskSize = opt types.ints.positive 1024;
