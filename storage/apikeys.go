@@ -24,13 +24,15 @@ type APIKey struct {
 	Role       string
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
+	// Declared names the config file that declares the key ("": none).
+	Declared string
 }
 
-const apiKeyColumns = `id, name, role, created_at, last_used_at`
+const apiKeyColumns = `id, name, role, created_at, last_used_at, coalesce(declared, '')`
 
 func scanAPIKey(row scanner) (APIKey, error) {
 	var k APIKey
-	err := row.Scan(&k.ID, &k.Name, &k.Role, &k.CreatedAt, &k.LastUsedAt)
+	err := row.Scan(&k.ID, &k.Name, &k.Role, &k.CreatedAt, &k.LastUsedAt, &k.Declared)
 	return k, err
 }
 

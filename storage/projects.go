@@ -30,6 +30,15 @@ type Project struct {
 	OwnerUserName string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
+	// Declared names the config file that declares the project ("": none, the API
+	// manages it).
+	Declared string
+	// DeclarativeFile is the file in the repository that declares the project's
+	// jobsets (.fc.toml; "": none), read from DeclarativeBranch ("": the default
+	// branch); DeclarativeError is the last error reading it ("": none).
+	DeclarativeFile   string
+	DeclarativeBranch string
+	DeclarativeError  string
 }
 
 // ProjectFields are the writable columns. WebhookSecret nil leaves the secret as it is;
@@ -62,14 +71,16 @@ func (f *FetchCredentials) empty() bool { return f == nil || (f.SSHKey == "" && 
 const projectColumns = `id, name, display_name, description, repository_url, enabled,
 	webhook_secret IS NOT NULL AND webhook_secret <> '', fetch_credentials IS NOT NULL, owner_key_id,
 	coalesce((SELECT k.name FROM api_keys k WHERE k.id = projects.owner_key_id), ''), owner_user_id,
-	coalesce((SELECT u.username FROM users u WHERE u.id = projects.owner_user_id), ''), created_at, updated_at`
+	coalesce((SELECT u.username FROM users u WHERE u.id = projects.owner_user_id), ''), created_at, updated_at,
+	coalesce(declared, ''), declarative_file, declarative_branch, declarative_error`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanProject(row scanner) (Project, error) {
 	var p Project
 	err := row.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.RepositoryURL, &p.Enabled,
-		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.OwnerUserID, &p.OwnerUserName, &p.CreatedAt, &p.UpdatedAt)
+		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.OwnerUserID, &p.OwnerUserName, &p.CreatedAt, &p.UpdatedAt,
+		&p.Declared, &p.DeclarativeFile, &p.DeclarativeBranch, &p.DeclarativeError)
 	return p, err
 }
 
