@@ -35,6 +35,9 @@ type Config struct {
 	LocalAgent LocalAgent `toml:"local_agent"`
 	// Notifications are e-mail, run_command and the delivery of every notification.
 	Notifications Notifications `toml:"notifications"`
+	// Declarations are the projects, API keys, agents and users the file declares
+	// (top-level [[projects]], [[api_keys]], [[agents]], [[users]]; declared.go).
+	Declarations
 }
 
 // LocalAgent is the [local_agent] section: an agent the coordinator runs in its own
@@ -214,7 +217,11 @@ const FileName = "coordinator.toml"
 // environ is os.Environ().
 func Load(configFlag string, environ []string) (Config, error) {
 	cfg := Defaults()
-	if err := tomlenv.Load(&cfg, tomlenv.Files(FileName, configFlag, environ), "FC_", environ); err != nil {
+	files := tomlenv.Files(FileName, configFlag, environ)
+	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+		return Config{}, err
+	}
+	if err := findDeclarations(&cfg.Declarations, files); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.Validate()
@@ -280,6 +287,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Notifications.validate(); err != nil {
+		return err
+	}
+	if err := c.Declarations.validate(); err != nil {
 		return err
 	}
 	switch c.LogLevel {
