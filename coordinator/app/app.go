@@ -77,8 +77,9 @@ const shutdownGrace = 20 * time.Second
 
 // Run is fc-coordinator serve: it opens the configured database (migrating it unless
 // database.auto_migrate is off), listens on server.host:server.port, assembles the
-// coordinator and serves until ctx ends.
-func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
+// coordinator, applies its declarations and serves until ctx ends. Each of started
+// runs (e.g. the SIGHUP reload) once the coordinator is assembled, before it serves.
+func Run(ctx context.Context, settings config.Config, log *slog.Logger, started ...func(context.Context, *App)) error {
 	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
@@ -95,6 +96,13 @@ func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if err := a.ApplyDeclarations(ctx, settings.Declarations); err != nil {
+		ln.Close()
+		return err
+	}
+	for _, f := range started {
+		f(ctx, a)
 	}
 	return a.Serve(ctx, ln, shutdownGrace)
 }

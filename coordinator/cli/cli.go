@@ -109,7 +109,8 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return app.Run(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
+		log := NewLogger(env.Stderr, cfg.LogLevel)
+		return app.Run(ctx, cfg, log, reloadOnHUP(load, log)) // reload.go
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":

@@ -103,25 +103,32 @@ type DeclaredUser struct {
 }
 
 // findDeclarations sets d.File and d.data to the one file among files that declares
-// anything; declarations spread over two files are an error.
+// anything (none: the last file read); declarations spread over two files are an
+// error.
 func findDeclarations(d *Declarations, files []tomlenv.Source) error {
+	var last string
 	for _, f := range files {
 		data, err := os.ReadFile(f.Path)
 		if err != nil {
 			continue // tomlenv.Load has said what was wrong with it
 		}
-		var only Declarations
-		if _, err := toml.Decode(string(data), &only); err != nil || only.Empty() {
-			continue
-		}
 		abs, err := filepath.Abs(f.Path)
 		if err != nil {
 			return fmt.Errorf("config %s: %w", f.Path, err)
+		}
+		last = abs
+		var only Declarations
+		if _, err := toml.Decode(string(data), &only); err != nil || only.Empty() {
+			continue
 		}
 		if d.File != "" {
 			return fmt.Errorf("config %s and %s both declare projects, api_keys, agents or users: declare them in one file", d.File, abs)
 		}
 		d.File, d.data = abs, data
+	}
+	if d.File == "" {
+		// Declaring nothing in the last file read undoes what it declared before.
+		d.File = last
 	}
 	return nil
 }

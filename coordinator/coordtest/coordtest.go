@@ -104,6 +104,9 @@ func (c *Coordinator) serve(ln net.Listener) {
 	if err != nil {
 		c.t.Fatalf("assemble coordinator: %v", err)
 	}
+	if err := a.ApplyDeclarations(context.Background(), c.Cfg.Declarations); err != nil {
+		c.t.Fatalf("apply declarations: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	loopsDone := make(chan struct{})
