@@ -61,6 +61,15 @@ func (db *DB) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
 	return k, nil
 }
 
+// GetAPIKey finds a key by id.
+func (db *DB) GetAPIKey(ctx context.Context, id int64) (APIKey, error) {
+	k, err := scanAPIKey(db.pool.QueryRow(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id = $1`, id))
+	if err != nil {
+		return APIKey{}, fmt.Errorf("get api key %d: %w", id, mapErr(err))
+	}
+	return k, nil
+}
+
 // ListAPIKeys returns a page of keys, newest first.
 func (db *DB) ListAPIKeys(ctx context.Context, page Page) ([]APIKey, int64, error) {
 	var total int64

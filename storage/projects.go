@@ -58,6 +58,9 @@ type ProjectFields struct {
 	OwnerKeyID *int64
 	// OwnerUserID is the owning user of a new project (nil: none); updates ignore it.
 	OwnerUserID *int64
+	// DeclarativeFile and DeclarativeBranch: see Project.
+	DeclarativeFile   string
+	DeclarativeBranch string
 }
 
 // FetchCredentials reach a private repository: an SSH deploy key or an HTTPS token.
@@ -87,9 +90,10 @@ func scanProject(row scanner) (Project, error) {
 // CreateProject inserts a project; a duplicate name is ErrConflict.
 func (db *DB) CreateProject(ctx context.Context, f ProjectFields) (Project, error) {
 	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret,
-		fetch_credentials, owner_key_id, owner_user_id) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9) RETURNING `+projectColumns,
+		fetch_credentials, owner_key_id, owner_user_id, declarative_file, declarative_branch)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9, $10, $11) RETURNING `+projectColumns,
 		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret), credsValue(f.FetchCredentials),
-		f.OwnerKeyID, f.OwnerUserID)
+		f.OwnerKeyID, f.OwnerUserID, f.DeclarativeFile, f.DeclarativeBranch)
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("create project %q: %w", f.Name, mapErr(err))
@@ -148,10 +152,12 @@ func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Pro
 		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
 		fetch_credentials = CASE WHEN $9::boolean THEN $10::jsonb ELSE fetch_credentials END,
 		owner_key_id = coalesce($11, owner_key_id),
-		owner_user_id = CASE WHEN $11::bigint IS NULL THEN owner_user_id END, updated_at = now()
+		owner_user_id = CASE WHEN $11::bigint IS NULL THEN owner_user_id END, declarative_file = $12,
+		declarative_branch = $13, declarative_error = CASE WHEN declarative_file = $12 THEN declarative_error ELSE '' END,
+		updated_at = now()
 		WHERE id = $1 RETURNING `+projectColumns,
 		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret),
-		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID)
+		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID, f.DeclarativeFile, f.DeclarativeBranch)
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("update project %d: %w", id, mapErr(err))

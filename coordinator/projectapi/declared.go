@@ -2,23 +2,12 @@ package projectapi
 
 import (
 	"errors"
-	"net/http"
 	"strings"
 
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
-
-// Declared is the 409 refusing a change to an object declared in source (a config
-// file, or "repository:<project>/<file>"): it must be changed there.
-func Declared(what, source string) error {
-	if repo, ok := strings.CutPrefix(source, "repository:"); ok {
-		return httpkit.Errorf(http.StatusConflict, "",
-			"%s is declared in the repository's %s; change it there", what, repo)
-	}
-	return httpkit.Errorf(http.StatusConflict, "", "%s is declared in %s; change it there", what, source)
-}
 
 // ProjectFromDeclaration is a declared project's fields, checked by the API's rules;
 // an error's key is the declaration's (name, repository_url).
@@ -31,13 +20,24 @@ func ProjectFromDeclaration(p config.DeclaredProject) (storage.ProjectFields, *c
 	if err := validRepositoryURL(f.RepositoryURL); err != nil {
 		return f, keyError(err, "repository_url")
 	}
-	if p.DeclarativeFile != "" && (strings.HasPrefix(p.DeclarativeFile, "/") || strings.Contains(p.DeclarativeFile, "..")) {
-		return f, &config.JobsetError{Key: "declarative_file", Msg: "must be a path inside the repository (like .fc.toml)"}
+	if err := validDeclarativeFile(p.DeclarativeFile, p.DeclarativeBranch); err != nil {
+		return f, keyError(err, "declarative_file")
 	}
-	if err := validBranch(p.DeclarativeBranch); err != nil {
-		return f, keyError(err, "declarative_branch")
-	}
+	f.DeclarativeFile, f.DeclarativeBranch = p.DeclarativeFile, p.DeclarativeBranch
 	return f, nil
+}
+
+// validDeclarativeFile checks a project's declarative_file (a file in the
+// repository, or "") and declarative_branch (a branch name, or "").
+func validDeclarativeFile(file, branch string) error {
+	if file != "" && (strings.HasPrefix(file, "/") || strings.HasPrefix(file, "-") || strings.Contains(file, "..") ||
+		strings.ContainsAny(file, "\x00\n:") || len(file) > 255) {
+		return httpkit.Unprocessable("declarative_file", "declarative_file %q must be a path inside the repository (like .fc.toml)", file)
+	}
+	if err := validBranch(branch); err != nil {
+		return httpkit.Unprocessable("declarative_branch", "declarative_branch %q is not a valid git branch name", branch)
+	}
+	return nil
 }
 
 // JobsetFromDeclaration is a declared jobset's fields: the API's defaults for what
