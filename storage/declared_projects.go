@@ -73,6 +73,9 @@ func applyProjects(ctx context.Context, tx pgx.Tx, d Declarations, rep Declarati
 // upsertJobsets makes project projectID's jobsets declared by source match js: each
 // is created or updated by name; those source declared before and js lacks are no
 // longer marked declared, and, when disable is set (a repository's file), disabled.
+//
+// A repository's file (disable set) does not take over a jobset another source
+// declares: the config's declaration wins.
 func upsertJobsets(ctx context.Context, tx pgx.Tx, projectID int64, source string, js []JobsetFields, c *DeclarationCounts, disable bool) error {
 	names := make([]string, 0, len(js))
 	for _, f := range js {
@@ -90,11 +93,17 @@ func upsertJobsets(ctx context.Context, tx pgx.Tx, projectID int64, source strin
 				jobsets.scheduling_shares, jobsets.state, jobsets.keep_nr, jobsets.declared) IS DISTINCT FROM
 				(EXCLUDED.description, EXCLUDED.branch, EXCLUDED.flake_mode, EXCLUDED.nix_expression, EXCLUDED.check_interval,
 				EXCLUDED.scheduling_shares, EXCLUDED.state, EXCLUDED.keep_nr, EXCLUDED.declared)
+				AND (NOT $12 OR jobsets.declared IS NULL OR jobsets.declared = EXCLUDED.declared)
 			RETURNING id, xmax = 0`, projectID, f.Name, f.Description, f.Branch, f.FlakeMode, f.NixExpression,
-			f.CheckInterval, f.SchedulingShares, f.State, f.KeepNr, source).Scan(&id, &inserted)
+			f.CheckInterval, f.SchedulingShares, f.State, f.KeepNr, source, disable).Scan(&id, &inserted)
 		changed := err == nil
 		if errors.Is(err, pgx.ErrNoRows) {
-			err = tx.QueryRow(ctx, `SELECT id FROM jobsets WHERE project_id = $1 AND name = $2`, projectID, f.Name).Scan(&id)
+			var other *string
+			err = tx.QueryRow(ctx, `SELECT id, declared FROM jobsets WHERE project_id = $1 AND name = $2`, projectID, f.Name).
+				Scan(&id, &other)
+			if err == nil && other != nil && *other != source {
+				continue // declared elsewhere (the config): left as it is
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("jobset %q: %w", f.Name, mapErr(err))
@@ -147,6 +156,20 @@ func replaceInputsIfChanged(ctx context.Context, tx pgx.Tx, jobsetID int64, inpu
 		return false, nil
 	}
 	return true, replaceInputs(ctx, tx, jobsetID, want)
+}
+
+// DeclarativeProjects are the enabled projects whose repositories declare jobsets
+// (declarative_file set).
+func (db *DB) DeclarativeProjects(ctx context.Context) ([]Project, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+projectColumns+` FROM projects WHERE declarative_file <> '' AND enabled ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("declarative projects: %w", err)
+	}
+	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Project, error) { return scanProject(r) })
+	if err != nil {
+		return nil, fmt.Errorf("declarative projects: %w", err)
+	}
+	return ps, nil
 }
 
 // RepositorySource is the `declared` value of the jobsets a project's repository

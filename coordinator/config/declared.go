@@ -136,11 +136,18 @@ func findDeclarations(d *Declarations, files []tomlenv.Source) error {
 // KeyError is an error about the declared key path (projects[2].jobsets[0].branch),
 // naming the file and, when it can be found, the line.
 func (d Declarations) KeyError(path, format string, args ...any) error {
-	where := d.File
-	if n := declLine(d.data, path); n > 0 {
+	return fmt.Errorf("config %w", KeyErrorIn(d.File, d.data, path, fmt.Sprintf(format, args...)))
+}
+
+// KeyErrorIn is an error about the key path (jobsets[1].branch) of the TOML document
+// data read from file: "FILE line N: PATH: MSG" (without the line when it cannot be
+// found).
+func KeyErrorIn(file string, data []byte, path, msg string) error {
+	where := file
+	if n := declLine(data, path); n > 0 {
 		where += " line " + strconv.Itoa(n)
 	}
-	return fmt.Errorf("config %s: %s: %s", where, path, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%s: %s: %s", where, path, msg)
 }
 
 // Path resolves a file a declaration names, relative to the declaring file's directory.
