@@ -23,6 +23,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/channels"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/declare"
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -66,6 +67,8 @@ type App struct {
 	Outbox *outbox.Outbox
 	// Channels advances and serves the channels (/channel/).
 	Channels *channels.Channels
+	// Repositories applies the jobsets projects' repositories declare (.fc.toml).
+	Repositories *declare.Repositories
 
 	settings config.Config
 	db       *storage.DB
@@ -198,8 +201,8 @@ func New(cfg Config) (*App, error) {
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, settings: s, db: db,
-		log: log}, nil
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
+		Repositories: newRepositories(s, db, log, ev.Wake), settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -240,7 +243,8 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 // deletion listener) until ctx ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(6)
+	wg.Add(7)
+	go func() { defer wg.Done(); a.Repositories.Run(ctx) }()
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()

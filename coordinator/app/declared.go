@@ -3,10 +3,19 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/declare"
+	"github.com/fc-ci/fc/storage"
 )
+
+// newRepositories reads projects' declarative files every evaluator.declarative_interval.
+func newRepositories(s config.Config, db *storage.DB, log *slog.Logger, wake func()) *declare.Repositories {
+	return declare.NewRepositories(declare.RepositoriesConfig{GitDir: s.GitDir(), GitTimeout: config.Seconds(s.Eval.GitTimeout),
+		Interval: config.Seconds(s.Eval.DeclarativeInterval), AllowedInputPaths: s.Eval.AllowedInputPaths, Wake: wake,
+		Logger: log}, db)
+}
 
 // ApplyDeclarations makes the database hold what d declares (projects, jobsets, API
 // keys, agent keys, users): at start, and on SIGHUP with the re-read configuration.
