@@ -172,12 +172,8 @@ func (db *DB) DeclarativeProjects(ctx context.Context) ([]Project, error) {
 	return ps, nil
 }
 
-// RepositorySource is the `declared` value of the jobsets a project's repository
-// declares in file.
-func RepositorySource(project, file string) string { return "repository:" + project + "/" + file }
-
 // ApplyRepositoryJobsets makes the jobsets project projectID's repository declares
-// (in the file source names, RepositorySource) match js, in one transaction, and
+// (in the file source names, "repository:<project>/<file>") match js, in one transaction, and
 // clears the project's declarative_error. Jobsets the file no longer declares are
 // disabled and no longer marked declared.
 func (db *DB) ApplyRepositoryJobsets(ctx context.Context, projectID int64, source string, js []JobsetFields) (DeclarationCounts, error) {

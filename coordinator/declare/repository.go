@@ -94,7 +94,7 @@ func (r *Repositories) CheckAll(ctx context.Context) error {
 // file or the repository is recorded as p's declarative_error (and logged), changing
 // nothing else; the error returned is the database's.
 func (r *Repositories) Check(ctx context.Context, p storage.Project) error {
-	source := storage.RepositorySource(p.Name, p.DeclarativeFile)
+	source := RepositorySource(p.Name, p.DeclarativeFile)
 	js, ferr := r.read(ctx, p)
 	if ferr == nil {
 		c, err := r.db.ApplyRepositoryJobsets(ctx, p.ID, source, js)
@@ -116,6 +116,10 @@ func (r *Repositories) Check(ctx context.Context, p storage.Project) error {
 	}
 	return r.db.SetDeclarativeError(ctx, p.ID, ferr.Error())
 }
+
+// RepositorySource is the `declared` value of the jobsets project's repository
+// declares in file.
+func RepositorySource(project, file string) string { return "repository:" + project + "/" + file }
 
 // read fetches the head of p's declarative branch and parses its declarative file.
 func (r *Repositories) read(ctx context.Context, p storage.Project) ([]storage.JobsetFields, error) {
