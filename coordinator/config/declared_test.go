@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -121,5 +122,35 @@ func TestLoad_DeclarationsInOneFile(t *testing.T) {
 	write(t, other, "[[api_keys]]\nname = \"k\"\nrole = \"admin\"\nkey_file = \"k\"\n")
 	if _, err := Load(other, nil); err == nil || !strings.Contains(err.Error(), "declare them in one file") {
 		t.Errorf("Load: %v, want the two files refused", err)
+	}
+}
+
+// TestExampleFileDeclarationsLoad: the commented declarations at the end of
+// coordinator.toml, uncommented, are a valid configuration.
+func TestExampleFileDeclarationsLoad(t *testing.T) {
+	example, err := os.ReadFile("../../coordinator.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(example), "# [[users]]")
+	if !ok {
+		t.Fatal("coordinator.toml has no declaration examples")
+	}
+	var b strings.Builder
+	for _, l := range strings.Split("# [[users]]"+block, "\n") {
+		l = strings.TrimPrefix(l, "#")
+		b.WriteString(strings.TrimPrefix(l, " ") + "\n")
+	}
+	dir := t.TempDir()
+	chdir(t, t.TempDir())
+	path := filepath.Join(dir, "example.toml")
+	write(t, path, b.String())
+	cfg, err := Load(path, nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	d := cfg.Declarations
+	if len(d.Users) != 1 || len(d.APIKeys) != 1 || len(d.Agents) != 1 || len(d.Projects) != 1 || len(d.Projects[0].Jobsets) != 1 {
+		t.Errorf("example declarations = %+v", d)
 	}
 }
