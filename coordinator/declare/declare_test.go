@@ -244,6 +244,12 @@ func TestDeclarations_AppliedAtStartKeptOnRestartRefusedByTheAPIAndChanged(t *te
 	if !c.Log.Contains("declarations applied", "changed=false") {
 		t.Errorf("the restart's apply did not log an unchanged apply")
 	}
+	var secrets struct {
+		WebhookSecretSet bool `json:"webhook_secret_set"`
+	}
+	if c.Do("GET", "/api/v1/projects/web", "", nil, &secrets); !secrets.WebhookSecretSet {
+		t.Errorf("applying the declarations again dropped the secret set through the API")
+	}
 
 	changed(t, c, f, users["bob"].ID)
 }
@@ -277,6 +283,17 @@ func refusedByTheAPI(t *testing.T, c *coordtest.Coordinator, f *fixture, project
 	// Nothing changed.
 	if p := get[object](t, c, "/api/v1/projects/web", ""); !p.Declared {
 		t.Errorf("project after refused writes: %+v", p)
+	}
+	// What a config cannot declare (secrets, forge, notifications) is still the API's.
+	var secrets struct {
+		WebhookSecretSet    bool `json:"webhook_secret_set"`
+		FetchCredentialsSet bool `json:"fetch_credentials_set"`
+		Declared            bool `json:"declared"`
+	}
+	if code := c.Do("PUT", "/api/v1/projects/web", c.Admin, map[string]any{"webhook_secret": "a-long-webhook-secret",
+		"fetch_credentials": map[string]string{"https_token": "token"}}, &secrets); code != 200 ||
+		!secrets.WebhookSecretSet || !secrets.FetchCredentialsSet || !secrets.Declared {
+		t.Errorf("set a declared project's secrets: %d %+v, want 200 with both set", code, secrets)
 	}
 	// Operations that are not edits still work on a declared agent.
 	if code := c.Do("POST", fmt.Sprint("/api/v1/agents/", agentID, "/drain"), c.Admin, nil, nil); code != 200 {

@@ -136,6 +136,13 @@ func validRepositoryURL(s string) error {
 	return nil
 }
 
+// setsDeclared says whether the request changes what a config declares of a project;
+// what it cannot declare (secrets, forge, notifications) stays the API's to set.
+func (in projectInput) setsDeclared() bool {
+	return in.Name != nil || in.DisplayName != nil || in.Description != nil || in.RepositoryURL != nil ||
+		in.Enabled != nil || in.OwnerKeyID != nil || in.DeclarativeFile != nil || in.DeclarativeBranch != nil
+}
+
 func (in projectInput) apply(f *storage.ProjectFields) error {
 	if in.Name != nil {
 		f.Name = *in.Name
@@ -296,7 +303,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if p.Declared != "" {
+	if p.Declared != "" && in.setsDeclared() {
 		a.fail(w, r, httpkit.Declared("project "+strconv.Quote(p.Name), p.Declared))
 		return
 	}
