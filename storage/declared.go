@@ -91,14 +91,16 @@ func (db *DB) ApplyDeclarations(ctx context.Context, d Declarations) (Declaratio
 		return DeclarationReport{}, errors.New("apply declarations: no source")
 	}
 	var rep DeclarationReport
+	var followers []int64
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		rep = DeclarationReport{Counts: map[string]*DeclarationCounts{}}
-		for _, step := range []func(context.Context, pgx.Tx, Declarations, DeclarationReport) error{
-			applyUsers, applyAPIKeys, applyProjects,
-		} {
+		rep, followers = DeclarationReport{Counts: map[string]*DeclarationCounts{}}, nil
+		for _, step := range []func(context.Context, pgx.Tx, Declarations, DeclarationReport) error{applyUsers, applyAPIKeys} {
 			if err := step(ctx, tx, d, rep); err != nil {
 				return err
 			}
+		}
+		if err := applyProjects(ctx, tx, d, rep, &followers); err != nil {
+			return err
 		}
 		revoked, err := applyAgents(ctx, tx, d, rep)
 		rep.RevokedAgents = revoked
@@ -106,6 +108,9 @@ func (db *DB) ApplyDeclarations(ctx context.Context, d Declarations) (Declaratio
 	})
 	if err != nil {
 		return DeclarationReport{}, fmt.Errorf("apply declarations of %s: %w", d.Source, err)
+	}
+	if err := db.followParents(ctx, followers); err != nil {
+		return rep, fmt.Errorf("apply declarations of %s: pull requests' jobsets: %w", d.Source, err)
 	}
 	return rep, nil
 }

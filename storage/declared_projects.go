@@ -12,7 +12,7 @@ import (
 // applyProjects upserts the declared projects by name and their jobsets by name
 // within them. Projects and jobsets no longer declared are kept (their builds are
 // history) and no longer marked declared.
-func applyProjects(ctx context.Context, tx pgx.Tx, d Declarations, rep DeclarationReport) error {
+func applyProjects(ctx context.Context, tx pgx.Tx, d Declarations, rep DeclarationReport, followers *[]int64) error {
 	c := rep.count("projects")
 	names := make([]string, 0, len(d.Projects))
 	for _, p := range d.Projects {
@@ -50,7 +50,7 @@ func applyProjects(ctx context.Context, tx pgx.Tx, d Declarations, rep Declarati
 		if err != nil {
 			return fmt.Errorf("project %q: %w", f.Name, mapErr(err))
 		}
-		if err := upsertJobsets(ctx, tx, id, d.Source, p.Jobsets, rep.count("jobsets"), false); err != nil {
+		if err := upsertJobsets(ctx, tx, id, d.Source, p.Jobsets, rep.count("jobsets"), false, followers); err != nil {
 			return fmt.Errorf("project %q: %w", f.Name, err)
 		}
 	}
@@ -76,31 +76,43 @@ func applyProjects(ctx context.Context, tx pgx.Tx, d Declarations, rep Declarati
 //
 // A repository's file (disable set) does not take over a jobset another source
 // declares: the config's declaration wins.
-func upsertJobsets(ctx context.Context, tx pgx.Tx, projectID int64, source string, js []JobsetFields, c *DeclarationCounts, disable bool) error {
+// The ids of the jobsets changed are added to followers: their pull requests' jobsets
+// follow them (followParents) once the transaction is committed.
+func upsertJobsets(ctx context.Context, tx pgx.Tx, projectID int64, source string, js []JobsetFields, c *DeclarationCounts,
+	disable bool, followers *[]int64) error {
 	names := make([]string, 0, len(js))
 	for _, f := range js {
 		names = append(names, f.Name)
 		var id int64
 		var inserted bool
 		err := tx.QueryRow(ctx, `INSERT INTO jobsets (project_id, name, description, branch, flake_mode, nix_expression,
-				check_interval, scheduling_shares, state, keep_nr, declared)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+				check_interval, scheduling_shares, state, keep_nr, declared, pull_requests, pull_request_drafts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14)
 			ON CONFLICT (project_id, name) DO UPDATE SET description = EXCLUDED.description, branch = EXCLUDED.branch,
 				flake_mode = EXCLUDED.flake_mode, nix_expression = EXCLUDED.nix_expression,
 				check_interval = EXCLUDED.check_interval, scheduling_shares = EXCLUDED.scheduling_shares,
-				state = EXCLUDED.state, keep_nr = EXCLUDED.keep_nr, declared = EXCLUDED.declared, updated_at = now()
+				state = EXCLUDED.state, keep_nr = EXCLUDED.keep_nr, declared = EXCLUDED.declared,
+				pull_requests = EXCLUDED.pull_requests, pull_request_drafts = EXCLUDED.pull_request_drafts, updated_at = now()
 			WHERE (jobsets.description, jobsets.branch, jobsets.flake_mode, jobsets.nix_expression, jobsets.check_interval,
-				jobsets.scheduling_shares, jobsets.state, jobsets.keep_nr, jobsets.declared) IS DISTINCT FROM
+				jobsets.scheduling_shares, jobsets.state, jobsets.keep_nr, jobsets.declared, jobsets.pull_requests,
+				jobsets.pull_request_drafts) IS DISTINCT FROM
 				(EXCLUDED.description, EXCLUDED.branch, EXCLUDED.flake_mode, EXCLUDED.nix_expression, EXCLUDED.check_interval,
-				EXCLUDED.scheduling_shares, EXCLUDED.state, EXCLUDED.keep_nr, EXCLUDED.declared)
+				EXCLUDED.scheduling_shares, EXCLUDED.state, EXCLUDED.keep_nr, EXCLUDED.declared, EXCLUDED.pull_requests,
+				EXCLUDED.pull_request_drafts)
 				AND (NOT $12 OR jobsets.declared IS NULL OR jobsets.declared = EXCLUDED.declared)
+				AND jobsets.parent_jobset_id IS NULL
 			RETURNING id, xmax = 0`, projectID, f.Name, f.Description, f.Branch, f.FlakeMode, f.NixExpression,
-			f.CheckInterval, f.SchedulingShares, f.State, f.KeepNr, source, disable).Scan(&id, &inserted)
+			f.CheckInterval, f.SchedulingShares, f.State, f.KeepNr, source, disable, f.PullRequests,
+			f.PullRequestDrafts).Scan(&id, &inserted)
 		changed := err == nil
 		if errors.Is(err, pgx.ErrNoRows) {
 			var other *string
-			err = tx.QueryRow(ctx, `SELECT id, declared FROM jobsets WHERE project_id = $1 AND name = $2`, projectID, f.Name).
-				Scan(&id, &other)
+			var pr bool
+			err = tx.QueryRow(ctx, `SELECT id, declared, parent_jobset_id IS NOT NULL FROM jobsets WHERE project_id = $1 AND name = $2`,
+				projectID, f.Name).Scan(&id, &other, &pr)
+			if err == nil && pr {
+				return fmt.Errorf("jobset %q: %w: a pull request's jobset has this name", f.Name, ErrConflict)
+			}
 			if err == nil && other != nil && *other != source {
 				continue // declared elsewhere (the config): left as it is
 			}
@@ -117,6 +129,7 @@ func upsertJobsets(ctx context.Context, tx pgx.Tx, projectID int64, source strin
 			c.Created++
 		case changed || inputsChanged:
 			c.Updated++
+			*followers = append(*followers, id)
 		}
 	}
 	tag, err := tx.Exec(ctx, `UPDATE jobsets SET declared = NULL, updated_at = now(),
@@ -158,6 +171,25 @@ func replaceInputsIfChanged(ctx context.Context, tx pgx.Tx, jobsetID int64, inpu
 	return true, replaceInputs(ctx, tx, jobsetID, want)
 }
 
+// followParents makes the pull requests' jobsets of the changed jobsets ids follow
+// them, as an API change does (UpdatePullRequestJobsets).
+func (db *DB) followParents(ctx context.Context, ids []int64) error {
+	for _, id := range ids {
+		var projectID int64
+		if err := db.pool.QueryRow(ctx, `SELECT project_id FROM jobsets WHERE id = $1`, id).Scan(&projectID); err != nil {
+			return fmt.Errorf("jobset %d: %w", id, mapErr(err))
+		}
+		j, err := db.GetJobset(ctx, projectID, id)
+		if err != nil {
+			return err
+		}
+		if err := db.UpdatePullRequestJobsets(ctx, j); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // DeclarativeProjects are the enabled projects whose repositories declare jobsets
 // (declarative_file set).
 func (db *DB) DeclarativeProjects(ctx context.Context) ([]Project, error) {
@@ -178,9 +210,10 @@ func (db *DB) DeclarativeProjects(ctx context.Context) ([]Project, error) {
 // disabled and no longer marked declared.
 func (db *DB) ApplyRepositoryJobsets(ctx context.Context, projectID int64, source string, js []JobsetFields) (DeclarationCounts, error) {
 	var c DeclarationCounts
+	var followers []int64
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		c = DeclarationCounts{}
-		if err := upsertJobsets(ctx, tx, projectID, source, js, &c, true); err != nil {
+		c, followers = DeclarationCounts{}, nil
+		if err := upsertJobsets(ctx, tx, projectID, source, js, &c, true, &followers); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE projects SET declarative_error = '' WHERE id = $1 AND declarative_error <> ''`, projectID)
@@ -189,7 +222,7 @@ func (db *DB) ApplyRepositoryJobsets(ctx context.Context, projectID int64, sourc
 	if err != nil {
 		return DeclarationCounts{}, fmt.Errorf("apply jobsets declared by %s: %w", source, mapErr(err))
 	}
-	return c, nil
+	return c, db.followParents(ctx, followers)
 }
 
 // SetDeclarativeError records why project projectID's declarative file could not be

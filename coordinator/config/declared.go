@@ -66,6 +66,10 @@ type DeclaredJobset struct {
 	State            string          `toml:"state" json:"state"`
 	KeepNr           *int            `toml:"keep_nr" json:"keep_nr"`
 	SchedulingShares *int            `toml:"scheduling_shares" json:"scheduling_shares"`
+	// PullRequests gives each open pull request to Branch a jobset of its own (the
+	// project needs a forge); PullRequestDrafts includes drafts.
+	PullRequests      *bool `toml:"pull_requests" json:"pull_requests"`
+	PullRequestDrafts *bool `toml:"pull_request_drafts" json:"pull_request_drafts"`
 }
 
 // DeclaredInput is one jobset input: type string, boolean, git or path.

@@ -92,6 +92,7 @@ owner = "alice"
 name = "main"
 branch = %q
 check_interval = 0
+pull_requests = true
 
 [[projects.jobsets]]
 name = "release"
@@ -130,6 +131,7 @@ type object struct {
 	Connected  bool   `json:"connected"`
 	Revoked    bool   `json:"revoked"`
 	Push       bool   `json:"push"`
+	PRs        bool   `json:"pull_requests"`
 	Owner      string `json:"owner_user_name"`
 	Declared   bool   `json:"declared"`
 	DeclaredIn string `json:"declared_in"`
@@ -195,7 +197,7 @@ func TestDeclarations_AppliedAtStartKeptOnRestartRefusedByTheAPIAndChanged(t *te
 		t.Errorf("project = %+v, want declared in %s, owned by alice", p, f.path)
 	}
 	js := byName(get[list[object]](t, c, "/api/v1/projects/web/jobsets", "").Items)
-	if len(js) != 3 || js["main"].Branch != "main" || !js["release"].Declared || len(js["release"].Inputs) != 1 ||
+	if len(js) != 3 || js["main"].Branch != "main" || !js["main"].PRs || js["release"].PRs || !js["release"].Declared || len(js["release"].Inputs) != 1 ||
 		js["release"].Inputs[0].Value != "https://example.org/nixpkgs.git" {
 		t.Errorf("jobsets = %+v", js)
 	}

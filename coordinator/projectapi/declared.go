@@ -50,7 +50,8 @@ func JobsetFromDeclaration(js config.DeclaredJobset, allowedPaths []string) (sto
 		return f, err
 	}
 	in := jobsetInput{Name: &js.Name, Description: &js.Description, Branch: &js.Branch, FlakeMode: js.FlakeMode,
-		CheckInterval: js.CheckInterval, SchedulingShares: js.SchedulingShares, KeepNr: js.KeepNr}
+		CheckInterval: js.CheckInterval, SchedulingShares: js.SchedulingShares, KeepNr: js.KeepNr,
+		PullRequests: js.PullRequests, PullRequestDrafts: js.PullRequestDrafts}
 	if js.NixExpression != "" {
 		in.NixExpression = &js.NixExpression
 	}
