@@ -27,6 +27,7 @@ func TestDeclared_PagesHideEditsAndShowTheAPIsRefusal(t *testing.T) {
 	_, err = s.DB.ApplyDeclarations(ctx, storage.Declarations{Source: declaredFile,
 		Users:   []storage.DeclaredUser{{Username: "carol", Role: storage.RoleReadOnly, PasswordHash: hash}},
 		APIKeys: []storage.DeclaredAPIKey{{Name: "ci", Role: storage.RoleEvalJobset, Hash: auth.HashKey("fc_declared")}},
+		Agents:  []storage.DeclaredAgent{{Name: "builder-decl", PublicKey: "ssh-ed25519 AAAAdecl", Fingerprint: "SHA256:decl"}},
 		Projects: []storage.DeclaredProject{{
 			Fields:  storage.ProjectFields{Name: "decl", RepositoryURL: "https://example.org/decl.git", Enabled: true},
 			Jobsets: []storage.JobsetFields{{Name: "main", FlakeMode: true, NixExpression: "hydraJobs", CheckInterval: 60, SchedulingShares: 100, State: storage.JobsetEnabled, KeepNr: 3}},
@@ -83,6 +84,13 @@ func TestDeclared_PagesHideEditsAndShowTheAPIsRefusal(t *testing.T) {
 	res, body := s.post(fmt.Sprint("/admin/users/", users[0].ID, "/delete"), url.Values{"confirm": {"yes"}}, admin)
 	if res.StatusCode != http.StatusConflict || !strings.Contains(body, refused) {
 		t.Errorf("delete the declared user: %d; want 409 showing the refusal", res.StatusCode)
+	}
+	if _, err := s.DB.RegisterAgent(ctx, "builder-free", "ssh-ed25519 AAAAfree", "SHA256:free"); err != nil {
+		t.Fatal(err)
+	}
+	_, body = s.get("/agents", admin)
+	if n := strings.Count(body, "Revoke…"); n != 1 || !strings.Contains(body, "declared in "+declaredFile) {
+		t.Errorf("agents page: %d revoke links, want 1 (for the agent not declared), and the declared one marked", n)
 	}
 	keys, _, err := s.DB.ListAPIKeys(ctx, storage.Page{Limit: 10})
 	if err != nil {
