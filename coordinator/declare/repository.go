@@ -164,6 +164,9 @@ func ParseJobsets(where string, data []byte, allowedPaths []string) ([]storage.J
 		}
 		seen[js.Name] = i
 		f, kerr := projectapi.JobsetFromDeclaration(js, allowedPaths)
+		if kerr == nil {
+			kerr = projectapi.RepositoryMayDeclare(f)
+		}
 		if kerr != nil {
 			return nil, config.KeyErrorIn(where, data, at+"."+kerr.Key, kerr.Msg)
 		}

@@ -2,6 +2,7 @@ package projectapi
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/fc-ci/fc/coordinator/config"
@@ -86,4 +87,20 @@ func keyError(err error, key string) *config.JobsetError {
 		key = he.Field
 	}
 	return &config.JobsetError{Key: key, Msg: err.Error()}
+}
+
+// RepositoryMayDeclare refuses in a jobset a repository's file declares what only an
+// admin may set through the API: path inputs and git inputs naming a local repository
+// (paths on the agents' machines). Whoever may push to the repository is not an admin.
+func RepositoryMayDeclare(f storage.JobsetFields) *config.JobsetError {
+	for i, in := range f.Inputs {
+		key := "inputs[" + strconv.Itoa(i) + "]"
+		switch fields := strings.Fields(in.Value); {
+		case in.Type == storage.InputTypePath:
+			return &config.JobsetError{Key: key, Msg: "a repository's file may not declare a path input (only an admin may set one)"}
+		case in.Type == storage.InputTypeGit && len(fields) > 0 && isLocalRepository(fields[0]):
+			return &config.JobsetError{Key: key, Msg: "a repository's file may not declare a git input naming a local repository (only an admin may set one)"}
+		}
+	}
+	return nil
 }
