@@ -69,6 +69,8 @@ type App struct {
 	Channels *channels.Channels
 	// Repositories applies the jobsets projects' repositories declare (.fc.toml).
 	Repositories *declare.Repositories
+	// Metrics is the registry /metrics serves.
+	Metrics *metrics.Metrics
 
 	settings config.Config
 	db       *storage.DB
@@ -80,9 +82,11 @@ const shutdownGrace = 20 * time.Second
 
 // Run is fc-coordinator serve: it opens the configured database (migrating it unless
 // database.auto_migrate is off), listens on server.host:server.port, assembles the
-// coordinator, applies its declarations and serves until ctx ends. Each of started
-// runs (e.g. the SIGHUP reload) once the coordinator is assembled, before it serves.
-func Run(ctx context.Context, settings config.Config, log *slog.Logger, started ...func(context.Context, *App)) error {
+// coordinator, applies its declarations and serves until ctx ends. Each of ready, in
+// order, is called with the coordinator and the address once the listener is up, the
+// coordinator assembled and its declarations applied (the SIGHUP reload, systemd's
+// READY=1).
+func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ...func(ctx context.Context, a *App, addr string)) error {
 	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
@@ -104,8 +108,8 @@ func Run(ctx context.Context, settings config.Config, log *slog.Logger, started 
 		ln.Close()
 		return err
 	}
-	for _, f := range started {
-		f(ctx, a)
+	for _, f := range ready {
+		f(ctx, a, ln.Addr().String())
 	}
 	return a.Serve(ctx, ln, shutdownGrace)
 }
@@ -144,14 +148,14 @@ func New(cfg Config) (*App, error) {
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
-		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents}, db)
+		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents, Metrics: m}, db)
 	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
 		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
 		UnsupportedWait: config.Seconds(s.Queue.UnsupportedWait), BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, MaxOutputSize: s.Queue.MaxOutputSize,
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
-		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Logger: log}, db)
+		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Metrics: m, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
 		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
@@ -202,7 +206,7 @@ func New(cfg Config) (*App, error) {
 	}, db, m)
 	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
-		Repositories: newRepositories(s, db, log, ev.Wake), settings: s, db: db, log: log}, nil
+		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -227,7 +231,7 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 		return nil, err
 	}
 	ch, err := cache.New(cache.Config{Priority: s.Cache.Priority, UpstreamCaches: s.Cache.UpstreamCaches,
-		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registry,
+		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registerer(),
 		ReadKeys: readKeys, BuildLogs: buildLogs}, db, blobs, key)
 	if err != nil {
 		return nil, err

@@ -15,8 +15,8 @@ import (
 // the configuration with load and applies its declarations again. Other settings
 // need a restart. A configuration that does not load or apply changes nothing: the
 // error is logged and the coordinator goes on as it was.
-func reloadOnHUP(load func() (config.Config, error), log *slog.Logger) func(context.Context, *app.App) {
-	return func(ctx context.Context, a *app.App) {
+func reloadOnHUP(load func() (config.Config, error), log *slog.Logger) func(context.Context, *app.App, string) {
+	return func(ctx context.Context, a *app.App, _ string) {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		go func() {
