@@ -1,10 +1,14 @@
 package declare_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/declare"
+	"github.com/fc-ci/fc/coordinator/projectapi"
 )
 
 // TestParseJobsets: a repository's file is checked by the API's rules, may not
@@ -32,5 +36,40 @@ func TestParseJobsets(t *testing.T) {
 				t.Errorf("ParseJobsets: %v, want an error naming the file and %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestExampleProjectPassesTheAPIsRules: the project and jobset coordinator.toml shows
+// (uncommented) pass the API's rules, as applying them checks.
+func TestExampleProjectPassesTheAPIsRules(t *testing.T) {
+	example, err := os.ReadFile("../../coordinator.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(example), "# [[users]]")
+	if !ok {
+		t.Fatal("coordinator.toml has no declaration examples")
+	}
+	var b strings.Builder
+	for _, l := range strings.Split("# [[users]]"+block, "\n") {
+		b.WriteString(strings.TrimPrefix(strings.TrimPrefix(l, "#"), " ") + "\n")
+	}
+	path := filepath.Join(t.TempDir(), "example.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range cfg.Projects {
+		if _, kerr := projectapi.ProjectFromDeclaration(p); kerr != nil {
+			t.Errorf("project %s: %v", p.Name, kerr)
+		}
+		for _, js := range p.Jobsets {
+			if _, kerr := projectapi.JobsetFromDeclaration(js, nil); kerr != nil {
+				t.Errorf("jobset %s: %v", js.Name, kerr)
+			}
+		}
 	}
 }
