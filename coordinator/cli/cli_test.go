@@ -274,6 +274,16 @@ func TestConfigCheck_SaysWhatTheFileMeansOrWhyNot(t *testing.T) {
 	if err != nil || string(out) != want {
 		t.Errorf("config check of a good file: %v\n%s\nwant %s", err, out, want)
 	}
+	declares := filepath.Join(dir, "declares.toml")
+	if err := os.WriteFile(declares, []byte("[[projects]]\nname = \"p\"\nrepository_url = \"https://example.org/p\"\n"+
+		"[[projects.jobsets]]\nname = \"main\"\nnix_expression = \"release.nix\"\n"+
+		"[[users]]\nusername = \"alice\"\nrole = \"admin\"\npassword_file = \"/run/secrets/alice\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = coordinatorCmd(t, nil, "--config", declares, "config", "check").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "declares 1 projects (1 jobsets), 0 API keys, 0 agents, 1 users (in "+declares+")") {
+		t.Errorf("config check of a file with declarations: %v\n%s", err, out)
+	}
 	out, err = coordinatorCmd(t, []string{"FC_CONFIG_FILE=" + bad}, "config", "check").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), bad+" line 3") || !strings.Contains(string(out), `"server.prot"`) {
 		t.Errorf("config check of a file with an unknown key: %v\n%s", err, out)

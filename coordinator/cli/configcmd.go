@@ -26,5 +26,14 @@ func configCmd(load func() (config.Config, error), args []string, env Env) error
 	}
 	fmt.Fprintf(env.Stdout, "configuration OK: listening on %s, state in %s, cache in %s, logs in %s, database: %s\n",
 		cfg.Server.Addr(), cfg.StateDir, cfg.CacheDir(), cfg.LogDir(), db)
+	if d := cfg.Declarations; !d.Empty() {
+		jobsets := 0
+		for _, p := range d.Projects {
+			jobsets += len(p.Jobsets)
+		}
+		// Their secret files are read when they are applied, not here.
+		fmt.Fprintf(env.Stdout, "declares %d projects (%d jobsets), %d API keys, %d agents, %d users (in %s)\n",
+			len(d.Projects), jobsets, len(d.APIKeys), len(d.Agents), len(d.Users), d.File)
+	}
 	return nil
 }
