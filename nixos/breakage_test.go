@@ -94,6 +94,18 @@ func TestModules_BrokenOnPurposeIsCaught(t *testing.T) {
 		}
 	})
 
+	t.Run("a declaration the coordinator refuses fails its config check", func(t *testing.T) {
+		s, err := h.eval(t, []string{"coordinator"}, `{ services.fc-coordinator = { enable = true;
+		  settings.projects = [ { name = "p"; repository_url = "https://example.org/p";
+		    jobsets = [ { name = "main"; nix_expresion = "release.nix"; } ]; } ]; }; }`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.configCheck(t, s.Units["fc-coordinator"], "fc-coordinator"); err == nil || !strings.Contains(err.Error(), "nix_expresion") {
+			t.Errorf("config check of a jobset with nix_expresion: %v", err)
+		}
+	})
+
 	t.Run("modules without a key cannot be imported twice", func(t *testing.T) {
 		b := h.broken(t, "nixos/coordinator.nix", `key = "github.com/fc-ci/fc/nixos/coordinator.nix";`, "")
 		_, err := b.eval(t, []string{"default", "coordinator"}, `{ services.fc-coordinator.enable = true; }`)

@@ -194,6 +194,26 @@ func featureChecks(h harness) []check {
 			},
 		},
 		{
+			// Declarations pass through settings as written; their secrets are credentials.
+			name: "declared projects, API keys, agents and users", imports: []string{"coordinator"},
+			module: `{ services.fc-coordinator = { enable = true;
+			  credentials = { deploy-key = "/run/keys/fc-deploy-key"; alice-password = "/run/keys/fc-alice-password"; };
+			  settings = {
+			    users = [ { username = "alice"; role = "admin"; email = "alice@example.org";
+			      password_file = "/run/credentials/fc-coordinator.service/alice-password"; } ];
+			    api_keys = [ { name = "deploy"; role = "eval-jobset"; key_file = "/run/credentials/fc-coordinator.service/deploy-key"; } ];
+			    agents = [ { name = "rack1"; public_key_file = "/etc/fc/agents/rack1.pub"; push = true; } ];
+			    projects = [ { name = "examples"; repository_url = "https://example.org/fc-examples.git"; owner = "alice";
+			      jobsets = [ { name = "main"; branch = "main"; nix_expression = "release.nix"; check_interval = 300;
+			        inputs = [ { name = "salt"; type = "string"; value = ""; } ]; } ]; } ];
+			  }; }; }`,
+			coordinator: []string{"declares 1 projects (1 jobsets), 1 API keys, 1 agents, 1 users"},
+			also: func(t *testing.T, s summary) {
+				wantList(t, "LoadCredential", list(s.Units["fc-coordinator"].ServiceConfig["LoadCredential"]),
+					"deploy-key:/run/keys/fc-deploy-key", "alice-password:/run/keys/fc-alice-password")
+			},
+		},
+		{
 			name: "local agent", imports: []string{"coordinator"},
 			module:      `{ services.fc-coordinator = { enable = true; settings.local_agent = { enabled = true; max_jobs = 2; }; }; }`,
 			coordinator: []string{"listening on 127.0.0.1:3000"},
