@@ -2,6 +2,8 @@ package nixos_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -129,7 +131,8 @@ func startUnit(t *testing.T, u unit, log io.Writer, extra ...string) *exec.Cmd {
 }
 
 // The coordinator and an agent run as their units say with the modules' TOML, behind a
-// real nginx configured as nginx.enable makes it: both tell systemd they are ready
+// real nginx configured as nginx.enable makes it: the declared key and project exist,
+// both daemons tell systemd they are ready
 // (Type=notify) and ping its watchdog, the agent's WebSocket session passes
 // the proxy, bodies up to server.max_body_size pass, larger ones get 413, and the rate
 // limit keys on the client nginx forwards, not on nginx. The admin command, run as
@@ -142,14 +145,21 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	port, proxyPort := freePort(t), freePort(t)
+	// An admin key declared by its hash, and a project: applied when the coordinator starts.
+	const declaredKey = "fc_0123456789abcdef0123456789abcdef"
+	sum := sha256.Sum256([]byte(declaredKey))
+	declaredHash := hex.EncodeToString(sum[:])
 	proxy := fmt.Sprintf("http://127.0.0.1:%d", proxyPort)
 	s, err := h.eval(t, []string{"default"}, fmt.Sprintf(`{
 	  services.fc-coordinator = { enable = true; nginx = { enable = true; virtualHost = "127.0.0.1"; };
 	    database.createLocally = false; database.urlFile = %q;
-	    settings = { state_dir = %q; server = { port = %d; max_body_size = 2097152; rate_limit_rps = 0.01; rate_limit_burst = 4; }; }; };
+	    settings = { state_dir = %q; server = { port = %d; max_body_size = 2097152; rate_limit_rps = 0.01; rate_limit_burst = 4; };
+	      api_keys = [ { name = "declared"; role = "admin"; key_hash = %q; } ];
+	      projects = [ { name = "examples"; repository_url = "https://example.org/examples.git";
+	        jobsets = [ { name = "main"; nix_expression = "release.nix"; } ]; } ]; }; };
 	  services.fc-agent = { enable = true; enrollmentTokenFile = %q; settings.coordinator.url = %q;
 	    settings.agent = { name = "proxied"; state_dir = %q; roles = [ "build" ]; max_jobs = 1; }; };
-	}`, urlFile, filepath.Join(dir, "coordinator"), port, tokenFile, proxy, filepath.Join(dir, "agent")))
+	}`, urlFile, filepath.Join(dir, "coordinator"), port, declaredHash, tokenFile, proxy, filepath.Join(dir, "agent")))
 	if err != nil || len(s.FailedAssertions) > 0 {
 		t.Fatalf("%v %q", err, s.FailedAssertions)
 	}
@@ -183,6 +193,11 @@ func TestModules_CoordinatorAndAgentBehindTheGeneratedNginx(t *testing.T) {
 		code, _ := get("/health", fmt.Sprintf("198.51.100.%d", i%250+1), "")
 		return code == http.StatusOK
 	})
+
+	if code, body := get("/api/v1/projects/examples", "198.51.100.251", declaredKey); code != http.StatusOK ||
+		!strings.Contains(body, `"declared":true`) {
+		t.Errorf("the declared project, with the declared key: %d %s", code, body)
+	}
 
 	admin := s.Scripts[0]
 	key, err := h.runScript(t, admin, "admin", "create-key", "--name", "proxy-test", "--role", "admin")
