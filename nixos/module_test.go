@@ -361,8 +361,8 @@ func readmeModules(t *testing.T, repo string) []string {
 func TestModules_READMEExamplesAsWritten(t *testing.T) {
 	h := newHarness(t)
 	blocks := readmeModules(t, h.repo)
-	if len(blocks) < 3 {
-		t.Fatalf("README.md's NixOS section has %d nix blocks, want the coordinator, builder and external database examples", len(blocks))
+	if len(blocks) < 4 {
+		t.Fatalf("README.md's NixOS section has %d nix blocks, want the coordinator, builder, external database and declarations examples", len(blocks))
 	}
 	for i, block := range blocks {
 		t.Run(fmt.Sprint("block ", i+1), func(t *testing.T) {
