@@ -357,6 +357,8 @@ in
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
         Restart = "on-failure";
         RestartSec = 5;
+        # Ready after migrations, which a large database may take a while over.
+        TimeoutStartSec = "5min";
         TimeoutStopSec = 30 + (s.local_agent.drain_timeout or 10);
       } // lib.optionalAttrs (s.server.port < 1024) {
         # The one privilege a low port needs.
