@@ -16,8 +16,8 @@ import (
 
 func TestMain(m *testing.M) { storagetest.Main(m) }
 
-// tickingJobset is one job that prints "line 1" to "line n", one every 0.1 s, and
-// appends "built" to record each time it is built.
+// tickingJobset is a job that prints "line 1" to "line n", one every 0.1 s, and
+// appends "built" to record each time it is built; and a job built from its output.
 func tickingJobset(t *testing.T, n int, record string) string {
 	t.Helper()
 	// The builder appends to it as whatever user Nix builds as.
@@ -29,8 +29,9 @@ func tickingJobset(t *testing.T, n int, record string) string {
 	}
 	return fmt.Sprintf(`let
   %s
-in {
+in rec {
   ticker = mk "ticker" { args = sh "i=1; while [ $i -le %d ]; do echo line $i; i=$((i+1)); sleep 0.1; done; echo built >> %s; echo > $out"; };
+  after = mk "after" { args = sh "cat ${ticker} > $out"; };
 }
 `, coordtest.MkLet(coordtest.Salt(t)), n, record)
 }
@@ -95,17 +96,19 @@ func storedLog(t *testing.T, c *coordtest.Coordinator, buildID int64) string {
 // (listener and connections cut, no goodbye). The agent is on B within seconds, the
 // step is built once (one attempt, one run of its builder) and succeeds, its output
 // uploaded to B, and its log holds every line once, in order: the agent resumed it at
-// the offset the coordinators' log store held.
+// the offset the coordinators' log store held. The job built from its output comes
+// after the move: its derivation is substituted from B's cache, not the dead A's.
 //
-// The coordinators share PostgreSQL and, here, a log directory ([logs] log_dir): logs
-// are still files on a coordinator's disk (object storage for them comes separately).
+// The coordinators share PostgreSQL and, here, a log directory ([logs] log_dir) and a
+// cache directory ([cache] dir): logs and NARs are still files on a coordinator's
+// disk (object storage for them comes separately).
 func TestFailover_AgentMovesToTheNextCoordinatorMidBuild(t *testing.T) {
 	// Serial: the agent must reach B within the lease's grace, which other builds on
 	// this machine's cores could delay.
-	logDir := t.TempDir()
-	shareLogs := func(cfg *config.Config) { cfg.Logs.LogDir = logDir }
-	a := coordtest.Start(t, coordtest.Options{Config: shareLogs})
-	b := coordtest.Start(t, coordtest.Options{Config: shareLogs, DB: a.DB})
+	logDir, cacheDir := t.TempDir(), t.TempDir()
+	share := func(cfg *config.Config) { cfg.Logs.LogDir, cfg.Cache.Dir = logDir, cacheDir }
+	a := coordtest.Start(t, coordtest.Options{Config: share})
+	b := coordtest.Start(t, coordtest.Options{Config: share, DB: a.DB})
 	const n = 80
 	record := filepath.Join(sharedDir(t), "built")
 	repo := coordtest.NewRepo(t)
@@ -120,7 +123,8 @@ func TestFailover_AgentMovesToTheNextCoordinatorMidBuild(t *testing.T) {
 	}
 
 	a.Trigger(js, false)
-	id := coordtest.BuildsOf(t, a, coordtest.Evaluated(t, a, js, 0))["ticker"].ID
+	builds := coordtest.BuildsOf(t, a, coordtest.Evaluated(t, a, js, 0))
+	id := builds["ticker"].ID
 	coordtest.Eventually(t, 120*time.Second, "10 lines of the step's log on A", func() bool {
 		return strings.Count(storedLog(t, a, id), "\n") >= 10
 	})
@@ -150,5 +154,13 @@ func TestFailover_AgentMovesToTheNextCoordinatorMidBuild(t *testing.T) {
 	}
 	if got := storedLog(t, b, id); got != expectedLines(n) {
 		t.Errorf("the log through B is not every line once, in order:\n%q", got)
+	}
+	after := coordtest.WaitBuild(t, b, builds["after"].ID, 60*time.Second, "finished", coordtest.Build.Finished)
+	once := after.Status == "succeeded" && len(after.Steps) == 2 // its own step and the ticker's
+	for _, s := range after.Steps {
+		once = once && s.Status == "succeeded" && s.Attempts == 1
+	}
+	if !once {
+		t.Errorf("the job built after the move: %s, steps %+v; want every step succeeded in one attempt", after.Status, after.Steps)
 	}
 }
