@@ -367,7 +367,7 @@ type coordPeer struct {
 	// crashInUpload, if set, is called when the first NAR of an upload has begun to
 	// arrive; the stream is then cut, as the coordinator's crash would.
 	crashInUpload func()
-	verdict      protocol.StepVerdict
+	verdict       protocol.StepVerdict
 
 	mu          sync.Mutex
 	events      []string
