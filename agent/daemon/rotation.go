@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"math/rand/v2"
 	"time"
 
 	"github.com/fc-ci/fc/internal/backoff"
@@ -13,12 +14,16 @@ import (
 // wait is jittered (internal/backoff); it grows only with the rounds in which the
 // whole list was tried and no dial succeeded, so with one coordinator down the next
 // is tried within a fraction of a second, and with all of them down the agents back
-// off as they did against one. One URL behaves as before the list existed.
+// off as they did against one. The first dial after a session that lasted ended
+// waits a random 0 to 4 × the minimum backoff (1 s by default) instead: every agent of
+// a coordinator that died loses it at the same moment, and they reach the next one
+// spread over that second rather than in one burst.
 type rotation struct {
 	urls   []string
-	next   int // index of the URL to dial next
-	failed int // failed dials since the last round ended
-	round  int // rounds in a row in which no dial succeeded: the backoff's exponent
+	next   int  // index of the URL to dial next
+	failed int  // failed dials since the last round ended
+	round  int  // rounds in a row in which no dial succeeded: the backoff's exponent
+	spread bool // the next dial is the first after a lasting session ended
 }
 
 func newRotation(urls []string) *rotation { return &rotation{urls: urls} }
@@ -28,6 +33,7 @@ func (r *rotation) url() string { return r.urls[r.next] }
 
 // dialFailed moves on after a failed dial; a round ends when every URL failed once.
 func (r *rotation) dialFailed() {
+	r.spread = false
 	r.next = (r.next + 1) % len(r.urls)
 	r.failed++
 	if r.failed >= len(r.urls) {
@@ -44,6 +50,7 @@ func (r *rotation) dialFailed() {
 func (r *rotation) sessionEnded(stable bool) {
 	r.next = (r.next + 1) % len(r.urls)
 	r.failed = 1 % len(r.urls)
+	r.spread = stable
 	if stable {
 		r.round = 0
 	} else {
@@ -51,7 +58,13 @@ func (r *rotation) sessionEnded(stable bool) {
 	}
 }
 
+// spreadFactor times the minimum backoff bounds the wait after a session ended.
+const spreadFactor = 4
+
 // delay is the jittered wait before the next dial.
 func (r *rotation) delay(min, max time.Duration) time.Duration {
+	if r.spread {
+		return rand.N(spreadFactor*min + 1)
+	}
 	return backoff.Delay(r.round, min, max)
 }

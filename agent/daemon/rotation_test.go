@@ -36,11 +36,46 @@ func TestRotation_EachURLInTurnBackingOffPerRound(t *testing.T) {
 		if r.url() != s.url || r.round != s.round {
 			t.Errorf("move %d (%s): next %s in round %d, want %s in round %d", i, s.ev, r.url(), r.round, s.url, s.round)
 		}
-		// Jittered in the upper half of 100 ms doubled per round, capped at 1 s.
-		want := min(100*ms<<s.round, time.Second)
-		if d := r.delay(100*ms, time.Second); d < want/2 || d > want {
-			t.Errorf("move %d: delay %v outside [%v, %v]", i, d, want/2, want)
+		// Jittered in the upper half of 100 ms doubled per round, capped at 1 s; after
+		// a lasting session, anywhere up to 4 × 100 ms.
+		lo, hi := min(100*ms<<s.round, time.Second)/2, min(100*ms<<s.round, time.Second)
+		if s.ev == "stable" {
+			lo, hi = 0, 400*ms
 		}
+		if d := r.delay(100*ms, time.Second); d < lo || d > hi {
+			t.Errorf("move %d: delay %v outside [%v, %v]", i, d, lo, hi)
+		}
+	}
+}
+
+// The agents of a coordinator that died all lose it at once: their first dials
+// after it are spread over the whole window, not bunched in its upper half.
+func TestRotation_FirstDialAfterASessionIsSpread(t *testing.T) {
+	t.Parallel()
+	const ms = time.Millisecond
+	var early, late int
+	for range 2000 {
+		r := newRotation([]string{"http://a", "http://b"})
+		r.sessionEnded(true)
+		d := r.delay(250*ms, 30*time.Second)
+		switch {
+		case d < 0 || d > time.Second:
+			t.Fatalf("delay %v outside [0, 1s]", d)
+		case d < 125*ms:
+			early++
+		case d > 750*ms:
+			late++
+		}
+	}
+	// Uniform over [0, 1 s]: about 250 of 2000 below 125 ms, 500 above 750 ms.
+	if early < 150 || late < 350 {
+		t.Errorf("%d of 2000 delays under 125 ms, %d over 750 ms: not spread over the second", early, late)
+	}
+	r := newRotation([]string{"http://a", "http://b", "http://c"})
+	r.sessionEnded(true)
+	r.dialFailed() // b failed; c is still in the first round
+	if d := r.delay(250*ms, 30*time.Second); d < 125*ms || d > 250*ms {
+		t.Errorf("after a failed dial the spread must end: %v, want the first round's 125-250 ms", d)
 	}
 }
 
