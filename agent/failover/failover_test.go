@@ -164,3 +164,25 @@ func TestFailover_AgentMovesToTheNextCoordinatorMidBuild(t *testing.T) {
 		t.Errorf("the job built after the move: %s, steps %+v; want every step succeeded in one attempt", after.Status, after.Steps)
 	}
 }
+
+// TestFailover_GracefulStopAndURLOrder: an agent given [A, B] connects to A (the
+// first); when A stops gracefully (its goodbye, as in a rolling restart) the agent
+// moves to B, not back to A; when B dies in turn it goes round to A, restarted.
+func TestFailover_GracefulStopAndURLOrder(t *testing.T) {
+	t.Parallel()
+	a := coordtest.Start(t, coordtest.Options{})
+	b := coordtest.Start(t, coordtest.Options{DB: a.DB})
+	coordtest.StartAgent(t, a, coordtest.AgentOptions{Name: "mover", URLs: []string{a.URL, b.URL}})
+	coordtest.Eventually(t, 30*time.Second, "the agent on A, the first URL", func() bool { return connected(a, "mover") })
+	if connected(b, "mover") {
+		t.Fatal("the agent holds sessions with both coordinators")
+	}
+	a.Stop()
+	coordtest.Eventually(t, 10*time.Second, "the agent on B after A's goodbye", func() bool { return connected(b, "mover") })
+	if !a.Log.Contains("agent-mover", "session to coordinator ended; reconnecting", "coordinator shutting down", "next="+b.URL) {
+		t.Errorf("the agent did not move on A's goodbye")
+	}
+	a.Restart()
+	b.Kill()
+	coordtest.Eventually(t, 10*time.Second, "the agent back on A after B died", func() bool { return connected(a, "mover") })
+}
