@@ -1,14 +1,18 @@
 package failover_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	agentcli "github.com/fc-ci/fc/agent/cli"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 	"github.com/fc-ci/fc/storage/storagetest"
@@ -185,4 +189,32 @@ func TestFailover_GracefulStopAndURLOrder(t *testing.T) {
 	a.Restart()
 	b.Kill()
 	coordtest.Eventually(t, 10*time.Second, "the agent back on A after B died", func() bool { return connected(a, "mover") })
+}
+
+// TestFailover_PushPassesOverADeadCoordinator: `fc-agent push` given coordinator.urls
+// [a port nothing listens on, A] uploads to A.
+func TestFailover_PushPassesOverADeadCoordinator(t *testing.T) {
+	t.Parallel()
+	a := coordtest.Start(t, coordtest.Options{})
+	stateDir := t.TempDir()
+	a.AllowPush(t, stateDir, "pusher")
+	file := filepath.Join(t.TempDir(), "fc-failover-"+coordtest.Salt(t))
+	if err := os.WriteFile(file, []byte(file), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("nix-store", "--add", file).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	path := strings.TrimSpace(string(out))
+	var stdout, stderr bytes.Buffer
+	env := []string{"FC_COORDINATOR__URLS=" + closedURL(t) + "," + a.URL, "FC_AGENT__STATE_DIR=" + stateDir, "FC_AGENT__NAME=pusher"}
+	code := agentcli.Main(context.Background(), agentcli.Env{Args: []string{"push", path}, Environ: env, Stdout: &stdout, Stderr: &stderr})
+	if code != 0 || !strings.Contains(stdout.String(), "sent "+path) {
+		t.Fatalf("fc-agent push: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	hash := strings.SplitN(strings.TrimPrefix(path, "/nix/store/"), "-", 2)[0]
+	if code, _ := coordtest.Get(t, a.URL+"/nix-cache/"+hash+".narinfo"); code != 200 {
+		t.Errorf("narinfo of the pushed path on A: HTTP %d", code)
+	}
 }
