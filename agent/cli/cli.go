@@ -323,7 +323,7 @@ func run(ctx context.Context, cfg config.Config, env Env, load func() (config.Co
 	}
 	dc.OnWelcome = notifyWelcome(n, func() string { return *current.Load() }, dc.OnWelcome)
 	dc.OnSessionEnd = func(reason error) {
-		n.Status(fmt.Sprintf("reconnecting (%s): %v", strings.Join(cfg.URLs(), ", "), reason))
+		n.Status(fmt.Sprintf("reconnecting to %s: %v", strings.Join(cfg.URLs(), ", "), reason))
 	}
 	d := daemon.New(dc)
 	ctx, cancel := context.WithCancel(ctx)
