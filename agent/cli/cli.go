@@ -249,7 +249,8 @@ func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (dae
 	// The coordinator the daemon is connected to now: steps substitute from its cache.
 	var current atomic.Pointer[string]
 	current.Store(&cfg.URLs()[0])
-	dc := daemon.Config{Session: sc, URLs: cfg.URLs(), OnConnected: func(url string) { current.Store(&url) }, Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
+	dc := daemon.Config{Session: sc, URLs: cfg.URLs(), OnConnected: func(url string) { current.Store(&url) },
+		Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
 		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
 	if every := cfg.GCEvery(); every > 0 {
 		dc.GC, dc.GCInterval = realise.CollectGarbage, every

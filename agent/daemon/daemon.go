@@ -1,8 +1,9 @@
 // Package daemon is the agent's lifecycle: keep one session to a coordinator
-// (agent/session), reconnect with capped, jittered exponential backoff
-// (internal/backoff) to the next of its coordinators (rotation), heartbeat, re-advertise capabilities when they change, answer
-// commands, run assigned work on its Executors (agent/work) and drain: take no new
-// work, keep heartbeating, finish what runs, then stop. Its counterpart on the
+// (agent/session), reconnect to the next of its coordinators with capped, jittered
+// exponential backoff (rotation, internal/backoff), heartbeat, re-advertise
+// capabilities when they change, answer commands, run assigned work on its
+// Executors (agent/work) and drain: take no new work, keep heartbeating, finish what
+// runs, then stop. Its counterpart on the
 // coordinator is coordinator/fleet, which holds every agent's session.
 package daemon
 
