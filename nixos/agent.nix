@@ -50,8 +50,12 @@ in
         options = {
           coordinator.url = mkOption {
             type = types.str;
+            default = "";
             example = "https://ci.example.org";
-            description = "The coordinator's base URL; the agent dials `<url>/api/v1/agent/connect` (a WebSocket).";
+            description = ''
+              The coordinator's base URL; the agent dials `<url>/api/v1/agent/connect` (a
+              WebSocket). Several coordinators: `coordinator.urls` (a list) instead.
+            '';
           };
           agent.state_dir = mkOption {
             type = types.str;
@@ -89,10 +93,19 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [{
-      assertion = lib.hasPrefix "/" stateDir;
-      message = "services.fc-agent: settings.agent.state_dir must be an absolute path, not \"${stateDir}\".";
-    }];
+    assertions = [
+      {
+        assertion = lib.hasPrefix "/" stateDir;
+        message = "services.fc-agent: settings.agent.state_dir must be an absolute path, not \"${stateDir}\".";
+      }
+      {
+        assertion = (s.coordinator.url != "") != ((s.coordinator.urls or [ ]) != [ ]);
+        message = ''
+          services.fc-agent: name the coordinator: settings.coordinator.url
+          ("https://ci.example.org"), or settings.coordinator.urls for several, not both.
+        '';
+      }
+    ];
 
     # Its own user: the agent evaluates projects' code and runs git; builds run in the
     # nix-daemon, which must trust it for the options it passes (substituters, keys).

@@ -122,6 +122,19 @@ func TestModules_BrokenOnPurposeIsCaught(t *testing.T) {
 		{"firewall open on loopback", `{ services.fc-coordinator = { enable = true; openFirewall = true; }; }`,
 			`settings.server.host = "127.0.0.1" listens on loopback only`},
 	}
+	for _, a := range []struct{ name, module, want string }{
+		{"agent without a coordinator", `{ services.fc-agent.enable = true; }`, "services.fc-agent: name the coordinator"},
+	} {
+		t.Run("an assertion explains: "+a.name, func(t *testing.T) {
+			s, err := h.eval(t, []string{"agent"}, a.module)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s.FailedAssertions) != 1 || !strings.Contains(s.FailedAssertions[0], a.want) {
+				t.Errorf("failed assertions %q; want one saying %q", s.FailedAssertions, a.want)
+			}
+		})
+	}
 	for _, a := range assertions {
 		t.Run("an assertion explains: "+a.name, func(t *testing.T) {
 			s, err := h.eval(t, []string{"coordinator"}, a.module)

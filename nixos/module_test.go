@@ -268,9 +268,9 @@ func agentChecks(h harness) []check {
 		{
 			name: "default with coordinator and agent imported again", imports: []string{"default", "coordinator", "agent"},
 			module: `{ services.fc-coordinator.enable = true;
-			  services.fc-agent = { enable = true; settings.coordinator.url = "http://127.0.0.1:3000"; }; }`,
+			  services.fc-agent = { enable = true; settings.coordinator.urls = [ "http://127.0.0.1:3000" "https://ci2.example.org" ]; }; }`,
 			coordinator: []string{"listening on 127.0.0.1:3000"},
-			agent:       []string{"coordinator http://127.0.0.1:3000", "state in /var/lib/fc-agent"},
+			agent:       []string{"coordinator http://127.0.0.1:3000 then https://ci2.example.org", "state in /var/lib/fc-agent"},
 			also: func(t *testing.T, s summary) {
 				wantList(t, "groups", s.Groups, "fc", "fc-agent")
 			},

@@ -164,7 +164,7 @@ func configCheck(cfg config.Config, env Env, args []string) int {
 		return ExitUsage
 	}
 	fmt.Fprintf(env.Stdout, "configuration OK: coordinator %s, state in %s, key %s, roles %s\n",
-		cfg.Coordinator.URL, cfg.Agent.StateDir, cfg.KeyPath(), strings.Join(cfg.Agent.Roles, ","))
+		strings.Join(cfg.URLs(), " then "), cfg.Agent.StateDir, cfg.KeyPath(), strings.Join(cfg.Agent.Roles, ","))
 	return ExitOK
 }
 
