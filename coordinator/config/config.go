@@ -35,6 +35,8 @@ type Config struct {
 	LocalAgent LocalAgent `toml:"local_agent"`
 	// Notifications are e-mail, run_command and the delivery of every notification.
 	Notifications Notifications `toml:"notifications"`
+	// Cluster lets several coordinators on one database know each other.
+	Cluster Cluster `toml:"cluster"`
 }
 
 // LocalAgent is the [local_agent] section: an agent the coordinator runs in its own
@@ -194,6 +196,7 @@ func Defaults() Config {
 		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true},
 		LocalAgent:    LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
 		Notifications: notificationDefaults(),
+		Cluster:       clusterDefaults(),
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -280,6 +283,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Notifications.validate(); err != nil {
+		return err
+	}
+	if err := c.Cluster.validate(); err != nil {
 		return err
 	}
 	switch c.LogLevel {
