@@ -242,17 +242,31 @@ func (a *App) RunLoops(ctx context.Context) {
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()
-	go func() { defer wg.Done(); a.PullRequests.Run(ctx) }()
+	go func() { defer wg.Done(); a.leadJob(ctx, "pull-request-poll", a.settings.Eval.PullRequestInterval > 0, a.PullRequests.Run) }()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.Cache.RunGC(ctx, config.Seconds(gc.CleanupInterval), config.Days(gc.MaxAgeDays))
+			a.leadJob(ctx, "cache-retention", true, func(ctx context.Context) {
+				a.Cache.RunGC(ctx, config.Seconds(gc.CleanupInterval), config.Days(gc.MaxAgeDays))
+			})
 		}()
 	}
 	wg.Wait()
+}
+
+// jobRetry is how often a coordinator tries to take over a periodic job another
+// coordinator holds (and checks that it still holds the ones it runs).
+const jobRetry = 5 * time.Second
+
+// leadJob runs a periodic job on one coordinator of those sharing the database (a
+// PostgreSQL advisory lock per job, see storage.LeadJob), if enabled.
+func (a *App) leadJob(ctx context.Context, name string, enabled bool, run func(context.Context)) {
+	if enabled {
+		a.db.LeadJob(ctx, name, jobRetry, run)
+	}
 }
 
 // Serve runs the loops, the local agent ([local_agent]) and the HTTP server on ln
