@@ -242,7 +242,10 @@ func (a *App) RunLoops(ctx context.Context) {
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()
-	go func() { defer wg.Done(); a.leadJob(ctx, "pull-request-poll", a.settings.Eval.PullRequestInterval > 0, a.PullRequests.Run) }()
+	go func() {
+		defer wg.Done()
+		a.leadJob(ctx, "pull-request-poll", a.settings.Eval.PullRequestInterval > 0, a.PullRequests.Run)
+	}()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {
