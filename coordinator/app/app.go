@@ -22,6 +22,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/buildqueue"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/channels"
+	"github.com/fc-ci/fc/coordinator/cluster"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
@@ -68,6 +69,8 @@ type App struct {
 	Channels *channels.Channels
 	// Metrics is the registry /metrics serves.
 	Metrics *metrics.Metrics
+	// Cluster is this coordinator's membership ([cluster]); nil when off.
+	Cluster *cluster.Cluster
 
 	settings config.Config
 	db       *storage.DB
@@ -132,6 +135,10 @@ func New(cfg Config) (*App, error) {
 	// are built first with agents, which New binds to the fleet right after building
 	// it, before anything runs or serves.
 	agents := &sessions{}
+	cl, err := newCluster(s, cfg.Addr, agents, log)
+	if err != nil {
+		return nil, err
+	}
 	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL),
 		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff),
 		Health: storage.AgentHealth{Threshold: s.Queue.AgentFailureThreshold, Backoff: config.Seconds(s.Queue.AgentBackoff),
@@ -148,7 +155,8 @@ func New(cfg Config) (*App, error) {
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
 		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Metrics: m, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks(), clusterHooks(cl)),
+		Remote: remote(cl),
 		Streams: map[string]fleet.StreamHandler{
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
@@ -175,28 +183,31 @@ func New(cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	routes, mounts := clusterRoutes(cl, fl)
+	mounts["/nix-cache"], mounts["/channel"], mounts["/"] = ch.Handler(), chans.Handler(), dash.Handler()
 	srv := server.New(server.Config{
 		Server:  s.Server,
 		Version: protocol.BuildVersion,
 		Logger:  log,
-		APIRoutes: []server.Routes{
+		APIRoutes: append([]server.Routes{
 			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
 			fl,
 			ch,
 			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
-			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log,
+				Route: logRoute(cl, fl)}, db),
 			accounts,
 			ob,
 			searchapi.New(searchapi.Config{Logger: log}, db),
 			chans,
-		},
+		}, routes...),
 		// A session cookie signs in every route: pages, the API and the cache.
 		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
-		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/channel": chans.Handler(), "/": dash.Handler()},
+		Mounts:         mounts,
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, Metrics: m, settings: s, db: db,
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, Metrics: m, Cluster: cl, settings: s, db: db,
 		log: log}, nil
 }
 
@@ -248,6 +259,15 @@ func (a *App) RunLoops(ctx context.Context) {
 	}()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
+	if a.Cluster != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Cluster.Run(ctx); err != nil {
+				a.log.Error("cluster membership", "err", err)
+			}
+		}()
+	}
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {
 		wg.Add(1)
 		go func() {

@@ -54,6 +54,9 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(b.log, w, r, err)
 		return
 	}
+	if b.forward(w, r, step) {
+		return
+	}
 	offset, err := offsetQuery(r)
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/cache"
+	"github.com/fc-ci/fc/coordinator/cluster"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -37,12 +38,14 @@ type Coordinator struct {
 	Admin string // an admin API key
 	Log   *LogBuffer
 
-	mu     sync.Mutex
-	Fleet  *fleet.Fleet
-	Cache  *cache.Cache
-	Evals  *evalqueue.Evals
-	cancel context.CancelFunc
-	done   chan error
+	mu    sync.Mutex
+	Fleet *fleet.Fleet
+	Cache *cache.Cache
+	Evals *evalqueue.Evals
+	// Cluster is the membership ([cluster] enabled), nil otherwise.
+	Cluster *cluster.Cluster
+	cancel  context.CancelFunc
+	done    chan error
 }
 
 // Options tweak the configuration before start.
@@ -114,7 +117,7 @@ func (c *Coordinator) serve(ln net.Listener) {
 		done <- err
 	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, cancel, done
+	c.Fleet, c.Cache, c.Evals, c.Cluster, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, a.Cluster, cancel, done
 	c.mu.Unlock()
 }
 
