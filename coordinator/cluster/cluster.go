@@ -212,8 +212,12 @@ func (c *Cluster) join(ctx context.Context, ml *memberlist.Memberlist) {
 // not "dead"), leaves the gossip and stops.
 func (c *Cluster) leave(ml *memberlist.Memberlist) {
 	c.mu.Lock()
+	killed := c.stopped
 	c.stopped = true
 	c.mu.Unlock()
+	if killed {
+		return
+	}
 	for _, n := range ml.Members() {
 		if n.Name != c.cfg.Name {
 			_ = ml.SendReliable(n, []byte(msgLeaving+c.cfg.Name))

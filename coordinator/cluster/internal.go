@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/protocol"
 )
@@ -149,9 +150,9 @@ func (c *Cluster) post(ctx context.Context, url string, body []byte) (*http.Resp
 }
 
 // Routes serves GET /api/v1/cluster: the members with their status, API address
-// and agent count (this one marked self).
+// and agent count (this one marked self). Admins only: it names internal addresses.
 func (c *Cluster) Routes(r chi.Router) {
-	r.Get("/cluster", func(w http.ResponseWriter, r *http.Request) {
+	r.With(httpkit.Require(auth.PermAdmin)).Get("/cluster", func(w http.ResponseWriter, r *http.Request) {
 		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"name": c.cfg.Name, "members": c.Members()})
 	})
 }
