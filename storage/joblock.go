@@ -48,9 +48,12 @@ func (db *DB) TryJob(ctx context.Context, name string, fn func(ctx context.Conte
 // retry after another took over: the jobs tolerate that, they only must not run
 // everywhere). Then it tries again. For jobs on a timer of their own
 // (cache retention, polling), which must run once across the coordinators.
-func (db *DB) LeadJob(ctx context.Context, name string, retry time.Duration, run func(ctx context.Context)) {
+// busy, if not nil, is called each time the lock is found held elsewhere.
+func (db *DB) LeadJob(ctx context.Context, name string, retry time.Duration, run func(ctx context.Context), busy func()) {
 	for ctx.Err() == nil {
-		db.leadOnce(ctx, name, retry, run)
+		if !db.leadOnce(ctx, name, retry, run) && busy != nil && ctx.Err() == nil {
+			busy()
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(retry):

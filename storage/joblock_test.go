@@ -19,7 +19,7 @@ func TestJobLock_LeadJobRunsOnOneAtATimeAndMovesOn(t *testing.T) {
 		db.LeadJob(ctx, "test-job", 50*time.Millisecond, func(jctx context.Context) {
 			started <- id
 			<-jctx.Done()
-		})
+		}, nil)
 	}
 	ctxs := map[int]context.CancelFunc{}
 	for id := range 2 {

@@ -287,9 +287,20 @@ const jobRetry = 5 * time.Second
 // leadJob runs a periodic job on one coordinator of those sharing the database (a
 // PostgreSQL advisory lock per job, see storage.LeadJob), if enabled.
 func (a *App) leadJob(ctx context.Context, name string, enabled bool, run func(context.Context)) {
-	if enabled {
-		a.db.LeadJob(ctx, name, jobRetry, run)
+	if !enabled {
+		return
 	}
+	var told bool
+	a.db.LeadJob(ctx, name, jobRetry, func(ctx context.Context) {
+		a.log.Info("periodic job runs on this coordinator", "job", name)
+		told = false
+		run(ctx)
+	}, func() {
+		if !told {
+			told = true
+			a.log.Info("periodic job runs on another coordinator", "job", name)
+		}
+	})
 }
 
 // Serve runs the loops, the local agent ([local_agent]) and the HTTP server on ln
