@@ -21,7 +21,7 @@ func routed(t *testing.T, jobs string) (a, b *coordtest.Coordinator, builds map[
 	cs := startCluster(t, 2, func(cfg *config.Config) { cfg.Queue.LeaseTTL = 60 })
 	a, b = cs[0], cs[1]
 	repo := coordtest.NewRepo(t)
-	repo.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin {\n%s}\n", coordtest.MkLet(coordtest.Salt(t)), jobs)})
+	repo.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin rec {\n%s}\n", coordtest.MkLet(coordtest.Salt(t)), jobs)})
 	_, js := a.Project("demo", repo.Dir, nil)
 	coordtest.StartAgent(t, a, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 	coordtest.StartAgent(t, a, coordtest.AgentOptions{Name: "builder"})
@@ -59,62 +59,81 @@ type logMsg struct {
 	Status string `json:"status"`
 }
 
-// TestRouting_LiveLogThroughAnotherCoordinator: a step builds on an agent connected
-// to A, printing a line every 100 ms; its log followed through B's WebSocket comes
-// live (the first lines while it still runs), every line once and in order, each
-// message starting where the last ended; B's HTTP log endpoint serves it too.
+// TestRouting_LiveLogThroughAnotherCoordinator: steps build on an agent connected
+// to A, printing a line every 100 ms; their logs followed through B's WebSocket come
+// live (the first lines while the step still runs), every line once and in order,
+// each message starting where the last ended: one viewer comes while the step runs
+// (B proxies it to A), one while its step still waits for the first (B follows it
+// until it starts on A, then relays A's stream).
 func TestRouting_LiveLogThroughAnotherCoordinator(t *testing.T) {
 	t.Parallel()
-	const lines = 40
-	a, b, builds, _ := routed(t, fmt.Sprintf(`  printer = mk "printer" { args = sh "for i in $(seq 1 %d); do echo line $i; sleep 0.1; done; echo > $out"; };
-`, lines))
-	id := builds["printer"].ID
-	waitRunning(t, a, id)
-	ws := "ws" + strings.TrimPrefix(b.URL, "http") + fmt.Sprintf("/api/v1/builds/%d/log/stream", id)
-	conn, resp, err := websocket.DefaultDialer.Dial(ws, http.Header{"Authorization": {"Bearer " + b.Admin}})
-	if err != nil {
-		t.Fatalf("dial %s: %v (%v)", ws, err, resp)
+	const lines = 30
+	script := fmt.Sprintf("for i in $(seq 1 %d); do echo line $i; sleep 0.1; done; echo > $out", lines)
+	a, b, builds, _ := routed(t, fmt.Sprintf(`  printer = mk "printer" { args = sh "%s"; };
+  second = mk "second" { after = printer; args = sh "%s"; };
+`, script, script))
+	first, second := builds["printer"].ID, builds["second"].ID
+	waitRunning(t, a, first)
+	if st := coordtest.GetBuild(t, b, second).Status; st != "queued" {
+		t.Fatalf("second build is %s, want queued behind the first", st)
 	}
-	defer conn.Close()
-	_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	var text strings.Builder
-	var next int64
-	live := false
-	for {
-		var m logMsg
-		if err := conn.ReadJSON(&m); err != nil {
-			t.Fatalf("read: %v (so far %q)", err, text.String())
+	viewers := map[int64]*websocket.Conn{}
+	for _, id := range []int64{first, second} {
+		ws := "ws" + strings.TrimPrefix(b.URL, "http") + fmt.Sprintf("/api/v1/builds/%d/log/stream", id)
+		conn, resp, err := websocket.DefaultDialer.Dial(ws, http.Header{"Authorization": {"Bearer " + b.Admin}})
+		if err != nil {
+			t.Fatalf("dial %s: %v (%v)", ws, err, resp)
 		}
-		if m.Type == "end" {
-			if m.Status != "succeeded" || m.Next != next {
-				t.Errorf("end: %+v, want succeeded at %d", m, next)
-			}
-			break
-		}
-		if m.Type != "log" {
-			continue
-		}
-		if m.Offset == nil || *m.Offset != next || m.Next != next+int64(len(m.Data)) {
-			t.Fatalf("message at %v..%d after %d: a gap or a repeat", m.Offset, m.Next, next)
-		}
-		if next == 0 {
-			live = coordtest.GetBuild(t, b, id).Status == "running"
-		}
-		next = m.Next
-		text.WriteString(m.Data)
-	}
-	if !live {
-		t.Errorf("the first lines came only after the step ended: not live")
+		defer conn.Close()
+		viewers[id] = conn
 	}
 	var want strings.Builder
 	for i := 1; i <= lines; i++ {
 		fmt.Fprintf(&want, "line %d\n", i)
 	}
-	if !strings.Contains(text.String(), want.String()) {
-		t.Errorf("log through B:\n%s\nwant every line once, in order:\n%s", text.String(), want.String())
+	for _, id := range []int64{first, second} {
+		text, live := readLog(t, b, viewers[id], id)
+		if !live {
+			t.Errorf("build %d: the first lines came only after the step ended: not live", id)
+		}
+		if !strings.Contains(text, want.String()) || strings.Count(text, "line 1\n") != 1 {
+			t.Errorf("build %d: log through B:\n%s\nwant every line once, in order:\n%s", id, text, want.String())
+		}
 	}
-	if !strings.Contains(b.Log.String(), "live log served through the agent's coordinator") {
-		t.Errorf("B did not forward the stream")
+	if !b.Log.Contains("live log served through the agent's coordinator") || !b.Log.Contains("live log relayed from the agent's coordinator") {
+		t.Errorf("B neither forwarded nor relayed the streams")
+	}
+}
+
+// readLog reads a live log stream to its end, checking its offsets; live is whether
+// the first lines came while the build ran.
+func readLog(t *testing.T, c *coordtest.Coordinator, conn *websocket.Conn, id int64) (text string, live bool) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(90 * time.Second))
+	var sb strings.Builder
+	var next int64
+	for {
+		var m logMsg
+		if err := conn.ReadJSON(&m); err != nil {
+			t.Fatalf("build %d: read: %v (so far %q)", id, err, sb.String())
+		}
+		if m.Type == "end" {
+			if m.Status != "succeeded" || m.Next != next {
+				t.Errorf("build %d: end %+v, want succeeded at %d", id, m, next)
+			}
+			return sb.String(), live
+		}
+		if m.Type != "log" {
+			continue
+		}
+		if m.Offset == nil || *m.Offset != next || m.Next != next+int64(len(m.Data)) {
+			t.Fatalf("build %d: message at %v..%d after %d: a gap or a repeat", id, m.Offset, m.Next, next)
+		}
+		if next == 0 {
+			live = coordtest.GetBuild(t, c, id).Status == "running"
+		}
+		next = m.Next
+		sb.WriteString(m.Data)
 	}
 }
 
