@@ -93,6 +93,7 @@ type Cluster struct {
 	agents  []int64 // this member's, as last published
 	changed chan struct{}
 	stopped bool
+	started time.Time
 }
 
 // New returns a member that is not running yet (see Run).
@@ -167,7 +168,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 		return fmt.Errorf("start gossip on %s: %w", c.cfg.Bind, err)
 	}
 	c.mu.Lock()
-	c.ml = ml
+	c.ml, c.started = ml, time.Now()
 	c.mu.Unlock()
 	c.log.Info("cluster member started", "name", c.cfg.Name, "gossip", ml.LocalNode().Address(), "api", c.cfg.APIAddress)
 	go c.join(ctx, ml)
@@ -272,7 +273,7 @@ const msgLeaving = "leaving:"
 func (c *Cluster) Members() []Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := []Member{{Name: c.cfg.Name, Status: StatusAlive, APIAddress: c.cfg.APIAddress, Agents: len(c.agents), Self: true}}
+	out := []Member{{Name: c.cfg.Name, Status: StatusAlive, APIAddress: c.cfg.APIAddress, Agents: len(c.agents), Self: true, Since: c.started}}
 	if c.ml != nil {
 		out[0].Gossip = c.ml.LocalNode().Address()
 	}
