@@ -22,6 +22,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/buildqueue"
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/channels"
+	"github.com/fc-ci/fc/coordinator/cluster"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/declare"
 	"github.com/fc-ci/fc/coordinator/evalapi"
@@ -71,6 +72,8 @@ type App struct {
 	Repositories *declare.Repositories
 	// Metrics is the registry /metrics serves.
 	Metrics *metrics.Metrics
+	// Cluster is this coordinator's membership ([cluster]); nil when off.
+	Cluster *cluster.Cluster
 
 	settings config.Config
 	db       *storage.DB
@@ -141,6 +144,10 @@ func New(cfg Config) (*App, error) {
 	// are built first with agents, which New binds to the fleet right after building
 	// it, before anything runs or serves.
 	agents := &sessions{}
+	cl, err := newCluster(s, cfg.Addr, agents, log)
+	if err != nil {
+		return nil, err
+	}
 	leases := lease.New(lease.Config{Store: db, Logger: log, Settings: storage.LeaseConfig{TTL: config.Seconds(s.Queue.LeaseTTL),
 		Grace: config.Seconds(s.Queue.LeaseGrace), MaxAttempts: s.Queue.MaxAttempts, Backoff: config.Seconds(s.Queue.RetryBackoff),
 		Health: storage.AgentHealth{Threshold: s.Queue.AgentFailureThreshold, Backoff: config.Seconds(s.Queue.AgentBackoff),
@@ -157,7 +164,8 @@ func New(cfg Config) (*App, error) {
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
 		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Metrics: m, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
-		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
+		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks(), clusterHooks(cl)),
+		Remote: remote(cl),
 		Streams: map[string]fleet.StreamHandler{
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
@@ -184,29 +192,32 @@ func New(cfg Config) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	routes, mounts := clusterRoutes(cl, fl)
+	mounts["/nix-cache"], mounts["/channel"], mounts["/"] = ch.Handler(), chans.Handler(), dash.Handler()
 	srv := server.New(server.Config{
 		Server:  s.Server,
 		Version: protocol.BuildVersion,
 		Logger:  log,
-		APIRoutes: []server.Routes{
+		APIRoutes: append([]server.Routes{
 			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
 			fl,
 			ch,
 			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
-			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log}, db),
+			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log,
+				Route: logRoute(cl, fl)}, db),
 			accounts,
 			ob,
 			searchapi.New(searchapi.Config{Logger: log}, db),
 			chans,
-		},
+		}, routes...),
 		// A session cookie signs in every route: pages, the API and the cache.
 		Middleware:     []func(http.Handler) http.Handler{accounts.Middleware},
-		Mounts:         map[string]http.Handler{"/nix-cache": ch.Handler(), "/channel": chans.Handler(), "/": dash.Handler()},
+		Mounts:         mounts,
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
-		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, settings: s, db: db, log: log}, nil
+		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, Cluster: cl, settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -252,17 +263,54 @@ func (a *App) RunLoops(ctx context.Context) {
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()
-	go func() { defer wg.Done(); a.PullRequests.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		a.leadJob(ctx, "pull-request-poll", a.settings.Eval.PullRequestInterval > 0, a.PullRequests.Run)
+	}()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
+	if a.Cluster != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Cluster.Run(ctx); err != nil {
+				a.log.Error("cluster membership", "err", err)
+			}
+		}()
+	}
 	if gc := a.settings.GC; gc.CleanupInterval > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.Cache.RunGC(ctx, config.Seconds(gc.CleanupInterval), config.Days(gc.MaxAgeDays))
+			a.leadJob(ctx, "cache-retention", true, func(ctx context.Context) {
+				a.Cache.RunGC(ctx, config.Seconds(gc.CleanupInterval), config.Days(gc.MaxAgeDays))
+			})
 		}()
 	}
 	wg.Wait()
+}
+
+// jobRetry is how often a coordinator tries to take over a periodic job another
+// coordinator holds (and checks that it still holds the ones it runs).
+const jobRetry = 5 * time.Second
+
+// leadJob runs a periodic job on one coordinator of those sharing the database (a
+// PostgreSQL advisory lock per job, see storage.LeadJob), if enabled.
+func (a *App) leadJob(ctx context.Context, name string, enabled bool, run func(context.Context)) {
+	if !enabled {
+		return
+	}
+	var told bool
+	a.db.LeadJob(ctx, name, jobRetry, func(ctx context.Context) {
+		a.log.Info("periodic job runs on this coordinator", "job", name)
+		told = false
+		run(ctx)
+	}, func() {
+		if !told {
+			told = true
+			a.log.Info("periodic job runs on another coordinator", "job", name)
+		}
+	})
 }
 
 // Serve runs the loops, the local agent ([local_agent]) and the HTTP server on ln

@@ -27,7 +27,7 @@ func (a *App) ApplyDeclarations(ctx context.Context, d config.Declarations) erro
 		return fmt.Errorf("declarative configuration: %w", err)
 	}
 	for _, id := range rep.RevokedAgents {
-		a.Fleet.Disconnect(id)
+		a.Fleet.Disconnect(ctx, id)
 	}
 	if d.File == "" {
 		return nil

@@ -48,6 +48,10 @@ type Config struct {
 	// the private cache does: products are files out of the cache.
 	ReadKeys auth.KeyStore
 	Logger   *slog.Logger
+	// Route, in a cluster, is the API address of the coordinator holding a session of
+	// the agent when another one does: the live log of a step running there is
+	// served through it. Nil: one coordinator.
+	Route func(agentID int64) (apiAddress string, ok bool)
 }
 
 // Builds is the builds API.

@@ -26,6 +26,9 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(b.log, w, r, err)
 		return
 	}
+	if b.forward(w, r, step) {
+		return
+	}
 	tail, err := httpkit.PositiveQuery(r, "tail")
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)

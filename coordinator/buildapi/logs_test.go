@@ -130,7 +130,7 @@ func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
 			fl := c.CurrentFleet()
 			for _, agentID := range fl.AgentIDs() {
 				if s, ok := fl.Session(agentID); ok && s.Name == "builder" {
-					fl.Disconnect(agentID)
+					fl.DisconnectHere(agentID)
 				}
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/storage"
 )
 
 // logMessage is one WebSocket message of a live log. Offsets are bytes of the stored
@@ -39,6 +40,8 @@ const (
 	pingEvery     = 20 * time.Second // a viewer that does not answer a ping within writeTimeout is dropped
 	writeTimeout  = 10 * time.Second // a viewer that cannot take a message this long is dropped
 	statusRecheck = 10 * time.Second // safety net for changes no wake-up announces
+	// clusterRecheck is statusRecheck where another coordinator may run the step.
+	clusterRecheck = time.Second
 )
 
 // Write buffers are pooled: an idle viewer holds none (1,000 idle viewers cost ~175 KB
@@ -52,6 +55,9 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 	_, step, err := b.logStep(r)
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)
+		return
+	}
+	if b.forward(w, r, step) {
 		return
 	}
 	offset, err := offsetQuery(r)
@@ -85,7 +91,7 @@ func (b *Builds) streamLog(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	f := follower{b: b, conn: conn, step: step.ID, epoch: step.LeaseEpoch, offset: offset, lines: -1}
+	f := follower{b: b, conn: conn, step: step.ID, epoch: step.LeaseEpoch, offset: offset, lines: -1, relay: b.relay(r)}
 	if tail > 0 && offset == 0 {
 		f.offset = f.tailOffset(int(tail))
 	}
@@ -103,6 +109,9 @@ type follower struct {
 	offset int64
 	lines  int64 // newlines before offset; -1 until counted
 	waited bool
+	// relay follows the rest of a step that started running on another member's
+	// agent through that member (see Builds.relay); nil: never.
+	relay func(ctx context.Context, st storage.StepInfo, offset int64) *websocket.Conn
 }
 
 // readBufs are the followers' read buffers, taken only while there is something to send.
@@ -118,7 +127,13 @@ func (f *follower) run(ctx context.Context) error {
 	defer sub.Close()
 	ping := time.NewTicker(pingEvery)
 	defer ping.Stop()
-	recheck := time.NewTicker(statusRecheck)
+	every := statusRecheck
+	if f.relay != nil {
+		// In a cluster a step may start on another member's agent, which wakes no
+		// viewer here: look more often, to take its stream up while it is young.
+		every = clusterRecheck
+	}
+	recheck := time.NewTicker(every)
 	defer recheck.Stop()
 	for {
 		st, err := f.b.db.GetStep(ctx, f.step)
@@ -133,6 +148,11 @@ func (f *follower) run(ctx context.Context) error {
 				}
 			}
 			f.epoch, f.offset, f.lines = st.LeaseEpoch, 0, 0
+		}
+		if st.Status == "running" && f.relay != nil {
+			if up := f.relay(ctx, st, f.offset); up != nil {
+				return f.pipe(ctx, up)
+			}
 		}
 		if err := f.sendAvailable(); err != nil {
 			return err

@@ -188,8 +188,15 @@ func (b *Builds) listen(ctx context.Context) {
 	}, storage.StepsChannel)
 }
 
-// sweep rescues expired leases and ends steps that cannot be built.
+// sweep rescues expired leases and ends steps that cannot be built: on one
+// coordinator at a time (the others skip their pass while it runs).
 func (b *Builds) sweep(ctx context.Context) {
+	if _, err := b.db.TryJob(ctx, "build-sweep", b.sweepPass); err != nil && ctx.Err() == nil {
+		b.log.Warn("build sweep", "err", err)
+	}
+}
+
+func (b *Builds) sweepPass(ctx context.Context) {
 	b.cfg.Leases.Rescue(ctx, storage.LeaseStep)
 	if n, err := b.db.FailCachedSteps(ctx); err != nil {
 		b.log.Warn("cached failures", "err", err)

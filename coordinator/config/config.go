@@ -36,6 +36,8 @@ type Config struct {
 	LocalAgent LocalAgent `toml:"local_agent"`
 	// Notifications are e-mail, run_command and the delivery of every notification.
 	Notifications Notifications `toml:"notifications"`
+	// Cluster lets several coordinators on one database know each other.
+	Cluster Cluster `toml:"cluster"`
 	// Declarations are the projects, API keys, agents and users the file declares
 	// (top-level [[projects]], [[api_keys]], [[agents]], [[users]]; declared.go).
 	Declarations
@@ -208,6 +210,7 @@ func Defaults() Config {
 		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true},
 		LocalAgent:    LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
 		Notifications: notificationDefaults(),
+		Cluster:       clusterDefaults(),
 		Server: Server{
 			Host:           "127.0.0.1",
 			Port:           3000,
@@ -307,6 +310,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Notifications.validate(); err != nil {
+		return err
+	}
+	if err := c.Cluster.validate(); err != nil {
 		return err
 	}
 	if err := c.Declarations.validate(); err != nil {

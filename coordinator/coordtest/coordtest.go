@@ -20,6 +20,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/cache"
+	"github.com/fc-ci/fc/coordinator/cluster"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -37,14 +38,16 @@ type Coordinator struct {
 	Admin string // an admin API key
 	Log   *LogBuffer
 
-	mu     sync.Mutex
-	Fleet  *fleet.Fleet
-	Cache  *cache.Cache
-	Evals  *evalqueue.Evals
-	app    *app.App
-	cancel context.CancelFunc
-	done   chan error
-	ln     *trackingListener
+	mu    sync.Mutex
+	Fleet *fleet.Fleet
+	Cache *cache.Cache
+	Evals *evalqueue.Evals
+	// Cluster is the membership ([cluster] enabled), nil otherwise.
+	Cluster *cluster.Cluster
+	app     *app.App
+	cancel  context.CancelFunc
+	done    chan error
+	ln      *trackingListener
 }
 
 // Options tweak the configuration before start.
@@ -120,7 +123,7 @@ func (c *Coordinator) serve(inner net.Listener) {
 		done <- err
 	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.Evals, c.app, c.cancel, c.done, c.ln = a.Fleet, a.Cache, a.Evals, a, cancel, done, ln
+	c.Fleet, c.Cache, c.Evals, c.Cluster, c.app, c.cancel, c.done, c.ln = a.Fleet, a.Cache, a.Evals, a.Cluster, a, cancel, done, ln
 	c.mu.Unlock()
 }
 

@@ -134,9 +134,17 @@ func (e *Evals) Run(ctx context.Context) {
 	}
 }
 
+// pass rescues expired evaluation leases and checks the due jobsets on one
+// coordinator at a time (two checking one jobset would both evaluate it), then
+// hands queued evaluations to the agents connected here.
 func (e *Evals) pass(ctx context.Context) {
-	e.cfg.Leases.Rescue(ctx, storage.LeaseEval)
-	if err := e.schedule(ctx); err != nil && ctx.Err() == nil {
+	_, err := e.db.TryJob(ctx, "eval-schedule", func(ctx context.Context) {
+		e.cfg.Leases.Rescue(ctx, storage.LeaseEval)
+		if err := e.schedule(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("schedule evaluations", "err", err)
+		}
+	})
+	if err != nil && ctx.Err() == nil {
 		e.log.Warn("schedule evaluations", "err", err)
 	}
 	e.dispatch(ctx)

@@ -226,7 +226,7 @@ func (f *Fleet) revokeAgent(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(f.log, w, r, err)
 		return
 	}
-	f.Disconnect(a.ID)
+	f.Disconnect(r.Context(), a.ID)
 	f.log.Info("agent revoked", "agent", a.ID, "name", a.Name, "fingerprint", a.Fingerprint)
 	w.WriteHeader(http.StatusNoContent)
 }

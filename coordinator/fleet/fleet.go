@@ -33,6 +33,15 @@ type Config struct {
 	Streams map[string]StreamHandler
 	// Hooks tell the schedulers about sessions; any may be nil.
 	Hooks Hooks
+	// Remote reaches agents connected to the other coordinators of a cluster; nil:
+	// none (one coordinator).
+	Remote Remote
+}
+
+// Remote reaches agents whose session is on another coordinator.
+type Remote interface {
+	Command(ctx context.Context, agentID int64, m protocol.Message) (protocol.Message, error)
+	Disconnect(ctx context.Context, agentID int64)
 }
 
 // Hooks are called as sessions come, beat and go.
@@ -191,9 +200,18 @@ func (f *Fleet) unregister(ctx context.Context, s *Session) {
 }
 
 // Disconnect closes every session of an agent at once, its daemon's and its push
-// sessions (revocation). Uploads in flight then break off; one that got as far as its
-// commit is refused there (the grant is checked inside the transaction).
-func (f *Fleet) Disconnect(agentID int64) {
+// sessions (revocation), here and on the other coordinators of a cluster. Uploads in
+// flight then break off; one that got as far as its commit is refused there (the
+// grant is checked inside the transaction).
+func (f *Fleet) Disconnect(ctx context.Context, agentID int64) {
+	f.DisconnectHere(agentID)
+	if f.cfg.Remote != nil {
+		f.cfg.Remote.Disconnect(ctx, agentID)
+	}
+}
+
+// DisconnectHere closes the agent's sessions on this coordinator.
+func (f *Fleet) DisconnectHere(agentID int64) {
 	f.mu.Lock()
 	var muxes []*yamux.Session
 	if s, ok := f.sessions[agentID]; ok {

@@ -218,13 +218,29 @@ func (f *Fleet) heartbeat(ctx context.Context, id int64, hb *protocol.Heartbeat)
 }
 
 // Command sends one command to an agent over a stream the coordinator opens on the
-// agent's own session, and returns the agent's reply.
+// agent's own session, and returns the agent's reply. A cancel or drain for an agent
+// connected to another coordinator of the cluster is forwarded there (an assignment
+// never is: only the coordinator holding the session hands it work).
 func (f *Fleet) Command(ctx context.Context, agentID int64, m protocol.Message) (protocol.Message, error) {
+	reply, ok, err := f.CommandHere(ctx, agentID, m)
+	if ok {
+		return reply, err
+	}
+	if f.cfg.Remote != nil && (m.Type == protocol.TypeCancel || m.Type == protocol.TypeDrain) {
+		return f.cfg.Remote.Command(ctx, agentID, m)
+	}
+	return protocol.Message{}, fmt.Errorf("agent %d is not connected here", agentID)
+}
+
+// CommandHere sends a command to an agent with a session on this coordinator; ok is
+// false if it has none here.
+func (f *Fleet) CommandHere(ctx context.Context, agentID int64, m protocol.Message) (reply protocol.Message, ok bool, err error) {
 	s, ok := f.Session(agentID)
 	if !ok {
-		return protocol.Message{}, fmt.Errorf("agent %d is not connected here", agentID)
+		return protocol.Message{}, false, nil
 	}
-	return s.command(ctx, m)
+	reply, err = s.command(ctx, m)
+	return reply, true, err
 }
 
 func (s *Session) command(ctx context.Context, m protocol.Message) (protocol.Message, error) {
