@@ -291,7 +291,7 @@ func (an *answers) bites() {
 	t := an.t
 	for _, c := range []struct {
 		name, path, ct, body string
-		status              int
+		status               int
 	}{
 		{"a string for a number", "/api/v1/projects", "application/json", `{"items": [], "total": "1", "limit": 50, "offset": 0}`, 200},
 		{"no items", "/api/v1/agents", "application/json", `{"total": 1, "limit": 50, "offset": 0}`, 200},
