@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -32,8 +36,10 @@ type answers struct {
 	base  string
 	v     validator.Validator
 	admin string
-	// seen counts the operations exercised, "METHOD status".
+	// seen counts the requests checked.
 	seen map[string]bool
+	// headers are added to every request while set.
+	headers map[string]string
 }
 
 func newAnswers(t *testing.T) (*answers, *storage.DB) {
@@ -86,8 +92,16 @@ func (an *answers) do(method, path, key string, body any, status int) []byte {
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
-		if key != "" {
+		switch {
+		case strings.HasPrefix(key, "cookie:"): // a dashboard session: cookie:<token>:<csrf>
+			parts := strings.Split(key, ":")
+			req.AddCookie(&http.Cookie{Name: "fc_session", Value: parts[1]})
+			req.Header.Set("X-CSRF-Token", parts[2])
+		case key != "":
 			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		for k, v := range an.headers {
+			req.Header.Set(k, v)
 		}
 		return req
 	}
@@ -266,6 +280,7 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("DELETE", fmt.Sprintf("/api/v1/users/%d", uid), admin, nil, 204)
 	an.do("GET", "/api/v1/me", "", nil, 401)
 	an.do("GET", "/api/v1/me", admin, nil, 403)
+	an.me(db)
 	kid := id(t, an.do("POST", "/api/v1/api-keys", admin, map[string]any{"name": "ci", "role": "eval-jobset"}, 201))
 	an.do("POST", "/api/v1/api-keys", admin, map[string]any{"name": "ci2", "role": "emperor"}, 422)
 	an.do("GET", "/api/v1/api-keys", admin, nil, 200)
@@ -275,6 +290,9 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("GET", "/api/v1/search?q=oa", "", nil, 200)
 	an.do("GET", "/api/v1/search?q=o", "", nil, 422)
 	an.do("POST", "/api/v1/webhooks/oa/github", "", `{}`, 401)
+	an.do("POST", "/api/v1/webhooks/nope/github", "", `{}`, 404)
+	an.webhook()
+	an.trigger()
 
 	an.do("DELETE", "/api/v1/projects/oa/jobsets/main", admin, nil, 204)
 	an.do("DELETE", "/api/v1/projects/oa", admin, nil, 204)
@@ -282,6 +300,65 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 		t.Errorf("only %d requests checked", len(an.seen))
 	}
 	an.bites()
+}
+
+// me exercises the signed-in user's routes with a real session.
+func (an *answers) me(db *storage.DB) {
+	t := an.t
+	uid := id(t, an.do("POST", "/api/v1/users", an.admin, map[string]any{"username": "bob", "password": "correct horse",
+		"role": "read-only", "email": "bob@example.org"}, 201))
+	hash := sha256.Sum256([]byte("bobs-session"))
+	if err := db.CreateSession(context.Background(), hash[:], &uid, nil, "bobs-csrf", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	bob := "cookie:bobs-session:bobs-csrf"
+	an.do("GET", "/api/v1/me", bob, nil, 200)
+	an.do("PUT", "/api/v1/me", bob, map[string]any{"full_name": "Bob"}, 200)
+	an.do("PUT", "/api/v1/me", bob, map[string]any{"email": "not an address"}, 422)
+	an.do("POST", "/api/v1/me/starred-jobs", bob, map[string]any{"jobset_id": "oa/main", "job": "hello"}, 201)
+	an.do("POST", "/api/v1/me/starred-jobs", bob, map[string]any{"jobset_id": "oa/none", "job": "hello"}, 422)
+	an.do("GET", "/api/v1/me/starred-jobs", bob, nil, 200)
+	an.do("DELETE", "/api/v1/me/starred-jobs?jobset_id=oa/main&job=hello", bob, nil, 204)
+	an.do("POST", "/api/v1/me/password", bob, map[string]any{"current": "wrong horse", "new": "battery staple"}, 403)
+	an.do("POST", "/api/v1/me/password", bob, map[string]any{"current": "correct horse", "new": "battery staple"}, 204)
+}
+
+// webhook sends a signed GitHub push.
+func (an *answers) webhook() {
+	an.do("PUT", "/api/v1/projects/oa", an.admin, map[string]any{"webhook_secret": "0123456789abcdef0123"}, 200)
+	body := `{"ref": "refs/heads/main", "after": "` + strings.Repeat("a", 40) + `", "repository": {"default_branch": "main"}}`
+	mac := hmac.New(sha256.New, []byte("0123456789abcdef0123"))
+	mac.Write([]byte(body))
+	an.headers = map[string]string{"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + hex.EncodeToString(mac.Sum(nil))}
+	an.do("POST", "/api/v1/webhooks/oa/github", "", body, 200)
+	an.headers = map[string]string{"X-GitHub-Event": "nonsense", "X-Hub-Signature-256": "sha256=" + hex.EncodeToString(mac.Sum(nil))}
+	an.do("POST", "/api/v1/webhooks/oa/github", "", body, 400)
+	an.headers = nil
+}
+
+// trigger checks a jobset of a real git repository: the first trigger creates an
+// evaluation (202 with its id), the next finds one in progress.
+func (an *answers) trigger() {
+	t := an.t
+	repo := t.TempDir()
+	for _, args := range [][]string{
+		{"init", "-q", "-b", "main"},
+		{"-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "--allow-empty", "-m", "one"},
+	} {
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v: %s", args, err, out)
+		}
+	}
+	an.do("POST", "/api/v1/projects", an.admin, map[string]any{"name": "local", "repository_url": repo}, 201)
+	an.do("POST", "/api/v1/projects/local/jobsets", an.admin, map[string]any{"name": "main", "branch": "main", "check_interval": 0}, 201)
+	var first struct {
+		EvaluationID *int64 `json:"evaluation_id"`
+	}
+	if err := json.Unmarshal(an.do("POST", "/api/v1/evaluations/trigger", an.admin, map[string]any{"jobset_id": "local/main"}, 202), &first); err != nil || first.EvaluationID == nil {
+		t.Fatalf("the first trigger created no evaluation (%v)", err)
+	}
+	an.do("POST", "/api/v1/evaluations/trigger", an.admin, map[string]any{"jobset_id": "local/main", "force": true}, 202)
 }
 
 // bites checks that the validator refuses answers the document does not allow, so
