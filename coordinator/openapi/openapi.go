@@ -183,11 +183,12 @@ func (d *doc) add(method, path string, o op) {
 }
 
 // commonErrors are the error statuses of an operation: its own, and those its route
-// gets from the middleware (an unknown key on /api/v1, the rate limit and the
-// database everywhere; a JSON body's decoding).
+// gets from the middleware (an unknown key on authenticated /api/v1 routes, the rate
+// limit everywhere), from decoding a JSON body or checking the query, and from the
+// database. The document itself needs neither a key nor the database.
 func commonErrors(path string, o op) []int {
 	errs := append([]int(nil), o.errs...)
-	if isAPI(path) {
+	if isAPI(path) && o.sec != none {
 		errs = append(errs, 401)
 	}
 	switch {
@@ -206,7 +207,14 @@ func commonErrors(path string, o op) []int {
 			break
 		}
 	}
-	return append(errs, 429, 500, 503)
+	errs = append(errs, 429)
+	if path == "/api/v1/openapi.json" {
+		return errs
+	}
+	if isAPI(path) || strings.HasPrefix(path, "/channel/") {
+		errs = append(errs, 500) // JSON; the cache answers in text, and says so itself
+	}
+	return append(errs, 503)
 }
 
 func isAPI(path string) bool { return len(path) >= 8 && path[:8] == "/api/v1/" }

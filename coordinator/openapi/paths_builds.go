@@ -121,6 +121,6 @@ func addEvaluations(d *doc) {
 				"or what a pull request event changed", object("", m{
 				"triggered": arr(integer(""), "the jobsets whose evaluation a push requested"),
 				"ignored":   str("why the event changes nothing"),
-			}))}, errs: []int{404}})
+			}))}, errs: []int{401, 404}})
 	}
 }
