@@ -22,12 +22,20 @@
             src = nixpkgs.lib.cleanSource self;
             # The hash of `go mod vendor`'s output (nix hash path vendor).
             vendorHash = "sha256-sgr/F2m9gNDcNFT6Iw4dJu2Cl/NGBbIc8mSOBRxDpu4=";
-            subPackages = [ "coordinator/cmd/fc-coordinator" "agent/cmd/fc-agent" ];
+            subPackages = [ "coordinator/cmd/fc-coordinator" "agent/cmd/fc-agent" "coordinator/cmd/fc" ];
+            # fc's shell completions, written by fc itself.
+            nativeBuildInputs = [ pkgs.installShellFiles ];
+            postInstall = ''
+              installShellCompletion --cmd fc \
+                --bash <($out/bin/fc completion bash) \
+                --zsh <($out/bin/fc completion zsh) \
+                --fish <($out/bin/fc completion fish)
+            '';
             ldflags = [ "-s" "-w" "-X github.com/fc-ci/fc/protocol.BuildVersion=${version}" ];
             # The tests need a PostgreSQL server and a working Nix; run scripts/test.
             doCheck = false;
             meta = {
-              description = "Continuous integration for Nix: coordinator and fc-agent";
+              description = "Continuous integration for Nix: coordinator, fc-agent and the fc client";
               mainProgram = "fc-coordinator";
             };
           };

@@ -43,6 +43,9 @@ type ClaimedStep struct {
 	TimeoutSecs      *int
 	MaxSilentSecs    *int
 	RequiredFeatures []string
+	System           string
+	// Waited is how long the step had been runnable when it was claimed.
+	Waited time.Duration
 }
 
 // ClaimSteps leases up to N runnable steps the agent can build, in scheduling order:
@@ -63,7 +66,7 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 				WHERE j.id IN (SELECT jobset_id FROM steps WHERE status = 'queued') -- only jobsets competing now
 				GROUP BY j.id),
 			pick AS (
-				SELECT s.id FROM steps s LEFT JOIN share ON share.id = s.jobset_id
+				SELECT s.id, s.not_before FROM steps s LEFT JOIN share ON share.id = s.jobset_id
 				WHERE s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
 					-- an agent backed off after infrastructure failures takes nothing (one
 					-- primary-key probe, evaluated once for the whole query)
@@ -78,14 +81,18 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 				lease_expires_at = now() + make_interval(secs => $6), attempts = s.attempts + 1, started_at = now(),
 				not_before = NULL
 			FROM pick WHERE s.id = pick.id
-			RETURNING s.id, s.lease_epoch, s.attempts, s.drv_path, s.timeout_seconds, s.max_silent_seconds, s.required_features`,
+			RETURNING s.id, s.lease_epoch, s.attempts, s.drv_path, s.timeout_seconds, s.max_silent_seconds, s.required_features,
+				s.system, extract(epoch FROM now() - greatest(s.created_at, pick.not_before, `+inputsBuilt+`))::float8`,
 			a.AgentID, systems, features, mandatory, a.N, a.TTL.Seconds())
 		if err != nil {
 			return err
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ClaimedStep, error) {
 			c := ClaimedStep{Lease: Lease{Kind: LeaseStep, AgentID: a.AgentID}}
-			err := r.Scan(&c.ID, &c.Epoch, &c.Attempt, &c.DrvPath, &c.TimeoutSecs, &c.MaxSilentSecs, &c.RequiredFeatures)
+			var waited float64
+			err := r.Scan(&c.ID, &c.Epoch, &c.Attempt, &c.DrvPath, &c.TimeoutSecs, &c.MaxSilentSecs, &c.RequiredFeatures,
+				&c.System, &waited)
+			c.Waited = time.Duration(max(waited, 0) * float64(time.Second))
 			return c, err
 		})
 		if err != nil || len(out) == 0 {

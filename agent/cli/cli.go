@@ -28,6 +28,7 @@ import (
 	"github.com/fc-ci/fc/agent/realise"
 	"github.com/fc-ci/fc/agent/session"
 	"github.com/fc-ci/fc/agent/work"
+	"github.com/fc-ci/fc/internal/sdnotify"
 	"github.com/fc-ci/fc/protocol"
 )
 
@@ -65,6 +66,9 @@ type Env struct {
 	Stderr  io.Writer
 	// Signals delivers SIGTERM/SIGINT; nil means no signal handling.
 	Signals <-chan os.Signal
+	// Reload delivers SIGHUP: the configuration is read again and what is safe to
+	// change applied (see reload); nil means none.
+	Reload <-chan os.Signal
 	// ProtocolVersion overrides the version spoken (tests of version skew).
 	ProtocolVersion int
 }
@@ -73,7 +77,9 @@ type Env struct {
 func Run() int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	env := Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	env := Env{Args: os.Args[1:], Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr, Signals: sigs, Reload: hup}
 	return Main(context.Background(), env)
 }
 
@@ -112,7 +118,7 @@ func Main(ctx context.Context, env Env) int {
 	if cmd == "push" {
 		err = pushPaths(ctx, cfg, env, fs.Args()[1:])
 	} else {
-		err = run(ctx, cfg, env)
+		err = run(ctx, cfg, env, func() (config.Config, error) { return config.Load(*configFile, env.Environ) })
 	}
 	var refused *protocol.Refused
 	switch {
@@ -146,9 +152,7 @@ func keygen(cfg config.Config, env Env) int {
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: parseLevel(level)}))
 }
 
 // TLSConfig trusts the system roots plus ca_file, if set.
@@ -227,9 +231,18 @@ func SessionConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (se
 // NewDaemon builds the daemon the way fc-agent run does (the coordinator's local
 // agent uses it too).
 func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemon.Daemon, error) {
-	sc, err := SessionConfig(cfg, log, protocolVersion)
+	dc, err := daemonConfig(cfg, log, protocolVersion)
 	if err != nil {
 		return nil, err
+	}
+	return daemon.New(dc), nil
+}
+
+// daemonConfig is the daemon's configuration from the agent's.
+func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (daemon.Config, error) {
+	sc, err := SessionConfig(cfg, log, protocolVersion)
+	if err != nil {
+		return daemon.Config{}, err
 	}
 	// Nix's netrc-file, as the capabilities probe (before the first session) found it.
 	var nixNetrc atomic.Pointer[string]
@@ -278,23 +291,31 @@ func NewDaemon(cfg config.Config, log *slog.Logger, protocolVersion int) (*daemo
 			case auto:
 				log.Warn("no eval store of the agent's own; evaluations write to Nix's store", "err", err)
 			default:
-				return nil, fmt.Errorf("agent.eval_store: %w", err)
+				return daemon.Config{}, fmt.Errorf("agent.eval_store: %w", err)
 			}
 		}
 		dc.Executors[protocol.WorkEval] = ev
 		dc.Capacity[protocol.WorkEval] = 1 // evaluations are memory-hungry: one at a time
 	}
-	return daemon.New(dc), nil
+	return dc, nil
 }
 
-func run(ctx context.Context, cfg config.Config, env Env) error {
-	log := newLogger(env.Stderr, cfg.LogLevel)
-	d, err := NewDaemon(cfg, log, env.ProtocolVersion)
+func run(ctx context.Context, cfg config.Config, env Env, load func() (config.Config, error)) error {
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
+	dc, err := daemonConfig(cfg, log, env.ProtocolVersion)
 	if err != nil {
 		return err
 	}
+	n := sdnotify.New(log)
+	dc.OnWelcome = notifyWelcome(n, cfg.Coordinator.URL, dc.OnWelcome)
+	dc.OnSessionEnd = func(reason error) { n.Status(fmt.Sprintf("reconnecting to %s: %v", cfg.Coordinator.URL, reason)) }
+	d := daemon.New(dc)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go n.Watchdog(ctx)
+	n.Status("connecting to " + cfg.Coordinator.URL)
 	if env.Signals != nil {
 		go func() {
 			select {
@@ -302,14 +323,19 @@ func run(ctx context.Context, cfg config.Config, env Env) error {
 			case <-ctx.Done():
 				return
 			}
+			n.Stopping("draining: taking no new work, finishing running work")
 			d.Drain()
 			select {
 			case <-env.Signals:
 				log.Warn("second signal: cancelling running work")
+				n.Stopping("stopping: cancelling running work")
 				cancel()
 			case <-ctx.Done():
 			}
 		}()
+	}
+	if env.Reload != nil {
+		go reloadOnSignal(ctx, env.Reload, cfg, load, live{level: level, minFreeDisk: d.SetMinFreeDisk}, log)
 	}
 	return d.Run(ctx)
 }

@@ -45,6 +45,9 @@ type Config struct {
 	Logger     *slog.Logger
 	// OnWelcome, if set, is called after each successful handshake.
 	OnWelcome func(protocol.Welcome)
+	// OnSessionEnd, if set, is called when a session ends and the daemon goes on
+	// (reconnecting), with why it ended.
+	OnSessionEnd func(reason error)
 	// Executors run assigned work, by kind (protocol.WorkEval, protocol.WorkStep);
 	// Capacity bounds how many of a kind run at once (default 1).
 	Executors map[string]Executor
@@ -83,9 +86,10 @@ type Daemon struct {
 	cfg Config
 	log *slog.Logger
 
-	drainOnce sync.Once
-	drainCh   chan struct{}
-	forced    atomic.Bool // running work was cancelled by a forced stop
+	drainOnce   sync.Once
+	drainCh     chan struct{}
+	forced      atomic.Bool  // running work was cancelled by a forced stop
+	minFreeDisk atomic.Int64 // Config.MinFreeDisk, changed by SetMinFreeDisk
 
 	mu           sync.Mutex
 	adminDrained bool
@@ -116,9 +120,15 @@ func New(cfg Config) *Daemon {
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = "/nix/store"
 	}
-	return &Daemon{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), running: map[protocol.WorkRef]context.CancelFunc{},
+	d := &Daemon{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), running: map[protocol.WorkRef]context.CancelFunc{},
 		connChanged: make(chan struct{}), workDone: make(chan struct{}, 1)}
+	d.minFreeDisk.Store(cfg.MinFreeDisk)
+	return d
 }
+
+// SetMinFreeDisk changes MinFreeDisk while the daemon runs (a reload): the next
+// assignment and heartbeat use it.
+func (d *Daemon) SetMinFreeDisk(bytes int64) { d.minFreeDisk.Store(bytes) }
 
 // Drain asks the agent to stop gracefully: no new work, finish running work, exit.
 func (d *Daemon) Drain() {
@@ -144,9 +154,9 @@ func (d *Daemon) state() session.State {
 	for w := range d.running {
 		running = append(running, w)
 	}
-	free := probe.FreeDisk(d.cfg.StoreDir)
+	free, minFree := probe.FreeDisk(d.cfg.StoreDir), d.minFreeDisk.Load()
 	return session.State{Capabilities: d.caps, Running: running, Draining: d.draining(),
-		Load1: probe.Load1(), FreeDiskBytes: free, LowDisk: d.cfg.MinFreeDisk > 0 && free < d.cfg.MinFreeDisk}
+		Load1: probe.Load1(), FreeDiskBytes: free, LowDisk: minFree > 0 && free < minFree}
 }
 
 func (d *Daemon) idle() bool {
@@ -223,6 +233,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		case ctx.Err() != nil:
 			return d.stopped()
+		}
+		if d.cfg.OnSessionEnd != nil {
+			d.cfg.OnSessionEnd(reason)
 		}
 		// Only a session that lasted resets the backoff: one dropped right after the
 		// handshake (a flapping proxy, two agents sharing a key) must not make the
@@ -474,9 +487,9 @@ func reject(reason string) protocol.Message {
 
 // start accepts an assignment if the agent can take it, and runs it.
 func (d *Daemon) start(a protocol.Assign) protocol.Message {
-	if a.Work.Kind == protocol.WorkStep && d.cfg.MinFreeDisk > 0 {
-		if free := probe.FreeDisk(d.cfg.StoreDir); free < d.cfg.MinFreeDisk {
-			return reject(fmt.Sprintf("low disk: %d bytes free, min_free_disk %d", free, d.cfg.MinFreeDisk))
+	if minFree := d.minFreeDisk.Load(); a.Work.Kind == protocol.WorkStep && minFree > 0 {
+		if free := probe.FreeDisk(d.cfg.StoreDir); free < minFree {
+			return reject(fmt.Sprintf("low disk: %d bytes free, min_free_disk %d", free, minFree))
 		}
 	}
 	d.mu.Lock()

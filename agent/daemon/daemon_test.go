@@ -251,4 +251,16 @@ func TestLowDisk_StepsRejectedAndHeartbeatSaysSo(t *testing.T) {
 	if st := ok.state(); st.LowDisk {
 		t.Errorf("1 byte minimum: LowDisk set")
 	}
+	// A reload (SIGHUP) changes the threshold of a running daemon both ways.
+	ok.SetMinFreeDisk(1 << 62)
+	if r := ok.handle(ctx, step, make(chan struct{}, 1)); r.Type != protocol.TypeReject || !strings.Contains(r.Reject.Reason, "low disk") {
+		t.Errorf("step after raising min_free_disk: %+v, want a low-disk rejection", r)
+	}
+	if st := ok.state(); !st.LowDisk {
+		t.Errorf("heartbeat after raising min_free_disk: %+v, want LowDisk", st)
+	}
+	d.SetMinFreeDisk(0)
+	if st := d.state(); st.LowDisk {
+		t.Errorf("heartbeat after turning min_free_disk off: LowDisk set")
+	}
 }

@@ -47,15 +47,22 @@ func Generate(path, comment string) (Identity, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return Identity{}, fmt.Errorf("create key directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Written whole to a temporary file, then linked into place: link(2) fails if the
+	// key exists, so two processes starting on one state directory never see a partial
+	// key and the loser loads the winner's (LoadOrGenerate).
+	f, err := os.CreateTemp(filepath.Dir(path), ".agent_key-*")
 	if err != nil {
 		return Identity{}, fmt.Errorf("write key %s: %w", path, err)
 	}
+	defer os.Remove(f.Name())
 	if err := pem.Encode(f, block); err != nil {
 		f.Close()
 		return Identity{}, fmt.Errorf("write key %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {
+		return Identity{}, fmt.Errorf("write key %s: %w", path, err)
+	}
+	if err := os.Link(f.Name(), path); err != nil {
 		return Identity{}, fmt.Errorf("write key %s: %w", path, err)
 	}
 	return Load(path)
@@ -87,6 +94,11 @@ func LoadOrGenerate(path, comment string) (id Identity, created bool, err error)
 		return Identity{}, false, err
 	}
 	id, err = Generate(path, comment)
+	if errors.Is(err, os.ErrExist) {
+		// Another process on the same state directory created it first.
+		id, err = Load(path)
+		return id, false, err
+	}
 	return id, err == nil, err
 }
 

@@ -84,6 +84,47 @@ func TestLoadOrGenerate_CreatesOnceThenKeeps(t *testing.T) {
 	}
 }
 
+// Two agents started on one state directory (a restart overlapping the old process,
+// or a test's parallel runs) both end up with the one key, neither with an error.
+func TestLoadOrGenerate_ConcurrentStartsShareOneKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent_key")
+	const n = 8
+	prints := make(chan string, n)
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for range n {
+		go func() {
+			<-start
+			id, _, err := identity.LoadOrGenerate(path, "x")
+			if err != nil {
+				errs <- err
+				return
+			}
+			prints <- id.Fingerprint()
+		}()
+	}
+	close(start)
+	seen := map[string]bool{}
+	for range n {
+		select {
+		case err := <-errs:
+			t.Errorf("LoadOrGenerate: %v", err)
+		case fp := <-prints:
+			seen[fp] = true
+		}
+	}
+	if len(seen) > 1 {
+		t.Errorf("%d different keys, want one: %v", len(seen), seen)
+	}
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Errorf("the key directory holds %d files, want only the key (no temporary files left)", len(entries))
+	}
+}
+
 func TestLoad_RejectsANonEd25519Key(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/channels"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/declare"
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -66,6 +67,10 @@ type App struct {
 	Outbox *outbox.Outbox
 	// Channels advances and serves the channels (/channel/).
 	Channels *channels.Channels
+	// Repositories applies the jobsets projects' repositories declare (.fc.toml).
+	Repositories *declare.Repositories
+	// Metrics is the registry /metrics serves.
+	Metrics *metrics.Metrics
 
 	settings config.Config
 	db       *storage.DB
@@ -77,8 +82,11 @@ const shutdownGrace = 20 * time.Second
 
 // Run is fc-coordinator serve: it opens the configured database (migrating it unless
 // database.auto_migrate is off), listens on server.host:server.port, assembles the
-// coordinator and serves until ctx ends.
-func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
+// coordinator, applies its declarations and serves until ctx ends. Each of ready, in
+// order, is called with the coordinator and the address once the listener is up, the
+// coordinator assembled and its declarations applied (the SIGHUP reload, systemd's
+// READY=1).
+func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ...func(ctx context.Context, a *App, addr string)) error {
 	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
@@ -95,6 +103,13 @@ func Run(ctx context.Context, settings config.Config, log *slog.Logger) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if err := a.ApplyDeclarations(ctx, settings.Declarations); err != nil {
+		ln.Close()
+		return err
+	}
+	for _, f := range ready {
+		f(ctx, a, ln.Addr().String())
 	}
 	return a.Serve(ctx, ln, shutdownGrace)
 }
@@ -133,14 +148,14 @@ func New(cfg Config) (*App, error) {
 	ev := evalqueue.New(evalqueue.Config{MaxConcurrentEvals: s.Eval.MaxConcurrentEvals, EvalTimeout: config.Seconds(s.Eval.EvalTimeout),
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
-		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents}, db)
+		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents, Metrics: m}, db)
 	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
 		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
 		UnsupportedWait: config.Seconds(s.Queue.UnsupportedWait), BuildTimeout: config.Seconds(s.Queue.BuildTimeout),
 		MaxSilent: config.Seconds(s.Queue.MaxSilent), MaxLogSize: s.Logs.MaxLogSize, MaxOutputSize: s.Queue.MaxOutputSize,
 		Substituters: s.Cache.UpstreamCaches, TrustedKeys: append([]string{ch.PublicKey()}, s.Cache.UpstreamKeys...),
-		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Logger: log}, db)
+		Logs: logStore, Hub: hub, Sign: ch.Signer(), Dispatcher: agents, Metrics: m, Logger: log}, db)
 	fl := fleet.New(fleet.Config{CoordinatorID: host + "/" + cfg.Addr, Heartbeat: config.Seconds(s.Server.AgentHeartbeat),
 		Version: protocol.BuildVersion, Logger: log, Hooks: fleet.CombineHooks(leases.Hooks(), ev.Hooks(), bu.Hooks()),
 		Streams: map[string]fleet.StreamHandler{
@@ -190,8 +205,8 @@ func New(cfg Config) (*App, error) {
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, settings: s, db: db,
-		log: log}, nil
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
+		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -216,7 +231,7 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 		return nil, err
 	}
 	ch, err := cache.New(cache.Config{Priority: s.Cache.Priority, UpstreamCaches: s.Cache.UpstreamCaches,
-		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registry,
+		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registerer(),
 		ReadKeys: readKeys, BuildLogs: buildLogs}, db, blobs, key)
 	if err != nil {
 		return nil, err
@@ -232,7 +247,8 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 // deletion listener) until ctx ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(6)
+	wg.Add(7)
+	go func() { defer wg.Done(); a.Repositories.Run(ctx) }()
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()

@@ -19,6 +19,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/lease"
 	"github.com/fc-ci/fc/coordinator/logs"
+	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -46,7 +47,9 @@ type Config struct {
 	// Dispatcher is the agent sessions connected here (the fleet); nil: no step is
 	// handed out.
 	Dispatcher Dispatcher
-	Logger     *slog.Logger
+	// Metrics records dispatch latency, step durations and log bytes; nil: none.
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 }
 
 // Builds is the build scheduler.
@@ -282,6 +285,7 @@ func (b *Builds) assign(ctx context.Context, c *candidate, n int) int {
 	accepted := make([]bool, len(claimed))
 	var wg sync.WaitGroup
 	for i, st := range claimed {
+		b.cfg.Metrics.ObserveDispatch(st.System, st.Waited)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

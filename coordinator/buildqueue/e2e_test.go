@@ -392,6 +392,9 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	c.Trigger(js, false)
 	bs := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))
 	var firstID, secondID int64
+	// "running" is set when the coordinator assigns the step; the signal must come after
+	// the agent has taken it (a signal before would find nothing to drain).
+	c.Log.WaitFor(t, 60*time.Second, "agent-drainer:", "msg=building")
 	coordtest.Eventually(t, 60*time.Second, "one build runs", func() bool {
 		for _, job := range []string{"j0", "j1"} {
 			if coordtest.GetBuild(t, c, bs[job].ID).Status == "running" {
@@ -415,7 +418,7 @@ func TestBuilds_AgentDrainFinishesThenSecondSignalCancels(t *testing.T) {
 	}
 	// A new agent takes the second build; two signals cancel it and it is requeued.
 	b := coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "impatient", Isolated: true, StepSlots: 1})
-	coordtest.WaitBuild(t, c, secondID, 60*time.Second, "running", func(b coordtest.Build) bool { return b.Status == "running" })
+	c.Log.WaitFor(t, 60*time.Second, "agent-impatient:", "msg=building")
 	b.Signal(syscall.SIGTERM)
 	coordtest.Eventually(t, 10*time.Second, "the agent says it drains", func() bool {
 		var draining bool

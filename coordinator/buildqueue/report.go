@@ -62,9 +62,25 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 	}
 	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
 		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
+		if err == nil {
+			b.observeDuration(ctx, l.ID, rep)
+		}
 	}
 	b.attemptEnded(l)
 	return err
+}
+
+// observeDuration records a finished step's build time under its system.
+func (b *Builds) observeDuration(ctx context.Context, stepID int64, rep protocol.StepReport) {
+	if b.cfg.Metrics == nil {
+		return
+	}
+	system, err := b.db.StepSystem(ctx, stepID)
+	if err != nil {
+		b.log.Warn("step duration not recorded", "step", stepID, "err", err)
+		return
+	}
+	b.cfg.Metrics.ObserveStep(system, rep.Status, rep.FinishedAt.Sub(rep.StartedAt))
 }
 
 // attemptEnded follows a report of the attempt under l: whatever its outcome, the
@@ -189,9 +205,12 @@ func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter)
 			return fmt.Errorf("read log chunk: %w", err)
 		}
 		if len(c.Data) > 0 {
+			before := size
 			var err error
 			size, _, err = b.cfg.Logs.Append(w.ID, w.Epoch, c.Offset, c.Data, b.cfg.MaxLogSize)
-			if err != nil { // a gap (logs.ErrGap) or storage: the agent resumes from size
+			b.cfg.Metrics.AddLogBytes(int(size - before)) // a repeat adds nothing
+			// A gap (logs.ErrGap) or storage: the agent resumes from size.
+			if err != nil {
 				return protocol.WriteFrame(st, protocol.LogAck{Offset: size, Error: err.Error()})
 			}
 			b.cfg.Hub.Wake(w.ID)

@@ -44,6 +44,9 @@ commands:
   admin create-agent-token --name N [--uses N] [--expires-in SECONDS]
                              create an agent enrollment token and print it alone
   cache gc [--dry-run]       apply cache retention now; --dry-run reports what it would free
+  agent install ssh://user@host[:port] [--name N] [--accept-new-host-key] [--no-service]
+                             install or upgrade fc-agent on a host over SSH and
+                             register it (agent install --help lists every flag)
   version                    print the version
 
 Configuration: ./coordinator.toml, then --config FILE (or FC_CONFIG_FILE), then
@@ -109,13 +112,16 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return app.Run(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
+		log := NewLogger(env.Stderr, cfg.LogLevel)
+		return serveNotified(ctx, cfg, log, reloadOnHUP(load, log)) // reload.go
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":
 		return admin(ctx, load, args, env)
 	case "cache":
 		return cacheCmd(ctx, load, args, env)
+	case "agent":
+		return agentCmd(ctx, load, args, env)
 	case "version":
 		fmt.Fprintf(env.Stdout, "fc-coordinator %s\n", protocol.BuildVersion)
 		return nil

@@ -41,6 +41,7 @@ type Coordinator struct {
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
 	Evals  *evalqueue.Evals
+	app    *app.App
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -104,6 +105,9 @@ func (c *Coordinator) serve(ln net.Listener) {
 	if err != nil {
 		c.t.Fatalf("assemble coordinator: %v", err)
 	}
+	if err := a.ApplyDeclarations(context.Background(), c.Cfg.Declarations); err != nil {
+		c.t.Fatalf("apply declarations: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	loopsDone := make(chan struct{})
@@ -114,7 +118,7 @@ func (c *Coordinator) serve(ln net.Listener) {
 		done <- err
 	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, cancel, done
+	c.Fleet, c.Cache, c.Evals, c.app, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, a, cancel, done
 	c.mu.Unlock()
 }
 
@@ -153,6 +157,15 @@ func (c *Coordinator) Restart() {
 		c.t.Fatalf("listen again on %s: %v", c.Addr, err)
 	}
 	c.serve(ln)
+}
+
+// ApplyDeclarations applies d as the running coordinator does on SIGHUP (the
+// signal itself is tested on the real process, in coordinator/cli).
+func (c *Coordinator) ApplyDeclarations(d config.Declarations) error {
+	c.mu.Lock()
+	a := c.app
+	c.mu.Unlock()
+	return a.ApplyDeclarations(context.Background(), d)
 }
 
 // CurrentFleet is the fleet of the running server.

@@ -21,6 +21,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/fleet"
 	"github.com/fc-ci/fc/coordinator/lease"
+	"github.com/fc-ci/fc/coordinator/metrics"
 	"github.com/fc-ci/fc/internal/gitcmd"
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
@@ -48,7 +49,9 @@ type Config struct {
 	// Dispatcher is the agent sessions connected here (the fleet); nil: no
 	// evaluation is handed out.
 	Dispatcher Dispatcher
-	Logger     *slog.Logger
+	// Metrics records evaluation durations; nil: none.
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 }
 
 // Evals is the evaluation scheduler.

@@ -71,10 +71,13 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 	read := time.Since(received)
 	stored := time.Now()
 	var err error
+	outcome := "succeeded"
 	if rep.Failed && rep.Retry {
+		outcome = "retried"
 		err = e.cfg.Leases.Retry(ctx, l, rep.Error)
 		e.log.Warn("evaluation hit an infrastructure failure; retrying", "eval", l.ID, "agent", agentID, "err", rep.Error)
 	} else if rep.Failed {
+		outcome = "failed"
 		err = e.db.FailEvaluation(ctx, l, rep.Error, rep.CheckoutSeconds, rep.EvalSeconds)
 		e.log.Info("evaluation failed", "eval", l.ID, "agent", agentID, "err", rep.Error)
 	} else {
@@ -84,6 +87,8 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	if err != nil {
 		e.log.Warn("record evaluation", "eval", l.ID, "err", err)
+	} else {
+		e.cfg.Metrics.ObserveEvaluation(outcome, time.Duration((rep.CheckoutSeconds+rep.EvalSeconds)*float64(time.Second)))
 	}
 	return verdict(err)
 }

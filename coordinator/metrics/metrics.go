@@ -1,6 +1,8 @@
 // Package metrics owns the coordinator's Prometheus registry (its own, never the
 // global one): Go runtime and process collectors, HTTP request counts and latency by
-// route, and gauges read from PostgreSQL at scrape time.
+// route, the schedulers' histograms and counters (observed where the events happen,
+// through the *Metrics their configs are handed; a nil *Metrics observes nothing),
+// and gauges read from PostgreSQL at scrape time (one indexed statement each).
 package metrics
 
 import (
@@ -27,10 +29,21 @@ type Metrics struct {
 	HTTPRequests    *prometheus.CounterVec
 	HTTPDuration    *prometheus.HistogramVec
 	countsCollector *countsCollector
+
+	stepDuration *prometheus.HistogramVec
+	evalDuration *prometheus.HistogramVec
+	dispatch     *prometheus.HistogramVec
+	logBytes     prometheus.Counter
+	names        names
 }
 
-// New registers the standard collectors and the database gauges.
+// New registers the standard collectors, the schedulers' instruments and the
+// database gauges: the counts, and the runnable queue and agents' slots when db reads
+// them too (QueueSource, SlotSource; *storage.DB does).
 func New(db CountSource, log *slog.Logger) *Metrics {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry: reg,
@@ -43,8 +56,16 @@ func New(db CountSource, log *slog.Logger) *Metrics {
 		}, []string{"route", "method"}),
 		countsCollector: newCountsCollector(db, log),
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	r := m.Registerer()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.countsCollector)
+	m.registerWork()
+	if q, ok := db.(QueueSource); ok {
+		r.MustRegister(newQueueCollector(q, log))
+	}
+	if a, ok := db.(SlotSource); ok {
+		r.MustRegister(newSlotsCollector(a, log))
+	}
 	return m
 }
 
