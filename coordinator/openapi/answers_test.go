@@ -13,7 +13,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -25,7 +27,9 @@ import (
 	verrors "github.com/pb33f/libopenapi-validator/errors"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/fc-ci/fc/coordinator/app"
 	"github.com/fc-ci/fc/coordinator/auth"
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/openapi"
 	"github.com/fc-ci/fc/storage"
 )
@@ -37,6 +41,7 @@ type answers struct {
 	base  string
 	v     validator.Validator
 	admin string
+	app   *app.App
 	// seen counts the requests checked.
 	seen map[string]bool
 	// headers are added to every request while set.
@@ -56,7 +61,7 @@ func newAnswers(t *testing.T) (*answers, *storage.DB) {
 	if len(errs) > 0 {
 		t.Fatalf("new validator: %v", errs)
 	}
-	an := &answers{t: t, base: srv.URL, v: v, seen: map[string]bool{}}
+	an := &answers{t: t, base: srv.URL, v: v, app: a, seen: map[string]bool{}}
 	an.admin = an.key(db, storage.RoleAdmin)
 	return an, db
 }
@@ -300,6 +305,7 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("POST", "/api/v1/webhooks/nope/github", "", `{}`, 404)
 	an.webhook()
 	an.trigger()
+	an.declared(db)
 
 	an.do("DELETE", "/api/v1/projects/oa/jobsets/main", admin, nil, 204)
 	an.do("DELETE", "/api/v1/projects/oa", admin, nil, 204)
@@ -326,6 +332,71 @@ func (an *answers) me(db *storage.DB) {
 	an.do("DELETE", "/api/v1/me/starred-jobs?jobset_id=oa/main&job=hello", bob, nil, 204)
 	an.do("POST", "/api/v1/me/password", bob, map[string]any{"current": "wrong horse", "new": "battery staple"}, 403)
 	an.do("POST", "/api/v1/me/password", bob, map[string]any{"current": "correct horse", "new": "battery staple"}, 204)
+}
+
+// declared applies a declarative configuration and checks what the API says of
+// declared objects and its 409s for changes to them.
+func (an *answers) declared(db *storage.DB) {
+	t := an.t
+	secret := "fc_" + strings.Repeat("ab", 16)
+	keyHash := sha256.Sum256([]byte(secret))
+	pw := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pw, []byte("declared password"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := config.Declarations{
+		File: "/etc/fc/coordinator.toml",
+		Projects: []config.DeclaredProject{{Name: "decl", RepositoryURL: "https://example.org/decl.git",
+			Jobsets: []config.DeclaredJobset{{Name: "main", Branch: "main"}}}},
+		APIKeys: []config.DeclaredAPIKey{{Name: "declared-key", Role: "read-only", KeyHash: hex.EncodeToString(keyHash[:])}},
+		Agents:  []config.DeclaredAgent{{Name: "declared-agent", PublicKey: publicKey(t)}},
+		Users:   []config.DeclaredUser{{Username: "carol", Role: "read-only", PasswordFile: pw}},
+	}
+	if err := an.app.ApplyDeclarations(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	find := func(list, name, field string) int64 {
+		var page struct {
+			Items []map[string]any `json:"items"`
+		}
+		if err := json.Unmarshal(an.do("GET", list+"?limit=500", an.admin, nil, 200), &page); err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range page.Items {
+			if it[field] == name {
+				if it["declared"] != true || it["declared_in"] != d.File {
+					t.Errorf("%s %s: declared %v in %v", list, name, it["declared"], it["declared_in"])
+				}
+				return int64(it["id"].(float64))
+			}
+		}
+		t.Fatalf("%s lists no %s", list, name)
+		return 0
+	}
+	key, agent, user := find("/api/v1/api-keys", "declared-key", "name"), find("/api/v1/agents", "declared-agent", "name"),
+		find("/api/v1/users", "carol", "username")
+	find("/api/v1/projects", "decl", "name")
+	find("/api/v1/projects/decl/jobsets", "main", "name")
+
+	an.do("PUT", "/api/v1/projects/decl", an.admin, map[string]any{"description": "x"}, 409)
+	an.do("DELETE", "/api/v1/projects/decl", an.admin, nil, 409)
+	an.do("POST", "/api/v1/projects/decl/jobsets", an.admin, map[string]any{"name": "more"}, 409)
+	an.do("PUT", "/api/v1/projects/decl/jobsets/main", an.admin, map[string]any{"description": "x"}, 409)
+	an.do("DELETE", "/api/v1/projects/decl/jobsets/main", an.admin, nil, 409)
+	an.do("DELETE", fmt.Sprintf("/api/v1/api-keys/%d", key), an.admin, nil, 409)
+	an.do("PUT", fmt.Sprintf("/api/v1/agents/%d", agent), an.admin, map[string]any{"push": true}, 409)
+	an.do("DELETE", fmt.Sprintf("/api/v1/agents/%d", agent), an.admin, nil, 409)
+	an.do("PUT", fmt.Sprintf("/api/v1/users/%d", user), an.admin, map[string]any{"full_name": "C"}, 409)
+	an.do("DELETE", fmt.Sprintf("/api/v1/users/%d", user), an.admin, nil, 409)
+	hash := sha256.Sum256([]byte("carols-session"))
+	if err := db.CreateSession(context.Background(), hash[:], &user, nil, "carols-csrf", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	carol := "cookie:carols-session:carols-csrf"
+	an.do("GET", "/api/v1/me", carol, nil, 200)
+	an.do("PUT", "/api/v1/me", carol, map[string]any{"full_name": "C"}, 409)
+	an.do("POST", "/api/v1/me/password", carol, map[string]any{"current": "declared password", "new": "battery staple"}, 409)
+	an.do("GET", "/api/v1/projects", secret, nil, 200) // the declared key works
 }
 
 // webhook sends a signed GitHub push.

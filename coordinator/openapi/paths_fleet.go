@@ -18,11 +18,11 @@ func addFleet(d *doc) {
 			"name":       str("default: the key's comment (at most 63 characters)"),
 		})), ok: map[int]m{201: agent}, errs: []int{403, 409}})
 	d.add("put", "/api/v1/agents/{id}", op{tag: t, summary: "Grant or withdraw the push permission", who: "admin", sec: keyed,
-		desc: "push true lets the agent upload any path (fc-agent push); 409 for a revoked agent.", params: id,
+		desc: "push true lets the agent upload any path (fc-agent push); 409 for a revoked agent." + declaredNote, params: id,
 		body: closed(object("push", m{"push": boolean("")})), ok: map[int]m{200: agent}, errs: []int{403, 404, 409}})
 	d.add("delete", "/api/v1/agents/{id}", op{tag: t, summary: "Revoke an agent", who: "admin", sec: keyed,
-		desc: "Its sessions close at once; the key can never connect or enroll again.", params: id,
-		ok: map[int]m{204: noContent("revoked")}, errs: []int{403, 404}})
+		desc: "Its sessions close at once; the key can never connect or enroll again." + declaredNote, params: id,
+		ok: map[int]m{204: noContent("revoked")}, errs: []int{403, 404, 409}})
 	state := func(action, summary string) {
 		d.add("post", "/api/v1/agents/{id}/"+action, op{tag: t, summary: summary, who: "admin", sec: keyed, params: id,
 			desc: "409 for a revoked agent.", ok: map[int]m{200: agent}, errs: []int{403, 404, 409}})

@@ -15,24 +15,25 @@ func addPeople(d *doc) {
 		ok: map[int]m{200: u}, errs: []int{403, 404}})
 	d.add("put", "/api/v1/users/{id}", op{tag: t, summary: "Change a user", who: "admin", sec: keyed, params: id,
 		desc: "A new password or disabling ends the user's sessions; an admin may not take the admin role from, " +
-			"nor disable, themselves (422).",
+			"nor disable, themselves (422)." + declaredNote,
 		body: closed(object("", m{
 			"role": enum("", roles...), "email": str(""), "full_name": str(""), "enabled": boolean(""),
 			"password": str("at least 8 characters"),
-		})), ok: map[int]m{200: u}, errs: []int{403, 404}})
+		})), ok: map[int]m{200: u}, errs: []int{403, 404, 409}})
 	d.add("delete", "/api/v1/users/{id}", op{tag: t, summary: "Delete a user", who: "admin", sec: keyed, params: id,
-		desc: "409 for one's own account.", ok: map[int]m{204: noContent("deleted")}, errs: []int{403, 404, 409}})
+		desc: "409 for one's own account." + declaredNote, ok: map[int]m{204: noContent("deleted")}, errs: []int{403, 404, 409}})
 
 	me := "a signed-in user"
 	d.add("get", "/api/v1/me", op{tag: t, summary: "The signed-in user", who: me, sec: user,
 		desc: "401 without a session; 403 for an API key that belongs to no user.",
 		ok:   map[int]m{200: u}, errs: []int{403}})
 	d.add("put", "/api/v1/me", op{tag: t, summary: "Change one's e-mail address and full name", who: me, sec: user,
-		body: closed(object("", m{"email": str(""), "full_name": str("")})), ok: map[int]m{200: u}, errs: []int{403}})
+		desc: "409 for a declared account.",
+		body: closed(object("", m{"email": str(""), "full_name": str("")})), ok: map[int]m{200: u}, errs: []int{403, 409}})
 	d.add("post", "/api/v1/me/password", op{tag: t, summary: "Change one's password", who: me, sec: user,
-		desc: "403 when current is wrong.",
+		desc: "403 when current is wrong; 409 for a declared account (its password is the config's password_file).",
 		body: closed(object("current new", m{"current": str(""), "new": str("at least 8 characters")})),
-		ok:   map[int]m{204: noContent("changed")}, errs: []int{403}})
+		ok:   map[int]m{204: noContent("changed")}, errs: []int{403, 409}})
 	star := closed(object("jobset_id job", m{
 		"jobset_id": m{"type": []string{"integer", "string"}, "description": "an id or \"project/jobset\""},
 		"job":       str(""),

@@ -10,6 +10,16 @@ var (
 	roles        = []string{"admin", "read-only", "create-projects", "eval-jobset", "cancel-build", "restart-jobs", "bump-to-front"}
 )
 
+// declared adds what an object declared in configuration says of itself: the API
+// refuses to change it (409, naming the file).
+func declared(o m, what string) m {
+	o["required"] = append(o["required"].([]string), "declared")
+	props := o["properties"].(m)
+	props["declared"] = boolean(what + " is declared in configuration: the API refuses to change it (409)")
+	props["declared_in"] = str("the file that declares it (a jobset: the config file, or repository:<project>/<file>); only when declared")
+	return o
+}
+
 func addSchemas(d *doc) {
 	s := d.schemas
 	s["Error"] = object("error", m{
@@ -37,8 +47,9 @@ func addProjectSchemas(s m) {
 		"webhook_url":        str(""),
 		"webhook_secret_set": boolean("whether a secret is stored (never the secret)"),
 	})
-	s["Project"] = object("id name display_name description repository_url enabled webhook_secret_set "+
-		"fetch_credentials_set owner_key_id owner_key_name owner_user_id owner_user_name created_at updated_at forge notifications", m{
+	s["Project"] = declared(object("id name display_name description repository_url enabled webhook_secret_set "+
+		"fetch_credentials_set owner_key_id owner_key_name owner_user_id owner_user_name created_at updated_at forge notifications "+
+		"declarative_file declarative_branch declarative_error", m{
 		"id":                    integer(""),
 		"name":                  str(""),
 		"display_name":          str(""),
@@ -55,7 +66,10 @@ func addProjectSchemas(s m) {
 		"updated_at":            dateTime(""),
 		"forge":                 null(ref("Forge")),
 		"notifications":         null(ref("Notifications")),
-	})
+		"declarative_file":      str("the file in the repository declaring jobsets (.fc.toml), \"\" for none"),
+		"declarative_branch":    str("the branch it is read from, \"\" for the default branch"),
+		"declarative_error":     str("why the file could not be applied last time, \"\" for none"),
+	}), "the project")
 	s["ProjectInput"] = closed(object("", m{
 		"name":           str("letters, digits, '.', '_', '-', starting with a letter or '_' (at most 100)"),
 		"display_name":   str("at most 200 characters"),
@@ -76,6 +90,8 @@ func addProjectSchemas(s m) {
 			"email": arr(str(""), ""), "on": enum("", "failure", "change", "always"), "webhook_url": str(""),
 			"webhook_secret": str("write-only; \"\" clears it"),
 		}))),
+		"declarative_file":   str("a file in the repository declaring jobsets (.fc.toml); \"\" for none"),
+		"declarative_branch": str("the branch to read it from; \"\" for the default branch"),
 	}))
 	input := object("name type value", m{
 		"name":  str(""),
@@ -87,7 +103,7 @@ func addProjectSchemas(s m) {
 		"parent_jobset_id": integer(""), "number": integer(""), "title": str(""), "head_sha": str(""),
 		"head_branch": str(""), "head_repository": str(""),
 	})
-	s["Jobset"] = object("id project_id project name description branch flake_mode nix_expression inputs check_interval "+
+	s["Jobset"] = declared(object("id project_id project name description branch flake_mode nix_expression inputs check_interval "+
 		"scheduling_shares state keep_nr last_checked_at last_check_error created_at updated_at pull_requests "+
 		"pull_request_drafts hidden pull_request", m{
 		"id":                  integer(""),
@@ -111,7 +127,7 @@ func addProjectSchemas(s m) {
 		"pull_request_drafts": boolean(""),
 		"hidden":              boolean("left out of the default list (a closed pull request's jobset)"),
 		"pull_request":        null(ref("PullRequest")),
-	})
+	}), "the jobset")
 	s["JobsetInput"] = closed(object("", m{
 		"name": str(""), "description": str(""), "branch": str(""), "flake_mode": boolean("default true"),
 		"nix_expression": str("default hydraJobs, or release.nix in legacy mode"),
@@ -119,11 +135,11 @@ func addProjectSchemas(s m) {
 		"scheduling_shares": integer("default 100; > 0"), "state": enum("", jobsetStates...),
 		"keep_nr": integer("default 3"), "pull_requests": boolean(""), "pull_request_drafts": boolean(""),
 	}))
-	s["APIKey"] = object("id name role created_at last_used_at", m{
+	s["APIKey"] = declared(object("id name role created_at last_used_at", m{
 		"id": integer(""), "name": str(""), "role": enum("", roles...),
 		"key":        str("only in the answer to the create request: the secret, fc_ + 32 hex digits"),
 		"created_at": dateTime(""), "last_used_at": null(dateTime("")),
-	})
+	}), "the key")
 }
 
 func addBuildSchemas(s m) {
@@ -276,7 +292,7 @@ func joinKeys(o m) string {
 }
 
 func addOtherSchemas(s m) {
-	s["Agent"] = object("id name fingerprint public_key systems features mandatory_features roles max_jobs speed_factor "+
+	s["Agent"] = declared(object("id name fingerprint public_key systems features mandatory_features roles max_jobs speed_factor "+
 		"running connected enabled draining shutting_down revoked revoked_at coordinator last_seen agent_version nix_version "+
 		"load free_disk_bytes push created_at consecutive_failures disabled_until", m{
 		"id": integer(""), "name": str(""), "fingerprint": str("SHA256:..."), "public_key": str("ssh-ed25519 ..."),
@@ -289,15 +305,15 @@ func addOtherSchemas(s m) {
 		"consecutive_failures": integer("infrastructure failures in a row"),
 		"disabled_until":       null(dateTime("when its backoff ends: no new step before")),
 		"last_failure":         str(""),
-	})
+	}), "the agent's key")
 	s["EnrollmentToken"] = object("id name token expires_at uses", m{
 		"id": integer(""), "name": str(""), "token": str("fcagent_...; only in this answer"),
 		"expires_at": dateTime(""), "uses": integer("uses left"),
 	})
-	s["User"] = object("id username email full_name role enabled created_at last_login_at", m{
+	s["User"] = declared(object("id username email full_name role enabled created_at last_login_at", m{
 		"id": integer(""), "username": str(""), "email": str(""), "full_name": str(""),
 		"role": enum("", roles...), "enabled": boolean(""), "created_at": dateTime(""), "last_login_at": null(dateTime("")),
-	})
+	}), "the account")
 	s["StarredJob"] = object("jobset_id project jobset job created_at last_build_id last_status last_finished_at", m{
 		"jobset_id": integer(""), "project": str(""), "jobset": str(""), "job": str(""), "created_at": dateTime(""),
 		"last_build_id": null(integer("")), "last_status": str(""), "last_finished_at": null(dateTime("")),
