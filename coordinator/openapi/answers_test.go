@@ -42,6 +42,8 @@ type answers struct {
 	v     validator.Validator
 	admin string
 	app   *app.App
+	// readOnly is a read-only key.
+	readOnly string
 	// seen counts the requests checked.
 	seen map[string]bool
 	// headers are added to every request while set.
@@ -158,10 +160,19 @@ func id(t *testing.T, body []byte) int64 {
 func TestOpenAPI_RealAnswers(t *testing.T) {
 	t.Parallel()
 	an, db := newAnswers(t)
-	readOnly := an.key(db, storage.RoleReadOnly)
-	admin := an.admin
+	an.readOnly = an.key(db, storage.RoleReadOnly)
+	an.basics()
+	pid, jid, off := an.projects()
+	ev1 := an.evaluationsAndBuilds(db, jid, off)
+	an.channels(pid, ev1)
+	an.agents()
+	an.people(db)
+	an.bites()
+	an.coverage()
+}
 
-	// Health, metrics, the document, the cache.
+// basics: health, metrics, the document, the cache.
+func (an *answers) basics() {
 	an.do("GET", "/health", "", nil, 200)
 	an.do("GET", "/metrics", "", nil, 200)
 	an.do("GET", "/api/v1/openapi.json", "", nil, 200)
@@ -174,8 +185,11 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("HEAD", "/nix-cache/nar/x.nar", "", nil, 404)
 	an.do("GET", "/nix-cache/log/00000000000000000000000000000000-x.drv", "", nil, 404)
 	an.do("HEAD", "/nix-cache/log/00000000000000000000000000000000-x.drv", "", nil, 404)
+}
 
-	// Projects and jobsets, with their errors.
+// projects: projects and jobsets, with their errors.
+func (an *answers) projects() (pid, jid, off int64) {
+	t, admin, readOnly := an.t, an.admin, an.readOnly
 	an.do("GET", "/api/v1/projects", "", nil, 200)
 	an.do("GET", "/api/v1/projects?limit=0", "", nil, 422)
 	an.do("GET", "/api/v1/projects", "fc_00000000000000000000000000000000", nil, 401)
@@ -185,7 +199,7 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("POST", "/api/v1/projects", readOnly, newProject, 403)
 	an.do("POST", "/api/v1/projects", admin, "{", 400)
 	an.do("POST", "/api/v1/projects", admin, map[string]any{"name": "oa", "bogus": 1}, 422)
-	pid := id(t, an.do("POST", "/api/v1/projects", admin, newProject, 201))
+	pid = id(t, an.do("POST", "/api/v1/projects", admin, newProject, 201))
 	an.do("POST", "/api/v1/projects", admin, newProject, 409)
 	an.do("GET", "/api/v1/projects/oa", "", nil, 200)
 	an.do("GET", fmt.Sprintf("/api/v1/projects/%d", pid), readOnly, nil, 200)
@@ -194,7 +208,7 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("PUT", "/api/v1/projects/oa", readOnly, map[string]any{"display_name": "x"}, 403)
 
 	jobset := map[string]any{"name": "main", "branch": "main", "inputs": []map[string]any{{"name": "x", "type": "string", "value": "1"}}}
-	jid := id(t, an.do("POST", "/api/v1/projects/oa/jobsets", admin, jobset, 201))
+	jid = id(t, an.do("POST", "/api/v1/projects/oa/jobsets", admin, jobset, 201))
 	an.do("POST", "/api/v1/projects/oa/jobsets", admin, jobset, 409)
 	an.do("POST", "/api/v1/projects/oa/jobsets", admin, map[string]any{"name": "x", "state": "sleepy"}, 422)
 	an.do("GET", "/api/v1/projects/oa/jobsets", "", nil, 200)
@@ -202,9 +216,14 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("GET", "/api/v1/projects/oa/jobsets/main", "", nil, 200)
 	an.do("GET", "/api/v1/projects/oa/jobsets/none", "", nil, 404)
 	an.do("PUT", "/api/v1/projects/oa/jobsets/main", admin, map[string]any{"description": "the main branch"}, 200)
-	off := id(t, an.do("POST", "/api/v1/projects/oa/jobsets", admin, map[string]any{"name": "off", "state": "disabled"}, 201))
+	off = id(t, an.do("POST", "/api/v1/projects/oa/jobsets", admin, map[string]any{"name": "off", "state": "disabled"}, 201))
 
-	// Evaluations and builds, made in the database as the scheduler would.
+	return pid, jid, off
+}
+
+// evaluationsAndBuilds: made in the database as the scheduler would.
+func (an *answers) evaluationsAndBuilds(db *storage.DB, jid, off int64) (ev1 int64) {
+	t, admin, readOnly := an.t, an.admin, an.readOnly
 	ev1, ev2, built, aborted := seedBuilds(t, db, jid)
 	an.do("GET", "/api/v1/evaluations", "", nil, 200)
 	an.do("GET", "/api/v1/evaluations?jobset_id=oa/main&status=succeeded", "", nil, 200)
@@ -245,8 +264,12 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("POST", fmt.Sprintf("/api/v1/evaluations/%d/restart-failed", ev1), admin, nil, 200)
 	an.do("POST", fmt.Sprintf("/api/v1/evaluations/%d/cancel", ev2), admin, nil, 200)
 	an.do("GET", "/api/v1/queue", "", nil, 200)
+	return ev1
+}
 
-	// Channels.
+// channels: one follows the jobset.
+func (an *answers) channels(pid, ev1 int64) {
+	admin, readOnly := an.admin, an.readOnly
 	// Its aggregate job never succeeds, so it moves only when promoted.
 	an.do("POST", "/api/v1/channels", admin, map[string]any{"name": "stable", "jobset": "oa/main", "aggregate": "release"}, 201)
 	an.do("POST", "/api/v1/channels", admin, map[string]any{"name": "stable", "jobset": "oa/main"}, 409)
@@ -265,8 +288,11 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("DELETE", "/api/v1/channels/stable", readOnly, nil, 403)
 	an.do("DELETE", "/api/v1/channels/stable", admin, nil, 204)
 	an.do("GET", "/api/v1/channels/stable", "", nil, 404)
+}
 
-	// Agents and enrollment.
+// agents: registration, state, enrollment.
+func (an *answers) agents() {
+	t, admin := an.t, an.admin
 	agentID := id(t, an.do("POST", "/api/v1/agents", admin, map[string]any{"name": "builder1", "public_key": publicKey(t)}, 201))
 	an.do("POST", "/api/v1/agents", admin, map[string]any{"name": "builder1", "public_key": publicKey(t)}, 409)
 	an.do("POST", "/api/v1/agents", admin, map[string]any{"public_key": "ssh-rsa AAAA"}, 422)
@@ -281,8 +307,11 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 	an.do("POST", "/api/v1/agents/tokens", admin, map[string]any{"name": "builder2", "uses": 0}, 422)
 	an.do("DELETE", fmt.Sprintf("/api/v1/agents/%d", agentID), admin, nil, 204)
 	an.do("POST", fmt.Sprintf("/api/v1/agents/%d/enable", agentID), admin, nil, 409)
+}
 
-	// People, keys, deliveries, search.
+// people: accounts, keys, deliveries, search, webhooks, triggers and declarations.
+func (an *answers) people(db *storage.DB) {
+	t, admin, readOnly := an.t, an.admin, an.readOnly
 	uid := id(t, an.do("POST", "/api/v1/users", admin, map[string]any{"username": "ann", "password": "correct horse", "role": "read-only"}, 201))
 	an.do("POST", "/api/v1/users", admin, map[string]any{"username": "ann", "password": "correct horse", "role": "read-only"}, 409)
 	an.do("GET", "/api/v1/users", admin, nil, 200)
@@ -309,8 +338,6 @@ func TestOpenAPI_RealAnswers(t *testing.T) {
 
 	an.do("DELETE", "/api/v1/projects/oa/jobsets/main", admin, nil, 204)
 	an.do("DELETE", "/api/v1/projects/oa", admin, nil, 204)
-	an.bites()
-	an.coverage()
 }
 
 // me exercises the signed-in user's routes with a real session.

@@ -27,6 +27,7 @@ func addSchemas(d *doc) {
 		"field": str("the request field at fault, when there is one"),
 	})
 	addProjectSchemas(s)
+	addJobsetSchemas(s)
 	addBuildSchemas(s)
 	addEvaluationSchemas(s)
 	addOtherSchemas(s)
@@ -93,6 +94,9 @@ func addProjectSchemas(s m) {
 		"declarative_file":   str("a file in the repository declaring jobsets (.fc.toml); \"\" for none"),
 		"declarative_branch": str("the branch to read it from; \"\" for the default branch"),
 	}))
+}
+
+func addJobsetSchemas(s m) {
 	input := object("name type value", m{
 		"name":  str(""),
 		"type":  enum("", "string", "boolean", "git", "path"),
