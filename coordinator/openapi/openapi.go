@@ -89,7 +89,6 @@ func (d *doc) json() m {
 				"show admin data; writes need a bearer API key (or a dashboard session with its CSRF token). " +
 				"A request that presents an unknown or malformed key is refused with 401 on every /api/v1 route, " +
 				"and any route may answer 429 (server.rate_limit_rps) and 503 (database unavailable).",
-			"license": m{"name": "see the repository"},
 		},
 		"servers": []m{{"url": "/", "description": "this coordinator"}},
 		"tags":    tags,

@@ -30,8 +30,9 @@ func addBuilds(d *doc) {
 		desc: "Works while the step runs and after; Range requests work. A step that ran and printed nothing is 200 " +
 			"with an empty body; a dependency_failed build is 404 naming the failed build and its log's path.",
 		params: append(logParams, header("Range", "bytes=...")),
-		ok:     map[int]m{200: textAnswer("the log", "text/plain"), 206: textAnswer("the requested part of the log", "text/plain")},
-		errs:   []int{404, 416}})
+		ok: map[int]m{200: textAnswer("the log", "text/plain"), 206: textAnswer("the requested part of the log", "text/plain"),
+			416: textAnswer("the Range cannot be satisfied (Content-Range: bytes */<size>)", "text/plain")},
+		errs: []int{404, 416}})
 	d.add("get", "/api/v1/builds/{id}/log/stream", op{tag: t, summary: "Follow a build's log (WebSocket)", who: "anyone",
 		sec: anyone, desc: "A WebSocket sending LogMessage JSON messages from ?offset= (bytes) or the last ?tail= lines, " +
 			"following the step; reconnect with ?offset=<next> for no gap and no duplicate.",

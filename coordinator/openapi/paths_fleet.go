@@ -6,7 +6,8 @@ func addFleet(d *doc) {
 	agent := jsonAnswer("the agent", ref("Agent"))
 	d.add("get", "/api/v1/agent/connect", op{tag: t, summary: "The agents' WebSocket (yamux inside)", who: "agent key", sec: agentKey,
 		desc: "Agents connect here and authenticate inside the session; 503 while the coordinator shuts down.",
-		ok:   map[int]m{101: m{"description": "switching to the WebSocket"}, 400: textAnswer("not a WebSocket handshake", "text/plain")}})
+		ok: map[int]m{101: m{"description": "switching to the WebSocket"}, 400: textAnswer("not a WebSocket handshake", "text/plain"),
+			503: textAnswer("the coordinator is shutting down", "text/plain")}})
 	d.add("get", "/api/v1/agents", op{tag: t, summary: "List agents", who: "anyone", sec: anyone, params: pageParams,
 		ok: map[int]m{200: jsonAnswer("a page of agents", page(ref("Agent")))}})
 	d.add("get", "/api/v1/agents/{id}", op{tag: t, summary: "Get an agent", who: "anyone", sec: anyone, params: id,
