@@ -37,7 +37,7 @@ func Document() []byte {
 	addPeople(d)
 	addChannels(d)
 	addOther(d)
-	b, err := json.MarshalIndent(d.json(), "", "  ")
+	b, err := json.Marshal(d.json())
 	if err != nil {
 		// Only maps, slices and scalars built here: marshalling cannot fail.
 		panic(fmt.Sprintf("openapi: marshal the document: %v", err))
