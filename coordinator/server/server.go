@@ -19,6 +19,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/openapi"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -91,6 +92,8 @@ func New(cfg Config, db *storage.DB, m *metrics.Metrics) *Server {
 		r.Mount(prefix, h)
 	}
 	r.Method(http.MethodGet, "/metrics", m.Handler())
+	// Outside the authenticated /api/v1 group: anyone may read the API's description.
+	r.Method(http.MethodGet, "/api/v1/openapi.json", openapi.Handler())
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(timeout(config.Seconds(cfg.Server.RequestTimeout)), auth.Middleware(db, httpkit.WriteError))
 		for _, rt := range cfg.APIRoutes {
