@@ -69,7 +69,7 @@ func logRoute(cl *cluster.Cluster, fl *fleet.Fleet) func(int64) (string, bool) {
 // clusterRoutes are GET /api/v1/cluster and the members' internal API.
 func clusterRoutes(cl *cluster.Cluster, fl *fleet.Fleet) ([]server.Routes, map[string]http.Handler) {
 	if cl == nil {
-		return nil, map[string]http.Handler{}
+		return []server.Routes{cluster.Off{}}, map[string]http.Handler{}
 	}
 	return []server.Routes{cl}, map[string]http.Handler{cluster.InternalPrefix: cl.Handler(fl)}
 }

@@ -153,6 +153,17 @@ func (c *Cluster) post(ctx context.Context, url string, body []byte) (*http.Resp
 // and agent count (this one marked self). Admins only: it names internal addresses.
 func (c *Cluster) Routes(r chi.Router) {
 	r.With(httpkit.Require(auth.PermAdmin)).Get("/cluster", func(w http.ResponseWriter, r *http.Request) {
-		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"name": c.cfg.Name, "members": c.Members()})
+		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"enabled": true, "name": c.cfg.Name, "members": c.Members()})
+	})
+}
+
+// Off serves GET /api/v1/cluster on a coordinator that runs alone ([cluster] is not
+// enabled): the route exists everywhere, so a script can ask before it assumes.
+type Off struct{}
+
+// Routes mounts the answer {"enabled": false, "name": "", "members": []}.
+func (Off) Routes(r chi.Router) {
+	r.With(httpkit.Require(auth.PermAdmin)).Get("/cluster", func(w http.ResponseWriter, r *http.Request) {
+		httpkit.WriteJSON(w, http.StatusOK, map[string]any{"enabled": false, "name": "", "members": []Member{}})
 	})
 }

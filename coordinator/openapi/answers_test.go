@@ -297,6 +297,8 @@ func (an *answers) agents() {
 	an.do("POST", "/api/v1/agents", admin, map[string]any{"name": "builder1", "public_key": publicKey(t)}, 409)
 	an.do("POST", "/api/v1/agents", admin, map[string]any{"public_key": "ssh-rsa AAAA"}, 422)
 	an.do("GET", "/api/v1/agents", "", nil, 200)
+	an.do("GET", "/api/v1/cluster", admin, nil, 200)
+	an.do("GET", "/api/v1/cluster", an.readOnly, nil, 403)
 	an.do("GET", fmt.Sprintf("/api/v1/agents/%d", agentID), "", nil, 200)
 	an.do("GET", "/api/v1/agents/99999999", "", nil, 404)
 	an.do("PUT", fmt.Sprintf("/api/v1/agents/%d", agentID), admin, map[string]any{"push": true}, 200)

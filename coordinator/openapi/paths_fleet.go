@@ -39,6 +39,9 @@ func addFleet(d *doc) {
 			"expires_in": m{"type": "integer", "minimum": 1, "maximum": 2592000, "default": 3600, "description": "seconds"},
 		})), ok: map[int]m{201: jsonAnswer("the token", ref("EnrollmentToken"))}, errs: []int{403}})
 
+	d.add("get", "/api/v1/cluster", op{tag: t, summary: "The coordinators of the cluster", who: "admin", sec: keyed,
+		desc: "Members with their status, addresses and agent sessions; enabled false and no members when this coordinator runs alone.",
+		ok:   map[int]m{200: jsonAnswer("the members", ref("Cluster"))}, errs: []int{403}})
 	d.add("get", "/api/v1/cache/public-key", op{tag: "cache", summary: "The cache's public key (name:base64)", who: "anyone",
 		sec: anyone, ok: map[int]m{200: textAnswer("the key and a newline", "text/plain")}})
 	addNixCache(d)

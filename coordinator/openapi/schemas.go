@@ -296,6 +296,16 @@ func joinKeys(o m) string {
 }
 
 func addOtherSchemas(s m) {
+	s["Cluster"] = object("enabled name members", m{
+		"enabled": boolean("false on a coordinator that runs alone ([cluster] not enabled); members is then empty"),
+		"name":    str("this coordinator's member name"),
+		"members": arr(object("name status api_address gossip_address agents self since", m{
+			"name": str(""), "status": enum("", "alive", "suspect", "dead", "left"),
+			"api_address": str("where the other coordinators reach its API"), "gossip_address": str(""),
+			"agents": integer("agent sessions it holds"), "self": boolean("this coordinator"),
+			"since": dateTime("when the status last changed"),
+		}), ""),
+	})
 	s["Agent"] = declared(object("id name fingerprint public_key systems features mandatory_features roles max_jobs speed_factor "+
 		"running connected enabled draining shutting_down revoked revoked_at coordinator last_seen agent_version nix_version "+
 		"load free_disk_bytes push created_at consecutive_failures disabled_until", m{
