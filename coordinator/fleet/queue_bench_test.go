@@ -77,9 +77,13 @@ func BenchmarkQueue100k(b *testing.B) {
 	}
 }
 
-// queueBuild builds fc-coordinator once for every run.
+// queueBuild builds fc-coordinator once for every run; FC_QUEUE_BIN names one built
+// already (another revision, to compare).
 func queueBuild(b *testing.B) string {
 	b.Helper()
+	if bin := os.Getenv("FC_QUEUE_BIN"); bin != "" {
+		return bin
+	}
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
