@@ -341,6 +341,17 @@ func (db *DB) QueuedSteps(ctx context.Context) (bool, error) {
 	return ok, nil
 }
 
+// QueuedStepsUpTo counts the queued steps, stopping at limit (an index-only count of
+// at most limit entries, however long the queue).
+func (db *DB) QueuedStepsUpTo(ctx context.Context, limit int) (int, error) {
+	var n int
+	err := db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM steps WHERE status = 'queued' LIMIT $1) q`, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("queued steps: %w", err)
+	}
+	return n, nil
+}
+
 // RunningSteps lists the steps an agent holds a lease on.
 func (db *DB) RunningSteps(ctx context.Context, agentID int64) ([]Lease, error) {
 	rows, err := db.pool.Query(ctx, `SELECT id, lease_epoch, attempts FROM steps WHERE agent_id = $1 AND status = 'running'`, agentID)
