@@ -23,7 +23,8 @@ import (
 //
 //	go test -run '^$' -bench ListBuilds1M -benchtime 1x -timeout 30m ./coordinator/buildapi/
 //
-// FC_LIST_BUILDS (default 1000000) changes the number of builds.
+// FC_LIST_BUILDS (default 1000000) changes the number of builds, FC_LIST_REQUESTS
+// (default 500) the requests per variant.
 func BenchmarkListBuilds1M(b *testing.B) {
 	n := 1_000_000
 	if v := os.Getenv("FC_LIST_BUILDS"); v != "" {
@@ -31,7 +32,13 @@ func BenchmarkListBuilds1M(b *testing.B) {
 			b.Fatalf("FC_LIST_BUILDS=%q: want a number >= 1000", v)
 		}
 	}
-	const requests, warmup = 500, 20
+	requests, warmup := 500, 20
+	if v := os.Getenv("FC_LIST_REQUESTS"); v != "" { // fewer, when each takes seconds
+		if _, err := fmt.Sscan(v, &requests); err != nil || requests < 1 {
+			b.Fatalf("FC_LIST_REQUESTS=%q: want a positive number", v)
+		}
+		warmup = min(warmup, requests)
+	}
 	ctx := context.Background()
 	db := storagetest.New(b)
 	t0 := time.Now()
