@@ -48,6 +48,18 @@ type ClaimedStep struct {
 	Waited time.Duration
 }
 
+// claimRunnable is a queued step the agent ($2 systems, $3 features, $4 mandatory
+// features) can build now: inputs built, no output failed before.
+const claimRunnable = `s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
+	AND s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features
+	AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
+		WHERE e.step_id = s.id AND d.status <> 'succeeded')
+	AND NOT EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)`
+
+// claimCandidates is how many steps of each jobset a claim of n looks at: n, and
+// room for those other coordinators' claims hold at the same moment.
+func claimCandidates(n int) int { return 2*n + 32 }
+
 // ClaimSteps leases up to N runnable steps the agent can build, in scheduling order:
 // bumped priority, the jobset's share use (build seconds in the last 24 h ÷ shares),
 // schedulingPriority, critical path, age. Atomic across coordinators (SKIP LOCKED).
@@ -63,19 +75,29 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 				SELECT j.id, coalesce(sum(extract(epoch FROM b.finished_at - b.started_at)), 0) / j.scheduling_shares AS used
 				FROM jobsets j LEFT JOIN builds b ON b.jobset_id = j.id AND b.finished_at > now() - interval '24 hours'
 					AND b.started_at IS NOT NULL
-				WHERE j.id IN (SELECT jobset_id FROM steps WHERE status = 'queued') -- only jobsets competing now
+				-- only jobsets competing now (a probe of steps_claim each)
+				WHERE EXISTS (SELECT 1 FROM steps q WHERE q.jobset_id = j.id AND q.status = 'queued')
 				GROUP BY j.id),
+			-- Each jobset's first runnable steps in its own order (steps_claim), a few more
+			-- than wanted: rows another claim holds are skipped below. Merged below in
+			-- the whole order, it is the same as ordering every queued step.
+			cand AS (
+				SELECT c.*, share.used FROM share CROSS JOIN LATERAL (
+					SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
+					WHERE s.jobset_id = share.id AND `+claimRunnable+`
+					ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $7) c
+				UNION ALL
+				SELECT c.*, 0 FROM (
+					SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
+					WHERE s.jobset_id IS NULL AND `+claimRunnable+`
+					ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $7) c),
 			pick AS (
-				SELECT s.id, s.not_before FROM steps s LEFT JOIN share ON share.id = s.jobset_id
-				WHERE s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
+				SELECT s.id, cand.not_before FROM cand JOIN steps s ON s.id = cand.id
+				WHERE s.status = 'queued'
 					-- an agent backed off after infrastructure failures takes nothing (one
 					-- primary-key probe, evaluated once for the whole query)
 					AND NOT EXISTS (SELECT 1 FROM agents ag WHERE ag.id = $1 AND ag.disabled_until > now())
-					AND s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features
-					AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
-						WHERE e.step_id = s.id AND d.status <> 'succeeded')
-					AND NOT EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)
-				ORDER BY s.global_priority DESC, coalesce(share.used, 0), s.scheduling_priority DESC, s.critical_path DESC, s.id
+				ORDER BY cand.global_priority DESC, cand.used, cand.scheduling_priority DESC, cand.critical_path DESC, cand.id
 				LIMIT $5 FOR UPDATE OF s SKIP LOCKED)
 			UPDATE steps s SET status = 'running', agent_id = $1, lease_epoch = s.lease_epoch + 1,
 				lease_expires_at = now() + make_interval(secs => $6), attempts = s.attempts + 1, started_at = now(),
@@ -83,7 +105,7 @@ func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, erro
 			FROM pick WHERE s.id = pick.id
 			RETURNING s.id, s.lease_epoch, s.attempts, s.drv_path, s.timeout_seconds, s.max_silent_seconds, s.required_features,
 				s.system, extract(epoch FROM now() - greatest(s.created_at, pick.not_before, `+inputsBuilt+`))::float8`,
-			a.AgentID, systems, features, mandatory, a.N, a.TTL.Seconds())
+			a.AgentID, systems, features, mandatory, a.N, a.TTL.Seconds(), claimCandidates(a.N))
 		if err != nil {
 			return err
 		}
@@ -317,6 +339,17 @@ func (db *DB) QueuedSteps(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("queued steps: %w", err)
 	}
 	return ok, nil
+}
+
+// QueuedStepsUpTo counts the queued steps, stopping at limit (an index-only count of
+// at most limit entries, however long the queue).
+func (db *DB) QueuedStepsUpTo(ctx context.Context, limit int) (int, error) {
+	var n int
+	err := db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM steps WHERE status = 'queued' LIMIT $1) q`, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("queued steps: %w", err)
+	}
+	return n, nil
 }
 
 // RunningSteps lists the steps an agent holds a lease on.

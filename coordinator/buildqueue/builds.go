@@ -260,14 +260,19 @@ func (b *Builds) dispatch(ctx context.Context) {
 		}
 		cands = append(cands, candidate{id: id, caps: caps, depth: depth, running: running[id]})
 	}
+	plenty := b.plenty(ctx, cands)
 	for len(cands) > 0 && ctx.Err() == nil {
 		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
 		c := &cands[0]
 		// Several steps at once: an agent realises the steps that arrive together in one
 		// Nix process. Shared out when several agents have room, so the least loaded
-		// does not take everything.
+		// does not take everything, unless the queue fills every free slot anyway: then
+		// one claim per agent, not one per step (a claim costs the same for 1 or 16).
 		free := c.depth - c.running
 		n := max(1, free/len(cands))
+		if plenty {
+			n = free
+		}
 		got := b.assign(ctx, c, n)
 		if got == 0 {
 			cands = cands[1:] // nothing it can build (or it declined): try the others
@@ -278,6 +283,17 @@ func (b *Builds) dispatch(ctx context.Context) {
 			cands = cands[1:]
 		}
 	}
+}
+
+// plenty says whether at least as many steps are queued as the candidates have
+// free slots.
+func (b *Builds) plenty(ctx context.Context, cands []candidate) bool {
+	free := 0
+	for _, c := range cands {
+		free += c.depth - c.running
+	}
+	n, err := b.db.QueuedStepsUpTo(ctx, free)
+	return err == nil && free > 0 && n >= free
 }
 
 // assign claims up to n steps the agent can build and pushes them over its session,
