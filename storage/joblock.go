@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Periodic jobs run on one coordinator of those sharing the database: each job has
@@ -63,11 +65,17 @@ func (db *DB) LeadJob(ctx context.Context, name string, retry time.Duration, run
 
 // leadOnce takes the lock and runs run while holding it; false if it did not get it.
 func (db *DB) leadOnce(ctx context.Context, name string, retry time.Duration, run func(ctx context.Context)) bool {
-	conn, err := db.pool.Acquire(ctx)
+	// A connection of its own, not the pool's: it is held for as long as the job
+	// leads (hours), and a small pool would lose a connection to every job.
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return false
 	}
-	defer conn.Release()
+	defer func() {
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer ccancel()
+		conn.Close(cctx) // closing it releases the lock too
+	}()
 	var locked bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+jobLockKey+`)`, name).Scan(&locked); err != nil || !locked {
 		return false
@@ -91,10 +99,5 @@ func (db *DB) leadOnce(ctx context.Context, name string, retry time.Duration, ru
 	}
 	cancel()
 	<-done
-	uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer ucancel()
-	if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(`+jobLockKey+`)`, name); err != nil {
-		conn.Conn().Close(uctx)
-	}
 	return true
 }

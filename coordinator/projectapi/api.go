@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strconv"
 
 	"github.com/go-chi/chi/v5"
 
@@ -57,32 +56,7 @@ func (a *API) Routes(r chi.Router) {
 	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("pid")).Put("/projects/{pid}/jobsets/{id}", a.updateJobset)
 	r.With(httpkit.Require(auth.PermCreateProjects), a.ownerOnly("pid")).Delete("/projects/{pid}/jobsets/{id}", a.deleteJobset)
 
-	r.With(httpkit.Require(auth.PermAdmin)).Put("/builds/{id}/keep/{keep}", a.setKeep)
-
 	r.With(httpkit.Require(auth.PermAdmin)).Get("/api-keys", a.listKeys)
 	r.With(httpkit.Require(auth.PermAdmin)).Post("/api-keys", a.createKey)
 	r.With(httpkit.Require(auth.PermAdmin)).Delete("/api-keys/{id}", a.deleteKey)
-}
-
-// setKeep marks a build's outputs kept by cache retention (1) or not (0).
-func (a *API) setKeep(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-	if err != nil {
-		a.fail(w, r, storage.ErrNotFound)
-		return
-	}
-	var keep bool
-	switch chi.URLParam(r, "keep") {
-	case "1":
-		keep = true
-	case "0":
-	default:
-		a.fail(w, r, httpkit.Unprocessable("keep", "keep must be 0 or 1"))
-		return
-	}
-	if err := a.db.SetBuildKeep(r.Context(), id, keep); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	httpkit.WriteJSON(w, http.StatusOK, map[string]any{"id": id, "keep": keep})
 }
