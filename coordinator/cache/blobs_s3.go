@@ -45,6 +45,7 @@ type s3Writer struct {
 	done      chan error // the PUT's outcome
 	size      int64
 	synced    bool
+	stored    bool // the PUT succeeded: there is an object to delete on Abort
 	committed bool
 }
 
@@ -90,10 +91,11 @@ func (b *S3) SyncAll(ws []BlobWriter) error {
 	for _, bw := range ws {
 		w := bw.(*s3Writer)
 		w.pw.Close()
-		if err := <-w.done; err != nil && first == nil {
+		err := <-w.done
+		if err != nil && first == nil {
 			first = fmt.Errorf("sync blob: %w", err)
 		}
-		w.synced = true
+		w.synced, w.stored = true, err == nil
 	}
 	return first
 }
@@ -132,7 +134,8 @@ func (b *S3) deleteQuietly(key string) {
 }
 
 // Abort implements BlobWriter: the PUT is cancelled and the temporary object, if it
-// was made, deleted.
+// was stored, deleted (a failed PUT stores nothing, and a store that is down would
+// only make the delete wait out its retries).
 func (w *s3Writer) Abort() {
 	if w.committed {
 		return
@@ -140,10 +143,12 @@ func (w *s3Writer) Abort() {
 	w.cancel()
 	w.pw.CloseWithError(errors.New("blob aborted"))
 	if !w.synced {
-		<-w.done
+		w.stored = <-w.done == nil
 		w.synced = true
 	}
-	w.b.deleteQuietly(w.key)
+	if w.stored {
+		w.b.deleteQuietly(w.key)
+	}
 }
 
 // Open implements BlobStore.
