@@ -110,7 +110,7 @@ func Start(t testing.TB) *Server {
 		"-volume.port=" + strconv.Itoa(p[3]), "-volume.port.grpc=" + strconv.Itoa(p[4]),
 		"-filer.port=" + strconv.Itoa(p[5]), "-filer.port.grpc=" + strconv.Itoa(p[6]),
 		"-s3", "-s3.port=" + strconv.Itoa(p[0]), "-s3.port.grpc=" + strconv.Itoa(p[7]),
-		"-s3.config=" + filepath.Join(s.KeyDir, "s3.json"), "-master.volumeSizeLimitMB=64", "-volume.max=20"}
+		"-s3.config=" + filepath.Join(s.KeyDir, "s3.json"), "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=20"}
 	s.start()
 	t.Cleanup(func() {
 		s.Kill()
