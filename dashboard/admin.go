@@ -61,6 +61,8 @@ type apiKeyItem struct {
 	Role       string     `json:"role"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+	// DeclaredIn is the config file declaring the key ("": none): not deletable here.
+	DeclaredIn string `json:"declared_in"`
 }
 
 // listOf is the API's list envelope.
@@ -248,6 +250,8 @@ type userItem struct {
 	Enabled     bool       `json:"enabled"`
 	CreatedAt   time.Time  `json:"created_at"`
 	LastLoginAt *time.Time `json:"last_login_at"`
+	// DeclaredIn is the config file declaring the account ("": none): not editable here.
+	DeclaredIn string `json:"declared_in"`
 }
 
 // createUser makes an account (POST /api/v1/users).

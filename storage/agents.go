@@ -47,6 +47,8 @@ type Agent struct {
 	ConsecutiveFailures int
 	DisabledUntil       *time.Time
 	LastFailure         string
+	// Declared names the config file that declares the agent's key ("": none).
+	Declared string
 }
 
 // BackedOff says whether the agent is kept from new steps after infrastructure
@@ -66,14 +68,14 @@ const agentColumns = `a.id, a.name, a.public_key, a.fingerprint, a.enabled, a.dr
 	a.speed_factor, a.agent_version, a.nix_version, a.load1, a.free_disk_bytes,
 	(SELECT count(*) FROM steps s WHERE s.agent_id = a.id AND s.status = 'running')
 	 + (SELECT count(*) FROM evaluations e WHERE e.agent_id = a.id AND e.status = 'running'),
-	a.created_at, a.push, a.consecutive_failures, a.disabled_until, a.last_failure`
+	a.created_at, a.push, a.consecutive_failures, a.disabled_until, a.last_failure, coalesce(a.declared, '')`
 
 func scanAgent(row scanner) (Agent, error) {
 	var a Agent
 	err := row.Scan(&a.ID, &a.Name, &a.PublicKey, &a.Fingerprint, &a.Enabled, &a.Draining, &a.SelfDraining, &a.RevokedAt,
 		&a.Connected, &a.Coordinator, &a.LastSeenAt, &a.Systems, &a.Features, &a.MandatoryFeatures, &a.Roles,
 		&a.MaxJobs, &a.SpeedFactor, &a.AgentVersion, &a.NixVersion, &a.Load1, &a.FreeDiskBytes, &a.Running,
-		&a.CreatedAt, &a.Push, &a.ConsecutiveFailures, &a.DisabledUntil, &a.LastFailure)
+		&a.CreatedAt, &a.Push, &a.ConsecutiveFailures, &a.DisabledUntil, &a.LastFailure, &a.Declared)
 	return a, err
 }
 

@@ -24,13 +24,15 @@ type APIKey struct {
 	Role       string
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
+	// Declared names the config file that declares the key ("": none).
+	Declared string
 }
 
-const apiKeyColumns = `id, name, role, created_at, last_used_at`
+const apiKeyColumns = `id, name, role, created_at, last_used_at, coalesce(declared, '')`
 
 func scanAPIKey(row scanner) (APIKey, error) {
 	var k APIKey
-	err := row.Scan(&k.ID, &k.Name, &k.Role, &k.CreatedAt, &k.LastUsedAt)
+	err := row.Scan(&k.ID, &k.Name, &k.Role, &k.CreatedAt, &k.LastUsedAt, &k.Declared)
 	return k, err
 }
 
@@ -55,6 +57,15 @@ func (db *DB) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
 		if _, err := db.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now() WHERE id = $1`, k.ID); err != nil {
 			db.log.Warn("record api key use", "key", k.ID, "err", err)
 		}
+	}
+	return k, nil
+}
+
+// GetAPIKey finds a key by id.
+func (db *DB) GetAPIKey(ctx context.Context, id int64) (APIKey, error) {
+	k, err := scanAPIKey(db.pool.QueryRow(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id = $1`, id))
+	if err != nil {
+		return APIKey{}, fmt.Errorf("get api key %d: %w", id, mapErr(err))
 	}
 	return k, nil
 }

@@ -176,7 +176,8 @@ func (db *DB) AgentsPage(ctx context.Context, revoked bool, page Page) ([]AgentR
 			a.revoked_at, (a.connected AND a.revoked_at IS NULL AND a.last_seen_at > now() - make_interval(secs => $1)),
 			a.coordinator, a.last_seen_at, a.systems, a.features, a.mandatory_features, a.roles, a.max_jobs,
 			a.speed_factor, a.agent_version, a.nix_version, a.load1, a.free_disk_bytes, a.created_at, a.push,
-			a.consecutive_failures, a.disabled_until, a.last_failure, coalesce(w.steps, 0), coalesce(w.evals, 0)
+			a.consecutive_failures, a.disabled_until, a.last_failure, coalesce(w.steps, 0), coalesce(w.evals, 0),
+			coalesce(a.declared, '')
 		FROM agents a LEFT JOIN (
 			SELECT agent_id, count(*) FILTER (WHERE kind = 'step') AS steps, count(*) FILTER (WHERE kind = 'eval') AS evals
 			FROM (SELECT agent_id, 'step' AS kind FROM steps WHERE status = 'running' AND agent_id IS NOT NULL
@@ -193,7 +194,7 @@ func (db *DB) AgentsPage(ctx context.Context, revoked bool, page Page) ([]AgentR
 		err := r.Scan(&a.ID, &a.Name, &a.PublicKey, &a.Fingerprint, &a.Enabled, &a.Draining, &a.SelfDraining, &a.RevokedAt,
 			&a.Connected, &a.Coordinator, &a.LastSeenAt, &a.Systems, &a.Features, &a.MandatoryFeatures, &a.Roles,
 			&a.MaxJobs, &a.SpeedFactor, &a.AgentVersion, &a.NixVersion, &a.Load1, &a.FreeDiskBytes, &a.CreatedAt, &a.Push,
-			&a.ConsecutiveFailures, &a.DisabledUntil, &a.LastFailure, &a.Running, &a.Evaluations)
+			&a.ConsecutiveFailures, &a.DisabledUntil, &a.LastFailure, &a.Running, &a.Evaluations, &a.Declared)
 		return a, err
 	})
 	if err != nil {

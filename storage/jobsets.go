@@ -54,6 +54,9 @@ type Jobset struct {
 	Hidden bool
 	// PullRequest is set on a jobset FC made for a pull request (storage/pullrequests.go).
 	PullRequest *JobsetPullRequest
+	// Declared names where the jobset is declared: the config file, or
+	// "repository:<project>/<file>"; "": nowhere, the API manages it.
+	Declared string
 }
 
 // JobsetFields are the writable columns of a jobset.
@@ -75,7 +78,8 @@ type JobsetFields struct {
 const jobsetColumns = `j.id, j.project_id, p.name, j.name, j.description, j.branch, j.flake_mode,
 	j.nix_expression, j.check_interval, j.scheduling_shares, j.state, j.keep_nr, j.last_checked_at,
 	j.last_check_error, j.created_at, j.updated_at, j.pull_requests, j.pull_request_drafts, j.hidden,
-	j.parent_jobset_id, j.pr_number, j.pr_head_sha, j.pr_head_branch, j.pr_head_repository, j.pr_title`
+	j.parent_jobset_id, j.pr_number, j.pr_head_sha, j.pr_head_branch, j.pr_head_repository, j.pr_title,
+	coalesce(j.declared, '')`
 
 func scanJobset(row scanner) (Jobset, error) {
 	var j Jobset
@@ -98,7 +102,7 @@ func (j *Jobset) scanTargets() jobsetScan {
 		dest: []any{&j.ID, &j.ProjectID, &j.ProjectName, &j.Name, &j.Description, &j.Branch, &j.FlakeMode,
 			&j.NixExpression, &j.CheckInterval, &j.SchedulingShares, &j.State, &j.KeepNr, &j.LastCheckedAt,
 			&j.LastCheckError, &j.CreatedAt, &j.UpdatedAt, &j.PullRequests, &j.PullRequestDrafts, &j.Hidden,
-			&parent, &number, &pr.HeadSHA, &pr.HeadBranch, &pr.HeadRepository, &pr.Title},
+			&parent, &number, &pr.HeadSHA, &pr.HeadBranch, &pr.HeadRepository, &pr.Title, &j.Declared},
 		finish: func() {
 			if parent != nil && number != nil {
 				pr.ParentJobsetID, pr.Number = *parent, *number

@@ -30,6 +30,15 @@ type Project struct {
 	OwnerUserName string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
+	// Declared names the config file that declares the project ("": none, the API
+	// manages it).
+	Declared string
+	// DeclarativeFile is the file in the repository that declares the project's
+	// jobsets (.fc.toml; "": none), read from DeclarativeBranch ("": the default
+	// branch); DeclarativeError is the last error reading it ("": none).
+	DeclarativeFile   string
+	DeclarativeBranch string
+	DeclarativeError  string
 }
 
 // ProjectFields are the writable columns. WebhookSecret nil leaves the secret as it is;
@@ -49,6 +58,9 @@ type ProjectFields struct {
 	OwnerKeyID *int64
 	// OwnerUserID is the owning user of a new project (nil: none); updates ignore it.
 	OwnerUserID *int64
+	// DeclarativeFile and DeclarativeBranch: see Project.
+	DeclarativeFile   string
+	DeclarativeBranch string
 }
 
 // FetchCredentials reach a private repository: an SSH deploy key or an HTTPS token.
@@ -62,23 +74,26 @@ func (f *FetchCredentials) empty() bool { return f == nil || (f.SSHKey == "" && 
 const projectColumns = `id, name, display_name, description, repository_url, enabled,
 	webhook_secret IS NOT NULL AND webhook_secret <> '', fetch_credentials IS NOT NULL, owner_key_id,
 	coalesce((SELECT k.name FROM api_keys k WHERE k.id = projects.owner_key_id), ''), owner_user_id,
-	coalesce((SELECT u.username FROM users u WHERE u.id = projects.owner_user_id), ''), created_at, updated_at`
+	coalesce((SELECT u.username FROM users u WHERE u.id = projects.owner_user_id), ''), created_at, updated_at,
+	coalesce(declared, ''), declarative_file, declarative_branch, declarative_error`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanProject(row scanner) (Project, error) {
 	var p Project
 	err := row.Scan(&p.ID, &p.Name, &p.DisplayName, &p.Description, &p.RepositoryURL, &p.Enabled,
-		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.OwnerUserID, &p.OwnerUserName, &p.CreatedAt, &p.UpdatedAt)
+		&p.WebhookSecretSet, &p.FetchCredentialsSet, &p.OwnerKeyID, &p.OwnerKeyName, &p.OwnerUserID, &p.OwnerUserName, &p.CreatedAt, &p.UpdatedAt,
+		&p.Declared, &p.DeclarativeFile, &p.DeclarativeBranch, &p.DeclarativeError)
 	return p, err
 }
 
 // CreateProject inserts a project; a duplicate name is ErrConflict.
 func (db *DB) CreateProject(ctx context.Context, f ProjectFields) (Project, error) {
 	row := db.pool.QueryRow(ctx, `INSERT INTO projects (name, display_name, description, repository_url, enabled, webhook_secret,
-		fetch_credentials, owner_key_id, owner_user_id) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9) RETURNING `+projectColumns,
+		fetch_credentials, owner_key_id, owner_user_id, declarative_file, declarative_branch)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9, $10, $11) RETURNING `+projectColumns,
 		f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, deref(f.WebhookSecret), credsValue(f.FetchCredentials),
-		f.OwnerKeyID, f.OwnerUserID)
+		f.OwnerKeyID, f.OwnerUserID, f.DeclarativeFile, f.DeclarativeBranch)
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("create project %q: %w", f.Name, mapErr(err))
@@ -137,10 +152,12 @@ func (db *DB) UpdateProject(ctx context.Context, id int64, f ProjectFields) (Pro
 		webhook_secret = CASE WHEN $7::boolean THEN NULLIF($8, '') ELSE webhook_secret END,
 		fetch_credentials = CASE WHEN $9::boolean THEN $10::jsonb ELSE fetch_credentials END,
 		owner_key_id = coalesce($11, owner_key_id),
-		owner_user_id = CASE WHEN $11::bigint IS NULL THEN owner_user_id END, updated_at = now()
+		owner_user_id = CASE WHEN $11::bigint IS NULL THEN owner_user_id END, declarative_file = $12,
+		declarative_branch = $13, declarative_error = CASE WHEN declarative_file = $12 THEN declarative_error ELSE '' END,
+		updated_at = now()
 		WHERE id = $1 RETURNING `+projectColumns,
 		id, f.Name, f.DisplayName, f.Description, f.RepositoryURL, f.Enabled, f.WebhookSecret != nil, deref(f.WebhookSecret),
-		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID)
+		f.FetchCredentials != nil, credsValue(f.FetchCredentials), f.OwnerKeyID, f.DeclarativeFile, f.DeclarativeBranch)
 	p, err := scanProject(row)
 	if err != nil {
 		return Project{}, fmt.Errorf("update project %d: %w", id, mapErr(err))

@@ -17,6 +17,8 @@ type User struct {
 	Enabled     bool
 	CreatedAt   time.Time
 	LastLoginAt *time.Time
+	// Declared names the config file that declares the account ("": none).
+	Declared string
 }
 
 // NewUser is an account to create; PasswordHash is already hashed (auth.HashPassword).
@@ -37,11 +39,11 @@ type UserChanges struct {
 	PasswordHash *string
 }
 
-const userColumns = `id, username, email, full_name, role, enabled, created_at, last_login_at`
+const userColumns = `id, username, email, full_name, role, enabled, created_at, last_login_at, coalesce(declared, '')`
 
 func scanUser(row scanner) (User, error) {
 	var u User
-	err := row.Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.Role, &u.Enabled, &u.CreatedAt, &u.LastLoginAt)
+	err := row.Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.Role, &u.Enabled, &u.CreatedAt, &u.LastLoginAt, &u.Declared)
 	return u, err
 }
 
@@ -71,7 +73,7 @@ func (db *DB) UserCredentials(ctx context.Context, username string) (User, strin
 	var u User
 	var hash string
 	err := db.pool.QueryRow(ctx, `SELECT `+userColumns+`, password_hash FROM users WHERE username = $1`, username).
-		Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.Role, &u.Enabled, &u.CreatedAt, &u.LastLoginAt, &hash)
+		Scan(&u.ID, &u.Username, &u.Email, &u.FullName, &u.Role, &u.Enabled, &u.CreatedAt, &u.LastLoginAt, &u.Declared, &hash)
 	if err != nil {
 		return User{}, "", fmt.Errorf("get user %q: %w", username, mapErr(err))
 	}

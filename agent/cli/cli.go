@@ -224,7 +224,7 @@ func SessionConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (se
 	if err != nil {
 		return session.Config{}, err
 	}
-	return session.Config{URL: cfg.Coordinator.URL, TLS: tlsCfg, Identity: id, Name: cfg.Name(), NameFromHost: cfg.Agent.Name == "",
+	return session.Config{URL: cfg.URLs()[0], TLS: tlsCfg, Identity: id, Name: cfg.Name(), NameFromHost: cfg.Agent.Name == "",
 		AgentVersion: protocol.BuildVersion, ProtocolVersion: protocolVersion, EnrollmentToken: token, Logger: log}, nil
 }
 
@@ -246,7 +246,11 @@ func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (dae
 	}
 	// Nix's netrc-file, as the capabilities probe (before the first session) found it.
 	var nixNetrc atomic.Pointer[string]
-	dc := daemon.Config{Session: sc, Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
+	// The coordinator the daemon is connected to now: steps substitute from its cache.
+	var current atomic.Pointer[string]
+	current.Store(&cfg.URLs()[0])
+	dc := daemon.Config{Session: sc, URLs: cfg.URLs(), OnConnected: func(url string) { current.Store(&url) },
+		Capabilities: capabilities(cfg, func(n probe.Nix) { nixNetrc.Store(&n.NetrcFile) }), Logger: log,
 		Executors: map[string]daemon.Executor{}, Capacity: map[string]int{}, MinFreeDisk: cfg.Agent.MinFreeDisk}
 	if every := cfg.GCEvery(); every > 0 {
 		dc.GC, dc.GCInterval = realise.CollectGarbage, every
@@ -259,9 +263,9 @@ func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (dae
 				log.Warn("remove stale step files", "dir", dir, "err", err)
 			}
 		}
-		cacheURL := strings.TrimSuffix(cfg.Coordinator.URL, "/") + "/nix-cache"
+		cacheURL := func() string { return strings.TrimSuffix(*current.Load(), "/") + "/nix-cache" }
 		// Each session's welcome brings a new cache read token: Nix presents it from here.
-		login := &work.CacheLogin{Path: filepath.Join(cfg.Agent.StateDir, "cache.netrc"), CacheURL: cacheURL,
+		login := &work.CacheLogin{Path: filepath.Join(cfg.Agent.StateDir, "cache.netrc"), CurrentCacheURL: cacheURL,
 			NixNetrc: func() string {
 				if p := nixNetrc.Load(); p != nil {
 					return *p
@@ -269,7 +273,7 @@ func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (dae
 				return ""
 			}, Logger: log}
 		dc.OnWelcome = login.Welcome
-		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CacheURL: cacheURL,
+		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CurrentCacheURL: cacheURL,
 			NetrcFile: login.Path, Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
 			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
 		dc.Capacity[protocol.WorkStep] = cfg.StepSlots()
@@ -309,13 +313,24 @@ func run(ctx context.Context, cfg config.Config, env Env, load func() (config.Co
 		return err
 	}
 	n := sdnotify.New(log)
-	dc.OnWelcome = notifyWelcome(n, cfg.Coordinator.URL, dc.OnWelcome)
-	dc.OnSessionEnd = func(reason error) { n.Status(fmt.Sprintf("reconnecting to %s: %v", cfg.Coordinator.URL, reason)) }
+	var current atomic.Pointer[string]
+	current.Store(&cfg.URLs()[0])
+	connected := dc.OnConnected
+	dc.OnConnected = func(url string) {
+		current.Store(&url)
+		if connected != nil {
+			connected(url)
+		}
+	}
+	dc.OnWelcome = notifyWelcome(n, func() string { return *current.Load() }, dc.OnWelcome)
+	dc.OnSessionEnd = func(reason error) {
+		n.Status(fmt.Sprintf("reconnecting to %s: %v", strings.Join(cfg.URLs(), ", "), reason))
+	}
 	d := daemon.New(dc)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go n.Watchdog(ctx)
-	n.Status("connecting to " + cfg.Coordinator.URL)
+	n.Status("connecting to " + strings.Join(cfg.URLs(), ", "))
 	if env.Signals != nil {
 		go func() {
 			select {

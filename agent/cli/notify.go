@@ -23,13 +23,13 @@ func parseLevel(s string) slog.Level {
 
 // notifyWelcome wraps the daemon's OnWelcome (next may be nil): the first session
 // makes the unit ready (READY=1), and every session says where it is connected.
-func notifyWelcome(n *sdnotify.Notifier, url string, next func(protocol.Welcome)) func(protocol.Welcome) {
+func notifyWelcome(n *sdnotify.Notifier, url func() string, next func(protocol.Welcome)) func(protocol.Welcome) {
 	var once sync.Once
 	return func(w protocol.Welcome) {
 		if next != nil {
 			next(w)
 		}
-		status := fmt.Sprintf("connected to %s (%s) as agent %d %q", url, w.Coordinator, w.AgentID, w.Name)
+		status := fmt.Sprintf("connected to %s (%s) as agent %d %q", url(), w.Coordinator, w.AgentID, w.Name)
 		ready := false
 		once.Do(func() { ready = true; n.Ready(status) })
 		if !ready {

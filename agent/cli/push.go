@@ -44,7 +44,7 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 		infos, err := push.ClosureInfos(ctx, paths)
 		closed <- closure{infos, err}
 	}()
-	conn, err := session.Dial(ctx, sc, session.State{Capabilities: protocol.Capabilities{Roles: []string{}}})
+	conn, err := dialAny(ctx, sc, cfg.URLs())
 	cl := <-closed
 	ready := time.Since(start)
 	if cl.err != nil {
@@ -76,3 +76,23 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 }
 
 func mb(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+
+// dialAny connects to the first of urls that answers: a coordinator that is down
+// (or refuses for now) leaves the others; a refusal for good ends the tries, as
+// coordinators sharing one database would all say the same.
+func dialAny(ctx context.Context, sc session.Config, urls []string) (*session.Conn, error) {
+	var errs []error
+	for _, u := range urls {
+		sc.URL = u
+		conn, err := session.Dial(ctx, sc, session.State{Capabilities: protocol.Capabilities{Roles: []string{}}})
+		if err == nil {
+			return conn, nil
+		}
+		var refused *protocol.Refused
+		if errors.As(err, &refused) && refused.Permanent() || ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}

@@ -28,12 +28,16 @@ type Config struct {
 	Agent       Agent       `toml:"agent"`
 }
 
-// Coordinator says where the coordinator is and how to enroll with it.
+// Coordinator says where the coordinators are and how to enroll with them.
 type Coordinator struct {
-	URL                 string `toml:"url"`
-	EnrollmentToken     string `toml:"enrollment_token"`
-	EnrollmentTokenFile string `toml:"enrollment_token_file"`
-	CAFile              string `toml:"ca_file"`
+	// URL is one coordinator's base URL; URLs are several (coordinators sharing one
+	// database), tried in turn when the current one is gone. At most one of the two
+	// may be set; neither: DefaultURL. Read them through Config.URLs.
+	URL                 string   `toml:"url"`
+	URLs                []string `toml:"urls"`
+	EnrollmentToken     string   `toml:"enrollment_token"`
+	EnrollmentTokenFile string   `toml:"enrollment_token_file"`
+	CAFile              string   `toml:"ca_file"`
 }
 
 // Agent describes this builder.
@@ -79,7 +83,7 @@ type Agent struct {
 func Defaults() Config {
 	return Config{
 		LogLevel:    "info",
-		Coordinator: Coordinator{URL: "http://127.0.0.1:3000"},
+		Coordinator: Coordinator{URLs: []string{}},
 		Agent: Agent{
 			StateDir:          "/var/lib/fc-agent",
 			Systems:           []string{},
@@ -92,6 +96,23 @@ func Defaults() Config {
 			EvalStoreMaxSize:  2 << 30,
 			AllowedInputPaths: []string{},
 		},
+	}
+}
+
+// DefaultURL is the coordinator's URL when neither coordinator.url nor
+// coordinator.urls is set.
+const DefaultURL = "http://127.0.0.1:3000"
+
+// URLs are the coordinators the agent connects to, in the order it tries them:
+// coordinator.urls, else coordinator.url, else DefaultURL.
+func (c Config) URLs() []string {
+	switch {
+	case len(c.Coordinator.URLs) > 0:
+		return c.Coordinator.URLs
+	case c.Coordinator.URL != "":
+		return []string{c.Coordinator.URL}
+	default:
+		return []string{DefaultURL}
 	}
 }
 
@@ -109,9 +130,8 @@ func Load(configFlag string, environ []string) (Config, error) {
 
 // Validate checks values that parse but make no sense.
 func (c Config) Validate() error {
-	u, err := url.Parse(c.Coordinator.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("coordinator.url %q must be the coordinator's http:// or https:// base URL", c.Coordinator.URL)
+	if err := c.validateURLs(); err != nil {
+		return err
 	}
 	if c.Agent.StateDir == "" {
 		return fmt.Errorf("agent.state_dir must not be empty")
@@ -157,6 +177,31 @@ func (c Config) Validate() error {
 		if r != protocol.RoleBuild && r != protocol.RoleEval {
 			return fmt.Errorf("agent.roles: %q is not build or eval", r)
 		}
+	}
+	return nil
+}
+
+// validateURLs checks coordinator.url and coordinator.urls: one or the other, each
+// an http(s) base URL, none twice.
+func (c Config) validateURLs() error {
+	if c.Coordinator.URL != "" && len(c.Coordinator.URLs) > 0 {
+		return fmt.Errorf("coordinator.url %q and coordinator.urls %q are both set: put every coordinator in coordinator.urls", c.Coordinator.URL, c.Coordinator.URLs)
+	}
+	key := "coordinator.url"
+	if len(c.Coordinator.URLs) > 0 {
+		key = "coordinator.urls"
+	}
+	seen := map[string]bool{}
+	for _, raw := range c.URLs() {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s: %q must be a coordinator's http:// or https:// base URL", key, raw)
+		}
+		norm := strings.TrimSuffix(raw, "/")
+		if seen[norm] {
+			return fmt.Errorf("%s: %q is listed twice", key, raw)
+		}
+		seen[norm] = true
 	}
 	return nil
 }

@@ -75,6 +75,38 @@ func TestLoad_FileThenConfigFlagThenEnv(t *testing.T) {
 	}
 }
 
+func TestLoad_CoordinatorURLs(t *testing.T) {
+	t.Chdir(t.TempDir())
+	cfg, err := Load("", nil)
+	if err != nil || !reflect.DeepEqual(cfg.URLs(), []string{DefaultURL}) {
+		t.Errorf("neither url nor urls: %q, err %v; want [%s]", cfg.URLs(), err, DefaultURL)
+	}
+	cfg, err = Load("", []string{"FC_COORDINATOR__URL=https://one:1"})
+	if err != nil || !reflect.DeepEqual(cfg.URLs(), []string{"https://one:1"}) {
+		t.Errorf("url alone: %q, err %v", cfg.URLs(), err)
+	}
+	cfg, err = Load("", []string{"FC_COORDINATOR__URLS=http://a:1, https://b:2/fc ,http://c:3"})
+	if want := []string{"http://a:1", "https://b:2/fc", "http://c:3"}; err != nil || !reflect.DeepEqual(cfg.URLs(), want) {
+		t.Errorf("urls from a comma-separated variable: %q, err %v; want %q", cfg.URLs(), err, want)
+	}
+	file := filepath.Join(t.TempDir(), "agent.toml")
+	write(t, file, "[coordinator]\nurls = [\"http://a:1\", \"http://b:2\"]\n")
+	cfg, err = Load(file, nil)
+	if want := []string{"http://a:1", "http://b:2"}; err != nil || !reflect.DeepEqual(cfg.URLs(), want) {
+		t.Errorf("urls from TOML: %q, err %v; want %q", cfg.URLs(), err, want)
+	}
+	// The environment replaces the file's list rather than adding to it.
+	cfg, err = Load(file, []string{"FC_COORDINATOR__URLS=http://c:3"})
+	if err != nil || !reflect.DeepEqual(cfg.URLs(), []string{"http://c:3"}) {
+		t.Errorf("urls from the environment over the file: %q, err %v", cfg.URLs(), err)
+	}
+	// An empty variable clears the file's list: url alone is then the coordinator.
+	cfg, err = Load(file, []string{"FC_COORDINATOR__URLS=", "FC_COORDINATOR__URL=http://d:4"})
+	if err != nil || !reflect.DeepEqual(cfg.URLs(), []string{"http://d:4"}) {
+		t.Errorf("urls cleared, url set: %q, err %v", cfg.URLs(), err)
+	}
+}
+
 func TestLoad_NoFilesGivesTheDefaults(t *testing.T) {
 	t.Chdir(t.TempDir())
 	cfg, err := Load("", nil)
@@ -128,6 +160,11 @@ func TestLoad_ErrorsNameTheSettingFileAndLine(t *testing.T) {
 		{"url websocket scheme", "[coordinator]\nurl = \"wss://ci.example.org\"\n", "", []string{"coordinator.url", "http"}},
 		{"url without scheme", "", "FC_COORDINATOR__URL=ci.example.org:3000", []string{"coordinator.url"}},
 		{"url without host", "", "FC_COORDINATOR__URL=http://", []string{"coordinator.url"}},
+		{"url and urls", "[coordinator]\nurl = \"http://a:1\"\n", "FC_COORDINATOR__URLS=http://b:1", []string{"coordinator.url", "coordinator.urls", "http://a:1", "both"}},
+		{"urls scheme", "[coordinator]\nurls = [\"http://a:1\", \"ftp://b:1\"]\n", "", []string{"coordinator.urls", "ftp://b:1"}},
+		{"urls without host", "", "FC_COORDINATOR__URLS=http://a:1,https://", []string{"coordinator.urls", "https://"}},
+		{"urls twice", "", "FC_COORDINATOR__URLS=http://a:1,http://a:1/", []string{"coordinator.urls", "twice"}},
+		{"urls wrong type", "[coordinator]\nurls = \"http://a:1\"\n", "", []string{"line 2", "coordinator.urls", "bad.toml"}},
 		{"speed_factor 0", "[agent]\nspeed_factor = 0.0\n", "", []string{"agent.speed_factor"}},
 		{"speed_factor negative", "", "FC_AGENT__SPEED_FACTOR=-1", []string{"agent.speed_factor"}},
 		{"max_jobs negative", "", "FC_AGENT__MAX_JOBS=-2", []string{"agent.max_jobs"}},

@@ -1,8 +1,9 @@
-// Package daemon is the agent's lifecycle: keep one session to the coordinator
-// (agent/session), reconnect with capped, jittered exponential backoff
-// (internal/backoff), heartbeat, re-advertise capabilities when they change, answer
-// commands, run assigned work on its Executors (agent/work) and drain: take no new
-// work, keep heartbeating, finish what runs, then stop. Its counterpart on the
+// Package daemon is the agent's lifecycle: keep one session to a coordinator
+// (agent/session), reconnect to the next of its coordinators with capped, jittered
+// exponential backoff (rotation, internal/backoff), heartbeat, re-advertise
+// capabilities when they change, answer commands, run assigned work on its
+// Executors (agent/work) and drain: take no new work, keep heartbeating, finish what
+// runs, then stop. Its counterpart on the
 // coordinator is coordinator/fleet, which holds every agent's session.
 package daemon
 
@@ -20,13 +21,15 @@ import (
 
 	"github.com/fc-ci/fc/agent/probe"
 	"github.com/fc-ci/fc/agent/session"
-	"github.com/fc-ci/fc/internal/backoff"
 	"github.com/fc-ci/fc/protocol"
 )
 
 // Config configures the daemon.
 type Config struct {
 	Session session.Config
+	// URLs are the coordinators' base URLs, dialed in turn (see rotation); empty:
+	// Session.URL alone.
+	URLs []string
 	// Capabilities reports what the agent can build; it is called at start and every
 	// ProbeEvery, and a change is sent to the coordinator.
 	Capabilities func(ctx context.Context) (protocol.Capabilities, error)
@@ -43,6 +46,9 @@ type Config struct {
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 	Logger     *slog.Logger
+	// OnConnected, if set, is called after each successful handshake, before
+	// OnWelcome, with the base URL of the coordinator the session is with.
+	OnConnected func(url string)
 	// OnWelcome, if set, is called after each successful handshake.
 	OnWelcome func(protocol.Welcome)
 	// OnSessionEnd, if set, is called when a session ends and the daemon goes on
@@ -194,7 +200,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.caps = caps
 	d.mu.Unlock()
 
-	attempt := 0
+	rot := newRotation(d.urls())
 	for {
 		if d.draining() && d.idle() {
 			return nil
@@ -202,16 +208,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return d.stopped()
 		}
-		conn, err := session.Dial(ctx, d.cfg.Session, d.state())
+		url := rot.url()
+		sc := d.cfg.Session
+		sc.URL = url
+		conn, err := session.Dial(ctx, sc, d.state())
 		if err != nil {
 			var refused *protocol.Refused
 			if errors.As(err, &refused) && refused.Permanent() {
-				d.log.Error("coordinator refused this agent", "code", refused.Code, "reason", refused.Message)
+				// The coordinators share one database: another would say the same.
+				d.log.Error("coordinator refused this agent", "code", refused.Code, "reason", refused.Message, "coordinator_url", url)
 				return refused
 			}
-			wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
-			attempt++
-			d.log.Warn("cannot reach coordinator; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+			rot.dialFailed()
+			wait := rot.delay(d.cfg.MinBackoff, d.cfg.MaxBackoff)
+			d.log.Warn("cannot reach coordinator; retrying", "err", err, "coordinator_url", url, "next", rot.url(),
+				"retry_in", wait.Round(time.Millisecond))
 			if !d.sleep(ctx, wait) {
 				return d.stopped()
 			}
@@ -219,7 +230,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		connectedAt := time.Now()
 		d.log.Info("connected to coordinator", "agent", conn.Welcome.AgentID, "name", conn.Welcome.Name, "coordinator", conn.Welcome.Coordinator,
-			"enrolled", conn.Welcome.Enrolled)
+			"coordinator_url", url, "enrolled", conn.Welcome.Enrolled)
+		if d.cfg.OnConnected != nil {
+			d.cfg.OnConnected(url)
+		}
 		if d.cfg.OnWelcome != nil {
 			d.cfg.OnWelcome(conn.Welcome)
 		}
@@ -237,19 +251,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if d.cfg.OnSessionEnd != nil {
 			d.cfg.OnSessionEnd(reason)
 		}
-		// Only a session that lasted resets the backoff: one dropped right after the
-		// handshake (a flapping proxy, two agents sharing a key) must not make the
-		// agent reconnect several times a second forever.
-		if time.Since(connectedAt) > stableSession {
-			attempt = 0
-		}
-		wait := backoff.Delay(attempt, d.cfg.MinBackoff, d.cfg.MaxBackoff)
-		attempt++
-		d.log.Warn("session to coordinator ended; reconnecting", "reason", reason, "retry_in", wait.Round(time.Millisecond))
+		rot.sessionEnded(time.Since(connectedAt) > stableSession)
+		wait := rot.delay(d.cfg.MinBackoff, d.cfg.MaxBackoff)
+		d.log.Warn("session to coordinator ended; reconnecting", "reason", reason, "coordinator_url", url, "next", rot.url(),
+			"retry_in", wait.Round(time.Millisecond))
 		if !d.sleep(ctx, wait) {
 			return d.stopped()
 		}
 	}
+}
+
+// urls are the coordinators to dial: Config.URLs, else Session.URL.
+func (d *Daemon) urls() []string {
+	if len(d.cfg.URLs) > 0 {
+		return d.cfg.URLs
+	}
+	return []string{d.cfg.Session.URL}
 }
 
 // collectGarbage runs the GC every GCInterval until ctx ends.

@@ -29,6 +29,9 @@ type StepRunner struct {
 	StateDir string
 	// CacheURL is the coordinator's binary cache: its base URL + "/nix-cache".
 	CacheURL string
+	// CurrentCacheURL, if set, replaces CacheURL: the cache of the coordinator the
+	// agent is connected to now (it moves when that one goes away).
+	CurrentCacheURL func() string
 	// NetrcFile, if set, is the netrc file Nix presents credentials from (CacheLogin
 	// keeps it): the agent's cache read token for CacheURL first.
 	NetrcFile string
@@ -44,6 +47,13 @@ type StepRunner struct {
 
 	batcherOnce sync.Once
 	batcher     *realise.Batcher
+}
+
+func (b *StepRunner) cacheURL() string {
+	if b.CurrentCacheURL != nil {
+		return b.CurrentCacheURL()
+	}
+	return b.CacheURL
 }
 
 func (b *StepRunner) batch() *realise.Batcher {
@@ -100,7 +110,7 @@ func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 	logger.Info("building", "drv", t.DrvPath)
 	res, err := b.batch().Realise(ctx, realise.Request{
 		DrvPath: t.DrvPath, Outputs: t.Outputs,
-		CacheURL: b.CacheURL, NetrcFile: b.NetrcFile, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
+		CacheURL: b.cacheURL(), NetrcFile: b.NetrcFile, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
 		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
 		MaxLogSize: t.MaxLogSize, MaxOutputSize: t.MaxOutputSize,
 		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf,

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -363,7 +364,10 @@ type coordPeer struct {
 	log *logPeer
 	// breakReports: the first report streams are cut before the verdict.
 	breakReports int
-	verdict      protocol.StepVerdict
+	// crashInUpload, if set, is called when the first NAR of an upload has begun to
+	// arrive; the stream is then cut, as the coordinator's crash would.
+	crashInUpload func()
+	verdict       protocol.StepVerdict
 
 	mu          sync.Mutex
 	events      []string
@@ -447,6 +451,13 @@ func (c *coordPeer) upload(st net.Conn) {
 	defer dec.Close()
 	for _, p := range missing {
 		cr := protocol.NewChunkReader(st)
+		if c.crashInUpload != nil {
+			if _, err := io.CopyN(io.Discard, cr, 1); err != nil {
+				c.t.Errorf("read the start of the NAR of %s: %v", p, err)
+			}
+			c.crashInUpload()
+			return
+		}
 		if err := dec.Reset(cr); err != nil {
 			c.t.Error(err)
 			return
@@ -712,4 +723,60 @@ func TestLogFile_SmallStaysInMemoryLargeMovesToDisk(t *testing.T) {
 			t.Errorf("ReadAt(%d): %d bytes %q, %v", off, n, buf[:n], err)
 		}
 	}
+}
+
+// TestBuild_UploadCutByACoordinatorCrashGoesToTheNextOne: the coordinator the
+// agent is connected to dies as the outputs' NAR is on its way; the link's next
+// streams reach the coordinator the agent moved to (agent/daemon), and the upload
+// starts over there: the outputs arrive whole, then the report, both on the new one.
+// The log is whole where it was finished (coordinators share their log storage;
+// TestSendLog_* covers a log stream cut midway).
+func TestBuild_UploadCutByACoordinatorCrashGoesToTheNextOne(t *testing.T) {
+	t.Parallel()
+	drv := instantiate(t, `echo "building"; seq 1 300000 > $out; echo "done"`, "")
+	first, next := newCoordPeer(t), newCoordPeer(t)
+	var crashed atomic.Bool
+	first.crashInUpload = func() { crashed.Store(true) }
+	link := newPipeLink(t, func(kind string, st net.Conn) {
+		if crashed.Load() {
+			next.serve(kind, st)
+			return
+		}
+		first.serve(kind, st)
+	})
+	b := newBuild(t)
+	if err := b.Run(context.Background(), stepAssign(drv, 14), link); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !crashed.Load() {
+		t.Fatal("the first coordinator saw no upload")
+	}
+	first.mu.Lock()
+	defer first.mu.Unlock()
+	next.mu.Lock()
+	defer next.mu.Unlock()
+	if len(first.reports) != 0 || len(first.received) != 0 {
+		t.Errorf("the crashed coordinator got reports %+v, NARs %v", first.reports, first.received)
+	}
+	if len(next.reports) != 1 || next.reports[0].Status != protocol.StepSucceeded {
+		t.Fatalf("reports on the next coordinator: %+v", next.reports)
+	}
+	rep := next.reports[0]
+	if len(rep.Outputs) != 1 || !next.received[rep.Outputs[0].StorePath] {
+		t.Errorf("outputs %+v; received whole on the next coordinator: %v", rep.Outputs, next.received)
+	}
+	// The log usually ended on the first before the upload began; if not, its stream
+	// went on there (only the upload was cut) or started over on the next.
+	logged := first.log
+	if first.log.mu.Lock(); !first.log.done {
+		logged = next.log
+	}
+	first.log.mu.Unlock()
+	logged.mu.Lock()
+	defer logged.mu.Unlock()
+	if got := string(logged.held); got != "building\ndone\n" || !logged.done || rep.LogSize != int64(len(got)) ||
+		len(logged.problems) > 0 {
+		t.Errorf("log: %q, finished %v, problems %v (report says %d bytes)", got, logged.done, logged.problems, rep.LogSize)
+	}
+	assertCleanedUp(t, b)
 }

@@ -21,6 +21,9 @@ type CacheLogin struct {
 	Path string
 	// CacheURL is the coordinator's cache; its host is the netrc entry's machine.
 	CacheURL string
+	// CurrentCacheURL, if set, replaces CacheURL: the cache of the coordinator the
+	// agent is connected to now, asked at each Welcome.
+	CurrentCacheURL func() string
 	// NixNetrc returns Nix's own netrc-file ("" when unknown); it must be quick (the
 	// session waits for Welcome). Its entries follow the coordinator's, so upstream
 	// caches still get the credentials they got before the agent's file replaced Nix's.
@@ -45,7 +48,11 @@ func (l *CacheLogin) Welcome(w protocol.Welcome) {
 			nixEntries = b
 		}
 	}
-	text, err := netrcText(l.CacheURL, w.Name, w.CacheToken, nixEntries)
+	cacheURL := l.CacheURL
+	if l.CurrentCacheURL != nil {
+		cacheURL = l.CurrentCacheURL()
+	}
+	text, err := netrcText(cacheURL, w.Name, w.CacheToken, nixEntries)
 	if err == nil {
 		err = writePrivate(l.Path, text)
 	}

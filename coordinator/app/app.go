@@ -23,6 +23,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/cache"
 	"github.com/fc-ci/fc/coordinator/channels"
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/declare"
 	"github.com/fc-ci/fc/coordinator/evalapi"
 	"github.com/fc-ci/fc/coordinator/evalqueue"
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -67,6 +68,8 @@ type App struct {
 	Outbox *outbox.Outbox
 	// Channels advances and serves the channels (/channel/).
 	Channels *channels.Channels
+	// Repositories applies the jobsets projects' repositories declare (.fc.toml).
+	Repositories *declare.Repositories
 	// Metrics is the registry /metrics serves.
 	Metrics *metrics.Metrics
 
@@ -80,9 +83,11 @@ const shutdownGrace = 20 * time.Second
 
 // Run is fc-coordinator serve: it opens the configured database (migrating it unless
 // database.auto_migrate is off), listens on server.host:server.port, assembles the
-// coordinator and serves until ctx ends. ready, if given, is called with the address
-// once the listener is up and the coordinator assembled (systemd's READY=1).
-func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ...func(addr string)) error {
+// coordinator, applies its declarations and serves until ctx ends. Each of ready, in
+// order, is called with the coordinator and the address once the listener is up, the
+// coordinator assembled and its declarations applied (the SIGHUP reload, systemd's
+// READY=1).
+func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ...func(ctx context.Context, a *App, addr string)) error {
 	if err := os.MkdirAll(settings.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state_dir: %w", err)
 	}
@@ -100,8 +105,12 @@ func Run(ctx context.Context, settings config.Config, log *slog.Logger, ready ..
 		ln.Close()
 		return err
 	}
+	if err := a.ApplyDeclarations(ctx, settings.Declarations); err != nil {
+		ln.Close()
+		return err
+	}
 	for _, f := range ready {
-		f(ln.Addr().String())
+		f(ctx, a, ln.Addr().String())
 	}
 	return a.Serve(ctx, ln, shutdownGrace)
 }
@@ -201,8 +210,8 @@ func New(cfg Config) (*App, error) {
 		BeforeShutdown: []func(context.Context){func(ctx context.Context) { _ = fl.Shutdown(ctx) }},
 	}, db, m)
 	api.h = srv.Handler()
-	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans, Metrics: m, settings: s, db: db,
-		log: log}, nil
+	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
+		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -243,7 +252,8 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 // deletion listener) until ctx ends, and waits for them.
 func (a *App) RunLoops(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(6)
+	wg.Add(7)
+	go func() { defer wg.Done(); a.Repositories.Run(ctx) }()
 	go func() { defer wg.Done(); a.Channels.Run(ctx) }()
 	go func() { defer wg.Done(); a.Evals.Run(ctx) }()
 	go func() { defer wg.Done(); a.Outbox.Run(ctx) }()

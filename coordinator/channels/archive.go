@@ -77,17 +77,6 @@ func (c *Channels) archive(ctx context.Context, ch storage.NixChannel) (string, 
 // fetch makes sure the mirror holds commit, fetching it from the project's
 // repository with the project's fetch credentials when it does not.
 func (c *Channels) fetch(ctx context.Context, projectID int64, mirror, commit string) error {
-	if _, err := os.Stat(mirror); err != nil {
-		if err := os.MkdirAll(filepath.Dir(mirror), 0o755); err != nil {
-			return fmt.Errorf("mirror: %w", err)
-		}
-		if _, err := gitcmd.Run(ctx, "", nil, "init", "--bare", "-q", mirror); err != nil {
-			return fmt.Errorf("mirror: %w", err)
-		}
-	}
-	if _, err := gitcmd.Run(ctx, mirror, nil, "cat-file", "-e", commit+"^{commit}"); err == nil {
-		return nil
-	}
 	p, err := c.db.GetProject(ctx, projectID)
 	if err != nil {
 		return err
@@ -98,23 +87,7 @@ func (c *Channels) fetch(ctx context.Context, projectID int64, mirror, commit st
 	} else if fc != nil {
 		creds = gitcmd.Credentials{SSHKey: fc.SSHKey, HTTPSToken: fc.HTTPSToken}
 	}
-	g, err := gitcmd.New(c.cfg.GitDir, p.RepositoryURL, creds)
-	if err != nil {
-		return err
-	}
-	defer g.Close()
-	// By commit first (most servers allow it); else every branch and pull request head.
-	if _, err := g.Run(ctx, mirror, "fetch", "-q", "--no-tags", "--", p.RepositoryURL, commit); err == nil {
-		return nil
-	}
-	if _, err := g.Run(ctx, mirror, "fetch", "-q", "--no-tags", "--", p.RepositoryURL,
-		"+refs/heads/*:refs/heads/*", "+refs/pull/*/head:refs/pull/*/head"); err != nil {
-		return fmt.Errorf("fetch %s: %w", g.Redact(p.RepositoryURL), err)
-	}
-	if _, err := gitcmd.Run(ctx, mirror, nil, "cat-file", "-e", commit+"^{commit}"); err != nil {
-		return fmt.Errorf("commit %s is not in %s", commit, g.Redact(p.RepositoryURL))
-	}
-	return nil
+	return gitcmd.FetchCommit(ctx, c.cfg.GitDir, mirror, p.RepositoryURL, commit, creds)
 }
 
 // isCommit reports whether s is a full hexadecimal commit id (SHA-1 or SHA-256).

@@ -112,7 +112,8 @@ func run(ctx context.Context, env Env) error {
 		if *noMigrate {
 			cfg.Database.AutoMigrate = false
 		}
-		return serveNotified(ctx, cfg, NewLogger(env.Stderr, cfg.LogLevel))
+		log := NewLogger(env.Stderr, cfg.LogLevel)
+		return serveNotified(ctx, cfg, log, reloadOnHUP(load, log)) // reload.go
 	case "migrate":
 		return migrate(ctx, load, args, env)
 	case "admin":

@@ -37,6 +37,9 @@ type Config struct {
 	LocalAgent LocalAgent `toml:"local_agent"`
 	// Notifications are e-mail, run_command and the delivery of every notification.
 	Notifications Notifications `toml:"notifications"`
+	// Declarations are the projects, API keys, agents and users the file declares
+	// (top-level [[projects]], [[api_keys]], [[agents]], [[users]]; declared.go).
+	Declarations
 }
 
 // LocalAgent is the [local_agent] section: an agent the coordinator runs in its own
@@ -86,6 +89,9 @@ type Eval struct {
 	// PullRequestInterval is seconds between passes that list the open pull requests
 	// of projects with a forge (for jobsets with pull_requests); 0: webhooks only.
 	PullRequestInterval int `toml:"pull_request_interval"`
+	// DeclarativeInterval is seconds between reads of the declarative files of
+	// projects that have one (declarative_file, e.g. .fc.toml); 0: never read.
+	DeclarativeInterval int `toml:"declarative_interval"`
 }
 
 // Queue is the [queue_runner] section: leases on evaluations and steps.
@@ -201,7 +207,7 @@ func Defaults() Config {
 			Store: StoreDir, PresignExpiry: 3600},
 		GC: GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
-			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300},
+			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300, DeclarativeInterval: 60},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60,
 			AgentFailureThreshold: 3, AgentBackoff: 60, AgentBackoffMax: 3600},
@@ -229,7 +235,11 @@ const FileName = "coordinator.toml"
 // environ is os.Environ().
 func Load(configFlag string, environ []string) (Config, error) {
 	cfg := Defaults()
-	if err := tomlenv.Load(&cfg, tomlenv.Files(FileName, configFlag, environ), "FC_", environ); err != nil {
+	files := tomlenv.Files(FileName, configFlag, environ)
+	if err := tomlenv.Load(&cfg, files, "FC_", environ); err != nil {
+		return Config{}, err
+	}
+	if err := findDeclarations(&cfg.Declarations, files); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.Validate()
@@ -257,6 +267,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("server.agent_heartbeat must be from 1 to 20 seconds")
 	case c.Eval.PullRequestInterval < 0:
 		return fmt.Errorf("evaluator.pull_request_interval must be >= 0 seconds (0 = webhooks only)")
+	case c.Eval.DeclarativeInterval < 0:
+		return fmt.Errorf("evaluator.declarative_interval must be >= 0 seconds (0 = never)")
 	case c.Database.MaxConnections <= 0:
 		return fmt.Errorf("database.max_connections must be > 0")
 	case c.Database.MinConnections < 0 || c.Database.MinConnections > c.Database.MaxConnections:
@@ -298,6 +310,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Notifications.validate(); err != nil {
+		return err
+	}
+	if err := c.Declarations.validate(); err != nil {
 		return err
 	}
 	switch c.LogLevel {

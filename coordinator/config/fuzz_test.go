@@ -32,6 +32,8 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte("[[servers]]\nport = 1\n"), "")
 	f.Add([]byte("[server]\nrate_limit_rps = nan\n"), "")
 	f.Add([]byte("[server]\nrate_limit_rps = 1.0\n"), "FC_SERVER__RATE_LIMIT_RPS=+Inf")
+	f.Add([]byte(declaredExample), "")
+	f.Add([]byte("[[projects]]\nname = \"p\"\nrepository_url = \"/r\"\njobsets = [{ name = \"a b\" }]\n"), "")
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte, env string) {
 		var environ []string
@@ -39,7 +41,10 @@ func FuzzLoad(f *testing.F) {
 			environ = strings.Split(env, "\n")
 		}
 		tomlenvtest.Check(t, dir, data, environ, func(path string, environ []string) (any, error) {
-			return Load(path, environ)
+			cfg, err := Load(path, environ)
+			// Which file declares is the file's path (and its text), not a setting.
+			cfg.Declarations.File, cfg.Declarations.data = "", nil
+			return cfg, err
 		})
 	})
 }

@@ -34,6 +34,10 @@ type AgentOptions struct {
 	// empty /nix: everything it builds from must come through the coordinator's cache,
 	// as on a separate host.
 	Isolated bool
+	// URLs are coordinator.urls, the coordinators the agent fails over between (the
+	// first is where it connects first); empty: coordinator.url, the one StartAgent
+	// is given. The enrollment token comes from that one: they share a database.
+	URLs []string
 	// Env adds environment variables, FC_… or e.g. a PATH with a broken nix-store
 	// first (isolated agents only; a later one wins).
 	Env []string
@@ -64,6 +68,9 @@ func StartAgent(t testing.TB, c *Coordinator, o AgentOptions) *Agent {
 	}
 	cfg := agentconfig.Defaults()
 	cfg.Coordinator.URL = c.URL
+	if len(o.URLs) > 0 {
+		cfg.Coordinator.URL, cfg.Coordinator.URLs = "", o.URLs
+	}
 	cfg.Coordinator.EnrollmentToken = c.Token(1, time.Hour)
 	cfg.Agent.Name = o.Name
 	cfg.Agent.StateDir = a.StateDir
@@ -127,7 +134,7 @@ func (a *Agent) startIsolated(t testing.TB, c *Coordinator, o AgentOptions) {
 		`mount --bind "$FC_TEST_STORE" /nix && exec "$FC_TEST_AGENT" run`)
 	cmd.Env = append(os.Environ(),
 		"FC_TEST_STORE="+store, "FC_TEST_AGENT="+bin,
-		"FC_COORDINATOR__URL="+c.URL,
+		coordinatorVar(c, o),
 		"FC_COORDINATOR__ENROLLMENT_TOKEN="+c.Token(1, time.Hour),
 		"FC_AGENT__NAME="+o.Name,
 		"FC_AGENT__STATE_DIR="+filepath.Join(a.StateDir, "state"),
@@ -154,6 +161,15 @@ func (a *Agent) startIsolated(t testing.TB, c *Coordinator, o AgentOptions) {
 	a.cmd = cmd
 	go func() { a.done <- cmd.Wait() }()
 	t.Cleanup(a.Stop)
+}
+
+// coordinatorVar names the agent's coordinators: FC_COORDINATOR__URLS when the test
+// gives several, else FC_COORDINATOR__URL.
+func coordinatorVar(c *Coordinator, o AgentOptions) string {
+	if len(o.URLs) > 0 {
+		return "FC_COORDINATOR__URLS=" + strings.Join(o.URLs, ",")
+	}
+	return "FC_COORDINATOR__URL=" + c.URL
 }
 
 type prefixWriter struct {

@@ -41,8 +41,10 @@ type Coordinator struct {
 	Fleet  *fleet.Fleet
 	Cache  *cache.Cache
 	Evals  *evalqueue.Evals
+	app    *app.App
 	cancel context.CancelFunc
 	done   chan error
+	ln     *trackingListener
 }
 
 // Options tweak the configuration before start.
@@ -98,11 +100,15 @@ func Start(t testing.TB, opts Options) *Coordinator {
 	return c
 }
 
-func (c *Coordinator) serve(ln net.Listener) {
+func (c *Coordinator) serve(inner net.Listener) {
+	ln := &trackingListener{Listener: inner, conns: map[net.Conn]struct{}{}}
 	log := slog.New(slog.NewTextHandler(c.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a, err := app.New(app.Config{Settings: c.Cfg, DB: c.DB, Logger: log, Addr: c.Addr})
 	if err != nil {
 		c.t.Fatalf("assemble coordinator: %v", err)
+	}
+	if err := a.ApplyDeclarations(context.Background(), c.Cfg.Declarations); err != nil {
+		c.t.Fatalf("apply declarations: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -114,7 +120,7 @@ func (c *Coordinator) serve(ln net.Listener) {
 		done <- err
 	}()
 	c.mu.Lock()
-	c.Fleet, c.Cache, c.Evals, c.cancel, c.done = a.Fleet, a.Cache, a.Evals, cancel, done
+	c.Fleet, c.Cache, c.Evals, c.app, c.cancel, c.done, c.ln = a.Fleet, a.Cache, a.Evals, a, cancel, done, ln
 	c.mu.Unlock()
 }
 
@@ -135,6 +141,69 @@ func (c *Coordinator) Stop() {
 	}
 }
 
+// Kill stops the coordinator as a crash would: its listener and every connection
+// (agents' sessions, log streams, uploads) close at once, without the goodbye a
+// graceful stop sends, so agents see the connection drop or refused. Then its
+// goroutines are stopped; what they still write to the database on the way out is
+// guarded by the coordinator's id (another coordinator an agent moved to is not
+// overwritten) or is a lease's grace, which the agent's next heartbeat renews.
+func (c *Coordinator) Kill() {
+	c.mu.Lock()
+	ln := c.ln
+	c.mu.Unlock()
+	if ln != nil {
+		ln.kill()
+	}
+	c.Stop()
+}
+
+// trackingListener remembers the connections it accepted, so Kill can cut them.
+type trackingListener struct {
+	net.Listener
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	killed bool
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.killed {
+		conn.Close()
+		return nil, net.ErrClosed
+	}
+	l.conns[conn] = struct{}{}
+	return &trackedConn{Conn: conn, l: l}, nil
+}
+
+func (l *trackingListener) kill() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.killed = true
+	l.Listener.Close()
+	for conn := range l.conns {
+		conn.Close()
+	}
+	l.conns = map[net.Conn]struct{}{}
+}
+
+// trackedConn forgets itself when closed.
+type trackedConn struct {
+	net.Conn
+	l *trackingListener
+}
+
+func (c *trackedConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c.Conn)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
+}
+
 // Restart stops the coordinator and starts a new one on the same address and database.
 func (c *Coordinator) Restart() {
 	c.t.Helper()
@@ -153,6 +222,15 @@ func (c *Coordinator) Restart() {
 		c.t.Fatalf("listen again on %s: %v", c.Addr, err)
 	}
 	c.serve(ln)
+}
+
+// ApplyDeclarations applies d as the running coordinator does on SIGHUP (the
+// signal itself is tested on the real process, in coordinator/cli).
+func (c *Coordinator) ApplyDeclarations(d config.Declarations) error {
+	c.mu.Lock()
+	a := c.app
+	c.mu.Unlock()
+	return a.ApplyDeclarations(context.Background(), d)
 }
 
 // CurrentFleet is the fleet of the running server.

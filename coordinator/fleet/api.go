@@ -76,6 +76,11 @@ type agentJSON struct {
 	ConsecutiveFailures int        `json:"consecutive_failures"`
 	DisabledUntil       *time.Time `json:"disabled_until"`
 	LastFailure         string     `json:"last_failure,omitempty"`
+	// Declared: the agent's key is declared in the coordinator's config file
+	// (DeclaredIn), and the API refuses to change its push permission or revoke it
+	// (409); drain, enable and disable still work.
+	Declared   bool   `json:"declared"`
+	DeclaredIn string `json:"declared_in,omitempty"`
 }
 
 func utc(t *time.Time) *time.Time {
@@ -94,7 +99,8 @@ func toAgentJSON(a storage.Agent) agentJSON {
 		Revoked: a.RevokedAt != nil, RevokedAt: utc(a.RevokedAt), Coordinator: a.Coordinator,
 		LastSeen: utc(a.LastSeenAt), AgentVersion: a.AgentVersion, NixVersion: a.NixVersion, Load: a.Load1,
 		FreeDiskBytes: a.FreeDiskBytes, Push: a.Push, CreatedAt: a.CreatedAt.UTC(),
-		ConsecutiveFailures: a.ConsecutiveFailures, DisabledUntil: utc(a.DisabledUntil), LastFailure: a.LastFailure}
+		ConsecutiveFailures: a.ConsecutiveFailures, DisabledUntil: utc(a.DisabledUntil), LastFailure: a.LastFailure,
+		Declared: a.Declared != "", DeclaredIn: a.Declared}
 }
 
 func (f *Fleet) listAgents(w http.ResponseWriter, r *http.Request) {
@@ -188,6 +194,10 @@ func (f *Fleet) updateAgent(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(f.log, w, r, httpkit.Unprocessable("push", "nothing to change: give push (true or false)"))
 		return
 	}
+	if a.Declared != "" {
+		httpkit.Fail(f.log, w, r, httpkit.Declared("agent "+strconv.Quote(a.Name), a.Declared))
+		return
+	}
 	if a.RevokedAt != nil {
 		httpkit.Fail(f.log, w, r, httpkit.Errorf(http.StatusConflict, "", "agent %d is revoked", a.ID))
 		return
@@ -206,6 +216,10 @@ func (f *Fleet) revokeAgent(w http.ResponseWriter, r *http.Request) {
 	a, err := f.agentParam(r.Context(), r)
 	if err != nil {
 		httpkit.Fail(f.log, w, r, err)
+		return
+	}
+	if a.Declared != "" {
+		httpkit.Fail(f.log, w, r, httpkit.Declared("agent "+strconv.Quote(a.Name), a.Declared))
 		return
 	}
 	if err := f.db.RevokeAgent(r.Context(), a.ID); err != nil {

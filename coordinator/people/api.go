@@ -50,11 +50,29 @@ type userJSON struct {
 	Enabled     bool       `json:"enabled"`
 	CreatedAt   time.Time  `json:"created_at"`
 	LastLoginAt *time.Time `json:"last_login_at"`
+	// Declared: the account is declared in the coordinator's config file
+	// (DeclaredIn), and the API refuses to change or delete it (409).
+	Declared   bool   `json:"declared"`
+	DeclaredIn string `json:"declared_in,omitempty"`
 }
 
 func toUserJSON(u storage.User) userJSON {
 	return userJSON{ID: u.ID, Username: u.Username, Email: u.Email, FullName: u.FullName, Role: u.Role,
-		Enabled: u.Enabled, CreatedAt: u.CreatedAt.UTC(), LastLoginAt: u.LastLoginAt}
+		Enabled: u.Enabled, CreatedAt: u.CreatedAt.UTC(), LastLoginAt: u.LastLoginAt,
+		Declared: u.Declared != "", DeclaredIn: u.Declared}
+}
+
+// notDeclared is nil unless account id is declared in the config file: then the
+// 409 saying where to change it.
+func (s *Service) notDeclared(ctx context.Context, id int64) error {
+	u, err := s.db.GetUser(ctx, id)
+	if err != nil {
+		return err
+	}
+	if u.Declared != "" {
+		return httpkit.Declared("account "+strconv.Quote(u.Username), u.Declared)
+	}
+	return nil
 }
 
 // usernameRE is what a username may be: what people type at a sign-in form, and
@@ -235,6 +253,10 @@ func (s *Service) updateUser(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.notDeclared(r.Context(), id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	var in userUpdate
 	if err := httpkit.Decode(r, &in); err != nil {
 		s.fail(w, r, err)
@@ -270,6 +292,10 @@ func (s *Service) deleteUser(w http.ResponseWriter, r *http.Request) {
 	}
 	if who, _ := auth.FromContext(r.Context()); who.UserID == id {
 		s.fail(w, r, httpkit.Errorf(http.StatusConflict, "", "you may not delete your own account"))
+		return
+	}
+	if err := s.notDeclared(r.Context(), id); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if err := s.db.DeleteUser(r.Context(), id); err != nil {

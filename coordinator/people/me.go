@@ -53,6 +53,10 @@ func (s *Service) updateMe(w http.ResponseWriter, r *http.Request) {
 		Email    *string `json:"email"`
 		FullName *string `json:"full_name"`
 	}
+	if err := s.notDeclared(r.Context(), me(r)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	if err := httpkit.Decode(r, &in); err != nil {
 		s.fail(w, r, err)
 		return
@@ -89,6 +93,10 @@ func (s *Service) changePassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := me(r)
+	if err := s.notDeclared(r.Context(), id); err != nil { // the password is the config's password_file
+		s.fail(w, r, err)
+		return
+	}
 	hash, err := s.db.UserPasswordHash(r.Context(), id)
 	if err != nil {
 		s.fail(w, r, err)

@@ -49,6 +49,11 @@ type jobsetJSON struct {
 	Hidden bool `json:"hidden"`
 	// PullRequest is the pull request this jobset evaluates, null for others.
 	PullRequest *pullRequestJSON `json:"pull_request"`
+	// Declared: the jobset is declared in the coordinator's config file or in its
+	// repository's declarative file (DeclaredIn: the file's path, or
+	// "repository:<project>/<file>"), and the API refuses to change it (409).
+	Declared   bool   `json:"declared"`
+	DeclaredIn string `json:"declared_in,omitempty"`
 }
 
 type pullRequestJSON struct {
@@ -75,7 +80,8 @@ func toJobsetJSON(j storage.Jobset) jobsetJSON {
 		Inputs: inputs, CheckInterval: j.CheckInterval, SchedulingShares: j.SchedulingShares, State: j.State,
 		KeepNr: j.KeepNr, LastCheckedAt: checked, LastCheckError: j.LastCheckError,
 		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), PullRequests: j.PullRequests,
-		PullRequestDrafts: j.PullRequestDrafts, Hidden: j.Hidden, PullRequest: toPullRequestJSON(j.PullRequest)}
+		PullRequestDrafts: j.PullRequestDrafts, Hidden: j.Hidden, PullRequest: toPullRequestJSON(j.PullRequest),
+		Declared: j.Declared != "", DeclaredIn: j.Declared}
 }
 
 func toPullRequestJSON(pr *storage.JobsetPullRequest) *pullRequestJSON {
@@ -334,6 +340,10 @@ func (a *API) createJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if p.Declared != "" { // its jobsets are what the config declares
+		a.fail(w, r, httpkit.Declared("project "+strconv.Quote(p.Name)+" (and its list of jobsets)", p.Declared))
+		return
+	}
 	var in jobsetInput
 	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
@@ -389,6 +399,10 @@ func (a *API) updateJobset(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if j.Declared != "" {
+		a.fail(w, r, httpkit.Declared("jobset "+strconv.Quote(j.ProjectName+"/"+j.Name), j.Declared))
+		return
+	}
 	var in jobsetInput
 	if err := httpkit.Decode(r, &in); err != nil {
 		a.fail(w, r, err)
@@ -430,6 +444,10 @@ func (a *API) deleteJobset(w http.ResponseWriter, r *http.Request) {
 	j, err := a.jobset(r.Context(), r)
 	if err != nil {
 		a.fail(w, r, err)
+		return
+	}
+	if j.Declared != "" {
+		a.fail(w, r, httpkit.Declared("jobset "+strconv.Quote(j.ProjectName+"/"+j.Name), j.Declared))
 		return
 	}
 	if err := a.db.DeleteJobset(r.Context(), j.ProjectID, j.ID); err != nil {

@@ -19,10 +19,15 @@ type apiKeyJSON struct {
 	Key        string     `json:"key,omitempty"` // only in the answer to the create request
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+	// Declared: the key is declared in the coordinator's config file (DeclaredIn),
+	// and the API refuses to delete it (409).
+	Declared   bool   `json:"declared"`
+	DeclaredIn string `json:"declared_in,omitempty"`
 }
 
 func toAPIKeyJSON(k storage.APIKey) apiKeyJSON {
-	return apiKeyJSON{ID: k.ID, Name: k.Name, Role: k.Role, CreatedAt: k.CreatedAt.UTC(), LastUsedAt: k.LastUsedAt}
+	return apiKeyJSON{ID: k.ID, Name: k.Name, Role: k.Role, CreatedAt: k.CreatedAt.UTC(), LastUsedAt: k.LastUsedAt,
+		Declared: k.Declared != "", DeclaredIn: k.Declared}
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request) {
@@ -75,6 +80,15 @@ func (a *API) deleteKey(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
 	if err != nil {
 		a.fail(w, r, storage.ErrNotFound)
+		return
+	}
+	k, err := a.db.GetAPIKey(r.Context(), id)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if k.Declared != "" {
+		a.fail(w, r, httpkit.Declared("API key "+strconv.Quote(k.Name), k.Declared))
 		return
 	}
 	if err := a.db.DeleteAPIKey(r.Context(), id); err != nil {

@@ -42,13 +42,25 @@ type projectJSON struct {
 	// Notifications are whom to tell of builds, and when (notifications.go), null
 	// when unset.
 	Notifications *notificationsJSON `json:"notifications"`
+	// Declared: the project is declared in the coordinator's config file
+	// (DeclaredIn), and the API refuses to change it (409).
+	Declared   bool   `json:"declared"`
+	DeclaredIn string `json:"declared_in,omitempty"`
+	// DeclarativeFile is the file in the repository declaring jobsets (.fc.toml; ""
+	// none), read from DeclarativeBranch ("" the default branch) on each check;
+	// DeclarativeError is why it could not be applied last time ("" none).
+	DeclarativeFile   string `json:"declarative_file"`
+	DeclarativeBranch string `json:"declarative_branch"`
+	DeclarativeError  string `json:"declarative_error"`
 }
 
 func toProjectJSON(p storage.Project) projectJSON {
 	return projectJSON{ID: p.ID, Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
 		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, WebhookSecretSet: p.WebhookSecretSet,
 		FetchCredentialsSet: p.FetchCredentialsSet, OwnerKeyID: p.OwnerKeyID, OwnerKeyName: p.OwnerKeyName,
-		OwnerUserID: p.OwnerUserID, OwnerUserName: p.OwnerUserName, CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
+		OwnerUserID: p.OwnerUserID, OwnerUserName: p.OwnerUserName, CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC(),
+		Declared: p.Declared != "", DeclaredIn: p.Declared, DeclarativeFile: p.DeclarativeFile,
+		DeclarativeBranch: p.DeclarativeBranch, DeclarativeError: p.DeclarativeError}
 }
 
 // projectInput is a create or update request; nil fields are left as they are.
@@ -68,6 +80,9 @@ type projectInput struct {
 	Forge forgeField `json:"forge"`
 	// Notifications sets whom to tell of builds (notifications.go); null removes them.
 	Notifications notificationsField `json:"notifications"`
+	// DeclarativeFile and DeclarativeBranch: see projectJSON.
+	DeclarativeFile   *string `json:"declarative_file"`
+	DeclarativeBranch *string `json:"declarative_branch"`
 }
 
 // maxNameLen bounds project, jobset and API key names.
@@ -121,6 +136,13 @@ func validRepositoryURL(s string) error {
 	return nil
 }
 
+// setsDeclared says whether the request changes what a config declares of a project;
+// what it cannot declare (secrets, forge, notifications) stays the API's to set.
+func (in projectInput) setsDeclared() bool {
+	return in.Name != nil || in.DisplayName != nil || in.Description != nil || in.RepositoryURL != nil ||
+		in.Enabled != nil || in.OwnerKeyID != nil || in.DeclarativeFile != nil || in.DeclarativeBranch != nil
+}
+
 func (in projectInput) apply(f *storage.ProjectFields) error {
 	if in.Name != nil {
 		f.Name = *in.Name
@@ -136,6 +158,15 @@ func (in projectInput) apply(f *storage.ProjectFields) error {
 	}
 	if in.Enabled != nil {
 		f.Enabled = *in.Enabled
+	}
+	if in.DeclarativeFile != nil {
+		f.DeclarativeFile = *in.DeclarativeFile
+	}
+	if in.DeclarativeBranch != nil {
+		f.DeclarativeBranch = *in.DeclarativeBranch
+	}
+	if err := validDeclarativeFile(f.DeclarativeFile, f.DeclarativeBranch); err != nil {
+		return err
 	}
 	f.WebhookSecret = in.WebhookSecret
 	f.FetchCredentials = in.FetchCredentials
@@ -272,8 +303,13 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if p.Declared != "" && in.setsDeclared() {
+		a.fail(w, r, httpkit.Declared("project "+strconv.Quote(p.Name), p.Declared))
+		return
+	}
 	f := storage.ProjectFields{Name: p.Name, DisplayName: p.DisplayName, Description: p.Description,
-		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled}
+		RepositoryURL: p.RepositoryURL, Enabled: p.Enabled, DeclarativeFile: p.DeclarativeFile,
+		DeclarativeBranch: p.DeclarativeBranch}
 	if err := in.apply(&f); err != nil {
 		a.fail(w, r, err)
 		return
@@ -322,6 +358,10 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request) {
 	p, err := a.project(r.Context(), r, "id")
 	if err != nil {
 		a.fail(w, r, err)
+		return
+	}
+	if p.Declared != "" {
+		a.fail(w, r, httpkit.Declared("project "+strconv.Quote(p.Name), p.Declared))
 		return
 	}
 	if err := a.db.DeleteProject(r.Context(), p.ID); err != nil {
