@@ -85,7 +85,7 @@ func TestS3_PushServeStreamedAndRedirectedThenRetentionDeletesTheObjects(t *test
 	}
 	resp.Body.Close()
 	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, "http://"+srv.Endpoint+"/fc/fc/"+url+"?") ||
+	if resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, "http://"+srv.Endpoint+"/"+srv.Bucket+"/fc/"+url+"?") ||
 		!strings.Contains(loc, "X-Amz-Signature=") {
 		t.Fatalf("redirecting coordinator: %d, Location %q", resp.StatusCode, loc)
 	}

@@ -90,10 +90,10 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-// Start runs SeaweedFS until the test ends, and makes the bucket "fc".
+// Start runs SeaweedFS until the test ends, and makes the bucket "fc-test".
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Bucket: "fc", AccessKey: "fc-test-access", SecretKey: "fc-test-secret-" + strconv.Itoa(os.Getpid()),
+	s := &Server{t: t, bin: Binary(t), Bucket: "fc-test", AccessKey: "fc-test-access", SecretKey: "fc-test-secret-" + strconv.Itoa(os.Getpid()),
 		KeyDir: t.TempDir(), logs: &logBuffer{}}
 	dir := t.TempDir()
 	identities := `{"identities":[{"name":"fc","credentials":[{"accessKey":"` + s.AccessKey + `","secretKey":"` + s.SecretKey +
