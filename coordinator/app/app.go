@@ -32,6 +32,7 @@ import (
 	"github.com/fc-ci/fc/coordinator/localagent"
 	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/coordinator/metrics"
+	"github.com/fc-ci/fc/coordinator/objstore"
 	"github.com/fc-ci/fc/coordinator/outbox"
 	"github.com/fc-ci/fc/coordinator/people"
 	"github.com/fc-ci/fc/coordinator/projectapi"
@@ -125,7 +126,11 @@ func New(cfg Config) (*App, error) {
 	}
 	host, _ := os.Hostname()
 	m := metrics.New(db, log)
-	logStore, err := logs.NewDir(s.LogDir(), s.Logs.Compress)
+	obj, err := openObjectStore(s)
+	if err != nil {
+		return nil, err
+	}
+	logStore, err := newLogStore(s, obj)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +138,7 @@ func New(cfg Config) (*App, error) {
 	if s.Cache.Private {
 		readKeys = db
 	}
-	ch, err := newCache(s, db, log, m, readKeys, buildapi.LogByDrv(db, logStore))
+	ch, err := newCache(s, db, log, m, readKeys, buildapi.LogByDrv(db, logStore), obj)
 	if err != nil {
 		return nil, err
 	}
@@ -232,8 +237,8 @@ func cacheURL(s config.Config, addr string) string {
 // newCache builds the binary cache: its blob store, its signing key (generated on
 // first start) and its settings.
 func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metrics, readKeys auth.Readers,
-	buildLogs cache.LogSource) (*cache.Cache, error) {
-	blobs, err := cache.NewDir(s.CacheDir())
+	buildLogs cache.LogSource, obj *objstore.Store) (*cache.Cache, error) {
+	blobs, err := newBlobStore(s, obj)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +248,7 @@ func newCache(s config.Config, db *storage.DB, log *slog.Logger, m *metrics.Metr
 	}
 	ch, err := cache.New(cache.Config{Priority: s.Cache.Priority, UpstreamCaches: s.Cache.UpstreamCaches,
 		UpstreamKeys: s.Cache.UpstreamKeys, PlainNARs: s.Cache.PlainNARs, Logger: log, Registerer: m.Registerer(),
-		ReadKeys: readKeys, BuildLogs: buildLogs}, db, blobs, key)
+		ReadKeys: readKeys, BuildLogs: buildLogs, Redirect: s.Cache.Redirect, PresignExpiry: config.Seconds(s.Cache.PresignExpiry)}, db, blobs, key)
 	if err != nil {
 		return nil, err
 	}

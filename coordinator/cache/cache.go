@@ -44,6 +44,11 @@ type Config struct {
 	GroupBytes int64
 	// BuildLogs finds the logs served at log/<drv basename> (`nix log`); nil: none.
 	BuildLogs LogSource
+	// Redirect answers a NAR download with a 302 to a presigned URL, valid for
+	// PresignExpiry (0: an hour), when the blob store is a Presigner and holds the
+	// blob; otherwise NARs stream through the coordinator.
+	Redirect      bool
+	PresignExpiry time.Duration
 }
 
 // Cache is the binary cache.
@@ -90,6 +95,9 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 	}
 	if cfg.Priority == 0 {
 		cfg.Priority = 30
+	}
+	if cfg.PresignExpiry <= 0 {
+		cfg.PresignExpiry = time.Hour
 	}
 	if cfg.GroupPaths <= 0 {
 		cfg.GroupPaths = groupPaths

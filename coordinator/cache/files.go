@@ -113,12 +113,17 @@ func (s *stoppable) Read(p []byte) (int, error) {
 }
 
 // openBlob opens a blob from the blob store or, for a small one, from PostgreSQL.
-// A blob in neither is storage.ErrNotFound.
+// A blob in neither is storage.ErrNotFound; a blob store that failed (S3 down) is
+// its error, so the client is told to retry rather than that the blob is gone.
 func (c *Cache) openBlob(ctx context.Context, name string) (Blob, error) {
-	if b, err := c.blobs.Open(name); err == nil {
+	b, blobErr := c.blobs.Open(name)
+	if blobErr == nil {
 		return b, nil
 	}
 	data, err := c.db.SmallBlob(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) && !isNotExist(blobErr) {
+		return nil, fmt.Errorf("blob %s: %w", name, blobErr)
+	}
 	if err != nil {
 		return nil, err
 	}

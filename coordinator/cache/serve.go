@@ -154,6 +154,9 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 		notFound(w, r)
 		return
 	}
+	if c.redirect(w, r, file) {
+		return
+	}
 	b, err := c.openBlob(r.Context(), file)
 	if errors.Is(err, storage.ErrNotFound) {
 		notFound(w, r)
@@ -184,6 +187,29 @@ func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
 		c.m.narBytes.Add(float64(b.Size()))
 	}
+}
+
+// redirect answers a NAR request with a 302 to a presigned URL of its blob, when
+// the cache is configured to and the blob store holds it (a small blob lives in
+// PostgreSQL and is served as usual). It reports whether it answered.
+func (c *Cache) redirect(w http.ResponseWriter, r *http.Request, file string) bool {
+	p, ok := c.blobs.(Presigner)
+	if !c.cfg.Redirect || !ok {
+		return false
+	}
+	u, err := p.Presign(r.Context(), file, c.cfg.PresignExpiry)
+	if isNotExist(err) {
+		return false
+	}
+	if err != nil {
+		c.log.Warn("presign NAR", "file", file, "err", err)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "blob store unavailable", http.StatusServiceUnavailable)
+		return true
+	}
+	w.Header().Set("Cache-Control", "no-store") // the URL expires
+	http.Redirect(w, r, u.String(), http.StatusFound)
+	return true
 }
 
 // PublicKeyHandler serves the signing key's public half as plain text.

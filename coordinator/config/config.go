@@ -32,6 +32,8 @@ type Config struct {
 	Eval     Eval     `toml:"evaluator"`
 	Queue    Queue    `toml:"queue_runner"`
 	Logs     Logs     `toml:"logs"`
+	// S3 is the object store the cache and the logs use when their store is "s3".
+	S3 S3 `toml:"s3"`
 	// LocalAgent is an agent run inside the coordinator process (the quickstart's).
 	LocalAgent LocalAgent `toml:"local_agent"`
 	// Notifications are e-mail, run_command and the delivery of every notification.
@@ -70,6 +72,9 @@ type Logs struct {
 	MaxLogSize int64 `toml:"max_log_size"`
 	// Compress stores finished logs zstd-compressed.
 	Compress bool `toml:"compress"`
+	// Store keeps finished logs in log_dir ("dir") or in the [s3] bucket ("s3"); logs
+	// being written stay in log_dir until their step ends.
+	Store string `toml:"store"`
 }
 
 // Eval is the [evaluator] section.
@@ -145,6 +150,14 @@ type Cache struct {
 	// PlainNARs lets agents upload data that does not compress as plain NARs, stored
 	// and served as nar/<narhash>.nar (Compression: none).
 	PlainNARs bool `toml:"plain_nars"`
+	// Store keeps the NARs in dir ("dir") or in the [s3] bucket ("s3").
+	Store string `toml:"store"`
+	// Redirect answers a NAR download with a 302 to a presigned URL of the object
+	// (store = "s3"), which the client then fetches from S3 itself; off, the
+	// coordinator streams it through.
+	Redirect bool `toml:"redirect"`
+	// PresignExpiry is seconds a presigned NAR URL stays valid.
+	PresignExpiry int `toml:"presign_expiry"`
 }
 
 // Database is the [database] section. Durations are seconds.
@@ -200,14 +213,16 @@ func Defaults() Config {
 			MaxLifetime:    1800,
 			AutoMigrate:    true,
 		},
-		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true},
-		GC:    GC{MaxAgeDays: 30, CleanupInterval: 3600},
+		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true,
+			Store: StoreDir, PresignExpiry: 3600},
+		GC: GC{MaxAgeDays: 30, CleanupInterval: 3600},
 		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
 			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300, DeclarativeInterval: 60},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60,
 			AgentFailureThreshold: 3, AgentBackoff: 60, AgentBackoffMax: 3600},
-		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true},
+		Logs:          Logs{MaxLogSize: 64 << 20, Compress: true, Store: StoreDir},
+		S3:            s3Defaults(),
 		LocalAgent:    LocalAgent{Name: "local", Roles: []string{protocol.RoleBuild, protocol.RoleEval}, DrainTimeout: 10},
 		Notifications: notificationDefaults(),
 		Cluster:       clusterDefaults(),
@@ -301,6 +316,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("database.url_file %q must be an absolute path, and database.url empty", c.Database.URLFile)
 	}
 	if _, err := c.Server.TrustedProxyPrefixes(); err != nil {
+		return err
+	}
+	if err := c.validateStores(); err != nil {
 		return err
 	}
 	if err := validPublicURL(c.Server.PublicURL); err != nil {

@@ -46,10 +46,40 @@ type Dir struct {
 	// an encoder for each log cost more than compressing a small one.
 	enc *zstd.Encoder
 
-	// unpacked keeps the last few decompressed logs: a viewer scrolling up a long
-	// finished log asks for one byte range after another.
-	unpackedMu sync.Mutex
-	unpacked   []unpackedLog
+	unpacked unpackedCache
+}
+
+// unpackedCache keeps the last few decompressed logs: a viewer scrolling up a long
+// finished log asks for one byte range after another.
+type unpackedCache struct {
+	mu      sync.Mutex
+	entries []unpackedLog
+}
+
+func (c *unpackedCache) get(step, epoch int64) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, u := range c.entries {
+		if u.step == step && u.epoch == epoch {
+			c.entries = append(append([]unpackedLog{u}, c.entries[:i]...), c.entries[i+1:]...) // most recent first
+			return u.data, true
+		}
+	}
+	return nil, false
+}
+
+func (c *unpackedCache) put(step, epoch int64, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries = append([]unpackedLog{{step, epoch, data}}, c.entries...)
+	total := 0
+	for i, u := range c.entries {
+		total += len(u.data)
+		if i >= unpackedEntries || total > unpackedBytes {
+			c.entries = c.entries[:max(i, 1)]
+			break
+		}
+	}
 }
 
 type unpackedLog struct {
@@ -159,30 +189,14 @@ func (memLog) Close() error { return nil }
 // openCompressed reads a finished, compressed log. Logs are bounded by max_log_size,
 // so holding one decompressed is fine.
 func (d *Dir) openCompressed(step, epoch int64) (memLog, error) {
-	d.unpackedMu.Lock()
-	for i, u := range d.unpacked {
-		if u.step == step && u.epoch == epoch {
-			d.unpacked = append(append([]unpackedLog{u}, d.unpacked[:i]...), d.unpacked[i+1:]...) // most recent first
-			d.unpackedMu.Unlock()
-			return memLog{bytes.NewReader(u.data)}, nil
-		}
+	if data, ok := d.unpacked.get(step, epoch); ok {
+		return memLog{bytes.NewReader(data)}, nil
 	}
-	d.unpackedMu.Unlock()
 	data, err := d.decompress(step, epoch)
 	if err != nil {
 		return memLog{}, err
 	}
-	d.unpackedMu.Lock()
-	d.unpacked = append([]unpackedLog{{step, epoch, data}}, d.unpacked...)
-	total := 0
-	for i, u := range d.unpacked {
-		total += len(u.data)
-		if i >= unpackedEntries || total > unpackedBytes {
-			d.unpacked = d.unpacked[:max(i, 1)]
-			break
-		}
-	}
-	d.unpackedMu.Unlock()
+	d.unpacked.put(step, epoch, data)
 	return memLog{bytes.NewReader(data)}, nil
 }
 
@@ -191,6 +205,10 @@ func (d *Dir) decompress(step, epoch int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("log of step %d: %w", step, err)
 	}
+	return unzstd(step, raw)
+}
+
+func unzstd(step int64, raw []byte) ([]byte, error) {
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		return nil, err

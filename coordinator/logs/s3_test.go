@@ -1,0 +1,94 @@
+package logs
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/coordinator/objstore"
+	"github.com/fc-ci/fc/coordinator/objstore/objstoretest"
+)
+
+func openS3(t *testing.T, srv *objstoretest.Server, prefix string) *objstore.Store {
+	t.Helper()
+	var cfg config.Config
+	srv.Configure(&cfg, prefix)
+	oc, err := objstore.FromConfig(cfg.S3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := objstore.Open(context.Background(), oc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A log grows in the local directory at offsets, moves to the bucket (compressed,
+// or not) when finished, reads back the same from there, and refuses appends after.
+func TestS3_LiveLogsLocalFinishedLogsInTheBucket(t *testing.T) {
+	t.Parallel()
+	srv := objstoretest.Start(t)
+	for _, compress := range []bool{true, false} {
+		dir, prefix := t.TempDir(), map[bool]string{true: "z/", false: "p/"}[compress]
+		l, err := NewS3(dir, openS3(t, srv, prefix), compress, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			off  int64
+			data string
+		}{{0, "hello "}, {0, "hello "}, {3, "lo world\n"}} {
+			if _, _, err := l.Append(7, 2, c.off, []byte(c.data), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, err := l.Size(7, 2); err != nil || n != 12 {
+			t.Fatalf("size of the live log: %d %v", n, err)
+		}
+		if keys := srv.Keys(t, prefix); len(keys) != 0 {
+			t.Fatalf("a live log is in the bucket: %q", keys)
+		}
+		if err := l.Finish(7, 2); err != nil {
+			t.Fatal(err)
+		}
+		want := prefix + "logs/7/2.log"
+		if compress {
+			want += ".zst"
+		}
+		if keys := srv.Keys(t, prefix); len(keys) != 1 || keys[0] != want {
+			t.Fatalf("bucket after finish (compress %v): %q, want [%s]", compress, keys, want)
+		}
+		if matches, _ := filepath.Glob(filepath.Join(dir, "7", "*")); len(matches) != 0 {
+			t.Fatalf("local files left after finish: %q", matches)
+		}
+		// A fresh store (another coordinator) reads it from the bucket.
+		other, err := NewS3(t.TempDir(), openS3(t, srv, prefix), compress, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []*S3{l, other} {
+			r, err := s.Open(7, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 64)
+			n, _ := r.Read(b)
+			r.Close()
+			if string(b[:n]) != "hello world\n" {
+				t.Fatalf("finished log reads %q", b[:n])
+			}
+			if n, err := s.Size(7, 2); err != nil || n != 12 {
+				t.Fatalf("size of the finished log: %d %v", n, err)
+			}
+			if _, _, err := s.Append(7, 2, 12, []byte("late"), 0); !errors.Is(err, ErrFinished) {
+				t.Fatalf("append after finish: %v, want ErrFinished", err)
+			}
+		}
+		if _, err := other.Open(8, 1); err == nil {
+			t.Fatal("a log that never was opens")
+		}
+	}
+}
