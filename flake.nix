@@ -28,7 +28,7 @@
             inherit version;
             src = lib.cleanSource self;
             # The hash of `go mod vendor`'s output (nix hash path vendor).
-            vendorHash = "sha256-sgr/F2m9gNDcNFT6Iw4dJu2Cl/NGBbIc8mSOBRxDpu4=";
+            vendorHash = "sha256-NeLBy3m+gomVF8dbTh0i2f3I/99eUZBRP70nyGnGqEE=";
             subPackages = [ "coordinator/cmd/fc-coordinator" "agent/cmd/fc-agent" "coordinator/cmd/fc" ];
             # fc's shell completions, written by fc itself.
             nativeBuildInputs = [ pkgs.installShellFiles ];
