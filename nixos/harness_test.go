@@ -32,28 +32,15 @@ func nixpkgsLib(t *testing.T, repo string) string {
 }
 
 // findLib looks for nixpkgs' lib (a directory lib with default.nix) in env's directory
-// (FC_NIXPKGS_LIB: the snapshot or its lib), in ../shared/third-party/nixpkgs-lib beside
-// the repository or a folder above it, and beside its main checkout (for a git worktree). It returns the lib
-// directory, or "" and every place it looked.
+// (FC_NIXPKGS_LIB: the snapshot or its lib), then in the snapshot the repository
+// carries as test data (nixos/test/nixpkgs-lib, MIT, see its COPYING). It returns the
+// lib directory, or "" and every place it looked.
 func findLib(repo, env string) (string, []string) {
 	var candidates []string
 	if env != "" {
 		candidates = append(candidates, env)
 	}
-	// ../shared beside the repository, or beside any folder above it (a clone made
-	// deeper than the main checkout, as a CI runner may).
-	if abs, err := filepath.Abs(repo); err == nil {
-		for dir := abs; ; dir = filepath.Dir(dir) {
-			candidates = append(candidates, filepath.Join(dir, "..", "shared", "third-party", "nixpkgs-lib"))
-			if filepath.Dir(dir) == dir {
-				break
-			}
-		}
-	}
-	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--path-format=absolute", "--git-common-dir").Output(); err == nil {
-		main := filepath.Dir(strings.TrimSpace(string(out)))
-		candidates = append(candidates, filepath.Join(main, "..", "shared", "third-party", "nixpkgs-lib"))
-	}
+	candidates = append(candidates, filepath.Join(repo, "nixos", "test", "nixpkgs-lib"))
 	var looked []string
 	for _, c := range candidates {
 		for _, dir := range []string{filepath.Join(c, "lib"), c} {
@@ -79,24 +66,9 @@ func TestFindLib_NamesEveryPlaceItLooked(t *testing.T) {
 	}
 	lib, looked := findLib(repo, "/nowhere/nixpkgs-lib")
 	want := []string{"/nowhere/nixpkgs-lib/lib", "/nowhere/nixpkgs-lib",
-		filepath.Join(filepath.Dir(repo), "shared/third-party/nixpkgs-lib/lib"), filepath.Join(filepath.Dir(repo), "shared/third-party/nixpkgs-lib")}
-	if lib != "" || len(looked) < len(want) || !slices.Equal(looked[:len(want)], want) {
-		t.Errorf("findLib in an empty place = %q, looked in %q; want none, looked first in %q", lib, looked, want)
-	}
-	if root := "/shared/third-party/nixpkgs-lib/lib"; !slices.Contains(looked, root) {
-		t.Errorf("findLib did not look beside the folders above the repository (up to %s): %q", root, looked)
-	}
-	// A clone made deeper than the shared folder's neighbour still finds it.
-	top := t.TempDir()
-	deep := filepath.Join(top, "runner", "work", "fc")
-	if err := os.MkdirAll(filepath.Join(top, "shared", "third-party", "nixpkgs-lib", "lib"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(top, "shared", "third-party", "nixpkgs-lib", "lib", "default.nix"), []byte("{ }\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if lib, looked := findLib(deep, ""); lib != filepath.Join(top, "shared", "third-party", "nixpkgs-lib", "lib") {
-		t.Errorf("a clone two folders below the shared folder's neighbour: found %q, looked in %q", lib, looked)
+		filepath.Join(repo, "nixos/test/nixpkgs-lib/lib"), filepath.Join(repo, "nixos/test/nixpkgs-lib")}
+	if lib != "" || !slices.Equal(looked, want) {
+		t.Errorf("findLib in an empty place = %q, looked in %q; want none, looked in %q", lib, looked, want)
 	}
 	snapshot := filepath.Join(t.TempDir(), "snap")
 	if err := os.MkdirAll(filepath.Join(snapshot, "lib"), 0o755); err != nil {
