@@ -161,6 +161,7 @@ func New(cfg Config) (*App, error) {
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
 		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents, Metrics: m}, db)
+	repos := newRepositories(s, db, log, ev.Wake)
 	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
 		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
@@ -208,7 +209,7 @@ func New(cfg Config) (*App, error) {
 			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
 			fl,
 			ch,
-			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
+			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Pushed: repos.Pushed, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log,
 				Route: logRoute(cl, fl)}, db),
 			accounts,
@@ -223,7 +224,7 @@ func New(cfg Config) (*App, error) {
 	}, db, m)
 	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
-		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, Cluster: cl, settings: s, db: db, log: log}, nil
+		Repositories: repos, Metrics: m, Cluster: cl, settings: s, db: db, log: log}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
