@@ -123,7 +123,7 @@ func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root str
 	res, err := evaluator.Evaluate(ctx, dir, evaluator.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
 		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, MaxMemoryMB: t.MaxMemoryMB,
 		// More workers than CPUs only compete for them (and each holds its own heap).
-		Workers: min(t.Workers, runtime.NumCPU()),
+		Workers:      min(t.Workers, runtime.NumCPU()),
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
 		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add, OnJob: onJob,
 		AllowedInputPaths: e.AllowedInputPaths, ProtectedPaths: append([]string{e.StateDir}, e.Protected...)})

@@ -72,7 +72,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	ctx := context.Background()
 	// Defaults: the trigger wakes the scheduler, which creates the evaluation and
 	// dispatches it to the idle eval agent in the same pass.
-	// FC_BENCH_EVAL_WORKERS sets [evaluator] workers (default 1).
+	// FC_BENCH_EVAL_WORKERS sets [evaluator] workers (default 2).
 	var opts coordtest.Options
 	if v := os.Getenv("FC_BENCH_EVAL_WORKERS"); v != "" {
 		w, err := strconv.Atoi(v)
