@@ -79,6 +79,8 @@ type App struct {
 	settings config.Config
 	db       *storage.DB
 	log      *slog.Logger
+	// logStore holds build logs; on S3 it moves logs whose upload failed.
+	logStore logs.Store
 }
 
 // shutdownGrace is how long fc-coordinator serve lets requests in flight finish.
@@ -224,7 +226,7 @@ func New(cfg Config) (*App, error) {
 	}, db, m)
 	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
-		Repositories: repos, Metrics: m, Cluster: cl, settings: s, db: db, log: log}, nil
+		Repositories: repos, Metrics: m, Cluster: cl, settings: s, db: db, log: log, logStore: logStore}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -276,6 +278,10 @@ func (a *App) RunLoops(ctx context.Context) {
 	}()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
+	if s3, ok := a.logStore.(*logs.S3); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); s3.Run(ctx, 10*time.Second, a.log) }()
+	}
 	if a.Cluster != nil {
 		wg.Add(1)
 		go func() {
