@@ -141,7 +141,7 @@ func TestRows_BaselinesGoalsAndRatios(t *testing.T) {
 	check("LogLatency p99-ms vs nix-p99-ms", 4, false, true) // the goal is on the figure: < 100 ms
 	check("TriggerToGraph10k fc-s/op vs nix-instantiate-s/op", 0.8, true, true)
 	check("TriggerToGraph10k fc-s/op vs nix-instantiate-tmpfs-s/op", math.NaN(), false, false) // baseline missing
-	check("ListBuilds1M jobset-p99-ms", math.NaN(), true, true)                                 // a pattern's goal
+	check("ListBuilds1M jobset-p99-ms", math.NaN(), true, true)                                // a pattern's goal
 	check("Queue100k steps/s", math.NaN(), false, false)
 	for _, r := range rows {
 		if r.Metric == "build-no-tailer-MB/s" || r.Metric == "nix-p99-ms" || r.Metric == "nix-instantiate-s/op" {

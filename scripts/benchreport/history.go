@@ -24,11 +24,11 @@ type Run struct {
 
 // ScriptResult is how one bench script ran.
 type ScriptResult struct {
-	Name       string     `json:"name"`
-	Status     int        `json:"status"`                // its exit status
+	Name       string      `json:"name"`
+	Status     int         `json:"status"`                // its exit status
 	LoadBefore *[3]float64 `json:"load_before,omitempty"` // the load average it printed first
 	LoadAfter  *[3]float64 `json:"load_after,omitempty"`  // and last
-	Figures    int        `json:"figures"`
+	Figures    int         `json:"figures"`
 }
 
 // ReadHistory reads the runs of a history file (none when it does not exist).
