@@ -846,10 +846,15 @@ func lbTailersMain() int {
 }
 
 // tailersProcess runs n tailers of build id in a process of their own at nice 19
-// (this test binary again) and returns what they received.
+// (FC_BENCH_LOG_TAILERS_NICE sets another) and returns what they received; the
+// process is this test binary again.
 func (e *lbEnv) tailersProcess(b *testing.B, id int64, n int) []lbTail {
 	b.Helper()
-	cmd := exec.Command("nice", "-n", "19", os.Args[0])
+	niceness := "19"
+	if v := os.Getenv("FC_BENCH_LOG_TAILERS_NICE"); v != "" {
+		niceness = v
+	}
+	cmd := exec.Command("nice", "-n", niceness, os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", lbTailersEnv, e.addr, id, n))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

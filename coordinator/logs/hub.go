@@ -32,7 +32,7 @@ type stepViewers struct {
 // Bounds of the chunks kept per followed step.
 const (
 	sharedChunks = 64
-	sharedBytes  = 4 << 20
+	sharedBytes  = 2 << 20
 )
 
 // Chunk is a piece of a step attempt's log, [Offset, Next), encoded once as Msg for
