@@ -59,8 +59,11 @@ import (
 //    tailers connected to it; VmRSS of the coordinator before, with them (sampled every
 //    second for 30 s: they wake every 3 s), and after they left, and its CPU meanwhile.
 //
-// In the first two the coordinator and the agents run in the benchmark's process (and
-// so do the tailers, whose JSON decoding shares the machine's CPUs with it).
+// In the first two the coordinator and the agents run in the benchmark's process. The
+// 100 tailers stand for browsers on other machines: they run in a process of their
+// own at nice 19 (FC_BENCH_LOG_TAILERS_NICE), so their own JSON decoding and hashing
+// of 100 copies takes the CPU the build leaves and the figure is what serving them
+// costs the build; FC_BENCH_LOG_TAILERS=inprocess runs them in this process instead.
 
 const (
 	lbLatencyLines = 500              // one every ~20 ms plus a date process: ~12 s
