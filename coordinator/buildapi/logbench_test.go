@@ -3,6 +3,7 @@ package buildapi_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -140,27 +141,8 @@ func BenchmarkLogLatency(b *testing.B) {
 // BenchmarkLogThroughput100: one build writes 50 MiB of log as fast as it can while
 // 100 tailers follow it from byte 0.
 func BenchmarkLogThroughput100(b *testing.B) {
-	mb := lbBigMB
-	if v := os.Getenv("FC_BENCH_LOG_MB"); v != "" { // smaller for scripts/bench-all --quick
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			b.Fatalf("FC_BENCH_LOG_MB=%q: want a whole number of MiB", v)
-		}
-		mb = n
-	}
-	lbBigLines := mb << 20 / 100
+	lbBigLines, inProcess, where := lbThroughputOptions(b)
 	lbBigSize := lbBigLines * 100
-	// Viewers are browsers on other machines: by default the tailers run in a process
-	// of their own at nice 19, so what they cost themselves (JSON decoding and
-	// hashing 100 copies of the log) takes only CPU the build leaves, and the figure
-	// is what serving them costs the build. FC_BENCH_LOG_TAILERS=inprocess runs them
-	// as goroutines of this process instead (the coordinator's and agents'), the
-	// harshest case, where their decoding competes with the build's agent.
-	inProcess := os.Getenv("FC_BENCH_LOG_TAILERS") == "inprocess"
-	where := "in a process of their own at nice 19"
-	if inProcess {
-		where = "in this process"
-	}
 	e := lbInProcess(b)
 	// The builder times its own writing and keeps the times in $out.
 	script := fmt.Sprintf(`s=$(date +%%s%%N); head -c %d /dev/zero | tr '\0' x | fold -w %d; echo; e=$(date +%%s%%N); echo $s $e > $out`,
@@ -174,21 +156,7 @@ func BenchmarkLogThroughput100(b *testing.B) {
 		id := e.startBuild(b, lbJobset("fc-"+s, "big", script), "big")
 		cpuBefore := coordtest.CPUNow(b, e.c)
 		b.StartTimer()
-		var tails []lbTail
-		if inProcess {
-			tails = make([]lbTail, lbTailers)
-			var wg sync.WaitGroup
-			for k := range tails {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					tails[k] = e.follow(b, id, k == 0, nil)
-				}()
-			}
-			wg.Wait()
-		} else {
-			tails = e.tailersProcess(b, id, lbTailers)
-		}
+		tails := e.tailers(b, id, inProcess)
 		b.StopTimer()
 		status := e.waitFinished(b, id)
 		cpu := coordtest.CPUNow(b, e.c).Since(cpuBefore)
@@ -264,6 +232,48 @@ func BenchmarkLogThroughput100(b *testing.B) {
 	b.ReportMetric(meanOf(aloneRates), "build-no-tailer-MB/s")
 	b.ReportMetric(meanOf(medRates), "tailer-median-MB/s")
 	b.ReportMetric(meanOf(minRates), "tailer-slowest-MB/s")
+}
+
+// lbThroughputOptions reads BenchmarkLogThroughput100's knobs: the lines of log
+// (FC_BENCH_LOG_MB MiB, default 50) and where the tailers run.
+func lbThroughputOptions(b *testing.B) (lines int, inProcess bool, where string) {
+	mb := lbBigMB
+	if v := os.Getenv("FC_BENCH_LOG_MB"); v != "" { // smaller for scripts/bench-all --quick
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("FC_BENCH_LOG_MB=%q: want a whole number of MiB", v)
+		}
+		mb = n
+	}
+	// Viewers are browsers on other machines: by default the tailers run in a process
+	// of their own at nice 19, so what they cost themselves (JSON decoding and
+	// hashing 100 copies of the log) takes only CPU the build leaves, and the figure
+	// is what serving them costs the build. FC_BENCH_LOG_TAILERS=inprocess runs them
+	// as goroutines of this process instead (the coordinator's and agents'), the
+	// harshest case, where their decoding competes with the build's agent.
+	if os.Getenv("FC_BENCH_LOG_TAILERS") == "inprocess" {
+		return mb << 20 / 100, true, "in this process"
+	}
+	return mb << 20 / 100, false, "in a process of their own at nice " + cmp.Or(os.Getenv("FC_BENCH_LOG_TAILERS_NICE"), "19")
+}
+
+// tailers follows build id with lbTailers tailers from byte 0, in this process or
+// in a process of their own, and returns what each received.
+func (e *lbEnv) tailers(b *testing.B, id int64, inProcess bool) []lbTail {
+	if !inProcess {
+		return e.tailersProcess(b, id, lbTailers)
+	}
+	tails := make([]lbTail, lbTailers)
+	var wg sync.WaitGroup
+	for k := range tails {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tails[k] = e.follow(b, id, k == 0, nil)
+		}()
+	}
+	wg.Wait()
+	return tails
 }
 
 // BenchmarkIdleTailers1000: the RSS of a coordinator process with 1,000 idle tailers.
@@ -853,11 +863,7 @@ func lbTailersMain() int {
 // process is this test binary again.
 func (e *lbEnv) tailersProcess(b *testing.B, id int64, n int) []lbTail {
 	b.Helper()
-	niceness := "19"
-	if v := os.Getenv("FC_BENCH_LOG_TAILERS_NICE"); v != "" {
-		niceness = v
-	}
-	cmd := exec.Command("nice", "-n", niceness, os.Args[0])
+	cmd := exec.Command("nice", "-n", cmp.Or(os.Getenv("FC_BENCH_LOG_TAILERS_NICE"), "19"), os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", lbTailersEnv, e.addr, id, n))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
