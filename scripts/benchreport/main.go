@@ -136,6 +136,9 @@ func scriptLoad(out string) (before, after *[3]float64) {
 		l, _ := parseLoad(strings.Join(m[1:], " "))
 		return &l
 	}
+	if len(all) == 1 { // a script that did not finish printed no "after"
+		return parse(all[0]), nil
+	}
 	return parse(all[0]), parse(all[len(all)-1])
 }
 

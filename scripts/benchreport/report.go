@@ -121,7 +121,9 @@ func Markdown(run Run, history []Run, svgDir string) string {
 	for _, r := range rows {
 		base, ratio := "", ""
 		if r.BaselineMetric != "" {
-			base = "– (" + r.BaselineMetric + " missing)"
+			if r.Goal.Ratio && r.Goal.Op != "" { // the goal cannot be judged without it
+				base = "– (" + r.BaselineMetric + " missing)"
+			}
 			if r.HasBaseline {
 				base = trimFloat(r.Baseline) + " " + r.BaselineMetric
 				ratio = trimFloat(r.Ratio())
