@@ -755,9 +755,11 @@ func (e *lbEnv) follow(b *testing.B, id int64, keepRaw bool, onLog func(data str
 	h := sha256.New()
 	defer func() { t.sum = h.Sum(nil) }()
 	conn, err := e.dial(id, lbStreamQuery)
+	fails := 0 // in a row: a tailer the server dropped (it took nothing for 10 s) comes back
 	for {
 		if err != nil {
-			if t.reconnects++; t.reconnects > 5 {
+			t.reconnects++
+			if fails++; fails > 5 {
 				t.err = err
 				return t
 			}
@@ -773,6 +775,7 @@ func (e *lbEnv) follow(b *testing.B, id int64, keepRaw bool, onLog func(data str
 			conn.Close()
 			continue
 		}
+		fails = 0
 		if keepRaw {
 			t.raw = append(t.raw, raw)
 		}
