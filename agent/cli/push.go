@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -60,8 +59,7 @@ func pushPaths(ctx context.Context, cfg config.Config, env Env, paths []string) 
 	defer conn.Close()
 	infos := cl.infos
 	st, err := push.Upload(ctx, conn, infos, push.Options{
-		Level:   zstd.EncoderLevelFromZstd(cfg.Agent.CompressionLevel),
-		Streams: runtime.NumCPU(), // large independent paths side by side
+		Level: zstd.EncoderLevelFromZstd(cfg.Agent.CompressionLevel),
 		Progress: func(p string, size int64) {
 			fmt.Fprintf(env.Stdout, "sent %s (%s)\n", p, mb(size))
 		},

@@ -19,7 +19,7 @@ import (
 // side, the rest afterwards over one stream in dependency order. The coordinator
 // checks every path as before: a stream accepts a path only once the paths it refers
 // to are in the cache, which the leaves' are, and the rest's are once the leaves are
-// committed. Only fc-agent push asks for it (Options.Streams): a build's outputs are
+// committed. Opt-in (Options.Streams), for pushes only: a build's outputs are
 // held back as pending until the step succeeds, so the rest could not refer to them.
 const (
 	// maxStreams bounds the streams of one upload.
