@@ -79,19 +79,22 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 	if len(built) == 0 {
 		return
 	}
-	finishBuilt(ctx, built, base, valid)
+	finishBuilt(ctx, built, base, valid, pathInfosRecursive)
 }
 
+// pathInfosFunc reads the infos of paths and of everything they reference.
+type pathInfosFunc func(ctx context.Context, paths []string) ([]protocol.PathInfo, error)
+
 // finishBuilt gives the jobs Nix built their results: base with what their outputs'
-// path infos (valid: all the outputs, read in one nix process) add.
-func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string) {
-	infos, err := pathInfosRecursive(ctx, valid)
+// path infos (valid: all the outputs, read at once by infos) add.
+func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string, infos pathInfosFunc) {
+	all, err := infos(ctx, valid)
 	if err != nil {
 		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
 		return
 	}
-	byPath := make(map[string]protocol.PathInfo, len(infos))
-	for _, i := range infos {
+	byPath := make(map[string]protocol.PathInfo, len(all))
+	for _, i := range all {
 		byPath[i.StorePath] = i
 	}
 	for i, j := range built {
