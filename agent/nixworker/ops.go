@@ -34,8 +34,8 @@ func (c *Conn) SetOptions(o Options, log Logger) error {
 	err := c.send(opSetOptions,
 		false, o.KeepGoing, false, o.Verbosity, uint64(max(o.MaxJobs, 1)),
 		uint64(o.MaxSilent/time.Second),
-		true,      // obsolete useBuildHook
-		uint64(0), // verboseBuild: lvlError, so builds' lines are results
+		true,                 // obsolete useBuildHook
+		uint64(0),            // verboseBuild: lvlError, so builds' lines are results
 		uint64(0), uint64(0), // obsolete log type, print build trace
 		uint64(max(o.BuildCores, 0)), true)
 	if err != nil {

@@ -45,7 +45,8 @@ type Batcher struct {
 	arrived   chan struct{}
 	wg        sync.WaitGroup
 
-	processes atomic.Int64
+	processes  atomic.Int64
+	batchesRun atomic.Int64
 
 	// pool holds warm nix-daemon connections (nil: the process path).
 	pool           *nixworker.Pool
@@ -127,6 +128,9 @@ func (b *Batcher) Close() {
 	}
 }
 
+// Batches is how many batches the Batcher has run, on either connection.
+func (b *Batcher) Batches() int64 { return b.batchesRun.Load() }
+
 // Processes is how many nix-store --realise processes the Batcher has started.
 func (b *Batcher) Processes() int64 { return b.processes.Load() }
 
@@ -186,6 +190,7 @@ func (b *Batcher) run() {
 	jobs, extra := b.take()
 	if len(jobs) > 0 {
 		b.kick() // requests with other options need a batch of their own
+		b.batchesRun.Add(1)
 		if b.pool != nil {
 			b.runDaemon(jobs, 1+extra)
 		} else {

@@ -62,7 +62,7 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 		if slices.ContainsFunc(outs, func(p string) bool { return invalid[p] }) {
 			res := Result{ExitCode: code, LogSize: j.lw.n, StartedAt: j.started}
 			if wasStopped {
-				j.finish(res, fmt.Errorf("%w: realise %s: stopped with the other builds of its nix-store process (one was cancelled or exceeded its log limit)", ErrInfrastructure, j.req.DrvPath))
+				j.finish(res, fmt.Errorf("%w: realise %s: stopped with the other builds of its batch (one was cancelled or exceeded its log limit)", ErrInfrastructure, j.req.DrvPath))
 				continue
 			}
 			msg := strings.Join(append(slices.Clone(j.errors), general...), "\n")
