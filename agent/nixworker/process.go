@@ -68,6 +68,11 @@ func Start(ctx context.Context, command []string, cacheParent string) (*Process,
 	if len(command) == 0 {
 		command = DefaultCommand
 	}
+	if cacheParent != "" {
+		if err := os.MkdirAll(cacheParent, 0o700); err != nil {
+			return nil, fmt.Errorf("create the daemons' cache directory: %w", err)
+		}
+	}
 	cacheDir, err := os.MkdirTemp(cacheParent, "fc-nix-daemon-")
 	if err != nil {
 		return nil, fmt.Errorf("create the daemon's cache directory: %w", err)

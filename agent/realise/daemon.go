@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -40,6 +41,12 @@ const daemonStartTimeout = 30 * time.Second
 
 // newDaemonPool starts the pool of a Batcher using daemons, or says why it cannot.
 func newDaemonPool(cfg BatcherConfig, logger *slog.Logger) (*nixworker.Pool, error) {
+	if cfg.DaemonCacheDir != "" {
+		// The directory is the Batcher's: daemons of a previous run left theirs.
+		if err := os.RemoveAll(cfg.DaemonCacheDir); err != nil {
+			return nil, fmt.Errorf("empty %s: %w", cfg.DaemonCacheDir, err)
+		}
+	}
 	pool := nixworker.NewPool(nixworker.PoolConfig{Size: cfg.MaxJobs, Command: cfg.DaemonCommand,
 		CacheParent: cfg.DaemonCacheDir, StopGrace: stopGrace, Logger: logger})
 	ctx, cancel := context.WithTimeout(context.Background(), daemonStartTimeout)
