@@ -223,3 +223,56 @@ func TestStart_MissingCommandFails(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+func TestPool_KeepsSizeDaemonsAndReplacesDiscardedOnes(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("nix-daemon"); err != nil {
+		t.Skip("nix-daemon not found")
+	}
+	p := NewPool(PoolConfig{Size: 2, CacheParent: t.TempDir(), StopGrace: time.Second})
+	defer p.Close()
+	if _, err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Taking and giving back healthy daemons starts none.
+	for range 5 {
+		proc, err := p.Get(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Put(proc)
+	}
+	if n := p.Started(); n != 1 {
+		t.Errorf("%d daemons started for one at a time", n)
+	}
+	a, err := p.Get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Get(context.Background()) // none idle: started now
+	if err != nil || a == b {
+		t.Fatalf("second daemon: %v", err)
+	}
+	p.Discard(a)
+	<-a.Exited()
+	p.Put(b)
+	// The replacement of a and b are the two kept.
+	c, _ := p.Get(context.Background())
+	d, err := p.Get(context.Background())
+	if err != nil || c == a || d == a {
+		t.Fatalf("got a discarded daemon back: %v", err)
+	}
+	p.Put(c)
+	p.Put(d)
+	// 3: one replacement; 4 if d was taken before the replacement was ready (the
+	// pool then keeps two of them, stopping the extra one).
+	if n := p.Started(); n < 3 || n > 4 {
+		t.Errorf("%d daemons started, want 3 or 4", n)
+	}
+	p.mu.Lock()
+	idle := len(p.idle) + p.starting
+	p.mu.Unlock()
+	if idle > 2 {
+		t.Errorf("%d daemons kept, size 2", idle)
+	}
+}

@@ -11,8 +11,8 @@ import (
 
 // PoolConfig sizes a Pool.
 type PoolConfig struct {
-	// Size is how many idle daemons the pool keeps started (the most builds that
-	// take one at once); default 1.
+	// Size is how many daemons the pool keeps, idle and taken together (the most
+	// builds that take one at once); default 1.
 	Size int
 	// Command runs the daemon (DefaultCommand if empty); CacheParent holds each
 	// daemon's XDG_CACHE_HOME (os.TempDir() if empty).
@@ -23,7 +23,7 @@ type PoolConfig struct {
 	Logger    *slog.Logger
 }
 
-// Pool keeps up to Size daemons idle and ready. Get takes one (starting one if none
+// Pool keeps Size daemons, idle and ready unless taken. Get takes one (starting one if none
 // is ready); Put gives a healthy one back; Discard stops one whose connection is no
 // longer wanted (cancelled, broken) and starts a replacement in the background.
 type Pool struct {
@@ -32,6 +32,7 @@ type Pool struct {
 	mu       sync.Mutex
 	idle     []*Process
 	starting int
+	taken    int
 	closed   bool
 	wg       sync.WaitGroup
 	started  int64
@@ -60,6 +61,7 @@ func (p *Pool) Start(ctx context.Context) (*Process, error) {
 	}
 	p.mu.Lock()
 	p.started++
+	p.taken++
 	p.mu.Unlock()
 	p.Put(proc)
 	return proc, nil
@@ -72,11 +74,11 @@ func (p *Pool) Started() int64 {
 	return p.started
 }
 
-// Warm starts daemons in the background until Size are idle or starting.
+// Warm starts daemons in the background until Size are idle, taken or starting.
 func (p *Pool) Warm() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.closed && len(p.idle)+p.starting < p.cfg.Size {
+	for !p.closed && len(p.idle)+p.starting+p.taken < p.cfg.Size {
 		p.starting++
 		p.wg.Add(1)
 		go p.startOne()
@@ -114,32 +116,33 @@ func (p *Pool) Get(ctx context.Context) (*Process, error) {
 		if n := len(p.idle); n > 0 {
 			proc = p.idle[n-1]
 			p.idle = p.idle[:n-1]
+			p.taken++
 		}
 		p.mu.Unlock()
 		if proc == nil {
 			break
 		}
 		if proc.ExitError() == nil && proc.Conn.Err() == nil {
-			p.Warm()
 			return proc, nil
 		}
 		p.cfg.Logger.Warn("an idle nix daemon died; starting another", "pid", proc.Pid(), "err", proc.ExitError(), "stderr", proc.Stderr())
-		p.stopLater(proc)
+		p.Discard(proc)
 	}
 	proc, err := Start(ctx, p.cfg.Command, p.cfg.CacheParent)
+	p.mu.Lock()
 	if err == nil {
-		p.mu.Lock()
 		p.started++
-		p.mu.Unlock()
+		p.taken++
 	}
-	p.Warm()
+	p.mu.Unlock()
 	return proc, err
 }
 
-// Put returns a daemon whose connection is healthy and idle.
+// Put returns a daemon taken with Get whose connection is healthy and idle.
 func (p *Pool) Put(proc *Process) {
 	p.mu.Lock()
-	if !p.closed && len(p.idle) < p.cfg.Size && proc.Conn.Err() == nil {
+	p.taken--
+	if !p.closed && len(p.idle)+p.starting+p.taken < p.cfg.Size && proc.Conn.Err() == nil {
 		p.idle = append(p.idle, proc)
 		p.mu.Unlock()
 		return
@@ -148,8 +151,11 @@ func (p *Pool) Put(proc *Process) {
 	p.stopLater(proc)
 }
 
-// Discard stops proc in the background and starts a replacement.
+// Discard stops proc, taken with Get, in the background and starts a replacement.
 func (p *Pool) Discard(proc *Process) {
+	p.mu.Lock()
+	p.taken--
+	p.mu.Unlock()
 	p.stopLater(proc)
 	p.Warm()
 }

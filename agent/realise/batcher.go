@@ -49,10 +49,8 @@ type Batcher struct {
 	batchesRun atomic.Int64
 
 	// pool holds warm nix-daemon connections (nil: the process path).
-	pool           *nixworker.Pool
-	logger         *slog.Logger
-	daemonCommand  []string
-	daemonCacheDir string
+	pool   *nixworker.Pool
+	logger *slog.Logger
 }
 
 // BatcherConfig sizes a Batcher.
@@ -93,7 +91,7 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	b := &Batcher{maxJobs: cfg.MaxJobs, slots: cfg.Slots, gather: cfg.Gather, arrived: make(chan struct{}, 1),
-		logger: cfg.Logger, daemonCommand: cfg.DaemonCommand, daemonCacheDir: cfg.DaemonCacheDir}
+		logger: cfg.Logger}
 	if cfg.Connection == ConnectionDaemon {
 		pool, err := newDaemonPool(cfg, cfg.Logger)
 		if err != nil {

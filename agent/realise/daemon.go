@@ -136,18 +136,17 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 // a later batch does not set them) suit req.
 func (b *Batcher) daemonFor(ctx context.Context, req Request) (*nixworker.Process, error) {
 	key := stickyKey(req)
-	proc, err := b.pool.Get(ctx)
-	if err != nil || proc.Key == "" || proc.Key == key {
-		if err == nil {
-			proc.Key = key
+	for {
+		proc, err := b.pool.Get(ctx)
+		if err != nil {
+			return nil, err
 		}
-		return proc, err
+		if proc.Key == "" || proc.Key == key {
+			proc.Key = key
+			return proc, nil
+		}
+		b.pool.Discard(proc) // a fresh one (Key "") comes at the latest once none is idle
 	}
-	b.pool.Discard(proc)
-	if proc, err = nixworker.Start(ctx, b.daemonCommand, b.daemonCacheDir); err == nil {
-		proc.Key = key
-	}
-	return proc, err
 }
 
 // stickyKey is the options a batch sets only when given (as nix-store's command line
