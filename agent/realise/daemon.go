@@ -149,10 +149,11 @@ func (b *Batcher) daemonFor(ctx context.Context, req Request) (*nixworker.Proces
 	}
 }
 
-// stickyKey is the options a batch sets only when given (as nix-store's command line
-// does): a daemon that had others set keeps them.
+// stickyKey is the options a daemon keeps from its first batch: the substituters
+// (Nix opens them once per process and keeps them, whatever is set later) and those
+// a batch sets only when given, as nix-store's command line does.
 func stickyKey(req Request) string {
-	k, _ := json.Marshal([]any{req.NetrcFile, req.TrustedKeys, req.Features})
+	k, _ := json.Marshal([]any{req.CacheURL, req.Substituters, req.NetrcFile, req.TrustedKeys, req.Features})
 	return string(k)
 }
 

@@ -234,3 +234,28 @@ func TestDaemonOptions_AreArgsOptions(t *testing.T) {
 		t.Errorf("bare overrides %s", bare)
 	}
 }
+
+// TestDaemon_OtherSubstitutersGetAFreshDaemon: Nix opens its substituters once per
+// process, so a daemon that built with one cache never serves a batch with another.
+func TestDaemon_OtherSubstitutersGetAFreshDaemon(t *testing.T) {
+	t.Parallel()
+	b := daemonBatcher(t, 1)
+	build := func(cache string) {
+		req := request(t, instantiate(t, `echo > $out`, ""), newLogBuffer())
+		req.CacheURL = cache
+		if res, err := b.Realise(context.Background(), req); err != nil || res.Status != protocol.StepSucceeded {
+			t.Fatalf("%+v %v", res, err)
+		}
+	}
+	one, other := emptyCache(t), emptyCache(t)
+	build(one)
+	started := b.Daemons()
+	build(one)
+	if b.Daemons() != started {
+		t.Errorf("the same cache started another daemon: %d, then %d", started, b.Daemons())
+	}
+	build(other)
+	if b.Daemons() == started {
+		t.Errorf("another cache was served by the daemon of the first (%d daemons started)", b.Daemons())
+	}
+}
