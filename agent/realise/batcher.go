@@ -49,8 +49,9 @@ type Batcher struct {
 	batchesRun atomic.Int64
 
 	// pool holds warm nix-daemon connections (nil: the process path).
-	pool   *nixworker.Pool
-	logger *slog.Logger
+	pool      *nixworker.Pool
+	buildHook string // for daemon connections; see declineHook
+	logger    *slog.Logger
 }
 
 // BatcherConfig sizes a Batcher.
@@ -93,11 +94,11 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	b := &Batcher{maxJobs: cfg.MaxJobs, slots: cfg.Slots, gather: cfg.Gather, arrived: make(chan struct{}, 1),
 		logger: cfg.Logger}
 	if cfg.Connection == ConnectionDaemon {
-		pool, err := newDaemonPool(cfg, cfg.Logger)
+		pool, hook, err := newDaemonPool(cfg, cfg.Logger)
 		if err != nil {
 			cfg.Logger.Warn("cannot build on a nix-daemon connection; building with nix-store processes", "err", err)
 		}
-		b.pool = pool
+		b.pool, b.buildHook = pool, hook
 	}
 	return b
 }

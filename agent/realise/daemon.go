@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -39,13 +40,18 @@ const (
 // daemonStartTimeout bounds the check that a daemon starts, when the Batcher is made.
 const daemonStartTimeout = 30 * time.Second
 
-// newDaemonPool starts the pool of a Batcher using daemons, or says why it cannot.
-func newDaemonPool(cfg BatcherConfig, logger *slog.Logger) (*nixworker.Pool, error) {
+// newDaemonPool starts the pool of a Batcher using daemons, or says why it cannot;
+// it returns the declining build hook too (see writeDeclineHook).
+func newDaemonPool(cfg BatcherConfig, logger *slog.Logger) (*nixworker.Pool, string, error) {
 	if cfg.DaemonCacheDir != "" {
 		// The directory is the Batcher's: daemons of a previous run left theirs.
 		if err := os.RemoveAll(cfg.DaemonCacheDir); err != nil {
-			return nil, fmt.Errorf("empty %s: %w", cfg.DaemonCacheDir, err)
+			return nil, "", fmt.Errorf("empty %s: %w", cfg.DaemonCacheDir, err)
 		}
+	}
+	hook, err := writeDeclineHook(cfg.DaemonCacheDir)
+	if err != nil {
+		return nil, "", err
 	}
 	pool := nixworker.NewPool(nixworker.PoolConfig{Size: cfg.MaxJobs, Command: cfg.DaemonCommand,
 		CacheParent: cfg.DaemonCacheDir, StopGrace: stopGrace, Logger: logger})
@@ -54,12 +60,42 @@ func newDaemonPool(cfg BatcherConfig, logger *slog.Logger) (*nixworker.Pool, err
 	proc, err := pool.Start(ctx)
 	if err != nil {
 		pool.Close()
-		return nil, err
+		return nil, "", err
 	}
 	logger.Info("building on nix-daemon connections", "nix", proc.Conn.NixVersion,
 		"protocol", fmt.Sprintf("%d.%d", proc.Conn.DaemonVersion>>8, proc.Conn.DaemonVersion&0xff))
 	pool.Warm()
-	return pool, nil
+	return pool, hook, nil
+}
+
+// declineHook is a build hook that declines every build for good, at once. Nix
+// 2.8 starts its build hook (`nix __build-remote`, a whole Nix process) in every
+// worker, that is once per batch, even with builders = "" (the agent never hands a
+// build on), and an empty build-hook is an error; this one costs a shell instead.
+// It reads what Nix sends until Nix kills it, so Nix's writes never fail.
+const declineHook = `#!/bin/sh
+# fc-agent: builds are never handed to remote builders.
+echo "# decline-permanently" >&2
+command -v cat >/dev/null 2>&1 && exec cat >/dev/null
+while read -r _; do :; done
+`
+
+// writeDeclineHook writes declineHook into dir (a new temporary directory if
+// empty) and returns its path.
+func writeDeclineHook(dir string) (string, error) {
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "fc-nix-hook-"); err != nil {
+			return "", fmt.Errorf("create a directory for the build hook: %w", err)
+		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "decline-build-hook")
+	if err := os.WriteFile(path, []byte(declineHook), 0o700); err != nil {
+		return "", fmt.Errorf("write the build hook: %w", err)
+	}
+	return path, nil
 }
 
 // runDaemon realises jobs on a connection from the pool and finishes every job.
@@ -95,7 +131,7 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		if err := proc.Conn.SetOptions(daemonOptions(jobs[0].req, maxJobs), lg); err != nil {
+		if err := proc.Conn.SetOptions(daemonOptions(jobs[0].req, maxJobs, b.buildHook), lg); err != nil {
 			done <- outcome{err: fmt.Errorf("set the options: %w", err)}
 			return
 		}
@@ -157,8 +193,9 @@ func stickyKey(req Request) string {
 	return string(k)
 }
 
-// daemonOptions are Args's options, for wopSetOptions.
-func daemonOptions(req Request, maxJobs int) nixworker.Options {
+// daemonOptions are Args's options, for wopSetOptions, with hook as Nix's build
+// hook when set.
+func daemonOptions(req Request, maxJobs int, hook string) nixworker.Options {
 	subs := make([]string, 0, 1+len(req.Substituters))
 	if req.CacheURL != "" {
 		subs = append(subs, req.CacheURL)
@@ -178,6 +215,9 @@ func daemonOptions(req Request, maxJobs int) nixworker.Options {
 	}
 	if req.MaxSilent > 0 && req.MaxSilent < time.Second {
 		o.MaxSilent = time.Second
+	}
+	if hook != "" {
+		o.Overrides = append(o.Overrides, [2]string{"build-hook", hook})
 	}
 	if req.NetrcFile != "" {
 		o.Overrides = append(o.Overrides, [2]string{"netrc-file", req.NetrcFile})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -218,10 +219,10 @@ func TestDaemon_KilledAgentTakesItsBuildWithIt(t *testing.T) {
 
 func TestDaemonOptions_AreArgsOptions(t *testing.T) {
 	o := daemonOptions(Request{CacheURL: "http://c/nix-cache", Substituters: []string{"https://up"}, TrustedKeys: []string{"c-1:k"},
-		Features: []string{"kvm"}, Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, NetrcFile: "/s/cache.netrc"}, 2)
+		Features: []string{"kvm"}, Timeout: 90 * time.Second, MaxSilent: 30 * time.Second, NetrcFile: "/s/cache.netrc"}, 2, "/s/hook")
 	got := fmt.Sprint(o.Overrides)
 	for _, want := range []string{"[substituters http://c/nix-cache https://up]", "[timeout 90]", "[narinfo-cache-negative-ttl 0]",
-		"[builders ]", "[netrc-file /s/cache.netrc]", "[trusted-public-keys c-1:k]", "[system-features kvm]"} {
+		"[builders ]", "[build-hook /s/hook]", "[netrc-file /s/cache.netrc]", "[trusted-public-keys c-1:k]", "[system-features kvm]"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("overrides %s lack %s", got, want)
 		}
@@ -229,8 +230,8 @@ func TestDaemonOptions_AreArgsOptions(t *testing.T) {
 	if o.MaxJobs != 2 || o.MaxSilent != 30*time.Second || !o.KeepGoing {
 		t.Errorf("options %+v", o)
 	}
-	bare := fmt.Sprint(daemonOptions(Request{}, 1).Overrides)
-	if strings.Contains(bare, "netrc") || strings.Contains(bare, "features") || !strings.Contains(bare, "[timeout 0]") || !strings.Contains(bare, "[substituters ]") {
+	bare := fmt.Sprint(daemonOptions(Request{}, 1, "").Overrides)
+	if strings.Contains(bare, "netrc") || strings.Contains(bare, "build-hook") || strings.Contains(bare, "features") || !strings.Contains(bare, "[timeout 0]") || !strings.Contains(bare, "[substituters ]") {
 		t.Errorf("bare overrides %s", bare)
 	}
 }
@@ -258,4 +259,58 @@ func TestDaemon_OtherSubstitutersGetAFreshDaemon(t *testing.T) {
 	if b.Daemons() == started {
 		t.Errorf("another cache was served by the daemon of the first (%d daemons started)", b.Daemons())
 	}
+}
+
+// BenchmarkNixBegins: from a request handed to the Batcher to Nix beginning its
+// derivation (Result.StartedAt), 20 trivial derivations one after another, on each
+// connection in turn (interleaved, so both see the same load); p50/p99 per connection.
+func BenchmarkNixBegins(b *testing.B) {
+	const n = 20
+	batchers := map[string]*Batcher{}
+	for _, conn := range []string{ConnectionProcess, ConnectionDaemon} {
+		bt := NewBatcher(BatcherConfig{MaxJobs: 1, Connection: conn, DaemonCacheDir: b.TempDir()})
+		if bt.Connection() != conn {
+			b.Fatalf("no %s connection", conn)
+		}
+		b.Cleanup(bt.Close)
+		batchers[conn] = bt
+	}
+	cache := "file://" + b.TempDir()
+	if err := os.WriteFile(strings.TrimPrefix(cache, "file://")+"/nix-cache-info", []byte("StoreDir: /nix/store\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	lat := map[string][]time.Duration{}
+	for range b.N {
+		for i := range 2 * n {
+			conn := []string{ConnectionProcess, ConnectionDaemon}[i%2]
+			drv := benchDrv(b, fmt.Sprintf("%d-%d", time.Now().UnixNano(), i))
+			start := time.Now()
+			res, err := batchers[conn].Realise(context.Background(), Request{DrvPath: drv, CacheURL: cache, GCRootDir: b.TempDir()})
+			if err != nil || res.Status != protocol.StepSucceeded || res.StartedAt.IsZero() {
+				b.Fatalf("%s: %+v %v", conn, res, err)
+			}
+			lat[conn] = append(lat[conn], res.StartedAt.Sub(start))
+		}
+	}
+	for _, conn := range []string{ConnectionProcess, ConnectionDaemon} {
+		d := lat[conn]
+		slices.Sort(d)
+		p50, p99 := d[len(d)/2], d[min(len(d)-1, len(d)*99/100)]
+		b.ReportMetric(float64(p50.Microseconds())/1000, conn+"-p50-ms")
+		b.ReportMetric(float64(p99.Microseconds())/1000, conn+"-p99-ms")
+		b.Logf("%s: request → Nix begins p50 %v, p99 %v (%d builds)", conn, p50.Round(time.Millisecond), p99.Round(time.Millisecond), len(d))
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	b.Logf("load average: %s", strings.Join(strings.Fields(string(load))[:3], " "))
+}
+
+// benchDrv instantiates a trivial derivation named by tag.
+func benchDrv(b *testing.B, tag string) string {
+	b.Helper()
+	expr := fmt.Sprintf(`derivation { name = "fc-begins-%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }`, tag)
+	out, err := exec.Command("nix-instantiate", "--option", "substituters", "", "-E", expr).Output()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
 }
