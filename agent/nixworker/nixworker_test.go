@@ -23,7 +23,7 @@ import (
 func instantiate(t *testing.T, script string) string {
 	t.Helper()
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
-		t.Skip("nix-daemon not found")
+		t.Fatal("nix-daemon not found (nix-bin has it)")
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
@@ -73,7 +73,7 @@ func (r *recorder) Result(id, typ uint64, fields []any) {
 func start(t *testing.T) *Process {
 	t.Helper()
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
-		t.Skip("nix-daemon not found")
+		t.Fatal("nix-daemon not found (nix-bin has it)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -227,7 +227,7 @@ func TestStart_MissingCommandFails(t *testing.T) {
 func TestPool_KeepsSizeDaemonsAndReplacesDiscardedOnes(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
-		t.Skip("nix-daemon not found")
+		t.Fatal("nix-daemon not found (nix-bin has it)")
 	}
 	p := NewPool(PoolConfig{Size: 2, CacheParent: t.TempDir(), StopGrace: time.Second})
 	defer p.Close()

@@ -62,7 +62,7 @@ func newTestBatcher(t *testing.T, conn string, cfg BatcherConfig) *Batcher {
 	t.Helper()
 	if conn == ConnectionDaemon {
 		if _, err := exec.LookPath("nix-daemon"); err != nil {
-			t.Skip("nix-daemon not found")
+			t.Fatal("nix-daemon not found (nix-bin has it)")
 		}
 		cfg.DaemonCacheDir = t.TempDir()
 	}

@@ -40,7 +40,7 @@ func salt(t *testing.T) string {
 func instantiate(t *testing.T, script, extra string) string {
 	t.Helper()
 	if _, err := exec.LookPath("nix-instantiate"); err != nil {
-		t.Skip("nix-instantiate not found")
+		t.Fatal("nix-instantiate not found (nix-bin has it)")
 	}
 	s := salt(t)
 	expr := fmt.Sprintf(`derivation {
@@ -170,7 +170,7 @@ func eachConnection(t *testing.T, f func(t *testing.T, rf realiseFunc)) {
 func daemonBatcher(t *testing.T, maxJobs int) *Batcher {
 	t.Helper()
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
-		t.Skip("nix-daemon not found")
+		t.Fatal("nix-daemon not found (nix-bin has it)")
 	}
 	b := NewBatcher(BatcherConfig{MaxJobs: maxJobs, Connection: ConnectionDaemon, DaemonCacheDir: t.TempDir()})
 	if b.Connection() != ConnectionDaemon {
