@@ -216,8 +216,8 @@ func TestBatcher_CancelOneStopsItsBatchOthersAreRetried(t *testing.T) {
 		cancel()
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the batch did not end within 10 s of the cancel")
+		case <-time.After(60 * time.Second): // the builders would run 300 s
+			t.Fatal("the batch did not end within 60 s of the cancel")
 		}
 		if !errors.Is(a.err, context.Canceled) || a.ret.Sub(start) > 5*time.Second {
 			t.Errorf("cancelled request: %v after %v", a.err, a.ret.Sub(start))
@@ -235,19 +235,22 @@ func TestBatcher_LogLimitOfOneStopsItsBatch(t *testing.T) {
 	t.Parallel()
 	eachBatcher(t, func(t *testing.T, conn string) {
 		cache := emptyCache(t)
-		a := newCase(t, cache, `
+		// a floods its log only once b has started (b makes the gate file), so the
+		// limit stops a batch that holds both, however slowly b starts.
+		gate := gateFile(t)
+		a := newCase(t, cache, fmt.Sprintf(`
     echo "a started"
-    sleep 1
-    i=0
+    while [ ! -e %s ]; do sleep 0.05; done
+    i=0`, gate)+`
     while [ $i -lt 5000 ]; do echo "line $i of a chatty build"; i=$((i+1)); done
     sleep 300
     echo ok > $out`, "")
 		a.req.MaxLogSize = 1000
-		b := newCase(t, cache, `echo "b started"; sleep 300; echo > $out`, "")
+		b := newCase(t, cache, fmt.Sprintf(`echo "b started"; touch %s; sleep 300; echo > $out`, gate), "")
 		_, done := startTwo(t, conn, a, b)
 		select {
 		case <-done:
-		case <-time.After(60 * time.Second):
+		case <-time.After(120 * time.Second): // the builders would run 300 s
 			t.Fatal("the batch was not stopped at the log limit")
 		}
 		if a.err != nil || a.res.Status != protocol.StepLogLimitExceeded || a.res.LogSize != 1000 || len(a.log.String()) != 1000 {
