@@ -12,6 +12,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -62,6 +63,10 @@ type Builds struct {
 	lowDisk  map[int64]bool          // agents that said they are short of disk
 	stepTime map[int64]time.Duration // per agent, a moving average of how long its steps build
 	shares   shareCache
+
+	finishQ       chan *finishReq // reports waiting for a finisher (finish.go)
+	finishing     atomic.Bool     // the finishers run
+	finishersGone chan struct{}   // closed once they stopped
 }
 
 // An agent is handed all its step slots only while its steps are quick: the steps
@@ -108,7 +113,7 @@ func New(cfg Config, db *storage.DB) *Builds {
 		cfg.Hub = logs.NewHub()
 	}
 	return &Builds{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
-		stepTime: map[int64]time.Duration{}}
+		stepTime: map[int64]time.Duration{}, finishQ: make(chan *finishReq, finishBacklog), finishersGone: make(chan struct{})}
 }
 
 // Wake makes the scheduler look for work now.
@@ -155,6 +160,7 @@ func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Hear
 // coordinators on the same database.
 func (b *Builds) Run(ctx context.Context) {
 	go b.listen(ctx)
+	go b.runFinishers(ctx)
 	sweep := time.NewTicker(b.cfg.SweepInterval)
 	defer sweep.Stop()
 	retry := time.NewTimer(time.Hour)

@@ -65,10 +65,8 @@ func (b *Builds) dispatch(ctx context.Context) {
 	if b.fleet == nil {
 		return
 	}
-	queued, err := b.db.QueuedSteps(ctx)
-	if err != nil || !queued {
-		return
-	}
+	// No look at the queue first: with agents free the claim is that look, and
+	// the front of a long queue's indexes is all steps just claimed.
 	cands := b.candidates(ctx)
 	if len(cands) == 0 {
 		return
@@ -185,16 +183,23 @@ func (h *loadHeap) Pop() any {
 	return x
 }
 
+// maxClaim is the most slots one claim statement fills: a claim reads
+// 2×slots+32 steps of each jobset from steps_claim, which the planner does in index
+// order only while that is a small part of the queue (else it sorts every queued
+// step: seconds at 100,000).
+const maxClaim = 128
+
 // dispatchGroup claims steps for the free slots of a group of agents that can build
-// the same steps and pushes them. A claim that comes back short (other coordinators'
-// claims held rows) is followed by another for the slots left, until one finds
-// nothing.
+// the same steps, maxClaim at a time, and pushes them. A claim that comes back short
+// (the queue ran out, or other coordinators' claims held rows) is followed by another
+// for the slots left, until one finds nothing.
 func (b *Builds) dispatchGroup(ctx context.Context, cands []candidate, use map[int64]float64) {
 	caps := cands[0].caps
 	slots := slotOrder(cands)
 	for len(slots) > 0 && ctx.Err() == nil {
 		claimed, err := b.db.ClaimForGroup(ctx, storage.ClaimGroup{Systems: caps.Systems, Features: caps.Features,
-			MandatoryFeatures: caps.MandatoryFeatures, Slots: slots, TTL: b.cfg.Leases.TTL(), ShareUse: use})
+			MandatoryFeatures: caps.MandatoryFeatures, Slots: slots[:min(len(slots), maxClaim)], TTL: b.cfg.Leases.TTL(),
+			ShareUse: use})
 		if err != nil {
 			b.log.Warn("claim steps", "agents", len(cands), "err", err)
 			return
