@@ -330,3 +330,23 @@ func (db *DB) SetAgentPush(ctx context.Context, id int64, push bool) (Agent, err
 	}
 	return db.GetAgent(ctx, id)
 }
+
+// DispatchableAgents says which of ids may be handed steps now, in one statement:
+// enabled, not draining (by an admin or by itself), not revoked, not backed off
+// after infrastructure failures.
+func (db *DB) DispatchableAgents(ctx context.Context, ids []int64) (map[int64]bool, error) {
+	rows, err := db.pool.Query(ctx, `SELECT id FROM agents WHERE id = ANY($1) AND enabled AND NOT draining
+		AND NOT self_draining AND revoked_at IS NULL AND (disabled_until IS NULL OR disabled_until <= now())`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("dispatchable agents: %w", err)
+	}
+	ok, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("dispatchable agents: %w", err)
+	}
+	out := make(map[int64]bool, len(ok))
+	for _, id := range ok {
+		out[id] = true
+	}
+	return out, nil
+}

@@ -104,18 +104,35 @@ var ErrOutputsMissing = errors.New("outputs missing from the cache")
 // counts only for a fixed-output path (its content was checked against the declared
 // hash, so any builder's upload is the same).
 func promoteOutputs(ctx context.Context, tx pgx.Tx, stepID int64, sign Signer) error {
-	rows, err := tx.Query(ctx, `SELECT path, ca FROM step_outputs WHERE step_id = $1 ORDER BY path`, stepID)
+	missing, err := promoteOutputsOf(ctx, tx, []int64{stepID}, sign)
 	if err != nil {
-		return fmt.Errorf("outputs of step %d: %w", stepID, err)
+		return err
 	}
-	type output struct{ path, ca string }
+	if m := missing[stepID]; len(m) > 0 {
+		return fmt.Errorf("step %d: %w: %s", stepID, ErrOutputsMissing, strings.Join(m, " "))
+	}
+	return nil
+}
+
+// promoteOutputsOf is promoteOutputs for several steps at once (three statements
+// however many). It returns the outputs missing from the cache by step; when any is
+// missing, nothing is promoted.
+func promoteOutputsOf(ctx context.Context, tx pgx.Tx, stepIDs []int64, sign Signer) (map[int64][]string, error) {
+	rows, err := tx.Query(ctx, `SELECT step_id, path, ca FROM step_outputs WHERE step_id = ANY($1) ORDER BY step_id, path`, stepIDs)
+	if err != nil {
+		return nil, fmt.Errorf("outputs of steps %v: %w", stepIDs, err)
+	}
+	type output struct {
+		step     int64
+		path, ca string
+	}
 	outs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (output, error) {
 		var o output
-		err := r.Scan(&o.path, &o.ca)
+		err := r.Scan(&o.step, &o.path, &o.ca)
 		return o, err
 	})
 	if err != nil {
-		return fmt.Errorf("outputs of step %d: %w", stepID, err)
+		return nil, fmt.Errorf("outputs of steps %v: %w", stepIDs, err)
 	}
 	hashes := make([]string, 0, len(outs))
 	for _, o := range outs {
@@ -126,7 +143,7 @@ func promoteOutputs(ctx context.Context, tx pgx.Tx, stepID int64, sign Signer) e
 	rows, err = tx.Query(ctx, `SELECT hash_part, store_path, nar_hash, nar_size, refs, coalesce(pending_step, 0)
 		FROM narinfos WHERE hash_part = ANY($1) ORDER BY hash_part FOR UPDATE`, hashes)
 	if err != nil {
-		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
+		return nil, fmt.Errorf("outputs of steps %v in the cache: %w", stepIDs, err)
 	}
 	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Narinfo, error) {
 		var n Narinfo
@@ -134,41 +151,39 @@ func promoteOutputs(ctx context.Context, tx pgx.Tx, stepID int64, sign Signer) e
 		return n, err
 	})
 	if err != nil {
-		return fmt.Errorf("outputs of step %d in the cache: %w", stepID, err)
+		return nil, fmt.Errorf("outputs of steps %v in the cache: %w", stepIDs, err)
 	}
 	byPath := make(map[string]Narinfo, len(have))
 	for _, n := range have {
 		byPath[n.StorePath] = n
 	}
-	var missing, promote, sigs []string
+	missing := map[int64][]string{}
+	var promote, sigs []string
 	for _, o := range outs {
 		n, ok := byPath[o.path]
 		switch {
 		case ok && n.PendingStep == 0:
-		case ok && (n.PendingStep == stepID || o.ca != ""):
+		case ok && (n.PendingStep == o.step || o.ca != ""):
 			if sign == nil {
-				return fmt.Errorf("step %d: no key to sign its outputs", stepID)
+				return nil, fmt.Errorf("step %d: no key to sign its outputs", o.step)
 			}
 			sig, err := sign(n)
 			if err != nil {
-				return fmt.Errorf("sign %s: %w", n.StorePath, err)
+				return nil, fmt.Errorf("sign %s: %w", n.StorePath, err)
 			}
 			promote, sigs = append(promote, n.HashPart), append(sigs, sig)
 		default:
-			missing = append(missing, o.path)
+			missing[o.step] = append(missing[o.step], o.path)
 		}
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("step %d: %w: %s", stepID, ErrOutputsMissing, strings.Join(missing, " "))
-	}
-	if len(promote) == 0 {
-		return nil
+	if len(missing) > 0 || len(promote) == 0 {
+		return missing, nil
 	}
 	if _, err := tx.Exec(ctx, `UPDATE narinfos n SET sigs = ARRAY[x.s], pending_step = NULL, last_used_at = now()
 		FROM unnest($1::text[], $2::text[]) AS x(h, s) WHERE n.hash_part = x.h`, promote, sigs); err != nil {
-		return fmt.Errorf("sign the outputs of step %d: %w", stepID, err)
+		return nil, fmt.Errorf("sign the outputs of steps %v: %w", stepIDs, err)
 	}
-	return nil
+	return missing, nil
 }
 
 func nullTime(t time.Time) *time.Time {
@@ -259,6 +274,135 @@ func finishAggregates(ctx context.Context, tx pgx.Tx, evalID int64) error {
 		}
 		if tag.RowsAffected() == 0 {
 			return nil
+		}
+	}
+	return nil
+}
+
+// Finished is one step report for FinishSteps: the lease it came under and what the
+// agent reported.
+type Finished struct {
+	Lease   Lease
+	Outcome StepOutcome
+}
+
+// FinishedResult is what FinishSteps made of one report: its error (as FinishStep's)
+// and, once recorded, the step's system ("" when recorded one at a time).
+type FinishedResult struct {
+	System string
+	Err    error
+}
+
+// errBatchMissing is a batch in which a step's outputs are missing: it is recorded
+// one report at a time, so that only that report fails.
+var errBatchMissing = errors.New("a step of the batch has outputs missing")
+
+// FinishSteps records several step reports. Those of steps that succeeded without
+// products or metrics (the many quick steps of a busy queue) are recorded together
+// in one transaction, with the same effects and checks as FinishStep, a handful of
+// statements and one notification for all; the others, and every report of a batch
+// that fails (a missing output, a conflict), one at a time with FinishStep.
+func (db *DB) FinishSteps(ctx context.Context, fs []Finished, sign Signer) []FinishedResult {
+	res := make([]FinishedResult, len(fs))
+	var batch []int
+	seen := map[int64]bool{}
+	for i, f := range fs {
+		if f.Outcome.Status == "succeeded" && len(f.Outcome.Products) == 0 && len(f.Outcome.Metrics) == 0 && !seen[f.Lease.ID] {
+			seen[f.Lease.ID] = true
+			batch = append(batch, i)
+			continue
+		}
+		res[i].Err = db.FinishStep(ctx, f.Lease, f.Outcome, sign)
+	}
+	if len(batch) == 0 {
+		return res
+	}
+	if err := db.finishBatch(ctx, fs, batch, sign, res); err != nil {
+		for _, i := range batch {
+			res[i] = FinishedResult{Err: db.FinishStep(ctx, fs[i].Lease, fs[i].Outcome, sign)}
+		}
+	}
+	return res
+}
+
+// finishBatch records the succeeded steps fs[batch] in one transaction, filling in
+// res; an error rolls it all back.
+func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign Signer, res []FinishedResult) error {
+	n := len(batch)
+	ids, epochs, agents := make([]int64, n), make([]int64, n), make([]int64, n)
+	msgs, releases := make([]string, n), make([]string, n)
+	exits, logSizes := make([]int32, n), make([]int64, n)
+	started, finished := make([]*time.Time, n), make([]*time.Time, n)
+	for k, i := range batch {
+		f := fs[i]
+		ids[k], epochs[k], agents[k] = f.Lease.ID, f.Lease.Epoch, f.Lease.AgentID
+		msgs[k], releases[k], exits[k], logSizes[k] = f.Outcome.Error, f.Outcome.ReleaseName, int32(f.Outcome.ExitCode), f.Outcome.LogSize
+		started[k], finished[k] = nullTime(f.Outcome.StartedAt), nullTime(f.Outcome.FinishedAt)
+	}
+	systems := map[int64]string{}
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		// In step order, so two batches lock rows alike.
+		rows, err := tx.Query(ctx, `UPDATE steps s SET status = 'succeeded', status_code = 0, error = x.error, exit_code = x.exit_code,
+				log_size = x.log_size, started_at = coalesce(x.started_at, s.started_at), finished_at = coalesce(x.finished_at, now()),
+				lease_expires_at = NULL
+			FROM (SELECT x.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[],
+					$7::timestamptz[], $8::timestamptz[]) x(id, epoch, agent_id, error, exit_code, log_size, started_at, finished_at)
+				JOIN steps l ON l.id = x.id ORDER BY x.id FOR UPDATE OF l) x
+			WHERE s.id = x.id AND s.lease_epoch = x.epoch AND s.agent_id = x.agent_id AND s.status = 'running'
+			RETURNING s.id, s.system`, ids, epochs, agents, msgs, exits, logSizes, started, finished)
+		if err != nil {
+			return err
+		}
+		var done []int64
+		for rows.Next() {
+			var id int64
+			var system string
+			if err := rows.Scan(&id, &system); err != nil {
+				return err
+			}
+			done, systems[id] = append(done, id), system
+		}
+		if err := rows.Err(); err != nil || len(done) == 0 {
+			return err
+		}
+		missing, err := promoteOutputsOf(ctx, tx, done, sign)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 {
+			return errBatchMissing
+		}
+		// Only the reports whose lease held count from here on.
+		var doneIDs, doneAgents []int64
+		var doneReleases []string
+		for k := range ids {
+			if _, ok := systems[ids[k]]; ok {
+				doneIDs, doneAgents, doneReleases = append(doneIDs, ids[k]), append(doneAgents, agents[k]), append(doneReleases, releases[k])
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE agents SET consecutive_failures = 0, disabled_until = NULL
+			WHERE id = ANY($1) AND (consecutive_failures <> 0 OR disabled_until IS NOT NULL)`, doneAgents); err != nil {
+			return fmt.Errorf("reset the failures of agents: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE builds b SET status = 'succeeded', status_code = 0, finished_at = now(),
+				started_at = coalesce(b.started_at, now()), release_name = CASE WHEN x.release = '' THEN b.release_name ELSE x.release END
+			FROM unnest($1::bigint[], $2::text[]) x(step_id, release)
+			WHERE b.step_id = x.step_id AND b.status IN ('queued', 'running') AND NOT b.is_aggregate`, doneIDs, doneReleases); err != nil {
+			return err
+		}
+		if err := finishAggregates(ctx, tx, 0); err != nil {
+			return err
+		}
+		return notifySteps(ctx, tx)
+	})
+	if err != nil {
+		return fmt.Errorf("finish %d steps: %w", n, err)
+	}
+	for k, i := range batch {
+		if sys, ok := systems[ids[k]]; ok {
+			res[i] = FinishedResult{System: sys}
+		} else {
+			res[i] = FinishedResult{Err: fmt.Errorf("finish step %d: step %d epoch %d: %w", ids[k], ids[k], epochs[k], ErrStaleLease)}
 		}
 	}
 	return nil

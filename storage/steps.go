@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,7 +52,10 @@ type ClaimedStep struct {
 // claimRunnable is a queued step the agent ($2 systems, $3 features, $4 mandatory
 // features) can build now: inputs built, no output failed before.
 const claimRunnable = `s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
-	AND s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features
+	-- (one coalesce: the planner estimates each array test at 0.5% of the rows, so for
+	-- a claim of a few hundred steps it would sort the whole queue rather than read
+	-- steps_claim in order and stop)
+	AND coalesce(s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features, false)
 	AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
 		WHERE e.step_id = s.id AND d.status <> 'succeeded')
 	AND NOT EXISTS (SELECT 1 FROM step_outputs o JOIN failed_paths f ON f.path = o.path WHERE o.step_id = s.id)`
@@ -60,102 +64,184 @@ const claimRunnable = `s.status = 'queued' AND (s.not_before IS NULL OR s.not_be
 // room for those other coordinators' claims hold at the same moment.
 func claimCandidates(n int) int { return 2*n + 32 }
 
-// ClaimSteps leases up to N runnable steps the agent can build, in scheduling order:
-// bumped priority, the jobset's share use (build seconds in the last 24 h ÷ shares),
-// schedulingPriority, critical path, age. Atomic across coordinators (SKIP LOCKED).
-// The builds of a claimed step become running.
+// ClaimSteps leases up to N runnable steps the agent can build, in scheduling order
+// (see ClaimGroup), with the jobsets' share use as it is now. The builds of a
+// claimed step become running.
 func (db *DB) ClaimSteps(ctx context.Context, a AgentSlots) ([]ClaimedStep, error) {
 	if a.N <= 0 {
 		return nil, nil
 	}
-	systems, features, mandatory := nonNil(a.Systems), nonNil(a.Features), nonNil(a.MandatoryFeatures)
+	use, err := db.ShareUse(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim steps for agent %d: %w", a.AgentID, err)
+	}
+	g := ClaimGroup{Systems: a.Systems, Features: a.Features, MandatoryFeatures: a.MandatoryFeatures,
+		Slots: slices.Repeat([]int64{a.AgentID}, a.N), TTL: a.TTL, ShareUse: use}
+	out, err := db.ClaimForGroup(ctx, g)
+	if err != nil {
+		return nil, fmt.Errorf("claim steps for agent %d: %w", a.AgentID, err)
+	}
+	return out, nil
+}
+
+// ShareUse is each competing jobset's (one with queued steps) use of its shares:
+// build seconds in the last 24 h ÷ scheduling_shares. It sums a day of builds, so a
+// scheduler reads it once for many claims.
+func (db *DB) ShareUse(ctx context.Context) (map[int64]float64, error) {
+	rows, err := db.pool.Query(ctx, `SELECT j.id, coalesce(sum(extract(epoch FROM b.finished_at - b.started_at)), 0)::float8 / j.scheduling_shares
+		FROM jobsets j LEFT JOIN builds b ON b.jobset_id = j.id AND b.finished_at > now() - interval '24 hours'
+			AND b.started_at IS NOT NULL
+		WHERE EXISTS (SELECT 1 FROM steps q WHERE q.jobset_id = j.id AND q.status = 'queued')
+		GROUP BY j.id`)
+	if err != nil {
+		return nil, fmt.Errorf("share use: %w", err)
+	}
+	use := map[int64]float64{}
+	for rows.Next() {
+		var id int64
+		var u float64
+		if err := rows.Scan(&id, &u); err != nil {
+			return nil, fmt.Errorf("share use: %w", err)
+		}
+		use[id] = u
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("share use: %w", err)
+	}
+	return use, nil
+}
+
+// ClaimGroup is one claim for several agents that can build the same steps (the same
+// systems, features and mandatory features): Slots names one agent per free slot, in
+// the order the slots are filled (the first claimed step goes to Slots[0]).
+type ClaimGroup struct {
+	Systems           []string
+	Features          []string
+	MandatoryFeatures []string
+	Slots             []int64
+	TTL               time.Duration
+	// ShareUse is each competing jobset's share use (ShareUse); a jobset missing from
+	// it counts as having used nothing.
+	ShareUse map[int64]float64
+}
+
+// claimGroup leases, in one statement, as many runnable steps as g has slots, in
+// scheduling order: bumped priority, the jobset's share use, schedulingPriority,
+// critical path, age. Atomic across coordinators (SKIP LOCKED). An agent backed off
+// after infrastructure failures takes nothing (its slots are skipped).
+const claimGroup = `WITH share AS (
+		SELECT j.id, coalesce(u.used, 0) AS used
+		FROM jobsets j LEFT JOIN unnest($7::bigint[], $8::float8[]) u(id, used) ON u.id = j.id
+		-- only jobsets competing now (a probe of steps_claim each)
+		WHERE EXISTS (SELECT 1 FROM steps q WHERE q.jobset_id = j.id AND q.status = 'queued')),
+	-- Each jobset's first runnable steps in its own order (steps_claim), a few more than
+	-- wanted: rows another claim holds are skipped below. Merged below in the whole
+	-- order, it is the same as ordering every queued step.
+	cand AS (
+		SELECT c.*, share.used FROM share CROSS JOIN LATERAL (
+			SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
+			WHERE s.jobset_id = share.id AND ` + claimRunnable + `
+			ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $6) c
+		UNION ALL
+		SELECT c.*, 0 FROM (
+			SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
+			WHERE s.jobset_id IS NULL AND ` + claimRunnable + `
+			ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $6) c),
+	-- The slots of agents not backed off, renumbered in order.
+	slot AS (
+		SELECT x.agent_id, row_number() OVER (ORDER BY x.ord) AS nr
+		FROM unnest($1::bigint[]) WITH ORDINALITY x(agent_id, ord) JOIN agents ag ON ag.id = x.agent_id
+		WHERE ag.disabled_until IS NULL OR ag.disabled_until <= now()),
+	pick AS (
+		SELECT s.id, cand.not_before, cand.global_priority, cand.used, cand.scheduling_priority, cand.critical_path
+		FROM cand JOIN steps s ON s.id = cand.id
+		WHERE s.status = 'queued'
+		ORDER BY cand.global_priority DESC, cand.used, cand.scheduling_priority DESC, cand.critical_path DESC, cand.id
+		LIMIT (SELECT count(*) FROM slot) FOR UPDATE OF s SKIP LOCKED),
+	-- The picked steps in scheduling order, the first to the first slot.
+	numbered AS (
+		SELECT pick.id, pick.not_before, row_number() OVER (
+			ORDER BY pick.global_priority DESC, pick.used, pick.scheduling_priority DESC, pick.critical_path DESC, pick.id) AS nr
+		FROM pick)
+	UPDATE steps s SET status = 'running', agent_id = slot.agent_id, lease_epoch = s.lease_epoch + 1,
+		lease_expires_at = now() + make_interval(secs => $5), attempts = s.attempts + 1, started_at = now(),
+		not_before = NULL
+	FROM numbered JOIN slot ON slot.nr = numbered.nr WHERE s.id = numbered.id
+	RETURNING s.id, s.agent_id, s.lease_epoch, s.attempts, s.drv_path, s.timeout_seconds, s.max_silent_seconds, s.required_features,
+		s.system, extract(epoch FROM now() - greatest(s.created_at, numbered.not_before, ` + inputsBuilt + `))::float8`
+
+// ClaimForGroup leases up to len(g.Slots) runnable steps that g's agents can build,
+// in one statement (claimGroup): each claimed step is leased to the agent of its
+// slot. The builds of a claimed step become running.
+func (db *DB) ClaimForGroup(ctx context.Context, g ClaimGroup) ([]ClaimedStep, error) {
+	if len(g.Slots) == 0 {
+		return nil, nil
+	}
+	systems, features, mandatory := nonNil(g.Systems), nonNil(g.Features), nonNil(g.MandatoryFeatures)
+	jobsets, used := make([]int64, 0, len(g.ShareUse)), make([]float64, 0, len(g.ShareUse))
+	for id, u := range g.ShareUse {
+		jobsets, used = append(jobsets, id), append(used, u)
+	}
 	var out []ClaimedStep
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `WITH share AS (
-				SELECT j.id, coalesce(sum(extract(epoch FROM b.finished_at - b.started_at)), 0) / j.scheduling_shares AS used
-				FROM jobsets j LEFT JOIN builds b ON b.jobset_id = j.id AND b.finished_at > now() - interval '24 hours'
-					AND b.started_at IS NOT NULL
-				-- only jobsets competing now (a probe of steps_claim each)
-				WHERE EXISTS (SELECT 1 FROM steps q WHERE q.jobset_id = j.id AND q.status = 'queued')
-				GROUP BY j.id),
-			-- Each jobset's first runnable steps in its own order (steps_claim), a few more
-			-- than wanted: rows another claim holds are skipped below. Merged below in
-			-- the whole order, it is the same as ordering every queued step.
-			cand AS (
-				SELECT c.*, share.used FROM share CROSS JOIN LATERAL (
-					SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
-					WHERE s.jobset_id = share.id AND `+claimRunnable+`
-					ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $7) c
-				UNION ALL
-				SELECT c.*, 0 FROM (
-					SELECT s.id, s.not_before, s.global_priority, s.scheduling_priority, s.critical_path FROM steps s
-					WHERE s.jobset_id IS NULL AND `+claimRunnable+`
-					ORDER BY s.global_priority DESC, s.scheduling_priority DESC, s.critical_path DESC, s.id LIMIT $7) c),
-			pick AS (
-				SELECT s.id, cand.not_before FROM cand JOIN steps s ON s.id = cand.id
-				WHERE s.status = 'queued'
-					-- an agent backed off after infrastructure failures takes nothing (one
-					-- primary-key probe, evaluated once for the whole query)
-					AND NOT EXISTS (SELECT 1 FROM agents ag WHERE ag.id = $1 AND ag.disabled_until > now())
-				ORDER BY cand.global_priority DESC, cand.used, cand.scheduling_priority DESC, cand.critical_path DESC, cand.id
-				LIMIT $5 FOR UPDATE OF s SKIP LOCKED)
-			UPDATE steps s SET status = 'running', agent_id = $1, lease_epoch = s.lease_epoch + 1,
-				lease_expires_at = now() + make_interval(secs => $6), attempts = s.attempts + 1, started_at = now(),
-				not_before = NULL
-			FROM pick WHERE s.id = pick.id
-			RETURNING s.id, s.lease_epoch, s.attempts, s.drv_path, s.timeout_seconds, s.max_silent_seconds, s.required_features,
-				s.system, extract(epoch FROM now() - greatest(s.created_at, pick.not_before, `+inputsBuilt+`))::float8`,
-			a.AgentID, systems, features, mandatory, a.N, a.TTL.Seconds(), claimCandidates(a.N))
+		rows, err := tx.Query(ctx, claimGroup, g.Slots, systems, features, mandatory, g.TTL.Seconds(),
+			claimCandidates(len(g.Slots)), jobsets, used)
 		if err != nil {
 			return err
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ClaimedStep, error) {
-			c := ClaimedStep{Lease: Lease{Kind: LeaseStep, AgentID: a.AgentID}}
+			c := ClaimedStep{Lease: Lease{Kind: LeaseStep}}
 			var waited float64
-			err := r.Scan(&c.ID, &c.Epoch, &c.Attempt, &c.DrvPath, &c.TimeoutSecs, &c.MaxSilentSecs, &c.RequiredFeatures,
-				&c.System, &waited)
+			err := r.Scan(&c.ID, &c.AgentID, &c.Epoch, &c.Attempt, &c.DrvPath, &c.TimeoutSecs, &c.MaxSilentSecs,
+				&c.RequiredFeatures, &c.System, &waited)
 			c.Waited = time.Duration(max(waited, 0) * float64(time.Second))
 			return c, err
 		})
 		if err != nil || len(out) == 0 {
 			return err
 		}
-		ids := make([]int64, len(out))
-		for i, c := range out {
-			ids[i] = c.ID
-		}
-		if _, err := tx.Exec(ctx, `UPDATE builds SET status = 'running', started_at = coalesce(started_at, now())
-			WHERE step_id = ANY($1) AND status = 'queued'`, ids); err != nil {
-			return err
-		}
-		outs, err := tx.Query(ctx, `SELECT step_id, name, path FROM step_outputs WHERE step_id = ANY($1)`, ids)
-		if err != nil {
-			return err
-		}
-		byID := make(map[int64]map[string]string, len(out))
-		for outs.Next() {
-			var id int64
-			var name, path string
-			if err := outs.Scan(&id, &name, &path); err != nil {
-				return err
-			}
-			if byID[id] == nil {
-				byID[id] = map[string]string{}
-			}
-			byID[id][name] = path
-		}
-		if err := outs.Err(); err != nil {
-			return err
-		}
-		for i := range out {
-			out[i].Outputs = byID[out[i].ID]
-		}
-		return nil
+		return claimedBuildsAndOutputs(ctx, tx, out)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim steps for agent %d: %w", a.AgentID, err)
+		return nil, fmt.Errorf("claim steps for %d slots: %w", len(g.Slots), err)
 	}
 	return out, nil
+}
+
+// claimedBuildsAndOutputs marks the builds of claimed steps running and fills in
+// each step's outputs.
+func claimedBuildsAndOutputs(ctx context.Context, tx pgx.Tx, out []ClaimedStep) error {
+	ids := make([]int64, len(out))
+	for i, c := range out {
+		ids[i] = c.ID
+	}
+	if _, err := tx.Exec(ctx, `UPDATE builds SET status = 'running', started_at = coalesce(started_at, now())
+		WHERE step_id = ANY($1) AND status = 'queued'`, ids); err != nil {
+		return err
+	}
+	outs, err := tx.Query(ctx, `SELECT step_id, name, path FROM step_outputs WHERE step_id = ANY($1)`, ids)
+	if err != nil {
+		return err
+	}
+	byID := make(map[int64]map[string]string, len(out))
+	for outs.Next() {
+		var id int64
+		var name, path string
+		if err := outs.Scan(&id, &name, &path); err != nil {
+			return err
+		}
+		if byID[id] == nil {
+			byID[id] = map[string]string{}
+		}
+		byID[id][name] = path
+	}
+	if err := outs.Err(); err != nil {
+		return err
+	}
+	for i := range out {
+		out[i].Outputs = byID[out[i].ID]
+	}
+	return nil
 }
 
 // RetryStep requeues a step after an infrastructure failure the agent reported
@@ -310,9 +396,13 @@ const (
 	// build agent, connected or seen within $4 seconds, has the system and features for.
 	endUnsupported = `UPDATE steps s SET status = $1, status_code = $2, error = $3, finished_at = now()
 		WHERE s.status = 'queued' AND s.created_at < now() - make_interval(secs => $4)
-			AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_at IS NULL AND a.enabled AND 'build' = ANY(a.roles)
-				AND (a.connected OR a.last_seen_at > now() - make_interval(secs => $4))
-				AND s.system = ANY(a.systems) AND s.required_features <@ a.features AND a.mandatory_features <@ s.required_features)
+			AND (s.system, s.required_features) IN (
+				-- each system and feature set once, not every queued step against every agent
+				SELECT q.system, q.required_features FROM (SELECT DISTINCT system, required_features FROM steps
+					WHERE status = 'queued' AND created_at < now() - make_interval(secs => $4)) q
+				WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.revoked_at IS NULL AND a.enabled AND 'build' = ANY(a.roles)
+					AND (a.connected OR a.last_seen_at > now() - make_interval(secs => $4))
+					AND q.system = ANY(a.systems) AND q.required_features <@ a.features AND a.mandatory_features <@ q.required_features))
 		RETURNING s.id`
 )
 

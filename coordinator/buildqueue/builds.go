@@ -11,9 +11,8 @@ package buildqueue
 import (
 	"context"
 	"log/slog"
-	"slices"
-	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fc-ci/fc/coordinator/fleet"
@@ -63,6 +62,11 @@ type Builds struct {
 	mu       sync.Mutex
 	lowDisk  map[int64]bool          // agents that said they are short of disk
 	stepTime map[int64]time.Duration // per agent, a moving average of how long its steps build
+	shares   shareCache
+
+	finishQ       chan *finishReq // reports waiting for a finisher (finish.go)
+	finishing     atomic.Bool     // the finishers run
+	finishersGone chan struct{}   // closed once they stopped
 }
 
 // An agent is handed all its step slots only while its steps are quick: the steps
@@ -109,7 +113,7 @@ func New(cfg Config, db *storage.DB) *Builds {
 		cfg.Hub = logs.NewHub()
 	}
 	return &Builds{cfg: cfg, db: db, fleet: cfg.Dispatcher, log: cfg.Logger, wake: make(chan struct{}, 1), lowDisk: map[int64]bool{},
-		stepTime: map[int64]time.Duration{}}
+		stepTime: map[int64]time.Duration{}, finishQ: make(chan *finishReq, finishBacklog), finishersGone: make(chan struct{})}
 }
 
 // Wake makes the scheduler look for work now.
@@ -156,6 +160,7 @@ func (b *Builds) heartbeat(ctx context.Context, agentID int64, hb *protocol.Hear
 // coordinators on the same database.
 func (b *Builds) Run(ctx context.Context) {
 	go b.listen(ctx)
+	go b.runFinishers(ctx)
 	sweep := time.NewTicker(b.cfg.SweepInterval)
 	defer sweep.Stop()
 	retry := time.NewTimer(time.Hour)
@@ -208,121 +213,6 @@ func (b *Builds) sweepPass(ctx context.Context) {
 	} else if n > 0 {
 		b.log.Info("steps no agent can build ended unsupported_system", "steps", n)
 	}
-}
-
-// candidate is an agent connected here that may take steps.
-type candidate struct {
-	id      int64
-	caps    protocol.Capabilities
-	depth   int // steps it may hold now (see Builds.depth)
-	running int
-}
-
-func (c candidate) load() float64 {
-	speed := c.caps.SpeedFactor
-	if speed <= 0 {
-		speed = 1
-	}
-	return float64(c.running) / float64(c.depth) / speed
-}
-
-// dispatch hands runnable steps to agents connected here, one step at a time to the
-// least loaded agent (relative to its speed) that can build one.
-func (b *Builds) dispatch(ctx context.Context) {
-	if b.fleet == nil {
-		return
-	}
-	queued, err := b.db.QueuedSteps(ctx)
-	if err != nil || !queued {
-		return
-	}
-	running, err := b.db.RunningStepsByAgent(ctx)
-	if err != nil {
-		b.log.Warn("count running steps", "err", err)
-		return
-	}
-	var cands []candidate
-	for _, id := range b.fleet.AgentIDs() {
-		caps, ok := b.fleet.Capabilities(id)
-		if !ok {
-			continue
-		}
-		b.mu.Lock()
-		low := b.lowDisk[id]
-		b.mu.Unlock()
-		depth := b.depth(id, caps)
-		if low || !slices.Contains(caps.Roles, protocol.RoleBuild) || running[id] >= depth {
-			continue
-		}
-		a, err := b.db.GetAgent(ctx, id)
-		if err != nil || !a.Enabled || a.Draining || a.SelfDraining || a.RevokedAt != nil || a.BackedOff(time.Now()) {
-			continue
-		}
-		cands = append(cands, candidate{id: id, caps: caps, depth: depth, running: running[id]})
-	}
-	plenty := b.plenty(ctx, cands)
-	for len(cands) > 0 && ctx.Err() == nil {
-		sort.SliceStable(cands, func(i, j int) bool { return cands[i].load() < cands[j].load() })
-		c := &cands[0]
-		// Several steps at once: an agent realises the steps that arrive together in one
-		// Nix process. Shared out when several agents have room, so the least loaded
-		// does not take everything, unless the queue fills every free slot anyway: then
-		// one claim per agent, not one per step (a claim costs the same for 1 or 16).
-		free := c.depth - c.running
-		n := max(1, free/len(cands))
-		if plenty {
-			n = free
-		}
-		got := b.assign(ctx, c, n)
-		if got == 0 {
-			cands = cands[1:] // nothing it can build (or it declined): try the others
-			continue
-		}
-		c.running += got
-		if c.running >= c.depth {
-			cands = cands[1:]
-		}
-	}
-}
-
-// plenty says whether at least as many steps are queued as the candidates have
-// free slots.
-func (b *Builds) plenty(ctx context.Context, cands []candidate) bool {
-	free := 0
-	for _, c := range cands {
-		free += c.depth - c.running
-	}
-	n, err := b.db.QueuedStepsUpTo(ctx, free)
-	return err == nil && free > 0 && n >= free
-}
-
-// assign claims up to n steps the agent can build and pushes them over its session,
-// side by side; it returns how many the agent accepted.
-func (b *Builds) assign(ctx context.Context, c *candidate, n int) int {
-	claimed, err := b.db.ClaimSteps(ctx, storage.AgentSlots{AgentID: c.id, Systems: c.caps.Systems,
-		Features: c.caps.Features, MandatoryFeatures: c.caps.MandatoryFeatures, N: n, TTL: b.cfg.Leases.TTL()})
-	if err != nil {
-		b.log.Warn("claim steps", "agent", c.id, "err", err)
-		return 0
-	}
-	accepted := make([]bool, len(claimed))
-	var wg sync.WaitGroup
-	for i, st := range claimed {
-		b.cfg.Metrics.ObserveDispatch(st.System, st.Waited)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			accepted[i] = b.push(ctx, c.id, st)
-		}()
-	}
-	wg.Wait()
-	got := 0
-	for _, ok := range accepted {
-		if ok {
-			got++
-		}
-	}
-	return got
 }
 
 // push offers one claimed step to the agent; a step it declines is released.

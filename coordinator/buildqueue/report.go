@@ -56,29 +56,32 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 		b.attemptEnded(l)
 		return fmt.Errorf("unknown step status %q", rep.Status)
 	}
-	err := b.finish(ctx, l, rep)
+	system, err := b.finish(ctx, l, rep)
 	if errors.Is(err, storage.ErrStaleLease) {
 		return err
 	}
 	if !rep.StartedAt.IsZero() && rep.FinishedAt.After(rep.StartedAt) {
 		b.observeStep(agentID, rep.FinishedAt.Sub(rep.StartedAt))
 		if err == nil {
-			b.observeDuration(ctx, l.ID, rep)
+			b.observeDuration(ctx, l.ID, system, rep)
 		}
 	}
 	b.attemptEnded(l)
 	return err
 }
 
-// observeDuration records a finished step's build time under its system.
-func (b *Builds) observeDuration(ctx context.Context, stepID int64, rep protocol.StepReport) {
+// observeDuration records a finished step's build time under its system (read
+// here when the report's batch did not return it).
+func (b *Builds) observeDuration(ctx context.Context, stepID int64, system string, rep protocol.StepReport) {
 	if b.cfg.Metrics == nil {
 		return
 	}
-	system, err := b.db.StepSystem(ctx, stepID)
-	if err != nil {
-		b.log.Warn("step duration not recorded", "step", stepID, "err", err)
-		return
+	if system == "" {
+		var err error
+		if system, err = b.db.StepSystem(ctx, stepID); err != nil {
+			b.log.Warn("step duration not recorded", "step", stepID, "err", err)
+			return
+		}
 	}
 	b.cfg.Metrics.ObserveStep(system, rep.Status, rep.FinishedAt.Sub(rep.StartedAt))
 }
@@ -100,13 +103,14 @@ func reportedStatus(status string) bool {
 	return false
 }
 
-// finish records the outcome of a step built (or failed) under lease l.
-func (b *Builds) finish(ctx context.Context, l storage.Lease, rep protocol.StepReport) error {
+// finish records the outcome of a step built (or failed) under lease l; it returns
+// the step's system when it learnt it.
+func (b *Builds) finish(ctx context.Context, l storage.Lease, rep protocol.StepReport) (string, error) {
 	o := storage.StepOutcome{Status: rep.Status, Error: rep.Error, ExitCode: rep.ExitCode, ReleaseName: rep.ReleaseName,
 		LogSize: rep.LogSize, StartedAt: rep.StartedAt, FinishedAt: rep.FinishedAt}
 	products, dropped, err := b.ownProducts(ctx, l.ID, rep.Products)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if len(dropped) > 0 {
 		// The agent names product paths; only files of the step's own outputs count
@@ -127,15 +131,16 @@ func (b *Builds) finish(ctx context.Context, l storage.Lease, rep protocol.StepR
 	for _, m := range rep.Metrics {
 		o.Metrics = append(o.Metrics, storage.Metric{Name: m.Name, Value: m.Value, Unit: m.Unit})
 	}
-	if err := b.db.FinishStep(ctx, l, o, b.cfg.Sign); err != nil {
+	system, err := b.finishStep(ctx, l, o)
+	if err != nil {
 		if errors.Is(err, storage.ErrOutputsMissing) {
 			// The agent must upload before it reports: an infrastructure failure.
-			return errors.Join(err, b.cfg.Leases.Retry(ctx, l, err.Error()))
+			return "", errors.Join(err, b.cfg.Leases.Retry(ctx, l, err.Error()))
 		}
-		return err
+		return "", err
 	}
 	b.log.Info("step finished", "step", l.ID, "agent", l.AgentID, "status", rep.Status)
-	return nil
+	return system, nil
 }
 
 // ownProducts keeps the products whose path lies inside one of the step's declared
