@@ -307,12 +307,14 @@ const BuildCountCap = 1000
 // They run with custom plans (pgx.QueryExecModeExec: an unnamed statement, planned
 // with its values), so PostgreSQL folds the unused filters away and takes the page
 // from the index that fits the filters given: builds_jobset, builds_jobset_status,
-// builds_status_jobset, builds_by_job, the primary key, evaluation_builds' key. The
+// builds_status_jobset, builds_by_job, the primary key, evaluation_builds' key (a
+// filter without an index of its own, ?system=, is checked on the rows of those). The
 // page's ids come from the index alone; only the page's own rows are read, and the
 // count walks the same index from the page's first build, at most $9 entries.
 const (
-	buildCond = `($1 = 0 OR b.jobset_id = $1) AND ($2 = 0 OR b.jobset_id IN (SELECT id FROM jobsets WHERE project_id = $2))
-		AND ($3 = '' OR b.status = $3) AND ($4 = '' OR b.system = $4) AND ($5 = '' OR b.job = $5)`
+	ownCond = `($1 = 0 OR b.jobset_id = $1) AND ($3 = '' OR b.status = $3) AND ($4 = '' OR b.system = $4)
+		AND ($5 = '' OR b.job = $5)`
+	buildCond           = ownCond + ` AND ($2 = 0 OR b.jobset_id IN (SELECT id FROM jobsets WHERE project_id = $2))`
 	buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
 		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at, j.project_id, p.name, j.name`
 	buildPageRows = ` FROM page JOIN builds b ON b.id = page.id JOIN jobsets j ON j.id = b.jobset_id
@@ -322,6 +324,16 @@ const (
 			AND $10 = 0 ORDER BY b.id DESC LIMIT $7 OFFSET $8)
 		SELECT (SELECT count(*) FROM (SELECT FROM builds b WHERE ` + buildCond + `
 			AND b.id <= (SELECT max(id) FROM page) LIMIT $9) c), ` + buildSummaryColumns + buildPageRows + ` ORDER BY b.id DESC`
+
+	// A project's builds are the newest of each of its jobsets, merged: walking all
+	// builds newest first for a project's would read every newer build of the others.
+	listProjectBuilds = `WITH page AS MATERIALIZED (SELECT x.id FROM jobsets j CROSS JOIN LATERAL (SELECT b.id FROM builds b
+			WHERE b.jobset_id = j.id AND ` + ownCond + ` AND ($6 = 0 OR b.id < $6) AND $10 = 0
+			ORDER BY b.id DESC LIMIT $7::bigint + $8::bigint) x
+			WHERE j.project_id = $2 ORDER BY x.id DESC LIMIT $7 OFFSET $8)
+		SELECT (SELECT count(*) FROM (SELECT FROM jobsets j CROSS JOIN LATERAL (SELECT FROM builds b WHERE b.jobset_id = j.id AND ` +
+		ownCond + ` AND b.id <= (SELECT max(id) FROM page) LIMIT $9) x WHERE j.project_id = $2 LIMIT $9) c), ` +
+		buildSummaryColumns + buildPageRows + ` ORDER BY b.id DESC`
 
 	// An evaluation's builds (its own and the ones it reused) come from
 	// evaluation_builds; a build's row is looked at only for another filter.
@@ -359,6 +371,8 @@ func (db *DB) BuildPage(ctx context.Context, f BuildFilter, page Page) (BuildLis
 		stmt = listFinishedBuilds
 	case f.EvaluationID != 0:
 		stmt = listEvaluationBuilds
+	case f.ProjectID != 0 && f.JobsetID == 0:
+		stmt = listProjectBuilds
 	}
 	window := int64(page.Limit) + BuildCountCap
 	items, n, err := db.buildPage(ctx, stmt, f, int64(page.Limit), int64(page.Offset), window)
