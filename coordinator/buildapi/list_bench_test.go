@@ -125,7 +125,11 @@ func BenchmarkListBuilds1M(b *testing.B) {
 	} {
 		var lat []time.Duration
 		var total int64
+		var cpu0 coordtest.CPUUse
 		for i := range warmup + requests {
+			if i == warmup {
+				cpu0 = coordtest.CPUNow(b, c)
+			}
 			t := time.Now()
 			tot, err := get(v.path)
 			if err != nil {
@@ -136,14 +140,19 @@ func BenchmarkListBuilds1M(b *testing.B) {
 			}
 			total = tot
 		}
+		// CPU per request (coordinator, client and PostgreSQL): what a request costs
+		// whatever else the machine runs, where latency is mostly waiting for a core.
+		cpu := coordtest.CPUNow(b, c).Since(cpu0)
+		perReq := func(d time.Duration) string { return coordtest.Ms(d / time.Duration(requests)) }
 		b.ReportMetric(coordtest.Msf(coordtest.Pct(lat, 99)), v.name+"-p99-ms")
 		tot := fmt.Sprint(total)
 		if total < 0 {
 			tot = fmt.Sprintf("≥ %d", -total)
 		}
-		b.Logf("GET %-45s total %9s: p50 %s, p90 %s, p99 %s, max %s (%d sequential after %d warm-up; load %s)", v.path, tot,
+		b.Logf("GET %-45s total %9s: p50 %s, p90 %s, p99 %s, max %s (%d sequential after %d warm-up; load %s); "+
+			"CPU per request %s (this process %s, PostgreSQL %s)", v.path, tot,
 			coordtest.PctMs(lat, 50), coordtest.PctMs(lat, 90), coordtest.PctMs(lat, 99), coordtest.PctMs(lat, 100), requests, warmup,
-			loadAverage())
+			loadAverage(), perReq(cpu.Self+cpu.Postgres), perReq(cpu.Self), perReq(cpu.Postgres))
 	}
 	b.ReportMetric(0, "ns/op")
 	b.Logf("load average at the end: %s", loadAverage())
