@@ -292,7 +292,7 @@ func daemonConfig(cfg config.Config, log *slog.Logger, protocolVersion int) (dae
 		dc.OnWelcome = login.Welcome
 		dc.Executors[protocol.WorkStep] = &work.StepRunner{StateDir: cfg.Agent.StateDir, CurrentCacheURL: cacheURL,
 			NetrcFile: login.Path, Features: cfg.Agent.Features, CompressionLevel: cfg.Agent.CompressionLevel, Logger: log,
-			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots()}
+			MaxJobs: cfg.MaxJobs(), Slots: cfg.StepSlots(), NixConnection: cfg.Agent.NixConnection}
 		dc.Capacity[protocol.WorkStep] = cfg.StepSlots()
 	}
 	if slices.Contains(cfg.Agent.Roles, protocol.RoleEval) {

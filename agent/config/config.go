@@ -53,9 +53,13 @@ type Agent struct {
 	// beyond max_jobs share nix-store processes (batches) rather than each paying a
 	// process start; the coordinator hands out more than 2 × max_jobs only while the
 	// agent's steps are quick.
-	StepSlots   int      `toml:"step_slots"`
-	SpeedFactor float64  `toml:"speed_factor"`
-	Roles       []string `toml:"roles"`
+	StepSlots int `toml:"step_slots"`
+	// NixConnection is how builds reach Nix: "daemon" (warm nix-daemon --stdio
+	// connections, Nix 2.8 or later; nix-store processes where none starts) or
+	// "process" (a nix-store --realise per batch, any Nix 2.x).
+	NixConnection string   `toml:"nix_connection"`
+	SpeedFactor   float64  `toml:"speed_factor"`
+	Roles         []string `toml:"roles"`
 	// CompressionLevel is the zstd level of uploads (1 fastest .. 19 smallest).
 	CompressionLevel int `toml:"compression_level"`
 	// MinFreeDisk (bytes) is the free space in the Nix store under which the agent
@@ -93,6 +97,7 @@ func Defaults() Config {
 			Roles:             []string{protocol.RoleBuild, protocol.RoleEval},
 			CompressionLevel:  1,
 			EvalStore:         "auto",
+			NixConnection:     "daemon",
 			EvalStoreMaxSize:  2 << 30,
 			AllowedInputPaths: []string{},
 		},
@@ -158,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.Agent.GCInterval < 0 {
 		return fmt.Errorf("agent.gc_interval must be >= 0 (seconds; 0 = never)")
+	}
+	if s := c.Agent.NixConnection; s != "daemon" && s != "process" {
+		return fmt.Errorf("agent.nix_connection %q must be \"daemon\" or \"process\"", s)
 	}
 	if s := c.Agent.EvalStore; s != "auto" && s != "system" && !filepath.IsAbs(s) {
 		return fmt.Errorf("agent.eval_store %q must be \"auto\", \"system\" or an absolute directory", s)

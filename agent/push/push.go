@@ -209,6 +209,10 @@ type Options struct {
 	Progress func(path string, narSize int64)
 	// Dump writes a path's NAR; nil: in-process (see dump).
 	Dump func(ctx context.Context, path string, w io.Writer) error
+	// Streams bounds the streams large paths that depend on nothing missing are sent
+	// over side by side (at most maxStreams); 0 or 1: one stream. Not for outputs of
+	// a build (see uploadParallel).
+	Streams int
 }
 
 // dump writes path's NAR in-process (go-nix): a nix-store --dump per path cost a
@@ -417,13 +421,29 @@ var ErrRefused = errors.New("coordinator refused the upload")
 // ErrRejected is returned when the coordinator refused one or more paths.
 var ErrRejected = errors.New("the coordinator rejected some paths")
 
-// Upload offers infos (any order) and sends what the cache lacks.
+// Upload offers infos (any order) and sends what the cache lacks: large paths that
+// depend on nothing missing over several streams side by side (see uploadParallel),
+// everything else over one stream in dependency order.
 func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, opts Options) (Stats, error) {
 	start := time.Now()
 	if opts.Level == 0 {
 		opts.Level = zstd.SpeedFastest
 	}
 	infos = SortByDependencies(infos)
+	if opts.Streams = min(opts.Streams, maxStreams); opts.Streams > 1 {
+		if st, err, done := uploadParallel(ctx, conn, infos, opts); done {
+			st.Elapsed = time.Since(start)
+			return st, err
+		}
+	}
+	st, err := uploadOne(ctx, conn, infos, opts)
+	st.Elapsed = time.Since(start)
+	return st, err
+}
+
+// uploadOne offers infos, sorted by dependencies, on one stream and sends what the
+// cache lacks.
+func uploadOne(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, opts Options) (Stats, error) {
 	st, err := conn.OpenStream(protocol.StreamUpload)
 	if err != nil {
 		return Stats{}, err
@@ -452,7 +472,6 @@ func Upload(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo, o
 			return u.stats, err
 		}
 	}
-	u.stats.Elapsed = time.Since(start)
 	if len(u.stats.Rejections) > 0 {
 		return u.stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(u.stats.Rejections, "; "))
 	}

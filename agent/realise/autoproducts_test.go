@@ -21,7 +21,7 @@ func TestRealise_UndeclaredOutputsAreNixBuildProducts(t *testing.T) {
     printf 'dev file' > $dev
     printf 'file manual %s/index.html\n' "$doc" > $doc/nix-support/hydra-build-products
     echo '<html/>' > $doc/index.html`, `outputs = [ "out" "dev" "doc" ];`)
-	res := realise(t, request(t, drv, newLogBuffer()))
+	res := realise(t, Realise, request(t, drv, newLogBuffer()))
 	if res.Status != protocol.StepSucceeded {
 		t.Fatalf("result %+v", res)
 	}

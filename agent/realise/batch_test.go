@@ -44,6 +44,37 @@ func submitAll(t *testing.T, b *Batcher, cases []*batchCase) {
 	b.Wait()
 }
 
+// eachBatcher runs f with each connection: nix-store processes and nix-daemon
+// connections.
+func eachBatcher(t *testing.T, f func(t *testing.T, conn string)) {
+	t.Helper()
+	for _, conn := range []string{ConnectionProcess, ConnectionDaemon} {
+		t.Run(conn, func(t *testing.T) {
+			t.Parallel()
+			f(t, conn)
+		})
+	}
+}
+
+// newTestBatcher is NewBatcher(cfg) with the connection conn (which it must get),
+// closed when t ends.
+func newTestBatcher(t *testing.T, conn string, cfg BatcherConfig) *Batcher {
+	t.Helper()
+	if conn == ConnectionDaemon {
+		if _, err := exec.LookPath("nix-daemon"); err != nil {
+			t.Skip("nix-daemon not found")
+		}
+		cfg.DaemonCacheDir = t.TempDir()
+	}
+	cfg.Connection = conn
+	b := NewBatcher(cfg)
+	if b.Connection() != conn {
+		t.Fatalf("connection %s, want %s", b.Connection(), conn)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
 // newCase is a request with the given cache: requests share a batch only when they
 // share their substituters.
 func newCase(t *testing.T, cache, script, extra string) *batchCase {
@@ -56,108 +87,112 @@ func newCase(t *testing.T, cache, script, extra string) *batchCase {
 
 func TestBatcher_OneProcessEachRequestItsOwnStatusAndLog(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	dep := fmt.Sprintf(`dep = derivation { name = "fc-dep-%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo dep > $out" ]; };`, salt(t))
-	ok := newCase(t, cache, `echo "line of ok"; echo "$dep" > $out`, dep)
-	bad := newCase(t, cache, `echo "line of bad"; exit 3`, "")
-	slow := newCase(t, cache, `echo "line of slow"; sleep 60; echo > $out`, "")
-	multi := newCase(t, cache, `echo "line of multi"; echo lib > $out; echo h > $dev`, `outputs = [ "out" "dev" ];`)
-	cases := []*batchCase{ok, bad, slow, multi}
-	for _, c := range cases {
-		c.req.Timeout = 3 * time.Second // the same for all: one batch
-	}
-	// As many builds as requests: one batch builds them all at once.
-	b := NewBatcher(BatcherConfig{MaxJobs: len(cases), Slots: len(cases), Gather: 10 * time.Second})
-	submitAll(t, b, cases)
-	if n := b.Processes(); n != 1 {
-		t.Errorf("%d nix-store processes for one batch", n)
-	}
-	for name, c := range map[string]*batchCase{"ok": ok, "bad": bad, "slow": slow, "multi": multi} {
-		for other := range map[string]bool{"ok": true, "bad": true, "slow": true, "multi": true} {
-			if has := strings.Contains(c.log.String(), "line of "+other+"\n"); has != (other == name) {
-				t.Errorf("%s's log has %q: %v\n%s", name, "line of "+other, has, c.log)
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		dep := fmt.Sprintf(`dep = derivation { name = "fc-dep-%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo dep > $out" ]; };`, salt(t))
+		ok := newCase(t, cache, `echo "line of ok"; echo "$dep" > $out`, dep)
+		bad := newCase(t, cache, `echo "line of bad"; exit 3`, "")
+		slow := newCase(t, cache, `echo "line of slow"; sleep 60; echo > $out`, "")
+		multi := newCase(t, cache, `echo "line of multi"; echo lib > $out; echo h > $dev`, `outputs = [ "out" "dev" ];`)
+		cases := []*batchCase{ok, bad, slow, multi}
+		for _, c := range cases {
+			c.req.Timeout = 3 * time.Second // the same for all: one batch
+		}
+		// As many builds as requests: one batch builds them all at once.
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: len(cases), Slots: len(cases), Gather: 10 * time.Second})
+		submitAll(t, b, cases)
+		if n := b.Batches(); n != 1 {
+			t.Errorf("%d nix-store processes for one batch", n)
+		}
+		for name, c := range map[string]*batchCase{"ok": ok, "bad": bad, "slow": slow, "multi": multi} {
+			for other := range map[string]bool{"ok": true, "bad": true, "slow": true, "multi": true} {
+				if has := strings.Contains(c.log.String(), "line of "+other+"\n"); has != (other == name) {
+					t.Errorf("%s's log has %q: %v\n%s", name, "line of "+other, has, c.log)
+				}
+			}
+			if c.res.LogSize != int64(len(c.log.String())) {
+				t.Errorf("%s: LogSize %d, log %d bytes", name, c.res.LogSize, len(c.log.String()))
+			}
+			if c.res.StartedAt.IsZero() {
+				t.Errorf("%s: no start time", name)
 			}
 		}
-		if c.res.LogSize != int64(len(c.log.String())) {
-			t.Errorf("%s: LogSize %d, log %d bytes", name, c.res.LogSize, len(c.log.String()))
+		if ok.err != nil || ok.res.Status != protocol.StepSucceeded || ok.res.ExitCode != 0 || len(ok.res.Outputs) != 1 {
+			t.Errorf("ok: %+v %v", ok.res, ok.err)
 		}
-		if c.res.StartedAt.IsZero() {
-			t.Errorf("%s: no start time", name)
+		if bad.err != nil || bad.res.Status != protocol.StepFailed || bad.res.ExitCode != 100 ||
+			!strings.Contains(bad.res.Error, "builder for '"+bad.drv+"' failed with exit code 3") || strings.Contains(bad.res.Error, slow.drv) {
+			t.Errorf("bad: %+v %v", bad.res, bad.err)
 		}
-	}
-	if ok.err != nil || ok.res.Status != protocol.StepSucceeded || ok.res.ExitCode != 0 || len(ok.res.Outputs) != 1 {
-		t.Errorf("ok: %+v %v", ok.res, ok.err)
-	}
-	if bad.err != nil || bad.res.Status != protocol.StepFailed || bad.res.ExitCode != 100 ||
-		!strings.Contains(bad.res.Error, "builder for '"+bad.drv+"' failed with exit code 3") || strings.Contains(bad.res.Error, slow.drv) {
-		t.Errorf("bad: %+v %v", bad.res, bad.err)
-	}
-	if !strings.Contains(bad.log.String(), "failed with exit code 3\n") || strings.Contains(ok.log.String(), "failed") {
-		t.Errorf("failure message in the wrong log:\nbad:\n%s\nok:\n%s", bad.log, ok.log)
-	}
-	if slow.err != nil || slow.res.Status != protocol.StepTimedOut || slow.res.ExitCode != 101 || !strings.Contains(slow.res.Error, "timed out") {
-		t.Errorf("slow: %+v %v", slow.res, slow.err)
-	}
-	if multi.err != nil || multi.res.Status != protocol.StepSucceeded || len(multi.res.Outputs) != 2 || len(multi.res.OutputPaths) != 2 {
-		t.Errorf("multi: %+v %v", multi.res, multi.err)
-	}
-	// The closure is what nix path-info --recursive says, dependency included.
-	out := ok.res.OutputPaths["out"]
-	raw, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive", out).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := push.ParsePathInfo(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := func(ii []protocol.PathInfo) []string {
-		var k []string
-		for _, i := range ii {
-			slices.Sort(i.References)
-			k = append(k, fmt.Sprintf("%s %s %d %v %s", i.StorePath, i.NarHash, i.NarSize, i.References, i.Deriver))
+		if !strings.Contains(bad.log.String(), "failed with exit code 3\n") || strings.Contains(ok.log.String(), "failed") {
+			t.Errorf("failure message in the wrong log:\nbad:\n%s\nok:\n%s", bad.log, ok.log)
 		}
-		slices.Sort(k)
-		return k
-	}
-	if got := key(ok.res.Closure); len(got) != 2 || !slices.Equal(got, key(want)) {
-		t.Errorf("closure\n got  %v\n want %v", got, key(want))
-	}
-	if got := key(multi.res.Closure); len(got) != 2 {
-		t.Errorf("multi closure %v", got)
-	}
+		if slow.err != nil || slow.res.Status != protocol.StepTimedOut || slow.res.ExitCode != 101 || !strings.Contains(slow.res.Error, "timed out") {
+			t.Errorf("slow: %+v %v", slow.res, slow.err)
+		}
+		if multi.err != nil || multi.res.Status != protocol.StepSucceeded || len(multi.res.Outputs) != 2 || len(multi.res.OutputPaths) != 2 {
+			t.Errorf("multi: %+v %v", multi.res, multi.err)
+		}
+		// The closure is what nix path-info --recursive says, dependency included.
+		out := ok.res.OutputPaths["out"]
+		raw, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive", out).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := push.ParsePathInfo(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := func(ii []protocol.PathInfo) []string {
+			var k []string
+			for _, i := range ii {
+				slices.Sort(i.References)
+				k = append(k, fmt.Sprintf("%s %s %d %v %s", i.StorePath, i.NarHash, i.NarSize, i.References, i.Deriver))
+			}
+			slices.Sort(k)
+			return k
+		}
+		if got := key(ok.res.Closure); len(got) != 2 || !slices.Equal(got, key(want)) {
+			t.Errorf("closure\n got  %v\n want %v", got, key(want))
+		}
+		if got := key(multi.res.Closure); len(got) != 2 {
+			t.Errorf("multi closure %v", got)
+		}
+	})
 }
 
 func TestBatcher_ConcurrentRequestsShareFewProcesses(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	const n = 12
-	var cases []*batchCase
-	for i := range n {
-		cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "step %d"; echo %d > $out`, i, i), ""))
-	}
-	other := newCase(t, cache, `echo "other options"; echo > $out`, "")
-	other.req.MaxSilent = time.Minute // another batch
-	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: n + 1})
-	submitAll(t, b, append(cases, other))
-	for i, c := range append(cases, other) {
-		if c.err != nil || c.res.Status != protocol.StepSucceeded {
-			t.Errorf("request %d: %+v %v", i, c.res, c.err)
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		const n = 12
+		var cases []*batchCase
+		for i := range n {
+			cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "step %d"; echo %d > $out`, i, i), ""))
 		}
-		if i < n && c.log.String() != fmt.Sprintf("step %d\n", i) {
-			t.Errorf("request %d log %q", i, c.log)
+		other := newCase(t, cache, `echo "other options"; echo > $out`, "")
+		other.req.MaxSilent = time.Minute // another batch
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 2, Slots: n + 1})
+		submitAll(t, b, append(cases, other))
+		for i, c := range append(cases, other) {
+			if c.err != nil || c.res.Status != protocol.StepSucceeded {
+				t.Errorf("request %d: %+v %v", i, c.res, c.err)
+			}
+			if i < n && c.log.String() != fmt.Sprintf("step %d\n", i) {
+				t.Errorf("request %d log %q", i, c.log)
+			}
 		}
-	}
-	if p := b.Processes(); p < 2 || p >= n {
-		t.Errorf("%d nix-store processes for %d requests (two sets of options)", p, n+1)
-	}
-	t.Logf("%d requests, %d nix-store processes", n+1, b.Processes())
+		if p := b.Batches(); p < 2 || p >= n {
+			t.Errorf("%d nix-store processes for %d requests (two sets of options)", p, n+1)
+		}
+		t.Logf("%d requests, %d nix-store processes", n+1, b.Batches())
+	})
 }
 
 // startTwo submits a (stopped by the test) and b in one batch and waits for both to
 // print their first line.
-func startTwo(t *testing.T, a, b *batchCase) (*Batcher, chan struct{}) {
-	bt := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: 2, Gather: 10 * time.Second})
+func startTwo(t *testing.T, conn string, a, b *batchCase) (*Batcher, chan struct{}) {
+	bt := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 2, Slots: 2, Gather: 10 * time.Second})
 	done := make(chan struct{})
 	go func() { submitAll(t, bt, []*batchCase{a, b}); close(done) }()
 	b.log.waitMatch(t, regexp.MustCompile(`b started\n`), time.Minute)
@@ -166,78 +201,84 @@ func startTwo(t *testing.T, a, b *batchCase) (*Batcher, chan struct{}) {
 
 func TestBatcher_CancelOneStopsItsBatchOthersAreRetried(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	a := newCase(t, cache, `echo "a started"; sleep 300; echo > $out`, "")
-	b := newCase(t, cache, `echo "b started"; sleep 300; echo > $out`, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a.ctx = ctx
-	bt, done := startTwo(t, a, b)
-	a.log.waitMatch(t, regexp.MustCompile(`a started\n`), time.Minute)
-	start := time.Now()
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the batch did not end within 10 s of the cancel")
-	}
-	if !errors.Is(a.err, context.Canceled) || a.ret.Sub(start) > 5*time.Second {
-		t.Errorf("cancelled request: %v after %v", a.err, a.ret.Sub(start))
-	}
-	if !errors.Is(b.err, ErrInfrastructure) || !strings.Contains(b.err.Error(), "stopped with the other builds") {
-		t.Errorf("the other request: %+v %v", b.res, b.err)
-	}
-	if bt.Processes() != 1 {
-		t.Errorf("%d processes", bt.Processes())
-	}
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		a := newCase(t, cache, `echo "a started"; sleep 300; echo > $out`, "")
+		b := newCase(t, cache, `echo "b started"; sleep 300; echo > $out`, "")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		a.ctx = ctx
+		bt, done := startTwo(t, conn, a, b)
+		a.log.waitMatch(t, regexp.MustCompile(`a started\n`), time.Minute)
+		start := time.Now()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the batch did not end within 10 s of the cancel")
+		}
+		if !errors.Is(a.err, context.Canceled) || a.ret.Sub(start) > 5*time.Second {
+			t.Errorf("cancelled request: %v after %v", a.err, a.ret.Sub(start))
+		}
+		if !errors.Is(b.err, ErrInfrastructure) || !strings.Contains(b.err.Error(), "stopped with the other builds") {
+			t.Errorf("the other request: %+v %v", b.res, b.err)
+		}
+		if bt.Batches() != 1 {
+			t.Errorf("%d processes", bt.Batches())
+		}
+	})
 }
 
 func TestBatcher_LogLimitOfOneStopsItsBatch(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	a := newCase(t, cache, `
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		a := newCase(t, cache, `
     echo "a started"
     sleep 1
     i=0
     while [ $i -lt 5000 ]; do echo "line $i of a chatty build"; i=$((i+1)); done
     sleep 300
     echo ok > $out`, "")
-	a.req.MaxLogSize = 1000
-	b := newCase(t, cache, `echo "b started"; sleep 300; echo > $out`, "")
-	_, done := startTwo(t, a, b)
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the batch was not stopped at the log limit")
-	}
-	if a.err != nil || a.res.Status != protocol.StepLogLimitExceeded || a.res.LogSize != 1000 || len(a.log.String()) != 1000 {
-		t.Errorf("chatty request: %+v %v, log %d bytes", a.res, a.err, len(a.log.String()))
-	}
-	if strings.Contains(a.log.String(), "b started") || strings.Contains(b.log.String(), "chatty") {
-		t.Error("logs mixed")
-	}
-	if !errors.Is(b.err, ErrInfrastructure) {
-		t.Errorf("the other request: %+v %v", b.res, b.err)
-	}
+		a.req.MaxLogSize = 1000
+		b := newCase(t, cache, `echo "b started"; sleep 300; echo > $out`, "")
+		_, done := startTwo(t, conn, a, b)
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Fatal("the batch was not stopped at the log limit")
+		}
+		if a.err != nil || a.res.Status != protocol.StepLogLimitExceeded || a.res.LogSize != 1000 || len(a.log.String()) != 1000 {
+			t.Errorf("chatty request: %+v %v, log %d bytes", a.res, a.err, len(a.log.String()))
+		}
+		if strings.Contains(a.log.String(), "b started") || strings.Contains(b.log.String(), "chatty") {
+			t.Error("logs mixed")
+		}
+		if !errors.Is(b.err, ErrInfrastructure) {
+			t.Errorf("the other request: %+v %v", b.res, b.err)
+		}
+	})
 }
 
 func TestBatcher_CancelWhileWaitingLeavesAtOnce(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	c := newCase(t, cache, `echo > $out`, "")
-	b := NewBatcher(BatcherConfig{MaxJobs: 1, Slots: 4, Gather: time.Minute})
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	// The only batch gathers for a minute (4 slots, one request): cancel first.
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	cancel2()
-	if _, err := b.Realise(ctx2, c.req); !errors.Is(err, context.Canceled) {
-		t.Errorf("cancelled before: %v", err)
-	}
-	_, err := b.Realise(ctx, c.req)
-	if !errors.Is(err, ErrInfrastructure) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("deadline while waiting: %v", err)
-	}
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		c := newCase(t, cache, `echo > $out`, "")
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 1, Slots: 4, Gather: time.Minute})
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		// The only batch gathers for a minute (4 slots, one request): cancel first.
+		ctx2, cancel2 := context.WithCancel(context.Background())
+		cancel2()
+		if _, err := b.Realise(ctx2, c.req); !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled before: %v", err)
+		}
+		_, err := b.Realise(ctx, c.req)
+		if !errors.Is(err, ErrInfrastructure) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("deadline while waiting: %v", err)
+		}
+	})
 }
 
 // BenchmarkBatcher_200Trivial: 200 trivial derivations through a Batcher (max_jobs 2,
@@ -306,28 +347,30 @@ func BenchmarkBatcher_200Trivial(b *testing.B) {
 // nix-store ends, and its counters do not say which one failed.)
 func TestBatcher_FinishedDerivationsLeaveBeforeTheirBatch(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	fast := newCase(t, cache, `echo "fast 1"; echo "fast 2"; echo > $out; echo "fast 3"`, "")
-	bad := newCase(t, cache, `echo "bad 1"; exit 2`, "")
-	slow := newCase(t, cache, `echo "slow 1"; sleep 4; echo > $out`, "")
-	b := NewBatcher(BatcherConfig{MaxJobs: 3, Slots: 3})
-	start := time.Now()
-	submitAll(t, b, []*batchCase{fast, bad, slow})
-	if b.Processes() != 1 {
-		t.Fatalf("%d nix-store processes, want the three in one batch", b.Processes())
-	}
-	if fast.err != nil || fast.res.Status != protocol.StepSucceeded || fast.log.String() != "fast 1\nfast 2\nfast 3\n" || len(fast.res.Closure) != 1 {
-		t.Errorf("fast: %+v %v, log %q", fast.res, fast.err, fast.log)
-	}
-	if bad.err != nil || bad.res.Status != protocol.StepFailed || !strings.HasPrefix(bad.log.String(), "bad 1\n") {
-		t.Errorf("bad: %+v %v, log %q", bad.res, bad.err, bad.log)
-	}
-	if slow.err != nil || slow.res.Status != protocol.StepSucceeded {
-		t.Errorf("slow: %+v %v", slow.res, slow.err)
-	}
-	if early := slow.ret.Sub(fast.ret); early < 2*time.Second {
-		t.Errorf("fast returned %v after the start, only %v before the slow one", fast.ret.Sub(start), early)
-	}
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		fast := newCase(t, cache, `echo "fast 1"; echo "fast 2"; echo > $out; echo "fast 3"`, "")
+		bad := newCase(t, cache, `echo "bad 1"; exit 2`, "")
+		slow := newCase(t, cache, `echo "slow 1"; sleep 4; echo > $out`, "")
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 3, Slots: 3, Gather: 10 * time.Second})
+		start := time.Now()
+		submitAll(t, b, []*batchCase{fast, bad, slow})
+		if b.Batches() != 1 {
+			t.Fatalf("%d nix-store processes, want the three in one batch", b.Batches())
+		}
+		if fast.err != nil || fast.res.Status != protocol.StepSucceeded || fast.log.String() != "fast 1\nfast 2\nfast 3\n" || len(fast.res.Closure) != 1 {
+			t.Errorf("fast: %+v %v, log %q", fast.res, fast.err, fast.log)
+		}
+		if bad.err != nil || bad.res.Status != protocol.StepFailed || !strings.HasPrefix(bad.log.String(), "bad 1\n") {
+			t.Errorf("bad: %+v %v, log %q", bad.res, bad.err, bad.log)
+		}
+		if slow.err != nil || slow.res.Status != protocol.StepSucceeded {
+			t.Errorf("slow: %+v %v", slow.res, slow.err)
+		}
+		if early := slow.ret.Sub(fast.ret); early < 2*time.Second {
+			t.Errorf("fast returned %v after the start, only %v before the slow one", fast.ret.Sub(start), early)
+		}
+	})
 }
 
 // buildSpans checks that every case succeeded and returns when each builder ran, from
@@ -353,72 +396,76 @@ func buildSpans(t *testing.T, cases []*batchCase) [][2]int64 {
 // one at a time, so that one process starts or finishes while the other builds.
 func TestBatcher_MoreRequestsThanBuildsShareOneBuildBatches(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	var cases []*batchCase
-	for i := range 6 {
-		cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.3; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
-	}
-	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: 6, Gather: 10 * time.Second})
-	submitAll(t, b, cases)
-	if p := b.Processes(); p != 2 {
-		t.Fatalf("%d nix-store processes for six requests and two builds, want 2", p)
-	}
-	// Two at a time, never three: each batch builds its three one after the other.
-	spans := buildSpans(t, cases)
-	for _, s := range spans {
-		overlapping := 0
-		for _, o := range spans {
-			if o[0] <= s[0] && s[0] < o[1] {
-				overlapping++
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		var cases []*batchCase
+		for i := range 6 {
+			cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.3; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
+		}
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 2, Slots: 6, Gather: 10 * time.Second})
+		submitAll(t, b, cases)
+		if p := b.Batches(); p != 2 {
+			t.Fatalf("%d nix-store processes for six requests and two builds, want 2", p)
+		}
+		// Two at a time, never three: each batch builds its three one after the other.
+		spans := buildSpans(t, cases)
+		for _, s := range spans {
+			overlapping := 0
+			for _, o := range spans {
+				if o[0] <= s[0] && s[0] < o[1] {
+					overlapping++
+				}
+			}
+			if overlapping > 2 {
+				t.Errorf("%d builds ran at once, max_jobs is 2", overlapping)
 			}
 		}
-		if overlapping > 2 {
-			t.Errorf("%d builds ran at once, max_jobs is 2", overlapping)
-		}
-	}
+	})
 }
 
 // TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds: however the requests are
 // split into batches, no more than MaxJobs builders run at once.
 func TestBatcher_AllBatchesTogetherRunAtMostMaxJobsBuilds(t *testing.T) {
 	t.Parallel()
-	cache := emptyCache(t)
-	var cases []*batchCase
-	for i := range 6 {
-		cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.4; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
-	}
-	b := NewBatcher(BatcherConfig{MaxJobs: 2, Slots: 6, Gather: time.Millisecond})
-	// Two waves: the second arrives while the first batch builds, so it needs a batch
-	// of its own, which must share the two builds.
-	var wg sync.WaitGroup
-	submit := func(cs []*batchCase) {
-		for _, c := range cs {
-			wg.Go(func() { c.res, c.err = b.Realise(context.Background(), c.req) })
+	eachBatcher(t, func(t *testing.T, conn string) {
+		cache := emptyCache(t)
+		var cases []*batchCase
+		for i := range 6 {
+			cases = append(cases, newCase(t, cache, fmt.Sprintf(`echo "start $(date +%%s%%N)"; sleep 0.4; echo "end $(date +%%s%%N)"; echo %d > $out`, i), ""))
 		}
-	}
-	submit(cases[:3])
-	waitAnyContains(t, 30*time.Second, "start", cases[0].log, cases[1].log, cases[2].log)
-	submit(cases[3:])
-	wg.Wait()
-	b.Wait()
-	type edge struct {
-		at    int64
-		delta int
-	}
-	var edges []edge
-	for _, s := range buildSpans(t, cases) {
-		edges = append(edges, edge{s[0], +1}, edge{s[1], -1})
-	}
-	slices.SortFunc(edges, func(a, b edge) int { return cmp.Compare(a.at, b.at)*2 + cmp.Compare(a.delta, b.delta) })
-	running, most := 0, 0
-	for _, e := range edges {
-		running += e.delta
-		most = max(most, running)
-	}
-	if most > 2 {
-		t.Errorf("%d builders ran at once, max_jobs is 2", most)
-	}
-	if most < 2 {
-		t.Errorf("only %d builder at a time: the batches did not use max_jobs", most)
-	}
+		b := newTestBatcher(t, conn, BatcherConfig{MaxJobs: 2, Slots: 6, Gather: time.Millisecond})
+		// Two waves: the second arrives while the first batch builds, so it needs a batch
+		// of its own, which must share the two builds.
+		var wg sync.WaitGroup
+		submit := func(cs []*batchCase) {
+			for _, c := range cs {
+				wg.Go(func() { c.res, c.err = b.Realise(context.Background(), c.req) })
+			}
+		}
+		submit(cases[:3])
+		waitAnyContains(t, 30*time.Second, "start", cases[0].log, cases[1].log, cases[2].log)
+		submit(cases[3:])
+		wg.Wait()
+		b.Wait()
+		type edge struct {
+			at    int64
+			delta int
+		}
+		var edges []edge
+		for _, s := range buildSpans(t, cases) {
+			edges = append(edges, edge{s[0], +1}, edge{s[1], -1})
+		}
+		slices.SortFunc(edges, func(a, b edge) int { return cmp.Compare(a.at, b.at)*2 + cmp.Compare(a.delta, b.delta) })
+		running, most := 0, 0
+		for _, e := range edges {
+			running += e.delta
+			most = max(most, running)
+		}
+		if most > 2 {
+			t.Errorf("%d builders ran at once, max_jobs is 2", most)
+		}
+		if most < 2 {
+			t.Errorf("only %d builder at a time: the batches did not use max_jobs", most)
+		}
+	})
 }

@@ -5,10 +5,13 @@ package realise
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/fc-ci/fc/agent/nixworker"
 )
 
 // Batcher realises requests submitted concurrently (one goroutine per step) in shared
@@ -42,7 +45,13 @@ type Batcher struct {
 	arrived   chan struct{}
 	wg        sync.WaitGroup
 
-	processes atomic.Int64
+	processes  atomic.Int64
+	batchesRun atomic.Int64
+
+	// pool holds warm nix-daemon connections (nil: the process path).
+	pool      *nixworker.Pool
+	buildHook string // for daemon connections; see declineHook
+	logger    *slog.Logger
 }
 
 // BatcherConfig sizes a Batcher.
@@ -57,6 +66,15 @@ type BatcherConfig struct {
 	// Gather is how long a batch waits for more requests after its first (default
 	// 3 ms).
 	Gather time.Duration
+	// Connection is ConnectionDaemon (batches on warm nix-daemon --stdio
+	// connections, falling back to processes with a log line when no daemon starts)
+	// or ConnectionProcess (the default: a nix-store process per batch).
+	Connection string
+	// DaemonCommand replaces nixworker.DefaultCommand; DaemonCacheDir holds the
+	// daemons' XDG_CACHE_HOMEs (default os.TempDir()).
+	DaemonCommand  []string
+	DaemonCacheDir string
+	Logger         *slog.Logger
 }
 
 // NewBatcher returns a Batcher; its goroutines run only while requests are in it.
@@ -70,8 +88,47 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 	if cfg.Gather <= 0 {
 		cfg.Gather = 3 * time.Millisecond
 	}
-	return &Batcher{maxJobs: cfg.MaxJobs, slots: cfg.Slots, gather: cfg.Gather, arrived: make(chan struct{}, 1)}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Batcher{maxJobs: cfg.MaxJobs, slots: cfg.Slots, gather: cfg.Gather, arrived: make(chan struct{}, 1),
+		logger: cfg.Logger}
+	if cfg.Connection == ConnectionDaemon {
+		pool, hook, err := newDaemonPool(cfg, cfg.Logger)
+		if err != nil {
+			cfg.Logger.Warn("cannot build on a nix-daemon connection; building with nix-store processes", "err", err)
+		}
+		b.pool, b.buildHook = pool, hook
+	}
+	return b
 }
+
+// Connection is how the Batcher reaches Nix: ConnectionDaemon or ConnectionProcess.
+func (b *Batcher) Connection() string {
+	if b.pool != nil {
+		return ConnectionDaemon
+	}
+	return ConnectionProcess
+}
+
+// Daemons is how many nix-daemon processes the Batcher has started.
+func (b *Batcher) Daemons() int64 {
+	if b.pool == nil {
+		return 0
+	}
+	return b.pool.Started()
+}
+
+// Close waits until no batch runs and stops the idle daemons.
+func (b *Batcher) Close() {
+	b.wg.Wait()
+	if b.pool != nil {
+		b.pool.Close()
+	}
+}
+
+// Batches is how many batches the Batcher has run, on either connection.
+func (b *Batcher) Batches() int64 { return b.batchesRun.Load() }
 
 // Processes is how many nix-store --realise processes the Batcher has started.
 func (b *Batcher) Processes() int64 { return b.processes.Load() }
@@ -132,8 +189,13 @@ func (b *Batcher) run() {
 	jobs, extra := b.take()
 	if len(jobs) > 0 {
 		b.kick() // requests with other options need a batch of their own
-		b.processes.Add(1)
-		runBatch(jobs, 1+extra)
+		b.batchesRun.Add(1)
+		if b.pool != nil {
+			b.runDaemon(jobs, 1+extra)
+		} else {
+			b.processes.Add(1)
+			runBatch(jobs, 1+extra)
+		}
 	}
 	b.mu.Lock()
 	b.inFlight -= len(jobs)

@@ -149,9 +149,40 @@ func request(t *testing.T, drv string, log *logBuffer) Request {
 		CacheHome: filepath.Join(state, "xdg-cache"), Log: log}
 }
 
-func realise(t *testing.T, req Request) Result {
+// realiseFunc is Realise's contract, for the tests each way of reaching Nix passes.
+type realiseFunc func(context.Context, Request) (Result, error)
+
+// eachConnection runs f for the process path (Realise: a nix-store process) and for
+// the daemon path (a Batcher on nix-daemon --stdio connections).
+func eachConnection(t *testing.T, f func(t *testing.T, rf realiseFunc)) {
 	t.Helper()
-	res, err := Realise(context.Background(), req)
+	t.Run("process", func(t *testing.T) {
+		t.Parallel()
+		f(t, Realise)
+	})
+	t.Run("daemon", func(t *testing.T) {
+		t.Parallel()
+		f(t, daemonBatcher(t, 1).Realise)
+	})
+}
+
+// daemonBatcher is a Batcher on daemon connections, closed when t ends.
+func daemonBatcher(t *testing.T, maxJobs int) *Batcher {
+	t.Helper()
+	if _, err := exec.LookPath("nix-daemon"); err != nil {
+		t.Skip("nix-daemon not found")
+	}
+	b := NewBatcher(BatcherConfig{MaxJobs: maxJobs, Connection: ConnectionDaemon, DaemonCacheDir: t.TempDir()})
+	if b.Connection() != ConnectionDaemon {
+		t.Fatal("the batcher fell back to processes: no nix daemon connection")
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func realise(t *testing.T, rf realiseFunc, req Request) Result {
+	t.Helper()
+	res, err := rf(context.Background(), req)
 	if err != nil {
 		t.Fatalf("Realise: %v\nlog:\n%s", err, req.Log)
 	}
@@ -160,8 +191,9 @@ func realise(t *testing.T, req Request) Result {
 
 func TestRealise_SuccessReadsProductsMetricsAndReleaseName(t *testing.T) {
 	t.Parallel()
-	log := newLogBuffer()
-	drv := instantiate(t, `
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		log := newLogBuffer()
+		drv := instantiate(t, `
     echo "building the thing"
     mkdir -p $out/nix-support "$out/share/my doc"
     printf 'hello product' > $out/share/report.txt
@@ -175,198 +207,211 @@ not a product line at all
 EOF
     printf 'runtime 12.5 s\nsize 3\nbroken notanumber\n' > $out/nix-support/hydra-metrics
     echo "thing-1.0" > $out/nix-support/hydra-release-name`, "")
-	req := request(t, drv, log)
-	res := realise(t, req)
-	if res.Status != protocol.StepSucceeded || res.ExitCode != 0 || res.Error != "" {
-		t.Fatalf("result %+v", res)
-	}
-	if !strings.Contains(log.String(), "building the thing\n") {
-		t.Errorf("log lacks the builder's line:\n%s", log)
-	}
-	if res.LogSize != int64(len(log.String())) {
-		t.Errorf("LogSize %d, log has %d bytes", res.LogSize, len(log.String()))
-	}
-	out := res.OutputPaths["out"]
-	if len(res.OutputPaths) != 1 || !strings.HasPrefix(out, StoreDir+"/") {
-		t.Fatalf("output paths %v", res.OutputPaths)
-	}
-	if len(res.Outputs) != 1 || res.Outputs[0].StorePath != out || res.Outputs[0].NarSize <= 0 ||
-		res.Outputs[0].Deriver != drv || !strings.HasPrefix(res.Outputs[0].NarHash, "sha256:") {
-		t.Errorf("outputs %+v", res.Outputs)
-	}
-	if res.OutputSize != res.Outputs[0].NarSize {
-		t.Errorf("output size %d, NAR size %d", res.OutputSize, res.Outputs[0].NarSize)
-	}
-	sum := sha256.Sum256([]byte("hello product"))
-	want := []protocol.BuildProduct{
-		{Type: "file", Subtype: "report", Path: out + "/share/report.txt", Name: "report.txt", FileSize: 13, SHA256: hex.EncodeToString(sum[:])},
-		{Type: "doc", Subtype: "manual", Path: out + "/share/my doc", Name: "my doc", DefaultPath: "index.html"},
-	}
-	if !slices.Equal(res.Products, want) {
-		t.Errorf("products\n got  %+v\n want %+v", res.Products, want)
-	}
-	wantMetrics := []protocol.BuildMetric{{Name: "runtime", Value: 12.5, Unit: "s"}, {Name: "size", Value: 3}}
-	if !slices.Equal(res.Metrics, wantMetrics) {
-		t.Errorf("metrics %+v, want %+v", res.Metrics, wantMetrics)
-	}
-	if res.ReleaseName != "thing-1.0" {
-		t.Errorf("release name %q", res.ReleaseName)
-	}
-	// The output is held by a GC root until the caller removes the directory.
-	roots, _ := filepath.Glob(filepath.Join(req.GCRootDir, "*"))
-	if len(roots) != 1 {
-		t.Fatalf("GC roots %v", roots)
-	}
-	if target, err := os.Readlink(roots[0]); err != nil || target != out {
-		t.Errorf("GC root %s -> %q (%v), want %s", roots[0], target, err, out)
-	}
+		req := request(t, drv, log)
+		res := realise(t, rf, req)
+		if res.Status != protocol.StepSucceeded || res.ExitCode != 0 || res.Error != "" {
+			t.Fatalf("result %+v", res)
+		}
+		if !strings.Contains(log.String(), "building the thing\n") {
+			t.Errorf("log lacks the builder's line:\n%s", log)
+		}
+		if res.LogSize != int64(len(log.String())) {
+			t.Errorf("LogSize %d, log has %d bytes", res.LogSize, len(log.String()))
+		}
+		out := res.OutputPaths["out"]
+		if len(res.OutputPaths) != 1 || !strings.HasPrefix(out, StoreDir+"/") {
+			t.Fatalf("output paths %v", res.OutputPaths)
+		}
+		if len(res.Outputs) != 1 || res.Outputs[0].StorePath != out || res.Outputs[0].NarSize <= 0 ||
+			res.Outputs[0].Deriver != drv || !strings.HasPrefix(res.Outputs[0].NarHash, "sha256:") {
+			t.Errorf("outputs %+v", res.Outputs)
+		}
+		if res.OutputSize != res.Outputs[0].NarSize {
+			t.Errorf("output size %d, NAR size %d", res.OutputSize, res.Outputs[0].NarSize)
+		}
+		sum := sha256.Sum256([]byte("hello product"))
+		want := []protocol.BuildProduct{
+			{Type: "file", Subtype: "report", Path: out + "/share/report.txt", Name: "report.txt", FileSize: 13, SHA256: hex.EncodeToString(sum[:])},
+			{Type: "doc", Subtype: "manual", Path: out + "/share/my doc", Name: "my doc", DefaultPath: "index.html"},
+		}
+		if !slices.Equal(res.Products, want) {
+			t.Errorf("products\n got  %+v\n want %+v", res.Products, want)
+		}
+		wantMetrics := []protocol.BuildMetric{{Name: "runtime", Value: 12.5, Unit: "s"}, {Name: "size", Value: 3}}
+		if !slices.Equal(res.Metrics, wantMetrics) {
+			t.Errorf("metrics %+v, want %+v", res.Metrics, wantMetrics)
+		}
+		if res.ReleaseName != "thing-1.0" {
+			t.Errorf("release name %q", res.ReleaseName)
+		}
+		// The output is held by a GC root until the caller removes the directory.
+		roots, _ := filepath.Glob(filepath.Join(req.GCRootDir, "*"))
+		if len(roots) != 1 {
+			t.Fatalf("GC roots %v", roots)
+		}
+		if target, err := os.Readlink(roots[0]); err != nil || target != out {
+			t.Errorf("GC root %s -> %q (%v), want %s", roots[0], target, err, out)
+		}
+	})
 }
 
 func TestRealise_BuilderFailureIsFailedWithTheBuildersLines(t *testing.T) {
 	t.Parallel()
-	log := newLogBuffer()
-	drv := instantiate(t, `echo "about to fail"; echo "to stderr" >&2; exit 2`, "")
-	res := realise(t, request(t, drv, log))
-	if res.Status != protocol.StepFailed || res.ExitCode != 100 {
-		t.Fatalf("result %+v", res)
-	}
-	for _, want := range []string{"about to fail\n", "to stderr\n", "failed with exit code 2\n"} {
-		if !strings.Contains(log.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, log)
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		log := newLogBuffer()
+		drv := instantiate(t, `echo "about to fail"; echo "to stderr" >&2; exit 2`, "")
+		res := realise(t, rf, request(t, drv, log))
+		if res.Status != protocol.StepFailed || res.ExitCode != 100 {
+			t.Fatalf("result %+v", res)
 		}
-	}
-	if strings.Contains(log.String(), "@nix") || strings.Contains(log.String(), "\x1b[") {
-		t.Errorf("log has raw records or colours:\n%q", log)
-	}
-	if !strings.Contains(res.Error, "builder for '"+drv+"' failed with exit code 2") {
-		t.Errorf("error %q", res.Error)
-	}
-	if res.Outputs != nil || res.Products != nil {
-		t.Errorf("a failure has no outputs: %+v", res)
-	}
+		for _, want := range []string{"about to fail\n", "to stderr\n", "failed with exit code 2\n"} {
+			if !strings.Contains(log.String(), want) {
+				t.Errorf("log lacks %q:\n%s", want, log)
+			}
+		}
+		if strings.Contains(log.String(), "@nix") || strings.Contains(log.String(), "\x1b[") {
+			t.Errorf("log has raw records or colours:\n%q", log)
+		}
+		if !strings.Contains(res.Error, "builder for '"+drv+"' failed with exit code 2") {
+			t.Errorf("error %q", res.Error)
+		}
+		if res.Outputs != nil || res.Products != nil {
+			t.Errorf("a failure has no outputs: %+v", res)
+		}
+	})
 }
 
 func TestRealise_TimeoutAndMaxSilentAreTimedOut(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		set  func(*Request)
-		want string
-	}{
-		{"timeout", func(r *Request) { r.Timeout = time.Second }, "timed out after 1 seconds"},
-		{"max-silent", func(r *Request) { r.MaxSilent = time.Second }, "timed out after 1 seconds of silence"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			log := newLogBuffer()
-			drv := instantiate(t, `echo started; sleep 30; echo ok > $out`, "")
-			req := request(t, drv, log)
-			tc.set(&req)
-			start := time.Now()
-			res := realise(t, req)
-			if res.Status != protocol.StepTimedOut || res.ExitCode != 101 || !strings.Contains(res.Error, tc.want) {
-				t.Fatalf("result %+v", res)
-			}
-			if took := time.Since(start); took > 20*time.Second {
-				t.Errorf("took %v", took)
-			}
-			if !strings.Contains(log.String(), "started\n") || !strings.Contains(log.String(), tc.want) {
-				t.Errorf("log:\n%s", log)
-			}
-		})
-	}
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		for _, tc := range []struct {
+			name string
+			set  func(*Request)
+			want string
+		}{
+			{"timeout", func(r *Request) { r.Timeout = time.Second }, "timed out after 1 seconds"},
+			{"max-silent", func(r *Request) { r.MaxSilent = time.Second }, "timed out after 1 seconds of silence"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				log := newLogBuffer()
+				drv := instantiate(t, `echo started; sleep 30; echo ok > $out`, "")
+				req := request(t, drv, log)
+				tc.set(&req)
+				start := time.Now()
+				res := realise(t, rf, req)
+				if res.Status != protocol.StepTimedOut || res.ExitCode != 101 || !strings.Contains(res.Error, tc.want) {
+					t.Fatalf("result %+v", res)
+				}
+				if took := time.Since(start); took > 20*time.Second {
+					t.Errorf("took %v", took)
+				}
+				if !strings.Contains(log.String(), "started\n") || !strings.Contains(log.String(), tc.want) {
+					t.Errorf("log:\n%s", log)
+				}
+			})
+		}
+	})
 }
 
 func TestRealise_FailedMarkerGivesFailedWithOutput(t *testing.T) {
 	t.Parallel()
-	log := newLogBuffer()
-	drv := instantiate(t, `
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		log := newLogBuffer()
+		drv := instantiate(t, `
     mkdir -p $out/nix-support
     echo "test report" > $out/report
     echo "file report $out/report" > $out/nix-support/hydra-build-products
     touch $out/nix-support/failed`, "")
-	res := realise(t, request(t, drv, log))
-	if res.Status != protocol.StepFailedWithOutput || res.ExitCode != 0 {
-		t.Fatalf("result %+v", res)
-	}
-	if len(res.Outputs) != 1 || len(res.Products) != 1 {
-		t.Errorf("a failure with output keeps its outputs and products: %+v", res)
-	}
+		res := realise(t, rf, request(t, drv, log))
+		if res.Status != protocol.StepFailedWithOutput || res.ExitCode != 0 {
+			t.Fatalf("result %+v", res)
+		}
+		if len(res.Outputs) != 1 || len(res.Products) != 1 {
+			t.Errorf("a failure with output keeps its outputs and products: %+v", res)
+		}
+	})
 }
 
 func TestRealise_LogLimitCutsTheLogExactlyAndStopsTheBuild(t *testing.T) {
 	t.Parallel()
-	log := newLogBuffer()
-	drv := instantiate(t, `
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		log := newLogBuffer()
+		drv := instantiate(t, `
     i=0
     while [ $i -lt 5000 ]; do echo "line $i of a chatty build"; i=$((i+1)); done
     sleep 300
     echo ok > $out`, "")
-	req := request(t, drv, log)
-	req.MaxLogSize = 1000
-	start := time.Now()
-	res := realise(t, req)
-	if res.Status != protocol.StepLogLimitExceeded || res.LogSize != 1000 {
-		t.Fatalf("result %+v", res)
-	}
-	if got := len(log.String()); got != 1000 {
-		t.Errorf("log is %d bytes, want exactly 1000", got)
-	}
-	if !strings.HasPrefix(log.String(), "line 0 of a chatty build\n") {
-		t.Errorf("log starts %q", log.String()[:40])
-	}
-	if took := time.Since(start); took > 30*time.Second {
-		t.Errorf("the build was not stopped at the limit: took %v", took)
-	}
+		req := request(t, drv, log)
+		req.MaxLogSize = 1000
+		start := time.Now()
+		res := realise(t, rf, req)
+		if res.Status != protocol.StepLogLimitExceeded || res.LogSize != 1000 {
+			t.Fatalf("result %+v", res)
+		}
+		if got := len(log.String()); got != 1000 {
+			t.Errorf("log is %d bytes, want exactly 1000", got)
+		}
+		if !strings.HasPrefix(log.String(), "line 0 of a chatty build\n") {
+			t.Errorf("log starts %q", log.String()[:40])
+		}
+		if took := time.Since(start); took > 30*time.Second {
+			t.Errorf("the build was not stopped at the limit: took %v", took)
+		}
+	})
 }
 
 func TestRealise_OutputLimitExceeded(t *testing.T) {
 	t.Parallel()
-	drv := instantiate(t, `head -c 100000 /dev/zero > $out`, "")
-	req := request(t, drv, newLogBuffer())
-	req.MaxOutputSize = 1000
-	res := realise(t, req)
-	if res.Status != protocol.StepOutputLimitExceeded || res.OutputSize <= 100000 || res.Outputs != nil {
-		t.Fatalf("result %+v", res)
-	}
-	if !strings.Contains(res.Error, strconv.FormatInt(res.OutputSize, 10)) {
-		t.Errorf("error %q does not give the size", res.Error)
-	}
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		drv := instantiate(t, `head -c 100000 /dev/zero > $out`, "")
+		req := request(t, drv, newLogBuffer())
+		req.MaxOutputSize = 1000
+		res := realise(t, rf, req)
+		if res.Status != protocol.StepOutputLimitExceeded || res.OutputSize <= 100000 || res.Outputs != nil {
+			t.Fatalf("result %+v", res)
+		}
+		if !strings.Contains(res.Error, strconv.FormatInt(res.OutputSize, 10)) {
+			t.Errorf("error %q does not give the size", res.Error)
+		}
+	})
 }
 
 func TestRealise_MultipleOutputs(t *testing.T) {
 	t.Parallel()
-	drv := instantiate(t, `echo lib > $out; mkdir -p $dev/include; echo h > $dev/include/x.h`, `outputs = [ "out" "dev" ];`)
-	req := request(t, drv, newLogBuffer())
-	res := realise(t, req)
-	if res.Status != protocol.StepSucceeded || len(res.OutputPaths) != 2 || len(res.Outputs) != 2 {
-		t.Fatalf("result %+v", res)
-	}
-	got := []string{res.Outputs[0].StorePath, res.Outputs[1].StorePath}
-	want := []string{res.OutputPaths["out"], res.OutputPaths["dev"]}
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) || !strings.HasSuffix(res.OutputPaths["dev"], "-dev") {
-		t.Errorf("outputs %v, output paths %v", got, res.OutputPaths)
-	}
-	var targets []string
-	roots, _ := filepath.Glob(filepath.Join(req.GCRootDir, "*"))
-	for _, r := range roots {
-		target, _ := os.Readlink(r)
-		targets = append(targets, target)
-	}
-	slices.Sort(targets)
-	if !slices.Equal(targets, want) {
-		t.Errorf("GC roots point at %v, want %v", targets, want)
-	}
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		drv := instantiate(t, `echo lib > $out; mkdir -p $dev/include; echo h > $dev/include/x.h`, `outputs = [ "out" "dev" ];`)
+		req := request(t, drv, newLogBuffer())
+		res := realise(t, rf, req)
+		if res.Status != protocol.StepSucceeded || len(res.OutputPaths) != 2 || len(res.Outputs) != 2 {
+			t.Fatalf("result %+v", res)
+		}
+		got := []string{res.Outputs[0].StorePath, res.Outputs[1].StorePath}
+		want := []string{res.OutputPaths["out"], res.OutputPaths["dev"]}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) || !strings.HasSuffix(res.OutputPaths["dev"], "-dev") {
+			t.Errorf("outputs %v, output paths %v", got, res.OutputPaths)
+		}
+		var targets []string
+		roots, _ := filepath.Glob(filepath.Join(req.GCRootDir, "*"))
+		for _, r := range roots {
+			target, _ := os.Readlink(r)
+			targets = append(targets, target)
+		}
+		slices.Sort(targets)
+		if !slices.Equal(targets, want) {
+			t.Errorf("GC roots point at %v, want %v", targets, want)
+		}
 
-	// The outputs the step names are used as given.
-	req = request(t, drv, newLogBuffer())
-	req.Outputs = res.OutputPaths
-	again := realise(t, req)
-	if again.Status != protocol.StepSucceeded || len(again.Outputs) != 2 {
-		t.Errorf("with outputs given: %+v", again)
-	}
+		// The outputs the step names are used as given.
+		req = request(t, drv, newLogBuffer())
+		req.Outputs = res.OutputPaths
+		again := realise(t, rf, req)
+		if again.Status != protocol.StepSucceeded || len(again.Outputs) != 2 {
+			t.Errorf("with outputs given: %+v", again)
+		}
+	})
 }
 
 // alive says whether a process exists and is not a zombie waiting to be reaped.
@@ -418,43 +463,45 @@ func waitGone(t *testing.T, pid int, within time.Duration) bool {
 
 func TestRealise_CancelStopsTheBuilderAndItsChildren(t *testing.T) {
 	t.Parallel()
-	log := newLogBuffer()
-	drv := instantiate(t, `echo "builder=$$"; sleep 300 & echo "sleeper=$!"; wait; echo ok > $out`, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := Realise(ctx, request(t, drv, log))
-		done <- err
-	}()
-	m := log.waitMatch(t, regexp.MustCompile(`builder=(\d+)\nsleeper=(\d+)\n`), time.Minute)
-	var pids []int
-	for _, s := range m[1:] {
-		pid, _ := strconv.Atoi(s)
-		if !alive(pid) {
-			t.Fatalf("process %d is not running before the cancel", pid)
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		log := newLogBuffer()
+		drv := instantiate(t, `echo "builder=$$"; sleep 300 & echo "sleeper=$!"; wait; echo ok > $out`, "")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			_, err := rf(ctx, request(t, drv, log))
+			done <- err
+		}()
+		m := log.waitMatch(t, regexp.MustCompile(`builder=(\d+)\nsleeper=(\d+)\n`), time.Minute)
+		var pids []int
+		for _, s := range m[1:] {
+			pid, _ := strconv.Atoi(s)
+			if !alive(pid) {
+				t.Fatalf("process %d is not running before the cancel", pid)
+			}
+			pids = append(pids, pid)
 		}
-		pids = append(pids, pid)
-	}
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Realise after cancel: %v, want context.Canceled", err)
+		start := time.Now()
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Realise after cancel: %v, want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Realise did not return within 5 s of the cancel")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Realise did not return within 5 s of the cancel")
-	}
-	t.Logf("Realise returned %v after the cancel", time.Since(start).Round(time.Millisecond))
-	// The builder is gone once Realise returns; its orphaned child is killed with it,
-	// though reaping it is up to init.
-	for _, pid := range pids {
-		if !waitGone(t, pid, 5*time.Second) {
-			t.Errorf("process %d still runs after the cancel", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Logf("Realise returned %v after the cancel", time.Since(start).Round(time.Millisecond))
+		// The builder is gone once Realise returns; its orphaned child is killed with it,
+		// though reaping it is up to init.
+		for _, pid := range pids {
+			if !waitGone(t, pid, 5*time.Second) {
+				t.Errorf("process %d still runs after the cancel", pid)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
 		}
-	}
+	})
 }
 
 // TestHelperRealise is not a test: TestRealise_KilledAgentTakesItsBuildWithIt runs
@@ -495,35 +542,37 @@ func TestRealise_KilledAgentTakesItsBuildWithIt(t *testing.T) {
 
 func TestRealise_InfrastructureFailures(t *testing.T) {
 	t.Parallel()
-	t.Run("missing feature", func(t *testing.T) {
-		t.Parallel()
-		drv := instantiate(t, `echo ok > $out`, `requiredSystemFeatures = [ "fc-test-absent-feature" ];`)
-		req := request(t, drv, newLogBuffer())
-		req.Features = []string{"big-parallel"}
-		res, err := Realise(context.Background(), req)
-		if !errors.Is(err, ErrInfrastructure) || res.Status != "" || res.ExitCode != 1 {
-			t.Fatalf("result %+v, err %v", res, err)
-		}
-		if !strings.Contains(err.Error(), "fc-test-absent-feature") {
-			t.Errorf("error does not say why: %v", err)
-		}
-	})
-	t.Run("unknown derivation", func(t *testing.T) {
-		t.Parallel()
-		req := request(t, "/nix/store/00000000000000000000000000000000-fc-absent.drv", newLogBuffer())
-		if _, err := Realise(context.Background(), req); !errors.Is(err, ErrInfrastructure) {
-			t.Fatalf("err %v", err)
-		}
-	})
-	t.Run("deadline of the caller", func(t *testing.T) {
-		t.Parallel()
-		drv := instantiate(t, `sleep 300`, "")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := Realise(ctx, request(t, drv, newLogBuffer()))
-		if !errors.Is(err, ErrInfrastructure) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err %v", err)
-		}
+	eachConnection(t, func(t *testing.T, rf realiseFunc) {
+		t.Run("missing feature", func(t *testing.T) {
+			t.Parallel()
+			drv := instantiate(t, `echo ok > $out`, `requiredSystemFeatures = [ "fc-test-absent-feature" ];`)
+			req := request(t, drv, newLogBuffer())
+			req.Features = []string{"big-parallel"}
+			res, err := rf(context.Background(), req)
+			if !errors.Is(err, ErrInfrastructure) || res.Status != "" || res.ExitCode != 1 {
+				t.Fatalf("result %+v, err %v", res, err)
+			}
+			if !strings.Contains(err.Error(), "fc-test-absent-feature") {
+				t.Errorf("error does not say why: %v", err)
+			}
+		})
+		t.Run("unknown derivation", func(t *testing.T) {
+			t.Parallel()
+			req := request(t, "/nix/store/00000000000000000000000000000000-fc-absent.drv", newLogBuffer())
+			if _, err := rf(context.Background(), req); !errors.Is(err, ErrInfrastructure) {
+				t.Fatalf("err %v", err)
+			}
+		})
+		t.Run("deadline of the caller", func(t *testing.T) {
+			t.Parallel()
+			drv := instantiate(t, `sleep 300`, "")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := rf(ctx, request(t, drv, newLogBuffer()))
+			if !errors.Is(err, ErrInfrastructure) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("err %v", err)
+			}
+		})
 	})
 }
 

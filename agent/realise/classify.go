@@ -62,7 +62,7 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 		if slices.ContainsFunc(outs, func(p string) bool { return invalid[p] }) {
 			res := Result{ExitCode: code, LogSize: j.lw.n, StartedAt: j.started}
 			if wasStopped {
-				j.finish(res, fmt.Errorf("%w: realise %s: stopped with the other builds of its nix-store process (one was cancelled or exceeded its log limit)", ErrInfrastructure, j.req.DrvPath))
+				j.finish(res, fmt.Errorf("%w: realise %s: stopped with the other builds of its batch (one was cancelled or exceeded its log limit)", ErrInfrastructure, j.req.DrvPath))
 				continue
 			}
 			msg := strings.Join(append(slices.Clone(j.errors), general...), "\n")
@@ -79,19 +79,22 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 	if len(built) == 0 {
 		return
 	}
-	finishBuilt(ctx, built, base, valid)
+	finishBuilt(ctx, built, base, valid, pathInfosRecursive)
 }
 
+// pathInfosFunc reads the infos of paths and of everything they reference.
+type pathInfosFunc func(ctx context.Context, paths []string) ([]protocol.PathInfo, error)
+
 // finishBuilt gives the jobs Nix built their results: base with what their outputs'
-// path infos (valid: all the outputs, read in one nix process) add.
-func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string) {
-	infos, err := pathInfosRecursive(ctx, valid)
+// path infos (valid: all the outputs, read at once by infos) add.
+func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string, infos pathInfosFunc) {
+	all, err := infos(ctx, valid)
 	if err != nil {
 		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
 		return
 	}
-	byPath := make(map[string]protocol.PathInfo, len(infos))
-	for _, i := range infos {
+	byPath := make(map[string]protocol.PathInfo, len(all))
+	for _, i := range all {
 		byPath[i.StorePath] = i
 	}
 	for i, j := range built {

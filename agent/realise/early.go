@@ -130,5 +130,5 @@ func (e *earlyFinisher) check(ctx context.Context) {
 		j.stopWatch()
 		valid = append(valid, orderedOutputs(j.outs)...)
 	}
-	finishBuilt(ctx, built, base, valid)
+	finishBuilt(ctx, built, base, valid, pathInfosRecursive)
 }

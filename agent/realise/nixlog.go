@@ -111,6 +111,12 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 		d.all(line)
 		return "", false
 	}
+	return d.record(rec)
+}
+
+// record follows one of Nix's log records (from nix-store's internal-json log or
+// the daemon's messages, see daemonLog).
+func (d *demux) record(rec record) (general string, isGeneral bool) {
 	switch {
 	case rec.Action == "start" && rec.Type == actBuild && len(rec.Fields) > 0:
 		var drv string

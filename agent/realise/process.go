@@ -57,11 +57,45 @@ func Args(maxJobs int, reqs ...Request) []string {
 
 // runBatch realises jobs in one nix-store process and finishes every job.
 func runBatch(jobs []*job, maxJobs int) {
-	bctx := context.Background()
-	jobs = prepare(bctx, jobs)
-	if len(jobs) == 0 {
-		return
+	jobs = prepare(context.Background(), jobs)
+	if len(jobs) > 0 {
+		runProcess(jobs, maxJobs)
 	}
+}
+
+// watchJobs gives prepared jobs their log writers and returns a channel closed when
+// the batch must stop (a job cancelled or over its log limit) and the end of the
+// watches.
+func watchJobs(jobs []*job) (stop chan struct{}, unwatch func()) {
+	stop = make(chan struct{})
+	var stopOnce sync.Once
+	stopBatch := func() { stopOnce.Do(func() { close(stop) }) }
+	for _, j := range jobs {
+		j.lw = newLimitWriter(j.req.Log, j.req.MaxLogSize)
+		j.lw.onStop = stopBatch
+		j.stopWatch = context.AfterFunc(j.ctx, stopBatch)
+	}
+	return stop, func() {
+		for _, j := range jobs {
+			j.stopWatch()
+		}
+	}
+}
+
+// unhanded is the jobs not handed on early.
+func unhanded(jobs []*job) []*job {
+	rest := jobs[:0:0]
+	for _, j := range jobs {
+		if !j.handed {
+			rest = append(rest, j)
+		}
+	}
+	return rest
+}
+
+// runProcess realises prepared jobs in one nix-store process.
+func runProcess(jobs []*job, maxJobs int) {
+	bctx := context.Background()
 	cmd, pr, err := startNix(jobs, maxJobs)
 	if err != nil {
 		failAll(jobs, Result{}, err)
@@ -69,15 +103,8 @@ func runBatch(jobs []*job, maxJobs int) {
 	}
 	defer pr.Close()
 
-	stop := make(chan struct{})
-	var stopOnce sync.Once
-	stopBatch := func() { stopOnce.Do(func() { close(stop) }) }
-	for _, j := range jobs {
-		j.lw = newLimitWriter(j.req.Log, j.req.MaxLogSize)
-		j.lw.onStop = stopBatch
-		j.stopWatch = context.AfterFunc(j.ctx, stopBatch)
-		defer j.stopWatch()
-	}
+	stop, unwatch := watchJobs(jobs)
+	defer unwatch()
 	d := newDemux(jobs)
 	// Derivations finish one by one while the batch runs: each is handed on as soon
 	// as Nix is done with it, so its step uploads and reports without waiting for the
@@ -100,13 +127,7 @@ func runBatch(jobs []*job, maxJobs int) {
 	}
 	close(ef.wake)
 	<-earlyDone
-	rest := jobs[:0:0]
-	for _, j := range jobs {
-		if !j.handed {
-			rest = append(rest, j)
-		}
-	}
-	jobs = rest
+	jobs = unhanded(jobs)
 	wasStopped := false
 	select {
 	case <-stop:

@@ -9,12 +9,18 @@
 // step from the coordinator, streams its log and reports it; which step runs where is
 // decided on the coordinator by coordinator/buildqueue.
 //
+// A Batcher reaches Nix one of two ways (BatcherConfig.Connection): a nix-store
+// process per batch (any Nix 2.x), or a warm `nix-daemon --stdio` connection per batch
+// from a pool started ahead (agent/nixworker; worker protocol 1.34, Nix 2.8 and
+// later), so a step does not wait for a Nix process to start. Both share the log
+// parsing, the limits, the early finisher and the statuses.
+//
 // Files by job: realise.go (the API: Request, Result, Realise), batcher.go (gathering
 // requests into batches), job.go (one request in a batch), prepare.go (outputs and
-// GC roots before a batch), process.go (the nix-store process), nixlog.go (Nix's log,
-// split per derivation), early.go (handing on derivations built before their batch
-// ends), classify.go (results after nix-store), logwriter.go (the log limit),
-// metadata.go (Hydra's nix-support files).
+// GC roots before a batch), process.go (the nix-store process), daemon.go (a batch on
+// a daemon connection), nixlog.go (Nix's log, split per derivation), early.go
+// (handing on derivations built before their batch ends), classify.go (results after
+// nix-store), logwriter.go (the log limit), metadata.go (Hydra's nix-support files).
 package realise
 
 import (
@@ -59,7 +65,8 @@ type Request struct {
 	// caller removes the directory when it no longer needs the outputs.
 	GCRootDir string
 	// CacheHome is XDG_CACHE_HOME for Nix (where it remembers binary cache misses);
-	// empty: inherited. A batch uses its first request's, creating it.
+	// empty: inherited. A batch uses its first request's, creating it. (A daemon
+	// connection has its daemon's own, see BatcherConfig.DaemonCacheDir.)
 	CacheHome string
 	// Log receives the build log: the builders' lines and Nix's error messages, each
 	// ending in a newline. It is written from one goroutine at a time.

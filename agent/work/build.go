@@ -44,6 +44,9 @@ type StepRunner struct {
 	// how many steps run at once (the agent's step slots). Steps that run together
 	// share nix-store processes (realise.Batcher). Zero: 1 and MaxJobs.
 	MaxJobs, Slots int
+	// NixConnection is realise.ConnectionDaemon or realise.ConnectionProcess
+	// (the default).
+	NixConnection string
 
 	batcherOnce sync.Once
 	batcher     *realise.Batcher
@@ -57,7 +60,10 @@ func (b *StepRunner) cacheURL() string {
 }
 
 func (b *StepRunner) batch() *realise.Batcher {
-	b.batcherOnce.Do(func() { b.batcher = realise.NewBatcher(realise.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots}) })
+	b.batcherOnce.Do(func() {
+		b.batcher = realise.NewBatcher(realise.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots, Connection: b.NixConnection,
+			DaemonCacheDir: filepath.Join(b.StateDir, "nix-daemon"), Logger: b.Logger})
+	})
 	return b.batcher
 }
 

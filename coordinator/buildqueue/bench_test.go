@@ -283,7 +283,12 @@ func benchStart(b *testing.B, builders ...coordtest.AgentOptions) *benchEnv {
 	repo.Commit(map[string]string{"release.nix": "{ }\n"})
 	_, js := c.Project("bench", repo.Dir, nil)
 	coordtest.StartAgent(b, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	// FC_BENCH_NIX_CONNECTION sets the builders' [agent] nix_connection.
+	if conn := os.Getenv("FC_BENCH_NIX_CONNECTION"); conn != "" {
+		b.Logf("builders reach Nix by %s (nix_connection)", conn)
+	}
 	for _, o := range builders {
+		o.NixConnection = os.Getenv("FC_BENCH_NIX_CONNECTION")
 		coordtest.StartAgent(b, c, o)
 	}
 	coordtest.Eventually(b, 60*time.Second, "the agents are connected", func() bool {

@@ -76,7 +76,15 @@ type dirWriter struct {
 	d         *Dir
 	f         *os.File
 	committed bool
+	// written and flushed are the bytes written, and those whose writeback has been
+	// started (see Write).
+	written, flushed int64
 }
+
+// writebackChunk is how much of a blob is written before the kernel is asked to
+// start writing it to disk: the disk then works while the upload goes on, and the
+// fsync before the commit waits only for the tail, not for the whole blob.
+const writebackChunk = 8 << 20
 
 // Create implements BlobStore.
 func (d *Dir) Create() (BlobWriter, error) {
@@ -87,18 +95,34 @@ func (d *Dir) Create() (BlobWriter, error) {
 	return &dirWriter{d: d, f: f}, nil
 }
 
-func (w *dirWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+func (w *dirWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.written-w.flushed >= writebackChunk {
+		// Only a hint (SYNC_FILE_RANGE_WRITE waits for nothing); durability is still
+		// SyncAll's fsync, which reports any write error.
+		_ = unix.SyncFileRange(int(w.f.Fd()), w.flushed, w.written-w.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		w.flushed = w.written
+	}
+	return n, err
+}
 
-// SyncAll implements BlobStore. One blob is fsynced; for more, a single syncfs of
-// the file system is far cheaper than an fsync each (0.1 s against 1.6 s for 10,000
-// small files here), at the price of also flushing other writers' dirty pages.
+// syncEachBlobs is the most blobs SyncAll fsyncs one by one; past it, one syncfs.
+const syncEachBlobs = 32
+
+// SyncAll implements BlobStore. A few blobs are fsynced each: syncfs would also wait
+// for every other writer's dirty pages on the file system, which on a busy machine
+// took seconds. For many, a single syncfs is far cheaper than an fsync each (0.1 s
+// against 1.6 s for 10,000 small files here), and worth that price.
 func (d *Dir) SyncAll(ws []BlobWriter) error {
 	if len(ws) == 0 {
 		return nil
 	}
-	if len(ws) == 1 {
-		if err := ws[0].(*dirWriter).f.Sync(); err != nil {
-			return fmt.Errorf("sync blob: %w", err)
+	if len(ws) <= syncEachBlobs {
+		for _, w := range ws {
+			if err := w.(*dirWriter).f.Sync(); err != nil {
+				return fmt.Errorf("sync blob: %w", err)
+			}
 		}
 		return nil
 	}

@@ -65,7 +65,8 @@ type Cache struct {
 	// rendered holds narinfo answers: a narinfo never changes once signed, and the
 	// database round trip and rendering were most of a lookup's cost. The TTL bounds
 	// how long a path deleted by another coordinator's retention can still be offered.
-	rendered *expirable.LRU[string, string]
+	rendered *expirable.LRU[string, *narinfoAnswer]
+	hdr      headerValues
 	// listening is true while ListenForDeletions receives deletions; only then are
 	// narinfo answers cached.
 	listening atomic.Bool
@@ -106,7 +107,8 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 		cfg.GroupBytes = groupBytes
 	}
 	c := &Cache{cfg: cfg, db: db, blobs: blobs, key: key, log: cfg.Logger,
-		rendered: expirable.NewLRU[string, string](renderedEntries, nil, renderedTTL)}
+		rendered: expirable.NewLRU[string, *narinfoAnswer](renderedEntries, nil, renderedTTL),
+		hdr:      headerValues{narinfoType: []string{"text/x-nix-narinfo"}, narinfoCaching: []string{"public, max-age=3600"}}}
 	c.blocks.New = func() any { return &block{data: make([]byte, blockSize), pool: &c.blocks} }
 	for _, k := range cfg.UpstreamKeys {
 		pk, err := signature.ParsePublicKey(k)

@@ -885,3 +885,39 @@ func TestPush_PlainNARsOffMeansZstdOnly(t *testing.T) {
 		t.Fatalf("substitute: %v\n%s", err, got)
 	}
 }
+
+// A push over several streams (fc-agent push's large independent paths side by side)
+// stores what one stream would: every path, signed, the root after its references,
+// and an empty store substitutes the closure.
+func TestUpload_LargeLeavesOverSeveralStreams(t *testing.T) {
+	t.Parallel()
+	c := coordtest.Start(t, coordtest.Options{})
+	s := salt(t)
+	file := nixFile(t, fmt.Sprintf(`let
+  leaf = i: derivation { name = "leaf-${toString i}-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/usr/bin/head -c 12000000 /dev/urandom > $out" ]; };
+in derivation { name = "root-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo ${toString (builtins.genList leaf 3)} > $out" ]; }`, s))
+	root := run(t, "nix-build", file, "--no-out-link", "-j2", "--option", "substituters", "")
+	infos, err := push.ClosureInfos(context.Background(), []string{root})
+	if err != nil || len(infos) != 4 {
+		t.Fatalf("closure of %s: %d paths, %v", root, len(infos), err)
+	}
+	st, err := push.Upload(context.Background(), dialPush(t, c), infos, push.Options{Streams: 2})
+	if err != nil || st.Sent != 4 || st.Offered != 4 {
+		t.Fatalf("push over 2 streams: %+v, %v", st, err)
+	}
+	for _, i := range infos {
+		if code := narinfoStatus(t, c, i.StorePath); code != http.StatusOK {
+			t.Errorf("narinfo of %s: %d", i.StorePath, code)
+		}
+	}
+	// Nothing left to send: a second push sends none.
+	if st, err := push.Upload(context.Background(), dialPush(t, c), infos, push.Options{Streams: 2}); err != nil || st.Sent != 0 {
+		t.Errorf("second push: %+v, %v", st, err)
+	}
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s", root, substituteFlags(c, c.Cache.PublicKey())))
+	if err != nil {
+		t.Fatalf("substitute after a push over 2 streams: %v\n%s", err, got)
+	}
+}

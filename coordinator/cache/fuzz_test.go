@@ -422,3 +422,28 @@ func FuzzUpstreamNarinfo(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCacheFileNames checks the hand-written checks of narinfo and NAR file names
+// against the regular expressions they replaced: the same names get through.
+func FuzzCacheFileNames(f *testing.F) {
+	narinfoRE := regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
+	narRE := regexp.MustCompile(`^[0-9a-df-np-sv-z]{52}\.nar(\.zst)?$`)
+	for _, s := range []string{"0c5ph2nwh1ambhm9w1h8zzb0h8lffpc1.narinfo", "0c5ph2nwh1ambhm9w1h8zzb0h8lffpce.narinfo",
+		"0c5ph2nwh1ambhm9w1h8zzb0h8lffpc.narinfo", "0C5PH2NWH1AMBHM9W1H8ZZB0H8LFFPC1.narinfo", "nix-cache-info",
+		strings.Repeat("1", 52) + ".nar", strings.Repeat("z", 52) + ".nar.zst", strings.Repeat("u", 52) + ".nar.zst",
+		strings.Repeat("1", 52) + ".nar.xz", strings.Repeat("1", 51) + ".nar", "/" + strings.Repeat("1", 31) + ".narinfo"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		h, ok := narinfoHash(name)
+		if ok != narinfoRE.MatchString(name) {
+			t.Fatalf("narinfoHash(%q) = %v, the regexp says %v", name, ok, !ok)
+		}
+		if ok && h+".narinfo" != name {
+			t.Fatalf("narinfoHash(%q) = %q", name, h)
+		}
+		if validNARName(name) != narRE.MatchString(name) {
+			t.Fatalf("validNARName(%q) = %v, the regexp says %v", name, !narRE.MatchString(name), narRE.MatchString(name))
+		}
+	})
+}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,10 +22,32 @@ import (
 	"github.com/fc-ci/fc/storage"
 )
 
-var (
-	narinfoRE = regexp.MustCompile(`^[0-9a-df-np-sv-z]{32}\.narinfo$`)
-	narRE     = regexp.MustCompile(`^[0-9a-df-np-sv-z]{52}\.nar(\.zst)?$`)
-)
+// isNixBase32 says whether s is all nixbase32 digits (0-9 and a-z without e, o, t,
+// u). A loop rather than a regexp: it runs on every narinfo request.
+func isNixBase32(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z' || c == 'e' || c == 'o' || c == 't' || c == 'u') {
+			return false
+		}
+	}
+	return true
+}
+
+// narinfoHash is the hash part of a narinfo file name, <32 nixbase32>.narinfo.
+func narinfoHash(file string) (string, bool) {
+	h, ok := strings.CutSuffix(file, ".narinfo")
+	return h, ok && len(h) == 32 && isNixBase32(h)
+}
+
+// validNARName says whether file is <52 nixbase32>.nar or .nar.zst.
+func validNARName(file string) bool {
+	h, ok := strings.CutSuffix(file, ".nar.zst")
+	if !ok {
+		h, ok = strings.CutSuffix(file, ".nar")
+	}
+	return ok && len(h) == 52 && isNixBase32(h)
+}
 
 // Handler serves /nix-cache/. Nix's rules win here: anything the cache does not have
 // or cannot parse is a 404 (Nix treats other 4xx as errors that disable the cache),
@@ -95,13 +116,12 @@ func Render(n storage.Narinfo) (string, error) {
 }
 
 func (c *Cache) narinfo(w http.ResponseWriter, r *http.Request) {
-	file := chi.URLParam(r, "file")
-	if !narinfoRE.MatchString(file) {
+	hash, ok := narinfoHash(chi.URLParam(r, "file"))
+	if !ok {
 		notFound(w, r)
 		return
 	}
-	hash := strings.TrimSuffix(file, ".narinfo")
-	text, ok := c.rendered.Get(hash)
+	ans, ok := c.rendered.Get(hash)
 	if !ok {
 		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 		defer cancel()
@@ -116,23 +136,39 @@ func (c *Cache) narinfo(w http.ResponseWriter, r *http.Request) {
 			c.unavailable(w, r, err)
 			return
 		}
-		if text, err = Render(n); err != nil {
+		text, err := Render(n)
+		if err != nil {
 			c.log.Error("render narinfo", "path", n.StorePath, "err", err)
 			notFound(w, r)
 			return
 		}
+		ans = &narinfoAnswer{text: text, length: []string{strconv.Itoa(len(text))}}
 		if c.listening.Load() {
-			c.rendered.Add(hash, text)
+			c.rendered.Add(hash, ans)
 		}
 	}
 	c.m.narinfoHits.Inc()
-	w.Header().Set("Content-Type", "text/x-nix-narinfo")
-	w.Header().Set("Content-Length", strconv.Itoa(len(text)))
-	w.Header().Set("Cache-Control", "public, max-age=3600")
+	// The header values are the cache's own slices, not copies: a hit allocates
+	// nothing here. net/http only reads them; a Set elsewhere replaces, never edits.
+	h := w.Header()
+	h["Content-Type"] = c.hdr.narinfoType
+	h["Content-Length"] = ans.length
+	h["Cache-Control"] = c.hdr.narinfoCaching
 	if r.Method == http.MethodHead {
 		return
 	}
-	_, _ = io.WriteString(w, text)
+	_, _ = io.WriteString(w, ans.text)
+}
+
+// narinfoAnswer is a rendered narinfo, as served.
+type narinfoAnswer struct {
+	text   string
+	length []string // Content-Length
+}
+
+// headerValues are the values of the headers every narinfo answer carries.
+type headerValues struct {
+	narinfoType, narinfoCaching []string
 }
 
 func (c *Cache) unavailable(w http.ResponseWriter, r *http.Request, err error) {
@@ -150,7 +186,7 @@ func (c *Cache) unavailable(w http.ResponseWriter, r *http.Request, err error) {
 // is the content's hash) and immutable caching.
 func (c *Cache) nar(w http.ResponseWriter, r *http.Request) {
 	file := chi.URLParam(r, "file")
-	if !narRE.MatchString(file) {
+	if !validNARName(file) {
 		notFound(w, r)
 		return
 	}

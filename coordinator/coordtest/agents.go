@@ -38,6 +38,9 @@ type AgentOptions struct {
 	// first is where it connects first); empty: coordinator.url, the one StartAgent
 	// is given. The enrollment token comes from that one: they share a database.
 	URLs []string
+	// NixConnection is agent.nix_connection ("daemon" or "process"); empty: the
+	// agent's default.
+	NixConnection string
 	// Env adds environment variables, FC_… or e.g. a PATH with a broken nix-store
 	// first (isolated agents only; a later one wins).
 	Env []string
@@ -80,6 +83,9 @@ func StartAgent(t testing.TB, c *Coordinator, o AgentOptions) *Agent {
 	}
 	cfg.Agent.MaxJobs = o.MaxJobs
 	cfg.Agent.StepSlots = o.StepSlots
+	if o.NixConnection != "" {
+		cfg.Agent.NixConnection = o.NixConnection
+	}
 	d, err := agentcli.NewDaemon(cfg, slog.New(slog.NewTextHandler(c.Log, nil)).With("side", "agent-"+o.Name), 0)
 	if err != nil {
 		t.Fatal(err)

@@ -13,19 +13,23 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/coordinator/metrics"
 )
 
-// securityHeaders sets the headers every answer carries.
+// securityHeaders sets the headers every answer carries. The values are shared
+// slices, assigned rather than Set, so a request allocates none (net/http only reads
+// them, and Set or Add elsewhere replaces or copies).
 func securityHeaders(next http.Handler) http.Handler {
+	nosniff, deny, referrer := []string{"nosniff"}, []string{"DENY"}, []string{"strict-origin-when-cross-origin"}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "strict-origin-when-cross-origin")
+		h["X-Content-Type-Options"] = nosniff
+		h["X-Frame-Options"] = deny
+		h["Referrer-Policy"] = referrer
 		next.ServeHTTP(w, r)
 	})
 }
@@ -38,7 +42,9 @@ func bodyLimit(n int64) func(http.Handler) http.Handler {
 				httpkit.WriteError(w, r, http.StatusRequestEntityTooLarge, "request body is larger than "+strconv.FormatInt(n, 10)+" bytes")
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, n)
+			if r.Body != nil && r.Body != http.NoBody { // a GET has nothing to limit
+				r.Body = http.MaxBytesReader(w, r.Body, n)
+			}
 			next.ServeHTTP(w, r)
 		})
 	}
@@ -115,6 +121,7 @@ func timeout(d time.Duration) func(http.Handler) http.Handler {
 
 // observe records each request's metrics by route pattern and logs it.
 func observe(m *metrics.Metrics, log *slog.Logger) func(http.Handler) http.Handler {
+	series := newRequestSeries(m)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
@@ -129,17 +136,64 @@ func observe(m *metrics.Metrics, log *slog.Logger) func(http.Handler) http.Handl
 			if status == 0 {
 				status = http.StatusOK
 			}
-			m.HTTPRequests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
-			m.HTTPDuration.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+			count, latency := series.get(route, r.Method, status)
+			count.Inc()
+			latency.Observe(elapsed.Seconds())
 			level := slog.LevelInfo
 			if status < 400 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 				level = slog.LevelDebug // reads are many; errors and writes are worth a line
+			}
+			if !log.Enabled(r.Context(), level) {
+				return // the attributes below cost allocations even when dropped
 			}
 			log.Log(r.Context(), level, "http request", "method", r.Method, "path", r.URL.Path,
 				"route", route, "status", status, "bytes", ww.BytesWritten(),
 				"duration_ms", float64(elapsed.Microseconds())/1000, "remote", clientIP(r))
 		})
 	}
+}
+
+// requestSeries caches the metric series of each route, method and status seen: a
+// WithLabelValues per request hashed three labels and allocated the status's text.
+type requestSeries struct {
+	m  *metrics.Metrics
+	mu sync.RWMutex
+	by map[seriesKey]seriesPair
+}
+
+type seriesKey struct {
+	route, method string
+	status        int
+}
+
+type seriesPair struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
+}
+
+func newRequestSeries(m *metrics.Metrics) *requestSeries {
+	return &requestSeries{m: m, by: map[seriesKey]seriesPair{}}
+}
+
+// maxSeries bounds the cache; methods are not checked by net/http, so a client could
+// otherwise grow it without end (past it, series are looked up each time).
+const maxSeries = 4096
+
+func (s *requestSeries) get(route, method string, status int) (prometheus.Counter, prometheus.Observer) {
+	k := seriesKey{route, method, status}
+	s.mu.RLock()
+	p, ok := s.by[k]
+	s.mu.RUnlock()
+	if ok {
+		return p.count, p.latency
+	}
+	p = seriesPair{s.m.HTTPRequests.WithLabelValues(route, method, strconv.Itoa(status)), s.m.HTTPDuration.WithLabelValues(route, method)}
+	s.mu.Lock()
+	if len(s.by) < maxSeries {
+		s.by[k] = p
+	}
+	s.mu.Unlock()
+	return p.count, p.latency
 }
 
 func clientIP(r *http.Request) string {
