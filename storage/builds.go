@@ -276,3 +276,137 @@ func (db *DB) StepOutputs(ctx context.Context, stepID int64) (map[string]string,
 	}
 	return out, nil
 }
+
+// BuildFilter narrows ListBuilds; zero values do not filter.
+type BuildFilter struct {
+	EvaluationID, JobsetID, ProjectID int64
+	Status, System, Job               string
+	// BeforeID lists only builds older than this one (a page's last id): the next page
+	// at any depth, as fast as the first (keyset pagination).
+	BeforeID int64
+	// Finished lists only finished builds, the most recently finished first.
+	Finished bool
+}
+
+// BuildList is a page of builds and how many match.
+type BuildList struct {
+	Items []BuildSummary
+	// Total is how many builds match when TotalExact; otherwise at least that many
+	// do: it is counted no further than BuildCountCap builds past the page's first.
+	Total      int64
+	TotalExact bool
+}
+
+// BuildCountCap is how far past a page's first build ListBuilds counts: a count of
+// every match costs a scan of all of them (a second at 1,000,000 builds).
+const BuildCountCap = 1000
+
+// The statements of ListBuilds. Each takes $1 jobset, $2 project, $3 status, $4
+// system, $5 job, $6 before (0 for any), $7 limit, $8 offset, $9 how many to count at
+// most from the page's first build, $10 evaluation; a zero filter does not filter.
+// They run with custom plans (pgx.QueryExecModeExec: an unnamed statement, planned
+// with its values), so PostgreSQL folds the unused filters away and takes the page
+// from the index that fits the filters given: builds_jobset, builds_jobset_status,
+// builds_status_jobset, builds_by_job, the primary key, evaluation_builds' key (a
+// filter without an index of its own, ?system=, is checked on the rows of those). The
+// page's ids come from the index alone; only the page's own rows are read, and the
+// count walks the same index from the page's first build, at most $9 entries.
+const (
+	ownCond = `($1 = 0 OR b.jobset_id = $1) AND ($3 = '' OR b.status = $3) AND ($4 = '' OR b.system = $4)
+		AND ($5 = '' OR b.job = $5)`
+	buildCond           = ownCond + ` AND ($2 = 0 OR b.jobset_id IN (SELECT id FROM jobsets WHERE project_id = $2))`
+	buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
+		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at, j.project_id, p.name, j.name`
+	buildPageRows = ` FROM page JOIN builds b ON b.id = page.id JOIN jobsets j ON j.id = b.jobset_id
+		JOIN projects p ON p.id = j.project_id`
+
+	listBuilds = `WITH page AS MATERIALIZED (SELECT b.id FROM builds b WHERE ` + buildCond + ` AND ($6 = 0 OR b.id < $6)
+			AND $10 = 0 ORDER BY b.id DESC LIMIT $7 OFFSET $8)
+		SELECT (SELECT count(*) FROM (SELECT FROM builds b WHERE ` + buildCond + `
+			AND b.id <= (SELECT max(id) FROM page) LIMIT $9) c), ` + buildSummaryColumns + buildPageRows + ` ORDER BY b.id DESC`
+
+	// A project's builds are the newest of each of its jobsets, merged: walking all
+	// builds newest first for a project's would read every newer build of the others.
+	listProjectBuilds = `WITH page AS MATERIALIZED (SELECT x.id FROM jobsets j CROSS JOIN LATERAL (SELECT b.id FROM builds b
+			WHERE b.jobset_id = j.id AND ` + ownCond + ` AND ($6 = 0 OR b.id < $6) AND $10 = 0
+			ORDER BY b.id DESC LIMIT $7::bigint + $8::bigint) x
+			WHERE j.project_id = $2 ORDER BY x.id DESC LIMIT $7 OFFSET $8)
+		SELECT (SELECT count(*) FROM (SELECT FROM jobsets j CROSS JOIN LATERAL (SELECT FROM builds b WHERE b.jobset_id = j.id AND ` +
+		ownCond + ` AND b.id <= (SELECT max(id) FROM page) LIMIT $9) x WHERE j.project_id = $2 LIMIT $9) c), ` +
+		buildSummaryColumns + buildPageRows + ` ORDER BY b.id DESC`
+
+	// An evaluation's builds (its own and the ones it reused) come from
+	// evaluation_builds; a build's row is looked at only for another filter.
+	evalBuildCond = `e.evaluation_id = $10 AND (($1 = 0 AND $2 = 0 AND $3 = '' AND $4 = '' AND $5 = '')
+		OR EXISTS (SELECT FROM builds b WHERE b.id = e.build_id AND ` + buildCond + `))`
+	listEvaluationBuilds = `WITH page AS MATERIALIZED (SELECT e.build_id AS id FROM evaluation_builds e WHERE ` + evalBuildCond + `
+			AND ($6 = 0 OR e.build_id < $6) ORDER BY e.build_id DESC LIMIT $7 OFFSET $8)
+		SELECT (SELECT count(*) FROM (SELECT FROM evaluation_builds e WHERE ` + evalBuildCond + `
+			AND e.build_id <= (SELECT max(id) FROM page) LIMIT $9) c), ` + buildSummaryColumns + buildPageRows + ` ORDER BY b.id DESC`
+
+	// Finished builds, the most recently finished first (builds_recent).
+	finishedCond = `b.finished_at IS NOT NULL AND ` + buildCond + `
+		AND ($10 = 0 OR b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $10))`
+	listFinishedBuilds = `WITH page AS MATERIALIZED (SELECT b.id, b.finished_at FROM builds b WHERE ` + finishedCond + `
+			AND ($6 = 0 OR b.id < $6) ORDER BY b.finished_at DESC, b.id DESC LIMIT $7 OFFSET $8)
+		SELECT (SELECT count(*) FROM (SELECT FROM builds b WHERE ` + finishedCond + ` AND (b.finished_at, b.id) <=
+			(SELECT finished_at, id FROM page ORDER BY finished_at DESC, id DESC LIMIT 1) LIMIT $9) c), ` +
+		buildSummaryColumns + buildPageRows + ` ORDER BY b.finished_at DESC, b.id DESC`
+)
+
+// ListBuilds returns a page of builds, newest first (or most recently finished
+// first), and how many match as BuildPage counts them.
+func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]BuildSummary, int64, error) {
+	l, err := db.BuildPage(ctx, f, page)
+	return l.Items, l.Total, err
+}
+
+// BuildPage returns a page of builds, newest first (or most recently finished first),
+// and how many match: exactly when fewer than BuildCountCap builds follow the page's
+// first, else a lower bound that is still past the page's end.
+func (db *DB) BuildPage(ctx context.Context, f BuildFilter, page Page) (BuildList, error) {
+	stmt := listBuilds
+	switch {
+	case f.Finished:
+		stmt = listFinishedBuilds
+	case f.EvaluationID != 0:
+		stmt = listEvaluationBuilds
+	case f.ProjectID != 0 && f.JobsetID == 0:
+		stmt = listProjectBuilds
+	}
+	window := int64(page.Limit) + BuildCountCap
+	items, n, err := db.buildPage(ctx, stmt, f, int64(page.Limit), int64(page.Offset), window)
+	if err != nil {
+		return BuildList{}, err
+	}
+	if len(items) == 0 && page.Offset > 0 {
+		// Past the end: the count from the first match, up to the offset, is all of it.
+		window = int64(page.Offset)
+		if _, n, err = db.buildPage(ctx, stmt, f, 1, 0, window); err != nil {
+			return BuildList{}, err
+		}
+		return BuildList{Items: items, Total: n, TotalExact: true}, nil
+	}
+	return BuildList{Items: items, Total: int64(page.Offset) + n, TotalExact: n < window}, nil
+}
+
+// buildPage runs one of ListBuilds' statements: the page and the count from its
+// first build, at most window.
+func (db *DB) buildPage(ctx context.Context, stmt string, f BuildFilter, limit, offset, window int64) ([]BuildSummary, int64, error) {
+	rows, err := db.pool.Query(ctx, stmt, pgx.QueryExecModeExec, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job,
+		f.BeforeID, limit, offset, window, f.EvaluationID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list builds: %w", err)
+	}
+	var n int64
+	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BuildSummary, error) {
+		var b BuildSummary
+		err := r.Scan(&n, &b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID,
+			&b.IsAggregate, &b.JobsetID, &b.PropagatedFrom, &b.FinishedAt, &b.ProjectID, &b.Project, &b.Jobset)
+		return b, err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list builds: %w", err)
+	}
+	return items, n, nil
+}

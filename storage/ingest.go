@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // FinishEvaluation records a successful evaluation under its lease, in one
@@ -84,60 +82,6 @@ type BuildSummary struct {
 	ProjectID      int64
 	Project        string
 	Jobset         string
-}
-
-// BuildFilter narrows ListBuilds; zero values do not filter.
-type BuildFilter struct {
-	EvaluationID, JobsetID, ProjectID int64
-	Status, System, Job               string
-	// Finished lists only finished builds, the most recently finished first.
-	Finished bool
-}
-
-// buildFilter is BuildFilter's condition: $1 evaluation, $2 jobset, $3 project, $4
-// status, $5 system, $6 job; a zero value does not filter.
-const buildFilter = `($1 = 0 OR b.id IN (SELECT build_id FROM evaluation_builds WHERE evaluation_id = $1)) AND ($2 = 0 OR b.jobset_id = $2) AND ($3 = 0 OR j.project_id = $3)
-		AND ($4 = '' OR b.status = $4) AND ($5 = '' OR b.system = $5) AND ($6 = '' OR b.job = $6)`
-
-const buildSummaryColumns = `b.id, b.evaluation_id, b.job, b.drv_path, b.system, b.status, b.status_code,
-		b.step_id, b.is_aggregate, b.jobset_id, b.propagated_from, b.finished_at, j.project_id, p.name, j.name`
-
-// The statements of ListBuilds: all builds newest first, or the finished ones most
-// recently finished first.
-const (
-	countBuilds = `SELECT count(*) FROM builds b JOIN jobsets j ON j.id = b.jobset_id WHERE ` + buildFilter
-	listBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		JOIN projects p ON p.id = j.project_id WHERE ` + buildFilter + ` ORDER BY b.id DESC LIMIT $7 OFFSET $8`
-	countFinishedBuilds = countBuilds + ` AND b.finished_at IS NOT NULL`
-	listFinishedBuilds  = `SELECT ` + buildSummaryColumns + ` FROM builds b JOIN jobsets j ON j.id = b.jobset_id
-		JOIN projects p ON p.id = j.project_id WHERE ` + buildFilter + ` AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC, b.id DESC LIMIT $7 OFFSET $8`
-)
-
-// ListBuilds returns a page of builds, newest first.
-func (db *DB) ListBuilds(ctx context.Context, f BuildFilter, page Page) ([]BuildSummary, int64, error) {
-	count, list := countBuilds, listBuilds
-	if f.Finished {
-		count, list = countFinishedBuilds, listFinishedBuilds
-	}
-	args := []any{f.EvaluationID, f.JobsetID, f.ProjectID, f.Status, f.System, f.Job}
-	var total int64
-	if err := db.pool.QueryRow(ctx, count, args...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count builds: %w", err)
-	}
-	rows, err := db.pool.Query(ctx, list, append(args, page.Limit, page.Offset)...)
-	if err != nil {
-		return nil, 0, fmt.Errorf("list builds: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BuildSummary, error) {
-		var b BuildSummary
-		err := r.Scan(&b.ID, &b.EvaluationID, &b.Job, &b.DrvPath, &b.System, &b.Status, &b.StatusCode, &b.StepID, &b.IsAggregate,
-			&b.JobsetID, &b.PropagatedFrom, &b.FinishedAt, &b.ProjectID, &b.Project, &b.Jobset)
-		return b, err
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("list builds: %w", err)
-	}
-	return items, total, nil
 }
 
 // rankNodes gives each node the highest schedulingPriority of the jobs that need it

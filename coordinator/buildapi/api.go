@@ -205,7 +205,7 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 	for _, p := range []struct {
 		name string
 		dst  *int64
-	}{{"evaluation_id", &f.EvaluationID}, {"project_id", &f.ProjectID}} {
+	}{{"evaluation_id", &f.EvaluationID}, {"project_id", &f.ProjectID}, {"before_id", &f.BeforeID}} {
 		if *p.dst, err = httpkit.PositiveQuery(r, p.name); err != nil {
 			httpkit.Fail(b.log, w, r, err)
 			return
@@ -221,12 +221,23 @@ func (b *Builds) listBuilds(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(b.log, w, r, httpkit.Unprocessable("status", "unknown status %q", f.Status))
 		return
 	}
-	bs, total, err := b.db.ListBuilds(r.Context(), f, page)
+	b.writePage(w, r, f, page)
+}
+
+// buildList is a page of builds; total_exact false says total is a lower bound:
+// builds are counted no further than storage.BuildCountCap past the page's first.
+type buildList struct {
+	httpkit.List[buildJSON]
+	TotalExact bool `json:"total_exact"`
+}
+
+func (b *Builds) writePage(w http.ResponseWriter, r *http.Request, f storage.BuildFilter, page storage.Page) {
+	l, err := b.db.BuildPage(r.Context(), f, page)
 	if err != nil {
 		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
+	httpkit.WriteJSON(w, http.StatusOK, buildList{List: httpkit.NewList(summaries(l.Items), l.Total, page), TotalExact: l.TotalExact})
 }
 
 func knownStatus(s string) bool {
@@ -326,12 +337,7 @@ func (b *Builds) recent(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	bs, total, err := b.db.ListBuilds(r.Context(), storage.BuildFilter{Finished: true}, page)
-	if err != nil {
-		httpkit.Fail(b.log, w, r, err)
-		return
-	}
-	httpkit.WriteJSON(w, http.StatusOK, httpkit.NewList(summaries(bs), total, page))
+	b.writePage(w, r, storage.BuildFilter{Finished: true}, page)
 }
 
 func (b *Builds) queue(w http.ResponseWriter, r *http.Request) {

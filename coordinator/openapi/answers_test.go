@@ -241,6 +241,9 @@ func (an *answers) evaluationsAndBuilds(db *storage.DB, jid, off int64) (ev1 int
 	an.do("GET", "/api/v1/builds", "", nil, 200)
 	an.do("GET", fmt.Sprintf("/api/v1/builds?evaluation_id=%d&jobset_id=oa/main&status=succeeded", ev2), "", nil, 200)
 	an.do("GET", "/api/v1/builds?status=sleepy", "", nil, 422)
+	an.do("GET", fmt.Sprintf("/api/v1/builds?before_id=%d&limit=1", aborted), "", nil, 200)
+	an.do("GET", "/api/v1/builds?before_id=0", "", nil, 422)
+	an.do("GET", "/api/v1/builds?offset=100", "", nil, 200)
 	an.do("GET", "/api/v1/builds/stats", "", nil, 200)
 	an.do("GET", "/api/v1/builds/recent", "", nil, 200)
 	an.do("GET", fmt.Sprintf("/api/v1/builds/%d", built), "", nil, 200)
@@ -527,6 +530,7 @@ func (an *answers) bites() {
 	}{
 		{"a string for a number", "/api/v1/projects", "application/json", `{"items": [], "total": "1", "limit": 50, "offset": 0}`, 200},
 		{"no items", "/api/v1/agents", "application/json", `{"total": 1, "limit": 50, "offset": 0}`, 200},
+		{"builds without total_exact", "/api/v1/builds", "application/json", `{"items": [], "total": 0, "limit": 50, "offset": 0}`, 200},
 		{"a build without its constituents", "/api/v1/builds/1", "application/json", `{"id": 1, "evaluation_id": 1, "job": "j",
 			"drv_path": "d", "system": "s", "status": "succeeded", "status_code": 0, "is_aggregate": false, "keep": false,
 			"propagated_from": null, "products": [], "metrics": [], "steps": []}`, 200},

@@ -3,19 +3,24 @@ package openapi
 func addBuilds(d *doc) {
 	const t = "builds"
 	id := []m{shared("buildID")}
-	builds := jsonAnswer("a page of builds", page(ref("BuildSummary")))
+	builds := jsonAnswer("a page of builds", buildPage())
 	d.add("get", "/api/v1/builds", op{tag: t, summary: "List builds, newest first", who: "anyone", sec: anyone,
+		desc: "total is exact (total_exact true) when fewer than 1,000 builds follow the page's first; otherwise it is a " +
+			"lower bound, still past the page's end, so total > offset + len(items) says whether a next page exists. " +
+			"Deep pages: ?before_id= with the last id of the page before (keyset), as fast at any depth as the first.",
 		params: append([]m{
 			query("evaluation_id", "every build of the evaluation, reused ones too", m{"type": "integer", "format": "int64", "minimum": 1}),
 			shared("jobsetQuery"), shared("projectQuery"),
 			query("status", "only builds with this status", enum("", buildStatuses...)),
 			query("system", "only builds for this system", str("")),
 			query("job", "only builds of this job", str("")),
+			query("before_id", "only builds older than this one (the last id of the page before)",
+				m{"type": "integer", "format": "int64", "minimum": 1}),
 		}, pageParams...), ok: map[int]m{200: builds}})
 	d.add("get", "/api/v1/builds/stats", op{tag: t, summary: "Builds by status; steps queued and running", who: "anyone",
 		sec: anyone, ok: map[int]m{200: jsonAnswer("the counts", ref("BuildStats"))}})
 	d.add("get", "/api/v1/builds/recent", op{tag: t, summary: "Finished builds, most recently finished first", who: "anyone",
-		sec: anyone, params: pageParams, ok: map[int]m{200: builds}})
+		sec: anyone, desc: "total and total_exact as in GET /api/v1/builds.", params: pageParams, ok: map[int]m{200: builds}})
 	d.add("get", "/api/v1/builds/{id}", op{tag: t, summary: "Get a build", who: "anyone", sec: anyone, params: id,
 		desc: "With outputs, products, metrics, steps and constituents ([] when empty); an aborted build has reason.",
 		ok:   map[int]m{200: jsonAnswer("the build", ref("Build"))}, errs: []int{404}})
@@ -124,4 +129,13 @@ func addEvaluations(d *doc) {
 				"ignored":   str("why the event changes nothing"),
 			}))}, errs: []int{401, 404}})
 	}
+}
+
+// buildPage is a page of builds: the list envelope and whether its total is exact.
+func buildPage() m {
+	p := page(ref("BuildSummary"))
+	p["required"] = append(p["required"].([]string), "total_exact")
+	p["properties"].(m)["total_exact"] = boolean("true: total is how many builds match; false: at least that many do " +
+		"(counted no further than 1,000 builds past the page's first)")
+	return p
 }
