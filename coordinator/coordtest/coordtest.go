@@ -48,6 +48,7 @@ type Coordinator struct {
 	cancel  context.CancelFunc
 	done    chan error
 	ln      *trackingListener
+	client  *http.Client // Remote's; nil: http.DefaultClient
 }
 
 // Options tweak the configuration before start.
@@ -101,6 +102,15 @@ func Start(t testing.TB, opts Options) *Coordinator {
 		}
 	})
 	return c
+}
+
+// Remote is a coordinator this test does not run in its own process (a real
+// fc-coordinator, in another network namespace): Do, and the helpers built on it,
+// reach it at url through client; db is its database, for Token and the SQL
+// helpers; log is where its output goes (failing helpers print it). Stop and Kill
+// do nothing on it; the test stops its process.
+func Remote(t testing.TB, url, admin string, db *storage.DB, log *LogBuffer, client *http.Client) *Coordinator {
+	return &Coordinator{t: t, DB: db, URL: url, Addr: strings.TrimPrefix(url, "http://"), Admin: admin, Log: log, client: client}
 }
 
 func (c *Coordinator) serve(inner net.Listener) {
@@ -265,7 +275,11 @@ func (c *Coordinator) Do(method, path, key string, body any, out any) int {
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc := http.DefaultClient
+	if c.client != nil {
+		hc = c.client
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
