@@ -348,6 +348,46 @@ func (l *LogBuffer) WaitFor(t testing.TB, within time.Duration, parts ...string)
 	}
 }
 
+// WaitForMore waits until more than before lines contain every part (before: a
+// Count taken earlier), so a line logged again after an event is awaited, not an
+// older one; it fails the test after within.
+func (l *LogBuffer) WaitForMore(t testing.TB, within time.Duration, before int, parts ...string) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		if l.Count(parts...) > before {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for a new log line with %q", within, parts)
+		}
+	}
+}
+
+// Count is how many lines contain every part.
+func (l *LogBuffer) Count(parts ...string) int {
+	n := 0
+	for _, line := range strings.Split(l.String(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
 // String is everything logged so far.
 func (l *LogBuffer) String() string {
 	l.mu.Lock()

@@ -271,21 +271,9 @@ func (k *coord) restart() {
 	t := k.c.t
 	t.Helper()
 	bin, _ := coordinatorBin()
-	before := strings.Count(k.c.log.String(), k.name+": ")
+	before := k.c.linesOf(k.name, "coordinator listening")
 	k.start(bin)
-	coordtest.Eventually(t, 60*time.Second, k.name+" listening again", func() bool {
-		lines := strings.Split(k.c.log.String(), "\n")
-		n := 0
-		for _, l := range lines {
-			if strings.HasPrefix(l, k.name+": ") {
-				n++
-				if n > before && strings.Contains(l, "coordinator listening") {
-					return true
-				}
-			}
-		}
-		return false
-	})
+	k.c.waitLines(t, 60*time.Second, before, k.name, "coordinator listening")
 }
 
 // cleanEnv is the test's environment without FC_ variables (they would configure
@@ -353,18 +341,21 @@ func (c *cluster) coordOf(name string) *coord {
 
 // linesOf counts the log lines with every part, from process name.
 func (c *cluster) linesOf(name string, parts ...string) int {
+	return c.log.Count(append([]string{name + ": "}, parts...)...)
+}
+
+// waitLines waits for a line with every part from process name, logged after
+// linesOf counted before.
+func (c *cluster) waitLines(t testing.TB, within time.Duration, before int, name string, parts ...string) {
+	t.Helper()
+	c.log.WaitForMore(t, within, before, append([]string{name + ": "}, parts...)...)
+}
+
+// coordLines counts the coordinators' log lines with every part.
+func (c *cluster) coordLines(parts ...string) int {
 	n := 0
-	for _, l := range strings.Split(c.log.String(), "\n") {
-		if !strings.HasPrefix(l, name+": ") {
-			continue
-		}
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(l, p)
-		}
-		if all {
-			n++
-		}
+	for _, k := range c.coords {
+		n += c.linesOf(k.name, parts...)
 	}
 	return n
 }

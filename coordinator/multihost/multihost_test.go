@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,9 +149,7 @@ func testCoordinatorKilled(t *testing.T, c *cluster) {
 	before := c.linesOf(builder, "connected to coordinator")
 	home.proc.kill()
 	killed := time.Now()
-	coordtest.Eventually(t, 30*time.Second, builder+" reconnects elsewhere", func() bool {
-		return c.linesOf(builder, "connected to coordinator") > before
-	})
+	c.waitLines(t, 30*time.Second, before, builder, "connected to coordinator")
 	moved := c.coordOf(builder)
 	t.Logf("%s moved from %s to %s in %v", builder, home.name, moved.name, time.Since(killed).Round(time.Millisecond))
 	if moved == home {
@@ -175,7 +174,252 @@ func testCoordinatorKilled(t *testing.T, c *cluster) {
 	home.restart()
 }
 
-func testCutWithinLease(t *testing.T, c *cluster)   { t.Skip("todo") }
-func testPostgresRestarted(t *testing.T, c *cluster) { t.Skip("todo") }
-func testS3Restarted(t *testing.T, c *cluster)       { t.Skip("todo") }
-func testCutBeyondLease(t *testing.T, c *cluster)    { t.Skip("todo") }
+// cutFor is how long an agent is cut off.
+const cutFor = 30 * time.Second
+
+// cutOff takes agent name off the network for cutFor: the coordinator it was on sees
+// its session end (awaited), then the rest of the time passes, and it is put back.
+func (c *cluster) cutOff(t *testing.T, name string) {
+	t.Helper()
+	a := c.agents[name]
+	home := c.coordOf(name)
+	before := c.linesOf(home.name, "agent disconnected", "name="+name)
+	a.h.cut()
+	cut := time.Now()
+	c.waitLines(t, cutFor, before, home.name, "agent disconnected", "name="+name)
+	t.Logf("%s saw %s gone %v after the cut", home.name, name, time.Since(cut).Round(time.Millisecond))
+	time.Sleep(time.Until(cut.Add(cutFor))) // the fault is a cut of this length: nothing to await
+	a.h.mend()
+}
+
+// testCutWithinLease: a building agent cut off for 30 s, less than its lease's grace
+// after the session ends: nothing is rebuilt, and the same agent finishes the build,
+// once, with its whole log.
+func testCutWithinLease(t *testing.T, c *cluster) {
+	if c.lease.grace <= int(cutFor/time.Second) {
+		t.Fatalf("lease grace %d s is not longer than the cut", c.lease.grace)
+	}
+	const n = 100
+	record := c.record(t, "within")
+	via := c.coords[2]
+	id := c.jobs(t, via, "within", fmt.Sprintf("{ ticker = %s; }", ticker(n, record)))["ticker"].ID
+	builder := c.running(t, via, id, 3)
+	before := c.linesOf(builder, "connected to coordinator")
+	c.cutOff(t, builder)
+	c.waitLines(t, 60*time.Second, before, builder, "connected to coordinator")
+	b := coordtest.WaitBuild(t, via.api, id, 90*time.Second, "finished", coordtest.Build.Finished)
+	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 1 || b.Steps[0].Agent != builder {
+		t.Errorf("build %s, steps %+v; want succeeded in one attempt on %s", b.Status, b.Steps, builder)
+	}
+	if got := builtTimes(t, record); got != 1 {
+		t.Errorf("the derivation was built %d times, want once", got)
+	}
+	if got := c.coordLines("step assigned", fmt.Sprintf("step=%d ", b.Steps[0].ID)); got != 1 {
+		t.Errorf("step %d was assigned %d times, want once", b.Steps[0].ID, got)
+	}
+	if got := via.storedLog(t, id); got != expectedLines(n) {
+		t.Errorf("the log is not every line once, in order:\n%q", got)
+	}
+}
+
+// testPostgresRestarted: PostgreSQL stopped (pg_ctl stop) under a running build: every
+// coordinator's API answers 503 with the JSON error; started again on the same data
+// directory and port, everything recovers without a coordinator restarted: the build
+// finishes once with its whole log, and a new evaluation and its build work.
+func testPostgresRestarted(t *testing.T, c *cluster) {
+	const n = 120
+	record := c.record(t, "pg")
+	via := c.coords[0]
+	id := c.jobs(t, via, "pg", fmt.Sprintf("{ ticker = %s; }", ticker(n, record)))["ticker"].ID
+	builder := c.running(t, via, id, 5)
+	home := c.coordOf(builder)
+	failed := c.linesOf(home.name, "record heartbeat", "agent=")
+	c.pg.stop(t)
+	for _, k := range c.coords {
+		var body struct {
+			Error string `json:"error"`
+		}
+		code := k.api.Do("GET", "/api/v1/builds", "", nil, &body)
+		if code != http.StatusServiceUnavailable || body.Error != "database unavailable" {
+			t.Errorf("%s: GET /api/v1/builds with PostgreSQL down: %d %+v, want 503 {\"error\":\"database unavailable\"}", k.name, code, body)
+		}
+		// With a key, the key cannot be checked: the same status, saying so.
+		code = k.api.Do("GET", "/api/v1/builds", c.admin, nil, &body)
+		if code != http.StatusServiceUnavailable || body.Error != "cannot check the API key: database unavailable" {
+			t.Errorf("%s: GET /api/v1/builds with a key, PostgreSQL down: %d %+v, want 503", k.name, code, body)
+		}
+	}
+	// Down until a heartbeat has failed to be recorded at the builder's coordinator.
+	c.waitLines(t, 30*time.Second, failed, home.name, "record heartbeat", "agent=")
+	c.pg.start(t)
+	b := coordtest.WaitBuild(t, via.api, id, 90*time.Second, "finished", coordtest.Build.Finished)
+	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 1 || b.Steps[0].Agent != builder {
+		t.Errorf("build %s, steps %+v; want succeeded in one attempt on %s", b.Status, b.Steps, builder)
+	}
+	if got := builtTimes(t, record); got != 1 {
+		t.Errorf("the derivation was built %d times, want once", got)
+	}
+	for _, k := range c.coords {
+		if got := k.storedLog(t, id); got != expectedLines(n) {
+			t.Errorf("the log through %s is not every line once, in order:\n%q", k.name, got)
+		}
+	}
+	after := c.jobs(t, c.coords[1], "after-pg", `{ small = mk "small" {}; }`)["small"]
+	if b := coordtest.WaitBuild(t, c.coords[2].api, after.ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "succeeded" {
+		t.Errorf("a build after the restart: %s", b.Status)
+	}
+}
+
+// testS3Restarted: SeaweedFS killed the moment a builder has written a 24 MB output
+// of random data (so its upload comes with the server down) and started again once
+// the upload was refused. The upload is retried until it is stored; a watcher asking
+// every coordinator for the output's narinfo and, whenever there is one, its NAR,
+// never finds a narinfo without its blob; and at the end an empty store substitutes
+// the output from the cache.
+func testS3Restarted(t *testing.T, c *cluster) {
+	marker := filepath.Join(c.dir, "s3-written")
+	via := c.coords[1]
+	job := fmt.Sprintf(`{ big = mk "big" { args = sh "head -c 24000000 /dev/urandom > $out; touch %s"; }; }`, marker)
+	build := c.jobs(t, via, "s3", job)["big"]
+	out := build.Outputs["out"]
+	hash := strings.TrimPrefix(out, "/nix/store/")[:32]
+
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	var checks, narinfos int
+	go func() {
+		defer close(watched)
+		for {
+			for _, k := range c.coords {
+				checks++
+				if k.narinfoWithoutBlob(t, hash, &narinfos) {
+					t.Errorf("%s serves the narinfo of %s but not its NAR", k.name, out)
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	var once sync.Once
+	stopWatch := func() { once.Do(func() { close(stop); <-watched }) }
+	defer stopWatch()
+
+	coordtest.Eventually(t, 120*time.Second, "the builder wrote the output", func() bool {
+		_, err := os.Stat(marker)
+		return err == nil
+	})
+	c.s3.proc.kill()
+	coordtest.Eventually(t, 60*time.Second, "the upload refused", func() bool {
+		return c.coordLines("upload rejected") > 0 || c.coordLines("upload refused") > 0
+	})
+	c.s3.start(t)
+	c.waitBucket()
+	b := coordtest.WaitBuild(t, via.api, build.ID, 120*time.Second, "finished", coordtest.Build.Finished)
+	if b.Status != "succeeded" {
+		t.Fatalf("build %s, steps %+v; want succeeded", b.Status, b.Steps)
+	}
+	stopWatch()
+	if narinfos == 0 {
+		t.Errorf("the watcher never saw the narinfo (%d checks)", checks)
+	}
+	t.Logf("build steps %+v; the watcher made %d checks, %d with a narinfo", b.Steps, checks, narinfos)
+	got, err := c.op.emptyStore(t, fmt.Sprintf("nix-store --realise %s --option substituters %s/nix-cache --option trusted-public-keys '%s' --option narinfo-cache-negative-ttl 0 && wc -c < %s",
+		out, c.coords[2].url, c.pubKey, out))
+	if err != nil || !strings.Contains(got, "24000000") {
+		t.Fatalf("substitute %s from %s: %v\n%s", out, c.coords[2].name, err, got)
+	}
+}
+
+// narinfoWithoutBlob asks k for the narinfo of hash and, when it has one, for its NAR
+// (the whole of it); it reports whether the narinfo came without its NAR.
+func (k *coord) narinfoWithoutBlob(t *testing.T, hash string, seen *int) bool {
+	code, info := k.get(t, "/nix-cache/"+hash+".narinfo")
+	if code != http.StatusOK {
+		return false
+	}
+	*seen++
+	var url string
+	var size int64
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(l, "URL: "); ok {
+			url = v
+		}
+		if v, ok := strings.CutPrefix(l, "FileSize: "); ok {
+			fmt.Sscan(v, &size)
+		}
+	}
+	resp, err := k.c.op.client().Get(k.url + "/nix-cache/" + url)
+	if err != nil {
+		t.Logf("NAR %s from %s: %v", url, k.name, err)
+		return true
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK || err != nil || n != size {
+		t.Logf("NAR %s from %s: HTTP %d, %d of %d bytes, %v", url, k.name, resp.StatusCode, n, size, err)
+		return true
+	}
+	return false
+}
+
+// emptyStore runs script in the host's namespace with an empty /nix of its own.
+func (h *host) emptyStore(t *testing.T, script string) (string, error) {
+	t.Helper()
+	root := tempDir(t, "fcmh-store-")
+	for _, d := range []string{"nix", "xdg"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := h.command("unshare", "--mount", "--fork", "sh", "-c",
+		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg && %s", root, root, script)).CombinedOutput()
+	return string(out), err
+}
+
+// testCutBeyondLease: the coordinators restarted one by one with a lease shorter than
+// the cut; a building agent cut off for 30 s loses its step, which is rescued onto
+// another agent and finishes there. When the cut agent comes back, what it still
+// holds of the step is refused (its report, or the work itself at its first
+// heartbeat), and the build's result is the rescuer's.
+func testCutBeyondLease(t *testing.T, c *cluster) {
+	c.lease = lease{ttl: 5, grace: 2}
+	for _, k := range c.coords {
+		k.proc.stop()
+		k.restart()
+	}
+	const n = 100
+	record := c.record(t, "beyond")
+	via := c.coords[0]
+	id := c.jobs(t, via, "beyond", fmt.Sprintf("{ ticker = %s; }", ticker(n, record)))["ticker"].ID
+	cutAgent := c.running(t, via, id, 3)
+	step := coordtest.GetBuild(t, via.api, id).Steps[0].ID
+	before := c.linesOf(cutAgent, "connected to coordinator")
+	done := make(chan struct{})
+	go func() { defer close(done); c.cutOff(t, cutAgent) }()
+	b := coordtest.WaitBuild(t, via.api, id, 2*cutFor, "finished by another agent", coordtest.Build.Finished)
+	rescuer := b.Steps[0].Agent
+	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 2 || rescuer == cutAgent {
+		t.Errorf("build %s, steps %+v; want succeeded at the second attempt on another agent than %s", b.Status, b.Steps, cutAgent)
+	}
+	<-done
+	coordtest.Eventually(t, 60*time.Second, cutAgent+" back, its stale work refused", func() bool {
+		return c.linesOf(cutAgent, "connected to coordinator") > before &&
+			(c.linesOf(cutAgent, "coordinator refused the report", fmt.Sprintf("step %d ", step)) > 0 ||
+				c.linesOf(cutAgent, "cancelling work", "kind=step", fmt.Sprintf("id=%d", step)) > 0)
+	})
+	refused := c.coordLines("step report refused", fmt.Sprintf("step=%d ", step))
+	t.Logf("%s built it in the cut; %s rescued it; reports refused by the coordinators: %d", cutAgent, rescuer, refused)
+	after := coordtest.GetBuild(t, c.coords[2].api, id)
+	if after.Status != "succeeded" || after.Steps[0].Agent != rescuer || after.Steps[0].Attempts != 2 {
+		t.Errorf("after %s came back: build %s, steps %+v; want the rescuer's result", cutAgent, after.Status, after.Steps)
+	}
+	if got := builtTimes(t, record); got != 2 {
+		t.Errorf("the derivation was built %d times, want twice (the cut agent's build, the rescuer's)", got)
+	}
+	if got := via.storedLog(t, id); got != expectedLines(n) {
+		t.Errorf("the rescuer's log is not every line once, in order:\n%q", got)
+	}
+}

@@ -145,8 +145,10 @@ func (pg *postgres) start(t *testing.T) {
 	cmd := pg.h.command("setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
 		filepath.Join(pg.bin, "postgres"), "-D", pg.data(), "-k", pg.dir, "-c", "listen_addresses="+pg.h.addr,
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
+	ready := []string{"postgres: ", "database system is ready to accept connections"}
+	before := pg.log.Count(ready...)
 	pg.proc = startProc(t, "postgres", pg.log, cmd)
-	pg.log.WaitFor(t, 60*time.Second, "postgres: ", "database system is ready to accept connections")
+	pg.log.WaitForMore(t, 60*time.Second, before, ready...)
 }
 
 // stop is pg_ctl stop (fast: open sessions are ended) on the same data directory.
@@ -246,3 +248,4 @@ var coordinatorBin = sync.OnceValues(func() (string, error) {
 	}
 	return bin, nil
 })
+
