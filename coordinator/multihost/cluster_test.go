@@ -54,7 +54,12 @@ type coord struct {
 	dir  string
 	url  string
 	proc *proc
-	api  *coordtest.Coordinator // Remote: the API through the op host
+	hc   *http.Client // from the op host
+}
+
+// in is the coordinator's API for test t (coordtest's helpers), reached from the op host.
+func (k *coord) in(t *testing.T) *coordtest.Coordinator {
+	return coordtest.Remote(t, k.url, k.c.admin, k.c.db, k.c.log, k.hc)
 }
 
 type agent struct {
@@ -98,7 +103,7 @@ func startCluster(t *testing.T) *cluster {
 	}
 	for _, k := range c.coords {
 		k.url = "http://" + k.h.addr + ":3000"
-		k.api = coordtest.Remote(t, k.url, c.admin, c.db, c.log, c.op.client())
+		k.hc = c.op.client()
 		k.start(coordBin)
 	}
 	for _, k := range c.coords {

@@ -45,9 +45,9 @@ func (c *cluster) jobs(t *testing.T, via *coord, name, body string) map[string]c
 	t.Helper()
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf("let\n  %s\nin %s\n", coordtest.MkLet(coordtest.Salt(t)), body)})
-	_, js := via.api.Project(name, repo.Dir, nil)
-	via.api.Trigger(js, false)
-	return coordtest.BuildsOf(t, via.api, coordtest.Evaluated(t, via.api, js, 0))
+	_, js := via.in(t).Project(name, repo.Dir, nil)
+	via.in(t).Trigger(js, false)
+	return coordtest.BuildsOf(t, via.in(t), coordtest.Evaluated(t, via.in(t), js, 0))
 }
 
 // record is a file outside the stores that builders append to: how many times a
@@ -97,7 +97,7 @@ func (k *coord) storedLog(t *testing.T, buildID int64) string {
 // get fetches path from k without credentials, from the op host.
 func (k *coord) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := k.c.op.client().Get(k.url + path)
+	resp, err := k.hc.Get(k.url + path)
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -122,7 +122,7 @@ func (c *cluster) running(t *testing.T, k *coord, id int64, lines int) string {
 	t.Helper()
 	var agent string
 	coordtest.Eventually(t, 120*time.Second, fmt.Sprintf("build %d running with %d lines of log", id, lines), func() bool {
-		b := coordtest.GetBuild(t, k.api, id)
+		b := coordtest.GetBuild(t, k.in(t), id)
 		if len(b.Steps) != 1 || b.Steps[0].Status != "running" || b.Steps[0].Agent == "" {
 			return false
 		}
@@ -156,7 +156,7 @@ func testCoordinatorKilled(t *testing.T, c *cluster) {
 		t.Fatalf("%s reconnected to %s, which is dead", builder, home.name)
 	}
 	survivor := c.other(home)
-	b := coordtest.WaitBuild(t, survivor.api, id, 90*time.Second, "finished", coordtest.Build.Finished)
+	b := coordtest.WaitBuild(t, survivor.in(t), id, 90*time.Second, "finished", coordtest.Build.Finished)
 	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 1 || b.Steps[0].Agent != builder {
 		t.Errorf("build %s, steps %+v; want succeeded in one attempt on %s", b.Status, b.Steps, builder)
 	}
@@ -207,7 +207,7 @@ func testCutWithinLease(t *testing.T, c *cluster) {
 	before := c.linesOf(builder, "connected to coordinator")
 	c.cutOff(t, builder)
 	c.waitLines(t, 60*time.Second, before, builder, "connected to coordinator")
-	b := coordtest.WaitBuild(t, via.api, id, 90*time.Second, "finished", coordtest.Build.Finished)
+	b := coordtest.WaitBuild(t, via.in(t), id, 90*time.Second, "finished", coordtest.Build.Finished)
 	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 1 || b.Steps[0].Agent != builder {
 		t.Errorf("build %s, steps %+v; want succeeded in one attempt on %s", b.Status, b.Steps, builder)
 	}
@@ -239,12 +239,12 @@ func testPostgresRestarted(t *testing.T, c *cluster) {
 		var body struct {
 			Error string `json:"error"`
 		}
-		code := k.api.Do("GET", "/api/v1/builds", "", nil, &body)
+		code := k.in(t).Do("GET", "/api/v1/builds", "", nil, &body)
 		if code != http.StatusServiceUnavailable || body.Error != "database unavailable" {
 			t.Errorf("%s: GET /api/v1/builds with PostgreSQL down: %d %+v, want 503 {\"error\":\"database unavailable\"}", k.name, code, body)
 		}
 		// With a key, the key cannot be checked: the same status, saying so.
-		code = k.api.Do("GET", "/api/v1/builds", c.admin, nil, &body)
+		code = k.in(t).Do("GET", "/api/v1/builds", c.admin, nil, &body)
 		if code != http.StatusServiceUnavailable || body.Error != "cannot check the API key: database unavailable" {
 			t.Errorf("%s: GET /api/v1/builds with a key, PostgreSQL down: %d %+v, want 503", k.name, code, body)
 		}
@@ -252,7 +252,7 @@ func testPostgresRestarted(t *testing.T, c *cluster) {
 	// Down until a heartbeat has failed to be recorded at the builder's coordinator.
 	c.waitLines(t, 30*time.Second, failed, home.name, "record heartbeat", "agent=")
 	c.pg.start(t)
-	b := coordtest.WaitBuild(t, via.api, id, 90*time.Second, "finished", coordtest.Build.Finished)
+	b := coordtest.WaitBuild(t, via.in(t), id, 90*time.Second, "finished", coordtest.Build.Finished)
 	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 1 || b.Steps[0].Agent != builder {
 		t.Errorf("build %s, steps %+v; want succeeded in one attempt on %s", b.Status, b.Steps, builder)
 	}
@@ -265,23 +265,28 @@ func testPostgresRestarted(t *testing.T, c *cluster) {
 		}
 	}
 	after := c.jobs(t, c.coords[1], "after-pg", `{ small = mk "small" {}; }`)["small"]
-	if b := coordtest.WaitBuild(t, c.coords[2].api, after.ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "succeeded" {
+	if b := coordtest.WaitBuild(t, c.coords[2].in(t), after.ID, 60*time.Second, "finished", coordtest.Build.Finished); b.Status != "succeeded" {
 		t.Errorf("a build after the restart: %s", b.Status)
 	}
 }
 
 // testS3Restarted: SeaweedFS killed the moment a builder has written a 24 MB output
 // of random data (so its upload comes with the server down) and started again once
-// the upload was refused. The upload is retried until it is stored; a watcher asking
-// every coordinator for the output's narinfo and, whenever there is one, its NAR,
-// never finds a narinfo without its blob; and at the end an empty store substitutes
-// the output from the cache.
+// the upload was refused. The agent sends it again until it is stored (no rebuild:
+// the coordinator said its storage failed, not the data); a watcher asking every
+// coordinator for the output's narinfo and, whenever there is one, its NAR, never
+// finds a narinfo without its blob; and at the end an empty store substitutes the
+// output from the cache.
 func testS3Restarted(t *testing.T, c *cluster) {
 	marker := filepath.Join(c.dir, "s3-written")
+	record := c.record(t, "s3")
 	via := c.coords[1]
-	job := fmt.Sprintf(`{ big = mk "big" { args = sh "head -c 24000000 /dev/urandom > $out; touch %s"; }; }`, marker)
-	build := c.jobs(t, via, "s3", job)["big"]
+	job := fmt.Sprintf(`{ big = mk "big" { args = sh "head -c 24000000 /dev/urandom > $out; echo built >> %s; touch %s"; }; }`, record, marker)
+	build := coordtest.GetBuild(t, via.in(t), c.jobs(t, via, "s3", job)["big"].ID)
 	out := build.Outputs["out"]
+	if out == "" {
+		t.Fatalf("build %+v has no output path", build)
+	}
 	hash := strings.TrimPrefix(out, "/nix/store/")[:32]
 
 	stop := make(chan struct{})
@@ -311,15 +316,30 @@ func testS3Restarted(t *testing.T, c *cluster) {
 		_, err := os.Stat(marker)
 		return err == nil
 	})
+	rejected := c.log.Count("upload rejected", "s3://")
 	c.s3.proc.kill()
-	coordtest.Eventually(t, 60*time.Second, "the upload refused", func() bool {
-		return c.coordLines("upload rejected") > 0 || c.coordLines("upload refused") > 0
-	})
+	c.log.WaitForMore(t, 60*time.Second, rejected, "upload rejected", "s3://")
 	c.s3.start(t)
 	c.waitBucket()
-	b := coordtest.WaitBuild(t, via.api, build.ID, 120*time.Second, "finished", coordtest.Build.Finished)
-	if b.Status != "succeeded" {
-		t.Fatalf("build %s, steps %+v; want succeeded", b.Status, b.Steps)
+	b := coordtest.WaitBuild(t, via.in(t), build.ID, 120*time.Second, "finished", coordtest.Build.Finished)
+	builder := ""
+	if len(b.Steps) == 1 {
+		builder = b.Steps[0].Agent
+	}
+	if b.Status != "succeeded" || builder == "" || b.Steps[0].Attempts != 1 {
+		t.Fatalf("build %s, steps %+v; want succeeded in one attempt", b.Status, b.Steps)
+	}
+	if got := builtTimes(t, record); got != 1 {
+		t.Errorf("the derivation was built %d times, want once", got)
+	}
+	if c.linesOf(builder, "upload the outputs; retrying", "could not store") == 0 {
+		t.Errorf("%s did not send the upload again after the refusal", builder)
+	}
+	for _, k := range c.coords {
+		coordtest.Eventually(t, 30*time.Second, k.name+" serves the narinfo", func() bool {
+			code, _ := k.get(t, "/nix-cache/"+hash+".narinfo")
+			return code == http.StatusOK
+		})
 	}
 	stopWatch()
 	if narinfos == 0 {
@@ -351,7 +371,7 @@ func (k *coord) narinfoWithoutBlob(t *testing.T, hash string, seen *int) bool {
 			fmt.Sscan(v, &size)
 		}
 	}
-	resp, err := k.c.op.client().Get(k.url + "/nix-cache/" + url)
+	resp, err := k.hc.Get(k.url + "/nix-cache/" + url)
 	if err != nil {
 		t.Logf("NAR %s from %s: %v", url, k.name, err)
 		return true
@@ -395,11 +415,11 @@ func testCutBeyondLease(t *testing.T, c *cluster) {
 	via := c.coords[0]
 	id := c.jobs(t, via, "beyond", fmt.Sprintf("{ ticker = %s; }", ticker(n, record)))["ticker"].ID
 	cutAgent := c.running(t, via, id, 3)
-	step := coordtest.GetBuild(t, via.api, id).Steps[0].ID
+	step := coordtest.GetBuild(t, via.in(t), id).Steps[0].ID
 	before := c.linesOf(cutAgent, "connected to coordinator")
 	done := make(chan struct{})
 	go func() { defer close(done); c.cutOff(t, cutAgent) }()
-	b := coordtest.WaitBuild(t, via.api, id, 2*cutFor, "finished by another agent", coordtest.Build.Finished)
+	b := coordtest.WaitBuild(t, via.in(t), id, 2*cutFor, "finished by another agent", coordtest.Build.Finished)
 	rescuer := b.Steps[0].Agent
 	if b.Status != "succeeded" || len(b.Steps) != 1 || b.Steps[0].Attempts != 2 || rescuer == cutAgent {
 		t.Errorf("build %s, steps %+v; want succeeded at the second attempt on another agent than %s", b.Status, b.Steps, cutAgent)
@@ -412,7 +432,7 @@ func testCutBeyondLease(t *testing.T, c *cluster) {
 	})
 	refused := c.coordLines("step report refused", fmt.Sprintf("step=%d ", step))
 	t.Logf("%s built it in the cut; %s rescued it; reports refused by the coordinators: %d", cutAgent, rescuer, refused)
-	after := coordtest.GetBuild(t, c.coords[2].api, id)
+	after := coordtest.GetBuild(t, c.coords[2].in(t), id)
 	if after.Status != "succeeded" || after.Steps[0].Agent != rescuer || after.Steps[0].Attempts != 2 {
 		t.Errorf("after %s came back: build %s, steps %+v; want the rescuer's result", cutAgent, after.Status, after.Steps)
 	}

@@ -105,11 +105,12 @@ func tempDir(t testing.TB, pattern string) string {
 // postgres is the one database server, on the pg host's TCP port 5432 and on a Unix
 // socket in its directory (the test itself connects over that).
 type postgres struct {
-	h    *host
-	dir  string
-	bin  string
-	log  *coordtest.LogBuffer
-	proc *proc
+	owner *testing.T // the cluster's test: a restarted server lives as long
+	h     *host
+	dir   string
+	bin   string
+	log   *coordtest.LogBuffer
+	proc  *proc
 }
 
 func startPostgres(t *testing.T, h *host, log *coordtest.LogBuffer) *postgres {
@@ -118,7 +119,7 @@ func startPostgres(t *testing.T, h *host, log *coordtest.LogBuffer) *postgres {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pg := &postgres{h: h, dir: tempDir(t, "fcmh-pg-"), bin: bin, log: log}
+	pg := &postgres{owner: t, h: h, dir: tempDir(t, "fcmh-pg-"), bin: bin, log: log}
 	if err := os.Chown(pg.dir, pgUID(t), pgGID(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func (pg *postgres) start(t *testing.T) {
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
 	ready := []string{"postgres: ", "database system is ready to accept connections"}
 	before := pg.log.Count(ready...)
-	pg.proc = startProc(t, "postgres", pg.log, cmd)
+	pg.proc = startProc(pg.owner, "postgres", pg.log, cmd)
 	pg.log.WaitForMore(t, 60*time.Second, before, ready...)
 }
 
@@ -193,6 +194,7 @@ func lookupID(t testing.TB, flag string) int {
 
 // seaweed is the S3 server (scripts/seaweedfs builds it), answering on s3Port.
 type seaweed struct {
+	owner  *testing.T // the cluster's test: a restarted server lives as long
 	h      *host
 	bin    string
 	dir    string
@@ -210,7 +212,7 @@ const (
 
 func startSeaweed(t *testing.T, h *host, bin string, log *coordtest.LogBuffer) *seaweed {
 	t.Helper()
-	s := &seaweed{h: h, bin: bin, dir: tempDir(t, "fcmh-s3-"), keyDir: tempDir(t, "fcmh-s3keys-"), log: log}
+	s := &seaweed{owner: t, h: h, bin: bin, dir: tempDir(t, "fcmh-s3-"), keyDir: tempDir(t, "fcmh-s3keys-"), log: log}
 	identities := `{"identities":[{"name":"fc","credentials":[{"accessKey":"` + accessKey + `","secretKey":"` + secretKey +
 		`"}],"actions":["Admin","Read","Write","List","Tagging"]}]}`
 	for name, v := range map[string]string{"access_key": accessKey, "secret_key": secretKey, "s3.json": identities} {
@@ -225,7 +227,7 @@ func startSeaweed(t *testing.T, h *host, bin string, log *coordtest.LogBuffer) *
 func (s *seaweed) start(t *testing.T) {
 	t.Helper()
 	// The namespace is the server's alone: its default ports are free.
-	s.proc = startProc(t, "seaweedfs", s.log, s.h.command(s.bin, "server", "-dir="+s.dir, "-ip="+s.h.addr, "-ip.bind=0.0.0.0",
+	s.proc = startProc(s.owner, "seaweedfs", s.log, s.h.command(s.bin, "server", "-dir="+s.dir, "-ip="+s.h.addr, "-ip.bind=0.0.0.0",
 		"-s3", "-s3.port="+s3Port, "-s3.config="+filepath.Join(s.keyDir, "s3.json"), "-s3.port.iceberg=0", "-s3.port.lance=0",
 		"-master.volumeSizeLimitMB=64", "-volume.max=20"))
 }
@@ -248,4 +250,3 @@ var coordinatorBin = sync.OnceValues(func() (string, error) {
 	}
 	return bin, nil
 })
-
