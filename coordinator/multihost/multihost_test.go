@@ -165,6 +165,11 @@ func testCoordinatorKilled(t *testing.T, c *cluster) {
 	if got := builtTimes(t, record); got != 1 {
 		t.Errorf("the derivation was built %d times, want once", got)
 	}
+	if len(b.Steps) == 1 {
+		if got := c.coordLines("step finished", fmt.Sprintf("step=%d ", b.Steps[0].ID)); got != 1 {
+			t.Errorf("step %d finished %d times in the coordinators' logs, want once", b.Steps[0].ID, got)
+		}
+	}
 	for _, k := range c.coords {
 		if k == home {
 			continue
@@ -234,6 +239,7 @@ func testPostgresRestarted(t *testing.T, c *cluster) {
 	via := c.coords[0]
 	id := c.jobs(t, via, "pg", fmt.Sprintf("{ ticker = %s; }", ticker(n, record)))["ticker"].ID
 	builder := c.running(t, via, id, 5)
+	earlier := finishedBuilds(t, via)
 	home := c.coordOf(builder)
 	failed := c.linesOf(home.name, "record heartbeat", "agent=")
 	c.pg.stop(t)
@@ -264,6 +270,12 @@ func testPostgresRestarted(t *testing.T, c *cluster) {
 	for _, k := range c.coords {
 		if got := k.storedLog(t, id); got != expectedLines(n) {
 			t.Errorf("the log through %s is not every line once, in order:\n%q", k.name, got)
+		}
+	}
+	// Nothing lost: every build finished before the stop is there, as it was.
+	for id, status := range earlier {
+		if got := coordtest.GetBuild(t, c.coords[2].in(t), id).Status; got != status {
+			t.Errorf("build %d was %s before the restart, is %s", id, status, got)
 		}
 	}
 	after := c.jobs(t, c.coords[1], "after-pg", `{ small = mk "small" {}; }`)["small"]
@@ -448,4 +460,21 @@ func testCutBeyondLease(t *testing.T, c *cluster) {
 	if got := via.storedLog(t, id); got != expectedLines(n) {
 		t.Errorf("the rescuer's log is not every line once, in order:\n%q", got)
 	}
+}
+
+// finishedBuilds are the finished builds k lists, with their status (those of the
+// faults before; none when a fault runs alone).
+func finishedBuilds(t *testing.T, k *coord) map[int64]string {
+	t.Helper()
+	var l struct{ Items []coordtest.Build }
+	if code := k.in(t).Do("GET", "/api/v1/builds?limit=500", "", nil, &l); code != http.StatusOK {
+		t.Fatalf("list builds: %d", code)
+	}
+	out := map[int64]string{}
+	for _, b := range l.Items {
+		if b.Finished() {
+			out[b.ID] = b.Status
+		}
+	}
+	return out
 }
