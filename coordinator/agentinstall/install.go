@@ -19,8 +19,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
@@ -207,13 +205,13 @@ func (in *installation) register(ctx context.Context, bin string) error {
 		return fmt.Errorf("make the agent key on the host (fc-agent keygen): %w", err)
 	}
 	line, _, _ := strings.Cut(out, "\n")
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+	k, err := protocol.ParseAgentKey(line)
+	if err != nil {
 		return fmt.Errorf("fc-agent keygen printed %q, not an ssh-ed25519 public key", line)
 	}
-	fp := ssh.FingerprintSHA256(pub)
+	fp := k.Fingerprint
 	in.res.Fingerprint = fp
-	a, err := in.db.AgentByFingerprint(ctx, fp)
+	a, err := in.db.AgentByFingerprint(ctx, k.Fingerprint)
 	switch {
 	case err == nil && a.RevokedAt != nil:
 		return fmt.Errorf("the key on the host (%s) belongs to agent %d (%s), which was revoked: remove %s/agent_key on the host to install a new agent",
@@ -223,16 +221,16 @@ func (in *installation) register(ctx context.Context, bin string) error {
 			a.Name, a.ID, a.Name)
 	case err == nil:
 		in.res.AgentID, in.res.Name, in.res.Upgraded = a.ID, a.Name, true
-		fmt.Fprintf(in.o.Out, "agent %s (id %d, key %s) is registered already: upgrading it in place\n", a.Name, a.ID, fp)
+		fmt.Fprintf(in.o.Out, "agent %s (id %d, key %s) is registered already: upgrading it in place\n", a.Name, a.ID, k.Fingerprint)
 		return nil
 	case !errors.Is(err, storage.ErrNotFound):
 		return err
 	}
-	return in.registerNew(ctx, pub, fp)
+	return in.registerNew(ctx, k)
 }
 
 // registerNew pins the key as POST /api/v1/agents does.
-func (in *installation) registerNew(ctx context.Context, pub ssh.PublicKey, fp string) error {
+func (in *installation) registerNew(ctx context.Context, k protocol.AgentKey) error {
 	name := in.o.Name
 	if name == "" {
 		host, err := in.r.output(ctx, "uname -n")
@@ -244,8 +242,7 @@ func (in *installation) registerNew(ctx context.Context, pub ssh.PublicKey, fp s
 	if err := protocol.CheckAgentName("agent name", name); err != nil {
 		return fmt.Errorf("%w; give --name", err)
 	}
-	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
-	a, err := in.db.RegisterAgent(ctx, name, line, fp)
+	a, err := in.db.RegisterAgent(ctx, name, k.Line, k.Fingerprint)
 	var taken *storage.AgentNameTakenError
 	if errors.As(err, &taken) {
 		return fmt.Errorf("%w: give this agent another --name, or revoke agent %d", taken, taken.AgentID)
@@ -254,7 +251,7 @@ func (in *installation) registerNew(ctx context.Context, pub ssh.PublicKey, fp s
 		return err
 	}
 	in.res.AgentID, in.res.Name = a.ID, a.Name
-	fmt.Fprintf(in.o.Out, "registered agent %s (id %d) with the key it made on the host: %s\n", a.Name, a.ID, fp)
+	fmt.Fprintf(in.o.Out, "registered agent %s (id %d) with the key it made on the host: %s\n", a.Name, a.ID, k.Fingerprint)
 	return nil
 }
 

@@ -79,6 +79,8 @@ type App struct {
 	settings config.Config
 	db       *storage.DB
 	log      *slog.Logger
+	// logStore holds build logs; on S3 it moves logs whose upload failed.
+	logStore logs.Store
 }
 
 // shutdownGrace is how long fc-coordinator serve lets requests in flight finish.
@@ -161,6 +163,7 @@ func New(cfg Config) (*App, error) {
 		MaxMemoryMB: s.Eval.MaxMemorySize, Workers: s.Eval.Workers, RestrictEval: s.Eval.RestrictEval,
 		AllowIFD: s.Eval.AllowIFD, GitTimeout: config.Seconds(s.Eval.GitTimeout), GitDir: s.GitDir(), Logger: log,
 		Leases: leases, AllowedInputPaths: s.Eval.AllowedInputPaths, Dispatcher: agents, Metrics: m}, db)
+	repos := newRepositories(s, db, log, ev.Wake)
 	prs := pullrequests.New(pullrequests.Config{Interval: config.Seconds(s.Eval.PullRequestInterval), GitDir: s.GitDir(),
 		GitTimeout: config.Seconds(s.Eval.GitTimeout), Wake: ev.Wake, Logger: log}, db)
 	bu := buildqueue.New(buildqueue.Config{Leases: leases, SweepInterval: config.Seconds(s.Queue.SweepInterval),
@@ -207,7 +210,7 @@ func New(cfg Config) (*App, error) {
 			projectapi.New(projectapi.Config{Logger: log, AllowedInputPaths: s.Eval.AllowedInputPaths}, db),
 			fl,
 			ch,
-			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Logger: log}, db),
+			evalapi.New(evalapi.Config{Scheduler: ev, PullRequests: prs, Pushed: repos.Pushed, Logger: log}, db),
 			buildapi.New(buildapi.Config{Scheduler: bu, Logs: logStore, Hub: hub, Files: ch.OpenFile, ReadKeys: readKeys, Logger: log,
 				Route: logRoute(cl, fl)}, db),
 			accounts,
@@ -222,7 +225,7 @@ func New(cfg Config) (*App, error) {
 	}, db, m)
 	api.h = srv.Handler()
 	return &App{Server: srv, Fleet: fl, Cache: ch, Evals: ev, Builds: bu, PullRequests: prs, Outbox: ob, Channels: chans,
-		Repositories: newRepositories(s, db, log, ev.Wake), Metrics: m, Cluster: cl, settings: s, db: db, log: log}, nil
+		Repositories: repos, Metrics: m, Cluster: cl, settings: s, db: db, log: log, logStore: logStore}, nil
 }
 
 // cacheURL is the binary cache's URL as clients reach it: server.public_url when set,
@@ -274,6 +277,10 @@ func (a *App) RunLoops(ctx context.Context) {
 	}()
 	go func() { defer wg.Done(); a.Builds.Run(ctx) }()
 	go func() { defer wg.Done(); a.Cache.ListenForDeletions(ctx) }()
+	if s3, ok := a.logStore.(*logs.S3); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); s3.Run(ctx, 10*time.Second, a.log) }()
+	}
 	if a.Cluster != nil {
 		wg.Add(1)
 		go func() {

@@ -21,6 +21,9 @@ func newCluster(s config.Config, addr string, agents *sessions, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
+	for _, n := range s.LocalStoresNotes() {
+		log.Warn("cluster: " + n)
+	}
 	api := s.ClusterAPIAddress()
 	if s.Cluster.APIAddress == "" && s.Server.PublicURL == "" && addr != "" {
 		api = "http://" + addr // the address actually listened on (port 0 in tests)

@@ -284,6 +284,16 @@ func TestConfigCheck_SaysWhatTheFileMeansOrWhyNot(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "declares 1 projects (1 jobsets), 0 API keys, 0 agents, 1 users (in "+declares+")") {
 		t.Errorf("config check of a file with declarations: %v\n%s", err, out)
 	}
+	// A member of a cluster keeping NARs or logs on its own disk is told what that means.
+	clustered := filepath.Join(dir, "cluster.toml")
+	if err := os.WriteFile(clustered, []byte("[cluster]\nenabled = true\nkey_file = \"/etc/fc/cluster.key\"\n"+
+		"[logs]\nstore = \"s3\"\n[s3]\nendpoint = \"127.0.0.1:8333\"\nbucket = \"fc\"\naccess_key_file = \"/etc/fc/s3-access\"\nsecret_key_file = \"/etc/fc/s3-secret\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = coordinatorCmd(t, nil, "--config", clustered, "config", "check").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `note: cache.store is "dir": the NARs in `) || strings.Contains(string(out), "logs.store") {
+		t.Errorf("config check of a cluster member with NARs on its own disk: %v\n%s", err, out)
+	}
 	out, err = coordinatorCmd(t, []string{"FC_CONFIG_FILE=" + bad}, "config", "check").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), bad+" line 3") || !strings.Contains(string(out), `"server.prot"`) {
 		t.Errorf("config check of a file with an unknown key: %v\n%s", err, out)

@@ -35,5 +35,8 @@ func configCmd(load func() (config.Config, error), args []string, env Env) error
 		fmt.Fprintf(env.Stdout, "declares %d projects (%d jobsets), %d API keys, %d agents, %d users (in %s)\n",
 			len(d.Projects), jobsets, len(d.APIKeys), len(d.Agents), len(d.Users), d.File)
 	}
+	for _, n := range cfg.LocalStoresNotes() {
+		fmt.Fprintf(env.Stdout, "note: %s\n", n)
+	}
 	return nil
 }

@@ -118,3 +118,21 @@ func (c Config) ClusterName() string {
 	h, _ := os.Hostname()
 	return h
 }
+
+// LocalStoresNotes says, for a coordinator in a cluster, which of its stores keep
+// files on its own disk: those are served only by this coordinator (a NAR another
+// member is asked for is missing there, a finished log is empty there) unless the
+// directory is shared by all members. Empty when clustering is off or both are on S3.
+func (c Config) LocalStoresNotes() []string {
+	if !c.Cluster.Enabled {
+		return nil
+	}
+	var notes []string
+	if c.Cache.Store != StoreS3 {
+		notes = append(notes, fmt.Sprintf("cache.store is %q: the NARs in %s are served only by this coordinator unless every member shares that directory; use cache.store = \"s3\"", StoreDir, c.CacheDir()))
+	}
+	if c.Logs.Store != StoreS3 {
+		notes = append(notes, fmt.Sprintf("logs.store is %q: finished build logs in %s are served only by this coordinator unless every member shares that directory; use logs.store = \"s3\"", StoreDir, c.LogDir()))
+	}
+	return notes
+}

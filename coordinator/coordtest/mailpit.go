@@ -10,11 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/fc-ci/fc/internal/scriptbin"
 )
 
 // Mailpit is a real SMTP server run for a test (mailpit), with its HTTP API to read
@@ -39,26 +40,7 @@ type MailpitOptions struct {
 // it fails, never skips, when it cannot be had.
 func MailpitBinary(t testing.TB) string {
 	t.Helper()
-	script := ""
-	// go test runs in the package's directory: the script is up the tree.
-	for dir, _ := os.Getwd(); dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "scripts", "mailpit")); err == nil {
-			script = filepath.Join(dir, "scripts", "mailpit")
-			break
-		}
-	}
-	if script == "" {
-		t.Fatal("scripts/mailpit not found above the working directory")
-	}
-	out, err := exec.Command("bash", script).Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("install mailpit with scripts/mailpit: %v\n%s", err, stderr)
-	}
-	return strings.TrimSpace(string(out))
+	return scriptbin.Path(t, "mailpit", "mailpit (the tests' SMTP server)")
 }
 
 // StartMailpit runs mailpit on loopback ports until the test ends.

@@ -12,11 +12,10 @@ import (
 	"os"
 	"strings"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/projectapi"
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -117,12 +116,11 @@ func resolveAgent(d config.Declarations, at string, a config.DeclaredAgent) (sto
 		}
 		line, key = string(b), at+".public_key_file"
 	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+	k, err := protocol.ParseAgentKey(line)
+	if err != nil {
 		return storage.DeclaredAgent{}, d.KeyError(key, "must be one ssh-ed25519 authorized_keys line (the agent's key.pub)")
 	}
-	return storage.DeclaredAgent{Name: a.Name, PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))),
-		Fingerprint: ssh.FingerprintSHA256(pub), Push: a.Push}, nil
+	return storage.DeclaredAgent{Name: a.Name, PublicKey: k.Line, Fingerprint: k.Fingerprint, Push: a.Push}, nil
 }
 
 // readSecret is a secret file's content without its final line break.

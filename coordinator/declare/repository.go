@@ -42,6 +42,9 @@ type Repositories struct {
 	cfg RepositoriesConfig
 	db  *storage.DB
 	log *slog.Logger
+	// pushed are projects whose repository was pushed to (Pushed), read before the
+	// next tick.
+	pushed chan int64
 }
 
 // NewRepositories returns the reader over db.
@@ -53,10 +56,33 @@ func NewRepositories(cfg RepositoriesConfig, db *storage.DB) *Repositories {
 	if cfg.Wake == nil {
 		cfg.Wake = func() {}
 	}
-	return &Repositories{cfg: cfg, db: db, log: log}
+	return &Repositories{cfg: cfg, db: db, log: log, pushed: make(chan int64, 64)}
 }
 
-// Run reads every declarative project's file each Interval until ctx ends.
+// Pushed asks for project id's declarative file to be read now rather than at the
+// next tick: a push webhook calls it, so a commit changing .fc.toml takes effect at
+// once. It never blocks; when many pushes queue up, the tick reads them all anyway.
+func (r *Repositories) Pushed(id int64) {
+	select {
+	case r.pushed <- id:
+	default:
+	}
+}
+
+// checkPushed reads the declarative file of project id after a push.
+func (r *Repositories) checkPushed(ctx context.Context, id int64) error {
+	p, err := r.db.GetProject(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil || p.DeclarativeFile == "" || !p.Enabled {
+		return err
+	}
+	return r.Check(ctx, p)
+}
+
+// Run reads every declarative project's file each Interval until ctx ends, and a
+// pushed project's at once.
 func (r *Repositories) Run(ctx context.Context) {
 	if r.cfg.Interval <= 0 {
 		return
@@ -67,10 +93,24 @@ func (r *Repositories) Run(ctx context.Context) {
 		if err := r.CheckAll(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("declarative files", "err", err)
 		}
+		if !r.untilTick(ctx, t) {
+			return
+		}
+	}
+}
+
+// untilTick serves pushes until the next tick (true) or ctx's end (false).
+func (r *Repositories) untilTick(ctx context.Context, t *time.Ticker) bool {
+	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-t.C:
+			return true
+		case id := <-r.pushed:
+			if err := r.checkPushed(ctx, id); err != nil && ctx.Err() == nil {
+				r.log.Warn("declarative file after a push", "project", id, "err", err)
+			}
 		}
 	}
 }

@@ -1,6 +1,12 @@
 package declare_test
 
 import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +113,56 @@ check_interval = 0
 	}
 	if js = jobsets(); js["nightly"].State != "disabled" {
 		t.Errorf("nightly, dropped = %+v", js["nightly"])
+	}
+}
+
+// A push webhook has the project's .fc.toml read at once: with an hour between
+// reads, a jobset a pushed commit adds exists right after the push, and a push to a
+// project whose file did not change changes nothing.
+func TestRepositoryDeclaresJobsets_ReadOnPush(t *testing.T) {
+	repo := coordtest.NewRepo(t)
+	const jobset = "[[jobsets]]\nname = %q\nbranch = \"main\"\ncheck_interval = 0\n"
+	repo.Commit(map[string]string{".fc.toml": fmt.Sprintf(jobset, "main")})
+	c := coordtest.Start(t, coordtest.Options{Config: func(cfg *config.Config) { cfg.Eval.DeclarativeInterval = 3600 }})
+	const secret = "push-secret-0123456789"
+	if code := c.Do("POST", "/api/v1/projects", c.Admin, map[string]any{"name": "spec", "repository_url": repo.Dir,
+		"declarative_file": ".fc.toml", "webhook_secret": secret}, nil); code != 201 {
+		t.Fatalf("create project: %d", code)
+	}
+	jobsets := func() map[string]object {
+		return byName(get[list[object]](t, c, "/api/v1/projects/spec/jobsets", "").Items)
+	}
+	push := func() {
+		t.Helper()
+		body := []byte(`{"ref":"refs/heads/main","repository":{"default_branch":"main"},"after":"` + repo.Git("rev-parse", "HEAD") + `"}`)
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write(body)
+		req, err := http.NewRequest("POST", c.URL+"/api/v1/webhooks/spec/github", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-GitHub-Event", "push")
+		req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("push webhook: %d", resp.StatusCode)
+		}
+	}
+	// The first push reads the file the project was created with (the timer's first
+	// pass may have read it already; either way one jobset).
+	push()
+	coordtest.Eventually(t, 30*time.Second, "the repository's jobset is created", func() bool { return len(jobsets()) == 1 })
+	repo.Commit(map[string]string{".fc.toml": fmt.Sprintf(jobset, "main") + fmt.Sprintf(jobset, "docs")})
+	push()
+	coordtest.Eventually(t, 30*time.Second, "the jobset the pushed commit adds is created without waiting an hour", func() bool {
+		_, ok := jobsets()["docs"]
+		return ok
+	})
+	if js := jobsets(); len(js) != 2 || !js["docs"].Declared {
+		t.Errorf("after the push: %+v", js)
 	}
 }

@@ -38,7 +38,10 @@ type Config struct {
 	// PullRequests makes the pull requests' jobsets and knows repositories' default
 	// branches; nil: pull request webhooks are ignored.
 	PullRequests *pullrequests.PullRequests
-	Logger       *slog.Logger
+	// Pushed is told of a push to a project that has a declarative file (its
+	// .fc.toml is read at once); nil: it waits for evaluator.declarative_interval.
+	Pushed func(projectID int64)
+	Logger *slog.Logger
 }
 
 // Evals is the evaluations API.
@@ -47,6 +50,8 @@ type Evals struct {
 	log   *slog.Logger
 	sched Scheduler
 	prs   *pullrequests.PullRequests
+	// pushed: see Config.Pushed.
+	pushed func(projectID int64)
 }
 
 // New returns the evaluations API over db.
@@ -54,7 +59,10 @@ func New(cfg Config, db *storage.DB) *Evals {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler, prs: cfg.PullRequests}
+	if cfg.Pushed == nil {
+		cfg.Pushed = func(int64) {}
+	}
+	return &Evals{db: db, log: cfg.Logger, sched: cfg.Scheduler, prs: cfg.PullRequests, pushed: cfg.Pushed}
 }
 
 // Routes registers the evaluations API and the webhooks.

@@ -122,6 +122,10 @@ func (e *Evals) onPush(w http.ResponseWriter, r *http.Request, s sender, p stora
 		ignore(w, ignored)
 		return
 	}
+	if p.DeclarativeFile != "" {
+		// Its .fc.toml may have changed: read now, not at the next interval.
+		e.pushed(p.ID)
+	}
 	def := push.DefaultBranch
 	if def == "" && e.prs != nil {
 		if def, err = e.prs.DefaultBranch(r.Context(), p); err != nil {

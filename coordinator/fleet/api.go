@@ -8,11 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/httpkit"
@@ -148,20 +146,19 @@ func (f *Fleet) registerAgent(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(f.log, w, r, err)
 		return
 	}
-	pub, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(in.PublicKey))
-	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+	k, err := protocol.ParseAgentKey(in.PublicKey)
+	if err != nil {
 		httpkit.Fail(f.log, w, r, httpkit.Unprocessable("public_key", "public_key must be one ssh-ed25519 authorized_keys line"))
 		return
 	}
 	if in.Name == "" {
-		in.Name = comment
+		in.Name = k.Comment
 	}
 	if err := validAgentName("name", in.Name); err != nil {
 		httpkit.Fail(f.log, w, r, err)
 		return
 	}
-	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
-	a, err := f.db.RegisterAgent(r.Context(), in.Name, line, ssh.FingerprintSHA256(pub))
+	a, err := f.db.RegisterAgent(r.Context(), in.Name, k.Line, k.Fingerprint)
 	var taken *storage.AgentNameTakenError
 	if errors.As(err, &taken) {
 		httpkit.Fail(f.log, w, r, httpkit.Errorf(http.StatusConflict, "name", "%v", taken))

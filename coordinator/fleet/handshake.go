@@ -88,11 +88,11 @@ func (f *Fleet) handshake(ctx context.Context, st *yamux.Stream, remote string) 
 		f.log.Warn("agent refused: incompatible protocol", "remote", remote, "name", logName(hello.Name), "agent_protocol", hello.ProtocolVersion, "protocol", protocol.Version)
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedVersion, err.Error())
 	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hello.PublicKey))
-	if err != nil || pub.Type() != ssh.KeyAlgoED25519 {
+	k, err := protocol.ParseAgentKey(hello.PublicKey)
+	if err != nil {
 		return storage.Agent{}, hello, false, refuse(st, protocol.RefusedUnauthorized, "public key must be an ssh-ed25519 authorized_keys line")
 	}
-	fp := ssh.FingerprintSHA256(pub)
+	pub, fp := k.Key, k.Fingerprint
 	nonce := make([]byte, 32)
 	if _, err := rand.Read(nonce); err != nil {
 		return storage.Agent{}, hello, false, err

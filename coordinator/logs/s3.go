@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -34,6 +35,11 @@ type S3 struct {
 	// lands in a local file that Finish has already uploaded.
 	locks    [64]sync.Mutex
 	unpacked unpackedCache
+	// unmoved are finished logs whose upload failed (the bucket was down): still
+	// served from the local directory, moved by Run once the bucket answers, so
+	// that every coordinator can serve them.
+	unmovedMu sync.Mutex
+	unmoved   map[[2]int64]struct{}
 }
 
 // sizeMeta is the user metadata key holding a log object's plain size.
@@ -50,7 +56,8 @@ func NewS3(dir string, s *objstore.Store, compress bool, maxSize int64) (*S3, er
 	if err != nil {
 		return nil, err
 	}
-	return &S3{local: local, s: s, compress: compress, enc: enc, maxSize: maxSize + maxSize/8 + 1<<20, timeout: time.Minute}, nil
+	return &S3{local: local, s: s, compress: compress, enc: enc, maxSize: maxSize + maxSize/8 + 1<<20, timeout: time.Minute,
+		unmoved: map[[2]int64]struct{}{}}, nil
 }
 
 func (l *S3) lock(step int64) *sync.Mutex { return &l.locks[uint64(step)%uint64(len(l.locks))] }
@@ -165,8 +172,56 @@ func (l *S3) Open(step, epoch int64) (io.ReadSeekCloser, error) {
 
 // Finish implements Store: the log is uploaded (compressed when configured), then
 // its local file removed. Should the upload fail, the log stays local and is still
-// served from there.
+// served from there until Run moves it.
 func (l *S3) Finish(step, epoch int64) error {
+	err := l.finish(step, epoch)
+	l.unmovedMu.Lock()
+	defer l.unmovedMu.Unlock()
+	if err != nil {
+		l.unmoved[[2]int64{step, epoch}] = struct{}{}
+	} else {
+		delete(l.unmoved, [2]int64{step, epoch})
+	}
+	return err
+}
+
+// Run moves the finished logs whose upload failed, every interval until ctx ends.
+func (l *S3) Run(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if moved, left := l.MoveUnmoved(); moved+left > 0 {
+			log.Info("finished logs moved to the bucket after a failed upload", "moved", moved, "left", left)
+		}
+	}
+}
+
+// MoveUnmoved tries again to move the finished logs whose upload failed; it says
+// how many moved and how many are left for the next try.
+func (l *S3) MoveUnmoved() (moved, left int) {
+	l.unmovedMu.Lock()
+	keys := make([][2]int64, 0, len(l.unmoved))
+	for k := range l.unmoved {
+		keys = append(keys, k)
+	}
+	l.unmovedMu.Unlock()
+	for _, k := range keys {
+		if l.Finish(k[0], k[1]) != nil {
+			left++
+		} else {
+			moved++
+		}
+	}
+	return moved, left
+}
+
+// finish moves one finished log to the bucket.
+func (l *S3) finish(step, epoch int64) error {
 	mu := l.lock(step)
 	mu.Lock()
 	defer mu.Unlock()

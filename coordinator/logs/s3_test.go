@@ -3,8 +3,10 @@ package logs
 import (
 	"context"
 	"errors"
+	"io"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/objstore"
@@ -90,5 +92,65 @@ func TestS3_LiveLogsLocalFinishedLogsInTheBucket(t *testing.T) {
 		if _, err := other.Open(8, 1); err == nil {
 			t.Fatal("a log that never was opens")
 		}
+	}
+}
+
+// A log finished while the bucket is down stays local and is served from there;
+// once the bucket answers again it is moved (so every coordinator can serve it),
+// and its local file is gone.
+func TestS3_LogFinishedWhileTheBucketIsDownIsMovedLater(t *testing.T) {
+	t.Parallel()
+	srv := objstoretest.Start(t)
+	dir := t.TempDir()
+	l, err := NewS3(dir, openS3(t, srv, "later/"), true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.timeout = 5 * time.Second
+	if _, _, err := l.Append(9, 1, 0, []byte("built while S3 was away\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	if err := l.Finish(9, 1); err == nil {
+		t.Fatal("finish with the bucket down succeeded")
+	}
+	read := func(s *S3) string {
+		t.Helper()
+		r, err := s.Open(9, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if got := read(l); got != "built while S3 was away\n" {
+		t.Fatalf("the unmoved log reads %q", got)
+	}
+	if moved, left := l.MoveUnmoved(); moved != 0 || left != 1 {
+		t.Fatalf("with the bucket still down: moved %d, left %d; want 0, 1", moved, left)
+	}
+	srv.Restart()
+	if moved, left := l.MoveUnmoved(); moved != 1 || left != 0 {
+		t.Fatalf("with the bucket back: moved %d, left %d; want 1, 0", moved, left)
+	}
+	if keys := srv.Keys(t, "later/"); len(keys) != 1 || keys[0] != "later/logs/9/1.log.zst" {
+		t.Fatalf("bucket: %q", keys)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, "9", "*")); len(matches) != 0 {
+		t.Fatalf("local files left: %q", matches)
+	}
+	other, err := NewS3(t.TempDir(), openS3(t, srv, "later/"), true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(other); got != "built while S3 was away\n" {
+		t.Fatalf("another coordinator reads %q", got)
+	}
+	if moved, left := l.MoveUnmoved(); moved+left != 0 {
+		t.Fatalf("nothing is left to move, yet moved %d, left %d", moved, left)
 	}
 }

@@ -112,7 +112,7 @@ in {
 
 	// The succeeded attempt's log is in the bucket, and served from there by both routes.
 	prefix := fmt.Sprintf("logs/%d/", detail.Steps[0].ID)
-	coordtest.Eventually(t, 10*time.Second, "the finished log in the bucket", func() bool {
+	coordtest.Eventually(t, 60*time.Second, "the finished log in the bucket", func() bool {
 		for _, k := range srv.Keys(t, prefix) {
 			if strings.HasSuffix(k, ".log.zst") {
 				return true

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/fc-ci/fc/coordinator/auth"
 	"github.com/fc-ci/fc/coordinator/httpkit"
 	"github.com/fc-ci/fc/storage"
 )
@@ -124,10 +125,21 @@ func (pt part[V, F]) attach(ctx context.Context, out []projectJSON) error {
 	return nil
 }
 
-// withParts adds their forges and notifications to projects shown.
-func (a *API) withParts(ctx context.Context, out []projectJSON) error {
-	if err := a.forges().attach(ctx, out); err != nil {
+// withParts adds their forges and notifications to projects shown to r's caller.
+// Notifications (people's addresses, a webhook URL that is often a credential in
+// itself) are shown only to those who manage the project, as on its page.
+func (a *API) withParts(r *http.Request, out []projectJSON) error {
+	if err := a.forges().attach(r.Context(), out); err != nil {
 		return err
 	}
-	return a.notifications().attach(ctx, out)
+	if err := a.notifications().attach(r.Context(), out); err != nil {
+		return err
+	}
+	who, _ := auth.FromContext(r.Context())
+	for i := range out {
+		if !auth.ManagesProject(who, out[i].OwnerKeyID, out[i].OwnerUserID) {
+			out[i].Notifications = nil
+		}
+	}
+	return nil
 }

@@ -214,7 +214,7 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request) {
 	for i, p := range ps {
 		out[i] = toProjectJSON(p)
 	}
-	if err := a.withParts(r.Context(), out); err != nil {
+	if err := a.withParts(r, out); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -268,7 +268,7 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request) {
 // writeProject answers with project p as it is now, with its forge.
 func (a *API) writeProject(w http.ResponseWriter, r *http.Request, status int, p storage.Project) {
 	out := []projectJSON{toProjectJSON(p)}
-	if err := a.withParts(r.Context(), out); err != nil {
+	if err := a.withParts(r, out); err != nil {
 		a.fail(w, r, err)
 		return
 	}

@@ -45,9 +45,19 @@ func TestProjects_NotificationSettings(t *testing.T) {
 		t.Fatalf("created notifications %+v, want %+v", p.Notifications, want)
 	}
 	for _, path := range []string{fmt.Sprintf("/api/v1/projects/%d", p.ID), "/api/v1/projects/hello", "/api/v1/projects"} {
-		got := e.do("GET", path, "", nil).want(t, http.StatusOK)
+		got := e.do("GET", path, e.admin, nil).want(t, http.StatusOK)
 		if strings.Contains(string(got.Body), secret) || !strings.Contains(string(got.Body), `"webhook_secret_set":true`) {
 			t.Errorf("GET %s: %s", path, got.Body)
+		}
+		// Those who do not manage the project see none of it: addresses are personal,
+		// and a webhook URL is often a credential itself.
+		for who, key := range map[string]string{"anonymous": "", "read-only": e.key(storage.RoleReadOnly),
+			"another owner": e.key(storage.RoleCreateProjects)} {
+			got := e.do("GET", path, key, nil).want(t, http.StatusOK)
+			if strings.Contains(string(got.Body), "example.org/fc") || strings.Contains(string(got.Body), "ops@example.org") ||
+				!strings.Contains(string(got.Body), `"notifications":null`) {
+				t.Errorf("GET %s as %s shows the notifications: %s", path, who, got.Body)
+			}
 		}
 	}
 	n, ok, err := e.db.ProjectNotifications(context.Background(), p.ID)

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/fc-ci/fc/coordinator/config"
+	"github.com/fc-ci/fc/internal/scriptbin"
 )
 
 // Server is a SeaweedFS server answering S3 at Endpoint, with one bucket.
@@ -44,26 +44,7 @@ type Server struct {
 // test that needs it fails, never skips, when it cannot be had.
 func Binary(t testing.TB) string {
 	t.Helper()
-	script := ""
-	// go test runs in the package's directory: the script is up the tree.
-	for dir, _ := os.Getwd(); dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "scripts", "seaweedfs")); err == nil {
-			script = filepath.Join(dir, "scripts", "seaweedfs")
-			break
-		}
-	}
-	if script == "" {
-		t.Fatal("scripts/seaweedfs not found above the working directory")
-	}
-	out, err := exec.Command("bash", script).Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("build SeaweedFS (the S3 server of these tests) with scripts/seaweedfs: %v\n%s", err, stderr)
-	}
-	return strings.TrimSpace(string(out))
+	return scriptbin.Path(t, "seaweedfs", "SeaweedFS (the S3 server of these tests)")
 }
 
 // freePorts are n distinct TCP ports free on loopback now, each below 55000 (SeaweedFS
