@@ -8,6 +8,16 @@ const (
 	// StreamEvalReport reports an evaluation: an EvalReport, then EvalBatch frames
 	// until one has Done, then the coordinator's EvalVerdict.
 	StreamEvalReport = "eval-report"
+	// StreamEvalStream reports an evaluation while it runs (an addition: no version
+	// change). The agent opens it when the evaluation starts and sends an EvalReport
+	// of which only Work counts; the coordinator answers an EvalVerdict (Accepted: the
+	// lease is current, go on), then stores the EvalBatch frames that follow as they
+	// arrive, out of sight, until one has Done and Outcome: only then does the
+	// evaluation become visible, whole, and the coordinator answers its EvalVerdict.
+	// An empty EvalBatch keeps the stream alive. A stream that ends before Done
+	// leaves nothing stored. A coordinator that does not know this kind closes the
+	// stream before answering: the agent then reports on StreamEvalReport instead.
+	StreamEvalStream = "eval-stream"
 )
 
 // Work kinds.
@@ -118,6 +128,9 @@ type EvalBatch struct {
 	Errors []EvalAttrError `json:"errors,omitempty"`
 	Nodes  []EvalNode      `json:"nodes,omitempty"`
 	Done   bool            `json:"done"`
+	// Outcome is the report's outcome on StreamEvalStream, sent with Done (Work is
+	// not repeated; the rest is as in an EvalReport). StreamEvalReport ignores it.
+	Outcome *EvalReport `json:"outcome,omitempty"`
 }
 
 // EvalVerdict is the coordinator's answer to a report.

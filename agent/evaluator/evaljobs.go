@@ -3,6 +3,7 @@ package evaluator
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,6 +74,7 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 	}
 	var res rawResult
 	var fatal []string
+	feats := newFeatureReader(t.evalStore, t.onJob)
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 1<<16), 256<<20)
 	for sc.Scan() {
@@ -85,18 +87,21 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 		case err != nil:
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
+			_ = feats.wait(nil)
 			return rawResult{}, err
 		case attrErr != nil && attrErr.Attr == "":
 			fatal = append(fatal, attrErr.Message)
 		case attrErr != nil:
 			res.errors = append(res.errors, *attrErr)
 		default:
+			feats.add(len(res.jobs), job)
 			res.jobs = append(res.jobs, rawJob{Job: job})
 			t.onDrv(job.DrvPath)
 		}
 	}
 	scanErr := sc.Err()
 	waitErr := cmd.Wait()
+	featErr := feats.wait(res.jobs)
 	if ctx.Err() != nil {
 		return rawResult{}, ctx.Err()
 	}
@@ -113,8 +118,8 @@ func runEvalJobs(ctx context.Context, bin string, t *target) (rawResult, error) 
 		}
 		return rawResult{}, fmt.Errorf("nix-eval-jobs: %w: %s", waitErr, errorMessage(strings.Split(msg, "\n")))
 	}
-	if err := addFeatures(t.evalStore, res.jobs); err != nil {
-		return rawResult{}, err
+	if featErr != nil {
+		return rawResult{}, featErr
 	}
 	return res, nil
 }
@@ -140,29 +145,51 @@ func flakeJobsAttr(ctx context.Context, t *target) ([]string, error) {
 	}
 }
 
-// addFeatures reads requiredSystemFeatures from the jobs' derivations (nix-eval-jobs
-// does not report them).
-func addFeatures(root string, jobs []rawJob) error {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	errs := make([]error, len(jobs))
-	for i := range jobs {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			d, err := readDrv(root, jobs[i].DrvPath)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			jobs[i].RequiredSystemFeatures = d.features
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
+// featureReader reads requiredSystemFeatures from jobs' derivations (nix-eval-jobs
+// does not report them) as the jobs arrive, a few at a time, and passes each job that
+// is not an aggregate on, complete, to onJob.
+type featureReader struct {
+	root  string
+	onJob func(Job)
+	sem   chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	feats map[int][]string // by the job's index in the result
+	err   error
+}
+
+func newFeatureReader(root string, onJob func(Job)) *featureReader {
+	return &featureReader{root: root, onJob: onJob, sem: make(chan struct{}, 8), feats: map[int][]string{}}
+}
+
+// add reads the features of job, the i-th of the result.
+func (f *featureReader) add(i int, job Job) {
+	f.wg.Go(func() {
+		f.sem <- struct{}{}
+		defer func() { <-f.sem }()
+		d, err := readDrv(f.root, job.DrvPath)
+		f.mu.Lock()
 		if err != nil {
-			return err
+			f.err = cmp.Or(f.err, err)
+		} else {
+			f.feats[i] = d.features
 		}
+		f.mu.Unlock()
+		if err == nil && !job.IsAggregate {
+			job.RequiredSystemFeatures = d.features
+			f.onJob(normalized(job))
+		}
+	})
+}
+
+// wait waits for every read and sets the jobs' features (jobs nil: drop them).
+func (f *featureReader) wait(jobs []rawJob) error {
+	f.wg.Wait()
+	if f.err != nil || jobs == nil {
+		return f.err
+	}
+	for i, feats := range f.feats {
+		jobs[i].RequiredSystemFeatures = feats
 	}
 	return nil
 }

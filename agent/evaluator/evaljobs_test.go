@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -166,10 +167,20 @@ func TestEvaluate_UsesNixEvalJobs(t *testing.T) {
 	}
 	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 
+	var mu sync.Mutex
+	seen := map[string]Job{}
 	res, err := Evaluate(ctx, dir, Request{Workers: 3, MaxMemoryMB: 2048, RestrictEval: true, EvalStore: root,
-		Inputs: []Input{{Name: "greeting", Type: "string", Value: "hi there"}, {Name: "flag", Type: "boolean", Value: "false"}}})
+		Inputs: []Input{{Name: "greeting", Type: "string", Value: "hi there"}, {Name: "flag", Type: "boolean", Value: "false"}},
+		OnJob: func(j Job) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[j.Attr] = j
+		}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(seen, jobsByAttr(res)) {
+		t.Errorf("OnJob saw %+v, want the result's jobs, features included: %+v", seen, res.Jobs)
 	}
 	jobs := jobsByAttr(res)
 	if len(jobs) != 2 || jobs["plain"].DrvPath != drvs[0] || jobs["kvm"].DrvPath != drvs[1] || jobs["plain"].Meta.License != "MIT" {

@@ -84,6 +84,7 @@ type target struct {
 	workers  int
 	maxMemMB int
 	onDrv    func(drvPath string) // Request.OnDrv, never nil
+	onJob    func(Job)            // Request.OnJob, never nil
 	// evalStore is Request.EvalStore: where the .drv files are, under their store
 	// paths ("" for Nix's own store).
 	evalStore string
@@ -159,9 +160,12 @@ func prepare(ctx context.Context, dir string, req Request) (t *target, cleanup f
 // options, before its expression and inputs.
 func newTarget(dir string, req Request) *target {
 	t := &target{checkout: dir, flake: req.FlakeMode, workers: req.Workers, maxMemMB: req.MaxMemoryMB, onDrv: req.OnDrv,
-		evalStore: req.EvalStore}
+		onJob: req.OnJob, evalStore: req.EvalStore}
 	if t.onDrv == nil {
 		t.onDrv = func(string) {}
+	}
+	if t.onJob == nil {
+		t.onJob = func(Job) {}
 	}
 	if t.workers <= 0 {
 		t.workers = min(runtime.NumCPU(), 4)
@@ -405,16 +409,21 @@ func (r rawResult) finish() Result {
 				continue
 			}
 		}
-		if job.Outputs == nil {
-			job.Outputs = map[string]string{}
-		}
-		if job.RequiredSystemFeatures == nil {
-			job.RequiredSystemFeatures = []string{}
-		}
-		res.Jobs = append(res.Jobs, job)
+		res.Jobs = append(res.Jobs, normalized(job))
 	}
 	sort.Slice(res.Errors, func(a, b int) bool { return res.Errors[a].Attr < res.Errors[b].Attr })
 	return res
+}
+
+// normalized is j as the result has it: no nil outputs or features.
+func normalized(j Job) Job {
+	if j.Outputs == nil {
+		j.Outputs = map[string]string{}
+	}
+	if j.RequiredSystemFeatures == nil {
+		j.RequiredSystemFeatures = []string{}
+	}
+	return j
 }
 
 // relativeError is err with the checkout's path taken out of its message.

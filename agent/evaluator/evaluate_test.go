@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -269,6 +270,9 @@ func TestEvaluate_LegacyRelease(t *testing.T) {
 	}
 }
 
+// Sharded walkers (workers > 1 splits the top-level names) give the same result as
+// one: the same jobs, each error once with the same message, aggregates with their
+// constituents from other shards; and OnJob sees every job but the aggregates once.
 func TestEvaluate_LegacySameResultWithOneOrManyWorkers(t *testing.T) {
 	t.Parallel()
 	needNix(t)
@@ -281,16 +285,52 @@ func TestEvaluate_LegacySameResultWithOneOrManyWorkers(t *testing.T) {
 		}
 	}
 	var results []Result
-	for _, w := range []int{1, 3} {
-		res, err := Evaluate(ctx, dir, Request{Expression: "release.nix", Workers: w})
+	for _, w := range []int{1, 2, 3, 40} {
+		var mu sync.Mutex
+		var seen []Job
+		res, err := Evaluate(ctx, dir, Request{Expression: "release.nix", Workers: w, OnJob: func(j Job) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, j)
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		res.EvalSeconds, res.CheckoutSeconds = 0, 0
 		results = append(results, res)
+		var want []Job
+		for _, j := range res.Jobs {
+			if !j.IsAggregate {
+				want = append(want, j)
+			}
+		}
+		sort.Slice(seen, func(a, b int) bool { return seen[a].Attr < seen[b].Attr })
+		if !reflect.DeepEqual(seen, want) {
+			t.Errorf("%d workers: OnJob saw\n%+v\nwant the result's jobs but aggregates\n%+v", w, seen, want)
+		}
+		count := map[string]int{}
+		for _, e := range res.Errors {
+			count[e.Attr]++
+		}
+		for _, j := range res.Jobs {
+			count[j.Attr]++
+		}
+		for attr, n := range count {
+			if n != 1 {
+				t.Errorf("%d workers: %s reported %d times", w, attr, n)
+			}
+		}
+		agg := jobsByAttr(res)["aggregate"]
+		got := append([]string{}, agg.Constituents...)
+		sort.Strings(got)
+		if !agg.IsAggregate || !reflect.DeepEqual(got, []string{"chain", "diamond.top", "multi", "success"}) {
+			t.Errorf("%d workers: aggregate %+v", w, agg)
+		}
 	}
-	if !reflect.DeepEqual(results[0], results[1]) {
-		t.Errorf("1 worker:\n%+v\n3 workers:\n%+v", results[0], results[1])
+	for i := 1; i < len(results); i++ {
+		if !reflect.DeepEqual(results[0], results[i]) {
+			t.Errorf("1 worker:\n%+v\nmore:\n%+v", results[0], results[i])
+		}
 	}
 	checkErrors(t, results[0])
 }

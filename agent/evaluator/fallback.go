@@ -313,7 +313,12 @@ func runWalk(ctx context.Context, t *target, top, mark string, o walkOpts) (walk
 	if err := cmd.Start(); err != nil {
 		return walkRun{}, fmt.Errorf("start nix eval: %w", err)
 	}
-	run, readErr := readWalk(stderr, mark, t.onDrv)
+	run, readErr := readWalk(stderr, mark, func(j *walkJob) {
+		t.onDrv(j.D)
+		if !j.A {
+			t.onJob(normalized(j.job()))
+		}
+	})
 	waitErr := cmd.Wait()
 	if ctx.Err() != nil {
 		return walkRun{}, ctx.Err()
@@ -338,7 +343,7 @@ func runWalk(ctx context.Context, t *target, top, mark string, o walkOpts) (walk
 
 // readWalk reads a walker's stderr: its records, and the error message that follows
 // the last node it began.
-func readWalk(r io.Reader, mark string, onDrv func(string)) (walkRun, error) {
+func readWalk(r io.Reader, mark string, onJob func(*walkJob)) (walkRun, error) {
 	var run walkRun
 	prefix := []byte("trace: " + mark + " ")
 	var tail []string // lines since the last record
@@ -356,7 +361,7 @@ func readWalk(r io.Reader, mark string, onDrv func(string)) (walkRun, error) {
 					perr = json.Unmarshal(payload, rec.job)
 					rec.path = rec.job.P
 					if perr == nil {
-						onDrv(rec.job.D)
+						onJob(rec.job)
 					}
 				} else {
 					perr = json.Unmarshal(payload, &rec.path)

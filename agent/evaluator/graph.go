@@ -241,6 +241,35 @@ func (g *Grapher) NodesFrom(drvs []string) []Node {
 	return g.nodesOf(slices.Collect(maps.Keys(reached)))
 }
 
+// NodesFromExcept is NodesFrom for a graph reported in parts: without the nodes in
+// sent, nor below them (a part holds whole closures, so what a sent node needs was
+// sent with it).
+func (g *Grapher) NodesFromExcept(drvs []string, sent map[string]bool) []Node {
+	reached := map[string]bool{}
+	var out, stack []string
+	for _, d := range drvs {
+		if g.isNode[d] && !sent[d] && !reached[d] {
+			reached[d] = true
+			stack = append(stack, d)
+		}
+	}
+	for len(stack) > 0 {
+		d := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		out = append(out, d)
+		for _, in := range g.infos[d].inputs {
+			if g.isNode[in] && !sent[in] && !reached[in] {
+				reached[in] = true
+				stack = append(stack, in)
+			}
+		}
+	}
+	return g.nodesOf(out)
+}
+
+// Walked reports whether the derivation drv has been walked (by an Add that returned).
+func (g *Grapher) Walked(drv string) bool { return g.infos[drv] != nil }
+
 // nodesOf is the given nodes, with their edges to other nodes, sorted by drv path.
 func (g *Grapher) nodesOf(paths []string) []Node {
 	sort.Strings(paths)

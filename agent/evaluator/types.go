@@ -50,6 +50,13 @@ type Request struct {
 	// caller can walk the graph and upload derivations meanwhile. Every job of the
 	// result has been passed to it by the time Evaluate returns, and maybe some more.
 	OnDrv func(drvPath string)
+	// OnJob, when set, is called with each job that is not an aggregate as soon as
+	// it is as it will be in the result (from several goroutines, after OnDrv of its
+	// drv path), so the caller can report it while the evaluation goes on. Every such
+	// job of the result has been passed to it, once, by the time Evaluate returns.
+	// Aggregates are in the result only: their constituents are resolved at the end,
+	// and one whose constituents failed becomes an error.
+	OnJob func(Job)
 }
 
 // Input is a jobset input passed to a legacy expression as Hydra passes it: string

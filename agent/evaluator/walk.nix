@@ -25,12 +25,8 @@ let
   inherit (builtins) attrNames isAttrs isList isString isInt tryEval length elemAt
     concatMap map listToAttrs deepSeq seq foldl' trace toJSON head tail genList;
 
-  kind = depth: v:
-    if isAttrs v then
-      (if (v.type or null) == "derivation" then "drv"
-       else if depth == 0 || recurseAll || (v.recurseForDerivations or false) == true then "set"
-       else "skip")
-    else "skip";
+  # Whether a set (not a derivation) at depth is recursed into.
+  recurse = depth: v: depth == 0 || recurseAll || (v.recurseForDerivations or false) == true;
 
   try = e: if catch then tryEval e else { success = true; value = e; };
 
@@ -46,48 +42,58 @@ let
     if isString h then h
     else if isList h && h != [ ] && isString (head h) then head h
     else null;
+  orNull = l: if l == [ ] then null else l;
 
   # Only what is set, to keep the lines short.
   dropNulls = a: builtins.removeAttrs a (builtins.filter (n: a.${n} == null) (attrNames a));
-  job = v:
+  metaOf = meta:
+    let licenses = license (meta.license or null); in
+    dropNulls {
+      description = str (meta.description or null);
+      license = orNull licenses;
+      homepage = homepage (meta.homepage or null);
+      timeout = int (meta.timeout or null);
+      maxSilent = int (meta.maxSilent or null);
+      schedulingPriority = int (meta.schedulingPriority or null);
+    };
+  # The job at path as one JSON object: toJSON forces all of it, so a tryEval
+  # around it catches what any part throws, in one traversal. Absent parts are null
+  # (most jobs have no meta, features or constituents).
+  job = path: v:
     let
-      meta = if isAttrs (v.meta or null) then v.meta else { };
-      outputs = if isList (v.outputs or null) then v.outputs else [ "out" ];
-      f = v.requiredSystemFeatures or [ ];
-      features = if isList f then f else if isString f then [ f ] else [ ];
-      licenses = license (meta.license or null);
-      m = if meta == { } then { } else dropNulls {
-        description = str (meta.description or null);
-        license = if licenses == [ ] then null else licenses;
-        homepage = homepage (meta.homepage or null);
-        timeout = int (meta.timeout or null);
-        maxSilent = int (meta.maxSilent or null);
-        schedulingPriority = int (meta.schedulingPriority or null);
-      };
-    in {
+      meta = v.meta or null;
+      f = v.requiredSystemFeatures or null;
+    in toJSON {
+      p = path;
       d = v.drvPath;
       n = v.name;
       s = v.system;
-      o = listToAttrs (map (o: { name = o; value = v.${o}.outPath; }) outputs);
-    }
-    // (if features == [ ] then { } else { f = features; })
-    // (if m == { } then { } else { inherit m; })
-    // (if (v._hydraAggregate or false) == true then {
-      a = true;
-      c = map (c: if isString c then { n = c; } else { d = c.drvPath; }) v.constituents;
-    } else { });
+      o = if v ? outputs && isList v.outputs
+        then listToAttrs (map (o: { name = o; value = v.${o}.outPath; }) v.outputs)
+        else { out = v.outPath; };
+      f = if f == null then null else if isList f then orNull f else if isString f then [ f ] else null;
+      m = if meta == null || meta == { } || !(isAttrs meta) then null else orNull' (metaOf meta);
+      a = if (v._hydraAggregate or false) == true then true else null;
+      c = if (v._hydraAggregate or false) == true
+        then map (c: if isString c then { n = c; } else { d = c.drvPath; }) v.constituents
+        else null;
+    };
+  orNull' = s: if s == { } then null else s;
 
   emit = tag: payload: trace "${mark} ${tag} ${toJSON payload}" 1;
 
-  # A node at `path` (depth = length path), its value v.
+  # A node at `path` (depth = length path), its value v: a job reported as J, a set
+  # recursed into, anything else skipped; a node that throws reported as T.
   node = depth: path: v:
-    seq (if announce then emit "B" path else 1) (
-      let k = try (kind depth v); in
-      if !k.success then emit "T" path
-      else if k.value == "drv" then
-        (let r = try (let d = job v; in deepSeq d d); in
-         if r.success then emit "J" ({ p = path; } // r.value) else emit "T" path)
-      else if k.value == "set" then children depth path v null
+    (if announce then seq (emit "B" path) else (x: x)) (
+      let r = try (
+        if !(isAttrs v) then null
+        else if (v.type or null) == "derivation" then job path v
+        else recurse depth v);
+      in
+      if !r.success then emit "T" path
+      else if isString r.value then trace "${mark} J ${r.value}" 1
+      else if r.value == true then children depth path v null
       else 1);
 
   # The children of the set v at `path`, skipping those up to and including `res`
@@ -100,16 +106,18 @@ let
       hi = (shard + 1) * n / shards;
       names = if depth == 0 && shards > 1 then genList (i: elemAt all (lo + i)) (hi - lo) else all;
       sel =
-        if res == null || res == [ ] then map (n: { inherit n; r = null; }) names
-        else concatMap (n:
+        concatMap (n:
           if n < head res then [ ]
           else if n == head res then (if length res == 1 then [ ] else [ { inherit n; r = tail res; } ])
           else [ { inherit n; r = null; } ]) names;
     in
-    foldl' (acc: c: seq
-      (if c.r == null then node (depth + 1) (path ++ [ c.n ]) v.${c.n}
-       else children (depth + 1) (path ++ [ c.n ]) v.${c.n} c.r)
-      (acc + 1)) 0 sel;
+    if res == null || res == [ ] then
+      foldl' (acc: n: seq (node (depth + 1) (path ++ [ n ]) v.${n}) acc) 0 names
+    else
+      foldl' (acc: c: seq
+        (if c.r == null then node (depth + 1) (path ++ [ c.n ]) v.${c.n}
+         else children (depth + 1) (path ++ [ c.n ]) v.${c.n} c.r)
+        acc) 0 sel;
 
   at = path: foldl' (v: n: v.${n}) top path;
 in

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -70,8 +71,13 @@ func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 			log.Warn("eval store unusable; evaluating in Nix's store", "err", err)
 		}
 	}
-	res, nodes, err := e.evaluate(ctx, t, root, &rep, link)
+	// The report goes to the coordinator while the evaluation runs, where it can.
+	es := openEvalStream(ctx, link, a.Work, log)
+	res, nodes, err := e.evaluate(ctx, t, root, &rep, link, es)
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		if es != nil {
+			es.close()
+		}
 		return ctx.Err() // cancelled or lease lost: nothing to report
 	}
 	if err != nil {
@@ -81,12 +87,19 @@ func (e *EvalRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 		rep.Retry = !errors.Is(err, evaluator.ErrEvalFailed)
 		log.Warn("evaluation failed", "err", err, "retry", rep.Retry)
 	}
+	if es != nil {
+		if es.healthy() {
+			return es.finish(rep, res, nodes)
+		}
+		es.close() // broke during the evaluation: the coordinator stored none of it
+	}
 	return report(ctx, link, rep, res, nodes)
 }
 
 // evaluate evaluates t, writing .drv files to the store whose root directory is
 // root ("" for Nix's own store).
-func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link Link) (evaluator.Result, []evaluator.Node, error) {
+func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root string, rep *protocol.EvalReport, link Link,
+	es *evalStream) (evaluator.Result, []evaluator.Node, error) {
 	start := time.Now()
 	dir, cleanup, err := evaluator.Checkout(ctx, filepath.Join(e.StateDir, "git"), t.RepoURL, t.Revision,
 		evaluator.Credentials{SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken})
@@ -102,11 +115,17 @@ func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root str
 	// The graph is walked and the .drv closure uploaded while the evaluation runs,
 	// from the drv paths the evaluator reports as it goes.
 	start = time.Now()
-	pipe := startDrvPipeline(ctx, link, root)
+	pipe := startDrvPipeline(ctx, link, root, es)
+	var onJob func(evaluator.Job)
+	if es != nil {
+		onJob = pipe.addJob
+	}
 	res, err := evaluator.Evaluate(ctx, dir, evaluator.Request{RepoURL: t.RepoURL, Revision: t.Revision, Branch: t.Branch,
-		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, Workers: t.Workers, MaxMemoryMB: t.MaxMemoryMB,
+		FlakeMode: t.FlakeMode, Expression: t.Expression, Inputs: inputs, MaxMemoryMB: t.MaxMemoryMB,
+		// More workers than CPUs only compete for them (and each holds its own heap).
+		Workers:      min(t.Workers, runtime.NumCPU()),
 		RestrictEval: t.RestrictEval, AllowIFD: t.AllowIFD, SSHKey: t.SSHKey, HTTPSToken: t.HTTPSToken,
-		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add,
+		EvalStore: root, CacheDir: filepath.Join(e.StateDir, "git"), OnDrv: pipe.add, OnJob: onJob,
 		AllowedInputPaths: e.AllowedInputPaths, ProtectedPaths: append([]string{e.StateDir}, e.Protected...)})
 	if err != nil {
 		pipe.stop()
@@ -122,6 +141,7 @@ func (e *EvalRunner) evaluate(ctx context.Context, t protocol.EvalTask, root str
 	e.Logger.Info("evaluated", "eval", t.EvaluationID, "jobs", len(res.Jobs), "nodes", len(nodes),
 		"evaluate_s", evaluated.Sub(start).Seconds(), "after_evaluate_s", time.Since(evaluated).Seconds(),
 		"graph_s", up.graph.Seconds(), "closure_s", up.closure.Seconds(), "upload_s", up.upload.Seconds(),
+		"stream_s", up.stream.Seconds(), "streamed", es != nil,
 		"batches", up.batches, "uploaded", up.sent, "eval_store", root)
 	return res, nodes, nil
 }
@@ -162,6 +182,7 @@ func (s streamOpener) OpenStream(kind string) (io.ReadWriteCloser, error) {
 // drvUpload is what walking the graph and pushing the .drv closure took.
 type drvUpload struct {
 	graph, closure, upload time.Duration // walking the graph; finding the closure's path infos; sending it
+	stream                 time.Duration // sending jobs and nodes on the report stream
 	batches, sent          int
 }
 
@@ -178,11 +199,13 @@ type drvPipeline struct {
 	root   string // the store's root directory ("" for Nix's own)
 	g      *evaluator.Grapher
 	seen   map[string]bool // paths already offered to the cache
+	stream *evalStream     // nil: the report goes at the end
 	wake   chan struct{}
 	done   chan struct{}
 
 	mu      sync.Mutex
 	pending []string
+	jobs    []evaluator.Job // to stream once their derivations are walked
 	closed  bool
 
 	err   error // set by the pipeline's goroutine before done closes
@@ -196,9 +219,9 @@ const (
 	gatherSize   = 2000
 )
 
-func startDrvPipeline(ctx context.Context, link Link, root string) *drvPipeline {
+func startDrvPipeline(ctx context.Context, link Link, root string, stream *evalStream) *drvPipeline {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, root: root, seen: map[string]bool{},
+	p := &drvPipeline{ctx: ctx, cancel: cancel, link: link, root: root, seen: map[string]bool{}, stream: stream,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	p.g = evaluator.NewGrapher(root, func(ctx context.Context, paths []string) (map[string]bool, error) {
 		return present(ctx, link, paths)
@@ -219,6 +242,13 @@ func (p *drvPipeline) add(drv string) {
 		default:
 		}
 	}
+}
+
+// addJob takes a job to stream from the evaluator (any goroutine).
+func (p *drvPipeline) addJob(j evaluator.Job) {
+	p.mu.Lock()
+	p.jobs = append(p.jobs, j)
+	p.mu.Unlock()
 }
 
 // finish adds the result's jobs (those not reported yet), waits for the pipeline to
@@ -288,11 +318,16 @@ func (p *drvPipeline) run() {
 		batch, closed := p.pending, p.closed
 		p.pending = nil
 		p.mu.Unlock()
-		if len(batch) > 0 {
-			if err := p.step(batch); err != nil {
-				p.err = err
-				return
-			}
+		var err error
+		switch {
+		case len(batch) > 0:
+			err = p.step(batch)
+		case p.stream != nil:
+			err = p.streamReady() // jobs that came after their derivations' step
+		}
+		if err != nil {
+			p.err = err
+			return
 		}
 		p.mu.Lock()
 		more := len(p.pending) > 0
@@ -311,8 +346,22 @@ func (p *drvPipeline) run() {
 	}
 }
 
-// step walks one batch of drv paths and uploads the closure of the nodes found.
+// step walks one batch of drv paths, uploads the closure of the nodes found and
+// streams the jobs that are ready.
 func (p *drvPipeline) step(drvs []string) error {
+	if err := p.walk(drvs); err != nil {
+		return err
+	}
+	if p.stream == nil {
+		return nil
+	}
+	start := time.Now()
+	defer func() { p.stats.stream += time.Since(start) }()
+	return p.streamReady()
+}
+
+// walk walks one batch of drv paths and uploads the closure of the nodes found.
+func (p *drvPipeline) walk(drvs []string) error {
 	p.stats.batches++
 	start := time.Now()
 	nodes, err := p.g.Add(p.ctx, drvs)

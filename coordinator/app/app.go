@@ -178,6 +178,7 @@ func New(cfg Config) (*App, error) {
 			protocol.StreamUpload:     ch.HandleUpload,
 			protocol.StreamPresent:    ch.HandlePresent,
 			protocol.StreamEvalReport: ev.HandleReport,
+			protocol.StreamEvalStream: ev.HandleStream,
 			protocol.StreamLog:        bu.HandleLog,
 			protocol.StreamStepReport: bu.HandleReport,
 		}}, db)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,4 +199,122 @@ in {
 	if b := coordtest.GetBuild(t, c, id); b.Status != "succeeded" {
 		t.Errorf("build: %s", b.Status)
 	}
+}
+
+// TestLiveLog_HundredViewersExactBytesAndASlowOneCatchesUp: 100 viewers of a chatty
+// build each receive exactly the stored bytes, in order, with no gap or duplicate;
+// one more viewer reads nothing until the build has ended (it held nothing back),
+// then gets the whole log with the same bytes and line numbers: what it had not
+// taken is long gone from the chunks the viewers share, and is read again from the
+// stored log (after a reconnect from its offset if the server dropped it meanwhile).
+func TestLiveLog_HundredViewersExactBytesAndASlowOneCatchesUp(t *testing.T) {
+	t.Parallel()
+	c := coordtest.Start(t, coordtest.Options{})
+	repo := coordtest.NewRepo(t)
+	// About 2.7 MB in 30,000 numbered lines: more than the shared chunks keep (2 MiB).
+	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
+  %s
+in {
+  chatty = mk "chatty" { args = sh "sleep 1; i=0; while [ $i -lt 30000 ]; do echo \"line $i 0123456789012345678901234567890123456789012345678901234567890123456789012345678\"; i=$((i+1)); done; echo > $out"; };
+}
+`, coordtest.MkLet(coordtest.Salt(t)))})
+	_, js := c.Project("demo", repo.Dir, nil)
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
+	coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder"})
+	c.Trigger(js, false)
+	id := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))["chatty"].ID
+
+	type got struct {
+		data       string
+		lines      int64 // the Line of each message matched the lines before it
+		reconnects int
+		err        string
+	}
+	// follow reads one viewer's stream to its end, checking offsets and line numbers;
+	// when its connection drops (the server drops a viewer that takes nothing for
+	// writeTimeout), it comes back from its offset, as the dashboard does.
+	follow := func(conn *websocket.Conn) got {
+		var g got
+		var b strings.Builder
+		var next, lines int64
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
+			_, raw, err := conn.ReadMessage()
+			if err != nil {
+				conn.Close()
+				if g.reconnects++; g.reconnects > 5 {
+					g.err = err.Error()
+					return g
+				}
+				url := fmt.Sprintf("ws://%s/api/v1/builds/%d/log/stream?offset=%d", c.Addr, id, next)
+				if conn, _, err = websocket.DefaultDialer.Dial(url, nil); err != nil {
+					g.err = err.Error()
+					return g
+				}
+				continue
+			}
+			var m logMsg
+			if err := json.Unmarshal(raw, &m); err != nil {
+				g.err = err.Error()
+				return g
+			}
+			switch m.Type {
+			case "log":
+				if m.Offset != next || m.Line != lines {
+					g.err = fmt.Sprintf("chunk at offset %d line %d, expected %d line %d", m.Offset, m.Line, next, lines)
+					return g
+				}
+				b.WriteString(m.Data)
+				next, lines = m.Next, lines+int64(strings.Count(m.Data, "\n"))
+			case "attempt": // the step was rescued (a busy machine): its new log starts at 0
+				b.Reset()
+				next, lines = 0, 0
+			case "wait":
+			case "end":
+				if m.Status != "succeeded" || m.Next != next {
+					g.err = fmt.Sprintf("end %+v at %d", m, next)
+				}
+				g.data, g.lines = b.String(), lines
+				conn.Close()
+				return g
+			default:
+				g.err = fmt.Sprintf("unexpected %+v", m)
+				return g
+			}
+		}
+	}
+	const viewers = 100
+	slow := dialLog(t, c, id, "offset=0")
+	conns := make([]*websocket.Conn, viewers)
+	for i := range conns {
+		conns[i] = dialLog(t, c, id, "offset=0")
+	}
+	results := make([]got, viewers)
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = follow(conn)
+		}()
+	}
+	wg.Wait()
+	// The build has ended while the slow viewer read nothing.
+	if b := coordtest.GetBuild(t, c, id); b.Status != "succeeded" {
+		t.Fatalf("build: %s", b.Status)
+	}
+	code, stored := coordtest.Get(t, fmt.Sprintf("%s/api/v1/builds/%d/log", c.URL, id))
+	if code != 200 || len(stored) < 2_500_000 || strings.Count(stored, "\n") != 30000 {
+		t.Fatalf("stored log: %d, %d bytes, %d lines", code, len(stored), strings.Count(stored, "\n"))
+	}
+	for i, g := range results {
+		if g.err != "" || g.data != stored {
+			t.Errorf("viewer %d: %s; %d bytes, want the stored %d", i, g.err, len(g.data), len(stored))
+		}
+	}
+	g := follow(slow)
+	if g.err != "" || g.data != stored || g.lines != 30000 {
+		t.Errorf("slow viewer: %s; %d bytes, %d lines, want the stored %d bytes", g.err, len(g.data), g.lines, len(stored))
+	}
+	t.Logf("the slow viewer came back %d times", g.reconnects)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/fc-ci/fc/coordinator/httpkit"
+	"github.com/fc-ci/fc/coordinator/logs"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -135,53 +137,65 @@ func (f *follower) run(ctx context.Context) error {
 	}
 	recheck := time.NewTicker(every)
 	defer recheck.Stop()
+	// The step is looked up first, then only when the hub says it changed (or on the
+	// recheck): a wake-up that only says the log grew costs no query, so 100 viewers
+	// of a chatty build do not ask PostgreSQL 100 times per chunk.
+	lookup := true
+	var st storage.StepInfo
 	for {
-		st, err := f.b.db.GetStep(ctx, f.step)
-		if err != nil {
-			return err
-		}
-		if st.LeaseEpoch != f.epoch && st.Status != "queued" {
-			// Another attempt (a rescue or a restart) writes a new log from byte 0.
-			if f.epoch != 0 || f.offset > 0 {
-				if err := f.send(logMessage{Type: "attempt", Step: f.step}); err != nil {
-					return err
-				}
-			}
-			f.epoch, f.offset, f.lines = st.LeaseEpoch, 0, 0
-		}
-		if st.Status == "running" && f.relay != nil {
-			if up := f.relay(ctx, st, f.offset); up != nil {
-				return f.pipe(ctx, up)
-			}
-		}
-		if err := f.sendAvailable(); err != nil {
-			return err
-		}
-		switch st.Status {
-		case "queued":
-			if !f.waited {
-				f.waited = true
-				if err := f.send(logMessage{Type: "wait", Step: f.step, Status: st.Status}); err != nil {
-					return err
-				}
-			}
-		case "running":
-		default:
-			// The report arrives after the whole log: what is stored is all there is.
-			if err := f.sendAvailable(); err != nil {
+		if lookup {
+			var err error
+			if st, err = f.b.db.GetStep(ctx, f.step); err != nil {
 				return err
 			}
-			err := f.send(logMessage{Type: "end", Step: f.step, Status: st.Status, Code: st.StatusCode, Next: f.offset})
-			_ = f.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "step ended"),
-				time.Now().Add(time.Second))
+			if st.LeaseEpoch != f.epoch && st.Status != "queued" {
+				// Another attempt (a rescue or a restart) writes a new log from byte 0.
+				if f.epoch != 0 || f.offset > 0 {
+					if err := f.send(logMessage{Type: "attempt", Step: f.step}); err != nil {
+						return err
+					}
+				}
+				f.epoch, f.offset, f.lines = st.LeaseEpoch, 0, 0
+			}
+			if st.Status == "running" && f.relay != nil {
+				if up := f.relay(ctx, st, f.offset); up != nil {
+					return f.pipe(ctx, up)
+				}
+			}
+		}
+		if err := f.sendAvailable(sub); err != nil {
 			return err
+		}
+		if lookup {
+			switch st.Status {
+			case "queued":
+				if !f.waited {
+					f.waited = true
+					if err := f.send(logMessage{Type: "wait", Step: f.step, Status: st.Status}); err != nil {
+						return err
+					}
+				}
+			case "running":
+			default:
+				// The report arrives after the whole log: what is stored is all there is.
+				if err := f.sendAvailable(sub); err != nil {
+					return err
+				}
+				err := f.send(logMessage{Type: "end", Step: f.step, Status: st.Status, Code: st.StatusCode, Next: f.offset})
+				_ = f.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "step ended"),
+					time.Now().Add(time.Second))
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-sub.C:
+			lookup = sub.Changed()
 		case <-recheck.C:
+			lookup = true
 		case <-ping.C:
+			lookup = false
 			if err := f.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
 				return err
 			}
@@ -189,83 +203,114 @@ func (f *follower) run(ctx context.Context) error {
 	}
 }
 
-// sendAvailable sends what is stored past the viewer's offset.
-func (f *follower) sendAvailable() error {
+// sendAvailable sends what is stored past the viewer's offset, in chunks shared with
+// the step's other viewers (see logs.Hub): each is read and encoded once.
+func (f *follower) sendAvailable(sub *logs.Sub) error {
 	if f.epoch == 0 {
 		return nil
 	}
-	r, err := f.b.cfg.Logs.Open(f.step, f.epoch)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
-		return err
+	// The stored log, opened when a chunk is to be made (or lines counted) here.
+	var r io.ReadSeekCloser
+	defer func() {
+		if r != nil {
+			r.Close()
+		}
+	}()
+	open := func() (bool, error) {
+		if r != nil {
+			return true, nil
+		}
+		var err error
+		r, err = f.b.cfg.Logs.Open(f.step, f.epoch)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return err == nil, err
 	}
 	if f.lines < 0 { // count the lines before the starting offset once
-		f.lines = 0
-		if _, err := r.Seek(0, io.SeekStart); err != nil {
+		if ok, err := open(); !ok {
 			return err
 		}
-		br := bufio.NewReaderSize(io.LimitReader(r, f.offset), 64<<10)
-		for {
-			chunk, err := br.ReadSlice('\n')
-			if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
-				f.lines++
-			}
-			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-				break
-			}
-		}
-		if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
+		n, err := countLines(r, f.offset)
+		if err != nil {
 			return err
 		}
+		f.lines = n
 	}
-	if size, err := r.Seek(0, io.SeekEnd); err != nil {
-		return err
-	} else if size <= f.offset {
-		return nil // nothing new
+	for {
+		c, ok, err := sub.Chunk(f.epoch, f.offset, func() (logs.Chunk, bool, error) {
+			if ok, err := open(); !ok {
+				return logs.Chunk{}, false, err
+			}
+			return f.readChunk(r)
+		})
+		if err != nil || !ok {
+			return err
+		}
+		_ = f.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if err := f.conn.WritePreparedMessage(c.Msg.(*websocket.PreparedMessage)); err != nil {
+			return err
+		}
+		f.offset, f.lines = c.Next, c.NextLine
 	}
+}
+
+// readChunk reads the chunk at the viewer's offset from r and encodes its message; ok
+// is false when nothing is there yet.
+func (f *follower) readChunk(r io.ReadSeeker) (logs.Chunk, bool, error) {
 	if _, err := r.Seek(f.offset, io.SeekStart); err != nil {
-		return err
+		return logs.Chunk{}, false, err
 	}
 	pb := readBufs.Get().(*[]byte)
 	defer readBufs.Put(pb)
 	buf := *pb
-	carry := 0 // bytes of an incomplete character kept for the next message
+	n, err := io.ReadFull(r, buf)
+	var end int
+	switch {
+	case err == nil:
+		// More follows: end this message on a whole line, or at least a whole
+		// character, so no UTF-8 sequence is split across two JSON strings.
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			end = i + 1
+		} else {
+			end = wholeRunes(buf[:n])
+		}
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		end = wholeRunes(buf[:n]) // a writer may be mid-character: wait for the rest
+	default:
+		return logs.Chunk{}, false, err
+	}
+	if end == 0 {
+		return logs.Chunk{}, false, nil
+	}
+	offset, line := f.offset, f.lines
+	next := offset + int64(end)
+	raw, err := json.Marshal(logMessage{Type: "log", Step: f.step, Offset: &offset, Line: &line, Next: next, Data: string(buf[:end])})
+	if err != nil {
+		return logs.Chunk{}, false, err
+	}
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, raw)
+	if err != nil {
+		return logs.Chunk{}, false, err
+	}
+	return logs.Chunk{Epoch: f.epoch, Offset: offset, Next: next, Line: line,
+		NextLine: line + int64(bytes.Count(buf[:end], []byte{'\n'})), Msg: pm, Size: 2 * int64(len(raw))}, true, nil
+}
+
+// countLines is the number of newlines in the first n bytes of r.
+func countLines(r io.ReadSeeker, n int64) (int64, error) {
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return 0, err
+	}
+	var lines int64
+	br := bufio.NewReaderSize(io.LimitReader(r, n), 64<<10)
 	for {
-		n, err := io.ReadFull(r, buf[carry:])
-		n += carry
-		end := n
-		if err == nil {
-			// More follows: end this message on a whole line, or at least a whole
-			// character, so no UTF-8 sequence is split across two JSON strings.
-			if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-				end = i + 1
-			} else {
-				end = wholeRunes(buf[:n])
-			}
-		} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			end = wholeRunes(buf[:n]) // a writer may be mid-character: wait for the rest
+		chunk, err := br.ReadSlice('\n')
+		if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
+			lines++
 		}
-		if end > 0 {
-			offset, line := f.offset, f.lines
-			m := logMessage{Type: "log", Step: f.step, Offset: &offset, Line: &line, Next: f.offset + int64(end), Data: string(buf[:end])}
-			if werr := f.send(m); werr != nil {
-				return werr
-			}
-			f.offset += int64(end)
-			f.lines += int64(bytes.Count(buf[:end], []byte{'\n'}))
-		}
-		carry = copy(buf, buf[end:n])
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil
-		}
-		if err != nil {
-			return err
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return lines, nil
 		}
 	}
 }

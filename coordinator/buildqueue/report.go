@@ -219,7 +219,7 @@ func (b *Builds) HandleLog(ctx context.Context, agentID int64, st io.ReadWriter)
 			if err != nil {
 				return protocol.WriteFrame(st, protocol.LogAck{Offset: size, Error: err.Error()})
 			}
-			b.cfg.Hub.Wake(w.ID)
+			b.cfg.Hub.Grew(w.ID) // viewers read the new bytes; the step did not change
 		}
 		if c.Done {
 			return protocol.WriteFrame(st, protocol.LogAck{Offset: size})

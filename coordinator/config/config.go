@@ -216,7 +216,7 @@ func Defaults() Config {
 		Cache: Cache{Priority: 30, UpstreamCaches: []string{}, UpstreamKeys: []string{}, PlainNARs: true,
 			Store: StoreDir, PresignExpiry: 3600},
 		GC: GC{MaxAgeDays: 30, CleanupInterval: 3600},
-		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 1, RestrictEval: true,
+		Eval: Eval{MaxConcurrentEvals: 4, EvalTimeout: 1800, MaxMemorySize: 4096, Workers: 2, RestrictEval: true,
 			GitTimeout: 600, AllowedInputPaths: []string{}, PullRequestInterval: 300, DeclarativeInterval: 60},
 		Queue: Queue{LeaseTTL: 60, LeaseGrace: 120, MaxAttempts: 3, RetryBackoff: 10, BuildTimeout: 36000, MaxSilent: 7200,
 			MaxOutputSize: 2 << 30, SweepInterval: 30, UnsupportedWait: 60,

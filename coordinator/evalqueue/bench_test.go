@@ -57,6 +57,10 @@ type triggerRun struct {
 	attempts            int
 	agentSplit          string
 	coordSplit          string
+	cpu                 cpuSplit   // FC's part: from trigger to graph stored
+	instCPU, tmpfsCPU   [2]float64 // the baselines' user and sys seconds
+	storeSeen           int        // entries in /nix/store when nix-instantiate ran
+	tmpfsSeen           int        // entries in the tmpfs store's nix/store then (a fresh one)
 }
 
 func benchmarkTriggerToGraph(b *testing.B, n int) {
@@ -68,7 +72,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 	ctx := context.Background()
 	// Defaults: the trigger wakes the scheduler, which creates the evaluation and
 	// dispatches it to the idle eval agent in the same pass.
-	// FC_BENCH_EVAL_WORKERS sets [evaluator] workers (default 1).
+	// FC_BENCH_EVAL_WORKERS sets [evaluator] workers (default 2).
 	var opts coordtest.Options
 	if v := os.Getenv("FC_BENCH_EVAL_WORKERS"); v != "" {
 		w, err := strconv.Atoi(v)
@@ -121,18 +125,25 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 		var r triggerRun
 		var inst time.Duration
 		fc := func() {
+			before := cpuNow()
 			b.StartTimer()
 			r = triggerToGraph(b, c, js, commit)
 			b.StopTimer()
+			r.cpu = cpuNow().sub(before)
 		}
 		tmpfsFile := filepath.Join(instDir, fmt.Sprintf("inst-tmpfs-%d.nix", i))
 		if err := os.WriteFile(tmpfsFile, []byte(evaluator.TrivialJobset(n, "inst-tmpfs-"+s)), 0o644); err != nil {
 			b.Fatal(err)
 		}
 		var instTmpfs time.Duration
+		var instCPU, tmpfsCPU [2]float64
+		var storeSeen, tmpfsSeen int
 		baseline := func() {
-			inst = instantiateAll(b, instFile)
-			instTmpfs = instantiateAll(b, tmpfsFile, "--store", tmpfsStore(b))
+			storeSeen = storeEntries("/nix/store")
+			inst, instCPU = instantiateAll(b, instFile)
+			store := tmpfsStore(b)
+			tmpfsSeen = max(storeEntries(filepath.Join(store, "nix", "store")), 0)
+			instTmpfs, tmpfsCPU = instantiateAll(b, tmpfsFile, "--store", store)
 		}
 		order := "FC first"
 		if benchRuns.Add(1)%2 == 1 {
@@ -144,6 +155,7 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 			fc()
 		}
 		r.inst, r.instTmpfs = inst, instTmpfs
+		r.instCPU, r.tmpfsCPU, r.storeSeen, r.tmpfsSeen = instCPU, tmpfsCPU, storeSeen, tmpfsSeen
 		checkRun(ctx, b, c, repoDir, r, n)
 		runs = append(runs, r)
 		// The agent's own split of its part (evaluate, graph, .drv closure, upload).
@@ -156,6 +168,9 @@ func benchmarkTriggerToGraph(b *testing.B, n int) {
 			}
 		}
 		b.Logf("run %d, the agent's split: %s; the coordinator's: %s", i+1, r.agentSplit, r.coordSplit)
+		b.Logf("run %d, CPU: FC %s; nix-instantiate %.2f user + %.2f sys (/nix/store had %d entries); into tmpfs %.2f user + %.2f sys "+
+			"(its store had %d); load average %s", i+1, r.cpu, r.instCPU[0], r.instCPU[1], r.storeSeen, r.tmpfsCPU[0], r.tmpfsCPU[1],
+			r.tmpfsSeen, loadAverage())
 		agentPart := time.Duration((r.checkout + r.evalSecs) * float64(time.Second))
 		b.Logf("run %d: trigger→graph stored %.2fs, nix-instantiate %.2fs, ratio %.2f (goal ≤ 1.3); nix-instantiate into a store on "+
 			"tmpfs %.2fs, ratio %.2f; agent: checkout %.2fs + eval %.2fs "+
@@ -297,11 +312,16 @@ func tmpfsStore(b *testing.B) string {
 
 // instantiateAll is the baseline: nix-instantiate of the whole expression (extra
 // arguments: e.g. --store).
-func instantiateAll(b *testing.B, file string, extra ...string) time.Duration {
+func instantiateAll(b *testing.B, file string, extra ...string) (time.Duration, [2]float64) {
 	b.Helper()
 	start := time.Now()
-	out, err := exec.Command("nix-instantiate", append([]string{"--option", "substituters", "", file}, extra...)...).Output()
+	cmd := exec.Command("nix-instantiate", append([]string{"--option", "substituters", "", file}, extra...)...)
+	out, err := cmd.Output()
 	d := time.Since(start)
+	var cpu [2]float64
+	if cmd.ProcessState != nil {
+		cpu = [2]float64{cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds()}
+	}
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -312,7 +332,16 @@ func instantiateAll(b *testing.B, file string, extra ...string) time.Duration {
 	if len(out) == 0 {
 		b.Fatal("nix-instantiate printed nothing")
 	}
-	return d
+	return d, cpu
+}
+
+func loadAverage() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // The package's helpers take *testing.T; these are the few a benchmark needs.

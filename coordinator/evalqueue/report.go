@@ -51,19 +51,8 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		if err := protocol.ReadFrame(st, &b); err != nil {
 			return fmt.Errorf("read evaluation batch: %w", err)
 		}
-		for _, j := range b.Jobs {
-			o.Jobs = append(o.Jobs, storage.EvalJob{Attr: j.Attr, Name: j.Name, DrvPath: j.DrvPath, System: j.System,
-				Outputs: j.Outputs, Description: j.Meta.Description, License: j.Meta.License, Homepage: j.Meta.Homepage,
-				SchedulingPriority: j.Meta.SchedulingPriority, Timeout: j.Meta.Timeout, MaxSilent: j.Meta.MaxSilent,
-				IsAggregate: j.IsAggregate, Constituents: j.Constituents})
-		}
-		for _, er := range b.Errors {
-			o.Errors = append(o.Errors, storage.AttrError{Attr: er.Attr, Message: er.Message})
-		}
-		for _, n := range b.Nodes {
-			o.Nodes = append(o.Nodes, storage.EvalNode{DrvPath: n.DrvPath, System: n.System, RequiredFeatures: n.RequiredFeatures,
-				PreferLocalBuild: n.PreferLocalBuild, Outputs: n.Outputs, OutputCA: n.OutputCA, Inputs: n.Inputs})
-		}
+		jobs, errs, nodes := batchParts(b)
+		o.Jobs, o.Errors, o.Nodes = append(o.Jobs, jobs...), append(o.Errors, errs...), append(o.Nodes, nodes...)
 		if b.Done {
 			break
 		}
@@ -91,4 +80,25 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 		e.cfg.Metrics.ObserveEvaluation(outcome, time.Duration((rep.CheckoutSeconds+rep.EvalSeconds)*float64(time.Second)))
 	}
 	return verdict(err)
+}
+
+// batchParts converts a batch to storage's types.
+func batchParts(b protocol.EvalBatch) ([]storage.EvalJob, []storage.AttrError, []storage.EvalNode) {
+	jobs := make([]storage.EvalJob, len(b.Jobs))
+	for i, j := range b.Jobs {
+		jobs[i] = storage.EvalJob{Attr: j.Attr, Name: j.Name, DrvPath: j.DrvPath, System: j.System,
+			Outputs: j.Outputs, Description: j.Meta.Description, License: j.Meta.License, Homepage: j.Meta.Homepage,
+			SchedulingPriority: j.Meta.SchedulingPriority, Timeout: j.Meta.Timeout, MaxSilent: j.Meta.MaxSilent,
+			IsAggregate: j.IsAggregate, Constituents: j.Constituents}
+	}
+	errs := make([]storage.AttrError, len(b.Errors))
+	for i, er := range b.Errors {
+		errs[i] = storage.AttrError{Attr: er.Attr, Message: er.Message}
+	}
+	nodes := make([]storage.EvalNode, len(b.Nodes))
+	for i, n := range b.Nodes {
+		nodes[i] = storage.EvalNode{DrvPath: n.DrvPath, System: n.System, RequiredFeatures: n.RequiredFeatures,
+			PreferLocalBuild: n.PreferLocalBuild, Outputs: n.Outputs, OutputCA: n.OutputCA, Inputs: n.Inputs}
+	}
+	return jobs, errs, nodes
 }
