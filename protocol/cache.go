@@ -52,7 +52,10 @@ type UploadResult struct {
 	StorePath string `json:"store_path"`
 	OK        bool   `json:"ok"`
 	Error     string `json:"error,omitempty"`
-	FileSize  int64  `json:"file_size"` // compressed bytes stored
+	// Retry says the coordinator could not store the path (its blob store or its
+	// database failed), nothing was wrong with it: the same upload may succeed later.
+	Retry    bool  `json:"retry,omitempty"`
+	FileSize int64 `json:"file_size"` // compressed bytes stored
 }
 
 // MaxChunk bounds one data chunk.

@@ -62,11 +62,14 @@ func uploadParallel(ctx context.Context, conn StreamOpener, infos []protocol.Pat
 	out := Stats{Offered: len(infos)}
 	for k := range bins {
 		out.add(stats[k])
-		if err == nil && !errors.Is(errs[k], ErrRejected) {
+		if err == nil && !errors.Is(errs[k], ErrRejected) && !errors.Is(errs[k], ErrNotStored) {
 			err = errs[k]
 		}
 	}
-	if err == nil && len(out.Rejections) > 0 {
+	switch n := len(out.Rejections); {
+	case err == nil && n > 0 && n == out.Unstored:
+		err = fmt.Errorf("%w: %s", ErrNotStored, strings.Join(out.Rejections, "; "))
+	case err == nil && n > 0:
 		err = fmt.Errorf("%w: %s", ErrRejected, strings.Join(out.Rejections, "; "))
 	}
 	if err != nil {
@@ -165,4 +168,5 @@ func (s *Stats) add(o Stats) {
 	s.Plain += o.Plain
 	s.SentPaths = append(s.SentPaths, o.SentPaths...)
 	s.Rejections = append(s.Rejections, o.Rejections...)
+	s.Unstored += o.Unstored
 }

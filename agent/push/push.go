@@ -201,6 +201,9 @@ type Stats struct {
 	Elapsed    time.Duration // wall time of the upload
 	SentPaths  []string
 	Rejections []string
+	// Unstored are the rejections the coordinator marked as its own storage's
+	// failure (protocol.UploadResult.Retry).
+	Unstored int
 }
 
 // Options tune a push.
@@ -421,6 +424,11 @@ var ErrRefused = errors.New("coordinator refused the upload")
 // ErrRejected is returned when the coordinator refused one or more paths.
 var ErrRejected = errors.New("the coordinator rejected some paths")
 
+// ErrNotStored is returned when every path the coordinator did not take failed in
+// its own storage (an S3 server or PostgreSQL down): sending them again later may
+// work, unlike after ErrRejected.
+var ErrNotStored = errors.New("the coordinator could not store some paths")
+
 // Upload offers infos (any order) and sends what the cache lacks: large paths that
 // depend on nothing missing over several streams side by side (see uploadParallel),
 // everything else over one stream in dependency order.
@@ -471,6 +479,9 @@ func uploadOne(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo
 		if err := u.record(<-u.results); err != nil {
 			return u.stats, err
 		}
+	}
+	if n := len(u.stats.Rejections); n > 0 && n == u.stats.Unstored {
+		return u.stats, fmt.Errorf("%w: %s", ErrNotStored, strings.Join(u.stats.Rejections, "; "))
 	}
 	if len(u.stats.Rejections) > 0 {
 		return u.stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(u.stats.Rejections, "; "))
@@ -532,6 +543,9 @@ func (u *upload) record(v verdict) error {
 	}
 	if !v.res.OK {
 		u.stats.Rejections = append(u.stats.Rejections, v.res.Error)
+		if v.res.Retry {
+			u.stats.Unstored++
+		}
 		return nil
 	}
 	u.stats.Sent++

@@ -80,6 +80,10 @@ const (
 	retryMax        = 10 * time.Second
 	uploadAttempts  = 5
 	reportRetryWarn = 3
+	// storeAttempts bound the attempts while the coordinator's own storage fails
+	// (push.ErrNotStored): about half a minute of backoff, what an S3 server or
+	// PostgreSQL takes to restart, rather than a rebuild on another agent.
+	storeAttempts = 10
 )
 
 // Run implements daemon.Executor.
@@ -193,7 +197,11 @@ func (b *StepRunner) uploadOutputs(ctx context.Context, link Link, outputs map[s
 				"nar_bytes", st.NarBytes, "elapsed", st.Elapsed.Round(time.Millisecond))
 			return nil
 		}
-		if errors.Is(err, push.ErrRejected) || errors.Is(err, push.ErrRefused) || attempt+1 >= uploadAttempts || ctx.Err() != nil {
+		limit := uploadAttempts
+		if errors.Is(err, push.ErrNotStored) {
+			limit = storeAttempts
+		}
+		if errors.Is(err, push.ErrRejected) || errors.Is(err, push.ErrRefused) || attempt+1 >= limit || ctx.Err() != nil {
 			return err
 		}
 		logger.Warn("upload the outputs; retrying", "err", err, "attempt", attempt+1)

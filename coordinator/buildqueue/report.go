@@ -38,6 +38,17 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 		return fmt.Errorf("report for %q work on the step report stream", rep.Work.Kind)
 	}
 	l := storage.Lease{Kind: storage.LeaseStep, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
+	// The agent reports once it has delivered the whole log: the log moves to its
+	// final store before the outcome is recorded, so that once the step shows finished
+	// every coordinator serves all of it (a log in S3, not only this one's local
+	// file), and a coordinator dying right after the record loses none of it. Only
+	// the lease's holder may end the attempt's log.
+	if err := b.cfg.Leases.Check(ctx, l); err != nil {
+		return err
+	}
+	if err := b.cfg.Logs.Finish(l.ID, l.Epoch); err != nil {
+		b.log.Warn("finish log before the report", "step", l.ID, "err", err) // still served locally; attemptEnded tries again
+	}
 	if rep.Retry || rep.Status == "" {
 		err := b.cfg.Leases.Retry(ctx, l, rep.Error)
 		if errors.Is(err, storage.ErrStaleLease) {
@@ -48,11 +59,6 @@ func (b *Builds) record(ctx context.Context, agentID int64, rep protocol.StepRep
 		return err
 	}
 	if !reportedStatus(rep.Status) {
-		// Nothing is recorded, so no transaction checks the lease: a report for a
-		// lease the agent does not hold must not end that attempt's log.
-		if err := b.cfg.Leases.Check(ctx, l); err != nil {
-			return err
-		}
 		b.attemptEnded(l)
 		return fmt.Errorf("unknown step status %q", rep.Status)
 	}

@@ -130,7 +130,7 @@ func (c *Cache) commitGroup(ctx context.Context, agentID int64, g *uploadGroup, 
 				reason = "not_allowed"
 			}
 			c.m.rejections.WithLabelValues(reason).Inc()
-			res.Error = fmt.Sprintf("%s: store: %v", it.n.StorePath, err)
+			res.Error, res.Retry = fmt.Sprintf("%s: store: %v", it.n.StorePath, err), reason == "storage"
 		} else {
 			c.m.uploads.Inc()
 			c.m.uploadBytes.Add(float64(it.n.FileSize))

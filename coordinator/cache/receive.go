@@ -55,7 +55,7 @@ func (c *Cache) receive(ctx context.Context, pi protocol.PathInfo, a admission, 
 // reject counts a rejection of pi, for reason, and is its result.
 func (c *Cache) reject(pi protocol.PathInfo, reason string, err error) *protocol.UploadResult {
 	c.m.rejections.WithLabelValues(reason).Inc()
-	return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error()}
+	return &protocol.UploadResult{StorePath: pi.StorePath, Error: err.Error(), Retry: reason == "storage" || reason == "database"}
 }
 
 // receivedNAR is one path's upload, read, verified and written to its blob (not yet

@@ -48,6 +48,7 @@ type Coordinator struct {
 	cancel  context.CancelFunc
 	done    chan error
 	ln      *trackingListener
+	client  *http.Client // Remote's; nil: http.DefaultClient
 }
 
 // Options tweak the configuration before start.
@@ -101,6 +102,15 @@ func Start(t testing.TB, opts Options) *Coordinator {
 		}
 	})
 	return c
+}
+
+// Remote is a coordinator this test does not run in its own process (a real
+// fc-coordinator, in another network namespace): Do, and the helpers built on it,
+// reach it at url through client; db is its database, for Token and the SQL
+// helpers; log is where its output goes (failing helpers print it). Stop and Kill
+// do nothing on it; the test stops its process.
+func Remote(t testing.TB, url, admin string, db *storage.DB, log *LogBuffer, client *http.Client) *Coordinator {
+	return &Coordinator{t: t, DB: db, URL: url, Addr: strings.TrimPrefix(url, "http://"), Admin: admin, Log: log, client: client}
 }
 
 func (c *Coordinator) serve(inner net.Listener) {
@@ -265,7 +275,11 @@ func (c *Coordinator) Do(method, path, key string, body any, out any) int {
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc := http.DefaultClient
+	if c.client != nil {
+		hc = c.client
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -332,6 +346,46 @@ func (l *LogBuffer) WaitFor(t testing.TB, within time.Duration, parts ...string)
 			t.Fatalf("timed out after %v waiting for a log line with %q", within, parts)
 		}
 	}
+}
+
+// WaitForMore waits until more than before lines contain every part (before: a
+// Count taken earlier), so a line logged again after an event is awaited, not an
+// older one; it fails the test after within.
+func (l *LogBuffer) WaitForMore(t testing.TB, within time.Duration, before int, parts ...string) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		if l.Count(parts...) > before {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for a new log line with %q", within, parts)
+		}
+	}
+}
+
+// Count is how many lines contain every part.
+func (l *LogBuffer) Count(parts ...string) int {
+	n := 0
+	for _, line := range strings.Split(l.String(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }
 
 // String is everything logged so far.
