@@ -34,7 +34,11 @@ func (b *Builds) buildLog(w http.ResponseWriter, r *http.Request) {
 		httpkit.Fail(b.log, w, r, err)
 		return
 	}
-	f, err := b.cfg.Logs.Open(step.ID, step.LeaseEpoch)
+	open := b.cfg.Logs.Open
+	if step.Status != "running" && step.Status != "queued" {
+		open = b.cfg.Logs.OpenEnded
+	}
+	f, err := open(step.ID, step.LeaseEpoch)
 	if errors.Is(err, fs.ErrNotExist) {
 		if step.StartedAt != nil { // it ran and printed nothing (yet): an empty log
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -137,7 +141,7 @@ func LogByDrv(db *storage.DB, store logs.Store) func(ctx context.Context, drvBas
 		if err != nil {
 			return nil, err
 		}
-		f, err := store.Open(s.ID, s.LeaseEpoch)
+		f, err := store.OpenEnded(s.ID, s.LeaseEpoch)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("log of %s: %w", drvBasename, storage.ErrNotFound)
 		}

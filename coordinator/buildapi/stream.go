@@ -111,6 +111,7 @@ type follower struct {
 	offset int64
 	lines  int64 // newlines before offset; -1 until counted
 	waited bool
+	ended  bool // the step's attempt has ended: its log is read as finished
 	// relay follows the rest of a step that started running on another member's
 	// agent through that member (see Builds.relay); nil: never.
 	relay func(ctx context.Context, st storage.StepInfo, offset int64) *websocket.Conn
@@ -148,6 +149,7 @@ func (f *follower) run(ctx context.Context) error {
 			if st, err = f.b.db.GetStep(ctx, f.step); err != nil {
 				return err
 			}
+			f.ended = st.Status != "queued" && st.Status != "running"
 			if st.LeaseEpoch != f.epoch && st.Status != "queued" {
 				// Another attempt (a rescue or a restart) writes a new log from byte 0.
 				if f.epoch != 0 || f.offset > 0 {
@@ -221,7 +223,7 @@ func (f *follower) sendAvailable(sub *logs.Sub) error {
 			return true, nil
 		}
 		var err error
-		r, err = f.b.cfg.Logs.Open(f.step, f.epoch)
+		r, err = f.openLog()
 		if errors.Is(err, fs.ErrNotExist) {
 			return false, nil
 		}
@@ -329,12 +331,20 @@ func wholeRunes(b []byte) int {
 	return len(b)
 }
 
+// openLog opens the stored log of the attempt followed.
+func (f *follower) openLog() (io.ReadSeekCloser, error) {
+	if f.ended {
+		return f.b.cfg.Logs.OpenEnded(f.step, f.epoch)
+	}
+	return f.b.cfg.Logs.Open(f.step, f.epoch)
+}
+
 // tailOffset is the offset where the last n lines of the stored log begin.
 func (f *follower) tailOffset(n int) int64 {
 	if f.epoch == 0 {
 		return 0
 	}
-	r, err := f.b.cfg.Logs.Open(f.step, f.epoch)
+	r, err := f.openLog()
 	if err != nil {
 		return 0
 	}

@@ -32,6 +32,10 @@ type Store interface {
 	Size(step, epoch int64) (int64, error)
 	// Open reads the log; fs.ErrNotExist when there is none.
 	Open(step, epoch int64) (io.ReadSeekCloser, error)
+	// OpenEnded reads the log of an attempt known to have ended (its step finished
+	// or was given a new attempt): where stores differ (a partial copy left here by
+	// an agent that moved to another coordinator), the finished log wins.
+	OpenEnded(step, epoch int64) (io.ReadSeekCloser, error)
 	// Finish marks the log complete: no more appends; it may be compressed.
 	Finish(step, epoch int64) error
 }
@@ -220,6 +224,9 @@ func unzstd(step int64, raw []byte) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// OpenEnded implements Store: a directory holds one copy of each log.
+func (d *Dir) OpenEnded(step, epoch int64) (io.ReadSeekCloser, error) { return d.Open(step, epoch) }
 
 // Finish implements Store: with compression on, the log becomes <epoch>.log.zst
 // (written beside it, synced, then renamed, so a crash leaves one whole copy).

@@ -148,12 +148,51 @@ func (l *S3) Open(step, epoch int64) (io.ReadSeekCloser, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("log of step %d: %w", step, err)
 	}
+	return l.openBucket(step, epoch, "")
+}
+
+// OpenEnded implements Store. The bucket's copy wins: a local file of an ended
+// attempt is either one whose upload failed (served from here until Run moves it)
+// or a partial copy left here when its agent moved to another coordinator mid-log,
+// which the whole log in the bucket replaces (and which is then removed).
+func (l *S3) OpenEnded(step, epoch int64) (io.ReadSeekCloser, error) {
+	l.unmovedMu.Lock()
+	_, unmoved := l.unmoved[[2]int64{step, epoch}]
+	l.unmovedMu.Unlock()
+	if unmoved {
+		return l.Open(step, epoch)
+	}
 	if data, ok := l.unpacked.get(step, epoch); ok {
 		return memLog{bytes.NewReader(data)}, nil
 	}
 	key, _, err := l.stat(step, epoch)
+	if errors.Is(err, fs.ErrNotExist) {
+		return l.Open(step, epoch) // not moved (yet): the local file, if any
+	}
 	if err != nil {
 		return nil, err
+	}
+	mu := l.lock(step)
+	mu.Lock()
+	if err := os.Remove(l.local.path(step, epoch)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		mu.Unlock()
+		return nil, fmt.Errorf("log of step %d: a stale local copy: %w", step, err)
+	}
+	mu.Unlock()
+	return l.openBucket(step, epoch, key)
+}
+
+// openBucket reads a finished log from the bucket (key "": look it up), keeping it
+// decompressed for the next few reads.
+func (l *S3) openBucket(step, epoch int64, key string) (io.ReadSeekCloser, error) {
+	if data, ok := l.unpacked.get(step, epoch); ok {
+		return memLog{bytes.NewReader(data)}, nil
+	}
+	if key == "" {
+		var err error
+		if key, _, err = l.stat(step, epoch); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()

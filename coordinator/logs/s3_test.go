@@ -130,6 +130,11 @@ func TestS3_LogFinishedWhileTheBucketIsDownIsMovedLater(t *testing.T) {
 	if got := read(l); got != "built while S3 was away\n" {
 		t.Fatalf("the unmoved log reads %q", got)
 	}
+	if r, err := l.OpenEnded(9, 1); err != nil {
+		t.Fatalf("the ended, unmoved log: %v", err)
+	} else {
+		r.Close()
+	}
 	if moved, left := l.MoveUnmoved(); moved != 0 || left != 1 {
 		t.Fatalf("with the bucket still down: moved %d, left %d; want 0, 1", moved, left)
 	}
@@ -152,5 +157,54 @@ func TestS3_LogFinishedWhileTheBucketIsDownIsMovedLater(t *testing.T) {
 	}
 	if moved, left := l.MoveUnmoved(); moved+left != 0 {
 		t.Fatalf("nothing is left to move, yet moved %d, left %d", moved, left)
+	}
+}
+
+// An agent that moves to another coordinator mid-log leaves a partial copy on the
+// one it left; once the attempt has ended, that coordinator serves the whole log
+// from the bucket and drops its stale copy.
+func TestS3_AStaleLocalCopyGivesWayToTheFinishedLog(t *testing.T) {
+	t.Parallel()
+	srv := objstoretest.Start(t)
+	leftDir := t.TempDir()
+	left, err := NewS3(leftDir, openS3(t, srv, "moved/"), true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took, err := NewS3(t.TempDir(), openS3(t, srv, "moved/"), true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const whole = "line 1\nline 2\nline 3\nline 4\nline 5\n"
+	if _, _, err := left.Append(4, 1, 0, []byte(whole[:21]), 0); err != nil { // lines 1-3, then the coordinator is gone
+		t.Fatal(err)
+	}
+	if _, _, err := took.Append(4, 1, 0, []byte(whole), 0); err != nil { // the agent sends it all again
+		t.Fatal(err)
+	}
+	if err := took.Finish(4, 1); err != nil {
+		t.Fatal(err)
+	}
+	read := func(open func(step, epoch int64) (io.ReadSeekCloser, error)) string {
+		t.Helper()
+		r, err := open(4, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if got := read(left.OpenEnded); got != whole {
+		t.Fatalf("the coordinator the agent left serves %q, want the whole log", got)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(leftDir, "4", "*")); len(matches) != 0 {
+		t.Fatalf("the stale copy is still there: %q", matches)
+	}
+	if got := read(left.Open); got != whole {
+		t.Fatalf("after that, Open serves %q", got)
 	}
 }

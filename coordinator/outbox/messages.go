@@ -69,7 +69,7 @@ func (o *Outbox) logTail(s storage.FailedStep) string {
 	if o.cfg.Logs == nil {
 		return ""
 	}
-	f, err := o.cfg.Logs.Open(s.ID, s.LeaseEpoch)
+	f, err := o.cfg.Logs.OpenEnded(s.ID, s.LeaseEpoch)
 	if err != nil {
 		return ""
 	}
