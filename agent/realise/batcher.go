@@ -190,7 +190,10 @@ func (b *Batcher) run() {
 	if len(jobs) > 0 {
 		b.kick() // requests with other options need a batch of their own
 		b.batchesRun.Add(1)
-		if b.pool != nil {
+		// system-features is a store setting in Nix 2.8: a daemon's store keeps the
+		// one it opened with, so steps that need features go to nix-store, which
+		// takes them on its command line.
+		if b.pool != nil && len(jobs[0].req.Features) == 0 {
 			b.runDaemon(jobs, 1+extra)
 		} else {
 			b.processes.Add(1)

@@ -31,6 +31,10 @@ exec %s "$@"
 	if err := os.WriteFile(filepath.Join(dir, "nix-store"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// No daemon connection either: the agent falls back to nix-store, which fails.
+	if err := os.WriteFile(filepath.Join(dir, "nix-daemon"), []byte("#!/bin/sh\necho 'broken nix-daemon (test)' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
