@@ -77,7 +77,13 @@ func conflictDetail(err error) string {
 
 func databaseDown(err error) bool {
 	var ce *pgconn.ConnectError
-	return errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded)
+	if errors.As(err, &ce) || pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	// PostgreSQL shutting down or restarting ends the pool's open connections with
+	// class 57P (admin or crash shutdown, cannot connect now) or 08 (connection).
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "57P") || strings.HasPrefix(pe.Code, "08"))
 }
 
 // Unprocessable is a 422 naming the field at fault.

@@ -101,8 +101,10 @@ in {
 		t.Fatalf("build %s, want succeeded", final.Status)
 	}
 	detail := coordtest.GetBuild(t, c, b.ID)
-	if len(detail.Steps) != 1 || detail.Steps[0].Attempts < 2 {
-		t.Fatalf("steps %+v, want one step built in more than one attempt", detail.Steps)
+	// The refused upload is sent again by the agent (a storage failure is retryable)
+	// or, should S3 stay down longer than those retries, by a later attempt.
+	if len(detail.Steps) != 1 || detail.Steps[0].Attempts < 1 {
+		t.Fatalf("steps %+v, want one step", detail.Steps)
 	}
 	out := final.Outputs["out"]
 	if code, _ := coordtest.Get(t, c.URL+"/nix-cache/"+strings.TrimPrefix(out, "/nix/store/")[:32]+".narinfo"); code != 200 {
