@@ -15,30 +15,52 @@ import (
 // 1,000 nodes); beyond it the report is refused rather than exhausting memory.
 const maxReportBatches = 10_000
 
+// reportStream is an evaluation report's stream once its first frame was read.
+type reportStream struct {
+	rep   protocol.EvalReport
+	lease storage.Lease
+	st    io.ReadWriter
+}
+
+// verdict answers the report: accepted when err is nil.
+func (r reportStream) verdict(err error) error {
+	v := protocol.EvalVerdict{Accepted: err == nil}
+	if err != nil {
+		v.Error = err.Error()
+	}
+	return protocol.WriteFrame(r.st, v)
+}
+
+// openReport reads the first frame of an evaluation report (what names the stream)
+// and checks that it is this agent's current lease of the evaluation. When it is not
+// (or the frame cannot be read) the stream has been answered: ok is false and err is
+// what the handler returns.
+func (e *Evals) openReport(ctx context.Context, agentID int64, st io.ReadWriter, what string) (r reportStream, ok bool, err error) {
+	r.st = st
+	if err := protocol.ReadFrame(st, &r.rep); err != nil {
+		return r, false, fmt.Errorf("read %s: %w", what, err)
+	}
+	if r.rep.Work.Kind != protocol.WorkEval {
+		return r, false, r.verdict(fmt.Errorf("report for %q work on the evaluation stream", r.rep.Work.Kind))
+	}
+	r.lease = storage.Lease{Kind: storage.LeaseEval, ID: r.rep.Work.ID, Epoch: r.rep.Work.Epoch, AgentID: agentID}
+	if err := e.cfg.Leases.Check(ctx, r.lease); err != nil {
+		e.log.Warn(what+" refused", "eval", r.lease.ID, "epoch", r.lease.Epoch, "agent", agentID, "err", err)
+		return r, false, r.verdict(err)
+	}
+	return r, true, nil
+}
+
 // HandleReport serves a protocol.StreamEvalReport stream: the report is accepted only
 // for the current lease (id, epoch, agent); a stale one changes nothing.
 func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWriter) error {
-	var rep protocol.EvalReport
-	if err := protocol.ReadFrame(st, &rep); err != nil {
-		return fmt.Errorf("read evaluation report: %w", err)
-	}
-	verdict := func(err error) error {
-		v := protocol.EvalVerdict{Accepted: err == nil}
-		if err != nil {
-			v.Error = err.Error()
-		}
-		return protocol.WriteFrame(st, v)
-	}
-	if rep.Work.Kind != protocol.WorkEval {
-		return verdict(fmt.Errorf("report for %q work on the evaluation stream", rep.Work.Kind))
-	}
-	l := storage.Lease{Kind: storage.LeaseEval, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
 	// Refused before its batches are read (a report may be large); the transaction
 	// that records it checks the lease again, and that check counts.
-	if err := e.cfg.Leases.Check(ctx, l); err != nil {
-		e.log.Warn("evaluation report refused", "eval", l.ID, "epoch", l.Epoch, "agent", agentID, "err", err)
-		return verdict(err)
+	r, ok, err := e.openReport(ctx, agentID, st, "evaluation report")
+	if !ok {
+		return err
 	}
+	rep, l, verdict := r.rep, r.lease, r.verdict
 	defer e.finished(agentID)
 	received := time.Now()
 	var o storage.EvalOutcome
@@ -59,7 +81,6 @@ func (e *Evals) HandleReport(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	read := time.Since(received)
 	stored := time.Now()
-	var err error
 	outcome := "succeeded"
 	if rep.Failed && rep.Retry {
 		outcome = "retried"

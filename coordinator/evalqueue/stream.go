@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/fc-ci/fc/protocol"
-	"github.com/fc-ci/fc/storage"
 )
 
 // maxStreamFrames bounds one streamed report, keep-alives included.
@@ -21,25 +20,11 @@ const maxStreamFrames = 1_000_000
 // ends before that leaves nothing stored: the agent's lease expires and the
 // evaluation is retried, as when an agent dies without reporting.
 func (e *Evals) HandleStream(ctx context.Context, agentID int64, st io.ReadWriter) error {
-	var rep protocol.EvalReport
-	if err := protocol.ReadFrame(st, &rep); err != nil {
-		return fmt.Errorf("read evaluation stream: %w", err)
+	r, ok, err := e.openReport(ctx, agentID, st, "evaluation stream")
+	if !ok {
+		return err
 	}
-	verdict := func(err error) error {
-		v := protocol.EvalVerdict{Accepted: err == nil}
-		if err != nil {
-			v.Error = err.Error()
-		}
-		return protocol.WriteFrame(st, v)
-	}
-	if rep.Work.Kind != protocol.WorkEval {
-		return verdict(fmt.Errorf("report for %q work on the evaluation stream", rep.Work.Kind))
-	}
-	l := storage.Lease{Kind: storage.LeaseEval, ID: rep.Work.ID, Epoch: rep.Work.Epoch, AgentID: agentID}
-	if err := e.cfg.Leases.Check(ctx, l); err != nil {
-		e.log.Warn("evaluation stream refused", "eval", l.ID, "epoch", l.Epoch, "agent", agentID, "err", err)
-		return verdict(err)
-	}
+	l, verdict := r.lease, r.verdict
 	in, err := e.db.BeginEvalIngest(ctx, l)
 	if err != nil {
 		return verdict(err)
