@@ -72,7 +72,8 @@ type formsProject struct {
 // formsGetAPI decodes the API's answer to GET path into v.
 func formsGetAPI(t *testing.T, s *site, path string, v any) {
 	t.Helper()
-	res := s.do(httptest.NewRequest(http.MethodGet, path, nil), nil)
+	// As an admin: a project's notifications are shown only to those who manage it.
+	res := s.do(httptest.NewRequest(http.MethodGet, path, nil), &auth.Principal{Role: storage.RoleAdmin})
 	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %d %s", path, res.StatusCode, b)
