@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/fc-ci/fc/protocol"
@@ -66,11 +65,8 @@ func uploadParallel(ctx context.Context, conn StreamOpener, infos []protocol.Pat
 			err = errs[k]
 		}
 	}
-	switch n := len(out.Rejections); {
-	case err == nil && n > 0 && n == out.Unstored:
-		err = fmt.Errorf("%w: %s", ErrNotStored, strings.Join(out.Rejections, "; "))
-	case err == nil && n > 0:
-		err = fmt.Errorf("%w: %s", ErrRejected, strings.Join(out.Rejections, "; "))
+	if err == nil {
+		err = out.rejectionErr()
 	}
 	if err != nil {
 		return out, err, true

@@ -480,13 +480,21 @@ func uploadOne(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo
 			return u.stats, err
 		}
 	}
-	if n := len(u.stats.Rejections); n > 0 && n == u.stats.Unstored {
-		return u.stats, fmt.Errorf("%w: %s", ErrNotStored, strings.Join(u.stats.Rejections, "; "))
+	return u.stats, u.stats.rejectionErr()
+}
+
+// rejectionErr is the error of the paths the coordinator did not take, if any:
+// ErrNotStored when every one of them failed in storage (worth sending again), else
+// ErrRejected.
+func (s Stats) rejectionErr() error {
+	switch n := len(s.Rejections); {
+	case n == 0:
+		return nil
+	case n == s.Unstored:
+		return fmt.Errorf("%w: %s", ErrNotStored, strings.Join(s.Rejections, "; "))
+	default:
+		return fmt.Errorf("%w: %s", ErrRejected, strings.Join(s.Rejections, "; "))
 	}
-	if len(u.stats.Rejections) > 0 {
-		return u.stats, fmt.Errorf("%w: %s", ErrRejected, strings.Join(u.stats.Rejections, "; "))
-	}
-	return u.stats, nil
 }
 
 // offer sends the upload request and reads the coordinator's plan.

@@ -145,6 +145,18 @@ func finish(req Request, outs map[string]string, byPath map[string]protocol.Path
 
 // closureOf is the infos of roots and everything they reference, from byPath.
 func closureOf(roots []string, byPath map[string]protocol.PathInfo) ([]protocol.PathInfo, error) {
+	return walkClosure(roots, func(p string) (protocol.PathInfo, error) {
+		i, ok := byPath[p]
+		if !ok {
+			return i, fmt.Errorf("nix path-info --recursive did not list %s", p)
+		}
+		return i, nil
+	})
+}
+
+// walkClosure is the infos of roots and everything they reference, each looked up
+// once with info.
+func walkClosure(roots []string, info func(string) (protocol.PathInfo, error)) ([]protocol.PathInfo, error) {
 	seen := map[string]bool{}
 	var out []protocol.PathInfo
 	stack := slices.Clone(roots)
@@ -155,9 +167,9 @@ func closureOf(roots []string, byPath map[string]protocol.PathInfo) ([]protocol.
 			continue
 		}
 		seen[p] = true
-		i, ok := byPath[p]
-		if !ok {
-			return nil, fmt.Errorf("nix path-info --recursive did not list %s", p)
+		i, err := info(p)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, i)
 		stack = append(stack, i.References...)

@@ -115,10 +115,7 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	stop, unwatch := watchJobs(jobs)
 	defer unwatch()
 	d := newDemux(jobs)
-	ef := &earlyFinisher{start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
-	d.early = ef
-	earlyDone := make(chan struct{})
-	go func() { defer close(earlyDone); ef.run(ctx) }()
+	stopEarly := startEarly(ctx, jobs, d)
 
 	lg := &daemonLog{d: d}
 	paths := make([]string, len(jobs))
@@ -145,14 +142,8 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 		proc.Stop(stopGrace) // the builds with it; BuildPaths then fails
 		out = <-done
 	}
-	close(ef.wake)
-	<-earlyDone
-	wasStopped := false
-	select {
-	case <-stop:
-		wasStopped = true
-	default:
-	}
+	stopEarly()
+	wasStopped := closed(stop)
 	if out.err != nil && !wasStopped {
 		out.err = fmt.Errorf("the nix daemon connection failed: %w", out.err)
 		if e := proc.ExitError(); e != nil {
@@ -360,31 +351,20 @@ func appendErr(general []string, err error) []string {
 // those of what they reference (nix path-info --recursive, without a process).
 func connPathInfos(c *nixworker.Conn) pathInfosFunc {
 	return func(_ context.Context, paths []string) ([]protocol.PathInfo, error) {
-		seen := map[string]bool{}
-		stack := slices.Clone(paths)
-		var out []protocol.PathInfo
-		for len(stack) > 0 {
-			p := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
+		return walkClosure(paths, func(p string) (protocol.PathInfo, error) {
 			info, err := c.QueryPathInfo(p)
 			if err != nil {
-				return nil, fmt.Errorf("query the path info of %s: %w", p, err)
+				return protocol.PathInfo{}, fmt.Errorf("query the path info of %s: %w", p, err)
 			}
 			if info == nil {
-				return nil, fmt.Errorf("path %s is not valid in the local store", p)
+				return protocol.PathInfo{}, fmt.Errorf("path %s is not valid in the local store", p)
 			}
 			h, err := nixhash.ParseAny("sha256:"+info.NarHash, nil)
 			if err != nil {
-				return nil, fmt.Errorf("%s: nar hash %q: %w", p, info.NarHash, err)
+				return protocol.PathInfo{}, fmt.Errorf("%s: nar hash %q: %w", p, info.NarHash, err)
 			}
-			out = append(out, protocol.PathInfo{StorePath: p, NarHash: h.Format(nixhash.NixBase32, true),
-				NarSize: int64(info.NarSize), References: info.References, Deriver: info.Deriver, CA: info.CA})
-			stack = append(stack, info.References...)
-		}
-		return out, nil
+			return protocol.PathInfo{StorePath: p, NarHash: h.Format(nixhash.NixBase32, true),
+				NarSize: int64(info.NarSize), References: info.References, Deriver: info.Deriver, CA: info.CA}, nil
+		})
 	}
 }

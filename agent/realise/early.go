@@ -26,6 +26,26 @@ type earlyFinisher struct {
 	handedB int           // built jobs handed on so far
 }
 
+// startEarly starts an earlyFinisher for the batch of jobs whose log d parses; the
+// function it returns stops it once Nix is done and waits for it.
+func startEarly(ctx context.Context, jobs []*job, d *demux) (stop func()) {
+	ef := &earlyFinisher{start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
+	d.early = ef
+	done := make(chan struct{})
+	go func() { defer close(done); ef.run(ctx) }()
+	return func() { close(ef.wake); <-done }
+}
+
+// closed says whether ch is closed (a batch's stop signal), without waiting.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // progress is called by the parser with Nix's count of finished builds.
 func (e *earlyFinisher) progress(done int64) {
 	e.done.Store(done)

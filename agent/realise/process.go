@@ -109,10 +109,7 @@ func runProcess(jobs []*job, maxJobs int) {
 	// Derivations finish one by one while the batch runs: each is handed on as soon
 	// as Nix is done with it, so its step uploads and reports without waiting for the
 	// slowest build of the batch.
-	ef := &earlyFinisher{start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
-	d.early = ef
-	earlyDone := make(chan struct{})
-	go func() { defer close(earlyDone); ef.run(bctx) }()
+	stopEarly := startEarly(bctx, jobs, d)
 	parsed := make(chan []string, 1)
 	go func() { parsed <- d.parse(pr) }()
 
@@ -125,15 +122,9 @@ func runProcess(jobs []*job, maxJobs int) {
 		_ = pr.SetReadDeadline(time.Now())
 		general = <-parsed
 	}
-	close(ef.wake)
-	<-earlyDone
+	stopEarly()
 	jobs = unhanded(jobs)
-	wasStopped := false
-	select {
-	case <-stop:
-		wasStopped = true
-	default:
-	}
+	wasStopped := closed(stop)
 	code := cmd.ProcessState.ExitCode()
 	classify(bctx, jobs, code, wasStopped, general, waitErr)
 }
