@@ -59,7 +59,7 @@ func ebEmptyStore(t *testing.T, script string) (string, error) {
 		}
 	}
 	out, err := exec.Command("unshare", "--mount", "--fork", "sh", "-c",
-		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg && %s", root, root, script)).CombinedOutput()
+		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg NIX_CONFIG='build-users-group =' && %s", root, root, script)).CombinedOutput()
 	return string(out), err
 }
 

@@ -194,3 +194,50 @@ func TestRetryEvaluation_RequeuesThenFailsAtMaxAttempts(t *testing.T) {
 		t.Fatalf("at max_attempts: %s %q", e.Status, e.Error)
 	}
 }
+
+func TestExtendLeases_WritesOnlyLeasesPastATenthOfTheirTTL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := storagetest.New(t)
+	agent := agentFixture(t, db, "SHA256:x")
+	j := jobsetFixture(t, db, "p")
+	l := claimEval(t, db, j.ID, agent)
+	state := func() (xmin string, left float64) {
+		t.Helper()
+		if err := db.Pool().QueryRow(ctx, `SELECT xmin::text, extract(epoch FROM lease_expires_at - now())::float8
+			FROM evaluations WHERE id = $1`, l.ID).Scan(&xmin, &left); err != nil {
+			t.Fatal(err)
+		}
+		return xmin, left
+	}
+	extend := func(epoch int64) []int64 {
+		t.Helper()
+		lost, err := db.ExtendLeases(ctx, agent, storage.LeaseEval, []int64{l.ID}, []int64{epoch}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lost
+	}
+	if _, err := db.Pool().Exec(ctx, `UPDATE evaluations SET lease_expires_at = now() + interval '59 minutes' WHERE id = $1`, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := state()
+	if lost := extend(l.Epoch); len(lost) != 0 {
+		t.Fatalf("a held lease was reported lost: %v", lost)
+	}
+	if after, left := state(); after != before || left > 59*60 {
+		t.Errorf("a lease with 59 of 60 minutes left was rewritten (xmin %s → %s, %.0f s left)", before, after, left)
+	}
+	if _, err := db.Pool().Exec(ctx, `UPDATE evaluations SET lease_expires_at = now() + interval '50 minutes' WHERE id = $1`, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	if lost := extend(l.Epoch); len(lost) != 0 {
+		t.Fatalf("a held lease was reported lost: %v", lost)
+	}
+	if _, left := state(); left < 59*60 {
+		t.Errorf("a lease with 50 of 60 minutes left was not extended to the TTL: %.0f s left", left)
+	}
+	if lost := extend(l.Epoch + 1); len(lost) != 1 || lost[0] != l.ID {
+		t.Errorf("a lease of another epoch: lost %v, want [%d]", lost, l.ID)
+	}
+}

@@ -43,14 +43,30 @@ const (
 	checkStepLease = `SELECT EXISTS (SELECT 1 FROM steps WHERE id = $1 AND lease_epoch = $2
 		AND agent_id = $3 AND status = 'running')`
 
-	extendEvalLeases = `UPDATE evaluations t SET lease_expires_at = now() + make_interval(secs => $4)
-		FROM unnest($2::bigint[], $3::bigint[]) AS r(id, epoch)
-		WHERE t.id = r.id AND t.lease_epoch = r.epoch AND t.agent_id = $1 AND t.status = 'running'
-		RETURNING t.id`
-	extendStepLeases = `UPDATE steps t SET lease_expires_at = now() + make_interval(secs => $4)
-		FROM unnest($2::bigint[], $3::bigint[]) AS r(id, epoch)
-		WHERE t.id = r.id AND t.lease_epoch = r.epoch AND t.agent_id = $1 AND t.status = 'running'
-		RETURNING t.id`
+	// A lease is written only when less than 90% of the TTL is left: agents send a
+	// heartbeat whenever work ends, several a second on a busy builder, and each
+	// rewrote every running step's row. Every lease held is still returned, so lost
+	// ones are still found on each heartbeat.
+	extendEvalLeases = `WITH held AS (
+			SELECT t.id, t.lease_epoch, t.lease_expires_at FROM evaluations t
+			JOIN unnest($2::bigint[], $3::bigint[]) AS r(id, epoch) ON t.id = r.id AND t.lease_epoch = r.epoch
+			WHERE t.agent_id = $1 AND t.status = 'running'),
+		extended AS (
+			UPDATE evaluations t SET lease_expires_at = now() + make_interval(secs => $4)
+			FROM held h
+			WHERE t.id = h.id AND (h.lease_expires_at IS NULL OR h.lease_expires_at < now() + make_interval(secs => $4::float8 * 0.9))
+				AND t.lease_epoch = h.lease_epoch AND t.agent_id = $1 AND t.status = 'running')
+		SELECT id FROM held`
+	extendStepLeases = `WITH held AS (
+			SELECT t.id, t.lease_epoch, t.lease_expires_at FROM steps t
+			JOIN unnest($2::bigint[], $3::bigint[]) AS r(id, epoch) ON t.id = r.id AND t.lease_epoch = r.epoch
+			WHERE t.agent_id = $1 AND t.status = 'running'),
+		extended AS (
+			UPDATE steps t SET lease_expires_at = now() + make_interval(secs => $4)
+			FROM held h
+			WHERE t.id = h.id AND (h.lease_expires_at IS NULL OR h.lease_expires_at < now() + make_interval(secs => $4::float8 * 0.9))
+				AND t.lease_epoch = h.lease_epoch AND t.agent_id = $1 AND t.status = 'running')
+		SELECT id FROM held`
 
 	graceEvalLeases = `UPDATE evaluations SET lease_expires_at = least(lease_expires_at, now() + make_interval(secs => $2))
 		WHERE agent_id = $1 AND status = 'running'`

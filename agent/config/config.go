@@ -55,9 +55,8 @@ type Agent struct {
 	// agent's steps are quick.
 	StepSlots int `toml:"step_slots"`
 	// NixConnection is how builds reach Nix: "daemon" (warm nix-daemon --stdio
-	// connections, Nix 2.8 or later; nix-store processes where none starts) or
-	// "process" (a nix-store --realise per batch, any Nix 2.x; the default until the
-	// daemon connection has been measured and run in the whole suite).
+	// connections, Nix 2.8 or later; nix-store processes where none starts; the
+	// default) or "process" (a nix-store --realise per batch, any Nix 2.x).
 	NixConnection string   `toml:"nix_connection"`
 	SpeedFactor   float64  `toml:"speed_factor"`
 	Roles         []string `toml:"roles"`
@@ -98,7 +97,7 @@ func Defaults() Config {
 			Roles:             []string{protocol.RoleBuild, protocol.RoleEval},
 			CompressionLevel:  1,
 			EvalStore:         "auto",
-			NixConnection:     "process",
+			NixConnection:     "daemon",
 			EvalStoreMaxSize:  2 << 30,
 			AllowedInputPaths: []string{},
 		},

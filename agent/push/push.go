@@ -304,16 +304,19 @@ func (p *pathWriter) reset(out io.Writer) {
 	if p.seg == nil {
 		p.seg = p.take()
 	}
-	p.seg = p.seg[:0] // the last path's buffer: a path of a few bytes must not cost a new 4 MiB
+	p.seg = p.seg[:0] // the last path's buffer, grown as that path needed
 }
 
+// take is an empty buffer: a spare one, else a small one that appends grow. (Most
+// paths are a few KiB: a new segmentSize buffer for each upload cost more CPU,
+// zeroing it, than the rest of a trivial step's upload.)
 func (p *pathWriter) take() []byte {
 	if n := len(p.spare); n > 0 {
 		b := p.spare[n-1]
 		p.spare = p.spare[:n-1]
 		return b[:0]
 	}
-	return make([]byte, 0, segmentSize)
+	return make([]byte, 0, 64<<10)
 }
 
 func (p *pathWriter) Write(b []byte) (int, error) {

@@ -192,7 +192,7 @@ func emptyStore(t *testing.T, script string) (string, error) {
 	}
 	t.Cleanup(func() { _ = exec.Command("chmod", "-R", "u+w", root).Run() })
 	cmd := exec.Command("unshare", "--mount", "--fork", "sh", "-c",
-		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg && %s", root, root, script))
+		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg NIX_CONFIG='build-users-group =' && %s", root, root, script))
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

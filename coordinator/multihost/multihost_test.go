@@ -419,7 +419,7 @@ func (h *host) emptyStore(t *testing.T, script string) (string, error) {
 		}
 	}
 	out, err := h.command("unshare", "--mount", "--fork", "sh", "-c",
-		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg && %s", root, root, script)).CombinedOutput()
+		fmt.Sprintf("mount --bind %s/nix /nix && export XDG_CACHE_HOME=%s/xdg NIX_CONFIG='build-users-group =' && %s", root, root, script)).CombinedOutput()
 	return string(out), err
 }
 
