@@ -292,9 +292,21 @@ func (db *DB) AgentByCacheToken(ctx context.Context, hash []byte) (id int64, nam
 // AgentHeartbeat records a heartbeat's resource report and whether the agent is
 // shutting down, and says whether the agent was revoked meanwhile (one round trip).
 func (db *DB) AgentHeartbeat(ctx context.Context, id int64, coordinator string, load1 float64, freeDisk int64, draining bool) (revoked bool, err error) {
-	err = db.pool.QueryRow(ctx, `UPDATE agents SET last_seen_at = now(), connected = true, coordinator = $2,
-		load1 = $3, free_disk_bytes = $4, self_draining = $5 WHERE id = $1 RETURNING revoked_at IS NOT NULL`,
+	// Agents also beat whenever work ends, several times a second on a busy builder:
+	// the row is written only when what it says changed (free disk by more than 1%)
+	// or it is more than a few seconds old, well within presence's window.
+	err = db.pool.QueryRow(ctx, `WITH cur AS (SELECT revoked_at IS NOT NULL AS revoked FROM agents WHERE id = $1),
+		upd AS (UPDATE agents SET last_seen_at = now(), connected = true, coordinator = $2,
+			load1 = $3, free_disk_bytes = $4, self_draining = $5
+			WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < now() - interval '5 seconds'
+				OR NOT connected OR coordinator IS DISTINCT FROM $2 OR load1 IS DISTINCT FROM $3
+				OR self_draining IS DISTINCT FROM $5 OR free_disk_bytes IS NULL
+				OR abs(free_disk_bytes - $4::bigint) > $4::bigint / 100))
+		SELECT revoked FROM cur`,
 		id, coordinator, load1, freeDisk, draining).Scan(&revoked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = ErrNotFound
+	}
 	if err != nil {
 		return false, fmt.Errorf("record agent %d heartbeat: %w", id, mapErr(err))
 	}
