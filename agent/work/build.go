@@ -102,7 +102,10 @@ func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 	rootDir := filepath.Join(b.StateDir, "gcroots", name)
 	cacheHome := filepath.Join(b.StateDir, "xdg-cache", name)
 	defer func() {
-		for _, p := range []string{logPath, rootDir, cacheHome} {
+		if err := realise.RemoveRoots(rootDir); err != nil {
+			logger.Warn("remove the step's GC roots", "path", rootDir, "err", err)
+		}
+		for _, p := range []string{logPath, cacheHome} {
 			if err := os.RemoveAll(p); err != nil {
 				logger.Warn("remove step files", "path", p, "err", err)
 			}
