@@ -197,9 +197,14 @@ const deliveryBuildColumns = `b.id, b.evaluation_id, b.jobset_id, b.job, b.syste
 	coalesce((SELECT jsonb_object_agg(o.name, o.path) FROM build_outputs o WHERE o.build_id = b.id), '{}'),
 	coalesce(prev.status, '')`
 
-// previousBuild is the job's last finished build before b in its jobset.
+// previousBuild is the job's last finished build before b in its jobset: the job's
+// builds newest first (builds_job), the first finished one. "finished_at + 0 IS NOT
+// NULL" keeps the partial index builds_finished (jobset_id, finished_at) out of it:
+// with statistics taken while few builds had finished, the planner took that index
+// and walked every finished build of the jobset for each notified build (1.3 s a
+// batch of 220 builds in issue 20's queue of 100,000).
 const previousBuild = `LEFT JOIN LATERAL (SELECT pb.status FROM builds pb
-		WHERE pb.jobset_id = b.jobset_id AND pb.job = b.job AND pb.id < b.id AND pb.finished_at IS NOT NULL
+		WHERE pb.jobset_id = b.jobset_id AND pb.job = b.job AND pb.id < b.id AND pb.finished_at + interval '0' IS NOT NULL
 		ORDER BY pb.id DESC LIMIT 1) prev ON true`
 
 func scanDeliveryBuild(r pgx.CollectableRow) (DeliveryBuild, error) {

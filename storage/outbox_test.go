@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -94,6 +95,49 @@ func TestOutboxEvents_WrittenByTriggers(t *testing.T) {
 		if got := events(t, db); !slices.Equal(got, s.want) {
 			t.Errorf("%s: events %v, want %v", s.sql, got, s.want)
 		}
+	}
+}
+
+// A finished build's event carries the status of its job's last finished build
+// before it in the jobset: builds still unfinished between them, other jobs and
+// later builds do not count.
+func TestOutboxEvents_PreviousBuildOfTheJob(t *testing.T) {
+	t.Parallel()
+	db := storagetest.New(t)
+	ctx := context.Background()
+	evalID, first := outboxFixture(t, db)
+	build := func(job, status string, finished bool) int64 {
+		t.Helper()
+		var id int64
+		// Each in an evaluation of its own, as a job has one build per evaluation.
+		err := db.Pool().QueryRow(ctx, `WITH e AS (INSERT INTO evaluations (jobset_id) SELECT jobset_id FROM evaluations WHERE id = $1 RETURNING id, jobset_id)
+			INSERT INTO builds (evaluation_id, jobset_id, job, drv_path, system, status, finished_at)
+			SELECT e.id, e.jobset_id, $2, '/nix/store/y.drv', 'x86_64-linux', $3, CASE WHEN $4 THEN now() END FROM e
+			RETURNING id`, evalID, job, status, finished).Scan(&id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	if _, err := db.Pool().Exec(ctx, `UPDATE builds SET status = 'failed', status_code = 1, finished_at = now() WHERE id = $1`, first); err != nil {
+		t.Fatal(err)
+	}
+	build("other", "succeeded", true)
+	build("hello", "running", false)
+	last := build("hello", "succeeded", true)
+	build("hello", "succeeded", true) // later: not before last
+	got := map[int64]string{}
+	if _, err := db.ProcessOutboxEvents(ctx, 100, func(ctx context.Context, b *storage.EventBatch) ([]storage.NewDelivery, error) {
+		bs, err := b.Builds(ctx, []int64{first, last})
+		for _, x := range bs {
+			got[x.ID] = x.PreviousStatus
+		}
+		return nil, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[int64]string{first: "", last: "failed"}; !maps.Equal(got, want) {
+		t.Errorf("previous statuses %v, want %v", got, want)
 	}
 }
 

@@ -341,14 +341,19 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 	}
 	systems := map[int64]string{}
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		// In step order, so two batches lock rows alike.
+		// In step order, so two batches lock rows alike. The lease is checked on the
+		// locked rows' columns (the row as it is once locked), not on s: with a
+		// condition on s.status the planner, whose statistics may predate every
+		// running step, drove the update from steps_running and compared each running
+		// step with each report (0.5 s a batch of 256 with 2,000 steps running).
 		rows, err := tx.Query(ctx, `UPDATE steps s SET status = 'succeeded', status_code = 0, error = x.error, exit_code = x.exit_code,
 				log_size = x.log_size, started_at = coalesce(x.started_at, s.started_at), finished_at = coalesce(x.finished_at, now()),
 				lease_expires_at = NULL
-			FROM (SELECT x.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[],
+			FROM (SELECT x.*, l.lease_epoch AS held_epoch, l.agent_id AS held_agent, l.status AS held_status
+				FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::bigint[],
 					$7::timestamptz[], $8::timestamptz[]) x(id, epoch, agent_id, error, exit_code, log_size, started_at, finished_at)
 				JOIN steps l ON l.id = x.id ORDER BY x.id FOR UPDATE OF l) x
-			WHERE s.id = x.id AND s.lease_epoch = x.epoch AND s.agent_id = x.agent_id AND s.status = 'running'
+			WHERE s.id = x.id AND x.held_epoch = x.epoch AND x.held_agent = x.agent_id AND x.held_status = 'running'
 			RETURNING s.id, s.system`, ids, epochs, agents, msgs, exits, logSizes, started, finished)
 		if err != nil {
 			return err
