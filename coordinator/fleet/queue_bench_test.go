@@ -14,9 +14,16 @@ package fleet_test
 //
 //	go test -run '^$' -bench Queue100k -benchtime 1x -timeout 60m ./coordinator/fleet/
 //
-// FC_QUEUE_STEPS (default 100000), FC_QUEUE_RUNS (default "1x200,2x200,1x50,1x10":
-// coordinators x agents) and FC_QUEUE_SLOTS (steps an agent takes at once, default 16,
-// an agent's default step_slots with max_jobs 1) change the load.
+// FC_QUEUE_STEPS (default 100000), FC_QUEUE_RUNS (default
+// "1x200,2x200,1x50,1x10,1x200@0.3,2x200@0.3": coordinators x agents, @CPUS a CPU
+// quota for each coordinator) and FC_QUEUE_SLOTS (steps an agent takes at once,
+// default 16, an agent's default step_slots with max_jobs 1) change the load.
+//
+// Why quotas: on one machine every process shares its cores, so with the machine
+// busy a second coordinator only moves CPU from one process to another. A quota per
+// coordinator (its own cgroup's cpu controller, like a head node of its own with that
+// much CPU) makes the coordinators the bound and shows whether a second one adds its
+// share of throughput, as a second host would.
 
 import (
 	"bufio"
@@ -61,20 +68,73 @@ func BenchmarkQueue100k(b *testing.B) {
 	slots := queueEnv(b, "FC_QUEUE_SLOTS", 16)
 	runs := os.Getenv("FC_QUEUE_RUNS")
 	if runs == "" {
-		runs = "1x200,2x200,1x50,1x10"
+		runs = "1x200,2x200,1x50,1x10,1x200@0.3,2x200@0.3"
 	}
 	bin := queueBuild(b)
 	for _, r := range strings.Split(runs, ",") {
-		c, a, ok := strings.Cut(strings.TrimSpace(r), "x")
+		r, quota, hasQuota := strings.Cut(strings.TrimSpace(r), "@")
+		c, a, ok := strings.Cut(r, "x")
 		coords, err1 := strconv.Atoi(c)
 		agents, err2 := strconv.Atoi(a)
-		if !ok || err1 != nil || err2 != nil || coords < 1 || agents < 1 {
-			b.Fatalf("FC_QUEUE_RUNS: %q is not COORDINATORSxAGENTS", r)
+		cpus := 0.0
+		var err3 error
+		if hasQuota {
+			cpus, err3 = strconv.ParseFloat(quota, 64)
 		}
-		b.Run(fmt.Sprintf("coordinators=%d/agents=%d", coords, agents), func(b *testing.B) {
-			queueRun(b, bin, coords, agents, slots, steps)
+		if !ok || err1 != nil || err2 != nil || err3 != nil || coords < 1 || agents < 1 || cpus < 0 || (hasQuota && cpus == 0) {
+			b.Fatalf("FC_QUEUE_RUNS: %q is not COORDINATORSxAGENTS[@CPUS]", r)
+		}
+		name := fmt.Sprintf("coordinators=%d/agents=%d", coords, agents)
+		if hasQuota {
+			name += "/cpu=" + quota
+		}
+		b.Run(name, func(b *testing.B) {
+			queueRun(b, bin, coords, agents, slots, steps, cpus)
 		})
 	}
+}
+
+// queueCPUQuota puts the process into a cgroup of its own whose cpu controller lets
+// it use cpus CPUs (cgroup v2's cpu.max, or v1's cfs quota), removed when the
+// benchmark ends. Threads the process starts later stay in it.
+func queueCPUQuota(b *testing.B, pid int, cpus float64) error {
+	const period = 100_000 // µs
+	quota := int(cpus * period)
+	name := fmt.Sprintf("fc-bench-queue-%d-%d", os.Getpid(), pid)
+	dir, files := "", map[string]string{}
+	if ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers"); err == nil && slices.Contains(strings.Fields(string(ctl)), "cpu") {
+		dir = filepath.Join("/sys/fs/cgroup", name)
+		files["cpu.max"] = fmt.Sprintf("%d %d", quota, period)
+		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+cpu"), 0o644); err != nil {
+			return fmt.Errorf("CPU quota: enable the cpu controller for child cgroups: %w", err)
+		}
+	} else if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err == nil {
+		dir = filepath.Join("/sys/fs/cgroup/cpu", name)
+		files["cpu.cfs_period_us"] = strconv.Itoa(period)
+		files["cpu.cfs_quota_us"] = strconv.Itoa(quota)
+	} else {
+		return fmt.Errorf("CPU quota @%g: this machine has no cgroup cpu controller at /sys/fs/cgroup (v2) or /sys/fs/cgroup/cpu (v1)", cpus)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fmt.Errorf("CPU quota: %w (quotas need root and a writable cgroup hierarchy)", err)
+	}
+	b.Cleanup(func() {
+		// After the process has exited (cleanups run last first): the cgroup is empty.
+		if err := os.Remove(dir); err != nil {
+			b.Errorf("CPU quota: remove %s: %v", dir, err)
+		}
+	})
+	for _, f := range []string{"cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.max"} {
+		if v, ok := files[f]; ok {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0o644); err != nil {
+				return fmt.Errorf("CPU quota: write %s: %w", f, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("CPU quota: move process %d into %s: %w", pid, dir, err)
+	}
+	return nil
 }
 
 // queueBuild builds fc-coordinator once for every run; FC_QUEUE_BIN names one built
@@ -125,8 +185,9 @@ func (t *queueTail) String() string {
 }
 
 // queueStart runs fc-coordinator serve on dbURL until the benchmark ends, with the
-// default configuration (log level info) but for a long agent heartbeat.
-func queueStart(b *testing.B, bin, dbURL string) *queueCoordinator {
+// default configuration (log level info) but for a long agent heartbeat; cpus > 0 is
+// a CPU quota for the process (queueCPUQuota).
+func queueStart(b *testing.B, bin, dbURL string, cpus float64) *queueCoordinator {
 	b.Helper()
 	dir := b.TempDir()
 	var env []string
@@ -145,6 +206,12 @@ func queueStart(b *testing.B, bin, dbURL string) *queueCoordinator {
 	}
 	if err := c.cmd.Start(); err != nil {
 		b.Fatal(err)
+	}
+	if cpus > 0 {
+		if err := queueCPUQuota(b, c.cmd.Process.Pid, cpus); err != nil {
+			_ = c.cmd.Process.Kill()
+			b.Fatal(err)
+		}
 	}
 	addr := make(chan string, 1)
 	exited := make(chan struct{})
@@ -395,7 +462,7 @@ func queueSeed(b *testing.B, db *storage.DB, n int) time.Time {
 
 // queueRun is one measurement: a fresh database, coords coordinator processes,
 // agents simulated agents (split between them), then the queue of steps.
-func queueRun(b *testing.B, bin string, coords, agents, slots, steps int) {
+func queueRun(b *testing.B, bin string, coords, agents, slots, steps int, cpus float64) {
 	ctx := context.Background()
 	dbURL := storagetest.URL(b)
 	db, err := storage.Open(ctx, storage.Config{URL: dbURL, MaxConnections: 4}, nil)
@@ -405,7 +472,7 @@ func queueRun(b *testing.B, bin string, coords, agents, slots, steps int) {
 	b.Cleanup(db.Close)
 	cs := make([]*queueCoordinator, coords)
 	for i := range cs {
-		cs[i] = queueStart(b, bin, dbURL)
+		cs[i] = queueStart(b, bin, dbURL, cpus)
 	}
 	stats := &queueStats{finished: make(chan struct{}), want: steps}
 	queueConnect(b, db, cs, agents, slots, stats)
