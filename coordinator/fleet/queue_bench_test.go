@@ -101,17 +101,17 @@ func queueCPUQuota(b *testing.B, pid int, cpus float64) error {
 	const period = 100_000 // µs
 	quota := int(cpus * period)
 	name := fmt.Sprintf("fc-bench-queue-%d-%d", os.Getpid(), pid)
-	dir, files := "", map[string]string{}
+	var dir string
+	var files [][2]string // name, value, written in this order
 	if ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers"); err == nil && slices.Contains(strings.Fields(string(ctl)), "cpu") {
 		dir = filepath.Join("/sys/fs/cgroup", name)
-		files["cpu.max"] = fmt.Sprintf("%d %d", quota, period)
+		files = [][2]string{{"cpu.max", fmt.Sprintf("%d %d", quota, period)}}
 		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+cpu"), 0o644); err != nil {
 			return fmt.Errorf("CPU quota: enable the cpu controller for child cgroups: %w", err)
 		}
 	} else if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err == nil {
 		dir = filepath.Join("/sys/fs/cgroup/cpu", name)
-		files["cpu.cfs_period_us"] = strconv.Itoa(period)
-		files["cpu.cfs_quota_us"] = strconv.Itoa(quota)
+		files = [][2]string{{"cpu.cfs_period_us", strconv.Itoa(period)}, {"cpu.cfs_quota_us", strconv.Itoa(quota)}}
 	} else {
 		return fmt.Errorf("CPU quota @%g: this machine has no cgroup cpu controller at /sys/fs/cgroup (v2) or /sys/fs/cgroup/cpu (v1)", cpus)
 	}
@@ -124,11 +124,9 @@ func queueCPUQuota(b *testing.B, pid int, cpus float64) error {
 			b.Errorf("CPU quota: remove %s: %v", dir, err)
 		}
 	})
-	for _, f := range []string{"cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.max"} {
-		if v, ok := files[f]; ok {
-			if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0o644); err != nil {
-				return fmt.Errorf("CPU quota: write %s: %w", f, err)
-			}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f[0]), []byte(f[1]), 0o644); err != nil {
+			return fmt.Errorf("CPU quota: write %s: %w", f[0], err)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
