@@ -198,8 +198,8 @@ const deliveryBuildColumns = `b.id, b.evaluation_id, b.jobset_id, b.job, b.syste
 	coalesce(prev.status, '')`
 
 // previousBuild is the job's last finished build before b in its jobset: the job's
-// builds newest first (builds_job), the first finished one. "finished_at + 0 IS NOT
-// NULL" keeps the partial index builds_finished (jobset_id, finished_at) out of it:
+// builds newest first (builds_job), the first finished one. "finished_at + interval '0'
+// IS NOT NULL" keeps the partial index builds_finished (jobset_id, finished_at) out of it:
 // with statistics taken while few builds had finished, the planner took that index
 // and walked every finished build of the jobset for each notified build (1.3 s a
 // batch of 220 builds in issue 20's queue of 100,000).
