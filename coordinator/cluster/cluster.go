@@ -70,6 +70,10 @@ type Member struct {
 	version    uint64
 	lastAck    time.Time
 	leaving    bool
+	// node addresses the member's gossip: a copy taken in memberlist's event
+	// callbacks, which run under its lock. The nodes ml.Members() returns are
+	// memberlist's own, rewritten in place by gossip, so they are not read outside it.
+	node memberlist.Node
 }
 
 // meta is a member's node metadata (memberlist limits it to 512 bytes).
@@ -219,10 +223,16 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 	if killed {
 		return
 	}
-	for _, n := range ml.Members() {
-		if n.Name != c.cfg.Name {
-			_ = ml.SendReliable(n, []byte(msgLeaving+c.cfg.Name))
+	c.mu.Lock()
+	var to []memberlist.Node
+	for _, m := range c.members {
+		if m.Status == StatusAlive || m.Status == StatusSuspect {
+			to = append(to, m.node)
 		}
+	}
+	c.mu.Unlock()
+	for i := range to {
+		_ = ml.SendReliable(&to[i], []byte(msgLeaving+c.cfg.Name))
 	}
 	if err := ml.Leave(2 * c.cfg.ProbeInterval); err != nil {
 		c.log.Warn("leave the cluster", "err", err)

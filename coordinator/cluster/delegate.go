@@ -81,6 +81,7 @@ func (c *Cluster) update(n *memberlist.Node) {
 	}
 	m.lastAck = time.Now()
 	m.APIAddress, m.Gossip, m.Agents = md.API, n.Address(), md.Count
+	m.node = memberlist.Node{Name: n.Name, Addr: n.Addr, Port: n.Port}
 	fetch := md.Version > m.version && md.API != "" && !c.stopped
 	c.mu.Unlock()
 	if fetch {
