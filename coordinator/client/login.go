@@ -72,7 +72,8 @@ func readKey(in io.Reader, prompt io.Writer, base string) (string, error) {
 	}
 	if f, ok := in.(*os.File); ok {
 		if t, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
-			fmt.Fprintf(prompt, "API key for %s: ", base)
+			// Echo off before the prompt: a key pasted the moment the prompt shows
+			// must not be echoed.
 			quiet := *t
 			quiet.Lflag &^= unix.ECHO
 			if err := unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, &quiet); err == nil {
@@ -81,6 +82,7 @@ func readKey(in io.Reader, prompt io.Writer, base string) (string, error) {
 					fmt.Fprintln(prompt)
 				}()
 			}
+			fmt.Fprintf(prompt, "API key for %s: ", base)
 		}
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
