@@ -118,7 +118,16 @@ type follower struct {
 }
 
 // readBufs are the followers' read buffers, taken only while there is something to send.
-var readBufs = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
+var readBufs = sync.Pool{New: func() any { b := make([]byte, streamChunk+streamChunk/4); return &b }}
+
+// chunkLimit is where the chunk at offset may end at the latest: the first multiple of
+// streamChunk at least a quarter chunk past offset. Chunks end on the last newline
+// before it, a place that depends on the log alone: viewers that started at different
+// offsets, or were woken at different moments, meet on the same chunk boundaries
+// after one chunk and share what follows (logs.Hub).
+func chunkLimit(offset int64) int64 {
+	return (offset + streamChunk/4 + streamChunk - 1) / streamChunk * streamChunk
+}
 
 func (f *follower) send(m logMessage) error {
 	_ = f.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -229,7 +238,12 @@ func (f *follower) sendAvailable(sub *logs.Sub) error {
 		}
 		return err == nil, err
 	}
-	if f.lines < 0 { // count the lines before the starting offset once
+	if f.lines < 0 {
+		// A viewer that comes back where it left off is usually on a shared chunk's
+		// boundary; otherwise the lines before its offset are counted once.
+		f.lines = sub.LinesAt(f.epoch, f.offset)
+	}
+	if f.lines < 0 {
 		if ok, err := open(); !ok {
 			return err
 		}
@@ -265,7 +279,7 @@ func (f *follower) readChunk(r io.ReadSeeker) (logs.Chunk, bool, error) {
 	}
 	pb := readBufs.Get().(*[]byte)
 	defer readBufs.Put(pb)
-	buf := *pb
+	buf := (*pb)[:chunkLimit(f.offset)-f.offset]
 	n, err := io.ReadFull(r, buf)
 	var end int
 	switch {

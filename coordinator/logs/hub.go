@@ -12,9 +12,11 @@ import (
 //
 // Viewers of one step share the chunks they send: the first viewer at an offset reads
 // and encodes the chunk there once (Sub.Chunk), and every viewer at that offset sends
-// the same encoded message. Viewers that follow a running step move through the same
-// offsets, so 100 of them cost one read and one encoding per chunk; a viewer that fell
-// behind the few chunks kept reads its own from the stored log.
+// the same encoded message. Chunk boundaries depend on the log, not on the viewer, so
+// viewers that follow a step meet on the same offsets even when they move at different
+// speeds: 100 of them spread over a few MB of log cost one read and one encoding per
+// chunk. A viewer further behind than the chunks kept reads its own from the stored
+// log.
 type Hub struct {
 	mu    sync.Mutex
 	steps map[int64]*stepViewers
@@ -25,14 +27,19 @@ type stepViewers struct {
 	subs map[*Sub]struct{}
 
 	chunkMu sync.Mutex // held while a chunk is looked up or made: the others wait for it
-	chunks  []Chunk    // the most recent last
+	chunks  map[chunkKey]Chunk
+	order   []chunkKey // oldest first: the first evicted
 	bytes   int64
 }
 
-// Bounds of the chunks kept per followed step.
+type chunkKey struct{ epoch, offset int64 }
+
+// Bounds of the chunks kept per followed step. Viewers of a chatty build drift apart
+// (each reads as fast as its connection and its own CPU let it); what is kept is how
+// far apart they may be and still share: 8 MB of messages is about 4 MB of log.
 const (
-	sharedChunks = 64
-	sharedBytes  = 2 << 20
+	sharedChunks = 256
+	sharedBytes  = 8 << 20
 )
 
 // Chunk is a piece of a step attempt's log, [Offset, Next), encoded once as Msg for
@@ -93,23 +100,43 @@ func (s *Sub) Chunk(epoch, offset int64, produce func() (c Chunk, ok bool, err e
 	sv := s.sv
 	sv.chunkMu.Lock()
 	defer sv.chunkMu.Unlock()
-	for i := len(sv.chunks) - 1; i >= 0; i-- {
-		if c := sv.chunks[i]; c.Epoch == epoch && c.Offset == offset {
-			return c, true, nil
-		}
+	k := chunkKey{epoch, offset}
+	if c, ok := sv.chunks[k]; ok {
+		return c, true, nil
 	}
 	c, ok, err := produce()
 	if err != nil || !ok {
 		return c, ok, err
 	}
-	sv.chunks = append(sv.chunks, c)
+	if sv.chunks == nil {
+		sv.chunks = map[chunkKey]Chunk{}
+	}
+	sv.chunks[k] = c
+	sv.order = append(sv.order, k)
 	sv.bytes += c.Size
-	for len(sv.chunks) > 1 && (len(sv.chunks) > sharedChunks || sv.bytes > sharedBytes) {
-		sv.bytes -= sv.chunks[0].Size
-		sv.chunks[0] = Chunk{}
-		sv.chunks = sv.chunks[1:]
+	for len(sv.order) > 1 && (len(sv.order) > sharedChunks || sv.bytes > sharedBytes) {
+		sv.bytes -= sv.chunks[sv.order[0]].Size
+		delete(sv.chunks, sv.order[0])
+		sv.order = sv.order[1:]
 	}
 	return c, true, nil
+}
+
+// LinesAt is the number of newlines before offset in the step's attempt epoch when a
+// kept chunk starts or ends there, and -1 when none does.
+func (s *Sub) LinesAt(epoch, offset int64) int64 {
+	sv := s.sv
+	sv.chunkMu.Lock()
+	defer sv.chunkMu.Unlock()
+	if c, ok := sv.chunks[chunkKey{epoch, offset}]; ok {
+		return c.Line
+	}
+	for _, c := range sv.chunks {
+		if c.Epoch == epoch && c.Next == offset {
+			return c.NextLine
+		}
+	}
+	return -1
 }
 
 // Grew tells every viewer of step that its log grew.

@@ -84,6 +84,19 @@ func TestHub_ChunkMadeOnceForEveryViewerAndBounded(t *testing.T) {
 			t.Errorf("chunk at %d made %d times", off, made[off])
 		}
 	}
+	// A viewer that reconnects at a kept chunk's start or end learns its line there.
+	if n := subs[0].LinesAt(1, 50); n != 5 {
+		t.Errorf("lines at a chunk's start: %d, want 5", n)
+	}
+	if n := subs[0].LinesAt(1, 200); n != 20 {
+		t.Errorf("lines at the last chunk's end: %d, want 20", n)
+	}
+	if n := subs[0].LinesAt(1, 55); n != -1 {
+		t.Errorf("lines inside a chunk: %d, want -1 (to be counted)", n)
+	}
+	if n := subs[0].LinesAt(3, 50); n != -1 {
+		t.Errorf("lines in an attempt with no chunk: %d, want -1", n)
+	}
 	// Another attempt's chunk at the same offset is another chunk.
 	if c, _, _ := subs[0].Chunk(2, 0, func() (Chunk, bool, error) { return Chunk{Epoch: 2, Msg: "two"}, true, nil }); c.Msg != "two" {
 		t.Errorf("epoch 2 got %v", c.Msg)
@@ -97,7 +110,7 @@ func TestHub_ChunkMadeOnceForEveryViewerAndBounded(t *testing.T) {
 		subs[0].Chunk(1, off, produce(off))
 	}
 	sv := subs[0].sv
-	if len(sv.chunks) > sharedChunks || sv.bytes > sharedBytes {
+	if len(sv.chunks) > sharedChunks || len(sv.order) != len(sv.chunks) || sv.bytes > sharedBytes {
 		t.Errorf("%d chunks of %d bytes kept", len(sv.chunks), sv.bytes)
 	}
 	subs[1].Chunk(1, 0, produce(0))
