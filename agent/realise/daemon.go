@@ -253,6 +253,16 @@ func (l *daemonLog) StartActivity(id, _, typ uint64, _ string, fields []any, _ u
 func (l *daemonLog) StopActivity(uint64) {}
 
 func (l *daemonLog) Result(id, typ uint64, fields []any) {
+	// A build's log lines, most of what the daemon sends, skip the records' JSON.
+	if typ == resBuildLogLine || typ == resPostBuildLogLine {
+		if len(fields) == 0 {
+			return
+		}
+		if text, ok := fields[0].(string); ok {
+			l.d.logLine(id, text)
+			return
+		}
+	}
 	l.d.record(record{Action: "result", ID: id, Type: int(typ), Fields: rawFields(fields)})
 }
 

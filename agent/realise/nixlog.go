@@ -116,6 +116,17 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 
 // record follows one of Nix's log records (from nix-store's internal-json log or
 // the daemon's messages, see daemonLog).
+// logLine appends a line of the build activity id to its job's log.
+func (d *demux) logLine(id uint64, text string) {
+	j := d.byAct[id]
+	if j == nil && len(d.jobs) == 1 {
+		j = d.jobs[0]
+	}
+	if j != nil {
+		j.write(append([]byte(text), '\n'))
+	}
+}
+
 func (d *demux) record(rec record) (general string, isGeneral bool) {
 	switch {
 	case rec.Action == "start" && rec.Type == actBuild && len(rec.Fields) > 0:
@@ -139,13 +150,7 @@ func (d *demux) record(rec record) (general string, isGeneral bool) {
 		if json.Unmarshal(rec.Fields[0], &text) != nil {
 			return "", false
 		}
-		j := d.byAct[rec.ID]
-		if j == nil && len(d.jobs) == 1 {
-			j = d.jobs[0]
-		}
-		if j != nil {
-			j.write(append([]byte(text), '\n'))
-		}
+		d.logLine(rec.ID, text)
 	case rec.Action == "msg" && rec.Level <= lvlError:
 		text := ansi.ReplaceAllString(rec.Msg, "")
 		short := strings.TrimPrefix(text, "error: ")

@@ -281,13 +281,19 @@ type logFile struct {
 
 	mu       sync.Mutex
 	mem      []byte   // the log, until it outgrows memLog
-	w, r     *os.File // the log, after
+	w, r     *os.File // the log, after: the file holds n-len(pend) bytes
+	pend     []byte   // the bytes after the file's, written to it once logFlush are there
 	n        int64
 	finished bool
 }
 
-// memLog is how much of a log is kept in memory before it moves to disk.
-const memLog = 256 << 10
+// memLog is how much of a log is kept in memory before it moves to disk; logFlush is
+// how much the file's writes gather once it has (a chatty build writes lines of a few
+// bytes: one write each would cost more than the build's own).
+const (
+	memLog   = 256 << 10
+	logFlush = 64 << 10
+)
 
 // newLogFile starts an empty log that moves to path if it outgrows memLog.
 func newLogFile(path string) *logFile {
@@ -331,9 +337,35 @@ func (l *logFile) Write(p []byte) (int, error) {
 			return 0, fmt.Errorf("write the step log to disk: %w", err)
 		}
 	}
-	n, err := l.w.Write(p)
-	l.n += int64(n)
-	return n, err
+	if len(l.pend)+len(p) > logFlush {
+		if err := l.flush(); err != nil {
+			return 0, err
+		}
+	}
+	if len(p) >= logFlush {
+		n, err := l.w.Write(p)
+		l.n += int64(n)
+		if err != nil {
+			return n, fmt.Errorf("write the step log to disk: %w", err)
+		}
+		return n, nil
+	}
+	l.pend = append(l.pend, p...)
+	l.n += int64(len(p))
+	return len(p), nil
+}
+
+// flush writes the gathered bytes to the file; l.mu is held.
+func (l *logFile) flush() error {
+	if len(l.pend) == 0 {
+		return nil
+	}
+	k, err := l.w.Write(l.pend)
+	l.pend = l.pend[:copy(l.pend, l.pend[k:])]
+	if err != nil {
+		return fmt.Errorf("write the step log to disk: %w", err)
+	}
+	return nil
 }
 
 // ReadAt reads the log at off (below what was written).
@@ -346,7 +378,20 @@ func (l *logFile) ReadAt(p []byte, off int64) (int, error) {
 		}
 		return copy(p, l.mem[off:]), nil
 	}
-	return l.r.ReadAt(p, off)
+	// What the file holds is read from it, what follows from pend.
+	inFile := l.n - int64(len(l.pend))
+	if off >= inFile {
+		if off >= l.n {
+			return 0, io.EOF
+		}
+		return copy(p, l.pend[off-inFile:]), nil
+	}
+	want := min(int64(len(p)), inFile-off)
+	k, err := l.r.ReadAt(p[:want], off)
+	if int64(k) < want {
+		return k, err
+	}
+	return k + copy(p[k:], l.pend), nil
 }
 
 func (l *logFile) signal() {
@@ -382,7 +427,7 @@ func (l *logFile) Close() error {
 	if l.w == nil {
 		return nil
 	}
-	return errors.Join(l.w.Close(), l.r.Close())
+	return errors.Join(l.flush(), l.w.Close(), l.r.Close())
 }
 
 // sendLog streams the log to the coordinator until it holds all of it, reopening

@@ -696,8 +696,9 @@ func TestBuild_RefusedVerdictEndsTheWork(t *testing.T) {
 	assertCleanedUp(t, b)
 }
 
-// A small log never touches the disk; one that outgrows memLog moves there whole, and
-// reads at any offset give what was written.
+// A small log never touches the disk; one that outgrows memLog moves there, its
+// writes gathered logFlush at a time, and reads at any offset (in the file, across its
+// end, in what is not written yet) give what was written. Close writes the rest.
 func TestLogFile_SmallStaysInMemoryLargeMovesToDisk(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "logs", "1-1.log")
 	lf := newLogFile(path)
@@ -713,26 +714,46 @@ func TestLogFile_SmallStaysInMemoryLargeMovesToDisk(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("a 1 kB log is on disk (%v)", err)
 	}
-	for i := 10; want.Len() <= memLog+5000; i++ {
+	for i := 10; want.Len() <= memLog+5*logFlush+5000; i++ {
 		l := line(i, 1000)
+		if i == 300 {
+			l = line(i, 2*logFlush) // a write larger than what is gathered
+		}
 		want.Write(l)
 		if _, err := lf.Write(l); err != nil {
 			t.Fatal(err)
 		}
 	}
 	onDisk, err := os.ReadFile(path)
-	if err != nil || !bytes.Equal(onDisk, want.Bytes()) {
-		t.Fatalf("the log on disk has %d bytes (err %v), %d were written", len(onDisk), err, want.Len())
+	if err != nil || len(onDisk) < want.Len()-logFlush || !bytes.Equal(onDisk, want.Bytes()[:len(onDisk)]) {
+		t.Fatalf("the log on disk has %d bytes (err %v) of the %d written, not its start or more than %d behind",
+			len(onDisk), err, want.Len(), logFlush)
 	}
 	if lf.size() != int64(want.Len()) {
 		t.Fatalf("size %d, want %d", lf.size(), want.Len())
 	}
-	for _, off := range []int64{0, 999, memLog - 10, memLog + 10, int64(want.Len()) - 1} {
+	inFile := int64(len(onDisk))
+	if inFile == int64(want.Len()) {
+		t.Fatal("nothing is gathered: the reads below would not cross the file's end")
+	}
+	for _, off := range []int64{0, 999, memLog - 10, memLog + 10, inFile - 150, inFile - 1, inFile, int64(want.Len()) - 1} {
 		buf := make([]byte, 100)
+		if off == inFile-150 {
+			buf = make([]byte, 300) // across the file's end
+		}
 		n, err := lf.ReadAt(buf, off)
-		if (err != nil && err != io.EOF) || n == 0 || !bytes.Equal(buf[:n], want.Bytes()[off:off+int64(n)]) {
+		if (err != nil && err != io.EOF) || n != min(len(buf), want.Len()-int(off)) || !bytes.Equal(buf[:n], want.Bytes()[off:off+int64(n)]) {
 			t.Errorf("ReadAt(%d): %d bytes %q, %v", off, n, buf[:n], err)
 		}
+	}
+	if n, err := lf.ReadAt(make([]byte, 10), int64(want.Len())); n != 0 || err != io.EOF {
+		t.Errorf("ReadAt(end): %d, %v; want 0, EOF", n, err)
+	}
+	if err := lf.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if onDisk, err := os.ReadFile(path); err != nil || !bytes.Equal(onDisk, want.Bytes()) {
+		t.Fatalf("after Close the log on disk has %d bytes (err %v), %d were written", len(onDisk), err, want.Len())
 	}
 }
 
