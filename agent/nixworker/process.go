@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 	"time"
 )
 
@@ -102,6 +104,7 @@ func Start(ctx context.Context, command []string, cacheParent string) (*Process,
 		_ = os.RemoveAll(cacheDir)
 		return nil, err
 	}
+	growPipe(pr)
 	p.cmd.Stdout = pw
 	if err := p.cmd.Start(); err != nil {
 		pr.Close()
@@ -180,5 +183,18 @@ func (p *Process) ExitError() error {
 		return fmt.Errorf("nix-daemon: %w", p.waitErr)
 	default:
 		return nil
+	}
+}
+
+// daemonPipe is the capacity asked for the pipe the daemon writes to (Linux allows up
+// to /proc/sys/fs/pipe-max-size, 1 MiB by default, without privileges). A chatty
+// build's log comes through it: with the default 64 KiB the daemon, and the builder
+// behind it, wait whenever the agent is not scheduled for a few milliseconds.
+const daemonPipe = 1 << 20
+
+// growPipe asks for a larger pipe; where it cannot have one, the default serves.
+func growPipe(f *os.File) {
+	if sc, err := f.SyscallConn(); err == nil {
+		_ = sc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, daemonPipe) })
 	}
 }
