@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/wire"
+	"golang.org/x/sys/unix"
 )
 
 // instantiate writes a /bin/sh derivation running script and returns its .drv path.
@@ -274,5 +276,32 @@ func TestPool_KeepsSizeDaemonsAndReplacesDiscardedOnes(t *testing.T) {
 	p.mu.Unlock()
 	if idle > 2 {
 		t.Errorf("%d daemons kept, size 2", idle)
+	}
+}
+
+// The pipe the daemon writes a chatty build's log to is large, where Linux gives one
+// without privileges (up to /proc/sys/fs/pipe-max-size).
+func TestStart_DaemonPipeIsLarge(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t)
+	sc, err := p.stdout.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	var getErr error
+	if err := sc.Control(func(fd uintptr) { size, getErr = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0) }); err != nil || getErr != nil {
+		t.Fatal(err, getErr)
+	}
+	if want := min(daemonPipe, limit); size < want {
+		t.Errorf("the daemon's pipe holds %d bytes, want %d", size, want)
 	}
 }
