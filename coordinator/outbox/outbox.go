@@ -64,6 +64,10 @@ type Config struct {
 	// Sweep is the safety net: the loops look for work this often even if nothing
 	// woke them (a missed notification).
 	Sweep time.Duration
+	// Gather is how long a loop woken by a notification waits for more before it
+	// looks: a busy queue finishes builds many times a second, and each look is a
+	// transaction whatever it finds (default 100 ms).
+	Gather time.Duration
 	// HTTP sends statuses and webhooks; nil: a client with a 30 s timeout.
 	HTTP *http.Client
 	// Logs are the build logs: e-mails quote the failing step's last lines.
@@ -78,6 +82,7 @@ const (
 	defaultMaxAttempts = 10
 	defaultSenders     = 4
 	defaultSweep       = 30 * time.Second
+	defaultGather      = 100 * time.Millisecond
 	defaultKeep        = 30 * 24 * time.Hour
 	sendTimeout        = 30 * time.Second // an HTTP request, an SMTP conversation
 	leaseMargin        = 30 * time.Second
@@ -136,6 +141,9 @@ func New(cfg Config, db *storage.DB) *Outbox {
 	}
 	if cfg.Keep <= 0 {
 		cfg.Keep = defaultKeep
+	}
+	if cfg.Gather <= 0 {
+		cfg.Gather = defaultGather
 	}
 	if cfg.RunCommandTimeout <= 0 {
 		cfg.RunCommandTimeout = time.Minute
@@ -210,6 +218,7 @@ func (o *Outbox) produceLoop(ctx context.Context, wake <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-wake:
+			o.gather(ctx, wake)
 		case <-sweep.C:
 		}
 		for ctx.Err() == nil {

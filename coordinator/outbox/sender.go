@@ -45,7 +45,24 @@ func (o *Outbox) wait(ctx context.Context, wake <-chan struct{}, d time.Duration
 	select {
 	case <-ctx.Done():
 	case <-wake:
+		o.gather(ctx, wake)
 	case <-t.C:
+	}
+}
+
+// gather lets the notifications that follow a wake-up within cfg.Gather fold into it:
+// the loop then looks once for what they all announced.
+func (o *Outbox) gather(ctx context.Context, wake <-chan struct{}) {
+	t := time.NewTimer(o.cfg.Gather)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	select {
+	case <-wake: // announced during the wait: what is looked at next includes it
+	default:
 	}
 }
 
