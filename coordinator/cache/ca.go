@@ -55,7 +55,7 @@ func parseCA(s string) (contentAddress, error) {
 	default:
 		return contentAddress{}, fmt.Errorf("content address %q: unknown method", s)
 	}
-	h, err := nixhash.ParseAny(rest, nil)
+	h, err := parseHash(rest)
 	if err != nil {
 		return contentAddress{}, fmt.Errorf("content address %q: %w", s, err)
 	}
@@ -63,6 +63,21 @@ func parseCA(s string) (contentAddress, error) {
 		return contentAddress{}, fmt.Errorf("content address %q: text hashes are sha256", s)
 	}
 	return contentAddress{method: method, hash: &h.Hash}, nil
+}
+
+// parseHash reads "<algo>:<h>" (h in nixbase32, base16 or base64) or SRI "<algo>-<h>".
+// go-nix tells the encodings apart by length and decodes base64 without requiring
+// its padding, so 44 characters of unpadded base64 make a 33-byte "sha256" digest:
+// a digest of the wrong size is refused here.
+func parseHash(s string) (*nixhash.HashWithEncoding, error) {
+	h, err := nixhash.ParseAny(s, nil)
+	if err != nil {
+		return nil, err
+	}
+	if got, want := len(h.Digest()), h.Algo().Func().Size(); got != want {
+		return nil, fmt.Errorf("hash %q: %d bytes, a %s digest has %d", s, got, h.Algo(), want)
+	}
+	return h, nil
 }
 
 // String is the address as Nix writes it in a narinfo (nixbase32).

@@ -47,3 +47,33 @@ func TestCheckInfo_RefusesWhatIsNoStorePath(t *testing.T) {
 		t.Errorf("a name of %d characters refused: %v", maxNameLen, err)
 	}
 }
+
+// Found by FuzzUploadRequest: go-nix reads 44 characters of base64 without its padding
+// as a 33-byte digest, so "sha256:<44 such characters>" passed as a NAR hash or in a
+// content address, and the address then wrote itself as a hash that does not parse.
+func TestCheckInfo_RefusesAHashOfTheWrongSize(t *testing.T) {
+	t.Parallel()
+	good := realInfos(t)[5]
+	const unpadded = "07bccv0wrchzxvpci9hcvd18jzqnnk5l6932rkm77xvc" // 44 base64 characters, no '='
+	pi := good
+	pi.NarHash = "sha256:" + unpadded
+	if _, err := checkInfo(pi); err == nil {
+		t.Errorf("nar hash %q accepted", pi.NarHash)
+	}
+	for _, ca := range []string{"fixed:sha256:" + unpadded, "fixed:r:sha256:" + unpadded, "text:sha256:" + unpadded} {
+		if _, err := parseCA(ca); err == nil {
+			t.Errorf("content address %q accepted", ca)
+		}
+	}
+	// Padded base64 and SRI of the right size still read.
+	const padded = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=" // sha256 of nothing
+	for _, s := range []string{"sha256:" + padded, "sha256-" + padded} {
+		pi.NarHash = s
+		if _, err := checkInfo(pi); err != nil {
+			t.Errorf("nar hash %q refused: %v", s, err)
+		}
+	}
+	if _, err := parseCA("fixed:r:sha256:" + padded); err != nil {
+		t.Errorf("a padded base64 content address refused: %v", err)
+	}
+}

@@ -20,7 +20,7 @@ func checkInfo(pi protocol.PathInfo) (*nixhash.Hash, error) {
 	if err := validStorePath(pi.StorePath); err != nil {
 		return nil, fmt.Errorf("store path %q: %w", pi.StorePath, err)
 	}
-	h, err := nixhash.ParseAny(pi.NarHash, nil)
+	h, err := parseHash(pi.NarHash)
 	if err != nil || h.Algo() != nixhash.SHA256 {
 		return nil, fmt.Errorf("%s: nar hash %q is not a sha256 hash", pi.StorePath, pi.NarHash)
 	}
