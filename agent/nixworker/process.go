@@ -14,9 +14,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
-	"time"
 )
 
 // DefaultCommand serves the worker protocol on stdin/stdout: as root on a single-

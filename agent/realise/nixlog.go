@@ -114,8 +114,6 @@ func (d *demux) line(line []byte) (general string, isGeneral bool) {
 	return d.record(rec)
 }
 
-// record follows one of Nix's log records (from nix-store's internal-json log or
-// the daemon's messages, see daemonLog).
 // logLine appends a line of the build activity id to its job's log.
 func (d *demux) logLine(id uint64, text string) {
 	j := d.byAct[id]
@@ -127,6 +125,8 @@ func (d *demux) logLine(id uint64, text string) {
 	}
 }
 
+// record follows one of Nix's log records (from nix-store's internal-json log or
+// the daemon's messages, see daemonLog).
 func (d *demux) record(rec record) (general string, isGeneral bool) {
 	switch {
 	case rec.Action == "start" && rec.Type == actBuild && len(rec.Fields) > 0:
