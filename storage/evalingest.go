@@ -27,6 +27,9 @@ type EvalIngest struct {
 	jobs            []EvalJob
 	nErrors         int
 	hasConstituents bool
+	// blocked are the steps Finish left blocked, cleared after its commit where their
+	// inputs are built (blocked.go).
+	blocked []int64
 }
 
 // BeginEvalIngest starts storing a report of the evaluation l leases. It clears what
@@ -175,6 +178,9 @@ func (in *EvalIngest) Finish(ctx context.Context, checkoutSecs, evalSecs float64
 	if err != nil {
 		return fmt.Errorf("finish evaluation %d: %w", l.ID, err)
 	}
+	if len(in.blocked) > 0 {
+		in.db.unblockAfter(ctx, "evaluation", unblockSteps, in.blocked)
+	}
 	return nil
 }
 
@@ -220,12 +226,15 @@ func (in *EvalIngest) moveNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, 
 	if len(in.nodes) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO steps (drv_path, system, required_features, prefer_local_build, timeout_seconds,
-			max_silent_seconds, jobset_id, scheduling_priority, critical_path)
+	// A step with inputs starts blocked (blocked.go); those already built are
+	// cleared after the commit (in.blocked).
+	rows, err := tx.Query(ctx, `INSERT INTO steps (drv_path, system, required_features, prefer_local_build, timeout_seconds,
+			max_silent_seconds, jobset_id, scheduling_priority, critical_path, blocked)
 		SELECT n.drv_path, n.system, n.required_features, n.prefer_local_build, ($3::int[])[n.seq], ($4::int[])[n.seq], $1,
-			($5::int[])[n.seq], ($6::int[])[n.seq]
+			($5::int[])[n.seq], ($6::int[])[n.seq], cardinality(n.inputs) > 0
 		FROM eval_ingest_nodes n WHERE n.ingest_id = $2 ORDER BY n.drv_path
 		ON CONFLICT (drv_path) DO UPDATE SET
+			blocked = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN excluded.blocked ELSE steps.blocked END,
 			scheduling_priority = greatest(steps.scheduling_priority, excluded.scheduling_priority),
 			critical_path = greatest(steps.critical_path, excluded.critical_path),
 			jobset_id = coalesce(steps.jobset_id, excluded.jobset_id),
@@ -233,9 +242,24 @@ func (in *EvalIngest) moveNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, 
 			status_code = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN NULL ELSE steps.status_code END,
 			attempts = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN 0 ELSE steps.attempts END,
 			created_at = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN now() ELSE steps.created_at END,
-			finished_at = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN NULL ELSE steps.finished_at END`,
+			finished_at = CASE WHEN steps.status IN ('cancelled', 'aborted', 'unsupported_system') THEN NULL ELSE steps.finished_at END
+		RETURNING id, blocked`,
 		jobsetID, in.id, r.timeouts, r.silences, r.prios, r.paths)
 	if err != nil {
+		return err
+	}
+	in.blocked = in.blocked[:0]
+	for rows.Next() {
+		var id int64
+		var blocked bool
+		if err := rows.Scan(&id, &blocked); err != nil {
+			return err
+		}
+		if blocked {
+			in.blocked = append(in.blocked, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
 		return err
 	}
 	if _, err = tx.Exec(ctx, `INSERT INTO step_outputs (step_id, name, path, ca)

@@ -18,7 +18,7 @@ type Channel string
 const (
 	// StepsChannel says steps may have become runnable (an evaluation was stored, a
 	// step finished, work was restarted): every coordinator wakes its scheduler.
-	StepsChannel Channel = "fc_steps"
+	StepsChannel Channel = stepsChannel
 	// NarinfoDeletedChannel carries, comma-separated, the hash parts retention
 	// deleted: every coordinator forgets the narinfo answers it cached for them.
 	NarinfoDeletedChannel Channel = "fc_narinfo_deleted"
@@ -26,6 +26,9 @@ const (
 	// triggers and EnqueueDeliveries): every coordinator wakes its producer and sender.
 	OutboxChannel Channel = "fc_outbox"
 )
+
+// stepsChannel is StepsChannel's name, for a statement that notifies it itself.
+const stepsChannel = "fc_steps"
 
 // listenStatement is the LISTEN for a channel. LISTEN takes no parameters, so each
 // channel has its own constant statement rather than a name spliced into SQL.

@@ -47,7 +47,21 @@ type Metric struct {
 // declared output in the cache, uploaded by its builder (pending) or served already:
 // sign signs the pending ones, which the cache serves from this commit on. A missing
 // output is ErrOutputsMissing and changes nothing.
+//
+// After the commit, the dependents a success made runnable become claimable
+// (UnblockDependents).
 func (db *DB) FinishStep(ctx context.Context, l Lease, o StepOutcome, sign Signer) error {
+	if err := db.recordStep(ctx, l, o, sign); err != nil {
+		return err
+	}
+	if o.Status == "succeeded" {
+		db.unblockAfter(ctx, "step", unblockDependentsOf, l.ID)
+	}
+	return nil
+}
+
+// recordStep is FinishStep without making the dependents claimable.
+func (db *DB) recordStep(ctx context.Context, l Lease, o StepOutcome, sign Signer) error {
 	code, ok := StatusCodes[o.Status]
 	if !ok {
 		return fmt.Errorf("finish step %d: unknown status %q", l.ID, o.Status)
@@ -301,7 +315,11 @@ var errBatchMissing = errors.New("a step of the batch has outputs missing")
 // products or metrics (the many quick steps of a busy queue) are recorded together
 // in one transaction, with the same effects and checks as FinishStep, a handful of
 // statements and one notification for all; the others, and every report of a batch
-// that fails (a missing output, a conflict), one at a time with FinishStep.
+// that fails (a missing output, a conflict), one at a time as FinishStep records them.
+//
+// Unlike FinishStep, it leaves the dependents of the steps that succeeded blocked:
+// the caller answers the reports first, then calls UnblockDependents with those
+// steps (the build sweep clears what it misses, later).
 func (db *DB) FinishSteps(ctx context.Context, fs []Finished, sign Signer) []FinishedResult {
 	res := make([]FinishedResult, len(fs))
 	var batch []int
@@ -312,14 +330,14 @@ func (db *DB) FinishSteps(ctx context.Context, fs []Finished, sign Signer) []Fin
 			batch = append(batch, i)
 			continue
 		}
-		res[i].Err = db.FinishStep(ctx, f.Lease, f.Outcome, sign)
+		res[i].Err = db.recordStep(ctx, f.Lease, f.Outcome, sign)
 	}
 	if len(batch) == 0 {
 		return res
 	}
 	if err := db.finishBatch(ctx, fs, batch, sign, res); err != nil {
 		for _, i := range batch {
-			res[i] = FinishedResult{Err: db.FinishStep(ctx, fs[i].Lease, fs[i].Outcome, sign)}
+			res[i] = FinishedResult{Err: db.recordStep(ctx, fs[i].Lease, fs[i].Outcome, sign)}
 		}
 	}
 	return res

@@ -50,11 +50,12 @@ type ClaimedStep struct {
 }
 
 // claimRunnable is a queued step the agent ($2 systems, $3 features, $4 mandatory
-// features) can build now: inputs built, no output failed before.
-const claimRunnable = `s.status = 'queued' AND (s.not_before IS NULL OR s.not_before <= now())
+// features) can build now: inputs built, no output failed before. Blocked steps
+// (blocked.go) are not read at all (steps_ready); the inputs are checked anyway.
+const claimRunnable = `s.status = 'queued' AND NOT s.blocked AND (s.not_before IS NULL OR s.not_before <= now())
 	-- (one coalesce: the planner estimates each array test at 0.5% of the rows, so for
 	-- a claim of a few hundred steps it would sort the whole queue rather than read
-	-- steps_claim in order and stop)
+	-- steps_ready in order and stop)
 	AND coalesce(s.system = ANY($2::text[]) AND s.required_features <@ $3::text[] AND $4::text[] <@ s.required_features, false)
 	AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on
 		WHERE e.step_id = s.id AND d.status <> 'succeeded')
@@ -134,7 +135,7 @@ const claimGroup = `WITH share AS (
 		FROM jobsets j LEFT JOIN unnest($7::bigint[], $8::float8[]) u(id, used) ON u.id = j.id
 		-- only jobsets competing now (a probe of steps_claim each)
 		WHERE EXISTS (SELECT 1 FROM steps q WHERE q.jobset_id = j.id AND q.status = 'queued')),
-	-- Each jobset's first runnable steps in its own order (steps_claim), a few more than
+	-- Each jobset's first runnable steps in its own order (steps_ready), a few more than
 	-- wanted: rows another claim holds are skipped below. Merged below in the whole
 	-- order, it is the same as ordering every queued step. Materialized: inlined, the
 	-- planner may run it once per queued step (it did for steps inserted since the last

@@ -38,6 +38,23 @@ func evaluate(t *testing.T, db *storage.DB, jobsetID, agent int64, jobs ...job) 
 	t.Helper()
 	ctx := context.Background()
 	l := claimEval(t, db, jobsetID, agent)
+	if err := db.FinishEvaluation(ctx, l, jobsOutcome(jobs...)); err != nil {
+		t.Fatal(err)
+	}
+	bs, _, err := db.ListBuilds(ctx, storage.BuildFilter{EvaluationID: l.ID}, storage.Page{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int64{}
+	for _, b := range bs {
+		ids[b.Job] = b.ID
+	}
+	return ids
+}
+
+// jobsOutcome is an evaluation's report of jobs, each a derivation to build whose inputs
+// are its deps' derivations.
+func jobsOutcome(jobs ...job) storage.EvalOutcome {
 	var o storage.EvalOutcome
 	for _, j := range jobs {
 		sys := j.system
@@ -54,18 +71,7 @@ func evaluate(t *testing.T, db *storage.DB, jobsetID, agent int64, jobs ...job) 
 		o.Nodes = append(o.Nodes, storage.EvalNode{DrvPath: drv(j.name), System: sys, RequiredFeatures: j.features,
 			Outputs: map[string]string{"out": out(j.name)}, Inputs: inputs})
 	}
-	if err := db.FinishEvaluation(ctx, l, o); err != nil {
-		t.Fatal(err)
-	}
-	bs, _, err := db.ListBuilds(ctx, storage.BuildFilter{EvaluationID: l.ID}, storage.Page{Limit: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := map[string]int64{}
-	for _, b := range bs {
-		ids[b.Job] = b.ID
-	}
-	return ids
+	return o
 }
 
 var linux = storage.AgentSlots{Systems: []string{"x86_64-linux"}, N: 1, TTL: time.Minute}

@@ -203,6 +203,11 @@ func (b *Builds) sweep(ctx context.Context) {
 
 func (b *Builds) sweepPass(ctx context.Context) {
 	b.cfg.Leases.Rescue(ctx, storage.LeaseStep)
+	if n, err := b.db.UnblockSteps(ctx); err != nil {
+		b.log.Warn("unblock runnable steps", "err", err)
+	} else if n > 0 {
+		b.log.Info("steps found runnable by the sweep", "steps", n)
+	}
 	if n, err := b.db.FailCachedSteps(ctx); err != nil {
 		b.log.Warn("cached failures", "err", err)
 	} else if n > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/fc-ci/fc/protocol"
 	"github.com/fc-ci/fc/storage"
 )
 
@@ -78,9 +79,20 @@ func (b *Builds) finishBatch(ctx context.Context, first *finishReq) {
 		fs[i] = r.f
 	}
 	res := b.db.FinishSteps(ctx, fs, b.cfg.Sign)
+	var succeeded []int64
 	for i, r := range batch {
 		r.res = res[i]
 		close(r.done)
+		if res[i].Err == nil && r.f.Outcome.Status == protocol.StepSucceeded {
+			succeeded = append(succeeded, r.f.Lease.ID)
+		}
+	}
+	// Once the reports are answered (the agents' slots are free sooner): the
+	// dependents whose last input this batch built become claimable.
+	if n, err := b.db.UnblockDependents(ctx, succeeded); err != nil {
+		b.log.Warn("unblock the dependents of finished steps; the sweep will", "err", err)
+	} else if n > 0 {
+		b.Wake()
 	}
 }
 
