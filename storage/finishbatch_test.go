@@ -11,7 +11,8 @@ import (
 )
 
 // Reports recorded together: succeeded steps in one transaction (signed outputs,
-// builds finished, aggregates, the system returned), a stale lease refused alone,
+// builds finished with their products and metrics, aggregates, the system
+// returned), a stale lease refused alone,
 // other outcomes one at a time; a batch with a step whose outputs are missing is
 // recorded one report at a time, so only that report fails.
 func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
@@ -37,7 +38,9 @@ func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
 	batch := []storage.Finished{{Lease: by["ok1"].Lease, Outcome: ok}, {Lease: by["ok2"].Lease, Outcome: storage.StepOutcome{Status: "succeeded"}},
 		{Lease: staleLease, Outcome: ok}, {Lease: by["bad"].Lease, Outcome: storage.StepOutcome{Status: "failed", ExitCode: 1}},
 		{Lease: by["prod"].Lease, Outcome: storage.StepOutcome{Status: "succeeded",
-			Products: []storage.Product{{Nr: 1, Type: "file", Subtype: "doc", Name: "x", Path: by["prod"].Outputs["out"] + "/x"}}}},
+			Products: []storage.Product{{Nr: 1, Type: "file", Subtype: "doc", Name: "x", Path: by["prod"].Outputs["out"] + "/x"},
+				{Nr: 2, Type: "nix-build", Name: "prod", Path: by["prod"].Outputs["out"]}},
+			Metrics: []storage.Metric{{Name: "coverage", Value: 87.5, Unit: "%"}}}},
 		{Lease: by["agg"].Lease, Outcome: ok}}
 	res := db.FinishSteps(ctx, batch, testSigner)
 	for i, r := range res {
@@ -59,8 +62,17 @@ func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.ReleaseName != "rel-1" {
-		t.Errorf("release name %q, want rel-1", b.ReleaseName)
+	if b.ReleaseName != "rel-1" || len(b.Products) != 0 || len(b.Metrics) != 0 {
+		t.Errorf("ok1: release name %q, products %+v, metrics %+v; want rel-1 and none", b.ReleaseName, b.Products, b.Metrics)
+	}
+	// Products and metrics recorded with the batch, on the step's build.
+	b, err = db.GetBuild(ctx, ids["prod"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Products) != 2 || b.Products[0].Name != "x" || b.Products[0].Subtype != "doc" || b.Products[1].Type != "nix-build" ||
+		len(b.Metrics) != 1 || b.Metrics[0].Name != "coverage" || b.Metrics[0].Value != 87.5 || b.Metrics[0].Unit != "%" {
+		t.Errorf("prod: products %+v, metrics %+v; want x (doc), the nix-build output and coverage 87.5 %%", b.Products, b.Metrics)
 	}
 	for _, n := range []string{"ok1", "ok2", "agg"} {
 		p := by[n].Outputs["out"]

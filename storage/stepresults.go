@@ -311,11 +311,12 @@ type FinishedResult struct {
 // one report at a time, so that only that report fails.
 var errBatchMissing = errors.New("a step of the batch has outputs missing")
 
-// FinishSteps records several step reports. Those of steps that succeeded without
-// products or metrics (the many quick steps of a busy queue) are recorded together
-// in one transaction, with the same effects and checks as FinishStep, a handful of
-// statements and one notification for all; the others, and every report of a batch
-// that fails (a missing output, a conflict), one at a time as FinishStep records them.
+// FinishSteps records several step reports. Those of steps that succeeded (the many
+// quick steps of a busy queue; each has a product at least, its output) are recorded
+// together in one transaction, with the same effects and checks as FinishStep, a
+// handful of statements and one notification for all; the others, and every report
+// of a batch that fails (a missing output, a conflict), one at a time as FinishStep
+// records them.
 //
 // Unlike FinishStep, it leaves the dependents of the steps that succeeded blocked:
 // the caller answers the reports first, then calls UnblockDependents with those
@@ -325,7 +326,7 @@ func (db *DB) FinishSteps(ctx context.Context, fs []Finished, sign Signer) []Fin
 	var batch []int
 	seen := map[int64]bool{}
 	for i, f := range fs {
-		if f.Outcome.Status == "succeeded" && len(f.Outcome.Products) == 0 && len(f.Outcome.Metrics) == 0 && !seen[f.Lease.ID] {
+		if f.Outcome.Status == "succeeded" && !seen[f.Lease.ID] {
 			seen[f.Lease.ID] = true
 			batch = append(batch, i)
 			continue
@@ -356,6 +357,12 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 		ids[k], epochs[k], agents[k] = f.Lease.ID, f.Lease.Epoch, f.Lease.AgentID
 		msgs[k], releases[k], exits[k], logSizes[k] = f.Outcome.Error, f.Outcome.ReleaseName, int32(f.Outcome.ExitCode), f.Outcome.LogSize
 		started[k], finished[k] = nullTime(f.Outcome.StartedAt), nullTime(f.Outcome.FinishedAt)
+	}
+	var pr batchProducts
+	var me batchMetrics
+	for _, i := range batch {
+		pr.add(fs[i].Lease.ID, fs[i].Outcome.Products)
+		me.add(fs[i].Lease.ID, fs[i].Outcome.Metrics)
 	}
 	systems := map[int64]string{}
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
@@ -413,6 +420,12 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 			WHERE b.step_id = x.step_id AND b.status IN ('queued', 'running') AND NOT b.is_aggregate`, doneIDs, doneReleases); err != nil {
 			return err
 		}
+		if err := pr.insert(ctx, tx, doneIDs); err != nil {
+			return err
+		}
+		if err := me.insert(ctx, tx, doneIDs); err != nil {
+			return err
+		}
 		if err := finishAggregates(ctx, tx, 0); err != nil {
 			return err
 		}
@@ -427,6 +440,68 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 		} else {
 			res[i] = FinishedResult{Err: fmt.Errorf("finish step %d: step %d epoch %d: %w", ids[k], ids[k], epochs[k], ErrStaleLease)}
 		}
+	}
+	return nil
+}
+
+// batchProducts are the products of a batch's reports, column by column.
+type batchProducts struct {
+	steps                                       []int64
+	nrs                                         []int32
+	types, subtypes, names, paths, defs, hashes []string
+	sizes                                       []*int64
+}
+
+func (b *batchProducts) add(stepID int64, ps []Product) {
+	for _, p := range ps {
+		b.steps, b.nrs = append(b.steps, stepID), append(b.nrs, int32(p.Nr))
+		b.types, b.subtypes, b.names = append(b.types, p.Type), append(b.subtypes, p.Subtype), append(b.names, p.Name)
+		b.paths, b.defs, b.hashes = append(b.paths, p.Path), append(b.defs, p.DefaultPath), append(b.hashes, p.SHA256)
+		b.sizes = append(b.sizes, p.FileSize)
+	}
+}
+
+// insert adds the products of the steps recorded (done) to every build of theirs,
+// as insertProducts does for one step.
+func (b *batchProducts) insert(ctx context.Context, tx pgx.Tx, done []int64) error {
+	if len(b.steps) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO build_products (build_id, nr, type, subtype, name, path, default_path, file_size, sha256)
+		SELECT b.id, x.nr, x.type, x.subtype, x.name, x.path, x.default_path, x.file_size, x.sha256
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[])
+			x(step_id, nr, type, subtype, name, path, default_path, file_size, sha256)
+		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($10::bigint[]) ON CONFLICT DO NOTHING`,
+		b.steps, b.nrs, b.types, b.subtypes, b.names, b.paths, b.defs, b.sizes, b.hashes, done); err != nil {
+		return fmt.Errorf("products: %w", err)
+	}
+	return nil
+}
+
+// batchMetrics are the metrics of a batch's reports, column by column.
+type batchMetrics struct {
+	steps        []int64
+	names, units []string
+	values       []float64
+}
+
+func (b *batchMetrics) add(stepID int64, ms []Metric) {
+	for _, m := range ms {
+		b.steps, b.names, b.values, b.units = append(b.steps, stepID), append(b.names, m.Name), append(b.values, m.Value), append(b.units, m.Unit)
+	}
+}
+
+// insert adds the metrics of the steps recorded (done) to every build of theirs, as
+// insertProducts does for one step.
+func (b *batchMetrics) insert(ctx context.Context, tx pgx.Tx, done []int64) error {
+	if len(b.steps) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO build_metrics (build_id, name, value, unit)
+		SELECT b.id, x.name, x.value, x.unit FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[]) x(step_id, name, value, unit)
+		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($5::bigint[]) ON CONFLICT DO NOTHING`,
+		b.steps, b.names, b.values, b.units, done); err != nil {
+		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil
 }
