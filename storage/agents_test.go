@@ -20,15 +20,7 @@ import (
 func TestMigrate_AgentNamesAreRepairedThenUnique(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := openEmpty(t)
-	m, err := db.NewMigrator()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.UpTo(ctx, 4); err != nil {
-		t.Fatal(err)
-	}
+	db, m := migratedTo(t, 4)
 	type agent struct {
 		name    string
 		revoked bool
@@ -73,7 +65,7 @@ func TestMigrate_AgentNamesAreRepairedThenUnique(t *testing.T) {
 	}
 
 	// From now on the database refuses a second agent of the same name, and says whose it is.
-	_, err = db.RegisterAgent(ctx, "builder", "ssh-ed25519 BBBB", "SHA256:new")
+	_, err := db.RegisterAgent(ctx, "builder", "ssh-ed25519 BBBB", "SHA256:new")
 	var taken *storage.AgentNameTakenError
 	if !errors.As(err, &taken) || taken.AgentID != 1 || taken.Name != "builder" || !errors.Is(err, storage.ErrConflict) {
 		t.Fatalf("a second active builder: %v, want the name taken by agent 1", err)

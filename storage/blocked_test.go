@@ -262,15 +262,7 @@ func TestUnblockSteps_ClearsAMissedMark(t *testing.T) {
 func TestMigrate_MarksQueuedStepsWaitingForAnInput(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := openEmpty(t)
-	m, err := db.NewMigrator()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.UpTo(ctx, 23); err != nil {
-		t.Fatal(err)
-	}
+	db, m := migratedTo(t, 23)
 	steps := []struct{ name, status string }{
 		{"built", "succeeded"}, {"running", "running"},
 		{"ready", "queued"},      // its input built
@@ -292,5 +284,14 @@ func TestMigrate_MarksQueuedStepsWaitingForAnInput(t *testing.T) {
 	}
 	if got, want := blockedSteps(t, db), []string{"waiting"}; !slices.Equal(got, want) {
 		t.Errorf("blocked after the migration: %v, want %v", got, want)
+	}
+	if _, err := db.Pool().Exec(ctx, `UPDATE steps SET status = 'succeeded' WHERE id = 2`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.UnblockDependents(ctx, []int64{2}); err != nil || n != 1 {
+		t.Errorf("UnblockDependents once its input succeeded: %d, %v; want 1 (waiting)", n, err)
+	}
+	if got := blockedSteps(t, db); len(got) != 0 {
+		t.Errorf("blocked after its last input succeeded: %v, want none", got)
 	}
 }

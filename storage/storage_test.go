@@ -23,6 +23,22 @@ func openEmpty(t *testing.T) *storage.DB {
 	return db
 }
 
+// migratedTo opens a new database migrated up to version (a data migration's test
+// fills it in the old schema, then applies the rest with the migrator returned).
+func migratedTo(t *testing.T, version int64) (*storage.DB, *storage.Migrator) {
+	t.Helper()
+	db := openEmpty(t)
+	m, err := db.NewMigrator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if _, err := m.UpTo(context.Background(), version); err != nil {
+		t.Fatal(err)
+	}
+	return db, m
+}
+
 func tables(t *testing.T, db *storage.DB) map[string]bool {
 	t.Helper()
 	rows, err := db.Pool().Query(context.Background(),
