@@ -253,6 +253,7 @@ func (in *EvalIngest) moveNodes(ctx context.Context, tx pgx.Tx, jobsetID int64, 
 		var id int64
 		var blocked bool
 		if err := rows.Scan(&id, &blocked); err != nil {
+			rows.Close()
 			return err
 		}
 		if blocked {
