@@ -97,6 +97,9 @@ func TestBlockedSteps_ClaimableOnceEveryInputSucceeded(t *testing.T) {
 	if res[0].Err != nil {
 		t.Fatal(res[0].Err)
 	}
+	if !res[0].Dependents {
+		t.Error("FinishSteps says no step depends on b; c does")
+	}
 	if got, want := blockedSteps(t, db), []string{"c", "d"}; !slices.Equal(got, want) {
 		t.Errorf("blocked after FinishSteps: %v, want %v", got, want)
 	}

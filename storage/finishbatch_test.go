@@ -52,6 +52,12 @@ func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
 	if res[0].System != "x86_64-linux" || res[1].System != "x86_64-linux" {
 		t.Errorf("systems of the batch %q %q, want x86_64-linux", res[0].System, res[1].System)
 	}
+	if res[0].Dependents || res[1].Dependents {
+		t.Errorf("ok1 and ok2 (no step depends on them) reported with dependents: %v %v", res[0].Dependents, res[1].Dependents)
+	}
+	if !res[3].Dependents {
+		t.Error("bad, recorded alone, reported without dependents (not looked up: it must say it may have some)")
+	}
 	for name, want := range map[string]string{"ok1": "succeeded", "ok2": "succeeded", "stale": "running", "bad": "failed",
 		"prod": "succeeded", "agg": "succeeded", "nouploads": "running"} {
 		if status, _ := buildStatus(t, db, ids[name]); status != want {

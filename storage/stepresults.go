@@ -301,10 +301,13 @@ type Finished struct {
 }
 
 // FinishedResult is what FinishSteps made of one report: its error (as FinishStep's)
-// and, once recorded, the step's system ("" when recorded one at a time).
+// and, once recorded, the step's system ("" when recorded one at a time) and whether
+// any step depends on it (true when recorded one at a time: not looked up), so the
+// caller clears the marks of dependents only where there are some.
 type FinishedResult struct {
-	System string
-	Err    error
+	System     string
+	Dependents bool
+	Err        error
 }
 
 // errBatchMissing is a batch in which a step's outputs are missing: it is recorded
@@ -331,14 +334,14 @@ func (db *DB) FinishSteps(ctx context.Context, fs []Finished, sign Signer) []Fin
 			batch = append(batch, i)
 			continue
 		}
-		res[i].Err = db.recordStep(ctx, f.Lease, f.Outcome, sign)
+		res[i] = FinishedResult{Dependents: true, Err: db.recordStep(ctx, f.Lease, f.Outcome, sign)}
 	}
 	if len(batch) == 0 {
 		return res
 	}
 	if err := db.finishBatch(ctx, fs, batch, sign, res); err != nil {
 		for _, i := range batch {
-			res[i] = FinishedResult{Err: db.recordStep(ctx, fs[i].Lease, fs[i].Outcome, sign)}
+			res[i] = FinishedResult{Dependents: true, Err: db.recordStep(ctx, fs[i].Lease, fs[i].Outcome, sign)}
 		}
 	}
 	return res
@@ -364,7 +367,7 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 		pr.add(fs[i].Lease.ID, fs[i].Outcome.Products)
 		me.add(fs[i].Lease.ID, fs[i].Outcome.Metrics)
 	}
-	systems := map[int64]string{}
+	systems, dependents := map[int64]string{}, map[int64]bool{}
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		// In step order, so two batches lock rows alike. The lease is checked on the
 		// locked rows' columns (the row as it is once locked), not on s: with a
@@ -379,7 +382,8 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 					$7::timestamptz[], $8::timestamptz[]) x(id, epoch, agent_id, error, exit_code, log_size, started_at, finished_at)
 				JOIN steps l ON l.id = x.id ORDER BY x.id FOR UPDATE OF l) x
 			WHERE s.id = x.id AND x.held_epoch = x.epoch AND x.held_agent = x.agent_id AND x.held_status = 'running'
-			RETURNING s.id, s.system`, ids, epochs, agents, msgs, exits, logSizes, started, finished)
+			RETURNING s.id, s.system, EXISTS (SELECT 1 FROM step_edges e WHERE e.depends_on = s.id)`,
+			ids, epochs, agents, msgs, exits, logSizes, started, finished)
 		if err != nil {
 			return err
 		}
@@ -387,10 +391,12 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 		for rows.Next() {
 			var id int64
 			var system string
-			if err := rows.Scan(&id, &system); err != nil {
+			var deps bool
+			if err := rows.Scan(&id, &system, &deps); err != nil {
+				rows.Close()
 				return err
 			}
-			done, systems[id] = append(done, id), system
+			done, systems[id], dependents[id] = append(done, id), system, deps
 		}
 		if err := rows.Err(); err != nil || len(done) == 0 {
 			return err
@@ -436,7 +442,7 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 	}
 	for k, i := range batch {
 		if sys, ok := systems[ids[k]]; ok {
-			res[i] = FinishedResult{System: sys}
+			res[i] = FinishedResult{System: sys, Dependents: dependents[ids[k]]}
 		} else {
 			res[i] = FinishedResult{Err: fmt.Errorf("finish step %d: step %d epoch %d: %w", ids[k], ids[k], epochs[k], ErrStaleLease)}
 		}

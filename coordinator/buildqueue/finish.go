@@ -83,7 +83,7 @@ func (b *Builds) finishBatch(ctx context.Context, first *finishReq) {
 	for i, r := range batch {
 		r.res = res[i]
 		close(r.done)
-		if res[i].Err == nil && r.f.Outcome.Status == protocol.StepSucceeded {
+		if res[i].Err == nil && res[i].Dependents && r.f.Outcome.Status == protocol.StepSucceeded {
 			succeeded = append(succeeded, r.f.Lease.ID)
 		}
 	}
