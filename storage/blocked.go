@@ -15,13 +15,14 @@ import (
 //
 // An evaluation sets the mark on each step it adds with inputs; the mark is cleared
 // after the commit of whatever may have built the last input: a step's success (its
-// dependents: FinishStep, or FinishSteps' caller), an evaluation (its blocked steps: an input may have succeeded while
-// it was being stored, invisible to both transactions) and, as a safety net, the
-// build sweep (every blocked queued step). Each clearing runs after its commit, so of
-// an evaluation and an input's success committing at once, the later one's clearing
-// sees both. It locks with SKIP LOCKED and so never waits while holding a row
-// (an evaluation locks shared steps in drv path order, a clearing in id order: two
-// waits could deadlock); a step it skipped is cleared alone, holding nothing else.
+// dependents: FinishStep, or FinishSteps' caller), an evaluation (its blocked steps:
+// an input may have succeeded while it was being stored, invisible to both
+// transactions) and, as a safety net, the build sweep (every blocked queued step).
+// Each clearing runs after its commit, so of an evaluation and an input's success
+// committing at once, the later one's clearing sees both. It locks with SKIP LOCKED
+// and so never waits while holding a row (an evaluation locks shared steps in drv
+// path order, a clearing in id order: two waits could deadlock); a step it skipped
+// is cleared alone, holding nothing else.
 
 // unblockRunnable is a blocked step s whose inputs have all succeeded.
 const unblockRunnable = `s.blocked AND NOT EXISTS (SELECT 1 FROM step_edges e JOIN steps d ON d.id = e.depends_on

@@ -40,7 +40,7 @@ func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
 		{Lease: by["prod"].Lease, Outcome: storage.StepOutcome{Status: "succeeded",
 			Products: []storage.Product{{Nr: 1, Type: "file", Subtype: "doc", Name: "x", Path: by["prod"].Outputs["out"] + "/x"},
 				{Nr: 2, Type: "nix-build", Name: "prod", Path: by["prod"].Outputs["out"]}},
-			Metrics: []storage.Metric{{Name: "coverage", Value: 87.5, Unit: "%"}}}},
+			Metrics: []storage.Metric{{Name: "coverage", Value: 87.5, Unit: "%"}, {Name: "coverage", Value: 10, Unit: "%"}}}},
 		{Lease: by["agg"].Lease, Outcome: ok}}
 	res := db.FinishSteps(ctx, batch, testSigner)
 	for i, r := range res {
@@ -78,7 +78,7 @@ func TestFinishSteps_BatchKeepsEachReportsOutcome(t *testing.T) {
 	}
 	if len(b.Products) != 2 || b.Products[0].Name != "x" || b.Products[0].Subtype != "doc" || b.Products[1].Type != "nix-build" ||
 		len(b.Metrics) != 1 || b.Metrics[0].Name != "coverage" || b.Metrics[0].Value != 87.5 || b.Metrics[0].Unit != "%" {
-		t.Errorf("prod: products %+v, metrics %+v; want x (doc), the nix-build output and coverage 87.5 %%", b.Products, b.Metrics)
+		t.Errorf("prod: products %+v, metrics %+v; want x (doc), the nix-build output and coverage 87.5 %% (the first of two)", b.Products, b.Metrics)
 	}
 	for _, n := range []string{"ok1", "ok2", "agg"} {
 		p := by[n].Outputs["out"]

@@ -215,21 +215,16 @@ func finishBuildsOfStep(ctx context.Context, tx pgx.Tx, stepID int64, status str
 	return err
 }
 
+// insertProducts adds a step's products and metrics to every build of the step.
 func insertProducts(ctx context.Context, tx pgx.Tx, stepID int64, products []Product, metrics []Metric) error {
-	for _, p := range products {
-		if _, err := tx.Exec(ctx, `INSERT INTO build_products (build_id, nr, type, subtype, name, path, default_path, file_size, sha256)
-			SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM builds WHERE step_id = $1 ON CONFLICT DO NOTHING`,
-			stepID, p.Nr, p.Type, p.Subtype, p.Name, p.Path, p.DefaultPath, p.FileSize, p.SHA256); err != nil {
-			return fmt.Errorf("products: %w", err)
-		}
+	var pr batchProducts
+	var me batchMetrics
+	pr.add(stepID, products)
+	me.add(stepID, metrics)
+	if err := pr.insert(ctx, tx, []int64{stepID}); err != nil {
+		return err
 	}
-	for _, m := range metrics {
-		if _, err := tx.Exec(ctx, `INSERT INTO build_metrics (build_id, name, value, unit)
-			SELECT id, $2, $3, $4 FROM builds WHERE step_id = $1 ON CONFLICT DO NOTHING`, stepID, m.Name, m.Value, m.Unit); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	return nil
+	return me.insert(ctx, tx, []int64{stepID})
 }
 
 // failStepTx remembers a failed step's outputs (when its own build failed) and marks
@@ -450,7 +445,8 @@ func (db *DB) finishBatch(ctx context.Context, fs []Finished, batch []int, sign 
 	return nil
 }
 
-// batchProducts are the products of a batch's reports, column by column.
+// batchProducts are the products of one or more reports, column by column, so that
+// one statement inserts them all.
 type batchProducts struct {
 	steps                                       []int64
 	nrs                                         []int32
@@ -468,7 +464,7 @@ func (b *batchProducts) add(stepID int64, ps []Product) {
 }
 
 // insert adds the products of the steps recorded (done) to every build of theirs,
-// as insertProducts does for one step.
+// in the order they were added: of two with the same number, the first stays.
 func (b *batchProducts) insert(ctx context.Context, tx pgx.Tx, done []int64) error {
 	if len(b.steps) == 0 {
 		return nil
@@ -476,15 +472,15 @@ func (b *batchProducts) insert(ctx context.Context, tx pgx.Tx, done []int64) err
 	if _, err := tx.Exec(ctx, `INSERT INTO build_products (build_id, nr, type, subtype, name, path, default_path, file_size, sha256)
 		SELECT b.id, x.nr, x.type, x.subtype, x.name, x.path, x.default_path, x.file_size, x.sha256
 		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[])
-			x(step_id, nr, type, subtype, name, path, default_path, file_size, sha256)
-		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($10::bigint[]) ON CONFLICT DO NOTHING`,
+			WITH ORDINALITY x(step_id, nr, type, subtype, name, path, default_path, file_size, sha256, ord)
+		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($10::bigint[]) ORDER BY x.ord, b.id ON CONFLICT DO NOTHING`,
 		b.steps, b.nrs, b.types, b.subtypes, b.names, b.paths, b.defs, b.sizes, b.hashes, done); err != nil {
 		return fmt.Errorf("products: %w", err)
 	}
 	return nil
 }
 
-// batchMetrics are the metrics of a batch's reports, column by column.
+// batchMetrics are the metrics of one or more reports, column by column.
 type batchMetrics struct {
 	steps        []int64
 	names, units []string
@@ -497,15 +493,16 @@ func (b *batchMetrics) add(stepID int64, ms []Metric) {
 	}
 }
 
-// insert adds the metrics of the steps recorded (done) to every build of theirs, as
-// insertProducts does for one step.
+// insert adds the metrics of the steps recorded (done) to every build of theirs, in
+// the order they were added: of two with the same name, the first stays.
 func (b *batchMetrics) insert(ctx context.Context, tx pgx.Tx, done []int64) error {
 	if len(b.steps) == 0 {
 		return nil
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO build_metrics (build_id, name, value, unit)
-		SELECT b.id, x.name, x.value, x.unit FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[]) x(step_id, name, value, unit)
-		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($5::bigint[]) ON CONFLICT DO NOTHING`,
+		SELECT b.id, x.name, x.value, x.unit
+		FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[]) WITH ORDINALITY x(step_id, name, value, unit, ord)
+		JOIN builds b ON b.step_id = x.step_id WHERE x.step_id = ANY($5::bigint[]) ORDER BY x.ord, b.id ON CONFLICT DO NOTHING`,
 		b.steps, b.names, b.values, b.units, done); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
