@@ -29,6 +29,12 @@ type PathInfo struct {
 }
 
 // UploadRequest offers paths; Query alone asks which are missing without sending.
+//
+// The offer need not be a whole closure: an agent leaves out paths it has learnt the
+// cache holds (UploadPlan.ReferencesChecked), and with them what only they refer to.
+// The coordinator looks up the references that point outside the offer; any it
+// neither holds nor finds upstream it lists in UploadPlan.Unknown, and the agent
+// offers the whole closure instead.
 type UploadRequest struct {
 	Paths []PathInfo `json:"paths"`
 	Query bool       `json:"query"`
@@ -43,8 +49,17 @@ type UploadPlan struct {
 	// a zstd stream (it tells them apart by their first bytes): worth it for data that
 	// does not compress, which then costs neither side a compressor, nor the
 	// coordinator a second hash.
-	Uncompressed bool   `json:"uncompressed,omitempty"`
-	Error        string `json:"error,omitempty"`
+	Uncompressed bool `json:"uncompressed,omitempty"`
+	// ReferencesChecked says the coordinator looked up the references outside the
+	// offer: an offer may then leave out what the cache holds. An older coordinator
+	// does not set it, and needs whole closures.
+	ReferencesChecked bool `json:"references_checked,omitempty"`
+	// Unknown are references outside the offer that the cache neither holds nor finds
+	// upstream: the offer was built on a stale belief, nothing may be sent, and the
+	// whole closure must be offered again. Error says so too, for an agent that does
+	// not read Unknown (one that never leaves paths out).
+	Unknown []string `json:"unknown,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }
 
 // UploadResult is the coordinator's verdict on one sent path.

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"sync"
 
@@ -39,7 +38,7 @@ func uploadParallel(ctx context.Context, conn StreamOpener, infos []protocol.Pat
 	if total < parallelBytes {
 		return Stats{}, nil, false
 	}
-	plan, err := query(conn, infos)
+	plan, err := query(conn, infos, opts.Cached)
 	if err != nil {
 		return Stats{Offered: len(infos)}, err, true
 	}
@@ -79,23 +78,13 @@ func uploadParallel(ctx context.Context, conn StreamOpener, infos []protocol.Pat
 }
 
 // query asks which of infos the cache lacks, without sending any.
-func query(conn StreamOpener, infos []protocol.PathInfo) (protocol.UploadPlan, error) {
+func query(conn StreamOpener, infos []protocol.PathInfo, cached *Cached) (protocol.UploadPlan, error) {
 	st, err := conn.OpenStream(protocol.StreamUpload)
 	if err != nil {
 		return protocol.UploadPlan{}, err
 	}
 	defer st.Close()
-	var plan protocol.UploadPlan
-	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos, Query: true}); err != nil {
-		return plan, err
-	}
-	if err := protocol.ReadFrame(st, &plan); err != nil {
-		return plan, fmt.Errorf("read upload plan: %w", err)
-	}
-	if plan.Error != "" {
-		return plan, fmt.Errorf("%w: %s", ErrRefused, plan.Error)
-	}
-	return plan, nil
+	return request(st, protocol.UploadRequest{Paths: infos, Query: true}, cached)
 }
 
 // leafBins splits the missing paths that refer to no other missing path into at most

@@ -212,6 +212,10 @@ type Options struct {
 	Progress func(path string, narSize int64)
 	// Dump writes a path's NAR; nil: in-process (see dump).
 	Dump func(ctx context.Context, path string, w io.Writer) error
+	// Cached, if set, learns from the plan which offered paths the cache holds, and
+	// is forgotten when an offer it shaped turns out incomplete (ErrIncompleteOffer).
+	// The caller leaves out of infos what it holds.
+	Cached *Cached
 	// Streams bounds the streams large paths that depend on nothing missing are sent
 	// over side by side (at most maxStreams); 0 or 1: one stream. Not for outputs of
 	// a build (see uploadParallel).
@@ -463,7 +467,7 @@ func uploadOne(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo
 	// Reads and writes on the stream do not watch ctx: closing it ends them.
 	defer context.AfterFunc(ctx, func() { st.Close() })()
 	u := &upload{stats: Stats{Offered: len(infos)}, progress: opts.Progress}
-	plan, err := offer(st, infos)
+	plan, err := offer(st, infos, opts.Cached)
 	if err != nil {
 		return u.stats, err
 	}
@@ -500,18 +504,31 @@ func (s Stats) rejectionErr() error {
 	}
 }
 
-// offer sends the upload request and reads the coordinator's plan.
-func offer(st io.ReadWriter, infos []protocol.PathInfo) (protocol.UploadPlan, error) {
+// offer sends the upload request and reads the coordinator's plan, which cached
+// (if set) learns from.
+func offer(st io.ReadWriter, infos []protocol.PathInfo, cached *Cached) (protocol.UploadPlan, error) {
+	return request(st, protocol.UploadRequest{Paths: infos}, cached)
+}
+
+// request sends req and reads the coordinator's plan.
+func request(st io.ReadWriter, req protocol.UploadRequest, cached *Cached) (protocol.UploadPlan, error) {
 	var plan protocol.UploadPlan
-	if err := protocol.WriteFrame(st, protocol.UploadRequest{Paths: infos}); err != nil {
+	if err := protocol.WriteFrame(st, req); err != nil {
 		return plan, err
 	}
 	if err := protocol.ReadFrame(st, &plan); err != nil {
 		return plan, fmt.Errorf("read upload plan: %w", err)
 	}
+	if len(plan.Unknown) > 0 {
+		if cached != nil {
+			cached.Forget()
+		}
+		return plan, fmt.Errorf("%w: %s", ErrIncompleteOffer, plan.Error)
+	}
 	if plan.Error != "" {
 		return plan, fmt.Errorf("%w: %s", ErrRefused, plan.Error)
 	}
+	cached.learn(req.Paths, plan)
 	return plan, nil
 }
 

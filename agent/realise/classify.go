@@ -82,13 +82,16 @@ func classify(ctx context.Context, jobs []*job, code int, wasStopped bool, gener
 	finishBuilt(ctx, built, base, valid, pathInfosRecursive)
 }
 
-// pathInfosFunc reads the infos of paths and of everything they reference.
-type pathInfosFunc func(ctx context.Context, paths []string) ([]protocol.PathInfo, error)
+// pathInfosFunc reads the infos of paths and of everything they reference, but for
+// paths other than roots that skip is true of (and what only those refer to); it may
+// read those too.
+type pathInfosFunc func(ctx context.Context, paths []string, skip func(string) bool) ([]protocol.PathInfo, error)
 
 // finishBuilt gives the jobs Nix built their results: base with what their outputs'
 // path infos (valid: all the outputs, read at once by infos) add.
 func finishBuilt(ctx context.Context, built []*job, base []Result, valid []string, infos pathInfosFunc) {
-	all, err := infos(ctx, valid)
+	skip := inCache(built)
+	all, err := infos(ctx, valid, skip)
 	if err != nil {
 		failAll(built, Result{}, fmt.Errorf("%w: read the outputs' path infos: %w", ErrInfrastructure, err))
 		return
@@ -98,13 +101,31 @@ func finishBuilt(ctx context.Context, built []*job, base []Result, valid []strin
 		byPath[i.StorePath] = i
 	}
 	for i, j := range built {
-		res, err := finish(j.req, j.outs, byPath, base[i])
+		res, err := finish(j.req, j.outs, byPath, skip, base[i])
 		j.finish(res, err)
 	}
 }
 
+// inCache is what the closures of jobs' outputs may leave out: the paths every
+// job's Request.InCache holds (nothing, if one has none).
+func inCache(jobs []*job) func(string) bool {
+	for _, j := range jobs {
+		if j.req.InCache == nil {
+			return func(string) bool { return false }
+		}
+	}
+	return func(p string) bool {
+		for _, j := range jobs {
+			if !j.req.InCache(p) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // finish classifies a derivation Nix built and reads its outputs' metadata.
-func finish(req Request, outs map[string]string, byPath map[string]protocol.PathInfo, res Result) (Result, error) {
+func finish(req Request, outs map[string]string, byPath map[string]protocol.PathInfo, skip func(string) bool, res Result) (Result, error) {
 	res.OutputPaths = outs
 	paths := orderedOutputs(outs)
 	res.Status = protocol.StepSucceeded
@@ -130,7 +151,7 @@ func finish(req Request, outs map[string]string, byPath map[string]protocol.Path
 		return res, nil
 	}
 	res.Outputs = infos
-	closure, err := closureOf(paths, byPath)
+	closure, err := closureOf(paths, byPath, skip)
 	if err != nil {
 		return res, fmt.Errorf("%w: %w", ErrInfrastructure, err)
 	}
@@ -143,9 +164,10 @@ func finish(req Request, outs map[string]string, byPath map[string]protocol.Path
 	return res, nil
 }
 
-// closureOf is the infos of roots and everything they reference, from byPath.
-func closureOf(roots []string, byPath map[string]protocol.PathInfo) ([]protocol.PathInfo, error) {
-	return walkClosure(roots, func(p string) (protocol.PathInfo, error) {
+// closureOf is the infos of roots and everything they reference, from byPath, but
+// for what skip says (see walkClosure).
+func closureOf(roots []string, byPath map[string]protocol.PathInfo, skip func(string) bool) ([]protocol.PathInfo, error) {
+	return walkClosure(roots, skip, func(p string) (protocol.PathInfo, error) {
 		i, ok := byPath[p]
 		if !ok {
 			return i, fmt.Errorf("nix path-info --recursive did not list %s", p)
@@ -155,8 +177,13 @@ func closureOf(roots []string, byPath map[string]protocol.PathInfo) ([]protocol.
 }
 
 // walkClosure is the infos of roots and everything they reference, each looked up
-// once with info.
-func walkClosure(roots []string, info func(string) (protocol.PathInfo, error)) ([]protocol.PathInfo, error) {
+// once with info. A path other than a root that skip is true of is neither looked up
+// nor walked through: what only it refers to is left out too.
+func walkClosure(roots []string, skip func(string) bool, info func(string) (protocol.PathInfo, error)) ([]protocol.PathInfo, error) {
+	root := make(map[string]bool, len(roots))
+	for _, r := range roots {
+		root[r] = true
+	}
 	seen := map[string]bool{}
 	var out []protocol.PathInfo
 	stack := slices.Clone(roots)
@@ -167,6 +194,9 @@ func walkClosure(roots []string, info func(string) (protocol.PathInfo, error)) (
 			continue
 		}
 		seen[p] = true
+		if !root[p] && skip != nil && skip(p) {
+			continue
+		}
 		i, err := info(p)
 		if err != nil {
 			return nil, err
@@ -195,7 +225,7 @@ func invalidPaths(ctx context.Context, paths []string) (map[string]bool, error) 
 
 // pathInfosRecursive is `nix path-info --json --recursive` of paths: their infos and
 // those of everything they reference.
-func pathInfosRecursive(ctx context.Context, paths []string) ([]protocol.PathInfo, error) {
+func pathInfosRecursive(ctx context.Context, paths []string, _ func(string) bool) ([]protocol.PathInfo, error) {
 	args := append([]string{"--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive",
 		"--option", "substituters", ""}, paths...)
 	cmd := exec.CommandContext(ctx, "nix", args...)

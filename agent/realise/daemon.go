@@ -360,8 +360,8 @@ func appendErr(general []string, err error) []string {
 // connPathInfos reads path infos on the connection: the paths' and, recursively,
 // those of what they reference (nix path-info --recursive, without a process).
 func connPathInfos(c *nixworker.Conn) pathInfosFunc {
-	return func(_ context.Context, paths []string) ([]protocol.PathInfo, error) {
-		return walkClosure(paths, func(p string) (protocol.PathInfo, error) {
+	return func(_ context.Context, paths []string, skip func(string) bool) ([]protocol.PathInfo, error) {
+		return walkClosure(paths, skip, func(p string) (protocol.PathInfo, error) {
 			info, err := c.QueryPathInfo(p)
 			if err != nil {
 				return protocol.PathInfo{}, fmt.Errorf("query the path info of %s: %w", p, err)

@@ -55,6 +55,10 @@ type Request struct {
 	// Features replace Nix's system-features when not empty: a step is built with
 	// exactly the features the agent advertised.
 	Features []string
+	// InCache, if set, says which store paths the coordinator's cache is known to
+	// hold (push.Cached): Result.Closure leaves them out, and with them what only they
+	// refer to. Those of the requests in one batch must agree (one agent sets one).
+	InCache func(storePath string) bool
 	// Limits; zero means none.
 	Timeout       time.Duration
 	MaxSilent     time.Duration
@@ -93,7 +97,8 @@ type Result struct {
 	// LogSize is how many bytes went to Request.Log.
 	LogSize int64
 	// Closure is the path infos of the outputs' closure (the outputs and everything
-	// they reference) when Outputs is set: what an upload offers.
+	// they reference, less what Request.InCache says the cache holds and what only
+	// that refers to) when Outputs is set: what an upload offers.
 	Closure []protocol.PathInfo
 	// StartedAt is when Nix began building the derivation (zero if it never did, e.g.
 	// its outputs were substituted).

@@ -50,6 +50,9 @@ type StepRunner struct {
 
 	batcherOnce sync.Once
 	batcher     *realise.Batcher
+	// cached is what this agent has learnt the coordinator's cache holds: uploads
+	// leave it out of their offers (see push.Cached).
+	cached *push.Cached
 }
 
 func (b *StepRunner) cacheURL() string {
@@ -63,6 +66,7 @@ func (b *StepRunner) batch() *realise.Batcher {
 	b.batcherOnce.Do(func() {
 		b.batcher = realise.NewBatcher(realise.BatcherConfig{MaxJobs: b.MaxJobs, Slots: b.Slots, Connection: b.NixConnection,
 			DaemonCacheDir: filepath.Join(b.StateDir, "nix-daemon"), Logger: b.Logger})
+		b.cached = push.NewCached(0)
 	})
 	return b.batcher
 }
@@ -121,12 +125,13 @@ func (b *StepRunner) Run(ctx context.Context, a protocol.Assign, link Link) erro
 
 	started := time.Now().UTC()
 	logger.Info("building", "drv", t.DrvPath)
-	res, err := b.batch().Realise(ctx, realise.Request{
+	batcher := b.batch() // before b.cached is read
+	res, err := batcher.Realise(ctx, realise.Request{
 		DrvPath: t.DrvPath, Outputs: t.Outputs,
 		CacheURL: b.cacheURL(), NetrcFile: b.NetrcFile, Substituters: t.Substituters, TrustedKeys: t.TrustedKeys, Features: b.Features,
 		Timeout: time.Duration(t.TimeoutSecs) * time.Second, MaxSilent: time.Duration(t.MaxSilentSecs) * time.Second,
 		MaxLogSize: t.MaxLogSize, MaxOutputSize: t.MaxOutputSize,
-		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf,
+		GCRootDir: rootDir, CacheHome: cacheHome, Log: lf, InCache: b.cached.Has,
 	})
 	lf.finish()
 	if !res.StartedAt.IsZero() {
@@ -176,23 +181,26 @@ func (b *StepRunner) reportInfra(ctx context.Context, link Link, w protocol.Work
 // uploadOutputs puts the outputs' closure in the coordinator's cache (skipping what
 // it or an upstream has), retrying a broken stream a few times: rebuilding elsewhere
 // costs more than waiting for the session to come back. closure is the closure's path
-// infos when the build gave them (no Nix process needed then).
+// infos when the build gave them (no Nix process needed then), less what b.cached
+// holds; an offer that left out something the cache no longer holds is made again
+// with the whole closure.
 func (b *StepRunner) uploadOutputs(ctx context.Context, link Link, outputs map[string]string, closure []protocol.PathInfo, logger *slog.Logger) error {
+	paths := make([]string, 0, len(outputs))
+	for _, p := range outputs {
+		paths = append(paths, p)
+	}
 	infos := closure
 	if len(infos) == 0 {
-		paths := make([]string, 0, len(outputs))
-		for _, p := range outputs {
-			paths = append(paths, p)
-		}
 		var err error
 		if infos, err = push.ClosureInfos(ctx, paths); err != nil {
 			return err
 		}
 	}
-	opts := push.Options{}
+	opts := push.Options{Cached: b.cached}
 	if b.CompressionLevel > 0 {
 		opts.Level = zstd.EncoderLevelFromZstd(b.CompressionLevel)
 	}
+	whole := len(closure) == 0
 	for attempt := 0; ; attempt++ {
 		st, err := push.Upload(ctx, streamOpener{ctx, link}, infos, opts)
 		if err == nil {
@@ -200,11 +208,23 @@ func (b *StepRunner) uploadOutputs(ctx context.Context, link Link, outputs map[s
 				"nar_bytes", st.NarBytes, "elapsed", st.Elapsed.Round(time.Millisecond))
 			return nil
 		}
+		if errors.Is(err, push.ErrIncompleteOffer) && !whole {
+			// The cache lost something this agent believed it held (Upload forgot
+			// every belief): offer the whole closure, at once.
+			logger.Info("the cache no longer holds paths the offer left out; offering the whole closure", "err", err)
+			if infos, err = push.ClosureInfos(ctx, paths); err != nil {
+				return err
+			}
+			whole = true
+			attempt--
+			continue
+		}
 		limit := uploadAttempts
 		if errors.Is(err, push.ErrNotStored) {
 			limit = storeAttempts
 		}
-		if errors.Is(err, push.ErrRejected) || errors.Is(err, push.ErrRefused) || attempt+1 >= limit || ctx.Err() != nil {
+		if errors.Is(err, push.ErrRejected) || errors.Is(err, push.ErrRefused) || errors.Is(err, push.ErrIncompleteOffer) ||
+			attempt+1 >= limit || ctx.Err() != nil {
 			return err
 		}
 		logger.Warn("upload the outputs; retrying", "err", err, "attempt", attempt+1)

@@ -83,6 +83,7 @@ type cacheMetrics struct {
 	narinfoHits, narinfoMisses, narBytes prometheus.Counter
 	uploads                              prometheus.Counter
 	uploadBytes                          prometheus.Counter
+	offered                              prometheus.Counter
 	rejections                           *prometheus.CounterVec
 }
 
@@ -123,14 +124,15 @@ func New(cfg Config, db *storage.DB, blobs BlobStore, key signature.SecretKey) (
 		narBytes:      prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_served_bytes_total", Help: "NAR file bytes served (compressed, or plain NARs as they are)."}),
 		uploads:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_uploads_total", Help: "Store paths accepted into the cache."}),
 		uploadBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_bytes_total", Help: "NAR file bytes accepted into the cache (compressed, or plain NARs as they are)."}),
+		offered:       prometheus.NewCounter(prometheus.CounterOpts{Name: "fc_cache_upload_offered_paths_total", Help: "Store paths agents offered to upload (each upload's offer, whether sent or held already)."}),
 		rejections:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fc_cache_upload_rejections_total", Help: "Uploads rejected, by reason."}, []string{"reason"}),
 	}
 	// Every reason appears from the start, at zero, rather than on first rejection.
-	for _, r := range []string{"bad_info", "not_allowed", "storage", "truncated", "corrupt", "size", "hash", "content_address", "database", "missing_reference", "signing"} {
+	for _, r := range []string{"bad_info", "not_allowed", "storage", "truncated", "corrupt", "size", "hash", "content_address", "database", "missing_reference", "signing", "incomplete_offer"} {
 		c.m.rejections.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(c.m.narinfoHits, c.m.narinfoMisses, c.m.narBytes, c.m.uploads, c.m.uploadBytes, c.m.rejections,
+		cfg.Registerer.MustRegister(c.m.narinfoHits, c.m.narinfoMisses, c.m.narBytes, c.m.uploads, c.m.uploadBytes, c.m.offered, c.m.rejections,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fc_cache_store_bytes", Help: "NAR file bytes held by the cache (compressed, or plain NARs as they are)."}, func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()

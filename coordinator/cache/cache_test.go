@@ -393,6 +393,63 @@ func TestUpload_CorruptTruncatedOrMisSizedIsRejectedAndNeverServed(t *testing.T)
 	}
 }
 
+// An offer may leave out what the cache holds: the coordinator looks up the
+// references outside it, takes the offer when they are there, and refuses it before
+// any data, naming what is missing, when they are not. A Cached learns from the plans
+// which offered paths the cache holds, and forgets all when an offer is refused.
+func TestUpload_OfferMayLeaveOutWhatTheCacheHolds(t *testing.T) {
+	t.Parallel()
+	c := coordtest.Start(t, coordtest.Options{})
+	file := chain(t)
+	top := build(t, file, "top")
+	dep := build(t, file, "dep")
+	infos := func(p string) []protocol.PathInfo {
+		i, err := push.PathInfos(context.Background(), []string{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i
+	}
+	cached := push.NewCached(0)
+	// The cache lacks dep: an offer of top alone is refused, nothing sent or stored.
+	st, err := push.Upload(context.Background(), dialPush(t, c), infos(top), push.Options{Cached: cached})
+	if !errors.Is(err, push.ErrIncompleteOffer) || !strings.Contains(err.Error(), dep) || st.Sent != 0 {
+		t.Fatalf("offer of top without dep, which the cache lacks: %+v %v", st, err)
+	}
+	if narinfoStatus(t, c, top) != 404 {
+		t.Fatal("top is served after its offer was refused")
+	}
+	if st, err := push.Upload(context.Background(), dialPush(t, c), infos(dep), push.Options{Cached: cached}); err != nil || st.Sent != 1 {
+		t.Fatalf("upload of dep: %+v %v", st, err)
+	}
+	if cached.Has(dep) {
+		t.Error("learnt dep from the plan that asked for it (it is in the cache only once committed)")
+	}
+	// Now it holds dep: top alone is taken, and served with its reference.
+	if st, err := push.Upload(context.Background(), dialPush(t, c), infos(top), push.Options{Cached: cached}); err != nil || st.Sent != 1 {
+		t.Fatalf("offer of top alone, dep in the cache: %+v %v", st, err)
+	}
+	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s %s && cat %s", top, substituteFlags(c, c.Cache.PublicKey()), top))
+	if err != nil || !strings.Contains(got, dep) {
+		t.Fatalf("substitute top and dep: %v\n%s", err, got)
+	}
+	// The whole closure again: nothing to send, and both are learnt.
+	if st, err := push.Upload(context.Background(), dialPush(t, c), append(infos(top), infos(dep)...), push.Options{Cached: cached}); err != nil || st.Sent != 0 {
+		t.Fatalf("offer of what the cache holds: %+v %v", st, err)
+	}
+	if !cached.Has(top) || !cached.Has(dep) || cached.Len() != 2 {
+		t.Errorf("learnt %d paths (top %v, dep %v), want both", cached.Len(), cached.Has(top), cached.Has(dep))
+	}
+	// A refused offer forgets every belief: one of them was wrong.
+	other := chain(t)
+	if _, err := push.Upload(context.Background(), dialPush(t, c), infos(build(t, other, "top")), push.Options{Cached: cached}); !errors.Is(err, push.ErrIncompleteOffer) {
+		t.Fatalf("offer without its missing reference: %v", err)
+	}
+	if cached.Len() != 0 {
+		t.Errorf("%d beliefs kept after a refused offer", cached.Len())
+	}
+}
+
 func TestUpload_HalfFinishedBatchLeavesNoDanglingReferences(t *testing.T) {
 	t.Parallel()
 	c := coordtest.Start(t, coordtest.Options{})
@@ -734,6 +791,15 @@ func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *test
 	if narinfoStatus(t, c, dep) != 404 || narinfoStatus(t, c, top) != 200 {
 		t.Fatalf("dep should stay upstream only, top should be here")
 	}
+	// An offer that leaves dep out (as an agent that learnt where it is would) is
+	// complete: the reference outside it is upstream.
+	topOnly, err := push.PathInfos(context.Background(), []string{top})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := push.Upload(context.Background(), dialPush(t, c), topOnly, push.Options{}); err != nil || st.Sent != 0 {
+		t.Fatalf("offer of top alone, dep upstream: %+v %v", st, err)
+	}
 	// A client with both caches gets the whole closure.
 	got, err := emptyStore(t, fmt.Sprintf("nix-store --realise %s --option substituters '%s/nix-cache %s' --option trusted-public-keys '%s %s' --option narinfo-cache-negative-ttl 0",
 		top, c.URL, upstream.URL, c.Cache.PublicKey(), strings.TrimSpace(string(pub))))
@@ -746,6 +812,10 @@ func TestUpstream_PathsThereAreNotUploadedAndReferencesToThemAreAccepted(t *test
 		cfg.Cache.UpstreamCaches = []string{upstream.URL}
 		cfg.Cache.UpstreamKeys = []string{"someone-else-1:" + strings.SplitN(strings.TrimSpace(string(pub)), ":", 2)[1][:43] + "="}
 	}})
+	if _, err := push.Upload(context.Background(), dialPush(t, c2), topOnly, push.Options{}); !errors.Is(err, push.ErrIncompleteOffer) ||
+		!strings.Contains(err.Error(), dep) {
+		t.Fatalf("offer of top alone, dep on an untrusted upstream: %v, want it refused as incomplete, naming dep", err)
+	}
 	out, code = agentPush(t, c2, t.TempDir(), top)
 	if code != 0 || !strings.Contains(out, "sent 2") {
 		t.Fatalf("untrusted upstream: exit %d\n%s", code, out)

@@ -48,6 +48,7 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	if err := protocol.ReadFrame(st, &req); err != nil {
 		return fmt.Errorf("read upload request: %w", err)
 	}
+	c.m.offered.Add(float64(len(req.Paths)))
 	infos := make(map[string]protocol.PathInfo, len(req.Paths))
 	hashes := make([]string, 0, len(req.Paths))
 	for _, pi := range req.Paths {
@@ -58,13 +59,38 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 		infos[pi.StorePath] = pi
 		hashes = append(hashes, hashPart(pi.StorePath))
 	}
+	// An offer may leave out what the agent knows the cache holds: the references
+	// outside it are looked up with the offered paths, in the same query.
+	outside := outsideReferences(req.Paths, infos)
+	for _, r := range outside {
+		hashes = append(hashes, hashPart(r))
+	}
 	present, err := c.db.PresentHashParts(ctx, hashes)
 	if err != nil {
 		_ = protocol.WriteFrame(st, protocol.UploadPlan{Error: "coordinator database unavailable"})
 		return err
 	}
-	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: c.cfg.PlainNARs}
+	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: c.cfg.PlainNARs, ReferencesChecked: true}
 	upstream := map[string]bool{}
+	for _, r := range outside {
+		switch h := hashPart(r); {
+		case present[h]:
+		case c.inUpstream(ctx, h):
+			upstream[h] = true
+		default:
+			plan.Unknown = append(plan.Unknown, r)
+		}
+	}
+	if len(plan.Unknown) > 0 {
+		c.m.rejections.WithLabelValues("incomplete_offer").Inc()
+		more := ""
+		if len(plan.Unknown) > 1 {
+			more = fmt.Sprintf(" (and %d more)", len(plan.Unknown)-1)
+		}
+		plan.Missing, plan.Upstream = nil, nil
+		plan.Error = fmt.Sprintf("the offer refers to %s%s, which it does not include and the cache does not hold: offer the whole closure", plan.Unknown[0], more)
+		return protocol.WriteFrame(st, plan)
+	}
 	planned := make(map[string]bool, len(req.Paths))
 	for _, pi := range req.Paths {
 		h := hashPart(pi.StorePath)
@@ -122,6 +148,23 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	close(com.groups)
 	return <-com.done
+}
+
+// outsideReferences is the references of offered paths that are not offered
+// themselves, each once, in the order first seen.
+func outsideReferences(offered []protocol.PathInfo, byPath map[string]protocol.PathInfo) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, pi := range offered {
+		for _, r := range pi.References {
+			if _, ok := byPath[r]; ok || seen[r] {
+				continue
+			}
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // admission is why one path of an upload may be stored, and what to check of it.
