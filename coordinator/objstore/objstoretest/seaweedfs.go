@@ -148,7 +148,10 @@ func (s *Server) Restart() {
 	s.WaitReady()
 }
 
-// WaitReady waits until the server lists the bucket.
+// readyProbe is the object WaitReady writes and removes.
+const readyProbe = ".fc-ready-probe"
+
+// WaitReady waits until the server lists the bucket and stores an object in it.
 func (s *Server) WaitReady() {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -161,6 +164,14 @@ func (s *Server) WaitReady() {
 				if r := minio.ToErrorResponse(err); r.Code == "BucketAlreadyOwnedByYou" || r.Code == "BucketAlreadyExists" {
 					err = nil
 				}
+			}
+		}
+		if err == nil {
+			// After a restart the master may still be electing itself leader (a busy
+			// machine took seconds): listing works, writes fail until it has.
+			_, err = s.Client(s.t).PutObject(ctx, s.Bucket, readyProbe, bytes.NewReader([]byte("ok")), 2, minio.PutObjectOptions{})
+			if err == nil {
+				err = s.Client(s.t).RemoveObject(ctx, s.Bucket, readyProbe, minio.RemoveObjectOptions{})
 			}
 		}
 		if err == nil {
