@@ -58,8 +58,11 @@ func (c *Cached) Len() int {
 	return len(c.paths)
 }
 
-// Forget drops every belief.
+// Forget drops every belief. A nil Cached has none to drop.
 func (c *Cached) Forget() {
+	if c == nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.paths)

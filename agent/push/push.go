@@ -467,7 +467,7 @@ func uploadOne(ctx context.Context, conn StreamOpener, infos []protocol.PathInfo
 	// Reads and writes on the stream do not watch ctx: closing it ends them.
 	defer context.AfterFunc(ctx, func() { st.Close() })()
 	u := &upload{stats: Stats{Offered: len(infos)}, progress: opts.Progress}
-	plan, err := offer(st, infos, opts.Cached)
+	plan, err := request(st, protocol.UploadRequest{Paths: infos}, opts.Cached)
 	if err != nil {
 		return u.stats, err
 	}
@@ -504,13 +504,8 @@ func (s Stats) rejectionErr() error {
 	}
 }
 
-// offer sends the upload request and reads the coordinator's plan, which cached
-// (if set) learns from.
-func offer(st io.ReadWriter, infos []protocol.PathInfo, cached *Cached) (protocol.UploadPlan, error) {
-	return request(st, protocol.UploadRequest{Paths: infos}, cached)
-}
-
-// request sends req and reads the coordinator's plan.
+// request sends req and reads the coordinator's plan, which cached (if set) learns
+// from.
 func request(st io.ReadWriter, req protocol.UploadRequest, cached *Cached) (protocol.UploadPlan, error) {
 	var plan protocol.UploadPlan
 	if err := protocol.WriteFrame(st, req); err != nil {
@@ -520,9 +515,7 @@ func request(st io.ReadWriter, req protocol.UploadRequest, cached *Cached) (prot
 		return plan, fmt.Errorf("read upload plan: %w", err)
 	}
 	if len(plan.Unknown) > 0 {
-		if cached != nil {
-			cached.Forget()
-		}
+		cached.Forget()
 		return plan, fmt.Errorf("%w: %s", ErrIncompleteOffer, plan.Error)
 	}
 	if plan.Error != "" {

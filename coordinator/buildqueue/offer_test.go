@@ -1,13 +1,11 @@
 package buildqueue_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +40,7 @@ func TestUpload_OffersLeaveOutWhatTheCacheHolds(t *testing.T) {
 			coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "evaluator", Roles: []string{"eval"}})
 			c.Trigger(js, false)
 			bs := coordtest.BuildsOf(t, c, coordtest.Evaluated(t, c, js, 0))
-			before := cacheCounter(t, c, "fc_cache_upload_offered_paths_total")
+			before := c.Metric(t, "fc_cache_upload_offered_paths_total")
 			coordtest.StartAgent(t, c, coordtest.AgentOptions{Name: "builder", NixConnection: conn})
 
 			built := map[string]coordtest.Build{}
@@ -53,7 +51,7 @@ func TestUpload_OffersLeaveOutWhatTheCacheHolds(t *testing.T) {
 					t.Fatalf("%s: %s", job, built[job].Status)
 				}
 			}
-			if got := cacheCounter(t, c, "fc_cache_upload_offered_paths_total") - before; got != 11 {
+			if got := c.Metric(t, "fc_cache_upload_offered_paths_total") - before; got != 11 {
 				t.Errorf("c1..c6 offered %v paths, want 11 (each step's output and its input's)", got)
 			}
 
@@ -65,7 +63,7 @@ func TestUpload_OffersLeaveOutWhatTheCacheHolds(t *testing.T) {
 				t.Fatal(err)
 			}
 			grantPush(t, c, "builder")
-			offered := cacheCounter(t, c, "fc_cache_upload_offered_paths_total")
+			offered := c.Metric(t, "fc_cache_upload_offered_paths_total")
 			if err := os.WriteFile(flag, nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -78,10 +76,10 @@ func TestUpload_OffersLeaveOutWhatTheCacheHolds(t *testing.T) {
 					t.Errorf("c7 built in %d attempts, want 1", st.Attempts)
 				}
 			}
-			if got := cacheCounter(t, c, "fc_cache_upload_offered_paths_total") - offered; got != 2+7 {
+			if got := c.Metric(t, "fc_cache_upload_offered_paths_total") - offered; got != 2+7 {
 				t.Errorf("c7 offered %v paths, want 2 (c7, c6: refused) + 7 (the whole closure)", got)
 			}
-			if got := cacheCounter(t, c, `fc_cache_upload_rejections_total{reason="incomplete_offer"}`); got != 1 {
+			if got := c.Metric(t, `fc_cache_upload_rejections_total{reason="incomplete_offer"}`); got != 1 {
 				t.Errorf("incomplete offers: %v, want 1", got)
 			}
 			if code, _ := coordtest.Get(t, c.URL+"/nix-cache/"+strings.TrimPrefix(c5, "/nix/store/")[:32]+".narinfo"); code != http.StatusOK {
@@ -89,30 +87,6 @@ func TestUpload_OffersLeaveOutWhatTheCacheHolds(t *testing.T) {
 			}
 		})
 	}
-}
-
-// cacheCounter is the value of series (a name, with its labels if it has any, as
-// /metrics writes them).
-func cacheCounter(t *testing.T, c *coordtest.Coordinator, series string) float64 {
-	t.Helper()
-	resp, err := http.Get(c.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", series, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("no series %s in /metrics", series)
-	return 0
 }
 
 // grantPush gives the agent named name the push permission.

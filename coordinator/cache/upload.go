@@ -62,9 +62,11 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	// An offer may leave out what the agent knows the cache holds: the references
 	// outside it are looked up with the offered paths, in the same query.
 	outside := outsideReferences(req.Paths, infos)
+	n := len(hashes)
 	for _, r := range outside {
 		hashes = append(hashes, hashPart(r))
 	}
+	outsideHashes := hashes[n:]
 	present, err := c.db.PresentHashParts(ctx, hashes)
 	if err != nil {
 		_ = protocol.WriteFrame(st, protocol.UploadPlan{Error: "coordinator database unavailable"})
@@ -72,8 +74,8 @@ func (c *Cache) HandleUpload(ctx context.Context, agentID int64, st io.ReadWrite
 	}
 	plan := protocol.UploadPlan{Missing: []string{}, Upstream: []string{}, Uncompressed: c.cfg.PlainNARs, ReferencesChecked: true}
 	upstream := map[string]bool{}
-	for _, r := range outside {
-		switch h := hashPart(r); {
+	for i, r := range outside {
+		switch h := outsideHashes[i]; {
 		case present[h]:
 		case c.inUpstream(ctx, h):
 			upstream[h] = true

@@ -4,6 +4,7 @@
 package coordtest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -291,6 +293,30 @@ func (c *Coordinator) Do(method, path, key string, body any, out any) int {
 		}
 	}
 	return resp.StatusCode
+}
+
+// Metric is the value of series (a name, with its labels if it has any, as
+// /metrics writes them).
+func (c *Coordinator) Metric(t testing.TB, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(c.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no series %s in /metrics", series)
+	return 0
 }
 
 // Eventually polls cond until it holds or the deadline passes: for states nothing
