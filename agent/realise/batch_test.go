@@ -390,6 +390,11 @@ func TestBatcher_FinishedDerivationsLeaveBeforeTheirBatch(t *testing.T) {
 		if slow.err != nil || slow.res.Status != protocol.StepSucceeded {
 			t.Errorf("slow: %+v %v", slow.res, slow.err)
 		}
+		// On the daemon path the early finisher asks its own daemon (no Nix
+		// process per check, so it checks as soon as Nix counts a build done).
+		if want := map[string]int{ConnectionDaemon: 1}[conn]; b.QueryDaemons() != want {
+			t.Errorf("%d query daemons, want %d", b.QueryDaemons(), want)
+		}
 	})
 }
 

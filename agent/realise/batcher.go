@@ -50,7 +50,8 @@ type Batcher struct {
 
 	// pool holds warm nix-daemon connections (nil: the process path).
 	pool      *nixworker.Pool
-	buildHook string // for daemon connections; see declineHook
+	buildHook string    // for daemon connections; see declineHook
+	side      *sideConn // for daemon connections: the early finishers' queries
 	logger    *slog.Logger
 }
 
@@ -99,6 +100,9 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 			cfg.Logger.Warn("cannot build on a nix-daemon connection; building with nix-store processes", "err", err)
 		}
 		b.pool, b.buildHook = pool, hook
+		if pool != nil {
+			b.side = &sideConn{command: cfg.DaemonCommand, cacheDir: cfg.DaemonCacheDir}
+		}
 	}
 	return b
 }
@@ -124,7 +128,17 @@ func (b *Batcher) Close() {
 	b.wg.Wait()
 	if b.pool != nil {
 		b.pool.Close()
+		b.side.close()
 	}
+}
+
+// QueryDaemons is how many nix-daemon processes the Batcher has started for the
+// queries of its early finishers (daemon connections only).
+func (b *Batcher) QueryDaemons() int {
+	if b.side == nil {
+		return 0
+	}
+	return b.side.Started()
 }
 
 // Batches is how many batches the Batcher has run, on either connection.

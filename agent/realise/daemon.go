@@ -115,7 +115,7 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	stop, unwatch := watchJobs(jobs)
 	defer unwatch()
 	d := newDemux(jobs)
-	stopEarly := startEarly(ctx, jobs, d)
+	stopEarly := startEarly(ctx, jobs, d, daemonQueries(b.side))
 
 	lg := &daemonLog{d: d}
 	paths := make([]string, len(jobs))

@@ -19,6 +19,7 @@ import (
 // them in place.) Failures wait for the end of the batch: Nix 2.8 names a failed
 // derivation only when nix-store ends, and its counters do not say which one failed.
 type earlyFinisher struct {
+	earlyQueries
 	start   time.Time
 	jobs    []*job
 	wake    chan struct{} // a progress record counted more finished builds
@@ -26,10 +27,33 @@ type earlyFinisher struct {
 	handedB int           // built jobs handed on so far
 }
 
+// earlyQueries are how an earlyFinisher asks Nix, and how often.
+type earlyQueries struct {
+	// after is how long a batch runs before the first check; every the least time
+	// between checks.
+	after, every time.Duration
+	invalid      func(ctx context.Context, paths []string) (map[string]bool, error)
+	infos        pathInfosFunc
+}
+
+// Early finishing on the process path costs Nix processes of its own (a validity
+// check, a path-info), so it starts only once a batch has run for a second (a batch
+// of trivial steps ends sooner than that) and checks at most four times a second.
+func processQueries() earlyQueries {
+	return earlyQueries{after: time.Second, every: 250 * time.Millisecond, invalid: invalidPaths, infos: pathInfosRecursive}
+}
+
+// daemonQueries asks on the Batcher's side connection: a query there costs about a
+// millisecond, so a derivation leaves as soon as Nix counts it built (every bounds
+// the checks while builds finish in quick succession).
+func daemonQueries(side *sideConn) earlyQueries {
+	return earlyQueries{every: 5 * time.Millisecond, invalid: side.invalidPaths, infos: side.pathInfos}
+}
+
 // startEarly starts an earlyFinisher for the batch of jobs whose log d parses; the
 // function it returns stops it once Nix is done and waits for it.
-func startEarly(ctx context.Context, jobs []*job, d *demux) (stop func()) {
-	ef := &earlyFinisher{start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
+func startEarly(ctx context.Context, jobs []*job, d *demux, q earlyQueries) (stop func()) {
+	ef := &earlyFinisher{earlyQueries: q, start: time.Now(), jobs: jobs, wake: make(chan struct{}, 1)}
 	d.early = ef
 	done := make(chan struct{})
 	go func() { defer close(done); ef.run(ctx) }()
@@ -55,23 +79,15 @@ func (e *earlyFinisher) progress(done int64) {
 	}
 }
 
-// Early finishing costs Nix processes of its own (a validity check, a path-info), so
-// it starts only once a batch has run for earlyAfter (a batch of trivial steps ends
-// sooner than that), and checks at most every earlyEvery.
-const (
-	earlyAfter = time.Second
-	earlyEvery = 250 * time.Millisecond
-)
-
 func (e *earlyFinisher) run(ctx context.Context) {
 	var last time.Time
 	for range e.wake {
-		if wait := earlyAfter - time.Since(e.start); wait > 0 {
+		if wait := e.after - time.Since(e.start); wait > 0 {
 			if !e.sleep(wait) {
 				return
 			}
 		}
-		if wait := earlyEvery - time.Since(last); wait > 0 {
+		if wait := e.every - time.Since(last); wait > 0 {
 			if !e.sleep(wait) {
 				return
 			}
@@ -126,7 +142,7 @@ func (e *earlyFinisher) check(ctx context.Context) {
 	for _, j := range maybe {
 		paths = append(paths, orderedOutputs(j.outs)...)
 	}
-	invalid, err := invalidPaths(ctx, paths)
+	invalid, err := e.invalid(ctx, paths)
 	if err != nil {
 		return // the end of the batch classifies them
 	}
@@ -150,5 +166,5 @@ func (e *earlyFinisher) check(ctx context.Context) {
 		j.stopWatch()
 		valid = append(valid, orderedOutputs(j.outs)...)
 	}
-	finishBuilt(ctx, built, base, valid, pathInfosRecursive)
+	finishBuilt(ctx, built, base, valid, e.infos)
 }

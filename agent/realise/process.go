@@ -109,7 +109,7 @@ func runProcess(jobs []*job, maxJobs int) {
 	// Derivations finish one by one while the batch runs: each is handed on as soon
 	// as Nix is done with it, so its step uploads and reports without waiting for the
 	// slowest build of the batch.
-	stopEarly := startEarly(bctx, jobs, d)
+	stopEarly := startEarly(bctx, jobs, d, processQueries())
 	parsed := make(chan []string, 1)
 	go func() { parsed <- d.parse(pr) }()
 
