@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/fc-ci/fc/coordinator/config"
 	"github.com/fc-ci/fc/coordinator/coordtest"
 )
 
@@ -76,13 +77,23 @@ func expectedLines(n int) string {
 	return b.String()
 }
 
+// startLogCoordinator starts a coordinator for a live-log test. Agent sessions are not
+// what these tests are about, so heartbeats allow 15 s of silence instead of
+// coordtest's 3 s. Viewers decoding megabytes under the race detector share the
+// process with the coordinator and its agents, and on a busy machine they can hold
+// the heartbeat off for seconds. A dropped session then cancels the build the test
+// is watching.
+func startLogCoordinator(t *testing.T) *coordtest.Coordinator {
+	return coordtest.Start(t, coordtest.Options{Config: func(c *config.Config) { c.Server.AgentHeartbeat = 5 }})
+}
+
 // TestLiveLog_FollowsAcrossReconnects: a viewer receives the lines while the build
 // runs, in order, with no gap and no duplicate, across a reconnect of its own
 // WebSocket and across a reconnect of the agent's session mid-build; the stored log
 // is what the builder printed.
 func TestLiveLog_FollowsAcrossReconnects(t *testing.T) {
 	t.Parallel()
-	c := coordtest.Start(t, coordtest.Options{})
+	c := startLogCoordinator(t)
 	const n = 60
 	repo := coordtest.NewRepo(t)
 	repo.Commit(map[string]string{"release.nix": tickingJobset(t, n)})
@@ -163,7 +174,7 @@ done:
 // the build or another viewer.
 func TestLiveLog_StalledViewerHoldsNothingBack(t *testing.T) {
 	t.Parallel()
-	c := coordtest.Start(t, coordtest.Options{})
+	c := startLogCoordinator(t)
 	repo := coordtest.NewRepo(t)
 	// About 8 MB of log, more than the socket buffers between a stalled viewer and the server hold.
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
@@ -208,8 +219,9 @@ in {
 // taken is long gone from the chunks the viewers share, and is read again from the
 // stored log (after a reconnect from its offset if the server dropped it meanwhile).
 func TestLiveLog_HundredViewersExactBytesAndASlowOneCatchesUp(t *testing.T) {
-	t.Parallel()
-	c := coordtest.Start(t, coordtest.Options{})
+	// Not parallel: its 100 viewers decode 270 MB under the race detector, which would
+	// starve the other live-log tests sharing this process.
+	c := startLogCoordinator(t)
 	repo := coordtest.NewRepo(t)
 	// About 2.7 MB in 30,000 numbered lines: more than the shared chunks keep (2 MiB).
 	repo.Commit(map[string]string{"release.nix": fmt.Sprintf(`let
