@@ -184,6 +184,18 @@ func stickyKey(req Request) string {
 	return string(k)
 }
 
+// freshLookups are the settings for asking substituters (space-separated URLs) on a
+// daemon connection: a nix-store process starts with an empty cache of narinfo
+// lookups, but a daemon lives on, and an answer it remembered (a path missing a
+// moment ago) may be wrong now.
+func freshLookups(substituters string) [][2]string {
+	return [][2]string{
+		{"substituters", substituters},
+		{"narinfo-cache-negative-ttl", "0"},
+		{"narinfo-cache-positive-ttl", "0"},
+	}
+}
+
 // daemonOptions are Args's options, for wopSetOptions, with hook as Nix's build
 // hook when set.
 func daemonOptions(req Request, maxJobs int, hook string) nixworker.Options {
@@ -192,18 +204,12 @@ func daemonOptions(req Request, maxJobs int, hook string) nixworker.Options {
 		subs = append(subs, req.CacheURL)
 	}
 	subs = append(subs, req.Substituters...)
-	o := nixworker.Options{KeepGoing: true, MaxJobs: maxJobs, MaxSilent: req.MaxSilent, BuildCores: runtime.NumCPU(),
-		Overrides: [][2]string{
-			{"substituters", strings.Join(subs, " ")},
-			{"narinfo-cache-negative-ttl", "0"},
-			// Each nix-store process has a fresh cache of lookups; a daemon lives on.
-			{"narinfo-cache-positive-ttl", "0"},
-			{"builders", ""},
-			{"timeout", strconv.FormatInt(int64(req.Timeout/time.Second), 10)},
-		}}
+	timeout := strconv.FormatInt(int64(req.Timeout/time.Second), 10)
 	if req.Timeout > 0 && req.Timeout < time.Second {
-		o.Overrides[4][1] = "1"
+		timeout = "1"
 	}
+	o := nixworker.Options{KeepGoing: true, MaxJobs: maxJobs, MaxSilent: req.MaxSilent, BuildCores: runtime.NumCPU(),
+		Overrides: append(freshLookups(strings.Join(subs, " ")), [2]string{"builders", ""}, [2]string{"timeout", timeout})}
 	if req.MaxSilent > 0 && req.MaxSilent < time.Second {
 		o.MaxSilent = time.Second
 	}

@@ -238,6 +238,10 @@ func TestDaemonOptions_AreArgsOptions(t *testing.T) {
 	if strings.Contains(bare, "netrc") || strings.Contains(bare, "build-hook") || strings.Contains(bare, "features") || !strings.Contains(bare, "[timeout 0]") || !strings.Contains(bare, "[substituters ]") {
 		t.Errorf("bare overrides %s", bare)
 	}
+	// Nix takes whole seconds, and 0 means no timeout: a shorter one is a second.
+	if short := fmt.Sprint(daemonOptions(Request{Timeout: 300 * time.Millisecond}, 1, "").Overrides); !strings.Contains(short, "[timeout 1]") {
+		t.Errorf("overrides for a 300 ms timeout: %s", short)
+	}
 }
 
 // TestDaemon_OtherSubstitutersGetAFreshDaemon: Nix opens its substituters once per

@@ -27,14 +27,11 @@ type sideConn struct {
 	closed  bool
 }
 
-// sideOptions: nothing is substituted or built on the side connection, and no
-// answer may come from Nix's cache of lookups (a path found invalid a moment ago
-// may be valid now).
-var sideOptions = nixworker.Options{MaxJobs: 1, Overrides: [][2]string{
-	{"substituters", ""},
-	{"narinfo-cache-negative-ttl", "0"},
-	{"narinfo-cache-positive-ttl", "0"},
-}}
+// sideOptions: nothing is substituted or built on the side connection, and every
+// answer is Nix's own (a path found invalid a moment ago may be valid now).
+func sideOptions() nixworker.Options {
+	return nixworker.Options{MaxJobs: 1, Overrides: freshLookups("")}
+}
 
 // with runs f on the connection, starting it if needed; a connection f broke is
 // stopped, and the next call starts another.
@@ -52,7 +49,7 @@ func (s *sideConn) with(ctx context.Context, f func(*nixworker.Conn) error) erro
 			return fmt.Errorf("start a nix daemon for queries: %w", err)
 		}
 		s.started++
-		if err := proc.Conn.SetOptions(sideOptions, nil); err != nil {
+		if err := proc.Conn.SetOptions(sideOptions(), nil); err != nil {
 			proc.Stop(stopGrace)
 			return fmt.Errorf("set the query connection's options: %w", err)
 		}
