@@ -4,9 +4,9 @@
 // already open rather than paying a Nix process start.
 //
 // Only what the agent needs is here: the handshake, wopSetOptions,
-// wopBuildPathsWithResults, wopQueryPathInfo and wopQueryValidPaths, with the
-// daemon's log (STDERR_NEXT, activities and their results) handed to a Logger as it
-// arrives. wopBuildPathsWithResults needs protocol 1.34 (Nix 2.8 and later; the
+// wopBuildPathsWithResults, wopBuildDerivation, wopQueryPathInfo and
+// wopQueryValidPaths, with the daemon's log (STDERR_NEXT, activities and their
+// results) handed to a Logger as it arrives. wopBuildPathsWithResults needs protocol 1.34 (Nix 2.8 and later; the
 // client announces 1.34, so a newer daemon answers as 2.8 does, though only 2.8 is
 // tested here); Dial refuses older daemons, and the caller falls back to running
 // nix-store.
@@ -44,6 +44,7 @@ const (
 	opSetOptions            = 19
 	opQueryPathInfo         = 26
 	opQueryValidPaths       = 31
+	opBuildDerivation       = 36
 	opBuildPathsWithResults = 46
 
 	// maxString bounds one string from the daemon (a log line, an error, a path).

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,12 +18,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/wire"
 	"golang.org/x/sys/unix"
 )
 
 // instantiate writes a /bin/sh derivation running script and returns its .drv path.
 func instantiate(t *testing.T, script string) string {
+	t.Helper()
+	return instantiateIn(t, "", script)
+}
+
+// instantiateIn is instantiate into the chroot store at root ("": the system's
+// store); the system's store then has no such .drv.
+func instantiateIn(t *testing.T, root, script string) string {
 	t.Helper()
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
 		t.Fatal("nix-daemon not found (nix-bin has it)")
@@ -35,7 +44,11 @@ func instantiate(t *testing.T, script string) string {
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("nix-instantiate", "--option", "substituters", "", file).Output()
+	args := []string{"--option", "substituters", ""}
+	if root != "" {
+		args = append(args, "--store", root)
+	}
+	out, err := exec.Command("nix-instantiate", append(args, file)...).Output()
 	if err != nil {
 		t.Fatalf("nix-instantiate: %v", err)
 	}
@@ -136,6 +149,111 @@ func TestConn_BuildsSuccessAndFailureWithTheirLogsAndReusesTheConnection(t *test
 	var de *DaemonError
 	if _, err := p.Conn.QueryPathInfo("/not/a/store/path"); !errors.As(err, &de) || !strings.Contains(err.Error(), "not in the Nix store") {
 		t.Fatalf("bad path: %v", err)
+	}
+}
+
+// basicOutsideTheStore instantiates script in a throwaway store and returns the
+// .drv path, which the system's store does not have, and its BasicDerivation.
+func basicOutsideTheStore(t *testing.T, script string) (string, BasicDerivation) {
+	t.Helper()
+	root := t.TempDir()
+	drvPath := instantiateIn(t, root, script)
+	f, err := os.Open(filepath.Join(root, drvPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := derivation.ReadDerivation(f)
+	if err != nil {
+		t.Fatalf("read %s: %v", drvPath, err)
+	}
+	return drvPath, BasicFromDerivation(d, nil)
+}
+
+func TestConn_BuildDerivationBuildsWithoutTheDrvFile(t *testing.T) {
+	t.Parallel()
+	p := start(t)
+	ok, okDrv := basicOutsideTheStore(t, `echo hello from basic; echo built > $out`)
+	bad, badDrv := basicOutsideTheStore(t, `echo about to fail; exit 1`)
+	if len(okDrv.Outputs) != 1 || okDrv.Outputs[0].Name != "out" || okDrv.Outputs[0].HashAlgo != "" ||
+		okDrv.Builder != "/bin/sh" || len(okDrv.InputSrcs) != 0 {
+		t.Fatalf("basic derivation %+v", okDrv)
+	}
+	out := okDrv.Outputs[0].Path
+	valid, err := p.Conn.QueryValidPaths([]string{ok, bad, out})
+	if err != nil || len(valid) != 0 {
+		t.Fatalf("valid before the builds: %v, %v", valid, err)
+	}
+	rec := &recorder{}
+	if err := p.Conn.SetOptions(opts(), rec); err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Conn.BuildDerivation(ok, okDrv, rec)
+	if err != nil || res.Status != Built || res.Path != ok+"!out" || res.ErrorMsg != "" || res.TimesBuilt != 1 || res.StartTime.IsZero() {
+		t.Fatalf("build: %+v, %v", res, err)
+	}
+	if got := strings.Join(rec.lines, "|"); !strings.Contains(got, "hello from basic") {
+		t.Errorf("build lines %q", got)
+	}
+	// The output is valid, derived from the .drv path sent, which is still not.
+	info, err := p.Conn.QueryPathInfo(out)
+	if err != nil || info == nil || info.Deriver != ok {
+		t.Fatalf("path info of the output: %+v, %v", info, err)
+	}
+	if b, err := os.ReadFile(out); err != nil || string(b) != "built\n" {
+		t.Errorf("output %q, %v", b, err)
+	}
+	// A failing builder is a result, and the connection goes on.
+	res, err = p.Conn.BuildDerivation(bad, badDrv, rec)
+	if err != nil || res.Status != PermanentFailure || !strings.Contains(plain(res.ErrorMsg), "failed with exit code 1") {
+		t.Fatalf("failing build: %+v, %v", res, err)
+	}
+	valid, err = p.Conn.QueryValidPaths([]string{ok, bad, out, badDrv.Outputs[0].Path})
+	if err != nil || len(valid) != 1 || !valid[out] {
+		t.Fatalf("valid after the builds: %v, %v", valid, err)
+	}
+}
+
+func TestBasicFromDerivation_SortsAndMergesTheInputs(t *testing.T) {
+	t.Parallel()
+	d := &derivation.Derivation{
+		Outputs: map[string]*derivation.Output{
+			"out": {Path: "/nix/store/b-x"}, "dev": {Path: "/nix/store/a-x-dev"},
+		},
+		InputSources:     []string{"/nix/store/s-src", "/nix/store/c-src"},
+		InputDerivations: map[string][]string{"/nix/store/d-dep.drv": {"out"}},
+		Platform:         "x86_64-linux",
+		Builder:          "/bin/sh",
+		Arguments:        []string{"-c", "true"},
+		Env:              map[string]string{"out": "/nix/store/b-x", "dev": "/nix/store/a-x-dev", "name": "x"},
+	}
+	b := BasicFromDerivation(d, []string{"/nix/store/e-dep", "/nix/store/c-src"})
+	want := BasicDerivation{
+		Outputs: []DerivationOutput{
+			{Name: "dev", Path: "/nix/store/a-x-dev"}, {Name: "out", Path: "/nix/store/b-x"},
+		},
+		InputSrcs: []string{"/nix/store/c-src", "/nix/store/e-dep", "/nix/store/s-src"},
+		Platform:  "x86_64-linux",
+		Builder:   "/bin/sh",
+		Args:      []string{"-c", "true"},
+		Env:       [][2]string{{"dev", "/nix/store/a-x-dev"}, {"name", "x"}, {"out", "/nix/store/b-x"}},
+	}
+	if !reflect.DeepEqual(b, want) {
+		t.Fatalf("got  %+v\nwant %+v", b, want)
+	}
+	// Strings as Nix writes them into a .drv, escapes and all, come out as Nix reads them.
+	aterm := `Derive([("out","/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x","","")],[],[],"x86_64-linux","/bin/sh",["-c","echo \"a\\tb\"\nexit 0\n"],` +
+		`[("name","x"),("out","/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x"),("script","line\none")])`
+	d, err := derivation.ReadDerivation(strings.NewReader(aterm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = BasicFromDerivation(d, nil)
+	if got, want := b.Args[1], "echo \"a\\tb\"\nexit 0\n"; got != want {
+		t.Errorf("script %q, want %q", got, want)
+	}
+	if got := b.Env[2]; got != [2]string{"script", "line\none"} {
+		t.Errorf("env %q", got)
 	}
 }
 

@@ -4,9 +4,13 @@ package nixworker
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/wire"
 )
 
@@ -20,6 +24,9 @@ type Options struct {
 	MaxJobs    int
 	MaxSilent  time.Duration // 0: none
 	BuildCores int           // 0: all
+	// NoSubstitutes stops Nix from asking substituters for what it is to build
+	// (useSubstitutes false): for a build whose inputs are all here already.
+	NoSubstitutes bool
 	// Overrides are more settings by name, in order (a trusted connection may set
 	// any, e.g. substituters, timeout, system-features).
 	Overrides [][2]string
@@ -37,7 +44,7 @@ func (c *Conn) SetOptions(o Options, log Logger) error {
 		true,                 // obsolete useBuildHook
 		uint64(0),            // verboseBuild: lvlError, so builds' lines are results
 		uint64(0), uint64(0), // obsolete log type, print build trace
-		uint64(max(o.BuildCores, 0)), true)
+		uint64(max(o.BuildCores, 0)), !o.NoSubstitutes)
 	if err != nil {
 		return err
 	}
@@ -121,21 +128,103 @@ func (c *Conn) BuildPaths(paths []string, log Logger) ([]BuildResult, error) {
 	}
 	out := make([]BuildResult, 0, n)
 	for range n {
-		r, err := c.readBuildResult()
+		// Each result here is keyed by its derived path.
+		path, err := wire.ReadString(c.r, maxString)
+		var r BuildResult
+		if err == nil {
+			r, err = c.readBuildResult()
+		}
 		if err != nil {
 			return nil, c.fail(fmt.Errorf("read the build results: %w", err))
 		}
+		r.Path = path
 		out = append(out, r)
 	}
 	return out, nil
 }
 
+// BasicDerivation is what wopBuildDerivation sends: a derivation whose inputs are
+// store paths (InputSrcs holds the inputs' outputs too), so the daemon needs no
+// .drv file.
+type BasicDerivation struct {
+	Outputs   []DerivationOutput // sorted by name
+	InputSrcs []string           // sorted
+	Platform  string
+	Builder   string
+	Args      []string
+	Env       [][2]string // sorted by key
+}
+
+// DerivationOutput is one output as in the .drv's ATerm: HashAlgo and Hash are
+// empty for an input-addressed output.
+type DerivationOutput struct{ Name, Path, HashAlgo, Hash string }
+
+// BasicFromDerivation makes d's BasicDerivation: inputOutputs are the output paths
+// of d's input derivations that its build uses (the daemon sees no inputDrvs).
+//
+// go-nix's parser leaves the ATerm's escapes (\n, \", …) in every string but the env
+// values (its encoder writes them back as they are, so DrvPath still matches): they
+// are undone here, or the builder would get "\n" where the .drv has a newline.
+func BasicFromDerivation(d *derivation.Derivation, inputOutputs []string) BasicDerivation {
+	b := BasicDerivation{Platform: unescapeATerm(d.Platform), Builder: unescapeATerm(d.Builder)}
+	for _, a := range d.Arguments {
+		b.Args = append(b.Args, unescapeATerm(a))
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.Outputs)) {
+		o := d.Outputs[name]
+		b.Outputs = append(b.Outputs, DerivationOutput{Name: name, Path: o.Path, HashAlgo: o.HashAlgorithm, Hash: o.Hash})
+	}
+	b.InputSrcs = slices.Compact(slices.Sorted(slices.Values(slices.Concat(d.InputSources, inputOutputs))))
+	for _, k := range slices.Sorted(maps.Keys(d.Env)) {
+		b.Env = append(b.Env, [2]string{unescapeATerm(k), d.Env[k]})
+	}
+	return b
+}
+
+// unescapeATerm undoes the escapes Nix writes into a .drv's strings.
+func unescapeATerm(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	return strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\n`, "\n", `\r`, "\r", `\t`, "\t").Replace(s)
+}
+
+// BuildDerivation builds drvPath from drv with wopBuildDerivation (buildMode
+// normal). A failed build is a result, not an error. The result's Path is
+// drvPath+"!"+the output names joined by ",". The daemon builds what it is sent:
+// the inputs must be valid already, and only a trusted connection may build an
+// input-addressed derivation.
+func (c *Conn) BuildDerivation(drvPath string, drv BasicDerivation, log Logger) (BuildResult, error) {
+	// Outputs and env are counts of tuples, not of strings: sent flat after their count.
+	args := []any{drvPath, uint64(len(drv.Outputs))}
+	names := make([]string, 0, len(drv.Outputs))
+	for _, o := range drv.Outputs {
+		args = append(args, o.Name, o.Path, o.HashAlgo, o.Hash)
+		names = append(names, o.Name)
+	}
+	args = append(args, drv.InputSrcs, drv.Platform, drv.Builder, drv.Args, uint64(len(drv.Env)))
+	for _, kv := range drv.Env {
+		args = append(args, kv[0], kv[1])
+	}
+	args = append(args, uint64(0)) // bmNormal
+	if err := c.send(opBuildDerivation, args...); err != nil {
+		return BuildResult{}, err
+	}
+	if err := c.processStderr(log); err != nil {
+		return BuildResult{}, err
+	}
+	r, err := c.readBuildResult()
+	if err != nil {
+		return BuildResult{}, c.fail(fmt.Errorf("read the build result of %s: %w", drvPath, err))
+	}
+	r.Path = drvPath + "!" + strings.Join(names, ",")
+	return r, nil
+}
+
+// readBuildResult reads a BuildResult as both build operations send it, without
+// the path wopBuildPathsWithResults puts before it.
 func (c *Conn) readBuildResult() (BuildResult, error) {
 	var r BuildResult
-	var err error
-	if r.Path, err = wire.ReadString(c.r, maxString); err != nil {
-		return r, err
-	}
 	status, err := wire.ReadUint64(c.r)
 	if err != nil {
 		return r, err

@@ -6,6 +6,7 @@ package realise
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -52,7 +53,10 @@ type Batcher struct {
 	pool      *nixworker.Pool
 	buildHook string    // for daemon connections; see declineHook
 	side      *sideConn // for daemon connections: the early finishers' queries
-	logger    *slog.Logger
+	// http fetches the .drv files of derivations sent whole (see basicFor).
+	http        *http.Client
+	basicBuilds atomic.Int64
+	logger      *slog.Logger
 }
 
 // BatcherConfig sizes a Batcher.
@@ -102,6 +106,7 @@ func NewBatcher(cfg BatcherConfig) *Batcher {
 		b.pool, b.buildHook = pool, hook
 		if pool != nil {
 			b.side = &sideConn{command: cfg.DaemonCommand, cacheDir: cfg.DaemonCacheDir}
+			b.http = &http.Client{Timeout: drvFetchTimeout}
 		}
 	}
 	return b
@@ -140,6 +145,10 @@ func (b *Batcher) QueryDaemons() int {
 	}
 	return b.side.Started()
 }
+
+// BasicBuilds is how many derivations the Batcher has sent whole, with
+// wopBuildDerivation rather than BuildPaths (daemon connections only, see basicFor).
+func (b *Batcher) BasicBuilds() int64 { return b.basicBuilds.Load() }
 
 // Batches is how many batches the Batcher has run, on either connection.
 func (b *Batcher) Batches() int64 { return b.batchesRun.Load() }

@@ -105,6 +105,14 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	if len(jobs) == 0 {
 		return
 	}
+	var basic *nixworker.BasicDerivation
+	if len(jobs) == 1 {
+		if drv, ok, why := b.basicFor(jobs[0].ctx, jobs[0]); ok {
+			basic = &drv
+		} else {
+			b.logger.Debug("built by BuildPaths", "drv", jobs[0].req.DrvPath, "why", why)
+		}
+	}
 	proc, err := b.daemonFor(ctx, jobs[0].req)
 	if err != nil {
 		b.logger.Warn("no nix daemon connection; this batch runs nix-store instead", "err", err)
@@ -128,8 +136,19 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		if err := proc.Conn.SetOptions(daemonOptions(jobs[0].req, maxJobs, b.buildHook), lg); err != nil {
+		opts := daemonOptions(jobs[0].req, maxJobs, b.buildHook)
+		// A derivation sent whole has its inputs here, and its outputs are not in the
+		// coordinator's cache (or the step would not have been assigned): Nix need
+		// not ask the cache about them.
+		opts.NoSubstitutes = basic != nil
+		if err := proc.Conn.SetOptions(opts, lg); err != nil {
 			done <- outcome{err: fmt.Errorf("set the options: %w", err)}
+			return
+		}
+		if basic != nil {
+			b.basicBuilds.Add(1)
+			r, err := proc.Conn.BuildDerivation(jobs[0].req.DrvPath, *basic, lg)
+			done <- outcome{[]nixworker.BuildResult{r}, err}
 			return
 		}
 		res, err := proc.Conn.BuildPaths(paths, lg)

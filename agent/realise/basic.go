@@ -1,0 +1,253 @@
+// Derivations sent whole: a single step whose inputs are already valid here is built
+// with wopBuildDerivation from the derivation itself, as Hydra's queue runner does.
+// Nix then neither substitutes the .drv (evaluation wrote it into another store, so
+// it is rarely here), nor asks the caches about the outputs, nor starts its build
+// hook: on a warm daemon that is a third of the time until the builder starts.
+
+package realise
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+
+	"github.com/fc-ci/fc/agent/nixworker"
+)
+
+// maxDrvSize bounds a .drv read from the store or fetched from the cache.
+const maxDrvSize = 16 << 20
+
+// drvFetchTimeout bounds fetching one .drv from the coordinator's cache.
+const drvFetchTimeout = 10 * time.Second
+
+// basicFor returns the derivation of j to build with wopBuildDerivation, or ok false
+// when the batch must go through BuildPaths: upstream substituters are given (an
+// output may be there to substitute rather than build), a .drv cannot be read or
+// fetched, or an input is not valid here (Nix would have to substitute it).
+func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDerivation, ok bool, why error) {
+	if len(j.req.Substituters) > 0 {
+		return drv, false, errors.New("upstream substituters may hold the outputs")
+	}
+	d, err := b.readDrv(ctx, j.req, j.req.DrvPath)
+	if err != nil {
+		return drv, false, err
+	}
+	inputs := append([]string(nil), d.InputSources...)
+	for in, names := range d.InputDerivations {
+		id, err := b.readDrv(ctx, j.req, in)
+		if err != nil {
+			return drv, false, err
+		}
+		for _, name := range names {
+			o := id.Outputs[name]
+			if o == nil || o.Path == "" {
+				return drv, false, fmt.Errorf("%s has no output %q with a known path", in, name)
+			}
+			inputs = append(inputs, o.Path)
+		}
+	}
+	if len(inputs) > 0 {
+		invalid, err := b.side.invalidPaths(ctx, inputs)
+		if err != nil {
+			return drv, false, err
+		}
+		if len(invalid) > 0 {
+			return drv, false, errors.New("inputs are not valid here")
+		}
+	}
+	for name, o := range d.Outputs {
+		if want, given := j.outs[name], o.Path; want != "" && given != want {
+			return drv, false, fmt.Errorf("output %s is %s in the derivation but %s in the assignment", name, given, want)
+		}
+	}
+	return nixworker.BasicFromDerivation(d, inputs[len(d.InputSources):]), true, nil
+}
+
+// readDrv reads the derivation at drvPath from the store, or else fetches it from the
+// coordinator's cache, and checks that its contents are those its path names.
+func (b *Batcher) readDrv(ctx context.Context, req Request, drvPath string) (*derivation.Derivation, error) {
+	text, err := readStoreFile(drvPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		if req.CacheURL == "" {
+			return nil, err
+		}
+		text, err = b.fetchDrv(ctx, req, drvPath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d, err := derivation.ReadDerivation(strings.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", drvPath, err)
+	}
+	// A .drv's path is a hash of its text and references: a file that does not hash
+	// to it (a torn write, a cache serving something else) is never built from.
+	if p, err := d.DrvPath(); err != nil || p != drvPath {
+		return nil, fmt.Errorf("the contents of %s hash to %q (%v)", drvPath, p, err)
+	}
+	return d, nil
+}
+
+func readStoreFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxDrvSize+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
+	}
+	if len(b) > maxDrvSize {
+		return "", fmt.Errorf("%s is larger than %d bytes", p, maxDrvSize)
+	}
+	return string(b), nil
+}
+
+// fetchDrv fetches drvPath's NAR from the cache at req.CacheURL (with the credentials
+// req.NetrcFile holds for its host, as Nix would present them) and returns the file.
+func (b *Batcher) fetchDrv(ctx context.Context, req Request, drvPath string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, drvFetchTimeout)
+	defer cancel()
+	base, err := url.Parse(strings.TrimSuffix(req.CacheURL, "/"))
+	if err != nil {
+		return "", fmt.Errorf("cache URL: %w", err)
+	}
+	login, password := netrcCredentials(req.NetrcFile, base.Hostname())
+	get := func(rel string) (io.ReadCloser, error) {
+		u := *base
+		u.Path = path.Join(u.Path, rel)
+		r, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return nil, err
+		}
+		if login != "" || password != "" {
+			r.SetBasicAuth(login, password)
+		}
+		resp, err := b.http.Do(r)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: %w", u.Redacted(), err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return nil, fmt.Errorf("fetch %s: %s", u.Redacted(), resp.Status)
+		}
+		return resp.Body, nil
+	}
+	hashPart, _, _ := strings.Cut(path.Base(drvPath), "-")
+	body, err := get(hashPart + ".narinfo")
+	if err != nil {
+		return "", err
+	}
+	ni, err := narinfo.Parse(io.LimitReader(body, 1<<20))
+	body.Close()
+	if err != nil {
+		return "", fmt.Errorf("narinfo of %s: %w", drvPath, err)
+	}
+	if ni.StorePath != drvPath {
+		return "", fmt.Errorf("the cache's narinfo for %s names %s", drvPath, ni.StorePath)
+	}
+	body, err = get(ni.URL)
+	if err != nil {
+		return "", err
+	}
+	defer body.Close()
+	var narStream io.Reader = body
+	switch ni.Compression {
+	case "", "none":
+	case "zstd":
+		dec, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return "", err
+		}
+		defer dec.Close()
+		narStream = dec
+	default:
+		return "", fmt.Errorf("the cache serves %s compressed with %s", drvPath, ni.Compression)
+	}
+	nr, err := nar.NewReader(bufio.NewReader(io.LimitReader(narStream, maxDrvSize+4096)))
+	if err != nil {
+		return "", fmt.Errorf("NAR of %s: %w", drvPath, err)
+	}
+	defer nr.Close()
+	h, err := nr.Next()
+	if err != nil {
+		return "", fmt.Errorf("NAR of %s: %w", drvPath, err)
+	}
+	if h.Type != nar.TypeRegular || h.Path != "/" {
+		return "", fmt.Errorf("the NAR of %s is not a single file", drvPath)
+	}
+	text, err := io.ReadAll(io.LimitReader(nr, maxDrvSize+1))
+	if err != nil {
+		return "", fmt.Errorf("NAR of %s: %w", drvPath, err)
+	}
+	if len(text) > maxDrvSize {
+		return "", fmt.Errorf("%s is larger than %d bytes", drvPath, maxDrvSize)
+	}
+	return string(text), nil
+}
+
+// netrcCredentials returns the login and password a netrc file holds for host, or
+// those of its "default" entry; empty when there are none or no file.
+func netrcCredentials(file, host string) (login, password string) {
+	if file == "" {
+		return "", ""
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", ""
+	}
+	type entry struct{ login, password string }
+	var machine, def *entry
+	var cur *entry
+	f := strings.Fields(string(b))
+	for i := 0; i < len(f); i++ {
+		switch f[i] {
+		case "machine":
+			cur = nil
+			if i+1 < len(f) {
+				i++
+				if f[i] == host && machine == nil {
+					machine = &entry{}
+					cur = machine
+				}
+			}
+		case "default":
+			cur = nil
+			if def == nil {
+				def = &entry{}
+				cur = def
+			}
+		case "login", "password", "account":
+			if i+1 < len(f) {
+				i++
+				if cur != nil && f[i-1] == "login" {
+					cur.login = f[i]
+				} else if cur != nil && f[i-1] == "password" {
+					cur.password = f[i]
+				}
+			}
+		}
+	}
+	if machine == nil {
+		machine = def
+	}
+	if machine == nil {
+		return "", ""
+	}
+	return machine.login, machine.password
+}

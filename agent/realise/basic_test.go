@@ -1,0 +1,229 @@
+package realise
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/fc-ci/fc/protocol"
+)
+
+// drvCache serves one .drv file as a binary cache does (narinfo, then an uncompressed
+// NAR) to a client presenting the netrc's credentials, and records what was asked.
+type drvCache struct {
+	srv      *httptest.Server
+	netrc    string
+	mu       sync.Mutex
+	requests []string
+}
+
+func serveDrv(t *testing.T, drvPath string, text []byte) *drvCache {
+	t.Helper()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "drv")
+	if err := os.WriteFile(file, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	narBytes, err := exec.Command("nix-store", "--dump", file).Output()
+	if err != nil {
+		t.Fatalf("nix-store --dump: %v", err)
+	}
+	sum := sha256.Sum256(narBytes)
+	hashPart := strings.SplitN(filepath.Base(drvPath), "-", 2)[0]
+	info := fmt.Sprintf("StorePath: %s\nURL: nar/%s.nar\nCompression: none\nNarHash: sha256:%s\nNarSize: %d\n",
+		drvPath, hashPart, nixbase32.EncodeToString(sum[:]), len(narBytes))
+	c := &drvCache{netrc: filepath.Join(dir, "netrc")}
+	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		c.requests = append(c.requests, r.URL.Path)
+		c.mu.Unlock()
+		if u, p, ok := r.BasicAuth(); !ok || u != "fc-agent" || p != "s3cret" {
+			http.Error(w, "who are you?", http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case "/cache/nix-cache-info":
+			fmt.Fprint(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+		case "/cache/" + hashPart + ".narinfo":
+			fmt.Fprint(w, info)
+		case "/cache/nar/" + hashPart + ".nar":
+			_, _ = w.Write(narBytes)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(c.srv.Close)
+	host := strings.Split(strings.TrimPrefix(c.srv.URL, "http://"), ":")[0]
+	netrc := fmt.Sprintf("machine other.example login someone password else\nmachine %s login fc-agent password s3cret\n", host)
+	if err := os.WriteFile(c.netrc, []byte(netrc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *drvCache) asked() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.requests...)
+}
+
+// instantiateElsewhere writes a derivation depending on an input derivation: the input
+// into Nix's store (where the test builds it), the derivation itself only into a
+// store of its own, as an evaluating agent does. It returns both .drv paths and the
+// derivation's text.
+func instantiateElsewhere(t *testing.T, script string) (input, drv string, text []byte) {
+	t.Helper()
+	s := salt(t)
+	expr := fmt.Sprintf(`rec {
+  input = derivation { name = "fc-input-%s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo input > $out" ]; };
+  drv = derivation { name = "fc-whole-%s"; system = builtins.currentSystem; builder = "/bin/sh"; inherit input;
+    args = [ "-c" ''
+      export PATH=/bin:/usr/bin
+      %s
+    '' ]; };
+}
+`, s, s, script)
+	file := filepath.Join(t.TempDir(), "drv.nix")
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inst := func(args ...string) string {
+		var stderr strings.Builder
+		cmd := exec.Command("nix-instantiate", append([]string{"--option", "substituters", ""}, args...)...)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("nix-instantiate %v: %v: %s", args, err, stderr.String())
+		}
+		return strings.TrimSpace(string(out))
+	}
+	input = inst(file, "-A", "input")
+	other := t.TempDir()
+	drv = inst("--store", other, file, "-A", "drv")
+	text, err := os.ReadFile(filepath.Join(other, drv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(drv); err == nil {
+		t.Fatalf("%s is in Nix's store already", drv)
+	}
+	return input, drv, text
+}
+
+// outputsOf names the outputs of a .drv's text, as an assignment does.
+func outputsOf(t *testing.T, text []byte) map[string]string {
+	t.Helper()
+	d, err := derivation.ReadDerivation(bytes.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := map[string]string{}
+	for name, o := range d.Outputs {
+		outs[name] = o.Path
+	}
+	return outs
+}
+
+func valid(path string) bool {
+	return exec.Command("nix-store", "--check-validity", path).Run() == nil
+}
+
+// TestDaemon_ADerivationWhoseInputsAreHereIsSentWhole: a step whose .drv is only in
+// the coordinator's cache and whose inputs are valid here is built from the
+// derivation itself. The agent fetches the .drv with the netrc's credentials and
+// Nix never substitutes it (it is still not in the store afterwards). A .drv whose
+// contents do not hash to its path is never built from.
+func TestDaemon_ADerivationWhoseInputsAreHereIsSentWhole(t *testing.T) {
+	t.Parallel()
+	b := daemonBatcher(t, 1)
+	input, drv, text := instantiateElsewhere(t, `cat "$input"; echo built whole; echo ok > $out`)
+	// The input is built first: its .drv is in the store, so it is sent whole too.
+	if res := realise(t, b.Realise, request(t, input, newLogBuffer())); res.Status != protocol.StepSucceeded {
+		t.Fatalf("input: %+v", res)
+	}
+	if n := b.BasicBuilds(); n != 1 {
+		t.Fatalf("BasicBuilds after the input = %d, want 1", n)
+	}
+
+	t.Run("corrupted", func(t *testing.T) {
+		bad := bytes.Replace(text, []byte("built whole"), []byte("built wrong"), 1)
+		c := serveDrv(t, drv, bad)
+		log := newLogBuffer()
+		req := request(t, drv, log)
+		req.CacheURL, req.NetrcFile, req.Outputs = c.srv.URL+"/cache", c.netrc, outputsOf(t, text)
+		before := b.BasicBuilds()
+		res, err := b.Realise(context.Background(), req)
+		if b.BasicBuilds() != before {
+			t.Errorf("a .drv that does not hash to its path was sent whole")
+		}
+		if strings.Contains(log.String(), "built wrong") {
+			t.Errorf("built from the corrupted text:\n%s", log)
+		}
+		// BuildPaths then asks Nix, which will not take the unsigned NAR either (this runs
+		// before the derivation is built, so Nix has no output to find valid).
+		if err == nil && res.Status == protocol.StepSucceeded {
+			t.Errorf("result %+v from a cache serving a corrupted .drv", res)
+		}
+	})
+
+	t.Run("fetched", func(t *testing.T) {
+		c := serveDrv(t, drv, text)
+		log := newLogBuffer()
+		req := request(t, drv, log)
+		req.CacheURL, req.NetrcFile, req.Outputs = c.srv.URL+"/cache", c.netrc, outputsOf(t, text)
+		res := realise(t, b.Realise, req)
+		if res.Status != protocol.StepSucceeded || len(res.Outputs) != 1 || !valid(res.Outputs[0].StorePath) || res.Outputs[0].Deriver != drv {
+			t.Fatalf("result %+v\nlog:\n%s", res, log)
+		}
+		if !strings.Contains(log.String(), "input\nbuilt whole\n") {
+			t.Errorf("log:\n%s", log)
+		}
+		if n := b.BasicBuilds(); n != 2 {
+			t.Errorf("BasicBuilds = %d, want 2", n)
+		}
+		// Nix opens the cache (nix-cache-info) but asks nothing of it: not the .drv, not
+		// the output. The agent asked for the .drv's narinfo and NAR.
+		hashPart := strings.SplitN(filepath.Base(drv), "-", 2)[0]
+		var asked []string
+		for _, p := range c.asked() {
+			if p != "/cache/nix-cache-info" {
+				asked = append(asked, p)
+			}
+		}
+		if got, want := strings.Join(asked, " "), "/cache/"+hashPart+".narinfo /cache/nar/"+hashPart+".nar"; got != want {
+			t.Errorf("the cache was asked %s, want %s", got, want)
+		}
+		if valid(drv) {
+			t.Errorf("%s was substituted into the store", drv)
+		}
+	})
+}
+
+func TestNetrcCredentials_FirstEntryForTheHostElseDefault(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "netrc")
+	text := "default login dl password dp\nmachine a.example login a1 password p1\nmachine a.example login a2 password p2\n" +
+		"machine b.example\n  login b1\n  password p3\n"
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{"a.example": "a1:p1", "b.example": "b1:p3", "c.example": "dl:dp"} {
+		if l, p := netrcCredentials(file, host); l+":"+p != want {
+			t.Errorf("%s: %s:%s, want %s", host, l, p, want)
+		}
+	}
+	if l, p := netrcCredentials("", "a.example"); l != "" || p != "" {
+		t.Errorf("no file: %q %q", l, p)
+	}
+}
