@@ -18,6 +18,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -34,6 +35,11 @@ const maxDrvSize = 16 << 20
 // drvFetchTimeout bounds fetching one .drv from the coordinator's cache.
 const drvFetchTimeout = 10 * time.Second
 
+// maxInputFetches is how many input .drvs a step may fetch from the cache to be sent
+// whole: a derivation with many inputs built elsewhere goes through BuildPaths
+// rather than wait for their .drvs one by one.
+const maxInputFetches = 8
+
 // basicFor returns the derivation of j to build with wopBuildDerivation, or ok false
 // when the batch must go through BuildPaths: upstream substituters are given (an
 // output may be there to substitute rather than build), a .drv cannot be read or
@@ -46,56 +52,144 @@ func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDeri
 	if err != nil {
 		return drv, false, err
 	}
-	inputs := append([]string(nil), d.InputSources...)
-	for in, names := range d.InputDerivations {
-		id, err := b.readDrv(ctx, j.req, in)
-		if err != nil {
-			return drv, false, err
-		}
-		for _, name := range names {
-			o := id.Outputs[name]
-			if o == nil || o.Path == "" {
-				return drv, false, fmt.Errorf("%s has no output %q with a known path", in, name)
-			}
-			inputs = append(inputs, o.Path)
-		}
-	}
-	if len(inputs) > 0 {
-		invalid, err := b.side.invalidPaths(ctx, inputs)
-		if err != nil {
-			return drv, false, err
-		}
-		if len(invalid) > 0 {
-			return drv, false, errors.New("inputs are not valid here")
-		}
-	}
 	for name, o := range d.Outputs {
 		if want, given := j.outs[name], o.Path; want != "" && given != want {
 			return drv, false, fmt.Errorf("output %s is %s in the derivation but %s in the assignment", name, given, want)
 		}
 	}
+	// The inputs' outputs: most inputs are steps this agent built (their outputs are
+	// remembered) or whose .drv is in the store; the others' .drvs are fetched, after
+	// what is known already has been found valid.
+	inputs := append([]string(nil), d.InputSources...)
+	var unknown []string
+	add := func(in string, outs map[string]string) error {
+		for _, name := range d.InputDerivations[in] {
+			if outs[name] == "" {
+				return fmt.Errorf("%s has no output %q with a known path", in, name)
+			}
+			inputs = append(inputs, outs[name])
+		}
+		return nil
+	}
+	for in := range d.InputDerivations {
+		outs := b.known.get(in)
+		if outs == nil {
+			if id, err := readStoreDrv(in); err == nil {
+				outs = drvOutputs(id)
+				b.known.add(in, outs)
+			}
+		}
+		if outs == nil {
+			unknown = append(unknown, in)
+		} else if err := add(in, outs); err != nil {
+			return drv, false, err
+		}
+	}
+	if len(unknown) > maxInputFetches {
+		return drv, false, fmt.Errorf("%d input derivations are neither in the store nor built here", len(unknown))
+	}
+	valid := func(paths []string) error {
+		if len(paths) == 0 {
+			return nil
+		}
+		invalid, err := b.side.invalidPaths(ctx, paths)
+		if err != nil {
+			return err
+		}
+		if len(invalid) > 0 {
+			return errors.New("inputs are not valid here")
+		}
+		return nil
+	}
+	if err := valid(inputs); err != nil {
+		return drv, false, err
+	}
+	checked := len(inputs)
+	for _, in := range unknown {
+		id, err := b.readDrv(ctx, j.req, in)
+		if err != nil {
+			return drv, false, err
+		}
+		if err := add(in, drvOutputs(id)); err != nil {
+			return drv, false, err
+		}
+	}
+	if err := valid(inputs[checked:]); err != nil {
+		return drv, false, err
+	}
 	return nixworker.BasicFromDerivation(d, inputs[len(d.InputSources):]), true, nil
 }
 
+// knownOutputs remembers the output paths of the derivations a Batcher has read (and
+// checked against their paths), for the steps that take them as inputs. It starts
+// afresh when full.
+type knownOutputs struct {
+	mu sync.Mutex
+	m  map[string]map[string]string
+}
+
+const maxKnownOutputs = 50_000
+
+// add remembers outs as the outputs of drvPath.
+func (k *knownOutputs) add(drvPath string, outs map[string]string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil || len(k.m) >= maxKnownOutputs {
+		k.m = map[string]map[string]string{}
+	}
+	k.m[drvPath] = outs
+}
+
+func (k *knownOutputs) get(drvPath string) map[string]string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.m[drvPath]
+}
+
+// drvOutputs are d's output paths by name.
+func drvOutputs(d *derivation.Derivation) map[string]string {
+	outs := make(map[string]string, len(d.Outputs))
+	for name, o := range d.Outputs {
+		outs[name] = o.Path
+	}
+	return outs
+}
+
 // readDrv reads the derivation at drvPath from the store, or else fetches it from the
-// coordinator's cache, and checks that its contents are those its path names.
+// coordinator's cache, checks that its contents are those its path names, and
+// remembers its outputs.
 func (b *Batcher) readDrv(ctx context.Context, req Request, drvPath string) (*derivation.Derivation, error) {
-	text, err := readStoreFile(drvPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		if req.CacheURL == "" {
-			return nil, err
+	d, err := readStoreDrv(drvPath)
+	if errors.Is(err, fs.ErrNotExist) && req.CacheURL != "" {
+		var text string
+		if text, err = b.fetchDrv(ctx, req, drvPath); err == nil {
+			d, err = parseDrv(drvPath, text)
 		}
-		text, err = b.fetchDrv(ctx, req, drvPath)
 	}
 	if err != nil {
 		return nil, err
 	}
+	b.known.add(drvPath, drvOutputs(d))
+	return d, nil
+}
+
+// readStoreDrv reads and checks the derivation at drvPath in the store.
+func readStoreDrv(drvPath string) (*derivation.Derivation, error) {
+	text, err := readStoreFile(drvPath)
+	if err != nil {
+		return nil, err
+	}
+	return parseDrv(drvPath, text)
+}
+
+// parseDrv parses a .drv's text and checks that it is what drvPath names: a .drv's
+// path is a hash of its text and references, and a text that does not hash to it (a
+// torn write, a cache serving something else) is never built from.
+func parseDrv(drvPath, text string) (*derivation.Derivation, error) {
 	d, err := derivation.ReadDerivation(strings.NewReader(text))
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", drvPath, err)
 	}
-	// A .drv's path is a hash of its text and references: a file that does not hash
-	// to it (a torn write, a cache serving something else) is never built from.
 	if p, err := d.DrvPath(); err != nil || p != drvPath {
 		return nil, fmt.Errorf("the contents of %s hash to %q (%v)", drvPath, p, err)
 	}

@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +22,7 @@ import (
 	"github.com/fc-ci/fc/protocol"
 )
 
-// drvCache serves one .drv file as a binary cache does (narinfo, then an uncompressed
+// drvCache serves .drv files as a binary cache does (narinfo, then an uncompressed
 // NAR) to a client presenting the netrc's credentials, and records what was asked.
 type drvCache struct {
 	srv      *httptest.Server
@@ -30,20 +32,29 @@ type drvCache struct {
 }
 
 func serveDrv(t *testing.T, drvPath string, text []byte) *drvCache {
+	return serveDrvs(t, map[string][]byte{drvPath: text})
+}
+
+func serveDrvs(t *testing.T, drvs map[string][]byte) *drvCache {
 	t.Helper()
 	dir := t.TempDir()
-	file := filepath.Join(dir, "drv")
-	if err := os.WriteFile(file, text, 0o644); err != nil {
-		t.Fatal(err)
+	files := map[string]string{} // URL path → body
+	for drvPath, text := range drvs {
+		file := filepath.Join(dir, filepath.Base(drvPath))
+		if err := os.WriteFile(file, text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		narBytes, err := exec.Command("nix-store", "--dump", file).Output()
+		if err != nil {
+			t.Fatalf("nix-store --dump: %v", err)
+		}
+		sum := sha256.Sum256(narBytes)
+		hashPart := strings.SplitN(filepath.Base(drvPath), "-", 2)[0]
+		files["/cache/"+hashPart+".narinfo"] = fmt.Sprintf("StorePath: %s\nURL: nar/%s.nar\nCompression: none\nNarHash: sha256:%s\nNarSize: %d\n",
+			drvPath, hashPart, nixbase32.EncodeToString(sum[:]), len(narBytes))
+		files["/cache/nar/"+hashPart+".nar"] = string(narBytes)
 	}
-	narBytes, err := exec.Command("nix-store", "--dump", file).Output()
-	if err != nil {
-		t.Fatalf("nix-store --dump: %v", err)
-	}
-	sum := sha256.Sum256(narBytes)
-	hashPart := strings.SplitN(filepath.Base(drvPath), "-", 2)[0]
-	info := fmt.Sprintf("StorePath: %s\nURL: nar/%s.nar\nCompression: none\nNarHash: sha256:%s\nNarSize: %d\n",
-		drvPath, hashPart, nixbase32.EncodeToString(sum[:]), len(narBytes))
+	files["/cache/nix-cache-info"] = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
 	c := &drvCache{netrc: filepath.Join(dir, "netrc")}
 	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c.mu.Lock()
@@ -53,16 +64,12 @@ func serveDrv(t *testing.T, drvPath string, text []byte) *drvCache {
 			http.Error(w, "who are you?", http.StatusUnauthorized)
 			return
 		}
-		switch r.URL.Path {
-		case "/cache/nix-cache-info":
-			fmt.Fprint(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
-		case "/cache/" + hashPart + ".narinfo":
-			fmt.Fprint(w, info)
-		case "/cache/nar/" + hashPart + ".nar":
-			_, _ = w.Write(narBytes)
-		default:
+		body, ok := files[r.URL.Path]
+		if !ok {
 			http.NotFound(w, r)
+			return
 		}
+		_, _ = io.WriteString(w, body)
 	}))
 	t.Cleanup(c.srv.Close)
 	host := strings.Split(strings.TrimPrefix(c.srv.URL, "http://"), ":")[0]
@@ -71,6 +78,30 @@ func serveDrv(t *testing.T, drvPath string, text []byte) *drvCache {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// fetches are the narinfos the cache was asked for (each followed by its NAR; Nix
+// opening the cache, nix-cache-info, aside), as hash parts in order; the record is
+// then emptied.
+func (c *drvCache) fetches(t *testing.T) []string {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var got []string
+	for i, p := range c.requests {
+		if p == "/cache/nix-cache-info" {
+			continue
+		}
+		if nar, ok := strings.CutPrefix(p, "/cache/nar/"); ok {
+			if len(got) == 0 || got[len(got)-1]+".nar" != nar {
+				t.Errorf("request %d: %s not after its narinfo", i, p)
+			}
+			continue
+		}
+		got = append(got, strings.TrimSuffix(strings.TrimPrefix(p, "/cache/"), ".narinfo"))
+	}
+	c.requests = nil
+	return got
 }
 
 func (c *drvCache) asked() []string {
@@ -225,5 +256,71 @@ func TestNetrcCredentials_FirstEntryForTheHostElseDefault(t *testing.T) {
 	}
 	if l, p := netrcCredentials("", "a.example"); l != "" || p != "" {
 		t.Errorf("no file: %q %q", l, p)
+	}
+}
+
+// TestDaemon_InputsBuiltHereAreKnownOthersAreFetched: in a chain built on one agent,
+// each step fetches its own .drv only (its input's outputs are remembered from when
+// the agent built it); another agent, where the input was not built, fetches the
+// input's .drv too. No .drv ever lands in the store.
+func TestDaemon_InputsBuiltHereAreKnownOthersAreFetched(t *testing.T) {
+	t.Parallel()
+	s := salt(t)
+	expr := fmt.Sprintf(`rec {
+  a = derivation { name = "fc-chain-a-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo a > $out" ]; };
+  b = derivation { name = "fc-chain-b-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh"; inherit a; args = [ "-c" "read x < $a; echo b$x > $out" ]; };
+  c = derivation { name = "fc-chain-c-%[1]s"; system = builtins.currentSystem; builder = "/bin/sh"; inherit a; args = [ "-c" "read x < $a; echo c$x > $out" ]; };
+}
+`, s)
+	file := filepath.Join(t.TempDir(), "chain.nix")
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	texts := map[string][]byte{}
+	drvs := map[string]string{}
+	for _, attr := range []string{"a", "b", "c"} {
+		out, err := exec.Command("nix-instantiate", "--option", "substituters", "", "--store", other, file, "-A", attr).Output()
+		if err != nil {
+			t.Fatalf("nix-instantiate -A %s: %v", attr, err)
+		}
+		drv := strings.TrimSpace(string(out))
+		if texts[drv], err = os.ReadFile(filepath.Join(other, drv)); err != nil {
+			t.Fatal(err)
+		}
+		drvs[attr] = drv
+	}
+	cache := serveDrvs(t, texts)
+	hash := func(attr string) string { return strings.SplitN(filepath.Base(drvs[attr]), "-", 2)[0] }
+	build := func(b *Batcher, attr string) {
+		t.Helper()
+		log := newLogBuffer()
+		req := request(t, drvs[attr], log)
+		req.CacheURL, req.NetrcFile, req.Outputs = cache.srv.URL+"/cache", cache.netrc, outputsOf(t, texts[drvs[attr]])
+		if res := realise(t, b.Realise, req); res.Status != protocol.StepSucceeded {
+			t.Fatalf("%s: %+v\nlog:\n%s", attr, res, log)
+		}
+	}
+	here := daemonBatcher(t, 1)
+	build(here, "a")
+	if got := cache.fetches(t); !slices.Equal(got, []string{hash("a")}) {
+		t.Errorf("building a fetched %v", got)
+	}
+	build(here, "b")
+	if got := cache.fetches(t); !slices.Equal(got, []string{hash("b")}) {
+		t.Errorf("building b after a fetched %v, want b's .drv only", got)
+	}
+	elsewhere := daemonBatcher(t, 1)
+	build(elsewhere, "c")
+	if got := cache.fetches(t); !slices.Equal(got, []string{hash("c"), hash("a")}) {
+		t.Errorf("building c on another agent fetched %v, want c's .drv, then a's", got)
+	}
+	if here.BasicBuilds() != 2 || elsewhere.BasicBuilds() != 1 {
+		t.Errorf("sent whole: %d and %d, want 2 and 1", here.BasicBuilds(), elsewhere.BasicBuilds())
+	}
+	for attr, drv := range drvs {
+		if valid(drv) {
+			t.Errorf("%s's .drv was substituted into the store", attr)
+		}
 	}
 }

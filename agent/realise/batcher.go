@@ -55,6 +55,7 @@ type Batcher struct {
 	side      *sideConn // for daemon connections: the early finishers' queries
 	// http fetches the .drv files of derivations sent whole (see basicFor).
 	http        *http.Client
+	known       knownOutputs
 	basicBuilds atomic.Int64
 	logger      *slog.Logger
 }
