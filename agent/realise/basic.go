@@ -222,25 +222,37 @@ func (b *Batcher) fetchDrv(ctx context.Context, req Request, drvPath string) (st
 		return "", fmt.Errorf("cache URL: %w", err)
 	}
 	login, password := netrcCredentials(req.NetrcFile, base.Hostname())
+	// get fetches a URL relative to the cache's (or absolute, as a narinfo may name
+	// its NAR); the body is read to its end before it is closed, so the connection
+	// is kept for the next fetch.
 	get := func(rel string) (io.ReadCloser, error) {
+		ref, err := url.Parse(rel)
+		if err != nil {
+			return nil, fmt.Errorf("URL %q: %w", rel, err)
+		}
 		u := *base
-		u.Path = path.Join(u.Path, rel)
+		if ref.IsAbs() {
+			u = *ref
+		} else {
+			u.Path = path.Join(u.Path, ref.Path)
+		}
 		r, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 		if err != nil {
 			return nil, err
 		}
-		if login != "" || password != "" {
+		if (login != "" || password != "") && u.Host == base.Host {
 			r.SetBasicAuth(login, password)
 		}
 		resp, err := b.http.Do(r)
 		if err != nil {
 			return nil, fmt.Errorf("fetch %s: %w", u.Redacted(), err)
 		}
+		body := drainingBody{resp.Body}
 		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
+			body.Close()
 			return nil, fmt.Errorf("fetch %s: %s", u.Redacted(), resp.Status)
 		}
-		return resp.Body, nil
+		return body, nil
 	}
 	hashPart, _, _ := strings.Cut(path.Base(drvPath), "-")
 	body, err := get(hashPart + ".narinfo")
@@ -293,6 +305,15 @@ func (b *Batcher) fetchDrv(ctx context.Context, req Request, drvPath string) (st
 		return "", fmt.Errorf("%s is larger than %d bytes", drvPath, maxDrvSize)
 	}
 	return string(text), nil
+}
+
+// drainingBody reads a little of what is left of a response before closing it: an
+// HTTP/1 connection is reused only when its last body was read to the end.
+type drainingBody struct{ io.ReadCloser }
+
+func (d drainingBody) Close() error {
+	_, _ = io.Copy(io.Discard, io.LimitReader(d.ReadCloser, 64<<10))
+	return d.ReadCloser.Close()
 }
 
 // netrcCredentials returns the login and password a netrc file holds for host, or

@@ -32,10 +32,11 @@ type drvCache struct {
 }
 
 func serveDrv(t *testing.T, drvPath string, text []byte) *drvCache {
-	return serveDrvs(t, map[string][]byte{drvPath: text})
+	return serveDrvs(t, map[string][]byte{drvPath: text}, false)
 }
 
-func serveDrvs(t *testing.T, drvs map[string][]byte) *drvCache {
+// serveDrvs serves drvs; with absolute, each narinfo names its NAR by a whole URL.
+func serveDrvs(t *testing.T, drvs map[string][]byte, absolute bool) *drvCache {
 	t.Helper()
 	dir := t.TempDir()
 	files := map[string]string{} // URL path → body
@@ -50,8 +51,12 @@ func serveDrvs(t *testing.T, drvs map[string][]byte) *drvCache {
 		}
 		sum := sha256.Sum256(narBytes)
 		hashPart := strings.SplitN(filepath.Base(drvPath), "-", 2)[0]
-		files["/cache/"+hashPart+".narinfo"] = fmt.Sprintf("StorePath: %s\nURL: nar/%s.nar\nCompression: none\nNarHash: sha256:%s\nNarSize: %d\n",
-			drvPath, hashPart, nixbase32.EncodeToString(sum[:]), len(narBytes))
+		narURL := "nar/" + hashPart + ".nar"
+		if absolute {
+			narURL = "{base}/cache/" + narURL
+		}
+		files["/cache/"+hashPart+".narinfo"] = fmt.Sprintf("StorePath: %s\nURL: %s\nCompression: none\nNarHash: sha256:%s\nNarSize: %d\n",
+			drvPath, narURL, nixbase32.EncodeToString(sum[:]), len(narBytes))
 		files["/cache/nar/"+hashPart+".nar"] = string(narBytes)
 	}
 	files["/cache/nix-cache-info"] = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
@@ -69,7 +74,7 @@ func serveDrvs(t *testing.T, drvs map[string][]byte) *drvCache {
 			http.NotFound(w, r)
 			return
 		}
-		_, _ = io.WriteString(w, body)
+		_, _ = io.WriteString(w, strings.ReplaceAll(body, "{base}", "http://"+r.Host))
 	}))
 	t.Cleanup(c.srv.Close)
 	host := strings.Split(strings.TrimPrefix(c.srv.URL, "http://"), ":")[0]
@@ -290,7 +295,7 @@ func TestDaemon_InputsBuiltHereAreKnownOthersAreFetched(t *testing.T) {
 		}
 		drvs[attr] = drv
 	}
-	cache := serveDrvs(t, texts)
+	cache := serveDrvs(t, texts, true) // as a cache with its NARs elsewhere names them
 	hash := func(attr string) string { return strings.SplitN(filepath.Base(drvs[attr]), "-", 2)[0] }
 	build := func(b *Batcher, attr string) {
 		t.Helper()
