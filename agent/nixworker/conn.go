@@ -6,10 +6,10 @@
 // Only what the agent needs is here: the handshake, wopSetOptions,
 // wopBuildPathsWithResults, wopBuildDerivation, wopQueryPathInfo and
 // wopQueryValidPaths, with the daemon's log (STDERR_NEXT, activities and their
-// results) handed to a Logger as it arrives. wopBuildPathsWithResults needs protocol 1.34 (Nix 2.8 and later; the
-// client announces 1.34, so a newer daemon answers as 2.8 does, though only 2.8 is
-// tested here); Dial refuses older daemons, and the caller falls back to running
-// nix-store.
+// results) handed to a Logger as it arrives. wopBuildPathsWithResults needs
+// protocol 1.34 (Nix 2.8 and later; the client announces 1.34, so a newer daemon
+// answers as 2.8 does, though only 2.8 is tested here); Dial refuses older
+// daemons, and the caller falls back to running nix-store.
 package nixworker
 
 import (

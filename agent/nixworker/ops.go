@@ -181,12 +181,15 @@ func BasicFromDerivation(d *derivation.Derivation, inputOutputs []string) BasicD
 	return b
 }
 
-// unescapeATerm undoes the escapes Nix writes into a .drv's strings.
+// atermUnescaper undoes the escapes Nix writes into a .drv's strings (a Replacer is
+// safe for concurrent use and never changes).
+var atermUnescaper = strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\n`, "\n", `\r`, "\r", `\t`, "\t")
+
 func unescapeATerm(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
-	return strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\n`, "\n", `\r`, "\r", `\t`, "\t").Replace(s)
+	return atermUnescaper.Replace(s)
 }
 
 // BuildDerivation builds drvPath from drv with wopBuildDerivation (buildMode

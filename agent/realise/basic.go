@@ -40,21 +40,21 @@ const drvFetchTimeout = 10 * time.Second
 // rather than wait for their .drvs one by one.
 const maxInputFetches = 8
 
-// basicFor returns the derivation of j to build with wopBuildDerivation, or ok false
-// when the batch must go through BuildPaths: upstream substituters are given (an
+// basicFor returns the derivation of j to build with wopBuildDerivation, or why the
+// batch must go through BuildPaths: upstream substituters are given (an
 // output may be there to substitute rather than build), a .drv cannot be read or
 // fetched, or an input is not valid here (Nix would have to substitute it).
-func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDerivation, ok bool, why error) {
+func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDerivation, why error) {
 	if len(j.req.Substituters) > 0 {
-		return drv, false, errors.New("upstream substituters may hold the outputs")
+		return drv, errors.New("upstream substituters may hold the outputs")
 	}
 	d, err := b.readDrv(ctx, j.req, j.req.DrvPath)
 	if err != nil {
-		return drv, false, err
+		return drv, err
 	}
 	for name, o := range d.Outputs {
 		if want, given := j.outs[name], o.Path; want != "" && given != want {
-			return drv, false, fmt.Errorf("output %s is %s in the derivation but %s in the assignment", name, given, want)
+			return drv, fmt.Errorf("output %s is %s in the derivation but %s in the assignment", name, given, want)
 		}
 	}
 	// The inputs' outputs: most inputs are steps this agent built (their outputs are
@@ -82,11 +82,11 @@ func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDeri
 		if outs == nil {
 			unknown = append(unknown, in)
 		} else if err := add(in, outs); err != nil {
-			return drv, false, err
+			return drv, err
 		}
 	}
 	if len(unknown) > maxInputFetches {
-		return drv, false, fmt.Errorf("%d input derivations are neither in the store nor built here", len(unknown))
+		return drv, fmt.Errorf("%d input derivations are neither in the store nor built here", len(unknown))
 	}
 	valid := func(paths []string) error {
 		if len(paths) == 0 {
@@ -102,22 +102,22 @@ func (b *Batcher) basicFor(ctx context.Context, j *job) (drv nixworker.BasicDeri
 		return nil
 	}
 	if err := valid(inputs); err != nil {
-		return drv, false, err
+		return drv, err
 	}
 	checked := len(inputs)
 	for _, in := range unknown {
 		id, err := b.readDrv(ctx, j.req, in)
 		if err != nil {
-			return drv, false, err
+			return drv, err
 		}
 		if err := add(in, drvOutputs(id)); err != nil {
-			return drv, false, err
+			return drv, err
 		}
 	}
 	if err := valid(inputs[checked:]); err != nil {
-		return drv, false, err
+		return drv, err
 	}
-	return nixworker.BasicFromDerivation(d, inputs[len(d.InputSources):]), true, nil
+	return nixworker.BasicFromDerivation(d, inputs[len(d.InputSources):]), nil
 }
 
 // knownOutputs remembers the output paths of the derivations a Batcher has read (and
@@ -202,12 +202,17 @@ func readStoreFile(p string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxDrvSize+1))
+	return readDrvText(f, p)
+}
+
+// readDrvText reads a .drv's text, refusing one larger than maxDrvSize.
+func readDrvText(r io.Reader, drvPath string) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxDrvSize+1))
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", p, err)
+		return "", fmt.Errorf("read %s: %w", drvPath, err)
 	}
 	if len(b) > maxDrvSize {
-		return "", fmt.Errorf("%s is larger than %d bytes", p, maxDrvSize)
+		return "", fmt.Errorf("%s is larger than %d bytes", drvPath, maxDrvSize)
 	}
 	return string(b), nil
 }
@@ -297,14 +302,7 @@ func (b *Batcher) fetchDrv(ctx context.Context, req Request, drvPath string) (st
 	if h.Type != nar.TypeRegular || h.Path != "/" {
 		return "", fmt.Errorf("the NAR of %s is not a single file", drvPath)
 	}
-	text, err := io.ReadAll(io.LimitReader(nr, maxDrvSize+1))
-	if err != nil {
-		return "", fmt.Errorf("NAR of %s: %w", drvPath, err)
-	}
-	if len(text) > maxDrvSize {
-		return "", fmt.Errorf("%s is larger than %d bytes", drvPath, maxDrvSize)
-	}
-	return string(text), nil
+	return readDrvText(nr, drvPath)
 }
 
 // drainingBody reads a little of what is left of a response before closing it: an

@@ -107,7 +107,7 @@ func (b *Batcher) runDaemon(jobs []*job, maxJobs int) {
 	}
 	var basic *nixworker.BasicDerivation
 	if len(jobs) == 1 {
-		if drv, ok, why := b.basicFor(jobs[0].ctx, jobs[0]); ok {
+		if drv, why := b.basicFor(jobs[0].ctx, jobs[0]); why == nil {
 			basic = &drv
 		} else {
 			b.logger.Debug("built by BuildPaths", "drv", jobs[0].req.DrvPath, "why", why)
